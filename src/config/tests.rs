@@ -1,0 +1,144 @@
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use super::*;
+
+fn test_env(name: &str) -> Option<String> {
+    match name {
+        "ALPHA_KEY" => Some("sk-alpha".into()),
+        "BETA_KEY" => Some("sk-beta".into()),
+        "EMPTY_KEY" => Some(String::new()),
+        "AWS_AK" => Some("AKIDEXAMPLE".into()),
+        "AWS_SK" => Some("secret".into()),
+        _ => None,
+    }
+}
+
+pub(crate) static ENV: fn(&str) -> Option<String> = test_env;
+
+pub(crate) fn sample_config() -> String {
+    r#"{
+      "cluster_header": "x-switchboard-cluster",
+      "providers": {
+        "alpha": {"kind": "openai", "cluster": "alpha", "host": "api.alpha.example", "api_key_env": "ALPHA_KEY"},
+        "beta":  {"kind": "openai", "cluster": "beta",  "host": "api.beta.example",  "api_key_env": "BETA_KEY"}
+      },
+      "pools": {
+        "gpt4o_16k": {
+          "description": "GPT-4o class models",
+          "max_response_tokens": 16384,
+          "members": [
+            {"provider": "alpha", "model": "gpt-4o", "weight": 3},
+            {"provider": "beta",  "model": "gpt-4o-2024-08-06", "weight": 1}
+          ]
+        }
+      }
+    }"#
+    .to_string()
+}
+
+fn parse(json: &str) -> Result<Config, ConfigError> {
+    Config::parse(json.as_bytes(), &ENV)
+}
+
+fn error_for(json: &str) -> ConfigError {
+    parse(json).unwrap_err()
+}
+
+#[test]
+fn sample_parses_with_defaults() {
+    let cfg = parse(&sample_config()).unwrap();
+    assert_eq!(cfg.cluster_header, "x-switchboard-cluster");
+    let (_, pool) = cfg.pool("gpt4o_16k").unwrap();
+    assert_eq!(pool.members.len(), 2);
+    assert_eq!(pool.total_weight(), 4);
+    assert_eq!(pool.retry.retry_on, DEFAULT_RETRY_ON.to_vec());
+    assert_eq!(pool.retry.max_attempts, 3);
+    assert_eq!(pool.health.consecutive_failures, 3);
+    let provider = cfg.provider(pool.members[0].provider).unwrap();
+    assert_eq!(provider.credentials, Credentials::ApiKey(Secret::new("sk-alpha")));
+    assert_eq!(provider.base_path, "/v1");
+}
+
+#[test]
+fn models_served_by_one_member_are_direct() {
+    let cfg = parse(&sample_config()).unwrap();
+    let (_, direct) = cfg.pool("gpt-4o").unwrap();
+    assert!(!direct.listed);
+    assert_eq!(direct.members.len(), 1);
+    assert_eq!(direct.members[0].id, "alpha/gpt-4o");
+    assert_eq!(cfg.listed_pools().count(), 1);
+}
+
+#[test]
+fn model_served_by_two_providers_is_not_direct() {
+    let json = sample_config().replace("gpt-4o-2024-08-06", "gpt-4o");
+    let cfg = parse(&json).unwrap();
+    assert!(cfg.pool("gpt-4o").is_none());
+}
+
+#[test]
+fn secrets_are_not_printed() {
+    let cfg = parse(&sample_config()).unwrap();
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains("sk-alpha"));
+    assert!(debug.contains("redacted"));
+}
+
+#[test]
+fn cluster_header_defaults() {
+    let json = sample_config().replace(r#""cluster_header": "x-switchboard-cluster","#, "");
+    assert_eq!(parse(&json).unwrap().cluster_header, DEFAULT_CLUSTER_HEADER);
+}
+
+#[test]
+fn errors_name_the_offending_field() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (sample_config().replace(r#""provider": "beta""#, r#""provider": "gamma""#), "pools.gpt4o_16k.members[1].provider", "gamma"),
+        (sample_config().replace(r#""weight": 3"#, r#""weight": 0"#).replace(r#""weight": 1"#, r#""weight": 0"#), "pools.gpt4o_16k.members", "zero"),
+        (sample_config().replace("BETA_KEY", "MISSING_KEY"), "providers.beta.api_key_env", "MISSING_KEY"),
+        (sample_config().replace("BETA_KEY", "EMPTY_KEY"), "providers.beta.api_key_env", "empty"),
+        (sample_config().replace(r#""weight": 3"#, r#""wieght": 3"#), "pools.gpt4o_16k.members[0].wieght", "wieght"),
+        (sample_config().replace(r#""weight": 3"#, r#""weight": -3"#), "pools.gpt4o_16k.members[0].weight", "invalid value"),
+        (sample_config().replace(r#""kind": "openai", "cluster": "alpha""#, r#""kind": "openia", "cluster": "alpha""#), "providers.alpha.kind", "openia"),
+        (sample_config().replace(r#""cluster": "beta","#, ""), "providers.beta", "cluster"),
+        (sample_config().replace("x-switchboard-cluster", "X Bad"), "cluster_header", "header"),
+        (sample_config().replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "max_attempts": 0,"#), "pools.gpt4o_16k.max_attempts", "between"),
+        (sample_config().replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "retry_on": [200],"#), "pools.gpt4o_16k.retry_on[0]", "200"),
+        (sample_config().replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "fallback_pools": ["nope"],"#), "pools.gpt4o_16k.fallback_pools[0]", "nope"),
+        (sample_config().replace(r#""members": ["#, r#""members": [], "x": ["#), "pools.gpt4o_16k", "unknown field `x`"),
+    ];
+    for (json, field, needle) in cases {
+        let e = error_for(&json);
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+    }
+}
+
+#[test]
+fn bad_json_is_refused() {
+    let e = error_for("{\"providers\": ");
+    assert!(e.to_string().contains("EOF"), "{e}");
+    let e = error_for("");
+    assert!(e.to_string().contains("empty"), "{e}");
+    let e = error_for(r#"{"pools": {}}"#);
+    assert!(e.to_string().contains("providers"), "{e}");
+}
+
+#[test]
+fn bedrock_needs_aws_keys() {
+    let json = r#"{"providers": {"b": {"kind": "bedrock", "cluster": "b", "host": "bedrock-runtime.us-east-1.amazonaws.com", "region": "us-east-1", "access_key_id_env": "AWS_AK"}}, "pools": {}}"#;
+    let e = error_for(json);
+    assert_eq!(e.field, "providers.b.secret_access_key_env");
+    let json = json.replace(r#""access_key_id_env": "AWS_AK""#, r#""access_key_id_env": "AWS_AK", "secret_access_key_env": "AWS_SK""#);
+    let cfg = parse(&json).unwrap();
+    assert!(matches!(cfg.providers[0].credentials, Credentials::Aws { .. }));
+}
+
+#[test]
+fn openai_compatible_key_is_optional() {
+    let json = r#"{"providers": {"local": {"kind": "openai_compatible", "cluster": "vllm", "host": "vllm:8000"}}, "pools": {"p": {"members": [{"provider": "local", "model": "llama"}]}}}"#;
+    let cfg = parse(json).unwrap();
+    assert_eq!(cfg.providers[0].credentials, Credentials::None);
+    assert_eq!(cfg.pool("p").unwrap().1.members[0].weight, 1);
+}

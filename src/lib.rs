@@ -1,0 +1,14 @@
+//! switchboard: an LLM gateway as a proxy-wasm HTTP filter for Envoy.
+//!
+//! Layout: `config` (schema and validation), `api` (client-facing OpenAI API:
+//! parsing, errors, model listing), `routing` (member selection, health),
+//! `providers` (upstream request/response adapters) are plain Rust, tested
+//! natively and as wasm. `host` is the only module that talks to proxy-wasm.
+
+pub mod api;
+pub mod config;
+pub mod providers;
+pub mod routing;
+
+#[cfg(feature = "filter")]
+mod host;

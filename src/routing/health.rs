@@ -1,0 +1,291 @@
+//! Per-member passive health: consecutive failures, ejection with a cooldown
+//! that doubles on repeated ejection, and a half-open trial after cooldown.
+//! The host stores one `MemberHealth` per member in shared data (so every
+//! worker VM sees it) and updates it with compare-and-swap.
+
+use crate::config::HealthPolicy;
+
+use super::Availability;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberHealth {
+    pub consecutive_failures: u32,
+    /// Ejections in a row without a success in between (drives the doubling).
+    pub ejections: u32,
+    /// 0 when in rotation; otherwise the end of the current cooldown (ms since epoch).
+    pub ejected_until_ms: u64,
+    /// While a half-open trial request is in flight, the time it is given up on.
+    pub trial_until_ms: u64,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+/// What an update did, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Ejected { until_ms: u64 },
+    Restored,
+}
+
+const ENCODED_LEN: usize = 40;
+
+impl MemberHealth {
+    pub fn availability(&self, now_ms: u64) -> Availability {
+        if self.ejected_until_ms == 0 {
+            Availability::Healthy
+        } else if now_ms < self.ejected_until_ms {
+            Availability::Unavailable { until_ms: self.ejected_until_ms }
+        } else if now_ms < self.trial_until_ms {
+            Availability::Unavailable { until_ms: self.trial_until_ms }
+        } else {
+            Availability::Trial
+        }
+    }
+
+    /// Claims the single half-open trial; false if another request holds it
+    /// (or the member is not in the half-open state).
+    pub fn begin_trial(&mut self, now_ms: u64, hold_ms: u64) -> bool {
+        if self.availability(now_ms) != Availability::Trial {
+            return false;
+        }
+        self.trial_until_ms = now_ms.saturating_add(hold_ms);
+        true
+    }
+
+    pub fn record_success(&mut self) -> Transition {
+        self.successes = self.successes.saturating_add(1);
+        self.consecutive_failures = 0;
+        if self.ejected_until_ms == 0 {
+            return Transition::None;
+        }
+        self.ejected_until_ms = 0;
+        self.trial_until_ms = 0;
+        self.ejections = 0;
+        Transition::Restored
+    }
+
+    pub fn record_failure(&mut self, now_ms: u64, policy: &HealthPolicy) -> Transition {
+        self.failures = self.failures.saturating_add(1);
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        if self.ejected_until_ms != 0 {
+            if now_ms < self.ejected_until_ms {
+                // A request that started before the ejection: already accounted for.
+                return Transition::None;
+            }
+            // The half-open trial failed: back out, for twice as long.
+            return self.eject(now_ms, policy);
+        }
+        if self.consecutive_failures >= policy.consecutive_failures {
+            return self.eject(now_ms, policy);
+        }
+        Transition::None
+    }
+
+    /// Takes the member out until `until_ms` (a provider's `Retry-After`),
+    /// never shortening an ejection already in place.
+    pub fn hold_until(&mut self, until_ms: u64) -> Transition {
+        if until_ms <= self.ejected_until_ms {
+            return Transition::None;
+        }
+        self.ejected_until_ms = until_ms;
+        self.trial_until_ms = 0;
+        Transition::Ejected { until_ms }
+    }
+
+    fn eject(&mut self, now_ms: u64, policy: &HealthPolicy) -> Transition {
+        self.ejections = self.ejections.saturating_add(1);
+        let doublings = self.ejections.saturating_sub(1).min(32);
+        let cooldown = policy.cooldown_ms.saturating_mul(1u64 << doublings).min(policy.max_cooldown_ms);
+        self.ejected_until_ms = now_ms.saturating_add(cooldown).max(1);
+        self.trial_until_ms = 0;
+        self.consecutive_failures = 0;
+        Transition::Ejected { until_ms: self.ejected_until_ms }
+    }
+
+    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+        let mut out = [0u8; ENCODED_LEN];
+        let parts: [&[u8]; 6] = [
+            &self.consecutive_failures.to_le_bytes(),
+            &self.ejections.to_le_bytes(),
+            &self.ejected_until_ms.to_le_bytes(),
+            &self.trial_until_ms.to_le_bytes(),
+            &self.successes.to_le_bytes(),
+            &self.failures.to_le_bytes(),
+        ];
+        let mut at = 0;
+        for part in parts {
+            if let Some(dst) = out.get_mut(at..at + part.len()) {
+                dst.copy_from_slice(part);
+            }
+            at += part.len();
+        }
+        out
+    }
+
+    /// Decodes a stored entry; anything malformed reads as a fresh, healthy member.
+    pub fn decode(bytes: &[u8]) -> MemberHealth {
+        fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+            Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+        }
+        fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        }
+        if bytes.len() != ENCODED_LEN {
+            return MemberHealth::default();
+        }
+        (|| {
+            Some(MemberHealth {
+                consecutive_failures: u32_at(bytes, 0)?,
+                ejections: u32_at(bytes, 4)?,
+                ejected_until_ms: u64_at(bytes, 8)?,
+                trial_until_ms: u64_at(bytes, 16)?,
+                successes: u64_at(bytes, 24)?,
+                failures: u64_at(bytes, 32)?,
+            })
+        })()
+        .unwrap_or_default()
+    }
+}
+
+/// Parses a `Retry-After` value (delay seconds or an HTTP date) into an
+/// absolute time in ms; `None` when unparseable. Capped at one hour so a bogus
+/// header cannot take a member out for good.
+pub fn retry_after_until_ms(value: &str, now_ms: u64) -> Option<u64> {
+    const CAP_MS: u64 = 3_600_000;
+    let value = value.trim();
+    let delay_ms = if let Ok(seconds) = value.parse::<u64>() {
+        seconds.saturating_mul(1000)
+    } else if let Ok(seconds) = value.parse::<f64>() {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return None;
+        }
+        (seconds * 1000.0) as u64
+    } else {
+        let at_ms = http_date_ms(value)?;
+        at_ms.saturating_sub(now_ms)
+    };
+    Some(now_ms.saturating_add(delay_ms.min(CAP_MS)))
+}
+
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to ms since the epoch.
+fn http_date_ms(value: &str) -> Option<u64> {
+    let mut parts = value.split_whitespace();
+    let _weekday = parts.next()?;
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1, "Feb" => 2, "Mar" => 3, "Apr" => 4, "May" => 5, "Jun" => 6,
+        "Jul" => 7, "Aug" => 8, "Sep" => 9, "Oct" => 10, "Nov" => 11, "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days).ok()?.checked_mul(86_400)? + h * 3600 + m * 60 + s;
+    secs.checked_mul(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn policy() -> HealthPolicy {
+        HealthPolicy { consecutive_failures: 3, cooldown_ms: 1_000, max_cooldown_ms: 3_000 }
+    }
+
+    #[test]
+    fn ejects_after_consecutive_failures_and_recovers_via_trial() {
+        let p = policy();
+        let mut h = MemberHealth::default();
+        assert_eq!(h.record_failure(0, &p), Transition::None);
+        assert_eq!(h.record_failure(0, &p), Transition::None);
+        assert_eq!(h.record_failure(10, &p), Transition::Ejected { until_ms: 1_010 });
+        assert_eq!(h.availability(500), Availability::Unavailable { until_ms: 1_010 });
+        assert_eq!(h.availability(1_010), Availability::Trial);
+        assert!(h.begin_trial(1_010, 200));
+        assert!(!h.begin_trial(1_011, 200), "only one trial at a time");
+        assert_eq!(h.availability(1_100), Availability::Unavailable { until_ms: 1_210 });
+        assert_eq!(h.record_success(), Transition::Restored);
+        assert_eq!(h.availability(1_100), Availability::Healthy);
+        assert_eq!(h.ejections, 0);
+    }
+
+    #[test]
+    fn success_resets_consecutive_count() {
+        let p = policy();
+        let mut h = MemberHealth::default();
+        h.record_failure(0, &p);
+        h.record_failure(0, &p);
+        h.record_success();
+        assert_eq!(h.record_failure(0, &p), Transition::None);
+        assert_eq!(h.successes, 1);
+        assert_eq!(h.failures, 3);
+    }
+
+    #[test]
+    fn failed_trial_doubles_cooldown_up_to_max() {
+        let p = policy();
+        let mut h = MemberHealth::default();
+        for _ in 0..3 {
+            h.record_failure(0, &p);
+        }
+        assert_eq!(h.ejected_until_ms, 1_000);
+        assert!(h.begin_trial(1_000, 100));
+        assert_eq!(h.record_failure(1_000, &p), Transition::Ejected { until_ms: 3_000 });
+        assert!(h.begin_trial(3_000, 100));
+        assert_eq!(h.record_failure(3_000, &p), Transition::Ejected { until_ms: 6_000 }, "capped at max");
+    }
+
+    #[test]
+    fn failures_during_cooldown_do_not_extend_it() {
+        let p = policy();
+        let mut h = MemberHealth::default();
+        for _ in 0..3 {
+            h.record_failure(0, &p);
+        }
+        assert_eq!(h.record_failure(500, &p), Transition::None);
+        assert_eq!(h.ejected_until_ms, 1_000);
+    }
+
+    #[test]
+    fn retry_after_holds_member_and_never_shortens() {
+        let mut h = MemberHealth::default();
+        assert_eq!(h.hold_until(5_000), Transition::Ejected { until_ms: 5_000 });
+        assert_eq!(h.hold_until(4_000), Transition::None);
+        assert_eq!(h.availability(4_999), Availability::Unavailable { until_ms: 5_000 });
+        assert_eq!(h.availability(5_000), Availability::Trial);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_tolerates_garbage() {
+        let h = MemberHealth { consecutive_failures: 2, ejections: 1, ejected_until_ms: u64::MAX - 1, trial_until_ms: 7, successes: 9, failures: 11 };
+        assert_eq!(MemberHealth::decode(&h.encode()), h);
+        assert_eq!(MemberHealth::decode(b"junk"), MemberHealth::default());
+    }
+
+    #[test]
+    fn retry_after_formats() {
+        assert_eq!(retry_after_until_ms("2", 1_000), Some(3_000));
+        assert_eq!(retry_after_until_ms(" 1.5 ", 0), Some(1_500));
+        assert_eq!(retry_after_until_ms("99999999", 0), Some(3_600_000));
+        assert_eq!(retry_after_until_ms("soon", 0), None);
+        assert_eq!(retry_after_until_ms("-1", 0), None);
+        // 1994-11-06T08:49:37Z = 784111777 s
+        assert_eq!(retry_after_until_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_770_000), Some(784_111_777_000));
+        assert_eq!(retry_after_until_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_780_000), Some(784_111_780_000));
+    }
+}
