@@ -1,1 +1,15 @@
+//! The proxy-wasm glue: the only module that talks to the host. It reads
+//! headers and bodies, asks the pure modules what to do, and applies it.
 
+mod abi;
+mod filter;
+mod health_store;
+mod metrics;
+mod root;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(root::Root::new(context_id))
+    });
+}}

@@ -3,6 +3,9 @@
 //! OpenAI's shape. No proxy-wasm calls.
 
 mod openai;
+mod response;
+
+pub use response::ResponseAdapter;
 
 use crate::api::request::ParsedRequest;
 use crate::api::{ApiError, Endpoint};

@@ -1,0 +1,517 @@
+//! The HTTP context: one client request. Reads the body, routes it to a pool
+//! member by rewriting the request, and on a retriable upstream answer pauses
+//! the response and retries other members through `dispatch_http_call`,
+//! replacing the response with the first success.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::api::request::ParsedRequest;
+use crate::api::{ApiError, Endpoint};
+use crate::providers::{build_request, BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};
+use crate::routing::health::retry_after_until_ms;
+use crate::routing::{Availability, Plan, Transition};
+
+use super::metrics::inc;
+use super::root::Runtime;
+use super::{abi, health_store};
+
+const REQ: u32 = abi::MAP_REQUEST_HEADERS;
+const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
+
+/// Client headers never copied onto a failover call: hop-by-hop, framing,
+/// routing and Envoy-internal ones (credentials are handled separately).
+const NOT_FORWARDED: [&str; 9] =
+    ["host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade", "expect", "proxy-connection"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the request body.
+    Reading,
+    /// Request sent to the routed member; response passes through.
+    Routed,
+    /// Response paused while a failover call is in flight.
+    Failover,
+    /// The filter answered (error, model list, or failover result).
+    Answered,
+}
+
+pub struct Filter {
+    rt: Option<Rc<Runtime>>,
+    state: State,
+    endpoint: Endpoint,
+    /// The client's body, kept for failover calls.
+    body: Vec<u8>,
+    forward_headers: Vec<(String, String)>,
+    plan: Option<Plan>,
+    /// The attempt in flight: (pool, member).
+    current: Option<(usize, usize)>,
+    pending_call: Option<u32>,
+}
+
+impl Filter {
+    pub fn new(_context_id: u32, rt: Option<Rc<Runtime>>) -> Self {
+        Filter {
+            rt,
+            state: State::Reading,
+            endpoint: Endpoint::ChatCompletions,
+            body: Vec::new(),
+            forward_headers: Vec::new(),
+            plan: None,
+            current: None,
+            pending_call: None,
+        }
+    }
+
+    fn host_error(&self, what: &str, status: abi::Status) {
+        log::warn!("switchboard: host call failed: {what} (status {status})");
+        if let Some(rt) = &self.rt {
+            inc(rt.metrics.host_errors);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        abi::now_ms().unwrap_or_else(|status| {
+            self.host_error("get_current_time", status);
+            0
+        })
+    }
+
+    /// Answers the client with an OpenAI-style error. Returns the action to give Envoy.
+    fn answer_error(&mut self, error: &ApiError) -> Action {
+        if let Some(rt) = &self.rt {
+            rt.metrics.local_error(error.code);
+        }
+        let retry_after = error.retry_after_s.map(|s| s.to_string());
+        let attempts = self.plan.as_ref().map(|p| p.attempts.len().to_string());
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        if let Some(v) = retry_after.as_deref() {
+            headers.push(("retry-after", v));
+        }
+        if let Some(v) = attempts.as_deref() {
+            headers.push(("x-switchboard-attempts", v));
+        }
+        self.respond(error.status, &headers, &error.to_json());
+        Action::Pause
+    }
+
+    fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        self.state = State::Answered;
+        if let Err(s) = abi::send_local_response(status, headers, body) {
+            self.host_error("send_local_response", s);
+        }
+    }
+
+    fn request_header(&self, name: &str) -> Option<String> {
+        abi::header_str(REQ, name).unwrap_or_else(|s| {
+            self.host_error("get request header", s);
+            None
+        })
+    }
+
+    fn route(&mut self, rt: &Runtime, body: Vec<u8>) -> Action {
+        let now = self.now_ms();
+        let (plan, pool, member, upstream) = {
+            let parsed = match ParsedRequest::parse(&body, self.endpoint) {
+                Ok(p) => p,
+                Err(e) => return self.answer_error(&e),
+            };
+            let mut plan = match Plan::new(&rt.config, &parsed, now) {
+                Ok(p) => p,
+                Err(e) => return self.answer_error(&e),
+            };
+            let Some((pool, member)) = next_member(rt, &mut plan, now) else {
+                return self.answer_error(&plan.exhausted_error(&parsed.target));
+            };
+            let upstream = match build_for(rt, self.endpoint, &parsed, pool, member, now) {
+                Ok(u) => u,
+                Err(e) => return self.answer_error(&e),
+            };
+            (plan, pool, member, upstream)
+        };
+        if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
+            inc(pm.requests);
+        }
+        self.plan = Some(plan);
+        self.forward_headers = match abi::headers(REQ) {
+            Ok(h) => h
+                .into_iter()
+                .filter(|(k, _)| {
+                    !k.starts_with(':')
+                        && !k.starts_with("x-envoy-")
+                        && *k != rt.config.cluster_header
+                        && !NOT_FORWARDED.contains(&k.as_str())
+                        && !CREDENTIAL_HEADERS.contains(&k.as_str())
+                })
+                .collect(),
+            Err(s) => {
+                self.host_error("get request headers", s);
+                Vec::new()
+            }
+        };
+        if let Err((what, s)) = self.rewrite_request(rt, pool, member, &upstream, body.len(), now) {
+            self.host_error(what, s);
+            return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
+        }
+        self.body = body;
+        self.start_attempt(rt, pool, member);
+        self.state = State::Routed;
+        Action::Continue
+    }
+
+    fn rewrite_request(
+        &self,
+        rt: &Runtime,
+        pool: usize,
+        member: usize,
+        upstream: &UpstreamRequest,
+        original_len: usize,
+        now: u64,
+    ) -> Result<(), (&'static str, abi::Status)> {
+        let cluster = cluster_of(rt, pool, member).unwrap_or_default();
+        abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body).map_err(|s| ("set request body", s))?;
+        for name in CREDENTIAL_HEADERS {
+            abi::remove_header(REQ, name).map_err(|s| ("remove credential header", s))?;
+        }
+        let timeout = self.attempt_timeout_ms(rt, now).to_string();
+        let length = upstream.body.len().to_string();
+        let sets: [(&str, &str); 5] = [
+            (":path", &upstream.path),
+            (":authority", &upstream.authority),
+            (&rt.config.cluster_header, cluster),
+            ("content-length", &length),
+            ("x-envoy-upstream-rq-timeout-ms", &timeout),
+        ];
+        for (name, value) in sets {
+            abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
+        }
+        for (name, value) in &upstream.headers {
+            abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
+        }
+        Ok(())
+    }
+
+    /// Per-try timeout, cut short by the request's overall deadline.
+    fn attempt_timeout_ms(&self, rt: &Runtime, now: u64) -> u64 {
+        let per_try = self
+            .current
+            .or(self.plan.as_ref().map(|p| (p.primary_pool(), 0)))
+            .and_then(|(pool, _)| rt.config.pool_at(pool))
+            .map_or(30_000, |p| p.retry.per_try_timeout_ms);
+        let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
+        per_try.min(remaining).max(1)
+    }
+
+    fn start_attempt(&mut self, rt: &Runtime, pool: usize, member: usize) {
+        self.current = Some((pool, member));
+        if let Some(mm) = rt.metrics.member(pool, member) {
+            inc(mm.attempts);
+        }
+    }
+
+    /// Records how the attempt in flight ended: in the plan, in shared health, in metrics.
+    /// Returns whether it should fail over.
+    fn finish_attempt(&mut self, rt: &Runtime, status: u16, retry_after: Option<&str>, now: u64) -> bool {
+        let Some((pool_index, member_index)) = self.current.take() else { return false };
+        let Some(pool) = rt.config.pool_at(pool_index) else { return false };
+        let Some(member) = pool.members.get(member_index) else { return false };
+        let failed = status == 0 || pool.retry.should_retry(status);
+        if let Some(plan) = self.plan.as_mut() {
+            plan.record(&rt.config, pool_index, member_index, status);
+        }
+        let metrics = rt.metrics.member(pool_index, member_index);
+        let transition = if failed {
+            inc(metrics.and_then(|m| m.failures));
+            let hold = retry_after
+                .filter(|_| status == 429 || status == 503)
+                .and_then(|v| retry_after_until_ms(v, now));
+            health_store::update(&member.id, |h| {
+                let t = h.record_failure(now, &pool.health);
+                match hold.map(|until| h.hold_until(until)) {
+                    Some(held @ Transition::Ejected { .. }) => held,
+                    _ => t,
+                }
+            })
+        } else {
+            inc(metrics.and_then(|m| m.requests));
+            health_store::update(&member.id, |h| h.record_success())
+        };
+        match transition {
+            Transition::Ejected { until_ms } => {
+                inc(metrics.and_then(|m| m.ejections));
+                log::info!("switchboard: member {} ejected for {} ms (last status {status})", member.id, until_ms.saturating_sub(now));
+            }
+            Transition::Restored => {
+                inc(metrics.and_then(|m| m.restorations));
+                log::info!("switchboard: member {} restored", member.id);
+            }
+            Transition::None => {}
+        }
+        failed
+    }
+
+    /// Dispatches the request to the next member. False when none is left
+    /// (or the deadline passed).
+    fn dispatch_next(&mut self, rt: &Runtime, now: u64) -> bool {
+        loop {
+            let Some(plan) = self.plan.as_mut() else { return false };
+            if now >= plan.deadline_ms {
+                return false;
+            }
+            let failed_from = plan.attempts.last().map(|a| (a.pool, a.member));
+            let Some((pool, member)) = next_member(rt, plan, now) else { return false };
+            if let Some((p, m)) = failed_from {
+                inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
+                inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
+            }
+            match self.dispatch(rt, pool, member, now) {
+                Ok(token) => {
+                    self.pending_call = Some(token);
+                    self.start_attempt(rt, pool, member);
+                    return true;
+                }
+                Err(e) => {
+                    log::warn!("switchboard: failover call to {} failed to start: {}", member_id(rt, pool, member), e.message);
+                    self.start_attempt(rt, pool, member);
+                    self.finish_attempt(rt, 0, None, now);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, rt: &Runtime, pool: usize, member: usize, now: u64) -> Result<u32, ApiError> {
+        let parsed = ParsedRequest::parse(&self.body, self.endpoint)?;
+        let upstream = build_for(rt, self.endpoint, &parsed, pool, member, now)?;
+        let cluster = cluster_of(rt, pool, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.forward_headers.len() + upstream.headers.len() + 4);
+        headers.push((":method", "POST"));
+        headers.push((":path", &upstream.path));
+        headers.push((":authority", &upstream.authority));
+        headers.push(("content-type", "application/json"));
+        for (k, v) in &self.forward_headers {
+            if k != "content-type" {
+                headers.push((k, v));
+            }
+        }
+        for (k, v) in &upstream.headers {
+            headers.push((k, v));
+        }
+        let timeout = Duration::from_millis(self.attempt_timeout_ms_for(rt, pool, now));
+        proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(&upstream.body), vec![], timeout)
+            .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {cluster} failed: {s:?}")))
+    }
+
+    fn attempt_timeout_ms_for(&self, rt: &Runtime, pool: usize, now: u64) -> u64 {
+        let per_try = rt.config.pool_at(pool).map_or(30_000, |p| p.retry.per_try_timeout_ms);
+        let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
+        per_try.min(remaining).max(1)
+    }
+
+    fn exhausted(&mut self, rt: &Runtime) -> Action {
+        let error = match &self.plan {
+            Some(plan) => {
+                inc(rt.metrics.pool(plan.primary_pool()).and_then(|p| p.exhausted));
+                let target = rt.config.pool_at(plan.primary_pool()).map_or("", |p| p.name.as_str());
+                plan.exhausted_error(target)
+            }
+            None => ApiError::unavailable("No upstream could be tried."),
+        };
+        self.answer_error(&error)
+    }
+
+    fn result_headers(&self, rt: &Runtime) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(plan) = &self.plan {
+            if let Some(last) = plan.attempts.last() {
+                if let Some(pool) = rt.config.pool_at(last.pool) {
+                    out.push(("x-switchboard-pool", pool.name.clone()));
+                }
+                out.push(("x-switchboard-member", last.member_id.clone()));
+            }
+            out.push(("x-switchboard-attempts", plan.attempts.len().to_string()));
+        }
+        out
+    }
+}
+
+fn member_id(rt: &Runtime, pool: usize, member: usize) -> &str {
+    rt.config.pool_at(pool).and_then(|p| p.members.get(member)).map_or("?", |m| m.id.as_str())
+}
+
+fn cluster_of(rt: &Runtime, pool: usize, member: usize) -> Option<&str> {
+    let m = rt.config.pool_at(pool)?.members.get(member)?;
+    rt.config.provider(m.provider).map(|p| p.cluster.as_str())
+}
+
+fn next_member(rt: &Runtime, plan: &mut Plan, now: u64) -> Option<(usize, usize)> {
+    let random = rt.rng.borrow_mut().next_u64();
+    let (pool, member) = plan.next(&rt.config, |m| health_store::availability(&m.id, now), random)?;
+    // A member past its cooldown takes one trial request; claim it so other
+    // workers keep skipping it until the trial ends.
+    if let Some(p) = rt.config.pool_at(pool) {
+        if let Some(m) = p.members.get(member) {
+            if health_store::availability(&m.id, now) == Availability::Trial {
+                let hold = p.retry.per_try_timeout_ms;
+                health_store::update(&m.id, |h| {
+                    h.begin_trial(now, hold);
+                    Transition::None
+                });
+            }
+        }
+    }
+    Some((pool, member))
+}
+
+fn build_for(
+    rt: &Runtime,
+    endpoint: Endpoint,
+    parsed: &ParsedRequest<'_>,
+    pool: usize,
+    member: usize,
+    now_ms: u64,
+) -> Result<UpstreamRequest, ApiError> {
+    let p = rt.config.pool_at(pool).ok_or_else(|| ApiError::internal("unknown pool"))?;
+    let m = p.members.get(member).ok_or_else(|| ApiError::internal("unknown member"))?;
+    let provider = rt.config.provider(m.provider).ok_or_else(|| ApiError::internal("unknown provider"))?;
+    let ctx = BuildContext { now_unix_s: now_ms / 1000, max_response_tokens: p.max_response_tokens };
+    build_request(provider, m, endpoint, parsed, &ctx)
+}
+
+impl Context for Filter {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.pending_call != Some(token_id) || self.state != State::Failover {
+            return;
+        }
+        self.pending_call = None;
+        let Some(rt) = self.rt.clone() else { return };
+        let now = self.now_ms();
+        // A call that failed (reset, refused, timed out) arrives with no headers.
+        let headers = if num_headers == 0 {
+            Vec::new()
+        } else {
+            abi::headers(abi::MAP_HTTP_CALL_RESPONSE_HEADERS).unwrap_or_else(|s| {
+                self.host_error("get call response headers", s);
+                Vec::new()
+            })
+        };
+        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let status = find(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let retry_after = find("retry-after").map(str::to_string);
+        if self.finish_attempt(&rt, status, retry_after.as_deref(), now) {
+            if !self.dispatch_next(&rt, now) {
+                self.exhausted(&rt);
+            }
+            return;
+        }
+        let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size).unwrap_or_else(|s| {
+            self.host_error("get call response body", s);
+            Vec::new()
+        });
+        let content_type = find("content-type").unwrap_or("application/json").to_string();
+        let extra = self.result_headers(&rt);
+        let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
+        for (k, v) in &extra {
+            out.push((k, v));
+        }
+        self.respond(status, &out, &body);
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(rt) = self.rt.clone() else {
+            return self.answer_error(&ApiError::internal("switchboard is not configured"));
+        };
+        // A client can never pick a cluster: the header is the filter's alone.
+        if let Err(s) = abi::remove_header(REQ, &rt.config.cluster_header) {
+            self.host_error("remove cluster header", s);
+            return self.answer_error(&ApiError::internal("The gateway could not process the request headers."));
+        }
+        let path = self.request_header(":path").unwrap_or_default();
+        let method = self.request_header(":method").unwrap_or_default();
+        let Some((endpoint, query)) = Endpoint::from_path(&path) else {
+            return self.answer_error(&ApiError::not_found(path.split('?').next().unwrap_or("")));
+        };
+        self.endpoint = endpoint;
+        if method != endpoint.method() && !(endpoint == Endpoint::Models && method == "HEAD") {
+            let clean = path.split('?').next().unwrap_or("");
+            return self.answer_error(&ApiError::method_not_allowed(&method, clean, endpoint.method()));
+        }
+        if endpoint == Endpoint::Models {
+            let body = rt.listing.body(query).to_vec();
+            self.respond(200, &[("content-type", "application/json")], &body);
+            return Action::Pause;
+        }
+        let declared = self.request_header("content-length").and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > rt.config.max_body_bytes) {
+            return self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes));
+        }
+        if end_of_stream || declared == Some(0) {
+            return self.answer_error(&ApiError::invalid_request("invalid_json", "Request body is empty; expected a JSON object."));
+        }
+        // Hold the headers until the body says where the request goes
+        // (needs allow_on_headers_stop_iteration in the plugin config).
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.state != State::Reading {
+            return if self.state == State::Answered { Action::Pause } else { Action::Continue };
+        }
+        let Some(rt) = self.rt.clone() else { return Action::Pause };
+        if body_size > rt.config.max_body_bytes {
+            return self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        match abi::buffer(abi::BUFFER_REQUEST_BODY, 0, body_size) {
+            Ok(body) => self.route(&rt, body),
+            Err(s) => {
+                self.host_error("get request body", s);
+                self.answer_error(&ApiError::internal("The gateway could not read the request body."))
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.state != State::Routed {
+            // Our own local reply passing through, or a request we did not route.
+            return Action::Continue;
+        }
+        let Some(rt) = self.rt.clone() else { return Action::Continue };
+        let now = self.now_ms();
+        let status = abi::header_str(RESP, ":status")
+            .unwrap_or_else(|s| {
+                self.host_error("get response status", s);
+                None
+            })
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let retry_after = abi::header_str(RESP, "retry-after").ok().flatten();
+        if self.finish_attempt(&rt, status, retry_after.as_deref(), now) {
+            self.state = State::Failover;
+            if self.dispatch_next(&rt, now) {
+                return Action::Pause;
+            }
+            return self.exhausted(&rt);
+        }
+        for (name, value) in self.result_headers(&rt) {
+            if let Err(s) = abi::set_header(RESP, name, &value) {
+                self.host_error("set response header", s);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        match self.state {
+            // Hold the failed upstream's body back until the local answer replaces it.
+            State::Failover => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+}

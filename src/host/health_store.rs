@@ -1,0 +1,78 @@
+//! Member health kept in proxy-wasm shared data, visible to every worker VM
+//! of the Envoy process, updated with compare-and-swap.
+
+use crate::routing::{Availability, MemberHealth, Transition};
+
+use super::abi;
+
+const CAS_RETRIES: usize = 16;
+
+fn key(member_id: &str) -> String {
+    format!("switchboard.health.{member_id}")
+}
+
+pub fn read(member_id: &str) -> (MemberHealth, u32) {
+    match abi::shared_get(&key(member_id)) {
+        Ok((Some(bytes), cas)) => (MemberHealth::decode(&bytes), cas),
+        Ok((None, cas)) => (MemberHealth::default(), cas),
+        Err(status) => {
+            log::warn!("switchboard: reading health of {member_id} failed (status {status}); treating as healthy");
+            (MemberHealth::default(), 0)
+        }
+    }
+}
+
+pub fn availability(member_id: &str, now_ms: u64) -> Availability {
+    read(member_id).0.availability(now_ms)
+}
+
+/// Applies `change` atomically; returns what it did. On persistent contention
+/// or host errors the update is dropped (health is advisory) and logged.
+pub fn update(member_id: &str, mut change: impl FnMut(&mut MemberHealth) -> Transition) -> Transition {
+    let key = key(member_id);
+    for _ in 0..CAS_RETRIES {
+        let (mut health, cas) = read(member_id);
+        let transition = change(&mut health);
+        match abi::shared_set(&key, &health.encode(), cas) {
+            Ok(()) => return transition,
+            Err(abi::CAS_MISMATCH) => continue,
+            Err(status) => {
+                log::warn!("switchboard: writing health of {member_id} failed (status {status})");
+                return Transition::None;
+            }
+        }
+    }
+    log::warn!("switchboard: health update of {member_id} lost to contention");
+    Transition::None
+}
+
+/// Reads a small shared counter-like value (used for the probe leader lease).
+pub fn lease(name: &str, holder: u64, now_ms: u64, ttl_ms: u64) -> bool {
+    let key = format!("switchboard.lease.{name}");
+    for _ in 0..CAS_RETRIES {
+        let (current, cas) = match abi::shared_get(&key) {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        let (owner, expires) = current
+            .as_deref()
+            .and_then(|b| {
+                let owner = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
+                let expires = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+                Some((owner, expires))
+            })
+            .unwrap_or((0, 0));
+        if owner != holder && expires > now_ms {
+            return false;
+        }
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&holder.to_le_bytes());
+        value[8..].copy_from_slice(&now_ms.saturating_add(ttl_ms).to_le_bytes());
+        match abi::shared_set(&key, &value, cas) {
+            Ok(()) => return true,
+            Err(abi::CAS_MISMATCH) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}

@@ -1,0 +1,134 @@
+//! Envoy stats defined by the filter (every VM defines the same names; Envoy
+//! shares the stat). Names embed the pool and member; the Envoy configs in
+//! `envoy/` extract them as `pool` and `member` tags for Prometheus.
+
+use crate::config::Config;
+
+use super::abi;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemberMetrics {
+    pub requests: Option<u32>,
+    pub attempts: Option<u32>,
+    pub failures: Option<u32>,
+    pub failovers: Option<u32>,
+    pub ejections: Option<u32>,
+    pub restorations: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PoolMetrics {
+    pub requests: Option<u32>,
+    pub failovers: Option<u32>,
+    pub exhausted: Option<u32>,
+    pub healthy_members: Option<u32>,
+    pub members: Vec<MemberMetrics>,
+}
+
+/// Local answers by OpenAI error code, plus host-call failures.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub pools: Vec<PoolMetrics>,
+    local_errors: Vec<(&'static str, Option<u32>)>,
+    pub host_errors: Option<u32>,
+}
+
+const LOCAL_ERROR_CODES: [&str; 12] = [
+    "invalid_json",
+    "invalid_type",
+    "missing_model",
+    "missing_required_parameter",
+    "invalid_provider",
+    "model_not_found",
+    "not_found",
+    "method_not_allowed",
+    "request_too_large",
+    "no_healthy_upstream",
+    "unsupported_provider",
+    "internal_error",
+];
+
+/// Stat-name-safe form of a pool or member name (dots separate stat segments).
+pub fn stat_segment(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/') { c } else { '_' })
+        .collect()
+}
+
+fn define(kind: u32, name: &str) -> Option<u32> {
+    match abi::define_metric(kind, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("switchboard: defining metric {name} failed (status {status})");
+            None
+        }
+    }
+}
+
+impl Metrics {
+    pub fn define(config: &Config) -> Metrics {
+        let counter = |name: String| define(abi::METRIC_COUNTER, &name);
+        let pools = config
+            .pools
+            .iter()
+            .map(|pool| {
+                let p = stat_segment(&pool.name);
+                PoolMetrics {
+                    requests: counter(format!("switchboard.pool.{p}.requests")),
+                    failovers: counter(format!("switchboard.pool.{p}.failovers")),
+                    exhausted: counter(format!("switchboard.pool.{p}.exhausted")),
+                    healthy_members: define(abi::METRIC_GAUGE, &format!("switchboard.pool.{p}.healthy_members")),
+                    members: pool
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let base = format!("switchboard.member.{p}.{}", stat_segment(&m.id));
+                            MemberMetrics {
+                                requests: counter(format!("{base}.requests")),
+                                attempts: counter(format!("{base}.attempts")),
+                                failures: counter(format!("{base}.failures")),
+                                failovers: counter(format!("{base}.failovers")),
+                                ejections: counter(format!("{base}.ejections")),
+                                restorations: counter(format!("{base}.restorations")),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let local_errors = LOCAL_ERROR_CODES
+            .iter()
+            .map(|code| (*code, counter(format!("switchboard.local_errors.{code}"))))
+            .collect();
+        Metrics { pools, local_errors, host_errors: counter("switchboard.host_errors".to_string()) }
+    }
+
+    pub fn pool(&self, index: usize) -> Option<&PoolMetrics> {
+        self.pools.get(index)
+    }
+
+    pub fn member(&self, pool: usize, member: usize) -> Option<&MemberMetrics> {
+        self.pools.get(pool)?.members.get(member)
+    }
+
+    pub fn local_error(&self, code: &str) {
+        let id = self.local_errors.iter().find(|(c, _)| *c == code).and_then(|(_, id)| *id);
+        inc(id);
+    }
+}
+
+pub fn inc(id: Option<u32>) {
+    if let Some(id) = id {
+        if let Err(status) = abi::increment_metric(id, 1) {
+            log::debug!("switchboard: increment_metric failed (status {status})");
+        }
+    }
+}
+
+pub fn set_gauge(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        if let Err(status) = abi::record_metric(id, value) {
+            log::debug!("switchboard: record_metric failed (status {status})");
+        }
+    }
+}
