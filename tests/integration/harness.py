@@ -1,0 +1,160 @@
+"""Processes for integration tests: the mock provider and a real Envoy
+loading the built switchboard.wasm. Everything binds free loopback ports."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "envoy"))
+import render  # noqa: E402
+
+WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "switchboard.wasm")
+MOCK = os.path.join(ROOT, "target", "release", "mock-provider")
+
+
+def envoy_binary():
+    if os.environ.get("ENVOY_BIN"):
+        return os.environ["ENVOY_BIN"]
+    venv = os.path.join(ROOT, ".venv", "bin", "envoy")
+    if os.path.exists(venv):
+        return venv
+    found = shutil.which("envoy")
+    if found:
+        return found
+    raise RuntimeError("no Envoy binary: run `make setup` or set ENVOY_BIN")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_port():
+    """A loopback port nothing listens on (connection refused)."""
+    return free_port()
+
+
+class MockProvider:
+    """One mock-provider process serving several named listeners."""
+
+    def __init__(self, listeners):
+        # listeners: {name: "kind=openai,key=sk-..."}
+        args = [MOCK]
+        for name, opts in listeners.items():
+            spec = f"{name}=127.0.0.1:0" + (f",{opts}" if opts else "")
+            args += ["--listen", spec]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("mock-provider did not start: " + self.proc.stderr.read())
+        self.addrs = json.loads(line)["listening"]
+        self.client = httpx.Client(timeout=10)
+
+    def url(self, name):
+        return f"http://{self.addrs[name]}"
+
+    def faults(self, name, **fault):
+        r = self.client.post(self.url(name) + "/_mock/faults", json=fault)
+        r.raise_for_status()
+
+    def reset(self, name=None):
+        for n in [name] if name else self.addrs:
+            self.client.post(self.url(n) + "/_mock/reset").raise_for_status()
+
+    def requests(self, name):
+        return self.client.get(self.url(name) + "/_mock/requests").json()
+
+    def count(self, name):
+        return self.client.get(self.url(name) + "/_mock/stats").json()["requests"]
+
+    def stop(self):
+        self.client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Gateway:
+    """A real Envoy with switchboard loaded from the built .wasm."""
+
+    def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="switchboard-it-")
+        doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters)
+        self.config_path = os.path.join(self.dir, "envoy.json")
+        with open(self.config_path, "w") as f:
+            json.dump(doc, f)
+        self.log_path = os.path.join(self.dir, "envoy.log")
+        self.log = open(self.log_path, "w")
+        full_env = dict(os.environ)
+        full_env.update(env)
+        self.proc = subprocess.Popen(
+            [envoy_binary(), "-c", self.config_path, "--concurrency", str(concurrency),
+             "--disable-hot-restart", "-l", "info", "--log-format", "%L %v"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        if not expect_failure:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("envoy exited:\n" + self.logs())
+            try:
+                if httpx.get(self.admin + "/ready", timeout=1).status_code == 200:
+                    # The listener is up once the admin says LIVE.
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("envoy not ready:\n" + self.logs())
+
+    def logs(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stats(self):
+        text = httpx.get(self.admin + "/stats", timeout=5).text
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                pass
+        return out
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def chat(model, content="hello", **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": content}]}
+    body.update(extra)
+    return body
