@@ -339,7 +339,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             }
             let id = format!("{}/{}", m.provider, m.model);
             if members.iter().any(|x: &Member| x.id == id) {
-                return Err(err(format!("{mfield}"), format!("duplicate member {id}")));
+                return Err(err(mfield, format!("duplicate member {id}")));
             }
             members.push(Member {
                 provider,

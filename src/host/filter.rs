@@ -11,7 +11,7 @@ use proxy_wasm::types::Action;
 
 use crate::api::request::ParsedRequest;
 use crate::api::{ApiError, Endpoint};
-use crate::providers::{build_request, BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};
+use crate::providers::{build_request, BuildContext, ResponseAdapter, UpstreamRequest, CREDENTIAL_HEADERS};
 use crate::routing::health::retry_after_until_ms;
 use crate::routing::{Availability, Plan, Transition};
 
@@ -50,6 +50,20 @@ pub struct Filter {
     /// The attempt in flight: (pool, member).
     current: Option<(usize, usize)>,
     pending_call: Option<u32>,
+    /// Set when the routed member's provider does not speak OpenAI's format.
+    adapter: Option<ResponseAdapter>,
+    /// How the routed response body is translated, decided at its headers.
+    translation: Translation,
+    upstream_status: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Translation {
+    None,
+    /// Buffer the whole body, then translate (non-streaming and error answers).
+    WholeBody,
+    /// Translate each chunk as it arrives (successful streams).
+    Stream,
 }
 
 impl Filter {
@@ -63,6 +77,9 @@ impl Filter {
             plan: None,
             current: None,
             pending_call: None,
+            adapter: None,
+            translation: Translation::None,
+            upstream_status: 0,
         }
     }
 
@@ -207,6 +224,7 @@ impl Filter {
 
     fn start_attempt(&mut self, rt: &Runtime, pool: usize, member: usize) {
         self.current = Some((pool, member));
+        self.adapter = adapter_for(rt, self.endpoint, &self.body, pool, member);
         if let Some(mm) = rt.metrics.member(pool, member) {
             inc(mm.attempts);
         }
@@ -337,6 +355,15 @@ impl Filter {
     }
 }
 
+/// The response adapter for a member, if its provider needs one.
+fn adapter_for(rt: &Runtime, endpoint: Endpoint, body: &[u8], pool: usize, member: usize) -> Option<ResponseAdapter> {
+    let m = rt.config.pool_at(pool)?.members.get(member)?;
+    let provider = rt.config.provider(m.provider)?;
+    // The body parsed before, so this cannot fail; stream defaults to false if it did.
+    let stream = ParsedRequest::parse(body, endpoint).map(|p| p.stream).unwrap_or(false);
+    ResponseAdapter::new(provider.kind, endpoint, stream, &m.model)
+}
+
 fn member_id(rt: &Runtime, pool: usize, member: usize) -> &str {
     rt.config.pool_at(pool).and_then(|p| p.members.get(member)).map_or("?", |m| m.id.as_str())
 }
@@ -410,7 +437,18 @@ impl Context for Filter {
             self.host_error("get call response body", s);
             Vec::new()
         });
-        let content_type = find("content-type").unwrap_or("application/json").to_string();
+        let mut content_type = find("content-type").unwrap_or("application/json").to_string();
+        let body = match self.adapter.as_mut() {
+            Some(adapter) if status < 400 && adapter.content_type() == "text/event-stream" => {
+                content_type = adapter.content_type().to_string();
+                adapter.translate_stream(&body, true)
+            }
+            Some(adapter) => {
+                content_type = "application/json".to_string();
+                adapter.translate_body(status, &body)
+            }
+            None => body,
+        };
         let extra = self.result_headers(&rt);
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
         for (k, v) in &extra {
@@ -499,7 +537,18 @@ impl HttpContext for Filter {
             }
             return self.exhausted(&rt);
         }
-        for (name, value) in self.result_headers(&rt) {
+        self.upstream_status = status;
+        let mut headers = self.result_headers(&rt);
+        if let Some(adapter) = &self.adapter {
+            let streaming = status < 400 && adapter.content_type() == "text/event-stream";
+            self.translation = if streaming { Translation::Stream } else { Translation::WholeBody };
+            let content_type = if streaming { "text/event-stream" } else { "application/json" };
+            headers.push(("content-type", content_type.to_string()));
+            if let Err(s) = abi::remove_header(RESP, "content-length") {
+                self.host_error("remove content-length", s);
+            }
+        }
+        for (name, value) in headers {
             if let Err(s) = abi::set_header(RESP, name, &value) {
                 self.host_error("set response header", s);
             }
@@ -507,11 +556,37 @@ impl HttpContext for Filter {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.state {
             // Hold the failed upstream's body back until the local answer replaces it.
-            State::Failover => Action::Pause,
-            _ => Action::Continue,
+            State::Failover => return Action::Pause,
+            State::Routed => {}
+            _ => return Action::Continue,
         }
+        let translation = self.translation;
+        if translation == Translation::None {
+            return Action::Continue;
+        }
+        if translation == Translation::WholeBody && !end_of_stream {
+            return Action::Pause;
+        }
+        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
+            Ok(chunk) => chunk,
+            Err(s) => {
+                self.host_error("get response body", s);
+                return Action::Continue;
+            }
+        };
+        let status = self.upstream_status;
+        let Some(adapter) = self.adapter.as_mut() else { return Action::Continue };
+        let out = if translation == Translation::Stream {
+            adapter.translate_stream(&chunk, end_of_stream)
+        } else {
+            adapter.translate_body(status, &chunk)
+        };
+        if let Err(s) = abi::set_buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size, &out) {
+            self.host_error("set response body", s);
+        }
+        Action::Continue
     }
 }

@@ -2,17 +2,22 @@
 //! defines metrics, and on each tick refreshes health gauges.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use crate::api::models::ModelListing;
+use crate::api::request::ParsedRequest;
+use crate::api::Endpoint;
 use crate::config::Config;
-use crate::routing::{Availability, Rng};
+use crate::providers::{build_request, BuildContext};
+use crate::routing::{Availability, Rng, Transition};
 
 use super::filter::Filter;
-use super::metrics::{set_gauge, Metrics};
+use super::metrics::{inc, set_gauge, Metrics};
 use super::{abi, health_store};
 
 /// Everything a request needs, shared by the VM's HTTP contexts.
@@ -23,18 +28,102 @@ pub struct Runtime {
     pub rng: RefCell<Rng>,
 }
 
+/// The cheap request sent to an ejected member to see if it is back.
+const PROBE_BODY: &[u8] = br#"{"model":"probe","messages":[{"role":"user","content":"ping"}],"max_tokens":1}"#;
+
 pub struct Root {
-    context_id: u32,
     runtime: Option<Rc<Runtime>>,
+    /// Identifies this VM in the probe leader lease.
+    vm_token: u64,
+    /// Per pool: when its members were last probed (ms).
+    last_probe_ms: HashMap<usize, u64>,
+    /// Probe calls in flight: token -> (pool, member).
+    probes: HashMap<u32, (usize, usize)>,
 }
 
 impl Root {
-    pub fn new(context_id: u32) -> Self {
-        Root { context_id, runtime: None }
+    pub fn new(_context_id: u32) -> Self {
+        let vm_token = Rng::from_entropy().next_u64() | 1;
+        Root { runtime: None, vm_token, last_probe_ms: HashMap::new(), probes: HashMap::new() }
+    }
+
+    /// Active health checks: one VM (holding the lease) probes each ejected
+    /// member of pools that enable `probe`, and restores it on success.
+    fn probe(&mut self, rt: &Runtime, now: u64) {
+        let probing: Vec<usize> = rt
+            .config
+            .pools
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let every = p.probe.as_ref()?.interval_ms;
+                let due = self.last_probe_ms.get(&i).is_none_or(|last| now.saturating_sub(*last) >= every);
+                due.then_some(i)
+            })
+            .collect();
+        if probing.is_empty() || !health_store::lease("probe", self.vm_token, now, 3_000) {
+            return;
+        }
+        for pool_index in probing {
+            self.last_probe_ms.insert(pool_index, now);
+            let Some(pool) = rt.config.pool_at(pool_index) else { continue };
+            let Some(policy) = &pool.probe else { continue };
+            for (member_index, member) in pool.members.iter().enumerate() {
+                if matches!(health_store::availability(&member.id, now), Availability::Healthy) {
+                    continue;
+                }
+                if self.probes.values().any(|(p, m)| *p == pool_index && *m == member_index) {
+                    continue;
+                }
+                let Some(provider) = rt.config.provider(member.provider) else { continue };
+                let Ok(parsed) = ParsedRequest::parse(PROBE_BODY, Endpoint::ChatCompletions) else { continue };
+                let ctx = BuildContext { now_unix_s: now / 1000, max_response_tokens: Some(1) };
+                let Ok(upstream) = build_request(provider, member, Endpoint::ChatCompletions, &parsed, &ctx) else { continue };
+                let mut headers: Vec<(&str, &str)> = vec![
+                    (":method", "POST"),
+                    (":path", &upstream.path),
+                    (":authority", &upstream.authority),
+                    ("content-type", "application/json"),
+                ];
+                for (k, v) in &upstream.headers {
+                    headers.push((k, v));
+                }
+                let timeout = Duration::from_millis(policy.timeout_ms);
+                match proxy_wasm::hostcalls::dispatch_http_call(&provider.cluster, headers, Some(&upstream.body), vec![], timeout) {
+                    Ok(token) => {
+                        self.probes.insert(token, (pool_index, member_index));
+                    }
+                    Err(status) => log::warn!("switchboard: probe of {} not sent: {status:?}", member.id),
+                }
+            }
+        }
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, _body_size: usize, _num_trailers: usize) {
+        let Some((pool_index, member_index)) = self.probes.remove(&token_id) else { return };
+        let Some(rt) = self.runtime.clone() else { return };
+        let Some(member) = rt.config.pool_at(pool_index).and_then(|p| p.members.get(member_index)) else { return };
+        let status = if num_headers == 0 {
+            0
+        } else {
+            abi::header_str(abi::MAP_HTTP_CALL_RESPONSE_HEADERS, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u16>().ok())
+                .unwrap_or(0)
+        };
+        if (200..300).contains(&status) {
+            if health_store::update(&member.id, |h| h.record_success()) == Transition::Restored {
+                log::info!("switchboard: probe restored member {}", member.id);
+                inc(rt.metrics.member(pool_index, member_index).and_then(|m| m.restorations));
+            }
+        } else {
+            log::debug!("switchboard: probe of {} answered {status}", member.id);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -82,7 +171,8 @@ impl RootContext for Root {
                 set_gauge(pm.healthy_members, healthy as u64);
             }
         }
-        let _ = self.context_id;
+        let rt = Rc::clone(rt);
+        self.probe(&rt, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -41,7 +41,7 @@ pub fn pick(
                 }
             }
             Availability::Unavailable { until_ms } => {
-                if soonest.map_or(true, |(t, _)| until_ms < t) {
+                if soonest.is_none_or(|(t, _)| until_ms < t) {
                     soonest = Some((until_ms, index));
                 }
             }

@@ -1,0 +1,68 @@
+# switchboard: `make run` starts a demo gateway, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+TOOLS   := $(CURDIR)/.tools
+WASM    := target/wasm32-wasip1/release/switchboard.wasm
+# wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
+WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+
+.PHONY: help setup toolchain build run test unit wasm-test lint integration fuzz-smoke bench clean
+
+help:
+	@echo "make run    - build and start a demo gateway (Envoy + switchboard + local mock providers)"
+	@echo "make test   - unit, wasm (Node/V8), lint, Envoy integration and fuzz smoke tests"
+	@echo "make bench  - plain Envoy vs Envoy+switchboard vs LiteLLM, results in bench/results/"
+
+toolchain:
+	@command -v rustup >/dev/null && rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null 2>&1 || \
+		rustup target list --installed | grep -q wasm32-wasip1
+
+$(VENV)/.stamp: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+setup: toolchain $(VENV)/.stamp
+
+build: toolchain
+	cargo build --release --target wasm32-wasip1 -p switchboard
+	cargo build --release -p mock-provider
+	@ls -l $(WASM) | awk '{print "switchboard.wasm: " $$5 " bytes"}'
+
+run: setup build
+	$(PY) examples/demo/run.py
+
+unit:
+	cargo test --workspace
+
+$(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION):
+	cargo install wasm-bindgen-cli --version $(WBG_VERSION) --root $(TOOLS)
+	cp $(TOOLS)/bin/wasm-bindgen-test-runner $@
+
+# The pure logic's tests compiled to wasm32 and run under Node (V8, Envoy's engine).
+wasm-test: toolchain $(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION)
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION) \
+		cargo test -p switchboard --lib --no-default-features --target wasm32-unknown-unknown
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p switchboard --release --target wasm32-wasip1 -- -D warnings
+
+integration: setup build
+	$(VENV)/bin/pytest -q tests/integration
+
+fuzz-smoke:
+	@if [ -x fuzz/smoke.sh ]; then fuzz/smoke.sh; else echo "fuzz: no targets yet"; fi
+
+test: setup build unit wasm-test lint integration fuzz-smoke
+
+bench: setup build
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	cargo clean
+	rm -rf $(VENV) $(TOOLS)

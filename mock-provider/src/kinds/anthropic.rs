@@ -1,0 +1,232 @@
+//! Anthropic Messages API: `POST /v1/messages`.
+
+use super::{
+    bad_request, js, json_response, mentions_weather, method_not_allowed, not_found, split_even, stream_pieces,
+    stream_response, word_tokens, Ctx,
+};
+use crate::server::MockBody;
+use bytes::Bytes;
+use hyper::{Method, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+pub fn handle(ctx: &Ctx) -> Response<MockBody> {
+    let path = ctx.path().trim_end_matches('/');
+    if path != "/v1/messages" {
+        return not_found(ctx);
+    }
+    if ctx.parts.method != Method::POST {
+        return method_not_allowed(ctx);
+    }
+    if ctx.header("anthropic-version").is_none_or(str::is_empty) {
+        return bad_request(ctx, "anthropic-version: header is required");
+    }
+    let obj = match ctx.json_object() {
+        Ok(o) => o,
+        Err(e) => return bad_request(ctx, &e),
+    };
+    match validate(&obj) {
+        Ok(v) => respond(ctx, v),
+        Err(e) => bad_request(ctx, &e),
+    }
+}
+
+struct Valid<'a> {
+    model: &'a str,
+    stream: bool,
+    tool: Option<String>,
+}
+
+fn check_blocks(blocks: &[Value], at: &str) -> Result<(), String> {
+    for (j, b) in blocks.iter().enumerate() {
+        let Some(ty) = b.get("type").and_then(Value::as_str) else {
+            return Err(format!("{at}.{j}.type: Field required"));
+        };
+        match ty {
+            "text" => {
+                if !b.get("text").is_some_and(Value::is_string) {
+                    return Err(format!("{at}.{j}.text: Field required (string)"));
+                }
+            }
+            "image" | "document" | "tool_use" | "tool_result" | "thinking" | "redacted_thinking"
+            | "server_tool_use" | "web_search_tool_result" | "search_result" | "container_upload" => {}
+            other => return Err(format!("{at}.{j}.type: Input tag '{other}' does not match any of the expected tags")),
+        }
+    }
+    Ok(())
+}
+
+fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
+    let model = match obj.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => s.as_str(),
+        Some(_) => return Err("model: Input should be a valid string".into()),
+        None => return Err("model: Field required".into()),
+    };
+    match obj.get("max_tokens") {
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {}
+        Some(_) => return Err("max_tokens: Input should be a valid integer >= 1".into()),
+        None => return Err("max_tokens: Field required".into()),
+    }
+    let msgs = match obj.get("messages") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err("messages: Input should be a valid list".into()),
+        None => return Err("messages: Field required".into()),
+    };
+    if msgs.is_empty() {
+        return Err("messages: at least one message is required".into());
+    }
+    let mut last_user = String::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let Some(m) = m.as_object() else {
+            return Err(format!("messages.{i}: Input should be a valid dictionary"));
+        };
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        match role {
+            "user" | "assistant" => {}
+            "system" => {
+                return Err("messages: Unexpected role \"system\". The Messages API accepts a top-level \
+                            `system` parameter, not \"system\" as an input message role."
+                    .into())
+            }
+            "" => return Err(format!("messages.{i}.role: Field required")),
+            other => {
+                return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant', got '{other}'"))
+            }
+        }
+        let text = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(blocks)) => {
+                check_blocks(blocks, &format!("messages.{i}.content"))?;
+                blocks
+                    .iter()
+                    .filter_map(|b| b.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+            Some(_) => return Err(format!("messages.{i}.content: Input should be a valid string or list")),
+            None => return Err(format!("messages.{i}.content: Field required")),
+        };
+        if role == "user" {
+            last_user = text;
+        }
+    }
+    match obj.get("system") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(blocks)) => {
+            check_blocks(blocks, "system")?;
+            if blocks.iter().any(|b| b.get("type").and_then(Value::as_str) != Some("text")) {
+                return Err("system: only text blocks are allowed".into());
+            }
+        }
+        Some(_) => return Err("system: Input should be a valid string or list of text blocks".into()),
+    }
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("stream: Input should be a valid boolean".into()),
+    };
+    for (key, ok) in [
+        ("temperature", obj.get("temperature").is_none_or(Value::is_number)),
+        ("top_p", obj.get("top_p").is_none_or(Value::is_number)),
+        ("top_k", obj.get("top_k").is_none_or(Value::is_u64)),
+        ("stop_sequences", obj.get("stop_sequences").is_none_or(Value::is_array)),
+    ] {
+        if !ok {
+            return Err(format!("{key}: invalid type"));
+        }
+    }
+    let tool = match obj.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(t)) => {
+            for (i, tool) in t.iter().enumerate() {
+                if !tool.get("name").is_some_and(Value::is_string) {
+                    return Err(format!("tools.{i}.name: Field required"));
+                }
+                let custom = tool.get("type").is_none_or(|t| t == "custom");
+                if custom && !tool.get("input_schema").is_some_and(Value::is_object) {
+                    return Err(format!("tools.{i}.input_schema: Field required"));
+                }
+            }
+            t.first().and_then(|x| x.get("name")).and_then(Value::as_str).map(str::to_string)
+        }
+        Some(_) => return Err("tools: Input should be a valid list".into()),
+    };
+    let tool = tool.filter(|_| mentions_weather(&last_user));
+    Ok(Valid { model, stream, tool })
+}
+
+const TOOL_INPUT: &str = r#"{"location":"Paris"}"#;
+
+fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
+    let id = format!("msg_mock{}", ctx.l.next_id());
+    let input_tokens = ctx.prompt_tokens();
+    let reply = ctx.reply_text(v.model);
+    let model_js = js(v.model);
+    if !v.stream {
+        let (content, stop, out) = match &v.tool {
+            Some(name) => (
+                format!(
+                    r#"[{{"type":"tool_use","id":"toolu_mock{}","name":{},"input":{TOOL_INPUT}}}]"#,
+                    ctx.l.next_id(),
+                    js(name)
+                ),
+                "tool_use",
+                8,
+            ),
+            None => (format!(r#"[{{"type":"text","text":{}}}]"#, js(&reply)), "end_turn", word_tokens(&reply)),
+        };
+        let body = format!(
+            r#"{{"id":"{id}","type":"message","role":"assistant","model":{model_js},"content":{content},"stop_reason":"{stop}","stop_sequence":null,"usage":{{"input_tokens":{input_tokens},"output_tokens":{out}}}}}"#
+        );
+        return json_response(StatusCode::OK, body);
+    }
+
+    let ev = |name: &str, data: Value| -> Bytes { Bytes::from(format!("event: {name}\ndata: {data}\n\n")) };
+    let mut events = Vec::with_capacity(ctx.opts.chunks + 6);
+    events.push(ev(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": v.model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+    ));
+    let (stop, out) = match &v.tool {
+        Some(name) => {
+            events.push(ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block":
+                    {"type": "tool_use", "id": format!("toolu_mock{}", ctx.l.next_id()), "name": name, "input": {}}}),
+            ));
+            for piece in split_even(TOOL_INPUT, ctx.opts.chunks) {
+                events.push(ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+            }
+            ("tool_use", 8)
+        }
+        None => {
+            events.push(ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            events.push(ev("ping", json!({"type": "ping"})));
+            let (pieces, full) = stream_pieces(&reply, ctx.opts.chunks);
+            for p in pieces {
+                events.push(ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+                ));
+            }
+            ("end_turn", word_tokens(&full))
+        }
+    };
+    events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+               "usage": {"output_tokens": out}}),
+    ));
+    events.push(ev("message_stop", json!({"type": "message_stop"})));
+    stream_response("text/event-stream", events, &ctx.opts)
+}

@@ -1,0 +1,362 @@
+//! Provider kinds: shared helpers, auth, native error shapes and dispatch.
+
+pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
+pub mod gemini;
+pub mod openai;
+
+use crate::server::{Listener, MockBody};
+use bytes::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    OpenAi,
+    Azure,
+    Anthropic,
+    Gemini,
+    Bedrock,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "openai" | "openai_compatible" | "openai-compatible" => Kind::OpenAi,
+            "azure" | "azure_openai" => Kind::Azure,
+            "anthropic" => Kind::Anthropic,
+            "gemini" => Kind::Gemini,
+            "bedrock" => Kind::Bedrock,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OpenAi => "openai",
+            Kind::Azure => "azure",
+            Kind::Anthropic => "anthropic",
+            Kind::Gemini => "gemini",
+            Kind::Bedrock => "bedrock",
+        }
+    }
+}
+
+/// Streaming parameters for one request.
+#[derive(Clone)]
+pub struct StreamOpts {
+    pub chunks: usize,
+    pub delay: Duration,
+    pub reset_after_first: Option<Arc<crate::server::ConnCtl>>,
+}
+
+/// Everything a kind handler needs.
+pub struct Ctx<'a> {
+    pub l: &'a Listener,
+    pub parts: &'a Parts,
+    pub body: &'a Bytes,
+    pub opts: StreamOpts,
+}
+
+impl Ctx<'_> {
+    pub fn path(&self) -> &str {
+        self.parts.uri.path()
+    }
+    pub fn query(&self) -> Option<&str> {
+        self.parts.uri.query()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.parts.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Query parameter value (not percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query()?
+            .split('&')
+            .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+    }
+    /// Rough token count of the request: body bytes / 4, at least 1.
+    pub fn prompt_tokens(&self) -> u64 {
+        (self.body.len() as u64 / 4).max(1)
+    }
+    /// Parse the body as a JSON object.
+    pub fn json_object(&self) -> Result<serde_json::Map<String, Value>, String> {
+        if self.body.is_empty() {
+            return Err("request body is empty; expected a JSON object".into());
+        }
+        match serde_json::from_slice::<Value>(self.body) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err("request body must be a JSON object".into()),
+            Err(e) => Err(format!("request body is not valid JSON: {e}")),
+        }
+    }
+    pub fn reply_text(&self, model: &str) -> String {
+        format!("mock reply from {} to {}", self.l.name, model)
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Word count used as completion token count.
+pub fn word_tokens(text: &str) -> u64 {
+    text.split_whitespace().count().max(1) as u64
+}
+
+/// Split `text` into exactly `n` (>= 1) stream pieces that concatenate to the
+/// streamed text: words are distributed over the pieces; if there are fewer
+/// words than pieces, filler words " ok" are appended first. Returns the
+/// pieces and the full streamed text.
+pub fn stream_pieces(text: &str, n: usize) -> (Vec<String>, String) {
+    let n = n.max(1);
+    let mut words: Vec<String> = text.split(' ').map(str::to_string).collect();
+    while words.len() < n {
+        words.push("ok".into());
+    }
+    let full = words.join(" ");
+    let per = words.len() / n;
+    let extra = words.len() % n;
+    let mut pieces = Vec::with_capacity(n);
+    let mut idx = 0;
+    for i in 0..n {
+        let take = per + usize::from(i < extra);
+        let mut s = String::new();
+        for w in words.iter().skip(idx).take(take) {
+            if idx > 0 {
+                s.push(' ');
+            }
+            s.push_str(w);
+            idx += 1;
+        }
+        pieces.push(s);
+    }
+    (pieces, full)
+}
+
+/// Split a string into `n` (>= 1) pieces of about equal length (by chars).
+pub fn split_even(s: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let n = n.max(1).min(chars.len().max(1));
+    let per = chars.len() / n;
+    let extra = chars.len() % n;
+    let mut out = Vec::with_capacity(n);
+    let mut idx = 0;
+    for i in 0..n {
+        let take = per + usize::from(i < extra);
+        out.push(chars.iter().skip(idx).take(take).collect());
+        idx += take;
+    }
+    out
+}
+
+pub fn mentions_weather(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("weather")
+}
+
+/// JSON-encode a string (with quotes).
+pub fn js(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<MockBody> {
+    let mut r = Response::new(MockBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn json_value(status: StatusCode, v: &Value) -> Response<MockBody> {
+    json_response(status, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Streaming response: each event is its own frame.
+pub fn stream_response(content_type: &'static str, events: Vec<Bytes>, opts: &StreamOpts) -> Response<MockBody> {
+    let mut r = Response::new(MockBody::events(events, opts));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
+    r
+}
+
+pub fn sse_data(json: &str) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// The provider's native error JSON for `status`.
+pub fn error(kind: Kind, status: StatusCode, msg: &str) -> Response<MockBody> {
+    let code = status.as_u16();
+    match kind {
+        Kind::OpenAi | Kind::Azure => {
+            let (ty, c) = match code {
+                400 => ("invalid_request_error", Value::Null),
+                401 => ("invalid_request_error", Value::from("invalid_api_key")),
+                403 => ("permission_error", Value::Null),
+                404 => ("invalid_request_error", Value::from("not_found")),
+                429 => ("rate_limit_exceeded", Value::from("rate_limit_exceeded")),
+                500..=599 => ("server_error", Value::Null),
+                _ => ("invalid_request_error", Value::Null),
+            };
+            json_value(
+                status,
+                &serde_json::json!({"error": {"message": msg, "type": ty, "param": null, "code": c}}),
+            )
+        }
+        Kind::Anthropic => {
+            let ty = match code {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                500..=599 => "api_error",
+                _ => "invalid_request_error",
+            };
+            json_value(status, &serde_json::json!({"type": "error", "error": {"type": ty, "message": msg}}))
+        }
+        Kind::Gemini => {
+            let st = match code {
+                400 => "INVALID_ARGUMENT",
+                401 => "UNAUTHENTICATED",
+                403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                429 => "RESOURCE_EXHAUSTED",
+                499 => "CANCELLED",
+                500 => "INTERNAL",
+                503 => "UNAVAILABLE",
+                504 => "DEADLINE_EXCEEDED",
+                _ if code >= 500 => "INTERNAL",
+                _ => "FAILED_PRECONDITION",
+            };
+            json_value(status, &serde_json::json!({"error": {"code": code, "message": msg, "status": st}}))
+        }
+        Kind::Bedrock => {
+            let ty = match code {
+                400 => "ValidationException",
+                401 | 403 => "UnrecognizedClientException",
+                404 => "ResourceNotFoundException",
+                408 => "ModelTimeoutException",
+                424 => "ModelErrorException",
+                429 => "ThrottlingException",
+                503 => "ServiceUnavailableException",
+                _ if code >= 500 => "InternalServerException",
+                _ => "ValidationException",
+            };
+            let mut r = json_value(status, &serde_json::json!({"message": msg}));
+            r.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(ty));
+            r
+        }
+    }
+}
+
+/// Check the listener's credential. Err: message for a 401.
+pub fn check_auth(ctx: &Ctx) -> Result<(), String> {
+    let Some(key) = ctx.l.key.as_deref() else { return Ok(()) };
+    match ctx.l.kind {
+        Kind::OpenAi => match ctx.header("authorization") {
+            Some(v) if v.strip_prefix("Bearer ") == Some(key) => Ok(()),
+            Some(_) => Err("Incorrect API key provided.".into()),
+            None => Err("You didn't provide an API key. You need to provide your API key in an \
+                         Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+                .into()),
+        },
+        Kind::Azure => match ctx.header("api-key") {
+            Some(v) if v == key => Ok(()),
+            Some(_) => Err("Access denied due to invalid subscription key or wrong API endpoint. \
+                            Make sure to provide a valid key for an active subscription and use a \
+                            correct regional API endpoint for your resource."
+                .into()),
+            None => Err("Access denied due to missing subscription key. Make sure to include \
+                         subscription key when making requests to an API."
+                .into()),
+        },
+        Kind::Anthropic => match ctx.header("x-api-key") {
+            Some(v) if v == key => Ok(()),
+            Some(_) => Err("invalid x-api-key".into()),
+            None => Err("x-api-key header is required".into()),
+        },
+        Kind::Gemini => {
+            let got = ctx.header("x-goog-api-key").or_else(|| ctx.query_param("key"));
+            match got {
+                Some(v) if v == key => Ok(()),
+                Some(_) => Err("API key not valid. Please pass a valid API key.".into()),
+                None => Err("Method doesn't allow unregistered callers (callers without established \
+                             identity). Please use API Key or other form of API consumer identity to \
+                             call this API."
+                    .into()),
+            }
+        }
+        Kind::Bedrock => {
+            let secret = ctx.l.secret.as_deref().unwrap_or("");
+            let req = crate::sigv4::SignedRequest {
+                method: ctx.parts.method.as_str(),
+                path: ctx.path(),
+                query: ctx.query(),
+                headers: &ctx.parts.headers,
+                authority: ctx.parts.uri.authority().map(|a| a.as_str()),
+                body: ctx.body,
+            };
+            crate::sigv4::verify(&req, key, secret, "bedrock").map(|_| ())
+        }
+    }
+}
+
+pub fn dispatch(ctx: &Ctx) -> Response<MockBody> {
+    match ctx.l.kind {
+        Kind::OpenAi => openai::handle(ctx),
+        Kind::Azure => azure::handle(ctx),
+        Kind::Anthropic => anthropic::handle(ctx),
+        Kind::Gemini => gemini::handle(ctx),
+        Kind::Bedrock => bedrock::handle(ctx),
+    }
+}
+
+pub fn not_found(ctx: &Ctx) -> Response<MockBody> {
+    error(
+        ctx.l.kind,
+        StatusCode::NOT_FOUND,
+        &format!("mock {} provider: no route for {} {}", ctx.l.kind.as_str(), ctx.parts.method, ctx.path()),
+    )
+}
+
+pub fn bad_request(ctx: &Ctx, msg: &str) -> Response<MockBody> {
+    error(ctx.l.kind, StatusCode::BAD_REQUEST, msg)
+}
+
+pub fn method_not_allowed(ctx: &Ctx) -> Response<MockBody> {
+    error(
+        ctx.l.kind,
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method {} not allowed for {}", ctx.parts.method, ctx.path()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_concatenate() {
+        let (p, full) = stream_pieces("mock reply from a to b", 3);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.concat(), full);
+        assert_eq!(full, "mock reply from a to b");
+        let (p, full) = stream_pieces("one two", 5);
+        assert_eq!(p.len(), 5);
+        assert_eq!(p.concat(), full);
+        assert_eq!(full, "one two ok ok ok");
+        let (p, _) = stream_pieces("x", 0);
+        assert_eq!(p, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn split_even_works() {
+        assert_eq!(split_even("abcdefg", 3).concat(), "abcdefg");
+        assert_eq!(split_even("ab", 5).len(), 2);
+        assert_eq!(split_even("", 3), vec![String::new()]);
+    }
+}

@@ -1,0 +1,296 @@
+"""Issue 3: failover through dispatch_http_call, health in shared data."""
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from conftest import base_config, clusters_for
+from harness import chat, closed_port
+
+
+def three_member_config(**overrides):
+    cfg = base_config(**overrides)
+    cfg["pools"]["gpt4o_16k"]["members"] = [
+        {"provider": "alpha", "model": "gpt-4o", "weight": 1},
+        {"provider": "beta", "model": "gpt-4o-2024-08-06", "weight": 1},
+        {"provider": "gamma", "model": "gpt-4o-mini", "weight": 1},
+    ]
+    return cfg
+
+
+def hammer(gw, n, concurrency=8, body=None, timeout=30):
+    body = body or chat("gpt4o_16k")
+
+    def one(_):
+        with httpx.Client(timeout=timeout) as c:
+            out = []
+            for _ in range(n // concurrency):
+                t = time.monotonic()
+                r = c.post(gw.base + "/v1/chat/completions", json=body)
+                out.append((r.status_code, time.monotonic() - t, r.headers.get("x-switchboard-attempts"), r))
+            return out
+
+    with ThreadPoolExecutor(concurrency) as ex:
+        return [x for part in ex.map(one, range(concurrency)) for x in part]
+
+
+def test_member_always_503_all_requests_succeed(make_gateway, mock):
+    gw = make_gateway(three_member_config())
+    mock.faults("alpha", status=503)
+    results = hammer(gw, 200)
+    assert [s for s, *_ in results if s != 200] == []
+    for *_, r in results:
+        assert r.headers["x-switchboard-member"] != "alpha/gpt-4o"
+        assert "mock reply" in r.json()["choices"][0]["message"]["content"]
+    # Ejection keeps the bad member out: with 2 workers and 3 failures to eject, only a handful.
+    assert mock.count("alpha") <= 10, mock.count("alpha")
+    stats = gw.stats()
+    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.ejections"] >= 1
+    assert stats["wasmcustom.switchboard.pool.gpt4o_16k.failovers"] >= 1
+
+
+def test_failover_replaces_body_status_and_content_type(make_gateway, mock):
+    cfg = base_config(health={"consecutive_failures": 1000})
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=500, body='{"error":{"message":"raw upstream error"}}')
+    seen_failover = 0
+    for _ in range(40):
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/json"
+        assert "raw upstream error" not in r.text
+        assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
+        if r.headers["x-switchboard-attempts"] == "2":
+            seen_failover += 1
+            assert r.json()["model"] == "gpt-4o-2024-08-06"
+    assert seen_failover >= 15  # weight 3:1 -> ~30 of 40 go to alpha first
+
+
+def test_connection_refused_fails_over(make_gateway, mock):
+    gw = make_gateway(base_config(), clusters_for(mock, alpha=f"127.0.0.1:{closed_port()}"))
+    results = hammer(gw, 80, concurrency=4)
+    assert all(s == 200 for s, *_ in results)
+    assert all(r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06" for *_, r in results)
+
+
+def test_hanging_member_times_out_per_try_and_fails_over(make_gateway, mock):
+    cfg = base_config(per_try_timeout_ms=400, timeout_ms=3000, health={"consecutive_failures": 1000})
+    gw = make_gateway(cfg)
+    mock.faults("alpha", hang=True)
+    for _ in range(8):
+        t = time.monotonic()
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10)
+        elapsed = time.monotonic() - t
+        assert r.status_code == 200, r.text
+        assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
+        assert elapsed < 1.5, elapsed
+
+
+def test_hang_on_failover_call_is_cut_by_per_try_timeout(make_gateway, mock):
+    """The retried call itself hangs: the dispatch timeout ends it, the next member answers."""
+    cfg = three_member_config(per_try_timeout_ms=300, timeout_ms=5000, health={"consecutive_failures": 1000})
+    cfg["pools"]["gpt4o_16k"]["members"][0]["weight"] = 1000
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=503)
+    mock.faults("beta", hang=True)
+    for _ in range(5):
+        t = time.monotonic()
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10)
+        assert r.status_code == 200
+        assert r.headers["x-switchboard-member"] == "gamma/gpt-4o-mini"
+        assert time.monotonic() - t < 2.0
+
+
+def test_retry_after_takes_member_out_until_then(make_gateway, mock):
+    cfg = base_config(health={"consecutive_failures": 1000})
+    cfg["pools"]["gpt4o_16k"]["members"][0]["weight"] = 100
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=429, retry_after="2")
+    first = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+    assert first.status_code == 200
+    assert first.headers["x-switchboard-attempts"] == "2"
+    mock.reset("alpha")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+        assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
+    assert mock.count("alpha") == 0
+    time.sleep(0.8)
+    members = [httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k")).headers["x-switchboard-member"] for _ in range(10)]
+    assert "alpha/gpt-4o" in members
+
+
+def test_ejected_member_gets_a_handful_during_cooldown_across_workers(make_gateway, mock):
+    cfg = base_config(health={"consecutive_failures": 3, "cooldown_ms": 30000})
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=503)
+    results = hammer(gw, 400, concurrency=16)
+    assert all(s == 200 for s, *_ in results)
+    # 3 failures eject it for everyone; a few in flight at that moment may add to it.
+    assert mock.count("alpha") <= 3 + 16, mock.count("alpha")
+    before = mock.count("alpha")
+    results = hammer(gw, 200, concurrency=8)
+    assert all(s == 200 for s, *_ in results)
+    assert mock.count("alpha") == before, "ejected member received traffic during cooldown"
+
+
+def test_half_open_trial_restores_member(make_gateway, mock):
+    cfg = base_config(health={"consecutive_failures": 2, "cooldown_ms": 800})
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=503)
+    hammer(gw, 40, concurrency=4)
+    mock.reset("alpha")
+    time.sleep(1.0)
+    results = hammer(gw, 80, concurrency=4)
+    assert all(s == 200 for s, *_ in results)
+    assert mock.count("alpha") > 30, "restored member should take its weighted share again"
+    assert gw.stats()["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.restorations"] >= 1
+
+
+def test_all_members_down_gives_503_listing_attempts_within_deadline(make_gateway, mock):
+    cfg = base_config(per_try_timeout_ms=300, timeout_ms=1000)
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=502)
+    mock.faults("beta", status=503, body="upstream raw body")
+    t = time.monotonic()
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10)
+    assert time.monotonic() - t < 1.5
+    assert r.status_code == 503
+    err = r.json()["error"]
+    assert err["code"] == "no_healthy_upstream"
+    assert "alpha/gpt-4o:502" in err["message"] and "beta/gpt-4o-2024-08-06:503" in err["message"]
+    assert "upstream raw body" not in r.text
+    assert r.headers["x-switchboard-attempts"] == "2"
+    # Hanging everywhere: the overall deadline bounds the wait.
+    mock.faults("alpha", hang=True)
+    mock.faults("beta", hang=True)
+    t = time.monotonic()
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10)
+    assert r.status_code == 503
+    assert time.monotonic() - t < 1.6
+
+
+def test_client_errors_are_returned_without_failover(make_gateway, mock):
+    gw = make_gateway(base_config())
+    mock.faults("alpha", status=400)
+    mock.faults("beta", status=400)
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+    assert r.status_code == 400
+    assert r.headers["x-switchboard-attempts"] == "1"
+
+
+def test_pool_can_list_401_for_failover(make_gateway, mock):
+    gw = make_gateway(base_config(retry_on=[401, 429, 500, 502, 503, 504]))
+    mock.faults("alpha", status=401)
+    for _ in range(10):
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+        assert r.status_code == 200
+        assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
+
+
+def test_client_disconnect_during_pending_retry_leaves_envoy_healthy(make_gateway, mock):
+    cfg = base_config(health={"consecutive_failures": 1000}, per_try_timeout_ms=3000)
+    cfg["pools"]["gpt4o_16k"]["members"][0]["weight"] = 1000
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=503)
+    mock.faults("beta", latency_ms=1500)
+    for _ in range(10):
+        try:
+            httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=0.3)
+        except httpx.TimeoutException:
+            pass
+    time.sleep(1.6)  # let the pending calls complete into destroyed contexts
+    assert gw.alive()
+    mock.reset()
+    for _ in range(20):
+        assert httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k")).status_code == 200
+    stats = gw.stats()
+    assert not any(k.startswith("wasm.") and "fail" in k and v for k, v in stats.items()), \
+        {k: v for k, v in stats.items() if k.startswith("wasm.")}
+    assert "panicked" not in gw.logs() and "Function: proxy_on" not in gw.logs()
+
+
+def test_request_fallback_list_and_fallback_pools(make_gateway, mock):
+    cfg = base_config()
+    cfg["pools"]["backup"] = {"members": [{"provider": "gamma", "model": "gpt-4o-mini"}]}
+    cfg["pools"]["gpt4o_16k"]["fallback_pools"] = []
+    cfg["pools"]["tiny"] = {"members": [{"provider": "alpha", "model": "gpt-4o"}], "fallback_pools": ["backup"]}
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=503)
+    mock.faults("beta", status=503)
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k", fallback=["backup"]))
+    assert r.status_code == 200
+    assert r.headers["x-switchboard-member"] == "gamma/gpt-4o-mini"
+    assert r.headers["x-switchboard-pool"] == "backup"
+    assert r.headers["x-switchboard-attempts"] == "3"
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("tiny"))
+    assert r.status_code == 200 and r.headers["x-switchboard-member"] == "gamma/gpt-4o-mini"
+    # Unknown fallback names are an error, not silently ignored.
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k", fallback=["nope"]))
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+
+
+def test_load_balance_group_selects_pool(make_gateway, mock):
+    gw = make_gateway(base_config())
+    body = {"load_balance_group": {"group_id": "gpt4o_16k"}, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(gw.base + "/v1/chat/completions", json=body)
+    assert r.status_code == 200 and r.headers["x-switchboard-pool"] == "gpt4o_16k"
+    body["model"] = "gpt-4o-2024-08-06"
+    r = httpx.post(gw.base + "/v1/chat/completions", json=body)
+    assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
+    for req in mock.requests("alpha") + mock.requests("beta"):
+        assert "load_balance_group" not in req["body"]
+
+
+def test_stream_failing_before_first_byte_is_retried_as_complete_sse(make_gateway, mock):
+    gw = make_gateway(base_config(health={"consecutive_failures": 1000}))
+    mock.faults("alpha", status=503)
+    got_retry = False
+    for _ in range(12):
+        with httpx.stream("POST", gw.base + "/v1/chat/completions", json=chat("gpt4o_16k", stream=True)) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [l[6:] for l in r.iter_lines() if l.startswith("data: ")]
+            got_retry |= r.headers["x-switchboard-attempts"] == "2"
+        assert events[-1] == "[DONE]"
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1] if json.loads(e)["choices"])
+        assert "mock reply from beta" in text
+    assert got_retry
+
+
+def test_probes_restore_ejected_member(make_gateway, mock):
+    cfg = base_config(health={"consecutive_failures": 2, "cooldown_ms": 60000}, probe={"interval_ms": 300, "timeout_ms": 1000})
+    gw = make_gateway(cfg)
+    mock.faults("alpha", status=503)
+    hammer(gw, 40, concurrency=4)
+    assert gw.stats()["wasmcustom.switchboard.pool.gpt4o_16k.healthy_members"] in (0, 1, 2)
+    mock.reset("alpha")
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        if gw.stats()["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.restorations"] >= 1:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("probe did not restore the member")
+    # The probe is the only traffic alpha saw after reset (cooldown is 60 s).
+    probe_bodies = [r["body"] for r in mock.requests("alpha")]
+    assert probe_bodies and all(b["max_tokens"] == 1 for b in probe_bodies)
+    results = hammer(gw, 40, concurrency=4)
+    assert any(r.headers["x-switchboard-member"] == "alpha/gpt-4o" for *_, r in results)
+
+
+def test_2000_requests_half_failing_member_all_answered(make_gateway, mock, record_property):
+    """Done-criterion of issue 3: one of two members 503s half the time."""
+    gw = make_gateway(base_config(health={"consecutive_failures": 1000}))
+    mock.faults("alpha", status=503, rate=0.5)
+    results = hammer(gw, 2000, concurrency=16)
+    assert len(results) == 2000
+    assert [s for s, *_ in results if s != 200] == []
+    direct = [t for s, t, a, _ in results if a == "1"]
+    failover = [t for s, t, a, _ in results if a == "2"]
+    assert len(failover) > 100
+    extra_ms = (statistics.median(failover) - statistics.median(direct)) * 1000
+    record_property("failover_extra_latency_ms_p50", round(extra_ms, 2))
+    print(f"\nfailover extra latency p50: {extra_ms:.2f} ms over {len(failover)} failovers")
