@@ -55,6 +55,7 @@ pub struct Filter {
     /// How the routed response body is translated, decided at its headers.
     translation: Translation,
     upstream_status: u16,
+    stream: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,7 @@ impl Filter {
             adapter: None,
             translation: Translation::None,
             upstream_status: 0,
+            stream: false,
         }
     }
 
@@ -147,6 +149,7 @@ impl Filter {
                 Ok(u) => u,
                 Err(e) => return self.answer_error(&e),
             };
+            self.stream = parsed.stream;
             (plan, pool, member, upstream)
         };
         if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
@@ -193,7 +196,7 @@ impl Filter {
         for name in CREDENTIAL_HEADERS {
             abi::remove_header(REQ, name).map_err(|s| ("remove credential header", s))?;
         }
-        let timeout = self.attempt_timeout_ms(rt, now).to_string();
+        let timeout = self.attempt_timeout_ms_for(rt, pool, now).to_string();
         let length = upstream.body.len().to_string();
         let sets: [(&str, &str); 5] = [
             (":path", &upstream.path),
@@ -209,17 +212,6 @@ impl Filter {
             abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
         }
         Ok(())
-    }
-
-    /// Per-try timeout, cut short by the request's overall deadline.
-    fn attempt_timeout_ms(&self, rt: &Runtime, now: u64) -> u64 {
-        let per_try = self
-            .current
-            .or(self.plan.as_ref().map(|p| (p.primary_pool(), 0)))
-            .and_then(|(pool, _)| rt.config.pool_at(pool))
-            .map_or(30_000, |p| p.retry.per_try_timeout_ms);
-        let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
-        per_try.min(remaining).max(1)
     }
 
     fn start_attempt(&mut self, rt: &Runtime, pool: usize, member: usize) {
@@ -322,10 +314,17 @@ impl Filter {
             .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {cluster} failed: {s:?}")))
     }
 
+    /// Time an attempt may take: the pool's per-try timeout, cut short by the
+    /// request's overall deadline. A stream may use the whole remaining
+    /// deadline: Envoy's timeout covers the full response, not its first byte.
     fn attempt_timeout_ms_for(&self, rt: &Runtime, pool: usize, now: u64) -> u64 {
         let per_try = rt.config.pool_at(pool).map_or(30_000, |p| p.retry.per_try_timeout_ms);
         let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
-        per_try.min(remaining).max(1)
+        if self.stream {
+            remaining.max(1)
+        } else {
+            per_try.min(remaining).max(1)
+        }
     }
 
     fn exhausted(&mut self, rt: &Runtime) -> Action {
@@ -360,7 +359,7 @@ fn adapter_for(rt: &Runtime, endpoint: Endpoint, body: &[u8], pool: usize, membe
     let m = rt.config.pool_at(pool)?.members.get(member)?;
     let provider = rt.config.provider(m.provider)?;
     // The body parsed before, so this cannot fail; stream defaults to false if it did.
-    let stream = ParsedRequest::parse(body, endpoint).map(|p| p.stream).unwrap_or(false);
+    let stream = ParsedRequest::parse(body, endpoint).is_ok_and(|p| p.stream);
     ResponseAdapter::new(provider.kind, endpoint, stream, &m.model)
 }
 
