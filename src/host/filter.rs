@@ -105,13 +105,11 @@ impl Filter {
             rt.metrics.local_error(error.code);
         }
         let retry_after = error.retry_after_s.map(|s| s.to_string());
-        let attempts = self.plan.as_ref().map(|p| p.attempts.len().to_string());
-        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        let attempts = self.plan.as_ref().map_or(0, |p| p.attempts.len()).to_string();
+        let mut headers: Vec<(&str, &str)> =
+            vec![("content-type", "application/json"), ("x-switchboard-attempts", &attempts)];
         if let Some(v) = retry_after.as_deref() {
             headers.push(("retry-after", v));
-        }
-        if let Some(v) = attempts.as_deref() {
-            headers.push(("x-switchboard-attempts", v));
         }
         self.respond(error.status, &headers, &error.to_json());
         Action::Pause
@@ -156,23 +154,26 @@ impl Filter {
             inc(pm.requests);
         }
         self.plan = Some(plan);
-        self.forward_headers = match abi::headers(REQ) {
-            Ok(h) => h
-                .into_iter()
-                .filter(|(k, _)| {
-                    !k.starts_with(':')
-                        && !k.starts_with("x-envoy-")
-                        && *k != rt.config.cluster_header
-                        && !NOT_FORWARDED.contains(&k.as_str())
-                        && !CREDENTIAL_HEADERS.contains(&k.as_str())
-                })
-                .collect(),
+        let client_headers = match abi::headers(REQ) {
+            Ok(h) => h,
             Err(s) => {
                 self.host_error("get request headers", s);
-                Vec::new()
+                return self.answer_error(&ApiError::internal("The gateway could not read the request headers."));
             }
         };
-        if let Err((what, s)) = self.rewrite_request(rt, pool, member, &upstream, body.len(), now) {
+        let credentials: Vec<&'static str> =
+            CREDENTIAL_HEADERS.iter().copied().filter(|c| client_headers.iter().any(|(k, _)| k == c)).collect();
+        self.forward_headers = client_headers
+            .into_iter()
+            .filter(|(k, _)| {
+                !k.starts_with(':')
+                    && !k.starts_with("x-envoy-")
+                    && *k != rt.config.cluster_header
+                    && !NOT_FORWARDED.contains(&k.as_str())
+                    && !CREDENTIAL_HEADERS.contains(&k.as_str())
+            })
+            .collect();
+        if let Err((what, s)) = self.rewrite_request(rt, pool, member, &upstream, &credentials, body.len(), now) {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
@@ -188,12 +189,14 @@ impl Filter {
         pool: usize,
         member: usize,
         upstream: &UpstreamRequest,
+        client_credentials: &[&str],
         original_len: usize,
         now: u64,
     ) -> Result<(), (&'static str, abi::Status)> {
         let cluster = cluster_of(rt, pool, member).unwrap_or_default();
         abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body).map_err(|s| ("set request body", s))?;
-        for name in CREDENTIAL_HEADERS {
+        // The client's own credentials never go upstream.
+        for name in client_credentials {
             abi::remove_header(REQ, name).map_err(|s| ("remove credential header", s))?;
         }
         let timeout = self.attempt_timeout_ms_for(rt, pool, now).to_string();

@@ -108,6 +108,7 @@ def test_models_listing(gateway):
 def error_of(r, status, code):
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-switchboard-attempts"] == "0"
     err = r.json()["error"]
     assert err["code"] == code, err
     assert err["message"] and err["type"]
