@@ -3,6 +3,7 @@
 //! the response and retries other members through `dispatch_http_call`,
 //! replacing the response with the first success.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::api::request::ParsedRequest;
 use crate::api::{ApiError, Endpoint};
 use crate::providers::{build_request, BuildContext, ResponseAdapter, UpstreamRequest, CREDENTIAL_HEADERS};
 use crate::routing::health::retry_after_until_ms;
-use crate::routing::{Availability, Plan, Transition};
+use crate::routing::{Availability, MemberHealth, Plan, Transition};
 
 use super::metrics::inc;
 use super::root::Runtime;
@@ -56,6 +57,8 @@ pub struct Filter {
     translation: Translation,
     upstream_status: u16,
     stream: bool,
+    /// Health of the member in flight when it was picked.
+    picked_health: MemberHealth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,7 @@ impl Filter {
             translation: Translation::None,
             upstream_status: 0,
             stream: false,
+            picked_health: MemberHealth::default(),
         }
     }
 
@@ -140,7 +144,7 @@ impl Filter {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
-            let Some((pool, member)) = next_member(rt, &mut plan, now) else {
+            let Some((pool, member, health)) = next_member(rt, &mut plan, now) else {
                 return self.answer_error(&plan.exhausted_error(&parsed.target));
             };
             let upstream = match build_for(rt, self.endpoint, &parsed, pool, member, now) {
@@ -148,6 +152,7 @@ impl Filter {
                 Err(e) => return self.answer_error(&e),
             };
             self.stream = parsed.stream;
+            self.picked_health = health;
             (plan, pool, member, upstream)
         };
         if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
@@ -173,7 +178,11 @@ impl Filter {
                     && !CREDENTIAL_HEADERS.contains(&k.as_str())
             })
             .collect();
-        if let Err((what, s)) = self.rewrite_request(rt, pool, member, &upstream, &credentials, body.len(), now) {
+        let cluster = cluster_of(rt, pool, member).unwrap_or_default();
+        let timeout_ms = self.attempt_timeout_ms_for(rt, pool, now);
+        let rewritten =
+            rewrite_request(&rt.config.cluster_header, cluster, &upstream, timeout_ms, &credentials, body.len());
+        if let Err((what, s)) = rewritten {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
@@ -181,40 +190,6 @@ impl Filter {
         self.start_attempt(rt, pool, member);
         self.state = State::Routed;
         Action::Continue
-    }
-
-    fn rewrite_request(
-        &self,
-        rt: &Runtime,
-        pool: usize,
-        member: usize,
-        upstream: &UpstreamRequest,
-        client_credentials: &[&str],
-        original_len: usize,
-        now: u64,
-    ) -> Result<(), (&'static str, abi::Status)> {
-        let cluster = cluster_of(rt, pool, member).unwrap_or_default();
-        abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body).map_err(|s| ("set request body", s))?;
-        // The client's own credentials never go upstream.
-        for name in client_credentials {
-            abi::remove_header(REQ, name).map_err(|s| ("remove credential header", s))?;
-        }
-        let timeout = self.attempt_timeout_ms_for(rt, pool, now).to_string();
-        let length = upstream.body.len().to_string();
-        let sets: [(&str, &str); 5] = [
-            (":path", &upstream.path),
-            (":authority", &upstream.authority),
-            (&rt.config.cluster_header, cluster),
-            ("content-length", &length),
-            ("x-envoy-upstream-rq-timeout-ms", &timeout),
-        ];
-        for (name, value) in sets {
-            abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
-        }
-        for (name, value) in &upstream.headers {
-            abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
-        }
-        Ok(())
     }
 
     fn start_attempt(&mut self, rt: &Runtime, pool: usize, member: usize) {
@@ -250,7 +225,13 @@ impl Filter {
             })
         } else {
             inc(metrics.and_then(|m| m.requests));
-            health_store::update(&member.id, |h| h.record_success())
+            if self.picked_health.is_clean() {
+                // Nothing to reset: count the success locally, flushed to shared data on tick.
+                rt.note_success(&member.id);
+                Transition::None
+            } else {
+                health_store::update(&member.id, |h| h.record_success())
+            }
         };
         match transition {
             Transition::Ejected { until_ms } => {
@@ -275,7 +256,8 @@ impl Filter {
                 return false;
             }
             let failed_from = plan.attempts.last().map(|a| (a.pool, a.member));
-            let Some((pool, member)) = next_member(rt, plan, now) else { return false };
+            let Some((pool, member, health)) = next_member(rt, plan, now) else { return false };
+            self.picked_health = health;
             if let Some((p, m)) = failed_from {
                 inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
                 inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
@@ -357,6 +339,39 @@ impl Filter {
     }
 }
 
+/// Points the paused request at the chosen member: body, path, authority,
+/// cluster, credentials and the per-try timeout.
+fn rewrite_request(
+    cluster_header: &str,
+    cluster: &str,
+    upstream: &UpstreamRequest,
+    timeout_ms: u64,
+    client_credentials: &[&str],
+    original_len: usize,
+) -> Result<(), (&'static str, abi::Status)> {
+    abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body).map_err(|s| ("set request body", s))?;
+    // The client's own credentials never go upstream.
+    for name in client_credentials {
+        abi::remove_header(REQ, name).map_err(|s| ("remove credential header", s))?;
+    }
+    let timeout = timeout_ms.to_string();
+    let length = upstream.body.len().to_string();
+    let sets: [(&str, &str); 5] = [
+        (":path", &upstream.path),
+        (":authority", &upstream.authority),
+        (cluster_header, cluster),
+        ("content-length", &length),
+        ("x-envoy-upstream-rq-timeout-ms", &timeout),
+    ];
+    for (name, value) in sets {
+        abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
+    }
+    for (name, value) in &upstream.headers {
+        abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
+    }
+    Ok(())
+}
+
 /// The response adapter for a member, if its provider needs one.
 fn adapter_for(rt: &Runtime, endpoint: Endpoint, body: &[u8], pool: usize, member: usize) -> Option<ResponseAdapter> {
     let m = rt.config.pool_at(pool)?.members.get(member)?;
@@ -375,23 +390,32 @@ fn cluster_of(rt: &Runtime, pool: usize, member: usize) -> Option<&str> {
     rt.config.provider(m.provider).map(|p| p.cluster.as_str())
 }
 
-fn next_member(rt: &Runtime, plan: &mut Plan, now: u64) -> Option<(usize, usize)> {
+/// Chooses the next member to try, with the health snapshot seen when choosing.
+fn next_member(rt: &Runtime, plan: &mut Plan, now: u64) -> Option<(usize, usize, MemberHealth)> {
     let random = rt.rng.borrow_mut().next_u64();
-    let (pool, member) = plan.next(&rt.config, |m| health_store::availability(&m.id, now), random)?;
+    let seen: RefCell<Vec<(String, MemberHealth)>> = RefCell::new(Vec::new());
+    let (pool, member) = plan.next(
+        &rt.config,
+        |m| {
+            let (health, _) = health_store::read(&m.id);
+            seen.borrow_mut().push((m.id.clone(), health));
+            health.availability(now)
+        },
+        random,
+    )?;
+    let p = rt.config.pool_at(pool)?;
+    let m = p.members.get(member)?;
+    let snapshot = seen.borrow().iter().find(|(id, _)| *id == m.id).map(|(_, h)| *h).unwrap_or_default();
     // A member past its cooldown takes one trial request; claim it so other
     // workers keep skipping it until the trial ends.
-    if let Some(p) = rt.config.pool_at(pool) {
-        if let Some(m) = p.members.get(member) {
-            if health_store::availability(&m.id, now) == Availability::Trial {
-                let hold = p.retry.per_try_timeout_ms;
-                health_store::update(&m.id, |h| {
-                    h.begin_trial(now, hold);
-                    Transition::None
-                });
-            }
-        }
+    if snapshot.availability(now) == Availability::Trial {
+        let hold = p.retry.per_try_timeout_ms;
+        health_store::update(&m.id, |h| {
+            h.begin_trial(now, hold);
+            Transition::None
+        });
     }
-    Some((pool, member))
+    Some((pool, member, snapshot))
 }
 
 fn build_for(

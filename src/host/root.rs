@@ -26,6 +26,30 @@ pub struct Runtime {
     pub listing: ModelListing,
     pub metrics: Metrics,
     pub rng: RefCell<Rng>,
+    /// Successes of healthy members not yet added to shared data (flushed on tick).
+    pending_successes: RefCell<HashMap<String, u64>>,
+}
+
+impl Runtime {
+    pub fn note_success(&self, member_id: &str) {
+        let mut pending = self.pending_successes.borrow_mut();
+        match pending.get_mut(member_id) {
+            Some(n) => *n += 1,
+            None => {
+                pending.insert(member_id.to_string(), 1);
+            }
+        }
+    }
+
+    fn flush_successes(&self) {
+        let pending = std::mem::take(&mut *self.pending_successes.borrow_mut());
+        for (member_id, count) in pending {
+            health_store::update(&member_id, |h| {
+                h.successes = h.successes.saturating_add(count);
+                Transition::None
+            });
+        }
+    }
 }
 
 /// The cheap request sent to an ejected member to see if it is back.
@@ -145,7 +169,9 @@ impl RootContext for Root {
                     config.direct_models().count(),
                     config.providers.len()
                 );
-                self.runtime = Some(Rc::new(Runtime { config, listing, metrics, rng: RefCell::new(Rng::from_entropy()) }));
+                self.runtime = Some(Rc::new(Runtime { config, listing, metrics, rng: RefCell::new(Rng::from_entropy()),
+                    pending_successes: RefCell::new(HashMap::new()),
+                }));
                 if let Err(status) = abi::set_tick_period_ms(1_000) {
                     log::warn!("switchboard: cannot set tick period (status {status}); health gauges will not refresh");
                 }
@@ -161,6 +187,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(rt) = &self.runtime else { return };
         let Ok(now) = abi::now_ms() else { return };
+        rt.flush_successes();
         for (index, pool) in rt.config.pools.iter().enumerate() {
             let healthy = pool
                 .members

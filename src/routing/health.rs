@@ -43,6 +43,11 @@ impl MemberHealth {
         }
     }
 
+    /// In rotation with no failure streak: a success changes nothing but the count.
+    pub fn is_clean(&self) -> bool {
+        self.consecutive_failures == 0 && self.ejected_until_ms == 0
+    }
+
     /// Claims the single half-open trial; false if another request holds it
     /// (or the member is not in the half-open state).
     pub fn begin_trial(&mut self, now_ms: u64, hold_ms: u64) -> bool {
@@ -222,6 +227,19 @@ mod tests {
         assert_eq!(h.record_success(), Transition::Restored);
         assert_eq!(h.availability(1_100), Availability::Healthy);
         assert_eq!(h.ejections, 0);
+    }
+
+    #[test]
+    fn clean_means_no_streak_and_in_rotation() {
+        let p = policy();
+        let mut h = MemberHealth::default();
+        assert!(h.is_clean());
+        h.record_failure(0, &p);
+        assert!(!h.is_clean());
+        h.record_success();
+        assert!(h.is_clean());
+        h.hold_until(10);
+        assert!(!h.is_clean());
     }
 
     #[test]
