@@ -153,7 +153,8 @@ pub struct Config {
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-switchboard-cluster";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-pub const DEFAULT_RETRY_ON: [u16; 6] = [408, 429, 500, 502, 503, 504];
+/// 529 is Anthropic's "overloaded".
+pub const DEFAULT_RETRY_ON: [u16; 7] = [408, 429, 500, 502, 503, 504, 529];
 
 impl Config {
     /// Parses and validates plugin configuration. Secrets are resolved through `env`.

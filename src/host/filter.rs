@@ -378,7 +378,8 @@ fn adapter_for(rt: &Runtime, endpoint: Endpoint, body: &[u8], pool: usize, membe
     let provider = rt.config.provider(m.provider)?;
     // The body parsed before, so this cannot fail; stream defaults to false if it did.
     let stream = ParsedRequest::parse(body, endpoint).is_ok_and(|p| p.stream);
-    ResponseAdapter::new(provider.kind, endpoint, stream, &m.model)
+    let now_s = abi::now_ms().unwrap_or(0) / 1000;
+    ResponseAdapter::new(provider.kind, endpoint, stream, &m.model).map(|a| a.with_created(now_s))
 }
 
 fn member_id(rt: &Runtime, pool: usize, member: usize) -> &str {

@@ -107,6 +107,7 @@ impl Decoder {
     }
 
     /// Bytes of an incomplete frame still held.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
@@ -169,7 +170,10 @@ pub(super) fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
 /// A Bedrock event frame (tests and fixtures).
 #[cfg(test)]
 pub(super) fn event(kind: &str, payload: &str) -> Vec<u8> {
-    encode(&[(":event-type", kind), (":content-type", "application/json"), (":message-type", "event")], payload.as_bytes())
+    encode(
+        &[(":event-type", kind), (":content-type", "application/json"), (":message-type", "event")],
+        payload.as_bytes(),
+    )
 }
 
 #[cfg(test)]

@@ -60,7 +60,10 @@ fn percent_decode(input: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        let hex_pair = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex_pair = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (b, hex_pair) {
             (b'%', Some(v)) => {
                 out.push(v);
@@ -166,11 +169,17 @@ pub(super) fn canonical_request(req: &Request<'_>) -> (String, String) {
 }
 
 /// The `Authorization` header value.
-pub(super) fn authorization(req: &Request<'_>, scope: &Scope<'_>, access_key_id: &str, secret_access_key: &str) -> String {
+pub(super) fn authorization(
+    req: &Request<'_>,
+    scope: &Scope<'_>,
+    access_key_id: &str,
+    secret_access_key: &str,
+) -> String {
     let (creq, signed) = canonical_request(req);
     let date = scope.amz_date.get(..8).unwrap_or(scope.amz_date);
     let credential_scope = format!("{date}/{}/{}/aws4_request", scope.region, scope.service);
-    let string_to_sign = format!("{ALGORITHM}\n{}\n{credential_scope}\n{}", scope.amz_date, sha256_hex(creq.as_bytes()));
+    let string_to_sign =
+        format!("{ALGORITHM}\n{}\n{credential_scope}\n{}", scope.amz_date, sha256_hex(creq.as_bytes()));
     let k_date = hmac(format!("AWS4{secret_access_key}").as_bytes(), date.as_bytes());
     let k_region = hmac(&k_date, scope.region.as_bytes());
     let k_service = hmac(&k_region, scope.service.as_bytes());
@@ -208,15 +217,31 @@ mod tests {
     #[test]
     fn aws_test_suite_vectors() {
         let cases: [(&str, String, String); 9] = [
-            ("get-vanilla", sign("GET", "/", "", &[], b""), expect("host;x-amz-date", "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31")),
-            ("post-vanilla", sign("POST", "/", "", &[], b""), expect("host;x-amz-date", "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b")),
+            (
+                "get-vanilla",
+                sign("GET", "/", "", &[], b""),
+                expect("host;x-amz-date", "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"),
+            ),
+            (
+                "post-vanilla",
+                sign("POST", "/", "", &[], b""),
+                expect("host;x-amz-date", "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"),
+            ),
             (
                 "get-vanilla-query-order-key-case",
                 sign("GET", "/", "Param2=value2&Param1=value1", &[], b""),
                 expect("host;x-amz-date", "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"),
             ),
-            ("get-utf8", sign("GET", "/\u{1234}", "", &[], b""), expect("host;x-amz-date", "8318018e0b0f223aa2bbf98705b62bb787dc9c0e678f255a891fd03141be5d85")),
-            ("get-space", sign("GET", "/example space/", "", &[], b""), expect("host;x-amz-date", "652487583200325589f1fba4c7e578f72c47cb61beeca81406b39ddec1366741")),
+            (
+                "get-utf8",
+                sign("GET", "/\u{1234}", "", &[], b""),
+                expect("host;x-amz-date", "8318018e0b0f223aa2bbf98705b62bb787dc9c0e678f255a891fd03141be5d85"),
+            ),
+            (
+                "get-space",
+                sign("GET", "/example space/", "", &[], b""),
+                expect("host;x-amz-date", "652487583200325589f1fba4c7e578f72c47cb61beeca81406b39ddec1366741"),
+            ),
             (
                 "get-unreserved",
                 sign("GET", "/-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", "", &[], b""),
@@ -225,17 +250,26 @@ mod tests {
             (
                 "get-header-value-trim",
                 sign("GET", "/", "", &[("My-Header1", " value1"), ("My-Header2", " \"a   b   c\"")], b""),
-                expect("host;my-header1;my-header2;x-amz-date", "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736"),
+                expect(
+                    "host;my-header1;my-header2;x-amz-date",
+                    "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736",
+                ),
             ),
             (
                 "post-x-www-form-urlencoded",
                 sign("POST", "/", "", &[("Content-Type", "application/x-www-form-urlencoded")], b"Param1=value1"),
-                expect("content-type;host;x-amz-date", "ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a"),
+                expect(
+                    "content-type;host;x-amz-date",
+                    "ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a",
+                ),
             ),
             (
                 "post-sts-header-before",
                 sign("POST", "/", "", &[("X-Amz-Security-Token", STS_TOKEN)], b""),
-                expect("host;x-amz-date;x-amz-security-token", "85d96828115b5dc0cfc3bd16ad9e210dd772bbebba041836c64533a82be05ead"),
+                expect(
+                    "host;x-amz-date;x-amz-security-token",
+                    "85d96828115b5dc0cfc3bd16ad9e210dd772bbebba041836c64533a82be05ead",
+                ),
             ),
         ];
         for (name, got, want) in cases {
@@ -248,7 +282,10 @@ mod tests {
         let headers = [("host", "example.amazonaws.com"), ("x-amz-date", DATE)];
         let req = Request { method: "GET", path: "/", query: "", headers: &headers, payload_sha256: EMPTY_SHA };
         let (creq, signed) = canonical_request(&req);
-        assert_eq!(creq, format!("GET\n/\n\nhost:example.amazonaws.com\nx-amz-date:{DATE}\n\nhost;x-amz-date\n{EMPTY_SHA}"));
+        assert_eq!(
+            creq,
+            format!("GET\n/\n\nhost:example.amazonaws.com\nx-amz-date:{DATE}\n\nhost;x-amz-date\n{EMPTY_SHA}")
+        );
         assert_eq!(signed, "host;x-amz-date");
         assert_eq!(sha256_hex(creq.as_bytes()), "bb579772317eb040ac9ed261061d46c1f17a8133879d6129b6e1c25292927e63");
     }
@@ -260,7 +297,10 @@ mod tests {
         let req = Request { method: "POST", path, query: "", headers: &headers, payload_sha256: EMPTY_SHA };
         let (creq, _) = canonical_request(&req);
         assert_eq!(creq.lines().nth(1), Some("/model/anthropic.claude-3-5-sonnet-20240620-v1%253A0/converse"));
-        assert_eq!(uri_encode("arn:aws:bedrock:us-east-1:1:inference-profile/x", false), "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fx");
+        assert_eq!(
+            uri_encode("arn:aws:bedrock:us-east-1:1:inference-profile/x", false),
+            "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fx"
+        );
     }
 
     #[test]

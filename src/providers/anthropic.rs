@@ -1,0 +1,528 @@
+//! Anthropic Messages API (`POST {base_path}/messages`): request
+//! translation, and answers (JSON or SSE) back into OpenAI's shape.
+
+use serde_json::{json, Map, Value};
+
+use crate::api::ApiError;
+use crate::config::{Credentials, Member, Provider};
+
+use super::chat::{Block, Chat, Role, Source, ToolChoice};
+use super::response::{self, Choice, Emitter, Meta, ToolCall, Usage};
+use super::sse;
+use super::{BuildContext, UpstreamRequest};
+
+/// `max_tokens` when neither the request nor the pool sets one (Anthropic requires it).
+pub(super) const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+fn source_json(source: &Source) -> Value {
+    match source {
+        Source::Base64 { mime, data } => json!({"type": "base64", "media_type": mime, "data": data}),
+        Source::Url(url) => json!({"type": "url", "url": url}),
+    }
+}
+
+fn block_json(block: &Block, at: &str) -> Result<Value, ApiError> {
+    Ok(match block {
+        Block::Text(text) => json!({"type": "text", "text": text}),
+        Block::Image(source) => json!({"type": "image", "source": source_json(source)}),
+        Block::File { source, .. } => match source {
+            Source::Base64 { mime, .. } if mime != "application/pdf" => {
+                return Err(ApiError::invalid_request(
+                    "unsupported_value",
+                    format!("{at}: files of type {mime} are not supported by Anthropic; send PDF files or text."),
+                ))
+            }
+            _ => json!({"type": "document", "source": source_json(source)}),
+        },
+        Block::ToolCall { id, name, input } => json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+        Block::ToolResult { id, content, .. } => {
+            let content: Value = match content.as_slice() {
+                [] => json!(""),
+                [Block::Text(t)] => json!(t),
+                blocks => Value::Array(blocks.iter().map(|b| block_json(b, at)).collect::<Result<_, _>>()?),
+            };
+            json!({"type": "tool_result", "tool_use_id": id, "content": content})
+        }
+    })
+}
+
+/// The Messages API body for `chat`.
+pub(super) fn body(chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
+    let mut messages = Vec::with_capacity(chat.turns.len());
+    for (i, turn) in chat.turns.iter().enumerate() {
+        let at = format!("messages (turn {i})");
+        let content = turn.blocks.iter().map(|b| block_json(b, &at)).collect::<Result<Vec<_>, _>>()?;
+        let role = match turn.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        messages.push(json!({"role": role, "content": content}));
+    }
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert("messages".into(), Value::Array(messages));
+    let max_tokens = chat.max_tokens.or(ctx.max_response_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
+    out.insert("max_tokens".into(), json!(max_tokens));
+    if !chat.system.is_empty() {
+        out.insert("system".into(), json!(chat.system.join("\n\n")));
+    }
+    // Anthropic's range is 0..=1 (OpenAI's 0..=2).
+    if let Some(t) = chat.temperature {
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    // Recent Claude models refuse temperature and top_p together; a neutral
+    // top_p of 1 is dropped when a temperature is set.
+    if let Some(p) = chat.top_p {
+        if !(chat.temperature.is_some() && p >= 1.0) {
+            out.insert("top_p".into(), json!(p));
+        }
+    }
+    if let Some(k) = chat.top_k {
+        out.insert("top_k".into(), json!(k));
+    }
+    if !chat.stop.is_empty() {
+        out.insert("stop_sequences".into(), json!(chat.stop));
+    }
+    if chat.stream {
+        out.insert("stream".into(), json!(true));
+    }
+    if let Some(user) = &chat.user {
+        out.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    if !chat.tools.is_empty() {
+        let tools: Vec<Value> = chat
+            .tools
+            .iter()
+            .map(|t| {
+                let mut tool = json!({"name": t.name, "input_schema": t.parameters});
+                if let (Some(d), Some(obj)) = (&t.description, tool.as_object_mut()) {
+                    obj.insert("description".into(), json!(d));
+                }
+                tool
+            })
+            .collect();
+        out.insert("tools".into(), Value::Array(tools));
+        let mut choice = match &chat.tool_choice {
+            None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+            Some(ToolChoice::None) => json!({"type": "none"}),
+            Some(ToolChoice::Required) => json!({"type": "any"}),
+            Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
+        };
+        if chat.parallel_tool_calls == Some(false) && chat.tool_choice != Some(ToolChoice::None) {
+            if let Some(obj) = choice.as_object_mut() {
+                obj.insert("disable_parallel_tool_use".into(), json!(true));
+            }
+        }
+        if chat.tool_choice.is_some() || chat.parallel_tool_calls == Some(false) {
+            out.insert("tool_choice".into(), choice);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+pub(super) fn build(
+    provider: &Provider,
+    member: &Member,
+    chat: &Chat,
+    ctx: &BuildContext,
+) -> Result<UpstreamRequest, ApiError> {
+    let body = body(chat, &member.model, ctx)?;
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("anthropic-version", provider.anthropic_version.clone()),
+        ("accept-encoding", "identity".to_string()),
+    ];
+    if let Credentials::ApiKey(key) = &provider.credentials {
+        headers.push(("x-api-key", key.expose().to_string()));
+    }
+    Ok(UpstreamRequest {
+        path: format!("{}/messages", provider.base_path),
+        authority: provider.host.clone(),
+        headers,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    })
+}
+
+pub(super) fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+fn usage_of(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cache_read = n("cache_read_input_tokens");
+    let input = n("input_tokens") + n("cache_creation_input_tokens") + cache_read;
+    Usage {
+        prompt: input,
+        completion: n("output_tokens"),
+        total: None,
+        cached: (cache_read > 0).then_some(cache_read),
+        reasoning: None,
+    }
+}
+
+/// A complete answer into a `chat.completion`; `Err` holds an OpenAI
+/// error body when the answer is an error or cannot be read.
+pub(super) fn completion_body(meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Err(response::invalid_answer("Anthropic", &format!("not JSON ({e})"))),
+    };
+    if v.get("type").and_then(Value::as_str) == Some("error") {
+        return Err(error_body(500, body));
+    }
+    let Some(blocks) = v.get("content").and_then(Value::as_array) else {
+        return Err(response::invalid_answer("Anthropic", "no `content` array"));
+    };
+    let mut choice = Choice { index: 0, finish_reason: "stop", ..Choice::default() };
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => choice.text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("thinking") => {
+                choice.reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default())
+            }
+            Some("tool_use") => choice.tool_calls.push(ToolCall {
+                id: block.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: block.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                arguments: block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
+            }),
+            _ => {}
+        }
+    }
+    choice.finish_reason = v.get("stop_reason").and_then(Value::as_str).map(finish_reason).unwrap_or("stop");
+    let mut meta = meta.clone();
+    if let Some(id) = v.get("id").and_then(Value::as_str) {
+        meta.id = id.to_string();
+    }
+    Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
+}
+
+/// OpenAI error `type` for an Anthropic error `type`.
+fn openai_type(kind: &str, status: u16) -> &'static str {
+    match kind {
+        "invalid_request_error" | "not_found_error" | "request_too_large" => "invalid_request_error",
+        "authentication_error" => "authentication_error",
+        "permission_error" => "permission_error",
+        "rate_limit_error" => "rate_limit_error",
+        "api_error" | "overloaded_error" | "timeout_error" => "server_error",
+        _ => response::type_for_status(status),
+    }
+}
+
+/// `{"type":"error","error":{"type","message"}}` into OpenAI's error body.
+pub(super) fn error_body(status: u16, body: &[u8]) -> Vec<u8> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return response::fallback_error(status, body);
+    };
+    let Some(err) = v.get("error").filter(|e| e.is_object()) else {
+        return response::fallback_error(status, body);
+    };
+    let kind = err.get("type").and_then(Value::as_str).unwrap_or_default();
+    let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider returned an error.");
+    let code = if kind.is_empty() { response::code_for_status(status) } else { kind };
+    response::error_json(message, openai_type(kind, status), code)
+}
+
+/// Translation state of one Anthropic SSE stream.
+#[derive(Debug, Default)]
+pub(super) struct StreamState {
+    parser: sse::Parser,
+    /// Content-block index → OpenAI tool-call index, for tool_use blocks.
+    tool_blocks: Vec<(u64, u32)>,
+    usage: Usage,
+}
+
+impl StreamState {
+    pub(super) fn feed(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
+        let mut events = Vec::new();
+        let fed = self.parser.feed(chunk, eos, &mut |e| events.push(e));
+        for event in events {
+            self.event(em, &event.data, out);
+        }
+        if fed.is_err() {
+            em.error(
+                out,
+                "An event of the provider's stream exceeds the size limit.",
+                "server_error",
+                "invalid_upstream_response",
+            );
+        }
+    }
+
+    fn event(&mut self, em: &mut Emitter, data: &str, out: &mut Vec<u8>) {
+        if em.closed() {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            em.error(
+                out,
+                "The provider's stream contains an event that is not JSON.",
+                "server_error",
+                "invalid_upstream_response",
+            );
+            return;
+        };
+        let index = |v: &Value| v.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match v.get("type").and_then(Value::as_str).unwrap_or_default() {
+            "message_start" => {
+                let message = v.get("message").unwrap_or(&Value::Null);
+                if let Some(id) = message.get("id").and_then(Value::as_str) {
+                    em.meta.id = id.to_string();
+                }
+                if let Some(u) = message.get("usage") {
+                    self.usage = usage_of(u);
+                }
+                em.start(out, 0);
+            }
+            "content_block_start" => {
+                let block = v.get("content_block").unwrap_or(&Value::Null);
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => em.text(out, 0, block.get("text").and_then(Value::as_str).unwrap_or_default()),
+                    Some("tool_use") => {
+                        let tool_index = self.tool_blocks.len() as u32;
+                        self.tool_blocks.push((index(&v), tool_index));
+                        let id = block.get("id").and_then(Value::as_str).unwrap_or_default();
+                        let name = block.get("name").and_then(Value::as_str).unwrap_or_default();
+                        // `input` is `{}` here; the arguments follow as input_json_delta.
+                        em.tool_start(out, 0, tool_index, id, name, "");
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let delta = v.get("delta").unwrap_or(&Value::Null);
+                let text = |k: &str| delta.get(k).and_then(Value::as_str).unwrap_or_default();
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => em.text(out, 0, text("text")),
+                    Some("thinking_delta") => em.reasoning(out, 0, text("thinking")),
+                    Some("input_json_delta") => {
+                        let block = index(&v);
+                        if let Some(&(_, tool_index)) = self.tool_blocks.iter().find(|(b, _)| *b == block) {
+                            em.tool_arguments(out, 0, tool_index, text("partial_json"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(u) = v.get("usage") {
+                    let later = usage_of(u);
+                    // message_delta carries cumulative output (and sometimes input) counts.
+                    self.usage.completion = later.completion;
+                    if later.prompt > 0 {
+                        self.usage.prompt = later.prompt;
+                        self.usage.cached = later.cached.or(self.usage.cached);
+                    }
+                }
+                if let Some(reason) = v.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str) {
+                    em.finish(out, 0, finish_reason(reason), Some(self.usage));
+                }
+            }
+            "message_stop" => em.finish(out, 0, "stop", Some(self.usage)),
+            "error" => {
+                let err = v.get("error").unwrap_or(&Value::Null);
+                let kind = err.get("type").and_then(Value::as_str).unwrap_or("api_error");
+                let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider reported an error.");
+                em.error(out, message, openai_type(kind, 500), kind);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::api::Endpoint;
+    use crate::config::ProviderKind;
+    use crate::providers::response::tests::{assert_split_invariant, events, streamed_text};
+    use crate::providers::test_support::{build_for, provider};
+    use crate::providers::ResponseAdapter;
+
+    const REQUEST: &str = include_str!("../../tests/fixtures/providers/anthropic/request.json");
+    const REQUEST_EXPECTED: &str = include_str!("../../tests/fixtures/providers/anthropic/request.expected.json");
+    const RESPONSE: &str = include_str!("../../tests/fixtures/providers/anthropic/response.json");
+    const RESPONSE_TOOLS: &str = include_str!("../../tests/fixtures/providers/anthropic/response_tool_use.json");
+    const STREAM: &str = include_str!("../../tests/fixtures/providers/anthropic/stream.txt");
+    const STREAM_TOOLS: &str = include_str!("../../tests/fixtures/providers/anthropic/stream_tool_use.txt");
+
+    fn adapter(stream: bool) -> ResponseAdapter {
+        ResponseAdapter::new(ProviderKind::Anthropic, Endpoint::ChatCompletions, stream, "claude-x").unwrap()
+    }
+
+    #[test]
+    fn request_translation_matches_fixture() {
+        let p = provider(ProviderKind::Anthropic);
+        let up = build_for(&p, "claude-sonnet-4-5", REQUEST, Some(2048)).unwrap();
+        assert_eq!(up.path, "/v1/messages");
+        assert_eq!(up.authority, "api.example.com");
+        assert!(up.headers.contains(&("x-api-key", "sk-test".to_string())));
+        assert!(up.headers.contains(&("anthropic-version", "2023-06-01".to_string())));
+        assert!(up.headers.contains(&("content-type", "application/json".to_string())));
+        let got: Value = serde_json::from_slice(&up.body).unwrap();
+        let want: Value = serde_json::from_str(REQUEST_EXPECTED).unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn max_tokens_defaults_and_sampling_rules() {
+        let p = provider(ProviderKind::Anthropic);
+        let body = |req: &str, pool: Option<u32>| -> Value {
+            serde_json::from_slice(&build_for(&p, "c", req, pool).unwrap().body).unwrap()
+        };
+        let req = r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":1.7,"top_p":1}"#;
+        let v = body(req, None);
+        assert_eq!(v["max_tokens"], 4096);
+        assert_eq!(v["temperature"], 1.0);
+        assert!(v.get("top_p").is_none());
+        assert!(v.get("tool_choice").is_none());
+        assert_eq!(body(req, Some(100))["max_tokens"], 100);
+        let req =
+            r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"max_tokens":9,"top_p":0.5,"stream":true}"#;
+        let v = body(req, Some(100));
+        assert_eq!(v["max_tokens"], 9);
+        assert_eq!(v["top_p"], 0.5);
+        assert_eq!(v["stream"], true);
+    }
+
+    #[test]
+    fn tool_choice_mapping() {
+        let p = provider(ProviderKind::Anthropic);
+        let choice = |tc: &str, parallel: &str| -> Value {
+            let req = format!(
+                r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object"}}}}}}],"tool_choice":{tc}{parallel}}}"#
+            );
+            let v: Value = serde_json::from_slice(&build_for(&p, "c", &req, None).unwrap().body).unwrap();
+            v["tool_choice"].clone()
+        };
+        assert_eq!(choice("\"auto\"", ""), json!({"type": "auto"}));
+        assert_eq!(choice("\"none\"", ""), json!({"type": "none"}));
+        assert_eq!(choice("\"required\"", ""), json!({"type": "any"}));
+        assert_eq!(choice(r#"{"type":"function","function":{"name":"f"}}"#, ""), json!({"type": "tool", "name": "f"}));
+        assert_eq!(
+            choice("\"auto\"", r#","parallel_tool_calls":false"#),
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+    }
+
+    #[test]
+    fn other_endpoints_are_refused() {
+        let p = provider(ProviderKind::Anthropic);
+        let m = crate::providers::test_support::member("c");
+        let body = br#"{"model":"x","input":"hi"}"#;
+        let req = crate::api::request::ParsedRequest::parse(body, Endpoint::Embeddings).unwrap();
+        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+        let e = crate::providers::build_request(&p, &m, Endpoint::Embeddings, &req, &ctx).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "unsupported_endpoint"));
+    }
+
+    #[test]
+    fn response_translation() {
+        let v: Value =
+            serde_json::from_slice(&adapter(false).with_created(7).translate_body(200, RESPONSE.as_bytes())).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+                "object": "chat.completion",
+                "created": 7,
+                "model": "claude-x",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?", "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 2095, "completion_tokens": 12, "total_tokens": 2107, "prompt_tokens_details": {"cached_tokens": 2000}}
+            })
+        );
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(200, RESPONSE_TOOLS.as_bytes())).unwrap();
+        let message = &v["choices"][0]["message"];
+        assert_eq!(message["content"], "I'll check the weather.");
+        assert_eq!(
+            message["tool_calls"],
+            json!([{"id": "toolu_01A09q90qw90lq917835lq9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"San Francisco, CA\",\"unit\":\"celsius\"}"}}])
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn errors_become_openai_errors() {
+        let body =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#;
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(529, body)).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded_error"}})
+        );
+        let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+        let v: Value = serde_json::from_slice(&adapter(true).translate_body(429, body)).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let v: Value =
+            serde_json::from_slice(&adapter(false).translate_body(502, b"<html>bad gateway</html>")).unwrap();
+        assert_eq!(v["error"]["code"], "bad_gateway");
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(200, b"{\"nope\":1}")).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_upstream_response");
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(200, b"\xff\xfe")).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_upstream_response");
+    }
+
+    #[test]
+    fn stream_translation_at_every_split() {
+        let out = assert_split_invariant(ProviderKind::Anthropic, STREAM.as_bytes());
+        let ev = events(&out);
+        assert_eq!(ev[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(ev[0]["id"], "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
+        assert_eq!(streamed_text(&ev), "Hello, wörld! 🌍");
+        let finish = &ev[ev.len() - 2];
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        assert_eq!(finish["usage"], json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}));
+        assert_eq!(ev[ev.len() - 1], "[DONE]");
+        assert!(ev.iter().all(|e| e.get("error").is_none()));
+    }
+
+    #[test]
+    fn stream_with_tool_use() {
+        let out = assert_split_invariant(ProviderKind::Anthropic, STREAM_TOOLS.as_bytes());
+        let ev = events(&out);
+        assert_eq!(streamed_text(&ev), "Okay, let's check the weather for San Francisco, CA:");
+        let calls: Vec<&Value> = ev.iter().filter_map(|e| e["choices"][0]["delta"].get("tool_calls")).collect();
+        assert_eq!(
+            calls[0][0],
+            json!({"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function", "function": {"name": "get_weather", "arguments": ""}})
+        );
+        let args: String = calls[1..].iter().map(|c| c[0]["function"]["arguments"].as_str().unwrap()).collect();
+        assert_eq!(args, "{\"location\": \"San Francisco, CA\", \"unit\": \"fahrenheit\"}");
+        assert!(calls[1..].iter().all(|c| c[0]["index"] == 0 && c[0].get("id").is_none()));
+        let finish = &ev[ev.len() - 2];
+        assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(finish["usage"]["completion_tokens"], 89);
+    }
+
+    #[test]
+    fn stream_error_event() {
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        let out = adapter(true).translate_stream(stream.as_bytes(), true);
+        let ev = events(&out);
+        assert_eq!(
+            ev[ev.len() - 2],
+            json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded_error"}})
+        );
+        assert_eq!(ev[ev.len() - 1], "[DONE]");
+        assert_eq!(ev.iter().filter(|e| e.get("error").is_some()).count(), 1);
+    }
+
+    #[test]
+    fn garbage_stream_is_an_error_not_a_panic() {
+        for input in
+            [&b"data: {not json\n\n"[..], b"\xff\xfe\x00garbage", b"", b"event: ping\ndata: {\"type\":\"ping\"}\n\n"]
+        {
+            let out = adapter(true).translate_stream(input, true);
+            let ev = events(&out);
+            assert!(ev[0].get("error").is_some(), "{input:?}");
+            assert_eq!(ev.last().unwrap(), "[DONE]");
+        }
+    }
+}

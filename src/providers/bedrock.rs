@@ -1,0 +1,700 @@
+//! Amazon Bedrock Converse API (`POST /model/{modelId}/converse` and
+//! `/converse-stream`), signed with AWS SigV4: request translation, and
+//! answers (JSON or binary event stream) back into OpenAI's shape.
+
+use serde_json::{json, Map, Value};
+
+use crate::api::ApiError;
+use crate::config::{Credentials, Member, Provider};
+
+use super::chat::{Block, Chat, Role, Source, ToolChoice};
+use super::eventstream;
+use super::response::{self, Choice, Emitter, Meta, ToolCall, Usage};
+use super::sigv4;
+use super::{BuildContext, UpstreamRequest};
+
+/// SigV4 service name of the Bedrock runtime.
+const SERVICE: &str = "bedrock";
+
+fn unsupported(message: String) -> ApiError {
+    ApiError::invalid_request("unsupported_value", message)
+}
+
+fn image_format(mime: &str) -> Option<&'static str> {
+    match mime {
+        "image/png" => Some("png"),
+        "image/jpeg" | "image/jpg" => Some("jpeg"),
+        "image/gif" => Some("gif"),
+        "image/webp" => Some("webp"),
+        _ => None,
+    }
+}
+
+fn document_format(mime: &str) -> Option<&'static str> {
+    match mime {
+        "application/pdf" => Some("pdf"),
+        "text/csv" => Some("csv"),
+        "application/msword" => Some("doc"),
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => Some("docx"),
+        "application/vnd.ms-excel" => Some("xls"),
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => Some("xlsx"),
+        "text/html" => Some("html"),
+        "text/plain" => Some("txt"),
+        "text/markdown" => Some("md"),
+        _ => None,
+    }
+}
+
+/// A document name as Bedrock allows: letters, digits, single spaces,
+/// hyphens, parentheses and square brackets.
+fn document_name(filename: Option<&str>, n: usize) -> String {
+    let stem = filename.map(|f| f.rsplit_once('.').map_or(f, |(s, _)| s)).unwrap_or_default();
+    let cleaned: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '(' | ')' | '[' | ']') { c } else { ' ' })
+        .collect();
+    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    if cleaned.is_empty() {
+        format!("document-{n}")
+    } else {
+        cleaned
+    }
+}
+
+fn image_json(source: &Source, at: &str) -> Result<Value, ApiError> {
+    match source {
+        Source::Base64 { mime, data } => {
+            let format = image_format(mime).ok_or_else(|| {
+                unsupported(format!(
+                    "{at}: images of type {mime} are not supported by Bedrock; use PNG, JPEG, GIF or WebP."
+                ))
+            })?;
+            Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+        }
+        Source::Url(_) => {
+            Err(unsupported(format!("{at}: Bedrock cannot fetch image URLs; send the image inline as a `data:` URL.")))
+        }
+    }
+}
+
+fn block_json(block: &Block, at: &str, documents: &mut usize) -> Result<Value, ApiError> {
+    Ok(match block {
+        Block::Text(text) => json!({ "text": text }),
+        Block::Image(source) => image_json(source, at)?,
+        Block::File { source, filename } => match source {
+            Source::Base64 { mime, data } => {
+                let format = document_format(mime)
+                    .ok_or_else(|| unsupported(format!("{at}: files of type {mime} are not supported by Bedrock.")))?;
+                *documents += 1;
+                json!({"document": {"format": format, "name": document_name(filename.as_deref(), *documents), "source": {"bytes": data}}})
+            }
+            Source::Url(_) => {
+                return Err(unsupported(format!("{at}: Bedrock cannot fetch file URLs; send `file_data`.")))
+            }
+        },
+        Block::ToolCall { id, name, input } => json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}),
+        Block::ToolResult { id, content, .. } => {
+            let content = content.iter().map(|b| block_json(b, at, documents)).collect::<Result<Vec<_>, _>>()?;
+            json!({"toolResult": {"toolUseId": id, "content": content, "status": "success"}})
+        }
+    })
+}
+
+fn tool_spec(name: &str, description: Option<&str>, schema: &Value) -> Value {
+    let mut spec = json!({"name": name, "inputSchema": {"json": schema}});
+    if let (Some(d), Some(obj)) = (description, spec.as_object_mut()) {
+        obj.insert("description".into(), json!(d));
+    }
+    json!({ "toolSpec": spec })
+}
+
+/// The Converse body for `chat`.
+pub(super) fn body(chat: &Chat, ctx: &BuildContext) -> Result<Value, ApiError> {
+    let mut documents = 0;
+    let mut messages = Vec::with_capacity(chat.turns.len());
+    for (i, turn) in chat.turns.iter().enumerate() {
+        let at = format!("messages (turn {i})");
+        let content = turn.blocks.iter().map(|b| block_json(b, &at, &mut documents)).collect::<Result<Vec<_>, _>>()?;
+        let role = match turn.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        messages.push(json!({"role": role, "content": content}));
+    }
+    let mut out = Map::new();
+    out.insert("messages".into(), Value::Array(messages));
+    if !chat.system.is_empty() {
+        let system: Vec<Value> = chat.system.iter().map(|s| json!({ "text": s })).collect();
+        out.insert("system".into(), Value::Array(system));
+    }
+    let mut inference = Map::new();
+    if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
+        inference.insert("maxTokens".into(), json!(n));
+    }
+    // Bedrock models take temperatures in 0..=1 (OpenAI's range is 0..=2).
+    if let Some(t) = chat.temperature {
+        inference.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    if let Some(p) = chat.top_p {
+        inference.insert("topP".into(), json!(p));
+    }
+    if !chat.stop.is_empty() {
+        inference.insert("stopSequences".into(), json!(chat.stop));
+    }
+    if !inference.is_empty() {
+        out.insert("inferenceConfig".into(), Value::Object(inference));
+    }
+    if let Some(k) = chat.top_k {
+        out.insert("additionalModelRequestFields".into(), json!({ "top_k": k }));
+    }
+    let history_tools = chat.has_tool_blocks();
+    let wants_tools = !chat.tools.is_empty() && chat.tool_choice != Some(ToolChoice::None);
+    if wants_tools || history_tools {
+        let mut tools: Vec<Value> =
+            chat.tools.iter().map(|t| tool_spec(&t.name, t.description.as_deref(), &t.parameters)).collect();
+        // Bedrock refuses toolUse/toolResult blocks unless their tools are
+        // declared: declare the ones the history uses but `tools` lacks.
+        let mut declared: Vec<&str> = chat.tools.iter().map(|t| t.name.as_str()).collect();
+        for block in chat.turns.iter().flat_map(|t| t.blocks.iter()) {
+            if let Block::ToolCall { name, .. } = block {
+                if !declared.contains(&name.as_str()) {
+                    declared.push(name);
+                    tools.push(tool_spec(name, None, &json!({"type": "object", "properties": {}})));
+                }
+            }
+        }
+        if !tools.is_empty() {
+            let mut config = Map::new();
+            config.insert("tools".into(), Value::Array(tools));
+            match &chat.tool_choice {
+                Some(ToolChoice::Required) => {
+                    config.insert("toolChoice".into(), json!({"any": {}}));
+                }
+                Some(ToolChoice::Function(name)) => {
+                    config.insert("toolChoice".into(), json!({"tool": {"name": name}}));
+                }
+                _ => {}
+            }
+            out.insert("toolConfig".into(), Value::Object(config));
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+pub(super) fn build(
+    provider: &Provider,
+    member: &Member,
+    chat: &Chat,
+    ctx: &BuildContext,
+) -> Result<UpstreamRequest, ApiError> {
+    let Credentials::Aws { access_key_id, secret_access_key, session_token } = &provider.credentials else {
+        return Err(ApiError::internal(format!("provider {} has no AWS credentials", provider.name)));
+    };
+    let body = serde_json::to_vec(&body(chat, ctx)?).unwrap_or_default();
+    let operation = if chat.stream { "converse-stream" } else { "converse" };
+    let path = format!("{}/model/{}/{operation}", provider.base_path, sigv4::uri_encode(&member.model, false));
+    let amz_date = sigv4::amz_date(ctx.now_unix_s);
+    let payload_sha256 = sigv4::sha256_hex(&body);
+    let mut signed: Vec<(&str, &str)> = vec![
+        ("content-type", "application/json"),
+        ("host", &provider.host),
+        ("x-amz-content-sha256", &payload_sha256),
+        ("x-amz-date", &amz_date),
+    ];
+    if let Some(token) = session_token {
+        signed.push(("x-amz-security-token", token.expose()));
+    }
+    let request =
+        sigv4::Request { method: "POST", path: &path, query: "", headers: &signed, payload_sha256: &payload_sha256 };
+    let scope = sigv4::Scope { amz_date: &amz_date, region: &provider.region, service: SERVICE };
+    let authorization = sigv4::authorization(&request, &scope, access_key_id.expose(), secret_access_key.expose());
+    let accept = if chat.stream { "application/vnd.amazon.eventstream" } else { "application/json" };
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("accept", accept.to_string()),
+        ("accept-encoding", "identity".to_string()),
+        ("x-amz-date", amz_date.clone()),
+        ("x-amz-content-sha256", payload_sha256.clone()),
+    ];
+    if let Some(token) = session_token {
+        headers.push(("x-amz-security-token", token.expose().to_string()));
+    }
+    headers.push(("authorization", authorization));
+    Ok(UpstreamRequest { path, authority: provider.host.clone(), headers, body })
+}
+
+fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "content_filtered" | "guardrail_intervened" => "content_filter",
+        _ => "stop",
+    }
+}
+
+fn usage_of(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cache_read = n("cacheReadInputTokens");
+    Usage {
+        prompt: n("inputTokens") + cache_read + n("cacheWriteInputTokens"),
+        completion: n("outputTokens"),
+        total: u.get("totalTokens").and_then(Value::as_u64),
+        cached: (cache_read > 0).then_some(cache_read),
+        reasoning: None,
+    }
+}
+
+/// A complete answer into a `chat.completion`; `Err` holds an OpenAI
+/// error body when the answer is an error or cannot be read.
+pub(super) fn completion_body(meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Err(response::invalid_answer("Bedrock", &format!("not JSON ({e})"))),
+    };
+    let Some(blocks) =
+        v.get("output").and_then(|o| o.get("message")).and_then(|m| m.get("content")).and_then(Value::as_array)
+    else {
+        if v.get("message").is_some() || v.get("Message").is_some() {
+            return Err(error_body(500, body));
+        }
+        return Err(response::invalid_answer("Bedrock", "no `output.message.content`"));
+    };
+    let mut choice = Choice { index: 0, ..Choice::default() };
+    for block in blocks {
+        if let Some(text) = block.get("text").and_then(Value::as_str) {
+            choice.text.push_str(text);
+        } else if let Some(tool) = block.get("toolUse") {
+            choice.tool_calls.push(ToolCall {
+                id: tool.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                arguments: tool.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+            });
+        } else if let Some(text) = block
+            .get("reasoningContent")
+            .and_then(|r| r.get("reasoningText"))
+            .and_then(|r| r.get("text"))
+            .and_then(Value::as_str)
+        {
+            choice.reasoning.push_str(text);
+        }
+    }
+    choice.finish_reason = v.get("stopReason").and_then(Value::as_str).map_or("stop", finish_reason);
+    Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
+}
+
+/// OpenAI error `type` for an AWS exception name (either case convention).
+fn openai_type(exception: &str, status: u16) -> &'static str {
+    let e = exception.to_ascii_lowercase();
+    match e.as_str() {
+        "throttlingexception" | "servicequotaexceededexception" | "toomanyrequestsexception" => "rate_limit_error",
+        "validationexception" | "resourcenotfoundexception" | "serializationexception" => "invalid_request_error",
+        "accessdeniedexception" => "permission_error",
+        "unrecognizedclientexception"
+        | "invalidsignatureexception"
+        | "expiredtokenexception"
+        | "incompletesignatureexception"
+        | "missingauthenticationtokenexception" => "authentication_error",
+        "internalserverexception"
+        | "serviceunavailableexception"
+        | "modeltimeoutexception"
+        | "modelerrorexception"
+        | "modelnotreadyexception"
+        | "modelstreamerrorexception" => "server_error",
+        _ => response::type_for_status(status),
+    }
+}
+
+/// `{"message": ...}` (the error name travels in a header we do not see)
+/// into OpenAI's error body.
+pub(super) fn error_body(status: u16, body: &[u8]) -> Vec<u8> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return response::fallback_error(status, body);
+    };
+    let Some(message) = v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str) else {
+        return response::fallback_error(status, body);
+    };
+    // Some AWS errors name their type in `__type`, as `namespace#Name`.
+    let name = v.get("__type").and_then(Value::as_str).map(|t| t.rsplit('#').next().unwrap_or(t)).unwrap_or_default();
+    let code = if name.is_empty() { response::code_for_status(status) } else { name };
+    response::error_json(message, openai_type(name, status), code)
+}
+
+/// Translation state of one Bedrock event stream.
+#[derive(Debug, Default)]
+pub(super) struct StreamState {
+    decoder: eventstream::Decoder,
+    /// Content-block index → OpenAI tool-call index, for toolUse blocks.
+    tool_blocks: Vec<(u64, u32)>,
+    stop_reason: Option<&'static str>,
+    usage: Option<Usage>,
+}
+
+impl StreamState {
+    pub(super) fn feed(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
+        if em.closed() {
+            return;
+        }
+        self.decoder.push(chunk);
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => self.frame(em, &frame, out),
+                Ok(None) => break,
+                Err(e) => {
+                    self.decoder = eventstream::Decoder::default();
+                    em.error(
+                        out,
+                        &format!("The provider's event stream is corrupt: {e}."),
+                        "server_error",
+                        "invalid_upstream_response",
+                    );
+                    return;
+                }
+            }
+        }
+        if eos {
+            // messageStop seen but no metadata with usage: finish without it.
+            if let Some(reason) = self.stop_reason {
+                em.finish(out, 0, reason, self.usage);
+            }
+        }
+    }
+
+    fn frame(&mut self, em: &mut Emitter, frame: &eventstream::Frame, out: &mut Vec<u8>) {
+        if em.closed() {
+            return;
+        }
+        let payload: Value = serde_json::from_slice(&frame.payload).unwrap_or(Value::Null);
+        match frame.header(":message-type").unwrap_or("event") {
+            "exception" => {
+                let name = frame.header(":exception-type").unwrap_or("internalServerException");
+                let message = payload
+                    .get("message")
+                    .or_else(|| payload.get("Message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("The provider reported an error.");
+                em.error(out, message, openai_type(name, 500), name);
+                return;
+            }
+            "error" => {
+                let code = frame.header(":error-code").unwrap_or("InternalError");
+                let message = frame.header(":error-message").unwrap_or("The provider reported an error.");
+                em.error(out, message, openai_type(code, 500), code);
+                return;
+            }
+            _ => {}
+        }
+        let block_index = payload.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
+        match frame.header(":event-type").unwrap_or_default() {
+            "messageStart" => em.start(out, 0),
+            "contentBlockStart" => {
+                if let Some(tool) = payload.get("start").and_then(|s| s.get("toolUse")) {
+                    let tool_index = self.tool_blocks.len() as u32;
+                    self.tool_blocks.push((block_index, tool_index));
+                    let id = tool.get("toolUseId").and_then(Value::as_str).unwrap_or_default();
+                    let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+                    em.tool_start(out, 0, tool_index, id, name, "");
+                }
+            }
+            "contentBlockDelta" => {
+                let delta = payload.get("delta").unwrap_or(&Value::Null);
+                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                    em.text(out, 0, text);
+                } else if let Some(input) = delta.get("toolUse").and_then(|t| t.get("input")).and_then(Value::as_str) {
+                    if let Some(&(_, tool_index)) = self.tool_blocks.iter().find(|(b, _)| *b == block_index) {
+                        em.tool_arguments(out, 0, tool_index, input);
+                    }
+                } else if let Some(text) =
+                    delta.get("reasoningContent").and_then(|r| r.get("text")).and_then(Value::as_str)
+                {
+                    em.reasoning(out, 0, text);
+                }
+            }
+            "messageStop" => {
+                let reason = payload.get("stopReason").and_then(Value::as_str).map_or("stop", finish_reason);
+                self.stop_reason = Some(reason);
+                // Usage follows in `metadata`; finish then (or at the end).
+                if self.usage.is_some() {
+                    em.finish(out, 0, reason, self.usage);
+                }
+            }
+            "metadata" => {
+                self.usage = payload.get("usage").map(usage_of);
+                if let Some(reason) = self.stop_reason {
+                    em.finish(out, 0, reason, self.usage);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::api::Endpoint;
+    use crate::config::{ProviderKind, Secret};
+    use crate::providers::eventstream::{encode, event};
+    use crate::providers::response::tests::{assert_split_invariant, events, streamed_text};
+    use crate::providers::test_support::{build_for, provider};
+    use crate::providers::ResponseAdapter;
+
+    const REQUEST: &str = include_str!("../../tests/fixtures/providers/bedrock/request.json");
+    const REQUEST_EXPECTED: &str = include_str!("../../tests/fixtures/providers/bedrock/request.expected.json");
+    const RESPONSE: &str = include_str!("../../tests/fixtures/providers/bedrock/response.json");
+    const RESPONSE_TOOLS: &str = include_str!("../../tests/fixtures/providers/bedrock/response_tool_use.json");
+    const STREAM: &[u8] = include_bytes!("../../tests/fixtures/providers/bedrock/stream.bin");
+    const STREAM_TOOLS: &[u8] = include_bytes!("../../tests/fixtures/providers/bedrock/stream_tool_use.bin");
+    const STREAM_EXCEPTION: &[u8] = include_bytes!("../../tests/fixtures/providers/bedrock/stream_exception.bin");
+
+    const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+
+    fn adapter(stream: bool) -> ResponseAdapter {
+        ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, stream, MODEL).unwrap()
+    }
+
+    fn bedrock_provider(token: Option<&str>) -> Provider {
+        let mut p = provider(ProviderKind::Bedrock);
+        p.host = "bedrock-runtime.us-east-1.amazonaws.com".into();
+        if let Credentials::Aws { session_token, .. } = &mut p.credentials {
+            *session_token = token.map(Secret::new);
+        }
+        p
+    }
+
+    fn header<'a>(up: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
+        up.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn request_translation_matches_fixture() {
+        let up = build_for(&bedrock_provider(None), MODEL, REQUEST, Some(4000)).unwrap();
+        assert_eq!(up.path, "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse");
+        let got: Value = serde_json::from_slice(&up.body).unwrap();
+        let want: Value = serde_json::from_str(REQUEST_EXPECTED).unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn signed_request_matches_an_independent_signer() {
+        // Expected values computed with Python's hmac/hashlib and
+        // urllib.parse.quote(path, safe="/~") (botocore's canonical path).
+        let req = r#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#;
+        let up = build_for(&bedrock_provider(None), MODEL, req, None).unwrap();
+        assert_eq!(up.body, br#"{"messages":[{"content":[{"text":"hi"}],"role":"user"}]}"#);
+        assert_eq!(up.authority, "bedrock-runtime.us-east-1.amazonaws.com");
+        assert_eq!(header(&up, "x-amz-date"), Some("20150830T123600Z"));
+        assert_eq!(
+            header(&up, "x-amz-content-sha256"),
+            Some("1ffd67ef22187fd0e1b5e809a0117c372166d2067cec3c1ff94027e956974a03")
+        );
+        assert_eq!(header(&up, "content-type"), Some("application/json"));
+        assert_eq!(header(&up, "accept"), Some("application/json"));
+        assert_eq!(header(&up, "x-amz-security-token"), None);
+        assert_eq!(
+            header(&up, "authorization"),
+            Some("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date, Signature=310cacd8926b9a88a3066f63a73a89e829569bea0739341ee068399f8050a642")
+        );
+        let up = build_for(&bedrock_provider(Some("FQoGZXIvYXdzEXAMPLETOKEN")), MODEL, req, None).unwrap();
+        assert_eq!(header(&up, "x-amz-security-token"), Some("FQoGZXIvYXdzEXAMPLETOKEN"));
+        assert_eq!(
+            header(&up, "authorization"),
+            Some("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token, Signature=f138dc5eacfa8b5dfd47918bdd5b2e567a0e0473c07ffbe09c3364a1595c669a")
+        );
+    }
+
+    #[test]
+    fn streaming_path_and_arn_model_ids() {
+        let req = r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let arn =
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-7-sonnet-20250219-v1:0";
+        let up = build_for(&bedrock_provider(None), arn, req, None).unwrap();
+        assert_eq!(
+            up.path,
+            "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-7-sonnet-20250219-v1%3A0/converse-stream"
+        );
+        assert_eq!(header(&up, "accept"), Some("application/vnd.amazon.eventstream"));
+    }
+
+    #[test]
+    fn tool_config_rules() {
+        let p = bedrock_provider(None);
+        let body =
+            |req: &str| -> Value { serde_json::from_slice(&build_for(&p, MODEL, req, None).unwrap().body).unwrap() };
+        let tools = r#""tools":[{"type":"function","function":{"name":"f"}}]"#;
+        let v = body(&format!(
+            r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},"tool_choice":"none"}}"#
+        ));
+        assert!(v.get("toolConfig").is_none());
+        let v = body(&format!(r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools}}}"#));
+        assert_eq!(
+            v["toolConfig"],
+            json!({"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object", "properties": {}}}}}]})
+        );
+        let v = body(&format!(
+            r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},"tool_choice":{{"type":"function","function":{{"name":"f"}}}}}}"#
+        ));
+        assert_eq!(v["toolConfig"]["toolChoice"], json!({"tool": {"name": "f"}}));
+        // Tool history without `tools`: the used tools are declared anyway.
+        let v = body(
+            r#"{"model":"x","messages":[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"id":"t1","type":"function","function":{"name":"g","arguments":"{}"}}]},{"role":"tool","tool_call_id":"t1","content":"ok"}]}"#,
+        );
+        assert_eq!(v["toolConfig"]["tools"][0]["toolSpec"]["name"], "g");
+        assert!(v.get("inferenceConfig").is_none());
+    }
+
+    #[test]
+    fn unsupported_media_is_a_400() {
+        let p = bedrock_provider(None);
+        for content in [
+            r#"[{"type":"image_url","image_url":{"url":"https://x/cat.png"}}]"#,
+            r#"[{"type":"image_url","image_url":{"url":"data:image/tiff;base64,AAAA"}}]"#,
+            r#"[{"type":"file","file":{"file_data":"data:application/zip;base64,AAAA"}}]"#,
+        ] {
+            let req = format!(r#"{{"model":"x","messages":[{{"role":"user","content":{content}}}]}}"#);
+            let e = build_for(&p, MODEL, &req, None).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "unsupported_value"), "{content}");
+        }
+    }
+
+    #[test]
+    fn document_names() {
+        assert_eq!(document_name(Some("a  b__c.final.pdf"), 1), "a b c final");
+        assert_eq!(document_name(Some("..."), 2), "document-2");
+        assert_eq!(document_name(None, 3), "document-3");
+    }
+
+    #[test]
+    fn response_translation() {
+        let v: Value =
+            serde_json::from_slice(&adapter(false).with_created(3).translate_body(200, RESPONSE.as_bytes())).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["created"], 3);
+        assert_eq!(v["model"], MODEL);
+        assert_eq!(
+            v["choices"],
+            json!([{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?", "reasoning_content": "The user wants a greeting.", "refusal": null}, "logprobs": null, "finish_reason": "stop"}])
+        );
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens": 512, "completion_tokens": 9, "total_tokens": 521, "prompt_tokens_details": {"cached_tokens": 500}})
+        );
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(200, RESPONSE_TOOLS.as_bytes())).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"],
+            json!([{"id": "tooluse_hizU3y7ySmWLnyDOgQrvNQ", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Seattle\",\"unit\":\"celsius\"}"}}])
+        );
+    }
+
+    #[test]
+    fn stop_reasons() {
+        for (bedrock, openai) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("content_filtered", "content_filter"),
+            ("guardrail_intervened", "content_filter"),
+        ] {
+            assert_eq!(finish_reason(bedrock), openai);
+        }
+    }
+
+    #[test]
+    fn errors_become_openai_errors() {
+        let v: Value = serde_json::from_slice(
+            &adapter(false)
+                .translate_body(429, br#"{"message":"Too many requests, please wait before trying again."}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"message": "Too many requests, please wait before trying again.", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}})
+        );
+        let v: Value = serde_json::from_slice(&adapter(true).translate_body(
+            403,
+            br#"{"Message":"User is not authorized","__type":"com.amazon.coral#AccessDeniedException"}"#,
+        ))
+        .unwrap();
+        assert_eq!(v["error"]["type"], "permission_error");
+        assert_eq!(v["error"]["code"], "AccessDeniedException");
+        let v: Value = serde_json::from_slice(
+            &adapter(false).translate_body(400, br#"{"message":"The provided model identifier is invalid."}"#),
+        )
+        .unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(200, br#"{"message":"odd"}"#)).unwrap();
+        assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn stream_translation_at_every_split() {
+        let out = assert_split_invariant(ProviderKind::Bedrock, STREAM);
+        let ev = events(&out);
+        assert_eq!(ev[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(streamed_text(&ev), "Hello, wörld! 👋");
+        let finish = &ev[ev.len() - 2];
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        assert_eq!(finish["usage"], json!({"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}));
+        assert_eq!(ev[ev.len() - 1], "[DONE]");
+        assert!(ev.iter().all(|e| e.get("error").is_none()));
+    }
+
+    #[test]
+    fn stream_with_tool_use() {
+        let out = assert_split_invariant(ProviderKind::Bedrock, STREAM_TOOLS);
+        let ev = events(&out);
+        assert_eq!(streamed_text(&ev), "Let me check.");
+        let calls: Vec<&Value> = ev.iter().filter_map(|e| e["choices"][0]["delta"]["tool_calls"].get(0)).collect();
+        assert_eq!(
+            calls[0],
+            &json!({"index": 0, "id": "tooluse_Yz1", "type": "function", "function": {"name": "get_weather", "arguments": ""}})
+        );
+        let args: String = calls[1..].iter().map(|c| c["function"]["arguments"].as_str().unwrap()).collect();
+        assert_eq!(args, "{\"city\": \"Seattle\"}");
+        assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(ev[ev.len() - 2]["usage"]["total_tokens"], 450);
+    }
+
+    #[test]
+    fn stream_exception_becomes_an_error_event() {
+        let ev = events(&adapter(true).translate_stream(STREAM_EXCEPTION, true));
+        assert_eq!(streamed_text(&ev), "Hi");
+        assert_eq!(
+            ev[ev.len() - 2],
+            json!({"error": {"message": "Too many requests, please wait before trying again.", "type": "rate_limit_error", "param": null, "code": "throttlingException"}})
+        );
+        assert_eq!(ev[ev.len() - 1], "[DONE]");
+    }
+
+    #[test]
+    fn stream_without_metadata_still_finishes() {
+        let mut s = event("messageStart", r#"{"role":"assistant"}"#);
+        s.extend(event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"x"}}"#));
+        s.extend(event("messageStop", r#"{"stopReason":"max_tokens"}"#));
+        let ev = events(&adapter(true).translate_stream(&s, true));
+        assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "length");
+        assert!(ev[ev.len() - 2].get("usage").is_none());
+        let error =
+            encode(&[(":message-type", "error"), (":error-code", "InternalFailure"), (":error-message", "boom")], b"");
+        let ev = events(&adapter(true).translate_stream(&error, true));
+        assert_eq!(ev[0]["error"]["message"], "boom");
+    }
+
+    #[test]
+    fn corrupt_or_truncated_streams_end_with_an_error() {
+        let mut bad = STREAM.to_vec();
+        let n = bad.len();
+        bad[n - 20] ^= 0xff;
+        let ev = events(&adapter(true).translate_stream(&bad, true));
+        assert!(ev.iter().any(|e| e["error"]["code"] == "invalid_upstream_response"));
+        assert_eq!(ev.last().unwrap(), "[DONE]");
+        let ev = events(&adapter(true).translate_stream(&STREAM[..STREAM.len() / 2], true));
+        assert!(ev.iter().any(|e| e["error"]["code"] == "incomplete_stream"));
+        let ev = events(&adapter(true).translate_stream(b"<html>not an event stream</html>", true));
+        assert!(ev.iter().any(|e| e.get("error").is_some()));
+    }
+}

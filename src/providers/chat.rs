@@ -1,0 +1,675 @@
+//! An OpenAI chat-completions request decoded into a provider-neutral form,
+//! which the Anthropic, Gemini and Bedrock adapters render. Decoding checks
+//! what they rely on and answers a 400 naming the offending field otherwise.
+
+use std::collections::HashMap;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::api::request::ParsedRequest;
+use crate::api::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    User,
+    Assistant,
+}
+
+/// Where an image or file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Source {
+    /// From a `data:` URL, always base64 here.
+    Base64 { mime: String, data: String },
+    /// An `http(s)` (or other) URL, passed by reference.
+    Url(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Block {
+    Text(String),
+    Image(Source),
+    File {
+        source: Source,
+        filename: Option<String>,
+    },
+    /// `input` is the decoded `arguments` (always a JSON object).
+    ToolCall {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// `name` is the function named by the matching earlier tool call.
+    /// `content` holds only `Text` and `Image` blocks.
+    ToolResult {
+        id: String,
+        name: Option<String>,
+        content: Vec<Block>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Turn {
+    pub role: Role,
+    pub blocks: Vec<Block>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the arguments (an object schema; `{}` when absent).
+    pub parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Function(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum ResponseFormat {
+    JsonObject,
+    JsonSchema(Value),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(super) struct Chat {
+    /// Texts of system and developer messages, in order.
+    pub system: Vec<String>,
+    /// User and assistant turns; consecutive same-role messages merged, tool
+    /// results as user turns, empty text dropped.
+    pub turns: Vec<Turn>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub stop: Vec<String>,
+    pub n: Option<u32>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub user: Option<String>,
+    pub response_format: Option<ResponseFormat>,
+    pub stream: bool,
+}
+
+impl Chat {
+    /// True when the conversation contains tool calls or results.
+    pub fn has_tool_blocks(&self) -> bool {
+        self.turns
+            .iter()
+            .flat_map(|t| t.blocks.iter())
+            .any(|b| matches!(b, Block::ToolCall { .. } | Block::ToolResult { .. }))
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::invalid_request("invalid_value", message)
+}
+
+fn unsupported(message: impl Into<String>) -> ApiError {
+    ApiError::invalid_request("unsupported_value", message)
+}
+
+fn field<T: DeserializeOwned>(req: &ParsedRequest<'_>, name: &str, expected: &str) -> Result<Option<T>, ApiError> {
+    match req.field(name) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<Option<T>>(raw.get())
+            .map_err(|_| ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}."))),
+    }
+}
+
+/// Base64 encoding (standard alphabet, padded).
+pub(super) fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let sym = |i: u32| char::from(ALPHABET.get((i & 63) as usize).copied().unwrap_or(b'A'));
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
+        let b = |i: usize| u32::from(group.get(i).copied().unwrap_or(0));
+        let n = (b(0) << 16) | (b(1) << 8) | b(2);
+        out.push(sym(n >> 18));
+        out.push(sym(n >> 12));
+        out.push(if group.len() > 1 { sym(n >> 6) } else { '=' });
+        out.push(if group.len() > 2 { sym(n) } else { '=' });
+    }
+    out
+}
+
+fn percent_decode(input: &str) -> Vec<u8> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let pair = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, pair) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Decodes a `data:` URL into base64 data and its media type; other URLs
+/// are kept as references.
+pub(super) fn source_from_url(url: &str) -> Result<Source, ApiError> {
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok(Source::Url(url.to_string()));
+    };
+    let (meta, payload) = rest.split_once(',').ok_or_else(|| invalid("A `data:` URL has no `,` before its data."))?;
+    let mut params = meta.split(';');
+    let mime = params.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let mime = if mime.is_empty() { "text/plain".to_string() } else { mime };
+    let is_base64 = params.any(|p| p.trim().eq_ignore_ascii_case("base64"));
+    let data = if is_base64 {
+        payload.chars().filter(|c| !c.is_ascii_whitespace()).collect()
+    } else {
+        base64(&percent_decode(payload))
+    };
+    Ok(Source::Base64 { mime, data })
+}
+
+fn str_of<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Decodes `arguments` (a JSON string) into the object providers want.
+pub(super) fn arguments_object(arguments: &Value) -> Value {
+    let parsed = match arguments {
+        Value::String(s) if s.trim().is_empty() => return Value::Object(Map::new()),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(v) => v,
+            Err(_) => return serde_json::json!({ "arguments": s }),
+        },
+        Value::Null => return Value::Object(Map::new()),
+        other => other.clone(),
+    };
+    match parsed {
+        Value::Object(_) => parsed,
+        other => serde_json::json!({ "arguments": other }),
+    }
+}
+
+/// Content parts of a message: text, images, files.
+fn content_blocks(content: &Value, at: &str, allow_media: bool) -> Result<Vec<Block>, ApiError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![Block::Text(s.clone())]),
+        Value::Array(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (i, part) in parts.iter().enumerate() {
+                let at = format!("{at}[{i}]");
+                let kind = str_of(part, "type").ok_or_else(|| invalid(format!("`{at}.type` must be a string.")))?;
+                match kind {
+                    "text" | "input_text" | "refusal" => {
+                        let key = if kind == "refusal" { "refusal" } else { "text" };
+                        let text =
+                            str_of(part, key).ok_or_else(|| invalid(format!("`{at}.{key}` must be a string.")))?;
+                        out.push(Block::Text(text.to_string()));
+                    }
+                    "image_url" if allow_media => {
+                        let url = match part.get("image_url") {
+                            Some(Value::String(u)) => u.as_str(),
+                            Some(obj) => str_of(obj, "url").unwrap_or_default(),
+                            None => "",
+                        };
+                        if url.is_empty() {
+                            return Err(invalid(format!("`{at}.image_url.url` must be a non-empty string.")));
+                        }
+                        out.push(Block::Image(source_from_url(url)?));
+                    }
+                    "file" if allow_media => {
+                        let file = part.get("file").unwrap_or(&Value::Null);
+                        let filename = str_of(file, "filename").map(str::to_string);
+                        match (str_of(file, "file_data"), str_of(file, "file_id")) {
+                            (Some(data), _) => {
+                                let source = if data.starts_with("data:") {
+                                    source_from_url(data)?
+                                } else {
+                                    // Bare base64; the media type follows from the file name.
+                                    let mime = filename.as_deref().map(mime_from_name).unwrap_or("application/pdf");
+                                    Source::Base64 { mime: mime.to_string(), data: data.to_string() }
+                                };
+                                out.push(Block::File { source, filename });
+                            }
+                            (None, Some(_)) => {
+                                return Err(unsupported(format!(
+                                    "`{at}.file.file_id` refers to an OpenAI file, which this provider cannot read; send `file_data` instead."
+                                )))
+                            }
+                            (None, None) => return Err(invalid(format!("`{at}.file` needs `file_data`."))),
+                        }
+                    }
+                    "image_url" | "file" => {
+                        return Err(unsupported(format!("`{at}`: {kind} parts are only allowed in user messages.")))
+                    }
+                    other => {
+                        return Err(unsupported(format!(
+                            "`{at}`: content parts of type `{other}` are not supported by this provider."
+                        )))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(invalid(format!("`{at}` must be a string or an array of content parts."))),
+    }
+}
+
+/// A media type guessed from a file name or URL path (its extension).
+pub(super) fn mime_from_name(name: &str) -> &'static str {
+    let path = name.split(['?', '#']).next().unwrap_or_default();
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "md" => "text/markdown",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "mp4" => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
+fn text_only(content: &Value, at: &str) -> Result<String, ApiError> {
+    let blocks = content_blocks(content, at, false)?;
+    Ok(blocks
+        .into_iter()
+        .filter_map(|b| match b {
+            Block::Text(t) => Some(t),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn push_turn(turns: &mut Vec<Turn>, role: Role, blocks: Vec<Block>) {
+    let blocks: Vec<Block> = blocks.into_iter().filter(|b| !matches!(b, Block::Text(t) if t.is_empty())).collect();
+    if blocks.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last.role == role => last.blocks.extend(blocks),
+        _ => turns.push(Turn { role, blocks }),
+    }
+}
+
+fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
+    let messages: Vec<Value> = serde_json::from_str(raw)
+        .map_err(|_| ApiError::invalid_request("invalid_type", "`messages` must be an array of objects."))?;
+    let mut system = Vec::new();
+    let mut turns: Vec<Turn> = Vec::with_capacity(messages.len());
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for (i, message) in messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        if !message.is_object() {
+            return Err(invalid(format!("`{at}` must be an object.")));
+        }
+        let role = str_of(message, "role").ok_or_else(|| invalid(format!("`{at}.role` must be a string.")))?;
+        let content = message.get("content").unwrap_or(&Value::Null);
+        let content_at = format!("{at}.content");
+        match role {
+            "system" | "developer" => {
+                let text = text_only(content, &content_at)?;
+                if !text.is_empty() {
+                    system.push(text);
+                }
+            }
+            "user" => push_turn(&mut turns, Role::User, content_blocks(content, &content_at, true)?),
+            "assistant" => {
+                let mut blocks = content_blocks(content, &content_at, false)?;
+                match message.get("tool_calls") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Array(calls)) => {
+                        for (j, call) in calls.iter().enumerate() {
+                            let at = format!("{at}.tool_calls[{j}]");
+                            let id = str_of(call, "id").filter(|s| !s.is_empty()).ok_or_else(|| invalid(format!("`{at}.id` must be a non-empty string.")))?;
+                            let function = call.get("function").ok_or_else(|| invalid(format!("`{at}.function` is required.")))?;
+                            let name = str_of(function, "name").filter(|s| !s.is_empty()).ok_or_else(|| invalid(format!("`{at}.function.name` must be a non-empty string.")))?;
+                            let input = arguments_object(function.get("arguments").unwrap_or(&Value::Null));
+                            call_names.insert(id.to_string(), name.to_string());
+                            blocks.push(Block::ToolCall { id: id.to_string(), name: name.to_string(), input });
+                        }
+                    }
+                    Some(_) => return Err(invalid(format!("`{at}.tool_calls` must be an array."))),
+                }
+                push_turn(&mut turns, Role::Assistant, blocks);
+            }
+            "tool" => {
+                let id = str_of(message, "tool_call_id").filter(|s| !s.is_empty()).ok_or_else(|| invalid(format!("`{at}.tool_call_id` must be a non-empty string.")))?;
+                let content = content_blocks(content, &content_at, true)?;
+                let content = content.into_iter().filter(|b| matches!(b, Block::Text(_) | Block::Image(_))).collect();
+                let name = call_names.get(id).cloned();
+                // Pushed directly: an empty result still answers its call.
+                let block = Block::ToolResult { id: id.to_string(), name, content };
+                match turns.last_mut() {
+                    Some(last) if last.role == Role::User => last.blocks.push(block),
+                    _ => turns.push(Turn { role: Role::User, blocks: vec![block] }),
+                }
+            }
+            "function" => {
+                return Err(unsupported(format!(
+                    "`{at}`: the legacy `function` role is not supported by this provider; use `tools` and `tool` messages."
+                )))
+            }
+            other => return Err(invalid(format!("`{at}.role` `{other}` is not one of system, developer, user, assistant, tool."))),
+        }
+    }
+    Ok((system, turns))
+}
+
+fn parse_tools(raw: &str) -> Result<Vec<Tool>, ApiError> {
+    let tools: Vec<Value> = serde_json::from_str(raw)
+        .map_err(|_| ApiError::invalid_request("invalid_type", "`tools` must be an array of objects."))?;
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        match str_of(tool, "type") {
+            Some("function") | None => {}
+            Some(other) => {
+                return Err(unsupported(format!(
+                    "`{at}.type` `{other}` is not supported by this provider; only `function` tools are."
+                )))
+            }
+        }
+        let function = tool.get("function").ok_or_else(|| invalid(format!("`{at}.function` is required.")))?;
+        let name = str_of(function, "name")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid(format!("`{at}.function.name` must be a non-empty string.")))?;
+        let parameters = match function.get("parameters") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(_) => return Err(invalid(format!("`{at}.function.parameters` must be a JSON schema object."))),
+        };
+        out.push(Tool {
+            name: name.to_string(),
+            description: str_of(function, "description").filter(|d| !d.is_empty()).map(str::to_string),
+            parameters,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_tool_choice(value: &Value) -> Result<Option<ToolChoice>, ApiError> {
+    let bad = || {
+        invalid("`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}.")
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(Some(ToolChoice::Auto)),
+            "none" => Ok(Some(ToolChoice::None)),
+            "required" | "any" => Ok(Some(ToolChoice::Required)),
+            _ => Err(bad()),
+        },
+        Value::Object(o) => {
+            let name =
+                o.get("function").and_then(|f| str_of(f, "name")).or_else(|| o.get("name").and_then(Value::as_str));
+            match (o.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(n)) if !n.is_empty() => Ok(Some(ToolChoice::Function(n.to_string()))),
+                // `allowed_tools` and other newer forms: let the model choose.
+                (Some(t), _) if t != "function" => Ok(Some(ToolChoice::Auto)),
+                _ => Err(bad()),
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn parse_response_format(value: &Value) -> Result<Option<ResponseFormat>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+            Some("json_schema") => {
+                let schema = o.get("json_schema").and_then(|s| s.get("schema")).cloned().unwrap_or(Value::Null);
+                Ok(Some(if schema.is_object() {
+                    ResponseFormat::JsonSchema(schema)
+                } else {
+                    ResponseFormat::JsonObject
+                }))
+            }
+            _ => Err(invalid("`response_format.type` must be text, json_object or json_schema.")),
+        },
+        _ => Err(invalid("`response_format` must be an object.")),
+    }
+}
+
+/// Decodes the chat-completions request.
+pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
+    let (system, turns) = match req.field("messages") {
+        Some(raw) => parse_messages(raw.get())?,
+        None => {
+            return Err(ApiError::invalid_request(
+                "missing_required_parameter",
+                "Missing required parameter: `messages`.",
+            ))
+        }
+    };
+    let max_completion = field::<u32>(req, "max_completion_tokens", "a positive integer")?;
+    let max_tokens = max_completion.or(field::<u32>(req, "max_tokens", "a positive integer")?);
+    if max_tokens == Some(0) {
+        return Err(invalid("`max_tokens` must be at least 1."));
+    }
+    let stop = match field::<Value>(req, "stop", "a string or an array of strings")? {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::invalid_request("invalid_type", "`stop` must be a string or an array of strings.")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid_request("invalid_type", "`stop` must be a string or an array of strings."))
+        }
+    };
+    let tools = match req.field("tools") {
+        Some(raw) if raw.get() != "null" => parse_tools(raw.get())?,
+        _ => Vec::new(),
+    };
+    let tool_choice = match field::<Value>(req, "tool_choice", "a string or an object")? {
+        Some(v) => parse_tool_choice(&v)?,
+        None => None,
+    };
+    if let Some(ToolChoice::Function(name)) = &tool_choice {
+        if !tools.iter().any(|t| &t.name == name) {
+            return Err(invalid(format!("`tool_choice` names function `{name}`, which is not in `tools`.")));
+        }
+    }
+    let response_format = match field::<Value>(req, "response_format", "an object")? {
+        Some(v) => parse_response_format(&v)?,
+        None => None,
+    };
+    Ok(Chat {
+        system,
+        turns,
+        max_tokens,
+        temperature: field(req, "temperature", "a number")?,
+        top_p: field(req, "top_p", "a number")?,
+        top_k: field(req, "top_k", "a positive integer")?,
+        stop,
+        n: field(req, "n", "a positive integer")?,
+        seed: field(req, "seed", "an integer")?,
+        presence_penalty: field(req, "presence_penalty", "a number")?,
+        frequency_penalty: field(req, "frequency_penalty", "a number")?,
+        tools,
+        tool_choice,
+        parallel_tool_calls: field(req, "parallel_tool_calls", "a boolean")?,
+        user: field::<String>(req, "user", "a string")?.filter(|u| !u.is_empty()),
+        response_format,
+        stream: req.stream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::api::Endpoint;
+    use serde_json::json;
+
+    pub(crate) fn chat(body: &Value) -> Result<Chat, ApiError> {
+        let text = body.to_string();
+        let req = ParsedRequest::parse(text.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        parse(&req)
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn data_urls() {
+        assert_eq!(
+            source_from_url("data:image/PNG;base64,iVBO Rw0=").unwrap(),
+            Source::Base64 { mime: "image/png".into(), data: "iVBORw0=".into() }
+        );
+        assert_eq!(
+            source_from_url("data:,a%20b").unwrap(),
+            Source::Base64 { mime: "text/plain".into(), data: base64(b"a b") }
+        );
+        assert_eq!(source_from_url("https://x/y.png").unwrap(), Source::Url("https://x/y.png".into()));
+        assert!(source_from_url("data:image/png;base64").is_err());
+    }
+
+    #[test]
+    fn conversation_is_normalised() {
+        let c = chat(&json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "developer", "content": [{"type": "text", "text": "and kind"}]},
+                {"role": "user", "content": "hi"},
+                {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "g", "arguments": ""}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "one"},
+                {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "two"}]},
+                {"role": "user", "content": ""},
+                {"role": "assistant", "content": "done"}
+            ],
+            "stop": "END", "max_completion_tokens": 7, "user": "u1"
+        }))
+        .unwrap();
+        assert_eq!(c.system, vec!["be brief", "and kind"]);
+        assert_eq!(c.turns.len(), 4);
+        assert_eq!(c.turns[0].blocks.len(), 3);
+        assert_eq!(c.turns[1].blocks[0], Block::ToolCall { id: "c1".into(), name: "f".into(), input: json!({"a": 1}) });
+        assert_eq!(c.turns[1].blocks[1], Block::ToolCall { id: "c2".into(), name: "g".into(), input: json!({}) });
+        assert_eq!(
+            c.turns[2].blocks,
+            vec![
+                Block::ToolResult { id: "c1".into(), name: Some("f".into()), content: vec![Block::Text("one".into())] },
+                Block::ToolResult { id: "c2".into(), name: Some("g".into()), content: vec![Block::Text("two".into())] },
+            ]
+        );
+        assert_eq!(c.turns[3].role, Role::Assistant);
+        assert_eq!(c.stop, vec!["END"]);
+        assert_eq!(c.max_tokens, Some(7));
+        assert_eq!(c.user.as_deref(), Some("u1"));
+        assert!(c.has_tool_blocks());
+    }
+
+    #[test]
+    fn arguments_become_objects() {
+        assert_eq!(arguments_object(&json!("{\"x\":[1]}")), json!({"x": [1]}));
+        assert_eq!(arguments_object(&json!("  ")), json!({}));
+        assert_eq!(arguments_object(&json!("not json")), json!({"arguments": "not json"}));
+        assert_eq!(arguments_object(&json!("[1]")), json!({"arguments": [1]}));
+        assert_eq!(arguments_object(&json!({"y": 2})), json!({"y": 2}));
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let cases = [
+            (json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}), "messages[0].role"),
+            (json!({"model": "m", "messages": [{"role": "user", "content": 5}]}), "messages[0].content"),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}),
+                "tool_calls[0].id",
+            ),
+            (json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}), "tool_call_id"),
+            (json!({"model": "m", "messages": [], "tools": [{"type": "web_search"}]}), "tools[0].type"),
+            (json!({"model": "m", "messages": [], "tool_choice": "sometimes"}), "tool_choice"),
+            (
+                json!({"model": "m", "messages": [], "tools": [], "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+                "nope",
+            ),
+            (json!({"model": "m", "messages": [], "temperature": "hot"}), "temperature"),
+            (json!({"model": "m", "messages": [], "stop": [1]}), "stop"),
+            (json!({"model": "m", "messages": [], "max_tokens": -1}), "max_tokens"),
+            (json!({"model": "m", "messages": [], "max_tokens": 0}), "max_tokens"),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f1"}}]}]}),
+                "file_id",
+            ),
+        ];
+        for (body, needle) in cases {
+            let e = chat(&body).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn tool_choice_forms() {
+        let base = |tc: Value| json!({"model": "m", "messages": [], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": tc});
+        assert_eq!(chat(&base(json!("required"))).unwrap().tool_choice, Some(ToolChoice::Required));
+        assert_eq!(chat(&base(json!("none"))).unwrap().tool_choice, Some(ToolChoice::None));
+        assert_eq!(
+            chat(&base(json!({"type": "function", "function": {"name": "f"}}))).unwrap().tool_choice,
+            Some(ToolChoice::Function("f".into()))
+        );
+        let c = chat(&base(Value::Null)).unwrap();
+        assert_eq!(c.tool_choice, None);
+        assert_eq!(c.tools[0].parameters, json!({"type": "object", "properties": {}}));
+    }
+}

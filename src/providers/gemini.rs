@@ -1,0 +1,741 @@
+//! Google Gemini API (`POST {base_path}/models/{model}:generateContent`, or
+//! `:streamGenerateContent?alt=sse`): request translation, and answers back
+//! into OpenAI's shape.
+
+use serde_json::{json, Map, Value};
+
+use crate::api::ApiError;
+use crate::config::{Credentials, Member, Provider};
+
+use super::chat::{Block, Chat, ResponseFormat, Role, Source, ToolChoice};
+use super::response::{self, Choice, Emitter, Meta, ToolCall, Usage};
+use super::sse;
+use super::{BuildContext, UpstreamRequest};
+
+/// Documented placeholder for a function call whose thought signature is
+/// unknown (OpenAI clients do not keep Gemini's signatures).
+const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// Schema keywords Gemini's function-declaration schema (an OpenAPI subset) accepts.
+const SCHEMA_KEYS: [&str; 22] = [
+    "type",
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "maxItems",
+    "minItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "example",
+    "anyOf",
+    "propertyOrdering",
+    "default",
+    "items",
+    "minimum",
+    "maximum",
+];
+
+/// A JSON schema reduced to what Gemini accepts: unknown keywords dropped,
+/// `type: [T, "null"]` as `nullable`, `const` as `enum`, `oneOf` as `anyOf`.
+pub(super) fn schema(v: &Value) -> Value {
+    let Value::Object(obj) = v else {
+        return v.clone();
+    };
+    let mut out = Map::new();
+    for (k, val) in obj {
+        match k.as_str() {
+            "type" => match val {
+                Value::Array(types) => {
+                    let non_null: Vec<&Value> = types.iter().filter(|t| t.as_str() != Some("null")).collect();
+                    if non_null.len() < types.len() {
+                        out.insert("nullable".into(), json!(true));
+                    }
+                    if let [only] = non_null.as_slice() {
+                        out.insert("type".into(), (*only).clone());
+                    }
+                }
+                other => {
+                    out.insert("type".into(), other.clone());
+                }
+            },
+            "properties" => {
+                if let Value::Object(props) = val {
+                    if !props.is_empty() {
+                        let props = props.iter().map(|(name, s)| (name.clone(), schema(s))).collect();
+                        out.insert("properties".into(), Value::Object(props));
+                    }
+                }
+            }
+            "items" => {
+                out.insert("items".into(), schema(val));
+            }
+            "anyOf" | "oneOf" => {
+                if let Value::Array(options) = val {
+                    out.insert("anyOf".into(), Value::Array(options.iter().map(schema).collect()));
+                }
+            }
+            "const" => {
+                out.insert("enum".into(), json!([val]));
+            }
+            key if SCHEMA_KEYS.contains(&key) => {
+                out.insert(k.clone(), val.clone());
+            }
+            _ => {}
+        }
+    }
+    Value::Object(out)
+}
+
+/// Gemini 3 and later require thought signatures on replayed function calls.
+fn requires_signatures(model: &str) -> bool {
+    let Some(at) = model.find("gemini-") else {
+        return false;
+    };
+    let digits: String = model.get(at + 7..).unwrap_or_default().chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<u32>().is_ok_and(|major| major >= 3)
+}
+
+fn media_part(source: &Source, default_mime: &str) -> Value {
+    match source {
+        Source::Base64 { mime, data } => json!({"inlineData": {"mimeType": mime, "data": data}}),
+        Source::Url(url) => {
+            let mime = match super::chat::mime_from_name(url) {
+                "application/octet-stream" => default_mime,
+                m => m,
+            };
+            json!({"fileData": {"mimeType": mime, "fileUri": url}})
+        }
+    }
+}
+
+fn function_response(name: &str, content: &[Block]) -> (Value, Vec<Value>) {
+    let text: Vec<&str> = content
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let text = text.join("\n");
+    let response = match serde_json::from_str::<Value>(&text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({ "content": text }),
+    };
+    let media = content
+        .iter()
+        .filter_map(|b| match b {
+            Block::Image(s) => Some(media_part(s, "image/jpeg")),
+            _ => None,
+        })
+        .collect();
+    (json!({"functionResponse": {"name": name, "response": response}}), media)
+}
+
+/// The generateContent body for `chat`.
+pub(super) fn body(chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
+    let signatures = requires_signatures(model);
+    let mut contents = Vec::with_capacity(chat.turns.len());
+    for turn in &chat.turns {
+        let mut parts = Vec::with_capacity(turn.blocks.len());
+        let mut signed = false;
+        for block in &turn.blocks {
+            match block {
+                Block::Text(t) => parts.push(json!({ "text": t })),
+                Block::Image(s) => parts.push(media_part(s, "image/jpeg")),
+                Block::File { source, .. } => parts.push(media_part(source, "application/pdf")),
+                Block::ToolCall { name, input, .. } => {
+                    let mut part = json!({"functionCall": {"name": name, "args": input}});
+                    if signatures && !signed {
+                        signed = true;
+                        if let Some(obj) = part.as_object_mut() {
+                            obj.insert("thoughtSignature".into(), json!(SKIP_SIGNATURE));
+                        }
+                    }
+                    parts.push(part);
+                }
+                Block::ToolResult { id, name, content } => {
+                    let name = name.as_deref().ok_or_else(|| {
+                        ApiError::invalid_request(
+                            "invalid_value",
+                            format!("The tool message with `tool_call_id` `{id}` answers no earlier assistant tool call; Gemini needs the function's name."),
+                        )
+                    })?;
+                    let (part, media) = function_response(name, content);
+                    parts.push(part);
+                    parts.extend(media);
+                }
+            }
+        }
+        let role = match turn.role {
+            Role::User => "user",
+            Role::Assistant => "model",
+        };
+        contents.push(json!({"role": role, "parts": parts}));
+    }
+    let mut out = Map::new();
+    out.insert("contents".into(), Value::Array(contents));
+    if !chat.system.is_empty() {
+        out.insert("systemInstruction".into(), json!({"parts": [{"text": chat.system.join("\n\n")}]}));
+    }
+    let mut config = Map::new();
+    if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
+        config.insert("maxOutputTokens".into(), json!(n));
+    }
+    if let Some(t) = chat.temperature {
+        config.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = chat.top_p {
+        config.insert("topP".into(), json!(p));
+    }
+    if let Some(k) = chat.top_k {
+        config.insert("topK".into(), json!(k));
+    }
+    if !chat.stop.is_empty() {
+        config.insert("stopSequences".into(), json!(chat.stop));
+    }
+    if let Some(n) = chat.n {
+        config.insert("candidateCount".into(), json!(n));
+    }
+    if let Some(seed) = chat.seed {
+        config.insert("seed".into(), json!(seed));
+    }
+    if let Some(p) = chat.presence_penalty {
+        config.insert("presencePenalty".into(), json!(p));
+    }
+    if let Some(p) = chat.frequency_penalty {
+        config.insert("frequencyPenalty".into(), json!(p));
+    }
+    match &chat.response_format {
+        Some(ResponseFormat::JsonObject) => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some(ResponseFormat::JsonSchema(s)) => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+            config.insert("responseSchema".into(), schema(s));
+        }
+        None => {}
+    }
+    if !config.is_empty() {
+        out.insert("generationConfig".into(), Value::Object(config));
+    }
+    if !chat.tools.is_empty() {
+        let declarations: Vec<Value> = chat
+            .tools
+            .iter()
+            .map(|t| {
+                let mut d = Map::new();
+                d.insert("name".into(), json!(t.name));
+                if let Some(desc) = &t.description {
+                    d.insert("description".into(), json!(desc));
+                }
+                let params = schema(&t.parameters);
+                // Gemini refuses an object schema without properties: omit it.
+                if params.get("properties").is_some() {
+                    d.insert("parameters".into(), params);
+                }
+                Value::Object(d)
+            })
+            .collect();
+        out.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
+        let config = match &chat.tool_choice {
+            None => None,
+            Some(ToolChoice::Auto) => Some(json!({"mode": "AUTO"})),
+            Some(ToolChoice::None) => Some(json!({"mode": "NONE"})),
+            Some(ToolChoice::Required) => Some(json!({"mode": "ANY"})),
+            Some(ToolChoice::Function(name)) => Some(json!({"mode": "ANY", "allowedFunctionNames": [name]})),
+        };
+        if let Some(c) = config {
+            out.insert("toolConfig".into(), json!({ "functionCallingConfig": c }));
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+pub(super) fn build(
+    provider: &Provider,
+    member: &Member,
+    chat: &Chat,
+    ctx: &BuildContext,
+) -> Result<UpstreamRequest, ApiError> {
+    let body = body(chat, &member.model, ctx)?;
+    let model = member.model.strip_prefix("models/").unwrap_or(&member.model);
+    // Tuned models are addressed as `tunedModels/{id}`.
+    let resource = if model.contains('/') { model.to_string() } else { format!("models/{model}") };
+    let action = if chat.stream { ":streamGenerateContent?alt=sse" } else { ":generateContent" };
+    let mut headers =
+        vec![("content-type", "application/json".to_string()), ("accept-encoding", "identity".to_string())];
+    if let Credentials::ApiKey(key) = &provider.credentials {
+        headers.push(("x-goog-api-key", key.expose().to_string()));
+    }
+    Ok(UpstreamRequest {
+        path: format!("{}/{resource}{action}", provider.base_path),
+        authority: provider.host.clone(),
+        headers,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    })
+}
+
+fn finish_reason(reason: &str, has_tool_calls: bool) -> &'static str {
+    match reason {
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" | "LANGUAGE" => {
+            "content_filter"
+        }
+        _ if has_tool_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+fn usage_of(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    let thoughts = n("thoughtsTokenCount");
+    let prompt = n("promptTokenCount").unwrap_or(0) + n("toolUsePromptTokenCount").unwrap_or(0);
+    Usage {
+        prompt,
+        completion: n("candidatesTokenCount").unwrap_or(0) + thoughts.unwrap_or(0),
+        total: n("totalTokenCount"),
+        cached: n("cachedContentTokenCount").filter(|c| *c > 0),
+        reasoning: thoughts.filter(|t| *t > 0),
+    }
+}
+
+fn candidate_index(c: &Value, position: usize) -> u32 {
+    c.get("index").and_then(Value::as_u64).map_or(position as u32, |i| i as u32)
+}
+
+/// A function call's id: Gemini's own when it sends one.
+fn call_id(call: &Value) -> String {
+    match call.get("id").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => response::new_call_id(),
+    }
+}
+
+fn blocked(v: &Value) -> bool {
+    v.get("promptFeedback").and_then(|f| f.get("blockReason")).is_some()
+}
+
+/// A complete answer into a `chat.completion`; `Err` holds an OpenAI
+/// error body when the answer is an error or cannot be read.
+pub(super) fn completion_body(meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Err(response::invalid_answer("Gemini", &format!("not JSON ({e})"))),
+    };
+    if v.get("error").is_some() {
+        return Err(error_body(500, body));
+    }
+    let candidates = v.get("candidates").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let mut choices = Vec::with_capacity(candidates.len().max(1));
+    for (position, c) in candidates.iter().enumerate() {
+        let mut choice = Choice { index: candidate_index(c, position), ..Choice::default() };
+        let parts = c
+            .get("content")
+            .and_then(|c| c.get("parts"))
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for part in parts {
+            if let Some(call) = part.get("functionCall") {
+                choice.tool_calls.push(ToolCall {
+                    id: call_id(call),
+                    name: call.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    arguments: call.get("args").map_or_else(|| "{}".to_string(), Value::to_string),
+                });
+            } else if let Some(text) = part.get("text").and_then(Value::as_str) {
+                if part.get("thought").and_then(Value::as_bool) == Some(true) {
+                    choice.reasoning.push_str(text);
+                } else {
+                    choice.text.push_str(text);
+                }
+            }
+        }
+        let reason = c.get("finishReason").and_then(Value::as_str).unwrap_or("STOP");
+        choice.finish_reason = finish_reason(reason, !choice.tool_calls.is_empty());
+        choices.push(choice);
+    }
+    if choices.is_empty() {
+        if !blocked(&v) {
+            return Err(response::invalid_answer("Gemini", "no candidates"));
+        }
+        choices.push(Choice { index: 0, finish_reason: "content_filter", ..Choice::default() });
+    }
+    let mut meta = meta.clone();
+    if let Some(id) = v.get("responseId").and_then(Value::as_str) {
+        meta.id = id.to_string();
+    }
+    Ok(meta.completion(&choices, v.get("usageMetadata").map(usage_of)))
+}
+
+/// OpenAI error `type` for a Google RPC status.
+fn openai_type(status_name: &str, status: u16) -> &'static str {
+    match status_name {
+        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE" | "NOT_FOUND" | "ALREADY_EXISTS" => {
+            "invalid_request_error"
+        }
+        "UNAUTHENTICATED" => "authentication_error",
+        "PERMISSION_DENIED" => "permission_error",
+        "RESOURCE_EXHAUSTED" => "rate_limit_error",
+        "INTERNAL" | "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "UNKNOWN" | "ABORTED" | "DATA_LOSS" => "server_error",
+        _ => response::type_for_status(status),
+    }
+}
+
+/// The `error` object of a Gemini error body (possibly wrapped in an array).
+fn error_object(v: &Value) -> Option<&Value> {
+    match v {
+        Value::Array(items) => items.first().and_then(|i| i.get("error")),
+        other => other.get("error"),
+    }
+    .filter(|e| e.is_object())
+}
+
+/// `{"error":{"code","message","status"}}` into OpenAI's error body.
+pub(super) fn error_body(status: u16, body: &[u8]) -> Vec<u8> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return response::fallback_error(status, body);
+    };
+    let Some(err) = error_object(&v) else {
+        return response::fallback_error(status, body);
+    };
+    let name = err.get("status").and_then(Value::as_str).unwrap_or_default();
+    let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider returned an error.");
+    let code = if name.is_empty() { response::code_for_status(status) } else { name };
+    response::error_json(message, openai_type(name, status), code)
+}
+
+/// Translation state of one Gemini SSE stream.
+#[derive(Debug, Default)]
+pub(super) struct StreamState {
+    parser: sse::Parser,
+    id_set: bool,
+    /// Per choice index: tool calls sent so far.
+    tool_counts: Vec<(u32, u32)>,
+    /// Choice indexes seen.
+    seen: Vec<u32>,
+}
+
+impl StreamState {
+    pub(super) fn feed(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
+        let mut events = Vec::new();
+        let fed = self.parser.feed(chunk, eos, &mut |e| events.push(e));
+        for event in events {
+            self.event(em, &event.data, out);
+        }
+        if fed.is_err() {
+            em.error(
+                out,
+                "An event of the provider's stream exceeds the size limit.",
+                "server_error",
+                "invalid_upstream_response",
+            );
+        }
+    }
+
+    /// The next tool-call index of choice `index`.
+    fn next_tool_index(&mut self, index: u32) -> u32 {
+        if let Some((_, n)) = self.tool_counts.iter_mut().find(|(i, _)| *i == index) {
+            let next = *n;
+            *n += 1;
+            return next;
+        }
+        self.tool_counts.push((index, 1));
+        0
+    }
+
+    fn event(&mut self, em: &mut Emitter, data: &str, out: &mut Vec<u8>) {
+        if em.closed() || data.trim() == "[DONE]" {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            em.error(
+                out,
+                "The provider's stream contains an event that is not JSON.",
+                "server_error",
+                "invalid_upstream_response",
+            );
+            return;
+        };
+        if let Some(err) = error_object(&v) {
+            let name = err.get("status").and_then(Value::as_str).unwrap_or("INTERNAL");
+            let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider reported an error.");
+            em.error(out, message, openai_type(name, 500), name);
+            return;
+        }
+        if !self.id_set {
+            self.id_set = true;
+            if let Some(id) = v.get("responseId").and_then(Value::as_str) {
+                em.meta.id = id.to_string();
+            }
+        }
+        let usage = v.get("usageMetadata").map(usage_of);
+        let candidates = v.get("candidates").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        if candidates.is_empty() && blocked(&v) {
+            em.finish(out, 0, "content_filter", usage);
+            return;
+        }
+        for (position, c) in candidates.iter().enumerate() {
+            let index = candidate_index(c, position);
+            if !self.seen.contains(&index) {
+                self.seen.push(index);
+            }
+            em.start(out, index);
+            let parts = c
+                .get("content")
+                .and_then(|c| c.get("parts"))
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for part in parts {
+                if let Some(call) = part.get("functionCall") {
+                    let name = call.get("name").and_then(Value::as_str).unwrap_or_default();
+                    let args = call.get("args").map_or_else(|| "{}".to_string(), Value::to_string);
+                    let tool_index = self.next_tool_index(index);
+                    em.tool_start(out, index, tool_index, &call_id(call), name, &args);
+                } else if let Some(text) = part.get("text").and_then(Value::as_str) {
+                    if part.get("thought").and_then(Value::as_bool) == Some(true) {
+                        em.reasoning(out, index, text);
+                    } else {
+                        em.text(out, index, text);
+                    }
+                }
+            }
+            if let Some(reason) = c.get("finishReason").and_then(Value::as_str) {
+                let has_tools = self.tool_counts.iter().any(|(i, n)| *i == index && *n > 0);
+                // Usage goes once, on the last choice to finish.
+                let last = em.finished_count() + 1 >= self.seen.len();
+                em.finish(out, index, finish_reason(reason, has_tools), if last { usage } else { None });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::api::Endpoint;
+    use crate::config::ProviderKind;
+    use crate::providers::response::tests::{assert_split_invariant, events, streamed_text};
+    use crate::providers::test_support::{build_for, provider};
+    use crate::providers::ResponseAdapter;
+
+    const REQUEST: &str = include_str!("../../tests/fixtures/providers/gemini/request.json");
+    const REQUEST_EXPECTED: &str = include_str!("../../tests/fixtures/providers/gemini/request.expected.json");
+    const RESPONSE: &str = include_str!("../../tests/fixtures/providers/gemini/response.json");
+    const RESPONSE_CALLS: &str = include_str!("../../tests/fixtures/providers/gemini/response_function_call.json");
+    const RESPONSE_BLOCKED: &str = include_str!("../../tests/fixtures/providers/gemini/response_blocked.json");
+    const STREAM: &str = include_str!("../../tests/fixtures/providers/gemini/stream.txt");
+    const STREAM_CALLS: &str = include_str!("../../tests/fixtures/providers/gemini/stream_function_call.txt");
+
+    fn adapter(stream: bool) -> ResponseAdapter {
+        ResponseAdapter::new(ProviderKind::Gemini, Endpoint::ChatCompletions, stream, "gemini-x").unwrap()
+    }
+
+    fn body_of(model: &str, req: &str) -> Value {
+        serde_json::from_slice(&build_for(&provider(ProviderKind::Gemini), model, req, None).unwrap().body).unwrap()
+    }
+
+    #[test]
+    fn request_translation_matches_fixture() {
+        let p = provider(ProviderKind::Gemini);
+        let up = build_for(&p, "gemini-2.5-flash", REQUEST, Some(2048)).unwrap();
+        assert_eq!(up.path, "/v1beta/models/gemini-2.5-flash:generateContent");
+        assert!(up.headers.contains(&("x-goog-api-key", "sk-test".to_string())));
+        assert!(up.headers.iter().all(|(k, _)| *k != "authorization"));
+        let got: Value = serde_json::from_slice(&up.body).unwrap();
+        let want: Value = serde_json::from_str(REQUEST_EXPECTED).unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn streaming_path_and_model_forms() {
+        let p = provider(ProviderKind::Gemini);
+        let req = r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        assert_eq!(
+            build_for(&p, "gemini-2.0-flash", req, None).unwrap().path,
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            build_for(&p, "models/gemini-pro", req, None).unwrap().path,
+            "/v1beta/models/gemini-pro:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            build_for(&p, "tunedModels/my-1", req, None).unwrap().path,
+            "/v1beta/tunedModels/my-1:streamGenerateContent?alt=sse"
+        );
+        let v = body_of("g", req);
+        assert!(v.get("generationConfig").is_none(), "no defaults invented: {v}");
+        assert_eq!(
+            build_for(&p, "g", req, Some(64))
+                .map(|u| serde_json::from_slice::<Value>(&u.body).unwrap()["generationConfig"]["maxOutputTokens"]
+                    .clone())
+                .unwrap(),
+            64
+        );
+    }
+
+    #[test]
+    fn thought_signatures_for_gemini_3() {
+        let req = r#"{"model":"x","messages":[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}},{"id":"b","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"a","content":"1"},{"role":"tool","tool_call_id":"b","content":"2"}]}"#;
+        let v = body_of("gemini-3-pro-preview", req);
+        assert_eq!(v["contents"][1]["parts"][0]["thoughtSignature"], SKIP_SIGNATURE);
+        assert!(v["contents"][1]["parts"][1].get("thoughtSignature").is_none());
+        let v = body_of("gemini-2.5-pro", req);
+        assert!(v["contents"][1]["parts"][0].get("thoughtSignature").is_none());
+        assert!(requires_signatures("gemini-3-flash"));
+        assert!(requires_signatures("gemini-10-ultra"));
+        assert!(!requires_signatures("gemini-2.5-flash"));
+        assert!(!requires_signatures("gemini-exp-1206"));
+    }
+
+    #[test]
+    fn tool_result_without_a_call_is_a_400() {
+        let req = r#"{"model":"x","messages":[{"role":"user","content":"hi"},{"role":"tool","tool_call_id":"zz","content":"1"}]}"#;
+        let e = build_for(&provider(ProviderKind::Gemini), "g", req, None).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("zz"));
+    }
+
+    #[test]
+    fn response_format_and_tool_choice() {
+        let req = r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"r","strict":true,"schema":{"type":"object","properties":{"a":{"type":"string"}},"additionalProperties":false}}},"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"}"#;
+        let v = body_of("g", req);
+        assert_eq!(v["generationConfig"]["responseMimeType"], "application/json");
+        assert_eq!(
+            v["generationConfig"]["responseSchema"],
+            json!({"type": "object", "properties": {"a": {"type": "string"}}})
+        );
+        assert_eq!(v["toolConfig"], json!({"functionCallingConfig": {"mode": "NONE"}}));
+        assert_eq!(v["tools"][0]["functionDeclarations"][0], json!({"name": "f"}));
+    }
+
+    #[test]
+    fn response_translation() {
+        let v: Value =
+            serde_json::from_slice(&adapter(false).with_created(9).translate_body(200, RESPONSE.as_bytes())).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "id": "mJb0aJ6yK8-5qtsPhL-R0Qk",
+                "object": "chat.completion",
+                "created": 9,
+                "model": "gemini-x",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "It is 15 degrees and foggy in San Francisco.", "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 31, "completion_tokens": 31, "total_tokens": 62, "completion_tokens_details": {"reasoning_tokens": 20}}
+            })
+        );
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(200, RESPONSE_CALLS.as_bytes())).unwrap();
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        let calls = choice["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["function"], json!({"name": "get_weather", "arguments": "{\"location\":\"Boston, MA\"}"}));
+        assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert_ne!(calls[0]["id"], calls[1]["id"]);
+        let v: Value =
+            serde_json::from_slice(&adapter(false).translate_body(200, RESPONSE_BLOCKED.as_bytes())).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(v["usage"]["prompt_tokens"], 8);
+    }
+
+    #[test]
+    fn finish_reasons() {
+        assert_eq!(finish_reason("MAX_TOKENS", false), "length");
+        assert_eq!(finish_reason("SAFETY", true), "content_filter");
+        assert_eq!(finish_reason("RECITATION", false), "content_filter");
+        assert_eq!(finish_reason("STOP", true), "tool_calls");
+        assert_eq!(finish_reason("OTHER", false), "stop");
+    }
+
+    #[test]
+    fn errors_become_openai_errors() {
+        let body = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(429, body)).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"message": "Resource has been exhausted (e.g. check quota).", "type": "rate_limit_error", "param": null, "code": "RESOURCE_EXHAUSTED"}})
+        );
+        let body = br#"[{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}]"#;
+        let v: Value = serde_json::from_slice(&adapter(true).translate_body(400, body)).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
+        let v: Value = serde_json::from_slice(&adapter(false).translate_body(503, b"")).unwrap();
+        assert_eq!(v["error"]["code"], "service_unavailable");
+    }
+
+    #[test]
+    fn stream_translation_at_every_split() {
+        let out = assert_split_invariant(ProviderKind::Gemini, STREAM.as_bytes());
+        let ev = events(&out);
+        assert_eq!(ev[0]["id"], "resp-123");
+        assert_eq!(ev[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(streamed_text(&ev), "Bonjour, ça va? 日本語 🎉");
+        let finish = &ev[ev.len() - 2];
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        assert_eq!(finish["usage"], json!({"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}));
+        assert_eq!(ev[ev.len() - 1], "[DONE]");
+    }
+
+    #[test]
+    fn stream_with_function_calls() {
+        let out = adapter(true).translate_stream(STREAM_CALLS.as_bytes(), true);
+        let ev = events(&out);
+        assert_eq!(streamed_text(&ev), "Checking.");
+        let calls: Vec<&Value> = ev.iter().filter_map(|e| e["choices"][0]["delta"]["tool_calls"].get(0)).collect();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["index"], 0);
+        assert_eq!(calls[1]["index"], 1);
+        assert_eq!(calls[0]["function"], json!({"name": "get_weather", "arguments": "{\"location\":\"Boston, MA\"}"}));
+        assert_eq!(calls[1]["function"], json!({"name": "get_time", "arguments": "{}"}));
+        assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn stream_with_two_candidates_reports_usage_once() {
+        let s = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"A\"}]},\"index\":0},{\"content\":{\"parts\":[{\"text\":\"B\"}]},\"index\":1}]}\n\n\
+                 data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\",\"index\":0},{\"content\":{\"parts\":[{\"text\":\"?\"}]},\"finishReason\":\"MAX_TOKENS\",\"index\":1}],\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":4,\"totalTokenCount\":6}}\n\n";
+        let ev = events(&adapter(true).translate_stream(s.as_bytes(), true));
+        let finishes: Vec<&Value> =
+            ev.iter().filter(|e| !e["choices"][0]["finish_reason"].is_null() && e.get("choices").is_some()).collect();
+        assert_eq!(finishes.len(), 2);
+        assert_eq!(finishes[0]["choices"][0]["index"], 0);
+        assert!(finishes[0].get("usage").is_none());
+        assert_eq!(finishes[1]["choices"][0]["finish_reason"], "length");
+        assert_eq!(finishes[1]["usage"]["total_tokens"], 6);
+    }
+
+    #[test]
+    fn stream_error_event_and_garbage() {
+        let s = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"A\"}]},\"index\":0}]}\r\n\r\ndata: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n";
+        let ev = events(&adapter(true).translate_stream(s.as_bytes(), true));
+        assert_eq!(
+            ev[ev.len() - 2]["error"],
+            json!({"message": "The model is overloaded.", "type": "server_error", "param": null, "code": "UNAVAILABLE"})
+        );
+        for input in [&b"data: [1,2\n\n"[..], b"\xf0\x9f", b"data: {}\n\n"] {
+            let ev = events(&adapter(true).translate_stream(input, true));
+            assert!(ev.iter().any(|e| e.get("error").is_some()), "{input:?}");
+            assert_eq!(ev.last().unwrap(), "[DONE]");
+        }
+    }
+
+    #[test]
+    fn schema_sanitising() {
+        let s = json!({"type": "object", "properties": {"x": {"oneOf": [{"type": "string"}, {"type": "null"}], "$ref": "#/x"}}, "$defs": {}, "title": "T"});
+        assert_eq!(
+            schema(&s),
+            json!({"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}, {"type": "null"}]}}, "title": "T"})
+        );
+    }
+}
