@@ -542,7 +542,7 @@ impl HttpContext for Filter {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.state != State::Routed {
             // Our own local reply passing through, or a request we did not route.
             return Action::Continue;
@@ -580,6 +580,11 @@ impl HttpContext for Filter {
                 self.host_error("set response header", s);
             }
         }
+        // A translated whole body is only known good once read: hold the
+        // headers so an unreadable answer can still become a 502.
+        if self.translation == Translation::WholeBody && !end_of_stream {
+            return Action::Pause;
+        }
         Action::Continue
     }
 
@@ -611,8 +616,18 @@ impl HttpContext for Filter {
         } else {
             adapter.translate_body(status, &chunk)
         };
+        let unreadable = translation == Translation::WholeBody && adapter.translation_failed();
         if let Err(s) = abi::set_buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size, &out) {
             self.host_error("set response body", s);
+        }
+        if unreadable {
+            log::warn!("switchboard: unreadable {status} answer from {}; answering 502", self.plan.as_ref().and_then(|p| p.attempts.last()).map_or("?", |a| a.member_id.as_str()));
+            if let Some(rt) = &self.rt {
+                rt.metrics.local_error("bad_upstream_response");
+            }
+            if let Err(s) = abi::set_header(RESP, ":status", "502") {
+                self.host_error("set response status", s);
+            }
         }
         Action::Continue
     }

@@ -33,7 +33,7 @@ pub struct Metrics {
     pub host_errors: Option<u32>,
 }
 
-const LOCAL_ERROR_CODES: [&str; 12] = [
+const LOCAL_ERROR_CODES: [&str; 17] = [
     "invalid_json",
     "invalid_type",
     "missing_model",
@@ -45,6 +45,11 @@ const LOCAL_ERROR_CODES: [&str; 12] = [
     "request_too_large",
     "no_healthy_upstream",
     "unsupported_provider",
+    "unsupported_endpoint",
+    "bad_upstream_response",
+    "invalid_value",
+    "unsupported_value",
+    "other",
     "internal_error",
 ];
 
@@ -112,7 +117,12 @@ impl Metrics {
     }
 
     pub fn local_error(&self, code: &str) {
-        let id = self.local_errors.iter().find(|(c, _)| *c == code).and_then(|(_, id)| *id);
+        let id = self
+            .local_errors
+            .iter()
+            .find(|(c, _)| *c == code)
+            .or_else(|| self.local_errors.iter().find(|(c, _)| *c == "other"))
+            .and_then(|(_, id)| *id);
         inc(id);
     }
 }

@@ -213,3 +213,14 @@ def test_openai_sdk_against_mixed_pool(kinds_gateway, kinds_mock):
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text.startswith("mock reply from")
     assert seen == {"anthropic", "openai"}
+
+
+def test_unreadable_provider_answer_becomes_502(kinds_gateway, kinds_mock):
+    kinds_mock.faults("anthropic", status=200, body="<html>proxy error</html>")
+    r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_anthropic"), timeout=10)
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["message"]
+    assert "<html>" not in r.json()["error"]["message"] or r.json()["error"]["type"]
+    kinds_mock.reset()
+    r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_anthropic"), timeout=10)
+    assert r.status_code == 200
