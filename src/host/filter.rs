@@ -194,7 +194,7 @@ impl Filter {
 
     fn start_attempt(&mut self, rt: &Runtime, pool: usize, member: usize) {
         self.current = Some((pool, member));
-        self.adapter = adapter_for(rt, self.endpoint, &self.body, pool, member);
+        self.adapter = adapter_for(rt, self.endpoint, self.stream, pool, member);
         if let Some(mm) = rt.metrics.member(pool, member) {
             inc(mm.attempts);
         }
@@ -373,11 +373,9 @@ fn rewrite_request(
 }
 
 /// The response adapter for a member, if its provider needs one.
-fn adapter_for(rt: &Runtime, endpoint: Endpoint, body: &[u8], pool: usize, member: usize) -> Option<ResponseAdapter> {
+fn adapter_for(rt: &Runtime, endpoint: Endpoint, stream: bool, pool: usize, member: usize) -> Option<ResponseAdapter> {
     let m = rt.config.pool_at(pool)?.members.get(member)?;
     let provider = rt.config.provider(m.provider)?;
-    // The body parsed before, so this cannot fail; stream defaults to false if it did.
-    let stream = ParsedRequest::parse(body, endpoint).is_ok_and(|p| p.stream);
     let now_s = abi::now_ms().unwrap_or(0) / 1000;
     ResponseAdapter::new(provider.kind, endpoint, stream, &m.model).map(|a| a.with_created(now_s))
 }
@@ -465,6 +463,7 @@ impl Context for Filter {
             Vec::new()
         });
         let mut content_type = find("content-type").unwrap_or("application/json").to_string();
+        let mut status = status;
         let body = match self.adapter.as_mut() {
             Some(adapter) if status < 400 && adapter.content_type() == "text/event-stream" => {
                 content_type = adapter.content_type().to_string();
@@ -472,7 +471,12 @@ impl Context for Filter {
             }
             Some(adapter) => {
                 content_type = "application/json".to_string();
-                adapter.translate_body(status, &body)
+                let translated = adapter.translate_body(status, &body);
+                if adapter.translation_failed() {
+                    rt.metrics.local_error("bad_upstream_response");
+                    status = 502;
+                }
+                translated
             }
             None => body,
         };
