@@ -25,8 +25,12 @@ const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
 
 /// Client headers never copied onto a failover call: hop-by-hop, framing,
 /// routing and Envoy-internal ones (credentials are handled separately).
-const NOT_FORWARDED: [&str; 9] =
-    ["host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade", "expect", "proxy-connection"];
+/// `accept-encoding` too: a failover answer is relayed without its
+/// `content-encoding`, and translated answers must be readable.
+const NOT_FORWARDED: [&str; 10] = [
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade", "expect",
+    "proxy-connection", "accept-encoding",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -180,8 +184,16 @@ impl Filter {
             .collect();
         let cluster = cluster_of(rt, pool, member).unwrap_or_default();
         let timeout_ms = self.attempt_timeout_ms_for(rt, pool, now);
-        let rewritten =
-            rewrite_request(&rt.config.cluster_header, cluster, &upstream, timeout_ms, &credentials, body.len());
+        let first_byte_ms = self.first_byte_timeout_ms(rt, pool, now);
+        let rewritten = rewrite_request(
+            &rt.config.cluster_header,
+            cluster,
+            &upstream,
+            timeout_ms,
+            first_byte_ms,
+            &credentials,
+            body.len(),
+        );
         if let Err((what, s)) = rewritten {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
@@ -285,18 +297,40 @@ impl Filter {
         headers.push((":method", "POST"));
         headers.push((":path", &upstream.path));
         headers.push((":authority", &upstream.authority));
-        headers.push(("content-type", "application/json"));
+        // Headers the provider adapter sets win over the client's and the
+        // default content type: each name is sent once.
+        let set_by_adapter = |name: &str| upstream.headers.iter().any(|(n, _)| *n == name);
+        if !set_by_adapter("content-type") {
+            headers.push(("content-type", "application/json"));
+        }
         for (k, v) in &self.forward_headers {
-            if k != "content-type" {
+            if k != "content-type" && !set_by_adapter(k) {
                 headers.push((k, v));
             }
         }
         for (k, v) in &upstream.headers {
             headers.push((k, v));
         }
+        let first_byte = self.first_byte_timeout_ms(rt, pool, now).map(|ms| ms.to_string());
+        if let Some(ms) = first_byte.as_deref() {
+            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
+        }
         let timeout = Duration::from_millis(self.attempt_timeout_ms_for(rt, pool, now));
         proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(&upstream.body), vec![], timeout)
             .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {cluster} failed: {s:?}")))
+    }
+
+    /// For a stream: the per-try timeout, as a bound on the time to the
+    /// response headers only (Envoy ignores a per-try timeout once the response
+    /// has started), so a member that never answers is failed over in time
+    /// while a long stream still runs to the overall deadline.
+    fn first_byte_timeout_ms(&self, rt: &Runtime, pool: usize, now: u64) -> Option<u64> {
+        if !self.stream {
+            return None;
+        }
+        let per_try = rt.config.pool_at(pool).map_or(30_000, |p| p.retry.per_try_timeout_ms);
+        let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
+        Some(per_try.min(remaining).max(1))
     }
 
     /// Time an attempt may take: the pool's per-try timeout, cut short by the
@@ -346,6 +380,7 @@ fn rewrite_request(
     cluster: &str,
     upstream: &UpstreamRequest,
     timeout_ms: u64,
+    first_byte_ms: Option<u64>,
     client_credentials: &[&str],
     original_len: usize,
 ) -> Result<(), (&'static str, abi::Status)> {
@@ -356,15 +391,21 @@ fn rewrite_request(
     }
     let timeout = timeout_ms.to_string();
     let length = upstream.body.len().to_string();
-    let sets: [(&str, &str); 5] = [
+    let sets: [(&str, &str); 6] = [
         (":path", &upstream.path),
         (":authority", &upstream.authority),
         (cluster_header, cluster),
         ("content-length", &length),
+        // The body is the gateway's JSON, whatever the client labelled its own.
+        ("content-type", "application/json"),
         ("x-envoy-upstream-rq-timeout-ms", &timeout),
     ];
     for (name, value) in sets {
         abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
+    }
+    if let Some(ms) = first_byte_ms {
+        abi::set_header(REQ, "x-envoy-upstream-rq-per-try-timeout-ms", &ms.to_string())
+            .map_err(|s| ("set request header", s))?;
     }
     for (name, value) in &upstream.headers {
         abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;

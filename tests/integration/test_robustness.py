@@ -1,24 +1,29 @@
 """Issue 5 (parts 5-6): chaos under load and a bad-input matrix, through a real Envoy.
 
-The chaos test sends 10,000 requests at concurrency 32 to a pool whose members
-fail in every way the mock provider can (5xx, 429 with Retry-After, hangs, TCP
-resets) next to one healthy member, and checks that every request gets exactly
-one 200 (the right one), that the wasm VMs never fail, and that Envoy's memory
-stays flat. The matrix sends malformed requests of every kind and checks each
-gets a clear OpenAI-style 4xx while the gateway keeps serving on every worker.
+The chaos test sends 10,000 requests (the last 1,000 streamed) at concurrency 32
+to a pool whose members fail in every way the mock provider can (5xx, 429 with
+Retry-After, hangs, TCP resets) next to one healthy member, and checks that
+every request gets exactly one 200 (its own answer), that the wasm VMs never
+fail, and that Envoy's memory stays flat. The matrix sends malformed requests of
+every kind and checks each gets a clear OpenAI-style 4xx while the gateway keeps
+serving on every worker. The last tests check what reaches providers: JSON
+content type, and no compression the gateway could not pass on or read.
 """
+import gzip
 import http.client
 import json
 import socket
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from conftest import KEYS, base_config, clusters_for
-from harness import Gateway, chat
+from harness import Gateway, MockProvider, chat
 
 POOL = "gpt4o_16k"
 CHAT = "/v1/chat/completions"
@@ -65,17 +70,41 @@ def assert_no_wasm_failure(gw, before):
     assert gw.alive()
 
 
+STREAMS_FROM = 9000  # the last 1,000 requests stream
+
+
+def is_stream(i):
+    return i >= STREAMS_FROM
+
+
 def chaos_body(i):
     """A compact body whose length encodes the request (`usage.prompt_tokens` = upstream bytes / 4)."""
     content = f"chaos {i} " + "p" * (4 * (i % 61))
-    return json.dumps({"model": POOL, "messages": [{"role": "user", "content": content}], "user": f"req-{i}"},
-                      separators=(",", ":")).encode()
+    body = {"model": POOL, "messages": [{"role": "user", "content": content}], "user": f"req-{i}"}
+    if is_stream(i):
+        body.update(stream=True, stream_options={"include_usage": True})
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def expected_prompt_tokens(body, model):
     # The filter rewrites only `model` (raw bytes of the rest are copied), so the
     # upstream body is the client's with the pool name replaced by the member's model.
     return max(1, (len(body) - len(POOL) + len(model)) // 4)
+
+
+def answer_of(i, content):
+    """(model, id, prompt_tokens, text) of a chat answer, streamed or not."""
+    if not is_stream(i):
+        a = json.loads(content)
+        return a["model"], a["id"], a["usage"]["prompt_tokens"], a["choices"][0]["message"]["content"]
+    events = [line[6:] for line in content.decode().split("\n") if line.startswith("data: ")]
+    assert events and events[-1] == "[DONE]", (i, content[-200:])
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len({(c["model"], c["id"]) for c in chunks}) == 1, (i, "chunks of several answers")
+    usage = [c["usage"] for c in chunks if c.get("usage")]
+    assert len(usage) == 1, (i, content[-300:])
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    return chunks[0]["model"], chunks[0]["id"], usage[0]["prompt_tokens"], text
 
 
 def run_load(gw, indices, concurrency=32, timeout=20.0):
@@ -106,14 +135,13 @@ def check_results(results, indices):
     seen_ids = set()
     attempts = Counter()
     for i, body, _, content, n in results:
-        answer = json.loads(content)
-        model = answer["model"]
-        assert model in MEMBER_MODELS.values(), answer
+        model, answer_id, prompt_tokens, text = answer_of(i, content)
+        assert model in MEMBER_MODELS.values(), (i, model)
         # The answer is this request's: the mock counts this request's upstream bytes.
-        assert answer["usage"]["prompt_tokens"] == expected_prompt_tokens(body, model), (i, answer)
-        assert "mock reply" in answer["choices"][0]["message"]["content"]
+        assert prompt_tokens == expected_prompt_tokens(body, model), (i, model, prompt_tokens)
+        assert "mock reply" in text, (i, text)
         # Upstream ids are per-listener counters: a duplicate is one answer delivered twice.
-        key = (model, answer["id"])
+        key = (model, answer_id)
         assert key not in seen_ids, f"answer {key} delivered twice"
         seen_ids.add(key)
         attempts[n] += 1
@@ -128,6 +156,9 @@ ALPHA_FAULTS = {"mix": [
     {"weight": 33},  # a normal answer more often than not, so the member keeps flapping
 ]}
 BETA_FAULTS = {"mix": [{"weight": 1, "hang": True}, {"weight": 2, "reset": True}, {"weight": 5}]}
+# Streams get resets and errors but no hangs here: hangs on streams have their
+# own test below (test_stream_from_member_that_never_answers_...).
+BETA_STREAM_FAULTS = {"mix": [{"weight": 1, "status": 503}, {"weight": 2, "reset": True}, {"weight": 5}]}
 
 
 def test_chaos_10k_requests_each_answered_200_exactly_once(make_gateway, mock, record_property):
@@ -149,12 +180,15 @@ def test_chaos_10k_requests_each_answered_200_exactly_once(make_gateway, mock, r
     warmup = list(range(1000))
     results = run_load(gw, warmup)
     rss_warm = rss_kb(gw.proc.pid)
-    rest = list(range(1000, 10000))
+    rest = list(range(1000, STREAMS_FROM))
     results += run_load(gw, rest)
+    mock.faults("beta", **BETA_STREAM_FAULTS)
+    streams = list(range(STREAMS_FROM, 10000))
+    results += run_load(gw, streams)
     elapsed = time.monotonic() - t0
     rss_end = rss_kb(gw.proc.pid)
 
-    attempts = check_results(results, warmup + rest)
+    attempts = check_results(results, warmup + rest + streams)
     stats = gw.stats()
 
     def delta(name):
@@ -183,6 +217,39 @@ def test_chaos_10k_requests_each_answered_200_exactly_once(make_gateway, mock, r
           f"failovers {failovers}, alpha {alpha['by_status']}, beta hangs {beta['hangs']} resets {beta['resets']}, "
           f"Envoy RSS {rss_warm // 1024} -> {rss_end // 1024} MB")
     assert growth_mb < 30, f"Envoy RSS grew {growth_mb:.1f} MB after warmup ({rss_warm} -> {rss_end} kB)"
+
+
+def test_stream_from_member_that_never_answers_is_failed_over_within_per_try(make_gateway, mock):
+    """Once a stream has started it may run up to the request's deadline, but a
+    member that sends no response headers within the per-try timeout is failed
+    over: on the routed request and on failover calls alike."""
+    cfg = three_member_config(per_try_timeout_ms=300, timeout_ms=10000, health={"consecutive_failures": 1000})
+    for member, weight in zip(cfg["pools"][POOL]["members"], (1_000_000, 1000, 1)):
+        member["weight"] = weight  # alpha, then beta, then gamma
+    gw = make_gateway(cfg)
+
+    def stream():
+        t = time.monotonic()
+        r = httpx.post(gw.base + CHAT, json=chat(POOL, stream=True), timeout=20)
+        assert r.status_code == 200, r.text[:300]
+        assert r.text.rstrip().endswith("data: [DONE]"), r.text[-300:]
+        return r, time.monotonic() - t
+
+    # A slow but live stream (~1.5 s, longer than the per-try timeout) is not cut.
+    mock.faults("alpha", stream_delay_ms=150, stream_chunks=10)
+    r, elapsed = stream()
+    assert r.headers["x-switchboard-attempts"] == "1" and elapsed > 1.2, (r.headers, elapsed)
+    # The routed member hangs: failed over after the per-try timeout, not the deadline.
+    mock.faults("alpha", hang=True)
+    for _ in range(3):
+        r, elapsed = stream()
+        assert r.headers["x-switchboard-attempts"] == "2" and elapsed < 1.5, (r.headers, elapsed)
+    # The failover call hangs: the same bound.
+    mock.faults("alpha", status=503)
+    mock.faults("beta", hang=True)
+    for _ in range(3):
+        r, elapsed = stream()
+        assert r.headers["x-switchboard-member"] == "gamma/gpt-4o-mini" and elapsed < 1.5, (r.headers, elapsed)
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -243,6 +310,7 @@ BAD_INPUTS = {
     "JSON null": (lambda p: post_raw(p, b"null"), 400, "invalid_json"),
     "UTF-8 BOM": (lambda p: post_raw(p, b"\xef\xbb\xbf" + valid()), 400, "invalid_json"),
     "non-UTF-8 bytes": (lambda p: post_raw(p, b'{"model":"gpt4o_16k","messages":[{"role":"user","content":"\xff\xfe\xc0"}]}'), 400, "invalid_json"),
+    "gzip-encoded body": (lambda p: post_raw(p, gzip.compress(valid()), extra=b"content-encoding: gzip\r\n"), 400, "invalid_json"),
     "model is a number": (lambda p: post_raw(p, b'{"model": 5, "messages": []}'), 400, "invalid_type"),
     "messages is an object": (lambda p: post_raw(p, b'{"model": "gpt4o_16k", "messages": {}}'), 400, "invalid_type"),
     "messages is null": (lambda p: post_raw(p, b'{"model": "gpt4o_16k", "messages": null}'), 400, "invalid_type"),
@@ -290,8 +358,8 @@ def test_bad_input_gets_clear_4xx(robust_gateway, mock, name):
 
 
 def test_json_body_with_other_content_type_is_accepted_and_sent_as_json(robust_gateway, mock):
-    """Like OpenAI's API, the body decides: `curl -d` (form content type) and text/plain work.
-    The provider always gets `content-type: application/json`."""
+    """The body decides, not the label: `curl -d` (form content type), text/plain
+    and no content type all work. The provider always gets `application/json`."""
     for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
         status, _, body = post_raw(robust_gateway.port, valid(), content_type=ctype)
         assert status == 200, (ctype, body[:300])
@@ -320,3 +388,105 @@ def test_gateway_keeps_serving_on_every_worker_after_bad_inputs(robust_gateway, 
     served = {k: after[k] - before[k] for k in workers}
     assert all(n > 0 for n in served.values()), served
     assert_no_wasm_failure(gw, wasm_before)
+
+
+# ---------------------------------------------------------------- upstream compression
+
+class GzipProvider:
+    """A minimal OpenAI-style provider that compresses its answers when the
+    request allows it (as api.openai.com and Google's APIs do)."""
+
+    def __init__(self):
+        seen = self.accept_encodings = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                model = json.loads(body).get("model", "?")
+                seen.append(", ".join(self.headers.get_all("accept-encoding") or []))
+                answer = json.dumps({
+                    "id": "chatcmpl-gz", "object": "chat.completion", "created": 0, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "gzip reply"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                if "gzip" in seen[-1]:
+                    answer = gzip.compress(answer)
+                    self.send_header("content-encoding", "gzip")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_failover_answer_from_compressing_provider_is_readable(make_gateway, mock):
+    """Clients (the OpenAI SDKs among them) send `accept-encoding: gzip`. An answer
+    relayed by a failover call must reach them decodable: either the upstream is
+    asked for identity, or `content-encoding` is kept."""
+    gz = GzipProvider()
+    try:
+        cfg = base_config(health={"consecutive_failures": 1000})
+        cfg["pools"][POOL]["members"] = [
+            {"provider": "alpha", "model": "gpt-4o", "weight": 1000},
+            {"provider": "gamma", "model": "gpt-4o-mini", "weight": 1},
+        ]
+        gw = make_gateway(cfg, clusters_for(mock, gamma=gz.addr))
+        mock.faults("alpha", status=503)
+        for _ in range(3):
+            r = httpx.post(gw.base + CHAT, json=chat(POOL), headers={"accept-encoding": "gzip"}, timeout=10)
+            assert r.status_code == 200, r.content[:200]
+            assert r.headers["x-switchboard-attempts"] == "2"
+            assert r.json()["choices"][0]["message"]["content"] == "gzip reply", r.content[:100]
+    finally:
+        gz.stop()
+
+
+@pytest.fixture(scope="module")
+def kinds_mock():
+    m = MockProvider({"bad": "", "an": "kind=anthropic", "ge": "kind=gemini", "br": "kind=bedrock"})
+    yield m
+    m.stop()
+
+
+def test_translated_providers_are_never_offered_compression(make_gateway, kinds_mock):
+    """The gateway reads (translates) Anthropic, Gemini and Bedrock answers, so it
+    must ask them for identity encoding, whatever the client accepts: on the
+    routed request and on failover calls alike."""
+    kinds = {"an": "anthropic", "ge": "gemini", "br": "bedrock"}
+    providers = {"bad": {"kind": "openai", "cluster": "bad", "host": "bad.example", "api_key_env": "BAD_KEY"},
+                 "an": {"kind": "anthropic", "cluster": "an", "host": "an.example", "api_key_env": "AN_KEY"},
+                 "ge": {"kind": "gemini", "cluster": "ge", "host": "ge.example", "api_key_env": "GE_KEY"},
+                 "br": {"kind": "bedrock", "cluster": "br", "host": "br.example", "region": "us-east-1",
+                        "access_key_id_env": "AWS_AK", "secret_access_key_env": "AWS_SK"}}
+    pools = {f"via_{p}": {"health": {"consecutive_failures": 1000}, "members": [
+        {"provider": "bad", "model": "bad-model", "weight": 1000}, {"provider": p, "model": f"m-{p}", "weight": 1}]}
+        for p in kinds}
+    cfg = {"providers": providers, "pools": pools}
+    env = {"BAD_KEY": "k", "AN_KEY": "k", "GE_KEY": "k", "AWS_AK": "AKIDEXAMPLE", "AWS_SK": "secret"}
+    gw = make_gateway(cfg, dict(kinds_mock.addrs), env=env)
+    kinds_mock.reset()
+    kinds_mock.faults("bad", status=503)
+    headers = {"accept-encoding": "gzip, deflate, br", "content-type": "text/plain"}
+    for p in kinds:
+        for model, attempts in ((f"via_{p}", "2"), (f"m-{p}", "1")):  # failover call, then routed request
+            r = httpx.post(gw.base + CHAT, content=json.dumps(chat(model)), headers=headers, timeout=10)
+            assert r.status_code == 200, (model, r.text[:300])
+            assert r.headers["x-switchboard-attempts"] == attempts, model
+            assert "mock reply" in r.json()["choices"][0]["message"]["content"]
+        sent = kinds_mock.requests(p)
+        assert len(sent) == 2
+        got = [(s["headers"].get("accept-encoding"), s["headers"].get("content-type")) for s in sent]
+        assert got == [("identity", "application/json")] * 2, (kinds[p], "[failover, routed]:", got)
