@@ -417,8 +417,8 @@ fn rewrite_request(
 fn adapter_for(rt: &Runtime, endpoint: Endpoint, stream: bool, pool: usize, member: usize) -> Option<ResponseAdapter> {
     let m = rt.config.pool_at(pool)?.members.get(member)?;
     let provider = rt.config.provider(m.provider)?;
-    let now_s = abi::now_ms().unwrap_or(0) / 1000;
-    ResponseAdapter::new(provider.kind, endpoint, stream, &m.model).map(|a| a.with_created(now_s))
+    let adapter = ResponseAdapter::new(provider.kind, endpoint, stream, &m.model)?;
+    Some(adapter.with_created(abi::now_ms().unwrap_or(0) / 1000))
 }
 
 fn member_id(rt: &Runtime, pool: usize, member: usize) -> &str {
