@@ -101,10 +101,34 @@ pub fn remove_header(map: u32, name: &str) -> Result<(), Status> {
 }
 
 pub fn headers(map: u32) -> Result<Vec<(String, String)>, Status> {
+    Ok(decode_pairs(&headers_raw(map)?))
+}
+
+/// The whole header map in proxy-wasm's serialized form; read it with `pairs`.
+pub fn headers_raw(map: u32) -> Result<Vec<u8>, Status> {
     let (mut ptr, mut len) = (null_mut(), 0usize);
     // SAFETY: valid pointers to locals.
     status(unsafe { proxy_get_header_map_pairs(map, &mut ptr, &mut len) })?;
-    Ok(decode_pairs(&take(ptr, len)))
+    Ok(take(ptr, len))
+}
+
+/// The (name, value) pairs of a serialized header map, without copying.
+/// A malformed map yields the pairs before the damage.
+pub fn pairs(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    fn u32_at(b: &[u8], at: usize) -> Option<usize> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
+    }
+    let count = u32_at(bytes, 0).unwrap_or(0);
+    let mut data = 4usize.saturating_add(count.saturating_mul(8));
+    (0..count).map_while(move |i| {
+        let klen = u32_at(bytes, 4 + i * 8)?;
+        let vlen = u32_at(bytes, 8 + i * 8)?;
+        let key = bytes.get(data..data.checked_add(klen)?)?;
+        let value_start = data.checked_add(klen)?.checked_add(1)?;
+        let value = bytes.get(value_start..value_start.checked_add(vlen)?)?;
+        data = value_start.checked_add(vlen)?.checked_add(1)?;
+        Some((key, value))
+    })
 }
 
 pub fn buffer(kind: u32, start: usize, max: usize) -> Result<Vec<u8>, Status> {
@@ -198,21 +222,9 @@ fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
 }
 
 fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    fn u32_at(b: &[u8], at: usize) -> Option<usize> {
-        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
-    }
-    let Some(count) = u32_at(bytes, 0) else { return Vec::new() };
-    let mut out = Vec::with_capacity(count.min(256));
-    let mut data = 4 + count.saturating_mul(8);
-    for i in 0..count {
-        let (Some(klen), Some(vlen)) = (u32_at(bytes, 4 + i * 8), u32_at(bytes, 8 + i * 8)) else { break };
-        let key = bytes.get(data..data + klen);
-        let value = bytes.get(data + klen + 1..data + klen + 1 + vlen);
-        let (Some(key), Some(value)) = (key, value) else { break };
-        out.push((String::from_utf8_lossy(key).into_owned(), String::from_utf8_lossy(value).into_owned()));
-        data += klen + vlen + 2;
-    }
-    out
+    pairs(bytes)
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
 }
 
 #[cfg(test)]

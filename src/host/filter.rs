@@ -16,7 +16,6 @@ use crate::providers::{build_request, BuildContext, ResponseAdapter, UpstreamReq
 use crate::routing::health::retry_after_until_ms;
 use crate::routing::{Availability, MemberHealth, Plan, Transition};
 
-use super::metrics::inc;
 use super::root::Runtime;
 use super::{abi, health_store};
 
@@ -50,7 +49,10 @@ pub struct Filter {
     endpoint: Endpoint,
     /// The client's body, kept for failover calls.
     body: Vec<u8>,
-    forward_headers: Vec<(String, String)>,
+    /// The client's request headers, serialized as the host gave them.
+    client_headers: Vec<u8>,
+    original_path: String,
+    client_sent_json: bool,
     plan: Option<Plan>,
     /// The attempt in flight: (pool, member).
     current: Option<(usize, usize)>,
@@ -81,7 +83,9 @@ impl Filter {
             state: State::Reading,
             endpoint: Endpoint::ChatCompletions,
             body: Vec::new(),
-            forward_headers: Vec::new(),
+            client_headers: Vec::new(),
+            original_path: String::new(),
+            client_sent_json: false,
             plan: None,
             current: None,
             pending_call: None,
@@ -96,7 +100,7 @@ impl Filter {
     fn host_error(&self, what: &str, status: abi::Status) {
         log::warn!("switchboard: host call failed: {what} (status {status})");
         if let Some(rt) = &self.rt {
-            inc(rt.metrics.host_errors);
+            rt.metrics.inc(rt.metrics.host_errors);
         }
     }
 
@@ -130,13 +134,6 @@ impl Filter {
         }
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
-        abi::header_str(REQ, name).unwrap_or_else(|s| {
-            self.host_error("get request header", s);
-            None
-        })
-    }
-
     fn route(&mut self, rt: &Runtime, body: Vec<u8>) -> Action {
         let now = self.now_ms();
         let (plan, pool, member, upstream) = {
@@ -160,39 +157,26 @@ impl Filter {
             (plan, pool, member, upstream)
         };
         if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
-            inc(pm.requests);
+            rt.metrics.inc(pm.requests);
         }
         self.plan = Some(plan);
-        let client_headers = match abi::headers(REQ) {
-            Ok(h) => h,
-            Err(s) => {
-                self.host_error("get request headers", s);
-                return self.answer_error(&ApiError::internal("The gateway could not read the request headers."));
-            }
-        };
-        let credentials: Vec<&'static str> =
-            CREDENTIAL_HEADERS.iter().copied().filter(|c| client_headers.iter().any(|(k, _)| k == c)).collect();
-        self.forward_headers = client_headers
-            .into_iter()
-            .filter(|(k, _)| {
-                !k.starts_with(':')
-                    && !k.starts_with("x-envoy-")
-                    && *k != rt.config.cluster_header
-                    && !NOT_FORWARDED.contains(&k.as_str())
-                    && !CREDENTIAL_HEADERS.contains(&k.as_str())
-            })
+        let credentials: Vec<&'static str> = CREDENTIAL_HEADERS
+            .iter()
+            .copied()
+            .filter(|c| abi::pairs(&self.client_headers).any(|(k, _)| k == c.as_bytes()))
             .collect();
         let cluster = cluster_of(rt, pool, member).unwrap_or_default();
         let timeout_ms = self.attempt_timeout_ms_for(rt, pool, now);
         let first_byte_ms = self.first_byte_timeout_ms(rt, pool, now);
+        let unchanged = Unchanged { path: &self.original_path, json_content_type: self.client_sent_json };
         let rewritten = rewrite_request(
             &rt.config.cluster_header,
             cluster,
             &upstream,
-            timeout_ms,
-            first_byte_ms,
+            (timeout_ms, first_byte_ms),
             &credentials,
             body.len(),
+            &unchanged,
         );
         if let Err((what, s)) = rewritten {
             self.host_error(what, s);
@@ -208,8 +192,14 @@ impl Filter {
         self.current = Some((pool, member));
         self.adapter = adapter_for(rt, self.endpoint, self.stream, pool, member);
         if let Some(mm) = rt.metrics.member(pool, member) {
-            inc(mm.attempts);
+            rt.metrics.inc(mm.attempts);
         }
+    }
+
+    /// Whether `status` from the member in flight calls for failover.
+    fn attempt_failed(&self, rt: &Runtime, status: u16) -> bool {
+        let pool = self.current.and_then(|(pool, _)| rt.config.pool_at(pool));
+        status == 0 || pool.is_some_and(|p| p.retry.should_retry(status))
     }
 
     /// Records how the attempt in flight ended: in the plan, in shared health, in metrics.
@@ -224,7 +214,7 @@ impl Filter {
         }
         let metrics = rt.metrics.member(pool_index, member_index);
         let transition = if failed {
-            inc(metrics.and_then(|m| m.failures));
+            rt.metrics.inc(metrics.and_then(|m| m.failures));
             let hold = retry_after
                 .filter(|_| status == 429 || status == 503)
                 .and_then(|v| retry_after_until_ms(v, now));
@@ -236,7 +226,7 @@ impl Filter {
                 }
             })
         } else {
-            inc(metrics.and_then(|m| m.requests));
+            rt.metrics.inc(metrics.and_then(|m| m.requests));
             if self.picked_health.is_clean() {
                 // Nothing to reset: count the success locally, flushed to shared data on tick.
                 rt.note_success(&member.id);
@@ -247,11 +237,11 @@ impl Filter {
         };
         match transition {
             Transition::Ejected { until_ms } => {
-                inc(metrics.and_then(|m| m.ejections));
+                rt.metrics.inc(metrics.and_then(|m| m.ejections));
                 log::info!("switchboard: member {} ejected for {} ms (last status {status})", member.id, until_ms.saturating_sub(now));
             }
             Transition::Restored => {
-                inc(metrics.and_then(|m| m.restorations));
+                rt.metrics.inc(metrics.and_then(|m| m.restorations));
                 log::info!("switchboard: member {} restored", member.id);
             }
             Transition::None => {}
@@ -271,8 +261,8 @@ impl Filter {
             let Some((pool, member, health)) = next_member(rt, plan, now) else { return false };
             self.picked_health = health;
             if let Some((p, m)) = failed_from {
-                inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
-                inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
+                rt.metrics.inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
+                rt.metrics.inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
             }
             match self.dispatch(rt, pool, member, now) {
                 Ok(token) => {
@@ -293,20 +283,22 @@ impl Filter {
         let parsed = ParsedRequest::parse(&self.body, self.endpoint)?;
         let upstream = build_for(rt, self.endpoint, &parsed, pool, member, now)?;
         let cluster = cluster_of(rt, pool, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.forward_headers.len() + upstream.headers.len() + 4);
-        headers.push((":method", "POST"));
-        headers.push((":path", &upstream.path));
-        headers.push((":authority", &upstream.authority));
         // Headers the provider adapter sets win over the client's and the
         // default content type: each name is sent once.
         let set_by_adapter = |name: &str| upstream.headers.iter().any(|(n, _)| *n == name);
+        let forwarded: Vec<(String, String)> = abi::pairs(&self.client_headers)
+            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?.to_string(), std::str::from_utf8(v).ok()?.to_string())))
+            .filter(|(k, _)| forwardable(k, &rt.config.cluster_header) && !set_by_adapter(k))
+            .collect();
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(forwarded.len() + upstream.headers.len() + 4);
+        headers.push((":method", "POST"));
+        headers.push((":path", &upstream.path));
+        headers.push((":authority", &upstream.authority));
         if !set_by_adapter("content-type") {
             headers.push(("content-type", "application/json"));
         }
-        for (k, v) in &self.forward_headers {
-            if k != "content-type" && !set_by_adapter(k) {
-                headers.push((k, v));
-            }
+        for (k, v) in &forwarded {
+            headers.push((k, v));
         }
         for (k, v) in &upstream.headers {
             headers.push((k, v));
@@ -349,7 +341,7 @@ impl Filter {
     fn exhausted(&mut self, rt: &Runtime) -> Action {
         let error = match &self.plan {
             Some(plan) => {
-                inc(rt.metrics.pool(plan.primary_pool()).and_then(|p| p.exhausted));
+                rt.metrics.inc(rt.metrics.pool(plan.primary_pool()).and_then(|p| p.exhausted));
                 let target = rt.config.pool_at(plan.primary_pool()).map_or("", |p| p.name.as_str());
                 plan.exhausted_error(target)
             }
@@ -373,42 +365,55 @@ impl Filter {
     }
 }
 
+/// Whether a client header is copied onto a failover call.
+fn forwardable(name: &str, cluster_header: &str) -> bool {
+    !name.starts_with(':')
+        && !name.starts_with("x-envoy-")
+        && name != cluster_header
+        && name != "content-type"
+        && !NOT_FORWARDED.contains(&name)
+        && !CREDENTIAL_HEADERS.contains(&name)
+}
+
+/// What the client's request already has right, so it need not be set again.
+struct Unchanged<'a> {
+    path: &'a str,
+    json_content_type: bool,
+}
+
 /// Points the paused request at the chosen member: body, path, authority,
-/// cluster, credentials and the per-try timeout.
+/// cluster, credentials and the timeouts (whole attempt, and first byte for streams).
 fn rewrite_request(
     cluster_header: &str,
     cluster: &str,
     upstream: &UpstreamRequest,
-    timeout_ms: u64,
-    first_byte_ms: Option<u64>,
+    (timeout_ms, first_byte_ms): (u64, Option<u64>),
     client_credentials: &[&str],
     original_len: usize,
+    unchanged: &Unchanged<'_>,
 ) -> Result<(), (&'static str, abi::Status)> {
     abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body).map_err(|s| ("set request body", s))?;
     // The client's own credentials never go upstream.
     for name in client_credentials {
         abi::remove_header(REQ, name).map_err(|s| ("remove credential header", s))?;
     }
-    let timeout = timeout_ms.to_string();
-    let length = upstream.body.len().to_string();
-    let sets: [(&str, &str); 6] = [
-        (":path", &upstream.path),
-        (":authority", &upstream.authority),
-        (cluster_header, cluster),
-        ("content-length", &length),
-        // The body is the gateway's JSON, whatever the client labelled its own.
-        ("content-type", "application/json"),
-        ("x-envoy-upstream-rq-timeout-ms", &timeout),
-    ];
-    for (name, value) in sets {
-        abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
+    let set = |name: &str, value: &str| abi::set_header(REQ, name, value).map_err(|s| ("set request header", s));
+    if upstream.path != unchanged.path {
+        set(":path", &upstream.path)?;
     }
+    set(":authority", &upstream.authority)?;
+    set(cluster_header, cluster)?;
+    set("content-length", &upstream.body.len().to_string())?;
+    // The body is the gateway's JSON, whatever the client labelled its own.
+    if !unchanged.json_content_type {
+        set("content-type", "application/json")?;
+    }
+    set("x-envoy-upstream-rq-timeout-ms", &timeout_ms.to_string())?;
     if let Some(ms) = first_byte_ms {
-        abi::set_header(REQ, "x-envoy-upstream-rq-per-try-timeout-ms", &ms.to_string())
-            .map_err(|s| ("set request header", s))?;
+        set("x-envoy-upstream-rq-per-try-timeout-ms", &ms.to_string())?;
     }
     for (name, value) in &upstream.headers {
-        abi::set_header(REQ, name, value).map_err(|s| ("set request header", s))?;
+        set(name, value)?;
     }
     Ok(())
 }
@@ -433,19 +438,14 @@ fn cluster_of(rt: &Runtime, pool: usize, member: usize) -> Option<&str> {
 /// Chooses the next member to try, with the health snapshot seen when choosing.
 fn next_member(rt: &Runtime, plan: &mut Plan, now: u64) -> Option<(usize, usize, MemberHealth)> {
     let random = rt.rng.borrow_mut().next_u64();
-    let seen: RefCell<Vec<(String, MemberHealth)>> = RefCell::new(Vec::new());
-    let (pool, member) = plan.next(
-        &rt.config,
-        |m| {
-            let (health, _) = health_store::read(&m.id);
-            seen.borrow_mut().push((m.id.clone(), health));
-            health.availability(now)
-        },
-        random,
-    )?;
+    let mut cache = rt.health.borrow_mut();
+    cache.refresh();
+    let cache = RefCell::new(cache);
+    let (pool, member) = plan.next(&rt.config, |m| cache.borrow_mut().get(&m.id).availability(now), random)?;
     let p = rt.config.pool_at(pool)?;
     let m = p.members.get(member)?;
-    let snapshot = seen.borrow().iter().find(|(id, _)| *id == m.id).map(|(_, h)| *h).unwrap_or_default();
+    let snapshot = cache.borrow_mut().get(&m.id);
+    drop(cache);
     // A member past its cooldown takes one trial request; claim it so other
     // workers keep skipping it until the trial ends.
     if snapshot.availability(now) == Availability::Trial {
@@ -535,13 +535,30 @@ impl HttpContext for Filter {
         let Some(rt) = self.rt.clone() else {
             return self.answer_error(&ApiError::internal("switchboard is not configured"));
         };
+        // One host call for every header the filter needs now and for failover later.
+        let raw = match abi::headers_raw(REQ) {
+            Ok(raw) => raw,
+            Err(s) => {
+                self.host_error("get request headers", s);
+                return self.answer_error(&ApiError::internal("The gateway could not read the request headers."));
+            }
+        };
+        let header = |name: &str| {
+            abi::pairs(&raw).find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let path = header(":path").unwrap_or_default();
+        let method = header(":method").unwrap_or_default();
+        let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
+        self.client_sent_json = header("content-type").is_some_and(|v| v == "application/json");
         // A client can never pick a cluster: the header is the filter's alone.
-        if let Err(s) = abi::remove_header(REQ, &rt.config.cluster_header) {
-            self.host_error("remove cluster header", s);
-            return self.answer_error(&ApiError::internal("The gateway could not process the request headers."));
+        if header(&rt.config.cluster_header).is_some() {
+            if let Err(s) = abi::remove_header(REQ, &rt.config.cluster_header) {
+                self.host_error("remove cluster header", s);
+                return self.answer_error(&ApiError::internal("The gateway could not process the request headers."));
+            }
         }
-        let path = self.request_header(":path").unwrap_or_default();
-        let method = self.request_header(":method").unwrap_or_default();
+        self.original_path = path.clone();
+        self.client_headers = raw;
         let Some((endpoint, query)) = Endpoint::from_path(&path) else {
             return self.answer_error(&ApiError::not_found(path.split('?').next().unwrap_or("")));
         };
@@ -555,7 +572,6 @@ impl HttpContext for Filter {
             self.respond(200, &[("content-type", "application/json")], &body);
             return Action::Pause;
         }
-        let declared = self.request_header("content-length").and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > rt.config.max_body_bytes) {
             return self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes));
         }
@@ -593,7 +609,6 @@ impl HttpContext for Filter {
             return Action::Continue;
         }
         let Some(rt) = self.rt.clone() else { return Action::Continue };
-        let now = self.now_ms();
         let status = abi::header_str(RESP, ":status")
             .unwrap_or_else(|s| {
                 self.host_error("get response status", s);
@@ -601,7 +616,11 @@ impl HttpContext for Filter {
             })
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        let retry_after = abi::header_str(RESP, "retry-after").ok().flatten();
+        // The common case (a success from a healthy member) needs neither the
+        // clock nor Retry-After: skip those host calls.
+        let failed = self.attempt_failed(&rt, status);
+        let now = if failed || !self.picked_health.is_clean() { self.now_ms() } else { 0 };
+        let retry_after = if failed { abi::header_str(RESP, "retry-after").ok().flatten() } else { None };
         if self.finish_attempt(&rt, status, retry_after.as_deref(), now) {
             self.state = State::Failover;
             if self.dispatch_next(&rt, now) {

@@ -1,11 +1,78 @@
 //! Member health kept in proxy-wasm shared data, visible to every worker VM
 //! of the Envoy process, updated with compare-and-swap.
+//!
+//! Every change that can alter a member's availability also bumps a shared
+//! generation number. Each VM caches the entries it read together with the
+//! generation; while the generation stands still (the normal, healthy case) a
+//! pick costs one shared-data read however many members the pool has.
+
+use std::collections::HashMap;
 
 use crate::routing::{Availability, MemberHealth, Transition};
 
 use super::abi;
 
 const CAS_RETRIES: usize = 16;
+const GENERATION_KEY: &str = "switchboard.health.generation";
+
+/// A VM's view of member health, valid for one generation.
+#[derive(Debug, Default)]
+pub struct HealthCache {
+    generation: Option<u64>,
+    entries: HashMap<String, MemberHealth>,
+}
+
+impl HealthCache {
+    /// Drops the cached entries if any member changed since they were read.
+    pub fn refresh(&mut self) {
+        let generation = read_generation();
+        if generation.is_none() || generation != self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+    }
+
+    pub fn get(&mut self, member_id: &str) -> MemberHealth {
+        if let Some(h) = self.entries.get(member_id) {
+            return *h;
+        }
+        let (health, _) = read(member_id);
+        // Only cache what a known generation vouches for.
+        if self.generation.is_some() {
+            self.entries.insert(member_id.to_string(), health);
+        }
+        health
+    }
+}
+
+fn read_generation() -> Option<u64> {
+    match abi::shared_get(GENERATION_KEY) {
+        Ok((Some(bytes), _)) => Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)),
+        // Nothing changed since Envoy started.
+        Ok((None, _)) => Some(0),
+        Err(status) => {
+            log::warn!("switchboard: reading health generation failed (status {status})");
+            None
+        }
+    }
+}
+
+fn bump_generation() {
+    for _ in 0..CAS_RETRIES {
+        let (current, cas) = match abi::shared_get(GENERATION_KEY) {
+            Ok((bytes, cas)) => (bytes.and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))).unwrap_or(0), cas),
+            Err(_) => return,
+        };
+        match abi::shared_set(GENERATION_KEY, &current.wrapping_add(1).to_le_bytes(), cas) {
+            Ok(()) => return,
+            Err(abi::CAS_MISMATCH) => continue,
+            Err(status) => {
+                log::warn!("switchboard: bumping health generation failed (status {status})");
+                return;
+            }
+        }
+    }
+}
 
 fn key(member_id: &str) -> String {
     format!("switchboard.health.{member_id}")
@@ -28,13 +95,21 @@ pub fn availability(member_id: &str, now_ms: u64) -> Availability {
 
 /// Applies `change` atomically; returns what it did. On persistent contention
 /// or host errors the update is dropped (health is advisory) and logged.
+/// Changes that alter availability (anything but the success count) bump the
+/// generation so other VMs re-read.
 pub fn update(member_id: &str, mut change: impl FnMut(&mut MemberHealth) -> Transition) -> Transition {
     let key = key(member_id);
     for _ in 0..CAS_RETRIES {
         let (mut health, cas) = read(member_id);
+        let before = MemberHealth { successes: 0, failures: 0, ..health };
         let transition = change(&mut health);
         match abi::shared_set(&key, &health.encode(), cas) {
-            Ok(()) => return transition,
+            Ok(()) => {
+                if (MemberHealth { successes: 0, failures: 0, ..health }) != before {
+                    bump_generation();
+                }
+                return transition;
+            }
             Err(abi::CAS_MISMATCH) => continue,
             Err(status) => {
                 log::warn!("switchboard: writing health of {member_id} failed (status {status})");

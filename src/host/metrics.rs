@@ -2,6 +2,9 @@
 //! shares the stat). Names embed the pool and member; the Envoy configs in
 //! `envoy/` extract them as `pool` and `member` tags for Prometheus.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use crate::config::Config;
 
 use super::abi;
@@ -25,12 +28,17 @@ pub struct PoolMetrics {
     pub members: Vec<MemberMetrics>,
 }
 
-/// Local answers by OpenAI error code, plus host-call failures.
-#[derive(Debug, Default, Clone)]
+/// Counter increments are kept per VM and handed to Envoy on each tick
+/// (every second): one host call per counter per second instead of several
+/// per request.
+#[derive(Debug, Default)]
 pub struct Metrics {
     pub pools: Vec<PoolMetrics>,
+    /// Local answers by OpenAI error code.
     local_errors: Vec<(&'static str, Option<u32>)>,
+    /// Host calls that failed.
     pub host_errors: Option<u32>,
+    pending: RefCell<HashMap<u32, i64>>,
 }
 
 const LOCAL_ERROR_CODES: [&str; 17] = [
@@ -105,7 +113,12 @@ impl Metrics {
             .iter()
             .map(|code| (*code, counter(format!("switchboard.local_errors.{code}"))))
             .collect();
-        Metrics { pools, local_errors, host_errors: counter("switchboard.host_errors".to_string()) }
+        Metrics {
+            pools,
+            local_errors,
+            host_errors: counter("switchboard.host_errors".to_string()),
+            pending: RefCell::new(HashMap::new()),
+        }
     }
 
     pub fn pool(&self, index: usize) -> Option<&PoolMetrics> {
@@ -123,14 +136,22 @@ impl Metrics {
             .find(|(c, _)| *c == code)
             .or_else(|| self.local_errors.iter().find(|(c, _)| *c == "other"))
             .and_then(|(_, id)| *id);
-        inc(id);
+        self.inc(id);
     }
-}
 
-pub fn inc(id: Option<u32>) {
-    if let Some(id) = id {
-        if let Err(status) = abi::increment_metric(id, 1) {
-            log::debug!("switchboard: increment_metric failed (status {status})");
+    pub fn inc(&self, id: Option<u32>) {
+        if let Some(id) = id {
+            *self.pending.borrow_mut().entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// Hands the counted increments to Envoy.
+    pub fn flush(&self) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        for (id, delta) in pending {
+            if let Err(status) = abi::increment_metric(id, delta) {
+                log::debug!("switchboard: increment_metric failed (status {status})");
+            }
         }
     }
 }

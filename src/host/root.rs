@@ -17,7 +17,7 @@ use crate::providers::{build_request, BuildContext};
 use crate::routing::{Availability, Rng, Transition};
 
 use super::filter::Filter;
-use super::metrics::{inc, set_gauge, Metrics};
+use super::metrics::{set_gauge, Metrics};
 use super::{abi, health_store};
 
 /// Everything a request needs, shared by the VM's HTTP contexts.
@@ -28,6 +28,7 @@ pub struct Runtime {
     pub rng: RefCell<Rng>,
     /// Successes of healthy members not yet added to shared data (flushed on tick).
     pending_successes: RefCell<HashMap<String, u64>>,
+    pub health: RefCell<health_store::HealthCache>,
 }
 
 impl Runtime {
@@ -141,7 +142,7 @@ impl Context for Root {
         if (200..300).contains(&status) {
             if health_store::update(&member.id, |h| h.record_success()) == Transition::Restored {
                 log::info!("switchboard: probe restored member {}", member.id);
-                inc(rt.metrics.member(pool_index, member_index).and_then(|m| m.restorations));
+                rt.metrics.inc(rt.metrics.member(pool_index, member_index).and_then(|m| m.restorations));
             }
         } else {
             log::debug!("switchboard: probe of {} answered {status}", member.id);
@@ -171,6 +172,7 @@ impl RootContext for Root {
                 );
                 self.runtime = Some(Rc::new(Runtime { config, listing, metrics, rng: RefCell::new(Rng::from_entropy()),
                     pending_successes: RefCell::new(HashMap::new()),
+                    health: RefCell::new(health_store::HealthCache::default()),
                 }));
                 if let Err(status) = abi::set_tick_period_ms(1_000) {
                     log::warn!("switchboard: cannot set tick period (status {status}); health gauges will not refresh");
@@ -188,6 +190,7 @@ impl RootContext for Root {
         let Some(rt) = &self.runtime else { return };
         let Ok(now) = abi::now_ms() else { return };
         rt.flush_successes();
+        rt.metrics.flush();
         for (index, pool) in rt.config.pools.iter().enumerate() {
             let healthy = pool
                 .members

@@ -129,7 +129,10 @@ class Gateway:
         with open(self.log_path) as f:
             return f.read()
 
-    def stats(self):
+    def stats(self, settle=True):
+        # The filter hands its counters to Envoy once a second (on tick).
+        if settle:
+            time.sleep(1.1)
         text = httpx.get(self.admin + "/stats", timeout=5).text
         out = {}
         for line in text.splitlines():
