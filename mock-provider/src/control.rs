@@ -80,22 +80,19 @@ pub async fn handle(l: &Listener, req: Request<Incoming>) -> Response<MockBody> 
             let list: Vec<Value> = lock(rec)
                 .iter()
                 .map(|r| {
-                    let headers: Map<String, Value> = r
-                        .headers
-                        .iter()
-                        .fold(Map::new(), |mut m, (k, v)| {
-                            // repeated headers are joined with ", "
-                            match m.get_mut(k) {
-                                Some(Value::String(s)) => {
-                                    s.push_str(", ");
-                                    s.push_str(v);
-                                }
-                                _ => {
-                                    m.insert(k.clone(), Value::String(v.clone()));
-                                }
+                    let headers: Map<String, Value> = r.headers.iter().fold(Map::new(), |mut m, (k, v)| {
+                        // repeated headers are joined with ", "
+                        match m.get_mut(k) {
+                            Some(Value::String(s)) => {
+                                s.push_str(", ");
+                                s.push_str(v);
                             }
-                            m
-                        });
+                            _ => {
+                                m.insert(k.clone(), Value::String(v.clone()));
+                            }
+                        }
+                        m
+                    });
                     let body = if r.body.is_empty() {
                         Value::Null
                     } else {

@@ -36,11 +36,7 @@ pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
 /// Encode a Bedrock `event` message with a JSON payload.
 pub fn event(event_type: &str, payload_json: &[u8]) -> Vec<u8> {
     encode(
-        &[
-            (":event-type", event_type),
-            (":content-type", "application/json"),
-            (":message-type", "event"),
-        ],
+        &[(":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")],
         payload_json,
     )
 }
@@ -93,16 +89,11 @@ pub fn decode(buf: &[u8]) -> Result<(Message, usize), String> {
             return Err(format!("unsupported header type {ty}"));
         }
         let vlen = u16::from_be_bytes(
-            hdrs.get(i + 1..i + 3)
-                .and_then(|s| <[u8; 2]>::try_from(s).ok())
-                .ok_or("truncated header value length")?,
+            hdrs.get(i + 1..i + 3).and_then(|s| <[u8; 2]>::try_from(s).ok()).ok_or("truncated header value length")?,
         ) as usize;
         let value = hdrs.get(i + 3..i + 3 + vlen).ok_or("truncated header value")?;
         i += 3 + vlen;
-        headers.push((
-            String::from_utf8_lossy(name).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        headers.push((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()));
     }
     let payload = buf.get(12 + headers_len..total - 4).ok_or("truncated")?.to_vec();
     Ok((Message { headers, payload }, total))

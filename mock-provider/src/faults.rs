@@ -15,11 +15,7 @@ pub struct FaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
     /// `Retry-After` header value (string or number).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "de_string_or_number"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_string_or_number")]
     pub retry_after: Option<String>,
     /// Raw response body replacing the native error JSON (or, without
     /// `status`, a 200 answer with this body).
@@ -61,9 +57,7 @@ fn de_string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s)),
         Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "retry_after must be a string or a number, got {other}"
-        ))),
+        Some(other) => Err(serde::de::Error::custom(format!("retry_after must be a string or a number, got {other}"))),
     }
 }
 
@@ -88,8 +82,7 @@ pub struct Action {
 impl FaultSpec {
     /// Parse and validate a spec from JSON bytes.
     pub fn parse(bytes: &[u8]) -> Result<FaultSpec, String> {
-        let spec: FaultSpec =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid fault JSON: {e}"))?;
+        let spec: FaultSpec = serde_json::from_slice(bytes).map_err(|e| format!("invalid fault JSON: {e}"))?;
         spec.validate(true)?;
         Ok(spec)
     }
@@ -193,9 +186,7 @@ impl FaultSpec {
             retry_after: self.retry_after.clone(),
             body: self.body.clone(),
             delay: Duration::from_millis(
-                self.latency_ms
-                    .unwrap_or(0)
-                    .saturating_add(self.first_byte_delay_ms.unwrap_or(0)),
+                self.latency_ms.unwrap_or(0).saturating_add(self.first_byte_delay_ms.unwrap_or(0)),
             ),
             hang: self.hang.unwrap_or(false),
             reset: self.reset.unwrap_or(false),

@@ -46,17 +46,13 @@ struct Config {
 fn parse_listen(s: &str) -> Result<ListenSpec, String> {
     let mut it = s.split(',');
     let first = it.next().unwrap_or("");
-    let (name, addr) = first
-        .split_once('=')
-        .ok_or_else(|| format!("--listen '{s}': expected NAME=ADDR"))?;
+    let (name, addr) = first.split_once('=').ok_or_else(|| format!("--listen '{s}': expected NAME=ADDR"))?;
     if name.is_empty() || addr.is_empty() {
         return Err(format!("--listen '{s}': expected NAME=ADDR"));
     }
     let mut spec = ListenSpec { name: name.into(), addr: addr.into(), kind: Kind::OpenAi, key: None, secret: None };
     for opt in it {
-        let (k, v) = opt
-            .split_once('=')
-            .ok_or_else(|| format!("--listen '{s}': option '{opt}' must be KEY=VALUE"))?;
+        let (k, v) = opt.split_once('=').ok_or_else(|| format!("--listen '{s}': option '{opt}' must be KEY=VALUE"))?;
         match k {
             "kind" => spec.kind = Kind::parse(v).ok_or_else(|| format!("--listen '{s}': unknown kind '{v}'"))?,
             "key" => spec.key = Some(v.into()),

@@ -94,8 +94,7 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(name: String, kind: Kind, key: Option<String>, secret: Option<String>, defaults: Defaults) -> Listener {
-        let name_header =
-            HeaderValue::from_str(&name).unwrap_or_else(|_| HeaderValue::from_static("mock"));
+        let name_header = HeaderValue::from_str(&name).unwrap_or_else(|_| HeaderValue::from_static("mock"));
         Listener {
             recorded: defaults.record.then(|| Mutex::new(VecDeque::with_capacity(RECORD_CAP))),
             name,
@@ -393,11 +392,8 @@ async fn handle_provider(l: &Listener, ctl: &Arc<ConnCtl>, req: Request<Incoming
         None => l.current_faults().and_then(|s| s.resolve()),
     };
 
-    let mut opts = StreamOpts {
-        chunks: l.defaults.stream_chunks,
-        delay: l.defaults.stream_delay,
-        reset_after_first: None,
-    };
+    let mut opts =
+        StreamOpts { chunks: l.defaults.stream_chunks, delay: l.defaults.stream_delay, reset_after_first: None };
 
     if let Some(a) = &action {
         if !a.delay.is_zero() {

@@ -37,9 +37,8 @@ pub struct AuthHeader<'a> {
 }
 
 pub fn parse_auth(value: &str) -> Result<AuthHeader<'_>, String> {
-    let rest = value
-        .strip_prefix("AWS4-HMAC-SHA256 ")
-        .ok_or("Authorization header must start with 'AWS4-HMAC-SHA256 '")?;
+    let rest =
+        value.strip_prefix("AWS4-HMAC-SHA256 ").ok_or("Authorization header must start with 'AWS4-HMAC-SHA256 '")?;
     let (mut cred, mut signed, mut sig) = (None, None, None);
     for part in rest.split(',') {
         let part = part.trim();
@@ -60,9 +59,7 @@ pub fn parse_auth(value: &str) -> Result<AuthHeader<'_>, String> {
     let (Some(access_key), Some(date), Some(region), Some(service), Some(term), None) =
         (it.next(), it.next(), it.next(), it.next(), it.next(), it.next())
     else {
-        return Err(format!(
-            "Credential '{cred}' must be ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request"
-        ));
+        return Err(format!("Credential '{cred}' must be ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request"));
     };
     if term != "aws4_request" {
         return Err(format!("Credential scope must end with aws4_request, got '{term}'"));
@@ -136,11 +133,7 @@ pub fn canonical_query(query: Option<&str>) -> String {
         })
         .collect();
     pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
 
 fn canonical_header_value(v: &[u8]) -> String {
@@ -177,9 +170,7 @@ pub fn canonical_request(req: &SignedRequest, signed_headers: &str) -> Result<St
             if v != "UNSIGNED-PAYLOAD" && !v.starts_with("STREAMING-") {
                 let actual = sha256_hex(req.body);
                 if !v.eq_ignore_ascii_case(&actual) {
-                    return Err(format!(
-                        "x-amz-content-sha256 {v} does not match the SHA-256 of the body {actual}"
-                    ));
+                    return Err(format!("x-amz-content-sha256 {v} does not match the SHA-256 of the body {actual}"));
                 }
             }
             v.to_string()
@@ -238,12 +229,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Verify the request's SigV4 `Authorization` header. On success returns the
 /// region from the credential scope.
-pub fn verify(
-    req: &SignedRequest,
-    access_key: &str,
-    secret: &str,
-    service: &str,
-) -> Result<String, String> {
+pub fn verify(req: &SignedRequest, access_key: &str, secret: &str, service: &str) -> Result<String, String> {
     let auth_value = req
         .headers
         .get("authorization")
@@ -258,10 +244,7 @@ pub fn verify(
         ));
     }
     if auth.service != service {
-        return Err(format!(
-            "Credential should be scoped to correct service: '{service}', got '{}'",
-            auth.service
-        ));
+        return Err(format!("Credential should be scoped to correct service: '{service}', got '{}'", auth.service));
     }
     if !auth.signed_headers.split(';').any(|h| h == "host") {
         return Err("SignedHeaders must include 'host'".into());
@@ -272,15 +255,11 @@ pub fn verify(
         .ok_or("missing x-amz-date header")?
         .to_str()
         .map_err(|_| "x-amz-date is not ASCII")?;
-    if amz_date.len() != 16 || !amz_date.ends_with('Z') || amz_date.as_bytes().get(8) != Some(&b'T')
-    {
+    if amz_date.len() != 16 || !amz_date.ends_with('Z') || amz_date.as_bytes().get(8) != Some(&b'T') {
         return Err(format!("x-amz-date '{amz_date}' must look like YYYYMMDDTHHMMSSZ"));
     }
     if !amz_date.starts_with(auth.date) || auth.date.len() != 8 {
-        return Err(format!(
-            "Credential date '{}' does not match x-amz-date '{amz_date}'",
-            auth.date
-        ));
+        return Err(format!("Credential date '{}' does not match x-amz-date '{amz_date}'", auth.date));
     }
     let (expected, creq, sts) = compute(req, &auth, amz_date, secret)?;
     if ct_eq(expected.as_bytes(), auth.signature.as_bytes()) {
@@ -345,10 +324,7 @@ mod tests {
     // Vectors from the AWS "Signature Version 4 test suite".
     #[test]
     fn suite_get_vanilla() {
-        let h = suite_headers(
-            "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
-            "host;x-amz-date",
-        );
+        let h = suite_headers("5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31", "host;x-amz-date");
         assert_eq!(check("GET", "/", None, &h, b""), Ok("us-east-1".to_string()));
         // canonical request as published
         let req = SignedRequest { method: "GET", path: "/", query: None, headers: &h, authority: None, body: b"" };
@@ -361,24 +337,15 @@ mod tests {
 
     #[test]
     fn suite_get_vanilla_query_order() {
-        let h = suite_headers(
-            "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
-            "host;x-amz-date",
-        );
+        let h = suite_headers("b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500", "host;x-amz-date");
         assert!(check("GET", "/", Some("Param2=value2&Param1=value1"), &h, b"").is_ok());
-        let h = suite_headers(
-            "5772eed61e12b33fae39ee5e7012498b51d56abc0abb7c60486157bd471c4694",
-            "host;x-amz-date",
-        );
+        let h = suite_headers("5772eed61e12b33fae39ee5e7012498b51d56abc0abb7c60486157bd471c4694", "host;x-amz-date");
         assert!(check("GET", "/", Some("Param1=value2&Param1=value1"), &h, b"").is_ok());
     }
 
     #[test]
     fn suite_get_unreserved() {
-        let h = suite_headers(
-            "07ef7494c76fa4850883e2b006601f940f8a34d404d0cfa977f52a65bbf5f24f",
-            "host;x-amz-date",
-        );
+        let h = suite_headers("07ef7494c76fa4850883e2b006601f940f8a34d404d0cfa977f52a65bbf5f24f", "host;x-amz-date");
         let path = "/-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
         assert!(check("GET", path, None, &h, b"").is_ok());
     }
@@ -444,7 +411,8 @@ mod tests {
         assert!(parse_auth("Bearer x").is_err());
         assert!(parse_auth("AWS4-HMAC-SHA256 Credential=a/b/c/d, SignedHeaders=host, Signature=x").is_err());
         assert!(parse_auth("AWS4-HMAC-SHA256 SignedHeaders=host, Signature=x").is_err());
-        let a = parse_auth("AWS4-HMAC-SHA256 Credential=K/20200101/r/s/aws4_request,SignedHeaders=host,Signature=ab").unwrap();
+        let a = parse_auth("AWS4-HMAC-SHA256 Credential=K/20200101/r/s/aws4_request,SignedHeaders=host,Signature=ab")
+            .unwrap();
         assert_eq!(a.region, "r");
         assert_eq!(a.signature, "ab");
     }

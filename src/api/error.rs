@@ -51,11 +51,21 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
-        Self::new(405, "invalid_request_error", "method_not_allowed", format!("Method {method} is not allowed on {path}; use {allowed}."))
+        Self::new(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("Method {method} is not allowed on {path}; use {allowed}."),
+        )
     }
 
     pub fn body_too_large(limit: usize) -> Self {
-        Self::new(413, "invalid_request_error", "request_too_large", format!("Request body exceeds the gateway limit of {limit} bytes."))
+        Self::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("Request body exceeds the gateway limit of {limit} bytes."),
+        )
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {

@@ -125,7 +125,8 @@ impl<'a> ParsedRequest<'a> {
             ));
         }
         let TopLevel(fields) = serde_json::from_str(text).map_err(|e| {
-            let what = if e.is_data() { "Request body must be a JSON object" } else { "Request body is not valid JSON" };
+            let what =
+                if e.is_data() { "Request body must be a JSON object" } else { "Request body is not valid JSON" };
             ApiError::invalid_request("invalid_json", format!("{what}: {e}."))
         })?;
 
@@ -149,8 +150,8 @@ impl<'a> ParsedRequest<'a> {
                     )
                 }
                 "provider" => {
-                    let p = serde_json::from_str::<String>(value.get())
-                        .map_err(|_| field_error("provider", "a string"))?;
+                    let p =
+                        serde_json::from_str::<String>(value.get()).map_err(|_| field_error("provider", "a string"))?;
                     provider = (p != "pool").then_some(p);
                 }
                 "stream" => {
@@ -183,16 +184,15 @@ impl<'a> ParsedRequest<'a> {
             }
         }
         // `model` wins over a load-balancing group when both are given.
-        let target = match (model, group) {
-            (Some(m), _) if !m.is_empty() => m,
-            (None, Some(g)) if !g.is_empty() => g,
-            _ => {
-                return Err(ApiError::invalid_request(
+        let target =
+            match (model, group) {
+                (Some(m), _) if !m.is_empty() => m,
+                (None, Some(g)) if !g.is_empty() => g,
+                _ => return Err(ApiError::invalid_request(
                     "missing_model",
                     "You must provide a `model` (a pool or model name, see GET /v1/models) or a `load_balance_group`.",
-                ))
-            }
-        };
+                )),
+            };
         if !has_payload && !payload_field.0.is_empty() {
             return Err(ApiError::invalid_request(
                 "missing_required_parameter",
@@ -204,10 +204,7 @@ impl<'a> ParsedRequest<'a> {
 
     /// Top-level fields other than the gateway's own, as raw JSON.
     pub fn model_fields(&self) -> impl Iterator<Item = (&str, &RawValue)> {
-        self.fields
-            .iter()
-            .filter(|(k, _)| !GATEWAY_FIELDS.contains(&k.as_ref()))
-            .map(|(k, v)| (k.as_ref(), *v))
+        self.fields.iter().filter(|(k, _)| !GATEWAY_FIELDS.contains(&k.as_ref())).map(|(k, v)| (k.as_ref(), *v))
     }
 
     /// Looks up a top-level field that is sent to the model.
@@ -217,7 +214,9 @@ impl<'a> ParsedRequest<'a> {
 
     /// The body for an OpenAI-shaped upstream: `model` replaced, gateway fields dropped.
     pub fn openai_body(&self, model: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + model.len() + 16);
+        let mut out = Vec::with_capacity(
+            self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + model.len() + 16,
+        );
         out.extend_from_slice(b"{\"model\":");
         push_json_string(&mut out, model);
         for (key, value) in self.model_fields() {

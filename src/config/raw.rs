@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use super::{
-    err, Config, ConfigError, Credentials, EnvLookup, HealthPolicy, Member, Pool, ProbePolicy,
-    Provider, RetryPolicy, Secret, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_RETRY_ON,
+    err, Config, ConfigError, Credentials, EnvLookup, HealthPolicy, Member, Pool, ProbePolicy, Provider, RetryPolicy,
+    Secret, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -132,10 +131,7 @@ pub(super) fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
 }
 
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn secret(env: EnvLookup<'_>, field: &str, var: &str) -> Result<Secret, ConfigError> {
@@ -152,11 +148,7 @@ fn secret(env: EnvLookup<'_>, field: &str, var: &str) -> Result<Secret, ConfigEr
     }
 }
 
-fn validate_provider(
-    name: &str,
-    raw: RawProvider,
-    env: EnvLookup<'_>,
-) -> Result<Provider, ConfigError> {
+fn validate_provider(name: &str, raw: RawProvider, env: EnvLookup<'_>) -> Result<Provider, ConfigError> {
     let field = |f: &str| format!("providers.{name}.{f}");
     if raw.cluster.trim().is_empty() {
         return Err(err(field("cluster"), "must name an Envoy cluster"));
@@ -250,11 +242,8 @@ fn policies(
     pool: &RawPoolPolicy,
     defaults: &RawPoolPolicy,
 ) -> Result<(RetryPolicy, HealthPolicy, Option<ProbePolicy>), ConfigError> {
-    let retry_on = pool
-        .retry_on
-        .clone()
-        .or_else(|| defaults.retry_on.clone())
-        .unwrap_or_else(|| DEFAULT_RETRY_ON.to_vec());
+    let retry_on =
+        pool.retry_on.clone().or_else(|| defaults.retry_on.clone()).unwrap_or_else(|| DEFAULT_RETRY_ON.to_vec());
     for (i, status) in retry_on.iter().enumerate() {
         if !(400..=599).contains(status) {
             return Err(err(format!("{field}.retry_on[{i}]"), format!("{status} is not a 4xx or 5xx status")));
@@ -317,8 +306,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     // Fail on defaults that are wrong even when every pool overrides them.
     policies("defaults", &raw.defaults, &RawPoolPolicy::default())?;
 
-    let pool_names: HashMap<String, usize> =
-        raw.pools.keys().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+    let pool_names: HashMap<String, usize> = raw.pools.keys().enumerate().map(|(i, n)| (n.clone(), i)).collect();
     let mut pools = Vec::with_capacity(raw.pools.len());
     for (name, p) in raw.pools {
         let field = format!("pools.{name}");
@@ -331,9 +319,9 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         let mut members = Vec::with_capacity(p.members.len());
         for (i, m) in p.members.into_iter().enumerate() {
             let mfield = format!("{field}.members[{i}]");
-            let provider = *provider_index.get(&m.provider).ok_or_else(|| {
-                err(format!("{mfield}.provider"), format!("unknown provider \"{}\"", m.provider))
-            })?;
+            let provider = *provider_index
+                .get(&m.provider)
+                .ok_or_else(|| err(format!("{mfield}.provider"), format!("unknown provider \"{}\"", m.provider)))?;
             if m.model.trim().is_empty() {
                 return Err(err(format!("{mfield}.model"), "must not be empty"));
             }
@@ -356,7 +344,9 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         for (i, f) in p.fallback_pools.iter().enumerate() {
             match pool_names.get(f) {
                 Some(&idx) if f != &name => fallback_pools.push(idx),
-                Some(_) => return Err(err(format!("{field}.fallback_pools[{i}]"), "a pool cannot fall back to itself")),
+                Some(_) => {
+                    return Err(err(format!("{field}.fallback_pools[{i}]"), "a pool cannot fall back to itself"))
+                }
                 None => return Err(err(format!("{field}.fallback_pools[{i}]"), format!("unknown pool \"{f}\""))),
             }
         }
@@ -384,8 +374,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         }
     }
     let (retry, health, probe) = policies("defaults", &raw.defaults, &RawPoolPolicy::default())?;
-    let mut pool_by_name: HashMap<String, usize> =
-        pools.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+    let mut pool_by_name: HashMap<String, usize> = pools.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
     for (model, members) in served {
         if members.len() != 1 || pool_by_name.contains_key(&model) {
             continue;

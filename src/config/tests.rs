@@ -94,19 +94,57 @@ fn cluster_header_defaults() {
 #[test]
 fn errors_name_the_offending_field() {
     let cases: Vec<(String, &str, &str)> = vec![
-        (sample_config().replace(r#""provider": "beta""#, r#""provider": "gamma""#), "pools.gpt4o_16k.members[1].provider", "gamma"),
-        (sample_config().replace(r#""weight": 3"#, r#""weight": 0"#).replace(r#""weight": 1"#, r#""weight": 0"#), "pools.gpt4o_16k.members", "zero"),
+        (
+            sample_config().replace(r#""provider": "beta""#, r#""provider": "gamma""#),
+            "pools.gpt4o_16k.members[1].provider",
+            "gamma",
+        ),
+        (
+            sample_config().replace(r#""weight": 3"#, r#""weight": 0"#).replace(r#""weight": 1"#, r#""weight": 0"#),
+            "pools.gpt4o_16k.members",
+            "zero",
+        ),
         (sample_config().replace("BETA_KEY", "MISSING_KEY"), "providers.beta.api_key_env", "MISSING_KEY"),
         (sample_config().replace("BETA_KEY", "EMPTY_KEY"), "providers.beta.api_key_env", "empty"),
         (sample_config().replace(r#""weight": 3"#, r#""wieght": 3"#), "pools.gpt4o_16k.members[0].wieght", "wieght"),
-        (sample_config().replace(r#""weight": 3"#, r#""weight": -3"#), "pools.gpt4o_16k.members[0].weight", "invalid value"),
-        (sample_config().replace(r#""kind": "openai", "cluster": "alpha""#, r#""kind": "openia", "cluster": "alpha""#), "providers.alpha.kind", "openia"),
+        (
+            sample_config().replace(r#""weight": 3"#, r#""weight": -3"#),
+            "pools.gpt4o_16k.members[0].weight",
+            "invalid value",
+        ),
+        (
+            sample_config()
+                .replace(r#""kind": "openai", "cluster": "alpha""#, r#""kind": "openia", "cluster": "alpha""#),
+            "providers.alpha.kind",
+            "openia",
+        ),
         (sample_config().replace(r#""cluster": "beta","#, ""), "providers.beta", "cluster"),
         (sample_config().replace("x-switchboard-cluster", "X Bad"), "cluster_header", "header"),
-        (sample_config().replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "max_attempts": 0,"#), "pools.gpt4o_16k.max_attempts", "between"),
-        (sample_config().replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "retry_on": [200],"#), "pools.gpt4o_16k.retry_on[0]", "200"),
-        (sample_config().replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "fallback_pools": ["nope"],"#), "pools.gpt4o_16k.fallback_pools[0]", "nope"),
-        (sample_config().replace(r#""members": ["#, r#""members": [], "x": ["#), "pools.gpt4o_16k", "unknown field `x`"),
+        (
+            sample_config()
+                .replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "max_attempts": 0,"#),
+            "pools.gpt4o_16k.max_attempts",
+            "between",
+        ),
+        (
+            sample_config()
+                .replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "retry_on": [200],"#),
+            "pools.gpt4o_16k.retry_on[0]",
+            "200",
+        ),
+        (
+            sample_config().replace(
+                r#""max_response_tokens": 16384,"#,
+                r#""max_response_tokens": 16384, "fallback_pools": ["nope"],"#,
+            ),
+            "pools.gpt4o_16k.fallback_pools[0]",
+            "nope",
+        ),
+        (
+            sample_config().replace(r#""members": ["#, r#""members": [], "x": ["#),
+            "pools.gpt4o_16k",
+            "unknown field `x`",
+        ),
     ];
     for (json, field, needle) in cases {
         let e = error_for(&json);
@@ -130,7 +168,10 @@ fn bedrock_needs_aws_keys() {
     let json = r#"{"providers": {"b": {"kind": "bedrock", "cluster": "b", "host": "bedrock-runtime.us-east-1.amazonaws.com", "region": "us-east-1", "access_key_id_env": "AWS_AK"}}, "pools": {}}"#;
     let e = error_for(json);
     assert_eq!(e.field, "providers.b.secret_access_key_env");
-    let json = json.replace(r#""access_key_id_env": "AWS_AK""#, r#""access_key_id_env": "AWS_AK", "secret_access_key_env": "AWS_SK""#);
+    let json = json.replace(
+        r#""access_key_id_env": "AWS_AK""#,
+        r#""access_key_id_env": "AWS_AK", "secret_access_key_env": "AWS_SK""#,
+    );
     let cfg = parse(&json).unwrap();
     assert!(matches!(cfg.providers[0].credentials, Credentials::Aws { .. }));
 }

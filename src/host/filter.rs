@@ -27,8 +27,16 @@ const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
 /// `accept-encoding` too: a failover answer is relayed without its
 /// `content-encoding`, and translated answers must be readable.
 const NOT_FORWARDED: [&str; 10] = [
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade", "expect",
-    "proxy-connection", "accept-encoding",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+    "accept-encoding",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,9 +223,8 @@ impl Filter {
         let metrics = rt.metrics.member(pool_index, member_index);
         let transition = if failed {
             rt.metrics.inc(metrics.and_then(|m| m.failures));
-            let hold = retry_after
-                .filter(|_| status == 429 || status == 503)
-                .and_then(|v| retry_after_until_ms(v, now));
+            let hold =
+                retry_after.filter(|_| status == 429 || status == 503).and_then(|v| retry_after_until_ms(v, now));
             health_store::update(&member.id, |h| {
                 let t = h.record_failure(now, &pool.health);
                 match hold.map(|until| h.hold_until(until)) {
@@ -238,7 +245,11 @@ impl Filter {
         match transition {
             Transition::Ejected { until_ms } => {
                 rt.metrics.inc(metrics.and_then(|m| m.ejections));
-                log::info!("switchboard: member {} ejected for {} ms (last status {status})", member.id, until_ms.saturating_sub(now));
+                log::info!(
+                    "switchboard: member {} ejected for {} ms (last status {status})",
+                    member.id,
+                    until_ms.saturating_sub(now)
+                );
             }
             Transition::Restored => {
                 rt.metrics.inc(metrics.and_then(|m| m.restorations));
@@ -271,7 +282,11 @@ impl Filter {
                     return true;
                 }
                 Err(e) => {
-                    log::warn!("switchboard: failover call to {} failed to start: {}", member_id(rt, pool, member), e.message);
+                    log::warn!(
+                        "switchboard: failover call to {} failed to start: {}",
+                        member_id(rt, pool, member),
+                        e.message
+                    );
                     self.start_attempt(rt, pool, member);
                     self.finish_attempt(rt, 0, None, now);
                 }
@@ -287,7 +302,9 @@ impl Filter {
         // default content type: each name is sent once.
         let set_by_adapter = |name: &str| upstream.headers.iter().any(|(n, _)| *n == name);
         let forwarded: Vec<(String, String)> = abi::pairs(&self.client_headers)
-            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?.to_string(), std::str::from_utf8(v).ok()?.to_string())))
+            .filter_map(|(k, v)| {
+                Some((std::str::from_utf8(k).ok()?.to_string(), std::str::from_utf8(v).ok()?.to_string()))
+            })
             .filter(|(k, _)| forwardable(k, &rt.config.cluster_header) && !set_by_adapter(k))
             .collect();
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(forwarded.len() + upstream.headers.len() + 4);
@@ -576,7 +593,10 @@ impl HttpContext for Filter {
             return self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes));
         }
         if end_of_stream || declared == Some(0) {
-            return self.answer_error(&ApiError::invalid_request("invalid_json", "Request body is empty; expected a JSON object."));
+            return self.answer_error(&ApiError::invalid_request(
+                "invalid_json",
+                "Request body is empty; expected a JSON object.",
+            ));
         }
         // Hold the headers until the body says where the request goes
         // (needs allow_on_headers_stop_iteration in the plugin config).
@@ -685,7 +705,10 @@ impl HttpContext for Filter {
             self.host_error("set response body", s);
         }
         if unreadable {
-            log::warn!("switchboard: unreadable {status} answer from {}; answering 502", self.plan.as_ref().and_then(|p| p.attempts.last()).map_or("?", |a| a.member_id.as_str()));
+            log::warn!(
+                "switchboard: unreadable {status} answer from {}; answering 502",
+                self.plan.as_ref().and_then(|p| p.attempts.last()).map_or("?", |a| a.member_id.as_str())
+            );
             if let Some(rt) = &self.rt {
                 rt.metrics.local_error("bad_upstream_response");
             }

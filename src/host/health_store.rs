@@ -60,7 +60,9 @@ fn read_generation() -> Option<u64> {
 fn bump_generation() {
     for _ in 0..CAS_RETRIES {
         let (current, cas) = match abi::shared_get(GENERATION_KEY) {
-            Ok((bytes, cas)) => (bytes.and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))).unwrap_or(0), cas),
+            Ok((bytes, cas)) => {
+                (bytes.and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))).unwrap_or(0), cas)
+            }
             Err(_) => return,
         };
         match abi::shared_set(GENERATION_KEY, &current.wrapping_add(1).to_le_bytes(), cas) {

@@ -63,9 +63,7 @@ const LOCAL_ERROR_CODES: [&str; 17] = [
 
 /// Stat-name-safe form of a pool or member name (dots separate stat segments).
 pub fn stat_segment(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/') { c } else { '_' })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/') { c } else { '_' }).collect()
 }
 
 fn define(kind: u32, name: &str) -> Option<u32> {
@@ -109,10 +107,8 @@ impl Metrics {
                 }
             })
             .collect();
-        let local_errors = LOCAL_ERROR_CODES
-            .iter()
-            .map(|code| (*code, counter(format!("switchboard.local_errors.{code}"))))
-            .collect();
+        let local_errors =
+            LOCAL_ERROR_CODES.iter().map(|code| (*code, counter(format!("switchboard.local_errors.{code}")))).collect();
         Metrics {
             pools,
             local_errors,

@@ -103,7 +103,9 @@ impl Root {
                 let Some(provider) = rt.config.provider(member.provider) else { continue };
                 let Ok(parsed) = ParsedRequest::parse(PROBE_BODY, Endpoint::ChatCompletions) else { continue };
                 let ctx = BuildContext { now_unix_s: now / 1000, max_response_tokens: Some(1) };
-                let Ok(upstream) = build_request(provider, member, Endpoint::ChatCompletions, &parsed, &ctx) else { continue };
+                let Ok(upstream) = build_request(provider, member, Endpoint::ChatCompletions, &parsed, &ctx) else {
+                    continue;
+                };
                 let mut headers: Vec<(&str, &str)> = vec![
                     (":method", "POST"),
                     (":path", &upstream.path),
@@ -114,7 +116,13 @@ impl Root {
                     headers.push((k, v));
                 }
                 let timeout = Duration::from_millis(policy.timeout_ms);
-                match proxy_wasm::hostcalls::dispatch_http_call(&provider.cluster, headers, Some(&upstream.body), vec![], timeout) {
+                match proxy_wasm::hostcalls::dispatch_http_call(
+                    &provider.cluster,
+                    headers,
+                    Some(&upstream.body),
+                    vec![],
+                    timeout,
+                ) {
                     Ok(token) => {
                         self.probes.insert(token, (pool_index, member_index));
                     }
@@ -170,7 +178,11 @@ impl RootContext for Root {
                     config.direct_models().count(),
                     config.providers.len()
                 );
-                self.runtime = Some(Rc::new(Runtime { config, listing, metrics, rng: RefCell::new(Rng::from_entropy()),
+                self.runtime = Some(Rc::new(Runtime {
+                    config,
+                    listing,
+                    metrics,
+                    rng: RefCell::new(Rng::from_entropy()),
                     pending_successes: RefCell::new(HashMap::new()),
                     health: RefCell::new(health_store::HealthCache::default()),
                 }));
@@ -192,11 +204,8 @@ impl RootContext for Root {
         rt.flush_successes();
         rt.metrics.flush();
         for (index, pool) in rt.config.pools.iter().enumerate() {
-            let healthy = pool
-                .members
-                .iter()
-                .filter(|m| health_store::availability(&m.id, now) == Availability::Healthy)
-                .count();
+            let healthy =
+                pool.members.iter().filter(|m| health_store::availability(&m.id, now) == Availability::Healthy).count();
             if let Some(pm) = rt.metrics.pool(index) {
                 set_gauge(pm.healthy_members, healthy as u64);
             }

@@ -179,8 +179,18 @@ fn http_date_ms(value: &str) -> Option<u64> {
     let _weekday = parts.next()?;
     let day: u64 = parts.next()?.parse().ok()?;
     let month = match parts.next()? {
-        "Jan" => 1, "Feb" => 2, "Mar" => 3, "Apr" => 4, "May" => 5, "Jun" => 6,
-        "Jul" => 7, "Aug" => 8, "Sep" => 9, "Oct" => 10, "Nov" => 11, "Dec" => 12,
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
         _ => return None,
     };
     let year: i64 = parts.next()?.parse().ok()?;
@@ -290,7 +300,14 @@ mod tests {
 
     #[test]
     fn encoding_round_trips_and_tolerates_garbage() {
-        let h = MemberHealth { consecutive_failures: 2, ejections: 1, ejected_until_ms: u64::MAX - 1, trial_until_ms: 7, successes: 9, failures: 11 };
+        let h = MemberHealth {
+            consecutive_failures: 2,
+            ejections: 1,
+            ejected_until_ms: u64::MAX - 1,
+            trial_until_ms: 7,
+            successes: 9,
+            failures: 11,
+        };
         assert_eq!(MemberHealth::decode(&h.encode()), h);
         assert_eq!(MemberHealth::decode(b"junk"), MemberHealth::default());
     }

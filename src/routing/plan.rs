@@ -41,11 +41,12 @@ impl Plan {
         let provider = match &request.provider {
             None => None,
             Some(name) => {
-                let index = config
-                    .providers
-                    .iter()
-                    .position(|p| &p.name == name)
-                    .ok_or_else(|| ApiError::invalid_request("invalid_provider", format!("Unknown provider `{name}`; use \"pool\" or a configured provider name.")))?;
+                let index = config.providers.iter().position(|p| &p.name == name).ok_or_else(|| {
+                    ApiError::invalid_request(
+                        "invalid_provider",
+                        format!("Unknown provider `{name}`; use \"pool\" or a configured provider name."),
+                    )
+                })?;
                 if !pool.members.iter().any(|m| m.provider == index) {
                     return Err(ApiError::invalid_request(
                         "invalid_provider",
@@ -100,7 +101,12 @@ impl Plan {
             };
             if self.stage_attempts < pool.retry.max_attempts {
                 let excluded = self.excluded(pool);
-                if let Some(member) = pick(&pool.members, &excluded, |i| pool.members.get(i).map_or(Availability::Unavailable { until_ms: u64::MAX }, &availability), random) {
+                if let Some(member) = pick(
+                    &pool.members,
+                    &excluded,
+                    |i| pool.members.get(i).map_or(Availability::Unavailable { until_ms: u64::MAX }, &availability),
+                    random,
+                ) {
                     self.stage_attempts += 1;
                     return Some((pool_index, member));
                 }
@@ -131,11 +137,8 @@ impl Plan {
     }
 
     pub fn record(&mut self, config: &Config, pool: usize, member: usize, status: u16) {
-        let member_id = config
-            .pool_at(pool)
-            .and_then(|p| p.members.get(member))
-            .map(|m| m.id.clone())
-            .unwrap_or_default();
+        let member_id =
+            config.pool_at(pool).and_then(|p| p.members.get(member)).map(|m| m.id.clone()).unwrap_or_default();
         self.attempts.push(Attempt { pool, member, member_id, status });
     }
 
@@ -249,8 +252,14 @@ mod tests {
         plan.record(&cfg, first.0, first.1, 500);
         // Restriction lifted for fallback pools.
         assert_eq!(id(&cfg, plan.next(&cfg, |_| Availability::Healthy, 0).unwrap()), "a/m1");
-        assert_eq!(plan_for(&cfg, r#"{"model":"other","provider":"a","messages":[]}"#).unwrap_err().code, "invalid_provider");
-        assert_eq!(plan_for(&cfg, r#"{"model":"other","provider":"zzz","messages":[]}"#).unwrap_err().code, "invalid_provider");
+        assert_eq!(
+            plan_for(&cfg, r#"{"model":"other","provider":"a","messages":[]}"#).unwrap_err().code,
+            "invalid_provider"
+        );
+        assert_eq!(
+            plan_for(&cfg, r#"{"model":"other","provider":"zzz","messages":[]}"#).unwrap_err().code,
+            "invalid_provider"
+        );
     }
 
     #[test]

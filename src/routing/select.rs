@@ -9,7 +9,9 @@ pub enum Availability {
     /// Cooldown over: one trial request may go through (half-open).
     Trial,
     /// Ejected (or a trial is in flight) until the given time, in ms since the epoch.
-    Unavailable { until_ms: u64 },
+    Unavailable {
+        until_ms: u64,
+    },
 }
 
 /// Picks a member index by weight among healthy or trial members that are not

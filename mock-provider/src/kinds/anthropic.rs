@@ -47,8 +47,16 @@ fn check_blocks(blocks: &[Value], at: &str) -> Result<(), String> {
                     return Err(format!("{at}.{j}.text: Field required (string)"));
                 }
             }
-            "image" | "document" | "tool_use" | "tool_result" | "thinking" | "redacted_thinking"
-            | "server_tool_use" | "web_search_tool_result" | "search_result" | "container_upload" => {}
+            "image"
+            | "document"
+            | "tool_use"
+            | "tool_result"
+            | "thinking"
+            | "redacted_thinking"
+            | "server_tool_use"
+            | "web_search_tool_result"
+            | "search_result"
+            | "container_upload" => {}
             other => return Err(format!("{at}.{j}.type: Input tag '{other}' does not match any of the expected tags")),
         }
     }
@@ -88,19 +96,13 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
                     .into())
             }
             "" => return Err(format!("messages.{i}.role: Field required")),
-            other => {
-                return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant', got '{other}'"))
-            }
+            other => return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant', got '{other}'")),
         }
         let text = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Array(blocks)) => {
                 check_blocks(blocks, &format!("messages.{i}.content"))?;
-                blocks
-                    .iter()
-                    .filter_map(|b| b.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
             }
             Some(_) => return Err(format!("messages.{i}.content: Input should be a valid string or list")),
             None => return Err(format!("messages.{i}.content: Field required")),

@@ -1,7 +1,10 @@
 //! AWS Bedrock Converse API: `POST /model/{modelId}/converse` and
 //! `/model/{modelId}/converse-stream` (binary event stream).
 
-use super::{bad_request, json_value, mentions_weather, method_not_allowed, not_found, split_even, stream_pieces, stream_response, word_tokens, Ctx};
+use super::{
+    bad_request, json_value, mentions_weather, method_not_allowed, not_found, split_even, stream_pieces,
+    stream_response, word_tokens, Ctx,
+};
 use crate::eventstream;
 use crate::server::MockBody;
 use bytes::Bytes;
@@ -10,13 +13,29 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 const TOP_FIELDS: &[&str] = &[
-    "messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig", "additionalModelRequestFields",
-    "additionalModelResponseFieldPaths", "promptVariables", "requestMetadata", "performanceConfig",
+    "messages",
+    "system",
+    "inferenceConfig",
+    "toolConfig",
+    "guardrailConfig",
+    "additionalModelRequestFields",
+    "additionalModelResponseFieldPaths",
+    "promptVariables",
+    "requestMetadata",
+    "performanceConfig",
 ];
 const INFERENCE_FIELDS: &[&str] = &["maxTokens", "temperature", "topP", "stopSequences"];
 const BLOCK_KINDS: &[&str] = &[
-    "text", "image", "document", "video", "toolUse", "toolResult", "guardContent", "cachePoint",
-    "reasoningContent", "citationsContent",
+    "text",
+    "image",
+    "document",
+    "video",
+    "toolUse",
+    "toolResult",
+    "guardContent",
+    "cachePoint",
+    "reasoningContent",
+    "citationsContent",
 ];
 
 pub fn handle(ctx: &Ctx) -> Response<MockBody> {

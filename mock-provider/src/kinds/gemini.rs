@@ -1,24 +1,66 @@
 //! Google Gemini API: `POST /v1beta/models/{model}:generateContent` and
 //! `:streamGenerateContent` (`?alt=sse` for SSE, otherwise a streamed JSON array).
 
-use super::{bad_request, json_value, mentions_weather, method_not_allowed, not_found, stream_pieces, stream_response, word_tokens, Ctx};
+use super::{
+    bad_request, json_value, mentions_weather, method_not_allowed, not_found, stream_pieces, stream_response,
+    word_tokens, Ctx,
+};
 use crate::server::MockBody;
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 const TOP_FIELDS: &[&str] = &[
-    "contents", "systemInstruction", "system_instruction", "generationConfig", "generation_config", "tools",
-    "toolConfig", "tool_config", "safetySettings", "safety_settings", "cachedContent", "cached_content", "labels",
+    "contents",
+    "systemInstruction",
+    "system_instruction",
+    "generationConfig",
+    "generation_config",
+    "tools",
+    "toolConfig",
+    "tool_config",
+    "safetySettings",
+    "safety_settings",
+    "cachedContent",
+    "cached_content",
+    "labels",
 ];
 
 const GEN_FIELDS: &[&str] = &[
-    "stopSequences", "stop_sequences", "responseMimeType", "response_mime_type", "responseSchema",
-    "response_schema", "responseJsonSchema", "response_json_schema", "responseModalities", "response_modalities",
-    "candidateCount", "candidate_count", "maxOutputTokens", "max_output_tokens", "temperature", "topP", "top_p",
-    "topK", "top_k", "seed", "presencePenalty", "presence_penalty", "frequencyPenalty", "frequency_penalty",
-    "responseLogprobs", "response_logprobs", "logprobs", "enableEnhancedCivicAnswers", "speechConfig",
-    "speech_config", "thinkingConfig", "thinking_config", "mediaResolution", "media_resolution",
+    "stopSequences",
+    "stop_sequences",
+    "responseMimeType",
+    "response_mime_type",
+    "responseSchema",
+    "response_schema",
+    "responseJsonSchema",
+    "response_json_schema",
+    "responseModalities",
+    "response_modalities",
+    "candidateCount",
+    "candidate_count",
+    "maxOutputTokens",
+    "max_output_tokens",
+    "temperature",
+    "topP",
+    "top_p",
+    "topK",
+    "top_k",
+    "seed",
+    "presencePenalty",
+    "presence_penalty",
+    "frequencyPenalty",
+    "frequency_penalty",
+    "responseLogprobs",
+    "response_logprobs",
+    "logprobs",
+    "enableEnhancedCivicAnswers",
+    "speechConfig",
+    "speech_config",
+    "thinkingConfig",
+    "thinking_config",
+    "mediaResolution",
+    "media_resolution",
 ];
 
 pub fn handle(ctx: &Ctx) -> Response<MockBody> {
@@ -67,10 +109,20 @@ fn check_parts(parts: Option<&Value>, at: &str) -> Result<String, String> {
                 Some(s) => text.push(s),
                 None => return Err(format!("{at}.parts[{j}].text must be a string")),
             }
-        } else if !["inlineData", "inline_data", "functionCall", "function_call", "functionResponse",
-            "function_response", "fileData", "file_data", "executableCode", "codeExecutionResult"]
-            .iter()
-            .any(|k| p.contains_key(*k))
+        } else if ![
+            "inlineData",
+            "inline_data",
+            "functionCall",
+            "function_call",
+            "functionResponse",
+            "function_response",
+            "fileData",
+            "file_data",
+            "executableCode",
+            "codeExecutionResult",
+        ]
+        .iter()
+        .any(|k| p.contains_key(*k))
         {
             let keys: Vec<&String> = p.keys().collect();
             return Err(format!("Invalid JSON payload received. {at}.parts[{j}] has no data field (keys: {keys:?})"));
@@ -199,11 +251,7 @@ fn respond(ctx: &Ctx, model: &str, tool: Option<String>, stream: bool, sse: bool
             let n = pieces.len();
             for (i, p) in pieces.into_iter().enumerate() {
                 let last = i + 1 == n;
-                chunks.push(chunk(
-                    json!([{"text": p}]),
-                    last.then_some("STOP"),
-                    last.then(|| word_tokens(&full)),
-                ));
+                chunks.push(chunk(json!([{"text": p}]), last.then_some("STOP"), last.then(|| word_tokens(&full))));
             }
         }
     }

@@ -74,9 +74,7 @@ impl Ctx<'_> {
     }
     /// Query parameter value (not percent-decoded).
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query()?
-            .split('&')
-            .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+        self.query()?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
     }
     /// Rough token count of the request: body bytes / 4, at least 1.
     pub fn prompt_tokens(&self) -> u64 {
@@ -199,10 +197,7 @@ pub fn error(kind: Kind, status: StatusCode, msg: &str) -> Response<MockBody> {
                 500..=599 => ("server_error", Value::Null),
                 _ => ("invalid_request_error", Value::Null),
             };
-            json_value(
-                status,
-                &serde_json::json!({"error": {"message": msg, "type": ty, "param": null, "code": c}}),
-            )
+            json_value(status, &serde_json::json!({"error": {"message": msg, "type": ty, "param": null, "code": c}}))
         }
         Kind::Anthropic => {
             let ty = match code {

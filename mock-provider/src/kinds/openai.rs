@@ -2,8 +2,8 @@
 //! embeddings, models. Also used by the Azure kind.
 
 use super::{
-    bad_request, js, json_response, json_value, mentions_weather, method_not_allowed, not_found, now_secs,
-    split_even, sse_data, stream_pieces, stream_response, word_tokens, Ctx,
+    bad_request, js, json_response, json_value, mentions_weather, method_not_allowed, not_found, now_secs, split_even,
+    sse_data, stream_pieces, stream_response, word_tokens, Ctx,
 };
 use crate::server::MockBody;
 use bytes::Bytes;
@@ -91,11 +91,9 @@ fn check_messages(obj: &Map<String, Value>) -> Result<String, String> {
         if role == "user" {
             last_user = match content {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                Some(Value::Array(parts)) => {
+                    parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+                }
                 _ => String::new(),
             };
         }
