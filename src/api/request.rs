@@ -21,6 +21,10 @@ pub const MAX_NESTING: usize = 64;
 
 /// True when arrays/objects nest deeper than `max` (brackets inside strings ignored).
 fn nesting_exceeds(body: &[u8], max: usize) -> bool {
+    // Fast path: too few opening brackets to nest that deep at all (typical requests).
+    if body.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
+        return false;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in body {
         if in_string {
