@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use crate::api::request::ParsedRequest;
 use crate::api::ApiError;
 
+use super::encoding::{base64, percent_decode};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
     User,
@@ -124,45 +126,6 @@ fn field<T: DeserializeOwned>(req: &ParsedRequest<'_>, name: &str, expected: &st
         Some(raw) => serde_json::from_str::<Option<T>>(raw.get())
             .map_err(|_| ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}."))),
     }
-}
-
-/// Base64 encoding (standard alphabet, padded).
-pub(super) fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let sym = |i: u32| char::from(ALPHABET.get((i & 63) as usize).copied().unwrap_or(b'A'));
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for group in data.chunks(3) {
-        let b = |i: usize| u32::from(group.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        out.push(sym(n >> 18));
-        out.push(sym(n >> 12));
-        out.push(if group.len() > 1 { sym(n >> 6) } else { '=' });
-        out.push(if group.len() > 2 { sym(n) } else { '=' });
-    }
-    out
-}
-
-fn percent_decode(input: &str) -> Vec<u8> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let pair = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, pair) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Decodes a `data:` URL into base64 data and its media type; other URLs
@@ -532,12 +495,11 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
     use super::*;
     use crate::api::Endpoint;
     use serde_json::json;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     pub(crate) fn chat(body: &Value) -> Result<Chat, ApiError> {
         let text = body.to_string();

@@ -10,6 +10,7 @@
 mod anthropic;
 mod bedrock;
 mod chat;
+mod encoding;
 mod eventstream;
 mod gemini;
 mod openai;

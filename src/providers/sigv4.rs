@@ -7,6 +7,8 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use super::encoding::percent_decode;
+
 type HmacSha256 = Hmac<Sha256>;
 
 pub(super) const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -55,29 +57,6 @@ pub(super) fn uri_encode(input: &str, keep_slash: bool) -> String {
     out
 }
 
-fn percent_decode(input: &str) -> String {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex_pair = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex_pair) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `YYYYMMDDTHHMMSSZ` for seconds since the Unix epoch (proleptic Gregorian, UTC).
 pub(super) fn amz_date(unix_s: u64) -> String {
     let days = unix_s / 86_400;
@@ -123,7 +102,7 @@ fn canonical_query(query: &str) -> String {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (uri_encode(&percent_decode(k), false), uri_encode(&percent_decode(v), false))
+            (uri_encode(&decoded(k), false), uri_encode(&decoded(v), false))
         })
         .collect();
     pairs.sort();
@@ -186,6 +165,10 @@ pub(super) fn authorization(
     let k_signing = hmac(&k_service, b"aws4_request");
     let signature = hex(&hmac(&k_signing, string_to_sign.as_bytes()));
     format!("{ALGORITHM} Credential={access_key_id}/{credential_scope}, SignedHeaders={signed}, Signature={signature}")
+}
+
+fn decoded(component: &str) -> String {
+    String::from_utf8_lossy(&percent_decode(component)).into_owned()
 }
 
 #[cfg(test)]
