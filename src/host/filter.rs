@@ -701,20 +701,33 @@ impl HttpContext for Filter {
             adapter.translate_body(status, &chunk)
         };
         let unreadable = translation == Translation::WholeBody && adapter.translation_failed();
-        if let Err(s) = abi::set_buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size, &out) {
-            self.host_error("set response body", s);
-        }
         if unreadable {
+            // The headers are still held: treat the answer as the member's 502
+            // and fail over like any other failure.
+            let Some(rt) = self.rt.clone() else { return Action::Continue };
+            rt.metrics.local_error("bad_upstream_response");
+            let last = self.plan.as_mut().and_then(|p| p.attempts.pop());
             log::warn!(
-                "switchboard: unreadable {status} answer from {}; answering 502",
-                self.plan.as_ref().and_then(|p| p.attempts.last()).map_or("?", |a| a.member_id.as_str())
+                "switchboard: unreadable {status} answer from {}",
+                last.as_ref().map_or("?", |a| a.member_id.as_str())
             );
-            if let Some(rt) = &self.rt {
-                rt.metrics.local_error("bad_upstream_response");
+            if let Some(last) = last {
+                let now = self.now_ms();
+                self.current = Some((last.pool, last.member));
+                if self.finish_attempt(&rt, 502, None, now) {
+                    self.state = State::Failover;
+                    if self.dispatch_next(&rt, now) {
+                        return Action::Pause;
+                    }
+                    return self.exhausted(&rt);
+                }
             }
             if let Err(s) = abi::set_header(RESP, ":status", "502") {
                 self.host_error("set response status", s);
             }
+        }
+        if let Err(s) = abi::set_buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size, &out) {
+            self.host_error("set response body", s);
         }
         Action::Continue
     }

@@ -215,12 +215,22 @@ def test_openai_sdk_against_mixed_pool(kinds_gateway, kinds_mock):
     assert seen == {"anthropic", "openai"}
 
 
-def test_unreadable_provider_answer_becomes_502(kinds_gateway, kinds_mock):
+def test_unreadable_provider_answer_counts_as_a_failed_attempt(kinds_gateway, kinds_mock):
     kinds_mock.faults("anthropic", status=200, body="<html>proxy error</html>")
+    # Single-member pool: nothing to fail over to, the client gets the attempt list.
     r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_anthropic"), timeout=10)
-    assert r.status_code == 502, r.text
-    assert r.json()["error"]["message"]
-    assert "<html>" not in r.json()["error"]["message"] or r.json()["error"]["type"]
+    assert r.status_code == 503, r.text
+    assert "anthropic/claude-3-5-haiku:502" in r.json()["error"]["message"]
+    assert "<html>" not in r.text
+    # Mixed pool: the unreadable answer is failed over to the OpenAI member.
+    failovers = 0
+    for _ in range(10):
+        r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("mixed"), timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-switchboard-member"] == "openai/gpt-4o"
+        assert r.json()["object"] == "chat.completion"
+        failovers += r.headers["x-switchboard-attempts"] == "2"
+    assert failovers >= 1
     kinds_mock.reset()
     r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_anthropic"), timeout=10)
     assert r.status_code == 200
