@@ -294,3 +294,24 @@ def test_2000_requests_half_failing_member_all_answered(make_gateway, mock, reco
     extra_ms = (statistics.median(failover) - statistics.median(direct)) * 1000
     record_property("failover_extra_latency_ms_p50", round(extra_ms, 2))
     print(f"\nfailover extra latency p50: {extra_ms:.2f} ms over {len(failover)} failovers")
+
+
+def test_stream_broken_after_first_byte_ends_without_done_and_gateway_keeps_serving(make_gateway, mock):
+    """Documented limit: once bytes reached the client a stream cannot be retried."""
+    gw = make_gateway(base_config(health={"consecutive_failures": 1000}))
+    mock.faults("alpha", reset_after_first_chunk=True)
+    mock.faults("beta", reset_after_first_chunk=True)
+    events = []
+    try:
+        with httpx.stream("POST", gw.base + "/v1/chat/completions", json=chat("gpt4o_16k", stream=True), timeout=10) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+    except httpx.HTTPError:
+        pass  # the connection is cut, as the upstream's was
+    assert events, "the first event reaches the client"
+    assert "[DONE]" not in events
+    mock.reset()
+    assert httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k")).status_code == 200
+    assert gw.alive()
