@@ -192,3 +192,14 @@ def test_invalid_config_is_refused_with_field_name(make_gateway, mock):
         assert 'pools.gpt4o_16k.members[1].provider: unknown provider "gamma2"' in logs
     finally:
         g.stop()
+
+
+def test_completions_endpoint_routes_too(gateway, mock):
+    r = httpx.post(gateway.base + "/v1/completions", json={"model": "gpt-4o", "prompt": "Say hi"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchboard-member"] == "alpha/gpt-4o"
+    [upstream] = mock.requests("alpha")
+    assert upstream["path"] == "/v1/completions"
+    assert upstream["body"] == {"model": "gpt-4o", "prompt": "Say hi"}
+    r = httpx.post(gateway.base + "/v1/completions", json={"model": "gpt-4o"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter"
