@@ -174,8 +174,7 @@ impl Filter {
             .filter(|c| abi::pairs(&self.client_headers).any(|(k, _)| k == c.as_bytes()))
             .collect();
         let cluster = cluster_of(rt, pool, member).unwrap_or_default();
-        let timeout_ms = self.attempt_timeout_ms_for(rt, pool, now);
-        let first_byte_ms = self.first_byte_timeout_ms(rt, pool, now);
+        let (timeout_ms, first_byte_ms) = self.timeouts_ms(rt, pool, now);
         let unchanged = Unchanged { path: &self.original_path, json_content_type: self.client_sent_json };
         let rewritten = rewrite_request(
             &rt.config.cluster_header,
@@ -298,60 +297,38 @@ impl Filter {
         let parsed = ParsedRequest::parse(&self.body, self.endpoint)?;
         let upstream = build_for(rt, self.endpoint, &parsed, pool, member, now)?;
         let cluster = cluster_of(rt, pool, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
-        // Headers the provider adapter sets win over the client's and the
-        // default content type: each name is sent once.
-        let set_by_adapter = |name: &str| upstream.headers.iter().any(|(n, _)| *n == name);
         let forwarded: Vec<(String, String)> = abi::pairs(&self.client_headers)
             .filter_map(|(k, v)| {
                 Some((std::str::from_utf8(k).ok()?.to_string(), std::str::from_utf8(v).ok()?.to_string()))
             })
-            .filter(|(k, _)| forwardable(k, &rt.config.cluster_header) && !set_by_adapter(k))
+            .filter(|(k, _)| forwardable(k, &rt.config.cluster_header))
             .collect();
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(forwarded.len() + upstream.headers.len() + 4);
-        headers.push((":method", "POST"));
-        headers.push((":path", &upstream.path));
-        headers.push((":authority", &upstream.authority));
-        if !set_by_adapter("content-type") {
-            headers.push(("content-type", "application/json"));
-        }
-        for (k, v) in &forwarded {
-            headers.push((k, v));
-        }
-        for (k, v) in &upstream.headers {
-            headers.push((k, v));
-        }
-        let first_byte = self.first_byte_timeout_ms(rt, pool, now).map(|ms| ms.to_string());
+        let mut headers = upstream.call_headers(&forwarded);
+        let (attempt_ms, first_byte_ms) = self.timeouts_ms(rt, pool, now);
+        let first_byte = first_byte_ms.map(|ms| ms.to_string());
         if let Some(ms) = first_byte.as_deref() {
             headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
         }
-        let timeout = Duration::from_millis(self.attempt_timeout_ms_for(rt, pool, now));
+        let timeout = Duration::from_millis(attempt_ms);
         proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(&upstream.body), vec![], timeout)
             .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {cluster} failed: {s:?}")))
     }
 
-    /// For a stream: the per-try timeout, as a bound on the time to the
-    /// response headers only (Envoy ignores a per-try timeout once the response
-    /// has started), so a member that never answers is failed over in time
-    /// while a long stream still runs to the overall deadline.
-    fn first_byte_timeout_ms(&self, rt: &Runtime, pool: usize, now: u64) -> Option<u64> {
-        if !self.stream {
-            return None;
-        }
+    /// How long an attempt may take, and for a stream how long it may wait
+    /// for its response headers. Both are the pool's per-try timeout cut short
+    /// by the request's overall deadline, except that a stream's whole attempt
+    /// may use the remaining deadline: Envoy's timeout covers the full
+    /// response, while its per-try timeout stops counting once the response
+    /// has started, so a silent member is failed over in time and a long
+    /// stream still runs.
+    fn timeouts_ms(&self, rt: &Runtime, pool: usize, now: u64) -> (u64, Option<u64>) {
         let per_try = rt.config.pool_at(pool).map_or(30_000, |p| p.retry.per_try_timeout_ms);
         let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
-        Some(per_try.min(remaining).max(1))
-    }
-
-    /// Time an attempt may take: the pool's per-try timeout, cut short by the
-    /// request's overall deadline. A stream may use the whole remaining
-    /// deadline: Envoy's timeout covers the full response, not its first byte.
-    fn attempt_timeout_ms_for(&self, rt: &Runtime, pool: usize, now: u64) -> u64 {
-        let per_try = rt.config.pool_at(pool).map_or(30_000, |p| p.retry.per_try_timeout_ms);
-        let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
+        let bounded = per_try.min(remaining).max(1);
         if self.stream {
-            remaining.max(1)
+            (remaining.max(1), Some(bounded))
         } else {
-            per_try.min(remaining).max(1)
+            (bounded, None)
         }
     }
 

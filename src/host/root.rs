@@ -106,15 +106,7 @@ impl Root {
                 let Ok(upstream) = build_request(provider, member, Endpoint::ChatCompletions, &parsed, &ctx) else {
                     continue;
                 };
-                let mut headers: Vec<(&str, &str)> = vec![
-                    (":method", "POST"),
-                    (":path", &upstream.path),
-                    (":authority", &upstream.authority),
-                    ("content-type", "application/json"),
-                ];
-                for (k, v) in &upstream.headers {
-                    headers.push((k, v));
-                }
+                let headers = upstream.call_headers(&[]);
                 let timeout = Duration::from_millis(policy.timeout_ms);
                 match proxy_wasm::hostcalls::dispatch_http_call(
                     &provider.cluster,

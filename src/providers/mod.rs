@@ -55,6 +55,25 @@ pub struct UpstreamRequest {
     pub body: Vec<u8>,
 }
 
+impl UpstreamRequest {
+    /// Headers for sending this request with Envoy's HTTP call API: pseudo
+    /// headers, a JSON content type, then `extra` (client headers), then the
+    /// provider's own. A name the provider sets is sent once, its value winning.
+    pub fn call_headers<'a>(&'a self, extra: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
+        let set_here = |name: &str| self.headers.iter().any(|(n, _)| *n == name);
+        let mut out: Vec<(&str, &str)> = Vec::with_capacity(extra.len() + self.headers.len() + 4);
+        out.push((":method", "POST"));
+        out.push((":path", &self.path));
+        out.push((":authority", &self.authority));
+        if !set_here("content-type") {
+            out.push(("content-type", "application/json"));
+        }
+        out.extend(extra.iter().filter(|(k, _)| !set_here(k)).map(|(k, v)| (k.as_str(), v.as_str())));
+        out.extend(self.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        out
+    }
+}
+
 /// Builds the upstream request for `member` of `provider`.
 pub fn build_request(
     provider: &Provider,
@@ -149,6 +168,31 @@ mod tests {
 
     use super::test_support::{member, provider};
     use super::*;
+
+    #[test]
+    fn call_headers_send_each_name_once_provider_values_winning() {
+        let up = UpstreamRequest {
+            path: "/v1/messages".into(),
+            authority: "api.example".into(),
+            headers: vec![("content-type", "application/json; charset=utf-8".into()), ("x-api-key", "k".into())],
+            body: Vec::new(),
+        };
+        let client =
+            vec![("x-api-key".to_string(), "client".to_string()), ("x-request-id".to_string(), "r1".to_string())];
+        assert_eq!(
+            up.call_headers(&client),
+            vec![
+                (":method", "POST"),
+                (":path", "/v1/messages"),
+                (":authority", "api.example"),
+                ("x-request-id", "r1"),
+                ("content-type", "application/json; charset=utf-8"),
+                ("x-api-key", "k"),
+            ]
+        );
+        let plain = UpstreamRequest { headers: Vec::new(), ..up };
+        assert!(plain.call_headers(&[]).contains(&("content-type", "application/json")));
+    }
 
     fn build(kind: ProviderKind, endpoint: Endpoint, body: &str) -> UpstreamRequest {
         let req = ParsedRequest::parse(body.as_bytes(), endpoint).unwrap();
