@@ -85,25 +85,73 @@ STATS_TAGS = [
 ]
 
 
-def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1"):
+def request_decompressor():
+    """Envoy's own gzip decompressor for request bodies, before switchboard:
+    the filter then reads plain JSON. Other encodings reach switchboard,
+    which answers 415."""
+    off = {"default_value": False, "runtime_key": "switchboard.decompress_responses"}
+    return {"name": "envoy.filters.http.decompressor", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor",
+        "decompressor_library": {"name": "gzip", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip"}},
+        "response_direction_config": {"common_config": {"enabled": off}},
+    }}
+
+
+def cors_filter():
+    return {"name": "envoy.filters.http.cors", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+
+
+def cors_policy(origins):
+    """Browser clients: preflight answered by Envoy's CORS filter for `origins`
+    (exact origins, or "*" for any)."""
+    match = [{"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o} for o in origins]
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": match,
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": "authorization, api-key, x-api-key, content-type, openai-organization, openai-project, "
+                         "x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, "
+                         "x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, "
+                         "x-stainless-timeout, x-request-id",
+        "expose_headers": "x-request-id, x-switchboard-pool, x-switchboard-member, x-switchboard-attempts, "
+                          "x-switchboard-request-id, retry-after",
+        "max_age": "600",
+    }
+
+
+def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
+              cors_origins=("*",)):
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
-    filters = []
+    # The same front filters with or without switchboard, so benchmarks compare like with like.
+    filters = [cors_filter(), request_decompressor()]
     if with_wasm:
         filters.append(wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config)))
     filters.append({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     if with_wasm:
-        route = {"cluster_header": header, "timeout": "300s"}
+        route = {"cluster_header": header, "timeout": "600s"}
     else:
         # Plain Envoy baseline for benchmarks: a static route to the first cluster.
-        route = {"cluster": next(iter(clusters)), "timeout": "300s"}
+        route = {"cluster": next(iter(clusters)), "timeout": "600s"}
+    virtual_host = {
+        "name": "llm", "domains": ["*"],
+        # The routing header is the filter's message to the router: it never leaves Envoy.
+        "routes": [{"match": {"prefix": "/"}, "route": route, "request_headers_to_remove": [header]}],
+    }
+    if cors_origins:
+        virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": cors_policy(cors_origins)}
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "switchboard",
         "codec_type": "AUTO",
-        "route_config": {"name": "llm", "virtual_hosts": [{
-            "name": "llm", "domains": ["*"],
-            "routes": [{"match": {"prefix": "/"}, "route": route}]}]},
+        # Clients (the OpenAI SDKs expose it as `request_id`) get the id in every answer.
+        "always_set_request_id_in_response": True,
+        # Otherwise Envoy closes an HTTP/1.1 connection after any local 400,
+        # so one bad request would cost a client its keep-alive connection.
+        "stream_error_on_invalid_http_message": True,
+        "route_config": {"name": "llm", "virtual_hosts": [virtual_host]},
         "http_filters": filters,
     }
     return {
@@ -133,12 +181,16 @@ def main(argv=None):
     ap.add_argument("--admin", type=int, default=9901)
     ap.add_argument("--cluster", action="append", default=[], help="NAME=HOST:PORT[,tls]")
     ap.add_argument("--no-wasm", action="store_true", help="plain Envoy baseline (benchmarks)")
+    ap.add_argument("--cors-origin", action="append", default=None,
+                    help="origin allowed for browser clients (repeat; default any: *; 'none' disables CORS)")
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     with open(args.plugin_config) as f:
         plugin_config = json.load(f)
     clusters = dict(c.split("=", 1) for c in args.cluster)
-    doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address)
+    origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")
+    doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address,
+                    origins)
     text = json.dumps(doc, indent=2)
     if args.output == "-":
         sys.stdout.write(text + "\n")

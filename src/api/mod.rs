@@ -2,6 +2,7 @@
 //! rewriting, the model listing and error bodies. No proxy-wasm calls.
 
 pub mod error;
+pub mod forward;
 pub mod models;
 pub mod request;
 

@@ -44,8 +44,8 @@ extern "C" {
         value: *const u8,
         value_len: usize,
     ) -> u32;
-    fn proxy_remove_header_map_value(map: u32, key: *const u8, key_len: usize) -> u32;
     fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_len: *mut usize) -> u32;
+    fn proxy_set_header_map_pairs(map: u32, data: *const u8, data_len: usize) -> u32;
     fn proxy_get_buffer_bytes(buffer: u32, start: usize, max: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_set_buffer_bytes(buffer: u32, start: usize, size: usize, data: *const u8, data_len: usize) -> u32;
     fn proxy_send_local_response(
@@ -113,13 +113,11 @@ pub fn set_header(map: u32, name: &str, value: &str) -> Result<(), Status> {
     status(unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
-pub fn remove_header(map: u32, name: &str) -> Result<(), Status> {
-    // SAFETY: valid pointer to `name`.
-    status(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
-}
-
-pub fn headers(map: u32) -> Result<Vec<(String, String)>, Status> {
-    Ok(decode_pairs(&headers_raw(map)?))
+/// Replaces the whole header map: one host call instead of one per header.
+pub fn set_headers(map: u32, headers: &[(&str, &str)]) -> Result<(), Status> {
+    let encoded = encode_pairs(headers);
+    // SAFETY: valid pointer to the serialized map.
+    status(unsafe { proxy_set_header_map_pairs(map, encoded.as_ptr(), encoded.len()) })
 }
 
 /// The whole header map in proxy-wasm's serialized form; read it with `pairs`.
@@ -239,15 +237,15 @@ fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    pairs(bytes)
-        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
+        pairs(bytes)
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
 
     #[test]
     fn pairs_round_trip_and_truncation_is_safe() {

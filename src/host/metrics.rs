@@ -41,7 +41,7 @@ pub struct Metrics {
     pending: RefCell<HashMap<u32, i64>>,
 }
 
-const LOCAL_ERROR_CODES: [&str; 17] = [
+const LOCAL_ERROR_CODES: [&str; 18] = [
     "invalid_json",
     "invalid_type",
     "missing_model",
@@ -51,6 +51,7 @@ const LOCAL_ERROR_CODES: [&str; 17] = [
     "not_found",
     "method_not_allowed",
     "request_too_large",
+    "unsupported_content_encoding",
     "no_healthy_upstream",
     "unsupported_provider",
     "unsupported_endpoint",

@@ -5,7 +5,9 @@ mod abi;
 mod filter;
 mod health_store;
 mod metrics;
+mod probes;
 mod root;
+mod runtime;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

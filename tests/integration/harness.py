@@ -102,7 +102,7 @@ class Gateway:
         full_env.update(env)
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", self.config_path, "--concurrency", str(concurrency),
-             "--disable-hot-restart", "-l", "info", "--log-format", "%L %v"],
+             "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--log-format", "%L %v"],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"

@@ -1,4 +1,4 @@
-"""Issue 3: failover through dispatch_http_call, health in shared data."""
+"""Failover through dispatch_http_call, health in shared data."""
 import json
 import statistics
 import time
@@ -282,7 +282,7 @@ def test_probes_restore_ejected_member(make_gateway, mock):
 
 
 def test_2000_requests_half_failing_member_all_answered(make_gateway, mock, record_property):
-    """Done-criterion of issue 3: one of two members 503s half the time."""
+    """One of two members answers 503 half the time: every client request still succeeds."""
     gw = make_gateway(base_config(health={"consecutive_failures": 1000}))
     mock.faults("alpha", status=503, rate=0.5)
     results = hammer(gw, 2000, concurrency=16)

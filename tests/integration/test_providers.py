@@ -1,4 +1,4 @@
-"""Issue 4: one pool across OpenAI, Azure, Anthropic, Gemini, Bedrock and
+"""One pool across OpenAI, Azure, Anthropic, Gemini, Bedrock and
 OpenAI-compatible servers. The mock checks each provider's auth and request
 shape, so a wrong rewrite fails here."""
 import json
@@ -217,11 +217,18 @@ def test_openai_sdk_against_mixed_pool(kinds_gateway, kinds_mock):
 
 def test_unreadable_provider_answer_counts_as_a_failed_attempt(kinds_gateway, kinds_mock):
     kinds_mock.faults("anthropic", status=200, body="<html>proxy error</html>")
+    member = "wasmcustom.switchboard.member.only_anthropic.anthropic/claude-3-5-haiku"
+    before = kinds_gateway.stats()
     # Single-member pool: nothing to fail over to, the client gets the attempt list.
     r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_anthropic"), timeout=10)
     assert r.status_code == 503, r.text
     assert "anthropic/claude-3-5-haiku:502" in r.json()["error"]["message"]
     assert "<html>" not in r.text
+    # One attempt, counted once: as a failure, never also as a success.
+    after = kinds_gateway.stats()
+    assert after[member + ".attempts"] - before[member + ".attempts"] == 1
+    assert after[member + ".failures"] - before[member + ".failures"] == 1
+    assert after[member + ".requests"] - before[member + ".requests"] == 0
     # Mixed pool: the unreadable answer is failed over to the OpenAI member.
     failovers = 0
     for _ in range(10):

@@ -1,4 +1,4 @@
-"""Issue 2: pools routed by the filter inside a real Envoy."""
+"""Pools routed by the filter inside a real Envoy."""
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -1,0 +1,80 @@
+//! Which client request headers reach a provider. An allow-list: a header
+//! the gateway does not know is dropped, so a client's `cookie`,
+//! `openai-organization` (which real OpenAI checks against the gateway's
+//! key), SDK telemetry or the cluster header never leave Envoy. Credentials
+//! are never on the list: the gateway sets the provider's own.
+
+/// Forwarded on every upstream request: content negotiation, the client's
+/// identity as a user agent, and tracing.
+const FORWARDED: [&str; 17] = [
+    "accept",
+    "user-agent",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-ot-span-context",
+    "x-cloud-trace-context",
+    "grpc-trace-bin",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+/// Whether the client's header `name` (lower case, as Envoy gives it) goes
+/// upstream. `accept-encoding` only on the routed request, whose answer Envoy
+/// relays as it is; a failover answer is relayed without its
+/// `content-encoding`, so failover calls never offer compression.
+/// `extra` is the provider's `forward_headers`.
+pub fn forwarded(name: &[u8], routed: bool, extra: &[String]) -> bool {
+    FORWARDED.iter().any(|f| f.as_bytes() == name)
+        || (routed && name == b"accept-encoding")
+        || extra.iter().any(|e| e.as_bytes() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn tracing_and_negotiation_pass_everything_else_is_dropped() {
+        for name in ["accept", "user-agent", "x-request-id", "traceparent", "x-b3-traceid", "x-forwarded-for"] {
+            assert!(forwarded(name.as_bytes(), false, &[]), "{name}");
+        }
+        for name in [
+            "authorization",
+            "api-key",
+            "x-api-key",
+            "cookie",
+            "openai-organization",
+            "openai-project",
+            "x-stainless-lang",
+            "x-switchboard-cluster",
+            "x-envoy-retry-on",
+            "anthropic-beta",
+        ] {
+            assert!(!forwarded(name.as_bytes(), true, &[]), "{name}");
+        }
+    }
+
+    #[test]
+    fn accept_encoding_only_on_the_routed_request() {
+        assert!(forwarded(b"accept-encoding", true, &[]));
+        assert!(!forwarded(b"accept-encoding", false, &[]));
+    }
+
+    #[test]
+    fn provider_forward_headers_extend_the_list() {
+        let extra = vec!["anthropic-beta".to_string()];
+        assert!(forwarded(b"anthropic-beta", false, &extra));
+        assert!(!forwarded(b"anthropic-version", false, &extra));
+    }
+}

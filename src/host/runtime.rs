@@ -1,0 +1,167 @@
+//! What every request of a VM shares: the validated configuration, the model
+//! listing, metrics, the random source and the VM's view of member health;
+//! and the bookkeeping of one attempt (pick, record), the same for the
+//! routed request and every failover call.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::api::models::ModelListing;
+use crate::config::Config;
+use crate::routing::health::retry_after_until_ms;
+use crate::routing::{Availability, MemberHealth, Plan, Rng, Transition};
+
+use super::health_store;
+use super::metrics::Metrics;
+
+/// A member of a pool, by index: `pool` into `Config::pools`, `member` into its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRef {
+    pub pool: usize,
+    pub member: usize,
+}
+
+/// A member chosen for an attempt, with the health it had when chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct Picked {
+    pub member: MemberRef,
+    /// A clean member's success changes nothing in shared data but a count.
+    pub health: MemberHealth,
+}
+
+pub struct Runtime {
+    pub config: Config,
+    pub listing: ModelListing,
+    pub metrics: Metrics,
+    rng: RefCell<Rng>,
+    /// Successes of healthy members not yet added to shared data (flushed on tick).
+    pending_successes: RefCell<HashMap<String, u64>>,
+    health: RefCell<health_store::HealthCache>,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Runtime {
+        Runtime {
+            listing: ModelListing::build(&config),
+            metrics: Metrics::define(&config),
+            config,
+            rng: RefCell::new(Rng::from_entropy()),
+            pending_successes: RefCell::new(HashMap::new()),
+            health: RefCell::new(health_store::HealthCache::default()),
+        }
+    }
+
+    pub fn random(&self) -> u64 {
+        self.rng.borrow_mut().next_u64()
+    }
+
+    /// The member's identity `provider/model`, for logs and headers.
+    pub fn member_id(&self, r: MemberRef) -> &str {
+        self.config.pool_at(r.pool).and_then(|p| p.members.get(r.member)).map_or("?", |m| m.id.as_str())
+    }
+
+    /// Chooses the next member of the plan. A member past its cooldown takes
+    /// one trial request: it is claimed here so other workers keep skipping it
+    /// until the trial ends.
+    pub fn pick(&self, plan: &mut Plan, now: u64) -> Option<Picked> {
+        let random = self.random();
+        let mut cache = self.health.borrow_mut();
+        cache.refresh();
+        let cache = RefCell::new(cache);
+        let (pool, member) = plan.next(&self.config, |m| cache.borrow_mut().get(&m.id).availability(now), random)?;
+        let p = self.config.pool_at(pool)?;
+        let m = p.members.get(member)?;
+        let health = cache.borrow_mut().get(&m.id);
+        drop(cache);
+        if health.availability(now) == Availability::Trial {
+            let hold = p.retry.per_try_timeout_ms;
+            health_store::update(&m.id, |h| {
+                h.begin_trial(now, hold);
+                Transition::None
+            });
+        }
+        Some(Picked { member: MemberRef { pool, member }, health })
+    }
+
+    /// Whether `status` (0: no response) from `member` is a failure its pool fails over on.
+    pub fn is_failure(&self, member: MemberRef, status: u16) -> bool {
+        status == 0 || self.config.pool_at(member.pool).is_some_and(|p| p.retry.should_retry(status))
+    }
+
+    /// Records how an attempt ended, once: in the plan, in shared health and
+    /// in metrics. Returns whether it failed (and so calls for failover).
+    pub fn record(
+        &self,
+        plan: &mut Plan,
+        picked: Picked,
+        status: u16,
+        retry_after: Option<&str>,
+        now: u64,
+        request_id: &str,
+    ) -> bool {
+        let MemberRef { pool: pool_index, member: member_index } = picked.member;
+        plan.record(&self.config, pool_index, member_index, status);
+        let Some(pool) = self.config.pool_at(pool_index) else { return false };
+        let Some(member) = pool.members.get(member_index) else { return false };
+        let failed = self.is_failure(picked.member, status);
+        let metrics = self.metrics.member(pool_index, member_index);
+        let transition = if failed {
+            self.metrics.inc(metrics.and_then(|m| m.failures));
+            let hold =
+                retry_after.filter(|_| status == 429 || status == 503).and_then(|v| retry_after_until_ms(v, now));
+            health_store::update(&member.id, |h| {
+                let t = h.record_failure(now, &pool.health);
+                match hold.map(|until| h.hold_until(until)) {
+                    Some(held @ Transition::Ejected { .. }) => held,
+                    _ => t,
+                }
+            })
+        } else {
+            self.metrics.inc(metrics.and_then(|m| m.requests));
+            if picked.health.is_clean() {
+                // Nothing to reset: count the success locally, flushed to shared data on tick.
+                self.note_success(&member.id);
+                Transition::None
+            } else {
+                health_store::update(&member.id, |h| h.record_success())
+            }
+        };
+        match transition {
+            Transition::Ejected { until_ms } => {
+                self.metrics.inc(metrics.and_then(|m| m.ejections));
+                log::info!(
+                    "switchboard[{request_id}]: member {} ejected for {} ms (last status {status})",
+                    member.id,
+                    until_ms.saturating_sub(now)
+                );
+            }
+            Transition::Restored => {
+                self.metrics.inc(metrics.and_then(|m| m.restorations));
+                log::info!("switchboard[{request_id}]: member {} restored", member.id);
+            }
+            Transition::None => {}
+        }
+        failed
+    }
+
+    fn note_success(&self, member_id: &str) {
+        let mut pending = self.pending_successes.borrow_mut();
+        match pending.get_mut(member_id) {
+            Some(n) => *n += 1,
+            None => {
+                pending.insert(member_id.to_string(), 1);
+            }
+        }
+    }
+
+    /// Adds the successes counted since the last tick to shared data.
+    pub fn flush_successes(&self) {
+        let pending = std::mem::take(&mut *self.pending_successes.borrow_mut());
+        for (member_id, count) in pending {
+            health_store::update(&member_id, |h| {
+                h.successes = h.successes.saturating_add(count);
+                Transition::None
+            });
+        }
+    }
+}

@@ -1,0 +1,138 @@
+"""What real clients send and see: header hygiene upstream, request ids in
+every answer, compressed bodies, CORS preflight, keep-alive after a bad request."""
+import gzip
+
+import httpx
+import openai
+import pytest
+
+from conftest import KEYS, base_config, clusters_for
+from harness import Gateway, chat
+
+
+@pytest.fixture(scope="module")
+def gw(mock):
+    g = Gateway(base_config(health={"consecutive_failures": 1000}), clusters_for(mock), KEYS)
+    yield g
+    g.stop()
+
+
+CLIENT_HEADERS = {
+    "cookie": "session=secret",
+    "openai-organization": "org-client",
+    "openai-project": "proj-client",
+    "x-stainless-lang": "python",
+    "x-switchboard-cluster": "gamma",
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "user-agent": "hygiene-test/1.0",
+}
+
+
+def assert_clean(req):
+    headers = req["headers"]
+    for name in ("cookie", "openai-organization", "openai-project", "x-stainless-lang", "x-switchboard-cluster"):
+        assert name not in headers, (name, headers)
+    assert headers["traceparent"] == CLIENT_HEADERS["traceparent"]
+    assert headers["user-agent"] == "hygiene-test/1.0"
+
+
+def test_only_allow_listed_client_headers_reach_the_provider_routed_or_failed_over(gw, mock):
+    for _ in range(10):
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), headers=CLIENT_HEADERS, timeout=10)
+        assert r.status_code == 200, r.text
+    seen = mock.requests("alpha") + mock.requests("beta")
+    assert len(seen) == 10 and not mock.requests("gamma"), "a client header never picks a cluster"
+    for req in seen:
+        assert_clean(req)
+    # The same allow-list on failover calls (alpha fails, beta answers through dispatch_http_call).
+    mock.reset()
+    mock.faults("alpha", status=503)
+    failovers = 0
+    for _ in range(10):
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), headers=CLIENT_HEADERS, timeout=10)
+        assert r.status_code == 200, r.text
+        failovers += r.headers["x-switchboard-attempts"] == "2"
+    assert failovers >= 1
+    for req in mock.requests("beta"):
+        assert_clean(req)
+
+
+def test_sdk_organization_and_project_never_reach_the_provider(gw, mock):
+    client = openai.OpenAI(base_url=gw.base + "/v1", api_key="client-key", organization="org-x", project="proj-y")
+    resp = client.chat.completions.create(model="gpt4o_16k", messages=[{"role": "user", "content": "hi"}])
+    assert resp.choices[0].message.content
+    (req,) = mock.requests("alpha") + mock.requests("beta")
+    assert "openai-organization" not in req["headers"] and "openai-project" not in req["headers"]
+    assert req["headers"]["authorization"].startswith("Bearer sk-")
+
+
+def test_every_answer_carries_the_request_id(gw, mock):
+    client = openai.OpenAI(base_url=gw.base + "/v1", api_key="k", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt4o_16k", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-request-id"] and raw.headers["x-request-id"] == raw.headers["x-switchboard-request-id"]
+    assert raw.parse()._request_id == raw.headers["x-request-id"]
+    answers = [
+        httpx.post(gw.base + "/v1/chat/completions", json=chat("nope"), timeout=10),  # local 404
+        httpx.post(gw.base + "/v1/chat/completions", content=b"{", timeout=10),  # local 400
+        httpx.get(gw.base + "/v1/models", timeout=10),
+    ]
+    mock.faults("alpha", status=503)
+    answers += [httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10) for _ in range(4)]
+    ids = set()
+    for r in answers:
+        assert r.headers.get("x-request-id"), (r.status_code, r.headers)
+        assert r.headers["x-request-id"] == r.headers["x-switchboard-request-id"]
+        ids.add(r.headers["x-request-id"])
+    assert len(ids) == len(answers), "one id per request"
+
+
+def test_gzip_request_body_is_read_and_other_encodings_get_415(gw, mock):
+    body = httpx.Request("POST", "/", json=chat("gpt4o_16k")).read()
+    r = httpx.post(
+        gw.base + "/v1/chat/completions",
+        content=gzip.compress(body),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    (req,) = mock.requests("alpha") + mock.requests("beta")
+    assert req["body"]["messages"] == chat("gpt4o_16k")["messages"]
+    r = httpx.post(
+        gw.base + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "br"},
+        timeout=10,
+    )
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["code"] == "unsupported_content_encoding"
+
+
+def test_cors_preflight_is_answered_and_answers_allow_the_origin(gw):
+    origin = "https://app.example"
+    r = httpx.options(
+        gw.base + "/v1/chat/completions",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type",
+        },
+        timeout=10,
+    )
+    assert r.status_code == 200, (r.status_code, r.text)
+    assert r.headers["access-control-allow-origin"] == origin
+    assert "POST" in r.headers["access-control-allow-methods"]
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), headers={"origin": origin}, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == origin
+
+
+def test_keep_alive_connection_survives_a_bad_request(gw):
+    with httpx.Client(base_url=gw.base, timeout=10) as c:
+        for bad in (b"{", b'{"model": 5, "messages": []}', b'{"model": "nope", "messages": []}'):
+            r = c.post("/v1/chat/completions", content=bad, headers={"content-type": "application/json"})
+            assert 400 <= r.status_code < 500
+            assert r.headers.get("connection") != "close", (bad, r.headers)
+        r = c.post("/v1/chat/completions", json=chat("gpt4o_16k"))
+        assert r.status_code == 200
