@@ -1,17 +1,41 @@
-//! Errors the gateway answers itself, in OpenAI's error format.
+//! OpenAI error bodies: the gateway's own errors (`ApiError`) and the one
+//! writer of `{"error":{"message","type","param","code"}}` that every error
+//! body and stream error event of the crate goes through.
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
-    /// OpenAI `type`, e.g. `invalid_request_error`.
-    pub kind: &'static str,
-    /// OpenAI `code`, e.g. `model_not_found`.
-    pub code: &'static str,
-    /// Seconds for a `Retry-After` header.
-    pub retry_after_s: Option<u64>,
+/// OpenAI's error `type` values, the only ones the gateway writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    InvalidRequest,
+    Authentication,
+    Permission,
+    RateLimit,
+    Server,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::InvalidRequest => "invalid_request_error",
+            ErrorType::Authentication => "authentication_error",
+            ErrorType::Permission => "permission_error",
+            ErrorType::RateLimit => "rate_limit_error",
+            ErrorType::Server => "server_error",
+        }
+    }
+
+    /// The type OpenAI gives an error of HTTP `status` (404, 405 and 413 are
+    /// `invalid_request_error` there too; any non-4xx is `server_error`).
+    pub fn for_status(status: u16) -> ErrorType {
+        match status {
+            401 => ErrorType::Authentication,
+            403 => ErrorType::Permission,
+            429 => ErrorType::RateLimit,
+            s if (400..500).contains(&s) => ErrorType::InvalidRequest,
+            _ => ErrorType::Server,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -23,57 +47,72 @@ struct Body<'a> {
 struct Inner<'a> {
     message: &'a str,
     #[serde(rename = "type")]
-    kind: &'a str,
+    kind: &'static str,
     param: Option<&'a str>,
     code: &'a str,
 }
 
+/// Appends the OpenAI error JSON `{"error":{"message","type","param","code"}}` to `out`.
+pub fn write_json(out: &mut Vec<u8>, message: &str, kind: ErrorType, param: Option<&str>, code: &str) {
+    let start = out.len();
+    let body = Body { error: Inner { message, kind: kind.as_str(), param, code } };
+    // Serializing strings into a Vec cannot fail; keep a valid body regardless.
+    if serde_json::to_writer(&mut *out, &body).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(
+            br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#,
+        );
+    }
+}
+
+/// An error the gateway answers itself. Its OpenAI `type` follows from `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// OpenAI `code`, e.g. `model_not_found`.
+    pub code: &'static str,
+    /// OpenAI `param`: the request field at fault, when there is one.
+    pub param: Option<&'static str>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_s: Option<u64>,
+}
+
 impl ApiError {
-    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), kind, code, retry_after_s: None }
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), code, param: None, retry_after_s: None }
     }
 
     pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(400, "invalid_request_error", code, message)
+        Self::new(400, code, message)
     }
 
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             404,
-            "invalid_request_error",
             "model_not_found",
             format!("The model `{model}` does not exist: it is neither a pool nor a model served by this gateway. List them with GET /v1/models."),
         )
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(404, "invalid_request_error", "not_found", format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."))
+        Self::new(404, "not_found", format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."))
     }
 
     pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
-        Self::new(
-            405,
-            "invalid_request_error",
-            "method_not_allowed",
-            format!("Method {method} is not allowed on {path}; use {allowed}."),
-        )
+        Self::new(405, "method_not_allowed", format!("Method {method} is not allowed on {path}; use {allowed}."))
     }
 
     pub fn body_too_large(limit: usize) -> Self {
-        Self::new(
-            413,
-            "invalid_request_error",
-            "request_too_large",
-            format!("Request body exceeds the gateway limit of {limit} bytes."),
-        )
+        Self::new(413, "request_too_large", format!("Request body exceeds the gateway limit of {limit} bytes."))
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(503, "service_unavailable", "no_healthy_upstream", message)
+        Self::new(503, "no_healthy_upstream", message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "internal_error", "internal_error", message)
+        Self::new(500, "internal_error", message)
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -81,11 +120,51 @@ impl ApiError {
         self
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
-        let body = Body { error: Inner { message: &self.message, kind: self.kind, param: None, code: self.code } };
-        // Serializing plain strings cannot fail; keep a valid body regardless.
-        serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"internal_error","param":null,"code":"internal_error"}}"#.to_vec())
+    /// Names the request field at fault (OpenAI's `param`).
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
     }
+
+    /// OpenAI `type` of this error.
+    pub fn kind(&self) -> ErrorType {
+        ErrorType::for_status(self.status)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.message.len() + 96);
+        write_json(&mut out, &self.message, self.kind(), self.param, self.code);
+        out
+    }
+}
+
+/// Test helper: checks that `body` is exactly an OpenAI error body written by
+/// `write_json` and returns its `error` object.
+#[cfg(test)]
+pub(crate) fn assert_openai_error(body: &[u8]) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    const TYPES: [&str; 7] = [
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "server_error",
+        "insufficient_quota",
+    ];
+    let v: Value =
+        serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(body)));
+    let outer = v.as_object().expect("an object");
+    assert_eq!(outer.keys().collect::<Vec<_>>(), ["error"], "{v}");
+    let error = outer["error"].as_object().expect("`error` is an object").clone();
+    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{v}");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {v}");
+    assert!(error["type"].as_str().is_some_and(|t| TYPES.contains(&t)), "type: {v}");
+    assert!(error["param"].is_null() || error["param"].is_string(), "param: {v}");
+    assert!(error["code"].as_str().is_some_and(|c| !c.is_empty()), "code: {v}");
+    error
 }
 
 #[cfg(test)]
@@ -99,9 +178,47 @@ mod tests {
     fn error_json_has_openai_shape() {
         let e = ApiError::model_not_found("gpt-\"9\"");
         assert_eq!(e.status, 404);
-        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
-        assert_eq!(v["error"]["code"], "model_not_found");
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-\"9\""));
+        let error = assert_openai_error(&e.to_json());
+        assert_eq!(error["code"], "model_not_found");
+        assert_eq!(error["type"], "invalid_request_error");
+        assert!(error["message"].as_str().unwrap().contains("gpt-\"9\""));
+    }
+
+    #[test]
+    fn every_constructor_writes_an_openai_error_with_the_status_type() {
+        let cases = [
+            (ApiError::invalid_request("invalid_json", "bad"), "invalid_request_error"),
+            (ApiError::model_not_found("m"), "invalid_request_error"),
+            (ApiError::not_found("/x"), "invalid_request_error"),
+            (ApiError::method_not_allowed("GET", "/v1/chat/completions", "POST"), "invalid_request_error"),
+            (ApiError::body_too_large(10), "invalid_request_error"),
+            (ApiError::unavailable("none left").with_retry_after(3), "server_error"),
+            (ApiError::internal("oops"), "server_error"),
+            (ApiError::new(401, "invalid_api_key", "no"), "authentication_error"),
+            (ApiError::new(403, "forbidden", "no"), "permission_error"),
+            (ApiError::new(429, "rate_limit_exceeded", "slow"), "rate_limit_error"),
+        ];
+        for (e, kind) in cases {
+            let error = assert_openai_error(&e.to_json());
+            assert_eq!(error["type"], kind, "{e:?}");
+            assert_eq!(error["code"], e.code);
+            assert!(error["param"].is_null());
+        }
+    }
+
+    #[test]
+    fn param_is_written_when_set() {
+        let e = ApiError::invalid_request("missing_model", "`model` is required.").with_param("model");
+        assert_eq!(assert_openai_error(&e.to_json())["param"], "model");
+    }
+
+    #[test]
+    fn write_json_appends_and_escapes() {
+        let mut out = b"data: ".to_vec();
+        write_json(&mut out, "a \"quoted\"\nline", ErrorType::RateLimit, Some("p"), "c");
+        let error = assert_openai_error(out.strip_prefix(b"data: ").unwrap());
+        assert_eq!(error["message"], "a \"quoted\"\nline");
+        assert_eq!(error["type"], "rate_limit_error");
+        assert_eq!(error["param"], "p");
     }
 }

@@ -3,13 +3,20 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::api::error::ErrorType;
 use crate::api::ApiError;
-use crate::config::{Credentials, Member, Provider};
+use crate::config::Credentials;
 
+use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
-use super::response::{self, Choice, Emitter, Meta, ToolCall, Usage};
-use super::sse;
-use super::{BuildContext, UpstreamRequest};
+use super::emit::Emitter;
+use super::openai_out::{Choice, Meta, ToolCall, Usage};
+use super::upstream::{BuildContext, UpstreamRequest};
+use super::upstream_error::{invalid_answer, parse_answer, NO_MESSAGE, NO_STREAM_MESSAGE};
+
+/// The Anthropic Messages API adapter.
+#[derive(Debug)]
+pub(super) struct Anthropic;
 
 /// `max_tokens` when neither the request nor the pool sets one (Anthropic requires it).
 pub(super) const DEFAULT_MAX_TOKENS: u32 = 4096;
@@ -46,104 +53,7 @@ fn block_json(block: &Block, at: &str) -> Result<Value, ApiError> {
     })
 }
 
-/// The Messages API body for `chat`.
-pub(super) fn body(chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
-    let mut messages = Vec::with_capacity(chat.turns.len());
-    for (i, turn) in chat.turns.iter().enumerate() {
-        let at = format!("messages (turn {i})");
-        let content = turn.blocks.iter().map(|b| block_json(b, &at)).collect::<Result<Vec<_>, _>>()?;
-        let role = match turn.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        messages.push(json!({"role": role, "content": content}));
-    }
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
-    out.insert("messages".into(), Value::Array(messages));
-    let max_tokens = chat.max_tokens.or(ctx.max_response_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
-    out.insert("max_tokens".into(), json!(max_tokens));
-    if !chat.system.is_empty() {
-        out.insert("system".into(), json!(chat.system.join("\n\n")));
-    }
-    // Anthropic's range is 0..=1 (OpenAI's 0..=2).
-    if let Some(t) = chat.temperature {
-        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
-    }
-    // Recent Claude models refuse temperature and top_p together; a neutral
-    // top_p of 1 is dropped when a temperature is set.
-    if let Some(p) = chat.top_p {
-        if !(chat.temperature.is_some() && p >= 1.0) {
-            out.insert("top_p".into(), json!(p));
-        }
-    }
-    if let Some(k) = chat.top_k {
-        out.insert("top_k".into(), json!(k));
-    }
-    if !chat.stop.is_empty() {
-        out.insert("stop_sequences".into(), json!(chat.stop));
-    }
-    if chat.stream {
-        out.insert("stream".into(), json!(true));
-    }
-    if let Some(user) = &chat.user {
-        out.insert("metadata".into(), json!({ "user_id": user }));
-    }
-    if !chat.tools.is_empty() {
-        let tools: Vec<Value> = chat
-            .tools
-            .iter()
-            .map(|t| {
-                let mut tool = json!({"name": t.name, "input_schema": t.parameters});
-                if let (Some(d), Some(obj)) = (&t.description, tool.as_object_mut()) {
-                    obj.insert("description".into(), json!(d));
-                }
-                tool
-            })
-            .collect();
-        out.insert("tools".into(), Value::Array(tools));
-        let mut choice = match &chat.tool_choice {
-            None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
-            Some(ToolChoice::None) => json!({"type": "none"}),
-            Some(ToolChoice::Required) => json!({"type": "any"}),
-            Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
-        };
-        if chat.parallel_tool_calls == Some(false) && chat.tool_choice != Some(ToolChoice::None) {
-            if let Some(obj) = choice.as_object_mut() {
-                obj.insert("disable_parallel_tool_use".into(), json!(true));
-            }
-        }
-        if chat.tool_choice.is_some() || chat.parallel_tool_calls == Some(false) {
-            out.insert("tool_choice".into(), choice);
-        }
-    }
-    Ok(Value::Object(out))
-}
-
-pub(super) fn build(
-    provider: &Provider,
-    member: &Member,
-    chat: &Chat,
-    ctx: &BuildContext,
-) -> Result<UpstreamRequest, ApiError> {
-    let body = body(chat, &member.model, ctx)?;
-    let mut headers = vec![
-        ("content-type", "application/json".to_string()),
-        ("anthropic-version", provider.anthropic_version.clone()),
-        ("accept-encoding", "identity".to_string()),
-    ];
-    if let Credentials::ApiKey(key) = &provider.credentials {
-        headers.push(("x-api-key", key.expose().to_string()));
-    }
-    Ok(UpstreamRequest {
-        path: format!("{}/messages", provider.base_path),
-        authority: provider.host.clone(),
-        headers,
-        body: serde_json::to_vec(&body).unwrap_or_default(),
-    })
-}
-
-pub(super) fn finish_reason(stop_reason: &str) -> &'static str {
+fn finish_reason(stop_reason: &str) -> &'static str {
     match stop_reason {
         "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_use" => "tool_calls",
@@ -165,107 +75,166 @@ fn usage_of(u: &Value) -> Usage {
     }
 }
 
-/// A complete answer into a `chat.completion`; `Err` holds an OpenAI
-/// error body when the answer is an error or cannot be read.
-pub(super) fn completion_body(meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
-    let v: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return Err(response::invalid_answer("Anthropic", &format!("not JSON ({e})"))),
-    };
-    if v.get("type").and_then(Value::as_str) == Some("error") {
-        return Err(error_body(500, body));
-    }
-    let Some(blocks) = v.get("content").and_then(Value::as_array) else {
-        return Err(response::invalid_answer("Anthropic", "no `content` array"));
-    };
-    let mut choice = Choice { index: 0, finish_reason: "stop", ..Choice::default() };
-    for block in blocks {
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => choice.text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
-            Some("thinking") => {
-                choice.reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default())
+impl Adapter for Anthropic {
+    /// The Messages API body for `chat`.
+    fn body(&self, chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
+        let mut messages = Vec::with_capacity(chat.turns.len());
+        for (i, turn) in chat.turns.iter().enumerate() {
+            let at = format!("messages (turn {i})");
+            let content = turn.blocks.iter().map(|b| block_json(b, &at)).collect::<Result<Vec<_>, _>>()?;
+            let role = match turn.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            messages.push(json!({"role": role, "content": content}));
+        }
+        let mut out = Map::new();
+        out.insert("model".into(), json!(model));
+        out.insert("messages".into(), Value::Array(messages));
+        let max_tokens = chat.max_tokens.or(ctx.max_response_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
+        out.insert("max_tokens".into(), json!(max_tokens));
+        if !chat.system.is_empty() {
+            out.insert("system".into(), json!(chat.system.join("\n\n")));
+        }
+        // Anthropic's range is 0..=1 (OpenAI's 0..=2).
+        if let Some(t) = chat.temperature {
+            out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+        }
+        // Recent Claude models refuse temperature and top_p together; a neutral
+        // top_p of 1 is dropped when a temperature is set.
+        if let Some(p) = chat.top_p {
+            if !(chat.temperature.is_some() && p >= 1.0) {
+                out.insert("top_p".into(), json!(p));
             }
-            Some("tool_use") => choice.tool_calls.push(ToolCall {
-                id: block.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
-                name: block.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
-            }),
-            _ => {}
+        }
+        if let Some(k) = chat.top_k {
+            out.insert("top_k".into(), json!(k));
+        }
+        if !chat.stop.is_empty() {
+            out.insert("stop_sequences".into(), json!(chat.stop));
+        }
+        if chat.stream {
+            out.insert("stream".into(), json!(true));
+        }
+        if let Some(user) = &chat.user {
+            out.insert("metadata".into(), json!({ "user_id": user }));
+        }
+        if !chat.tools.is_empty() {
+            let tools: Vec<Value> = chat
+                .tools
+                .iter()
+                .map(|t| {
+                    let mut tool = json!({"name": t.name, "input_schema": t.parameters});
+                    if let (Some(d), Some(obj)) = (&t.description, tool.as_object_mut()) {
+                        obj.insert("description".into(), json!(d));
+                    }
+                    tool
+                })
+                .collect();
+            out.insert("tools".into(), Value::Array(tools));
+            let mut choice = match &chat.tool_choice {
+                None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+                Some(ToolChoice::None) => json!({"type": "none"}),
+                Some(ToolChoice::Required) => json!({"type": "any"}),
+                Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
+            };
+            if chat.parallel_tool_calls == Some(false) && chat.tool_choice != Some(ToolChoice::None) {
+                if let Some(obj) = choice.as_object_mut() {
+                    obj.insert("disable_parallel_tool_use".into(), json!(true));
+                }
+            }
+            if chat.tool_choice.is_some() || chat.parallel_tool_calls == Some(false) {
+                out.insert("tool_choice".into(), choice);
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
+        let provider = to.provider;
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("anthropic-version", provider.anthropic_version.clone()),
+            ("accept-encoding", "identity".to_string()),
+        ];
+        if let Credentials::ApiKey(key) = &provider.credentials {
+            headers.push(("x-api-key", key.expose().to_string()));
+        }
+        Ok(UpstreamRequest {
+            path: format!("{}/messages", provider.base_path),
+            authority: provider.host.clone(),
+            headers,
+            body,
+        })
+    }
+
+    /// A complete answer into a `chat.completion`; `Err` holds an OpenAI
+    /// error body when the answer is an error or cannot be read.
+    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+        let v = parse_answer("Anthropic", body)?;
+        if v.get("type").and_then(Value::as_str) == Some("error") {
+            return Err(self.error_body(500, body));
+        }
+        let Some(blocks) = v.get("content").and_then(Value::as_array) else {
+            return Err(invalid_answer("Anthropic", "no `content` array"));
+        };
+        let mut choice = Choice { index: 0, finish_reason: "stop", ..Choice::default() };
+        for block in blocks {
+            match block.get("type").and_then(Value::as_str) {
+                Some("text") => choice.text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
+                Some("thinking") => {
+                    choice.reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default())
+                }
+                Some("tool_use") => choice.tool_calls.push(ToolCall {
+                    id: block.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    name: block.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    arguments: block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
+                }),
+                _ => {}
+            }
+        }
+        choice.finish_reason = v.get("stop_reason").and_then(Value::as_str).map(finish_reason).unwrap_or("stop");
+        let mut meta = meta.clone();
+        if let Some(id) = v.get("id").and_then(Value::as_str) {
+            meta.id = id.to_string();
+        }
+        Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
+    }
+
+    /// The `error` of `{"type":"error","error":{"type","message"}}`.
+    fn find_error<'v>(&self, v: &'v Value) -> Option<(&'v str, &'v str)> {
+        let err = v.get("error").filter(|e| e.is_object())?;
+        let kind = err.get("type").and_then(Value::as_str).unwrap_or_default();
+        Some((kind, err.get("message").and_then(Value::as_str).unwrap_or(NO_MESSAGE)))
+    }
+
+    /// OpenAI error `type` for an Anthropic error `type`.
+    fn error_type(&self, kind: &str, status: u16) -> ErrorType {
+        match kind {
+            "invalid_request_error" | "not_found_error" | "request_too_large" => ErrorType::InvalidRequest,
+            "authentication_error" => ErrorType::Authentication,
+            "permission_error" => ErrorType::Permission,
+            "rate_limit_error" => ErrorType::RateLimit,
+            "api_error" | "overloaded_error" | "timeout_error" => ErrorType::Server,
+            _ => ErrorType::for_status(status),
         }
     }
-    choice.finish_reason = v.get("stop_reason").and_then(Value::as_str).map(finish_reason).unwrap_or("stop");
-    let mut meta = meta.clone();
-    if let Some(id) = v.get("id").and_then(Value::as_str) {
-        meta.id = id.to_string();
-    }
-    Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
-}
 
-/// OpenAI error `type` for an Anthropic error `type`.
-fn openai_type(kind: &str, status: u16) -> &'static str {
-    match kind {
-        "invalid_request_error" | "not_found_error" | "request_too_large" => "invalid_request_error",
-        "authentication_error" => "authentication_error",
-        "permission_error" => "permission_error",
-        "rate_limit_error" => "rate_limit_error",
-        "api_error" | "overloaded_error" | "timeout_error" => "server_error",
-        _ => response::type_for_status(status),
+    fn stream(&self, meta: Meta) -> Box<dyn StreamState> {
+        Box::new(SseStream::new(meta, Events::default()))
     }
-}
-
-/// `{"type":"error","error":{"type","message"}}` into OpenAI's error body.
-pub(super) fn error_body(status: u16, body: &[u8]) -> Vec<u8> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return response::fallback_error(status, body);
-    };
-    let Some(err) = v.get("error").filter(|e| e.is_object()) else {
-        return response::fallback_error(status, body);
-    };
-    let kind = err.get("type").and_then(Value::as_str).unwrap_or_default();
-    let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider returned an error.");
-    let code = if kind.is_empty() { response::code_for_status(status) } else { kind };
-    response::error_json(message, openai_type(kind, status), code)
 }
 
 /// Translation state of one Anthropic SSE stream.
 #[derive(Debug, Default)]
-pub(super) struct StreamState {
-    parser: sse::Parser,
+struct Events {
     /// Content-block index → OpenAI tool-call index, for tool_use blocks.
     tool_blocks: Vec<(u64, u32)>,
     usage: Usage,
 }
 
-impl StreamState {
-    pub(super) fn feed(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
-        let mut events = Vec::new();
-        let fed = self.parser.feed(chunk, eos, &mut |e| events.push(e));
-        for event in events {
-            self.event(em, &event.data, out);
-        }
-        if fed.is_err() {
-            em.error(
-                out,
-                "An event of the provider's stream exceeds the size limit.",
-                "server_error",
-                "invalid_upstream_response",
-            );
-        }
-    }
-
-    fn event(&mut self, em: &mut Emitter, data: &str, out: &mut Vec<u8>) {
-        if em.closed() {
-            return;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            em.error(
-                out,
-                "The provider's stream contains an event that is not JSON.",
-                "server_error",
-                "invalid_upstream_response",
-            );
-            return;
-        };
+impl SseEvents for Events {
+    fn event(&mut self, em: &mut Emitter, v: &Value, out: &mut Vec<u8>) {
         let index = |v: &Value| v.get("index").and_then(Value::as_u64).unwrap_or(0);
         match v.get("type").and_then(Value::as_str).unwrap_or_default() {
             "message_start" => {
@@ -284,7 +253,7 @@ impl StreamState {
                     Some("text") => em.text(out, 0, block.get("text").and_then(Value::as_str).unwrap_or_default()),
                     Some("tool_use") => {
                         let tool_index = self.tool_blocks.len() as u32;
-                        self.tool_blocks.push((index(&v), tool_index));
+                        self.tool_blocks.push((index(v), tool_index));
                         let id = block.get("id").and_then(Value::as_str).unwrap_or_default();
                         let name = block.get("name").and_then(Value::as_str).unwrap_or_default();
                         // `input` is `{}` here; the arguments follow as input_json_delta.
@@ -300,7 +269,7 @@ impl StreamState {
                     Some("text_delta") => em.text(out, 0, text("text")),
                     Some("thinking_delta") => em.reasoning(out, 0, text("thinking")),
                     Some("input_json_delta") => {
-                        let block = index(&v);
+                        let block = index(v);
                         if let Some(&(_, tool_index)) = self.tool_blocks.iter().find(|(b, _)| *b == block) {
                             em.tool_arguments(out, 0, tool_index, text("partial_json"));
                         }
@@ -326,8 +295,8 @@ impl StreamState {
             "error" => {
                 let err = v.get("error").unwrap_or(&Value::Null);
                 let kind = err.get("type").and_then(Value::as_str).unwrap_or("api_error");
-                let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider reported an error.");
-                em.error(out, message, openai_type(kind, 500), kind);
+                let message = err.get("message").and_then(Value::as_str).unwrap_or(NO_STREAM_MESSAGE);
+                em.error(out, message, Anthropic.error_type(kind, 500), kind);
             }
             _ => {}
         }
@@ -342,7 +311,7 @@ mod tests {
     use super::*;
     use crate::api::Endpoint;
     use crate::config::ProviderKind;
-    use crate::providers::response::tests::{assert_split_invariant, events, streamed_text};
+    use crate::providers::test_support::{assert_split_invariant, events, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
 
@@ -410,17 +379,6 @@ mod tests {
             choice("\"auto\"", r#","parallel_tool_calls":false"#),
             json!({"type": "auto", "disable_parallel_tool_use": true})
         );
-    }
-
-    #[test]
-    fn other_endpoints_are_refused() {
-        let p = provider(ProviderKind::Anthropic);
-        let m = crate::providers::test_support::member("c");
-        let body = br#"{"model":"x","input":"hi"}"#;
-        let req = crate::api::request::ParsedRequest::parse(body, Endpoint::Embeddings).unwrap();
-        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
-        let e = crate::providers::build_request(&p, &m, Endpoint::Embeddings, &req, &ctx).unwrap_err();
-        assert_eq!((e.status, e.code), (400, "unsupported_endpoint"));
     }
 
     #[test]

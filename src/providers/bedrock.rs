@@ -4,14 +4,22 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::api::error::ErrorType;
 use crate::api::ApiError;
-use crate::config::{Credentials, Member, Provider};
+use crate::config::Credentials;
 
+use super::adapter::{Adapter, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
+use super::emit::Emitter;
 use super::eventstream;
-use super::response::{self, Choice, Emitter, Meta, ToolCall, Usage};
+use super::openai_out::{Choice, Meta, ToolCall, Usage};
 use super::sigv4;
-use super::{BuildContext, UpstreamRequest};
+use super::upstream::{BuildContext, UpstreamRequest};
+use super::upstream_error::{invalid_answer, parse_answer, NO_STREAM_MESSAGE};
+
+/// The Bedrock Converse adapter.
+#[derive(Debug)]
+pub(super) struct Bedrock;
 
 /// SigV4 service name of the Bedrock runtime.
 const SERVICE: &str = "bedrock";
@@ -108,89 +116,12 @@ fn tool_spec(name: &str, description: Option<&str>, schema: &Value) -> Value {
     json!({ "toolSpec": spec })
 }
 
-/// The Converse body for `chat`.
-pub(super) fn body(chat: &Chat, ctx: &BuildContext) -> Result<Value, ApiError> {
-    let mut documents = 0;
-    let mut messages = Vec::with_capacity(chat.turns.len());
-    for (i, turn) in chat.turns.iter().enumerate() {
-        let at = format!("messages (turn {i})");
-        let content = turn.blocks.iter().map(|b| block_json(b, &at, &mut documents)).collect::<Result<Vec<_>, _>>()?;
-        let role = match turn.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        messages.push(json!({"role": role, "content": content}));
-    }
-    let mut out = Map::new();
-    out.insert("messages".into(), Value::Array(messages));
-    if !chat.system.is_empty() {
-        let system: Vec<Value> = chat.system.iter().map(|s| json!({ "text": s })).collect();
-        out.insert("system".into(), Value::Array(system));
-    }
-    let mut inference = Map::new();
-    if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
-        inference.insert("maxTokens".into(), json!(n));
-    }
-    // Bedrock models take temperatures in 0..=1 (OpenAI's range is 0..=2).
-    if let Some(t) = chat.temperature {
-        inference.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
-    }
-    if let Some(p) = chat.top_p {
-        inference.insert("topP".into(), json!(p));
-    }
-    if !chat.stop.is_empty() {
-        inference.insert("stopSequences".into(), json!(chat.stop));
-    }
-    if !inference.is_empty() {
-        out.insert("inferenceConfig".into(), Value::Object(inference));
-    }
-    if let Some(k) = chat.top_k {
-        out.insert("additionalModelRequestFields".into(), json!({ "top_k": k }));
-    }
-    let history_tools = chat.has_tool_blocks();
-    let wants_tools = !chat.tools.is_empty() && chat.tool_choice != Some(ToolChoice::None);
-    if wants_tools || history_tools {
-        let mut tools: Vec<Value> =
-            chat.tools.iter().map(|t| tool_spec(&t.name, t.description.as_deref(), &t.parameters)).collect();
-        // Bedrock refuses toolUse/toolResult blocks unless their tools are
-        // declared: declare the ones the history uses but `tools` lacks.
-        let mut declared: Vec<&str> = chat.tools.iter().map(|t| t.name.as_str()).collect();
-        for block in chat.turns.iter().flat_map(|t| t.blocks.iter()) {
-            if let Block::ToolCall { name, .. } = block {
-                if !declared.contains(&name.as_str()) {
-                    declared.push(name);
-                    tools.push(tool_spec(name, None, &json!({"type": "object", "properties": {}})));
-                }
-            }
-        }
-        if !tools.is_empty() {
-            let mut config = Map::new();
-            config.insert("tools".into(), Value::Array(tools));
-            match &chat.tool_choice {
-                Some(ToolChoice::Required) => {
-                    config.insert("toolChoice".into(), json!({"any": {}}));
-                }
-                Some(ToolChoice::Function(name)) => {
-                    config.insert("toolChoice".into(), json!({"tool": {"name": name}}));
-                }
-                _ => {}
-            }
-            out.insert("toolConfig".into(), Value::Object(config));
-        }
-    }
-    Ok(Value::Object(out))
-}
-
-pub(super) fn build(
-    provider: &Provider,
-    member: &Member,
-    chat: &Chat,
-    ctx: &BuildContext,
-) -> Result<UpstreamRequest, ApiError> {
+/// The Converse request around `body`, signed with SigV4.
+fn signed_request(to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
+    let (provider, member, chat, ctx) = (to.provider, to.member, to.chat, to.ctx);
     let Credentials::Aws { access_key_id, secret_access_key, session_token } = &provider.credentials else {
         return Err(ApiError::internal(format!("provider {} has no AWS credentials", provider.name)));
     };
-    let body = serde_json::to_vec(&body(chat, ctx)?).unwrap_or_default();
     let operation = if chat.stream { "converse-stream" } else { "converse" };
     let path = format!("{}/model/{}/{operation}", provider.base_path, sigv4::uri_encode(&member.model, false));
     let amz_date = sigv4::amz_date(ctx.now_unix_s);
@@ -244,84 +175,186 @@ fn usage_of(u: &Value) -> Usage {
     }
 }
 
-/// A complete answer into a `chat.completion`; `Err` holds an OpenAI
-/// error body when the answer is an error or cannot be read.
-pub(super) fn completion_body(meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
-    let v: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return Err(response::invalid_answer("Bedrock", &format!("not JSON ({e})"))),
-    };
-    let Some(blocks) =
-        v.get("output").and_then(|o| o.get("message")).and_then(|m| m.get("content")).and_then(Value::as_array)
-    else {
-        if v.get("message").is_some() || v.get("Message").is_some() {
-            return Err(error_body(500, body));
+impl Adapter for Bedrock {
+    /// The Converse body for `chat`.
+    fn body(&self, chat: &Chat, _model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
+        let mut documents = 0;
+        let mut messages = Vec::with_capacity(chat.turns.len());
+        for (i, turn) in chat.turns.iter().enumerate() {
+            let at = format!("messages (turn {i})");
+            let content =
+                turn.blocks.iter().map(|b| block_json(b, &at, &mut documents)).collect::<Result<Vec<_>, _>>()?;
+            let role = match turn.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            messages.push(json!({"role": role, "content": content}));
         }
-        return Err(response::invalid_answer("Bedrock", "no `output.message.content`"));
-    };
-    let mut choice = Choice { index: 0, ..Choice::default() };
-    for block in blocks {
-        if let Some(text) = block.get("text").and_then(Value::as_str) {
-            choice.text.push_str(text);
-        } else if let Some(tool) = block.get("toolUse") {
-            choice.tool_calls.push(ToolCall {
-                id: tool.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_string(),
-                name: tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: tool.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
-            });
-        } else if let Some(text) = block
-            .get("reasoningContent")
-            .and_then(|r| r.get("reasoningText"))
-            .and_then(|r| r.get("text"))
-            .and_then(Value::as_str)
-        {
-            choice.reasoning.push_str(text);
+        let mut out = Map::new();
+        out.insert("messages".into(), Value::Array(messages));
+        if !chat.system.is_empty() {
+            let system: Vec<Value> = chat.system.iter().map(|s| json!({ "text": s })).collect();
+            out.insert("system".into(), Value::Array(system));
+        }
+        let mut inference = Map::new();
+        if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
+            inference.insert("maxTokens".into(), json!(n));
+        }
+        // Bedrock models take temperatures in 0..=1 (OpenAI's range is 0..=2).
+        if let Some(t) = chat.temperature {
+            inference.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+        }
+        if let Some(p) = chat.top_p {
+            inference.insert("topP".into(), json!(p));
+        }
+        if !chat.stop.is_empty() {
+            inference.insert("stopSequences".into(), json!(chat.stop));
+        }
+        if !inference.is_empty() {
+            out.insert("inferenceConfig".into(), Value::Object(inference));
+        }
+        if let Some(k) = chat.top_k {
+            out.insert("additionalModelRequestFields".into(), json!({ "top_k": k }));
+        }
+        let history_tools = chat.has_tool_blocks();
+        let wants_tools = !chat.tools.is_empty() && chat.tool_choice != Some(ToolChoice::None);
+        if wants_tools || history_tools {
+            let mut tools: Vec<Value> =
+                chat.tools.iter().map(|t| tool_spec(&t.name, t.description.as_deref(), &t.parameters)).collect();
+            // Bedrock refuses toolUse/toolResult blocks unless their tools are
+            // declared: declare the ones the history uses but `tools` lacks.
+            let mut declared: Vec<&str> = chat.tools.iter().map(|t| t.name.as_str()).collect();
+            for block in chat.turns.iter().flat_map(|t| t.blocks.iter()) {
+                if let Block::ToolCall { name, .. } = block {
+                    if !declared.contains(&name.as_str()) {
+                        declared.push(name);
+                        tools.push(tool_spec(name, None, &json!({"type": "object", "properties": {}})));
+                    }
+                }
+            }
+            if !tools.is_empty() {
+                let mut config = Map::new();
+                config.insert("tools".into(), Value::Array(tools));
+                match &chat.tool_choice {
+                    Some(ToolChoice::Required) => {
+                        config.insert("toolChoice".into(), json!({"any": {}}));
+                    }
+                    Some(ToolChoice::Function(name)) => {
+                        config.insert("toolChoice".into(), json!({"tool": {"name": name}}));
+                    }
+                    _ => {}
+                }
+                out.insert("toolConfig".into(), Value::Object(config));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
+        signed_request(to, body)
+    }
+
+    /// A complete answer into a `chat.completion`; `Err` holds an OpenAI
+    /// error body when the answer is an error or cannot be read.
+    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+        let v = parse_answer("Bedrock", body)?;
+        let Some(blocks) =
+            v.get("output").and_then(|o| o.get("message")).and_then(|m| m.get("content")).and_then(Value::as_array)
+        else {
+            if v.get("message").is_some() || v.get("Message").is_some() {
+                return Err(self.error_body(500, body));
+            }
+            return Err(invalid_answer("Bedrock", "no `output.message.content`"));
+        };
+        let mut choice = Choice { index: 0, ..Choice::default() };
+        for block in blocks {
+            if let Some(text) = block.get("text").and_then(Value::as_str) {
+                choice.text.push_str(text);
+            } else if let Some(tool) = block.get("toolUse") {
+                choice.tool_calls.push(ToolCall {
+                    id: tool.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    name: tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    arguments: tool.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+                });
+            } else if let Some(text) = block
+                .get("reasoningContent")
+                .and_then(|r| r.get("reasoningText"))
+                .and_then(|r| r.get("text"))
+                .and_then(Value::as_str)
+            {
+                choice.reasoning.push_str(text);
+            }
+        }
+        choice.finish_reason = v.get("stopReason").and_then(Value::as_str).map_or("stop", finish_reason);
+        Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
+    }
+
+    /// The message of `{"message": ...}` (the error name travels in a header we
+    /// do not see), and the name some AWS errors give in `__type`, as
+    /// `namespace#Name`.
+    fn find_error<'v>(&self, v: &'v Value) -> Option<(&'v str, &'v str)> {
+        let message = v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str)?;
+        let name =
+            v.get("__type").and_then(Value::as_str).map(|t| t.rsplit('#').next().unwrap_or(t)).unwrap_or_default();
+        Some((name, message))
+    }
+
+    /// OpenAI error `type` for an AWS exception name (either case convention).
+    fn error_type(&self, exception: &str, status: u16) -> ErrorType {
+        let e = exception.to_ascii_lowercase();
+        match e.as_str() {
+            "throttlingexception" | "servicequotaexceededexception" | "toomanyrequestsexception" => {
+                ErrorType::RateLimit
+            }
+            "validationexception" | "resourcenotfoundexception" | "serializationexception" => ErrorType::InvalidRequest,
+            "accessdeniedexception" => ErrorType::Permission,
+            "unrecognizedclientexception"
+            | "invalidsignatureexception"
+            | "expiredtokenexception"
+            | "incompletesignatureexception"
+            | "missingauthenticationtokenexception" => ErrorType::Authentication,
+            "internalserverexception"
+            | "serviceunavailableexception"
+            | "modeltimeoutexception"
+            | "modelerrorexception"
+            | "modelnotreadyexception"
+            | "modelstreamerrorexception" => ErrorType::Server,
+            _ => ErrorType::for_status(status),
         }
     }
-    choice.finish_reason = v.get("stopReason").and_then(Value::as_str).map_or("stop", finish_reason);
-    Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
-}
 
-/// OpenAI error `type` for an AWS exception name (either case convention).
-fn openai_type(exception: &str, status: u16) -> &'static str {
-    let e = exception.to_ascii_lowercase();
-    match e.as_str() {
-        "throttlingexception" | "servicequotaexceededexception" | "toomanyrequestsexception" => "rate_limit_error",
-        "validationexception" | "resourcenotfoundexception" | "serializationexception" => "invalid_request_error",
-        "accessdeniedexception" => "permission_error",
-        "unrecognizedclientexception"
-        | "invalidsignatureexception"
-        | "expiredtokenexception"
-        | "incompletesignatureexception"
-        | "missingauthenticationtokenexception" => "authentication_error",
-        "internalserverexception"
-        | "serviceunavailableexception"
-        | "modeltimeoutexception"
-        | "modelerrorexception"
-        | "modelnotreadyexception"
-        | "modelstreamerrorexception" => "server_error",
-        _ => response::type_for_status(status),
+    fn stream(&self, meta: Meta) -> Box<dyn StreamState> {
+        Box::new(Stream::new(meta))
     }
 }
 
-/// `{"message": ...}` (the error name travels in a header we do not see)
-/// into OpenAI's error body.
-pub(super) fn error_body(status: u16, body: &[u8]) -> Vec<u8> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return response::fallback_error(status, body);
-    };
-    let Some(message) = v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str) else {
-        return response::fallback_error(status, body);
-    };
-    // Some AWS errors name their type in `__type`, as `namespace#Name`.
-    let name = v.get("__type").and_then(Value::as_str).map(|t| t.rsplit('#').next().unwrap_or(t)).unwrap_or_default();
-    let code = if name.is_empty() { response::code_for_status(status) } else { name };
-    response::error_json(message, openai_type(name, status), code)
+/// One Bedrock event stream being translated.
+#[derive(Debug)]
+struct Stream {
+    emitter: Emitter,
+    frames: Frames,
 }
 
-/// Translation state of one Bedrock event stream.
+impl Stream {
+    fn new(meta: Meta) -> Self {
+        Stream { emitter: Emitter::new(meta), frames: Frames::default() }
+    }
+}
+
+impl StreamState for Stream {
+    fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.frames.decode(&mut self.emitter, chunk, end_of_stream, &mut out);
+        if end_of_stream {
+            self.emitter.end(&mut out);
+        }
+        out
+    }
+}
+
+/// Decoding state of one Bedrock event stream.
 #[derive(Debug, Default)]
-pub(super) struct StreamState {
+struct Frames {
     decoder: eventstream::Decoder,
     /// Content-block index → OpenAI tool-call index, for toolUse blocks.
     tool_blocks: Vec<(u64, u32)>,
@@ -329,8 +362,8 @@ pub(super) struct StreamState {
     usage: Option<Usage>,
 }
 
-impl StreamState {
-    pub(super) fn feed(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
+impl Frames {
+    fn decode(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
         if em.closed() {
             return;
         }
@@ -341,12 +374,7 @@ impl StreamState {
                 Ok(None) => break,
                 Err(e) => {
                     self.decoder = eventstream::Decoder::default();
-                    em.error(
-                        out,
-                        &format!("The provider's event stream is corrupt: {e}."),
-                        "server_error",
-                        "invalid_upstream_response",
-                    );
+                    em.unreadable(out, &format!("The provider's event stream is corrupt: {e}."));
                     return;
                 }
             }
@@ -371,14 +399,14 @@ impl StreamState {
                     .get("message")
                     .or_else(|| payload.get("Message"))
                     .and_then(Value::as_str)
-                    .unwrap_or("The provider reported an error.");
-                em.error(out, message, openai_type(name, 500), name);
+                    .unwrap_or(NO_STREAM_MESSAGE);
+                em.error(out, message, Bedrock.error_type(name, 500), name);
                 return;
             }
             "error" => {
                 let code = frame.header(":error-code").unwrap_or("InternalError");
-                let message = frame.header(":error-message").unwrap_or("The provider reported an error.");
-                em.error(out, message, openai_type(code, 500), code);
+                let message = frame.header(":error-message").unwrap_or(NO_STREAM_MESSAGE);
+                em.error(out, message, Bedrock.error_type(code, 500), code);
                 return;
             }
             _ => {}
@@ -435,9 +463,9 @@ mod tests {
 
     use super::*;
     use crate::api::Endpoint;
-    use crate::config::{ProviderKind, Secret};
+    use crate::config::{Provider, ProviderKind, Secret};
     use crate::providers::eventstream::{encode, event};
-    use crate::providers::response::tests::{assert_split_invariant, events, streamed_text};
+    use crate::providers::test_support::{assert_split_invariant, events, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
 

@@ -120,11 +120,16 @@ fn unsupported(message: impl Into<String>) -> ApiError {
     ApiError::invalid_request("unsupported_value", message)
 }
 
-fn field<T: DeserializeOwned>(req: &ParsedRequest<'_>, name: &str, expected: &str) -> Result<Option<T>, ApiError> {
+fn field<T: DeserializeOwned>(
+    req: &ParsedRequest<'_>,
+    name: &'static str,
+    expected: &str,
+) -> Result<Option<T>, ApiError> {
     match req.field(name) {
         None => Ok(None),
-        Some(raw) => serde_json::from_str::<Option<T>>(raw.get())
-            .map_err(|_| ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}."))),
+        Some(raw) => serde_json::from_str::<Option<T>>(raw.get()).map_err(|_| {
+            ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}.")).with_param(name)
+        }),
     }
 }
 
@@ -433,7 +438,8 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
             return Err(ApiError::invalid_request(
                 "missing_required_parameter",
                 "Missing required parameter: `messages`.",
-            ))
+            )
+            .with_param("messages"))
         }
     };
     let max_completion = field::<u32>(req, "max_completion_tokens", "a positive integer")?;
@@ -619,6 +625,12 @@ mod tests {
             assert_eq!(e.status, 400);
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn mistyped_top_level_fields_set_param() {
+        let e = chat(&json!({"model": "m", "messages": [], "temperature": "hot"})).unwrap_err();
+        assert_eq!((e.code, e.param), ("invalid_type", Some("temperature")));
     }
 
     #[test]

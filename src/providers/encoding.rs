@@ -1,5 +1,6 @@
 //! Small encodings shared by the adapters: base64 for inline media,
-//! percent-decoding for `data:` URLs and SigV4's canonical query strings.
+//! percent-decoding for `data:` URLs and SigV4's canonical query strings,
+//! lowercase hex for digests and generated ids.
 
 /// Base64 encoding (standard alphabet, padded).
 pub fn base64(data: &[u8]) -> String {
@@ -36,6 +37,18 @@ pub fn percent_decode(input: &str) -> Vec<u8> {
                 out.push(b);
                 i += 1;
             }
+        }
+    }
+    out
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        for nibble in [b >> 4, b & 0x0f] {
+            out.push(char::from(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0')));
         }
     }
     out

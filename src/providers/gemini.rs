@@ -4,13 +4,20 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::api::error::ErrorType;
 use crate::api::ApiError;
-use crate::config::{Credentials, Member, Provider};
+use crate::config::Credentials;
 
-use super::chat::{Block, Chat, ResponseFormat, Role, Source, ToolChoice};
-use super::response::{self, Choice, Emitter, Meta, ToolCall, Usage};
-use super::sse;
-use super::{BuildContext, UpstreamRequest};
+use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
+use super::chat::{Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
+use super::emit::Emitter;
+use super::openai_out::{new_call_id, Choice, Meta, ToolCall, Usage};
+use super::upstream::{BuildContext, UpstreamRequest};
+use super::upstream_error::{invalid_answer, parse_answer, NO_MESSAGE, NO_STREAM_MESSAGE};
+
+/// The Gemini generateContent adapter.
+#[derive(Debug)]
+pub(super) struct Gemini;
 
 /// Documented placeholder for a function call whose thought signature is
 /// unknown (OpenAI clients do not keep Gemini's signatures).
@@ -138,148 +145,97 @@ fn function_response(name: &str, content: &[Block]) -> (Value, Vec<Value>) {
     (json!({"functionResponse": {"name": name, "response": response}}), media)
 }
 
-/// The generateContent body for `chat`.
-pub(super) fn body(chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
-    let signatures = requires_signatures(model);
-    let mut contents = Vec::with_capacity(chat.turns.len());
-    for turn in &chat.turns {
-        let mut parts = Vec::with_capacity(turn.blocks.len());
-        let mut signed = false;
-        for block in &turn.blocks {
-            match block {
-                Block::Text(t) => parts.push(json!({ "text": t })),
-                Block::Image(s) => parts.push(media_part(s, "image/jpeg")),
-                Block::File { source, .. } => parts.push(media_part(source, "application/pdf")),
-                Block::ToolCall { name, input, .. } => {
-                    let mut part = json!({"functionCall": {"name": name, "args": input}});
-                    if signatures && !signed {
-                        signed = true;
-                        if let Some(obj) = part.as_object_mut() {
-                            obj.insert("thoughtSignature".into(), json!(SKIP_SIGNATURE));
-                        }
+/// One turn as a Gemini `content`. With `signatures`, the turn's first
+/// function call carries the placeholder thought signature.
+fn content(turn: &Turn, signatures: bool) -> Result<Value, ApiError> {
+    let mut parts = Vec::with_capacity(turn.blocks.len());
+    let mut signed = false;
+    for block in &turn.blocks {
+        match block {
+            Block::Text(t) => parts.push(json!({ "text": t })),
+            Block::Image(s) => parts.push(media_part(s, "image/jpeg")),
+            Block::File { source, .. } => parts.push(media_part(source, "application/pdf")),
+            Block::ToolCall { name, input, .. } => {
+                let mut call = json!({"functionCall": {"name": name, "args": input}});
+                if signatures && !signed {
+                    signed = true;
+                    if let Some(obj) = call.as_object_mut() {
+                        obj.insert("thoughtSignature".into(), json!(SKIP_SIGNATURE));
                     }
-                    parts.push(part);
                 }
-                Block::ToolResult { id, name, content } => {
-                    let name = name.as_deref().ok_or_else(|| {
-                        ApiError::invalid_request(
-                            "invalid_value",
-                            format!("The tool message with `tool_call_id` `{id}` answers no earlier assistant tool call; Gemini needs the function's name."),
-                        )
-                    })?;
-                    let (part, media) = function_response(name, content);
-                    parts.push(part);
-                    parts.extend(media);
-                }
+                parts.push(call);
+            }
+            Block::ToolResult { id, name, content } => {
+                let name = name.as_deref().ok_or_else(|| {
+                    ApiError::invalid_request(
+                        "invalid_value",
+                        format!("The tool message with `tool_call_id` `{id}` answers no earlier assistant tool call; Gemini needs the function's name."),
+                    )
+                })?;
+                let (part, media) = function_response(name, content);
+                parts.push(part);
+                parts.extend(media);
             }
         }
-        let role = match turn.role {
-            Role::User => "user",
-            Role::Assistant => "model",
-        };
-        contents.push(json!({"role": role, "parts": parts}));
     }
-    let mut out = Map::new();
-    out.insert("contents".into(), Value::Array(contents));
-    if !chat.system.is_empty() {
-        out.insert("systemInstruction".into(), json!({"parts": [{"text": chat.system.join("\n\n")}]}));
-    }
-    let mut config = Map::new();
-    if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
-        config.insert("maxOutputTokens".into(), json!(n));
-    }
-    if let Some(t) = chat.temperature {
-        config.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = chat.top_p {
-        config.insert("topP".into(), json!(p));
-    }
-    if let Some(k) = chat.top_k {
-        config.insert("topK".into(), json!(k));
-    }
-    if !chat.stop.is_empty() {
-        config.insert("stopSequences".into(), json!(chat.stop));
-    }
-    if let Some(n) = chat.n {
-        config.insert("candidateCount".into(), json!(n));
-    }
-    if let Some(seed) = chat.seed {
-        config.insert("seed".into(), json!(seed));
-    }
-    if let Some(p) = chat.presence_penalty {
-        config.insert("presencePenalty".into(), json!(p));
-    }
-    if let Some(p) = chat.frequency_penalty {
-        config.insert("frequencyPenalty".into(), json!(p));
-    }
-    match &chat.response_format {
-        Some(ResponseFormat::JsonObject) => {
-            config.insert("responseMimeType".into(), json!("application/json"));
-        }
-        Some(ResponseFormat::JsonSchema(s)) => {
-            config.insert("responseMimeType".into(), json!("application/json"));
-            config.insert("responseSchema".into(), schema(s));
-        }
-        None => {}
-    }
-    if !config.is_empty() {
-        out.insert("generationConfig".into(), Value::Object(config));
-    }
-    if !chat.tools.is_empty() {
-        let declarations: Vec<Value> = chat
-            .tools
-            .iter()
-            .map(|t| {
-                let mut d = Map::new();
-                d.insert("name".into(), json!(t.name));
-                if let Some(desc) = &t.description {
-                    d.insert("description".into(), json!(desc));
-                }
-                let params = schema(&t.parameters);
-                // Gemini refuses an object schema without properties: omit it.
-                if params.get("properties").is_some() {
-                    d.insert("parameters".into(), params);
-                }
-                Value::Object(d)
-            })
-            .collect();
-        out.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
-        let config = match &chat.tool_choice {
-            None => None,
-            Some(ToolChoice::Auto) => Some(json!({"mode": "AUTO"})),
-            Some(ToolChoice::None) => Some(json!({"mode": "NONE"})),
-            Some(ToolChoice::Required) => Some(json!({"mode": "ANY"})),
-            Some(ToolChoice::Function(name)) => Some(json!({"mode": "ANY", "allowedFunctionNames": [name]})),
-        };
-        if let Some(c) = config {
-            out.insert("toolConfig".into(), json!({ "functionCallingConfig": c }));
-        }
-    }
-    Ok(Value::Object(out))
+    let role = match turn.role {
+        Role::User => "user",
+        Role::Assistant => "model",
+    };
+    Ok(json!({"role": role, "parts": parts}))
 }
 
-pub(super) fn build(
-    provider: &Provider,
-    member: &Member,
-    chat: &Chat,
-    ctx: &BuildContext,
-) -> Result<UpstreamRequest, ApiError> {
-    let body = body(chat, &member.model, ctx)?;
-    let model = member.model.strip_prefix("models/").unwrap_or(&member.model);
-    // Tuned models are addressed as `tunedModels/{id}`.
-    let resource = if model.contains('/') { model.to_string() } else { format!("models/{model}") };
-    let action = if chat.stream { ":streamGenerateContent?alt=sse" } else { ":generateContent" };
-    let mut headers =
-        vec![("content-type", "application/json".to_string()), ("accept-encoding", "identity".to_string())];
-    if let Credentials::ApiKey(key) = &provider.credentials {
-        headers.push(("x-goog-api-key", key.expose().to_string()));
+/// `generationConfig`: sampling, limits and the response format.
+fn generation_config(chat: &Chat, ctx: &BuildContext) -> Map<String, Value> {
+    let stop = (!chat.stop.is_empty()).then(|| json!(chat.stop));
+    let settings = [
+        ("maxOutputTokens", chat.max_tokens.or(ctx.max_response_tokens).map(Value::from)),
+        ("temperature", chat.temperature.map(Value::from)),
+        ("topP", chat.top_p.map(Value::from)),
+        ("topK", chat.top_k.map(Value::from)),
+        ("stopSequences", stop),
+        ("candidateCount", chat.n.map(Value::from)),
+        ("seed", chat.seed.map(Value::from)),
+        ("presencePenalty", chat.presence_penalty.map(Value::from)),
+        ("frequencyPenalty", chat.frequency_penalty.map(Value::from)),
+    ];
+    let mut config: Map<String, Value> =
+        settings.into_iter().filter_map(|(key, value)| Some((key.to_string(), value?))).collect();
+    let (mime, schema) = match &chat.response_format {
+        Some(ResponseFormat::JsonObject) => (Some("application/json"), None),
+        Some(ResponseFormat::JsonSchema(s)) => (Some("application/json"), Some(schema(s))),
+        None => (None, None),
+    };
+    if let Some(mime) = mime {
+        config.insert("responseMimeType".into(), json!(mime));
     }
-    Ok(UpstreamRequest {
-        path: format!("{}/{resource}{action}", provider.base_path),
-        authority: provider.host.clone(),
-        headers,
-        body: serde_json::to_vec(&body).unwrap_or_default(),
-    })
+    if let Some(schema) = schema {
+        config.insert("responseSchema".into(), schema);
+    }
+    config
+}
+
+fn function_declaration(tool: &Tool) -> Value {
+    let mut d = Map::new();
+    d.insert("name".into(), json!(tool.name));
+    if let Some(desc) = &tool.description {
+        d.insert("description".into(), json!(desc));
+    }
+    let params = schema(&tool.parameters);
+    // Gemini refuses an object schema without properties: omit it.
+    if params.get("properties").is_some() {
+        d.insert("parameters".into(), params);
+    }
+    Value::Object(d)
+}
+
+fn function_calling_config(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => json!({"mode": "AUTO"}),
+        ToolChoice::None => json!({"mode": "NONE"}),
+        ToolChoice::Required => json!({"mode": "ANY"}),
+        ToolChoice::Function(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+    }
 }
 
 fn finish_reason(reason: &str, has_tool_calls: bool) -> &'static str {
@@ -314,7 +270,7 @@ fn candidate_index(c: &Value, position: usize) -> u32 {
 fn call_id(call: &Value) -> String {
     match call.get("id").and_then(Value::as_str) {
         Some(id) if !id.is_empty() => id.to_string(),
-        _ => response::new_call_id(),
+        _ => new_call_id(),
     }
 }
 
@@ -322,70 +278,35 @@ fn blocked(v: &Value) -> bool {
     v.get("promptFeedback").and_then(|f| f.get("blockReason")).is_some()
 }
 
-/// A complete answer into a `chat.completion`; `Err` holds an OpenAI
-/// error body when the answer is an error or cannot be read.
-pub(super) fn completion_body(meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
-    let v: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return Err(response::invalid_answer("Gemini", &format!("not JSON ({e})"))),
-    };
-    if v.get("error").is_some() {
-        return Err(error_body(500, body));
-    }
-    let candidates = v.get("candidates").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let mut choices = Vec::with_capacity(candidates.len().max(1));
-    for (position, c) in candidates.iter().enumerate() {
-        let mut choice = Choice { index: candidate_index(c, position), ..Choice::default() };
-        let parts = c
-            .get("content")
-            .and_then(|c| c.get("parts"))
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for part in parts {
-            if let Some(call) = part.get("functionCall") {
-                choice.tool_calls.push(ToolCall {
-                    id: call_id(call),
-                    name: call.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    arguments: call.get("args").map_or_else(|| "{}".to_string(), Value::to_string),
-                });
-            } else if let Some(text) = part.get("text").and_then(Value::as_str) {
-                if part.get("thought").and_then(Value::as_bool) == Some(true) {
-                    choice.reasoning.push_str(text);
-                } else {
-                    choice.text.push_str(text);
-                }
-            }
-        }
-        let reason = c.get("finishReason").and_then(Value::as_str).unwrap_or("STOP");
-        choice.finish_reason = finish_reason(reason, !choice.tool_calls.is_empty());
-        choices.push(choice);
-    }
-    if choices.is_empty() {
-        if !blocked(&v) {
-            return Err(response::invalid_answer("Gemini", "no candidates"));
-        }
-        choices.push(Choice { index: 0, finish_reason: "content_filter", ..Choice::default() });
-    }
-    let mut meta = meta.clone();
-    if let Some(id) = v.get("responseId").and_then(Value::as_str) {
-        meta.id = id.to_string();
-    }
-    Ok(meta.completion(&choices, v.get("usageMetadata").map(usage_of)))
+/// What an answer's part carries that OpenAI's shape keeps.
+enum Part<'a> {
+    Text(&'a str),
+    Thought(&'a str),
+    Call(ToolCall),
 }
 
-/// OpenAI error `type` for a Google RPC status.
-fn openai_type(status_name: &str, status: u16) -> &'static str {
-    match status_name {
-        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE" | "NOT_FOUND" | "ALREADY_EXISTS" => {
-            "invalid_request_error"
+/// The parts of candidate `c`, in order.
+fn parts(c: &Value) -> impl Iterator<Item = Part<'_>> {
+    let parts = c.get("content").and_then(|c| c.get("parts")).and_then(Value::as_array);
+    parts.map(Vec::as_slice).unwrap_or_default().iter().filter_map(|part| {
+        if let Some(call) = part.get("functionCall") {
+            return Some(Part::Call(ToolCall {
+                id: call_id(call),
+                name: call.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                arguments: call.get("args").map_or_else(|| "{}".to_string(), Value::to_string),
+            }));
         }
-        "UNAUTHENTICATED" => "authentication_error",
-        "PERMISSION_DENIED" => "permission_error",
-        "RESOURCE_EXHAUSTED" => "rate_limit_error",
-        "INTERNAL" | "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "UNKNOWN" | "ABORTED" | "DATA_LOSS" => "server_error",
-        _ => response::type_for_status(status),
-    }
+        let text = part.get("text").and_then(Value::as_str)?;
+        Some(if part.get("thought").and_then(Value::as_bool) == Some(true) {
+            Part::Thought(text)
+        } else {
+            Part::Text(text)
+        })
+    })
+}
+
+fn candidates(v: &Value) -> &[Value] {
+    v.get("candidates").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
 }
 
 /// The `error` object of a Gemini error body (possibly wrapped in an array).
@@ -397,24 +318,108 @@ fn error_object(v: &Value) -> Option<&Value> {
     .filter(|e| e.is_object())
 }
 
-/// `{"error":{"code","message","status"}}` into OpenAI's error body.
-pub(super) fn error_body(status: u16, body: &[u8]) -> Vec<u8> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return response::fallback_error(status, body);
-    };
-    let Some(err) = error_object(&v) else {
-        return response::fallback_error(status, body);
-    };
-    let name = err.get("status").and_then(Value::as_str).unwrap_or_default();
-    let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider returned an error.");
-    let code = if name.is_empty() { response::code_for_status(status) } else { name };
-    response::error_json(message, openai_type(name, status), code)
+impl Adapter for Gemini {
+    /// The generateContent body for `chat`.
+    fn body(&self, chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
+        let signatures = requires_signatures(model);
+        let contents = chat.turns.iter().map(|turn| content(turn, signatures)).collect::<Result<Vec<_>, _>>()?;
+        let mut out = Map::new();
+        out.insert("contents".into(), Value::Array(contents));
+        if !chat.system.is_empty() {
+            out.insert("systemInstruction".into(), json!({"parts": [{"text": chat.system.join("\n\n")}]}));
+        }
+        let config = generation_config(chat, ctx);
+        if !config.is_empty() {
+            out.insert("generationConfig".into(), Value::Object(config));
+        }
+        if !chat.tools.is_empty() {
+            let declarations: Vec<Value> = chat.tools.iter().map(function_declaration).collect();
+            out.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
+            if let Some(c) = chat.tool_choice.as_ref().map(function_calling_config) {
+                out.insert("toolConfig".into(), json!({ "functionCallingConfig": c }));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
+        let (provider, member, chat) = (to.provider, to.member, to.chat);
+        let model = member.model.strip_prefix("models/").unwrap_or(&member.model);
+        // Tuned models are addressed as `tunedModels/{id}`.
+        let resource = if model.contains('/') { model.to_string() } else { format!("models/{model}") };
+        let action = if chat.stream { ":streamGenerateContent?alt=sse" } else { ":generateContent" };
+        let mut headers =
+            vec![("content-type", "application/json".to_string()), ("accept-encoding", "identity".to_string())];
+        if let Credentials::ApiKey(key) = &provider.credentials {
+            headers.push(("x-goog-api-key", key.expose().to_string()));
+        }
+        let path = format!("{}/{resource}{action}", provider.base_path);
+        Ok(UpstreamRequest { path, authority: provider.host.clone(), headers, body })
+    }
+
+    /// A complete answer into a `chat.completion`; `Err` holds an OpenAI
+    /// error body when the answer is an error or cannot be read.
+    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+        let v = parse_answer("Gemini", body)?;
+        if v.get("error").is_some() {
+            return Err(self.error_body(500, body));
+        }
+        let mut choices = Vec::with_capacity(candidates(&v).len().max(1));
+        for (position, c) in candidates(&v).iter().enumerate() {
+            let mut choice = Choice { index: candidate_index(c, position), ..Choice::default() };
+            for part in parts(c) {
+                match part {
+                    Part::Call(call) => choice.tool_calls.push(call),
+                    Part::Thought(text) => choice.reasoning.push_str(text),
+                    Part::Text(text) => choice.text.push_str(text),
+                }
+            }
+            let reason = c.get("finishReason").and_then(Value::as_str).unwrap_or("STOP");
+            choice.finish_reason = finish_reason(reason, !choice.tool_calls.is_empty());
+            choices.push(choice);
+        }
+        if choices.is_empty() {
+            if !blocked(&v) {
+                return Err(invalid_answer("Gemini", "no candidates"));
+            }
+            choices.push(Choice { index: 0, finish_reason: "content_filter", ..Choice::default() });
+        }
+        let mut meta = meta.clone();
+        if let Some(id) = v.get("responseId").and_then(Value::as_str) {
+            meta.id = id.to_string();
+        }
+        Ok(meta.completion(&choices, v.get("usageMetadata").map(usage_of)))
+    }
+
+    /// The status name and message of `{"error":{"code","message","status"}}`.
+    fn find_error<'v>(&self, v: &'v Value) -> Option<(&'v str, &'v str)> {
+        let err = error_object(v)?;
+        let name = err.get("status").and_then(Value::as_str).unwrap_or_default();
+        Some((name, err.get("message").and_then(Value::as_str).unwrap_or(NO_MESSAGE)))
+    }
+
+    /// OpenAI error `type` for a Google RPC status.
+    fn error_type(&self, status_name: &str, status: u16) -> ErrorType {
+        match status_name {
+            "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE" | "NOT_FOUND" | "ALREADY_EXISTS" => {
+                ErrorType::InvalidRequest
+            }
+            "UNAUTHENTICATED" => ErrorType::Authentication,
+            "PERMISSION_DENIED" => ErrorType::Permission,
+            "RESOURCE_EXHAUSTED" => ErrorType::RateLimit,
+            "INTERNAL" | "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "UNKNOWN" | "ABORTED" | "DATA_LOSS" => ErrorType::Server,
+            _ => ErrorType::for_status(status),
+        }
+    }
+
+    fn stream(&self, meta: Meta) -> Box<dyn StreamState> {
+        Box::new(SseStream::new(meta, Events::default()))
+    }
 }
 
 /// Translation state of one Gemini SSE stream.
 #[derive(Debug, Default)]
-pub(super) struct StreamState {
-    parser: sse::Parser,
+struct Events {
     id_set: bool,
     /// Per choice index: tool calls sent so far.
     tool_counts: Vec<(u32, u32)>,
@@ -422,23 +427,7 @@ pub(super) struct StreamState {
     seen: Vec<u32>,
 }
 
-impl StreamState {
-    pub(super) fn feed(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
-        let mut events = Vec::new();
-        let fed = self.parser.feed(chunk, eos, &mut |e| events.push(e));
-        for event in events {
-            self.event(em, &event.data, out);
-        }
-        if fed.is_err() {
-            em.error(
-                out,
-                "An event of the provider's stream exceeds the size limit.",
-                "server_error",
-                "invalid_upstream_response",
-            );
-        }
-    }
-
+impl Events {
     /// The next tool-call index of choice `index`.
     fn next_tool_index(&mut self, index: u32) -> u32 {
         if let Some((_, n)) = self.tool_counts.iter_mut().find(|(i, _)| *i == index) {
@@ -450,23 +439,38 @@ impl StreamState {
         0
     }
 
-    fn event(&mut self, em: &mut Emitter, data: &str, out: &mut Vec<u8>) {
-        if em.closed() || data.trim() == "[DONE]" {
-            return;
+    /// The chunks of candidate `c` (at `position` in its event).
+    fn candidate(&mut self, em: &mut Emitter, c: &Value, position: usize, usage: Option<Usage>, out: &mut Vec<u8>) {
+        let index = candidate_index(c, position);
+        if !self.seen.contains(&index) {
+            self.seen.push(index);
         }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            em.error(
-                out,
-                "The provider's stream contains an event that is not JSON.",
-                "server_error",
-                "invalid_upstream_response",
-            );
-            return;
-        };
-        if let Some(err) = error_object(&v) {
+        em.start(out, index);
+        for part in parts(c) {
+            match part {
+                Part::Call(call) => {
+                    let tool_index = self.next_tool_index(index);
+                    em.tool_start(out, index, tool_index, &call.id, &call.name, &call.arguments);
+                }
+                Part::Thought(text) => em.reasoning(out, index, text),
+                Part::Text(text) => em.text(out, index, text),
+            }
+        }
+        if let Some(reason) = c.get("finishReason").and_then(Value::as_str) {
+            let has_tools = self.tool_counts.iter().any(|(i, n)| *i == index && *n > 0);
+            // Usage goes once, on the last choice to finish.
+            let last = em.finished_count() + 1 >= self.seen.len();
+            em.finish(out, index, finish_reason(reason, has_tools), if last { usage } else { None });
+        }
+    }
+}
+
+impl SseEvents for Events {
+    fn event(&mut self, em: &mut Emitter, v: &Value, out: &mut Vec<u8>) {
+        if let Some(err) = error_object(v) {
             let name = err.get("status").and_then(Value::as_str).unwrap_or("INTERNAL");
-            let message = err.get("message").and_then(Value::as_str).unwrap_or("The provider reported an error.");
-            em.error(out, message, openai_type(name, 500), name);
+            let message = err.get("message").and_then(Value::as_str).unwrap_or(NO_STREAM_MESSAGE);
+            em.error(out, message, Gemini.error_type(name, 500), name);
             return;
         }
         if !self.id_set {
@@ -476,43 +480,12 @@ impl StreamState {
             }
         }
         let usage = v.get("usageMetadata").map(usage_of);
-        let candidates = v.get("candidates").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        if candidates.is_empty() && blocked(&v) {
+        if candidates(v).is_empty() && blocked(v) {
             em.finish(out, 0, "content_filter", usage);
             return;
         }
-        for (position, c) in candidates.iter().enumerate() {
-            let index = candidate_index(c, position);
-            if !self.seen.contains(&index) {
-                self.seen.push(index);
-            }
-            em.start(out, index);
-            let parts = c
-                .get("content")
-                .and_then(|c| c.get("parts"))
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            for part in parts {
-                if let Some(call) = part.get("functionCall") {
-                    let name = call.get("name").and_then(Value::as_str).unwrap_or_default();
-                    let args = call.get("args").map_or_else(|| "{}".to_string(), Value::to_string);
-                    let tool_index = self.next_tool_index(index);
-                    em.tool_start(out, index, tool_index, &call_id(call), name, &args);
-                } else if let Some(text) = part.get("text").and_then(Value::as_str) {
-                    if part.get("thought").and_then(Value::as_bool) == Some(true) {
-                        em.reasoning(out, index, text);
-                    } else {
-                        em.text(out, index, text);
-                    }
-                }
-            }
-            if let Some(reason) = c.get("finishReason").and_then(Value::as_str) {
-                let has_tools = self.tool_counts.iter().any(|(i, n)| *i == index && *n > 0);
-                // Usage goes once, on the last choice to finish.
-                let last = em.finished_count() + 1 >= self.seen.len();
-                em.finish(out, index, finish_reason(reason, has_tools), if last { usage } else { None });
-            }
+        for (position, c) in candidates(v).iter().enumerate() {
+            self.candidate(em, c, position, usage, out);
         }
     }
 }
@@ -525,7 +498,7 @@ mod tests {
     use super::*;
     use crate::api::Endpoint;
     use crate::config::ProviderKind;
-    use crate::providers::response::tests::{assert_split_invariant, events, streamed_text};
+    use crate::providers::test_support::{assert_split_invariant, events, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
 

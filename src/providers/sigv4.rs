@@ -7,23 +7,11 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::encoding::percent_decode;
+use super::encoding::{hex, percent_decode};
 
 type HmacSha256 = Hmac<Sha256>;
 
 pub(super) const ALGORITHM: &str = "AWS4-HMAC-SHA256";
-
-/// Lowercase hex of `bytes`.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            out.push(char::from(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0')));
-        }
-    }
-    out
-}
 
 pub(super) fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))

@@ -160,6 +160,7 @@ def test_all_members_down_gives_503_listing_attempts_within_deadline(make_gatewa
     assert r.status_code == 503
     err = r.json()["error"]
     assert err["code"] == "no_healthy_upstream"
+    assert err["type"] == "server_error" and err["param"] is None  # OpenAI's type for a 5xx
     assert "alpha/gpt-4o:502" in err["message"] and "beta/gpt-4o-2024-08-06:503" in err["message"]
     assert "upstream raw body" not in r.text
     assert r.headers["x-switchboard-attempts"] == "2"

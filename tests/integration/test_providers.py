@@ -170,6 +170,7 @@ def test_failover_from_anthropic_to_openai_is_openai_shaped(kinds_gateway, kinds
     r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("mixed"), timeout=10)
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "no_healthy_upstream"
+    assert r.json()["error"]["type"] == "server_error"
     kinds_mock.reset()
     kinds_mock.faults("anthropic", status=500)
     for _ in range(6):
@@ -195,11 +196,13 @@ def test_provider_errors_become_openai_errors(kinds_gateway, kinds_mock):
     r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_anthropic"), timeout=10)
     assert r.status_code == 400
     err = r.json()["error"]
-    assert err["message"] and err["type"]
+    assert err["message"] and err["param"] is None
+    assert (err["type"], err["code"]) == ("invalid_request_error", "invalid_request_error")
     kinds_mock.faults("gemini", status=404)
     r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_gemini"), timeout=10)
     assert r.status_code == 404
-    assert r.json()["error"]["message"]
+    err = r.json()["error"]
+    assert err["message"] and (err["type"], err["code"]) == ("invalid_request_error", "NOT_FOUND")
 
 
 def test_openai_sdk_against_mixed_pool(kinds_gateway, kinds_mock):

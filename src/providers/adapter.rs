@@ -1,0 +1,135 @@
+//! The contract every translated provider kind fulfils (`Adapter`, with its
+//! per-stream `StreamState`), and the SSE stream shared by the kinds that
+//! frame their streams as server-sent events.
+
+use std::fmt::Debug;
+
+use serde_json::Value;
+
+use crate::api::error::ErrorType;
+use crate::api::ApiError;
+use crate::config::{Member, Provider};
+
+use super::chat::Chat;
+use super::emit::Emitter;
+use super::openai_out::Meta;
+use super::sse;
+use super::upstream::{BuildContext, UpstreamRequest};
+use super::upstream_error::{code_for_status, error_json, fallback_error};
+
+/// A translated provider kind: renders chat requests in the provider's API
+/// and its answers (complete, error, or streamed) in OpenAI's.
+pub(super) trait Adapter: Debug + Sync {
+    /// The provider's request body for `chat`, sent to `model`.
+    fn body(&self, chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError>;
+
+    /// Path, authority and headers around the serialised `body` (which
+    /// Bedrock signs).
+    fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError>;
+
+    /// A complete successful-status answer into a `chat.completion` body;
+    /// `Err` holds an OpenAI error body when the answer is an error in
+    /// disguise or cannot be read.
+    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>>;
+
+    /// The provider's error in a JSON error body: its name (empty when it
+    /// has none) and message; `None` when the body is in another format.
+    fn find_error<'v>(&self, body: &'v Value) -> Option<(&'v str, &'v str)>;
+
+    /// OpenAI's error type for the provider's error `name` (falling back on
+    /// the HTTP `status`).
+    fn error_type(&self, name: &str, status: u16) -> ErrorType;
+
+    /// Translation state for one successful stream whose chunks carry `meta`.
+    fn stream(&self, meta: Meta) -> Box<dyn StreamState>;
+
+    /// The upstream request for `chat`: `body`, serialised once, in `request`.
+    fn build(
+        &self,
+        provider: &Provider,
+        member: &Member,
+        chat: &Chat,
+        ctx: &BuildContext,
+    ) -> Result<UpstreamRequest, ApiError> {
+        let body = self.body(chat, &member.model, ctx)?;
+        self.request(&Target { provider, member, chat, ctx }, serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// An error answer (`status` >= 400) into an OpenAI error body, the
+    /// provider's error name as `code`; bodies in no known format keep their
+    /// text as the message.
+    fn error_body(&self, status: u16, body: &[u8]) -> Vec<u8> {
+        let parsed = serde_json::from_slice::<Value>(body).ok();
+        let Some((name, message)) = parsed.as_ref().and_then(|v| self.find_error(v)) else {
+            return fallback_error(status, body);
+        };
+        let code = if name.is_empty() { code_for_status(status) } else { name };
+        error_json(message, self.error_type(name, status), code)
+    }
+}
+
+/// Where a request goes and what it asks: what `Adapter::request` needs
+/// besides the body.
+pub(super) struct Target<'a> {
+    pub provider: &'a Provider,
+    pub member: &'a Member,
+    pub chat: &'a Chat,
+    pub ctx: &'a BuildContext,
+}
+
+/// One upstream stream being translated into OpenAI SSE.
+pub(super) trait StreamState: Debug {
+    /// The next piece of the upstream stream (cut anywhere) into complete
+    /// OpenAI SSE events; pieces of an event are held until it is complete.
+    /// With `end_of_stream` the rest is flushed and `data: [DONE]` ends it.
+    fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8>;
+}
+
+/// What a kind does with each JSON event of its SSE stream.
+pub(super) trait SseEvents: Debug {
+    fn event(&mut self, em: &mut Emitter, event: &Value, out: &mut Vec<u8>);
+}
+
+/// An SSE-framed provider stream (Anthropic, Gemini): events are parsed and
+/// decoded here and translated by the kind's `SseEvents`.
+#[derive(Debug)]
+pub(super) struct SseStream<E> {
+    parser: sse::Parser,
+    emitter: Emitter,
+    events: E,
+}
+
+impl<E: SseEvents> SseStream<E> {
+    pub fn new(meta: Meta, events: E) -> Self {
+        SseStream { parser: sse::Parser::default(), emitter: Emitter::new(meta), events }
+    }
+
+    fn event(&mut self, data: &str, out: &mut Vec<u8>) {
+        // Some relays end with OpenAI's own `[DONE]`; it carries nothing.
+        if self.emitter.closed() || data.trim() == "[DONE]" {
+            return;
+        }
+        match serde_json::from_str::<Value>(data) {
+            Ok(v) => self.events.event(&mut self.emitter, &v, out),
+            Err(_) => self.emitter.unreadable(out, "The provider's stream contains an event that is not JSON."),
+        }
+    }
+}
+
+impl<E: SseEvents> StreamState for SseStream<E> {
+    fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        let fed = self.parser.feed(chunk, end_of_stream, &mut |e| events.push(e));
+        for event in events {
+            self.event(&event.data, &mut out);
+        }
+        if fed.is_err() {
+            self.emitter.unreadable(&mut out, "An event of the provider's stream exceeds the size limit.");
+        }
+        if end_of_stream {
+            self.emitter.end(&mut out);
+        }
+        out
+    }
+}

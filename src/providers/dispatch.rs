@@ -1,0 +1,126 @@
+//! Which adapter serves a provider kind, and building the upstream request.
+
+use crate::api::request::ParsedRequest;
+use crate::api::{ApiError, Endpoint};
+use crate::config::{Member, Provider, ProviderKind};
+
+use super::adapter::Adapter;
+use super::anthropic::Anthropic;
+use super::bedrock::Bedrock;
+use super::chat;
+use super::gemini::Gemini;
+use super::openai;
+use super::upstream::{BuildContext, UpstreamRequest};
+
+/// The adapter of a translated kind; `None` for the OpenAI-wire kinds,
+/// whose requests and answers pass through.
+pub(super) fn translated(kind: ProviderKind) -> Option<&'static dyn Adapter> {
+    match kind {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => None,
+        ProviderKind::Anthropic => Some(&Anthropic),
+        ProviderKind::Gemini => Some(&Gemini),
+        ProviderKind::Bedrock => Some(&Bedrock),
+    }
+}
+
+/// Builds the upstream request for `member` of `provider`.
+pub fn build_request(
+    provider: &Provider,
+    member: &Member,
+    endpoint: Endpoint,
+    request: &ParsedRequest<'_>,
+    ctx: &BuildContext,
+) -> Result<UpstreamRequest, ApiError> {
+    let Some(adapter) = translated(provider.kind) else {
+        return Ok(openai::build(provider, member, endpoint, request));
+    };
+    if endpoint != Endpoint::ChatCompletions {
+        return Err(ApiError::invalid_request(
+            "unsupported_endpoint",
+            format!(
+                "Model `{}` is served by a provider of kind {}, which only supports /v1/chat/completions.",
+                member.model,
+                provider.kind.as_str()
+            ),
+        ));
+    }
+    let chat = chat::parse(request)?;
+    adapter.build(provider, member, &chat, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::providers::test_support::{member, provider};
+
+    fn build(kind: ProviderKind, endpoint: Endpoint, body: &str) -> UpstreamRequest {
+        let req = ParsedRequest::parse(body.as_bytes(), endpoint).unwrap();
+        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+        build_request(&provider(kind), &member("gpt-4o"), endpoint, &req, &ctx).unwrap()
+    }
+
+    #[test]
+    fn openai_paths_and_auth() {
+        let up = build(ProviderKind::Openai, Endpoint::ChatCompletions, r#"{"model":"pool","messages":[]}"#);
+        assert_eq!(up.path, "/v1/chat/completions");
+        assert_eq!(up.headers, vec![("authorization", "Bearer sk-test".to_string())]);
+        let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["model"], "gpt-4o");
+        let up = build(ProviderKind::Openai, Endpoint::Embeddings, r#"{"model":"pool","input":"x"}"#);
+        assert_eq!(up.path, "/v1/embeddings");
+
+        let mut p = provider(ProviderKind::OpenaiCompatible);
+        p.credentials = crate::config::Credentials::None;
+        let req = ParsedRequest::parse(br#"{"model":"x","prompt":"hi"}"#, Endpoint::Completions).unwrap();
+        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+        let up = build_request(&p, &member("m"), Endpoint::Completions, &req, &ctx).unwrap();
+        assert_eq!(up.path, "/v1/completions");
+        assert!(up.headers.is_empty());
+    }
+
+    #[test]
+    fn azure_paths_for_every_endpoint() {
+        for (endpoint, body, suffix) in [
+            (Endpoint::ChatCompletions, r#"{"model":"x","messages":[]}"#, "chat/completions"),
+            (Endpoint::Completions, r#"{"model":"x","prompt":"p"}"#, "completions"),
+            (Endpoint::Embeddings, r#"{"model":"x","input":"i"}"#, "embeddings"),
+        ] {
+            let up = build(ProviderKind::Azure, endpoint, body);
+            assert_eq!(up.path, format!("/openai/deployments/gpt-4o-dep/{suffix}?api-version=2024-10-21"));
+            assert_eq!(up.headers, vec![("api-key", "sk-test".to_string())]);
+        }
+    }
+
+    #[test]
+    fn translated_kinds_refuse_other_endpoints() {
+        for kind in [ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Bedrock] {
+            for (endpoint, body) in [
+                (Endpoint::Embeddings, r#"{"model":"x","input":"i"}"#),
+                (Endpoint::Completions, r#"{"model":"x","prompt":"p"}"#),
+            ] {
+                let req = ParsedRequest::parse(body.as_bytes(), endpoint).unwrap();
+                let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+                let e = build_request(&provider(kind), &member("m"), endpoint, &req, &ctx).unwrap_err();
+                assert_eq!((e.status, e.code), (400, "unsupported_endpoint"), "{kind:?} {endpoint:?}");
+                assert!(e.message.contains(kind.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_messages_are_400_for_translated_kinds() {
+        for kind in [ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Bedrock] {
+            let req = ParsedRequest::parse(
+                br#"{"model":"x","messages":[{"role":"user","content":7}]}"#,
+                Endpoint::ChatCompletions,
+            )
+            .unwrap();
+            let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+            let e = build_request(&provider(kind), &member("m"), Endpoint::ChatCompletions, &req, &ctx).unwrap_err();
+            assert_eq!(e.status, 400);
+        }
+    }
+}
