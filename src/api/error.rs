@@ -107,6 +107,16 @@ impl ApiError {
         Self::new(413, "request_too_large", format!("Request body exceeds the gateway limit of {limit} bytes."))
     }
 
+    pub fn unsupported_content_encoding(encoding: &str) -> Self {
+        Self::new(
+            415,
+            "unsupported_content_encoding",
+            format!(
+                "Request bodies with Content-Encoding `{encoding}` are not supported; send JSON uncompressed or gzip."
+            ),
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "no_healthy_upstream", message)
     }

@@ -344,7 +344,7 @@ impl Filter {
 
 /// A stream answer the adapter translates event by event.
 fn translates_stream(adapter: &ResponseAdapter, status: u16) -> bool {
-    status < 400 && adapter.content_type() == "text/event-stream"
+    status < 400 && adapter.is_stream()
 }
 
 /// The response adapter for a member, if its provider needs one.
@@ -420,7 +420,7 @@ impl Context for Filter {
             None => (header_value(&headers, "content-type").unwrap_or("application/json"), body, status),
         };
         if verdict != status {
-            rt.metrics.local_error("bad_upstream_response");
+            rt.metrics.local_error("invalid_upstream_response");
             log::warn!(
                 "switchboard[{}]: unreadable {status} answer from {}",
                 self.request_id,
@@ -482,15 +482,7 @@ impl HttpContext for Filter {
         }
         // Envoy's decompressor (before this filter) takes gzip off; anything left is unreadable.
         if let Some(encoding) = header_value(&self.client_headers, "content-encoding").filter(|e| *e != "identity") {
-            let message = format!(
-                "Request bodies with Content-Encoding `{encoding}` are not supported; send JSON uncompressed or gzip."
-            );
-            return self.answer_error(&ApiError::new(
-                415,
-                "invalid_request_error",
-                "unsupported_content_encoding",
-                message,
-            ));
+            return self.answer_error(&ApiError::unsupported_content_encoding(encoding));
         }
         if declared.is_some_and(|n| n > rt.config.max_body_bytes) {
             return self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes));
@@ -636,7 +628,7 @@ impl HttpContext for Filter {
                 let unreadable = adapter.translation_failed();
                 let now = if unreadable || !attempt.picked.health.is_clean() { self.now_ms() } else { 0 };
                 if unreadable {
-                    rt.metrics.local_error("bad_upstream_response");
+                    rt.metrics.local_error("invalid_upstream_response");
                     log::warn!(
                         "switchboard[{}]: unreadable {status} answer from {}",
                         self.request_id,

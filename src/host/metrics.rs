@@ -55,7 +55,7 @@ const LOCAL_ERROR_CODES: [&str; 18] = [
     "no_healthy_upstream",
     "unsupported_provider",
     "unsupported_endpoint",
-    "bad_upstream_response",
+    "invalid_upstream_response",
     "invalid_value",
     "unsupported_value",
     "other",
