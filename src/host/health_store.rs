@@ -6,7 +6,7 @@
 //! generation; while the generation stands still (the normal, healthy case) a
 //! pick costs one shared-data read however many members the pool has.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::routing::{Availability, MemberHealth, Transition};
 

@@ -3,7 +3,7 @@
 //! `envoy/` extract them as `pool` and `member` tags for Prometheus.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::config::Config;
 
@@ -114,7 +114,7 @@ impl Metrics {
             pools,
             local_errors,
             host_errors: counter("switchboard.host_errors".to_string()),
-            pending: RefCell::new(HashMap::new()),
+            pending: RefCell::new(HashMap::default()),
         }
     }
 

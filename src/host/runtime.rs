@@ -4,7 +4,7 @@
 //! routed request and every failover call.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::api::models::ModelListing;
 use crate::config::Config;
@@ -46,7 +46,7 @@ impl Runtime {
             metrics: Metrics::define(&config),
             config,
             rng: RefCell::new(Rng::from_entropy()),
-            pending_successes: RefCell::new(HashMap::new()),
+            pending_successes: RefCell::new(HashMap::default()),
             health: RefCell::new(health_store::HealthCache::default()),
         }
     }
