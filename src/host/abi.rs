@@ -70,6 +70,7 @@ extern "C" {
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
+    fn proxy_get_property(path: *const u8, path_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
 }
 
@@ -211,6 +212,19 @@ pub fn now_ms() -> Result<u64, Status> {
     // SAFETY: valid pointer to a local.
     status(unsafe { proxy_get_current_time_nanoseconds(&mut ns) })?;
     Ok(ns / 1_000_000)
+}
+
+/// A host property such as `["response", "code_details"]` (absent: `None`).
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    let serialized = path.join("\0");
+    let (mut ptr, mut len) = (null_mut(), 0usize);
+    // SAFETY: valid pointers to locals and to `serialized`.
+    let code = unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut ptr, &mut len) };
+    match code {
+        OK => Ok(Some(take(ptr, len))),
+        NOT_FOUND => Ok(None),
+        other => Err(other),
+    }
 }
 
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {

@@ -37,10 +37,13 @@ enum State {
     Reading,
     /// Sent through Envoy's router; waiting for the response headers.
     Routed(Attempt),
-    /// A successful answer passing through as it is; the attempt is recorded.
+    /// Nothing left to do: the response passes through.
     Passing,
-    /// A successful stream translated chunk by chunk; the attempt is recorded.
-    Translating(ResponseAdapter),
+    /// A successful answer on its way to the client (a stream of a translated
+    /// kind is translated chunk by chunk). The attempt is recorded when the
+    /// body ends, or in `on_log` if it never does: an answer cut off by the
+    /// upstream is the member's failure, not a success.
+    Relaying { attempt: Attempt, status: u16 },
     /// A translated whole-body answer, headers held: the attempt is recorded
     /// once the body proves readable, or fails over as the member's 502.
     Holding { attempt: Attempt, status: u16 },
@@ -167,6 +170,22 @@ impl Filter {
     fn finish(&mut self, rt: &Runtime, attempt: &Attempt, status: u16, retry_after: Option<&str>, now: u64) -> bool {
         let Some(plan) = self.plan.as_mut() else { return false };
         rt.record(plan, attempt.picked, status, retry_after, now, &self.request_id)
+    }
+
+    /// Records a successful attempt; the common case (a healthy member) needs no clock.
+    fn finish_success(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
+        let now = if attempt.picked.health.is_clean() { 0 } else { self.now_ms() };
+        self.finish(rt, attempt, status, None, now);
+    }
+
+    /// Lets a successful answer through; it is recorded when its body ends.
+    fn relay(&mut self, rt: &Runtime, attempt: Attempt, status: u16, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            self.finish_success(rt, &attempt, status);
+        } else {
+            self.state = State::Relaying { attempt, status };
+        }
+        Action::Continue
     }
 
     /// After a failed attempt: dispatches the request to the next member, or
@@ -561,37 +580,20 @@ impl HttpContext for Filter {
             self.finish(&rt, &attempt, status, header_value(&headers, "retry-after"), now);
             return self.fail_over(&rt, now);
         }
-        // The common case (a success from a healthy member) needs no clock.
-        let now = if attempt.picked.health.is_clean() { 0 } else { self.now_ms() };
         let Some(adapter) = attempt.adapter.as_ref() else {
-            self.finish(&rt, &attempt, status, None, now);
             self.set_response_headers(&rt, attempt.picked.member, &headers, &[], &[]);
-            return Action::Continue;
+            return self.relay(&rt, attempt, status, end_of_stream);
         };
         let translated = ["content-type", "content-length"];
         if translates_stream(adapter, status) {
-            self.finish(&rt, &attempt, status, None, now);
-            self.set_response_headers(
-                &rt,
-                attempt.picked.member,
-                &headers,
-                &translated,
-                &[("content-type", "text/event-stream")],
-            );
-            if let Some(adapter) = attempt.adapter {
-                self.state = State::Translating(adapter);
-            }
-            return Action::Continue;
+            let content_type = [("content-type", "text/event-stream")];
+            self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
+            return self.relay(&rt, attempt, status, end_of_stream);
         }
-        self.set_response_headers(
-            &rt,
-            attempt.picked.member,
-            &headers,
-            &translated,
-            &[("content-type", "application/json")],
-        );
+        let content_type = [("content-type", "application/json")];
+        self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
         if end_of_stream {
-            self.finish(&rt, &attempt, status, None, now);
+            self.finish_success(&rt, &attempt, status);
             return Action::Continue;
         }
         // A translated whole body is only known good once read: hold the
@@ -605,9 +607,19 @@ impl HttpContext for Filter {
             // Hold the failed upstream's body back until the local answer replaces it.
             State::Failover { .. } => return Action::Pause,
             State::Holding { .. } if !end_of_stream => return Action::Pause,
-            State::Holding { .. } | State::Translating(_) => {}
+            State::Holding { .. } => {}
+            State::Relaying { attempt, .. } if attempt.adapter.is_some() => {}
+            State::Relaying { .. } if end_of_stream => {
+                if let (State::Relaying { attempt, status }, Some(rt)) =
+                    (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
+                {
+                    self.finish_success(&rt, &attempt, status);
+                }
+                return Action::Continue;
+            }
             _ => return Action::Continue,
         }
+        let Some(rt) = self.rt.clone() else { return Action::Continue };
         let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
             Ok(chunk) => chunk,
             Err(s) => {
@@ -616,17 +628,20 @@ impl HttpContext for Filter {
             }
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
-            State::Translating(mut adapter) => {
+            State::Relaying { mut attempt, status } => {
+                let Some(adapter) = attempt.adapter.as_mut() else { return Action::Continue };
                 let out = adapter.translate_stream(&chunk, end_of_stream);
-                self.state = State::Translating(adapter);
+                if end_of_stream {
+                    self.finish_success(&rt, &attempt, status);
+                } else {
+                    self.state = State::Relaying { attempt, status };
+                }
                 out
             }
             State::Holding { mut attempt, status } => {
-                let Some(rt) = self.rt.clone() else { return Action::Continue };
                 let Some(adapter) = attempt.adapter.as_mut() else { return Action::Continue };
                 let out = adapter.translate_body(status, &chunk);
                 let unreadable = adapter.translation_failed();
-                let now = if unreadable || !attempt.picked.health.is_clean() { self.now_ms() } else { 0 };
                 if unreadable {
                     rt.metrics.local_error("invalid_upstream_response");
                     log::warn!(
@@ -634,15 +649,16 @@ impl HttpContext for Filter {
                         self.request_id,
                         rt.member_id(attempt.picked.member)
                     );
-                }
-                // The headers are still held: an unreadable answer is the member's 502.
-                if self.finish(&rt, &attempt, if unreadable { 502 } else { status }, None, now) {
-                    return self.fail_over(&rt, now);
-                }
-                if unreadable {
+                    // The headers are still held: an unreadable answer is the member's 502.
+                    let now = self.now_ms();
+                    if self.finish(&rt, &attempt, 502, None, now) {
+                        return self.fail_over(&rt, now);
+                    }
                     if let Err(s) = abi::set_header(RESP, ":status", "502") {
                         self.host_error("set response status", s);
                     }
+                } else {
+                    self.finish_success(&rt, &attempt, status);
                 }
                 out
             }
@@ -655,5 +671,29 @@ impl HttpContext for Filter {
             self.host_error("set response body", s);
         }
         Action::Continue
+    }
+
+    /// The stream ended. An answer still being relayed never reached its end:
+    /// cut off by the upstream (the member's failure), or by the client.
+    fn on_log(&mut self) {
+        let (State::Relaying { attempt, .. } | State::Holding { attempt, .. }) =
+            std::mem::replace(&mut self.state, State::Passing)
+        else {
+            return;
+        };
+        let Some(rt) = self.rt.clone() else { return };
+        let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();
+        let details = String::from_utf8_lossy(&details);
+        if details.contains("downstream") {
+            log::info!("switchboard[{}]: client left before the answer ended ({details})", self.request_id);
+            return;
+        }
+        log::warn!(
+            "switchboard[{}]: answer from {} ended early ({details})",
+            self.request_id,
+            rt.member_id(attempt.picked.member)
+        );
+        let now = self.now_ms();
+        self.finish(&rt, &attempt, 0, None, now);
     }
 }

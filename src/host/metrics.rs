@@ -2,8 +2,8 @@
 //! shares the stat). Names embed the pool and member; the Envoy configs in
 //! `envoy/` extract them as `pool` and `member` tags for Prometheus.
 
-use std::cell::RefCell;
 use rustc_hash::FxHashMap as HashMap;
+use std::cell::RefCell;
 
 use crate::config::Config;
 

@@ -3,8 +3,8 @@
 //! and the bookkeeping of one attempt (pick, record), the same for the
 //! routed request and every failover call.
 
-use std::cell::RefCell;
 use rustc_hash::FxHashMap as HashMap;
+use std::cell::RefCell;
 
 use crate::api::models::ModelListing;
 use crate::config::Config;

@@ -316,3 +316,23 @@ def test_stream_broken_after_first_byte_ends_without_done_and_gateway_keeps_serv
     mock.reset()
     assert httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k")).status_code == 200
     assert gw.alive()
+
+
+def test_answer_cut_off_mid_body_is_the_members_failure_and_ejects_it(make_gateway, mock):
+    """A 200 whose body the provider cuts off is no success: the member is ejected
+    after `consecutive_failures` such answers and traffic moves to the healthy one."""
+    gw = make_gateway(base_config(health={"consecutive_failures": 2, "cooldown_ms": 60000}))
+    mock.faults("alpha", reset_after_first_chunk=True)
+    broken = 0
+    with httpx.Client(timeout=10) as c:
+        for _ in range(16):
+            try:
+                r = c.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+                r.json()
+                assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
+            except (httpx.TransportError, ValueError):
+                broken += 1
+    assert 1 <= broken <= 3, broken
+    stats = gw.stats()
+    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.ejections"] >= 1
+    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.requests"] == 0
