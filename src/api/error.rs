@@ -76,11 +76,13 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Seconds for a `Retry-After` header.
     pub retry_after_s: Option<u64>,
+    /// `x-should-retry` for the OpenAI SDKs: whether retrying can help.
+    pub should_retry: Option<bool>,
 }
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), code, param: None, retry_after_s: None }
+        ApiError { status, message: message.into(), code, param: None, retry_after_s: None, should_retry: None }
     }
 
     pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {

@@ -17,10 +17,10 @@ use crate::api::forward::forwarded;
 use crate::api::request::ParsedRequest;
 use crate::api::{ApiError, Endpoint};
 use crate::providers::{build_request, BuildContext, ResponseAdapter, UpstreamRequest};
-use crate::routing::Plan;
+use crate::routing::{verdict, Availability, Plan};
 
-use super::abi;
 use super::runtime::{MemberRef, Picked, Runtime};
+use super::{abi, health_store};
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
@@ -110,6 +110,9 @@ impl Filter {
         ];
         if let Some(v) = retry_after.as_deref() {
             headers.push(("retry-after", v));
+        }
+        if let Some(retry) = error.should_retry {
+            headers.push(("x-should-retry", if retry { "true" } else { "false" }));
         }
         let body = error.to_json();
         self.respond(error.status, &headers, &body);
@@ -304,12 +307,29 @@ impl Filter {
         }
     }
 
+    /// Every attempt failed: 503 listing them (429 when all were rate
+    /// limited), with the `Retry-After` and `x-should-retry` that tell the
+    /// client truthfully when trying again can help.
     fn exhausted(&mut self, rt: &Runtime) -> Action {
+        let now = self.now_ms();
         let error = match &self.plan {
             Some(plan) => {
                 rt.metrics.inc(rt.metrics.pool(plan.primary_pool()).and_then(|p| p.exhausted));
                 let target = rt.config.pool_at(plan.primary_pool()).map_or("", |p| p.name.as_str());
-                plan.exhausted_error(target)
+                let statuses: Vec<u16> = plan.attempts.iter().map(|a| a.status).collect();
+                let back = plan.attempts.iter().map(|a| match health_store::availability(&a.member_id, now) {
+                    Availability::Unavailable { until_ms } => Some(until_ms),
+                    Availability::Healthy | Availability::Trial => None,
+                });
+                let verdict = verdict::exhausted(&statuses, back, now);
+                let mut error = plan.exhausted_error(target);
+                if verdict.status == 429 {
+                    error.status = 429;
+                    error.code = "rate_limit_exceeded";
+                }
+                error.retry_after_s = verdict.retry_after_s;
+                error.should_retry = Some(verdict.should_retry);
+                error
             }
             None => ApiError::unavailable("No upstream could be tried."),
         };

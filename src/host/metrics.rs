@@ -41,7 +41,7 @@ pub struct Metrics {
     pending: RefCell<HashMap<u32, i64>>,
 }
 
-const LOCAL_ERROR_CODES: [&str; 18] = [
+const LOCAL_ERROR_CODES: [&str; 19] = [
     "invalid_json",
     "invalid_type",
     "missing_model",
@@ -53,6 +53,7 @@ const LOCAL_ERROR_CODES: [&str; 18] = [
     "request_too_large",
     "unsupported_content_encoding",
     "no_healthy_upstream",
+    "rate_limit_exceeded",
     "unsupported_provider",
     "unsupported_endpoint",
     "invalid_upstream_response",

@@ -6,6 +6,7 @@ pub mod select;
 pub use select::{pick, Availability, Rng};
 pub mod health;
 pub mod plan;
+pub mod verdict;
 
 pub use health::{MemberHealth, Transition};
 pub use plan::{Attempt, Plan};

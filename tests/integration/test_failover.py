@@ -5,6 +5,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai
+import pytest
 
 from conftest import base_config, clusters_for
 from harness import chat, closed_port
@@ -336,3 +338,31 @@ def test_answer_cut_off_mid_body_is_the_members_failure_and_ejects_it(make_gatew
     stats = gw.stats()
     assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.ejections"] >= 1
     assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.requests"] == 0
+
+
+def test_provider_429_reaches_the_sdk_as_rate_limit_error_with_retry_after(make_gateway, mock):
+    gw = make_gateway(base_config(health={"consecutive_failures": 1000}))
+    mock.faults("alpha", status=429, retry_after=7)
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt-4o"), timeout=10)
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert 6 <= int(r.headers["retry-after"]) <= 7
+    assert r.headers["x-should-retry"] == "true"
+    client = openai.OpenAI(base_url=gw.base + "/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_sdk_does_not_retry_what_the_gateway_already_tried(make_gateway, mock):
+    """Both members down: the SDK's default retries would walk the pool three times
+    (6 upstream calls); `x-should-retry: false` keeps it to the gateway's own 2."""
+    gw = make_gateway(base_config(health={"consecutive_failures": 1000}))
+    mock.faults("alpha", status=503)
+    mock.faults("beta", status=503)
+    client = openai.OpenAI(base_url=gw.base + "/v1", api_key="k")  # default max_retries=2
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model="gpt4o_16k", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in e.value.response.headers
+    assert mock.count("alpha") + mock.count("beta") == 2
