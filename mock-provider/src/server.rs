@@ -350,7 +350,14 @@ async fn handle(l: Arc<Listener>, ctl: Arc<ConnCtl>, req: Request<Incoming>) -> 
     let _guard = InFlight(&l.stats);
     let mut resp = handle_provider(&l, &ctl, req).await;
     l.stats.count_status(resp.status());
-    resp.headers_mut().insert("x-mock-provider", l.name_header.clone());
+    let n = l.stats.requests.load(Ordering::Relaxed);
+    let headers = resp.headers_mut();
+    headers.insert("x-mock-provider", l.name_header.clone());
+    // Like real providers: their own request id and rate-limit state on every answer.
+    if let Ok(id) = hyper::header::HeaderValue::from_str(&format!("req_mock_{n}")) {
+        headers.insert("x-request-id", id);
+    }
+    headers.insert("x-ratelimit-remaining-requests", hyper::header::HeaderValue::from_static("4999"));
     resp
 }
 

@@ -37,6 +37,23 @@ pub fn forwarded(name: &[u8], routed: bool, extra: &[String]) -> bool {
         || extra.iter().any(|e| e.as_bytes() == name)
 }
 
+/// How a provider's response header reaches the client: as it is, renamed,
+/// or (None) not at all. Used for answers the gateway writes itself (after a
+/// failover), which otherwise would lose the provider's rate-limit state and
+/// request id; and to keep the provider's `x-request-id`, which Envoy
+/// overwrites with the gateway's, as `x-upstream-request-id`.
+pub fn relayed_response_header(name: &str) -> Option<&str> {
+    const KEPT_PREFIXES: [&str; 3] = ["x-ratelimit-", "anthropic-ratelimit-", "openai-"];
+    const KEPT: [&str; 4] = ["request-id", "x-amzn-requestid", "retry-after-ms", "x-ms-region"];
+    if name == "x-request-id" {
+        Some("x-upstream-request-id")
+    } else if KEPT.contains(&name) || KEPT_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        Some(name)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -76,5 +93,20 @@ mod tests {
         let extra = vec!["anthropic-beta".to_string()];
         assert!(forwarded(b"anthropic-beta", false, &extra));
         assert!(!forwarded(b"anthropic-version", false, &extra));
+    }
+
+    #[test]
+    fn provider_rate_limit_headers_and_request_ids_are_kept() {
+        assert_eq!(relayed_response_header("x-ratelimit-remaining-requests"), Some("x-ratelimit-remaining-requests"));
+        assert_eq!(
+            relayed_response_header("anthropic-ratelimit-tokens-reset"),
+            Some("anthropic-ratelimit-tokens-reset")
+        );
+        assert_eq!(relayed_response_header("openai-processing-ms"), Some("openai-processing-ms"));
+        assert_eq!(relayed_response_header("request-id"), Some("request-id"));
+        assert_eq!(relayed_response_header("x-request-id"), Some("x-upstream-request-id"));
+        for dropped in ["set-cookie", "content-length", "server", "x-envoy-upstream-service-time", ":status"] {
+            assert_eq!(relayed_response_header(dropped), None, "{dropped}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::api::forward::forwarded;
+use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::request::ParsedRequest;
 use crate::api::{ApiError, Endpoint};
 use crate::providers::{build_request, BuildContext, ResponseAdapter, UpstreamRequest};
@@ -369,9 +369,11 @@ impl Filter {
         let ours = self.result_headers(rt, serving);
         let replaced =
             |k: &str| drop.contains(&k) || ours.iter().any(|(n, _)| *n == k) || extra.iter().any(|(n, _)| *n == k);
+        // Envoy replaces `x-request-id` with the gateway's: keep the provider's under another name.
         let mut headers: Vec<(&str, &str)> = abi::pairs(upstream)
             .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?)))
             .filter(|(k, _)| !replaced(k))
+            .map(|(k, v)| (if k == "x-request-id" { "x-upstream-request-id" } else { k }, v))
             .collect();
         headers.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
         headers.extend_from_slice(extra);
@@ -474,6 +476,10 @@ impl Context for Filter {
         let ours = self.result_headers(&rt, attempt.picked.member);
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
         out.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
+        out.extend(abi::pairs(&headers).filter_map(|(k, v)| {
+            let name = relayed_response_header(std::str::from_utf8(k).ok()?)?;
+            Some((name, std::str::from_utf8(v).ok()?))
+        }));
         self.respond(verdict, &out, &body);
     }
 }

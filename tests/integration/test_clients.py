@@ -136,3 +136,20 @@ def test_keep_alive_connection_survives_a_bad_request(gw):
             assert r.headers.get("connection") != "close", (bad, r.headers)
         r = c.post("/v1/chat/completions", json=chat("gpt4o_16k"))
         assert r.status_code == 200
+
+
+def test_provider_request_id_and_rate_limit_headers_survive_routing_and_failover(gw, mock):
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10)
+    assert r.headers["x-upstream-request-id"].startswith("req_mock_")
+    assert r.headers["x-request-id"] == r.headers["x-switchboard-request-id"] != r.headers["x-upstream-request-id"]
+    assert r.headers["x-ratelimit-remaining-requests"] == "4999"
+    mock.faults("alpha", status=503)
+    seen_failover = False
+    for _ in range(8):
+        r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10)
+        assert r.status_code == 200
+        if r.headers["x-switchboard-attempts"] == "2":
+            seen_failover = True
+            assert r.headers["x-upstream-request-id"].startswith("req_mock_")
+            assert r.headers["x-ratelimit-remaining-requests"] == "4999"
+    assert seen_failover
