@@ -151,6 +151,9 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         # Otherwise Envoy closes an HTTP/1.1 connection after any local 400,
         # so one bad request would cost a client its keep-alive connection.
         "stream_error_on_invalid_http_message": True,
+        # A non-streamed generation sends nothing until it is done (minutes, for
+        # reasoning models): Envoy's default 5 min stream idle timeout would cut it.
+        "stream_idle_timeout": "900s",
         "route_config": {"name": "llm", "virtual_hosts": [virtual_host]},
         "http_filters": filters,
     }

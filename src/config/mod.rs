@@ -97,14 +97,49 @@ pub struct RetryPolicy {
     /// Upstream statuses that trigger failover to another member.
     pub retry_on: Vec<u16>,
     pub max_attempts: u32,
-    pub per_try_timeout_ms: u64,
+    /// Cut an attempt that has not finished by then (non-streaming) or not
+    /// started answering (streams). Unset by default: cutting a generation the
+    /// provider has accepted bills it and then runs it again elsewhere.
+    pub per_try_timeout_ms: Option<u64>,
+    /// No response headers by then: the member fails and the request fails
+    /// over. Streams default to `DEFAULT_STREAM_FIRST_BYTE_MS`, since every
+    /// provider sends a stream's headers at once; a non-streamed answer's
+    /// headers come with the whole answer, so it has no default.
+    pub first_byte_timeout_ms: Option<u64>,
     /// Overall deadline for one client request across all attempts.
     pub timeout_ms: u64,
 }
 
+/// Time to first byte a stream gets unless the pool says otherwise.
+pub const DEFAULT_STREAM_FIRST_BYTE_MS: u64 = 30_000;
+/// Overall deadline unless the pool says otherwise: long, so a healthy slow
+/// generation (reasoning models, long answers) finishes, as with peer gateways.
+pub const DEFAULT_TIMEOUT_MS: u64 = 600_000;
+
 impl RetryPolicy {
     pub fn should_retry(&self, status: u16) -> bool {
         self.retry_on.contains(&status)
+    }
+
+    /// For an attempt with `remaining_ms` of the request's deadline left: how
+    /// long the whole attempt may take, and how long it may wait for its
+    /// response headers (Envoy's upstream timeout and per-try timeout; the
+    /// latter stops counting once the response has started).
+    pub fn attempt_timeouts(&self, remaining_ms: u64, stream: bool) -> (u64, Option<u64>) {
+        let remaining = remaining_ms.max(1);
+        if stream {
+            let first_byte =
+                self.first_byte_timeout_ms.or(self.per_try_timeout_ms).unwrap_or(DEFAULT_STREAM_FIRST_BYTE_MS);
+            (remaining, Some(first_byte.clamp(1, remaining)))
+        } else {
+            let attempt = self.per_try_timeout_ms.map_or(remaining, |t| t.clamp(1, remaining));
+            (attempt, self.first_byte_timeout_ms.map(|t| t.clamp(1, attempt)))
+        }
+    }
+
+    /// How long a half-open trial request may take before another may try.
+    pub fn trial_hold_ms(&self) -> u64 {
+        self.per_try_timeout_ms.or(self.first_byte_timeout_ms).unwrap_or(DEFAULT_STREAM_FIRST_BYTE_MS)
     }
 }
 

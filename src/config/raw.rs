@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     err, Config, ConfigError, Credentials, EnvLookup, HealthPolicy, Member, Pool, ProbePolicy, Provider, RetryPolicy,
-    Secret, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
+    Secret, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON, DEFAULT_TIMEOUT_MS,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -86,6 +86,7 @@ struct RawPoolPolicy {
     retry_on: Option<Vec<u16>>,
     max_attempts: Option<u32>,
     per_try_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
     timeout_ms: Option<u64>,
     health: Option<RawHealth>,
     probe: Option<RawProbe>,
@@ -253,13 +254,18 @@ fn policies(
     if !(1..=10).contains(&max_attempts) {
         return Err(err(format!("{field}.max_attempts"), "must be between 1 and 10"));
     }
-    let per_try_timeout_ms = pool.per_try_timeout_ms.or(defaults.per_try_timeout_ms).unwrap_or(30_000);
-    let timeout_ms = pool.timeout_ms.or(defaults.timeout_ms).unwrap_or(120_000);
-    if per_try_timeout_ms == 0 {
-        return Err(err(format!("{field}.per_try_timeout_ms"), "must be > 0"));
-    }
-    if timeout_ms < per_try_timeout_ms {
-        return Err(err(format!("{field}.timeout_ms"), "must be >= per_try_timeout_ms"));
+    let per_try_timeout_ms = pool.per_try_timeout_ms.or(defaults.per_try_timeout_ms);
+    let first_byte_timeout_ms = pool.first_byte_timeout_ms.or(defaults.first_byte_timeout_ms);
+    let timeout_ms = pool.timeout_ms.or(defaults.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS);
+    for (name, value) in [("per_try_timeout_ms", per_try_timeout_ms), ("first_byte_timeout_ms", first_byte_timeout_ms)]
+    {
+        match value {
+            Some(0) => return Err(err(format!("{field}.{name}"), "must be > 0")),
+            Some(t) if t > timeout_ms => {
+                return Err(err(format!("{field}.timeout_ms"), format!("must be >= {name} ({t})")))
+            }
+            _ => {}
+        }
     }
     let health = pool.health.clone().or_else(|| defaults.health.clone()).unwrap_or_default();
     let health = HealthPolicy {
@@ -282,7 +288,7 @@ fn policies(
             return Err(err(format!("{field}.probe.interval_ms"), "must be >= 100"));
         }
     }
-    Ok((RetryPolicy { retry_on, max_attempts, per_try_timeout_ms, timeout_ms }, health, probe))
+    Ok((RetryPolicy { retry_on, max_attempts, per_try_timeout_ms, first_byte_timeout_ms, timeout_ms }, health, probe))
 }
 
 pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {

@@ -183,3 +183,37 @@ fn openai_compatible_key_is_optional() {
     assert_eq!(cfg.providers[0].credentials, Credentials::None);
     assert_eq!(cfg.pool("p").unwrap().1.members[0].weight, 1);
 }
+
+#[test]
+fn timeouts_default_to_letting_a_slow_generation_finish() {
+    let cfg = parse(&sample_config()).unwrap();
+    let retry = &cfg.pool("gpt4o_16k").unwrap().1.retry;
+    assert_eq!(retry.timeout_ms, 600_000);
+    assert_eq!((retry.per_try_timeout_ms, retry.first_byte_timeout_ms), (None, None));
+    // A non-streaming attempt may use the whole deadline; a stream waits 30 s for its headers.
+    assert_eq!(retry.attempt_timeouts(600_000, false), (600_000, None));
+    assert_eq!(retry.attempt_timeouts(600_000, true), (600_000, Some(30_000)));
+    // Later attempts get what is left.
+    assert_eq!(retry.attempt_timeouts(10_000, true), (10_000, Some(10_000)));
+}
+
+#[test]
+fn explicit_timeouts_bound_attempts_and_first_bytes() {
+    let json = sample_config().replace(
+        r#""max_response_tokens": 16384,"#,
+        r#""max_response_tokens": 16384, "per_try_timeout_ms": 20000, "first_byte_timeout_ms": 5000,"#,
+    );
+    let cfg = parse(&json).unwrap();
+    let retry = &cfg.pool("gpt4o_16k").unwrap().1.retry;
+    assert_eq!(retry.attempt_timeouts(600_000, false), (20_000, Some(5_000)));
+    assert_eq!(retry.attempt_timeouts(600_000, true), (600_000, Some(5_000)));
+    assert_eq!(retry.attempt_timeouts(3_000, false), (3_000, Some(3_000)));
+    let bad = sample_config()
+        .replace(r#""max_response_tokens": 16384,"#, r#""max_response_tokens": 16384, "first_byte_timeout_ms": 0,"#);
+    assert_eq!(error_for(&bad).field, "pools.gpt4o_16k.first_byte_timeout_ms");
+    let bad = sample_config().replace(
+        r#""max_response_tokens": 16384,"#,
+        r#""max_response_tokens": 16384, "per_try_timeout_ms": 9000, "timeout_ms": 5000,"#,
+    );
+    assert_eq!(error_for(&bad).field, "pools.gpt4o_16k.timeout_ms");
+}

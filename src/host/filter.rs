@@ -289,22 +289,11 @@ impl Filter {
         abi::set_headers(REQ, &headers).map_err(|s| ("set request headers", s))
     }
 
-    /// How long an attempt may take, and for a stream how long it may wait
-    /// for its response headers. Both are the pool's per-try timeout cut short
-    /// by the request's overall deadline, except that a stream's whole attempt
-    /// may use the remaining deadline: Envoy's timeout covers the full
-    /// response, while its per-try timeout stops counting once the response
-    /// has started, so a silent member is failed over in time and a long
-    /// stream still runs.
+    /// The pool's attempt and first-byte timeouts within the request's remaining deadline.
     fn timeouts_ms(&self, rt: &Runtime, pool: usize, now: u64) -> (u64, Option<u64>) {
-        let per_try = rt.config.pool_at(pool).map_or(30_000, |p| p.retry.per_try_timeout_ms);
-        let remaining = self.plan.as_ref().map_or(per_try, |p| p.deadline_ms.saturating_sub(now));
-        let bounded = per_try.min(remaining).max(1);
-        if self.stream {
-            (remaining.max(1), Some(bounded))
-        } else {
-            (bounded, None)
-        }
+        let Some(policy) = rt.config.pool_at(pool).map(|p| &p.retry) else { return (1, None) };
+        let remaining = self.plan.as_ref().map_or(policy.timeout_ms, |p| p.deadline_ms.saturating_sub(now));
+        policy.attempt_timeouts(remaining, self.stream)
     }
 
     /// Every attempt failed: 503 listing them (429 when all were rate

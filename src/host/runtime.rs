@@ -74,7 +74,7 @@ impl Runtime {
         let health = cache.borrow_mut().get(&m.id);
         drop(cache);
         if health.availability(now) == Availability::Trial {
-            let hold = p.retry.per_try_timeout_ms;
+            let hold = p.retry.trial_hold_ms();
             health_store::update(&m.id, |h| {
                 h.begin_trial(now, hold);
                 Transition::None

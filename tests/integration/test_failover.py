@@ -366,3 +366,17 @@ def test_sdk_does_not_retry_what_the_gateway_already_tried(make_gateway, mock):
     assert e.value.response.headers["x-should-retry"] == "false"
     assert "retry-after" not in e.value.response.headers
     assert mock.count("alpha") + mock.count("beta") == 2
+
+
+def test_long_non_streaming_generation_finishes_with_default_timeouts(make_gateway, mock):
+    """A healthy generation that needs 31 s is neither cut nor run twice (the old
+    30 s per-try default cut it, failed it over and cut it again)."""
+    cfg = base_config()
+    gw = make_gateway(cfg)
+    mock.faults("alpha", latency_ms=31000)
+    client = openai.OpenAI(base_url=gw.base + "/v1", api_key="k")
+    started = time.monotonic()
+    resp = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "think hard"}])
+    assert resp.choices[0].message.content
+    assert 31 <= time.monotonic() - started < 45
+    assert mock.count("alpha") == 1
