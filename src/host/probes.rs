@@ -99,7 +99,8 @@ impl Prober {
                 .unwrap_or(0)
         };
         if (200..300).contains(&status) {
-            if health_store::update(&member.id, |h| h.record_success()) == Transition::Restored {
+            let now = abi::now_ms().unwrap_or(0);
+            if health_store::update(&member.id, |h| h.record_probe_success(now)) == Transition::Restored {
                 log::info!("switchboard: probe restored member {}", member.id);
                 rt.metrics.inc(rt.metrics.member(target.pool, target.member).and_then(|m| m.restorations));
             }

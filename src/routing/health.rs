@@ -18,6 +18,8 @@ pub struct MemberHealth {
     pub trial_until_ms: u64,
     pub successes: u64,
     pub failures: u64,
+    /// The provider's own `Retry-After`: not back before then, whatever a probe sees.
+    pub held_until_ms: u64,
 }
 
 /// What an update did, for metrics and logs.
@@ -28,7 +30,7 @@ pub enum Transition {
     Restored,
 }
 
-const ENCODED_LEN: usize = 40;
+const ENCODED_LEN: usize = 48;
 
 impl MemberHealth {
     pub fn availability(&self, now_ms: u64) -> Availability {
@@ -66,6 +68,7 @@ impl MemberHealth {
         }
         self.ejected_until_ms = 0;
         self.trial_until_ms = 0;
+        self.held_until_ms = 0;
         self.ejections = 0;
         Transition::Restored
     }
@@ -94,8 +97,18 @@ impl MemberHealth {
             return Transition::None;
         }
         self.ejected_until_ms = until_ms;
+        self.held_until_ms = until_ms;
         self.trial_until_ms = 0;
         Transition::Ejected { until_ms }
+    }
+
+    /// An active probe's success: restores the member, unless its provider
+    /// asked (`Retry-After`) not to be called before a time still to come.
+    pub fn record_probe_success(&mut self, now_ms: u64) -> Transition {
+        if now_ms < self.held_until_ms {
+            return Transition::None;
+        }
+        self.record_success()
     }
 
     fn eject(&mut self, now_ms: u64, policy: &HealthPolicy) -> Transition {
@@ -110,13 +123,14 @@ impl MemberHealth {
 
     pub fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
-        let parts: [&[u8]; 6] = [
+        let parts: [&[u8]; 7] = [
             &self.consecutive_failures.to_le_bytes(),
             &self.ejections.to_le_bytes(),
             &self.ejected_until_ms.to_le_bytes(),
             &self.trial_until_ms.to_le_bytes(),
             &self.successes.to_le_bytes(),
             &self.failures.to_le_bytes(),
+            &self.held_until_ms.to_le_bytes(),
         ];
         let mut at = 0;
         for part in parts {
@@ -147,6 +161,7 @@ impl MemberHealth {
                 trial_until_ms: u64_at(bytes, 16)?,
                 successes: u64_at(bytes, 24)?,
                 failures: u64_at(bytes, 32)?,
+                held_until_ms: u64_at(bytes, 40)?,
             })
         })()
         .unwrap_or_default()
@@ -307,6 +322,7 @@ mod tests {
             trial_until_ms: 7,
             successes: 9,
             failures: 11,
+            held_until_ms: 13,
         };
         assert_eq!(MemberHealth::decode(&h.encode()), h);
         assert_eq!(MemberHealth::decode(b"junk"), MemberHealth::default());
@@ -322,5 +338,22 @@ mod tests {
         // 1994-11-06T08:49:37Z = 784111777 s
         assert_eq!(retry_after_until_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_770_000), Some(784_111_777_000));
         assert_eq!(retry_after_until_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_780_000), Some(784_111_780_000));
+    }
+
+    #[test]
+    fn probes_do_not_restore_a_member_before_its_retry_after() {
+        let policy = HealthPolicy { consecutive_failures: 3, cooldown_ms: 1_000, max_cooldown_ms: 10_000 };
+        let mut h = MemberHealth::default();
+        h.record_failure(0, &policy);
+        assert_eq!(h.hold_until(7_000), Transition::Ejected { until_ms: 7_000 });
+        assert_eq!(h.record_probe_success(3_000), Transition::None);
+        assert_eq!(h.availability(3_000), Availability::Unavailable { until_ms: 7_000 });
+        assert_eq!(h.record_probe_success(7_000), Transition::Restored);
+        assert_eq!(MemberHealth::decode(&h.encode()), h);
+        // A plain cooldown (no Retry-After) may be ended early by a probe.
+        for t in 0..3 {
+            h.record_failure(8_000 + t, &policy);
+        }
+        assert_eq!(h.record_probe_success(8_100), Transition::Restored);
     }
 }

@@ -380,3 +380,25 @@ def test_long_non_streaming_generation_finishes_with_default_timeouts(make_gatew
     assert resp.choices[0].message.content
     assert 31 <= time.monotonic() - started < 45
     assert mock.count("alpha") == 1
+
+
+def test_probes_never_restore_a_member_before_its_retry_after(make_gateway, mock):
+    gw = make_gateway(base_config(health={"consecutive_failures": 1000}, probe={"interval_ms": 300, "timeout_ms": 1000}))
+    mock.faults("alpha", status=503, retry_after=4)
+    with httpx.Client(timeout=10) as c:
+        for _ in range(40):
+            r = c.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+            if r.headers["x-switchboard-attempts"] == "2":
+                break
+        else:
+            pytest.fail("alpha never took a request")
+        held_at = time.monotonic()
+        mock.reset("alpha")  # healthy again: a probe would now succeed
+        while time.monotonic() - held_at < 2.5:
+            r = c.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
+            assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06", "restored before its Retry-After"
+            time.sleep(0.05)
+        time.sleep(max(0.0, 4.5 - (time.monotonic() - held_at)))
+        members = {c.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k")).headers["x-switchboard-member"]
+                   for _ in range(30)}
+    assert "alpha/gpt-4o" in members
