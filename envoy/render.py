@@ -138,7 +138,9 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     virtual_host = {
         "name": "llm", "domains": ["*"],
         # The routing header is the filter's message to the router: it never leaves Envoy.
-        "routes": [{"match": {"prefix": "/"}, "route": route, "request_headers_to_remove": [header]}],
+        # The tenant header is for Envoy's own rate limit filter placed after switchboard.
+        "routes": [{"match": {"prefix": "/"}, "route": route,
+                    "request_headers_to_remove": [header, "x-switchboard-tenant"]}],
     }
     if cors_origins:
         virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": cors_policy(cors_origins)}

@@ -11,6 +11,8 @@ pub enum ErrorType {
     Authentication,
     Permission,
     RateLimit,
+    /// OpenAI's 429 for spent quota (a tenant's budget here).
+    InsufficientQuota,
     Server,
 }
 
@@ -21,6 +23,7 @@ impl ErrorType {
             ErrorType::Authentication => "authentication_error",
             ErrorType::Permission => "permission_error",
             ErrorType::RateLimit => "rate_limit_error",
+            ErrorType::InsufficientQuota => "insufficient_quota",
             ErrorType::Server => "server_error",
         }
     }
@@ -138,8 +141,12 @@ impl ApiError {
         self
     }
 
-    /// OpenAI `type` of this error.
+    /// OpenAI `type` of this error: by status, except spent quota, which
+    /// OpenAI types by its code.
     pub fn kind(&self) -> ErrorType {
+        if self.code == "insufficient_quota" {
+            return ErrorType::InsufficientQuota;
+        }
         ErrorType::for_status(self.status)
     }
 

@@ -40,8 +40,14 @@ pub struct ModelListing {
 
 impl ModelListing {
     pub fn build(config: &Config) -> ModelListing {
+        Self::build_for(config, &|_| true)
+    }
+
+    /// The listing of what `allowed` lets a client use (a tenant's `allow`).
+    pub fn build_for(config: &Config, allowed: &dyn Fn(&str) -> bool) -> ModelListing {
         let pools: Vec<Entry<'_>> = config
             .listed_pools()
+            .filter(|p| allowed(&p.name))
             .map(|p| Entry {
                 id: &p.name,
                 object: "model",
@@ -58,6 +64,7 @@ impl ModelListing {
             .collect();
         let direct: Vec<Entry<'_>> = config
             .direct_models()
+            .filter(|p| allowed(&p.name))
             .filter_map(|p| {
                 let member = p.members.first()?;
                 let provider = config.provider(member.provider)?;

@@ -2,6 +2,7 @@
 //! form (`Config`), and lookups used on every request. No proxy-wasm calls.
 
 mod raw;
+mod tenants;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -184,6 +185,8 @@ pub struct Config {
     pub providers: Vec<Provider>,
     pub pools: Vec<Pool>,
     pool_by_name: HashMap<String, usize>,
+    /// `None`: no tenants configured, requests need no key.
+    pub tenants: Option<Vec<crate::tenant::Tenant>>,
 }
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-switchboard-cluster";

@@ -46,6 +46,8 @@ pub(super) struct RawConfig {
     /// Defaults applied to every pool that does not set its own.
     #[serde(default)]
     defaults: RawPoolPolicy,
+    /// When present, every request needs a tenant's key.
+    tenants: Option<BTreeMap<String, super::tenants::RawTenant>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,5 +405,10 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
         });
     }
 
-    Ok(Config { cluster_header, max_body_bytes, providers, pools, pool_by_name })
+    let tenants = match raw.tenants {
+        Some(t) if t.is_empty() => return Err(err("tenants", "list at least one tenant, or leave `tenants` out")),
+        Some(t) => Some(super::tenants::validate(t, |name| pool_by_name.contains_key(name))?),
+        None => None,
+    };
+    Ok(Config { cluster_header, max_body_bytes, providers, pools, pool_by_name, tenants })
 }

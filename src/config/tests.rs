@@ -217,3 +217,42 @@ fn explicit_timeouts_bound_attempts_and_first_bytes() {
     );
     assert_eq!(error_for(&bad).field, "pools.gpt4o_16k.timeout_ms");
 }
+
+fn with_tenants(tenants: &str) -> String {
+    sample_config().replacen(r#""pools": {"#, &format!(r#""tenants": {tenants}, "pools": {{"#), 1)
+}
+
+const KEY_A_SHA256: &str = "8ccb5e3e1f2fc0b4e6a4da7a6a3c0c1ee9ea6e4bd8fbbdf7c35b0e9b4c0d1a2f";
+
+#[test]
+fn tenants_are_validated_naming_the_field() {
+    let ok = with_tenants(&format!(
+        r#"{{"team-a": {{"keys_sha256": ["{KEY_A_SHA256}"], "allow": ["gpt4o_16k", "gpt-4o"], "rpm": 600, "tpm": 200000, "max_parallel": 20, "budget_usd": {{"per": "day", "limit": 50}}}}}}"#
+    ));
+    let cfg = parse(&ok).unwrap();
+    let tenants = cfg.tenants.as_ref().unwrap();
+    assert_eq!(tenants[0].name, "team-a");
+    assert_eq!(tenants[0].rpm, Some(600));
+    assert!(tenants[0].allows("gpt-4o") && !tenants[0].allows("gpt-4o-2024-08-06"));
+    assert!(parse(&sample_config()).unwrap().tenants.is_none());
+    let cases = [
+        (r#"{"t": {"keys_sha256": ["sk-plain-key"]}}"#.to_string(), "tenants.t.keys_sha256[0]"),
+        (r#"{"t": {"keys_sha256": []}}"#.to_string(), "tenants.t.keys_sha256"),
+        (format!(r#"{{"t": {{"keys_sha256": ["{KEY_A_SHA256}"], "allow": ["nope"]}}}}"#), "tenants.t.allow[0]"),
+        (format!(r#"{{"t": {{"keys_sha256": ["{KEY_A_SHA256}"], "rpm": 0}}}}"#), "tenants.t.rpm"),
+        (
+            format!(r#"{{"t": {{"keys_sha256": ["{KEY_A_SHA256}"], "budget_usd": {{"per": "day", "limit": -1}}}}}}"#),
+            "tenants.t.budget_usd.limit",
+        ),
+        (format!(r#"{{"t": {{"keys_sha256": ["{KEY_A_SHA256}"], "rmp": 5}}}}"#), "tenants.t"),
+        (
+            format!(r#"{{"a": {{"keys_sha256": ["{KEY_A_SHA256}"]}}, "b": {{"keys_sha256": ["{KEY_A_SHA256}"]}}}}"#),
+            "tenants.b.keys_sha256[0]",
+        ),
+        ("{}".to_string(), "tenants"),
+    ];
+    for (tenants, field) in cases {
+        let e = error_for(&with_tenants(&tenants));
+        assert!(e.field.starts_with(field), "{tenants}: {e}");
+    }
+}

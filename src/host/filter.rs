@@ -15,15 +15,20 @@ use proxy_wasm::types::Action;
 
 use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::request::ParsedRequest;
+use crate::api::usage;
 use crate::api::{ApiError, Endpoint};
 use crate::providers::{build_request, BuildContext, ResponseAdapter, UpstreamRequest};
 use crate::routing::{verdict, Availability, Plan};
+use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
+use crate::tenant::{authenticate, presented_key};
 
 use super::runtime::{MemberRef, Picked, Runtime};
-use super::{abi, health_store};
+use super::{abi, health_store, tenant_store};
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
+/// Names the authenticated tenant on the request, for Envoy filters after this one.
+const TENANT_HEADER: &str = "x-switchboard-tenant";
 
 /// One upstream attempt in flight.
 struct Attempt {
@@ -65,6 +70,21 @@ pub struct Filter {
     client_headers: Vec<u8>,
     stream: bool,
     plan: Option<Plan>,
+    /// The calling tenant (when tenants are configured) and what it holds.
+    tenant: Option<Admission>,
+}
+
+/// A tenant's admission: released and corrected when the request ends.
+#[derive(Debug, Default)]
+struct Admission {
+    index: usize,
+    parallel_held: bool,
+    /// Tokens reserved, in the window starting at `window_start_s`.
+    reserved: u64,
+    window_start_s: u64,
+    rate_headers: Vec<(&'static str, String)>,
+    /// The end of the answer, to read its usage from.
+    tail: Option<usage::Tail>,
 }
 
 impl Filter {
@@ -78,6 +98,7 @@ impl Filter {
             client_headers: Vec::new(),
             stream: false,
             plan: None,
+            tenant: None,
         }
     }
 
@@ -114,6 +135,8 @@ impl Filter {
         if let Some(retry) = error.should_retry {
             headers.push(("x-should-retry", if retry { "true" } else { "false" }));
         }
+        let rate = self.tenant.as_ref().map(|t| t.rate_headers.clone()).unwrap_or_default();
+        headers.extend(rate.iter().map(|(k, v)| (*k, v.as_str())));
         let body = error.to_json();
         self.respond(error.status, &headers, &body);
         Action::Pause
@@ -137,6 +160,9 @@ impl Filter {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
+            if let Err(e) = self.admit_tenant(rt, &parsed, body.len(), now) {
+                return self.answer_error(&e);
+            }
             let Some(picked) = rt.pick(&mut plan, now) else {
                 return self.answer_error(&plan.exhausted_error(&parsed.target));
             };
@@ -159,6 +185,59 @@ impl Filter {
         self.body = body;
         self.state = State::Routed(self.begin(rt, picked));
         Action::Continue
+    }
+
+    /// The calling tenant may use what it asked for, within its limits:
+    /// budget, then requests in flight, then this minute's requests and
+    /// tokens (reserved now, corrected with the real usage at the end).
+    fn admit_tenant(
+        &mut self,
+        rt: &Runtime,
+        parsed: &ParsedRequest<'_>,
+        body_len: usize,
+        now: u64,
+    ) -> Result<(), ApiError> {
+        let Some(admission) = self.tenant.as_mut() else { return Ok(()) };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return Ok(()) };
+        if let Some(name) = std::iter::once(&parsed.target).chain(&parsed.fallback).find(|n| !tenant.allows(n)) {
+            return Err(crate::tenant::not_allowed(tenant, name));
+        }
+        if !tenant.has_limits() {
+            return Ok(());
+        }
+        let now_s = now / 1000;
+        let refused = |r: Refusal| refusal_error(tenant, r);
+        tenant_store::check_budget(tenant, now_s).map_err(refused)?;
+        admission.parallel_held = tenant_store::take_parallel(tenant).map_err(refused)?;
+        let reserve = expected_tokens(parsed, body_len);
+        match tenant_store::admit(tenant, now_s, reserve) {
+            Ok(window) => {
+                if let Some(w) = window {
+                    admission.reserved = reserve;
+                    admission.window_start_s = w.start_s;
+                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &w, now_s);
+                }
+                if tenant.tpm.is_some() || tenant.budget.is_some() {
+                    admission.tail = Some(usage::Tail::default());
+                }
+                Ok(())
+            }
+            Err(r) => {
+                if std::mem::take(&mut admission.parallel_held) {
+                    tenant_store::release_parallel(tenant);
+                }
+                if let Refusal::Requests { retry_after_s } | Refusal::Tokens { retry_after_s } = r {
+                    // What was exhausted reads 0 remaining, until the window turns.
+                    let full = Window {
+                        start_s: (now_s + retry_after_s).saturating_sub(WINDOW_S),
+                        requests: if matches!(r, Refusal::Requests { .. }) { tenant.rpm.unwrap_or(0) } else { 0 },
+                        tokens: if matches!(r, Refusal::Tokens { .. }) { tenant.tpm.unwrap_or(0) } else { 0 },
+                    };
+                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &full, now_s);
+                }
+                Err(refused(r))
+            }
+        }
     }
 
     /// Starts an attempt on `picked`.
@@ -286,6 +365,11 @@ impl Filter {
             headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
         }
         headers.extend(upstream.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        // For Envoy's global rate limit after this filter; removed before the request leaves Envoy.
+        let tenant = self.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
+        if let Some(t) = tenant {
+            headers.push((TENANT_HEADER, &t.name));
+        }
         abi::set_headers(REQ, &headers).map_err(|s| ("set request headers", s))
     }
 
@@ -342,6 +426,9 @@ impl Filter {
         out.push(("x-switchboard-member", rt.member_id(serving).to_string()));
         out.push(("x-switchboard-attempts", attempts.to_string()));
         out.push(("x-switchboard-request-id", self.request_id.clone()));
+        if let Some(t) = &self.tenant {
+            out.extend(t.rate_headers.iter().cloned());
+        }
         out
     }
 
@@ -369,6 +456,50 @@ impl Filter {
         if let Err(s) = abi::set_headers(RESP, &headers) {
             self.host_error("set response headers", s);
         }
+    }
+}
+
+/// Tokens to reserve for a request before it runs: its prompt (about 4 bytes
+/// a token) and the output it asked for (`max_completion_tokens`,
+/// `max_tokens`), else `DEFAULT_EXPECTED_OUTPUT`.
+fn expected_tokens(parsed: &ParsedRequest<'_>, body_len: usize) -> u64 {
+    const DEFAULT_EXPECTED_OUTPUT: u64 = 1024;
+    let requested = ["max_completion_tokens", "max_tokens"]
+        .into_iter()
+        .find_map(|f| parsed.field(f).and_then(|v| v.get().parse::<u64>().ok()));
+    (body_len as u64 / 4).saturating_add(requested.unwrap_or(DEFAULT_EXPECTED_OUTPUT))
+}
+
+fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
+    let name = &tenant.name;
+    match refusal {
+        Refusal::Requests { retry_after_s } => ApiError::new(
+            429,
+            "rate_limit_exceeded",
+            format!("Rate limit reached for tenant `{name}`: {} requests per minute.", tenant.rpm.unwrap_or(0)),
+        )
+        .with_retry_after(retry_after_s),
+        Refusal::Tokens { retry_after_s } => ApiError::new(
+            429,
+            "rate_limit_exceeded",
+            format!("Rate limit reached for tenant `{name}`: {} tokens per minute.", tenant.tpm.unwrap_or(0)),
+        )
+        .with_retry_after(retry_after_s),
+        Refusal::Parallel => ApiError::new(
+            429,
+            "rate_limit_exceeded",
+            format!(
+                "Tenant `{name}` has {} requests in flight, its max_parallel; retry when one ends.",
+                tenant.max_parallel.unwrap_or(0)
+            ),
+        )
+        .with_retry_after(1),
+        Refusal::Budget { retry_after_s } => ApiError::new(
+            429,
+            "insufficient_quota",
+            format!("Tenant `{name}` has spent its budget for this period; it renews in {retry_after_s} s."),
+        )
+        .with_retry_after(retry_after_s),
     }
 }
 
@@ -461,6 +592,7 @@ impl Context for Filter {
             self.fail_over(&rt, now);
             return;
         }
+        self.note_answer(&body);
         let content_type = content_type.to_string();
         let ours = self.result_headers(&rt, attempt.picked.member);
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
@@ -490,6 +622,13 @@ impl HttpContext for Filter {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => format!("{:016x}", rt.random()),
         };
+        if let Some(tenants) = &rt.config.tenants {
+            let key = presented_key(|name| header_value(&raw, name));
+            match authenticate(tenants, key) {
+                Ok(index) => self.tenant = Some(Admission { index, ..Admission::default() }),
+                Err(e) => return self.answer_error(&e),
+            }
+        }
         let path = header_value(&raw, ":path").unwrap_or_default().to_string();
         let method = header_value(&raw, ":method").unwrap_or_default().to_string();
         let declared = header_value(&raw, "content-length").and_then(|v| v.parse::<usize>().ok());
@@ -505,7 +644,11 @@ impl HttpContext for Filter {
             return self.answer_error(&ApiError::method_not_allowed(&method, clean, endpoint.method()));
         }
         if endpoint == Endpoint::Models {
-            let body = rt.listing.body(query).to_vec();
+            let listing = match &self.tenant {
+                Some(t) => rt.tenant_listings.get(t.index).unwrap_or(&rt.listing),
+                None => &rt.listing,
+            };
+            let body = listing.body(query).to_vec();
             let request_id = self.request_id.clone();
             self.respond(
                 200,
@@ -623,7 +766,7 @@ impl HttpContext for Filter {
             State::Failover { .. } => return Action::Pause,
             State::Holding { .. } if !end_of_stream => return Action::Pause,
             State::Holding { .. } => {}
-            State::Relaying { attempt, .. } if attempt.adapter.is_some() => {}
+            State::Relaying { attempt, .. } if attempt.adapter.is_some() || self.reads_usage() => {}
             State::Relaying { .. } if end_of_stream => {
                 if let (State::Relaying { attempt, status }, Some(rt)) =
                     (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
@@ -644,19 +787,22 @@ impl HttpContext for Filter {
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
             State::Relaying { mut attempt, status } => {
-                let Some(adapter) = attempt.adapter.as_mut() else { return Action::Continue };
-                let out = adapter.translate_stream(&chunk, end_of_stream);
+                let translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
+                self.note_answer(translated.as_deref().unwrap_or(&chunk));
                 if end_of_stream {
                     self.finish_success(&rt, &attempt, status);
                 } else {
                     self.state = State::Relaying { attempt, status };
                 }
+                // A pass-through answer read only for its usage stays as it is.
+                let Some(out) = translated else { return Action::Continue };
                 out
             }
             State::Holding { mut attempt, status } => {
                 let Some(adapter) = attempt.adapter.as_mut() else { return Action::Continue };
                 let out = adapter.translate_body(status, &chunk);
                 let unreadable = adapter.translation_failed();
+                self.note_answer(&out);
                 if unreadable {
                     rt.metrics.local_error("invalid_upstream_response");
                     log::warn!(
@@ -688,15 +834,61 @@ impl HttpContext for Filter {
         Action::Continue
     }
 
-    /// The stream ended. An answer still being relayed never reached its end:
-    /// cut off by the upstream (the member's failure), or by the client.
+    /// The request is over, however it ended: settle the attempt still open
+    /// and the tenant's admission.
     fn on_log(&mut self) {
+        let Some(rt) = self.rt.clone() else { return };
+        self.end_unfinished_answer(&rt);
+        self.release_tenant(&rt);
+    }
+}
+
+impl Filter {
+    /// Whether the answer's body must be read for its token usage (tenant limits and budgets).
+    fn reads_usage(&self) -> bool {
+        self.tenant.as_ref().is_some_and(|t| t.tail.is_some())
+    }
+
+    /// Keeps the end of the (OpenAI-shaped) answer for its usage.
+    fn note_answer(&mut self, bytes: &[u8]) {
+        if let Some(tail) = self.tenant.as_mut().and_then(|t| t.tail.as_mut()) {
+            tail.push(bytes);
+        }
+    }
+
+    /// The tenant's request ended: its parallel slot is free again and its
+    /// token reservation becomes the real usage (kept as reserved when the
+    /// answer reported none).
+    fn release_tenant(&mut self, rt: &Runtime) {
+        let Some(admission) = self.tenant.take() else { return };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
+        if admission.parallel_held {
+            tenant_store::release_parallel(tenant);
+        }
+        let Some(tail) = &admission.tail else { return };
+        let now_s = self.now_ms() / 1000;
+        match tail.usage() {
+            Some((prompt, completion)) => {
+                let actual = prompt.saturating_add(completion);
+                tenant_store::correct(tenant, now_s, admission.window_start_s, admission.reserved, actual);
+            }
+            None => log::info!(
+                "switchboard[{}]: no usage in the answer; tenant {} keeps its estimate of {} tokens",
+                self.request_id,
+                tenant.name,
+                admission.reserved
+            ),
+        }
+    }
+
+    /// An answer still being relayed when the stream ended never reached its
+    /// end: cut off by the upstream (the member's failure), or by the client.
+    fn end_unfinished_answer(&mut self, rt: &Runtime) {
         let (State::Relaying { attempt, .. } | State::Holding { attempt, .. }) =
             std::mem::replace(&mut self.state, State::Passing)
         else {
             return;
         };
-        let Some(rt) = self.rt.clone() else { return };
         let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();
         let details = String::from_utf8_lossy(&details);
         if details.contains("downstream") {
@@ -709,6 +901,6 @@ impl HttpContext for Filter {
             rt.member_id(attempt.picked.member)
         );
         let now = self.now_ms();
-        self.finish(&rt, &attempt, 0, None, now);
+        self.finish(rt, &attempt, 0, None, now);
     }
 }

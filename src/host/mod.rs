@@ -8,6 +8,7 @@ mod metrics;
 mod probes;
 mod root;
 mod runtime;
+mod tenant_store;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

@@ -32,6 +32,8 @@ pub struct Picked {
 pub struct Runtime {
     pub config: Config,
     pub listing: ModelListing,
+    /// Per tenant (same order as `config.tenants`): what it may use.
+    pub tenant_listings: Vec<ModelListing>,
     pub metrics: Metrics,
     rng: RefCell<Rng>,
     /// Successes of healthy members not yet added to shared data (flushed on tick).
@@ -41,8 +43,11 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: Config) -> Runtime {
+        let tenant_listings =
+            config.tenants.iter().flatten().map(|t| ModelListing::build_for(&config, &|name| t.allows(name))).collect();
         Runtime {
             listing: ModelListing::build(&config),
+            tenant_listings,
             metrics: Metrics::define(&config),
             config,
             rng: RefCell::new(Rng::from_entropy()),
