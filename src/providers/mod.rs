@@ -50,11 +50,13 @@ mod openai_out;
 mod response;
 mod sigv4;
 mod sse;
+mod structured;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod upstream;
 mod upstream_error;
 
 pub use dispatch::build_request;
+pub use openai_out::Usage;
 pub use response::ResponseAdapter;
 pub use upstream::{BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};
