@@ -319,6 +319,7 @@ mod tests {
     use super::*;
     use crate::api::Endpoint;
     use crate::config::ProviderKind;
+    use crate::providers::structured::{JSON_OBJECT_INSTRUCTION, STRUCTURED_OUTPUT_TOOL};
     use crate::providers::test_support::{assert_split_invariant, events, final_usage, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
@@ -387,6 +388,97 @@ mod tests {
             choice("\"auto\"", r#","parallel_tool_calls":false"#),
             json!({"type": "auto", "disable_parallel_tool_use": true})
         );
+    }
+
+    const SCHEMA_FORMAT: &str = r#""response_format":{"type":"json_schema","json_schema":{"name":"Person","description":"Who it is.","strict":true,"schema":{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}}}"#;
+
+    fn anthropic_body(req: &str) -> Value {
+        serde_json::from_slice(&build_for(&provider(ProviderKind::Anthropic), "c", req, None).unwrap().body).unwrap()
+    }
+
+    #[test]
+    fn json_schema_format_is_a_forced_tool() {
+        let v = anthropic_body(&format!(
+            r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{SCHEMA_FORMAT}}}"#
+        ));
+        assert_eq!(
+            v["tools"],
+            json!([{
+                "name": STRUCTURED_OUTPUT_TOOL,
+                "description": "Give your final answer by calling this tool: its input is the answer, a `Person` object. Who it is.",
+                "input_schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": false}
+            }])
+        );
+        assert_eq!(v["tool_choice"], json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}));
+        assert!(v.get("system").is_none());
+    }
+
+    #[test]
+    fn json_schema_format_with_client_tools() {
+        let tools = r#""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]"#;
+        let with = |choice: &str| {
+            anthropic_body(&format!(
+                r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},{SCHEMA_FORMAT}{choice}}}"#
+            ))
+        };
+        let names = |v: &Value| -> Vec<String> {
+            v["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
+        };
+        // The model may call the client's tools or answer through the schema tool.
+        let v = with("");
+        assert_eq!(names(&v), ["f", STRUCTURED_OUTPUT_TOOL]);
+        assert_eq!(v["tool_choice"], json!({"type": "any"}));
+        let v = with(r#","tool_choice":"none""#);
+        assert_eq!(names(&v), ["f", STRUCTURED_OUTPUT_TOOL]);
+        assert_eq!(v["tool_choice"], json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}));
+        // A call of the client's tools is required: that call is the answer.
+        let v = with(r#","tool_choice":"required""#);
+        assert_eq!(names(&v), ["f"]);
+        assert_eq!(v["tool_choice"], json!({"type": "any"}));
+        let v = with(r#","tool_choice":{"type":"function","function":{"name":"f"}}"#);
+        assert_eq!(names(&v), ["f"]);
+    }
+
+    #[test]
+    fn json_object_format_is_a_system_instruction() {
+        let v = anthropic_body(
+            r#"{"model":"x","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#,
+        );
+        assert_eq!(v["system"], format!("Be brief.\n\n{JSON_OBJECT_INSTRUCTION}"));
+        assert!(v.get("tools").is_none());
+    }
+
+    #[test]
+    fn structured_output_answer_is_content() {
+        let body = format!(
+            r#"{{"id":"msg_1","type":"message","role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"{STRUCTURED_OUTPUT_TOOL}","input":{{"name":"Ada"}}}}],"stop_reason":"tool_use","usage":{{"input_tokens":5,"output_tokens":7}}}}"#
+        );
+        let mut a = adapter(false);
+        let v: Value = serde_json::from_slice(&a.translate_body(200, body.as_bytes())).unwrap();
+        let message = &v["choices"][0]["message"];
+        assert_eq!(message["content"], r#"{"name":"Ada"}"#);
+        assert!(message.get("tool_calls").is_none());
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(a.usage().map(|u| (u.prompt, u.completion, u.total_tokens())), Some((5, 7, 12)));
+    }
+
+    #[test]
+    fn structured_output_stream_is_content() {
+        let name = STRUCTURED_OUTPUT_TOOL;
+        let stream = format!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"usage\":{{\"input_tokens\":5,\"output_tokens\":1}}}}}}\n\n\
+             event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"{name}\",\"input\":{{}}}}}}\n\n\
+             event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"{{\\\"name\\\": \"}}}}\n\n\
+             event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Ada\\\"}}\"}}}}\n\n\
+             event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"tool_use\"}},\"usage\":{{\"output_tokens\":7}}}}\n\n\
+             event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+        );
+        let out = assert_split_invariant(ProviderKind::Anthropic, stream.as_bytes());
+        let ev = events(&out);
+        assert_eq!(streamed_text(&ev), r#"{"name": "Ada"}"#);
+        assert!(ev.iter().all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()), "{ev:?}");
+        assert_eq!(ev[ev.len() - 3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(final_usage(&ev)["total_tokens"], 12);
     }
 
     #[test]

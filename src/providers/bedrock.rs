@@ -469,6 +469,7 @@ mod tests {
     use crate::api::Endpoint;
     use crate::config::{Provider, ProviderKind, Secret};
     use crate::providers::eventstream::{encode, event};
+    use crate::providers::structured::{JSON_OBJECT_INSTRUCTION, STRUCTURED_OUTPUT_TOOL};
     use crate::providers::test_support::{assert_split_invariant, events, final_usage, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
@@ -700,6 +701,63 @@ mod tests {
             json!({"error": {"message": "Too many requests, please wait before trying again.", "type": "rate_limit_error", "param": null, "code": "throttlingException"}})
         );
         assert_eq!(ev[ev.len() - 1], "[DONE]");
+    }
+
+    #[test]
+    fn json_schema_format_is_a_forced_tool() {
+        let body = |req: &str| -> Value {
+            serde_json::from_slice(&build_for(&bedrock_provider(None), MODEL, req, None).unwrap().body).unwrap()
+        };
+        let format = r#""response_format":{"type":"json_schema","json_schema":{"name":"Person","schema":{"type":"object","properties":{"name":{"type":"string"}}}}}"#;
+        let v = body(&format!(r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{format}}}"#));
+        let spec = &v["toolConfig"]["tools"][0]["toolSpec"];
+        assert_eq!(spec["name"], STRUCTURED_OUTPUT_TOOL);
+        assert_eq!(spec["inputSchema"]["json"], json!({"type": "object", "properties": {"name": {"type": "string"}}}));
+        assert_eq!(v["toolConfig"]["toolChoice"], json!({"tool": {"name": STRUCTURED_OUTPUT_TOOL}}));
+        // Client tools stay callable: any tool, the schema tool last.
+        let tools = r#""tools":[{"type":"function","function":{"name":"f"}}]"#;
+        let v = body(&format!(r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},{format}}}"#));
+        assert_eq!(v["toolConfig"]["tools"][0]["toolSpec"]["name"], "f");
+        assert_eq!(v["toolConfig"]["tools"][1]["toolSpec"]["name"], STRUCTURED_OUTPUT_TOOL);
+        assert_eq!(v["toolConfig"]["toolChoice"], json!({"any": {}}));
+        // tool_choice none: the client's tools are not declared (Converse has no `none`).
+        let v = body(&format!(
+            r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},"tool_choice":"none",{format}}}"#
+        ));
+        assert_eq!(v["toolConfig"]["tools"].as_array().unwrap().len(), 1);
+        let v = body(
+            r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#,
+        );
+        assert_eq!(v["system"], json!([{ "text": JSON_OBJECT_INSTRUCTION }]));
+        assert!(v.get("toolConfig").is_none());
+    }
+
+    #[test]
+    fn structured_output_answer_and_stream_are_content() {
+        let answer = format!(
+            r#"{{"output":{{"message":{{"role":"assistant","content":[{{"toolUse":{{"toolUseId":"t1","name":"{STRUCTURED_OUTPUT_TOOL}","input":{{"name":"Ada"}}}}}}]}}}},"stopReason":"tool_use","usage":{{"inputTokens":3,"outputTokens":4,"totalTokens":7}}}}"#
+        );
+        let mut a = adapter(false);
+        let v: Value = serde_json::from_slice(&a.translate_body(200, answer.as_bytes())).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], r#"{"name":"Ada"}"#);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(a.usage().map(|u| u.total_tokens()), Some(7));
+
+        let mut s = event("messageStart", r#"{"role":"assistant"}"#);
+        let start = format!(
+            r#"{{"contentBlockIndex":0,"start":{{"toolUse":{{"toolUseId":"t1","name":"{STRUCTURED_OUTPUT_TOOL}"}}}}}}"#
+        );
+        s.extend(event("contentBlockStart", &start));
+        s.extend(event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"{\"name\":"}}}"#));
+        s.extend(event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"\"Ada\"}"}}}"#));
+        s.extend(event("contentBlockStop", r#"{"contentBlockIndex":0}"#));
+        s.extend(event("messageStop", r#"{"stopReason":"tool_use"}"#));
+        s.extend(event("metadata", r#"{"usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7}}"#));
+        let ev = events(&assert_split_invariant(ProviderKind::Bedrock, &s));
+        assert_eq!(streamed_text(&ev), r#"{"name":"Ada"}"#);
+        assert!(ev.iter().all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()));
+        assert_eq!(ev[ev.len() - 3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(final_usage(&ev)["total_tokens"], 7);
     }
 
     #[test]

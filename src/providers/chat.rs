@@ -691,6 +691,29 @@ mod tests {
     }
 
     #[test]
+    fn structured_output_tool_name_is_reserved() {
+        let e = chat(&json!({"model": "m", "messages": [], "tools": [{"type": "function", "function": {"name": STRUCTURED_OUTPUT_TOOL}}]}))
+            .unwrap_err();
+        assert_eq!((e.status, e.param), (400, Some("tools")));
+        assert!(e.message.contains("reserved"));
+    }
+
+    #[test]
+    fn json_schema_format_keeps_name_and_description() {
+        let c = chat(&json!({"model": "m", "messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "P", "description": "d", "schema": {"type": "object"}}}})).unwrap();
+        assert_eq!(
+            c.response_format,
+            Some(ResponseFormat::JsonSchema(JsonSchema {
+                name: "P".into(),
+                description: Some("d".into()),
+                schema: json!({"type": "object"})
+            }))
+        );
+        let c = chat(&json!({"model": "m", "messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "P"}}})).unwrap();
+        assert_eq!(c.response_format, Some(ResponseFormat::JsonObject));
+    }
+
+    #[test]
     fn mistyped_top_level_fields_set_param() {
         let e = chat(&json!({"model": "m", "messages": [], "temperature": "hot"})).unwrap_err();
         assert_eq!((e.code, e.param), ("invalid_type", Some("temperature")));

@@ -593,6 +593,25 @@ mod tests {
     }
 
     #[test]
+    fn pydantic_schema_with_defs_is_inlined() {
+        // What `client.chat.completions.parse(response_format=Model)` sends for a nested model.
+        let req = r##"{"model":"x","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"Trip","strict":true,"schema":{"$defs":{"Stop":{"properties":{"city":{"title":"City","type":"string"}},"required":["city"],"title":"Stop","type":"object","additionalProperties":false}},"properties":{"stops":{"items":{"$ref":"#/$defs/Stop"},"title":"Stops","type":"array"},"note":{"anyOf":[{"type":"string"},{"type":"null"}],"title":"Note"}},"required":["stops","note"],"title":"Trip","type":"object","additionalProperties":false}}}}"##;
+        let v = body_of("g", req);
+        assert_eq!(
+            v["generationConfig"]["responseSchema"],
+            json!({
+                "properties": {
+                    "stops": {"items": {"properties": {"city": {"title": "City", "type": "string"}}, "required": ["city"], "title": "Stop", "type": "object"}, "title": "Stops", "type": "array"},
+                    "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Note"}
+                },
+                "required": ["stops", "note"],
+                "title": "Trip",
+                "type": "object"
+            })
+        );
+    }
+
+    #[test]
     fn response_translation() {
         let v: Value =
             serde_json::from_slice(&adapter(false).with_created(9).translate_body(200, RESPONSE.as_bytes())).unwrap();

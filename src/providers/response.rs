@@ -156,6 +156,20 @@ mod tests {
     }
 
     #[test]
+    fn usage_is_known_for_whole_answers_and_not_for_errors() {
+        let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
+        assert_eq!(a.usage(), None);
+        a.translate_body(
+            200,
+            br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"}]}},"stopReason":"end_turn","usage":{"inputTokens":2,"outputTokens":1,"totalTokens":3}}"#,
+        );
+        assert_eq!(a.usage(), Some(Usage { prompt: 2, completion: 1, total: Some(3), cached: None, reasoning: None }));
+        let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
+        a.translate_body(429, br#"{"message":"slow down"}"#);
+        assert_eq!(a.usage(), None);
+    }
+
+    #[test]
     fn translation_failure_is_reported() {
         let new = |kind| ResponseAdapter::new(kind, Endpoint::ChatCompletions, false, "m").unwrap();
         for kind in [ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Bedrock] {
