@@ -493,6 +493,14 @@ fn parse_response_format(value: &Value) -> Result<Option<ResponseFormat>, ApiErr
     }
 }
 
+/// True when the client asked for usage in its stream
+/// (`stream_options.include_usage`): what the host passes to
+/// `ResponseAdapter::with_include_usage`.
+pub fn stream_include_usage(req: &ParsedRequest<'_>) -> bool {
+    let options = req.field("stream_options").and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+    options.and_then(|o| o.get("include_usage").and_then(Value::as_bool)).unwrap_or(false)
+}
+
 /// Decodes the chat-completions request.
 pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
     let (system, turns) = match req.field("messages") {
@@ -688,6 +696,17 @@ mod tests {
             assert_eq!(e.status, 400);
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn include_usage_is_read_from_stream_options() {
+        let asks = |body: &str| {
+            stream_include_usage(&ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap())
+        };
+        assert!(asks(r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#));
+        assert!(!asks(r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":false}}"#));
+        assert!(!asks(r#"{"model":"m","messages":[],"stream":true,"stream_options":null}"#));
+        assert!(!asks(r#"{"model":"m","messages":[],"stream":true}"#));
     }
 
     #[test]

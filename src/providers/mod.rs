@@ -56,6 +56,7 @@ pub(crate) mod test_support;
 mod upstream;
 mod upstream_error;
 
+pub use chat::stream_include_usage;
 pub use dispatch::build_request;
 pub use openai_out::Usage;
 pub use response::ResponseAdapter;

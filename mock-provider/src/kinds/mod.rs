@@ -5,6 +5,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai;
+pub mod schema;
 
 use crate::server::{Listener, MockBody};
 use bytes::Bytes;
@@ -153,6 +154,46 @@ pub fn split_even(s: &str, n: usize) -> Vec<String> {
 
 pub fn mentions_weather(text: &str) -> bool {
     text.to_ascii_lowercase().contains("weather")
+}
+
+/// Arguments of the weather tool call.
+pub const WEATHER_ARGS: &str = r#"{"location":"Paris"}"#;
+
+/// A tool the request declares: its name and input schema.
+pub struct DeclaredTool {
+    pub name: String,
+    pub schema: Value,
+}
+
+/// How the request lets the model use its tools.
+pub enum ToolChoice {
+    Auto,
+    None,
+    Any,
+    Tool(String),
+}
+
+/// The tool call the mock answers, as a model would: a forced tool (or,
+/// with "any tool", the first one) gets arguments built from its schema,
+/// unless the weather rule applies (first tool, `{"location":"Paris"}`).
+/// `Err` when the choice names a tool that is not declared.
+pub fn tool_call(
+    tools: &[DeclaredTool],
+    choice: &ToolChoice,
+    last_user: &str,
+) -> Result<Option<(String, String)>, String> {
+    let weather = |t: &DeclaredTool| (t.name.clone(), WEATHER_ARGS.to_string());
+    let from_schema = |t: &DeclaredTool| (t.name.clone(), schema::sample(&t.schema).to_string());
+    Ok(match choice {
+        ToolChoice::None => None,
+        ToolChoice::Tool(name) => {
+            let tool = tools.iter().find(|t| &t.name == name);
+            Some(from_schema(tool.ok_or_else(|| format!("tool_choice: tool '{name}' is not in tools"))?))
+        }
+        ToolChoice::Any if mentions_weather(last_user) => tools.first().map(weather),
+        ToolChoice::Any => tools.first().map(from_schema),
+        ToolChoice::Auto => tools.first().filter(|_| mentions_weather(last_user)).map(weather),
+    })
 }
 
 /// JSON-encode a string (with quotes).
