@@ -11,6 +11,7 @@ use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::openai_out::{Answer, Choice, Meta, ToolCall, Usage};
+use super::structured::STRUCTURED_OUTPUT_TOOL;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{invalid_answer, parse_answer, NO_MESSAGE, NO_STREAM_MESSAGE};
 
@@ -144,12 +145,15 @@ impl Adapter for Anthropic {
                 Some(ToolChoice::Required) => json!({"type": "any"}),
                 Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
             };
-            if chat.parallel_tool_calls == Some(false) && tool_choice != Some(&ToolChoice::None) {
+            // One answer: the forced schema tool is called once.
+            let forced_schema = matches!(tool_choice, Some(ToolChoice::Function(n)) if n == STRUCTURED_OUTPUT_TOOL);
+            let serial = chat.parallel_tool_calls == Some(false) || forced_schema;
+            if serial && tool_choice != Some(&ToolChoice::None) {
                 if let Some(obj) = choice.as_object_mut() {
                     obj.insert("disable_parallel_tool_use".into(), json!(true));
                 }
             }
-            if tool_choice.is_some() || chat.parallel_tool_calls == Some(false) {
+            if tool_choice.is_some() || serial {
                 out.insert("tool_choice".into(), choice);
             }
         }
@@ -319,7 +323,7 @@ mod tests {
     use super::*;
     use crate::api::Endpoint;
     use crate::config::ProviderKind;
-    use crate::providers::structured::{JSON_OBJECT_INSTRUCTION, STRUCTURED_OUTPUT_TOOL};
+    use crate::providers::structured::JSON_OBJECT_INSTRUCTION;
     use crate::providers::test_support::{assert_split_invariant, events, final_usage, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
@@ -409,7 +413,10 @@ mod tests {
                 "input_schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": false}
             }])
         );
-        assert_eq!(v["tool_choice"], json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}));
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL, "disable_parallel_tool_use": true})
+        );
         assert!(v.get("system").is_none());
     }
 
@@ -430,7 +437,10 @@ mod tests {
         assert_eq!(v["tool_choice"], json!({"type": "any"}));
         let v = with(r#","tool_choice":"none""#);
         assert_eq!(names(&v), ["f", STRUCTURED_OUTPUT_TOOL]);
-        assert_eq!(v["tool_choice"], json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}));
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL, "disable_parallel_tool_use": true})
+        );
         // A call of the client's tools is required: that call is the answer.
         let v = with(r#","tool_choice":"required""#);
         assert_eq!(names(&v), ["f"]);

@@ -57,7 +57,7 @@ def test_sdk_parse_returns_the_pydantic_object(kinds_gateway, kinds_mock, name):
         [tool] = sent["tools"]
         assert tool["name"] == STRUCTURED_TOOL and "Trip" in tool["description"]
         assert tool["input_schema"]["properties"].keys() == Trip.model_json_schema()["properties"].keys()
-        assert sent["tool_choice"] == {"type": "tool", "name": STRUCTURED_TOOL}
+        assert sent["tool_choice"] == {"type": "tool", "name": STRUCTURED_TOOL, "disable_parallel_tool_use": True}
     if name == "bedrock":
         [tool] = sent["toolConfig"]["tools"]
         assert tool["toolSpec"]["name"] == STRUCTURED_TOOL

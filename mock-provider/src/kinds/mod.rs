@@ -183,7 +183,11 @@ pub fn tool_call(
     last_user: &str,
 ) -> Result<Option<(String, String)>, String> {
     let weather = |t: &DeclaredTool| (t.name.clone(), WEATHER_ARGS.to_string());
-    let from_schema = |t: &DeclaredTool| (t.name.clone(), schema::sample(&t.schema).to_string());
+    // Tool inputs are objects, whatever the schema says.
+    let from_schema = |t: &DeclaredTool| {
+        let input = Some(schema::sample(&t.schema)).filter(Value::is_object).unwrap_or_else(|| serde_json::json!({}));
+        (t.name.clone(), input.to_string())
+    };
     Ok(match choice {
         ToolChoice::None => None,
         ToolChoice::Tool(name) => {
@@ -387,6 +391,23 @@ mod tests {
         assert_eq!(full, "one two ok ok ok");
         let (p, _) = stream_pieces("x", 0);
         assert_eq!(p, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn tool_calls_follow_the_tool_choice() {
+        let schema = serde_json::json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let tools = [
+            DeclaredTool { name: "get_weather".into(), schema: Value::Null },
+            DeclaredTool { name: "answer".into(), schema },
+        ];
+        let call = |choice, text| tool_call(&tools, &choice, text).unwrap();
+        assert_eq!(call(ToolChoice::Tool("answer".into()), "hi"), Some(("answer".into(), r#"{"n":1}"#.into())));
+        assert_eq!(call(ToolChoice::Any, "weather?"), Some(("get_weather".into(), WEATHER_ARGS.into())));
+        assert_eq!(call(ToolChoice::Any, "hi"), Some(("get_weather".into(), "{}".into())));
+        assert_eq!(call(ToolChoice::Auto, "hi"), None);
+        assert_eq!(call(ToolChoice::Auto, "weather?"), Some(("get_weather".into(), WEATHER_ARGS.into())));
+        assert_eq!(call(ToolChoice::None, "weather?"), None);
+        assert!(tool_call(&tools, &ToolChoice::Tool("nope".into()), "hi").is_err());
     }
 
     #[test]
