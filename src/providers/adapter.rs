@@ -12,7 +12,7 @@ use crate::config::{Member, Provider};
 
 use super::chat::Chat;
 use super::emit::Emitter;
-use super::openai_out::Meta;
+use super::openai_out::{Answer, Meta, Usage};
 use super::sse;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{code_for_status, error_json, fallback_error};
@@ -27,10 +27,9 @@ pub(super) trait Adapter: Debug + Sync {
     /// Bedrock signs).
     fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError>;
 
-    /// A complete successful-status answer into a `chat.completion` body;
-    /// `Err` holds an OpenAI error body when the answer is an error in
-    /// disguise or cannot be read.
-    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>>;
+    /// A complete successful-status answer, read; `Err` holds an OpenAI
+    /// error body when the answer is an error in disguise or cannot be read.
+    fn completion(&self, body: &[u8]) -> Result<Answer, Vec<u8>>;
 
     /// The provider's error in a JSON error body: its name (empty when it
     /// has none) and message; `None` when the body is in another format.
@@ -40,8 +39,9 @@ pub(super) trait Adapter: Debug + Sync {
     /// the HTTP `status`).
     fn error_type(&self, name: &str, status: u16) -> ErrorType;
 
-    /// Translation state for one successful stream whose chunks carry `meta`.
-    fn stream(&self, meta: Meta) -> Box<dyn StreamState>;
+    /// Translation state for one successful stream whose chunks carry
+    /// `meta`, ending with a usage chunk when `include_usage`.
+    fn stream(&self, meta: Meta, include_usage: bool) -> Box<dyn StreamState>;
 
     /// The upstream request for `chat`: `body`, serialised once, in `request`.
     fn build(
@@ -83,6 +83,9 @@ pub(super) trait StreamState: Debug {
     /// OpenAI SSE events; pieces of an event are held until it is complete.
     /// With `end_of_stream` the rest is flushed and `data: [DONE]` ends it.
     fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8>;
+
+    /// The latest usage the provider reported, whether or not it was sent.
+    fn usage(&self) -> Option<Usage>;
 }
 
 /// What a kind does with each JSON event of its SSE stream.
@@ -100,8 +103,8 @@ pub(super) struct SseStream<E> {
 }
 
 impl<E: SseEvents> SseStream<E> {
-    pub fn new(meta: Meta, events: E) -> Self {
-        SseStream { parser: sse::Parser::default(), emitter: Emitter::new(meta), events }
+    pub fn new(meta: Meta, include_usage: bool, events: E) -> Self {
+        SseStream { parser: sse::Parser::default(), emitter: Emitter::new(meta, include_usage), events }
     }
 
     fn event(&mut self, data: &str, out: &mut Vec<u8>) {
@@ -131,5 +134,9 @@ impl<E: SseEvents> StreamState for SseStream<E> {
             self.emitter.end(&mut out);
         }
         out
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.emitter.usage
     }
 }

@@ -10,7 +10,8 @@ use crate::config::Credentials;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
-use super::openai_out::{Choice, Meta, ToolCall, Usage};
+use super::openai_out::{Answer, Choice, Meta, ToolCall, Usage};
+use super::structured::STRUCTURED_OUTPUT_TOOL;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{invalid_answer, parse_answer, NO_MESSAGE, NO_STREAM_MESSAGE};
 
@@ -93,8 +94,9 @@ impl Adapter for Anthropic {
         out.insert("messages".into(), Value::Array(messages));
         let max_tokens = chat.max_tokens.or(ctx.max_response_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
         out.insert("max_tokens".into(), json!(max_tokens));
-        if !chat.system.is_empty() {
-            out.insert("system".into(), json!(chat.system.join("\n\n")));
+        let system = chat.system_with_json_instruction();
+        if !system.is_empty() {
+            out.insert("system".into(), json!(system.join("\n\n")));
         }
         // Anthropic's range is 0..=1 (OpenAI's 0..=2).
         if let Some(t) = chat.temperature {
@@ -119,10 +121,15 @@ impl Adapter for Anthropic {
         if let Some(user) = &chat.user {
             out.insert("metadata".into(), json!({ "user_id": user }));
         }
-        if !chat.tools.is_empty() {
+        // A json_schema format is one more tool, forced by the tool choice.
+        let structured = chat.structured_output_tool();
+        let (extra_tool, forced) = structured.map_or((None, None), |(tool, choice)| (Some(tool), Some(choice)));
+        let tool_choice = forced.as_ref().or(chat.tool_choice.as_ref());
+        if !chat.tools.is_empty() || extra_tool.is_some() {
             let tools: Vec<Value> = chat
                 .tools
                 .iter()
+                .chain(extra_tool.as_ref())
                 .map(|t| {
                     let mut tool = json!({"name": t.name, "input_schema": t.parameters});
                     if let (Some(d), Some(obj)) = (&t.description, tool.as_object_mut()) {
@@ -132,18 +139,21 @@ impl Adapter for Anthropic {
                 })
                 .collect();
             out.insert("tools".into(), Value::Array(tools));
-            let mut choice = match &chat.tool_choice {
+            let mut choice = match tool_choice {
                 None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
                 Some(ToolChoice::None) => json!({"type": "none"}),
                 Some(ToolChoice::Required) => json!({"type": "any"}),
                 Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
             };
-            if chat.parallel_tool_calls == Some(false) && chat.tool_choice != Some(ToolChoice::None) {
+            // One answer: the forced schema tool is called once.
+            let forced_schema = matches!(tool_choice, Some(ToolChoice::Function(n)) if n == STRUCTURED_OUTPUT_TOOL);
+            let serial = chat.parallel_tool_calls == Some(false) || forced_schema;
+            if serial && tool_choice != Some(&ToolChoice::None) {
                 if let Some(obj) = choice.as_object_mut() {
                     obj.insert("disable_parallel_tool_use".into(), json!(true));
                 }
             }
-            if chat.tool_choice.is_some() || chat.parallel_tool_calls == Some(false) {
+            if tool_choice.is_some() || serial {
                 out.insert("tool_choice".into(), choice);
             }
         }
@@ -168,9 +178,9 @@ impl Adapter for Anthropic {
         })
     }
 
-    /// A complete answer into a `chat.completion`; `Err` holds an OpenAI
-    /// error body when the answer is an error or cannot be read.
-    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    /// A complete Messages API answer; `Err` holds an OpenAI error body when
+    /// the answer is an error or cannot be read.
+    fn completion(&self, body: &[u8]) -> Result<Answer, Vec<u8>> {
         let v = parse_answer("Anthropic", body)?;
         if v.get("type").and_then(Value::as_str) == Some("error") {
             return Err(self.error_body(500, body));
@@ -194,11 +204,11 @@ impl Adapter for Anthropic {
             }
         }
         choice.finish_reason = v.get("stop_reason").and_then(Value::as_str).map(finish_reason).unwrap_or("stop");
-        let mut meta = meta.clone();
-        if let Some(id) = v.get("id").and_then(Value::as_str) {
-            meta.id = id.to_string();
-        }
-        Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
+        Ok(Answer {
+            id: v.get("id").and_then(Value::as_str).map(str::to_string),
+            choices: vec![choice],
+            usage: v.get("usage").map(usage_of),
+        })
     }
 
     /// The `error` of `{"type":"error","error":{"type","message"}}`.
@@ -220,8 +230,8 @@ impl Adapter for Anthropic {
         }
     }
 
-    fn stream(&self, meta: Meta) -> Box<dyn StreamState> {
-        Box::new(SseStream::new(meta, Events::default()))
+    fn stream(&self, meta: Meta, include_usage: bool) -> Box<dyn StreamState> {
+        Box::new(SseStream::new(meta, include_usage, Events::default()))
     }
 }
 
@@ -244,6 +254,7 @@ impl SseEvents for Events {
                 }
                 if let Some(u) = message.get("usage") {
                     self.usage = usage_of(u);
+                    em.usage = Some(self.usage);
                 }
                 em.start(out, 0);
             }
@@ -286,12 +297,13 @@ impl SseEvents for Events {
                         self.usage.prompt = later.prompt;
                         self.usage.cached = later.cached.or(self.usage.cached);
                     }
+                    em.usage = Some(self.usage);
                 }
                 if let Some(reason) = v.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str) {
-                    em.finish(out, 0, finish_reason(reason), Some(self.usage));
+                    em.finish(out, 0, finish_reason(reason));
                 }
             }
-            "message_stop" => em.finish(out, 0, "stop", Some(self.usage)),
+            "message_stop" => em.finish(out, 0, "stop"),
             "error" => {
                 let err = v.get("error").unwrap_or(&Value::Null);
                 let kind = err.get("type").and_then(Value::as_str).unwrap_or("api_error");
@@ -311,7 +323,8 @@ mod tests {
     use super::*;
     use crate::api::Endpoint;
     use crate::config::ProviderKind;
-    use crate::providers::test_support::{assert_split_invariant, events, streamed_text};
+    use crate::providers::structured::JSON_OBJECT_INSTRUCTION;
+    use crate::providers::test_support::{assert_split_invariant, events, final_usage, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
 
@@ -381,6 +394,103 @@ mod tests {
         );
     }
 
+    const SCHEMA_FORMAT: &str = r#""response_format":{"type":"json_schema","json_schema":{"name":"Person","description":"Who it is.","strict":true,"schema":{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}}}"#;
+
+    fn anthropic_body(req: &str) -> Value {
+        serde_json::from_slice(&build_for(&provider(ProviderKind::Anthropic), "c", req, None).unwrap().body).unwrap()
+    }
+
+    #[test]
+    fn json_schema_format_is_a_forced_tool() {
+        let v = anthropic_body(&format!(
+            r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{SCHEMA_FORMAT}}}"#
+        ));
+        assert_eq!(
+            v["tools"],
+            json!([{
+                "name": STRUCTURED_OUTPUT_TOOL,
+                "description": "Give your final answer by calling this tool: its input is the answer, a `Person` object. Who it is.",
+                "input_schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": false}
+            }])
+        );
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL, "disable_parallel_tool_use": true})
+        );
+        assert!(v.get("system").is_none());
+    }
+
+    #[test]
+    fn json_schema_format_with_client_tools() {
+        let tools = r#""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]"#;
+        let with = |choice: &str| {
+            anthropic_body(&format!(
+                r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},{SCHEMA_FORMAT}{choice}}}"#
+            ))
+        };
+        let names = |v: &Value| -> Vec<String> {
+            v["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
+        };
+        // The model may call the client's tools or answer through the schema tool.
+        let v = with("");
+        assert_eq!(names(&v), ["f", STRUCTURED_OUTPUT_TOOL]);
+        assert_eq!(v["tool_choice"], json!({"type": "any"}));
+        let v = with(r#","tool_choice":"none""#);
+        assert_eq!(names(&v), ["f", STRUCTURED_OUTPUT_TOOL]);
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL, "disable_parallel_tool_use": true})
+        );
+        // A call of the client's tools is required: that call is the answer.
+        let v = with(r#","tool_choice":"required""#);
+        assert_eq!(names(&v), ["f"]);
+        assert_eq!(v["tool_choice"], json!({"type": "any"}));
+        let v = with(r#","tool_choice":{"type":"function","function":{"name":"f"}}"#);
+        assert_eq!(names(&v), ["f"]);
+    }
+
+    #[test]
+    fn json_object_format_is_a_system_instruction() {
+        let v = anthropic_body(
+            r#"{"model":"x","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#,
+        );
+        assert_eq!(v["system"], format!("Be brief.\n\n{JSON_OBJECT_INSTRUCTION}"));
+        assert!(v.get("tools").is_none());
+    }
+
+    #[test]
+    fn structured_output_answer_is_content() {
+        let body = format!(
+            r#"{{"id":"msg_1","type":"message","role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"{STRUCTURED_OUTPUT_TOOL}","input":{{"name":"Ada"}}}}],"stop_reason":"tool_use","usage":{{"input_tokens":5,"output_tokens":7}}}}"#
+        );
+        let mut a = adapter(false);
+        let v: Value = serde_json::from_slice(&a.translate_body(200, body.as_bytes())).unwrap();
+        let message = &v["choices"][0]["message"];
+        assert_eq!(message["content"], r#"{"name":"Ada"}"#);
+        assert!(message.get("tool_calls").is_none());
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(a.usage().map(|u| (u.prompt, u.completion, u.total_tokens())), Some((5, 7, 12)));
+    }
+
+    #[test]
+    fn structured_output_stream_is_content() {
+        let name = STRUCTURED_OUTPUT_TOOL;
+        let stream = format!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"usage\":{{\"input_tokens\":5,\"output_tokens\":1}}}}}}\n\n\
+             event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"{name}\",\"input\":{{}}}}}}\n\n\
+             event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"{{\\\"name\\\": \"}}}}\n\n\
+             event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Ada\\\"}}\"}}}}\n\n\
+             event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"tool_use\"}},\"usage\":{{\"output_tokens\":7}}}}\n\n\
+             event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+        );
+        let out = assert_split_invariant(ProviderKind::Anthropic, stream.as_bytes());
+        let ev = events(&out);
+        assert_eq!(streamed_text(&ev), r#"{"name": "Ada"}"#);
+        assert!(ev.iter().all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()), "{ev:?}");
+        assert_eq!(ev[ev.len() - 3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(final_usage(&ev)["total_tokens"], 12);
+    }
+
     #[test]
     fn response_translation() {
         let v: Value =
@@ -434,9 +544,9 @@ mod tests {
         assert_eq!(ev[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
         assert_eq!(ev[0]["id"], "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
         assert_eq!(streamed_text(&ev), "Hello, wörld! 🌍");
-        let finish = &ev[ev.len() - 2];
+        let finish = &ev[ev.len() - 3];
         assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-        assert_eq!(finish["usage"], json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}));
+        assert_eq!(final_usage(&ev), &json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}));
         assert_eq!(ev[ev.len() - 1], "[DONE]");
         assert!(ev.iter().all(|e| e.get("error").is_none()));
     }
@@ -454,9 +564,9 @@ mod tests {
         let args: String = calls[1..].iter().map(|c| c[0]["function"]["arguments"].as_str().unwrap()).collect();
         assert_eq!(args, "{\"location\": \"San Francisco, CA\", \"unit\": \"fahrenheit\"}");
         assert!(calls[1..].iter().all(|c| c[0]["index"] == 0 && c[0].get("id").is_none()));
-        let finish = &ev[ev.len() - 2];
+        let finish = &ev[ev.len() - 3];
         assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(finish["usage"]["completion_tokens"], 89);
+        assert_eq!(final_usage(&ev)["completion_tokens"], 89);
     }
 
     #[test]

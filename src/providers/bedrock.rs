@@ -12,7 +12,7 @@ use super::adapter::{Adapter, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::eventstream;
-use super::openai_out::{Choice, Meta, ToolCall, Usage};
+use super::openai_out::{Answer, Choice, Meta, ToolCall, Usage};
 use super::sigv4;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{invalid_answer, parse_answer, NO_STREAM_MESSAGE};
@@ -192,8 +192,9 @@ impl Adapter for Bedrock {
         }
         let mut out = Map::new();
         out.insert("messages".into(), Value::Array(messages));
-        if !chat.system.is_empty() {
-            let system: Vec<Value> = chat.system.iter().map(|s| json!({ "text": s })).collect();
+        let system = chat.system_with_json_instruction();
+        if !system.is_empty() {
+            let system: Vec<Value> = system.iter().map(|s| json!({ "text": s })).collect();
             out.insert("system".into(), Value::Array(system));
         }
         let mut inference = Map::new();
@@ -217,13 +218,17 @@ impl Adapter for Bedrock {
             out.insert("additionalModelRequestFields".into(), json!({ "top_k": k }));
         }
         let history_tools = chat.has_tool_blocks();
+        // Converse has no tool choice `none`: such tools are not declared.
         let wants_tools = !chat.tools.is_empty() && chat.tool_choice != Some(ToolChoice::None);
-        if wants_tools || history_tools {
+        // A json_schema format is one more tool, forced by the tool choice.
+        let structured = chat.structured_output_tool();
+        if wants_tools || history_tools || structured.is_some() {
+            let declared_tools = if wants_tools { chat.tools.as_slice() } else { &[] };
             let mut tools: Vec<Value> =
-                chat.tools.iter().map(|t| tool_spec(&t.name, t.description.as_deref(), &t.parameters)).collect();
+                declared_tools.iter().map(|t| tool_spec(&t.name, t.description.as_deref(), &t.parameters)).collect();
             // Bedrock refuses toolUse/toolResult blocks unless their tools are
             // declared: declare the ones the history uses but `tools` lacks.
-            let mut declared: Vec<&str> = chat.tools.iter().map(|t| t.name.as_str()).collect();
+            let mut declared: Vec<&str> = declared_tools.iter().map(|t| t.name.as_str()).collect();
             for block in chat.turns.iter().flat_map(|t| t.blocks.iter()) {
                 if let Block::ToolCall { name, .. } = block {
                     if !declared.contains(&name.as_str()) {
@@ -232,10 +237,17 @@ impl Adapter for Bedrock {
                     }
                 }
             }
+            let tool_choice = match &structured {
+                Some((tool, choice)) => {
+                    tools.push(tool_spec(&tool.name, tool.description.as_deref(), &tool.parameters));
+                    Some(choice)
+                }
+                None => chat.tool_choice.as_ref(),
+            };
             if !tools.is_empty() {
                 let mut config = Map::new();
                 config.insert("tools".into(), Value::Array(tools));
-                match &chat.tool_choice {
+                match tool_choice {
                     Some(ToolChoice::Required) => {
                         config.insert("toolChoice".into(), json!({"any": {}}));
                     }
@@ -254,9 +266,9 @@ impl Adapter for Bedrock {
         signed_request(to, body)
     }
 
-    /// A complete answer into a `chat.completion`; `Err` holds an OpenAI
-    /// error body when the answer is an error or cannot be read.
-    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    /// A complete Converse answer; `Err` holds an OpenAI error body when the
+    /// answer is an error or cannot be read.
+    fn completion(&self, body: &[u8]) -> Result<Answer, Vec<u8>> {
         let v = parse_answer("Bedrock", body)?;
         let Some(blocks) =
             v.get("output").and_then(|o| o.get("message")).and_then(|m| m.get("content")).and_then(Value::as_array)
@@ -286,7 +298,7 @@ impl Adapter for Bedrock {
             }
         }
         choice.finish_reason = v.get("stopReason").and_then(Value::as_str).map_or("stop", finish_reason);
-        Ok(meta.completion(&[choice], v.get("usage").map(usage_of)))
+        Ok(Answer { id: None, choices: vec![choice], usage: v.get("usage").map(usage_of) })
     }
 
     /// The message of `{"message": ...}` (the error name travels in a header we
@@ -323,8 +335,8 @@ impl Adapter for Bedrock {
         }
     }
 
-    fn stream(&self, meta: Meta) -> Box<dyn StreamState> {
-        Box::new(Stream::new(meta))
+    fn stream(&self, meta: Meta, include_usage: bool) -> Box<dyn StreamState> {
+        Box::new(Stream::new(meta, include_usage))
     }
 }
 
@@ -336,19 +348,23 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(meta: Meta) -> Self {
-        Stream { emitter: Emitter::new(meta), frames: Frames::default() }
+    fn new(meta: Meta, include_usage: bool) -> Self {
+        Stream { emitter: Emitter::new(meta, include_usage), frames: Frames::default() }
     }
 }
 
 impl StreamState for Stream {
     fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        self.frames.decode(&mut self.emitter, chunk, end_of_stream, &mut out);
+        self.frames.decode(&mut self.emitter, chunk, &mut out);
         if end_of_stream {
             self.emitter.end(&mut out);
         }
         out
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.emitter.usage
     }
 }
 
@@ -358,12 +374,10 @@ struct Frames {
     decoder: eventstream::Decoder,
     /// Content-block index → OpenAI tool-call index, for toolUse blocks.
     tool_blocks: Vec<(u64, u32)>,
-    stop_reason: Option<&'static str>,
-    usage: Option<Usage>,
 }
 
 impl Frames {
-    fn decode(&mut self, em: &mut Emitter, chunk: &[u8], eos: bool, out: &mut Vec<u8>) {
+    fn decode(&mut self, em: &mut Emitter, chunk: &[u8], out: &mut Vec<u8>) {
         if em.closed() {
             return;
         }
@@ -377,12 +391,6 @@ impl Frames {
                     em.unreadable(out, &format!("The provider's event stream is corrupt: {e}."));
                     return;
                 }
-            }
-        }
-        if eos {
-            // messageStop seen but no metadata with usage: finish without it.
-            if let Some(reason) = self.stop_reason {
-                em.finish(out, 0, reason, self.usage);
             }
         }
     }
@@ -439,16 +447,12 @@ impl Frames {
             }
             "messageStop" => {
                 let reason = payload.get("stopReason").and_then(Value::as_str).map_or("stop", finish_reason);
-                self.stop_reason = Some(reason);
-                // Usage follows in `metadata`; finish then (or at the end).
-                if self.usage.is_some() {
-                    em.finish(out, 0, reason, self.usage);
-                }
+                em.finish(out, 0, reason);
             }
+            // Usage follows messageStop; the emitter sends it at the end.
             "metadata" => {
-                self.usage = payload.get("usage").map(usage_of);
-                if let Some(reason) = self.stop_reason {
-                    em.finish(out, 0, reason, self.usage);
+                if let Some(u) = payload.get("usage") {
+                    em.usage = Some(usage_of(u));
                 }
             }
             _ => {}
@@ -465,7 +469,8 @@ mod tests {
     use crate::api::Endpoint;
     use crate::config::{Provider, ProviderKind, Secret};
     use crate::providers::eventstream::{encode, event};
-    use crate::providers::test_support::{assert_split_invariant, events, streamed_text};
+    use crate::providers::structured::{JSON_OBJECT_INSTRUCTION, STRUCTURED_OUTPUT_TOOL};
+    use crate::providers::test_support::{assert_split_invariant, events, final_usage, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
 
@@ -664,9 +669,9 @@ mod tests {
         let ev = events(&out);
         assert_eq!(ev[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
         assert_eq!(streamed_text(&ev), "Hello, wörld! 👋");
-        let finish = &ev[ev.len() - 2];
+        let finish = &ev[ev.len() - 3];
         assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-        assert_eq!(finish["usage"], json!({"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}));
+        assert_eq!(final_usage(&ev), &json!({"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}));
         assert_eq!(ev[ev.len() - 1], "[DONE]");
         assert!(ev.iter().all(|e| e.get("error").is_none()));
     }
@@ -683,8 +688,8 @@ mod tests {
         );
         let args: String = calls[1..].iter().map(|c| c["function"]["arguments"].as_str().unwrap()).collect();
         assert_eq!(args, "{\"city\": \"Seattle\"}");
-        assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(ev[ev.len() - 2]["usage"]["total_tokens"], 450);
+        assert_eq!(ev[ev.len() - 3]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(final_usage(&ev)["total_tokens"], 450);
     }
 
     #[test]
@@ -699,13 +704,72 @@ mod tests {
     }
 
     #[test]
+    fn json_schema_format_is_a_forced_tool() {
+        let body = |req: &str| -> Value {
+            serde_json::from_slice(&build_for(&bedrock_provider(None), MODEL, req, None).unwrap().body).unwrap()
+        };
+        let format = r#""response_format":{"type":"json_schema","json_schema":{"name":"Person","schema":{"type":"object","properties":{"name":{"type":"string"}}}}}"#;
+        let v = body(&format!(r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{format}}}"#));
+        let spec = &v["toolConfig"]["tools"][0]["toolSpec"];
+        assert_eq!(spec["name"], STRUCTURED_OUTPUT_TOOL);
+        assert_eq!(spec["inputSchema"]["json"], json!({"type": "object", "properties": {"name": {"type": "string"}}}));
+        assert_eq!(v["toolConfig"]["toolChoice"], json!({"tool": {"name": STRUCTURED_OUTPUT_TOOL}}));
+        // Client tools stay callable: any tool, the schema tool last.
+        let tools = r#""tools":[{"type":"function","function":{"name":"f"}}]"#;
+        let v = body(&format!(r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},{format}}}"#));
+        assert_eq!(v["toolConfig"]["tools"][0]["toolSpec"]["name"], "f");
+        assert_eq!(v["toolConfig"]["tools"][1]["toolSpec"]["name"], STRUCTURED_OUTPUT_TOOL);
+        assert_eq!(v["toolConfig"]["toolChoice"], json!({"any": {}}));
+        // tool_choice none: the client's tools are not declared (Converse has no `none`).
+        let v = body(&format!(
+            r#"{{"model":"x","messages":[{{"role":"user","content":"hi"}}],{tools},"tool_choice":"none",{format}}}"#
+        ));
+        assert_eq!(v["toolConfig"]["tools"].as_array().unwrap().len(), 1);
+        let v = body(
+            r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#,
+        );
+        assert_eq!(v["system"], json!([{ "text": JSON_OBJECT_INSTRUCTION }]));
+        assert!(v.get("toolConfig").is_none());
+    }
+
+    #[test]
+    fn structured_output_answer_and_stream_are_content() {
+        let answer = format!(
+            r#"{{"output":{{"message":{{"role":"assistant","content":[{{"toolUse":{{"toolUseId":"t1","name":"{STRUCTURED_OUTPUT_TOOL}","input":{{"name":"Ada"}}}}}}]}}}},"stopReason":"tool_use","usage":{{"inputTokens":3,"outputTokens":4,"totalTokens":7}}}}"#
+        );
+        let mut a = adapter(false);
+        let v: Value = serde_json::from_slice(&a.translate_body(200, answer.as_bytes())).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], r#"{"name":"Ada"}"#);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(a.usage().map(|u| u.total_tokens()), Some(7));
+
+        let mut s = event("messageStart", r#"{"role":"assistant"}"#);
+        let start = format!(
+            r#"{{"contentBlockIndex":0,"start":{{"toolUse":{{"toolUseId":"t1","name":"{STRUCTURED_OUTPUT_TOOL}"}}}}}}"#
+        );
+        s.extend(event("contentBlockStart", &start));
+        s.extend(event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"{\"name\":"}}}"#));
+        s.extend(event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"\"Ada\"}"}}}"#));
+        s.extend(event("contentBlockStop", r#"{"contentBlockIndex":0}"#));
+        s.extend(event("messageStop", r#"{"stopReason":"tool_use"}"#));
+        s.extend(event("metadata", r#"{"usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7}}"#));
+        let ev = events(&assert_split_invariant(ProviderKind::Bedrock, &s));
+        assert_eq!(streamed_text(&ev), r#"{"name":"Ada"}"#);
+        assert!(ev.iter().all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()));
+        assert_eq!(ev[ev.len() - 3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(final_usage(&ev)["total_tokens"], 7);
+    }
+
+    #[test]
     fn stream_without_metadata_still_finishes() {
         let mut s = event("messageStart", r#"{"role":"assistant"}"#);
         s.extend(event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"x"}}"#));
         s.extend(event("messageStop", r#"{"stopReason":"max_tokens"}"#));
-        let ev = events(&adapter(true).translate_stream(&s, true));
+        let mut a = adapter(true).with_include_usage(true);
+        let ev = events(&a.translate_stream(&s, true));
         assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "length");
-        assert!(ev[ev.len() - 2].get("usage").is_none());
+        assert!(ev[ev.len() - 2]["usage"].is_null(), "no usage chunk when the provider gave none");
+        assert_eq!(a.usage(), None);
         let error =
             encode(&[(":message-type", "error"), (":error-code", "InternalFailure"), (":error-message", "boom")], b"");
         let ev = events(&adapter(true).translate_stream(&error, true));

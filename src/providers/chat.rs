@@ -11,6 +11,7 @@ use crate::api::request::ParsedRequest;
 use crate::api::ApiError;
 
 use super::encoding::{base64, percent_decode};
+use super::structured::{JSON_OBJECT_INSTRUCTION, STRUCTURED_OUTPUT_TOOL};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
@@ -72,10 +73,19 @@ pub(super) enum ToolChoice {
     Function(String),
 }
 
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct JsonSchema {
+    pub name: String,
+    pub description: Option<String>,
+    /// The schema itself (an object).
+    pub schema: Value,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum ResponseFormat {
     JsonObject,
-    JsonSchema(Value),
+    JsonSchema(JsonSchema),
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -103,6 +113,48 @@ pub(super) struct Chat {
 }
 
 impl Chat {
+    /// For providers that take a `json_schema` response format as a forced
+    /// tool call: the structured-output tool to declare after the client's
+    /// tools, and the tool choice to send instead of the client's. `None`
+    /// when there is no schema, or when the client requires a call of its
+    /// own tools (`required`, or a named function): that call is the answer.
+    /// With client tools the model may call them unless the client said
+    /// `none`: the choice is then "any tool", else the schema tool.
+    pub fn structured_output_tool(&self) -> Option<(Tool, ToolChoice)> {
+        let Some(ResponseFormat::JsonSchema(format)) = &self.response_format else {
+            return None;
+        };
+        let choice = match (&self.tool_choice, self.tools.is_empty()) {
+            (Some(ToolChoice::Required | ToolChoice::Function(_)), false) => return None,
+            (None | Some(ToolChoice::Auto), false) => ToolChoice::Required,
+            _ => ToolChoice::Function(STRUCTURED_OUTPUT_TOOL.to_string()),
+        };
+        let mut description = format!(
+            "Give your final answer by calling this tool: its input is the answer, a `{}` object.",
+            format.name
+        );
+        if let Some(d) = &format.description {
+            description.push(' ');
+            description.push_str(d);
+        }
+        let tool = Tool {
+            name: STRUCTURED_OUTPUT_TOOL.to_string(),
+            description: Some(description),
+            parameters: format.schema.clone(),
+        };
+        Some((tool, choice))
+    }
+
+    /// The system texts, with the JSON instruction of a `json_object`
+    /// response format last, for providers that have no such format.
+    pub fn system_with_json_instruction(&self) -> Vec<&str> {
+        let mut system: Vec<&str> = self.system.iter().map(String::as_str).collect();
+        if self.response_format == Some(ResponseFormat::JsonObject) {
+            system.push(JSON_OBJECT_INSTRUCTION);
+        }
+        system
+    }
+
     /// True when the conversation contains tool calls or results.
     pub fn has_tool_blocks(&self) -> bool {
         self.turns
@@ -370,6 +422,12 @@ fn parse_tools(raw: &str) -> Result<Vec<Tool>, ApiError> {
         let name = str_of(function, "name")
             .filter(|s| !s.is_empty())
             .ok_or_else(|| invalid(format!("`{at}.function.name` must be a non-empty string.")))?;
+        if name == STRUCTURED_OUTPUT_TOOL {
+            return Err(invalid(format!(
+                "`{at}.function.name` `{name}` is reserved by the gateway for structured outputs on this provider."
+            ))
+            .with_param("tools"));
+        }
         let parameters = match function.get("parameters") {
             None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
             Some(p @ Value::Object(_)) => p.clone(),
@@ -417,17 +475,30 @@ fn parse_response_format(value: &Value) -> Result<Option<ResponseFormat>, ApiErr
             Some("text") => Ok(None),
             Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
             Some("json_schema") => {
-                let schema = o.get("json_schema").and_then(|s| s.get("schema")).cloned().unwrap_or(Value::Null);
-                Ok(Some(if schema.is_object() {
-                    ResponseFormat::JsonSchema(schema)
-                } else {
-                    ResponseFormat::JsonObject
-                }))
+                let format = o.get("json_schema").unwrap_or(&Value::Null);
+                let Some(schema) = format.get("schema").filter(|s| s.is_object()) else {
+                    // A schema-less json_schema format still asks for JSON.
+                    return Ok(Some(ResponseFormat::JsonObject));
+                };
+                let name = str_of(format, "name").filter(|n| !n.is_empty()).unwrap_or("response");
+                Ok(Some(ResponseFormat::JsonSchema(JsonSchema {
+                    name: name.to_string(),
+                    description: str_of(format, "description").filter(|d| !d.is_empty()).map(str::to_string),
+                    schema: schema.clone(),
+                })))
             }
             _ => Err(invalid("`response_format.type` must be text, json_object or json_schema.")),
         },
         _ => Err(invalid("`response_format` must be an object.")),
     }
+}
+
+/// True when the client asked for usage in its stream
+/// (`stream_options.include_usage`): what the host passes to
+/// `ResponseAdapter::with_include_usage`.
+pub fn stream_include_usage(req: &ParsedRequest<'_>) -> bool {
+    let options = req.field("stream_options").and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+    options.and_then(|o| o.get("include_usage").and_then(Value::as_bool)).unwrap_or(false)
 }
 
 /// Decodes the chat-completions request.
@@ -625,6 +696,40 @@ mod tests {
             assert_eq!(e.status, 400);
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn include_usage_is_read_from_stream_options() {
+        let asks = |body: &str| {
+            stream_include_usage(&ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap())
+        };
+        assert!(asks(r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#));
+        assert!(!asks(r#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":false}}"#));
+        assert!(!asks(r#"{"model":"m","messages":[],"stream":true,"stream_options":null}"#));
+        assert!(!asks(r#"{"model":"m","messages":[],"stream":true}"#));
+    }
+
+    #[test]
+    fn structured_output_tool_name_is_reserved() {
+        let e = chat(&json!({"model": "m", "messages": [], "tools": [{"type": "function", "function": {"name": STRUCTURED_OUTPUT_TOOL}}]}))
+            .unwrap_err();
+        assert_eq!((e.status, e.param), (400, Some("tools")));
+        assert!(e.message.contains("reserved"));
+    }
+
+    #[test]
+    fn json_schema_format_keeps_name_and_description() {
+        let c = chat(&json!({"model": "m", "messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "P", "description": "d", "schema": {"type": "object"}}}})).unwrap();
+        assert_eq!(
+            c.response_format,
+            Some(ResponseFormat::JsonSchema(JsonSchema {
+                name: "P".into(),
+                description: Some("d".into()),
+                schema: json!({"type": "object"})
+            }))
+        );
+        let c = chat(&json!({"model": "m", "messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "P"}}})).unwrap();
+        assert_eq!(c.response_format, Some(ResponseFormat::JsonObject));
     }
 
     #[test]

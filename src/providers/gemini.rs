@@ -11,7 +11,8 @@ use crate::config::Credentials;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
 use super::emit::Emitter;
-use super::openai_out::{new_call_id, Choice, Meta, ToolCall, Usage};
+use super::openai_out::{new_call_id, Answer, Choice, Meta, ToolCall, Usage};
+use super::structured::inline_refs;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{invalid_answer, parse_answer, NO_MESSAGE, NO_STREAM_MESSAGE};
 
@@ -203,7 +204,10 @@ fn generation_config(chat: &Chat, ctx: &BuildContext) -> Map<String, Value> {
         settings.into_iter().filter_map(|(key, value)| Some((key.to_string(), value?))).collect();
     let (mime, schema) = match &chat.response_format {
         Some(ResponseFormat::JsonObject) => (Some("application/json"), None),
-        Some(ResponseFormat::JsonSchema(s)) => (Some("application/json"), Some(schema(s))),
+        // Gemini's schema dialect has no references: pydantic's `$defs` are inlined.
+        Some(ResponseFormat::JsonSchema(format)) => {
+            (Some("application/json"), Some(schema(&inline_refs(&format.schema))))
+        }
         None => (None, None),
     };
     if let Some(mime) = mime {
@@ -357,9 +361,9 @@ impl Adapter for Gemini {
         Ok(UpstreamRequest { path, authority: provider.host.clone(), headers, body })
     }
 
-    /// A complete answer into a `chat.completion`; `Err` holds an OpenAI
-    /// error body when the answer is an error or cannot be read.
-    fn completion_body(&self, meta: &Meta, body: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    /// A complete generateContent answer; `Err` holds an OpenAI error body
+    /// when the answer is an error or cannot be read.
+    fn completion(&self, body: &[u8]) -> Result<Answer, Vec<u8>> {
         let v = parse_answer("Gemini", body)?;
         if v.get("error").is_some() {
             return Err(self.error_body(500, body));
@@ -384,11 +388,11 @@ impl Adapter for Gemini {
             }
             choices.push(Choice { index: 0, finish_reason: "content_filter", ..Choice::default() });
         }
-        let mut meta = meta.clone();
-        if let Some(id) = v.get("responseId").and_then(Value::as_str) {
-            meta.id = id.to_string();
-        }
-        Ok(meta.completion(&choices, v.get("usageMetadata").map(usage_of)))
+        Ok(Answer {
+            id: v.get("responseId").and_then(Value::as_str).map(str::to_string),
+            choices,
+            usage: v.get("usageMetadata").map(usage_of),
+        })
     }
 
     /// The status name and message of `{"error":{"code","message","status"}}`.
@@ -412,8 +416,8 @@ impl Adapter for Gemini {
         }
     }
 
-    fn stream(&self, meta: Meta) -> Box<dyn StreamState> {
-        Box::new(SseStream::new(meta, Events::default()))
+    fn stream(&self, meta: Meta, include_usage: bool) -> Box<dyn StreamState> {
+        Box::new(SseStream::new(meta, include_usage, Events::default()))
     }
 }
 
@@ -423,8 +427,6 @@ struct Events {
     id_set: bool,
     /// Per choice index: tool calls sent so far.
     tool_counts: Vec<(u32, u32)>,
-    /// Choice indexes seen.
-    seen: Vec<u32>,
 }
 
 impl Events {
@@ -440,11 +442,8 @@ impl Events {
     }
 
     /// The chunks of candidate `c` (at `position` in its event).
-    fn candidate(&mut self, em: &mut Emitter, c: &Value, position: usize, usage: Option<Usage>, out: &mut Vec<u8>) {
+    fn candidate(&mut self, em: &mut Emitter, c: &Value, position: usize, out: &mut Vec<u8>) {
         let index = candidate_index(c, position);
-        if !self.seen.contains(&index) {
-            self.seen.push(index);
-        }
         em.start(out, index);
         for part in parts(c) {
             match part {
@@ -458,9 +457,7 @@ impl Events {
         }
         if let Some(reason) = c.get("finishReason").and_then(Value::as_str) {
             let has_tools = self.tool_counts.iter().any(|(i, n)| *i == index && *n > 0);
-            // Usage goes once, on the last choice to finish.
-            let last = em.finished_count() + 1 >= self.seen.len();
-            em.finish(out, index, finish_reason(reason, has_tools), if last { usage } else { None });
+            em.finish(out, index, finish_reason(reason, has_tools));
         }
     }
 }
@@ -479,13 +476,16 @@ impl SseEvents for Events {
                 em.meta.id = id.to_string();
             }
         }
-        let usage = v.get("usageMetadata").map(usage_of);
+        // Every chunk may carry usage so far; the last one is final.
+        if let Some(u) = v.get("usageMetadata") {
+            em.usage = Some(usage_of(u));
+        }
         if candidates(v).is_empty() && blocked(v) {
-            em.finish(out, 0, "content_filter", usage);
+            em.finish(out, 0, "content_filter");
             return;
         }
         for (position, c) in candidates(v).iter().enumerate() {
-            self.candidate(em, c, position, usage, out);
+            self.candidate(em, c, position, out);
         }
     }
 }
@@ -498,7 +498,7 @@ mod tests {
     use super::*;
     use crate::api::Endpoint;
     use crate::config::ProviderKind;
-    use crate::providers::test_support::{assert_split_invariant, events, streamed_text};
+    use crate::providers::test_support::{assert_split_invariant, events, final_usage, streamed_text};
     use crate::providers::test_support::{build_for, provider};
     use crate::providers::ResponseAdapter;
 
@@ -593,6 +593,25 @@ mod tests {
     }
 
     #[test]
+    fn pydantic_schema_with_defs_is_inlined() {
+        // What `client.chat.completions.parse(response_format=Model)` sends for a nested model.
+        let req = r##"{"model":"x","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"Trip","strict":true,"schema":{"$defs":{"Stop":{"properties":{"city":{"title":"City","type":"string"}},"required":["city"],"title":"Stop","type":"object","additionalProperties":false}},"properties":{"stops":{"items":{"$ref":"#/$defs/Stop"},"title":"Stops","type":"array"},"note":{"anyOf":[{"type":"string"},{"type":"null"}],"title":"Note"}},"required":["stops","note"],"title":"Trip","type":"object","additionalProperties":false}}}}"##;
+        let v = body_of("g", req);
+        assert_eq!(
+            v["generationConfig"]["responseSchema"],
+            json!({
+                "properties": {
+                    "stops": {"items": {"properties": {"city": {"title": "City", "type": "string"}}, "required": ["city"], "title": "Stop", "type": "object"}, "title": "Stops", "type": "array"},
+                    "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Note"}
+                },
+                "required": ["stops", "note"],
+                "title": "Trip",
+                "type": "object"
+            })
+        );
+    }
+
+    #[test]
     fn response_translation() {
         let v: Value =
             serde_json::from_slice(&adapter(false).with_created(9).translate_body(200, RESPONSE.as_bytes())).unwrap();
@@ -654,9 +673,9 @@ mod tests {
         assert_eq!(ev[0]["id"], "resp-123");
         assert_eq!(ev[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
         assert_eq!(streamed_text(&ev), "Bonjour, ça va? 日本語 🎉");
-        let finish = &ev[ev.len() - 2];
+        let finish = &ev[ev.len() - 3];
         assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-        assert_eq!(finish["usage"], json!({"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}));
+        assert_eq!(final_usage(&ev), &json!({"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}));
         assert_eq!(ev[ev.len() - 1], "[DONE]");
     }
 
@@ -672,20 +691,23 @@ mod tests {
         assert_eq!(calls[0]["function"], json!({"name": "get_weather", "arguments": "{\"location\":\"Boston, MA\"}"}));
         assert_eq!(calls[1]["function"], json!({"name": "get_time", "arguments": "{}"}));
         assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "tool_calls");
+        assert!(ev.iter().all(|e| e.get("usage").is_none()), "no usage unless asked");
     }
 
     #[test]
     fn stream_with_two_candidates_reports_usage_once() {
         let s = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"A\"}]},\"index\":0},{\"content\":{\"parts\":[{\"text\":\"B\"}]},\"index\":1}]}\n\n\
                  data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\",\"index\":0},{\"content\":{\"parts\":[{\"text\":\"?\"}]},\"finishReason\":\"MAX_TOKENS\",\"index\":1}],\"usageMetadata\":{\"promptTokenCount\":2,\"candidatesTokenCount\":4,\"totalTokenCount\":6}}\n\n";
-        let ev = events(&adapter(true).translate_stream(s.as_bytes(), true));
-        let finishes: Vec<&Value> =
-            ev.iter().filter(|e| !e["choices"][0]["finish_reason"].is_null() && e.get("choices").is_some()).collect();
+        let mut a = adapter(true).with_include_usage(true);
+        let ev = events(&a.translate_stream(s.as_bytes(), true));
+        let finishes: Vec<&Value> = ev.iter().filter(|e| !e["choices"][0]["finish_reason"].is_null()).collect();
         assert_eq!(finishes.len(), 2);
         assert_eq!(finishes[0]["choices"][0]["index"], 0);
-        assert!(finishes[0].get("usage").is_none());
         assert_eq!(finishes[1]["choices"][0]["finish_reason"], "length");
-        assert_eq!(finishes[1]["usage"]["total_tokens"], 6);
+        assert!(finishes.iter().all(|f| f["usage"].is_null()));
+        assert_eq!(final_usage(&ev)["total_tokens"], 6);
+        assert_eq!(ev.iter().filter(|e| e["usage"].is_object()).count(), 1);
+        assert_eq!(a.usage().map(|u| u.total_tokens()), Some(6));
     }
 
     #[test]

@@ -15,15 +15,23 @@
 //!   naming what it cannot express; `request(provider, member, chat, body,
 //!   ctx)`: path, authority and headers around the serialised body (Bedrock
 //!   signs it). The provided `build` joins them.
-//! - `completion_body(meta, body)`: a successful complete answer into a
-//!   `chat.completion`; `Err(openai_error_body)` when the answer is an error
-//!   in disguise or cannot be read (the host then answers 502).
+//! - `completion(body)`: a successful complete answer read into an
+//!   `Answer` (choices, usage, the provider's id), which `Meta::completion`
+//!   writes as a `chat.completion`; `Err(openai_error_body)` when the answer
+//!   is an error in disguise or cannot be read (the host then answers 502).
 //! - `error_body(status, body)`: an error answer into an OpenAI error body,
 //!   the provider's error name as `code` (via `upstream_error::translate`).
-//! - `stream(meta)`: a fresh `StreamState` whose `feed(chunk, end_of_stream)
-//!   -> Vec<u8>` turns pieces of the upstream stream, cut anywhere, into
-//!   complete OpenAI SSE events, ending with `data: [DONE]`. SSE-framed kinds
-//!   implement only `SseEvents` and use `SseStream`.
+//! - `stream(meta, include_usage)`: a fresh `StreamState` whose
+//!   `feed(chunk, end_of_stream) -> Vec<u8>` turns pieces of the upstream
+//!   stream, cut anywhere, into complete OpenAI SSE events, ending with
+//!   `data: [DONE]` (after a usage-only chunk when `include_usage`), and
+//!   whose `usage()` is the latest usage seen. Kinds put usage in
+//!   `Emitter::usage`; the `Emitter` decides what the client sees. SSE-framed
+//!   kinds implement only `SseEvents` and use `SseStream`.
+//!
+//! Structured outputs (`structured`): Anthropic and Bedrock declare
+//! `Chat::structured_output_tool()`; the emitter and `Meta::completion`
+//! turn that tool's call into content for every kind.
 //!
 //! `dispatch::translated(kind)` is the one place that maps a kind to its
 //! adapter; `build_request` and `ResponseAdapter` use it.
@@ -31,7 +39,7 @@
 //! # Layers
 //!
 //! Modules only import from lower layers, never back:
-//! `encoding`, `sse`, `eventstream`, `sigv4`, `upstream` (leaves) <- `chat`,
+//! `encoding`, `sse`, `eventstream`, `sigv4`, `upstream`, `structured` (leaves) <- `chat`,
 //! `openai_out` <- `emit`, `upstream_error` <- `adapter` <- `anthropic`,
 //! `gemini`, `bedrock`, `openai` <- `dispatch` <- `response`. All OpenAI
 //! error JSON is written by `api::error::write_json`.
@@ -50,11 +58,14 @@ mod openai_out;
 mod response;
 mod sigv4;
 mod sse;
+mod structured;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod upstream;
 mod upstream_error;
 
+pub use chat::stream_include_usage;
 pub use dispatch::build_request;
+pub use openai_out::Usage;
 pub use response::ResponseAdapter;
 pub use upstream::{BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};

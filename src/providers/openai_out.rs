@@ -4,24 +4,34 @@
 use serde_json::{json, Map, Value};
 
 use super::encoding::hex;
+use super::structured::STRUCTURED_OUTPUT_TOOL;
 
-/// Token counts in OpenAI's terms.
+/// Token counts of one answer in OpenAI's terms, as the provider reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) struct Usage {
-    /// All input tokens, cached ones included.
+pub struct Usage {
+    /// All input tokens, cached ones included (`prompt_tokens`).
     pub prompt: u64,
+    /// Output tokens, reasoning included (`completion_tokens`).
     pub completion: u64,
+    /// The provider's total when it gives one.
     pub total: Option<u64>,
+    /// Input tokens read from the provider's cache (`cached_tokens`).
     pub cached: Option<u64>,
+    /// Reasoning tokens (`reasoning_tokens`).
     pub reasoning: Option<u64>,
 }
 
 impl Usage {
-    pub fn to_json(self) -> Value {
+    /// `total_tokens`: the provider's total, else prompt + completion.
+    pub fn total_tokens(&self) -> u64 {
+        self.total.unwrap_or(self.prompt + self.completion)
+    }
+
+    pub(super) fn to_json(self) -> Value {
         let mut u = json!({
             "prompt_tokens": self.prompt,
             "completion_tokens": self.completion,
-            "total_tokens": self.total.unwrap_or(self.prompt + self.completion),
+            "total_tokens": self.total_tokens(),
         });
         if let (Some(cached), Some(obj)) = (self.cached, u.as_object_mut()) {
             obj.insert("prompt_tokens_details".into(), json!({ "cached_tokens": cached }));
@@ -50,6 +60,36 @@ pub(super) struct Choice {
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: &'static str,
+}
+
+impl Choice {
+    /// The structured-output tool's call as the message content: its
+    /// arguments are the answer, which ends normally unless it was cut short.
+    fn with_structured_output(&self) -> Choice {
+        let mut c = self.clone();
+        let (answers, calls): (Vec<ToolCall>, Vec<ToolCall>) =
+            c.tool_calls.into_iter().partition(|t| t.name == STRUCTURED_OUTPUT_TOOL);
+        c.tool_calls = calls;
+        if answers.is_empty() {
+            return c;
+        }
+        for answer in answers {
+            c.text.push_str(&answer.arguments);
+        }
+        if c.tool_calls.is_empty() && c.finish_reason == "tool_calls" {
+            c.finish_reason = "stop";
+        }
+        c
+    }
+}
+
+/// A complete answer read from a provider, before it is written in OpenAI's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Answer {
+    /// The provider's id for the answer, when it gives one.
+    pub id: Option<String>,
+    pub choices: Vec<Choice>,
+    pub usage: Option<Usage>,
 }
 
 fn random_hex() -> Option<String> {
@@ -81,10 +121,12 @@ pub(super) struct Meta {
 }
 
 impl Meta {
-    /// A complete `chat.completion` body.
-    pub fn completion(&self, choices: &[Choice], usage: Option<Usage>) -> Vec<u8> {
-        let choices: Vec<Value> = choices
+    /// `answer` as a complete `chat.completion` body.
+    pub fn completion(&self, answer: &Answer) -> Vec<u8> {
+        let choices: Vec<Value> = answer
+            .choices
             .iter()
+            .map(Choice::with_structured_output)
             .map(|c| {
                 let mut message = Map::new();
                 message.insert("role".into(), json!("assistant"));
@@ -106,13 +148,13 @@ impl Meta {
             })
             .collect();
         let mut body = json!({
-            "id": self.id,
+            "id": answer.id.as_deref().unwrap_or(&self.id),
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
             "choices": choices,
         });
-        if let (Some(u), Some(obj)) = (usage, body.as_object_mut()) {
+        if let (Some(u), Some(obj)) = (answer.usage, body.as_object_mut()) {
             obj.insert("usage".into(), u.to_json());
         }
         to_vec(&body)
@@ -143,9 +185,33 @@ mod tests {
         let meta = Meta { id: "x".into(), created: 1, model: "m".into() };
         let call = ToolCall { id: "c".into(), name: "f".into(), arguments: "{}".into() };
         let choice = Choice { index: 0, tool_calls: vec![call], finish_reason: "tool_calls", ..Choice::default() };
-        let v: Value = serde_json::from_slice(&meta.completion(&[choice], None)).unwrap();
+        let v: Value =
+            serde_json::from_slice(&meta.completion(&Answer { choices: vec![choice], ..Answer::default() })).unwrap();
+        assert_eq!(v["id"], "x");
         assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
         assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"], json!({"name": "f", "arguments": "{}"}));
         assert!(v.get("usage").is_none());
+    }
+
+    #[test]
+    fn structured_output_call_becomes_content() {
+        let meta = Meta { id: "x".into(), created: 1, model: "m".into() };
+        let answer = ToolCall { id: "c".into(), name: STRUCTURED_OUTPUT_TOOL.into(), arguments: r#"{"a":1}"#.into() };
+        let other = ToolCall { id: "d".into(), name: "f".into(), arguments: "{}".into() };
+        let render = |calls: Vec<ToolCall>, finish_reason| -> Value {
+            let choice = Choice { tool_calls: calls, finish_reason, ..Choice::default() };
+            let answer = Answer { id: Some("up".into()), choices: vec![choice], usage: None };
+            serde_json::from_slice(&meta.completion(&answer)).unwrap()
+        };
+        let v = render(vec![answer.clone()], "tool_calls");
+        assert_eq!(v["id"], "up");
+        assert_eq!(v["choices"][0]["message"]["content"], r#"{"a":1}"#);
+        assert!(v["choices"][0]["message"].get("tool_calls").is_none());
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(render(vec![answer.clone()], "length")["choices"][0]["finish_reason"], "length");
+        let v = render(vec![answer, other], "tool_calls");
+        assert_eq!(v["choices"][0]["message"]["content"], r#"{"a":1}"#);
+        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["id"], "d");
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
     }
 }

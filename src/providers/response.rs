@@ -7,7 +7,7 @@ use crate::config::ProviderKind;
 
 use super::adapter::{Adapter, StreamState};
 use super::dispatch::translated;
-use super::openai_out::{new_id, Meta};
+use super::openai_out::{new_id, Meta, Usage};
 
 /// Translates one upstream response (non-streaming body, error body, or a
 /// stream delivered in arbitrary chunks) into OpenAI's format.
@@ -19,6 +19,9 @@ pub struct ResponseAdapter {
     /// Created by the first stream chunk, so `with_created` reaches it.
     stream_state: Option<Box<dyn StreamState>>,
     failed: bool,
+    include_usage: bool,
+    /// Usage of a translated whole answer.
+    body_usage: Option<Usage>,
 }
 
 impl ResponseAdapter {
@@ -27,7 +30,34 @@ impl ResponseAdapter {
         let _ = endpoint;
         let adapter = translated(kind)?;
         let meta = Meta { id: new_id(), created: 0, model: model.to_string() };
-        Some(ResponseAdapter { stream, meta, adapter, stream_state: None, failed: false })
+        Some(ResponseAdapter {
+            stream,
+            meta,
+            adapter,
+            stream_state: None,
+            failed: false,
+            include_usage: false,
+            body_usage: None,
+        })
+    }
+
+    /// Whether a translated stream ends with a usage chunk: the client's
+    /// `stream_options.include_usage`. Without it (the default) a stream has
+    /// no usage anywhere, as OpenAI's; whole answers always carry usage.
+    pub fn with_include_usage(mut self, include_usage: bool) -> Self {
+        self.include_usage = include_usage;
+        self
+    }
+
+    /// The final token counts the provider reported, for accounting,
+    /// whatever the client was sent: of the whole answer translated, or of
+    /// the stream so far (complete once it ended). `None` before any, for
+    /// error answers, and when the provider reported none.
+    pub fn usage(&self) -> Option<Usage> {
+        match &self.stream_state {
+            Some(state) => state.usage(),
+            None => self.body_usage,
+        }
     }
 
     /// Sets `created` (seconds since the Unix epoch) in translated answers.
@@ -60,10 +90,16 @@ impl ResponseAdapter {
         if self.stream {
             return self.translate_stream(body, true);
         }
-        self.adapter.completion_body(&self.meta, body).unwrap_or_else(|error| {
-            self.failed = true;
-            error
-        })
+        match self.adapter.completion(body) {
+            Ok(answer) => {
+                self.body_usage = answer.usage;
+                self.meta.completion(&answer)
+            }
+            Err(error) => {
+                self.failed = true;
+                error
+            }
+        }
     }
 
     /// True when `translate_body` was given a successful status but returned
@@ -77,8 +113,8 @@ impl ResponseAdapter {
     /// SSE events. Events split across chunks are held until complete; the
     /// call with `end_of_stream` flushes and ends with `data: [DONE]`.
     pub fn translate_stream(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
-        let (adapter, meta) = (self.adapter, &self.meta);
-        self.stream_state.get_or_insert_with(|| adapter.stream(meta.clone())).feed(chunk, end_of_stream)
+        let (adapter, meta, include_usage) = (self.adapter, &self.meta, self.include_usage);
+        self.stream_state.get_or_insert_with(|| adapter.stream(meta.clone(), include_usage)).feed(chunk, end_of_stream)
     }
 }
 
@@ -117,6 +153,20 @@ mod tests {
         .unwrap();
         assert_eq!(v["created"], 1_700_000_000);
         assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    }
+
+    #[test]
+    fn usage_is_known_for_whole_answers_and_not_for_errors() {
+        let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
+        assert_eq!(a.usage(), None);
+        a.translate_body(
+            200,
+            br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"}]}},"stopReason":"end_turn","usage":{"inputTokens":2,"outputTokens":1,"totalTokens":3}}"#,
+        );
+        assert_eq!(a.usage(), Some(Usage { prompt: 2, completion: 1, total: Some(3), cached: None, reasoning: None }));
+        let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
+        a.translate_body(429, br#"{"message":"slow down"}"#);
+        assert_eq!(a.usage(), None);
     }
 
     #[test]

@@ -86,10 +86,22 @@ pub(crate) fn run_split(adapter: &mut ResponseAdapter, input: &[u8], cut: usize)
     out
 }
 
-/// Checks that a stream translates identically however it is cut in two,
-/// fed byte by byte, or given whole; returns the whole translation.
+/// The usage of a translated stream's last event before `[DONE]`, checked
+/// to be a usage-only chunk (no choices), as OpenAI sends with `include_usage`.
+pub(crate) fn final_usage(events: &[Value]) -> &Value {
+    assert_eq!(events.last().and_then(Value::as_str), Some("[DONE]"));
+    let chunk = &events[events.len() - 2];
+    assert_eq!(chunk["choices"], serde_json::json!([]), "usage chunk: {chunk}");
+    assert_eq!(chunk["object"], "chat.completion.chunk");
+    &chunk["usage"]
+}
+
+/// Checks that a stream translated with `include_usage` translates
+/// identically however it is cut in two, fed byte by byte, or given whole,
+/// and that without `include_usage` it is the same less any usage; returns
+/// the whole translation with usage.
 pub(crate) fn assert_split_invariant(kind: ProviderKind, input: &[u8]) -> Vec<u8> {
-    let new = || ResponseAdapter::new(kind, Endpoint::ChatCompletions, true, "m").unwrap();
+    let new = || ResponseAdapter::new(kind, Endpoint::ChatCompletions, true, "m").unwrap().with_include_usage(true);
     let mut whole = new();
     let reference = whole.translate_stream(input, true);
     let normalise = |out: &[u8]| {
@@ -113,5 +125,18 @@ pub(crate) fn assert_split_invariant(kind: ProviderKind, input: &[u8]) -> Vec<u8
     }
     out.extend(bytewise.translate_stream(b"", true));
     assert_eq!(normalise(&out), want, "byte by byte");
+
+    let mut without = ResponseAdapter::new(kind, Endpoint::ChatCompletions, true, "m").unwrap();
+    let plain = normalise(&without.translate_stream(input, true));
+    assert!(plain.iter().all(|e| e.get("usage").is_none()), "usage sent unasked: {plain:?}");
+    assert_eq!(without.usage(), whole.usage(), "usage known to the host either way");
+    let mut expected = want.clone();
+    expected.retain(|e| e.get("choices") != Some(&serde_json::json!([])));
+    for e in &mut expected {
+        if let Some(o) = e.as_object_mut().filter(|o| o.contains_key("choices")) {
+            assert_eq!(o.remove("usage"), Some(Value::Null), "every other chunk has `usage: null`");
+        }
+    }
+    assert_eq!(plain, expected, "with include_usage: the same events plus usage");
     reference
 }

@@ -1,8 +1,8 @@
 //! Anthropic Messages API: `POST /v1/messages`.
 
 use super::{
-    bad_request, js, json_response, mentions_weather, method_not_allowed, not_found, split_even, stream_pieces,
-    stream_response, word_tokens, Ctx,
+    bad_request, js, json_response, method_not_allowed, not_found, split_even, stream_pieces, stream_response,
+    tool_call, word_tokens, Ctx, DeclaredTool, ToolChoice,
 };
 use crate::server::MockBody;
 use bytes::Bytes;
@@ -33,7 +33,8 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
 struct Valid<'a> {
     model: &'a str,
     stream: bool,
-    tool: Option<String>,
+    /// The tool call to answer: name and JSON arguments.
+    tool: Option<(String, String)>,
 }
 
 fn check_blocks(blocks: &[Value], at: &str) -> Result<(), String> {
@@ -136,27 +137,44 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
             return Err(format!("{key}: invalid type"));
         }
     }
-    let tool = match obj.get("tools") {
-        None | Some(Value::Null) => None,
+    let mut tools = Vec::new();
+    match obj.get("tools") {
+        None | Some(Value::Null) => {}
         Some(Value::Array(t)) => {
             for (i, tool) in t.iter().enumerate() {
-                if !tool.get("name").is_some_and(Value::is_string) {
+                let Some(name) = tool.get("name").and_then(Value::as_str) else {
                     return Err(format!("tools.{i}.name: Field required"));
-                }
+                };
                 let custom = tool.get("type").is_none_or(|t| t == "custom");
-                if custom && !tool.get("input_schema").is_some_and(Value::is_object) {
+                let schema = tool.get("input_schema").filter(|s| s.is_object());
+                if custom && schema.is_none() {
                     return Err(format!("tools.{i}.input_schema: Field required"));
                 }
+                tools.push(DeclaredTool { name: name.to_string(), schema: schema.cloned().unwrap_or(Value::Null) });
             }
-            t.first().and_then(|x| x.get("name")).and_then(Value::as_str).map(str::to_string)
         }
         Some(_) => return Err("tools: Input should be a valid list".into()),
+    }
+    let choice = match obj.get("tool_choice") {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(_) if tools.is_empty() => return Err("tool_choice may only be specified while providing tools.".into()),
+        Some(c) => match (c.get("type").and_then(Value::as_str), c.get("name").and_then(Value::as_str)) {
+            (Some("auto"), _) => ToolChoice::Auto,
+            (Some("none"), _) => ToolChoice::None,
+            (Some("any"), _) => ToolChoice::Any,
+            (Some("tool"), Some(name)) => ToolChoice::Tool(name.to_string()),
+            (Some("tool"), None) => return Err("tool_choice.tool.name: Field required".into()),
+            _ => {
+                return Err(
+                    "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+                        .into(),
+                )
+            }
+        },
     };
-    let tool = tool.filter(|_| mentions_weather(&last_user));
+    let tool = tool_call(&tools, &choice, &last_user)?;
     Ok(Valid { model, stream, tool })
 }
-
-const TOOL_INPUT: &str = r#"{"location":"Paris"}"#;
 
 fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
     let id = format!("msg_mock{}", ctx.l.next_id());
@@ -165,9 +183,9 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
     let model_js = js(v.model);
     if !v.stream {
         let (content, stop, out) = match &v.tool {
-            Some(name) => (
+            Some((name, input)) => (
                 format!(
-                    r#"[{{"type":"tool_use","id":"toolu_mock{}","name":{},"input":{TOOL_INPUT}}}]"#,
+                    r#"[{{"type":"tool_use","id":"toolu_mock{}","name":{},"input":{input}}}]"#,
                     ctx.l.next_id(),
                     js(name)
                 ),
@@ -192,13 +210,13 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
             "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
     ));
     let (stop, out) = match &v.tool {
-        Some(name) => {
+        Some((name, input)) => {
             events.push(ev(
                 "content_block_start",
                 json!({"type": "content_block_start", "index": 0, "content_block":
                     {"type": "tool_use", "id": format!("toolu_mock{}", ctx.l.next_id()), "name": name, "input": {}}}),
             ));
-            for piece in split_even(TOOL_INPUT, ctx.opts.chunks) {
+            for piece in split_even(input, ctx.opts.chunks) {
                 events.push(ev(
                     "content_block_delta",
                     json!({"type": "content_block_delta", "index": 0,

@@ -2,8 +2,8 @@
 //! `/model/{modelId}/converse-stream` (binary event stream).
 
 use super::{
-    bad_request, json_value, mentions_weather, method_not_allowed, not_found, split_even, stream_pieces,
-    stream_response, word_tokens, Ctx,
+    bad_request, json_value, method_not_allowed, not_found, split_even, stream_pieces, stream_response, tool_call,
+    word_tokens, Ctx, DeclaredTool, ToolChoice,
 };
 use crate::eventstream;
 use crate::server::MockBody;
@@ -97,7 +97,8 @@ fn check_blocks(v: Option<&Value>, at: &str, allow_empty: bool) -> Result<String
     Ok(text.join(" "))
 }
 
-fn validate(obj: &Map<String, Value>) -> Result<Option<String>, String> {
+/// Validates the request; returns the tool call to answer (name, JSON arguments).
+fn validate(obj: &Map<String, Value>) -> Result<Option<(String, String)>, String> {
     for k in obj.keys() {
         if !TOP_FIELDS.contains(&k.as_str()) {
             return Err(format!("Malformed input request: extraneous key [{k}] is not permitted"));
@@ -150,7 +151,8 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<String>, String> {
             }
         }
     }
-    let mut first_tool = None;
+    let mut declared = Vec::new();
+    let mut choice = ToolChoice::Auto;
     if let Some(tc) = obj.get("toolConfig") {
         let Some(Value::Array(tools)) = tc.get("tools") else {
             return Err("toolConfig.tools must be a list".into());
@@ -160,19 +162,26 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<String>, String> {
                 let Some(name) = spec.get("name").and_then(Value::as_str) else {
                     return Err(format!("toolConfig.tools[{i}].toolSpec.name is required"));
                 };
-                if spec.pointer("/inputSchema/json").is_none() {
+                let Some(schema) = spec.pointer("/inputSchema/json") else {
                     return Err(format!("toolConfig.tools[{i}].toolSpec.inputSchema.json is required"));
-                }
-                if first_tool.is_none() {
-                    first_tool = Some(name.to_string());
-                }
+                };
+                declared.push(DeclaredTool { name: name.to_string(), schema: schema.clone() });
             }
         }
+        choice = match tc.get("toolChoice") {
+            None => ToolChoice::Auto,
+            Some(c) if c.get("auto").is_some() => ToolChoice::Auto,
+            Some(c) if c.get("any").is_some() => ToolChoice::Any,
+            Some(c) => match c.pointer("/tool/name").and_then(Value::as_str) {
+                Some(name) => ToolChoice::Tool(name.to_string()),
+                None => return Err("toolConfig.toolChoice must have exactly one of auto, any, tool.name".into()),
+            },
+        };
     }
-    Ok(first_tool.filter(|_| mentions_weather(&last_user)))
+    tool_call(&declared, &choice, &last_user)
 }
 
-fn respond(ctx: &Ctx, tool: Option<String>, stream: bool) -> Response<MockBody> {
+fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool) -> Response<MockBody> {
     let model = ctx.path().trim_start_matches("/model/").rsplit_once('/').map(|(m, _)| m).unwrap_or("");
     let model = model.replace("%3A", ":").replace("%3a", ":");
     let input = ctx.prompt_tokens();
@@ -181,8 +190,9 @@ fn respond(ctx: &Ctx, tool: Option<String>, stream: bool) -> Response<MockBody> 
     let request_id = format!("00000000-0000-4000-8000-{:012}", ctx.l.next_id());
     if !stream {
         let (content, stop, out) = match &tool {
-            Some(name) => (
-                json!([{"toolUse": {"toolUseId": tool_id, "name": name, "input": {"location": "Paris"}}}]),
+            Some((name, input)) => (
+                json!([{"toolUse": {"toolUseId": tool_id, "name": name,
+                    "input": serde_json::from_str::<Value>(input).unwrap_or(Value::Null)}}]),
                 "tool_use",
                 8,
             ),
@@ -205,12 +215,12 @@ fn respond(ctx: &Ctx, tool: Option<String>, stream: bool) -> Response<MockBody> 
     let ev = |ty: &str, v: Value| Bytes::from(eventstream::event(ty, v.to_string().as_bytes()));
     let mut events = vec![ev("messageStart", json!({"role": "assistant"}))];
     let (stop, out) = match &tool {
-        Some(name) => {
+        Some((name, input)) => {
             events.push(ev(
                 "contentBlockStart",
                 json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": tool_id, "name": name}}}),
             ));
-            for piece in split_even(r#"{"location":"Paris"}"#, ctx.opts.chunks) {
+            for piece in split_even(input, ctx.opts.chunks) {
                 events.push(ev(
                     "contentBlockDelta",
                     json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}}),

@@ -1,9 +1,10 @@
 //! Google Gemini API: `POST /v1beta/models/{model}:generateContent` and
 //! `:streamGenerateContent` (`?alt=sse` for SSE, otherwise a streamed JSON array).
 
+use super::schema::reply_json;
 use super::{
-    bad_request, json_value, mentions_weather, method_not_allowed, not_found, stream_pieces, stream_response,
-    word_tokens, Ctx,
+    bad_request, json_value, mentions_weather, method_not_allowed, not_found, split_even, stream_pieces,
+    stream_response, word_tokens, Ctx,
 };
 use crate::server::MockBody;
 use bytes::Bytes;
@@ -89,7 +90,21 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
         Err(e) => return bad_request(ctx, &e),
     };
     let sse = ctx.query_param("alt") == Some("sse");
-    respond(ctx, model, tool, stream, sse)
+    respond(ctx, model, tool, json_mode(&obj).as_ref(), stream, sse)
+}
+
+/// With `responseMimeType: application/json`, the `responseSchema` (or
+/// `Null` without one): the answer is then JSON text.
+fn json_mode(obj: &Map<String, Value>) -> Option<Value> {
+    let gc = obj.get("generationConfig").or_else(|| obj.get("generation_config"))?;
+    let mime = gc.get("responseMimeType").or_else(|| gc.get("response_mime_type")).and_then(Value::as_str);
+    if mime != Some("application/json") {
+        return None;
+    }
+    let schema = ["responseSchema", "response_schema", "responseJsonSchema", "response_json_schema"]
+        .iter()
+        .find_map(|k| gc.get(*k));
+    Some(schema.cloned().unwrap_or(Value::Null))
 }
 
 fn check_parts(parts: Option<&Value>, at: &str) -> Result<String, String> {
@@ -218,9 +233,19 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<String>, String> {
     Ok(first_fn.filter(|_| mentions_weather(&last_user)))
 }
 
-fn respond(ctx: &Ctx, model: &str, tool: Option<String>, stream: bool, sse: bool) -> Response<MockBody> {
+fn respond(
+    ctx: &Ctx,
+    model: &str,
+    tool: Option<String>,
+    json: Option<&Value>,
+    stream: bool,
+    sse: bool,
+) -> Response<MockBody> {
     let prompt = ctx.prompt_tokens();
-    let reply = ctx.reply_text(model);
+    let reply = match json {
+        Some(schema) => reply_json(Some(schema), &ctx.reply_text(model)),
+        None => ctx.reply_text(model),
+    };
     let response_id = format!("mock{}", ctx.l.next_id());
     let chunk = |parts: Value, finish: Option<&str>, completion: Option<u64>| -> Value {
         let mut cand = json!({"content": {"role": "model", "parts": parts}, "index": 0});
@@ -247,7 +272,11 @@ fn respond(ctx: &Ctx, model: &str, tool: Option<String>, stream: bool, sse: bool
     match &tool {
         Some(name) => chunks.push(chunk(fn_part(name), Some("STOP"), Some(8))),
         None => {
-            let (pieces, full) = stream_pieces(&reply, ctx.opts.chunks);
+            // JSON is cut anywhere (filler words would break it).
+            let (pieces, full) = match json {
+                Some(_) => (split_even(&reply, ctx.opts.chunks), reply.clone()),
+                None => stream_pieces(&reply, ctx.opts.chunks),
+            };
             let n = pieces.len();
             for (i, p) in pieces.into_iter().enumerate() {
                 let last = i + 1 == n;

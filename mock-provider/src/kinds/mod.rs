@@ -5,6 +5,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai;
+pub mod schema;
 
 use crate::server::{Listener, MockBody};
 use bytes::Bytes;
@@ -153,6 +154,50 @@ pub fn split_even(s: &str, n: usize) -> Vec<String> {
 
 pub fn mentions_weather(text: &str) -> bool {
     text.to_ascii_lowercase().contains("weather")
+}
+
+/// Arguments of the weather tool call.
+pub const WEATHER_ARGS: &str = r#"{"location":"Paris"}"#;
+
+/// A tool the request declares: its name and input schema.
+pub struct DeclaredTool {
+    pub name: String,
+    pub schema: Value,
+}
+
+/// How the request lets the model use its tools.
+pub enum ToolChoice {
+    Auto,
+    None,
+    Any,
+    Tool(String),
+}
+
+/// The tool call the mock answers, as a model would: a forced tool (or,
+/// with "any tool", the first one) gets arguments built from its schema,
+/// unless the weather rule applies (first tool, `{"location":"Paris"}`).
+/// `Err` when the choice names a tool that is not declared.
+pub fn tool_call(
+    tools: &[DeclaredTool],
+    choice: &ToolChoice,
+    last_user: &str,
+) -> Result<Option<(String, String)>, String> {
+    let weather = |t: &DeclaredTool| (t.name.clone(), WEATHER_ARGS.to_string());
+    // Tool inputs are objects, whatever the schema says.
+    let from_schema = |t: &DeclaredTool| {
+        let input = Some(schema::sample(&t.schema)).filter(Value::is_object).unwrap_or_else(|| serde_json::json!({}));
+        (t.name.clone(), input.to_string())
+    };
+    Ok(match choice {
+        ToolChoice::None => None,
+        ToolChoice::Tool(name) => {
+            let tool = tools.iter().find(|t| &t.name == name);
+            Some(from_schema(tool.ok_or_else(|| format!("tool_choice: tool '{name}' is not in tools"))?))
+        }
+        ToolChoice::Any if mentions_weather(last_user) => tools.first().map(weather),
+        ToolChoice::Any => tools.first().map(from_schema),
+        ToolChoice::Auto => tools.first().filter(|_| mentions_weather(last_user)).map(weather),
+    })
 }
 
 /// JSON-encode a string (with quotes).
@@ -346,6 +391,23 @@ mod tests {
         assert_eq!(full, "one two ok ok ok");
         let (p, _) = stream_pieces("x", 0);
         assert_eq!(p, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn tool_calls_follow_the_tool_choice() {
+        let schema = serde_json::json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let tools = [
+            DeclaredTool { name: "get_weather".into(), schema: Value::Null },
+            DeclaredTool { name: "answer".into(), schema },
+        ];
+        let call = |choice, text| tool_call(&tools, &choice, text).unwrap();
+        assert_eq!(call(ToolChoice::Tool("answer".into()), "hi"), Some(("answer".into(), r#"{"n":1}"#.into())));
+        assert_eq!(call(ToolChoice::Any, "weather?"), Some(("get_weather".into(), WEATHER_ARGS.into())));
+        assert_eq!(call(ToolChoice::Any, "hi"), Some(("get_weather".into(), "{}".into())));
+        assert_eq!(call(ToolChoice::Auto, "hi"), None);
+        assert_eq!(call(ToolChoice::Auto, "weather?"), Some(("get_weather".into(), WEATHER_ARGS.into())));
+        assert_eq!(call(ToolChoice::None, "weather?"), None);
+        assert!(tool_call(&tools, &ToolChoice::Tool("nope".into()), "hi").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! OpenAI (and OpenAI-compatible) API: chat/completions, completions,
 //! embeddings, models. Also used by the Azure kind.
 
+use super::schema::reply_json;
 use super::{
     bad_request, js, json_response, json_value, mentions_weather, method_not_allowed, not_found, now_secs, split_even,
     sse_data, stream_pieces, stream_response, word_tokens, Ctx,
@@ -158,7 +159,18 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
     let created = now_secs();
     let prompt = ctx.prompt_tokens();
     let model_js = js(model);
-    let reply = ctx.reply_text(model);
+    // JSON mode: a value of the response format's schema, or `{"reply": ...}`.
+    let json = match obj.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str) {
+        Some("json_schema") => Some(
+            obj.get("response_format").and_then(|f| f.pointer("/json_schema/schema")).cloned().unwrap_or(Value::Null),
+        ),
+        Some("json_object") => Some(Value::Null),
+        _ => None,
+    };
+    let reply = match &json {
+        Some(schema) => reply_json(Some(schema), &ctx.reply_text(model)),
+        None => ctx.reply_text(model),
+    };
 
     if !stream {
         let (message, finish, completion) = match &tool {
@@ -211,7 +223,11 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
         }
         None => {
             events.push(chunk(r#"{"role":"assistant","content":"","refusal":null}"#, "null"));
-            let (pieces, full) = stream_pieces(&reply, ctx.opts.chunks);
+            // JSON is cut anywhere (filler words would break it).
+            let (pieces, full) = match json {
+                Some(_) => (split_even(&reply, ctx.opts.chunks), reply.clone()),
+                None => stream_pieces(&reply, ctx.opts.chunks),
+            };
             for p in &pieces {
                 events.push(chunk(&format!(r#"{{"content":{}}}"#, js(p)), "null"));
             }
