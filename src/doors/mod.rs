@@ -12,6 +12,10 @@
 pub mod messages;
 pub mod responses;
 
+// Golden files read from disk: native only.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod sdk_fixtures;
+
 use serde_json::{Map, Value};
 
 /// A door request the translator refuses: always HTTP 400.

@@ -392,7 +392,7 @@ fn translate_text_format(req: &Map<String, Value>, out: &mut Map<String, Value>)
 fn usage_json(usage: Usage) -> Value {
     json!({
         "input_tokens": usage.prompt,
-        "input_tokens_details": {"cached_tokens": usage.cached},
+        "input_tokens_details": {"cached_tokens": usage.cached, "cache_write_tokens": 0},
         "output_tokens": usage.completion,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning},
         "total_tokens": usage.prompt + usage.completion,
@@ -889,7 +889,7 @@ mod tests {
         );
         assert_eq!(
             out["usage"],
-            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3}, "output_tokens": 4,
+            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 0}, "output_tokens": 4,
                 "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 14})
         );
         let cut = json!({"choices": [{"finish_reason": "length", "message": {"content": "par"}}]});
