@@ -12,8 +12,8 @@
 pub mod messages;
 pub mod responses;
 
-// Golden files read from disk: native only.
-#[cfg(all(test, not(target_arch = "wasm32")))]
+// Golden files read from disk: native only (see the file).
+#[cfg(test)]
 mod sdk_fixtures;
 
 use serde_json::{Map, Value};
