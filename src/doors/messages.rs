@@ -994,6 +994,17 @@ mod tests {
     }
 
     #[test]
+    fn stream_reports_the_stop_sequence_a_server_names() {
+        let mut s = MessagesStream::new("m");
+        let ev = events(&s.feed(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\",\"stop_reason\":\"###\"}]}\n\ndata: [DONE]\n\n",
+            false,
+        ));
+        let delta = &ev[ev.len() - 2].1["delta"];
+        assert_eq!(delta, &json!({"stop_reason": "stop_sequence", "stop_sequence": "###"}));
+    }
+
+    #[test]
     fn stream_error_event_becomes_anthropic_error_event() {
         let mut s = MessagesStream::new("m");
         let ev =

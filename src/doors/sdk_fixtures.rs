@@ -53,6 +53,11 @@ fn messages_door_output_matches_the_sdk_checked_golden_files() {
     );
     let mut stream = messages::MessagesStream::new("claude-pool");
     check("messages_stream.expected.sse", feed_split(|c, end| stream.feed(c, end), &read("chat_stream.sse")));
+    let mut stream = messages::MessagesStream::new("claude-pool");
+    check(
+        "messages_stream_error.expected.sse",
+        feed_split(|c, end| stream.feed(c, end), &read("chat_stream_error.sse")),
+    );
     check("messages_error.expected.json", pretty(&messages::error_body(429, &read("openai_error.json"))));
     check(
         "messages_count_tokens.expected.json",
@@ -69,4 +74,9 @@ fn responses_door_output_matches_the_sdk_checked_golden_files() {
     );
     let mut stream = responses::ResponsesStream::new("agents-pool", 1_741_570_283);
     check("responses_stream.expected.sse", feed_split(|c, end| stream.feed(c, end), &read("chat_stream.sse")));
+    let mut stream = responses::ResponsesStream::new("agents-pool", 1_741_570_283);
+    check(
+        "responses_stream_error.expected.sse",
+        feed_split(|c, end| stream.feed(c, end), &read("chat_stream_error.sse")),
+    );
 }

@@ -28,6 +28,8 @@ ROUTES = {
     "/messages/stream": (200, "text/event-stream", "messages_stream.expected.sse"),
     "/messages/error": (429, "application/json", "messages_error.expected.json"),
     "/messages/count": (200, "application/json", "messages_count_tokens.expected.json"),
+    "/messages/stream-error": (200, "text/event-stream", "messages_stream_error.expected.sse"),
+    "/responses/stream-error": (200, "text/event-stream", "responses_stream_error.expected.sse"),
     "/responses/plain": (200, "application/json", "responses_response.expected.json"),
     "/responses/stream": (200, "text/event-stream", "responses_stream.expected.sse"),
 }
@@ -124,6 +126,16 @@ def test_anthropic_sdk_raises_typed_error_from_translated_error_body(server):
     assert "Rate limit reached" in caught.value.message
 
 
+def test_anthropic_sdk_raises_on_translated_stream_error_event(server):
+    stream = claude(server, "/messages/stream-error").messages.create(stream=True, **MESSAGES_ARGS)
+    seen = []
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        for event in stream:
+            seen.append(event.type)
+    assert seen[:3] == ["message_start", "content_block_start", "content_block_delta"]
+    assert "ended before the answer was complete" in str(caught.value)
+
+
 def test_anthropic_sdk_reads_count_tokens(server):
     counted = claude(server, "/messages/count").messages.count_tokens(
         model="claude-pool", messages=[{"role": "user", "content": "hi"}]
@@ -154,6 +166,17 @@ def test_openai_sdk_stream_helper_accumulates_translated_events(server):
     adapter = TypeAdapter(openai.types.responses.ResponseStreamEvent)
     for n, data in enumerate(sse_data("responses_stream.expected.sse")):
         assert adapter.validate_python(data).sequence_number == n
+
+
+def test_openai_sdk_reads_failed_stream_as_error_and_failed_events(server):
+    events = list(gpt(server, "/responses/stream-error").responses.create(stream=True, **RESPONSES_ARGS))
+    assert [e.type for e in events][-2:] == ["error", "response.failed"]
+    assert events[-2].code == "server_error"
+    assert events[-1].response.status == "failed"
+    assert events[-1].response.error.code == "server_error"
+    adapter = TypeAdapter(openai.types.responses.ResponseStreamEvent)
+    for data in sse_data("responses_stream_error.expected.sse"):
+        adapter.validate_python(data)
 
 
 def test_whole_bodies_pass_strict_sdk_validation():
