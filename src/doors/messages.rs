@@ -732,6 +732,29 @@ mod tests {
     }
 
     #[test]
+    fn claude_code_style_request_translates() {
+        // Claude Code's shape: cache_control on blocks, thinking config, beta-only fields, untyped tools.
+        let out = chat(json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 32000, "stream": true, "temperature": 1,
+            "thinking": {"type": "enabled", "budget_tokens": 4000}, "context_management": {"edits": []},
+            "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+                {"type": "text", "text": "fix the bug", "cache_control": {"type": "ephemeral"}}]}],
+            "tools": [{"name": "Bash", "description": "Run a command", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}],
+            "metadata": {"user_id": "user_abc_session_1"},
+        }));
+        assert_eq!(
+            out["messages"][1]["content"],
+            json!([
+            {"type": "text", "text": "<system-reminder>ctx</system-reminder>"}, {"type": "text", "text": "fix the bug"}])
+        );
+        assert_eq!(out["tools"][0]["function"]["name"], "Bash");
+        assert_eq!(out["stream_options"], json!({"include_usage": true}));
+        assert!(out.get("thinking").is_none() && out.get("context_management").is_none());
+    }
+
+    #[test]
     fn tools_and_every_tool_choice() {
         let tools = json!([{"name": "f", "description": "does f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}]);
         let expected_tools = json!([{"type": "function", "function": {"name": "f", "description": "does f", "parameters": {"type": "object"}}}]);
