@@ -1017,6 +1017,33 @@ mod tests {
     }
 
     #[test]
+    fn stream_tool_call_repeating_its_id_each_delta_stays_one_block() {
+        let mut s = MessagesStream::new("m");
+        let chunk = |args: &str| {
+            format!("data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"index\":0,\"id\":\"c\",\"function\":{{\"name\":\"f\",\"arguments\":\"{args}\"}}}}]}}}}]}}\n\n")
+        };
+        let stream = format!(
+            "{}{}data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\":\"tool_calls\"}}]}}\n\n",
+            chunk("{"),
+            chunk("}")
+        );
+        let ev = events(&s.feed(stream.as_bytes(), true));
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+    }
+
+    #[test]
     fn stream_reports_the_stop_sequence_a_server_names() {
         let mut s = MessagesStream::new("m");
         let ev = events(&s.feed(
