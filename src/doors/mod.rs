@@ -1,0 +1,400 @@
+//! Front doors other than Chat Completions: pure translators between a door's
+//! API and the OpenAI Chat Completions shape the pipeline speaks.
+//!
+//! The host turns a door request into a chat body (`to_chat`), sends it through
+//! the unchanged pipeline (routing, adapters, failover), and turns the OpenAI
+//! answer back into the door's shape: a whole body (`from_chat_completion`),
+//! an SSE stream (`MessagesStream`, `ResponsesStream`) or an error body.
+//!
+//! - `messages`: Anthropic Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`).
+//! - `responses`: OpenAI Responses API (`POST /v1/responses`), stateless subset.
+
+pub mod messages;
+pub mod responses;
+
+// Golden files read from disk: native only (see the file).
+#[cfg(test)]
+mod sdk_fixtures;
+
+use serde_json::{Map, Value};
+
+/// A door request the translator refuses: always HTTP 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoorError {
+    /// Precise machine-readable reason, e.g. `invalid_request`, `unsupported_feature`.
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault (a path such as `messages[2].content[0].type`).
+    pub param: Option<String>,
+}
+
+impl DoorError {
+    pub const STATUS: u16 = 400;
+
+    pub(crate) fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
+        DoorError { code: "invalid_request", message: format!("{param}: {}", message.into()), param: Some(param) }
+    }
+
+    pub(crate) fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
+        DoorError { code: "unsupported_feature", message: format!("{param}: {}", message.into()), param: Some(param) }
+    }
+
+    pub(crate) fn not_json(detail: impl std::fmt::Display) -> Self {
+        DoorError { code: "invalid_json", message: format!("Request body is not valid JSON: {detail}"), param: None }
+    }
+
+    pub fn status(&self) -> u16 {
+        Self::STATUS
+    }
+
+    /// Anthropic's error shape, for the Messages door.
+    pub fn to_anthropic_json(&self) -> Vec<u8> {
+        messages::anthropic_error("invalid_request_error", &self.message)
+    }
+
+    /// OpenAI's error shape, for the Responses door.
+    pub fn to_openai_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.message.len() + 96);
+        crate::api::error::write_json(
+            &mut out,
+            &self.message,
+            crate::api::error::ErrorType::InvalidRequest,
+            self.param.as_deref(),
+            self.code,
+        );
+        out
+    }
+}
+
+impl std::fmt::Display for DoorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Parses a request body that must be a JSON object.
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DoorError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(DoorError {
+            code: "invalid_request",
+            message: "Request body must be a JSON object.".into(),
+            param: None,
+        }),
+        Err(e) => Err(DoorError::not_json(e)),
+    }
+}
+
+pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
+    // Serializing a Value into a Vec cannot fail; an empty object keeps the body JSON regardless.
+    serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// Copies a number field (`temperature`, `top_p`, ...) after checking it is a number.
+pub(crate) fn copy_number(
+    src: &Map<String, Value>,
+    from: &str,
+    out: &mut Map<String, Value>,
+    to: &str,
+) -> Result<(), DoorError> {
+    match src.get(from) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v @ Value::Number(_)) => {
+            out.insert(to.into(), v.clone());
+            Ok(())
+        }
+        Some(_) => Err(DoorError::invalid(from, "must be a number")),
+    }
+}
+
+/// Sets `stream` and asks for the final usage chunk the door's end events need.
+pub(crate) fn copy_stream(src: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<bool, DoorError> {
+    match src.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) => {
+            out.insert("stream".into(), Value::Bool(true));
+            out.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+            Ok(true)
+        }
+        Some(_) => Err(DoorError::invalid("stream", "must be a boolean")),
+    }
+}
+
+/// Token counts of an OpenAI answer (`usage`), cached tokens included in `prompt`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+    pub reasoning: u64,
+}
+
+impl Usage {
+    pub(crate) fn from_value(usage: Option<&Value>) -> Option<Usage> {
+        let usage = usage?.as_object()?;
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        Some(Usage {
+            prompt: n(usage.get("prompt_tokens")),
+            completion: n(usage.get("completion_tokens")),
+            cached: n(usage.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens"))),
+            reasoning: n(usage.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens"))),
+        })
+    }
+}
+
+/// A door id (`msg_...`, `resp_...`) from the upstream answer's id, so logs can
+/// join the two; random when the answer has none.
+pub(crate) fn door_id(prefix: &str, upstream_id: Option<&str>) -> String {
+    let base: String = upstream_id
+        .map(|id| {
+            let id = id.strip_prefix("chatcmpl-").or_else(|| id.strip_prefix("msg_")).unwrap_or(id);
+            id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect()
+        })
+        .unwrap_or_default();
+    if !base.is_empty() {
+        return format!("{prefix}{base}");
+    }
+    let mut bytes = [0u8; 12];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return format!("{prefix}gateway");
+    }
+    let mut out = String::with_capacity(prefix.len() + 24);
+    out.push_str(prefix);
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The first choice of an OpenAI answer or chunk.
+pub(crate) fn first_choice(answer: &Value) -> Option<&Map<String, Value>> {
+    answer.get("choices")?.as_array()?.first()?.as_object()
+}
+
+/// One thing an OpenAI `chat.completion.chunk` stream said.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StreamPart {
+    /// The first chunk's id and model.
+    Start {
+        id: Option<String>,
+    },
+    Text(String),
+    /// A tool call's first delta (OpenAI `index`, `id`, `function.name`).
+    ToolStart {
+        index: u64,
+        id: Option<String>,
+        name: String,
+    },
+    ToolArgs {
+        index: u64,
+        arguments: String,
+    },
+    /// `finish_reason`, and the matched stop string when the server says it (vLLM's `stop_reason`).
+    Finish {
+        reason: String,
+        stop_string: Option<String>,
+    },
+    Usage(Usage),
+    /// An OpenAI error event (`data: {"error":{...}}`): its message and type.
+    Error {
+        message: String,
+        kind: String,
+    },
+    /// `data: [DONE]`.
+    Done,
+}
+
+/// Splits an OpenAI SSE byte stream into events (which may arrive split across
+/// chunks) and decodes each into `StreamPart`s.
+#[derive(Debug, Default)]
+pub(crate) struct ChatStreamDecoder {
+    buffer: Vec<u8>,
+    started: bool,
+}
+
+impl ChatStreamDecoder {
+    pub(crate) fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<StreamPart> {
+        self.buffer.extend_from_slice(chunk);
+        let mut parts = Vec::new();
+        while let Some((end, sep)) = find_event_end(&self.buffer) {
+            let event: Vec<u8> = self.buffer.drain(..end + sep).collect();
+            self.decode_event(event.get(..end).unwrap_or_default(), &mut parts);
+        }
+        if end_of_stream && !self.buffer.is_empty() {
+            let event = std::mem::take(&mut self.buffer);
+            self.decode_event(&event, &mut parts);
+        }
+        parts
+    }
+
+    fn decode_event(&mut self, event: &[u8], parts: &mut Vec<StreamPart>) {
+        let text = String::from_utf8_lossy(event);
+        let mut data = String::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("data:") else { continue };
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+        let data = data.trim();
+        if data.is_empty() {
+            return;
+        }
+        if data == "[DONE]" {
+            parts.push(StreamPart::Done);
+            return;
+        }
+        let Ok(value) = serde_json::from_str::<Value>(data) else {
+            parts.push(StreamPart::Error {
+                message: "The upstream stream sent an unreadable event.".into(),
+                kind: "server_error".into(),
+            });
+            return;
+        };
+        if let Some(error) = value.get("error") {
+            let message = error.get("message").and_then(Value::as_str).unwrap_or("upstream error").to_string();
+            let kind = error.get("type").and_then(Value::as_str).unwrap_or("server_error").to_string();
+            parts.push(StreamPart::Error { message, kind });
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            parts.push(StreamPart::Start { id: value.get("id").and_then(Value::as_str).map(str::to_string) });
+        }
+        if let Some(choice) = first_choice(&value) {
+            decode_choice(choice, parts);
+        }
+        if let Some(usage) = Usage::from_value(value.get("usage")) {
+            parts.push(StreamPart::Usage(usage));
+        }
+    }
+}
+
+fn decode_choice(choice: &Map<String, Value>, parts: &mut Vec<StreamPart>) {
+    if let Some(delta) = choice.get("delta").and_then(Value::as_object) {
+        if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            parts.push(StreamPart::Text(text.to_string()));
+        }
+        if let Some(text) = delta.get("refusal").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            parts.push(StreamPart::Text(text.to_string()));
+        }
+        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let function = call.get("function");
+            let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
+            let id = call.get("id").and_then(Value::as_str);
+            if name.is_some() || id.is_some() {
+                parts.push(StreamPart::ToolStart {
+                    index,
+                    id: id.map(str::to_string),
+                    name: name.unwrap_or_default().to_string(),
+                });
+            }
+            if let Some(args) = function.and_then(|f| f.get("arguments")).and_then(Value::as_str) {
+                if !args.is_empty() {
+                    parts.push(StreamPart::ToolArgs { index, arguments: args.to_string() });
+                }
+            }
+        }
+    }
+    if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+        let stop_string = choice.get("stop_reason").and_then(Value::as_str).map(str::to_string);
+        parts.push(StreamPart::Finish { reason: reason.to_string(), stop_string });
+    }
+}
+
+/// End of the first SSE event in `buf` (index, separator length): a blank line
+/// ends an event, with `\n` or `\r\n` line ends.
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf.get(i) == Some(&b'\n') {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some((i, 2));
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Appends one SSE event `event: <name>\ndata: <json>\n\n`.
+pub(crate) fn push_sse(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(&to_bytes(data));
+    out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn decoder_joins_events_split_across_chunks_and_crlf() {
+        let mut d = ChatStreamDecoder::default();
+        let stream = b"data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let mut parts = Vec::new();
+        for piece in stream.chunks(7) {
+            parts.extend(d.feed(piece, false));
+        }
+        parts.extend(d.feed(b"", true));
+        assert_eq!(
+            parts,
+            vec![
+                StreamPart::Start { id: Some("chatcmpl-1".into()) },
+                StreamPart::Text("Hel".into()),
+                StreamPart::Text("lo".into()),
+                StreamPart::Finish { reason: "stop".into(), stop_string: None },
+                StreamPart::Done,
+            ]
+        );
+    }
+
+    #[test]
+    fn decoder_reads_usage_only_chunk_error_event_and_unterminated_tail() {
+        let mut d = ChatStreamDecoder::default();
+        let parts = d.feed(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":1}}}\n\ndata: {\"error\":{\"message\":\"busy\",\"type\":\"server_error\"}}",
+            true,
+        );
+        assert_eq!(
+            parts,
+            vec![
+                StreamPart::Start { id: None },
+                StreamPart::Usage(Usage { prompt: 5, completion: 2, cached: 1, reasoning: 0 }),
+                StreamPart::Error { message: "busy".into(), kind: "server_error".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn door_ids_follow_the_upstream_id_or_are_random() {
+        assert_eq!(door_id("msg_", Some("chatcmpl-abc123")), "msg_abc123");
+        assert_eq!(door_id("resp_", Some("msg_01X")), "resp_01X");
+        let random = door_id("msg_", None);
+        assert!(random.starts_with("msg_") && random.len() == 28, "{random}");
+    }
+
+    #[test]
+    fn door_errors_in_both_shapes() {
+        let e = DoorError::unsupported("previous_response_id", "needs provider-side state");
+        let openai: Value = serde_json::from_slice(&e.to_openai_json()).unwrap();
+        assert_eq!(openai["error"]["code"], "unsupported_feature");
+        assert_eq!(openai["error"]["param"], "previous_response_id");
+        assert_eq!(openai["error"]["type"], "invalid_request_error");
+        let anthropic: Value = serde_json::from_slice(&e.to_anthropic_json()).unwrap();
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "invalid_request_error");
+        assert!(anthropic["error"]["message"].as_str().unwrap().starts_with("previous_response_id: "));
+    }
+}
