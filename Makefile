@@ -53,7 +53,7 @@ lint:
 	cargo clippy -p switchboard --release --target wasm32-wasip1 -- -D warnings
 
 integration: setup build
-	$(VENV)/bin/pytest -q tests/integration
+	$(VENV)/bin/pytest -q tests/integration tests/unit_doors
 
 fuzz-smoke:
 	@if [ -x fuzz/smoke.sh ]; then fuzz/smoke.sh; else echo "fuzz: no targets yet"; fi

@@ -17,7 +17,7 @@ use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::request::ParsedRequest;
 use crate::api::usage;
 use crate::api::{ApiError, Endpoint};
-use crate::providers::{build_request, BuildContext, ResponseAdapter, UpstreamRequest};
+use crate::providers::{build_request, stream_include_usage, BuildContext, ResponseAdapter, UpstreamRequest};
 use crate::routing::{verdict, Availability, Plan};
 use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
@@ -68,7 +68,7 @@ pub struct Filter {
     body: Vec<u8>,
     /// The client's request headers, serialized as the host gave them.
     client_headers: Vec<u8>,
-    stream: bool,
+    shape: AnswerShape,
     plan: Option<Plan>,
     /// The calling tenant (when tenants are configured) and what it holds.
     tenant: Option<Admission>,
@@ -85,6 +85,8 @@ struct Admission {
     rate_headers: Vec<(&'static str, String)>,
     /// The end of the answer, to read its usage from.
     tail: Option<usage::Tail>,
+    /// Usage a translating adapter saw (streams report it even when the client did not ask).
+    usage: Option<(u64, u64)>,
 }
 
 impl Filter {
@@ -96,7 +98,7 @@ impl Filter {
             endpoint: Endpoint::ChatCompletions,
             body: Vec::new(),
             client_headers: Vec::new(),
-            stream: false,
+            shape: AnswerShape::default(),
             plan: None,
             tenant: None,
         }
@@ -170,7 +172,7 @@ impl Filter {
                 Ok(u) => u,
                 Err(e) => return self.answer_error(&e),
             };
-            self.stream = parsed.stream;
+            self.shape = AnswerShape { stream: parsed.stream, include_usage: stream_include_usage(&parsed) };
             (plan, picked, upstream)
         };
         if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
@@ -245,7 +247,7 @@ impl Filter {
         if let Some(mm) = rt.metrics.member(picked.member.pool, picked.member.member) {
             rt.metrics.inc(mm.attempts);
         }
-        Attempt { picked, adapter: adapter_for(rt, self.endpoint, self.stream, picked.member) }
+        Attempt { picked, adapter: adapter_for(rt, self.endpoint, self.shape, picked.member) }
     }
 
     /// Records how `attempt` ended. Returns whether it failed (fail over next).
@@ -377,7 +379,7 @@ impl Filter {
     fn timeouts_ms(&self, rt: &Runtime, pool: usize, now: u64) -> (u64, Option<u64>) {
         let Some(policy) = rt.config.pool_at(pool).map(|p| &p.retry) else { return (1, None) };
         let remaining = self.plan.as_ref().map_or(policy.timeout_ms, |p| p.deadline_ms.saturating_sub(now));
-        policy.attempt_timeouts(remaining, self.stream)
+        policy.attempt_timeouts(remaining, self.shape.stream)
     }
 
     /// Every attempt failed: 503 listing them (429 when all were rate
@@ -509,11 +511,19 @@ fn translates_stream(adapter: &ResponseAdapter, status: u16) -> bool {
 }
 
 /// The response adapter for a member, if its provider needs one.
-fn adapter_for(rt: &Runtime, endpoint: Endpoint, stream: bool, member: MemberRef) -> Option<ResponseAdapter> {
+fn adapter_for(rt: &Runtime, endpoint: Endpoint, shape: AnswerShape, member: MemberRef) -> Option<ResponseAdapter> {
     let m = rt.config.pool_at(member.pool)?.members.get(member.member)?;
     let provider = rt.config.provider(m.provider)?;
-    let adapter = ResponseAdapter::new(provider.kind, endpoint, stream, &m.model)?;
-    Some(adapter.with_created(abi::now_ms().unwrap_or(0) / 1000))
+    let adapter = ResponseAdapter::new(provider.kind, endpoint, shape.stream, &m.model)?;
+    Some(adapter.with_created(abi::now_ms().unwrap_or(0) / 1000).with_include_usage(shape.include_usage))
+}
+
+/// What the client asked its answer to look like.
+#[derive(Debug, Clone, Copy, Default)]
+struct AnswerShape {
+    stream: bool,
+    /// `stream_options.include_usage`: a final usage chunk in the stream.
+    include_usage: bool,
 }
 
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
@@ -593,6 +603,7 @@ impl Context for Filter {
             return;
         }
         self.note_answer(&body);
+        self.note_adapter_usage(attempt.adapter.as_ref());
         let content_type = content_type.to_string();
         let ours = self.result_headers(&rt, attempt.picked.member);
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
@@ -790,6 +801,7 @@ impl HttpContext for Filter {
                 let translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
                 if end_of_stream {
+                    self.note_adapter_usage(attempt.adapter.as_ref());
                     self.finish_success(&rt, &attempt, status);
                 } else {
                     self.state = State::Relaying { attempt, status };
@@ -803,6 +815,7 @@ impl HttpContext for Filter {
                 let out = adapter.translate_body(status, &chunk);
                 let unreadable = adapter.translation_failed();
                 self.note_answer(&out);
+                self.note_adapter_usage(attempt.adapter.as_ref());
                 if unreadable {
                     rt.metrics.local_error("invalid_upstream_response");
                     log::warn!(
@@ -856,6 +869,13 @@ impl Filter {
         }
     }
 
+    /// The usage a translating adapter read from the provider's own format.
+    fn note_adapter_usage(&mut self, adapter: Option<&ResponseAdapter>) {
+        if let (Some(t), Some(u)) = (self.tenant.as_mut(), adapter.and_then(ResponseAdapter::usage)) {
+            t.usage = Some((u.prompt, u.completion));
+        }
+    }
+
     /// The tenant's request ended: its parallel slot is free again and its
     /// token reservation becomes the real usage (kept as reserved when the
     /// answer reported none).
@@ -867,7 +887,7 @@ impl Filter {
         }
         let Some(tail) = &admission.tail else { return };
         let now_s = self.now_ms() / 1000;
-        match tail.usage() {
+        match admission.usage.or_else(|| tail.usage()) {
             Some((prompt, completion)) => {
                 let actual = prompt.saturating_add(completion);
                 tenant_store::correct(tenant, now_s, admission.window_start_s, admission.reserved, actual);

@@ -264,14 +264,7 @@ def test_stream_has_no_usage_unless_asked(kinds_gateway, name):
     assert all(c.usage is None for c in stream)
 
 
-# Translated streams send usage only once the host passes the client's
-# stream_options.include_usage to ResponseAdapter::with_include_usage.
-HOST_PASSES_INCLUDE_USAGE = pytest.mark.xfail(
-    strict=True, reason="src/host does not call ResponseAdapter::with_include_usage yet")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=HOST_PASSES_INCLUDE_USAGE) for n in ("anthropic", "gemini", "bedrock")]
-                         + ["openai"])
+@pytest.mark.parametrize("name", ["anthropic", "gemini", "bedrock", "openai"])
 def test_stream_usage_is_one_final_chunk_with_include_usage(kinds_gateway, name):
     chunks = raw_stream_events(kinds_gateway, f"only_{name}", stream_options={"include_usage": True})
     last = chunks[-1]
