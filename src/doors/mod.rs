@@ -18,6 +18,134 @@ mod sdk_fixtures;
 
 use serde_json::{Map, Value};
 
+/// The API a client speaks. Every door's requests run through the pipeline
+/// as chat completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Door {
+    #[default]
+    Chat,
+    /// `POST /v1/messages`
+    Messages,
+    /// `POST /v1/messages/count_tokens`, answered by the gateway itself.
+    CountTokens,
+    /// `POST /v1/responses`
+    Responses,
+}
+
+impl Door {
+    /// The door a path opens (query string allowed); `None` for the chat-family endpoints.
+    pub fn from_path(path: &str) -> Option<Door> {
+        match path.split('?').next().unwrap_or("").trim_end_matches('/') {
+            "/v1/messages" => Some(Door::Messages),
+            "/v1/messages/count_tokens" => Some(Door::CountTokens),
+            "/v1/responses" => Some(Door::Responses),
+            _ => None,
+        }
+    }
+
+    /// The client's request as a Chat Completions body.
+    pub fn to_chat(self, body: &[u8]) -> Result<Option<Vec<u8>>, DoorError> {
+        match self {
+            Door::Chat | Door::CountTokens => Ok(None),
+            Door::Messages => messages::to_chat(body).map(Some),
+            Door::Responses => {
+                if let Some(feature) = responses::needs_openai_state(body) {
+                    return Err(DoorError::unsupported(
+                        feature,
+                        "needs state kept by OpenAI; this gateway serves the stateless subset of the Responses API",
+                    ));
+                }
+                responses::to_chat(body).map(Some)
+            }
+        }
+    }
+
+    /// An OpenAI error body (the gateway's own or a provider's) in this door's shape.
+    pub fn error_body(self, status: u16, openai_error_json: Vec<u8>) -> Vec<u8> {
+        match self {
+            Door::Messages | Door::CountTokens => messages::error_body(status, &openai_error_json),
+            Door::Chat | Door::Responses => openai_error_json,
+        }
+    }
+
+    /// A refused door request in this door's error shape.
+    pub fn refusal_body(self, e: &DoorError) -> Vec<u8> {
+        match self {
+            Door::Messages | Door::CountTokens => e.to_anthropic_json(),
+            Door::Chat | Door::Responses => e.to_openai_json(),
+        }
+    }
+}
+
+/// Turns the pipeline's OpenAI-shaped answer into a door's.
+pub enum DoorAnswer {
+    Messages { model: String, stream: Option<messages::MessagesStream> },
+    Responses { model: String, stream: Option<responses::ResponsesStream> },
+}
+
+impl DoorAnswer {
+    /// `None` for the chat door, whose answers are already in shape.
+    pub fn new(door: Door, model: &str, stream: bool, created_at: u64) -> Option<DoorAnswer> {
+        match door {
+            Door::Chat | Door::CountTokens => None,
+            Door::Messages => Some(DoorAnswer::Messages {
+                model: model.to_string(),
+                stream: stream.then(|| messages::MessagesStream::new(model)),
+            }),
+            Door::Responses => Some(DoorAnswer::Responses {
+                model: model.to_string(),
+                stream: stream.then(|| responses::ResponsesStream::new(model, created_at)),
+            }),
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        matches!(self, DoorAnswer::Messages { stream: Some(_), .. } | DoorAnswer::Responses { stream: Some(_), .. })
+    }
+
+    /// A whole answer of HTTP `status`. Returns the body and the status to send:
+    /// an unreadable successful answer becomes the door's 502.
+    pub fn body(&self, status: u16, openai: &[u8]) -> (u16, Vec<u8>) {
+        let ok = (200..300).contains(&status);
+        let (door, model) = match self {
+            DoorAnswer::Messages { model, .. } => (Door::Messages, model),
+            DoorAnswer::Responses { model, .. } => (Door::Responses, model),
+        };
+        if !ok {
+            return (status, door.error_body(status, openai.to_vec()));
+        }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(openai).is_err() {
+            return (502, door.error_body(502, upstream_unreadable()));
+        }
+        let body = match door {
+            Door::Messages => messages::from_chat_completion(openai, model),
+            _ => responses::from_chat_completion(openai, model),
+        };
+        (status, body)
+    }
+
+    /// The next piece of an OpenAI SSE stream, as the door's events.
+    pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        match self {
+            DoorAnswer::Messages { stream: Some(s), .. } => s.feed(chunk, end_of_stream),
+            DoorAnswer::Responses { stream: Some(s), .. } => s.feed(chunk, end_of_stream),
+            _ => chunk.to_vec(),
+        }
+    }
+}
+
+fn upstream_unreadable() -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::api::error::write_json(
+        &mut out,
+        "The provider's answer could not be read.",
+        crate::api::error::ErrorType::Server,
+        None,
+        "invalid_upstream_response",
+    );
+    out
+}
+
 /// A door request the translator refuses: always HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoorError {

@@ -17,6 +17,7 @@ use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::request::ParsedRequest;
 use crate::api::usage;
 use crate::api::{ApiError, Endpoint};
+use crate::doors::{messages, Door, DoorAnswer, DoorError};
 use crate::providers::{build_request, stream_include_usage, BuildContext, ResponseAdapter, UpstreamRequest};
 use crate::routing::{verdict, Availability, Plan};
 use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
@@ -69,6 +70,9 @@ pub struct Filter {
     /// The client's request headers, serialized as the host gave them.
     client_headers: Vec<u8>,
     shape: AnswerShape,
+    /// The API the client speaks, and how its answers are put back in that shape.
+    door: Door,
+    door_answer: Option<DoorAnswer>,
     plan: Option<Plan>,
     /// The calling tenant (when tenants are configured) and what it holds.
     tenant: Option<Admission>,
@@ -99,6 +103,8 @@ impl Filter {
             body: Vec::new(),
             client_headers: Vec::new(),
             shape: AnswerShape::default(),
+            door: Door::Chat,
+            door_answer: None,
             plan: None,
             tenant: None,
         }
@@ -139,8 +145,20 @@ impl Filter {
         }
         let rate = self.tenant.as_ref().map(|t| t.rate_headers.clone()).unwrap_or_default();
         headers.extend(rate.iter().map(|(k, v)| (*k, v.as_str())));
-        let body = error.to_json();
+        let body = self.door.error_body(error.status, error.to_json());
         self.respond(error.status, &headers, &body);
+        Action::Pause
+    }
+
+    /// Refuses a door request its translator cannot take (always a 400).
+    fn refuse_door_request(&mut self, e: &DoorError) -> Action {
+        if let Some(rt) = &self.rt {
+            rt.metrics.local_error(e.code);
+        }
+        let body = self.door.refusal_body(e);
+        let request_id = self.request_id.clone();
+        let headers = [("content-type", "application/json"), ("x-switchboard-request-id", request_id.as_str())];
+        self.respond(e.status(), &headers, &body);
         Action::Pause
     }
 
@@ -151,7 +169,32 @@ impl Filter {
         }
     }
 
-    fn route(&mut self, rt: &Runtime, body: Vec<u8>) -> Action {
+    /// A complete request body: answered here (token counting) or routed.
+    fn serve(&mut self, rt: &Runtime, body: Vec<u8>) -> Action {
+        if self.door != Door::CountTokens {
+            return self.route(rt, body);
+        }
+        match messages::count_tokens(&body) {
+            Ok(count) => {
+                let request_id = self.request_id.clone();
+                self.respond(
+                    200,
+                    &[("content-type", "application/json"), ("x-switchboard-request-id", &request_id)],
+                    &count,
+                );
+                Action::Pause
+            }
+            Err(e) => self.refuse_door_request(&e),
+        }
+    }
+
+    fn route(&mut self, rt: &Runtime, client_body: Vec<u8>) -> Action {
+        let client_len = client_body.len();
+        let body = match self.door.to_chat(&client_body) {
+            Ok(Some(chat)) => chat,
+            Ok(None) => client_body,
+            Err(e) => return self.refuse_door_request(&e),
+        };
         let now = self.now_ms();
         let (plan, picked, upstream) = {
             let parsed = match ParsedRequest::parse(&body, self.endpoint) {
@@ -173,6 +216,7 @@ impl Filter {
                 Err(e) => return self.answer_error(&e),
             };
             self.shape = AnswerShape { stream: parsed.stream, include_usage: stream_include_usage(&parsed) };
+            self.door_answer = DoorAnswer::new(self.door, &parsed.target, parsed.stream, now / 1000);
             (plan, picked, upstream)
         };
         if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
@@ -180,7 +224,7 @@ impl Filter {
         }
         self.plan = Some(plan);
         let timeouts = self.timeouts_ms(rt, picked.member.pool, now);
-        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, body.len()) {
+        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len) {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
@@ -590,6 +634,14 @@ impl Context for Filter {
             }
             None => (header_value(&headers, "content-type").unwrap_or("application/json"), body, status),
         };
+        let (verdict, content_type, body) = match self.door_answer.as_mut() {
+            Some(door) if door.is_stream() && verdict < 400 => (verdict, "text/event-stream", door.feed(&body, true)),
+            Some(door) => {
+                let (door_status, body) = door.body(verdict, &body);
+                (door_status.max(verdict), "application/json", body)
+            }
+            None => (verdict, content_type, body),
+        };
         if verdict != status {
             rt.metrics.local_error("invalid_upstream_response");
             log::warn!(
@@ -646,9 +698,12 @@ impl HttpContext for Filter {
         // The client's headers never reach the provider as they are: the
         // rewrite replaces the whole map (a client can never pick a cluster).
         self.client_headers = raw;
-        let Some((endpoint, query)) = Endpoint::from_path(&path) else {
+        let door = Door::from_path(&path);
+        let Some((endpoint, query)) = Endpoint::from_path(&path).or(door.map(|_| (Endpoint::ChatCompletions, "")))
+        else {
             return self.answer_error(&ApiError::not_found(path.split('?').next().unwrap_or("")));
         };
+        self.door = door.unwrap_or_default();
         self.endpoint = endpoint;
         if method != endpoint.method() && !(endpoint == Endpoint::Models && method == "HEAD") {
             let clean = path.split('?').next().unwrap_or("");
@@ -700,7 +755,7 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         match abi::buffer(abi::BUFFER_REQUEST_BODY, 0, body_size) {
-            Ok(body) => self.route(&rt, body),
+            Ok(body) => self.serve(&rt, body),
             Err(s) => {
                 self.host_error("get request body", s);
                 self.answer_error(&ApiError::internal("The gateway could not read the request body."))
@@ -721,7 +776,7 @@ impl HttpContext for Filter {
             Ok(body) if body.len() > rt.config.max_body_bytes => {
                 self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes))
             }
-            Ok(body) => self.route(&rt, body),
+            Ok(body) => self.serve(&rt, body),
             Err(s) => {
                 self.host_error("get request body", s);
                 self.answer_error(&ApiError::internal("The gateway could not read the request body."))
@@ -749,12 +804,19 @@ impl HttpContext for Filter {
             self.finish(&rt, &attempt, status, header_value(&headers, "retry-after"), now);
             return self.fail_over(&rt, now);
         }
-        let Some(adapter) = attempt.adapter.as_ref() else {
+        let adapter = attempt.adapter.as_ref();
+        let door = self.door_answer.as_ref();
+        if adapter.is_none() && door.is_none() {
             self.set_response_headers(&rt, attempt.picked.member, &headers, &[], &[]);
             return self.relay(&rt, attempt, status, end_of_stream);
-        };
+        }
         let translated = ["content-type", "content-length"];
-        if translates_stream(adapter, status) {
+        // A successful stream is translated event by event (by the provider's
+        // adapter, then the client's door); anything else as a whole body.
+        let streams = status < 400
+            && adapter.is_none_or(|a| translates_stream(a, status))
+            && door.is_none_or(DoorAnswer::is_stream);
+        if streams {
             let content_type = [("content-type", "text/event-stream")];
             self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
             return self.relay(&rt, attempt, status, end_of_stream);
@@ -765,7 +827,7 @@ impl HttpContext for Filter {
             self.finish_success(&rt, &attempt, status);
             return Action::Continue;
         }
-        // A translated whole body is only known good once read: hold the
+        // A whole translated body is only known good once read: hold the
         // headers so an unreadable answer can still fail over.
         self.state = State::Holding { attempt, status };
         Action::Pause
@@ -777,7 +839,8 @@ impl HttpContext for Filter {
             State::Failover { .. } => return Action::Pause,
             State::Holding { .. } if !end_of_stream => return Action::Pause,
             State::Holding { .. } => {}
-            State::Relaying { attempt, .. } if attempt.adapter.is_some() || self.reads_usage() => {}
+            State::Relaying { attempt, .. }
+                if attempt.adapter.is_some() || self.door_answer.is_some() || self.reads_usage() => {}
             State::Relaying { .. } if end_of_stream => {
                 if let (State::Relaying { attempt, status }, Some(rt)) =
                     (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
@@ -798,8 +861,11 @@ impl HttpContext for Filter {
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
             State::Relaying { mut attempt, status } => {
-                let translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
+                let mut translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
+                if let Some(door) = self.door_answer.as_mut() {
+                    translated = Some(door.feed(translated.as_deref().unwrap_or(&chunk), end_of_stream));
+                }
                 if end_of_stream {
                     self.note_adapter_usage(attempt.adapter.as_ref());
                     self.finish_success(&rt, &attempt, status);
@@ -811,9 +877,13 @@ impl HttpContext for Filter {
                 out
             }
             State::Holding { mut attempt, status } => {
-                let Some(adapter) = attempt.adapter.as_mut() else { return Action::Continue };
-                let out = adapter.translate_body(status, &chunk);
-                let unreadable = adapter.translation_failed();
+                let (out, unreadable) = match attempt.adapter.as_mut() {
+                    Some(adapter) => {
+                        let out = adapter.translate_body(status, &chunk);
+                        (out, adapter.translation_failed())
+                    }
+                    None => (chunk, false),
+                };
                 self.note_answer(&out);
                 self.note_adapter_usage(attempt.adapter.as_ref());
                 if unreadable {
@@ -828,11 +898,18 @@ impl HttpContext for Filter {
                     if self.finish(&rt, &attempt, 502, None, now) {
                         return self.fail_over(&rt, now);
                     }
-                    if let Err(s) = abi::set_header(RESP, ":status", "502") {
-                        self.host_error("set response status", s);
-                    }
                 } else {
                     self.finish_success(&rt, &attempt, status);
+                }
+                let sent = if unreadable { 502 } else { status };
+                let (door_status, out) = match &self.door_answer {
+                    Some(door) => door.body(sent, &out),
+                    None => (sent, out),
+                };
+                if door_status != status {
+                    if let Err(s) = abi::set_header(RESP, ":status", &door_status.to_string()) {
+                        self.host_error("set response status", s);
+                    }
                 }
                 out
             }
