@@ -6,7 +6,7 @@ mod raw;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use raw::ProviderKind;
+use serde::Deserialize;
 
 /// Where a secret comes from. Injected so tests need not touch the process
 /// environment; the filter passes `std::env::var`.
@@ -61,6 +61,32 @@ pub enum Credentials {
     Aws { access_key_id: Secret, secret_access_key: Secret, session_token: Option<Secret> },
 }
 
+/// How a provider is spoken to (wire format and authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    #[default]
+    Openai,
+    OpenaiCompatible,
+    Azure,
+    Anthropic,
+    Gemini,
+    Bedrock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub name: String,
@@ -90,6 +116,20 @@ pub struct Member {
     pub weight: u32,
     /// Stable identity `provider/model`, used for health keys, metrics and headers.
     pub id: String,
+}
+
+/// A member of a pool, by position: `config.pools[pool].members[member]`.
+/// The same deployment listed in two pools has two references (and one `Member::id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberRef {
+    pub pool: usize,
+    pub member: usize,
+}
+
+impl MemberRef {
+    pub fn new(pool: usize, member: usize) -> Self {
+        MemberRef { pool, member }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +214,27 @@ impl Config {
 
     pub fn provider(&self, index: usize) -> Option<&Provider> {
         self.providers.get(index)
+    }
+
+    /// The pool, member and provider a reference points at, in one lookup.
+    pub fn resolve(&self, at: MemberRef) -> Option<(&Pool, &Member, &Provider)> {
+        let pool = self.pools.get(at.pool)?;
+        let member = pool.members.get(at.member)?;
+        let provider = self.providers.get(member.provider)?;
+        Some((pool, member, provider))
+    }
+
+    /// The member a reference points at.
+    pub fn member(&self, at: MemberRef) -> Option<&Member> {
+        self.pools.get(at.pool)?.members.get(at.member)
+    }
+
+    /// Every member of a pool with its reference.
+    pub fn members_of(&self, pool: usize) -> impl Iterator<Item = (MemberRef, &Member)> {
+        self.pools
+            .get(pool)
+            .into_iter()
+            .flat_map(move |p| p.members.iter().enumerate().map(move |(i, m)| (MemberRef::new(pool, i), m)))
     }
 
     /// Pools a client may address, listed pools first, in name order.

@@ -6,34 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use super::{
-    err, Config, ConfigError, Credentials, EnvLookup, HealthPolicy, Member, Pool, ProbePolicy, Provider, RetryPolicy,
-    Secret, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
+    err, Config, ConfigError, Credentials, EnvLookup, HealthPolicy, Member, Pool, ProbePolicy, Provider, ProviderKind,
+    RetryPolicy, Secret, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    #[default]
-    Openai,
-    OpenaiCompatible,
-    Azure,
-    Anthropic,
-    Gemini,
-    Bedrock,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Openai => "openai",
-            ProviderKind::OpenaiCompatible => "openai_compatible",
-            ProviderKind::Azure => "azure",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Gemini => "gemini",
-            ProviderKind::Bedrock => "bedrock",
-        }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

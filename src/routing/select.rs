@@ -2,17 +2,7 @@
 
 use crate::config::Member;
 
-/// Whether a member can take a request now, as seen by the health store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Availability {
-    Healthy,
-    /// Cooldown over: one trial request may go through (half-open).
-    Trial,
-    /// Ejected (or a trial is in flight) until the given time, in ms since the epoch.
-    Unavailable {
-        until_ms: u64,
-    },
-}
+use super::Availability;
 
 /// Picks a member index by weight among healthy or trial members that are not
 /// in `tried`. When none is usable, returns the untried member whose ejection
