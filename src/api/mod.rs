@@ -4,6 +4,7 @@
 pub mod error;
 pub mod models;
 pub mod request;
+pub mod tokens;
 
 pub use error::ApiError;
 
