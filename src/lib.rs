@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod providers;
 pub mod routing;
+pub mod text;
 
 #[cfg(feature = "filter")]
 mod host;

@@ -99,7 +99,7 @@ pub struct Content<'a> {
     /// Image parts (`image_url`, `input_image`, `image`).
     pub images: u32,
     /// The user's text: bodies of JSON string literals (escapes not decoded;
-    /// read them with [`super::tokens::json_string_chars`]). User messages for
+    /// read them with [`crate::text::json_string_chars`]). User messages for
     /// chat, the prompt for completions, the input for embeddings.
     pub user_text: Vec<&'a str>,
 }

@@ -11,6 +11,8 @@
 //! (`\n`, `\"`, `\u00e9`) count as the character they stand for, so no
 //! decoded copy is made.
 
+use crate::text::{for_each_unit, Unit};
+
 /// Tokens charged per image part, whatever its size: a 512x512 tile at OpenAI's
 /// high detail (85 base + 170 per tile); larger images cost more upstream.
 pub const IMAGE_TOKENS: u32 = 255;
@@ -19,6 +21,8 @@ pub const MESSAGE_OVERHEAD_TOKENS: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
+    /// Start of a piece: no run yet.
+    Nothing,
     Letter,
     Upper,
     Digit,
@@ -28,15 +32,31 @@ enum Class {
     Wide,
 }
 
-fn class_of(c: char) -> Class {
+const fn ascii_class(b: u8) -> Class {
+    match b {
+        b'a'..=b'z' => Class::Letter,
+        b'A'..=b'Z' => Class::Upper,
+        b'0'..=b'9' => Class::Digit,
+        b' ' | b'\t' => Class::Space,
+        b'\n' | b'\r' => Class::Newline,
+        _ => Class::Punct,
+    }
+}
+
+/// Classes of the ASCII bytes, so the common case is one table read.
+const ASCII_CLASSES: [Class; 128] = {
+    let mut table = [Class::Punct; 128];
+    let mut b = 0u8;
+    while b < 128 {
+        table[b as usize] = ascii_class(b);
+        b += 1;
+    }
+    table
+};
+
+fn char_class(c: char) -> Class {
     match c {
-        'a'..='z' => Class::Letter,
-        'A'..='Z' => Class::Upper,
-        '0'..='9' => Class::Digit,
-        ' ' | '\t' => Class::Space,
-        '\n' | '\r' => Class::Newline,
-        c if c.is_ascii() => Class::Punct,
-        // CJK, kana, hangul and other scripts BPE vocabularies cover thinly: about a token per character.
+        // CJK, kana, hangul: about a token per character in BPE vocabularies.
         '\u{1100}'..='\u{11ff}' | '\u{2e80}'..='\u{9fff}' | '\u{ac00}'..='\u{d7af}' | '\u{f900}'..='\u{faff}' => {
             Class::Wide
         }
@@ -47,16 +67,22 @@ fn class_of(c: char) -> Class {
 }
 
 /// Running estimate over one or more pieces of text.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct TokenCounter {
     /// Tokens in hundredths, so fractional charges add up without float math.
     centi: u64,
-    prev: Option<Class>,
+    prev: Class,
     run: u32,
     /// Non-ASCII letters in the current word (they cost more than ASCII ones).
     run_wide: u32,
     /// The run before the current one was a line break (indentation follows).
     after_newline: bool,
+}
+
+impl Default for TokenCounter {
+    fn default() -> Self {
+        TokenCounter { centi: 0, prev: Class::Nothing, run: 0, run_wide: 0, after_newline: false }
+    }
 }
 
 impl TokenCounter {
@@ -73,16 +99,20 @@ impl TokenCounter {
     /// Adds a plain string.
     pub fn add_text(&mut self, text: &str) {
         for c in text.chars() {
-            self.push(c);
+            match u8::try_from(c) {
+                Ok(b) if b < 0x80 => self.push(ascii_class(b), false),
+                _ => self.push_char(c),
+            }
         }
         self.end_piece();
     }
 
     /// Adds the body of a JSON string literal (between the quotes, escapes included).
     pub fn add_json_string(&mut self, raw: &str) {
-        for c in json_string_chars(raw) {
-            self.push(c);
-        }
+        for_each_unit(raw, |unit| match unit {
+            Unit::Ascii(b) => self.push(ASCII_CLASSES.get(usize::from(b)).copied().unwrap_or(Class::Punct), false),
+            Unit::Char(c) => self.push_char(c),
+        });
         self.end_piece();
     }
 
@@ -91,35 +121,35 @@ impl TokenCounter {
         self.centi += u64::from(tokens) * 100;
     }
 
-    fn push(&mut self, c: char) {
-        let class = class_of(c);
-        let joins = match (self.prev, class) {
-            (Some(p), c) if p == c => true,
-            // `Word`, `camelCase`: a capital starts a word, lower-case letters continue it.
-            (Some(Class::Upper), Class::Letter) => true,
-            _ => false,
-        };
-        if joins {
+    fn push_char(&mut self, c: char) {
+        let class = char_class(c);
+        self.push(class, class == Class::Letter);
+    }
+
+    #[inline(always)]
+    fn push(&mut self, class: Class, wide_letter: bool) {
+        // `Word`, `camelCase`: a capital starts a word, lower-case letters continue it.
+        if class == self.prev || (class == Class::Letter && self.prev == Class::Upper) {
             self.run += 1;
         } else {
             self.flush();
-            self.after_newline = self.prev == Some(Class::Newline);
-            self.prev = Some(class);
+            self.after_newline = self.prev == Class::Newline;
+            self.prev = class;
             self.run = 1;
             self.run_wide = 0;
         }
-        if !c.is_ascii() && matches!(class, Class::Letter) {
+        if wide_letter {
             self.run_wide += 1;
         }
         // A capital run followed by lower case (`HTTPServer`): keep as one word.
-        if class == Class::Letter && self.prev == Some(Class::Upper) {
-            self.prev = Some(Class::Letter);
+        if class == Class::Letter {
+            self.prev = Class::Letter;
         }
     }
 
     fn end_piece(&mut self) {
         self.flush();
-        self.prev = None;
+        self.prev = Class::Nothing;
         self.run = 0;
         self.run_wide = 0;
         self.after_newline = false;
@@ -139,52 +169,26 @@ impl TokenCounter {
         let wide = u64::from(self.run_wide);
         match self.prev {
             // Common words are one token; long or rare ones split every few letters.
-            Some(Class::Letter) | Some(Class::Upper) => {
+            Class::Letter | Class::Upper => {
                 let ascii = n - wide;
                 100 + ascii.saturating_sub(6) * 100 / 4 + wide * 60
             }
             // Numbers are split into groups of up to three digits.
-            Some(Class::Digit) => n.div_ceil(3) * 100,
-            // A single space merges into the next word; longer runs (indentation) are about one token.
-            // Indentation after a line break mostly merges with it.
-            Some(Class::Space) => match (n, self.after_newline) {
+            Class::Digit => n.div_ceil(3) * 100,
+            // A single space merges into the next word; longer runs (indentation) are about one token,
+            // and indentation after a line break mostly merges with it.
+            Class::Space => match (n, self.after_newline) {
                 (1, _) => 0,
                 (_, true) => 20,
                 _ => 100,
             },
-            Some(Class::Newline) => 90,
+            Class::Newline => 90,
             // Punctuation pairs often merge (`);`, `()`, `",`).
-            Some(Class::Punct) => 60 + (n - 1) * 35,
-            Some(Class::Wide) => n * 115,
-            None => 0,
+            Class::Punct => 60 + (n - 1) * 35,
+            Class::Wide => n * 115,
+            Class::Nothing => 0,
         }
     }
-}
-
-/// The characters of a JSON string body (between the quotes), escapes decoded
-/// on the fly. A malformed escape yields U+FFFD; a trailing backslash ends the text.
-pub fn json_string_chars(raw: &str) -> impl Iterator<Item = char> + '_ {
-    let mut chars = raw.chars();
-    std::iter::from_fn(move || {
-        let c = chars.next()?;
-        if c != '\\' {
-            return Some(c);
-        }
-        Some(match chars.next()? {
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'b' | 'f' => ' ',
-            'u' => {
-                let mut code = 0u32;
-                for _ in 0..4 {
-                    code = code * 16 + chars.next().and_then(|h| h.to_digit(16)).unwrap_or(0xf);
-                }
-                char::from_u32(code).unwrap_or('\u{fffd}')
-            }
-            other => other,
-        })
-    })
 }
 
 /// Estimated tokens of a plain string.

@@ -106,7 +106,70 @@ pub struct Provider {
     pub anthropic_version: String,
 }
 
-#[derive(Debug, Clone)]
+/// Request features a member may lack (`capabilities`; absent = all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Image parts in messages.
+    Vision,
+    /// `tools` / `functions`.
+    Tools,
+    /// `response_format: {"type": "json_schema"}`.
+    JsonSchema,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 3] = [Capability::Vision, Capability::Tools, Capability::JsonSchema];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Vision => "vision",
+            Capability::Tools => "tools",
+            Capability::JsonSchema => "json_schema",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Capability::Vision => 1,
+            Capability::Tools => 2,
+            Capability::JsonSchema => 4,
+        }
+    }
+}
+
+/// A set of capabilities, as bits. The default is all of them (nothing declared, nothing ruled out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities(u8);
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities::ALL
+    }
+}
+
+impl Capabilities {
+    pub const NONE: Capabilities = Capabilities(0);
+    pub const ALL: Capabilities = Capabilities(7);
+
+    pub fn with(self, c: Capability) -> Capabilities {
+        Capabilities(self.0 | c.bit())
+    }
+
+    pub fn has(self, c: Capability) -> bool {
+        self.0 & c.bit() != 0
+    }
+
+    /// The first capability in `needed` this set lacks.
+    pub fn missing(self, needed: Capabilities) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| needed.has(*c) && !self.has(*c))
+    }
+}
+
+/// Tags as bits over `Config::tags` (at most 64 distinct tags per configuration).
+pub type TagMask = u64;
+
+#[derive(Debug, Clone, Default)]
 pub struct Member {
     /// Index into `Config::providers`.
     pub provider: usize,
@@ -116,6 +179,60 @@ pub struct Member {
     pub weight: u32,
     /// Stable identity `provider/model`, used for health keys, metrics and headers.
     pub id: String,
+    /// Prompt + completion tokens the model accepts.
+    pub context_window: Option<u32>,
+    pub max_output_tokens: Option<u32>,
+    pub capabilities: Capabilities,
+    /// USD per million tokens.
+    pub input_cost_per_mtok: Option<f64>,
+    pub output_cost_per_mtok: Option<f64>,
+    /// Lower is preferred by the `priority` strategy.
+    pub priority: i32,
+    pub tags: Vec<String>,
+    pub tag_mask: TagMask,
+}
+
+impl Member {
+    /// A member with no declared facts (every capability, no limits, no price).
+    pub fn new(provider: usize, provider_name: &str, model: &str) -> Member {
+        Member {
+            provider,
+            model: model.to_string(),
+            deployment: model.to_string(),
+            weight: 1,
+            id: format!("{provider_name}/{model}"),
+            ..Member::default()
+        }
+    }
+}
+
+/// How a pool chooses among the members a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Random by `weight`.
+    #[default]
+    Weighted,
+    /// Fewest requests in flight, ties by weight.
+    LeastBusy,
+    /// Lowest moving-average latency; members without data first; `explore` share elsewhere.
+    LowestLatency,
+    /// Cheapest expected cost of this request, weighted among equals.
+    LowestCost,
+    /// Best (lowest) `priority` tier with a usable member, weighted within.
+    Priority,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Weighted => "weighted",
+            Strategy::LeastBusy => "least_busy",
+            Strategy::LowestLatency => "lowest_latency",
+            Strategy::LowestCost => "lowest_cost",
+            Strategy::Priority => "priority",
+        }
+    }
 }
 
 /// A member of a pool, by position: `config.pools[pool].members[member]`.
@@ -174,6 +291,9 @@ pub struct Pool {
     pub fallback_pools: Vec<usize>,
     /// False for the implicit single-member pools that serve direct model names.
     pub listed: bool,
+    pub strategy: Strategy,
+    /// Share of `lowest_latency` picks that go to a member other than the fastest.
+    pub explore: f64,
 }
 
 impl Pool {
@@ -182,13 +302,109 @@ impl Pool {
     }
 }
 
+/// A router: picks a pool per request by rules (first match wins), else its default.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<Rule>,
+    /// Pool index when no rule matches (and no learned scorer decides).
+    pub default: Option<usize>,
+    /// Strong/weak split by a learned scorer, consulted when no rule matches.
+    pub learned: Option<Learned>,
+    /// Keywords of every rule, matched in one pass over the user's text.
+    pub keywords: Keywords,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub when: Conditions,
+    pub pool: usize,
+}
+
+/// Conditions of a rule; all that are set must hold. None set: always matches.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub header: Option<HeaderCondition>,
+    pub has_images: Option<bool>,
+    pub has_tools: Option<bool>,
+    pub stream: Option<bool>,
+    pub min_prompt_tokens: Option<u32>,
+    pub max_prompt_tokens: Option<u32>,
+    /// Indexes into the router's `keywords`; any one present matches.
+    pub any_keywords: Vec<usize>,
+    /// Entries the request's `metadata` must have, with these string values.
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderCondition {
+    /// Lower case.
+    pub name: String,
+    pub test: HeaderTest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderTest {
+    Equals(String),
+    Present(bool),
+}
+
+/// A router's keywords and phrases, compiled for one pass over the user's text.
+#[derive(Debug, Clone, Default)]
+pub struct Keywords {
+    pub set: crate::text::PhraseSet,
+    /// As written in the configuration, for explanations.
+    pub text: Vec<String>,
+}
+
+/// A learned router's configuration; the scorer itself is supplied by the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    pub strong: usize,
+    pub weak: usize,
+    pub cutoff: Cutoff,
+    /// Which trained scorer to use, when the host has several.
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cutoff {
+    /// Requests scoring at least this go to `strong`.
+    Threshold(f64),
+    /// The share of traffic meant for `strong`; the scorer calibrates its threshold.
+    StrongShare(f64),
+}
+
+/// What a requested model name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Pool(usize),
+    Router(usize),
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub cluster_header: String,
     pub max_body_bytes: usize,
     pub providers: Vec<Provider>,
     pub pools: Vec<Pool>,
+    pub routers: Vec<Router>,
+    /// Every tag some member carries; a member's `tag_mask` bit `i` is `tags[i]`.
+    pub tags: Vec<String>,
     pool_by_name: HashMap<String, usize>,
+    router_by_name: HashMap<String, usize>,
+    facts: MemberFacts,
+}
+
+/// What the configured members declare, so requests skip reading what no filter uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberFacts {
+    /// Some member lacks `vision`: count image parts.
+    pub vision_limited: bool,
+    /// Some member has a `context_window`, or a pool picks by cost: estimate the prompt.
+    pub size_limited: bool,
 }
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-switchboard-cluster";
@@ -206,6 +422,32 @@ impl Config {
     pub fn pool(&self, name: &str) -> Option<(usize, &Pool)> {
         let index = *self.pool_by_name.get(name)?;
         self.pools.get(index).map(|pool| (index, pool))
+    }
+
+    /// Resolves a requested model name: a router, a pool or a direct model.
+    pub fn target(&self, name: &str) -> Option<Target> {
+        if let Some(&r) = self.router_by_name.get(name) {
+            return Some(Target::Router(r));
+        }
+        self.pool_by_name.get(name).map(|&p| Target::Pool(p))
+    }
+
+    pub fn member_facts(&self) -> MemberFacts {
+        self.facts
+    }
+
+    pub fn router_at(&self, index: usize) -> Option<&Router> {
+        self.routers.get(index)
+    }
+
+    /// The bits of the named tags; `None` when some tag is carried by no member.
+    pub fn tag_mask<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Option<TagMask> {
+        let mut mask = 0;
+        for name in names {
+            let bit = self.tags.iter().position(|t| t == name)?;
+            mask |= 1u64 << bit;
+        }
+        Some(mask)
     }
 
     pub fn pool_at(&self, index: usize) -> Option<&Pool> {

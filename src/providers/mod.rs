@@ -145,6 +145,7 @@ pub(crate) mod test_support {
             deployment: format!("{model}-dep"),
             weight: 1,
             id: format!("p/{model}"),
+            ..Member::default()
         }
     }
 
