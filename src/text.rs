@@ -28,8 +28,14 @@ pub fn json_string_chars(raw: &str) -> impl Iterator<Item = char> + '_ {
     })
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Word hashing: a polynomial hash per byte (shift and subtract, cheap on
+/// every target), mixed once per word.
+const HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+fn finish(hash: u64) -> u64 {
+    let h = (hash ^ (hash >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 29)
+}
 
 /// One step of reading a JSON string body: an ASCII byte (the common case,
 /// handled without decoding) or a decoded character.
@@ -64,6 +70,20 @@ pub fn for_each_unit(raw: &str, mut each: impl FnMut(Unit)) {
     }
 }
 
+/// Reads the first unit of `rest` (a JSON string body), adding the bytes it used to `used`.
+pub fn for_first_unit(rest: &str, used: &mut usize, each: impl FnOnce(Unit)) {
+    let mut chars = json_string_chars(rest);
+    let Some(c) = chars.next() else {
+        *used += rest.len();
+        return;
+    };
+    *used += rest.len() - chars_rest_len(rest, c);
+    match u8::try_from(c) {
+        Ok(ascii) if ascii < 0x80 => each(Unit::Ascii(ascii)),
+        _ => each(Unit::Char(c)),
+    }
+}
+
 /// Bytes left after reading one unit starting with `c` from `rest`.
 fn chars_rest_len(rest: &str, c: char) -> usize {
     let bytes = rest.as_bytes();
@@ -83,12 +103,12 @@ struct WordHasher {
 
 impl WordHasher {
     fn new() -> Self {
-        WordHasher { hash: FNV_OFFSET, in_word: false }
+        WordHasher { hash: HASH_SEED, in_word: false }
     }
 
     #[inline(always)]
     fn mix(&mut self, b: u8) {
-        self.hash = (self.hash ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        self.hash = (self.hash << 5).wrapping_sub(self.hash).wrapping_add(u64::from(b));
     }
 
     #[inline(always)]
@@ -111,10 +131,11 @@ impl WordHasher {
         }
     }
 
+    #[inline(always)]
     fn end(&mut self, word: &mut impl FnMut(u64)) {
         if self.in_word {
-            word(self.hash);
-            self.hash = FNV_OFFSET;
+            word(finish(self.hash));
+            self.hash = HASH_SEED;
             self.in_word = false;
         }
     }
@@ -122,8 +143,25 @@ impl WordHasher {
 
 /// Calls `word` with the hash of each lower-cased word of a JSON string body, in order.
 pub fn for_each_word_hash(raw: &str, mut word: impl FnMut(u64)) {
+    let bytes = raw.as_bytes();
     let mut hasher = WordHasher::new();
-    for_each_unit(raw, |u| hasher.unit(u, &mut word));
+    let mut rest = bytes.iter();
+    while let Some(&b) = rest.next() {
+        if b < 0x80 && b != b'\\' {
+            // Plain ASCII, the common case: no decoding.
+            if b.is_ascii_alphanumeric() {
+                hasher.in_word = true;
+                hasher.mix(b | if b.is_ascii_uppercase() { 0x20 } else { 0 });
+            } else {
+                hasher.end(&mut word);
+            }
+            continue;
+        }
+        let at = bytes.len() - rest.as_slice().len() - 1;
+        let mut used = 0;
+        for_first_unit(raw.get(at..).unwrap_or_default(), &mut used, |u| hasher.unit(u, &mut word));
+        rest = bytes.get(at + used.max(1)..).unwrap_or_default().iter();
+    }
     hasher.end(&mut word);
 }
 
@@ -200,10 +238,13 @@ impl PhraseSet {
             if longest > 8 { &mut recent_heap } else { recent.get_mut(..longest).unwrap_or_default() };
         for text in texts {
             let mut seen = 0usize;
+            // Where the next word goes in the ring (kept without a division per word).
+            let mut slot = 0usize;
             for_each_word_hash(text, |hash| {
-                if let Some(slot) = ring.get_mut(seen % longest) {
-                    *slot = hash;
+                if let Some(s) = ring.get_mut(slot) {
+                    *s = hash;
                 }
+                slot = if slot + 1 == longest { 0 } else { slot + 1 };
                 seen += 1;
                 let (word, bit) = filter_bit(hash);
                 if self.filter.get(word).is_none_or(|w| w & bit == 0) {

@@ -11,7 +11,7 @@
 //! (`\n`, `\"`, `\u00e9`) count as the character they stand for, so no
 //! decoded copy is made.
 
-use crate::text::{for_each_unit, Unit};
+use crate::text::{for_first_unit, Unit};
 
 /// Tokens charged per image part, whatever its size: a 512x512 tile at OpenAI's
 /// high detail (85 base + 170 per tile); larger images cost more upstream.
@@ -44,6 +44,7 @@ const fn ascii_class(b: u8) -> Class {
 }
 
 /// Classes of the ASCII bytes, so the common case is one table read.
+#[allow(clippy::indexing_slicing)] // compile time: an out-of-range index fails the build
 const ASCII_CLASSES: [Class; 128] = {
     let mut table = [Class::Punct; 128];
     let mut b = 0u8;
@@ -98,21 +99,43 @@ impl TokenCounter {
 
     /// Adds a plain string.
     pub fn add_text(&mut self, text: &str) {
-        for c in text.chars() {
-            match u8::try_from(c) {
-                Ok(b) if b < 0x80 => self.push(ascii_class(b), false),
-                _ => self.push_char(c),
-            }
-        }
-        self.end_piece();
+        self.add(text, false);
     }
 
     /// Adds the body of a JSON string literal (between the quotes, escapes included).
     pub fn add_json_string(&mut self, raw: &str) {
-        for_each_unit(raw, |unit| match unit {
-            Unit::Ascii(b) => self.push(ASCII_CLASSES.get(usize::from(b)).copied().unwrap_or(Class::Punct), false),
-            Unit::Char(c) => self.push_char(c),
-        });
+        self.add(raw, true);
+    }
+
+    /// ASCII bytes are classified by table in one tight loop; escapes (when
+    /// `json`) and multi-byte characters go one unit at a time.
+    fn add(&mut self, text: &str, json: bool) {
+        let bytes = text.as_bytes();
+        let mut rest = bytes.iter();
+        while let Some(&b) = rest.next() {
+            if b < 0x80 && !(json && b == b'\\') {
+                let class = ASCII_CLASSES.get(usize::from(b)).copied().unwrap_or(Class::Punct);
+                if class == self.prev {
+                    self.run += 1;
+                } else {
+                    self.push_run(class, 1, 0);
+                }
+                continue;
+            }
+            let at = bytes.len() - rest.as_slice().len() - 1;
+            let tail = text.get(at..).unwrap_or_default();
+            let mut used = 0;
+            if json {
+                for_first_unit(tail, &mut used, |unit| match unit {
+                    Unit::Ascii(b) => self.push_run(ascii_class(b), 1, 0),
+                    Unit::Char(c) => self.push_char(c),
+                });
+            } else if let Some(c) = tail.chars().next() {
+                used = c.len_utf8();
+                self.push_char(c);
+            }
+            rest = bytes.get(at + used.max(1)..).unwrap_or_default().iter();
+        }
         self.end_piece();
     }
 
@@ -123,25 +146,24 @@ impl TokenCounter {
 
     fn push_char(&mut self, c: char) {
         let class = char_class(c);
-        self.push(class, class == Class::Letter);
+        self.push_run(class, 1, u32::from(class == Class::Letter));
     }
 
+    /// Adds `n` characters of one class, `wide` of them non-ASCII letters.
     #[inline(always)]
-    fn push(&mut self, class: Class, wide_letter: bool) {
+    fn push_run(&mut self, class: Class, n: u32, wide: u32) {
         // `Word`, `camelCase`: a capital starts a word, lower-case letters continue it.
         if class == self.prev || (class == Class::Letter && self.prev == Class::Upper) {
-            self.run += 1;
+            self.run += n;
         } else {
             self.flush();
             self.after_newline = self.prev == Class::Newline;
             self.prev = class;
-            self.run = 1;
+            self.run = n;
             self.run_wide = 0;
         }
-        if wide_letter {
-            self.run_wide += 1;
-        }
-        // A capital run followed by lower case (`HTTPServer`): keep as one word.
+        self.run_wide += wide;
+        // Capitals then lower case (`HTTPServer`, `Word`) are one word; the next capital starts another.
         if class == Class::Letter {
             self.prev = Class::Letter;
         }
@@ -155,12 +177,14 @@ impl TokenCounter {
         self.after_newline = false;
     }
 
+    #[inline(always)]
     fn flush(&mut self) {
         self.centi += self.pending();
         self.run = 0;
     }
 
     /// Cost of the current run in hundredths of a token.
+    #[inline(always)]
     fn pending(&self) -> u64 {
         let n = u64::from(self.run);
         if n == 0 {
