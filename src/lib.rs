@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod explain;
 pub mod providers;
 pub mod routing;
 pub mod text;
