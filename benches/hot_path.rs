@@ -242,6 +242,18 @@ mod native {
                 plan.next_member(&cfg, &Latencies, rng.next_u64()).unwrap()
             })
         });
+        // The decision alone, from a parsed request (reading the messages is part of it).
+        g.bench_function("router20_filters_lowest_latency_100_parsed", |b| {
+            b.iter_batched(
+                || ParsedRequest::parse(&body, Endpoint::ChatCompletions).unwrap(),
+                |parsed| {
+                    let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+                    let mut plan = Plan::for_request(&cfg, input, 0).unwrap();
+                    plan.next_member(&cfg, &Latencies, 11).unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
         // The parts, to see where the time goes.
         g.bench_function("part_parse_2k", |b| {
             b.iter(|| ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap().stream)

@@ -235,4 +235,17 @@ mod tests {
         let out = explain(&cfg, b"{", Endpoint::ChatCompletions, &[]).unwrap_err();
         assert!(out.contains("invalid_json"), "{out}");
     }
+
+    #[test]
+    fn every_example_configuration_is_valid() {
+        for (name, json) in [
+            ("demo", include_str!("../examples/demo/switchboard.json")),
+            ("real-providers", include_str!("../examples/real-providers/switchboard.json")),
+            ("routing", include_str!("../examples/routing/switchboard.json")),
+        ] {
+            if let Err(e) = check(json.as_bytes(), &|_| None) {
+                panic!("examples/{name}/switchboard.json: {e}");
+            }
+        }
+    }
 }
