@@ -113,11 +113,16 @@ pub fn check(member: &Member, pool: &Pool, needs: &Needs) -> Result<(), Unfit> {
     if let Some(c) = member.capabilities.missing(needs.capabilities) {
         return Err(Unfit::Capability(c));
     }
-    let output = needs.output_in(pool);
-    if let Some(max) = member.max_output_tokens {
-        if output > max {
-            return Err(Unfit::Output { requested: output, max });
+    // Only an output the client asked for rules a member out; the pool's default
+    // is capped at what the member can produce.
+    if let (Some(max), Some(requested)) = (member.max_output_tokens, needs.output_tokens) {
+        if requested > max {
+            return Err(Unfit::Output { requested, max });
         }
+    }
+    let mut output = needs.output_in(pool);
+    if let Some(max) = member.max_output_tokens {
+        output = output.min(max);
     }
     if let (Some(window), Some(prompt)) = (member.context_window, needs.prompt_tokens) {
         let needed = prompt.saturating_add(output);
@@ -212,6 +217,20 @@ mod tests {
         let cfg = config();
         let n = needs(&cfg, r#"{"model":"p","messages":[],"max_completion_tokens":600}"#, None);
         assert_eq!(verdicts(&cfg, &n)[0], Err(Unfit::Output { requested: 600, max: 500 }));
+    }
+
+    #[test]
+    fn the_pools_default_output_never_rules_a_member_out_by_itself() {
+        let json = r#"{
+          "providers": {"a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}},
+          "pools": {"p": {"max_response_tokens": 16384, "members": [
+              {"provider": "a", "model": "m", "context_window": 10000, "max_output_tokens": 4096}]}}
+        }"#;
+        let cfg = Config::parse(json.as_bytes(), &ENV).unwrap();
+        let short = needs(&cfg, r#"{"model":"p","messages":[{"role":"user","content":"hi"}]}"#, None);
+        assert_eq!(verdicts(&cfg, &short), vec![Ok(())], "16384 default capped at the member's 4096");
+        let long = format!(r#"{{"model":"p","messages":[{{"role":"user","content":"{}"}}]}}"#, "word ".repeat(7000));
+        assert!(matches!(verdicts(&cfg, &needs(&cfg, &long, None))[0], Err(Unfit::Context { window: 10000, .. })));
     }
 
     #[test]
