@@ -350,8 +350,13 @@ fn span_in(text: &str, value: &RawValue) -> Option<Range<usize>> {
     (end <= text.len()).then_some(start..end)
 }
 
+/// A non-negative JSON integer (a plain digit run), saturated to `u32`.
 fn token_count(value: &RawValue) -> Option<u32> {
-    serde_json::from_str::<u64>(value.get()).ok().map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    let digits = value.get();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse::<u64>().map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)))
 }
 
 fn string_entries<'a>(value: &'a RawValue) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {

@@ -20,6 +20,7 @@ pub const IMAGE_TOKENS: u32 = 255;
 pub const MESSAGE_OVERHEAD_TOKENS: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Class {
     /// Start of a piece: no run yet.
     Nothing,
@@ -112,16 +113,21 @@ impl TokenCounter {
     fn add(&mut self, text: &str, json: bool) {
         let bytes = text.as_bytes();
         let mut rest = bytes.iter();
+        // The current run in locals: the loop touches memory only where a run ends.
+        let (mut prev, mut run) = (self.prev, self.run);
         while let Some(&b) = rest.next() {
             if b < 0x80 && !(json && b == b'\\') {
                 let class = ASCII_CLASSES.get(usize::from(b)).copied().unwrap_or(Class::Punct);
-                if class == self.prev {
-                    self.run += 1;
-                } else {
-                    self.push_run(class, 1, 0);
+                if class as u8 == prev as u8 {
+                    run += 1;
+                    continue;
                 }
+                (self.prev, self.run) = (prev, run);
+                self.push_run(class, 1, 0);
+                (prev, run) = (self.prev, self.run);
                 continue;
             }
+            (self.prev, self.run) = (prev, run);
             let at = bytes.len() - rest.as_slice().len() - 1;
             let tail = text.get(at..).unwrap_or_default();
             let mut used = 0;
@@ -135,7 +141,9 @@ impl TokenCounter {
                 self.push_char(c);
             }
             rest = bytes.get(at + used.max(1)..).unwrap_or_default().iter();
+            (prev, run) = (self.prev, self.run);
         }
+        (self.prev, self.run) = (prev, run);
         self.end_piece();
     }
 
@@ -152,6 +160,14 @@ impl TokenCounter {
     /// Adds `n` characters of one class, `wide` of them non-ASCII letters.
     #[inline(always)]
     fn push_run(&mut self, class: Class, n: u32, wide: u32) {
+        // A single space before a word is free (it is part of the word's token): no flush.
+        if self.prev == Class::Space && self.run == 1 && matches!(class, Class::Letter | Class::Upper) {
+            self.after_newline = false;
+            self.prev = class;
+            self.run = n;
+            self.run_wide = wide;
+            return;
+        }
         // `Word`, `camelCase`: a capital starts a word, lower-case letters continue it.
         if class == self.prev || (class == Class::Letter && self.prev == Class::Upper) {
             self.run += n;
