@@ -9,7 +9,9 @@ pub mod health;
 pub mod plan;
 pub mod router;
 pub mod select;
+pub mod stats;
 
 pub use health::{Availability, MemberHealth, Transition};
 pub use plan::{Attempt, Plan, RouteInput, StageReport, Verdict};
 pub use select::{Candidate, LatencyKind, LiveStats, Rng};
+pub use stats::LatencyStats;
