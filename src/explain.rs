@@ -14,7 +14,7 @@ use crate::routing::{Availability, Plan, RouteInput, StageReport, Verdict};
 /// Validates a configuration as the filter does at load. Secrets are taken
 /// from `env` when set there; a variable missing here is reported in the
 /// summary (the filter reads them from the VM's environment), not an error.
-pub fn check(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<(Config, String), ConfigError> {
+pub fn check(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<(Config, String), Vec<ConfigError>> {
     let missing = RefCell::new(Vec::<String>::new());
     let lookup = |name: &str| {
         env(name).or_else(|| {
@@ -22,7 +22,7 @@ pub fn check(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<(Confi
             Some("placeholder".to_string())
         })
     };
-    let config = Config::parse(json, &lookup)?;
+    let config = Config::parse_all(json, &lookup)?;
     let mut out = format!(
         "ok: {} providers, {} pools, {} routers, {} direct models\n",
         config.providers.len(),
@@ -200,7 +200,18 @@ mod tests {
         assert!(summary.starts_with("ok: 2 providers, 2 pools, 1 routers"), "{summary}");
         assert!(summary.contains("not set here") && summary.contains("SB_TEST_B"), "{summary}");
         let e = check(CONFIG.replace("\"small\"}}", "\"nope\"}}").as_bytes(), &env).unwrap_err();
-        assert_eq!(e.field, "routers.auto.default");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field, "routers.auto.default");
+    }
+
+    #[test]
+    fn check_reports_every_error_of_independent_parts() {
+        let broken = CONFIG
+            .replace(r#""host": "b","#, r#""host": "b/x","#)
+            .replace(r#""context_window": 4000"#, r#""context_window": 0"#)
+            .replace("\"small\"}}", "\"nope\"}}");
+        let fields: Vec<String> = check(broken.as_bytes(), &env).unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, vec!["providers.b.host", "pools.small.members[0].context_window", "routers.auto.default"]);
     }
 
     #[test]
@@ -244,7 +255,7 @@ mod tests {
             ("routing", include_str!("../examples/routing/switchboard.json")),
         ] {
             if let Err(e) = check(json.as_bytes(), &|_| None) {
-                panic!("examples/{name}/switchboard.json: {e}");
+                panic!("examples/{name}/switchboard.json: {e:?}");
             }
         }
     }

@@ -28,9 +28,11 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 print!("{summary}");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                let field = if e.field.is_empty() { "(top level)" } else { e.field.as_str() };
-                eprintln!("{config}: {field}: {}", e.message);
+            Err(errors) => {
+                for e in &errors {
+                    let field = if e.field.is_empty() { "(top level)" } else { e.field.as_str() };
+                    eprintln!("{config}: {field}: {}", e.message);
+                }
                 Ok(ExitCode::from(1))
             }
         },
@@ -59,8 +61,10 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             }
             let config = match explain::check(&read(config)?, &env) {
                 Ok((config, _)) => config,
-                Err(e) => {
-                    eprintln!("{config}: {}: {}", e.field, e.message);
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{config}: {}: {}", e.field, e.message);
+                    }
                     return Ok(ExitCode::from(1));
                 }
             };

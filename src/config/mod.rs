@@ -415,7 +415,14 @@ pub const DEFAULT_RETRY_ON: [u16; 7] = [408, 429, 500, 502, 503, 504, 529];
 impl Config {
     /// Parses and validates plugin configuration. Secrets are resolved through `env`.
     pub fn parse(json: &[u8], env: EnvLookup<'_>) -> Result<Config, ConfigError> {
-        let raw = raw::parse(json)?;
+        Config::parse_all(json, env)
+            .map_err(|errors| errors.into_iter().next().unwrap_or_else(|| err("", "invalid configuration")))
+    }
+
+    /// As [`Config::parse`], with every error found (never an empty list).
+    /// Errors in the JSON shape (syntax, unknown fields, types) stop at the first.
+    pub fn parse_all(json: &[u8], env: EnvLookup<'_>) -> Result<Config, Vec<ConfigError>> {
+        let raw = raw::parse(json).map_err(|e| vec![e])?;
         raw::validate(raw, env)
     }
 

@@ -331,87 +331,50 @@ fn policies(
     Ok((RetryPolicy { retry_on, max_attempts, per_try_timeout_ms, timeout_ms }, health, probe))
 }
 
-pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec<ConfigError>> {
+    // Independent parts (providers, pools, routers) are all checked, so one run reports every error.
+    let mut errors = Vec::new();
     let cluster_header = raw.cluster_header.unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.to_string());
     if !is_header_name(&cluster_header) {
-        return Err(err("cluster_header", "must be a lowercase HTTP header name"));
+        errors.push(err("cluster_header", "must be a lowercase HTTP header name"));
     }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes < 1024 {
-        return Err(err("max_body_bytes", "must be at least 1024"));
+        errors.push(err("max_body_bytes", "must be at least 1024"));
     }
     if raw.providers.is_empty() {
-        return Err(err("providers", "at least one provider is required"));
+        errors.push(err("providers", "at least one provider is required"));
     }
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut provider_index = HashMap::new();
     for (name, p) in raw.providers {
         provider_index.insert(name.clone(), providers.len());
-        providers.push(validate_provider(&name, p, env)?);
+        match validate_provider(&name, p, env) {
+            Ok(p) => providers.push(p),
+            Err(e) => {
+                errors.push(e);
+                providers.push(placeholder_provider(name));
+            }
+        }
     }
     // Fail on defaults that are wrong even when every pool overrides them.
-    policies("defaults", &raw.defaults, &RawPoolPolicy::default())?;
+    let defaults = policies("defaults", &raw.defaults, &RawPoolPolicy::default());
+    if let Err(e) = &defaults {
+        errors.push(e.clone());
+    }
 
     let pool_names: HashMap<String, usize> = raw.pools.keys().enumerate().map(|(i, n)| (n.clone(), i)).collect();
     let mut pools = Vec::with_capacity(raw.pools.len());
     let mut tags: Vec<String> = Vec::new();
     for (name, p) in raw.pools {
-        let field = format!("pools.{name}");
-        if name.is_empty() {
-            return Err(err("pools", "pool names must not be empty"));
-        }
-        if p.members.is_empty() {
-            return Err(err(format!("{field}.members"), "a pool needs at least one member"));
-        }
-        let mut members = Vec::with_capacity(p.members.len());
-        for (i, m) in p.members.into_iter().enumerate() {
-            let mfield = format!("{field}.members[{i}]");
-            let provider = *provider_index
-                .get(&m.provider)
-                .ok_or_else(|| err(format!("{mfield}.provider"), format!("unknown provider \"{}\"", m.provider)))?;
-            if m.model.trim().is_empty() {
-                return Err(err(format!("{mfield}.model"), "must not be empty"));
-            }
-            let id = format!("{}/{}", m.provider, m.model);
-            if members.iter().any(|x: &Member| x.id == id) {
-                return Err(err(mfield, format!("duplicate member {id}")));
-            }
-            members.push(validate_member(&mfield, m, provider, id, p.strategy, &mut tags)?);
-        }
-        if members.iter().all(|m| m.weight == 0) {
-            return Err(err(format!("{field}.members"), "total weight is zero; give at least one member a weight > 0"));
-        }
-        let mut fallback_pools = Vec::with_capacity(p.fallback_pools.len());
-        for (i, f) in p.fallback_pools.iter().enumerate() {
-            match pool_names.get(f) {
-                Some(&idx) if f != &name => fallback_pools.push(idx),
-                Some(_) => {
-                    return Err(err(format!("{field}.fallback_pools[{i}]"), "a pool cannot fall back to itself"))
-                }
-                None => return Err(err(format!("{field}.fallback_pools[{i}]"), format!("unknown pool \"{f}\""))),
+        match validate_pool(name.clone(), p, &provider_index, &pool_names, &raw.defaults, &mut tags) {
+            Ok(pool) => pools.push(pool),
+            Err(e) => {
+                errors.push(e);
+                // Keeps pool indexes aligned with `pool_names` for the checks that follow.
+                pools.push(placeholder_pool(name));
             }
         }
-        let (retry, health, probe) = policies(&field, &p.policy, &raw.defaults)?;
-        let explore = p.explore.unwrap_or(DEFAULT_EXPLORE);
-        if !(0.0..=1.0).contains(&explore) {
-            return Err(err(format!("{field}.explore"), "must be between 0 and 1"));
-        }
-        if p.explore.is_some() && p.strategy != Strategy::LowestLatency {
-            return Err(err(format!("{field}.explore"), "only used by strategy lowest_latency"));
-        }
-        pools.push(Pool {
-            name,
-            description: p.description,
-            max_response_tokens: p.max_response_tokens,
-            members,
-            retry,
-            health,
-            probe,
-            fallback_pools,
-            listed: true,
-            strategy: p.strategy,
-            explore,
-        });
     }
 
     // A model name served by exactly one deployment (provider + model) is
@@ -423,7 +386,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             entry.push(member.clone());
         }
     }
-    let (retry, health, probe) = policies("defaults", &raw.defaults, &RawPoolPolicy::default())?;
+    let (retry, health, probe) = defaults.unwrap_or_else(|_| placeholder_policies());
     let mut pool_by_name: HashMap<String, usize> = pools.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
     for (model, members) in served {
         if members.len() != 1 || pool_by_name.contains_key(&model) {
@@ -454,14 +417,24 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
     for (name, r) in raw.routers {
         let field = format!("routers.{name}");
         if name.is_empty() {
-            return Err(err("routers", "router names must not be empty"));
+            errors.push(err("routers", "router names must not be empty"));
+            continue;
         }
         if let Some(&p) = pool_by_name.get(&name) {
             let what = if pools.get(p).is_some_and(|p| p.listed) { "pool" } else { "directly served model" };
-            return Err(err(field, format!("the name is already used by a {what}")));
+            errors.push(err(field, format!("the name is already used by a {what}")));
+            continue;
         }
-        router_by_name.insert(name.clone(), routers.len());
-        routers.push(validate_router(&field, name, r, &pool_by_name)?);
+        match validate_router(&field, name.clone(), r, &pool_by_name) {
+            Ok(router) => {
+                router_by_name.insert(name, routers.len());
+                routers.push(router);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
 
     let members = || pools.iter().flat_map(|p| p.members.iter());
@@ -471,6 +444,107 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             || pools.iter().any(|p| p.strategy == Strategy::LowestCost),
     };
     Ok(Config { cluster_header, max_body_bytes, providers, pools, routers, tags, pool_by_name, router_by_name, facts })
+}
+
+fn validate_pool(
+    name: String,
+    p: RawPool,
+    provider_index: &HashMap<String, usize>,
+    pool_names: &HashMap<String, usize>,
+    defaults: &RawPoolPolicy,
+    tags: &mut Vec<String>,
+) -> Result<Pool, ConfigError> {
+    let field = format!("pools.{name}");
+    if name.is_empty() {
+        return Err(err("pools", "pool names must not be empty"));
+    }
+    if p.members.is_empty() {
+        return Err(err(format!("{field}.members"), "a pool needs at least one member"));
+    }
+    let mut members = Vec::with_capacity(p.members.len());
+    for (i, m) in p.members.into_iter().enumerate() {
+        let mfield = format!("{field}.members[{i}]");
+        let provider = *provider_index
+            .get(&m.provider)
+            .ok_or_else(|| err(format!("{mfield}.provider"), format!("unknown provider \"{}\"", m.provider)))?;
+        if m.model.trim().is_empty() {
+            return Err(err(format!("{mfield}.model"), "must not be empty"));
+        }
+        let id = format!("{}/{}", m.provider, m.model);
+        if members.iter().any(|x: &Member| x.id == id) {
+            return Err(err(mfield, format!("duplicate member {id}")));
+        }
+        members.push(validate_member(&mfield, m, provider, id, p.strategy, tags)?);
+    }
+    if members.iter().all(|m| m.weight == 0) {
+        return Err(err(format!("{field}.members"), "total weight is zero; give at least one member a weight > 0"));
+    }
+    let mut fallback_pools = Vec::with_capacity(p.fallback_pools.len());
+    for (i, f) in p.fallback_pools.iter().enumerate() {
+        match pool_names.get(f) {
+            Some(&idx) if f != &name => fallback_pools.push(idx),
+            Some(_) => return Err(err(format!("{field}.fallback_pools[{i}]"), "a pool cannot fall back to itself")),
+            None => return Err(err(format!("{field}.fallback_pools[{i}]"), format!("unknown pool \"{f}\""))),
+        }
+    }
+    let (retry, health, probe) = policies(&field, &p.policy, defaults)?;
+    let explore = p.explore.unwrap_or(DEFAULT_EXPLORE);
+    if !(0.0..=1.0).contains(&explore) {
+        return Err(err(format!("{field}.explore"), "must be between 0 and 1"));
+    }
+    if p.explore.is_some() && p.strategy != Strategy::LowestLatency {
+        return Err(err(format!("{field}.explore"), "only used by strategy lowest_latency"));
+    }
+    Ok(Pool {
+        name,
+        description: p.description,
+        max_response_tokens: p.max_response_tokens,
+        members,
+        retry,
+        health,
+        probe,
+        fallback_pools,
+        listed: true,
+        strategy: p.strategy,
+        explore,
+    })
+}
+
+fn placeholder_provider(name: String) -> Provider {
+    Provider {
+        name,
+        kind: ProviderKind::default(),
+        cluster: String::new(),
+        host: String::new(),
+        base_path: String::new(),
+        credentials: Credentials::None,
+        api_version: String::new(),
+        region: String::new(),
+        anthropic_version: String::new(),
+    }
+}
+
+fn placeholder_policies() -> (RetryPolicy, HealthPolicy, Option<ProbePolicy>) {
+    let retry =
+        RetryPolicy { retry_on: DEFAULT_RETRY_ON.to_vec(), max_attempts: 1, per_try_timeout_ms: 1, timeout_ms: 1 };
+    (retry, HealthPolicy { consecutive_failures: 1, cooldown_ms: 0, max_cooldown_ms: 0 }, None)
+}
+
+fn placeholder_pool(name: String) -> Pool {
+    let (retry, health, probe) = placeholder_policies();
+    Pool {
+        name,
+        description: String::new(),
+        max_response_tokens: None,
+        members: Vec::new(),
+        retry,
+        health,
+        probe,
+        fallback_pools: Vec::new(),
+        listed: true,
+        strategy: Strategy::Weighted,
+        explore: DEFAULT_EXPLORE,
+    }
 }
 
 fn validate_member(
