@@ -31,6 +31,7 @@ setup: toolchain $(VENV)/.stamp
 build: toolchain
 	cargo build --release --target wasm32-wasip1 -p switchboard
 	cargo build --release -p mock-provider
+	cargo build --release -p switchboard --features cli --bin switchboard
 	@ls -l $(WASM) | awk '{print "switchboard.wasm: " $$5 " bytes"}'
 
 run: setup build
@@ -50,6 +51,7 @@ wasm-test: toolchain $(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION)
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p switchboard --features cli --bin switchboard -- -D warnings
 	cargo clippy -p switchboard --release --target wasm32-wasip1 -- -D warnings
 
 integration: setup build

@@ -17,7 +17,9 @@ mod native {
     use switchboard::api::Endpoint;
     use switchboard::config::{Config, Member};
     use switchboard::providers::{build_request, BuildContext};
-    use switchboard::routing::{pick, Availability, Plan, Rng};
+    use switchboard::routing::plan::REQUIRE_TAGS_HEADER;
+    use switchboard::routing::select::pick_weighted as pick;
+    use switchboard::routing::{Availability, LatencyKind, LiveStats, Plan, Rng, RouteInput};
 
     const DEMO: &str = include_str!("../examples/demo/switchboard.json");
 
@@ -58,6 +60,7 @@ mod native {
                 deployment: format!("model-{i}"),
                 weight: 1 + (i as u32 % 7),
                 id: format!("p/model-{i}"),
+                ..Member::default()
             })
             .collect()
     }
@@ -144,9 +147,8 @@ mod native {
             b.iter(|| {
                 let parsed = ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap();
                 let mut plan = Plan::new(&cfg, &parsed, 1_700_000_000_000).unwrap();
-                let (p, m) = plan.next(&cfg, |_| Availability::Healthy, rng.next_u64()).unwrap();
-                let member = &cfg.pool_at(p).unwrap().members[m];
-                let provider = cfg.provider(member.provider).unwrap();
+                let at = plan.next_member(&cfg, &|_: &Member| Availability::Healthy, rng.next_u64()).unwrap();
+                let (_, member, provider) = cfg.resolve(at).unwrap();
                 build_request(provider, member, Endpoint::ChatCompletions, &parsed, &ctx).unwrap()
             })
         });
@@ -163,13 +165,127 @@ mod native {
                 |(mut plan, (p0, m0))| {
                     plan.record(&cfg, p0, m0, 503);
                     let parsed = ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap();
-                    let (p, m) = plan.next(&cfg, |_| Availability::Healthy, 1).unwrap();
-                    let member = &cfg.pool_at(p).unwrap().members[m];
-                    let provider = cfg.provider(member.provider).unwrap();
+                    let at = plan.next_member(&cfg, &|_: &Member| Availability::Healthy, 1).unwrap();
+                    let (_, member, provider) = cfg.resolve(at).unwrap();
                     build_request(provider, member, Endpoint::ChatCompletions, &parsed, &ctx).unwrap()
                 },
                 BatchSize::SmallInput,
             )
+        });
+        g.finish();
+    }
+
+    /// A router with 20 rules (the last one matches; keyword rules scan the
+    /// prompt), a 100-member `lowest_latency` pool whose members declare
+    /// context windows, capabilities and tags, and a 2 KB prompt.
+    fn decision_config() -> Config {
+        let members: Vec<String> = (0..100)
+            .map(|i| {
+                let caps = if i % 3 == 0 { r#"["tools"]"# } else { r#"["vision", "tools", "json_schema"]"# };
+                let tags = if i % 2 == 0 { r#"["eu", "zero_retention"]"# } else { r#"["us"]"# };
+                format!(
+                    r#"{{"provider": "p", "model": "m{i}", "weight": {}, "context_window": {}, "capabilities": {caps}, "tags": {tags}}}"#,
+                    1 + i % 5,
+                    if i % 4 == 0 { 4000 } else { 128000 }
+                )
+            })
+            .collect();
+        let mut rules: Vec<String> = (0..19)
+            .map(|i| match i % 4 {
+                0 => format!(r#"{{"name": "h{i}", "when": {{"header": {{"name": "x-class-{i}", "equals": "x"}}}}, "pool": "small"}}"#),
+                1 => format!(r#"{{"name": "k{i}", "when": {{"any_keywords": ["kw{i}", "phrase number {i}", "sql"]}}, "pool": "small"}}"#),
+                2 => format!(r#"{{"name": "m{i}", "when": {{"metadata": {{"team": "t{i}"}}}}, "pool": "small"}}"#),
+                _ => format!(r#"{{"name": "t{i}", "when": {{"min_prompt_tokens": 30000, "has_images": true}}, "pool": "small"}}"#),
+            })
+            .collect();
+        rules.push(r#"{"name": "status", "when": {"any_keywords": ["status update"]}, "pool": "big"}"#.to_string());
+        let json = format!(
+            r#"{{"providers": {{"p": {{"cluster": "p", "host": "p", "api_key_env": "K"}}}},
+                "pools": {{"big": {{"strategy": "lowest_latency", "members": [{}]}},
+                          "small": {{"members": [{{"provider": "p", "model": "s"}}]}}}},
+                "routers": {{"auto": {{"rules": [{}], "default": "small"}}}}}}"#,
+            members.join(","),
+            rules.join(",")
+        );
+        Config::parse(json.as_bytes(), &env).expect("decision config parses")
+    }
+
+    fn body_2k() -> Vec<u8> {
+        let body = String::from_utf8(body_1k()).unwrap().replace("gpt4o_16k", "auto");
+        let words = " the gateway routes each request to a pool member by weight and fails over on errors";
+        let pad = words.repeat(1024 / words.len() + 1);
+        body.replacen("for a status update: ", &format!("for a status update: {}", &pad[..1024]), 1).into_bytes()
+    }
+
+    struct Latencies;
+    impl LiveStats for Latencies {
+        fn availability(&self, _: &Member) -> Availability {
+            Availability::Healthy
+        }
+        fn latency_ms(&self, m: &Member, _: LatencyKind) -> Option<f64> {
+            Some(m.model.len() as f64 * 10.0 + (m.model.as_bytes()[1] % 7) as f64)
+        }
+    }
+
+    fn decision(c: &mut Criterion) {
+        let cfg = decision_config();
+        let body = body_2k();
+        assert!((2000..2200).contains(&body.len()), "{}", body.len());
+        let headers = [(REQUIRE_TAGS_HEADER, "eu")];
+        let mut rng = Rng::from_seed(5);
+        let mut g = c.benchmark_group("decision");
+        g.bench_function("router20_filters_lowest_latency_100", |b| {
+            b.iter(|| {
+                let parsed = ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap();
+                let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+                let mut plan = Plan::for_request(&cfg, input, 0).unwrap();
+                plan.next_member(&cfg, &Latencies, rng.next_u64()).unwrap()
+            })
+        });
+        // The decision alone, from a parsed request (reading the messages is part of it).
+        g.bench_function("router20_filters_lowest_latency_100_parsed", |b| {
+            b.iter_batched(
+                || ParsedRequest::parse(&body, Endpoint::ChatCompletions).unwrap(),
+                |parsed| {
+                    let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+                    let mut plan = Plan::for_request(&cfg, input, 0).unwrap();
+                    plan.next_member(&cfg, &Latencies, 11).unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        // The parts, to see where the time goes.
+        g.bench_function("part_parse_2k", |b| {
+            b.iter(|| ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap().stream)
+        });
+        g.bench_function("part_parse_and_content_2k", |b| {
+            b.iter(|| {
+                let parsed = ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap();
+                parsed.content().prompt_tokens
+            })
+        });
+        g.bench_function("part_plan_2k", |b| {
+            b.iter(|| {
+                let parsed = ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap();
+                let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+                Plan::for_request(&cfg, input, 0).unwrap().deadline_ms
+            })
+        });
+        let text = String::from_utf8(body.clone()).unwrap();
+        g.bench_function("part_estimate_2k", |b| b.iter(|| switchboard::api::tokens::estimate(black_box(&text))));
+        let set = &cfg.routers[0].keywords.set;
+        g.bench_function("part_keywords_2k", |b| {
+            b.iter(|| {
+                let mut found = [0u64; 1];
+                set.find(std::iter::once(black_box(text.as_str())), &mut found);
+                found[0]
+            })
+        });
+        let parsed = ParsedRequest::parse(&body, Endpoint::ChatCompletions).unwrap();
+        let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+        let plan = Plan::for_request(&cfg, input, 0).unwrap();
+        g.bench_function("part_pick_100", |b| {
+            b.iter(|| plan.clone().next_member(&cfg, &Latencies, rng.next_u64()).unwrap())
         });
         g.finish();
     }
@@ -185,6 +301,7 @@ mod native {
         selection(&mut c);
         request(&mut c);
         upstream(&mut c);
+        decision(&mut c);
         config_parse(&mut c);
         c.final_summary();
     }

@@ -8,9 +8,11 @@
 pub mod api;
 pub mod config;
 pub mod doors;
+pub mod explain;
 pub mod providers;
 pub mod routing;
 pub mod tenant;
+pub mod text;
 
 #[cfg(feature = "filter")]
 mod host;

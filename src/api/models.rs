@@ -1,6 +1,6 @@
-//! `GET /v1/models`: pools and direct models in OpenAI list format, with the
-//! APIpie pool fields (`type`, `subtype`, `provider`, `model`, `description`,
-//! `max_response_tokens`). Built once per configuration.
+//! `GET /v1/models`: pools, routers and direct models in OpenAI list format,
+//! with the APIpie pool fields (`type`, `subtype`, `provider`, `model`,
+//! `description`, `max_response_tokens`). Built once per configuration.
 
 use serde::Serialize;
 
@@ -22,6 +22,9 @@ struct Entry<'a> {
     max_response_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     members: Vec<&'a str>,
+    /// For routers: the pools its rules, default and learned split can choose.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pools: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +38,7 @@ struct List<'a> {
 pub struct ModelListing {
     all: Vec<u8>,
     pools: Vec<u8>,
+    routers: Vec<u8>,
     direct: Vec<u8>,
 }
 
@@ -60,6 +64,36 @@ impl ModelListing {
                 description: &p.description,
                 max_response_tokens: p.max_response_tokens,
                 members: p.members.iter().map(|m| m.id.as_str()).collect(),
+                pools: Vec::new(),
+            })
+            .collect();
+        let routers: Vec<Entry<'_>> = config
+            .routers
+            .iter()
+            .map(|r| {
+                let mut pools: Vec<&str> = Vec::new();
+                let learned = r.learned.iter().flat_map(|l| [l.strong, l.weak]);
+                for index in r.rules.iter().map(|rule| rule.pool).chain(r.default).chain(learned) {
+                    if let Some(pool) = config.pool_at(index) {
+                        if !pools.contains(&pool.name.as_str()) {
+                            pools.push(&pool.name);
+                        }
+                    }
+                }
+                Entry {
+                    id: &r.name,
+                    object: "model",
+                    created: 0,
+                    owned_by: "switchboard",
+                    kind: "llm",
+                    subtype: "router",
+                    provider: "router",
+                    model: &r.name,
+                    description: &r.description,
+                    max_response_tokens: None,
+                    members: Vec::new(),
+                    pools,
+                }
             })
             .collect();
         let direct: Vec<Entry<'_>> = config
@@ -80,23 +114,26 @@ impl ModelListing {
                     description: "",
                     max_response_tokens: None,
                     members: Vec::new(),
+                    pools: Vec::new(),
                 })
             })
             .collect();
         let render = |data: Vec<Entry<'_>>| serde_json::to_vec(&List { object: "list", data }).unwrap_or_default();
         let pools_json = render(pools);
+        let routers_json = render(routers);
         let direct_json = render(direct);
-        // Merge the two lists without re-serializing: both are `{"object":"list","data":[...]}`.
-        let all = merge_lists(&pools_json, &direct_json);
-        ModelListing { all, pools: pools_json, direct: direct_json }
+        // Merge the lists without re-serializing: each is `{"object":"list","data":[...]}`.
+        let all = merge_lists(&[&pools_json, &routers_json, &direct_json]);
+        ModelListing { all, pools: pools_json, routers: routers_json, direct: direct_json }
     }
 
     /// The body for a query string; `subtype=pool` (or `provider=pool`) keeps pools only,
-    /// `subtype=model` direct models only.
+    /// `subtype=router` routers only, `subtype=model` direct models only.
     pub fn body(&self, query: &str) -> &[u8] {
         for pair in query.split('&') {
             match pair {
                 "subtype=pool" | "provider=pool" => return &self.pools,
+                "subtype=router" | "provider=router" => return &self.routers,
                 "subtype=model" => return &self.direct,
                 _ => {}
             }
@@ -105,18 +142,21 @@ impl ModelListing {
     }
 }
 
-fn merge_lists(a: &[u8], b: &[u8]) -> Vec<u8> {
+fn merge_lists(lists: &[&[u8]]) -> Vec<u8> {
     const HEAD: &[u8] = b"{\"object\":\"list\",\"data\":[";
-    let inner = |x: &[u8]| -> Vec<u8> {
-        x.strip_prefix(HEAD).and_then(|r| r.strip_suffix(b"]}")).map(<[u8]>::to_vec).unwrap_or_default()
-    };
-    let (ia, ib) = (inner(a), inner(b));
     let mut out = HEAD.to_vec();
-    out.extend_from_slice(&ia);
-    if !ia.is_empty() && !ib.is_empty() {
-        out.push(b',');
+    let mut first = true;
+    for list in lists {
+        let inner = list.strip_prefix(HEAD).and_then(|r| r.strip_suffix(b"]}")).unwrap_or_default();
+        if inner.is_empty() {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(inner);
     }
-    out.extend_from_slice(&ib);
     out.extend_from_slice(b"]}");
     out
 }
@@ -149,5 +189,30 @@ mod tests {
         let all: Value = serde_json::from_slice(listing.body("")).unwrap();
         let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids, vec!["gpt4o_16k", "gpt-4o", "gpt-4o-2024-08-06"]);
+        let routers: Value = serde_json::from_slice(listing.body("subtype=router")).unwrap();
+        assert_eq!(routers["data"].as_array().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn routers_are_listed_with_subtype_router() {
+        let json = sample_config().replacen(
+            "\"pools\": {",
+            r#""routers": {"auto": {"description": "by size", "rules": [{"name": "long", "when": {"min_prompt_tokens": 9000}, "pool": "gpt-4o"}], "default": "gpt4o_16k"}}, "pools": {"#,
+            1,
+        );
+        let cfg = Config::parse(json.as_bytes(), &ENV).unwrap();
+        let listing = ModelListing::build(&cfg);
+        let v: Value = serde_json::from_slice(listing.body("subtype=router")).unwrap();
+        let data = v["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[0]["id"], "auto");
+        assert_eq!(data[0]["subtype"], "router");
+        assert_eq!(data[0]["description"], "by size");
+        assert_eq!(data[0]["pools"], serde_json::json!(["gpt-4o", "gpt4o_16k"]));
+        let all: Value = serde_json::from_slice(listing.body("")).unwrap();
+        let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, vec!["gpt4o_16k", "auto", "gpt-4o", "gpt-4o-2024-08-06"]);
+        let pools: Value = serde_json::from_slice(listing.body("subtype=pool")).unwrap();
+        assert_eq!(pools["data"].as_array().unwrap().len(), 1, "routers are not pools");
     }
 }

@@ -2,15 +2,23 @@
 //!
 //! The body is parsed shallowly: top-level keys with their raw JSON values.
 //! Only the routing fields are decoded; everything else is copied through
-//! byte for byte, so a rewrite costs one pass and one allocation.
+//! byte for byte. When the body carries no gateway field besides `model`, the
+//! OpenAI rewrite splices the new model name into the original bytes.
+//!
+//! What routing needs beyond the top level (prompt size, images, user text)
+//! is read from the borrowed `messages`/`prompt` value on first use
+//! ([`ParsedRequest::content`]), so requests routed by weight alone never pay for it.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::tokens::{TokenCounter, IMAGE_TOKENS, MESSAGE_OVERHEAD_TOKENS};
 use super::{ApiError, Endpoint};
 
 /// Request fields that address the gateway, not the model: never sent upstream.
@@ -54,7 +62,11 @@ fn nesting_exceeds(body: &[u8], max: usize) -> bool {
 /// A parsed client request: borrowed top-level fields plus the decoded routing fields.
 #[derive(Debug)]
 pub struct ParsedRequest<'a> {
+    body: &'a str,
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Byte range of the `model` value in `body`, when the rewrite may splice
+    /// (exactly one `model` key and no other gateway field).
+    splice: Option<Range<usize>>,
     /// The pool or model to route to (`model`, else `load_balance_group.group_id`).
     pub target: String,
     /// `provider` when it names something other than "pool": restricts members to it.
@@ -62,6 +74,34 @@ pub struct ParsedRequest<'a> {
     pub stream: bool,
     /// Models or pools to try, in order, once the target's members are exhausted.
     pub fallback: Vec<String>,
+    /// Requested output tokens: `max_completion_tokens`, else `max_tokens`.
+    pub max_output_tokens: Option<u32>,
+    /// `tools` or `functions` given (and not empty).
+    pub has_tools: bool,
+    /// `response_format.type == "json_schema"`.
+    pub json_schema: bool,
+    /// String entries of the `metadata` object (other values are ignored).
+    pub metadata: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// `messages` (chat), `prompt` (completions) or `input` (embeddings).
+    payload: Option<&'a RawValue>,
+    /// Tool definitions, counted in the prompt estimate.
+    tools: Option<&'a RawValue>,
+    endpoint: Endpoint,
+    content: OnceCell<Content<'a>>,
+}
+
+/// What the request's messages hold, for routing: read once, on first use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content<'a> {
+    /// Estimated prompt tokens: text, tool calls and definitions, message
+    /// framing and a fixed [`IMAGE_TOKENS`] per image.
+    pub prompt_tokens: u32,
+    /// Image parts (`image_url`, `input_image`, `image`).
+    pub images: u32,
+    /// The user's text: bodies of JSON string literals (escapes not decoded;
+    /// read them with [`crate::text::json_string_chars`]). User messages for
+    /// chat, the prompt for completions, the input for embeddings.
+    pub user_text: Vec<&'a str>,
 }
 
 struct Key<'a>(Cow<'a, str>);
@@ -140,6 +180,12 @@ impl<'a> ParsedRequest<'a> {
         let mut stream = false;
         let mut fallback = Vec::new();
         let mut has_payload = false;
+        let mut payload = None;
+        let (mut max_completion_tokens, mut max_tokens) = (None, None);
+        let mut tools = None;
+        let mut json_schema = false;
+        let mut metadata = Vec::new();
+        let (mut model_keys, mut gateway_keys, mut model_span) = (0usize, 0usize, None);
         let payload_field = match endpoint {
             Endpoint::ChatCompletions => ("messages", b'['),
             Endpoint::Completions => ("prompt", 0),
@@ -151,9 +197,12 @@ impl<'a> ParsedRequest<'a> {
                 "model" => {
                     model = Some(
                         serde_json::from_str::<String>(value.get()).map_err(|_| field_error("model", "a string"))?,
-                    )
+                    );
+                    model_keys += 1;
+                    model_span = span_in(text, value);
                 }
                 "provider" => {
+                    gateway_keys += 1;
                     let p =
                         serde_json::from_str::<String>(value.get()).map_err(|_| field_error("provider", "a string"))?;
                     provider = (p != "pool").then_some(p);
@@ -164,6 +213,7 @@ impl<'a> ParsedRequest<'a> {
                         .unwrap_or(false)
                 }
                 "fallback" | "fallback_models" => {
+                    gateway_keys += 1;
                     fallback = match serde_json::from_str::<StringOrList>(value.get()) {
                         Ok(StringOrList::One(s)) => vec![s],
                         Ok(StringOrList::Many(v)) => v,
@@ -171,6 +221,7 @@ impl<'a> ParsedRequest<'a> {
                     }
                 }
                 "load_balance_group" => {
+                    gateway_keys += 1;
                     let g = serde_json::from_str::<Group>(value.get())
                         .map_err(|_| field_error("load_balance_group", "an object with a string `group_id`"))?;
                     group = Some(g.group_id);
@@ -183,7 +234,17 @@ impl<'a> ParsedRequest<'a> {
                         return Err(field_error(name, "present and not null"));
                     }
                     has_payload = true;
+                    payload = Some(*value);
                 }
+                // Size, capability and metadata hints: read leniently, the model judges their validity.
+                "max_completion_tokens" => max_completion_tokens = token_count(value),
+                "max_tokens" => max_tokens = token_count(value),
+                "tools" | "functions" if !matches!(value.get(), "null" | "[]") => tools = Some(*value),
+                "response_format" => {
+                    json_schema = serde_json::from_str::<ResponseFormat<'_>>(value.get())
+                        .is_ok_and(|f| f.kind.as_deref() == Some("json_schema"))
+                }
+                "metadata" => metadata = string_entries(value),
                 _ => {}
             }
         }
@@ -203,7 +264,34 @@ impl<'a> ParsedRequest<'a> {
                 format!("Missing required parameter: `{}`.", payload_field.0),
             ));
         }
-        Ok(ParsedRequest { fields, target, provider, stream, fallback })
+        let splice = model_span.filter(|_| model_keys == 1 && gateway_keys == 0);
+        Ok(ParsedRequest {
+            body: text,
+            fields,
+            splice,
+            target,
+            provider,
+            stream,
+            fallback,
+            max_output_tokens: max_completion_tokens.or(max_tokens),
+            has_tools: tools.is_some(),
+            json_schema,
+            metadata,
+            payload,
+            tools,
+            endpoint,
+            content: OnceCell::new(),
+        })
+    }
+
+    /// Prompt size, images and user text, read from the payload on first call.
+    pub fn content(&self) -> &Content<'a> {
+        self.content.get_or_init(|| read_content(self.endpoint, self.payload, self.tools))
+    }
+
+    /// The value of a `metadata` entry, when it is a string.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
     }
 
     /// Top-level fields other than the gateway's own, as raw JSON.
@@ -217,7 +305,17 @@ impl<'a> ParsedRequest<'a> {
     }
 
     /// The body for an OpenAI-shaped upstream: `model` replaced, gateway fields dropped.
+    /// Without gateway fields this is the client's body with the model name's bytes replaced.
     pub fn openai_body(&self, model: &str) -> Vec<u8> {
+        if let Some((before, after)) =
+            self.splice.as_ref().and_then(|r| Some((self.body.get(..r.start)?, self.body.get(r.end..)?)))
+        {
+            let mut out = Vec::with_capacity(before.len() + model.len() + after.len() + 2);
+            out.extend_from_slice(before.as_bytes());
+            push_json_string(&mut out, model);
+            out.extend_from_slice(after.as_bytes());
+            return out;
+        }
         let mut out = Vec::with_capacity(
             self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + model.len() + 16,
         );
@@ -243,6 +341,131 @@ pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
     } else if serde_json::to_writer(&mut *out, s).is_err() {
         out.extend_from_slice(b"\"\"");
     }
+}
+
+/// Where a borrowed value sits in the text it was parsed from.
+fn span_in(text: &str, value: &RawValue) -> Option<Range<usize>> {
+    let start = (value.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start.checked_add(value.get().len())?;
+    (end <= text.len()).then_some(start..end)
+}
+
+/// A non-negative JSON integer (a plain digit run), saturated to `u32`.
+fn token_count(value: &RawValue) -> Option<u32> {
+    let digits = value.get();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse::<u64>().map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+}
+
+fn string_entries<'a>(value: &'a RawValue) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+    let Ok(TopLevel(entries)) = serde_json::from_str::<TopLevel<'a>>(value.get()) else { return Vec::new() };
+    entries.into_iter().filter_map(|(k, v)| Some((k, serde_json::from_str::<Key<'a>>(v.get()).ok()?.0))).collect()
+}
+
+/// The body of a JSON string literal, when `raw` is one.
+fn string_body(raw: &RawValue) -> Option<&str> {
+    raw.get().strip_prefix('"')?.strip_suffix('"')
+}
+
+#[derive(Deserialize)]
+struct ResponseFormat<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow)]
+    function_call: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+}
+
+/// Best effort: a payload of an unexpected shape yields what could be read
+/// (the provider reports the real error).
+fn read_content<'a>(endpoint: Endpoint, payload: Option<&'a RawValue>, tools: Option<&'a RawValue>) -> Content<'a> {
+    let mut counter = TokenCounter::new();
+    let mut content = Content::default();
+    if let Some(tools) = tools {
+        counter.add_text(tools.get());
+    }
+    let Some(payload) = payload else { return content };
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let messages: Vec<Message<'a>> = serde_json::from_str(payload.get()).unwrap_or_default();
+            // Reply priming, as in OpenAI's counting guide.
+            counter.add_tokens(3);
+            for message in &messages {
+                counter.add_tokens(MESSAGE_OVERHEAD_TOKENS);
+                let user = message.role.as_deref() == Some("user");
+                if let Some(raw) = message.content {
+                    read_message_content(raw, user, &mut counter, &mut content);
+                }
+                for calls in [message.tool_calls, message.function_call].into_iter().flatten() {
+                    counter.add_text(calls.get());
+                }
+            }
+        }
+        Endpoint::Completions | Endpoint::Embeddings => {
+            let texts: Vec<&'a RawValue> = if payload.get().starts_with('[') {
+                serde_json::from_str(payload.get()).unwrap_or_default()
+            } else {
+                vec![payload]
+            };
+            for text in texts.into_iter().filter_map(string_body) {
+                counter.add_json_string(text);
+                content.user_text.push(text);
+            }
+        }
+        Endpoint::Models => {}
+    }
+    content.prompt_tokens = counter.tokens();
+    content
+}
+
+fn read_message_content<'a>(raw: &'a RawValue, user: bool, counter: &mut TokenCounter, content: &mut Content<'a>) {
+    let mut text = |body: &'a str| {
+        counter.add_json_string(body);
+        if user {
+            content.user_text.push(body);
+        }
+    };
+    if let Some(body) = string_body(raw) {
+        text(body);
+        return;
+    }
+    if !raw.get().starts_with('[') {
+        return;
+    }
+    let parts: Vec<Part<'a>> = serde_json::from_str(raw.get()).unwrap_or_default();
+    let mut images = 0;
+    for part in &parts {
+        match part.kind.as_deref() {
+            Some("text" | "input_text") => {
+                if let Some(body) = part.text.and_then(string_body) {
+                    text(body);
+                }
+            }
+            Some("image_url" | "input_image" | "image") => images += 1,
+            _ => {}
+        }
+    }
+    content.images += images;
+    counter.add_tokens(images * IMAGE_TOKENS);
 }
 
 #[derive(Deserialize)]
@@ -345,6 +568,93 @@ mod tests {
         assert!(ParsedRequest::parse(br#"{"model":"e","input":"x"}"#, Endpoint::Embeddings).is_ok());
         assert!(ParsedRequest::parse(br#"{"model":"e","prompt":"x"}"#, Endpoint::Completions).is_ok());
         assert!(ParsedRequest::parse(br#"{"model":"e","prompt":"x"}"#, Endpoint::Embeddings).is_err());
+    }
+
+    #[test]
+    fn rewrite_without_gateway_fields_splices_the_model_into_the_original_bytes() {
+        let body = "{ \"messages\": [{\"role\":\"user\",\"content\":\"hi\"}],\n  \"model\" : \"pool\", \"n\": 1 }";
+        let req = parse(body).unwrap();
+        let out = String::from_utf8(req.openai_body("gpt-\"4o")).unwrap();
+        assert_eq!(out, body.replace("\"pool\"", "\"gpt-\\\"4o\""));
+        // With a gateway field the body is rebuilt without it.
+        let req = parse(r#"{"model":"pool","provider":"pool","messages":[]}"#).unwrap();
+        assert_eq!(String::from_utf8(req.openai_body("m")).unwrap(), r#"{"model":"m","messages":[]}"#);
+        // A repeated `model` key is never half-replaced.
+        let req = parse(r#"{"model":"a","messages":[],"model":"b"}"#).unwrap();
+        assert_eq!(req.target, "b");
+        assert_eq!(String::from_utf8(req.openai_body("m")).unwrap(), r#"{"model":"m","messages":[]}"#);
+    }
+
+    #[test]
+    fn summary_reads_output_tokens_tools_schema_and_metadata() {
+        let req = parse(
+            r#"{"model":"m","messages":[],"max_tokens":100,"max_completion_tokens":50,"tools":[{"type":"function"}],
+               "response_format":{"type":"json_schema","json_schema":{}},"metadata":{"team":"ml","n":3,"x\u0041":"y"}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.max_output_tokens, Some(50));
+        assert!(req.has_tools);
+        assert!(req.json_schema);
+        assert_eq!(req.metadata_value("team"), Some("ml"));
+        assert_eq!(req.metadata_value("n"), None, "non-string values are ignored");
+        assert_eq!(req.metadata_value("xA"), Some("y"));
+
+        let req = parse(r#"{"model":"m","messages":[],"max_tokens":7,"tools":[],"response_format":{"type":"json_object"},"metadata":"x"}"#)
+            .unwrap();
+        assert_eq!(req.max_output_tokens, Some(7));
+        assert!(!req.has_tools, "an empty tool list needs no tool support");
+        assert!(!req.json_schema);
+        assert!(req.metadata.is_empty());
+        let req = parse(r#"{"model":"m","messages":[],"functions":[{"name":"f"}],"max_tokens":"lots"}"#).unwrap();
+        assert!(req.has_tools);
+        assert_eq!(req.max_output_tokens, None);
+    }
+
+    #[test]
+    fn content_counts_images_and_collects_user_text() {
+        let req = parse(
+            r#"{"model":"m","messages":[
+                {"role":"system","content":"You are terse."},
+                {"role":"user","content":[{"type":"text","text":"What is in\nthis picture?"},
+                    {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}},
+                    {"type":"image_url","image_url":{"url":"https://x/y.png"}}]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"1","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"user","content":"Explain the stack trace"}]}"#,
+        )
+        .unwrap();
+        let content = req.content();
+        assert_eq!(content.images, 2);
+        assert_eq!(content.user_text, vec!["What is in\\nthis picture?", "Explain the stack trace"]);
+        assert!(content.prompt_tokens > 2 * IMAGE_TOKENS, "{}", content.prompt_tokens);
+        assert!(content.prompt_tokens < 2 * IMAGE_TOKENS + 60, "{}", content.prompt_tokens);
+    }
+
+    #[test]
+    fn prompt_estimate_grows_with_the_prompt_and_counts_tools() {
+        let short = parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        let text = "word ".repeat(1000);
+        let long = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{text}"}}]}}"#);
+        let long = parse(&long).unwrap();
+        assert!(short.content().prompt_tokens < 12);
+        let n = long.content().prompt_tokens;
+        assert!((950..1100).contains(&n), "{n}");
+        let tools = parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#).unwrap();
+        assert!(tools.content().prompt_tokens > short.content().prompt_tokens + 5);
+    }
+
+    #[test]
+    fn completions_prompt_is_user_text() {
+        let req = ParsedRequest::parse(br#"{"model":"m","prompt":["one","two"]}"#, Endpoint::Completions).unwrap();
+        assert_eq!(req.content().user_text, vec!["one", "two"]);
+        let req = ParsedRequest::parse(br#"{"model":"m","prompt":"solo"}"#, Endpoint::Completions).unwrap();
+        assert_eq!(req.content().user_text, vec!["solo"]);
+    }
+
+    #[test]
+    fn unexpected_message_shapes_are_read_best_effort() {
+        let req = parse(r#"{"model":"m","messages":[1,"x",{"role":"user","content":5}]}"#).unwrap();
+        assert_eq!(req.content().images, 0);
+        assert!(req.content().user_text.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod tenants;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use raw::ProviderKind;
+use serde::Deserialize;
 
 /// Where a secret comes from. Injected so tests need not touch the process
 /// environment; the filter passes `std::env::var`.
@@ -62,6 +62,32 @@ pub enum Credentials {
     Aws { access_key_id: Secret, secret_access_key: Secret, session_token: Option<Secret> },
 }
 
+/// How a provider is spoken to (wire format and authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    #[default]
+    Openai,
+    OpenaiCompatible,
+    Azure,
+    Anthropic,
+    Gemini,
+    Bedrock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub name: String,
@@ -81,7 +107,70 @@ pub struct Provider {
     pub anthropic_version: String,
 }
 
-#[derive(Debug, Clone)]
+/// Request features a member may lack (`capabilities`; absent = all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Image parts in messages.
+    Vision,
+    /// `tools` / `functions`.
+    Tools,
+    /// `response_format: {"type": "json_schema"}`.
+    JsonSchema,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 3] = [Capability::Vision, Capability::Tools, Capability::JsonSchema];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Vision => "vision",
+            Capability::Tools => "tools",
+            Capability::JsonSchema => "json_schema",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Capability::Vision => 1,
+            Capability::Tools => 2,
+            Capability::JsonSchema => 4,
+        }
+    }
+}
+
+/// A set of capabilities, as bits. The default is all of them (nothing declared, nothing ruled out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities(u8);
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities::ALL
+    }
+}
+
+impl Capabilities {
+    pub const NONE: Capabilities = Capabilities(0);
+    pub const ALL: Capabilities = Capabilities(7);
+
+    pub fn with(self, c: Capability) -> Capabilities {
+        Capabilities(self.0 | c.bit())
+    }
+
+    pub fn has(self, c: Capability) -> bool {
+        self.0 & c.bit() != 0
+    }
+
+    /// The first capability in `needed` this set lacks.
+    pub fn missing(self, needed: Capabilities) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| needed.has(*c) && !self.has(*c))
+    }
+}
+
+/// Tags as bits over `Config::tags` (at most 64 distinct tags per configuration).
+pub type TagMask = u64;
+
+#[derive(Debug, Clone, Default)]
 pub struct Member {
     /// Index into `Config::providers`.
     pub provider: usize,
@@ -91,6 +180,74 @@ pub struct Member {
     pub weight: u32,
     /// Stable identity `provider/model`, used for health keys, metrics and headers.
     pub id: String,
+    /// Prompt + completion tokens the model accepts.
+    pub context_window: Option<u32>,
+    pub max_output_tokens: Option<u32>,
+    pub capabilities: Capabilities,
+    /// USD per million tokens.
+    pub input_cost_per_mtok: Option<f64>,
+    pub output_cost_per_mtok: Option<f64>,
+    /// Lower is preferred by the `priority` strategy.
+    pub priority: i32,
+    pub tags: Vec<String>,
+    pub tag_mask: TagMask,
+}
+
+impl Member {
+    /// A member with no declared facts (every capability, no limits, no price).
+    pub fn new(provider: usize, provider_name: &str, model: &str) -> Member {
+        Member {
+            provider,
+            model: model.to_string(),
+            deployment: model.to_string(),
+            weight: 1,
+            id: format!("{provider_name}/{model}"),
+            ..Member::default()
+        }
+    }
+}
+
+/// How a pool chooses among the members a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Random by `weight`.
+    #[default]
+    Weighted,
+    /// Fewest requests in flight, ties by weight.
+    LeastBusy,
+    /// Lowest moving-average latency; members without data first; `explore` share elsewhere.
+    LowestLatency,
+    /// Cheapest expected cost of this request, weighted among equals.
+    LowestCost,
+    /// Best (lowest) `priority` tier with a usable member, weighted within.
+    Priority,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Weighted => "weighted",
+            Strategy::LeastBusy => "least_busy",
+            Strategy::LowestLatency => "lowest_latency",
+            Strategy::LowestCost => "lowest_cost",
+            Strategy::Priority => "priority",
+        }
+    }
+}
+
+/// A member of a pool, by position: `config.pools[pool].members[member]`.
+/// The same deployment listed in two pools has two references (and one `Member::id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberRef {
+    pub pool: usize,
+    pub member: usize,
+}
+
+impl MemberRef {
+    pub fn new(pool: usize, member: usize) -> Self {
+        MemberRef { pool, member }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +327,9 @@ pub struct Pool {
     pub fallback_pools: Vec<usize>,
     /// False for the implicit single-member pools that serve direct model names.
     pub listed: bool,
+    pub strategy: Strategy,
+    /// Share of `lowest_latency` picks that go to a member other than the fastest.
+    pub explore: f64,
 }
 
 impl Pool {
@@ -178,15 +338,111 @@ impl Pool {
     }
 }
 
+/// A router: picks a pool per request by rules (first match wins), else its default.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<Rule>,
+    /// Pool index when no rule matches (and no learned scorer decides).
+    pub default: Option<usize>,
+    /// Strong/weak split by a learned scorer, consulted when no rule matches.
+    pub learned: Option<Learned>,
+    /// Keywords of every rule, matched in one pass over the user's text.
+    pub keywords: Keywords,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub when: Conditions,
+    pub pool: usize,
+}
+
+/// Conditions of a rule; all that are set must hold. None set: always matches.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub header: Option<HeaderCondition>,
+    pub has_images: Option<bool>,
+    pub has_tools: Option<bool>,
+    pub stream: Option<bool>,
+    pub min_prompt_tokens: Option<u32>,
+    pub max_prompt_tokens: Option<u32>,
+    /// Indexes into the router's `keywords`; any one present matches.
+    pub any_keywords: Vec<usize>,
+    /// Entries the request's `metadata` must have, with these string values.
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderCondition {
+    /// Lower case.
+    pub name: String,
+    pub test: HeaderTest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderTest {
+    Equals(String),
+    Present(bool),
+}
+
+/// A router's keywords and phrases, compiled for one pass over the user's text.
+#[derive(Debug, Clone, Default)]
+pub struct Keywords {
+    pub set: crate::text::PhraseSet,
+    /// As written in the configuration, for explanations.
+    pub text: Vec<String>,
+}
+
+/// A learned router's configuration; the scorer itself is supplied by the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    pub strong: usize,
+    pub weak: usize,
+    pub cutoff: Cutoff,
+    /// Which trained scorer to use, when the host has several.
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cutoff {
+    /// Requests scoring at least this go to `strong`.
+    Threshold(f64),
+    /// The share of traffic meant for `strong`; the scorer calibrates its threshold.
+    StrongShare(f64),
+}
+
+/// What a requested model name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Pool(usize),
+    Router(usize),
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub cluster_header: String,
     pub max_body_bytes: usize,
     pub providers: Vec<Provider>,
     pub pools: Vec<Pool>,
+    pub routers: Vec<Router>,
+    /// Every tag some member carries; a member's `tag_mask` bit `i` is `tags[i]`.
+    pub tags: Vec<String>,
     pool_by_name: HashMap<String, usize>,
+    router_by_name: HashMap<String, usize>,
+    facts: MemberFacts,
     /// `None`: no tenants configured, requests need no key.
     pub tenants: Option<Vec<crate::tenant::Tenant>>,
+}
+
+/// What the configured members declare, so requests skip reading what no filter uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberFacts {
+    /// Some member lacks `vision`: count image parts.
+    pub vision_limited: bool,
+    /// Some member has a `context_window`, or a pool picks by cost: estimate the prompt.
+    pub size_limited: bool,
 }
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-switchboard-cluster";
@@ -197,7 +453,14 @@ pub const DEFAULT_RETRY_ON: [u16; 7] = [408, 429, 500, 502, 503, 504, 529];
 impl Config {
     /// Parses and validates plugin configuration. Secrets are resolved through `env`.
     pub fn parse(json: &[u8], env: EnvLookup<'_>) -> Result<Config, ConfigError> {
-        let raw = raw::parse(json)?;
+        Config::parse_all(json, env)
+            .map_err(|errors| errors.into_iter().next().unwrap_or_else(|| err("", "invalid configuration")))
+    }
+
+    /// As [`Config::parse`], with every error found (never an empty list).
+    /// Errors in the JSON shape (syntax, unknown fields, types) stop at the first.
+    pub fn parse_all(json: &[u8], env: EnvLookup<'_>) -> Result<Config, Vec<ConfigError>> {
+        let raw = raw::parse(json).map_err(|e| vec![e])?;
         raw::validate(raw, env)
     }
 
@@ -206,12 +469,59 @@ impl Config {
         self.pools.get(index).map(|pool| (index, pool))
     }
 
+    /// Resolves a requested model name: a router, a pool or a direct model.
+    pub fn target(&self, name: &str) -> Option<Target> {
+        if let Some(&r) = self.router_by_name.get(name) {
+            return Some(Target::Router(r));
+        }
+        self.pool_by_name.get(name).map(|&p| Target::Pool(p))
+    }
+
+    pub fn member_facts(&self) -> MemberFacts {
+        self.facts
+    }
+
+    pub fn router_at(&self, index: usize) -> Option<&Router> {
+        self.routers.get(index)
+    }
+
+    /// The bits of the named tags; `None` when some tag is carried by no member.
+    pub fn tag_mask<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Option<TagMask> {
+        let mut mask = 0;
+        for name in names {
+            let bit = self.tags.iter().position(|t| t == name)?;
+            mask |= 1u64 << bit;
+        }
+        Some(mask)
+    }
+
     pub fn pool_at(&self, index: usize) -> Option<&Pool> {
         self.pools.get(index)
     }
 
     pub fn provider(&self, index: usize) -> Option<&Provider> {
         self.providers.get(index)
+    }
+
+    /// The pool, member and provider a reference points at, in one lookup.
+    pub fn resolve(&self, at: MemberRef) -> Option<(&Pool, &Member, &Provider)> {
+        let pool = self.pools.get(at.pool)?;
+        let member = pool.members.get(at.member)?;
+        let provider = self.providers.get(member.provider)?;
+        Some((pool, member, provider))
+    }
+
+    /// The member a reference points at.
+    pub fn member(&self, at: MemberRef) -> Option<&Member> {
+        self.pools.get(at.pool)?.members.get(at.member)
+    }
+
+    /// Every member of a pool with its reference.
+    pub fn members_of(&self, pool: usize) -> impl Iterator<Item = (MemberRef, &Member)> {
+        self.pools
+            .get(pool)
+            .into_iter()
+            .flat_map(move |p| p.members.iter().enumerate().map(move |(i, m)| (MemberRef::new(pool, i), m)))
     }
 
     /// Pools a client may address, listed pools first, in name order.

@@ -6,34 +6,16 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use super::{
-    err, Config, ConfigError, Credentials, EnvLookup, HealthPolicy, Member, Pool, ProbePolicy, Provider, RetryPolicy,
-    Secret, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON, DEFAULT_TIMEOUT_MS,
+    err, Capabilities, Capability, Conditions, Config, ConfigError, Credentials, Cutoff, EnvLookup, HeaderCondition,
+    HeaderTest, HealthPolicy, Keywords, Learned, Member, MemberFacts, Pool, ProbePolicy, Provider, ProviderKind,
+    RetryPolicy, Router, Rule, Secret, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
+    DEFAULT_TIMEOUT_MS,
 };
+use crate::text::PhraseSet;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    #[default]
-    Openai,
-    OpenaiCompatible,
-    Azure,
-    Anthropic,
-    Gemini,
-    Bedrock,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Openai => "openai",
-            ProviderKind::OpenaiCompatible => "openai_compatible",
-            ProviderKind::Azure => "azure",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Gemini => "gemini",
-            ProviderKind::Bedrock => "bedrock",
-        }
-    }
-}
+/// Distinct member tags a configuration may use (they are bits of a `u64`).
+const MAX_TAGS: usize = 64;
+const DEFAULT_EXPLORE: f64 = 0.05;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +25,8 @@ pub(super) struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    routers: BTreeMap<String, RawRouter>,
     /// Defaults applied to every pool that does not set its own.
     #[serde(default)]
     defaults: RawPoolPolicy,
@@ -103,6 +87,9 @@ struct RawPool {
     members: Vec<RawMember>,
     #[serde(default)]
     fallback_pools: Vec<String>,
+    #[serde(default)]
+    strategy: Strategy,
+    explore: Option<f64>,
     #[serde(flatten)]
     policy: RawPoolPolicy,
 }
@@ -115,6 +102,66 @@ struct RawMember {
     #[serde(default = "default_weight")]
     weight: u32,
     deployment: Option<String>,
+    context_window: Option<u32>,
+    max_output_tokens: Option<u32>,
+    capabilities: Option<Vec<Capability>>,
+    input_cost_per_mtok: Option<f64>,
+    output_cost_per_mtok: Option<f64>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouter {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    default: Option<String>,
+    learned: Option<RawLearned>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default)]
+    when: RawConditions,
+    pool: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConditions {
+    header: Option<RawHeader>,
+    has_images: Option<bool>,
+    has_tools: Option<bool>,
+    stream: Option<bool>,
+    min_prompt_tokens: Option<u32>,
+    max_prompt_tokens: Option<u32>,
+    any_keywords: Option<Vec<String>>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    name: String,
+    equals: Option<String>,
+    present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLearned {
+    strong: String,
+    weak: String,
+    threshold: Option<f64>,
+    strong_share: Option<f64>,
+    model: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -293,83 +340,50 @@ fn policies(
     Ok((RetryPolicy { retry_on, max_attempts, per_try_timeout_ms, first_byte_timeout_ms, timeout_ms }, health, probe))
 }
 
-pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec<ConfigError>> {
+    // Independent parts (providers, pools, routers) are all checked, so one run reports every error.
+    let mut errors = Vec::new();
     let cluster_header = raw.cluster_header.unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.to_string());
     if !is_header_name(&cluster_header) {
-        return Err(err("cluster_header", "must be a lowercase HTTP header name"));
+        errors.push(err("cluster_header", "must be a lowercase HTTP header name"));
     }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes < 1024 {
-        return Err(err("max_body_bytes", "must be at least 1024"));
+        errors.push(err("max_body_bytes", "must be at least 1024"));
     }
     if raw.providers.is_empty() {
-        return Err(err("providers", "at least one provider is required"));
+        errors.push(err("providers", "at least one provider is required"));
     }
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut provider_index = HashMap::new();
     for (name, p) in raw.providers {
         provider_index.insert(name.clone(), providers.len());
-        providers.push(validate_provider(&name, p, env)?);
+        match validate_provider(&name, p, env) {
+            Ok(p) => providers.push(p),
+            Err(e) => {
+                errors.push(e);
+                providers.push(placeholder_provider(name));
+            }
+        }
     }
     // Fail on defaults that are wrong even when every pool overrides them.
-    policies("defaults", &raw.defaults, &RawPoolPolicy::default())?;
+    let defaults = policies("defaults", &raw.defaults, &RawPoolPolicy::default());
+    if let Err(e) = &defaults {
+        errors.push(e.clone());
+    }
 
     let pool_names: HashMap<String, usize> = raw.pools.keys().enumerate().map(|(i, n)| (n.clone(), i)).collect();
     let mut pools = Vec::with_capacity(raw.pools.len());
+    let mut tags: Vec<String> = Vec::new();
     for (name, p) in raw.pools {
-        let field = format!("pools.{name}");
-        if name.is_empty() {
-            return Err(err("pools", "pool names must not be empty"));
-        }
-        if p.members.is_empty() {
-            return Err(err(format!("{field}.members"), "a pool needs at least one member"));
-        }
-        let mut members = Vec::with_capacity(p.members.len());
-        for (i, m) in p.members.into_iter().enumerate() {
-            let mfield = format!("{field}.members[{i}]");
-            let provider = *provider_index
-                .get(&m.provider)
-                .ok_or_else(|| err(format!("{mfield}.provider"), format!("unknown provider \"{}\"", m.provider)))?;
-            if m.model.trim().is_empty() {
-                return Err(err(format!("{mfield}.model"), "must not be empty"));
-            }
-            let id = format!("{}/{}", m.provider, m.model);
-            if members.iter().any(|x: &Member| x.id == id) {
-                return Err(err(mfield, format!("duplicate member {id}")));
-            }
-            members.push(Member {
-                provider,
-                deployment: m.deployment.unwrap_or_else(|| m.model.clone()),
-                model: m.model,
-                weight: m.weight,
-                id,
-            });
-        }
-        if members.iter().all(|m| m.weight == 0) {
-            return Err(err(format!("{field}.members"), "total weight is zero; give at least one member a weight > 0"));
-        }
-        let mut fallback_pools = Vec::with_capacity(p.fallback_pools.len());
-        for (i, f) in p.fallback_pools.iter().enumerate() {
-            match pool_names.get(f) {
-                Some(&idx) if f != &name => fallback_pools.push(idx),
-                Some(_) => {
-                    return Err(err(format!("{field}.fallback_pools[{i}]"), "a pool cannot fall back to itself"))
-                }
-                None => return Err(err(format!("{field}.fallback_pools[{i}]"), format!("unknown pool \"{f}\""))),
+        match validate_pool(name.clone(), p, &provider_index, &pool_names, &raw.defaults, &mut tags) {
+            Ok(pool) => pools.push(pool),
+            Err(e) => {
+                errors.push(e);
+                // Keeps pool indexes aligned with `pool_names` for the checks that follow.
+                pools.push(placeholder_pool(name));
             }
         }
-        let (retry, health, probe) = policies(&field, &p.policy, &raw.defaults)?;
-        pools.push(Pool {
-            name,
-            description: p.description,
-            max_response_tokens: p.max_response_tokens,
-            members,
-            retry,
-            health,
-            probe,
-            fallback_pools,
-            listed: true,
-        });
     }
 
     // A model name served by exactly one deployment (provider + model) is
@@ -381,7 +395,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             entry.push(member.clone());
         }
     }
-    let (retry, health, probe) = policies("defaults", &raw.defaults, &RawPoolPolicy::default())?;
+    let (retry, health, probe) = defaults.unwrap_or_else(|_| placeholder_policies());
     let mut pool_by_name: HashMap<String, usize> = pools.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
     for (model, members) in served {
         if members.len() != 1 || pool_by_name.contains_key(&model) {
@@ -402,13 +416,356 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Con
             probe: probe.clone(),
             fallback_pools: Vec::new(),
             listed: false,
+            strategy: Strategy::Weighted,
+            explore: DEFAULT_EXPLORE,
         });
     }
 
+    let mut routers = Vec::with_capacity(raw.routers.len());
+    let mut router_by_name = HashMap::new();
+    for (name, r) in raw.routers {
+        let field = format!("routers.{name}");
+        if name.is_empty() {
+            errors.push(err("routers", "router names must not be empty"));
+            continue;
+        }
+        if let Some(&p) = pool_by_name.get(&name) {
+            let what = if pools.get(p).is_some_and(|p| p.listed) { "pool" } else { "directly served model" };
+            errors.push(err(field, format!("the name is already used by a {what}")));
+            continue;
+        }
+        match validate_router(&field, name.clone(), r, &pool_by_name) {
+            Ok(router) => {
+                router_by_name.insert(name, routers.len());
+                routers.push(router);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
     let tenants = match raw.tenants {
-        Some(t) if t.is_empty() => return Err(err("tenants", "list at least one tenant, or leave `tenants` out")),
-        Some(t) => Some(super::tenants::validate(t, |name| pool_by_name.contains_key(name))?),
+        Some(t) if t.is_empty() => {
+            errors.push(err("tenants", "list at least one tenant, or leave `tenants` out"));
+            None
+        }
+        Some(t) => {
+            let known = |name: &str| pool_by_name.contains_key(name) || router_by_name.contains_key(name);
+            match super::tenants::validate(t, known) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        }
         None => None,
     };
-    Ok(Config { cluster_header, max_body_bytes, providers, pools, pool_by_name, tenants })
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let members = || pools.iter().flat_map(|p| p.members.iter());
+    let facts = MemberFacts {
+        vision_limited: members().any(|m| !m.capabilities.has(Capability::Vision)),
+        size_limited: members().any(|m| m.context_window.is_some())
+            || pools.iter().any(|p| p.strategy == Strategy::LowestCost),
+    };
+    Ok(Config {
+        cluster_header,
+        max_body_bytes,
+        providers,
+        pools,
+        routers,
+        tags,
+        pool_by_name,
+        router_by_name,
+        facts,
+        tenants,
+    })
+}
+
+fn validate_pool(
+    name: String,
+    p: RawPool,
+    provider_index: &HashMap<String, usize>,
+    pool_names: &HashMap<String, usize>,
+    defaults: &RawPoolPolicy,
+    tags: &mut Vec<String>,
+) -> Result<Pool, ConfigError> {
+    let field = format!("pools.{name}");
+    if name.is_empty() {
+        return Err(err("pools", "pool names must not be empty"));
+    }
+    if p.members.is_empty() {
+        return Err(err(format!("{field}.members"), "a pool needs at least one member"));
+    }
+    let mut members = Vec::with_capacity(p.members.len());
+    for (i, m) in p.members.into_iter().enumerate() {
+        let mfield = format!("{field}.members[{i}]");
+        let provider = *provider_index
+            .get(&m.provider)
+            .ok_or_else(|| err(format!("{mfield}.provider"), format!("unknown provider \"{}\"", m.provider)))?;
+        if m.model.trim().is_empty() {
+            return Err(err(format!("{mfield}.model"), "must not be empty"));
+        }
+        let id = format!("{}/{}", m.provider, m.model);
+        if members.iter().any(|x: &Member| x.id == id) {
+            return Err(err(mfield, format!("duplicate member {id}")));
+        }
+        members.push(validate_member(&mfield, m, provider, id, p.strategy, tags)?);
+    }
+    if members.iter().all(|m| m.weight == 0) {
+        return Err(err(format!("{field}.members"), "total weight is zero; give at least one member a weight > 0"));
+    }
+    let mut fallback_pools = Vec::with_capacity(p.fallback_pools.len());
+    for (i, f) in p.fallback_pools.iter().enumerate() {
+        match pool_names.get(f) {
+            Some(&idx) if f != &name => fallback_pools.push(idx),
+            Some(_) => return Err(err(format!("{field}.fallback_pools[{i}]"), "a pool cannot fall back to itself")),
+            None => return Err(err(format!("{field}.fallback_pools[{i}]"), format!("unknown pool \"{f}\""))),
+        }
+    }
+    let (retry, health, probe) = policies(&field, &p.policy, defaults)?;
+    let explore = p.explore.unwrap_or(DEFAULT_EXPLORE);
+    if !(0.0..=1.0).contains(&explore) {
+        return Err(err(format!("{field}.explore"), "must be between 0 and 1"));
+    }
+    if p.explore.is_some() && p.strategy != Strategy::LowestLatency {
+        return Err(err(format!("{field}.explore"), "only used by strategy lowest_latency"));
+    }
+    Ok(Pool {
+        name,
+        description: p.description,
+        max_response_tokens: p.max_response_tokens,
+        members,
+        retry,
+        health,
+        probe,
+        fallback_pools,
+        listed: true,
+        strategy: p.strategy,
+        explore,
+    })
+}
+
+fn placeholder_provider(name: String) -> Provider {
+    Provider {
+        name,
+        kind: ProviderKind::default(),
+        cluster: String::new(),
+        host: String::new(),
+        base_path: String::new(),
+        credentials: Credentials::None,
+        api_version: String::new(),
+        region: String::new(),
+        anthropic_version: String::new(),
+    }
+}
+
+fn placeholder_policies() -> (RetryPolicy, HealthPolicy, Option<ProbePolicy>) {
+    let retry = RetryPolicy {
+        retry_on: DEFAULT_RETRY_ON.to_vec(),
+        max_attempts: 1,
+        per_try_timeout_ms: None,
+        first_byte_timeout_ms: None,
+        timeout_ms: 1,
+    };
+    (retry, HealthPolicy { consecutive_failures: 1, cooldown_ms: 0, max_cooldown_ms: 0 }, None)
+}
+
+fn placeholder_pool(name: String) -> Pool {
+    let (retry, health, probe) = placeholder_policies();
+    Pool {
+        name,
+        description: String::new(),
+        max_response_tokens: None,
+        members: Vec::new(),
+        retry,
+        health,
+        probe,
+        fallback_pools: Vec::new(),
+        listed: true,
+        strategy: Strategy::Weighted,
+        explore: DEFAULT_EXPLORE,
+    }
+}
+
+fn validate_member(
+    field: &str,
+    m: RawMember,
+    provider: usize,
+    id: String,
+    strategy: Strategy,
+    tags: &mut Vec<String>,
+) -> Result<Member, ConfigError> {
+    let f = |name: &str| format!("{field}.{name}");
+    if m.context_window == Some(0) {
+        return Err(err(f("context_window"), "must be > 0"));
+    }
+    if m.max_output_tokens == Some(0) {
+        return Err(err(f("max_output_tokens"), "must be > 0"));
+    }
+    if let (Some(window), Some(out)) = (m.context_window, m.max_output_tokens) {
+        if out > window {
+            return Err(err(f("max_output_tokens"), format!("must not exceed context_window ({window})")));
+        }
+    }
+    for (name, cost) in
+        [("input_cost_per_mtok", m.input_cost_per_mtok), ("output_cost_per_mtok", m.output_cost_per_mtok)]
+    {
+        match cost {
+            Some(c) if !(c.is_finite() && c >= 0.0) => return Err(err(f(name), "must be a price >= 0 (USD)")),
+            None if strategy == Strategy::LowestCost => {
+                return Err(err(f(name), "required: the pool's strategy is lowest_cost"))
+            }
+            _ => {}
+        }
+    }
+    let capabilities = match &m.capabilities {
+        None => Capabilities::ALL,
+        Some(list) => list.iter().fold(Capabilities::NONE, |set, c| set.with(*c)),
+    };
+    let mut tag_mask = 0u64;
+    for (i, tag) in m.tags.iter().enumerate() {
+        if tag.is_empty() || tag.contains(|c: char| c == ',' || c.is_whitespace()) {
+            return Err(err(format!("{field}.tags[{i}]"), "must be a non-empty tag without commas or spaces"));
+        }
+        let bit = match tags.iter().position(|t| t == tag) {
+            Some(bit) => bit,
+            None if tags.len() < MAX_TAGS => {
+                tags.push(tag.clone());
+                tags.len() - 1
+            }
+            None => return Err(err(format!("{field}.tags[{i}]"), format!("more than {MAX_TAGS} distinct tags"))),
+        };
+        tag_mask |= 1u64 << bit;
+    }
+    Ok(Member {
+        provider,
+        deployment: m.deployment.unwrap_or_else(|| m.model.clone()),
+        model: m.model,
+        weight: m.weight,
+        id,
+        context_window: m.context_window,
+        max_output_tokens: m.max_output_tokens,
+        capabilities,
+        input_cost_per_mtok: m.input_cost_per_mtok,
+        output_cost_per_mtok: m.output_cost_per_mtok,
+        priority: m.priority,
+        tags: m.tags,
+        tag_mask,
+    })
+}
+
+fn validate_router(
+    field: &str,
+    name: String,
+    raw: RawRouter,
+    pools: &HashMap<String, usize>,
+) -> Result<Router, ConfigError> {
+    let pool = |f: String, target: &str| {
+        pools.get(target).copied().ok_or_else(|| err(f, format!("unknown pool or model \"{target}\"")))
+    };
+    let mut keyword_text: Vec<String> = Vec::new();
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let rfield = format!("{field}.rules[{i}]");
+        if r.name.is_empty() || r.name.contains(|c: char| c.is_control()) {
+            return Err(err(format!("{rfield}.name"), "must be a non-empty name"));
+        }
+        if r.name == "default" || rules.iter().any(|x: &Rule| x.name == r.name) {
+            return Err(err(
+                format!("{rfield}.name"),
+                format!("\"{}\" is used twice (\"default\" is reserved)", r.name),
+            ));
+        }
+        let when = validate_conditions(&format!("{rfield}.when"), r.when, &mut keyword_text)?;
+        rules.push(Rule { name: r.name, when, pool: pool(format!("{rfield}.pool"), &r.pool)? });
+    }
+    let default = match &raw.default {
+        Some(d) => Some(pool(format!("{field}.default"), d)?),
+        None if raw.learned.is_none() => {
+            return Err(err(format!("{field}.default"), "required: the pool used when no rule matches"))
+        }
+        None => None,
+    };
+    let learned = match raw.learned {
+        None => None,
+        Some(l) => {
+            let lfield = format!("{field}.learned");
+            let cutoff = match (l.threshold, l.strong_share) {
+                (Some(t), None) if (0.0..=1.0).contains(&t) => Cutoff::Threshold(t),
+                (None, Some(s)) if (0.0..=1.0).contains(&s) => Cutoff::StrongShare(s),
+                (Some(_), None) => return Err(err(format!("{lfield}.threshold"), "must be between 0 and 1")),
+                (None, Some(_)) => return Err(err(format!("{lfield}.strong_share"), "must be between 0 and 1")),
+                _ => return Err(err(lfield, "set exactly one of threshold and strong_share")),
+            };
+            if l.model.as_deref().is_some_and(str::is_empty) {
+                return Err(err(format!("{lfield}.model"), "must not be empty"));
+            }
+            Some(Learned {
+                strong: pool(format!("{lfield}.strong"), &l.strong)?,
+                weak: pool(format!("{lfield}.weak"), &l.weak)?,
+                cutoff,
+                model: l.model,
+            })
+        }
+    };
+    let keywords = Keywords { set: PhraseSet::new(keyword_text.iter().map(String::as_str)), text: keyword_text };
+    Ok(Router { name, description: raw.description, rules, default, learned, keywords })
+}
+
+fn validate_conditions(
+    field: &str,
+    raw: RawConditions,
+    keyword_text: &mut Vec<String>,
+) -> Result<Conditions, ConfigError> {
+    let header = match raw.header {
+        None => None,
+        Some(h) => {
+            let name = h.name.to_ascii_lowercase();
+            if !is_header_name(&name) {
+                return Err(err(format!("{field}.header.name"), "must be an HTTP header name"));
+            }
+            let test = match (h.equals, h.present) {
+                (Some(v), None) => HeaderTest::Equals(v),
+                (None, Some(p)) => HeaderTest::Present(p),
+                _ => return Err(err(format!("{field}.header"), "set exactly one of equals and present")),
+            };
+            Some(HeaderCondition { name, test })
+        }
+    };
+    if let (Some(min), Some(max)) = (raw.min_prompt_tokens, raw.max_prompt_tokens) {
+        if min > max {
+            return Err(err(format!("{field}.max_prompt_tokens"), "must be >= min_prompt_tokens"));
+        }
+    }
+    let mut any_keywords = Vec::new();
+    if let Some(list) = raw.any_keywords {
+        if list.is_empty() {
+            return Err(err(format!("{field}.any_keywords"), "list at least one keyword"));
+        }
+        for (i, k) in list.into_iter().enumerate() {
+            if crate::text::phrase_hashes(&k).is_empty() {
+                return Err(err(format!("{field}.any_keywords[{i}]"), "must contain a letter or digit"));
+            }
+            let index = match keyword_text.iter().position(|t| *t == k) {
+                Some(index) => index,
+                None => {
+                    keyword_text.push(k);
+                    keyword_text.len() - 1
+                }
+            };
+            any_keywords.push(index);
+        }
+    }
+    Ok(Conditions {
+        header,
+        has_images: raw.has_images,
+        has_tools: raw.has_tools,
+        stream: raw.stream,
+        min_prompt_tokens: raw.min_prompt_tokens,
+        max_prompt_tokens: raw.max_prompt_tokens,
+        any_keywords,
+        metadata: raw.metadata.unwrap_or_default().into_iter().collect(),
+    })
 }

@@ -256,3 +256,168 @@ fn tenants_are_validated_naming_the_field() {
         assert!(e.field.starts_with(field), "{tenants}: {e}");
     }
 }
+
+fn with_member_fields(fields: &str) -> String {
+    sample_config()
+        .replace(r#""model": "gpt-4o", "weight": 3"#, &format!(r#""model": "gpt-4o", "weight": 3, {fields}"#))
+}
+
+fn with_pool_fields(fields: &str) -> String {
+    sample_config().replace(r#""max_response_tokens": 16384,"#, &format!(r#""max_response_tokens": 16384, {fields},"#))
+}
+
+fn with_routers(routers: &str) -> String {
+    sample_config().replacen("\"pools\": {", &format!("\"routers\": {routers}, \"pools\": {{"), 1)
+}
+
+#[test]
+fn member_facts_parse_with_defaults() {
+    let cfg = parse(&with_member_fields(
+        r#""context_window": 128000, "max_output_tokens": 16384, "capabilities": ["vision", "tools"],
+           "input_cost_per_mtok": 2.5, "output_cost_per_mtok": 10, "priority": -1, "tags": ["eu", "zero_retention"]"#,
+    ))
+    .unwrap();
+    let (_, pool) = cfg.pool("gpt4o_16k").unwrap();
+    let (m, plain) = (&pool.members[0], &pool.members[1]);
+    assert_eq!((m.context_window, m.max_output_tokens, m.priority), (Some(128000), Some(16384), -1));
+    assert!(m.capabilities.has(Capability::Vision) && !m.capabilities.has(Capability::JsonSchema));
+    assert_eq!((m.input_cost_per_mtok, m.output_cost_per_mtok), (Some(2.5), Some(10.0)));
+    assert_eq!(cfg.tags, vec!["eu", "zero_retention"]);
+    assert_eq!(m.tag_mask, 0b11);
+    assert_eq!(cfg.tag_mask(["zero_retention"]), Some(0b10));
+    assert_eq!(cfg.tag_mask(["onprem"]), None);
+    assert_eq!(plain.capabilities, Capabilities::ALL, "absent capabilities: all");
+    assert_eq!((plain.priority, plain.tag_mask, plain.context_window), (0, 0, None));
+    assert_eq!(pool.strategy, Strategy::Weighted);
+    assert!(!cfg.member_facts().vision_limited, "both members have vision");
+    assert!(cfg.member_facts().size_limited);
+    // The facts follow the member into its direct-model pool.
+    assert_eq!(cfg.pool("gpt-4o").unwrap().1.members[0].context_window, Some(128000));
+}
+
+#[test]
+fn pool_strategies_parse() {
+    for s in ["weighted", "least_busy", "lowest_latency", "priority"] {
+        let cfg = parse(&with_pool_fields(&format!(r#""strategy": "{s}""#))).unwrap();
+        assert_eq!(cfg.pool("gpt4o_16k").unwrap().1.strategy.as_str(), s);
+    }
+    let cfg = parse(&with_pool_fields(r#""strategy": "lowest_latency", "explore": 0.2"#)).unwrap();
+    assert_eq!(cfg.pool("gpt4o_16k").unwrap().1.explore, 0.2);
+    assert_eq!(parse(&sample_config()).unwrap().pool("gpt4o_16k").unwrap().1.explore, 0.05);
+}
+
+#[test]
+fn routers_parse_and_resolve_by_name() {
+    let cfg = parse(&with_routers(
+        r#"{"auto": {"description": "by content", "rules": [
+            {"name": "code", "when": {"any_keywords": ["python", "stack trace"], "stream": false}, "pool": "gpt4o_16k"},
+            {"name": "meta", "when": {"metadata": {"team": "ml"}, "header": {"name": "X-Tier", "present": true}}, "pool": "gpt-4o"}
+          ], "default": "gpt4o_16k"}}"#,
+    ))
+    .unwrap();
+    let Some(Target::Router(r)) = cfg.target("auto") else { panic!("auto is a router") };
+    let router = cfg.router_at(r).unwrap();
+    assert_eq!(router.rules.len(), 2);
+    assert_eq!(router.keywords.text, vec!["python", "stack trace"]);
+    assert_eq!(router.rules[1].when.header.as_ref().unwrap().name, "x-tier");
+    assert_eq!(router.rules[1].pool, cfg.pool("gpt-4o").unwrap().0, "rules may name direct models");
+    assert_eq!(cfg.target("gpt4o_16k"), Some(Target::Pool(cfg.pool("gpt4o_16k").unwrap().0)));
+    assert_eq!(cfg.target("nope"), None);
+    let cfg = parse(&with_routers(
+        r#"{"l": {"learned": {"strong": "gpt4o_16k", "weak": "gpt-4o", "strong_share": 0.3, "model": "mf"}}}"#,
+    ))
+    .unwrap();
+    let learned = cfg.routers[0].learned.as_ref().unwrap();
+    assert_eq!((learned.cutoff, learned.model.as_deref()), (Cutoff::StrongShare(0.3), Some("mf")));
+}
+
+#[test]
+fn routing_fields_are_validated_naming_the_field() {
+    let m = "pools.gpt4o_16k.members[0]";
+    let cases: Vec<(String, String, &str)> = vec![
+        (with_member_fields(r#""context_window": 0"#), format!("{m}.context_window"), "> 0"),
+        (
+            with_member_fields(r#""context_window": 100, "max_output_tokens": 200"#),
+            format!("{m}.max_output_tokens"),
+            "exceed",
+        ),
+        (with_member_fields(r#""capabilities": ["telepathy"]"#), format!("{m}.capabilities[0]"), "telepathy"),
+        (with_member_fields(r#""input_cost_per_mtok": -1"#), format!("{m}.input_cost_per_mtok"), ">= 0"),
+        (with_member_fields(r#""tags": ["a,b"]"#), format!("{m}.tags[0]"), "commas"),
+        (with_member_fields(r#""colour": "red""#), format!("{m}.colour"), "unknown field"),
+        (with_pool_fields(r#""strategy": "fastest""#), "pools.gpt4o_16k.strategy".into(), "fastest"),
+        (
+            with_pool_fields(r#""strategy": "lowest_latency", "explore": 1.5"#),
+            "pools.gpt4o_16k.explore".into(),
+            "between",
+        ),
+        (with_pool_fields(r#""explore": 0.1"#), "pools.gpt4o_16k.explore".into(), "lowest_latency"),
+        (with_pool_fields(r#""strategy": "lowest_cost""#), format!("{m}.input_cost_per_mtok"), "lowest_cost"),
+        (with_routers(r#"{"gpt4o_16k": {"default": "gpt4o_16k"}}"#), "routers.gpt4o_16k".into(), "pool"),
+        (with_routers(r#"{"gpt-4o": {"default": "gpt4o_16k"}}"#), "routers.gpt-4o".into(), "directly served model"),
+        (with_routers(r#"{"r": {"rules": []}}"#), "routers.r.default".into(), "required"),
+        (with_routers(r#"{"r": {"default": "nope"}}"#), "routers.r.default".into(), "nope"),
+        (
+            with_routers(r#"{"r": {"rules": [{"name": "x", "pool": "nope"}], "default": "gpt4o_16k"}}"#),
+            "routers.r.rules[0].pool".into(),
+            "nope",
+        ),
+        (
+            with_routers(
+                r#"{"r": {"rules": [{"name": "x", "pool": "gpt4o_16k"}, {"name": "x", "pool": "gpt4o_16k"}], "default": "gpt4o_16k"}}"#,
+            ),
+            "routers.r.rules[1].name".into(),
+            "twice",
+        ),
+        (
+            with_routers(
+                r#"{"r": {"rules": [{"name": "x", "when": {"has_image": true}, "pool": "gpt4o_16k"}], "default": "gpt4o_16k"}}"#,
+            ),
+            "routers.r.rules[0].when.has_image".into(),
+            "unknown field",
+        ),
+        (
+            with_routers(
+                r#"{"r": {"rules": [{"name": "x", "when": {"header": {"name": "x-a"}}, "pool": "gpt4o_16k"}], "default": "gpt4o_16k"}}"#,
+            ),
+            "routers.r.rules[0].when.header".into(),
+            "exactly one",
+        ),
+        (
+            with_routers(
+                r#"{"r": {"rules": [{"name": "x", "when": {"any_keywords": ["  "]}, "pool": "gpt4o_16k"}], "default": "gpt4o_16k"}}"#,
+            ),
+            "routers.r.rules[0].when.any_keywords[0]".into(),
+            "letter",
+        ),
+        (
+            with_routers(
+                r#"{"r": {"rules": [{"name": "x", "when": {"min_prompt_tokens": 10, "max_prompt_tokens": 5}, "pool": "gpt4o_16k"}], "default": "gpt4o_16k"}}"#,
+            ),
+            "routers.r.rules[0].when.max_prompt_tokens".into(),
+            "min_prompt_tokens",
+        ),
+        (
+            with_routers(r#"{"r": {"learned": {"strong": "gpt4o_16k", "weak": "gpt-4o"}}}"#),
+            "routers.r.learned".into(),
+            "threshold",
+        ),
+        (
+            with_routers(r#"{"r": {"learned": {"strong": "gpt4o_16k", "weak": "gpt-4o", "threshold": 2}}}"#),
+            "routers.r.learned.threshold".into(),
+            "between",
+        ),
+    ];
+    for (json, field, needle) in cases {
+        let e = error_for(&json);
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+    }
+}
+
+#[test]
+fn more_than_64_distinct_tags_are_refused() {
+    let tags: Vec<String> = (0..65).map(|i| format!("\"t{i}\"")).collect();
+    let e = error_for(&with_member_fields(&format!(r#""tags": [{}]"#, tags.join(","))));
+    assert_eq!(e.field, "pools.gpt4o_16k.members[0].tags[64]");
+}

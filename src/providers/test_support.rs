@@ -41,7 +41,14 @@ pub(crate) fn provider(kind: ProviderKind) -> Provider {
 }
 
 pub(crate) fn member(model: &str) -> Member {
-    Member { provider: 0, model: model.into(), deployment: format!("{model}-dep"), weight: 1, id: format!("p/{model}") }
+    Member {
+        provider: 0,
+        model: model.into(),
+        deployment: format!("{model}-dep"),
+        weight: 1,
+        id: format!("p/{model}"),
+        ..Member::default()
+    }
 }
 
 /// Builds the chat-completions request `body` for `model` of `provider`.

@@ -5,7 +5,17 @@
 
 use crate::config::HealthPolicy;
 
-use super::Availability;
+/// Whether a member can take a request now, as seen by the health store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Healthy,
+    /// Cooldown over: one trial request may go through (half-open).
+    Trial,
+    /// Ejected (or a trial is in flight) until the given time, in ms since the epoch.
+    Unavailable {
+        until_ms: u64,
+    },
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemberHealth {

@@ -1,12 +1,18 @@
-//! Choosing where a request goes: member selection and health bookkeeping.
-//! No proxy-wasm calls; the host layer supplies time, randomness and storage.
+//! Choosing where a request goes, in stages: resolve the requested name
+//! (`router`), candidate members (`filter`), pick (`select` strategies), with
+//! the attempts tracked by `plan`; plus member health bookkeeping.
+//! No proxy-wasm calls; the host layer supplies time, randomness, headers,
+//! live member stats and storage.
 
-pub mod select;
-
-pub use select::{pick, Availability, Rng};
+pub mod filter;
 pub mod health;
 pub mod plan;
+pub mod router;
+pub mod select;
+pub mod stats;
 pub mod verdict;
 
-pub use health::{MemberHealth, Transition};
-pub use plan::{Attempt, Plan};
+pub use health::{Availability, MemberHealth, Transition};
+pub use plan::{Attempt, Plan, RouteInput, StageReport, Verdict};
+pub use select::{Candidate, LatencyKind, LiveStats, Rng};
+pub use stats::LatencyStats;

@@ -1,12 +1,24 @@
-//! One client request's route through pools: the target pool, then its
-//! `fallback_pools`, then the request's own `fallback` list. Tracks attempts
-//! so failover never re-picks a member that already failed this request.
+//! One client request's route: resolve the requested name (router -> pool,
+//! pool, or direct model), then per stage (the pool, its `fallback_pools`,
+//! the request's `fallback` list) the candidate members (filters), then the
+//! pool's strategy picks one. Tracks attempts so failover never re-picks a
+//! member that already failed this request.
+
+use std::fmt;
 
 use crate::api::request::ParsedRequest;
 use crate::api::ApiError;
-use crate::config::{Config, Member, Pool};
+use crate::config::{Config, Member, MemberRef, Pool, Strategy, Target};
 
-use super::{pick, Availability};
+use super::filter::{self, Needs, Unfit};
+use super::health::Availability;
+use super::router::{self, Headers, LearnedScorer, Miss, RouteChoice};
+use super::select::{self, Candidate, LatencyKind, LiveStats};
+
+/// Header carrying the tags a request's members must have.
+pub const REQUIRE_TAGS_HEADER: &str = "x-switchboard-require-tags";
+/// Output tokens assumed for a cost estimate when neither the request nor the pool bounds them.
+pub const DEFAULT_EXPECTED_OUTPUT_TOKENS: u32 = 256;
 
 /// One upstream attempt and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +28,61 @@ pub struct Attempt {
     pub member_id: String,
     /// HTTP status, or 0 when no response came (reset, connect failure, timeout).
     pub status: u16,
+}
+
+impl Attempt {
+    pub fn at(&self) -> MemberRef {
+        MemberRef::new(self.pool, self.member)
+    }
+}
+
+/// What routing reads from a request besides its body.
+#[derive(Clone, Copy)]
+pub struct RouteInput<'r, 'a> {
+    pub request: &'r ParsedRequest<'a>,
+    /// Request headers by lower-case name (rule conditions, `x-switchboard-require-tags`).
+    pub headers: Headers<'r>,
+    /// The host's learned scorer, for `learned` routers.
+    pub scorer: Option<&'r dyn LearnedScorer>,
+}
+
+impl<'r, 'a> RouteInput<'r, 'a> {
+    pub fn new(request: &'r ParsedRequest<'a>) -> Self {
+        RouteInput { request, headers: &router::NoHeaders, scorer: None }
+    }
+}
+
+/// Why a member of a stage is or is not a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Candidate,
+    /// Already attempted by this request (in any pool).
+    Tried,
+    /// The request restricted the pool to another provider.
+    OtherProvider,
+    Unfit(Unfit),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Candidate => f.write_str("kept"),
+            Verdict::Tried => f.write_str("dropped: already tried"),
+            Verdict::OtherProvider => f.write_str("dropped: request restricted to another provider"),
+            Verdict::Unfit(u) => write!(f, "dropped: {u}"),
+        }
+    }
+}
+
+/// One stage as the plan sees it now: every member's verdict, the
+/// candidates with their live facts, and the strategy's order.
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    pub pool: usize,
+    pub verdicts: Vec<(usize, Verdict)>,
+    pub candidates: Vec<Candidate>,
+    /// Member indexes, most preferred first.
+    pub ranking: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,16 +95,57 @@ pub struct Plan {
     stage_attempts: u32,
     /// Restrict members to this provider index (`"provider": "<name>"`).
     provider: Option<usize>,
+    needs: Needs,
+    stream: bool,
+    /// Set when the requested name is a router.
+    pub route: Option<RouteChoice>,
     pub attempts: Vec<Attempt>,
     /// Absolute deadline, ms since the epoch.
     pub deadline_ms: u64,
 }
 
+fn unknown_fallback(name: &str) -> ApiError {
+    let mut e = ApiError::model_not_found(name);
+    e.message =
+        format!("The fallback model `{name}` does not exist: it is neither a pool nor a model served by this gateway.");
+    e
+}
+
 impl Plan {
-    /// Resolves the request's target and fallbacks. Unknown names are errors
-    /// (404), never silently skipped.
+    /// A plan from the body alone (no headers, no learned scorer).
     pub fn new(config: &Config, request: &ParsedRequest<'_>, now_ms: u64) -> Result<Plan, ApiError> {
-        let (primary, pool) = config.pool(&request.target).ok_or_else(|| ApiError::model_not_found(&request.target))?;
+        Plan::for_request(config, RouteInput::new(request), now_ms)
+    }
+
+    /// Resolves the request's target (through its router, if it names one) and
+    /// fallbacks, and checks that some stage has a member fit for the request.
+    /// Unknown names are errors (404), never silently skipped; a request no
+    /// member can serve is a 400 naming why.
+    pub fn for_request(config: &Config, input: RouteInput<'_, '_>, now_ms: u64) -> Result<Plan, ApiError> {
+        Plan::build(config, input, now_ms, |_, _, _| {})
+    }
+
+    /// As [`Plan::for_request`]; `missed(router, rule, why)` hears why each
+    /// rule before the chosen one did not match (explanations).
+    pub fn build(
+        config: &Config,
+        input: RouteInput<'_, '_>,
+        now_ms: u64,
+        mut missed: impl FnMut(usize, usize, Miss),
+    ) -> Result<Plan, ApiError> {
+        let request = input.request;
+        let resolve = |name: &str, missed: &mut dyn FnMut(usize, usize, Miss)| match config.target(name)? {
+            Target::Pool(p) => Some((p, None)),
+            Target::Router(r) => {
+                let router = config.router_at(r)?;
+                let choice =
+                    router::route(r, router, request, input.headers, input.scorer, |rule, why| missed(r, rule, why));
+                Some((choice.pool, Some(choice)))
+            }
+        };
+        let (primary, route) =
+            resolve(&request.target, &mut missed).ok_or_else(|| ApiError::model_not_found(&request.target))?;
+        let pool = config.pool_at(primary).ok_or_else(|| ApiError::model_not_found(&request.target))?;
         let provider = match &request.provider {
             None => None,
             Some(name) => {
@@ -63,57 +171,102 @@ impl Plan {
             }
         }
         for name in &request.fallback {
-            let (index, _) = config.pool(name).ok_or_else(|| {
-                let mut e = ApiError::model_not_found(name);
-                e.message = format!("The fallback model `{name}` does not exist: it is neither a pool nor a model served by this gateway.");
-                e
-            })?;
+            let (index, _) = resolve(name, &mut |_, _, _| {}).ok_or_else(|| unknown_fallback(name))?;
             if !pools.contains(&index) {
                 pools.push(index);
             }
         }
-        Ok(Plan {
+        let tags = input.headers.header(REQUIRE_TAGS_HEADER);
+        let needs = Needs::of(config, request, tags);
+        let plan = Plan {
             pools,
             stage: 0,
             stage_attempts: 0,
             provider,
+            needs,
+            stream: request.stream,
+            route,
             attempts: Vec::new(),
             deadline_ms: now_ms.saturating_add(pool.retry.timeout_ms),
-        })
+        };
+        plan.check_fit(config, &request.target)?;
+        Ok(plan)
+    }
+
+    /// Some stage must have a member fit for the request; else the 400 that says why.
+    fn check_fit(&self, config: &Config, target: &str) -> Result<(), ApiError> {
+        let mut unfit: Vec<(&str, Unfit)> = Vec::new();
+        for (stage, &p) in self.pools.iter().enumerate() {
+            let Some(pool) = config.pool_at(p) else { continue };
+            for m in &pool.members {
+                if stage == 0 && self.provider.is_some_and(|provider| provider != m.provider) {
+                    continue;
+                }
+                match filter::check(m, pool, &self.needs) {
+                    Ok(()) => return Ok(()),
+                    Err(u) => {
+                        if !unfit.iter().any(|(id, _)| *id == m.id) {
+                            unfit.push((&m.id, u));
+                        }
+                    }
+                }
+            }
+        }
+        Err(filter::no_fit_error(target, &self.needs, &unfit))
     }
 
     pub fn primary_pool(&self) -> usize {
         self.pools.first().copied().unwrap_or(0)
     }
 
+    /// What the request needs from members.
+    pub fn needs(&self) -> &Needs {
+        &self.needs
+    }
+
+    /// Pool indexes in the order they are tried.
+    pub fn stages(&self) -> &[usize] {
+        &self.pools
+    }
+
+    /// `(router, rule)` names for answer headers (`x-switchboard-router`,
+    /// `x-switchboard-rule`) when the request named a router.
+    pub fn router_headers<'c>(&self, config: &'c Config) -> Option<(&'c str, &'c str)> {
+        let choice = self.route?;
+        let router = config.router_at(choice.router)?;
+        Some((&router.name, choice.rule_name(router)))
+    }
+
     /// Chooses the next member to try, or `None` when every stage is exhausted.
-    /// `availability(pool, member)` reports health.
-    pub fn next(
-        &mut self,
-        config: &Config,
-        availability: impl Fn(&Member) -> Availability,
-        random: u64,
-    ) -> Option<(usize, usize)> {
+    pub fn next_member(&mut self, config: &Config, stats: &impl LiveStats, random: u64) -> Option<MemberRef> {
+        let mut candidates = Vec::new();
         while let Some(&pool_index) = self.pools.get(self.stage) {
             let Some(pool) = config.pool_at(pool_index) else {
                 self.advance();
                 continue;
             };
             if self.stage_attempts < pool.retry.max_attempts {
-                let excluded = self.excluded(pool);
-                if let Some(member) = pick(
-                    &pool.members,
-                    &excluded,
-                    |i| pool.members.get(i).map_or(Availability::Unavailable { until_ms: u64::MAX }, &availability),
-                    random,
-                ) {
+                candidates.clear();
+                self.candidates(pool, stats, &mut candidates, |_, _| {});
+                let picked = select::pick(pool.strategy, pool.explore, &candidates, random);
+                if let Some(c) = picked.and_then(|i| candidates.get(i)) {
                     self.stage_attempts += 1;
-                    return Some((pool_index, member));
+                    return Some(MemberRef::new(pool_index, c.member));
                 }
             }
             self.advance();
         }
         None
+    }
+
+    /// [`Plan::next_member`] as a `(pool, member)` pair, with health-only stats.
+    pub fn next(
+        &mut self,
+        config: &Config,
+        availability: impl Fn(&Member) -> Availability,
+        random: u64,
+    ) -> Option<(usize, usize)> {
+        self.next_member(config, &availability, random).map(|r| (r.pool, r.member))
     }
 
     fn advance(&mut self) {
@@ -123,23 +276,86 @@ impl Plan {
         self.provider = None;
     }
 
-    /// Members not to pick: other providers' (when restricted) and any member
-    /// that already took an attempt of this request, in any pool.
-    fn excluded(&self, pool: &Pool) -> Vec<usize> {
-        pool.members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| {
-                self.provider.is_some_and(|p| p != m.provider) || self.attempts.iter().any(|a| a.member_id == m.id)
-            })
-            .map(|(i, _)| i)
-            .collect()
+    /// The members of `pool` this request may use now, with what its strategy
+    /// looks at; `note` hears every member's verdict.
+    fn candidates(
+        &self,
+        pool: &Pool,
+        stats: &impl LiveStats,
+        out: &mut Vec<Candidate>,
+        mut note: impl FnMut(usize, Verdict),
+    ) {
+        out.reserve(pool.members.len());
+        let kind = if self.stream { LatencyKind::FirstByte } else { LatencyKind::PerOutputToken };
+        let output = self.needs.output_in(pool);
+        for (index, m) in pool.members.iter().enumerate() {
+            let verdict = if self.provider.is_some_and(|p| p != m.provider) {
+                Verdict::OtherProvider
+            } else if self.attempts.iter().any(|a| a.member_id == m.id) {
+                Verdict::Tried
+            } else if let Err(u) = filter::check(m, pool, &self.needs) {
+                Verdict::Unfit(u)
+            } else {
+                Verdict::Candidate
+            };
+            note(index, verdict);
+            if verdict != Verdict::Candidate {
+                continue;
+            }
+            let mut c = Candidate {
+                member: index,
+                weight: m.weight,
+                availability: stats.availability(m),
+                in_flight: 0,
+                latency_ms: None,
+                cost: None,
+                priority: m.priority,
+            };
+            // Only what the strategy reads: live stats can cost a shared-data read.
+            match pool.strategy {
+                Strategy::LeastBusy => c.in_flight = stats.in_flight(m),
+                Strategy::LowestLatency => c.latency_ms = stats.latency_ms(m, kind),
+                Strategy::LowestCost => {
+                    let prompt = f64::from(self.needs.prompt_tokens.unwrap_or(0));
+                    let output = if output == 0 { DEFAULT_EXPECTED_OUTPUT_TOKENS } else { output };
+                    c.cost = match (m.input_cost_per_mtok, m.output_cost_per_mtok) {
+                        (Some(i), Some(o)) => Some((prompt * i + f64::from(output) * o) / 1e6),
+                        _ => None,
+                    };
+                }
+                Strategy::Weighted | Strategy::Priority => {}
+            }
+            out.push(c);
+        }
     }
 
+    /// Every stage still ahead (the current one first), as the next pick would see it.
+    pub fn explain(&self, config: &Config, stats: &impl LiveStats) -> Vec<StageReport> {
+        let mut reports = Vec::new();
+        for (offset, &pool_index) in self.pools.iter().enumerate().skip(self.stage) {
+            let Some(pool) = config.pool_at(pool_index) else { continue };
+            // Later stages lift the provider restriction, as `advance` does.
+            let view = Plan { provider: if offset == self.stage { self.provider } else { None }, ..self.clone() };
+            let mut verdicts = Vec::with_capacity(pool.members.len());
+            let mut candidates = Vec::new();
+            view.candidates(pool, stats, &mut candidates, |i, v| verdicts.push((i, v)));
+            let ranking = select::rank(pool.strategy, &candidates)
+                .into_iter()
+                .filter_map(|i| candidates.get(i).map(|c| c.member))
+                .collect();
+            reports.push(StageReport { pool: pool_index, verdicts, candidates, ranking });
+        }
+        reports
+    }
+
+    pub fn record_attempt(&mut self, config: &Config, at: MemberRef, status: u16) {
+        let member_id = config.member(at).map(|m| m.id.clone()).unwrap_or_default();
+        self.attempts.push(Attempt { pool: at.pool, member: at.member, member_id, status });
+    }
+
+    /// [`Plan::record_attempt`] with a `(pool, member)` pair.
     pub fn record(&mut self, config: &Config, pool: usize, member: usize, status: u16) {
-        let member_id =
-            config.pool_at(pool).and_then(|p| p.members.get(member)).map(|m| m.id.clone()).unwrap_or_default();
-        self.attempts.push(Attempt { pool, member, member_id, status });
+        self.record_attempt(config, MemberRef::new(pool, member), status);
     }
 
     /// `member:status` pairs, e.g. `alpha/gpt-4o:503,beta/gpt-4o:200`.
@@ -202,7 +418,7 @@ mod tests {
     }
 
     fn id(cfg: &Config, (p, m): (usize, usize)) -> String {
-        cfg.pool_at(p).unwrap().members[m].id.clone()
+        cfg.resolve(MemberRef::new(p, m)).unwrap().1.id.clone()
     }
 
     #[test]
@@ -267,5 +483,160 @@ mod tests {
         let cfg = config();
         let mut plan = plan_for(&cfg, r#"{"model":"m4","messages":[]}"#).unwrap();
         assert_eq!(id(&cfg, plan.next(&cfg, |_| Availability::Healthy, 0).unwrap()), "b/m4");
+    }
+
+    fn facts_config() -> Config {
+        let json = r#"{
+          "providers": {
+            "a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"},
+            "b": {"cluster": "b", "host": "b", "api_key_env": "BETA_KEY"}
+          },
+          "pools": {
+            "small": {"members": [
+                {"provider": "a", "model": "s8k", "context_window": 8000, "capabilities": [], "tags": ["eu"]},
+                {"provider": "b", "model": "s8k-vision", "context_window": 8000, "capabilities": ["vision"]}
+              ], "fallback_pools": ["large"]},
+            "large": {"members": [{"provider": "b", "model": "l128k", "context_window": 128000, "tags": ["eu"]}]},
+            "tiny": {"members": [{"provider": "a", "model": "t1k", "context_window": 1000, "capabilities": []}]},
+            "tiers": {"strategy": "priority", "members": [
+                {"provider": "a", "model": "primary", "priority": 0},
+                {"provider": "b", "model": "secondary", "priority": 1}
+              ]}
+          },
+          "routers": {"auto": {"rules": [
+              {"name": "images", "when": {"has_images": true}, "pool": "small"},
+              {"name": "confidential", "when": {"header": {"name": "x-data-class", "equals": "confidential"}}, "pool": "tiers"}
+            ], "default": "tiny"}}
+        }"#;
+        Config::parse(json.as_bytes(), &ENV).unwrap()
+    }
+
+    fn prompt_of(words: usize) -> String {
+        format!(r#"{{"role":"user","content":"{}"}}"#, "word ".repeat(words))
+    }
+
+    fn ids(cfg: &Config, plan: &mut Plan) -> Vec<String> {
+        let mut order = Vec::new();
+        while let Some(at) = plan.next_member(cfg, &|_: &Member| Availability::Healthy, 3) {
+            order.push(cfg.member(at).unwrap().id.clone());
+            plan.record_attempt(cfg, at, 503);
+        }
+        order
+    }
+
+    #[test]
+    fn filtered_members_are_not_attempts_and_fallback_pools_catch_long_prompts() {
+        let cfg = facts_config();
+        let body = format!(r#"{{"model":"small","messages":[{}]}}"#, prompt_of(20_000));
+        let mut plan = plan_for(&cfg, &body).unwrap();
+        assert!(plan.needs().prompt_tokens.unwrap() > 8000);
+        assert_eq!(ids(&cfg, &mut plan), vec!["b/l128k"]);
+        assert_eq!(plan.attempts.len(), 1, "the 8k members were never attempts");
+    }
+
+    #[test]
+    fn nothing_fits_is_400_with_the_reason_code() {
+        let cfg = facts_config();
+        let body = format!(r#"{{"model":"tiny","messages":[{}]}}"#, prompt_of(5_000));
+        let e = plan_for(&cfg, &body).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "context_length_exceeded"), "{}", e.message);
+        // ... unless the request's own fallback can take it.
+        let body = format!(r#"{{"model":"tiny","messages":[{}],"fallback":["large"]}}"#, prompt_of(5_000));
+        assert!(plan_for(&cfg, &body).is_ok());
+        let e = plan_for(&cfg, r#"{"model":"tiny","messages":[],"tools":[{"type":"function"}]}"#).unwrap_err();
+        assert_eq!(e.code, "unsupported_parameter");
+    }
+
+    #[test]
+    fn image_requests_skip_members_without_vision() {
+        let cfg = facts_config();
+        let body = r#"{"model":"small","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]}"#;
+        for r in 0..50 {
+            let mut plan = plan_for(&cfg, body).unwrap();
+            let at = plan.next_member(&cfg, &|_: &Member| Availability::Healthy, r).unwrap();
+            assert_eq!(cfg.member(at).unwrap().id, "b/s8k-vision");
+        }
+    }
+
+    #[test]
+    fn require_tags_header_narrows_members() {
+        let cfg = facts_config();
+        let req = ParsedRequest::parse(br#"{"model":"small","messages":[]}"#, Endpoint::ChatCompletions).unwrap();
+        let headers = [(REQUIRE_TAGS_HEADER, "eu")];
+        let input = RouteInput { request: &req, headers: &headers, scorer: None };
+        let mut plan = Plan::for_request(&cfg, input, 0).unwrap();
+        assert_eq!(ids(&cfg, &mut plan), vec!["a/s8k", "b/l128k"]);
+        let headers = [(REQUIRE_TAGS_HEADER, "onprem")];
+        let input = RouteInput { request: &req, headers: &headers, scorer: None };
+        assert_eq!(Plan::for_request(&cfg, input, 0).unwrap_err().code, "no_member_with_tags");
+    }
+
+    #[test]
+    fn priority_pool_fails_over_to_the_next_tier() {
+        let cfg = facts_config();
+        let mut plan = plan_for(&cfg, r#"{"model":"tiers","messages":[]}"#).unwrap();
+        assert_eq!(ids(&cfg, &mut plan), vec!["a/primary", "b/secondary"]);
+    }
+
+    #[test]
+    fn routers_choose_the_pool_and_name_the_rule() {
+        let cfg = facts_config();
+        let req = ParsedRequest::parse(br#"{"model":"auto","messages":[]}"#, Endpoint::ChatCompletions).unwrap();
+        let headers = [("X-Data-Class", "confidential")];
+        let mut misses = Vec::new();
+        let input = RouteInput { request: &req, headers: &headers, scorer: None };
+        let mut plan = Plan::build(&cfg, input, 0, |r, rule, why| misses.push((r, rule, why))).unwrap();
+        assert_eq!(plan.router_headers(&cfg), Some(("auto", "confidential")));
+        assert_eq!(misses, vec![(0, 0, Miss::HasImages { images: 0 })]);
+        assert_eq!(ids(&cfg, &mut plan)[0], "a/primary");
+        let mut plan = plan_for(&cfg, r#"{"model":"auto","messages":[]}"#).unwrap();
+        assert_eq!(plan.router_headers(&cfg), Some(("auto", "default")));
+        assert_eq!(ids(&cfg, &mut plan), vec!["a/t1k"]);
+        // Direct pools carry no router headers.
+        assert_eq!(plan_for(&cfg, r#"{"model":"tiny","messages":[]}"#).unwrap().router_headers(&cfg), None);
+    }
+
+    #[test]
+    fn explain_reports_every_member_and_the_ranking() {
+        let cfg = facts_config();
+        let body = format!(r#"{{"model":"small","messages":[{}]}}"#, prompt_of(20_000));
+        let mut plan = plan_for(&cfg, &body).unwrap();
+        let reports = plan.explain(&cfg, &|_: &Member| Availability::Healthy);
+        assert_eq!(reports.len(), 2);
+        assert!(reports[0].verdicts.iter().all(|(_, v)| matches!(v, Verdict::Unfit(Unfit::Context { .. }))));
+        assert!(reports[0].ranking.is_empty());
+        assert_eq!(reports[1].verdicts, vec![(0, Verdict::Candidate)]);
+        assert_eq!(reports[1].ranking, vec![0]);
+        let at = plan.next_member(&cfg, &|_: &Member| Availability::Healthy, 0).unwrap();
+        plan.record_attempt(&cfg, at, 500);
+        let reports = plan.explain(&cfg, &|_: &Member| Availability::Healthy);
+        assert_eq!(reports.last().unwrap().verdicts, vec![(0, Verdict::Tried)]);
+    }
+
+    struct Busy;
+    impl LiveStats for Busy {
+        fn availability(&self, _: &Member) -> Availability {
+            Availability::Healthy
+        }
+        fn in_flight(&self, m: &Member) -> u32 {
+            if m.id == "a/m1" {
+                9
+            } else {
+                0
+            }
+        }
+    }
+
+    #[test]
+    fn live_stats_reach_the_strategy() {
+        let json = r#"{
+          "providers": {"a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}, "b": {"cluster": "b", "host": "b", "api_key_env": "BETA_KEY"}},
+          "pools": {"p": {"strategy": "least_busy", "members": [{"provider": "a", "model": "m1", "weight": 100}, {"provider": "b", "model": "m2"}]}}
+        }"#;
+        let cfg = Config::parse(json.as_bytes(), &ENV).unwrap();
+        for r in 0..20 {
+            let mut plan = plan_for(&cfg, r#"{"model":"p","messages":[]}"#).unwrap();
+            assert_eq!(cfg.member(plan.next_member(&cfg, &Busy, r).unwrap()).unwrap().id, "b/m2");
+        }
     }
 }

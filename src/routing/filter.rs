@@ -1,0 +1,284 @@
+//! Candidate filters: what a request needs from a member (size, capabilities,
+//! tags), checked before any strategy. A member filtered out is not an attempt
+//! and not a health failure.
+
+use std::fmt;
+
+use crate::api::request::ParsedRequest;
+use crate::api::ApiError;
+use crate::config::{Capabilities, Capability, Config, Member, Pool, TagMask};
+
+/// What one request needs from a member. Built once per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needs {
+    /// Estimated prompt tokens; `None` until some filter or rule needs it
+    /// (the estimate reads every message).
+    pub prompt_tokens: Option<u32>,
+    /// `max_completion_tokens`, else `max_tokens` (else the pool's `max_response_tokens`).
+    pub output_tokens: Option<u32>,
+    pub capabilities: Capabilities,
+    /// Tags every member must carry (`x-switchboard-require-tags`).
+    pub tags: TagMask,
+    /// A required tag that no member in the configuration carries.
+    pub unknown_tag: Option<String>,
+}
+
+impl Needs {
+    /// `require_tags` is the `x-switchboard-require-tags` header value, if any.
+    pub fn of(config: &Config, request: &ParsedRequest<'_>, require_tags: Option<&str>) -> Needs {
+        let mut capabilities = Capabilities::NONE;
+        if request.has_tools {
+            capabilities = capabilities.with(Capability::Tools);
+        }
+        if request.json_schema {
+            capabilities = capabilities.with(Capability::JsonSchema);
+        }
+        let mut needs = Needs {
+            prompt_tokens: None,
+            output_tokens: request.max_output_tokens,
+            capabilities,
+            tags: 0,
+            unknown_tag: None,
+        };
+        for tag in require_tags.unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            match config.tag_mask([tag]) {
+                Some(bit) => needs.tags |= bit,
+                None => {
+                    needs.unknown_tag.get_or_insert_with(|| tag.to_string());
+                }
+            }
+        }
+        // Images and the prompt size need the messages read: only when some member can refuse them.
+        let facts = config.member_facts();
+        if facts.vision_limited && request.content().images > 0 {
+            needs.capabilities = needs.capabilities.with(Capability::Vision);
+        }
+        if facts.size_limited {
+            needs.prompt_tokens = Some(request.content().prompt_tokens);
+        }
+        needs
+    }
+
+    /// Output tokens to plan for in `pool`.
+    pub fn output_in(&self, pool: &Pool) -> u32 {
+        self.output_tokens.or(pool.max_response_tokens).unwrap_or(0)
+    }
+}
+
+/// Why a member cannot serve a request, in the order the filters run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unfit {
+    /// Lacks a tag the request requires.
+    Tags,
+    Capability(Capability),
+    /// Requested output above the member's `max_output_tokens`.
+    Output {
+        requested: u32,
+        max: u32,
+    },
+    /// Prompt estimate + output above the member's `context_window`.
+    Context {
+        needed: u32,
+        window: u32,
+    },
+}
+
+impl Unfit {
+    /// The OpenAI error code when no member of any stage fits for this reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            Unfit::Tags => "no_member_with_tags",
+            Unfit::Capability(_) => "unsupported_parameter",
+            Unfit::Output { .. } | Unfit::Context { .. } => "context_length_exceeded",
+        }
+    }
+}
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unfit::Tags => f.write_str("lacks a required tag"),
+            Unfit::Capability(c) => write!(f, "no {} capability", c.as_str()),
+            Unfit::Output { requested, max } => write!(f, "max_output_tokens {max} < {requested} requested"),
+            Unfit::Context { needed, window } => write!(f, "context_window {window} < {needed} tokens needed"),
+        }
+    }
+}
+
+/// Whether `member` of `pool` can serve a request with these needs.
+pub fn check(member: &Member, pool: &Pool, needs: &Needs) -> Result<(), Unfit> {
+    if needs.unknown_tag.is_some() || member.tag_mask & needs.tags != needs.tags {
+        return Err(Unfit::Tags);
+    }
+    if let Some(c) = member.capabilities.missing(needs.capabilities) {
+        return Err(Unfit::Capability(c));
+    }
+    // Only an output the client asked for rules a member out; the pool's default
+    // is capped at what the member can produce.
+    if let (Some(max), Some(requested)) = (member.max_output_tokens, needs.output_tokens) {
+        if requested > max {
+            return Err(Unfit::Output { requested, max });
+        }
+    }
+    let mut output = needs.output_in(pool);
+    if let Some(max) = member.max_output_tokens {
+        output = output.min(max);
+    }
+    if let (Some(window), Some(prompt)) = (member.context_window, needs.prompt_tokens) {
+        let needed = prompt.saturating_add(output);
+        if needed > window {
+            return Err(Unfit::Context { needed, window });
+        }
+    }
+    Ok(())
+}
+
+/// The 400 answer when no member of any stage fits: the code of the member
+/// that came closest (passed the most filters), each reason in the message.
+pub fn no_fit_error(target: &str, needs: &Needs, unfit: &[(&str, Unfit)]) -> ApiError {
+    let closest = unfit.iter().map(|(_, u)| *u).max().unwrap_or(Unfit::Tags);
+    let mut reasons: Vec<String> = unfit.iter().take(8).map(|(id, u)| format!("{id}: {u}")).collect();
+    if unfit.len() > reasons.len() {
+        reasons.push(format!("and {} more", unfit.len() - reasons.len()));
+    }
+    let what = match closest {
+        Unfit::Tags => match &needs.unknown_tag {
+            Some(tag) => format!("no member carries the tag `{tag}` required by x-switchboard-require-tags"),
+            None => "no member carries every tag required by x-switchboard-require-tags".to_string(),
+        },
+        Unfit::Capability(c) => format!("no member supports {}", describe(c)),
+        Unfit::Output { .. } | Unfit::Context { .. } => {
+            let prompt = needs.prompt_tokens.map_or(String::new(), |p| format!(" (about {p} prompt tokens)"));
+            format!("the request is too large for every member{prompt}")
+        }
+    };
+    ApiError::invalid_request(
+        closest.code(),
+        format!("`{target}` cannot serve this request: {what}. {}.", reasons.join("; ")),
+    )
+}
+
+fn describe(c: Capability) -> &'static str {
+    match c {
+        Capability::Vision => "image inputs (vision)",
+        Capability::Tools => "tools",
+        Capability::JsonSchema => "response_format json_schema",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::api::Endpoint;
+    use crate::config::tests::ENV;
+
+    fn config() -> Config {
+        let json = r#"{
+          "providers": {"a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}},
+          "pools": {
+            "p": {"max_response_tokens": 100, "members": [
+              {"provider": "a", "model": "small", "context_window": 1000, "max_output_tokens": 500, "capabilities": ["tools"], "tags": ["eu"]},
+              {"provider": "a", "model": "big", "context_window": 100000, "tags": ["eu", "zero_retention"]}
+            ]}
+          }
+        }"#;
+        Config::parse(json.as_bytes(), &ENV).unwrap()
+    }
+
+    fn needs(cfg: &Config, body: &str, tags: Option<&str>) -> Needs {
+        let req = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        Needs::of(cfg, &req, tags)
+    }
+
+    fn verdicts(cfg: &Config, n: &Needs) -> Vec<Result<(), Unfit>> {
+        let (_, pool) = cfg.pool("p").unwrap();
+        pool.members.iter().map(|m| check(m, pool, n)).collect()
+    }
+
+    #[test]
+    fn context_filter_counts_prompt_and_output() {
+        let cfg = config();
+        let long = "word ".repeat(2000);
+        let n = needs(&cfg, &format!(r#"{{"model":"p","messages":[{{"role":"user","content":"{long}"}}]}}"#), None);
+        let v = verdicts(&cfg, &n);
+        assert!(matches!(v[0], Err(Unfit::Context { window: 1000, .. })), "{v:?}");
+        assert_eq!(v[1], Ok(()));
+        // The pool's max_response_tokens stands in for a missing max_tokens.
+        let short = needs(&cfg, r#"{"model":"p","messages":[{"role":"user","content":"hi"}]}"#, None);
+        assert_eq!(short.output_in(cfg.pool("p").unwrap().1), 100);
+        assert_eq!(verdicts(&cfg, &short), vec![Ok(()), Ok(())]);
+    }
+
+    #[test]
+    fn requested_output_above_max_output_tokens_is_unfit() {
+        let cfg = config();
+        let n = needs(&cfg, r#"{"model":"p","messages":[],"max_completion_tokens":600}"#, None);
+        assert_eq!(verdicts(&cfg, &n)[0], Err(Unfit::Output { requested: 600, max: 500 }));
+    }
+
+    #[test]
+    fn the_pools_default_output_never_rules_a_member_out_by_itself() {
+        let json = r#"{
+          "providers": {"a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}},
+          "pools": {"p": {"max_response_tokens": 16384, "members": [
+              {"provider": "a", "model": "m", "context_window": 10000, "max_output_tokens": 4096}]}}
+        }"#;
+        let cfg = Config::parse(json.as_bytes(), &ENV).unwrap();
+        let short = needs(&cfg, r#"{"model":"p","messages":[{"role":"user","content":"hi"}]}"#, None);
+        assert_eq!(verdicts(&cfg, &short), vec![Ok(())], "16384 default capped at the member's 4096");
+        let long = format!(r#"{{"model":"p","messages":[{{"role":"user","content":"{}"}}]}}"#, "word ".repeat(7000));
+        assert!(matches!(verdicts(&cfg, &needs(&cfg, &long, None))[0], Err(Unfit::Context { window: 10000, .. })));
+    }
+
+    #[test]
+    fn capability_filter_covers_vision_tools_and_json_schema() {
+        let cfg = config();
+        let image =
+            r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+        assert_eq!(verdicts(&cfg, &needs(&cfg, image, None))[0], Err(Unfit::Capability(Capability::Vision)));
+        let tools = r#"{"model":"p","messages":[],"tools":[{"type":"function"}]}"#;
+        assert_eq!(verdicts(&cfg, &needs(&cfg, tools, None)), vec![Ok(()), Ok(())]);
+        let schema = r#"{"model":"p","messages":[],"response_format":{"type":"json_schema"}}"#;
+        let v = verdicts(&cfg, &needs(&cfg, schema, None));
+        assert_eq!(v, vec![Err(Unfit::Capability(Capability::JsonSchema)), Ok(())]);
+    }
+
+    #[test]
+    fn tags_only_narrow() {
+        let cfg = config();
+        let body = r#"{"model":"p","messages":[]}"#;
+        assert_eq!(verdicts(&cfg, &needs(&cfg, body, Some("eu"))), vec![Ok(()), Ok(())]);
+        assert_eq!(verdicts(&cfg, &needs(&cfg, body, Some(" eu , zero_retention"))), vec![Err(Unfit::Tags), Ok(())]);
+        let unknown = needs(&cfg, body, Some("eu,onprem"));
+        assert_eq!(unknown.unknown_tag.as_deref(), Some("onprem"));
+        assert_eq!(verdicts(&cfg, &unknown), vec![Err(Unfit::Tags), Err(Unfit::Tags)]);
+        assert_eq!(verdicts(&cfg, &needs(&cfg, body, Some(" , "))), vec![Ok(()), Ok(())], "empty list: no restriction");
+    }
+
+    #[test]
+    fn prompt_is_not_read_when_no_member_declares_a_size() {
+        let cfg = Config::parse(crate::config::tests::sample_config().as_bytes(), &ENV).unwrap();
+        let n = needs(&cfg, r#"{"model":"gpt4o_16k","messages":[{"role":"user","content":"hi"}]}"#, None);
+        assert_eq!(n.prompt_tokens, None);
+    }
+
+    #[test]
+    fn no_fit_error_uses_the_closest_members_reason() {
+        let n = Needs {
+            prompt_tokens: Some(5000),
+            output_tokens: None,
+            capabilities: Capabilities::NONE,
+            tags: 0,
+            unknown_tag: None,
+        };
+        let e = no_fit_error("p", &n, &[("a/x", Unfit::Tags), ("a/y", Unfit::Context { needed: 5100, window: 4096 })]);
+        assert_eq!((e.status, e.code), (400, "context_length_exceeded"));
+        assert!(e.message.contains("a/y: context_window 4096 < 5100"), "{}", e.message);
+        let e = no_fit_error("p", &n, &[("a/x", Unfit::Tags), ("a/y", Unfit::Capability(Capability::Vision))]);
+        assert_eq!(e.code, "unsupported_parameter");
+        assert_eq!(no_fit_error("p", &n, &[("a/x", Unfit::Tags)]).code, "no_member_with_tags");
+    }
+}
