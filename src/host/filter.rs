@@ -17,14 +17,18 @@ use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::request::ParsedRequest;
 use crate::api::usage;
 use crate::api::{ApiError, Endpoint};
+use crate::config::Strategy;
 use crate::doors::{messages, Door, DoorAnswer, DoorError};
 use crate::providers::{build_request, stream_include_usage, BuildContext, ResponseAdapter, UpstreamRequest};
-use crate::routing::{verdict, Availability, Plan};
+use crate::routing::router::HeaderLookup;
+use crate::routing::stats::latency_sample;
+use crate::routing::{verdict, Availability, Plan, RouteInput};
 use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
-use super::runtime::{MemberRef, Picked, Runtime};
-use super::{abi, health_store, tenant_store};
+use super::runtime::{Picked, Runtime};
+use super::{abi, health_store, live_store, tenant_store};
+use crate::config::MemberRef;
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
@@ -36,6 +40,12 @@ struct Attempt {
     picked: Picked,
     /// Set when the member's provider does not speak OpenAI's format.
     adapter: Option<ResponseAdapter>,
+    /// Counted in the member's requests in flight (`least_busy`): released when it ends.
+    in_flight: bool,
+    /// When it started and when its response headers came (ms; 0: not measured).
+    /// Measured for `lowest_latency` pools only.
+    started_ms: u64,
+    first_byte_ms: u64,
 }
 
 enum State {
@@ -76,6 +86,11 @@ pub struct Filter {
     plan: Option<Plan>,
     /// The calling tenant (when tenants are configured) and what it holds.
     tenant: Option<Admission>,
+    /// The end of the answer, kept to read its token usage when limits,
+    /// budgets or latency per token need it.
+    answer_tail: Option<usage::Tail>,
+    /// Usage a translating adapter saw (streams report it even when the client did not ask).
+    adapter_usage: Option<(u64, u64)>,
 }
 
 /// A tenant's admission: released and corrected when the request ends.
@@ -87,10 +102,6 @@ struct Admission {
     reserved: u64,
     window_start_s: u64,
     rate_headers: Vec<(&'static str, String)>,
-    /// The end of the answer, to read its usage from.
-    tail: Option<usage::Tail>,
-    /// Usage a translating adapter saw (streams report it even when the client did not ask).
-    usage: Option<(u64, u64)>,
 }
 
 impl Filter {
@@ -107,6 +118,8 @@ impl Filter {
             door_answer: None,
             plan: None,
             tenant: None,
+            answer_tail: None,
+            adapter_usage: None,
         }
     }
 
@@ -201,7 +214,9 @@ impl Filter {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
-            let mut plan = match Plan::new(&rt.config, &parsed, now) {
+            let headers = RequestHeaders(&self.client_headers);
+            let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+            let mut plan = match Plan::for_request(&rt.config, input, now) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
@@ -264,7 +279,7 @@ impl Filter {
                     admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &w, now_s);
                 }
                 if tenant.tpm.is_some() || tenant.budget.is_some() {
-                    admission.tail = Some(usage::Tail::default());
+                    self.answer_tail = Some(usage::Tail::default());
                 }
                 Ok(())
             }
@@ -286,23 +301,59 @@ impl Filter {
         }
     }
 
-    /// Starts an attempt on `picked`.
-    fn begin(&self, rt: &Runtime, picked: Picked) -> Attempt {
+    /// Starts an attempt on `picked`, with what its pool's strategy measures.
+    fn begin(&mut self, rt: &Runtime, picked: Picked) -> Attempt {
         if let Some(mm) = rt.metrics.member(picked.member.pool, picked.member.member) {
             rt.metrics.inc(mm.attempts);
         }
-        Attempt { picked, adapter: adapter_for(rt, self.endpoint, self.shape, picked.member) }
+        let strategy = rt.config.pool_at(picked.member.pool).map(|p| p.strategy);
+        let in_flight = strategy == Some(Strategy::LeastBusy);
+        if in_flight {
+            live_store::begin(rt.member_id(picked.member));
+        }
+        let timed = strategy == Some(Strategy::LowestLatency);
+        if timed && !self.shape.stream && self.answer_tail.is_none() {
+            // The latency per output token needs the answer's usage.
+            self.answer_tail = Some(usage::Tail::default());
+        }
+        Attempt {
+            picked,
+            adapter: adapter_for(rt, self.endpoint, self.shape, picked.member),
+            in_flight,
+            started_ms: if timed { self.now_ms().max(1) } else { 0 },
+            first_byte_ms: 0,
+        }
+    }
+
+    /// An attempt that ends without a verdict (the client left): only what it holds is released.
+    fn abandon(&mut self, rt: &Runtime, attempt: &Attempt) {
+        if attempt.in_flight {
+            live_store::end(rt.member_id(attempt.picked.member));
+        }
     }
 
     /// Records how `attempt` ended. Returns whether it failed (fail over next).
     fn finish(&mut self, rt: &Runtime, attempt: &Attempt, status: u16, retry_after: Option<&str>, now: u64) -> bool {
+        self.abandon(rt, attempt);
         let Some(plan) = self.plan.as_mut() else { return false };
-        rt.record(plan, attempt.picked, status, retry_after, now, &self.request_id)
+        let failed = rt.record(plan, attempt.picked, status, retry_after, now, &self.request_id);
+        if !failed && attempt.started_ms > 0 {
+            let total = now.saturating_sub(attempt.started_ms);
+            let first_byte = if attempt.first_byte_ms > 0 {
+                attempt.first_byte_ms.saturating_sub(attempt.started_ms)
+            } else {
+                total
+            };
+            let output = self.answer_usage().map_or(1, |(_, completion)| u32::try_from(completion).unwrap_or(u32::MAX));
+            let (kind, sample) = latency_sample(self.shape.stream, first_byte, total, output);
+            live_store::observe(rt.member_id(attempt.picked.member), kind, sample);
+        }
+        failed
     }
 
     /// Records a successful attempt; the common case (a healthy member) needs no clock.
     fn finish_success(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
-        let now = if attempt.picked.health.is_clean() { 0 } else { self.now_ms() };
+        let now = if attempt.picked.health.is_clean() && attempt.started_ms == 0 { 0 } else { self.now_ms() };
         self.finish(rt, attempt, status, None, now);
     }
 
@@ -471,6 +522,10 @@ impl Filter {
         }
         out.push(("x-switchboard-member", rt.member_id(serving).to_string()));
         out.push(("x-switchboard-attempts", attempts.to_string()));
+        if let Some((router, rule)) = self.plan.as_ref().and_then(|p| p.router_headers(&rt.config)) {
+            out.push(("x-switchboard-router", router.to_string()));
+            out.push(("x-switchboard-rule", rule.to_string()));
+        }
         out.push(("x-switchboard-request-id", self.request_id.clone()));
         if let Some(t) = &self.tenant {
             out.extend(t.rate_headers.iter().cloned());
@@ -587,6 +642,15 @@ fn build_upstream(
     let provider = rt.config.provider(m.provider).ok_or_else(|| ApiError::internal("unknown provider"))?;
     let ctx = BuildContext { now_unix_s: now_ms / 1000, max_response_tokens: p.max_response_tokens };
     build_request(provider, m, endpoint, parsed, &ctx)
+}
+
+/// The client's request headers, for routing rules and the tags header.
+struct RequestHeaders<'a>(&'a [u8]);
+
+impl HeaderLookup for RequestHeaders<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        header_value(self.0, name)
+    }
 }
 
 fn header_value<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
@@ -786,7 +850,7 @@ impl HttpContext for Filter {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         // Anything but a routed request (our own local reply, say) passes through.
-        let attempt = match std::mem::replace(&mut self.state, State::Passing) {
+        let mut attempt = match std::mem::replace(&mut self.state, State::Passing) {
             State::Routed(attempt) => attempt,
             other => {
                 self.state = other;
@@ -799,6 +863,9 @@ impl HttpContext for Filter {
             Vec::new()
         });
         let status = header_value(&headers, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        if attempt.started_ms > 0 {
+            attempt.first_byte_ms = self.now_ms();
+        }
         if rt.is_failure(attempt.picked.member, status) {
             let now = self.now_ms();
             self.finish(&rt, &attempt, status, header_value(&headers, "retry-after"), now);
@@ -934,23 +1001,28 @@ impl HttpContext for Filter {
 }
 
 impl Filter {
-    /// Whether the answer's body must be read for its token usage (tenant limits and budgets).
+    /// Whether the answer's body must be read for its token usage.
     fn reads_usage(&self) -> bool {
-        self.tenant.as_ref().is_some_and(|t| t.tail.is_some())
+        self.answer_tail.is_some()
     }
 
     /// Keeps the end of the (OpenAI-shaped) answer for its usage.
     fn note_answer(&mut self, bytes: &[u8]) {
-        if let Some(tail) = self.tenant.as_mut().and_then(|t| t.tail.as_mut()) {
+        if let Some(tail) = self.answer_tail.as_mut() {
             tail.push(bytes);
         }
     }
 
     /// The usage a translating adapter read from the provider's own format.
     fn note_adapter_usage(&mut self, adapter: Option<&ResponseAdapter>) {
-        if let (Some(t), Some(u)) = (self.tenant.as_mut(), adapter.and_then(ResponseAdapter::usage)) {
-            t.usage = Some((u.prompt, u.completion));
+        if let Some(u) = adapter.and_then(ResponseAdapter::usage) {
+            self.adapter_usage = Some((u.prompt, u.completion));
         }
+    }
+
+    /// (prompt, completion) tokens of the answer, when it reported them.
+    fn answer_usage(&self) -> Option<(u64, u64)> {
+        self.adapter_usage.or_else(|| self.answer_tail.as_ref()?.usage())
     }
 
     /// The tenant's request ended: its parallel slot is free again and its
@@ -962,9 +1034,11 @@ impl Filter {
         if admission.parallel_held {
             tenant_store::release_parallel(tenant);
         }
-        let Some(tail) = &admission.tail else { return };
+        if tenant.tpm.is_none() && tenant.budget.is_none() {
+            return;
+        }
         let now_s = self.now_ms() / 1000;
-        match admission.usage.or_else(|| tail.usage()) {
+        match self.answer_usage() {
             Some((prompt, completion)) => {
                 let actual = prompt.saturating_add(completion);
                 tenant_store::correct(tenant, now_s, admission.window_start_s, admission.reserved, actual);
@@ -981,16 +1055,17 @@ impl Filter {
     /// An answer still being relayed when the stream ended never reached its
     /// end: cut off by the upstream (the member's failure), or by the client.
     fn end_unfinished_answer(&mut self, rt: &Runtime) {
-        let (State::Relaying { attempt, .. } | State::Holding { attempt, .. }) =
-            std::mem::replace(&mut self.state, State::Passing)
-        else {
-            return;
+        let attempt = match std::mem::replace(&mut self.state, State::Passing) {
+            State::Relaying { attempt, .. } | State::Holding { attempt, .. } => attempt,
+            // The client left before any answer: nothing to judge the member by.
+            State::Routed(attempt) | State::Failover { attempt, .. } => return self.abandon(rt, &attempt),
+            _ => return,
         };
         let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();
         let details = String::from_utf8_lossy(&details);
         if details.contains("downstream") {
             log::info!("switchboard[{}]: client left before the answer ended ({details})", self.request_id);
-            return;
+            return self.abandon(rt, &attempt);
         }
         log::warn!(
             "switchboard[{}]: answer from {} ended early ({details})",

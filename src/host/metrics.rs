@@ -41,7 +41,7 @@ pub struct Metrics {
     pending: RefCell<HashMap<u32, i64>>,
 }
 
-const LOCAL_ERROR_CODES: [&str; 19] = [
+const LOCAL_ERROR_CODES: [&str; 27] = [
     "invalid_json",
     "invalid_type",
     "missing_model",
@@ -59,6 +59,14 @@ const LOCAL_ERROR_CODES: [&str; 19] = [
     "invalid_upstream_response",
     "invalid_value",
     "unsupported_value",
+    "context_length_exceeded",
+    "unsupported_parameter",
+    "no_member_with_tags",
+    "invalid_api_key",
+    "model_not_allowed",
+    "insufficient_quota",
+    "unsupported_feature",
+    "invalid_request",
     "other",
     "internal_error",
 ];

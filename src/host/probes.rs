@@ -10,8 +10,9 @@ use crate::api::Endpoint;
 use crate::providers::{build_request, BuildContext};
 use crate::routing::{Availability, Rng, Transition};
 
-use super::runtime::{MemberRef, Runtime};
+use super::runtime::Runtime;
 use super::{abi, health_store};
+use crate::config::MemberRef;
 
 /// The cheap request sent to an ejected member to see if it is back.
 const PROBE_BODY: &[u8] = br#"{"model":"probe","messages":[{"role":"user","content":"ping"}],"max_tokens":1}"#;
@@ -55,7 +56,7 @@ impl Prober {
             let Some(pool) = rt.config.pool_at(pool_index) else { continue };
             let Some(policy) = &pool.probe else { continue };
             for (member_index, member) in pool.members.iter().enumerate() {
-                let target = MemberRef { pool: pool_index, member: member_index };
+                let target = MemberRef::new(pool_index, member_index);
                 if health_store::availability(&member.id, now) == Availability::Healthy
                     || self.in_flight.values().any(|r| *r == target)
                 {

@@ -8,17 +8,32 @@ use std::cell::RefCell;
 
 use crate::api::models::ModelListing;
 use crate::config::Config;
+use crate::config::{Member, MemberRef};
 use crate::routing::health::retry_after_until_ms;
-use crate::routing::{Availability, MemberHealth, Plan, Rng, Transition};
+use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan, Rng, Transition};
 
-use super::health_store;
 use super::metrics::Metrics;
+use super::{health_store, live_store};
 
-/// A member of a pool, by index: `pool` into `Config::pools`, `member` into its members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemberRef {
-    pub pool: usize,
-    pub member: usize,
+/// What strategies see of members: health from the VM's cache, load and
+/// latency from shared data (read only for the strategies that use them).
+struct SharedStats<'c> {
+    health: RefCell<std::cell::RefMut<'c, health_store::HealthCache>>,
+    now: u64,
+}
+
+impl LiveStats for SharedStats<'_> {
+    fn availability(&self, member: &Member) -> Availability {
+        self.health.borrow_mut().get(&member.id).availability(self.now)
+    }
+
+    fn in_flight(&self, member: &Member) -> u32 {
+        live_store::in_flight(&member.id)
+    }
+
+    fn latency_ms(&self, member: &Member, kind: LatencyKind) -> Option<f64> {
+        live_store::latency(&member.id).get(kind)
+    }
 }
 
 /// A member chosen for an attempt, with the health it had when chosen.
@@ -72,20 +87,19 @@ impl Runtime {
         let random = self.random();
         let mut cache = self.health.borrow_mut();
         cache.refresh();
-        let cache = RefCell::new(cache);
-        let (pool, member) = plan.next(&self.config, |m| cache.borrow_mut().get(&m.id).availability(now), random)?;
-        let p = self.config.pool_at(pool)?;
-        let m = p.members.get(member)?;
-        let health = cache.borrow_mut().get(&m.id);
-        drop(cache);
+        let stats = SharedStats { health: RefCell::new(cache), now };
+        let member = plan.next_member(&self.config, &stats, random)?;
+        let (pool, m, _) = self.config.resolve(member)?;
+        let health = stats.health.borrow_mut().get(&m.id);
+        drop(stats);
         if health.availability(now) == Availability::Trial {
-            let hold = p.retry.trial_hold_ms();
+            let hold = pool.retry.trial_hold_ms();
             health_store::update(&m.id, |h| {
                 h.begin_trial(now, hold);
                 Transition::None
             });
         }
-        Some(Picked { member: MemberRef { pool, member }, health })
+        Some(Picked { member, health })
     }
 
     /// Whether `status` (0: no response) from `member` is a failure its pool fails over on.
