@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod learned;
 pub mod providers;
 pub mod routing;
 
