@@ -34,40 +34,70 @@ import model_file  # noqa: E402
 SEED = 20261201
 TABLE_BITS = 15
 C = 0.3
+DENSE_SCALE = 1.0
 N_QUANTILES = 101
 MIN_BUCKET_CALIBRATION = 50
 
 
-def featurize(prompts):
-    return [F.extract(p) for p in prompts]
+def stem(prompt):
+    """The question without its listed options (text before a line starting "A." or "A)"),
+    or None when there are no such options."""
+    for mark in ("\nA. ", "\nA.", "\nA) "):
+        i = prompt.find(mark)
+        if i > 0:
+            return prompt[:i].strip()
+    return None
 
 
-def design(ex, idx, bits):
+def featurize(prompts, augment=True):
+    """Features of every prompt, and (augment) of each prompt's stem, keyed by prompt index.
+
+    Training on the stems too (same label) keeps the model from tying its score to
+    MMLU's template (listed options, "Answer:"): without them every prompt that lacks
+    the template scored near 0 and went to weak."""
+    ex = [F.extract(p) for p in prompts]
+    stems = {}
+    if augment:
+        for i, p in enumerate(prompts):
+            s = stem(p)
+            if s:
+                stems[i] = F.extract(s)
+    return ex, stems
+
+
+def design(feats, bits):
     """Sparse design matrix: hashed table columns then raw dense features."""
     mask = (1 << bits) - 1
     r, c, v = [], [], []
-    for row, i in enumerate(idx):
-        for hashes in ex[i][1]:
+    for row, f in enumerate(feats):
+        for hashes in f[1]:
             if hashes:
                 w = 1.0 / np.sqrt(len(hashes))
                 for h in hashes:
                     r.append(row)
                     c.append(h & mask)
                     v.append(w)
-    hashed = sp.csr_matrix((v, (r, c)), shape=(len(idx), 1 << bits))
+    hashed = sp.csr_matrix((v, (r, c)), shape=(len(feats), 1 << bits))
     hashed.sum_duplicates()
-    dense = np.array([ex[i][0] for i in idx], dtype=np.float64).reshape(len(idx), F.N_DENSE)
+    dense = np.array([f[0] for f in feats], dtype=np.float64).reshape(len(feats), F.N_DENSE)
     return hashed, dense
 
 
-def fit(ex, labels, idx, bits=TABLE_BITS, c=C):
-    """Fit on rows idx; returns the exported parameters (bias, dense_w, table) as f32 lists."""
-    hashed, dense = design(ex, idx, bits)
+def fit(ex, labels, idx, bits=TABLE_BITS, c=C, dense_scale=None):
+    """Fit on rows idx (with their stems); returns the exported parameters as f32 lists."""
+    ex, stems = ex
+    labels = np.asarray(labels)
+    extra = [i for i in idx if i in stems]
+    feats = [ex[i] for i in idx] + [stems[i] for i in extra]
+    y = np.concatenate([labels[idx], labels[extra]]) if extra else labels[idx]
+    hashed, dense = design(feats, bits)
     mu = dense.mean(axis=0)
     sd = dense.std(axis=0)
     sd[sd < 1e-9] = 1.0
+    # Scaling the standardised dense columns up weakens their L2 penalty relative to
+    # the hashed n-grams: the dense features generalise across subjects, n-grams less.
+    sd = sd / (DENSE_SCALE if dense_scale is None else dense_scale)
     x = sp.hstack([hashed, sp.csr_matrix((dense - mu) / sd)]).tocsr()
-    y = np.asarray(labels)[idx]
     lr = LogisticRegression(C=c, max_iter=5000, random_state=SEED)
     lr.fit(x, y)
     coef = lr.coef_[0]
@@ -78,15 +108,15 @@ def fit(ex, labels, idx, bits=TABLE_BITS, c=C):
     return {"bits": bits, "bias": float(np.float32(bias)), "dense_w": list(f32(dw)), "table": list(f32(table))}
 
 
-def logits(params, ex, idx):
+def scores_of(params, feats):
     """Exactly the scorer's arithmetic (model_file.Model.logit_of) for exported parameters."""
     m = model_file.Model.__new__(model_file.Model)
     m.table_bits, m.bias, m.dense_w, m.table = params["bits"], params["bias"], params["dense_w"], params["table"]
-    return np.array([m.logit_of(ex[i][0], ex[i][1]) for i in idx])
+    return np.array([model_file.sigmoid(m.logit_of(f[0], f[1])) for f in feats])
 
 
 def scores(params, ex, idx):
-    return np.array([model_file.sigmoid(z) for z in logits(params, ex, idx)])
+    return scores_of(params, [ex[0][i] for i in idx])
 
 
 def quantiles_of(s):
@@ -98,25 +128,36 @@ def quantiles_of(s):
 
 
 def calibration(ex, labels, idx, bits, c, folds=5):
-    """Out-of-fold scores of the training rows and their buckets."""
+    """Out-of-fold scores and buckets: of the training prompts, and of their stems."""
     rng = np.random.RandomState(SEED)
     idx = np.asarray(idx)
     fold = rng.permutation(len(idx)) % folds
     oof = np.zeros(len(idx))
+    stem_scores, stem_buckets = [], []
     for k in range(folds):
         params = fit(ex, labels, idx[fold != k], bits, c)
         oof[fold == k] = scores(params, ex, idx[fold == k])
-    buckets = np.array([ex[i][2] for i in idx])
-    return oof, buckets
+        held = [ex[1][i] for i in idx[fold == k] if i in ex[1]]
+        stem_scores.extend(scores_of(params, held))
+        stem_buckets.extend(f[2] for f in held)
+    buckets = np.array([ex[0][i][2] for i in idx])
+    return oof, buckets, np.array(stem_scores), np.array(stem_buckets, dtype=int)
 
 
-def train(ex, labels, idx, bits=TABLE_BITS, c=C):
+def train(ex, labels, idx, bits=TABLE_BITS, c=C, calibrate=True):
     params = fit(ex, labels, idx, bits, c)
-    oof, buckets = calibration(ex, labels, idx, bits, c)
+    if not calibrate:
+        return params
+    oof, buckets, stem_oof, stem_buckets = calibration(ex, labels, idx, bits, c)
+    # The strong share is promised for the training distribution: global quantiles come
+    # from the prompts as given; per-bucket ones also use the stems, so buckets the
+    # template never reaches (short, medium, long) get their own.
     glob_q = quantiles_of(oof)
+    all_oof = np.concatenate([oof, stem_oof])
+    all_buckets = np.concatenate([buckets, stem_buckets])
     bucket_q, counts = [], []
     for b in range(len(F.BUCKET_NAMES)):
-        sel = oof[buckets == b]
+        sel = all_oof[all_buckets == b]
         counts.append(int(len(sel)))
         bucket_q.append(quantiles_of(sel) if len(sel) >= MIN_BUCKET_CALIBRATION else glob_q)
     params.update(quantiles=glob_q, bucket_quantiles=bucket_q, bucket_counts=counts)
@@ -146,9 +187,10 @@ def main():
     ap.add_argument(
         "--all", action="store_true", help="train on every prompt (default: leave the fixed 20%% held out for eval)"
     )
+    ap.add_argument("--no-stems", action="store_true", help="do not also train on the prompts' stems")
     a = ap.parse_args()
     rows = D.load(a.data)
-    ex = featurize(rows.prompts)
+    ex = featurize(rows.prompts, augment=not a.no_stems)
     idx = [i for i, p in enumerate(rows.prompts) if a.all or not D.is_held_out(p)]
     params = train(ex, rows.label, idx, a.table_bits, a.c)
     size = save(params, a.out)

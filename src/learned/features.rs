@@ -100,7 +100,7 @@ pub fn scan(text: &[u8], mut visit: impl FnMut(usize, u32)) -> Counts {
     let mut prev_digit = false;
     let mut line_start = true;
 
-    let mut finish = |w: Word, c: &mut Counts, char4: &mut Char4, visit: &mut dyn FnMut(usize, u32)| {
+    let finish = |w: Word, c: &mut Counts, char4: &mut Char4, visit: &mut dyn FnMut(usize, u32)| {
         if c.words == 0 {
             c.starts_wh = WH_WORDS.iter().any(|wh| w.head.get(..w.len).is_some_and(|h| h == *wh));
         }

@@ -2,8 +2,8 @@
 //! `router/model_file.py` and README "Learned router"), scoring a prompt, and the
 //! calibration quantiles that turn a strong-call share into a threshold.
 
-use super::feedback::Correction;
 use super::features::{self, N_BUCKETS, N_DENSE, N_GROUPS};
+use super::feedback::Correction;
 
 /// The model trained on `../shared/data/routellm-mmlu` (80% split), shipped in the `.wasm`.
 const EMBEDDED: &[u8] = include_bytes!("../../router/models/default.sblr");
