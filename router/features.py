@@ -14,11 +14,11 @@ differ between Python and Rust):
   byte >= 0x80 (so non-Latin scripts still form words). ASCII letters are
   lowercased. Words longer than MAX_WORD bytes are cut to their first MAX_WORD.
 * The normalised stream is " " + " ".join(words) + " ".
-* Hashed features (namespace byte, then bytes, FNV-1a 32-bit, index = hash
-  & (table_size - 1)):
-    - word unigrams          ns 1: word
-    - word bigrams           ns 2: word1 + b" " + word2
-    - char 4-grams of the normalised stream, ns 3: 4 bytes
+* Hashed features, index = hash & (table_size - 1), with fmix32 the MurmurHash3
+  finaliser and u = FNV-1a 32 of (b"\x01" + word):
+    - word unigrams: fmix32(u)
+    - word bigrams: fmix32((u1 * 0x9E3779B1 mod 2^32) ^ u2)
+    - char 4-grams of the normalised stream: fmix32(the 4 bytes as a big-endian u32)
   Each group's feature values are count / sqrt(number of items in the group),
   so the group contributes sum(weights of its items) / sqrt(items).
 * Dense features: DENSE_NAMES below, in that order.
@@ -33,9 +33,7 @@ FNV_PRIME = 0x01000193
 MASK32 = 0xFFFFFFFF
 
 NS_WORD = 1
-NS_BIGRAM = 2
-NS_CHAR4 = 3
-GROUPS = (NS_WORD, NS_BIGRAM, NS_CHAR4)
+GROUPS = ("word", "bigram", "char4")
 
 WH_WORDS = {b"what", b"which", b"who", b"whom", b"whose", b"when", b"where", b"why", b"how"}
 MATH_BYTES = frozenset(b"=+*/^<>|\\$")
@@ -72,6 +70,14 @@ def fnv(data, h=FNV_OFFSET):
     return h
 
 
+def fmix32(h):
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & MASK32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & MASK32
+    return h ^ (h >> 16)
+
+
 def words_of(data):
     """The scanned bytes' words, lowercased and cut to MAX_WORD bytes."""
     out = []
@@ -89,15 +95,13 @@ def words_of(data):
 
 
 def hashed_groups(words):
-    """Per group, the list of raw 32-bit hashes of its items (in stream order)."""
-    uni = [fnv(w, fnv(bytes([NS_WORD]))) for w in words]
-    bi = []
-    prefix = fnv(bytes([NS_BIGRAM]))
-    for a, b in zip(words, words[1:]):
-        bi.append(fnv(b, fnv(b" ", fnv(a, prefix))))
+    """Per group, the list of 32-bit hashes of its items (in stream order)."""
+    prefix = fnv(bytes([NS_WORD]))
+    raw = [fnv(w, prefix) for w in words]
+    uni = [fmix32(u) for u in raw]
+    bi = [fmix32(((a * 0x9E3779B1) & MASK32) ^ b) for a, b in zip(raw, raw[1:])]
     stream = b" " + b" ".join(words) + b" " if words else b" "
-    c4_prefix = fnv(bytes([NS_CHAR4]))
-    c4 = [fnv(stream[i : i + 4], c4_prefix) for i in range(len(stream) - 3)]
+    c4 = [fmix32(int.from_bytes(stream[i : i + 4], "big")) for i in range(len(stream) - 3)]
     return (uni, bi, c4)
 
 

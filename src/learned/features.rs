@@ -18,18 +18,22 @@ pub const BUCKET_NAMES: [&str; N_BUCKETS] = ["code", "math", "choice", "short", 
 const FNV_OFFSET: u32 = 0x811C_9DC5;
 const FNV_PRIME: u32 = 0x0100_0193;
 const NS_WORD: u8 = 1;
-const NS_BIGRAM: u8 = 2;
-const NS_CHAR4: u8 = 3;
+const BIGRAM_MUL: u32 = 0x9E37_79B1;
 const WH_WORDS: [&[u8]; 9] = [b"what", b"which", b"who", b"whom", b"whose", b"when", b"where", b"why", b"how"];
 
-#[inline]
+#[inline(always)]
 fn step(h: u32, b: u8) -> u32 {
     (h ^ u32::from(b)).wrapping_mul(FNV_PRIME)
 }
 
-#[inline]
-fn is_word_byte(b: u8) -> bool {
-    b >= 0x80 || b.is_ascii_alphanumeric()
+/// MurmurHash3's finaliser: spreads a word hash or a 4-byte window over all bits.
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^ (h >> 16)
 }
 
 /// Integer counts over the scanned bytes (names as in the Python `Counts`).
@@ -54,133 +58,179 @@ pub struct Counts {
     pub long_words: u32,
 }
 
-/// The word being read: its kept bytes' hash states.
-struct Word {
-    len: usize,
+// Byte classes, one table lookup per byte.
+const WORD: u8 = 1;
+const DIGIT: u8 = 2;
+const UPPER: u8 = 4;
+const LOWER: u8 = 8;
+const MATH: u8 = 16;
+const CODE: u8 = 32;
+const HIGH: u8 = 64;
+const SPACE: u8 = 128;
+
+const fn classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if b >= 0x80 {
+            c |= WORD | HIGH;
+        }
+        if b.is_ascii_digit() {
+            c |= WORD | DIGIT;
+        }
+        if b.is_ascii_uppercase() {
+            c |= WORD | UPPER;
+        }
+        if b.is_ascii_lowercase() {
+            c |= WORD | LOWER;
+        }
+        if matches!(b, b'=' | b'+' | b'*' | b'/' | b'^' | b'<' | b'>' | b'|' | b'\\' | b'$') {
+            c |= MATH;
+        }
+        if matches!(b, b'{' | b'}' | b'[' | b']' | b';' | b'`' | b'#' | b'_') {
+            c |= CODE;
+        }
+        if matches!(b, b' ' | b'\t') {
+            c |= SPACE;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+static CLASS: [u8; 256] = classes();
+
+/// The streaming state of [`scan`].
+struct Scanner<F: FnMut(usize, u32)> {
+    visit: F,
+    c: Counts,
+    /// Last 4 bytes of the normalised stream `" " + " ".join(words) + " "`, oldest highest.
+    window: u32,
+    stream_len: usize,
+    in_word: bool,
+    word_len: usize,
+    /// FNV-1a of `ns 1 + word` so far.
     uni: u32,
-    /// `ns 2 + word`: the prefix of the bigram this word starts.
-    bi_next: u32,
-    /// `ns 2 + previous word + ' ' + word`, when there was a previous word.
-    bi: Option<u32>,
-    /// The first 5 kept bytes, to recognise wh-words.
+    /// The previous word's `uni`, when there was one.
+    prev_uni: Option<u32>,
+    /// The first 5 kept bytes of the first word, to recognise wh-words.
     head: [u8; 5],
 }
 
-/// Sliding window over the normalised stream `" " + " ".join(words) + " "`.
-struct Char4 {
-    window: [u8; 4],
-    seen: usize,
-    prefix: u32,
-}
-
-impl Char4 {
-    #[inline]
-    fn push(&mut self, b: u8, visit: &mut impl FnMut(usize, u32)) {
-        self.window = [self.window[1], self.window[2], self.window[3], b];
-        self.seen += 1;
-        if self.seen >= 4 {
-            let h = self.window.iter().fold(self.prefix, |h, &b| step(h, b));
-            visit(2, h);
+impl<F: FnMut(usize, u32)> Scanner<F> {
+    #[inline(always)]
+    fn push_stream(&mut self, b: u8) {
+        self.window = (self.window << 8) | u32::from(b);
+        self.stream_len += 1;
+        if self.stream_len >= 4 {
+            (self.visit)(2, fmix32(self.window));
         }
+    }
+
+    #[inline(always)]
+    fn word_byte(&mut self, b: u8) {
+        if !self.in_word {
+            self.in_word = true;
+            self.word_len = 0;
+            self.uni = step(FNV_OFFSET, NS_WORD);
+        }
+        if self.word_len < MAX_WORD {
+            let lower = b.to_ascii_lowercase();
+            if self.c.words == 0 {
+                if let Some(slot) = self.head.get_mut(self.word_len) {
+                    *slot = lower;
+                }
+            }
+            self.word_len += 1;
+            self.uni = step(self.uni, lower);
+            self.push_stream(lower);
+        }
+    }
+
+    #[inline(always)]
+    fn end_word(&mut self) {
+        if !self.in_word {
+            return;
+        }
+        self.in_word = false;
+        let len = self.word_len;
+        if self.c.words == 0 {
+            self.c.starts_wh = WH_WORDS.iter().any(|wh| self.head.get(..len).is_some_and(|h| h == *wh));
+        }
+        self.c.words += 1;
+        self.c.word_bytes += len as u32;
+        if len >= 12 {
+            self.c.long_words += 1;
+        }
+        (self.visit)(0, fmix32(self.uni));
+        if let Some(prev) = self.prev_uni {
+            (self.visit)(1, fmix32(prev.wrapping_mul(BIGRAM_MUL) ^ self.uni));
+        }
+        self.prev_uni = Some(self.uni);
+        self.push_stream(b' ');
     }
 }
 
 /// One pass over `text`: calls `visit(group, hash)` for every hashed item (group 0
 /// unigrams, 1 bigrams, 2 char 4-grams, each in stream order) and returns the counts.
-pub fn scan(text: &[u8], mut visit: impl FnMut(usize, u32)) -> Counts {
+pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
     let data = text.get(..SCAN_LIMIT).unwrap_or(text);
-    let mut c = Counts { n_bytes: text.len(), scanned: data.len(), ..Counts::default() };
-    let uni_prefix = step(FNV_OFFSET, NS_WORD);
-    let bi_prefix = step(FNV_OFFSET, NS_BIGRAM);
-    let mut char4 = Char4 { window: [0; 4], seen: 0, prefix: step(FNV_OFFSET, NS_CHAR4) };
-    char4.push(b' ', &mut visit);
-
-    let mut word: Option<Word> = None;
-    let mut prev_bi_next: Option<u32> = None;
+    let mut s = Scanner {
+        visit,
+        c: Counts { n_bytes: text.len(), scanned: data.len(), ..Counts::default() },
+        window: 0,
+        stream_len: 0,
+        in_word: false,
+        word_len: 0,
+        uni: 0,
+        prev_uni: None,
+        head: [0; 5],
+    };
+    s.push_stream(b' ');
     let mut prev_digit = false;
     let mut line_start = true;
-
-    let finish = |w: Word, c: &mut Counts, char4: &mut Char4, visit: &mut dyn FnMut(usize, u32)| {
-        if c.words == 0 {
-            c.starts_wh = WH_WORDS.iter().any(|wh| w.head.get(..w.len).is_some_and(|h| h == *wh));
-        }
-        c.words += 1;
-        c.word_bytes += w.len as u32;
-        if w.len >= 12 {
-            c.long_words += 1;
-        }
-        visit(0, w.uni);
-        if let Some(bi) = w.bi {
-            visit(1, bi);
-        }
-        let mut v = |g, h| visit(g, h);
-        char4.push(b' ', &mut v);
-        w.bi_next
-    };
-
-    for (i, &b) in data.iter().enumerate() {
-        let is_digit = b.is_ascii_digit();
-        if is_digit {
-            c.digits += 1;
-            if !prev_digit {
-                c.numbers += 1;
+    let mut next_bytes = data.iter().skip(1);
+    for &b in data {
+        let next = next_bytes.next().copied();
+        let class = CLASS.get(usize::from(b)).copied().unwrap_or(0);
+        if class & WORD != 0 {
+            s.word_byte(b);
+            let is_digit = class & DIGIT != 0;
+            if is_digit {
+                s.c.digits += 1;
+                s.c.numbers += u32::from(!prev_digit);
             }
+            prev_digit = is_digit;
+            s.c.upper += u32::from(class & UPPER != 0);
+            s.c.letters += u32::from(class & (UPPER | LOWER) != 0);
+            s.c.non_ascii += u32::from(class & HIGH != 0);
+            if line_start {
+                if (b'A'..=b'J').contains(&b) && matches!(next, Some(b'.' | b')')) {
+                    s.c.options += 1;
+                }
+                line_start = false;
+            }
+            continue;
         }
-        prev_digit = is_digit;
-        if b"=+*/^<>|\\$".contains(&b) {
-            c.math += 1;
-        }
-        if b"{}[];`#_".contains(&b) {
-            c.code += 1;
-        }
+        s.end_word();
+        prev_digit = false;
+        s.c.math += u32::from(class & MATH != 0);
+        s.c.code += u32::from(class & CODE != 0);
         if b == b'?' {
-            c.questions += 1;
-        }
-        if b.is_ascii_uppercase() {
-            c.upper += 1;
-            c.letters += 1;
-        } else if b.is_ascii_lowercase() {
-            c.letters += 1;
-        }
-        if b >= 0x80 {
-            c.non_ascii += 1;
+            s.c.questions += 1;
         }
         if b == b'\n' {
-            c.newlines += 1;
+            s.c.newlines += 1;
             line_start = true;
-        } else if b != b' ' && b != b'\t' {
-            if line_start && (b'A'..=b'J').contains(&b) && matches!(data.get(i + 1), Some(b'.' | b')')) {
-                c.options += 1;
-            }
+        } else if class & SPACE == 0 {
             line_start = false;
         }
-
-        if is_word_byte(b) {
-            let w = word.get_or_insert_with(|| Word {
-                len: 0,
-                uni: uni_prefix,
-                bi_next: bi_prefix,
-                bi: prev_bi_next.map(|p| step(p, b' ')),
-                head: [0; 5],
-            });
-            if w.len < MAX_WORD {
-                let lower = b.to_ascii_lowercase();
-                if let Some(slot) = w.head.get_mut(w.len) {
-                    *slot = lower;
-                }
-                w.len += 1;
-                w.uni = step(w.uni, lower);
-                w.bi_next = step(w.bi_next, lower);
-                w.bi = w.bi.map(|h| step(h, lower));
-                char4.push(lower, &mut visit);
-            }
-        } else if let Some(w) = word.take() {
-            prev_bi_next = Some(finish(w, &mut c, &mut char4, &mut visit));
-        }
     }
-    if let Some(w) = word.take() {
-        finish(w, &mut c, &mut char4, &mut visit);
-    }
+    s.end_word();
+    let mut c = s.c;
     c.ends_q = data.iter().rev().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) == Some(&b'?');
     c
 }
@@ -252,11 +302,12 @@ mod tests {
     fn hashes_words_bigrams_and_char4_grams_of_the_lowercased_stream() {
         let (c, g) = items("Hi, Bob");
         assert_eq!(c.words, 2);
-        assert_eq!(g[0], vec![fnv(b"\x01hi"), fnv(b"\x01bob")]);
-        assert_eq!(g[1], vec![fnv(b"\x02hi bob")]);
+        let (hi, bob) = (fnv(b"\x01hi"), fnv(b"\x01bob"));
+        assert_eq!(g[0], vec![fmix32(hi), fmix32(bob)]);
+        assert_eq!(g[1], vec![fmix32(hi.wrapping_mul(BIGRAM_MUL) ^ bob)]);
         // stream " hi bob " has 5 four-byte windows
         let want: Vec<u32> =
-            [&b" hi "[..], b"hi b", b"i bo", b" bob", b"bob "].iter().map(|w| fnv(&[&[3u8][..], w].concat())).collect();
+            [b" hi ", b"hi b", b"i bo", b" bob", b"bob "].iter().map(|w| fmix32(u32::from_be_bytes(**w))).collect();
         assert_eq!(g[2], want);
     }
 
@@ -265,7 +316,7 @@ mod tests {
         let long = "x".repeat(40);
         let (c, g) = items(&long);
         assert_eq!(c.word_bytes, MAX_WORD as u32);
-        assert_eq!(g[0], vec![fnv(&[&[1u8][..], &[b'x'; MAX_WORD]].concat())]);
+        assert_eq!(g[0], vec![fmix32(fnv(&[&[1u8][..], &[b'x'; MAX_WORD]].concat()))]);
     }
 
     #[test]
