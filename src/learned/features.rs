@@ -68,6 +68,8 @@ const CODE: u8 = 32;
 const HIGH: u8 = 64;
 const SPACE: u8 = 128;
 
+// Evaluated at compile time only (for `CLASS`): a bad index would fail the build.
+#[allow(clippy::indexing_slicing)]
 const fn classes() -> [u8; 256] {
     let mut t = [0u8; 256];
     let mut i = 0;
