@@ -18,11 +18,14 @@ Layout, all numbers little-endian (the Rust reader is src/learned/model.rs):
     ..      4*K*Q f32      the same per feedback bucket (the global ones where a
                            bucket had too few calibration prompts)
     ..      4*K  u32       calibration prompts per bucket
-    ..      4*2^B f32      hashed weights (one table shared by the three groups)
+    ..      4   f32        table scale
+    ..      2^B  i8        hashed weights in units of the scale (one table shared
+                           by the three groups)
     end-4   4   u32        FNV-1a 32 of every byte before it
 
 Score: z = bias + sum_j dense_w[j] * dense[j]
-           + sum over groups g of (sum of table[hash & (2^B - 1)] over g's items) / sqrt(items in g)
+           + sum over groups g of (scale * (integer sum of table[hash & (2^B - 1)] over
+             g's items)) / sqrt(items in g)
 (accumulated in that order in f64), s = 1 / (1 + exp(-clamp(z, -40, 40))).
 """
 
@@ -36,7 +39,7 @@ VERSION = 1
 N_BUCKETS = len(features.BUCKET_NAMES)
 
 
-def write(path, table_bits, bias, dense_w, table, quantiles, bucket_quantiles, bucket_counts):
+def write(path, table_bits, bias, dense_w, scale, table, quantiles, bucket_quantiles, bucket_counts):
     assert len(dense_w) == features.N_DENSE and len(table) == 1 << table_bits
     q = len(quantiles)
     assert len(bucket_quantiles) == N_BUCKETS and all(len(b) == q for b in bucket_quantiles)
@@ -48,7 +51,8 @@ def write(path, table_bits, bias, dense_w, table, quantiles, bucket_quantiles, b
     for b in bucket_quantiles:
         out += struct.pack(f"<{q}f", *b)
     out += struct.pack(f"<{N_BUCKETS}I", *bucket_counts)
-    out += struct.pack(f"<{len(table)}f", *table)
+    out += struct.pack("<f", scale)
+    out += struct.pack(f"<{len(table)}b", *table)
     out += struct.pack("<I", features.fnv(bytes(out)))
     with open(path, "wb") as fh:
         fh.write(out)
@@ -78,7 +82,9 @@ class Model:
         self.quantiles = take("f", q)
         self.bucket_quantiles = [take("f", q) for _ in range(nb)]
         self.bucket_counts = take("I", nb)
-        self.table = take("f", 1 << bits)
+        (self.scale,) = take("f", 1)
+        self.table = list(struct.unpack_from(f"<{1 << bits}b", blob, off))
+        off += 1 << bits
         if off != len(blob) - 4:
             raise ValueError("length mismatch")
 
@@ -99,10 +105,10 @@ class Model:
         t = self.table
         for hashes in groups:
             if hashes:
-                acc = 0.0
+                acc = 0
                 for h in hashes:
                     acc += t[h & mask]
-                z += acc / math.sqrt(len(hashes))
+                z += (self.scale * acc) / math.sqrt(len(hashes))
         return z
 
     def score(self, text):

@@ -42,11 +42,14 @@ mod tests {
         let m = Model::embedded_default().unwrap();
         let cases = cases();
         assert!(cases.len() >= 1000, "{} cases", cases.len());
+        let mut worst = 0f64;
         for c in &cases {
             let (score, bucket) = m.analyze(&c.prompt);
+            worst = worst.max((f64::from(score) - c.score).abs());
             assert!((f64::from(score) - c.score).abs() <= 1e-5, "rust {score} python {} for {:?}", c.score, c.prompt);
             assert_eq!(bucket, c.bucket, "bucket of {:?}", c.prompt);
         }
+        eprintln!("{} prompts, largest score difference {worst:e}", cases.len());
     }
 
     fn strong_share(m: &Model, prompts: &[String], threshold: f32, corr: &Correction) -> f32 {

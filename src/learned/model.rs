@@ -36,7 +36,8 @@ pub struct Model {
     bias: f32,
     dense: [f32; N_DENSE],
     mask: u32,
-    table: Vec<f32>,
+    scale: f32,
+    table: Vec<i8>,
     quantiles: Vec<f32>,
     bucket_quantiles: Vec<Vec<f32>>,
     bucket_counts: [u32; N_BUCKETS],
@@ -134,7 +135,7 @@ impl Model {
             return err(format!("quantile count {nq} must be at least 2"));
         }
         let table_len = 1usize << bits;
-        let expected = HEADER + 4 * (N_DENSE + nq + N_BUCKETS * nq + N_BUCKETS + table_len) + 4;
+        let expected = HEADER + 4 * (N_DENSE + nq + N_BUCKETS * nq + N_BUCKETS + 1) + table_len + 4;
         if bytes.len() != expected {
             return err(format!("{} bytes, expected {expected} for table_bits {bits} and {nq} quantiles", bytes.len()));
         }
@@ -159,8 +160,21 @@ impl Model {
         for c in bucket_counts.iter_mut() {
             *c = r.u32("bucket count")?;
         }
-        let table = r.f32s(table_len, "hashed weight")?;
-        Ok(Model { bias, dense, mask: (table_len - 1) as u32, table, quantiles, bucket_quantiles, bucket_counts })
+        let scale = r.f32("table scale")?;
+        let table: Vec<i8> = body.get(r.at..).unwrap_or_default().iter().map(|&b| b as i8).collect();
+        if table.len() != table_len {
+            return err(format!("{} hashed weights, expected {table_len}", table.len()));
+        }
+        Ok(Model {
+            bias,
+            dense,
+            mask: (table_len - 1) as u32,
+            scale,
+            table,
+            quantiles,
+            bucket_quantiles,
+            bucket_counts,
+        })
     }
 
     /// The model shipped in the filter (trained on the RouteLLM MMLU data).
@@ -170,12 +184,13 @@ impl Model {
 
     /// Score and bucket of a prompt in one pass over its bytes (no allocation).
     pub fn analyze(&self, text: &str) -> (f32, u8) {
-        let mut sums = [0f64; N_GROUPS];
+        // Integer sums of the 8-bit weights: exact, so Python and Rust agree whatever the order.
+        let mut sums = [0i32; N_GROUPS];
         let mut items = [0u32; N_GROUPS];
         let counts = features::scan(text.as_bytes(), |g, h| {
-            let w = self.table.get((h & self.mask) as usize).copied().unwrap_or(0.0);
+            let w = self.table.get((h & self.mask) as usize).copied().unwrap_or(0);
             if let (Some(s), Some(n)) = (sums.get_mut(g), items.get_mut(g)) {
-                *s += f64::from(w);
+                *s += i32::from(w);
                 *n += 1;
             }
         });
@@ -185,7 +200,7 @@ impl Model {
         }
         for (s, n) in sums.iter().zip(items) {
             if n > 0 {
-                z += s / f64::from(n).sqrt();
+                z += (f64::from(self.scale) * f64::from(*s)) / f64::from(n).sqrt();
             }
         }
         let z = z.clamp(-40.0, 40.0);
