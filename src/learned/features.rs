@@ -105,6 +105,38 @@ const fn classes() -> [u8; 256] {
 
 static CLASS: [u8; 256] = classes();
 
+const fn one(on: bool, lane: u32) -> u64 {
+    if on {
+        1 << (16 * lane)
+    } else {
+        0
+    }
+}
+
+/// Per byte, counts to add in four 16-bit lanes (the scan limit keeps each below 2^16):
+/// for word bytes (digit, upper, letter, non-ASCII), for the others (math, code, '?', newline).
+#[allow(clippy::indexing_slicing)]
+const fn tallies() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = classes()[i];
+        t[i] = if c & WORD != 0 {
+            one(c & DIGIT != 0, 0) | one(c & UPPER != 0, 1) | one(c & (UPPER | LOWER) != 0, 2) | one(c & HIGH != 0, 3)
+        } else {
+            one(c & MATH != 0, 0) | one(c & CODE != 0, 1) | one(i == b'?' as usize, 2) | one(i == b'\n' as usize, 3)
+        };
+        i += 1;
+    }
+    t
+}
+
+static TALLY: [u64; 256] = tallies();
+
+fn lane(packed: u64, k: u32) -> u32 {
+    ((packed >> (16 * k)) & 0xFFFF) as u32
+}
+
 /// The streaming state of [`scan`].
 struct Scanner<F: FnMut(usize, u32)> {
     visit: F,
@@ -194,21 +226,18 @@ pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
     s.push_stream(b' ');
     let mut prev_digit = false;
     let mut line_start = true;
+    let (mut word_tally, mut other_tally) = (0u64, 0u64);
     let mut next_bytes = data.iter().skip(1);
     for &b in data {
         let next = next_bytes.next().copied();
         let class = CLASS.get(usize::from(b)).copied().unwrap_or(0);
+        let tally = TALLY.get(usize::from(b)).copied().unwrap_or(0);
         if class & WORD != 0 {
             s.word_byte(b);
+            word_tally += tally;
             let is_digit = class & DIGIT != 0;
-            if is_digit {
-                s.c.digits += 1;
-                s.c.numbers += u32::from(!prev_digit);
-            }
+            s.c.numbers += u32::from(is_digit & !prev_digit);
             prev_digit = is_digit;
-            s.c.upper += u32::from(class & UPPER != 0);
-            s.c.letters += u32::from(class & (UPPER | LOWER) != 0);
-            s.c.non_ascii += u32::from(class & HIGH != 0);
             if line_start {
                 if (b'A'..=b'J').contains(&b) && matches!(next, Some(b'.' | b')')) {
                     s.c.options += 1;
@@ -219,13 +248,8 @@ pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
         }
         s.end_word();
         prev_digit = false;
-        s.c.math += u32::from(class & MATH != 0);
-        s.c.code += u32::from(class & CODE != 0);
-        if b == b'?' {
-            s.c.questions += 1;
-        }
+        other_tally += tally;
         if b == b'\n' {
-            s.c.newlines += 1;
             line_start = true;
         } else if class & SPACE == 0 {
             line_start = false;
@@ -233,6 +257,10 @@ pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
     }
     s.end_word();
     let mut c = s.c;
+    (c.digits, c.upper, c.letters, c.non_ascii) =
+        (lane(word_tally, 0), lane(word_tally, 1), lane(word_tally, 2), lane(word_tally, 3));
+    (c.math, c.code, c.questions, c.newlines) =
+        (lane(other_tally, 0), lane(other_tally, 1), lane(other_tally, 2), lane(other_tally, 3));
     c.ends_q = data.iter().rev().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) == Some(&b'?');
     c
 }
