@@ -37,7 +37,7 @@ GROUPS = ("word", "bigram", "char4")
 
 WH_WORDS = {b"what", b"which", b"who", b"whom", b"whose", b"when", b"where", b"why", b"how"}
 MATH_BYTES = frozenset(b"=+*/^<>|\\$")
-CODE_BYTES = frozenset(b"{}[];`#_")
+CODE_BYTES = frozenset(b"{}[];`#")
 OPTION_LETTERS = frozenset(b"ABCDEFGHIJ")
 
 DENSE_NAMES = (
@@ -47,7 +47,7 @@ DENSE_NAMES = (
     "digit_share",  # digit bytes / scanned bytes
     "ln_numbers",  # ln(1 + maximal digit runs)
     "ln_math",  # ln(1 + bytes in = + * / ^ < > | \ $)
-    "ln_code",  # ln(1 + bytes in { } [ ] ; ` # _)
+    "ln_code",  # ln(1 + bytes in { } [ ] ; ` # and '_' before a letter (not "____" blanks))
     "ln_questions",  # ln(1 + '?' bytes)
     "ends_question",  # 1 if the last non-space byte is '?'
     "starts_wh",  # 1 if the first word is a wh-word (what, which, who, ...)
@@ -130,7 +130,7 @@ def count(text_bytes, words):
         prev_digit = is_digit
         if b in MATH_BYTES:
             math_n += 1
-        if b in CODE_BYTES:
+        if b in CODE_BYTES or (b == 95 and i < last and (65 <= data[i + 1] <= 90 or 97 <= data[i + 1] <= 122)):
             code_n += 1
         if b == 63:
             questions += 1
@@ -200,7 +200,7 @@ def extract(text):
 def bucket_from(c):
     """The coarse prompt kind used by the feedback correction (see BUCKET_NAMES)."""
     if c.code >= 6:
-        return 0  # code-like: many braces, brackets, semicolons, backticks, '#', '_'
+        return 0  # code-like: many braces, brackets, semicolons, backticks, '#', identifier '_'
     if c.math >= 3 or (c.numbers >= 4 and c.digits * 100 >= 3 * max(1, c.scanned)):
         return 1  # maths / numeric: operators, or several numbers making >= 3% of the bytes
     if c.options >= 2:

@@ -91,7 +91,7 @@ const fn classes() -> [u8; 256] {
         if matches!(b, b'=' | b'+' | b'*' | b'/' | b'^' | b'<' | b'>' | b'|' | b'\\' | b'$') {
             c |= MATH;
         }
-        if matches!(b, b'{' | b'}' | b'[' | b']' | b';' | b'`' | b'#' | b'_') {
+        if matches!(b, b'{' | b'}' | b'[' | b']' | b';' | b'`' | b'#') {
             c |= CODE;
         }
         if matches!(b, b' ' | b'\t') {
@@ -249,6 +249,8 @@ pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
         s.end_word();
         prev_digit = false;
         other_tally += tally;
+        // '_' is code in identifiers (snake_case, __init__), not in "____" blanks.
+        s.c.code += u32::from(b == b'_' && next.is_some_and(|n| n.is_ascii_alphabetic()));
         if b == b'\n' {
             line_start = true;
         } else if class & SPACE == 0 {
@@ -259,8 +261,8 @@ pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
     let mut c = s.c;
     (c.digits, c.upper, c.letters, c.non_ascii) =
         (lane(word_tally, 0), lane(word_tally, 1), lane(word_tally, 2), lane(word_tally, 3));
-    (c.math, c.code, c.questions, c.newlines) =
-        (lane(other_tally, 0), lane(other_tally, 1), lane(other_tally, 2), lane(other_tally, 3));
+    (c.math, c.questions, c.newlines) = (lane(other_tally, 0), lane(other_tally, 2), lane(other_tally, 3));
+    c.code += lane(other_tally, 1);
     c.ends_q = data.iter().rev().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) == Some(&b'?');
     c
 }
@@ -368,6 +370,14 @@ mod tests {
         assert_eq!(c.n_bytes, text.len());
         assert_eq!(c.scanned, SCAN_LIMIT);
         assert_eq!(c.words as usize, SCAN_LIMIT.div_ceil(5)); // the last word is cut, not dropped
+    }
+
+    #[test]
+    fn underscores_count_as_code_in_identifiers_but_not_in_blanks() {
+        let (blank, _) = items("The ______ is the powerhouse of the cell.");
+        assert_eq!(blank.code, 0);
+        let (ident, _) = items("call __init__ on snake_case_name_");
+        assert_eq!(ident.code, 3); // before "init", "case", "name"; not "__" endings
     }
 
     #[test]
