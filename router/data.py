@@ -70,8 +70,10 @@ def load(path):
                 rows.prompts.append(r[p])
                 rows.subjects.append(subject)
                 if lab is not None:
+                    # Preference only: quality is "strong's win captured", so PGR is the
+                    # share of the weak-worse prompts sent to strong.
                     y = _bool(r[lab], where)
-                    rows.weak.append(not y)
+                    rows.weak.append(False)
                     rows.strong.append(y)
                 else:
                     w, s = _bool(r[weak_i], where), _bool(r[strong_i], where)

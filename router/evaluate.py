@@ -76,7 +76,7 @@ def main():
     fold_of = {subjects[j]: k % SUBJECT_FOLDS for k, j in enumerate(perm)}
     fold = np.array([fold_of[s] for s in rows.subjects])
     b_router, b_random, b_length = [], [], []
-    for k in range(SUBJECT_FOLDS):
+    for k in range(SUBJECT_FOLDS if len(subjects) >= SUBJECT_FOLDS else 0):
         trk, tek = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         pk = T.train(ex, labels, trk, calibrate=False)
         b_router.append(D.metrics(T.scores(pk, ex, tek), weak[tek], strong[tek]))
@@ -98,16 +98,20 @@ def main():
     if stem_te:
         out(row("(a') learned, questions without options", stem_router))
         out(row("(a') prompt length, questions without options", stem_length))
-    out(row("(b) learned", mean_metrics(b_router)))
-    out(row("(b) prompt length", mean_metrics(b_length)))
-    out(row("(b) random", mean_metrics(b_random)))
+    if b_router:
+        out(row("(b) learned", mean_metrics(b_router)))
+        out(row("(b) prompt length", mean_metrics(b_length)))
+        out(row("(b) random", mean_metrics(b_random)))
     out("")
     out("(a') is a proxy for prompts outside MMLU's template: the same held-out questions with their "
         "listed options cut off, scored against the correctness the models had with the options.")
     out("")
-    out("(b) per fold, learned: " + ", ".join(f"{m['apgr']:.3f}" for m in b_router)
-        + "; prompt length: " + ", ".join(f"{m['apgr']:.3f}" for m in b_length))
-    for k in range(SUBJECT_FOLDS):
+    if not b_router:
+        out(f"(b) skipped: {len(subjects)} subject(s) (CSV files); it needs at least {SUBJECT_FOLDS}.")
+    else:
+        out("(b) per fold, learned: " + ", ".join(f"{m['apgr']:.3f}" for m in b_router)
+            + "; prompt length: " + ", ".join(f"{m['apgr']:.3f}" for m in b_length))
+    for k in range(SUBJECT_FOLDS if b_router else 0):
         out(f"- fold {k}: " + ", ".join(s for s in subjects if fold_of[s] == k))
     out("")
 
