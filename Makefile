@@ -9,12 +9,21 @@ WASM    := target/wasm32-wasip1/release/switchboard.wasm
 # wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
 WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 
-.PHONY: help setup toolchain build run test unit wasm-test lint integration fuzz-smoke bench clean
+# The learned router's training data and model (see README "Learned router").
+DATA        ?= ../shared/data/routellm-mmlu
+MODEL_OUT   ?= router/models/default.sblr
+ROUTER_VENV := .venv-router
+ROUTER_PY   := $(ROUTER_VENV)/bin/python
+
+.PHONY: help setup toolchain build run test unit wasm-test lint integration fuzz-smoke bench clean \
+	train-router eval-router router-fixture router-parity
 
 help:
 	@echo "make run    - build and start a demo gateway (Envoy + switchboard + local mock providers)"
 	@echo "make test   - unit, wasm (Node/V8), lint, Envoy integration and fuzz smoke tests"
 	@echo "make bench  - plain Envoy vs Envoy+switchboard vs LiteLLM, results in bench/results/"
+	@echo "make train-router DATA=dir-or.csv [MODEL_OUT=file.sblr] - train the learned router"
+	@echo "make eval-router DATA=dir-or.csv [REPORT=file.md]        - print its quality table"
 
 toolchain:
 	@command -v rustup >/dev/null && rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null 2>&1 || \
@@ -60,11 +69,33 @@ integration: setup build
 fuzz-smoke:
 	@if [ -x fuzz/smoke.sh ]; then fuzz/smoke.sh; else echo "fuzz: no targets yet"; fi
 
-test: setup build unit wasm-test lint integration fuzz-smoke
+test: setup build unit router-parity wasm-test lint integration fuzz-smoke
+
+# Training and evaluation (numpy, scikit-learn) get their own venv; the scorer and
+# the parity test need only the standard library.
+$(ROUTER_VENV)/.stamp: router/requirements.txt
+	python3 -m venv $(ROUTER_VENV)
+	$(ROUTER_VENV)/bin/pip install -q --upgrade pip
+	$(ROUTER_VENV)/bin/pip install -q -r router/requirements.txt
+	touch $@
+
+train-router: $(ROUTER_VENV)/.stamp
+	$(ROUTER_PY) router/train.py --data $(DATA) --out $(MODEL_OUT) $(TRAIN_ARGS)
+
+eval-router: $(ROUTER_VENV)/.stamp
+	$(ROUTER_PY) router/evaluate.py --data $(DATA) $(if $(REPORT),--out $(REPORT))
+
+# After retraining the shipped model: refresh the fixture both parity tests check.
+router-fixture:
+	python3 router/make_fixture.py --data $(DATA) --model router/models/default.sblr \
+		--out tests/fixtures/learned/parity.jsonl
+
+router-parity: setup
+	$(VENV)/bin/pytest -q tests/test_learned_parity.py
 
 bench: setup build
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	cargo clean
-	rm -rf $(VENV) $(TOOLS)
+	rm -rf $(VENV) $(TOOLS) $(ROUTER_VENV)

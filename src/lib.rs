@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod doors;
 pub mod explain;
+pub mod learned;
 pub mod providers;
 pub mod routing;
 pub mod tenant;
