@@ -269,6 +269,32 @@ impl PhraseSet {
     }
 }
 
+/// Decodes standard base64 (padding optional, whitespace ignored); `None` on any other character.
+pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in input.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -335,5 +361,13 @@ mod tests {
         let got = found("kw3 and kw69", &refs);
         assert!(got[3] && got[69]);
         assert_eq!(got.iter().filter(|b| **b).count(), 2);
+    }
+
+    #[test]
+    fn base64_decodes_with_or_without_padding() {
+        assert_eq!(base64_decode("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(base64_decode("aGVsbG8").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(base64_decode("AAEC\n/w==").as_deref(), Some(&[0u8, 1, 2, 255][..]));
+        assert_eq!(base64_decode("a$"), None);
     }
 }

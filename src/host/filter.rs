@@ -7,6 +7,7 @@
 //! the plan, shared health and metrics); every failed one continues in
 //! `fail_over`, which dispatches the next member or answers that all failed.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use crate::routing::{verdict, Availability, Plan, RouteInput};
 use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
+use super::learned_store::{self, Decided, Feedback, Scorer};
 use super::runtime::{Picked, Runtime};
 use super::{abi, health_store, live_store, tenant_store};
 use crate::config::MemberRef;
@@ -86,6 +88,10 @@ pub struct Filter {
     plan: Option<Plan>,
     /// The calling tenant (when tenants are configured) and what it holds.
     tenant: Option<Admission>,
+    /// What a learned router decided for this request (score header, feedback).
+    learned: Option<Decided>,
+    /// `POST /v1/feedback`: a user's score of an earlier answer.
+    feedback: bool,
     /// The end of the answer, kept to read its token usage when limits,
     /// budgets or latency per token need it.
     answer_tail: Option<usage::Tail>,
@@ -120,6 +126,8 @@ impl Filter {
             tenant: None,
             answer_tail: None,
             adapter_usage: None,
+            learned: None,
+            feedback: false,
         }
     }
 
@@ -184,6 +192,9 @@ impl Filter {
 
     /// A complete request body: answered here (token counting) or routed.
     fn serve(&mut self, rt: &Runtime, body: Vec<u8>) -> Action {
+        if self.feedback {
+            return self.take_feedback(rt, &body);
+        }
         if self.door != Door::CountTokens {
             return self.route(rt, body);
         }
@@ -201,6 +212,41 @@ impl Filter {
         }
     }
 
+    /// `POST /v1/feedback {"request_id", "score"}`: 204, or 400/404/409 in OpenAI's error shape.
+    fn take_feedback(&mut self, rt: &Runtime, body: &[u8]) -> Action {
+        let (request_id, score) = match feedback_body(body) {
+            Ok(v) => v,
+            Err(e) => return self.answer_error(&e),
+        };
+        match learned_store::take_feedback(&request_id, self.now_ms()) {
+            Feedback::Unknown => self.answer_error(
+                &ApiError::new(
+                    404,
+                    "request_not_found",
+                    format!(
+                        "No recent request `{request_id}` was routed by a learned router (ids are kept for {} minutes).",
+                        learned_store::FEEDBACK_TTL_MS / 60_000
+                    ),
+                )
+                .with_param("request_id"),
+            ),
+            Feedback::AlreadyScored => self.answer_error(
+                &ApiError::new(409, "feedback_already_recorded", format!("Request `{request_id}` was already scored."))
+                    .with_param("request_id"),
+            ),
+            Feedback::Accepted(weak) => {
+                if let Some(name) = weak.and_then(|(router, _)| rt.config.routers.get(router)).map(|r| r.name.clone()) {
+                    if let Some((_, bucket)) = weak {
+                        learned_store::record_weak_score(&name, bucket, score as f32);
+                    }
+                }
+                let request_id = self.request_id.clone();
+                self.respond(204, &[("x-switchboard-request-id", &request_id)], b"");
+                Action::Pause
+            }
+        }
+    }
+
     fn route(&mut self, rt: &Runtime, client_body: Vec<u8>) -> Action {
         let client_len = client_body.len();
         let body = match self.door.to_chat(&client_body) {
@@ -215,11 +261,16 @@ impl Filter {
                 Err(e) => return self.answer_error(&e),
             };
             let headers = RequestHeaders(&self.client_headers);
-            let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+            let scorer = Scorer { config: &rt.config, models: &rt.learned_models, decided: Cell::new(None) };
+            let input = RouteInput { request: &parsed, headers: &headers, scorer: Some(&scorer) };
             let mut plan = match Plan::for_request(&rt.config, input, now) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
+            self.learned = scorer.decided.get();
+            if let Some(decided) = &self.learned {
+                learned_store::remember(&self.request_id, decided, now);
+            }
             if let Err(e) = self.admit_tenant(rt, &parsed, body.len(), now) {
                 return self.answer_error(&e);
             }
@@ -526,6 +577,9 @@ impl Filter {
             out.push(("x-switchboard-router", router.to_string()));
             out.push(("x-switchboard-rule", rule.to_string()));
         }
+        if let Some(decided) = &self.learned {
+            out.push(("x-switchboard-route-score", format!("{:.3}", decided.score)));
+        }
         out.push(("x-switchboard-request-id", self.request_id.clone()));
         if let Some(t) = &self.tenant {
             out.extend(t.rate_headers.iter().cloned());
@@ -642,6 +696,33 @@ fn build_upstream(
     let provider = rt.config.provider(m.provider).ok_or_else(|| ApiError::internal("unknown provider"))?;
     let ctx = BuildContext { now_unix_s: now_ms / 1000, max_response_tokens: p.max_response_tokens };
     build_request(provider, m, endpoint, parsed, &ctx)
+}
+
+/// A feedback body: the request id and a score in [0, 1].
+fn feedback_body(body: &[u8]) -> Result<(String, f64), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request("invalid_json", format!("Feedback must be a JSON object: {e}.")))?;
+    let field = |name: &'static str| {
+        value.get(name).ok_or_else(|| {
+            ApiError::invalid_request("missing_required_parameter", format!("Missing required parameter: `{name}`."))
+                .with_param(name)
+        })
+    };
+    let request_id = field("request_id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid_request("invalid_type", "`request_id` must be a non-empty string.")
+                .with_param("request_id")
+        })?
+        .to_string();
+    let score = field("score")?
+        .as_f64()
+        .ok_or_else(|| ApiError::invalid_request("invalid_type", "`score` must be a number.").with_param("score"))?;
+    if !(0.0..=1.0).contains(&score) {
+        return Err(ApiError::invalid_request("invalid_value", "`score` must be between 0 and 1.").with_param("score"));
+    }
+    Ok((request_id, score))
 }
 
 /// The client's request headers, for routing rules and the tags header.
@@ -762,7 +843,11 @@ impl HttpContext for Filter {
         // The client's headers never reach the provider as they are: the
         // rewrite replaces the whole map (a client can never pick a cluster).
         self.client_headers = raw;
-        let door = Door::from_path(&path);
+        self.feedback = path.split('?').next().is_some_and(|p| p.trim_end_matches('/') == "/v1/feedback");
+        if self.feedback && method != "POST" {
+            return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/feedback", "POST"));
+        }
+        let door = Door::from_path(&path).or(self.feedback.then_some(Door::Chat));
         let Some((endpoint, query)) = Endpoint::from_path(&path).or(door.map(|_| (Endpoint::ChatCompletions, "")))
         else {
             return self.answer_error(&ApiError::not_found(path.split('?').next().unwrap_or("")));

@@ -41,7 +41,7 @@ pub struct Metrics {
     pending: RefCell<HashMap<u32, i64>>,
 }
 
-const LOCAL_ERROR_CODES: [&str; 27] = [
+const LOCAL_ERROR_CODES: [&str; 29] = [
     "invalid_json",
     "invalid_type",
     "missing_model",
@@ -67,6 +67,8 @@ const LOCAL_ERROR_CODES: [&str; 27] = [
     "insufficient_quota",
     "unsupported_feature",
     "invalid_request",
+    "request_not_found",
+    "feedback_already_recorded",
     "other",
     "internal_error",
 ];

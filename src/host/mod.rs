@@ -4,6 +4,7 @@
 mod abi;
 mod filter;
 mod health_store;
+mod learned_store;
 mod live_store;
 mod metrics;
 mod probes;

@@ -53,7 +53,13 @@ impl RootContext for Root {
                     config.direct_models().count(),
                     config.providers.len()
                 );
-                self.runtime = Some(Rc::new(Runtime::new(config)));
+                match Runtime::new(config) {
+                    Ok(rt) => self.runtime = Some(Rc::new(rt)),
+                    Err(e) => {
+                        log::error!("switchboard: {e}");
+                        return false;
+                    }
+                }
                 if let Err(status) = abi::set_tick_period_ms(1_000) {
                     log::warn!("switchboard: cannot set tick period (status {status}); health gauges will not refresh");
                 }

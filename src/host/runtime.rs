@@ -9,8 +9,10 @@ use std::cell::RefCell;
 use crate::api::models::ModelListing;
 use crate::config::Config;
 use crate::config::{Member, MemberRef};
+use crate::learned::{Model, ModelError};
 use crate::routing::health::retry_after_until_ms;
 use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan, Rng, Transition};
+use crate::text;
 
 use super::metrics::Metrics;
 use super::{health_store, live_store};
@@ -49,6 +51,8 @@ pub struct Runtime {
     pub listing: ModelListing,
     /// Per tenant (same order as `config.tenants`): what it may use.
     pub tenant_listings: Vec<ModelListing>,
+    /// Per router (same order as `config.routers`): its learned model, if it has a `learned` part.
+    pub learned_models: Vec<Option<Model>>,
     pub metrics: Metrics,
     rng: RefCell<Rng>,
     /// Successes of healthy members not yet added to shared data (flushed on tick).
@@ -57,12 +61,32 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Runtime {
+    /// Everything requests share; refuses a learned model that cannot be read, naming its field.
+    pub fn new(config: Config) -> Result<Runtime, String> {
+        let learned_models = config
+            .routers
+            .iter()
+            .map(|r| {
+                let Some(learned) = &r.learned else { return Ok(None) };
+                let model = match &learned.model {
+                    None => Model::embedded_default(),
+                    Some(b64) => text::base64_decode(b64)
+                        .ok_or_else(|| ModelError("not base64".to_string()))
+                        .and_then(|bytes| Model::from_bytes(&bytes)),
+                };
+                model.map(Some).map_err(|e| format!("invalid configuration: routers.{}.learned.model: {e}", r.name))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Runtime::with_models(config, learned_models))
+    }
+
+    fn with_models(config: Config, learned_models: Vec<Option<Model>>) -> Runtime {
         let tenant_listings =
             config.tenants.iter().flatten().map(|t| ModelListing::build_for(&config, &|name| t.allows(name))).collect();
         Runtime {
             listing: ModelListing::build(&config),
             tenant_listings,
+            learned_models,
             metrics: Metrics::define(&config),
             config,
             rng: RefCell::new(Rng::from_entropy()),
