@@ -41,7 +41,7 @@ build: toolchain
 	cargo build --release --target wasm32-wasip1 -p switchboard
 	cargo build --release -p mock-provider
 	cargo build --release -p switchboard --features cli --bin switchboard
-	@ls -l $(WASM) | awk '{print "switchboard.wasm: " $$5 " bytes"}'
+	@ls -l $(WASM) | awk '{print "switchboard.wasm: " $$5 " bytes"; if ($$5 >= 1000000) {print "switchboard.wasm is over its 1 MB budget"; exit 1}}'
 
 run: setup build
 	$(PY) examples/demo/run.py

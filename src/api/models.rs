@@ -40,6 +40,8 @@ pub struct ModelListing {
     pools: Vec<u8>,
     routers: Vec<u8>,
     direct: Vec<u8>,
+    /// Each entry alone, for `GET /v1/models/{id}`.
+    entries: Vec<(String, Vec<u8>)>,
 }
 
 impl ModelListing {
@@ -118,13 +120,24 @@ impl ModelListing {
                 })
             })
             .collect();
+        let entries = pools
+            .iter()
+            .chain(&routers)
+            .chain(&direct)
+            .map(|e| (e.id.to_string(), serde_json::to_vec(e).unwrap_or_default()))
+            .collect();
         let render = |data: Vec<Entry<'_>>| serde_json::to_vec(&List { object: "list", data }).unwrap_or_default();
         let pools_json = render(pools);
         let routers_json = render(routers);
         let direct_json = render(direct);
         // Merge the lists without re-serializing: each is `{"object":"list","data":[...]}`.
         let all = merge_lists(&[&pools_json, &routers_json, &direct_json]);
-        ModelListing { all, pools: pools_json, routers: routers_json, direct: direct_json }
+        ModelListing { all, pools: pools_json, routers: routers_json, direct: direct_json, entries }
+    }
+
+    /// One model, pool or router by id (`GET /v1/models/{id}`, the SDKs' `models.retrieve`).
+    pub fn entry(&self, id: &str) -> Option<&[u8]> {
+        self.entries.iter().find(|(e, _)| e == id).map(|(_, body)| body.as_slice())
     }
 
     /// The body for a query string; `subtype=pool` (or `provider=pool`) keeps pools only,

@@ -147,8 +147,8 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
     }
 }
 
-fn field_error(name: &str, expected: &str) -> ApiError {
-    ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}."))
+fn field_error(name: &'static str, expected: &str) -> ApiError {
+    ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}.")).with_param(name)
 }
 
 fn json_kind(raw: &RawValue) -> u8 {
@@ -217,7 +217,10 @@ impl<'a> ParsedRequest<'a> {
                     fallback = match serde_json::from_str::<StringOrList>(value.get()) {
                         Ok(StringOrList::One(s)) => vec![s],
                         Ok(StringOrList::Many(v)) => v,
-                        Err(_) => return Err(field_error(key, "a list of model or pool names")),
+                        Err(_) => {
+                            let name = if key.as_ref() == "fallback" { "fallback" } else { "fallback_models" };
+                            return Err(field_error(name, "a list of model or pool names"));
+                        }
                     }
                 }
                 "load_balance_group" => {
@@ -228,10 +231,10 @@ impl<'a> ParsedRequest<'a> {
                 }
                 name if name == payload_field.0 => {
                     if payload_field.1 != 0 && json_kind(value) != payload_field.1 {
-                        return Err(field_error(name, "an array"));
+                        return Err(field_error(payload_field.0, "an array"));
                     }
                     if value.get() == "null" {
-                        return Err(field_error(name, "present and not null"));
+                        return Err(field_error(payload_field.0, "present and not null"));
                     }
                     has_payload = true;
                     payload = Some(*value);
@@ -256,13 +259,15 @@ impl<'a> ParsedRequest<'a> {
                 _ => return Err(ApiError::invalid_request(
                     "missing_model",
                     "You must provide a `model` (a pool or model name, see GET /v1/models) or a `load_balance_group`.",
-                )),
+                )
+                .with_param("model")),
             };
         if !has_payload && !payload_field.0.is_empty() {
             return Err(ApiError::invalid_request(
                 "missing_required_parameter",
                 format!("Missing required parameter: `{}`.", payload_field.0),
-            ));
+            )
+            .with_param(payload_field.0));
         }
         let splice = model_span.filter(|_| model_keys == 1 && gateway_keys == 0);
         Ok(ParsedRequest {

@@ -24,7 +24,7 @@ use crate::providers::{build_request, stream_include_usage, BuildContext, Respon
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
 use crate::routing::{verdict, Availability, Plan, RouteInput};
-use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
+use crate::tenant::limits::{cost_micro_usd, rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
 use super::learned_store::{self, Decided, Feedback, Scorer};
@@ -104,8 +104,9 @@ pub struct Filter {
 struct Admission {
     index: usize,
     parallel_held: bool,
-    /// Tokens reserved, in the window starting at `window_start_s`.
+    /// Tokens reserved (prompt estimate + expected output), in the window starting at `window_start_s`.
     reserved: u64,
+    reserved_output: u64,
     window_start_s: u64,
     rate_headers: Vec<(&'static str, String)>,
 }
@@ -321,7 +322,9 @@ impl Filter {
         let refused = |r: Refusal| refusal_error(tenant, r);
         tenant_store::check_budget(tenant, now_s).map_err(refused)?;
         admission.parallel_held = tenant_store::take_parallel(tenant).map_err(refused)?;
-        let reserve = expected_tokens(parsed, body_len);
+        let (prompt_estimate, expected_output) = expected_tokens(parsed, body_len);
+        let reserve = prompt_estimate.saturating_add(expected_output);
+        admission.reserved_output = expected_output;
         match tenant_store::admit(tenant, now_s, reserve) {
             Ok(window) => {
                 if let Some(w) = window {
@@ -617,12 +620,12 @@ impl Filter {
 /// Tokens to reserve for a request before it runs: its prompt (about 4 bytes
 /// a token) and the output it asked for (`max_completion_tokens`,
 /// `max_tokens`), else `DEFAULT_EXPECTED_OUTPUT`.
-fn expected_tokens(parsed: &ParsedRequest<'_>, body_len: usize) -> u64 {
+fn expected_tokens(parsed: &ParsedRequest<'_>, body_len: usize) -> (u64, u64) {
     const DEFAULT_EXPECTED_OUTPUT: u64 = 1024;
     let requested = ["max_completion_tokens", "max_tokens"]
         .into_iter()
         .find_map(|f| parsed.field(f).and_then(|v| v.get().parse::<u64>().ok()));
-    (body_len as u64 / 4).saturating_add(requested.unwrap_or(DEFAULT_EXPECTED_OUTPUT))
+    (body_len as u64 / 4, requested.unwrap_or(DEFAULT_EXPECTED_OUTPUT))
 }
 
 fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
@@ -846,6 +849,26 @@ impl HttpContext for Filter {
         self.feedback = path.split('?').next().is_some_and(|p| p.trim_end_matches('/') == "/v1/feedback");
         if self.feedback && method != "POST" {
             return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/feedback", "POST"));
+        }
+        if let Some(id) = path.split('?').next().and_then(|p| p.strip_prefix("/v1/models/")).filter(|id| !id.is_empty())
+        {
+            if method != "GET" && method != "HEAD" {
+                return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/models/{id}", "GET"));
+            }
+            let listing = match &self.tenant {
+                Some(t) => rt.tenant_listings.get(t.index).unwrap_or(&rt.listing),
+                None => &rt.listing,
+            };
+            let Some(body) = listing.entry(id).map(<[u8]>::to_vec) else {
+                return self.answer_error(&ApiError::model_not_found(id).with_param("model"));
+            };
+            let request_id = self.request_id.clone();
+            self.respond(
+                200,
+                &[("content-type", "application/json"), ("x-switchboard-request-id", &request_id)],
+                &body,
+            );
+            return Action::Pause;
         }
         let door = Door::from_path(&path).or(self.feedback.then_some(Door::Chat));
         let Some((endpoint, query)) = Endpoint::from_path(&path).or(door.map(|_| (Endpoint::ChatCompletions, "")))
@@ -1123,7 +1146,8 @@ impl Filter {
             return;
         }
         let now_s = self.now_ms() / 1000;
-        match self.answer_usage() {
+        let usage = self.answer_usage();
+        match usage {
             Some((prompt, completion)) => {
                 let actual = prompt.saturating_add(completion);
                 tenant_store::correct(tenant, now_s, admission.window_start_s, admission.reserved, actual);
@@ -1134,6 +1158,20 @@ impl Filter {
                 tenant.name,
                 admission.reserved
             ),
+        }
+        // Spend: the serving member's prices times the real usage, else the estimate.
+        let served = self.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
+        if let (Some(member), Some(_)) = (served.and_then(|a| rt.config.member(a.at())), &tenant.budget) {
+            let estimate = (admission.reserved.saturating_sub(admission.reserved_output), admission.reserved_output);
+            let (prompt, completion) = usage.unwrap_or(estimate);
+            let price = |p: Option<f64>| p.unwrap_or(0.0);
+            let micro = cost_micro_usd(
+                prompt,
+                completion,
+                price(member.input_cost_per_mtok),
+                price(member.output_cost_per_mtok),
+            );
+            tenant_store::add_spend(tenant, now_s, micro);
         }
     }
 

@@ -3,7 +3,7 @@
 //! instance and in memory: a restart starts from zero.
 
 use crate::tenant::limits::{admit_parallel, Refusal, Spend, Window};
-use crate::tenant::Tenant;
+use crate::tenant::{BudgetPeriod, Tenant};
 
 use super::abi;
 
@@ -95,4 +95,12 @@ pub fn check_budget(tenant: &Tenant, now_s: u64) -> Result<(), Refusal> {
         _ => Spend::default(),
     };
     spend.check(now_s, budget.per, budget.limit_usd)
+}
+pub fn add_spend(tenant: &Tenant, now_s: u64, micro_usd: u64) {
+    let Some(per) = tenant.budget.as_ref().map(|b| b.per) else { return };
+    let per: BudgetPeriod = per;
+    let _ = update(&spend_key(tenant), Spend::decode, |s| {
+        let next = s.add(now_s, per, micro_usd);
+        Ok((next, next.encode().to_vec()))
+    });
 }

@@ -191,6 +191,16 @@ pub fn period_end_s(now_s: u64, per: BudgetPeriod) -> u64 {
     }
 }
 
+/// What `prompt` and `completion` tokens cost at per-million-token prices, in micro-USD.
+pub fn cost_micro_usd(prompt: u64, completion: u64, input_per_mtok: f64, output_per_mtok: f64) -> u64 {
+    let micro = prompt as f64 * input_per_mtok + completion as f64 * output_per_mtok;
+    if micro.is_finite() && micro > 0.0 {
+        micro.round() as u64
+    } else {
+        0
+    }
+}
+
 /// Requests in flight: admits one more while under `max`.
 pub fn admit_parallel(in_flight: u32, max: u32) -> Result<u32, Refusal> {
     if in_flight >= max {
@@ -282,6 +292,13 @@ mod tests {
             ]
         );
         assert!(rate_headers(None, None, &w, 0).is_empty());
+    }
+
+    #[test]
+    fn cost_from_usage_and_prices() {
+        // 1,000 prompt tokens at $2.50/M and 200 completion tokens at $10/M: $0.0045.
+        assert_eq!(cost_micro_usd(1_000, 200, 2.5, 10.0), 4_500);
+        assert_eq!(cost_micro_usd(5, 5, 0.0, 0.0), 0);
     }
 
     #[test]

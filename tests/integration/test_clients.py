@@ -153,3 +153,15 @@ def test_provider_request_id_and_rate_limit_headers_survive_routing_and_failover
             assert r.headers["x-upstream-request-id"].startswith("req_mock_")
             assert r.headers["x-ratelimit-remaining-requests"] == "4999"
     assert seen_failover
+
+
+def test_models_retrieve_and_known_params_in_400s(gw):
+    client = openai.OpenAI(base_url=gw.base + "/v1", api_key="k", max_retries=0)
+    assert client.models.retrieve("gpt4o_16k").id == "gpt4o_16k"
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+    for body, param in (({"messages": []}, "model"), ({"model": "gpt4o_16k"}, "messages"),
+                        ({"model": 5, "messages": []}, "model"), ({"model": "gpt4o_16k", "messages": [], "stream": "y"}, "stream")):
+        r = httpx.post(gw.base + "/v1/chat/completions", json=body, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)

@@ -161,3 +161,25 @@ def test_max_parallel_refuses_requests_beyond_those_in_flight(mock):
         assert post(g, b, model="gpt-4o").status_code == 200
     finally:
         g.stop()
+
+
+def test_spent_budget_is_refused_with_insufficient_quota(mock):
+    cfg = tenant_config(budget_usd={"per": "day", "limit": 0.05})
+    for m in cfg["pools"]["gpt4o_16k"]["members"]:
+        m.update(input_cost_per_mtok=10000, output_cost_per_mtok=10000)  # the mock's ~22 tokens: about $0.22
+    g = Gateway(cfg, clusters_for(mock), KEYS)
+    try:
+        b = {"authorization": f"Bearer {KEY_B}"}
+        assert post(g, b, model="gpt-4o").status_code == 200
+        r = post(g, b, model="gpt-4o")
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "insufficient_quota"
+        assert r.json()["error"]["type"] == "insufficient_quota"
+        assert 1 <= int(r.headers["retry-after"]) <= 86400
+        with pytest.raises(openai.RateLimitError):
+            openai.OpenAI(base_url=g.base + "/v1", api_key=KEY_B, max_retries=0).chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        # Other tenants are not affected.
+        assert post(g, {"x-api-key": KEY_A}, model="gpt-4o").status_code == 200
+    finally:
+        g.stop()
