@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!pool.members.is_empty(), "pool {} without members", pool.name);
         assert!(pool.total_weight() > 0 || !pool.listed, "listed pool {} with zero weight", pool.name);
         assert_eq!(cfg.pool(&pool.name).map(|(index, _)| index), Some(i), "pool {} not found by name", pool.name);
-        assert!(pool.retry.per_try_timeout_ms > 0 && pool.retry.timeout_ms >= pool.retry.per_try_timeout_ms);
+        for t in [pool.retry.per_try_timeout_ms, pool.retry.first_byte_timeout_ms].into_iter().flatten() {
+            assert!(t > 0 && pool.retry.timeout_ms >= t, "pool {}: timeout {t} out of bounds", pool.name);
+        }
         for f in &pool.fallback_pools {
             assert!(cfg.pool_at(*f).is_some() && *f != i, "bad fallback pool index");
         }

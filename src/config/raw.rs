@@ -406,19 +406,28 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
             m.weight = 1;
         }
         pool_by_name.insert(model.clone(), pools.len());
-        pools.push(Pool {
-            name: model,
-            description: String::new(),
-            max_response_tokens: None,
-            members,
-            retry: retry.clone(),
-            health: health.clone(),
-            probe: probe.clone(),
-            fallback_pools: Vec::new(),
-            listed: false,
-            strategy: Strategy::Weighted,
-            explore: DEFAULT_EXPLORE,
-        });
+        pools.push(implicit_pool(model, members, (&retry, &health, &probe)));
+    }
+    // A member's id (`provider/model`, as answers name it in `x-switchboard-member`)
+    // addresses that member alone: the direct pool of its model when there is one,
+    // else an implicit single-member pool of its own.
+    let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
+    for member in pools.iter().filter(|p| p.listed).flat_map(|p| p.members.iter()) {
+        by_id.entry(member.id.clone()).or_insert_with(|| member.clone());
+    }
+    for (id, mut member) in by_id {
+        if pool_by_name.contains_key(&id) {
+            continue;
+        }
+        if let Some(&direct) = pool_by_name.get(&member.model) {
+            if pools.get(direct).is_some_and(|p| !p.listed && p.members.iter().any(|m| m.id == id)) {
+                pool_by_name.insert(id, direct);
+                continue;
+            }
+        }
+        member.weight = 1;
+        pool_by_name.insert(id.clone(), pools.len());
+        pools.push(implicit_pool(id, vec![member], (&retry, &health, &probe)));
     }
 
     let mut routers = Vec::with_capacity(raw.routers.len());
@@ -545,6 +554,27 @@ fn validate_pool(
         strategy: p.strategy,
         explore,
     })
+}
+
+/// An unlisted single-member pool serving a direct model name or a member id, with the default policies.
+fn implicit_pool(
+    name: String,
+    members: Vec<Member>,
+    (retry, health, probe): (&RetryPolicy, &HealthPolicy, &Option<ProbePolicy>),
+) -> Pool {
+    Pool {
+        name,
+        description: String::new(),
+        max_response_tokens: None,
+        members,
+        retry: retry.clone(),
+        health: health.clone(),
+        probe: probe.clone(),
+        fallback_pools: Vec::new(),
+        listed: false,
+        strategy: Strategy::Weighted,
+        explore: DEFAULT_EXPLORE,
+    }
 }
 
 fn placeholder_provider(name: String) -> Provider {

@@ -15,6 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::api::forward::{forwarded, relayed_response_header};
+use crate::api::models::ModelListing;
 use crate::api::request::ParsedRequest;
 use crate::api::usage;
 use crate::api::{ApiError, Endpoint};
@@ -172,6 +173,21 @@ impl Filter {
         Action::Pause
     }
 
+    /// Answers a 200 JSON body the gateway wrote itself (model listings, token counts).
+    fn answer_json(&mut self, body: &[u8]) -> Action {
+        let request_id = self.request_id.clone();
+        self.respond(200, &[("content-type", "application/json"), ("x-switchboard-request-id", &request_id)], body);
+        Action::Pause
+    }
+
+    /// What the caller may see of the models: its tenant's listing, else all.
+    fn listing<'r>(&self, rt: &'r Runtime) -> &'r ModelListing {
+        match &self.tenant {
+            Some(t) => rt.tenant_listings.get(t.index).unwrap_or(&rt.listing),
+            None => &rt.listing,
+        }
+    }
+
     /// Refuses a door request its translator cannot take (always a 400).
     fn refuse_door_request(&mut self, e: &DoorError) -> Action {
         if let Some(rt) = &self.rt {
@@ -200,15 +216,7 @@ impl Filter {
             return self.route(rt, body);
         }
         match messages::count_tokens(&body) {
-            Ok(count) => {
-                let request_id = self.request_id.clone();
-                self.respond(
-                    200,
-                    &[("content-type", "application/json"), ("x-switchboard-request-id", &request_id)],
-                    &count,
-                );
-                Action::Pause
-            }
+            Ok(count) => self.answer_json(&count),
             Err(e) => self.refuse_door_request(&e),
         }
     }
@@ -236,10 +244,9 @@ impl Filter {
                     .with_param("request_id"),
             ),
             Feedback::Accepted(weak) => {
-                if let Some(name) = weak.and_then(|(router, _)| rt.config.routers.get(router)).map(|r| r.name.clone()) {
-                    if let Some((_, bucket)) = weak {
-                        learned_store::record_weak_score(&name, bucket, score as f32);
-                    }
+                // Only a weak-pool answer's score corrects the router.
+                if let Some((router, bucket)) = weak.and_then(|(i, b)| Some((rt.config.routers.get(i)?, b))) {
+                    learned_store::record_weak_score(&router.name, bucket, score as f32);
                 }
                 let request_id = self.request_id.clone();
                 self.respond(204, &[("x-switchboard-request-id", &request_id)], b"");
@@ -668,8 +675,7 @@ fn translates_stream(adapter: &ResponseAdapter, status: u16) -> bool {
 
 /// The response adapter for a member, if its provider needs one.
 fn adapter_for(rt: &Runtime, endpoint: Endpoint, shape: AnswerShape, member: MemberRef) -> Option<ResponseAdapter> {
-    let m = rt.config.pool_at(member.pool)?.members.get(member.member)?;
-    let provider = rt.config.provider(m.provider)?;
+    let (_, m, provider) = rt.config.resolve(member)?;
     let adapter = ResponseAdapter::new(provider.kind, endpoint, shape.stream, &m.model)?;
     Some(adapter.with_created(abi::now_ms().unwrap_or(0) / 1000).with_include_usage(shape.include_usage))
 }
@@ -683,8 +689,7 @@ struct AnswerShape {
 }
 
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
-    let m = rt.config.pool_at(member.pool)?.members.get(member.member)?;
-    rt.config.provider(m.provider).map(|p| p.cluster.as_str())
+    rt.config.resolve(member).map(|(_, _, provider)| provider.cluster.as_str())
 }
 
 fn build_upstream(
@@ -694,9 +699,7 @@ fn build_upstream(
     member: MemberRef,
     now_ms: u64,
 ) -> Result<UpstreamRequest, ApiError> {
-    let p = rt.config.pool_at(member.pool).ok_or_else(|| ApiError::internal("unknown pool"))?;
-    let m = p.members.get(member.member).ok_or_else(|| ApiError::internal("unknown member"))?;
-    let provider = rt.config.provider(m.provider).ok_or_else(|| ApiError::internal("unknown provider"))?;
+    let (p, m, provider) = rt.config.resolve(member).ok_or_else(|| ApiError::internal("unknown member"))?;
     let ctx = BuildContext { now_unix_s: now_ms / 1000, max_response_tokens: p.max_response_tokens };
     build_request(provider, m, endpoint, parsed, &ctx)
 }
@@ -855,20 +858,10 @@ impl HttpContext for Filter {
             if method != "GET" && method != "HEAD" {
                 return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/models/{id}", "GET"));
             }
-            let listing = match &self.tenant {
-                Some(t) => rt.tenant_listings.get(t.index).unwrap_or(&rt.listing),
-                None => &rt.listing,
-            };
-            let Some(body) = listing.entry(id).map(<[u8]>::to_vec) else {
+            let Some(body) = self.listing(&rt).entry(id).map(<[u8]>::to_vec) else {
                 return self.answer_error(&ApiError::model_not_found(id).with_param("model"));
             };
-            let request_id = self.request_id.clone();
-            self.respond(
-                200,
-                &[("content-type", "application/json"), ("x-switchboard-request-id", &request_id)],
-                &body,
-            );
-            return Action::Pause;
+            return self.answer_json(&body);
         }
         let door = Door::from_path(&path).or(self.feedback.then_some(Door::Chat));
         let Some((endpoint, query)) = Endpoint::from_path(&path).or(door.map(|_| (Endpoint::ChatCompletions, "")))
@@ -882,18 +875,8 @@ impl HttpContext for Filter {
             return self.answer_error(&ApiError::method_not_allowed(&method, clean, endpoint.method()));
         }
         if endpoint == Endpoint::Models {
-            let listing = match &self.tenant {
-                Some(t) => rt.tenant_listings.get(t.index).unwrap_or(&rt.listing),
-                None => &rt.listing,
-            };
-            let body = listing.body(query).to_vec();
-            let request_id = self.request_id.clone();
-            self.respond(
-                200,
-                &[("content-type", "application/json"), ("x-switchboard-request-id", &request_id)],
-                &body,
-            );
-            return Action::Pause;
+            let body = self.listing(&rt).body(query).to_vec();
+            return self.answer_json(&body);
         }
         // Envoy's decompressor (before this filter) takes gzip off; anything left is unreadable.
         if let Some(encoding) = header_value(&self.client_headers, "content-encoding").filter(|e| *e != "identity") {

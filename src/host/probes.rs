@@ -87,7 +87,7 @@ impl Prober {
     /// A probe's answer. False when `token` is not a probe of this VM.
     pub fn on_response(&mut self, rt: &Runtime, token: u32, num_headers: usize) -> bool {
         let Some(target) = self.in_flight.remove(&token) else { return false };
-        let Some(member) = rt.config.pool_at(target.pool).and_then(|p| p.members.get(target.member)) else {
+        let Some(member) = rt.config.member(target) else {
             return true;
         };
         let status = if num_headers == 0 {

@@ -101,7 +101,7 @@ impl Runtime {
 
     /// The member's identity `provider/model`, for logs and headers.
     pub fn member_id(&self, r: MemberRef) -> &str {
-        self.config.pool_at(r.pool).and_then(|p| p.members.get(r.member)).map_or("?", |m| m.id.as_str())
+        self.config.member(r).map_or("?", |m| m.id.as_str())
     }
 
     /// Chooses the next member of the plan. A member past its cooldown takes

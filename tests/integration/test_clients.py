@@ -165,3 +165,12 @@ def test_models_retrieve_and_known_params_in_400s(gw):
                         ({"model": 5, "messages": []}, "model"), ({"model": "gpt4o_16k", "messages": [], "stream": "y"}, "stream")):
         r = httpx.post(gw.base + "/v1/chat/completions", json=body, timeout=10)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+
+
+def test_a_member_id_from_the_answer_headers_is_a_model(gw):
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10)
+    member = r.headers["x-switchboard-member"]
+    for _ in range(5):
+        again = httpx.post(gw.base + "/v1/chat/completions", json=chat(member), timeout=10)
+        assert again.status_code == 200, again.text
+        assert again.headers["x-switchboard-member"] == member
