@@ -44,8 +44,8 @@ extern "C" {
         value: *const u8,
         value_len: usize,
     ) -> u32;
+    fn proxy_remove_header_map_value(map: u32, key: *const u8, key_len: usize) -> u32;
     fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_len: *mut usize) -> u32;
-    fn proxy_set_header_map_pairs(map: u32, data: *const u8, data_len: usize) -> u32;
     fn proxy_get_buffer_bytes(buffer: u32, start: usize, max: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_set_buffer_bytes(buffer: u32, start: usize, size: usize, data: *const u8, data_len: usize) -> u32;
     fn proxy_send_local_response(
@@ -114,11 +114,9 @@ pub fn set_header(map: u32, name: &str, value: &str) -> Result<(), Status> {
     status(unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
-/// Replaces the whole header map: one host call instead of one per header.
-pub fn set_headers(map: u32, headers: &[(&str, &str)]) -> Result<(), Status> {
-    let encoded = encode_pairs(headers);
-    // SAFETY: valid pointer to the serialized map.
-    status(unsafe { proxy_set_header_map_pairs(map, encoded.as_ptr(), encoded.len()) })
+pub fn remove_header(map: u32, name: &str) -> Result<(), Status> {
+    // SAFETY: valid pointer to `name`.
+    status(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
 }
 
 /// The whole header map in proxy-wasm's serialized form; read it with `pairs`.

@@ -500,35 +500,48 @@ impl Filter {
         let content_length = upstream.body.len().to_string();
         let timeout = timeout_ms.to_string();
         let first_byte = first_byte_ms.map(|ms| ms.to_string());
-        let sets = |name: &str| upstream.headers.iter().any(|(n, _)| *n == name);
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(16);
+        let tenant = self.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
+        let mut ours: Vec<(&str, &str)> = Vec::with_capacity(12);
+        ours.push((":authority", &upstream.authority));
+        ours.push(("content-length", &content_length));
+        ours.push((&rt.config.cluster_header, cluster));
+        ours.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
+        if let Some(ms) = first_byte.as_deref() {
+            ours.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
+        }
+        ours.extend(upstream.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        // For Envoy's global rate limit after this filter; removed before the request leaves Envoy.
+        if let Some(t) = tenant {
+            ours.push((TENANT_HEADER, &t.name));
+        }
+        // Only what changes is written: client headers off the allow-list are
+        // removed, the gateway's set; what the client already has right stays.
+        let sets = |name: &[u8]| ours.iter().any(|(n, _)| n.as_bytes() == name);
+        let mut client_path = "";
+        let mut json = false;
         for (k, v) in abi::pairs(&self.client_headers) {
-            let keep = k == b":method" || k == b":scheme" || forwarded(k, true, &[]);
-            if let (true, Ok(k), Ok(v)) = (keep, std::str::from_utf8(k), std::str::from_utf8(v)) {
-                if !sets(k) {
-                    headers.push((k, v));
+            match k {
+                b":path" => client_path = std::str::from_utf8(v).unwrap_or(""),
+                b"content-type" => json = v == b"application/json",
+                b":method" | b":scheme" | b":authority" => {}
+                _ if forwarded(k, true, &[]) || sets(k) => {}
+                _ => {
+                    let name = std::str::from_utf8(k).map_err(|_| ("remove request header", abi::NOT_FOUND))?;
+                    abi::remove_header(REQ, name).map_err(|s| ("remove request header", s))?;
                 }
             }
         }
-        headers.push((":path", &upstream.path));
-        headers.push((":authority", &upstream.authority));
+        if upstream.path != client_path {
+            ours.push((":path", &upstream.path));
+        }
         // The body is the gateway's JSON, whatever the client labelled its own.
-        if !sets("content-type") {
-            headers.push(("content-type", "application/json"));
+        if !json && !ours.iter().any(|(n, _)| *n == "content-type") {
+            ours.push(("content-type", "application/json"));
         }
-        headers.push(("content-length", &content_length));
-        headers.push((&rt.config.cluster_header, cluster));
-        headers.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
-        if let Some(ms) = first_byte.as_deref() {
-            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
+        for (k, v) in ours {
+            abi::set_header(REQ, k, v).map_err(|s| ("set request header", s))?;
         }
-        headers.extend(upstream.headers.iter().map(|(k, v)| (*k, v.as_str())));
-        // For Envoy's global rate limit after this filter; removed before the request leaves Envoy.
-        let tenant = self.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
-        if let Some(t) = tenant {
-            headers.push((TENANT_HEADER, &t.name));
-        }
-        abi::set_headers(REQ, &headers).map_err(|s| ("set request headers", s))
+        Ok(())
     }
 
     /// The pool's attempt and first-byte timeouts within the request's remaining deadline.
@@ -607,19 +620,27 @@ impl Filter {
         drop: &[&str],
         extra: &[(&'static str, &str)],
     ) {
-        let ours = self.result_headers(rt, serving);
-        let replaced =
-            |k: &str| drop.contains(&k) || ours.iter().any(|(n, _)| *n == k) || extra.iter().any(|(n, _)| *n == k);
-        // Envoy replaces `x-request-id` with the gateway's: keep the provider's under another name.
-        let mut headers: Vec<(&str, &str)> = abi::pairs(upstream)
-            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?)))
-            .filter(|(k, _)| !replaced(k))
-            .map(|(k, v)| (if k == "x-request-id" { "x-upstream-request-id" } else { k }, v))
-            .collect();
-        headers.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
-        headers.extend_from_slice(extra);
-        if let Err(s) = abi::set_headers(RESP, &headers) {
-            self.host_error("set response headers", s);
+        // Only what changes is written: the headers the gateway adds, the
+        // provider's request id under another name (Envoy sets `x-request-id`
+        // to the gateway's), and the framing a translation changes.
+        let set = |name: &str, value: &str| {
+            if let Err(s) = abi::set_header(RESP, name, value) {
+                self.host_error("set response header", s);
+            }
+        };
+        for (k, v) in self.result_headers(rt, serving).iter() {
+            set(k, v);
+        }
+        for (k, v) in extra {
+            set(k, v);
+        }
+        if let Some(id) = header_value(upstream, "x-request-id") {
+            set("x-upstream-request-id", id);
+        }
+        for name in drop.iter().filter(|d| !extra.iter().any(|(k, _)| k == *d)) {
+            if let Err(s) = abi::remove_header(RESP, name) {
+                self.host_error("remove response header", s);
+            }
         }
     }
 }
