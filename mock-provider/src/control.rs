@@ -1,8 +1,9 @@
 //! Control API under `/_mock/` (no auth, not counted in stats, not recorded).
 
+use crate::body::MockBody;
 use crate::faults::FaultSpec;
 use crate::kinds::json_value;
-use crate::server::{lock, Listener, MockBody};
+use crate::listener::{lock, Listener};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};

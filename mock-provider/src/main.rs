@@ -2,15 +2,16 @@
 //! Gemini, Bedrock) with runtime fault injection, for switchboard's
 //! integration tests and benchmarks. See README.md.
 
+mod body;
 mod control;
 mod eventstream;
 mod faults;
 mod kinds;
+mod listener;
 mod server;
 mod sigv4;
 
-use kinds::Kind;
-use server::{Defaults, Listener};
+use listener::{Defaults, Kind, Listener};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,161 +1,30 @@
 //! Listener state, connection handling, the response body type and the
 //! per-request flow (record -> fault -> auth -> kind handler).
 
+use crate::body::{MockBody, StreamOpts};
 use crate::faults::{Action, FaultSpec};
-use crate::kinds::{self, Ctx, Kind, StreamOpts};
-use bytes::Bytes;
+use crate::kinds::{self, Ctx};
+use crate::listener::{lock, ConnCtl, Listener, Recorded, Stats, RECORD_CAP};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024 * 1024;
-/// Requests kept by `GET /_mock/requests`.
-pub const RECORD_CAP: usize = 200;
 /// A `hang` gives up after this long (so abandoned connections do not pile up forever).
 const MAX_HANG: Duration = Duration::from_secs(3600);
-/// Grace period for the first chunk to reach the socket before a mid-stream reset.
-const RESET_GRACE: Duration = Duration::from_millis(50);
-
-pub struct Stats {
-    pub requests: AtomicU64,
-    pub by_status: Vec<AtomicU64>, // index = status code (0..600)
-    pub resets: AtomicU64,
-    pub hangs: AtomicU64,
-    pub in_flight: AtomicI64,
-}
-
-impl Stats {
-    fn new() -> Stats {
-        Stats {
-            requests: AtomicU64::new(0),
-            by_status: (0..600).map(|_| AtomicU64::new(0)).collect(),
-            resets: AtomicU64::new(0),
-            hangs: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
-        }
-    }
-    pub fn clear(&self) {
-        self.requests.store(0, Ordering::Relaxed);
-        for s in &self.by_status {
-            s.store(0, Ordering::Relaxed);
-        }
-        self.resets.store(0, Ordering::Relaxed);
-        self.hangs.store(0, Ordering::Relaxed);
-    }
-    fn count_status(&self, s: StatusCode) {
-        if let Some(c) = self.by_status.get(s.as_u16() as usize) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
-
-/// Global defaults from the command line.
-#[derive(Clone, Debug)]
-pub struct Defaults {
-    pub stream_chunks: usize,
-    pub stream_delay: Duration,
-    pub record: bool,
-}
-
-pub struct Listener {
-    pub name: String,
-    pub kind: Kind,
-    pub key: Option<String>,
-    pub secret: Option<String>,
-    pub faults: Mutex<Option<Arc<FaultSpec>>>,
-    has_faults: AtomicBool,
-    pub stats: Stats,
-    pub recorded: Option<Mutex<VecDeque<Recorded>>>,
-    pub defaults: Defaults,
-    ids: AtomicU64,
-    pub name_header: HeaderValue,
-}
-
-impl Listener {
-    pub fn new(name: String, kind: Kind, key: Option<String>, secret: Option<String>, defaults: Defaults) -> Listener {
-        let name_header = HeaderValue::from_str(&name).unwrap_or_else(|_| HeaderValue::from_static("mock"));
-        Listener {
-            recorded: defaults.record.then(|| Mutex::new(VecDeque::with_capacity(RECORD_CAP))),
-            name,
-            kind,
-            key,
-            secret,
-            faults: Mutex::new(None),
-            has_faults: AtomicBool::new(false),
-            stats: Stats::new(),
-            defaults,
-            ids: AtomicU64::new(1),
-            name_header,
-        }
-    }
-
-    pub fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn set_faults(&self, spec: Option<FaultSpec>) {
-        let mut g = lock(&self.faults);
-        self.has_faults.store(spec.is_some(), Ordering::Release);
-        *g = spec.map(Arc::new);
-    }
-
-    fn current_faults(&self) -> Option<Arc<FaultSpec>> {
-        if !self.has_faults.load(Ordering::Acquire) {
-            return None;
-        }
-        lock(&self.faults).clone()
-    }
-
-    pub fn clear_recorded(&self) {
-        if let Some(r) = &self.recorded {
-            lock(r).clear();
-        }
-    }
-}
-
-/// Lock a mutex, ignoring poisoning (the data stays usable).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 // ---------------------------------------------------------------------------
 // Connections and resets
-
-/// Per-connection control: lets a request ask for the TCP connection to be
-/// torn down with an RST.
-#[derive(Default)]
-pub struct ConnCtl {
-    reset: AtomicBool,
-    notify: Notify,
-}
-
-impl ConnCtl {
-    pub fn trigger_reset(&self) {
-        self.reset.store(true, Ordering::Release);
-        self.notify.notify_one();
-    }
-}
 
 /// TcpStream that sets SO_LINGER 0 on drop when a reset was requested, so the
 /// close sends an RST instead of a FIN.
@@ -230,104 +99,6 @@ pub async fn serve(listener: Arc<Listener>, tcp: TcpListener) {
                 _ = ctl.notify.notified() => {} // drop the connection: RST
             }
         });
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Response body
-
-/// Response body: a complete buffer, or a sequence of events sent as separate
-/// frames with optional delays and an optional mid-stream reset.
-pub enum MockBody {
-    Full(Option<Bytes>),
-    Events(Box<EventBody>),
-}
-
-pub struct EventBody {
-    events: VecDeque<Bytes>,
-    delay: Duration,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    sent: usize,
-    reset_after_first: Option<Arc<ConnCtl>>,
-    resetting: bool,
-}
-
-impl MockBody {
-    pub fn full(b: impl Into<Bytes>) -> MockBody {
-        MockBody::Full(Some(b.into()))
-    }
-    pub fn events(events: Vec<Bytes>, opts: &StreamOpts) -> MockBody {
-        MockBody::Events(Box::new(EventBody {
-            events: events.into(),
-            delay: opts.delay,
-            sleep: None,
-            sent: 0,
-            reset_after_first: opts.reset_after_first.clone(),
-            resetting: false,
-        }))
-    }
-}
-
-impl Body for MockBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Events(e) => e.poll_next(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            MockBody::Full(b) => b.is_none(),
-            MockBody::Events(e) => e.events.is_empty() && e.reset_after_first.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            MockBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            MockBody::Full(None) => SizeHint::with_exact(0),
-            MockBody::Events(_) => SizeHint::default(),
-        }
-    }
-}
-
-impl EventBody {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        loop {
-            if let Some(s) = self.sleep.as_mut() {
-                if s.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.sleep = None;
-                if self.resetting {
-                    if let Some(ctl) = &self.reset_after_first {
-                        ctl.trigger_reset();
-                    }
-                    // The connection task drops the connection; never finish.
-                    return Poll::Pending;
-                }
-            }
-            if self.resetting {
-                return Poll::Pending;
-            }
-            if self.sent >= 1 && self.reset_after_first.is_some() {
-                self.resetting = true;
-                self.sleep = Some(Box::pin(tokio::time::sleep(self.delay.max(RESET_GRACE))));
-                continue;
-            }
-            let Some(ev) = self.events.pop_front() else {
-                return Poll::Ready(None);
-            };
-            self.sent += 1;
-            if !self.delay.is_zero() && !self.events.is_empty() {
-                self.sleep = Some(Box::pin(tokio::time::sleep(self.delay)));
-            }
-            return Poll::Ready(Some(Ok(Frame::data(ev))));
-        }
     }
 }
 

@@ -4,7 +4,7 @@ use super::{
     bad_request, js, json_response, method_not_allowed, not_found, split_even, stream_pieces, stream_response,
     tool_call, word_tokens, Ctx, DeclaredTool, ToolChoice,
 };
-use crate::server::MockBody;
+use crate::body::MockBody;
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};

@@ -2,7 +2,7 @@
 //! Answers like OpenAI with `model` = the deployment name.
 
 use super::{bad_request, method_not_allowed, not_found, openai, Ctx};
-use crate::server::MockBody;
+use crate::body::MockBody;
 use hyper::{Method, Response};
 
 pub fn handle(ctx: &Ctx) -> Response<MockBody> {

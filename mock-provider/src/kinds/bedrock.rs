@@ -5,8 +5,8 @@ use super::{
     bad_request, json_value, method_not_allowed, not_found, split_even, stream_pieces, stream_response, tool_call,
     word_tokens, Ctx, DeclaredTool, ToolChoice,
 };
+use crate::body::MockBody;
 use crate::eventstream;
-use crate::server::MockBody;
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};

@@ -7,53 +7,16 @@ pub mod gemini;
 pub mod openai;
 pub mod schema;
 
-use crate::server::{Listener, MockBody};
+use crate::body::MockBody;
+pub use crate::body::StreamOpts;
+pub use crate::listener::Kind;
+use crate::listener::Listener;
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use serde_json::Value;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    OpenAi,
-    Azure,
-    Anthropic,
-    Gemini,
-    Bedrock,
-}
-
-impl Kind {
-    pub fn parse(s: &str) -> Option<Kind> {
-        Some(match s {
-            "openai" | "openai_compatible" | "openai-compatible" => Kind::OpenAi,
-            "azure" | "azure_openai" => Kind::Azure,
-            "anthropic" => Kind::Anthropic,
-            "gemini" => Kind::Gemini,
-            "bedrock" => Kind::Bedrock,
-            _ => return None,
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::OpenAi => "openai",
-            Kind::Azure => "azure",
-            Kind::Anthropic => "anthropic",
-            Kind::Gemini => "gemini",
-            Kind::Bedrock => "bedrock",
-        }
-    }
-}
-
-/// Streaming parameters for one request.
-#[derive(Clone)]
-pub struct StreamOpts {
-    pub chunks: usize,
-    pub delay: Duration,
-    pub reset_after_first: Option<Arc<crate::server::ConnCtl>>,
-}
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Everything a kind handler needs.
 pub struct Ctx<'a> {

@@ -6,7 +6,7 @@ use super::{
     bad_request, js, json_response, json_value, mentions_weather, method_not_allowed, not_found, now_secs, split_even,
     sse_data, stream_pieces, stream_response, word_tokens, Ctx,
 };
-use crate::server::MockBody;
+use crate::body::MockBody;
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
