@@ -15,7 +15,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, parse_object, push_sse, to_bytes, DoorError, Usage};
-use super::{ChatStreamDecoder, StreamPart};
+use super::{ChatStreamDecoder, DoorStream, StreamPart};
 
 /// Anthropic request -> OpenAI Chat Completions body (the `model` is kept as is).
 pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
@@ -519,21 +519,7 @@ impl MessagesStream {
     /// Anthropic stream (an upstream stream that ends without a `finish_reason`
     /// or `[DONE]` ends with an `error` event, not a false `message_stop`).
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
-        let mut out = Vec::new();
-        for part in self.decoder.feed(chunk, end_of_stream) {
-            if self.finished {
-                break;
-            }
-            self.part(part, &mut out);
-        }
-        if end_of_stream && !self.finished {
-            if self.finish.is_some() {
-                self.finish_message(&mut out);
-            } else {
-                self.fail("api_error", "The upstream stream ended before the answer was complete.", &mut out);
-            }
-        }
-        out
+        self.translate(chunk, end_of_stream)
     }
 
     fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
@@ -637,6 +623,27 @@ impl MessagesStream {
         self.finished = true;
         let event = json!({"type": "error", "error": {"type": kind, "message": message}});
         push_sse(out, "error", &event);
+    }
+}
+
+impl DoorStream for MessagesStream {
+    fn decoder(&mut self) -> &mut ChatStreamDecoder {
+        &mut self.decoder
+    }
+    fn finished(&self) -> bool {
+        self.finished
+    }
+    fn has_finish(&self) -> bool {
+        self.finish.is_some()
+    }
+    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
+        MessagesStream::part(self, part, out);
+    }
+    fn complete(&mut self, out: &mut Vec<u8>) {
+        MessagesStream::finish_message(self, out);
+    }
+    fn fail_incomplete(&mut self, out: &mut Vec<u8>) {
+        self.fail("api_error", "The upstream stream ended before the answer was complete.", out);
     }
 }
 

@@ -334,6 +334,38 @@ pub(crate) enum StreamPart {
     Done,
 }
 
+/// A door's stream translator: what it does with each decoded piece of the
+/// OpenAI stream and with its end. `translate` is the loop both doors share.
+pub(crate) trait DoorStream {
+    fn decoder(&mut self) -> &mut ChatStreamDecoder;
+    /// The door's stream is closed (answer completed or failed).
+    fn finished(&self) -> bool;
+    /// The upstream gave a `finish_reason`: its end completes the answer.
+    fn has_finish(&self) -> bool;
+    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>);
+    fn complete(&mut self, out: &mut Vec<u8>);
+    /// The upstream stream ended before its `finish_reason`.
+    fn fail_incomplete(&mut self, out: &mut Vec<u8>);
+
+    fn translate(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in self.decoder().feed(chunk, end_of_stream) {
+            if self.finished() {
+                break;
+            }
+            self.part(part, &mut out);
+        }
+        if end_of_stream && !self.finished() {
+            if self.has_finish() {
+                self.complete(&mut out);
+            } else {
+                self.fail_incomplete(&mut out);
+            }
+        }
+        out
+    }
+}
+
 /// Splits an OpenAI SSE byte stream into events (which may arrive split across
 /// chunks) and decodes each into `StreamPart`s.
 #[derive(Debug, Default)]

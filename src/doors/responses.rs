@@ -13,7 +13,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, parse_object, push_sse, to_bytes, DoorError, Usage};
-use super::{ChatStreamDecoder, StreamPart};
+use super::{ChatStreamDecoder, DoorStream, StreamPart};
 
 /// The first feature of a Responses request that needs OpenAI's provider-side
 /// state or built-in tools, named as the request spells it.
@@ -537,21 +537,7 @@ impl ResponsesStream {
     /// Translates the next piece of the OpenAI stream; `end_of_stream` closes it
     /// (an upstream stream cut before its `finish_reason` ends with `response.failed`).
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
-        let mut out = Vec::new();
-        for part in self.decoder.feed(chunk, end_of_stream) {
-            if self.finished {
-                break;
-            }
-            self.part(part, &mut out);
-        }
-        if end_of_stream && !self.finished {
-            if self.finish.is_some() {
-                self.complete(&mut out);
-            } else {
-                self.fail("server_error", "The upstream stream ended before the answer was complete.", &mut out);
-            }
-        }
-        out
+        self.translate(chunk, end_of_stream)
     }
 
     fn emit(&mut self, kind: &str, mut data: Map<String, Value>, out: &mut Vec<u8>) {
@@ -696,6 +682,27 @@ impl ResponsesStream {
         let error = Self::fields(json!({"code": code, "message": message, "param": null}));
         self.emit("error", error, out);
         self.emit("response.failed", Self::fields(json!({"response": response})), out);
+    }
+}
+
+impl DoorStream for ResponsesStream {
+    fn decoder(&mut self) -> &mut ChatStreamDecoder {
+        &mut self.decoder
+    }
+    fn finished(&self) -> bool {
+        self.finished
+    }
+    fn has_finish(&self) -> bool {
+        self.finish.is_some()
+    }
+    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
+        ResponsesStream::part(self, part, out);
+    }
+    fn complete(&mut self, out: &mut Vec<u8>) {
+        ResponsesStream::complete(self, out);
+    }
+    fn fail_incomplete(&mut self, out: &mut Vec<u8>) {
+        self.fail("server_error", "The upstream stream ended before the answer was complete.", out);
     }
 }
 
