@@ -53,6 +53,16 @@ WEATHER = {
 }
 
 
+def assert_tool_result_reached(mock, pool, call_id):
+    """The tool result "sunny" reached the pool's provider in that provider's own format."""
+    sent = mock.requests(pool.removeprefix("only_"))[-1]["body"]["messages"]
+    if pool == "only_openai":
+        assert {"role": "tool", "tool_call_id": call_id, "content": "sunny"} in sent
+    else:
+        blocks = [b for m in sent if isinstance(m["content"], list) for b in m["content"]]
+        assert any(b.get("type") == "tool_result" and b.get("tool_use_id") == call_id for b in blocks), sent
+
+
 def claude(gw):
     return anthropic.Anthropic(base_url=gw.base, api_key="client-key", max_retries=0)
 
@@ -112,13 +122,7 @@ def test_messages_tool_round_trip(doors_gw, doors_mock, pool):
         ],
     )
     assert second.type == "message" and second.content
-    # The tool result reached the provider in its own format.
-    sent = doors_mock.requests(pool.removeprefix("only_"))[-1]["body"]["messages"]
-    if pool == "only_openai":
-        assert {"role": "tool", "tool_call_id": tool_use.id, "content": "sunny"} in sent
-    else:
-        blocks = [b for m in sent if isinstance(m["content"], list) for b in m["content"]]
-        assert any(b.get("type") == "tool_result" and b.get("tool_use_id") == tool_use.id for b in blocks), sent
+    assert_tool_result_reached(doors_mock, pool, tool_use.id)
 
 
 def test_messages_count_tokens_and_errors_in_anthropic_shape(doors_gw):
@@ -164,12 +168,7 @@ def test_responses_function_tools(doors_gw, doors_mock, pool):
                {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
     )
     assert follow.status == "completed" and follow.output
-    sent = doors_mock.requests(pool.removeprefix("only_"))[-1]["body"]["messages"]
-    if pool == "only_openai":
-        assert {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"} in sent
-    else:
-        blocks = [b for m in sent if isinstance(m["content"], list) for b in m["content"]]
-        assert any(b.get("type") == "tool_result" and b.get("tool_use_id") == call.call_id for b in blocks), sent
+    assert_tool_result_reached(doors_mock, pool, call.call_id)
 
 
 def test_responses_stateful_features_get_a_clear_400(doors_gw):

@@ -74,6 +74,16 @@ def test_allow_list_refuses_other_models_and_filters_the_listing(gw):
     assert "gpt4o_16k" in all_ids and len(all_ids) == 3
 
 
+def concurrent_statuses(gw, headers, clients, requests):
+    """Statuses of `requests` chat requests for `gpt-4o` sent by `clients` concurrent clients."""
+    def one(_):
+        with httpx.Client(timeout=10) as c:
+            return c.post(gw.base + "/v1/chat/completions", json=chat("gpt-4o"), headers=headers).status_code
+
+    with ThreadPoolExecutor(clients) as ex:
+        return list(ex.map(one, range(requests)))
+
+
 def wait_for_fresh_minute(min_left=15):
     left = 60 - time.time() % 60
     if left < min_left:
@@ -108,14 +118,7 @@ def test_rpm_exact_count_in_a_fresh_window(mock):
     wait_for_fresh_minute(min_left=20)
     g = Gateway(tenant_config(rpm=25), clusters_for(mock), KEYS)
     try:
-        b = {"authorization": f"Bearer {KEY_B}"}
-
-        def one(_):
-            with httpx.Client(timeout=10) as c:
-                return c.post(g.base + "/v1/chat/completions", json=chat("gpt-4o"), headers=b).status_code
-
-        with ThreadPoolExecutor(32) as ex:
-            statuses = list(ex.map(one, range(100)))
+        statuses = concurrent_statuses(g, {"authorization": f"Bearer {KEY_B}"}, clients=32, requests=100)
         assert statuses.count(200) == 25, statuses
         assert statuses.count(429) == 75
     finally:
@@ -149,13 +152,7 @@ def test_max_parallel_refuses_requests_beyond_those_in_flight(mock):
     try:
         mock.faults("alpha", latency_ms=800)
         b = {"authorization": f"Bearer {KEY_B}"}
-
-        def one(_):
-            with httpx.Client(timeout=10) as c:
-                return c.post(g.base + "/v1/chat/completions", json=chat("gpt-4o"), headers=b).status_code
-
-        with ThreadPoolExecutor(6) as ex:
-            statuses = list(ex.map(one, range(6)))
+        statuses = concurrent_statuses(g, b, clients=6, requests=6)
         assert statuses.count(200) == 2 and statuses.count(429) == 4, statuses
         # Slots are released when requests end.
         assert post(g, b, model="gpt-4o").status_code == 200
