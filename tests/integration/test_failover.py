@@ -107,7 +107,8 @@ def test_hang_on_failover_call_is_cut_by_per_try_timeout(make_gateway, mock):
 
 def test_retry_after_takes_member_out_until_then(make_gateway, mock):
     cfg = base_config(health={"consecutive_failures": 1000})
-    cfg["pools"]["gpt4o_16k"]["members"][0]["weight"] = 100
+    # beta a weight-0 standby: the first request always goes to alpha (a 100:1 weight missed it 1 in 101 runs).
+    cfg["pools"]["gpt4o_16k"]["members"][1]["weight"] = 0
     gw = make_gateway(cfg)
     mock.faults("alpha", status=429, retry_after="2")
     first = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
