@@ -24,7 +24,7 @@ use crate::doors::{messages, Door, DoorAnswer, DoorError};
 use crate::providers::{build_request, stream_include_usage, BuildContext, ResponseAdapter, UpstreamRequest};
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
-use crate::routing::{verdict, Availability, Plan, RouteInput};
+use crate::routing::{exhausted, Availability, Plan, RouteInput};
 use crate::tenant::limits::{cost_micro_usd, rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
@@ -565,14 +565,14 @@ impl Filter {
                     Availability::Unavailable { until_ms } => Some(until_ms),
                     Availability::Healthy | Availability::Trial => None,
                 });
-                let verdict = verdict::exhausted(&statuses, back, now);
+                let answer = exhausted::exhausted(&statuses, back, now);
                 let mut error = plan.exhausted_error(target);
-                if verdict.status == 429 {
+                if answer.status == 429 {
                     error.status = 429;
                     error.code = "rate_limit_exceeded";
                 }
-                error.retry_after_s = verdict.retry_after_s;
-                error.should_retry = Some(verdict.should_retry);
+                error.retry_after_s = answer.retry_after_s;
+                error.should_retry = Some(answer.should_retry);
                 error
             }
             None => ApiError::unavailable("No upstream could be tried."),

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod router;
 pub mod select;
 pub mod stats;
-pub mod verdict;
+pub mod exhausted;
 
 pub use health::{Availability, MemberHealth, Transition};
 pub use plan::{Attempt, Plan, RouteInput, StageReport, Verdict};
