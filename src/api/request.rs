@@ -312,13 +312,37 @@ impl<'a> ParsedRequest<'a> {
     /// The body for an OpenAI-shaped upstream: `model` replaced, gateway fields dropped.
     /// Without gateway fields this is the client's body with the model name's bytes replaced.
     pub fn openai_body(&self, model: &str) -> Vec<u8> {
-        if let Some((before, after)) =
-            self.splice.as_ref().and_then(|r| Some((self.body.get(..r.start)?, self.body.get(r.end..)?)))
-        {
-            let mut out = Vec::with_capacity(before.len() + model.len() + after.len() + 2);
-            out.extend_from_slice(before.as_bytes());
-            push_json_string(&mut out, model);
-            out.extend_from_slice(after.as_bytes());
+        self.openai_body_for(model, false)
+    }
+
+    /// [`ParsedRequest::openai_body`]; with `ask_usage` a stream also asks for
+    /// its usage (`stream_options.include_usage: true`, the client's other
+    /// stream options kept), spliced into the bytes like the model name.
+    pub fn openai_body_for(&self, model: &str, ask_usage: bool) -> Vec<u8> {
+        let options = if ask_usage && self.stream { usage_stream_options(self.field("stream_options")) } else { None };
+        if let Some(model_at) = self.splice.clone() {
+            let mut model_json = Vec::with_capacity(model.len() + 2);
+            push_json_string(&mut model_json, model);
+            let mut edits = vec![(model_at, model_json)];
+            if let Some(value) = options {
+                match self.field("stream_options").and_then(|v| span_in(self.body, v)) {
+                    Some(at) => edits.push((at, value)),
+                    None => {
+                        // A new last field, before the object's closing brace.
+                        let close = self.body.rfind('}').unwrap_or(self.body.len());
+                        edits.push((close..close, [&b",\"stream_options\":"[..], &value].concat()));
+                    }
+                }
+            }
+            edits.sort_by_key(|(at, _)| at.start);
+            let mut out = Vec::with_capacity(self.body.len() + model.len() + 48);
+            let mut from = 0;
+            for (at, value) in &edits {
+                out.extend_from_slice(self.body.get(from..at.start).unwrap_or_default().as_bytes());
+                out.extend_from_slice(value);
+                from = at.end;
+            }
+            out.extend_from_slice(self.body.get(from..).unwrap_or_default().as_bytes());
             return out;
         }
         let mut out = Vec::with_capacity(
@@ -330,11 +354,41 @@ impl<'a> ParsedRequest<'a> {
             out.push(b',');
             push_json_string(&mut out, key);
             out.push(b':');
-            out.extend_from_slice(value.get().as_bytes());
+            match (&options, key) {
+                (Some(options), "stream_options") => out.extend_from_slice(options),
+                _ => out.extend_from_slice(value.get().as_bytes()),
+            }
+        }
+        if let Some(options) = options.filter(|_| self.field("stream_options").is_none()) {
+            out.extend_from_slice(b",\"stream_options\":");
+            out.extend_from_slice(&options);
         }
         out.push(b'}');
         out
     }
+}
+
+/// `stream_options` asking for the stream's usage, or `None` when `current`
+/// already does (or is not an object: the provider names that error).
+fn usage_stream_options(current: Option<&RawValue>) -> Option<Vec<u8>> {
+    let mut out = b"{\"include_usage\":true".to_vec();
+    if let Some(current) = current.filter(|v| v.get() != "null") {
+        let TopLevel(fields) = serde_json::from_str::<TopLevel<'_>>(current.get()).ok()?;
+        for (key, value) in fields {
+            match key.as_ref() {
+                "include_usage" if value.get() == "true" => return None,
+                "include_usage" => {}
+                _ => {
+                    out.push(b',');
+                    push_json_string(&mut out, &key);
+                    out.push(b':');
+                    out.extend_from_slice(value.get().as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 /// Appends `s` as a JSON string literal.
@@ -588,6 +642,55 @@ mod tests {
         let req = parse(r#"{"model":"a","messages":[],"model":"b"}"#).unwrap();
         assert_eq!(req.target, "b");
         assert_eq!(String::from_utf8(req.openai_body("m")).unwrap(), r#"{"model":"m","messages":[]}"#);
+    }
+
+    #[test]
+    fn streams_ask_for_usage_keeping_the_clients_other_stream_options() {
+        let body = |b: &str, ask: bool| String::from_utf8(parse(b).unwrap().openai_body_for("m", ask)).unwrap();
+        // Spliced: a new last field, or the client's options rewritten in place.
+        assert_eq!(
+            body(r#"{ "model": "p", "stream": true, "messages": [] }"#, true),
+            r#"{ "model": "m", "stream": true, "messages": [] ,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            body(
+                r#"{"stream_options":{"include_obfuscation":false,"include_usage":false},"model":"p","stream":true,"messages":[]}"#,
+                true
+            ),
+            r#"{"stream_options":{"include_usage":true,"include_obfuscation":false},"model":"m","stream":true,"messages":[]}"#
+        );
+        assert_eq!(
+            body(r#"{"model":"p","stream":true,"stream_options":null,"messages":[]}"#, true),
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
+        );
+        // Rebuilt (a gateway field is dropped): the same fields.
+        assert_eq!(
+            body(r#"{"model":"p","provider":"pool","stream":true,"messages":[]}"#, true),
+            r#"{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            body(r#"{"model":"p","fallback":["x"],"stream":true,"stream_options":{},"messages":[]}"#, true),
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
+        );
+        // Already asked, not a stream, or not asked to: only the model changes.
+        for b in [
+            r#"{"model":"p","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+            r#"{"model":"p","stream":false,"messages":[]}"#,
+        ] {
+            assert_eq!(body(b, true), b.replace("\"p\"", "\"m\""));
+        }
+        let b = r#"{"model":"p","stream":true,"messages":[]}"#;
+        assert_eq!(body(b, false), b.replace("\"p\"", "\"m\""));
+        for b in [
+            body(b, true),
+            body(
+                r#"{"model":"p","provider":"x","stream":true,"stream_options":{"include_usage":false},"messages":[]}"#,
+                true,
+            ),
+        ] {
+            let v: Value = serde_json::from_str(&b).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{b}");
+        }
     }
 
     #[test]

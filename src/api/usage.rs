@@ -1,6 +1,7 @@
 //! Token usage read back from an OpenAI-shaped answer, without parsing it:
 //! the last `prompt_tokens` and `completion_tokens` numbers in its tail (the
-//! `usage` object closes a completion and the final chunk of a stream).
+//! `usage` object closes a completion and the final chunk of a stream), and
+//! the usage-only chunk taken out of a stream whose client did not ask for it.
 
 /// Bytes of an answer's end worth keeping to find its usage.
 pub const TAIL_BYTES: usize = 1024;
@@ -35,9 +36,95 @@ fn last_number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-/// (prompt, completion) tokens, when both are there.
+/// (prompt, completion) tokens, when `prompt_tokens` is there (embeddings
+/// report no completion: 0).
 pub fn scan(body: &[u8]) -> Option<(u64, u64)> {
-    Some((last_number_after(body, b"\"prompt_tokens\"")?, last_number_after(body, b"\"completion_tokens\"")?))
+    let prompt = last_number_after(body, b"\"prompt_tokens\"")?;
+    Some((prompt, last_number_after(body, b"\"completion_tokens\"").unwrap_or(0)))
+}
+
+/// Takes the usage-only chunk (`"choices":[]` with a `usage` object) out of
+/// an OpenAI stream, keeping its counts: the gateway asks OpenAI-wire
+/// providers for usage (`stream_options.include_usage`) even when the client
+/// did not, and that client must not get a chunk it never asked for.
+/// Bytes after the last complete event are held until the event completes,
+/// so a chunk split across body callbacks is still recognised; complete
+/// events pass as they came.
+#[derive(Debug, Default)]
+pub struct UsageChunkFilter {
+    held: Vec<u8>,
+    usage: Option<(u64, u64)>,
+}
+
+impl UsageChunkFilter {
+    /// What to send on for `chunk`: `None` when that is `chunk` itself.
+    pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
+        let complete = end_of_stream || event_end(chunk) == chunk.len();
+        if self.held.is_empty() && complete && !has_empty_choices(chunk) {
+            return None;
+        }
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(chunk);
+        let cut = if end_of_stream { data.len() } else { event_end(&data) };
+        self.held = data.split_off(cut);
+        if !has_empty_choices(&data) {
+            return Some(data);
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut rest = data.as_slice();
+        while !rest.is_empty() {
+            let end = first_event_end(rest);
+            let (event, tail) = rest.split_at(end);
+            match scan(event).filter(|_| has_empty_choices(event)) {
+                Some(usage) => self.usage = Some(usage),
+                None => out.extend_from_slice(event),
+            }
+            rest = tail;
+        }
+        Some(out)
+    }
+
+    /// The counts of the chunk taken out, once it was seen.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        self.usage
+    }
+}
+
+/// Where an SSE event ends at `i` (`\n\n` or `\n\r\n`): the index after it.
+fn ends_at(bytes: &[u8], i: usize) -> Option<usize> {
+    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+        (Some(b'\n'), Some(b'\n'), _) => Some(i + 2),
+        (Some(b'\n'), Some(b'\r'), Some(b'\n')) => Some(i + 3),
+        _ => None,
+    }
+}
+
+/// The index after the last complete event (0: none).
+fn event_end(bytes: &[u8]) -> usize {
+    (0..bytes.len()).rev().find_map(|i| ends_at(bytes, i).filter(|&e| e <= bytes.len())).unwrap_or(0)
+}
+
+/// The index after the first event (the whole input when it is unterminated).
+fn first_event_end(bytes: &[u8]) -> usize {
+    (0..bytes.len()).find_map(|i| ends_at(bytes, i)).unwrap_or(bytes.len())
+}
+
+/// Whether a `"choices"` key holds an empty array (`"choices": [ ]` too).
+fn has_empty_choices(bytes: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"choices\"";
+    fn then<'a>(rest: &'a [u8], what: u8) -> Option<&'a [u8]> {
+        let at = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        if rest.get(at) == Some(&what) {
+            rest.get(at + 1..)
+        } else {
+            None
+        }
+    }
+    let empty_after = |at: usize| {
+        let rest = bytes.get(at + KEY.len()..)?;
+        then(then(then(rest, b':')?, b'[')?, b']')
+    };
+    bytes.windows(KEY.len()).enumerate().any(|(at, w)| w == KEY && empty_after(at).is_some())
 }
 
 #[cfg(test)]
@@ -55,6 +142,54 @@ mod tests {
         let stream = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
         assert_eq!(scan(stream), Some((7, 3)));
         assert_eq!(scan(b"{\"choices\":[]}"), None);
+        let embeddings = br#"{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(scan(embeddings), Some((8, 0)));
+    }
+
+    const CHUNK: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &[u8] =
+        b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n";
+    const DONE: &[u8] = b"data: [DONE]\n\n";
+
+    #[test]
+    fn usage_chunk_is_taken_out_and_counted_whatever_the_chunking() {
+        let stream = [CHUNK, CHUNK, USAGE, DONE].concat();
+        let expected = [CHUNK, CHUNK, DONE].concat();
+        // Every way of cutting the stream in two (and in bytes) gives the same output.
+        for cut in 0..=stream.len() {
+            let mut f = UsageChunkFilter::default();
+            let (a, b) = stream.split_at(cut);
+            let mut out = f.feed(a, false).unwrap_or_else(|| a.to_vec());
+            out.extend(f.feed(b, true).unwrap_or_else(|| b.to_vec()));
+            assert_eq!(out, expected, "cut at {cut}");
+            assert_eq!(f.usage(), Some((7, 3)), "cut at {cut}");
+        }
+        let mut f = UsageChunkFilter::default();
+        let mut out = Vec::new();
+        for (i, byte) in stream.iter().enumerate() {
+            out.extend(f.feed(&[*byte], i + 1 == stream.len()).unwrap_or_else(|| vec![*byte]));
+        }
+        assert_eq!((out, f.usage()), (expected, Some((7, 3))));
+    }
+
+    #[test]
+    fn usage_chunk_filter_leaves_other_streams_untouched() {
+        let mut f = UsageChunkFilter::default();
+        // Whole events without a usage-only chunk pass as they are, without a copy.
+        assert_eq!(f.feed(CHUNK, false), None);
+        assert_eq!(f.feed(DONE, true), None);
+        assert_eq!(f.usage(), None);
+        // Usage on a chunk that still has choices (some servers) is not a usage-only chunk.
+        let with_choice =
+            b"data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        assert_eq!(UsageChunkFilter::default().feed(with_choice, true), None);
+        // CRLF framing and spaced JSON are recognised; an unterminated tail is sent at the end.
+        let spaced = b"data: {\"choices\": [ ], \"usage\": {\"prompt_tokens\": 4, \"completion_tokens\": 5}}\r\n\r\n";
+        let mut f = UsageChunkFilter::default();
+        assert_eq!(f.feed(&[CHUNK, spaced].concat(), false), Some(CHUNK.to_vec()));
+        assert_eq!(f.feed(b"data: [DO", false), Some(Vec::new()));
+        assert_eq!(f.feed(b"NE]", true), Some(b"data: [DONE]".to_vec()));
+        assert_eq!(f.usage(), Some((4, 5)));
     }
 
     #[test]

@@ -82,6 +82,21 @@ mod tests {
     }
 
     #[test]
+    fn openai_wire_streams_ask_for_usage() {
+        for kind in [ProviderKind::Openai, ProviderKind::OpenaiCompatible, ProviderKind::Azure] {
+            for (endpoint, body) in [
+                (Endpoint::ChatCompletions, r#"{"model":"pool","stream":true,"messages":[]}"#),
+                (Endpoint::Completions, r#"{"model":"pool","stream":true,"prompt":"p"}"#),
+            ] {
+                let body: serde_json::Value = serde_json::from_slice(&build(kind, endpoint, body).body).unwrap();
+                assert_eq!(body["stream_options"], serde_json::json!({"include_usage": true}), "{kind:?} {endpoint:?}");
+            }
+            let plain = build(kind, Endpoint::ChatCompletions, r#"{"model":"pool","messages":[]}"#);
+            assert!(!String::from_utf8(plain.body).unwrap().contains("stream_options"));
+        }
+    }
+
+    #[test]
     fn azure_paths_for_every_endpoint() {
         for (endpoint, body, suffix) in [
             (Endpoint::ChatCompletions, r#"{"model":"x","messages":[]}"#, "chat/completions"),

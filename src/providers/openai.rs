@@ -1,5 +1,6 @@
 //! OpenAI and OpenAI-wire-compatible providers (including Azure OpenAI):
-//! the body only has its `model` replaced.
+//! the body only has its `model` replaced, and a stream asks for its usage
+//! (`stream_options.include_usage`) so that every stream can be accounted.
 
 use crate::api::request::ParsedRequest;
 use crate::api::Endpoint;
@@ -31,5 +32,11 @@ pub(super) fn build(
         }
         format!("{}{}", provider.base_path, endpoint.suffix())
     };
-    UpstreamRequest { path, authority: provider.host.clone(), headers, body: request.openai_body(&member.model) }
+    let ask_usage = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
+    UpstreamRequest {
+        path,
+        authority: provider.host.clone(),
+        headers,
+        body: request.openai_body_for(&member.model, ask_usage),
+    }
 }
