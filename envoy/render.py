@@ -78,11 +78,33 @@ def secret_env_keys(plugin_config):
     return keys
 
 
+# Request-end stats: `<family>.<pool>.<member>.<tenant>[.<token type or status>]` (src/observe.rs).
+REQUEST_STATS = (r"(?:gen_ai\.client\.token\.usage|gen_ai\.server\.request\.duration|gen_ai\.server\.time_to_first_token"
+                 r"|switchboard\.requests|switchboard\.cost_micro_usd|switchboard\.usage_estimated)")
+
 # Envoy tag extraction: the first group is cut from the stat name, the second is the tag value.
 STATS_TAGS = [
     {"tag_name": "pool", "regex": r"^wasmcustom\.switchboard\.(?:pool|member)\.(([^.]+)\.)"},
     {"tag_name": "member", "regex": r"^wasmcustom\.switchboard\.member\.[^.]+\.(([^.]+)\.)"},
+    {"tag_name": "pool", "regex": rf"^wasmcustom\.{REQUEST_STATS}(\.([^.]+))"},
+    {"tag_name": "member", "regex": rf"^wasmcustom\.{REQUEST_STATS}\.[^.]+(\.([^.]+))"},
+    {"tag_name": "tenant", "regex": rf"^wasmcustom\.{REQUEST_STATS}\.[^.]+\.[^.]+(\.([^.]+))"},
+    {"tag_name": "gen_ai.token.type", "regex": r"^wasmcustom\.gen_ai\.client\.token\.usage(?:\.[^.]+){3}(\.([^.]+))$"},
+    {"tag_name": "status", "regex": r"^wasmcustom\.switchboard\.requests(?:\.[^.]+){3}(\.([^.]+))$"},
+    {"tag_name": "tenant", "regex": r"^wasmcustom\.switchboard\.tenant(\.([^.]+))\."},
 ]
+
+# The call log: one JSON line per client request, written by the filter as
+# filter state (src/observe.rs) and printed by Envoy's file access log.
+CALL_LOG_FORMAT = "%FILTER_STATE(wasm.switchboard.call:PLAIN)%\n"
+
+
+def call_log(path):
+    return {"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path,
+        "log_format": {"text_format_source": {"inline_string": CALL_LOG_FORMAT}},
+    }}
 
 
 def request_decompressor():
@@ -122,7 +144,7 @@ def cors_policy(origins):
 
 
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
-              cors_origins=("*",)):
+              cors_origins=("*",), call_log_path=None):
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
@@ -159,9 +181,13 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         "route_config": {"name": "llm", "virtual_hosts": [virtual_host]},
         "http_filters": filters,
     }
+    if call_log_path and with_wasm:
+        hcm["access_log"] = [call_log(call_log_path)]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "stats_config": {"stats_tags": STATS_TAGS},
+        # Histograms reach /stats/prometheus when merged, at each flush (default every 5 s).
+        "stats_flush_interval": "1s",
         "static_resources": {
             "listeners": [{
                 "name": "llm",
@@ -188,6 +214,7 @@ def main(argv=None):
     ap.add_argument("--no-wasm", action="store_true", help="plain Envoy baseline (benchmarks)")
     ap.add_argument("--cors-origin", action="append", default=None,
                     help="origin allowed for browser clients (repeat; default any: *; 'none' disables CORS)")
+    ap.add_argument("--call-log", metavar="PATH", help="write the call log (one JSON line per request) to PATH")
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     with open(args.plugin_config) as f:
@@ -195,7 +222,7 @@ def main(argv=None):
     clusters = dict(c.split("=", 1) for c in args.cluster)
     origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")
     doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address,
-                    origins)
+                    origins, args.call_log)
     text = json.dumps(doc, indent=2)
     if args.output == "-":
         sys.stdout.write(text + "\n")

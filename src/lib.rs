@@ -3,13 +3,15 @@
 //! Layout: `config` (schema and validation), `api` (client-facing OpenAI API:
 //! parsing, errors, model listing), `routing` (member selection, health),
 //! `providers` (upstream request/response adapters) are plain Rust, tested
-//! natively and as wasm. `host` is the only module that talks to proxy-wasm.
+//! natively and as wasm; so is `observe` (the call-log line, request-end stat
+//! names). `host` is the only module that talks to proxy-wasm.
 
 pub mod api;
 pub mod config;
 pub mod doors;
 pub mod explain;
 pub mod learned;
+pub mod observe;
 pub mod providers;
 pub mod routing;
 pub mod tenant;

@@ -323,21 +323,22 @@ impl<'a> ParsedRequest<'a> {
         if let Some(model_at) = self.splice.clone() {
             let mut model_json = Vec::with_capacity(model.len() + 2);
             push_json_string(&mut model_json, model);
-            let mut edits = vec![(model_at, model_json)];
-            if let Some(value) = options {
-                match self.field("stream_options").and_then(|v| span_in(self.body, v)) {
-                    Some(at) => edits.push((at, value)),
-                    None => {
-                        // A new last field, before the object's closing brace.
-                        let close = self.body.rfind('}').unwrap_or(self.body.len());
-                        edits.push((close..close, [&b",\"stream_options\":"[..], &value].concat()));
-                    }
+            let options = options.map(|value| match self.field("stream_options").and_then(|v| span_in(self.body, v)) {
+                Some(at) => (at, value),
+                // A new last field, before the object's closing brace.
+                None => {
+                    let close = self.body.rfind('}').unwrap_or(self.body.len());
+                    (close..close, [&b",\"stream_options\":"[..], &value].concat())
                 }
-            }
-            edits.sort_by_key(|(at, _)| at.start);
+            });
+            let model_edit = (model_at, model_json);
+            let edits = match options {
+                Some(o) if o.0.start < model_edit.0.start => [Some(o), Some(model_edit)],
+                o => [Some(model_edit), o],
+            };
             let mut out = Vec::with_capacity(self.body.len() + model.len() + 48);
             let mut from = 0;
-            for (at, value) in &edits {
+            for (at, value) in edits.iter().flatten() {
                 out.extend_from_slice(self.body.get(from..at.start).unwrap_or_default().as_bytes());
                 out.extend_from_slice(value);
                 from = at.end;

@@ -59,29 +59,35 @@ pub struct UsageChunkFilter {
 impl UsageChunkFilter {
     /// What to send on for `chunk`: `None` when that is `chunk` itself.
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
-        let complete = end_of_stream || event_end(chunk) == chunk.len();
-        if self.held.is_empty() && complete && !has_empty_choices(chunk) {
+        let whole = end_of_stream || chunk.ends_with(b"\n\n") || chunk.ends_with(b"\n\r\n");
+        if self.held.is_empty() && whole && !has_empty_choices(chunk) {
             return None;
         }
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(chunk);
-        let cut = if end_of_stream { data.len() } else { event_end(&data) };
-        self.held = data.split_off(cut);
-        if !has_empty_choices(&data) {
-            return Some(data);
-        }
         let mut out = Vec::with_capacity(data.len());
-        let mut rest = data.as_slice();
-        while !rest.is_empty() {
-            let end = first_event_end(rest);
-            let (event, tail) = rest.split_at(end);
-            match scan(event).filter(|_| has_empty_choices(event)) {
-                Some(usage) => self.usage = Some(usage),
-                None => out.extend_from_slice(event),
+        let mut start = 0;
+        for i in 0..data.len() {
+            if let Some(end) = ends_at(&data, i).filter(|&end| end > start) {
+                self.pass(data.get(start..end).unwrap_or_default(), &mut out);
+                start = end;
             }
-            rest = tail;
+        }
+        let rest = data.get(start..).unwrap_or_default();
+        if end_of_stream {
+            self.pass(rest, &mut out);
+        } else {
+            self.held = rest.to_vec();
         }
         Some(out)
+    }
+
+    /// Sends `event` on, unless it is the usage-only chunk.
+    fn pass(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        match scan(event).filter(|_| has_empty_choices(event)) {
+            Some(usage) => self.usage = Some(usage),
+            None => out.extend_from_slice(event),
+        }
     }
 
     /// The counts of the chunk taken out, once it was seen.
@@ -99,20 +105,10 @@ fn ends_at(bytes: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// The index after the last complete event (0: none).
-fn event_end(bytes: &[u8]) -> usize {
-    (0..bytes.len()).rev().find_map(|i| ends_at(bytes, i).filter(|&e| e <= bytes.len())).unwrap_or(0)
-}
-
-/// The index after the first event (the whole input when it is unterminated).
-fn first_event_end(bytes: &[u8]) -> usize {
-    (0..bytes.len()).find_map(|i| ends_at(bytes, i)).unwrap_or(bytes.len())
-}
-
 /// Whether a `"choices"` key holds an empty array (`"choices": [ ]` too).
 fn has_empty_choices(bytes: &[u8]) -> bool {
     const KEY: &[u8] = b"\"choices\"";
-    fn then<'a>(rest: &'a [u8], what: u8) -> Option<&'a [u8]> {
+    fn then(rest: &[u8], what: u8) -> Option<&[u8]> {
         let at = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         if rest.get(at) == Some(&what) {
             rest.get(at + 1..)

@@ -27,6 +27,7 @@ pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 
 pub const METRIC_COUNTER: u32 = 0;
 pub const METRIC_GAUGE: u32 = 1;
+pub const METRIC_HISTOGRAM: u32 = 2;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -72,6 +73,7 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
     fn proxy_get_property(path: *const u8, path_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_property(path: *const u8, path_len: usize, value: *const u8, value_len: usize) -> u32;
 }
 
 fn status(code: u32) -> Result<(), Status> {
@@ -223,6 +225,12 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
         NOT_FOUND => Ok(None),
         other => Err(other),
     }
+}
+
+/// Sets a filter-state value of the request; Envoy stores it as `wasm.<name>`.
+pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: valid pointers to `name` and `value`.
+    status(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {

@@ -17,7 +17,7 @@ use proxy_wasm::types::Action;
 use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::models::ModelListing;
 use crate::api::request::ParsedRequest;
-use crate::api::usage;
+use crate::api::usage::{self, UsageChunkFilter};
 use crate::api::{ApiError, Endpoint};
 use crate::config::Strategy;
 use crate::doors::{messages, Door, DoorAnswer, DoorError};
@@ -25,10 +25,11 @@ use crate::providers::{build_request, stream_include_usage, BuildContext, Respon
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
 use crate::routing::{exhausted, Availability, Plan, RouteInput};
-use crate::tenant::limits::{cost_micro_usd, rate_headers, Refusal, Window, WINDOW_S};
+use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
 use super::learned_store::{self, Decided, Feedback, Scorer};
+use super::observe::{self, Observed};
 use super::runtime::{Picked, Runtime};
 use super::{abi, health_store, live_store, tenant_store};
 use crate::config::MemberRef;
@@ -49,6 +50,8 @@ struct Attempt {
     /// Measured for `lowest_latency` pools only.
     started_ms: u64,
     first_byte_ms: u64,
+    /// When it started, for the call log.
+    began_ms: u64,
 }
 
 enum State {
@@ -98,6 +101,10 @@ pub struct Filter {
     answer_tail: Option<usage::Tail>,
     /// Usage a translating adapter saw (streams report it even when the client did not ask).
     adapter_usage: Option<(u64, u64)>,
+    /// An OpenAI-wire stream whose client did not ask for usage: its usage chunk is taken out.
+    usage_chunks: Option<UsageChunkFilter>,
+    /// What the call log and the request-end stats report.
+    obs: Observed,
 }
 
 /// A tenant's admission: released and corrected when the request ends.
@@ -128,6 +135,8 @@ impl Filter {
             tenant: None,
             answer_tail: None,
             adapter_usage: None,
+            usage_chunks: None,
+            obs: Observed::default(),
             learned: None,
             feedback: false,
         }
@@ -202,6 +211,8 @@ impl Filter {
 
     fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         self.state = State::Answered;
+        let now = self.now_ms();
+        self.obs.answered(status, now);
         if let Err(s) = abi::send_local_response(status, headers, body) {
             self.host_error("send_local_response", s);
         }
@@ -271,6 +282,7 @@ impl Filter {
             let headers = RequestHeaders(&self.client_headers);
             let scorer = Scorer { config: &rt.config, models: &rt.learned_models, decided: Cell::new(None) };
             let input = RouteInput { request: &parsed, headers: &headers, scorer: Some(&scorer) };
+            self.obs.model = Some(parsed.target.clone());
             let mut plan = match Plan::for_request(&rt.config, input, now) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
@@ -291,6 +303,9 @@ impl Filter {
             };
             self.shape = AnswerShape { stream: parsed.stream, include_usage: stream_include_usage(&parsed) };
             self.door_answer = DoorAnswer::new(self.door, &parsed.target, parsed.stream, now / 1000);
+            // Every answer's usage is read: for the stats, the call log and the tenant's limits.
+            self.answer_tail.get_or_insert_with(usage::Tail::default);
+            self.obs.estimate = expected_tokens(&parsed, body.len());
             (plan, picked, upstream)
         };
         if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
@@ -326,7 +341,11 @@ impl Filter {
             return Ok(());
         }
         let now_s = now / 1000;
-        let refused = |r: Refusal| refusal_error(tenant, r);
+        let index = admission.index;
+        let refused = |r: Refusal| {
+            rt.metrics.tenant_refused(index, matches!(r, Refusal::Budget { .. }));
+            refusal_error(tenant, r)
+        };
         tenant_store::check_budget(tenant, now_s).map_err(refused)?;
         admission.parallel_held = tenant_store::take_parallel(tenant).map_err(refused)?;
         let (prompt_estimate, expected_output) = expected_tokens(parsed, body_len);
@@ -373,16 +392,14 @@ impl Filter {
             live_store::begin(rt.member_id(picked.member));
         }
         let timed = strategy == Some(Strategy::LowestLatency);
-        if timed && !self.shape.stream && self.answer_tail.is_none() {
-            // The latency per output token needs the answer's usage.
-            self.answer_tail = Some(usage::Tail::default());
-        }
+        let now = self.now_ms();
         Attempt {
             picked,
             adapter: adapter_for(rt, self.endpoint, self.shape, picked.member),
             in_flight,
-            started_ms: if timed { self.now_ms().max(1) } else { 0 },
+            started_ms: if timed { now.max(1) } else { 0 },
             first_byte_ms: 0,
+            began_ms: now,
         }
     }
 
@@ -396,6 +413,7 @@ impl Filter {
     /// Records how `attempt` ended. Returns whether it failed (fail over next).
     fn finish(&mut self, rt: &Runtime, attempt: &Attempt, status: u16, retry_after: Option<&str>, now: u64) -> bool {
         self.abandon(rt, attempt);
+        self.obs.attempts.push((attempt.picked.member, status, now.saturating_sub(attempt.began_ms)));
         let Some(plan) = self.plan.as_mut() else { return false };
         let failed = rt.record(plan, attempt.picked, status, retry_after, now, &self.request_id);
         if !failed && attempt.started_ms > 0 {
@@ -412,9 +430,9 @@ impl Filter {
         failed
     }
 
-    /// Records a successful attempt; the common case (a healthy member) needs no clock.
+    /// Records a successful attempt.
     fn finish_success(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
-        let now = if attempt.picked.health.is_clean() && attempt.started_ms == 0 { 0 } else { self.now_ms() };
+        let now = self.now_ms();
         self.finish(rt, attempt, status, None, now);
     }
 
@@ -804,6 +822,12 @@ impl Context for Filter {
                 let verdict = if adapter.translation_failed() { 502 } else { status };
                 ("application/json", translated, verdict)
             }
+            None if self.takes_usage_chunk(status) => {
+                let mut chunks = UsageChunkFilter::default();
+                let body = chunks.feed(&body, true).unwrap_or(body);
+                self.usage_chunks = Some(chunks);
+                (header_value(&headers, "content-type").unwrap_or("text/event-stream"), body, status)
+            }
             None => (header_value(&headers, "content-type").unwrap_or("application/json"), body, status),
         };
         let (verdict, content_type, body) = match self.door_answer.as_mut() {
@@ -837,6 +861,10 @@ impl Context for Filter {
             Some((name, std::str::from_utf8(v).ok()?))
         }));
         self.respond(verdict, &out, &body);
+        if self.shape.stream {
+            // A failed-over stream reaches the client whole: its first event leaves now.
+            self.obs.first_event_ms = self.obs.first_byte_ms;
+        }
     }
 }
 
@@ -845,6 +873,7 @@ impl HttpContext for Filter {
         let Some(rt) = self.rt.clone() else {
             return self.answer_error(&ApiError::internal("switchboard is not configured"));
         };
+        self.obs.start_ms = self.now_ms();
         // One host call for every header the filter needs now and for the rewrite later.
         let raw = match abi::headers_raw(REQ) {
             Ok(raw) => raw,
@@ -975,17 +1004,21 @@ impl HttpContext for Filter {
             Vec::new()
         });
         let status = header_value(&headers, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let now = self.now_ms();
         if attempt.started_ms > 0 {
-            attempt.first_byte_ms = self.now_ms();
+            attempt.first_byte_ms = now;
         }
         if rt.is_failure(attempt.picked.member, status) {
-            let now = self.now_ms();
             self.finish(&rt, &attempt, status, header_value(&headers, "retry-after"), now);
             return self.fail_over(&rt, now);
         }
         let adapter = attempt.adapter.as_ref();
         let door = self.door_answer.as_ref();
         if adapter.is_none() && door.is_none() {
+            if self.takes_usage_chunk(status) {
+                self.usage_chunks = Some(UsageChunkFilter::default());
+            }
+            self.obs.answered(status, now);
             self.set_response_headers(&rt, attempt.picked.member, &headers, &[], &[]);
             return self.relay(&rt, attempt, status, end_of_stream);
         }
@@ -996,6 +1029,7 @@ impl HttpContext for Filter {
             && adapter.is_none_or(|a| translates_stream(a, status))
             && door.is_none_or(DoorAnswer::is_stream);
         if streams {
+            self.obs.answered(status, now);
             let content_type = [("content-type", "text/event-stream")];
             self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
             return self.relay(&rt, attempt, status, end_of_stream);
@@ -1003,6 +1037,7 @@ impl HttpContext for Filter {
         let content_type = [("content-type", "application/json")];
         self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
         if end_of_stream {
+            self.obs.answered(status, now);
             self.finish_success(&rt, &attempt, status);
             return Action::Continue;
         }
@@ -1031,7 +1066,12 @@ impl HttpContext for Filter {
             _ => return Action::Continue,
         }
         let Some(rt) = self.rt.clone() else { return Action::Continue };
-        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
+        // An answer passed through as it is is read only for its usage, which is in its tail.
+        let passes = self.door_answer.is_none()
+            && self.usage_chunks.is_none()
+            && matches!(&self.state, State::Relaying { attempt, .. } if attempt.adapter.is_none());
+        let skip = if passes { body_size.saturating_sub(usage::TAIL_BYTES) } else { 0 };
+        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, skip, body_size - skip) {
             Ok(chunk) => chunk,
             Err(s) => {
                 self.host_error("get response body", s);
@@ -1040,7 +1080,13 @@ impl HttpContext for Filter {
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
             State::Relaying { mut attempt, status } => {
+                if self.shape.stream && self.obs.first_event_ms == 0 && body_size > 0 {
+                    self.obs.first_event_ms = self.now_ms();
+                }
                 let mut translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
+                if let (None, Some(chunks)) = (&translated, self.usage_chunks.as_mut()) {
+                    translated = chunks.feed(&chunk, end_of_stream);
+                }
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
                 if let Some(door) = self.door_answer.as_mut() {
                     translated = Some(door.feed(translated.as_deref().unwrap_or(&chunk), end_of_stream));
@@ -1085,6 +1131,8 @@ impl HttpContext for Filter {
                     Some(door) => door.body(sent, &out),
                     None => (sent, out),
                 };
+                let now = self.now_ms();
+                self.obs.answered(door_status, now);
                 if door_status != status {
                     if let Err(s) = abi::set_header(RESP, ":status", &door_status.to_string()) {
                         self.host_error("set response status", s);
@@ -1108,11 +1156,18 @@ impl HttpContext for Filter {
     fn on_log(&mut self) {
         let Some(rt) = self.rt.clone() else { return };
         self.end_unfinished_answer(&rt);
+        self.report(&rt);
         self.release_tenant(&rt);
     }
 }
 
 impl Filter {
+    /// Whether a successful OpenAI-wire answer carries a usage chunk the
+    /// gateway asked for and the client did not (see `providers::openai`).
+    fn takes_usage_chunk(&self, status: u16) -> bool {
+        self.shape.stream && !self.shape.include_usage && status < 300 && self.endpoint != Endpoint::Embeddings
+    }
+
     /// Whether the answer's body must be read for its token usage.
     fn reads_usage(&self) -> bool {
         self.answer_tail.is_some()
@@ -1134,7 +1189,22 @@ impl Filter {
 
     /// (prompt, completion) tokens of the answer, when it reported them.
     fn answer_usage(&self) -> Option<(u64, u64)> {
-        self.adapter_usage.or_else(|| self.answer_tail.as_ref()?.usage())
+        self.adapter_usage
+            .or_else(|| self.usage_chunks.as_ref()?.usage())
+            .or_else(|| self.answer_tail.as_ref()?.usage())
+    }
+
+    /// The call-log line and the request-end stats.
+    fn report(&self, rt: &Runtime) {
+        let end = observe::End {
+            request_id: &self.request_id,
+            tenant: self.tenant.as_ref().map(|t| t.index),
+            plan: self.plan.as_ref(),
+            stream: self.shape.stream,
+            usage: self.answer_usage(),
+            now_ms: self.now_ms(),
+        };
+        observe::report(rt, &self.obs, &end);
     }
 
     /// The tenant's request ended: its parallel slot is free again and its
@@ -1165,34 +1235,35 @@ impl Filter {
         }
         // Spend: the serving member's prices times the real usage, else the estimate.
         let served = self.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
-        if let (Some(member), Some(_)) = (served.and_then(|a| rt.config.member(a.at())), &tenant.budget) {
+        if let (Some(served), Some(_)) = (served, &tenant.budget) {
             let estimate = (admission.reserved.saturating_sub(admission.reserved_output), admission.reserved_output);
-            let (prompt, completion) = usage.unwrap_or(estimate);
-            let price = |p: Option<f64>| p.unwrap_or(0.0);
-            let micro = cost_micro_usd(
-                prompt,
-                completion,
-                price(member.input_cost_per_mtok),
-                price(member.output_cost_per_mtok),
-            );
+            let micro = observe::member_cost(rt, served.at(), usage.unwrap_or(estimate)).unwrap_or(0);
             tenant_store::add_spend(tenant, now_s, micro);
         }
+    }
+
+    /// The client left during `attempt`, answering `status` (0: not yet): the
+    /// call log shows it, the member is not judged by it.
+    fn left(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
+        let now = self.now_ms();
+        self.obs.attempts.push((attempt.picked.member, status, now.saturating_sub(attempt.began_ms)));
+        self.abandon(rt, attempt);
     }
 
     /// An answer still being relayed when the stream ended never reached its
     /// end: cut off by the upstream (the member's failure), or by the client.
     fn end_unfinished_answer(&mut self, rt: &Runtime) {
-        let attempt = match std::mem::replace(&mut self.state, State::Passing) {
-            State::Relaying { attempt, .. } | State::Holding { attempt, .. } => attempt,
+        let (attempt, status) = match std::mem::replace(&mut self.state, State::Passing) {
+            State::Relaying { attempt, status } | State::Holding { attempt, status } => (attempt, status),
             // The client left before any answer: nothing to judge the member by.
-            State::Routed(attempt) | State::Failover { attempt, .. } => return self.abandon(rt, &attempt),
+            State::Routed(attempt) | State::Failover { attempt, .. } => return self.left(rt, &attempt, 0),
             _ => return,
         };
         let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();
         let details = String::from_utf8_lossy(&details);
         if details.contains("downstream") {
             log::info!("switchboard[{}]: client left before the answer ended ({details})", self.request_id);
-            return self.abandon(rt, &attempt);
+            return self.left(rt, &attempt, status);
         }
         log::warn!(
             "switchboard[{}]: answer from {} ended early ({details})",

@@ -1,11 +1,13 @@
 //! Envoy stats defined by the filter (every VM defines the same names; Envoy
-//! shares the stat). Names embed the pool and member; the Envoy configs in
-//! `envoy/` extract them as `pool` and `member` tags for Prometheus.
+//! shares the stat). Names embed the pool, member and tenant; the Envoy
+//! configs in `envoy/` extract them as tags for Prometheus. Request-end stats
+//! (`crate::observe`) are defined on first use of each label combination.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 
-use crate::config::Config;
+use crate::config::{Config, MemberRef};
+use crate::observe::{self, request_stat, NO_LABEL};
 
 use super::abi;
 
@@ -38,7 +40,53 @@ pub struct Metrics {
     local_errors: Vec<(&'static str, Option<u32>)>,
     /// Host calls that failed.
     pub host_errors: Option<u32>,
+    /// Per tenant (configuration order): requests refused by its rpm, tpm or
+    /// max_parallel, and by its budget.
+    tenant_refusals: Vec<(Option<u32>, Option<u32>)>,
+    /// Request-end stats by `stat_key`, defined on first use; sorted by key.
+    request_stats: RefCell<Vec<(u64, Option<u32>)>>,
     pending: RefCell<HashMap<u32, i64>>,
+}
+
+/// A request-end stat family (see `crate::observe`).
+#[derive(Debug, Clone, Copy)]
+pub enum Family {
+    InputTokens,
+    OutputTokens,
+    /// Client requests by the status they got.
+    Requests(u16),
+    CostMicroUsd,
+    UsageEstimated,
+    /// Histograms (ms).
+    Duration,
+    FirstToken,
+}
+
+/// Labels of a request-end stat, as configuration indexes (`Labels::NONE`: `-`).
+#[derive(Debug, Clone, Copy)]
+pub struct Labels {
+    pub pool: usize,
+    pub member: usize,
+    pub tenant: usize,
+}
+
+impl Labels {
+    pub const NONE: usize = usize::MAX;
+}
+
+/// One number per family and labels: 16 bits each (configurations stay far below).
+fn stat_key(family: Family, labels: Labels) -> u64 {
+    let code = match family {
+        Family::InputTokens => 1,
+        Family::OutputTokens => 2,
+        Family::CostMicroUsd => 3,
+        Family::UsageEstimated => 4,
+        Family::Duration => 5,
+        Family::FirstToken => 6,
+        Family::Requests(status) => 16 + u64::from(status),
+    };
+    let index = |i: usize| if i == Labels::NONE { 0xffff } else { (i as u64) & 0xffff };
+    code | index(labels.pool) << 16 | index(labels.member) << 32 | index(labels.tenant) << 48
 }
 
 const LOCAL_ERROR_CODES: [&str; 29] = [
@@ -73,10 +121,7 @@ const LOCAL_ERROR_CODES: [&str; 29] = [
     "internal_error",
 ];
 
-/// Stat-name-safe form of a pool or member name (dots separate stat segments).
-pub fn stat_segment(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/') { c } else { '_' }).collect()
-}
+use observe::stat_segment;
 
 fn define(kind: u32, name: &str) -> Option<u32> {
     match abi::define_metric(kind, name) {
@@ -121,11 +166,75 @@ impl Metrics {
             .collect();
         let local_errors =
             LOCAL_ERROR_CODES.iter().map(|code| (*code, counter(format!("switchboard.local_errors.{code}")))).collect();
+        let tenant_refusals = config
+            .tenants
+            .iter()
+            .flatten()
+            .map(|t| {
+                let base = format!("switchboard.tenant.{}", stat_segment(&t.name));
+                (counter(format!("{base}.rate_limited")), counter(format!("{base}.budget_refused")))
+            })
+            .collect();
         Metrics {
             pools,
             local_errors,
             host_errors: counter("switchboard.host_errors".to_string()),
+            tenant_refusals,
+            request_stats: RefCell::new(Vec::new()),
             pending: RefCell::new(HashMap::default()),
+        }
+    }
+
+    /// A tenant's request refused by its limits (`budget`: by its budget).
+    pub fn tenant_refused(&self, tenant: usize, budget: bool) {
+        let ids = self.tenant_refusals.get(tenant);
+        self.inc(ids.and_then(|(limit, spent)| if budget { *spent } else { *limit }));
+    }
+
+    /// The id of a request-end stat, defined on its first use (one host call
+    /// per label combination and VM).
+    fn request_stat(&self, config: &Config, family: Family, labels: Labels) -> Option<u32> {
+        let key = stat_key(family, labels);
+        let at = match self.request_stats.borrow().binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(found) => return self.request_stats.borrow().get(found).and_then(|(_, id)| *id),
+            Err(at) => at,
+        };
+        let pool = config.pool_at(labels.pool).map_or(NO_LABEL, |p| p.name.as_str());
+        let member = config.member(MemberRef::new(labels.pool, labels.member)).map_or(NO_LABEL, |m| m.id.as_str());
+        let tenant = config.tenants.as_ref().and_then(|t| t.get(labels.tenant)).map_or(NO_LABEL, |t| t.name.as_str());
+        let status;
+        let (kind, base, last) = match family {
+            Family::InputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some("input")),
+            Family::OutputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some("output")),
+            Family::Requests(code) => {
+                status = code.to_string();
+                (abi::METRIC_COUNTER, observe::REQUESTS, Some(status.as_str()))
+            }
+            Family::CostMicroUsd => (abi::METRIC_COUNTER, observe::COST, None),
+            Family::UsageEstimated => (abi::METRIC_COUNTER, observe::USAGE_ESTIMATED, None),
+            Family::Duration => (abi::METRIC_HISTOGRAM, observe::REQUEST_DURATION, None),
+            Family::FirstToken => (abi::METRIC_HISTOGRAM, observe::TIME_TO_FIRST_TOKEN, None),
+        };
+        let id = define(kind, &request_stat(base, pool, member, tenant, last));
+        self.request_stats.borrow_mut().insert(at, (key, id));
+        id
+    }
+
+    /// Adds `n` to a request-end counter (handed to Envoy on the next tick).
+    pub fn add(&self, config: &Config, family: Family, labels: Labels, n: u64) {
+        if n > 0 {
+            if let Some(id) = self.request_stat(config, family, labels) {
+                *self.pending.borrow_mut().entry(id).or_insert(0) += i64::try_from(n).unwrap_or(i64::MAX);
+            }
+        }
+    }
+
+    /// Records a histogram value: one host call each (histograms cannot be batched).
+    pub fn record(&self, config: &Config, family: Family, labels: Labels, value: u64) {
+        if let Some(id) = self.request_stat(config, family, labels) {
+            if let Err(status) = abi::record_metric(id, value) {
+                log::debug!("switchboard: record_metric failed (status {status})");
+            }
         }
     }
 

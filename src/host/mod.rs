@@ -7,6 +7,7 @@ mod health_store;
 mod learned_store;
 mod live_store;
 mod metrics;
+mod observe;
 mod probes;
 mod root;
 mod runtime;

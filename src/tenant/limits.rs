@@ -144,8 +144,8 @@ impl Spend {
 
 const DAY_S: u64 = 86_400;
 
-/// Days since 1970-01-01 -> (year, month 1..=12); Howard Hinnant's civil_from_days.
-fn civil(days: u64) -> (u64, u64) {
+/// Days since 1970-01-01 -> (year, month 1..=12, day 1..=31); Howard Hinnant's civil_from_days.
+pub(crate) fn civil(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;
@@ -154,7 +154,7 @@ fn civil(days: u64) -> (u64, u64) {
     let mp = (5 * doy + 2) / 153;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month)
+    (year, month, doy - (153 * mp + 2) / 5 + 1)
 }
 
 /// (year, month) -> days since 1970-01-01 of its first day; days_from_civil.
@@ -173,7 +173,7 @@ pub fn period_of(now_s: u64, per: BudgetPeriod) -> u64 {
     match per {
         BudgetPeriod::Day => now_s / DAY_S,
         BudgetPeriod::Month => {
-            let (year, month) = civil(now_s / DAY_S);
+            let (year, month, _) = civil(now_s / DAY_S);
             year * 12 + month
         }
     }
@@ -184,7 +184,7 @@ pub fn period_end_s(now_s: u64, per: BudgetPeriod) -> u64 {
     match per {
         BudgetPeriod::Day => (now_s / DAY_S + 1) * DAY_S,
         BudgetPeriod::Month => {
-            let (year, month) = civil(now_s / DAY_S);
+            let (year, month, _) = civil(now_s / DAY_S);
             let (y, m) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
             first_day(y, m) * DAY_S
         }

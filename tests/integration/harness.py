@@ -88,11 +88,13 @@ class MockProvider:
 class Gateway:
     """A real Envoy with switchboard loaded from the built .wasm."""
 
-    def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False):
+    def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False, call_log=False):
         self.port = free_port()
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="switchboard-it-")
-        doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters)
+        self.call_log_path = os.path.join(self.dir, "calls.log") if call_log else None
+        doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters,
+                               call_log_path=self.call_log_path)
         self.config_path = os.path.join(self.dir, "envoy.json")
         with open(self.config_path, "w") as f:
             json.dump(doc, f)
@@ -102,7 +104,9 @@ class Gateway:
         full_env.update(env)
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", self.config_path, "--concurrency", str(concurrency),
-             "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--log-format", "%L %v"],
+             "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--log-format", "%L %v",
+             # The call log reaches its file within 0.2 s (Envoy's default: 10 s).
+             "--file-flush-interval-msec", "200"],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -143,6 +147,30 @@ class Gateway:
                 pass
         return out
 
+    def calls(self, count, timeout=5):
+        """The first `count` call-log lines, parsed (Envoy writes its access log once a second)."""
+        deadline = time.time() + timeout
+        while True:
+            lines = []
+            if os.path.exists(self.call_log_path):
+                with open(self.call_log_path) as f:
+                    lines = [json.loads(line) for line in f if line.strip()]
+            if len(lines) >= count or time.time() > deadline:
+                return lines
+            time.sleep(0.1)
+
+    def prometheus(self):
+        """Envoy's /stats/prometheus as {(name, frozenset(labels)): value}, histogram series included."""
+        out = {}
+        for line in httpx.get(self.admin + "/stats/prometheus", timeout=5).text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            name, _, labels = series.partition("{")
+            pairs = frozenset(tuple(kv.split("=", 1)) for kv in split_labels(labels.rstrip("}")))
+            out[(name, frozenset((k, v.strip('"')) for k, v in pairs))] = float(value)
+        return out
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -155,6 +183,22 @@ class Gateway:
                 self.proc.kill()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def split_labels(text):
+    """`a="x",b="y,z"` -> ['a="x"', 'b="y,z"'] (commas inside quotes kept)."""
+    out, cur, quoted = [], "", False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        out.append(cur)
+    return out
 
 
 def chat(model, content="hello", **extra):

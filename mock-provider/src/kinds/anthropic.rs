@@ -2,7 +2,7 @@
 
 use super::{
     bad_request, js, json_response, method_not_allowed, not_found, split_even, stream_pieces, stream_response,
-    tool_call, word_tokens, Ctx, DeclaredTool, ToolChoice,
+    tool_call, with_usage, word_tokens, Ctx, DeclaredTool, ToolChoice,
 };
 use crate::body::MockBody;
 use bytes::Bytes;
@@ -197,7 +197,7 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
         let body = format!(
             r#"{{"id":"{id}","type":"message","role":"assistant","model":{model_js},"content":{content},"stop_reason":"{stop}","stop_sequence":null,"usage":{{"input_tokens":{input_tokens},"output_tokens":{out}}}}}"#
         );
-        return json_response(StatusCode::OK, body);
+        return with_usage(json_response(StatusCode::OK, body), input_tokens, out);
     }
 
     let ev = |name: &str, data: Value| -> Bytes { Bytes::from(format!("event: {name}\ndata: {data}\n\n")) };
@@ -248,5 +248,5 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
                "usage": {"output_tokens": out}}),
     ));
     events.push(ev("message_stop", json!({"type": "message_stop"})));
-    stream_response("text/event-stream", events, &ctx.opts)
+    with_usage(stream_response("text/event-stream", events, &ctx.opts), input_tokens, out)
 }

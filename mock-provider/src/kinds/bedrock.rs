@@ -3,7 +3,7 @@
 
 use super::{
     bad_request, json_value, method_not_allowed, not_found, split_even, stream_pieces, stream_response, tool_call,
-    word_tokens, Ctx, DeclaredTool, ToolChoice,
+    with_usage, word_tokens, Ctx, DeclaredTool, ToolChoice,
 };
 use crate::body::MockBody;
 use crate::eventstream;
@@ -210,7 +210,7 @@ fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool) -> Response<
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             r.headers_mut().insert("x-amzn-requestid", v);
         }
-        return r;
+        return with_usage(r, input, out);
     }
     let ev = |ty: &str, v: Value| Bytes::from(eventstream::event(ty, v.to_string().as_bytes()));
     let mut events = vec![ev("messageStart", json!({"role": "assistant"}))];
@@ -247,5 +247,5 @@ fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool) -> Response<
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         r.headers_mut().insert("x-amzn-requestid", v);
     }
-    r
+    with_usage(r, input, out)
 }

@@ -4,7 +4,7 @@
 use super::schema::reply_json;
 use super::{
     bad_request, json_value, mentions_weather, method_not_allowed, not_found, split_even, stream_pieces,
-    stream_response, word_tokens, Ctx,
+    stream_response, with_usage, word_tokens, Ctx,
 };
 use crate::body::MockBody;
 use bytes::Bytes;
@@ -262,13 +262,15 @@ fn respond(
     let fn_part = |name: &str| json!([{"functionCall": {"name": name, "args": {"location": "Paris"}}}]);
 
     if !stream {
+        let completion = if tool.is_some() { 8 } else { word_tokens(&reply) };
         let v = match &tool {
             Some(name) => chunk(fn_part(name), Some("STOP"), Some(8)),
-            None => chunk(json!([{"text": reply}]), Some("STOP"), Some(word_tokens(&reply))),
+            None => chunk(json!([{"text": reply}]), Some("STOP"), Some(completion)),
         };
-        return json_value(StatusCode::OK, &v);
+        return with_usage(json_value(StatusCode::OK, &v), prompt, completion);
     }
     let mut chunks = Vec::new();
+    let mut completion = 8;
     match &tool {
         Some(name) => chunks.push(chunk(fn_part(name), Some("STOP"), Some(8))),
         None => {
@@ -278,6 +280,7 @@ fn respond(
                 None => stream_pieces(&reply, ctx.opts.chunks),
             };
             let n = pieces.len();
+            completion = word_tokens(&full);
             for (i, p) in pieces.into_iter().enumerate() {
                 let last = i + 1 == n;
                 chunks.push(chunk(json!([{"text": p}]), last.then_some("STOP"), last.then(|| word_tokens(&full))));
@@ -299,5 +302,5 @@ fn respond(
             .collect()
     };
     let ct = if sse { "text/event-stream" } else { "application/json; charset=UTF-8" };
-    stream_response(ct, events, &ctx.opts)
+    with_usage(stream_response(ct, events, &ctx.opts), prompt, completion)
 }

@@ -187,6 +187,14 @@ pub fn stream_response(content_type: &'static str, events: Vec<Bytes>, opts: &St
     r
 }
 
+/// Tells tests what usage the answer reports: `x-mock-usage: <prompt> <completion>`.
+pub fn with_usage(mut r: Response<MockBody>, prompt: u64, completion: u64) -> Response<MockBody> {
+    if let Ok(v) = HeaderValue::from_str(&format!("{prompt} {completion}")) {
+        r.headers_mut().insert("x-mock-usage", v);
+    }
+    r
+}
+
 pub fn sse_data(json: &str) -> Bytes {
     Bytes::from(format!("data: {json}\n\n"))
 }

@@ -4,7 +4,7 @@
 use super::schema::reply_json;
 use super::{
     bad_request, js, json_response, json_value, mentions_weather, method_not_allowed, not_found, now_secs, split_even,
-    sse_data, stream_pieces, stream_response, word_tokens, Ctx,
+    sse_data, stream_pieces, stream_response, with_usage, word_tokens, Ctx,
 };
 use crate::body::MockBody;
 use bytes::Bytes;
@@ -194,7 +194,7 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
             r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":{model_js},"choices":[{{"index":0,"message":{message},"logprobs":null,"finish_reason":"{finish}"}}],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total}}},"system_fingerprint":"fp_mock"}}"#,
             total = prompt + completion
         );
-        return json_response(StatusCode::OK, body);
+        return with_usage(json_response(StatusCode::OK, body), prompt, completion);
     }
 
     let chunk = |delta: &str, finish: &str| -> Bytes {
@@ -242,7 +242,7 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
         )));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    stream_response("text/event-stream", events, &ctx.opts)
+    with_usage(stream_response("text/event-stream", events, &ctx.opts), prompt, completion)
 }
 
 /// `POST .../completions` (legacy text completions).

@@ -1,0 +1,123 @@
+//! A request's end, reported once (from `on_log`): its call-log line as
+//! filter state (`wasm.switchboard.call`, which Envoy's access log prints with
+//! `%FILTER_STATE(wasm.switchboard.call:PLAIN)%`) and its request-end stats.
+
+use crate::config::MemberRef;
+use crate::observe::{AttemptLog, CallRecord, Tokens};
+use crate::routing::Plan;
+use crate::tenant::limits::cost_micro_usd;
+
+use super::abi;
+use super::metrics::{Family, Labels};
+use super::runtime::Runtime;
+
+/// The filter-state name of the call-log line (Envoy prefixes `wasm.`).
+const CALL_LOG_PROPERTY: &str = "switchboard.call";
+
+/// What the request's end reports, gathered while it runs (times in ms since the epoch, 0: not yet).
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub start_ms: u64,
+    /// Every attempt in order: member, status (0: no answer), duration.
+    pub attempts: Vec<(MemberRef, u16, u64)>,
+    /// What the client got.
+    pub status: u16,
+    /// The answer's headers left for the client; a stream's first event did.
+    pub first_byte_ms: u64,
+    pub first_event_ms: u64,
+    /// Tokens expected (prompt, completion): stand in for an answer that reports none.
+    pub estimate: (u64, u64),
+    /// The name the client asked for.
+    pub model: Option<String>,
+}
+
+impl Observed {
+    pub fn answered(&mut self, status: u16, now_ms: u64) {
+        self.status = status;
+        if self.first_byte_ms == 0 {
+            self.first_byte_ms = now_ms;
+        }
+    }
+}
+
+/// The rest of what the report needs, from the filter.
+pub struct End<'a> {
+    pub request_id: &'a str,
+    pub tenant: Option<usize>,
+    pub plan: Option<&'a Plan>,
+    pub stream: bool,
+    /// (prompt, completion) the answer reported.
+    pub usage: Option<(u64, u64)>,
+    pub now_ms: u64,
+}
+
+/// The cost of `tokens` at `member`'s prices; `None` when it has none.
+pub fn member_cost(rt: &Runtime, member: MemberRef, (prompt, completion): (u64, u64)) -> Option<u64> {
+    let m = rt.config.member(member)?;
+    if m.input_cost_per_mtok.is_none() && m.output_cost_per_mtok.is_none() {
+        return None;
+    }
+    let price = |p: Option<f64>| p.unwrap_or(0.0);
+    Some(cost_micro_usd(prompt, completion, price(m.input_cost_per_mtok), price(m.output_cost_per_mtok)))
+}
+
+/// Writes the call-log line and records the request-end stats.
+pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
+    let since_start = |t: u64| t.saturating_sub(obs.start_ms);
+    let served = obs.attempts.last().filter(|(_, status, _)| (200..300).contains(status)).map(|(m, _, _)| *m);
+    let shown = served.or(obs.attempts.last().map(|(m, _, _)| *m));
+    let tokens = served.map(|_| match end.usage {
+        Some((prompt, completion)) => Tokens { prompt, completion, estimated: false },
+        None => Tokens { prompt: obs.estimate.0, completion: obs.estimate.1, estimated: true },
+    });
+    let cost = served.zip(tokens).and_then(|(m, t)| member_cost(rt, m, (t.prompt, t.completion)));
+    let config = &rt.config;
+    let pool = shown.map(|m| m.pool).or(end.plan.map(Plan::primary_pool));
+    let (router, rule) = end.plan.and_then(|p| p.router_headers(config)).unzip();
+    let first_byte = if end.stream && obs.first_event_ms > 0 { obs.first_event_ms } else { obs.first_byte_ms };
+    let duration_ms = since_start(end.now_ms);
+    let record = CallRecord {
+        start_ms: obs.start_ms,
+        request_id: end.request_id,
+        tenant: end.tenant.and_then(|t| Some(config.tenants.as_ref()?.get(t)?.name.as_str())),
+        model: obs.model.as_deref(),
+        router,
+        rule,
+        pool: pool.and_then(|p| Some(config.pool_at(p)?.name.as_str())),
+        member: shown.and_then(|m| Some(config.member(m)?.id.as_str())),
+        attempts: obs
+            .attempts
+            .iter()
+            .map(|(m, status, ms)| AttemptLog { member: rt.member_id(*m), status: *status, ms: *ms })
+            .collect(),
+        status: obs.status,
+        stream: end.stream,
+        tokens,
+        cost_micro_usd: cost,
+        first_byte_ms: (first_byte > 0).then(|| since_start(first_byte)),
+        duration_ms,
+    };
+    if let Err(status) = abi::set_property(CALL_LOG_PROPERTY, &record.json()) {
+        log::debug!("switchboard[{}]: set_property failed (status {status})", end.request_id);
+    }
+
+    let metrics = &rt.metrics;
+    let labels = Labels {
+        pool: pool.unwrap_or(Labels::NONE),
+        member: shown.map_or(Labels::NONE, |m| m.member),
+        tenant: end.tenant.unwrap_or(Labels::NONE),
+    };
+    metrics.add(config, Family::Requests(obs.status), labels, 1);
+    if let Some(t) = tokens {
+        metrics.add(config, Family::InputTokens, labels, t.prompt);
+        metrics.add(config, Family::OutputTokens, labels, t.completion);
+        metrics.add(config, Family::UsageEstimated, labels, u64::from(t.estimated));
+        metrics.add(config, Family::CostMicroUsd, labels, cost.unwrap_or(0));
+    }
+    if !obs.attempts.is_empty() {
+        metrics.record(config, Family::Duration, labels, duration_ms);
+    }
+    if served.is_some() && end.stream && obs.first_event_ms > 0 {
+        metrics.record(config, Family::FirstToken, labels, since_start(obs.first_event_ms));
+    }
+}

@@ -1,0 +1,218 @@
+//! What the gateway reports about each request, as plain data: the call-log
+//! line (one JSON object, which Envoy's access log prints from filter state)
+//! and the names of the stats recorded when a request ends. The host gathers
+//! the facts while the request runs and reports them once, in `on_log`.
+
+use crate::api::request::push_json_string;
+use crate::tenant::limits::civil;
+
+/// The label of a request-end stat the request has no value for (no tenants
+/// configured, refused before a pool or member was chosen).
+pub const NO_LABEL: &str = "-";
+
+/// Request-end stat families. Each name is followed by `.<pool>.<member>.<tenant>`
+/// and, for the first two, one more segment; `envoy/render.py`'s `stats_tags`
+/// turn the segments into tags (`pool`, `member`, `tenant`, `gen_ai.token.type`, `status`).
+pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+pub const REQUESTS: &str = "switchboard.requests";
+pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration";
+pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token";
+pub const COST: &str = "switchboard.cost_micro_usd";
+pub const USAGE_ESTIMATED: &str = "switchboard.usage_estimated";
+
+/// Stat-name-safe form of a pool, member or tenant name (dots separate stat segments).
+pub fn stat_segment(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/') { c } else { '_' }).collect()
+}
+
+/// `<family>.<pool>.<member>.<tenant>[.<last>]`, each label made stat-safe.
+pub fn request_stat(family: &str, pool: &str, member: &str, tenant: &str, last: Option<&str>) -> String {
+    let mut name = String::with_capacity(family.len() + pool.len() + member.len() + tenant.len() + 12);
+    name.push_str(family);
+    for label in [Some(pool), Some(member), Some(tenant), last].into_iter().flatten() {
+        name.push('.');
+        name.push_str(&stat_segment(label));
+    }
+    name
+}
+
+/// One upstream attempt: the member, its status (0: no answer) and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLog<'a> {
+    pub member: &'a str,
+    pub status: u16,
+    pub ms: u64,
+}
+
+/// Token counts of an answer; `estimated` when it reported none and the
+/// gateway's estimate stands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    pub estimated: bool,
+}
+
+/// One client request as the call log shows it: names, numbers and
+/// statuses only, never a key, a prompt or an answer.
+#[derive(Debug, Default)]
+pub struct CallRecord<'a> {
+    /// When the request arrived (ms since the epoch).
+    pub start_ms: u64,
+    pub request_id: &'a str,
+    pub tenant: Option<&'a str>,
+    /// The name the client asked for (`model`).
+    pub model: Option<&'a str>,
+    pub router: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    /// The pool and member that served the answer, else the last one tried.
+    pub pool: Option<&'a str>,
+    pub member: Option<&'a str>,
+    pub attempts: Vec<AttemptLog<'a>>,
+    /// What the client got (0: it left before an answer).
+    pub status: u16,
+    pub stream: bool,
+    pub tokens: Option<Tokens>,
+    pub cost_micro_usd: Option<u64>,
+    /// From the request's arrival to the answer's first byte (a stream's first event) leaving.
+    pub first_byte_ms: Option<u64>,
+    pub duration_ms: u64,
+}
+
+fn push_str_or_null(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    out.extend_from_slice(key.as_bytes());
+    match value {
+        Some(v) => push_json_string(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_num_or_null(out: &mut Vec<u8>, key: &str, value: Option<u64>) {
+    out.extend_from_slice(key.as_bytes());
+    match value {
+        Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `2026-12-01T13:24:20.123Z` for ms since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let (s, ms) = (ms / 1000, ms % 1000);
+    let (year, month, day) = civil(s / 86_400);
+    let t = s % 86_400;
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z", t / 3600, t / 60 % 60, t % 60)
+}
+
+impl CallRecord<'_> {
+    /// The record as one line of JSON (no newline; the access log format adds it).
+    pub fn json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(320 + 64 * self.attempts.len());
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(rfc3339_ms(self.start_ms).as_bytes());
+        out.push(b'"');
+        push_str_or_null(&mut out, ",\"request_id\":", Some(self.request_id));
+        push_str_or_null(&mut out, ",\"tenant\":", self.tenant);
+        push_str_or_null(&mut out, ",\"model\":", self.model);
+        push_str_or_null(&mut out, ",\"router\":", self.router);
+        push_str_or_null(&mut out, ",\"rule\":", self.rule);
+        push_str_or_null(&mut out, ",\"pool\":", self.pool);
+        push_str_or_null(&mut out, ",\"member\":", self.member);
+        out.extend_from_slice(b",\"attempts\":[");
+        for (i, a) in self.attempts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_str_or_null(&mut out, "{\"member\":", Some(a.member));
+            push_num_or_null(&mut out, ",\"status\":", Some(a.status.into()));
+            push_num_or_null(&mut out, ",\"ms\":", Some(a.ms));
+            out.push(b'}');
+        }
+        out.push(b']');
+        push_num_or_null(&mut out, ",\"status\":", Some(self.status.into()));
+        out.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
+        push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
+        push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
+        out.extend_from_slice(match self.tokens {
+            Some(Tokens { estimated: true, .. }) => b",\"usage_estimated\":true",
+            _ => b",\"usage_estimated\":false",
+        });
+        push_num_or_null(&mut out, ",\"cost_micro_usd\":", self.cost_micro_usd);
+        push_num_or_null(&mut out, ",\"first_byte_ms\":", self.first_byte_ms);
+        push_num_or_null(&mut out, ",\"duration_ms\":", Some(self.duration_ms));
+        out.push(b'}');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn call_record_is_one_json_object_with_every_field() {
+        let record = CallRecord {
+            start_ms: 1_764_595_460_123,
+            request_id: "req-\"1\"\n",
+            tenant: Some("team-a"),
+            model: Some("auto"),
+            router: Some("auto"),
+            rule: Some("code"),
+            pool: Some("gpt4o_16k"),
+            member: Some("beta/gpt-4o"),
+            attempts: vec![
+                AttemptLog { member: "alpha/gpt-4o", status: 503, ms: 4 },
+                AttemptLog { member: "beta/gpt-4o", status: 200, ms: 12 },
+            ],
+            status: 200,
+            stream: true,
+            tokens: Some(Tokens { prompt: 30, completion: 7, estimated: false }),
+            cost_micro_usd: Some(91),
+            first_byte_ms: Some(9),
+            duration_ms: 17,
+        };
+        let line = record.json();
+        assert!(!line.contains(&b'\n'), "one line");
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "time": "2025-12-01T13:24:20.123Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
+                "model": "auto", "router": "auto", "rule": "code", "pool": "gpt4o_16k", "member": "beta/gpt-4o",
+                "attempts": [{"member": "alpha/gpt-4o", "status": 503, "ms": 4}, {"member": "beta/gpt-4o", "status": 200, "ms": 12}],
+                "status": 200, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
+                "cost_micro_usd": 91, "first_byte_ms": 9, "duration_ms": 17
+            })
+        );
+        // A request refused before routing: nulls, no attempts.
+        let refused = CallRecord { request_id: "r", status: 401, ..CallRecord::default() };
+        let v: Value = serde_json::from_slice(&refused.json()).unwrap();
+        assert_eq!(v["attempts"], json!([]));
+        assert_eq!(
+            (v["tenant"].clone(), v["prompt_tokens"].clone(), v["status"].clone()),
+            (Value::Null, Value::Null, json!(401))
+        );
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+    }
+
+    #[test]
+    fn request_stats_put_each_label_in_its_own_segment() {
+        assert_eq!(
+            request_stat(TOKEN_USAGE, "gpt4o_16k", "alpha/gpt-4.1", "team.a", Some("input")),
+            "gen_ai.client.token.usage.gpt4o_16k.alpha/gpt-4_1.team_a.input"
+        );
+        assert_eq!(
+            request_stat(REQUEST_DURATION, NO_LABEL, NO_LABEL, NO_LABEL, None),
+            "gen_ai.server.request.duration.-.-.-"
+        );
+    }
+}
