@@ -1,0 +1,278 @@
+"""Usage, call log and GenAI metrics through a real Envoy (2 workers): stream
+usage of every provider kind equals what the provider reported (the mock says
+it in `x-mock-usage`), the usage chunk the gateway asked OpenAI-wire providers
+for reaches only clients that asked for it, one call-log line per request, and
+metric values equal the providers' usage sums."""
+import hashlib
+import json
+import re
+import time
+
+import httpx
+import pytest
+
+from harness import Gateway, MockProvider, chat
+from test_providers import KEYS, KINDS, providers_config
+
+TENANT_KEYS = {"team-a": "sk-obs-team-a", "team-rpm": "sk-obs-team-rpm", "team-budget": "sk-obs-team-budget"}
+OPENAI_WIRE = ("openai", "compat", "azure")
+# Prices (USD per million tokens) every member gets: cost in micro-USD = prompt * 1 + completion * 2.
+PRICES = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
+
+
+def sha(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def label(name):
+    """A name as stat segments carry it (dots separate segments: src/observe.rs `stat_segment`)."""
+    return re.sub(r"[^A-Za-z0-9/_-]", "_", name)
+
+
+def member(name, **extra):
+    m = {"provider": name, "model": KINDS[name][1], **PRICES, **extra}
+    if name == "azure":
+        m["deployment"] = "prod-4o"
+    return m
+
+
+@pytest.fixture(scope="module")
+def obs_mock():
+    m = MockProvider({
+        "openai": f"kind=openai,key={KEYS['OPENAI_KEY']}",
+        "compat": "kind=openai",
+        "azure": f"kind=azure,key={KEYS['AZURE_KEY']}",
+        "anthropic": f"kind=anthropic,key={KEYS['ANTHROPIC_KEY']}",
+        "gemini": f"kind=gemini,key={KEYS['GEMINI_KEY']}",
+        "bedrock": f"kind=bedrock,key={KEYS['AWS_AK']},secret={KEYS['AWS_SK']}",
+    })
+    yield m
+    m.stop()
+
+
+@pytest.fixture(autouse=True)
+def reset_obs_mock(obs_mock):
+    obs_mock.reset()
+    yield
+
+
+@pytest.fixture(scope="module")
+def gw(obs_mock):
+    config = {
+        "providers": providers_config(),
+        "defaults": {"health": {"consecutive_failures": 1000}},
+        "pools": {
+            **{f"only_{n}": {"max_response_tokens": 512, "members": [member(n)]} for n in KINDS},
+            # The openai member is always tried first; azure is its standby.
+            "failover": {"members": [member("openai"), member("azure", weight=0)]},
+        },
+        "tenants": {
+            "team-a": {"keys_sha256": [sha(TENANT_KEYS["team-a"])]},
+            "team-rpm": {"keys_sha256": [sha(TENANT_KEYS["team-rpm"])], "rpm": 1},
+            "team-budget": {"keys_sha256": [sha(TENANT_KEYS["team-budget"])],
+                            "budget_usd": {"per": "day", "limit": 0.00001}},
+        },
+    }
+    g = Gateway(config, dict(obs_mock.addrs), KEYS, call_log=True)
+    yield g
+    g.stop()
+
+
+def auth(tenant="team-a"):
+    return {"authorization": f"Bearer {TENANT_KEYS[tenant]}"}
+
+
+def request_id(r):
+    return r.headers.get("x-switchboard-request-id") or r.headers["x-request-id"]
+
+
+def mock_usage(r):
+    prompt, completion = r.headers["x-mock-usage"].split()
+    return int(prompt), int(completion)
+
+
+def events(text):
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def stream(gw, body, tenant="team-a"):
+    with httpx.stream("POST", gw.base + "/v1/chat/completions", json=body, headers=auth(tenant), timeout=10) as r:
+        r.read()
+        return r
+
+
+def lines_for(gw, ids):
+    """The call-log lines of these request ids, each exactly once."""
+    wanted = set(ids)
+    deadline = time.time() + 5
+    while True:
+        lines = [line for line in gw.calls(0) if line["request_id"] in wanted]
+        if len(lines) >= len(wanted) or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    by_id = {}
+    for line in lines:
+        assert line["request_id"] not in by_id, f"two call-log lines for {line['request_id']}"
+        by_id[line["request_id"]] = line
+    assert set(by_id) == wanted, f"missing call-log lines: {wanted - set(by_id)}"
+    return by_id
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["usage_not_asked", "usage_asked"])
+@pytest.mark.parametrize("name", list(KINDS))
+def test_stream_usage_of_every_kind_equals_what_the_provider_reported(gw, obs_mock, name, asked):
+    body = chat(f"only_{name}", content="count these words please", stream=True)
+    if asked:
+        body["stream_options"] = {"include_usage": True}
+    r = stream(gw, body)
+    assert r.status_code == 200, r.text
+    reported = mock_usage(r)
+    usage_chunks = [e for e in events(r.text) if e.get("choices") == [] and e.get("usage")]
+    if asked:
+        assert len(usage_chunks) == 1, r.text
+        got = usage_chunks[0]["usage"]
+        assert (got["prompt_tokens"], got["completion_tokens"]) == reported
+    else:
+        assert usage_chunks == [], f"usage chunk reached a client that did not ask: {r.text}"
+        assert r.text.rstrip().endswith("data: [DONE]")
+    if name in OPENAI_WIRE:
+        # The provider was asked for usage either way.
+        sent = obs_mock.requests(name)[-1]["body"]
+        assert sent["stream_options"] == {"include_usage": True}, sent
+    line = lines_for(gw, [request_id(r)])[request_id(r)]
+    assert (line["prompt_tokens"], line["completion_tokens"]) == reported
+    assert line["usage_estimated"] is False
+    assert line["stream"] is True and line["status"] == 200
+    assert line["cost_micro_usd"] == reported[0] * 1 + reported[1] * 2
+
+
+def test_usage_chunk_of_a_failed_over_stream_is_dropped_and_counted(gw, obs_mock):
+    obs_mock.faults("openai", status=503)
+    r = stream(gw, chat("failover", stream=True))
+    assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == "2", r.text
+    assert [e for e in events(r.text) if e.get("choices") == []] == []
+    line = lines_for(gw, [request_id(r)])[request_id(r)]
+    assert [(a["member"], a["status"]) for a in line["attempts"]] == [
+        ("openai/gpt-4o", 503), ("azure/gpt-4o-azure", 200)]
+    assert line["usage_estimated"] is False and line["completion_tokens"] > 0
+
+
+def test_stream_without_usage_is_counted_from_the_estimate_and_flagged(gw, obs_mock):
+    before = gw.prometheus()
+    chunk = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    obs_mock.faults("compat", status=200, body=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n")
+    r = stream(gw, chat("only_compat", stream=True, max_tokens=50))
+    assert r.status_code == 200 and "hi" in r.text
+    line = lines_for(gw, [request_id(r)])[request_id(r)]
+    assert line["usage_estimated"] is True
+    # The estimate: about 4 bytes a token of the body, and the requested output.
+    assert line["completion_tokens"] == 50 and line["prompt_tokens"] > 0
+    labels = {"pool": "only_compat", "member": label("compat/llama-3.1-8b"), "tenant": "team-a"}
+    assert delta(gw, before, "switchboard_usage_estimated", labels) == 1
+
+
+def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
+    secret_text = "my confidential prompt text"
+    sent = {}
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("only_anthropic", content=secret_text),
+                   headers=auth(), timeout=10)
+    sent["plain"] = r
+    sent["stream"] = stream(gw, chat("only_gemini", content=secret_text, stream=True))
+    sent["unauthenticated"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("only_openai"),
+                                         headers={"authorization": "Bearer sk-wrong"}, timeout=10)
+    sent["unknown_model"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("no_such_pool"),
+                                       headers=auth(), timeout=10)
+    obs_mock.faults("openai", status=503)
+    sent["failover"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("failover", content=secret_text),
+                                  headers=auth(), timeout=10)
+    statuses = {k: r.status_code for k, r in sent.items()}
+    assert statuses == {"plain": 200, "stream": 200, "unauthenticated": 401, "unknown_model": 404, "failover": 200}
+    lines = lines_for(gw, [request_id(r) for r in sent.values()])
+    got = {k: lines[request_id(r)] for k, r in sent.items()}
+
+    plain = got["plain"]
+    assert plain["tenant"] == "team-a" and plain["model"] == "only_anthropic" and plain["pool"] == "only_anthropic"
+    assert plain["member"] == "anthropic/claude-3-5-haiku" and plain["stream"] is False and plain["status"] == 200
+    assert (plain["prompt_tokens"], plain["completion_tokens"]) == mock_usage(sent["plain"])
+    assert [a["status"] for a in plain["attempts"]] == [200]
+    assert 0 <= plain["first_byte_ms"] <= plain["duration_ms"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", plain["time"])
+    assert got["stream"]["stream"] is True and got["stream"]["member"] == "gemini/gemini-1.5-flash"
+
+    for refused, status in (("unauthenticated", 401), ("unknown_model", 404)):
+        line = got[refused]
+        assert line["status"] == status and line["attempts"] == [] and line["prompt_tokens"] is None
+    assert got["unauthenticated"]["tenant"] is None and got["unknown_model"]["tenant"] == "team-a"
+
+    failover = got["failover"]
+    assert [(a["member"], a["status"]) for a in failover["attempts"]] == [
+        ("openai/gpt-4o", 503), ("azure/gpt-4o-azure", 200)]
+    assert all(a["ms"] >= 0 for a in failover["attempts"])
+    assert failover["member"] == "azure/gpt-4o-azure" and failover["pool"] == "failover"
+    usage = sent["failover"].json()["usage"]
+    assert (failover["prompt_tokens"], failover["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert failover["cost_micro_usd"] == usage["prompt_tokens"] + 2 * usage["completion_tokens"]
+
+    # Never a key, never prompt or answer text.
+    with open(gw.call_log_path) as f:
+        text = f.read()
+    for secret in [secret_text, "mock reply", *TENANT_KEYS.values(), *KEYS.values(), "sk-wrong"]:
+        assert secret not in text
+
+
+def series(prom, name, labels):
+    """The value of one series: the one whose labels include `labels`."""
+    found = [v for (n, ls), v in prom.items() if n == name and set(labels.items()) <= ls]
+    return sum(found)
+
+
+def delta(gw, before, name, labels):
+    # Counters reach Envoy on the filter's next tick (each second), histograms at the next stats flush.
+    time.sleep(1.2)
+    return series(gw.prometheus(), name, labels) - series(before, name, labels)
+
+
+def test_metric_values_equal_the_providers_usage_sums(gw, obs_mock):
+    before = gw.prometheus()
+    expected = {}  # (pool, member) -> [requests, prompt, completion, streams]
+    for i in range(12):
+        name = list(KINDS)[i % len(KINDS)]
+        body = chat(f"only_{name}", content="word " * (i + 1), stream=i % 3 == 0)
+        if body["stream"]:
+            r = stream(gw, body)
+        else:
+            r = httpx.post(gw.base + "/v1/chat/completions", json=body, headers=auth(), timeout=10)
+        assert r.status_code == 200, r.text
+        prompt, completion = mock_usage(r)
+        key = (f"only_{name}", label(f"{name}/{KINDS[name][1]}"))
+        e = expected.setdefault(key, [0, 0, 0, 0])
+        e[0] += 1
+        e[1] += prompt
+        e[2] += completion
+        e[3] += int(body["stream"])
+    time.sleep(1.2)
+    after = gw.prometheus()
+    for (pool, member_id), (requests, prompt, completion, streams) in expected.items():
+        labels = {"pool": pool, "member": member_id, "tenant": "team-a"}
+        d = lambda name, **extra: series(after, name, {**labels, **extra}) - series(before, name, {**labels, **extra})
+        assert d("gen_ai_client_token_usage", gen_ai_token_type="input") == prompt, pool
+        assert d("gen_ai_client_token_usage", gen_ai_token_type="output") == completion, pool
+        assert d("switchboard_cost_micro_usd") == prompt + 2 * completion, pool
+        assert d("switchboard_requests", status="200") == requests, pool
+        assert d("gen_ai_server_request_duration_count") == requests, pool
+        assert d("gen_ai_server_time_to_first_token_count") == streams, pool
+        # A histogram: cumulative buckets ending in +Inf.
+        assert d("gen_ai_server_request_duration_bucket", le="+Inf") == requests, pool
+
+
+def test_rate_limited_and_budget_refused_requests_are_counted_per_tenant(gw):
+    before = gw.prometheus()
+    post = lambda tenant: httpx.post(gw.base + "/v1/chat/completions", json=chat("only_openai"),
+                                     headers=auth(tenant), timeout=10)
+    assert [post("team-rpm").status_code for _ in range(3)] == [200, 429, 429]
+    first, second = post("team-budget"), post("team-budget")
+    assert first.status_code == 200 and second.status_code == 429, second.text
+    assert second.json()["error"]["code"] == "insufficient_quota"
+    assert delta(gw, before, "switchboard_tenant_rate_limited", {"tenant": "team-rpm"}) == 2
+    assert delta(gw, before, "switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 1
+    assert delta(gw, before, "switchboard_requests", {"tenant": "team-rpm", "status": "429"}) == 2
