@@ -79,19 +79,17 @@ def secret_env_keys(plugin_config):
 
 
 # Request-end stats: `<family>.<pool>.<member>.<tenant>[.<token type or status>]` (src/observe.rs).
-REQUEST_STATS = (r"(?:gen_ai\.client\.token\.usage|gen_ai\.server\.request\.duration|gen_ai\.server\.time_to_first_token"
-                 r"|switchboard\.requests|switchboard\.cost_micro_usd|switchboard\.usage_estimated)")
+REQUEST_STATS = (r"gen_ai\.client\.token\.usage|gen_ai\.server\.request\.duration|gen_ai\.server\.time_to_first_token"
+                 r"|switchboard\.requests|switchboard\.cost_micro_usd|switchboard\.usage_estimated")
 
 # Envoy tag extraction: the first group is cut from the stat name, the second is the tag value.
+# One extractor per tag name (Envoy skips, with a warning, a second one of the same name).
 STATS_TAGS = [
-    {"tag_name": "pool", "regex": r"^wasmcustom\.switchboard\.(?:pool|member)\.(([^.]+)\.)"},
-    {"tag_name": "member", "regex": r"^wasmcustom\.switchboard\.member\.[^.]+\.(([^.]+)\.)"},
-    {"tag_name": "pool", "regex": rf"^wasmcustom\.{REQUEST_STATS}(\.([^.]+))"},
-    {"tag_name": "member", "regex": rf"^wasmcustom\.{REQUEST_STATS}\.[^.]+(\.([^.]+))"},
-    {"tag_name": "tenant", "regex": rf"^wasmcustom\.{REQUEST_STATS}\.[^.]+\.[^.]+(\.([^.]+))"},
+    {"tag_name": "pool", "regex": rf"^wasmcustom\.(?:switchboard\.(?:pool|member)|{REQUEST_STATS})(\.([^.]+))"},
+    {"tag_name": "member", "regex": rf"^wasmcustom\.(?:switchboard\.member|{REQUEST_STATS})\.[^.]+(\.([^.]+))"},
+    {"tag_name": "tenant", "regex": rf"^wasmcustom\.(?:switchboard\.tenant|(?:{REQUEST_STATS})\.[^.]+\.[^.]+)(\.([^.]+))"},
     {"tag_name": "gen_ai.token.type", "regex": r"^wasmcustom\.gen_ai\.client\.token\.usage(?:\.[^.]+){3}(\.([^.]+))$"},
     {"tag_name": "status", "regex": r"^wasmcustom\.switchboard\.requests(?:\.[^.]+){3}(\.([^.]+))$"},
-    {"tag_name": "tenant", "regex": r"^wasmcustom\.switchboard\.tenant(\.([^.]+))\."},
 ]
 
 # The call log: one JSON line per client request, written by the filter as

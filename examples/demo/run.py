@@ -3,7 +3,8 @@
 
 Starts two local mock providers (alpha, beta), renders an Envoy bootstrap with
 the switchboard filter and examples/demo/switchboard.json, runs Envoy, and
-prints requests to try. Ctrl-C stops everything.
+prints requests to try. The call log (one JSON line per request) goes to
+.run/calls.log. Ctrl-C stops everything.
 
 Environment: PORT (default 10000), ADMIN_PORT (default 9901), ENVOY_BIN.
 """
@@ -44,15 +45,17 @@ def main():
     with open(os.path.join(HERE, "switchboard.json")) as f:
         plugin_config = json.load(f)
     wasm = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "switchboard.wasm")
-    doc = render.bootstrap(plugin_config, wasm, port, admin, addrs)
     workdir = os.path.join(ROOT, ".run")
     os.makedirs(workdir, exist_ok=True)
+    call_log = os.path.join(workdir, "calls.log")
+    doc = render.bootstrap(plugin_config, wasm, port, admin, addrs, call_log_path=call_log)
     config_path = os.path.join(workdir, "envoy-demo.json")
     with open(config_path, "w") as f:
         json.dump(doc, f, indent=2)
     env = dict(os.environ, **KEYS)
+    # The call log reaches its file each second (Envoy's default: every 10 s).
     envoy = subprocess.Popen([envoy_binary(), "-c", config_path, "--concurrency", "2",
-                              "--disable-hot-restart", "-l", "warning"], env=env)
+                              "--disable-hot-restart", "-l", "warning", "--file-flush-interval-msec", "1000"], env=env)
 
     def stop(*_):
         for p in (envoy, mock):
@@ -75,6 +78,8 @@ def main():
     print(f"""
 switchboard demo is up: Envoy on {base} (admin {f'http://127.0.0.1:{admin}'}), mock providers {addrs}
 Envoy config: {config_path}
+Call log (one JSON line per request): {call_log}    tail -f {call_log}
+Metrics for Prometheus: http://127.0.0.1:{admin}/stats/prometheus (dashboard: examples/observability/)
 
   curl -s '{base}/v1/models?subtype=pool'
 
@@ -87,7 +92,7 @@ Envoy config: {config_path}
   # make alpha fail and watch failover (x-switchboard-attempts: 2):
   curl -s -X POST http://{addrs['alpha']}/_mock/faults -d '{{"status": 503}}'
 
-  curl -s http://127.0.0.1:{admin}/stats | grep wasmcustom
+  curl -s http://127.0.0.1:{admin}/stats/prometheus | grep -E '^(gen_ai|switchboard)_'
 
 Ctrl-C to stop.
 """, flush=True)

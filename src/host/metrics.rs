@@ -220,12 +220,12 @@ impl Metrics {
         id
     }
 
-    /// Adds `n` to a request-end counter (handed to Envoy on the next tick).
+    /// Adds `n` to a request-end counter (handed to Envoy on the next tick);
+    /// with 0 the stat still comes to exist, so a dashboard sees a zero.
     pub fn add(&self, config: &Config, family: Family, labels: Labels, n: u64) {
-        if n > 0 {
-            if let Some(id) = self.request_stat(config, family, labels) {
-                *self.pending.borrow_mut().entry(id).or_insert(0) += i64::try_from(n).unwrap_or(i64::MAX);
-            }
+        let id = self.request_stat(config, family, labels);
+        if let (Some(id), true) = (id, n > 0) {
+            *self.pending.borrow_mut().entry(id).or_insert(0) += i64::try_from(n).unwrap_or(i64::MAX);
         }
     }
 
