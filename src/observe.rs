@@ -90,17 +90,46 @@ fn push_str_or_null(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
 fn push_num_or_null(out: &mut Vec<u8>, key: &str, value: Option<u64>) {
     out.extend_from_slice(key.as_bytes());
     match value {
-        Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Some(n) => push_digits(out, n, 1),
         None => out.extend_from_slice(b"null"),
     }
 }
 
+/// `n` in decimal, zero-padded to `width` digits (without the formatting machinery: the log is written per request).
+fn push_digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while n > 0 || at + width > digits.len() {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if at == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
 /// `2026-12-01T13:24:20.123Z` for ms since the epoch.
 pub fn rfc3339_ms(ms: u64) -> String {
-    let (s, ms) = (ms / 1000, ms % 1000);
+    let mut out = Vec::with_capacity(24);
+    push_rfc3339_ms(&mut out, ms);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn push_rfc3339_ms(out: &mut Vec<u8>, ms: u64) {
+    let s = ms / 1000;
     let (year, month, day) = civil(s / 86_400);
     let t = s % 86_400;
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z", t / 3600, t / 60 % 60, t % 60)
+    let parts = [(year, 4, b'-'), (month, 2, b'-'), (day, 2, b'T'), (t / 3600, 2, b':'), (t / 60 % 60, 2, b':')];
+    for (n, width, then) in parts.into_iter().chain([(t % 60, 2, b'.')]) {
+        push_digits(out, n, width);
+        out.push(then);
+    }
+    push_digits(out, ms % 1000, 3);
+    out.push(b'Z');
 }
 
 impl CallRecord<'_> {
@@ -108,7 +137,7 @@ impl CallRecord<'_> {
     pub fn json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(320 + 64 * self.attempts.len());
         out.extend_from_slice(b"{\"time\":\"");
-        out.extend_from_slice(rfc3339_ms(self.start_ms).as_bytes());
+        push_rfc3339_ms(&mut out, self.start_ms);
         out.push(b'"');
         push_str_or_null(&mut out, ",\"request_id\":", Some(self.request_id));
         push_str_or_null(&mut out, ",\"tenant\":", self.tenant);
@@ -196,6 +225,15 @@ mod tests {
             (Value::Null, Value::Null, json!(401))
         );
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for (n, width, text) in [(0, 1, "0"), (7, 3, "007"), (1234, 2, "1234"), (u64::MAX, 1, "18446744073709551615")] {
+            let mut out = Vec::new();
+            push_digits(&mut out, n, width);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
     }
 
     #[test]

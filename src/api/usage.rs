@@ -25,15 +25,18 @@ impl Tail {
 }
 
 fn last_number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = text.windows(key.len()).rposition(|w| w == key)?;
+    // Every answer is read: compare whole keys only where their first byte is.
+    let first = *key.first()?;
+    let at = (0..=text.len().checked_sub(key.len())?)
+        .rev()
+        .find(|&i| text.get(i) == Some(&first) && text.get(i..i + key.len()) == Some(key))?;
     let rest = text.get(at + key.len()..)?;
-    let digits: Vec<u8> = rest
-        .iter()
-        .skip_while(|b| b.is_ascii_whitespace() || **b == b':')
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    let digits = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
+    let mut value: Option<u64> = None;
+    for b in digits.take_while(|b| b.is_ascii_digit()) {
+        value = Some(value.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
+    }
+    value
 }
 
 /// (prompt, completion) tokens, when `prompt_tokens` is there (embeddings

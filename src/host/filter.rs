@@ -318,7 +318,7 @@ impl Filter {
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
         self.body = body;
-        self.state = State::Routed(self.begin(rt, picked));
+        self.state = State::Routed(self.begin(rt, picked, now));
         Action::Continue
     }
 
@@ -381,8 +381,8 @@ impl Filter {
         }
     }
 
-    /// Starts an attempt on `picked`, with what its pool's strategy measures.
-    fn begin(&mut self, rt: &Runtime, picked: Picked) -> Attempt {
+    /// Starts an attempt on `picked` at `now`, with what its pool's strategy measures.
+    fn begin(&mut self, rt: &Runtime, picked: Picked, now: u64) -> Attempt {
         if let Some(mm) = rt.metrics.member(picked.member.pool, picked.member.member) {
             rt.metrics.inc(mm.attempts);
         }
@@ -392,7 +392,6 @@ impl Filter {
             live_store::begin(rt.member_id(picked.member));
         }
         let timed = strategy == Some(Strategy::LowestLatency);
-        let now = self.now_ms();
         Attempt {
             picked,
             adapter: adapter_for(rt, self.endpoint, self.shape, picked.member),
@@ -430,9 +429,10 @@ impl Filter {
         failed
     }
 
-    /// Records a successful attempt.
+    /// Records a successful attempt; its answer has ended (the request's end, for the report).
     fn finish_success(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
         let now = self.now_ms();
+        self.obs.ended_ms = now;
         self.finish(rt, attempt, status, None, now);
     }
 
@@ -460,7 +460,7 @@ impl Filter {
                 rt.metrics.inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
                 rt.metrics.inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
             }
-            let attempt = self.begin(rt, picked);
+            let attempt = self.begin(rt, picked, now);
             match self.dispatch(rt, picked.member, now) {
                 Ok(call) => {
                     self.state = State::Failover { attempt, call };
@@ -1202,7 +1202,8 @@ impl Filter {
             plan: self.plan.as_ref(),
             stream: self.shape.stream,
             usage: self.answer_usage(),
-            now_ms: self.now_ms(),
+            // A relayed answer ended when its last byte was read: no clock needed.
+            now_ms: if self.obs.ended_ms > 0 { self.obs.ended_ms } else { self.now_ms() },
         };
         observe::report(rt, &self.obs, &end);
     }

@@ -25,6 +25,8 @@ pub struct Observed {
     /// The answer's headers left for the client; a stream's first event did.
     pub first_byte_ms: u64,
     pub first_event_ms: u64,
+    /// A successful answer's last byte was read.
+    pub ended_ms: u64,
     /// Tokens expected (prompt, completion): stand in for an answer that reports none.
     pub estimate: (u64, u64),
     /// The name the client asked for.
