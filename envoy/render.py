@@ -7,7 +7,11 @@ run the same Envoy configuration. Output is JSON (valid YAML for Envoy).
     render.py --plugin-config examples/demo/switchboard.json \
               --wasm target/wasm32-wasip1/release/switchboard.wasm \
               --listen 10000 --admin 9901 \
-              --cluster alpha=127.0.0.1:18001 --cluster beta=api.beta.example:443,tls
+              --cluster alpha=127.0.0.1:18001 --cluster beta=api.beta.example:443,tls \
+              [--call-log /var/log/envoy/calls.log]
+
+With --call-log, Envoy's access log writes the filter's call log (one JSON line
+per request) to that file.
 """
 import argparse
 import json
