@@ -94,6 +94,14 @@ mod tests {
             let plain = build(kind, Endpoint::ChatCompletions, r#"{"model":"pool","messages":[]}"#);
             assert!(!String::from_utf8(plain.body).unwrap().contains("stream_options"));
         }
+        // Older Azure api-versions refuse the field: those streams are estimated instead.
+        let mut old_azure = provider(ProviderKind::Azure);
+        old_azure.api_version = "2024-06-01".to_string();
+        let req =
+            ParsedRequest::parse(br#"{"model":"x","stream":true,"messages":[]}"#, Endpoint::ChatCompletions).unwrap();
+        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+        let up = build_request(&old_azure, &member("m"), Endpoint::ChatCompletions, &req, &ctx).unwrap();
+        assert!(!String::from_utf8(up.body).unwrap().contains("stream_options"));
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub(super) fn build(
         }
         format!("{}{}", provider.base_path, endpoint.suffix())
     };
-    let ask_usage = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
+    // Azure refuses `stream_options` before api-version 2024-08-01(-preview).
+    let ask_usage = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+        && (provider.kind != ProviderKind::Azure || provider.api_version.as_str() >= "2024-08-01");
     UpstreamRequest {
         path,
         authority: provider.host.clone(),
