@@ -43,7 +43,7 @@ def main():
     addrs = json.loads(mock.stdout.readline())["listening"]
     with open(os.path.join(HERE, "switchboard.json")) as f:
         plugin_config = json.load(f)
-    wasm = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "switchboard.wasm")
+    wasm = render.built_wasm(ROOT)
     doc = render.bootstrap(plugin_config, wasm, port, admin, addrs)
     workdir = os.path.join(ROOT, ".run")
     os.makedirs(workdir, exist_ok=True)
