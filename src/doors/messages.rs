@@ -7,8 +7,9 @@
 //!   (OpenAI has no flag); images inside a tool result follow in a user message.
 //! - `thinking`/`redacted_thinking` blocks in history are dropped, `thinking`,
 //!   `top_k`, `cache_control` and `service_tier` are ignored.
-//! - Server tools (`web_search_*`, `bash_*`, `text_editor_*`, ...) and `document`
-//!   blocks need an Anthropic member: refused here, see `needs_anthropic`.
+//! - Server tools (`web_search_*`, `bash_*`, `text_editor_*`, ...), `document`
+//!   blocks and other block types are refused here (`unsupported_feature`):
+//!   `Door::to_chat` then keeps the request on Anthropic members, which get it as it is.
 //! - `stop_reason: stop_sequence` is reported when the server names the matched
 //!   stop string (vLLM's `choices[].stop_reason`); otherwise a stop is `end_turn`.
 
@@ -49,26 +50,6 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
         out.insert("user".into(), Value::String(user.to_string()));
     }
     Ok(to_bytes(&Value::Object(out)))
-}
-
-/// The first feature of an Anthropic request that only an Anthropic member can
-/// serve (server tools, `document` blocks), for keeping it on such members.
-pub fn needs_anthropic(body: &[u8]) -> Option<&'static str> {
-    let req = parse_object(body).ok()?;
-    let server_tool = req.get("tools").and_then(Value::as_array).into_iter().flatten().any(|t| {
-        t.get("type").and_then(Value::as_str).is_some_and(|k| k != "custom") && t.get("input_schema").is_none()
-    });
-    if server_tool {
-        return Some("server tools");
-    }
-    let document = req.get("messages").and_then(Value::as_array).into_iter().flatten().any(|m| {
-        m.get("content")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|b| b.get("type").and_then(Value::as_str).is_some_and(|k| k == "document" || k == "search_result"))
-    });
-    document.then_some("document blocks")
 }
 
 fn model_of(req: &Map<String, Value>) -> Result<&str, DoorError> {
@@ -833,13 +814,13 @@ mod tests {
     }
 
     #[test]
-    fn needs_anthropic_names_server_tools_and_documents() {
-        let server = json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]});
-        assert_eq!(needs_anthropic(&to_bytes(&server)), Some("server tools"));
-        let doc = json!({"messages": [{"role": "user", "content": [{"type": "document"}]}]});
-        assert_eq!(needs_anthropic(&to_bytes(&doc)), Some("document blocks"));
-        let plain = json!({"tools": [{"type": "custom", "name": "f", "input_schema": {}}], "messages": []});
-        assert_eq!(needs_anthropic(&to_bytes(&plain)), None);
+    fn server_tools_and_documents_are_refused_as_unsupported_features() {
+        let server = json!({"model": "m", "max_tokens": 1, "messages": [],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}]});
+        assert_eq!(refused(server).code, "unsupported_feature");
+        let doc = json!({"model": "m", "max_tokens": 1,
+            "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]});
+        assert_eq!(refused(doc).code, "unsupported_feature");
     }
 
     #[test]

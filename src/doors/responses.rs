@@ -3,8 +3,9 @@
 //! events. Errors on this door keep OpenAI's error shape
 //! (`DoorError::to_openai_json`, and upstream OpenAI error bodies as they are).
 //!
-//! Refused (they need OpenAI's own state or tools; `needs_openai_state` lets
-//! the host keep such requests on OpenAI members): `previous_response_id`,
+//! Refused as `unsupported_feature` (they need OpenAI's own state or tools;
+//! `Door::to_chat` then keeps the request on OpenAI and Azure members, which
+//! get it as it is): `previous_response_id`,
 //! `conversation`, `store: true`, `background: true`, `prompt` templates,
 //! `item_reference` items, `file_id` inputs and built-in tools (`web_search`,
 //! `file_search`, `computer_use_preview`, ...). `reasoning` items in the
@@ -14,13 +15,6 @@ use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, parse_object, push_sse, to_bytes, DoorError, Usage};
 use super::{ChatStreamDecoder, DoorStream, StreamPart};
-
-/// The first feature of a Responses request that needs OpenAI's provider-side
-/// state or built-in tools, named as the request spells it.
-pub fn needs_openai_state(body: &[u8]) -> Option<&'static str> {
-    let req = parse_object(body).ok()?;
-    stateful_feature(&req).map(|(name, _)| name)
-}
 
 /// (feature name, request field) of the first stateful feature.
 fn stateful_feature(req: &Map<String, Value>) -> Option<(&'static str, String)> {
@@ -831,13 +825,12 @@ mod tests {
                 "input[0].content[0].file_id",
             ),
         ] {
-            assert_eq!(needs_openai_state(&to_bytes(&body)), Some(feature), "{body}");
             let e = refused(body);
             assert_eq!(e.code, "unsupported_feature");
             assert_eq!(e.param.as_deref(), Some(param));
             assert!(e.message.contains(&format!("`{feature}`")), "{}", e.message);
         }
-        assert_eq!(needs_openai_state(br#"{"model":"m","input":"x","store":false}"#), None);
+        assert!(to_chat(br#"{"model":"m","input":"x","store":false}"#).is_ok());
     }
 
     #[test]
