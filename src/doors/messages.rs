@@ -921,6 +921,22 @@ mod tests {
             .collect()
     }
 
+    fn names(events: &[(String, Value)]) -> Vec<&str> {
+        events.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The event names of a message whose content blocks have these many deltas each.
+    fn message_events(deltas_per_block: &[usize]) -> Vec<&'static str> {
+        let mut names = vec!["message_start"];
+        for &deltas in deltas_per_block {
+            names.push("content_block_start");
+            names.extend(std::iter::repeat_n("content_block_delta", deltas));
+            names.push("content_block_stop");
+        }
+        names.extend(["message_delta", "message_stop"]);
+        names
+    }
+
     const TEXT_THEN_TOOL: &str = concat!(
         "data: {\"id\":\"chatcmpl-7\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
         "data: {\"id\":\"chatcmpl-7\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi \"}}]}\n\n",
@@ -940,26 +956,7 @@ mod tests {
             let mut s = MessagesStream::new("claude-pool");
             events(&s.feed(TEXT_THEN_TOOL.as_bytes(), true))
         };
-        let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "message_start",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_delta",
-                "content_block_stop",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_delta",
-                "content_block_stop",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_stop",
-                "message_delta",
-                "message_stop",
-            ]
-        );
+        assert_eq!(names(&expected), message_events(&[2, 2, 1]), "a text block, then two tool calls");
         let data: Vec<&Value> = expected.iter().map(|(_, d)| d).collect();
         assert_eq!(data[0]["message"]["id"], "msg_7");
         assert_eq!(data[0]["message"]["model"], "claude-pool");
@@ -1016,19 +1013,7 @@ mod tests {
             chunk("}")
         );
         let ev = events(&s.feed(stream.as_bytes(), true));
-        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "message_start",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_delta",
-                "content_block_stop",
-                "message_delta",
-                "message_stop"
-            ]
-        );
+        assert_eq!(names(&ev), message_events(&[2]));
     }
 
     #[test]
@@ -1055,8 +1040,7 @@ mod tests {
     fn empty_answer_stream_still_starts_and_stops() {
         let mut s = MessagesStream::new("m");
         let ev = events(&s.feed(b"data: [DONE]\n\n", false));
-        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["message_start", "message_delta", "message_stop"]);
+        assert_eq!(names(&ev), message_events(&[]));
         assert_eq!(ev[1].1["delta"]["stop_reason"], "end_turn");
     }
 }
