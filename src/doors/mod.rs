@@ -100,24 +100,14 @@ pub struct Routed {
     pub native_only: Option<DoorError>,
 }
 
-/// What routing reads of a request the translator refused (model, stream,
-/// requested output, whether tools are given) as a chat body. Its prompt is
-/// not estimated (no messages).
+/// A refused request as a chat body for routing: the client's own fields with
+/// an empty `messages` in front (a Messages body's own `messages`, later, wins:
+/// ParsedRequest reads the last). Routing reads `model`, `stream`, `tools` and a
+/// Messages body's `max_tokens` and prompt; nothing else is read of it.
 fn routing_stand_in(body: &[u8]) -> Vec<u8> {
-    let Ok(req) = parse_object(body) else { return b"{}".to_vec() };
-    let mut out = Map::new();
-    for (from, to) in
-        [("model", "model"), ("stream", "stream"), ("max_tokens", "max_tokens"), ("max_output_tokens", "max_tokens")]
-    {
-        if let Some(v) = req.get(from) {
-            out.insert(to.into(), v.clone());
-        }
-    }
-    if req.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) {
-        out.insert("tools".into(), serde_json::json!([{}]));
-    }
-    out.insert("messages".into(), Value::Array(Vec::new()));
-    to_bytes(&Value::Object(out))
+    let start = body.iter().position(|b| *b == b'{').map_or(body.len(), |i| i + 1);
+    let (open, rest) = body.split_at(start);
+    [open, b"\"messages\":[],", rest].concat()
 }
 
 /// Turns the pipeline's OpenAI-shaped answer into a door's.
@@ -593,18 +583,22 @@ mod tests {
 
     #[test]
     fn refused_features_route_on_a_stand_in_and_name_the_feature() {
+        use crate::api::{request::ParsedRequest, Endpoint};
         let body = br#"{"model":"p","max_tokens":7,"stream":true,"messages":[{"role":"user","content":[{"type":"document"}]}],"tools":[{"type":"web_search_20250305","name":"w"}]}"#;
         let routed = Door::Messages.to_chat(body).unwrap().unwrap();
         let refused = routed.native_only.unwrap();
         assert_eq!(refused.code, "unsupported_feature");
-        let chat: Value = serde_json::from_slice(&routed.chat).unwrap();
+        let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
         assert_eq!(
-            chat,
-            serde_json::json!({"model": "p", "max_tokens": 7, "stream": true, "messages": [], "tools": [{}]})
+            (chat.target.as_str(), chat.stream, chat.max_output_tokens, chat.has_tools),
+            ("p", true, Some(7), true)
         );
+        assert!(chat.content().prompt_tokens > 0, "the Messages body's own messages are estimated");
         let routed =
-            Door::Responses.to_chat(br#"{"model":"p","input":"x","previous_response_id":"r"}"#).unwrap().unwrap();
+            Door::Responses.to_chat(br#" {"model":"p","input":"x","previous_response_id":"r"}"#).unwrap().unwrap();
         assert!(routed.native_only.unwrap().message.contains("previous_response_id"));
+        let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
+        assert_eq!((chat.target.as_str(), chat.stream, chat.has_tools), ("p", false, false));
         let plain = Door::Responses.to_chat(br#"{"model":"p","input":"x"}"#).unwrap().unwrap();
         assert!(plain.native_only.is_none());
         assert_eq!(Door::Messages.to_chat(br#"{"model":"p","messages":[]}"#).unwrap_err().code, "invalid_request");
