@@ -311,3 +311,36 @@ def test_native_only_features_without_such_a_member_get_a_clear_400(doors_gw, do
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "invalid_request_error"
     assert "document" in e.value.body["error"]["message"] and "anthropic members" in e.value.body["error"]["message"]
     assert doors_mock.count("openai") == 0 and doors_mock.count("anthropic") == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tenant_tokens_are_corrected_with_the_usage_of_answers_passed_through(doors_mock, stream):
+    """A tenant's reservation (max_tokens 2000 against a tpm of 3000) is corrected with the usage a
+    native answer reports in its own fields (Anthropic's and the Responses API's, JSON or SSE):
+    without that, the second request would not fit."""
+    from test_tenants import sha, wait_for_fresh_minute
+    wait_for_fresh_minute(min_left=10)
+    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic")}
+    config = {
+        "providers": providers,
+        "pools": {"claude": {"members": [{"provider": "anthropic", "model": "claude-3-5-haiku"}]},
+                  "gpt": {"members": [{"provider": "openai", "model": "gpt-4o"}]}},
+        "tenants": {"t": {"keys_sha256": [sha("sk-tenant")], "tpm": 3000}},
+    }
+    g = Gateway(config, dict(doors_mock.addrs), KEYS)
+    try:
+        claude_client = anthropic.Anthropic(base_url=g.base, api_key="sk-tenant", max_retries=0)
+        gpt_client = openai.OpenAI(base_url=g.base + "/v1", api_key="sk-tenant", max_retries=0)
+        for _ in range(3):
+            if stream:
+                with claude_client.messages.stream(model="claude", max_tokens=2000,
+                                                   messages=[{"role": "user", "content": "hi"}]) as s:
+                    assert s.get_final_message().usage.output_tokens > 0
+                with gpt_client.responses.stream(model="gpt", input="hi", max_output_tokens=2000) as s:
+                    assert s.get_final_response().usage.output_tokens > 0
+            else:
+                claude_client.messages.create(model="claude", max_tokens=2000, messages=[{"role": "user", "content": "hi"}])
+                gpt_client.responses.create(model="gpt", input="hi", max_output_tokens=2000)
+        assert doors_mock.count("anthropic") == 3 and doors_mock.count("openai") == 3
+    finally:
+        g.stop()
