@@ -16,7 +16,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError, Usage};
-use super::{ChatStreamDecoder, DoorStream, StreamPart};
+use super::{DoorStream, StreamPart, StreamProgress};
 
 /// Anthropic request -> OpenAI Chat Completions body (the `model` is kept as is).
 pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
@@ -474,13 +474,11 @@ enum OpenBlock {
 /// OpenAI `chat.completion.chunk` SSE -> Anthropic SSE events, chunk by chunk.
 #[derive(Debug)]
 pub struct MessagesStream {
-    decoder: ChatStreamDecoder,
+    progress: StreamProgress,
     model: String,
     started: bool,
-    finished: bool,
     open: OpenBlock,
     next_index: u64,
-    finish: Option<(String, Option<String>)>,
     usage: Usage,
 }
 
@@ -488,13 +486,11 @@ impl MessagesStream {
     /// `model` is the name the client asked for, echoed in `message_start`.
     pub fn new(model: &str) -> Self {
         MessagesStream {
-            decoder: ChatStreamDecoder::default(),
+            progress: StreamProgress::default(),
             model: model.to_string(),
             started: false,
-            finished: false,
             open: OpenBlock::None,
             next_index: 0,
-            finish: None,
             usage: Usage::default(),
         }
     }
@@ -504,49 +500,6 @@ impl MessagesStream {
     /// or `[DONE]` ends with an `error` event, not a false `message_stop`).
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         self.translate(chunk, end_of_stream)
-    }
-
-    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
-        match part {
-            StreamPart::Start { id } => self.start(id.as_deref(), out),
-            StreamPart::Text(text) => {
-                self.start(None, out);
-                if self.open != OpenBlock::Text {
-                    self.close_block(out);
-                    self.open_block(OpenBlock::Text, obj! {"type": "text", "text": ""}, out);
-                }
-                let delta = obj! {"type": "text_delta", "text": text};
-                self.delta(delta, out);
-            }
-            StreamPart::ToolStart { index, id, name } => {
-                self.start(None, out);
-                if self.open != OpenBlock::Tool(index) {
-                    self.close_block(out);
-                    let id = id.unwrap_or_else(|| format!("toolu_{index}"));
-                    let block = obj! {"type": "tool_use", "id": id, "name": name, "input": Value::Object(Map::new())};
-                    self.open_block(OpenBlock::Tool(index), block, out);
-                }
-            }
-            StreamPart::ToolArgs { index, arguments } => {
-                // Arguments of a call whose block is closed (interleaved calls) cannot be delivered.
-                if self.open == OpenBlock::Tool(index) {
-                    self.delta(obj! {"type": "input_json_delta", "partial_json": arguments}, out);
-                }
-            }
-            StreamPart::Finish { reason, stop_string } => self.finish = Some((reason, stop_string)),
-            StreamPart::Usage(usage) => self.usage = usage,
-            StreamPart::Error { message, kind } => {
-                let kind = match kind.as_str() {
-                    "invalid_request_error" | "authentication_error" | "permission_error" | "rate_limit_error" => kind,
-                    _ => "api_error".to_string(),
-                };
-                self.fail(&kind, &message, out);
-            }
-            StreamPart::Done => {
-                self.finish.get_or_insert_with(|| ("stop".into(), None));
-                self.finish_message(out);
-            }
-        }
     }
 
     fn start(&mut self, id: Option<&str>, out: &mut Vec<u8>) {
@@ -587,11 +540,64 @@ impl MessagesStream {
         self.next_index += 1;
     }
 
-    fn finish_message(&mut self, out: &mut Vec<u8>) {
+    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
+        self.progress.finished = true;
+        let event = obj! {"type": "error", "error": obj! {"type": kind, "message": message}};
+        push_sse(out, "error", &event);
+    }
+}
+
+impl DoorStream for MessagesStream {
+    fn progress(&mut self) -> &mut StreamProgress {
+        &mut self.progress
+    }
+    fn fail_incomplete(&mut self, out: &mut Vec<u8>) {
+        self.fail("api_error", "The upstream stream ended before the answer was complete.", out);
+    }
+    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
+        match part {
+            StreamPart::Start { id } => self.start(id.as_deref(), out),
+            StreamPart::Text(text) => {
+                self.start(None, out);
+                if self.open != OpenBlock::Text {
+                    self.close_block(out);
+                    self.open_block(OpenBlock::Text, obj! {"type": "text", "text": ""}, out);
+                }
+                let delta = obj! {"type": "text_delta", "text": text};
+                self.delta(delta, out);
+            }
+            StreamPart::ToolStart { index, id, name } => {
+                self.start(None, out);
+                if self.open != OpenBlock::Tool(index) {
+                    self.close_block(out);
+                    let id = id.unwrap_or_else(|| format!("toolu_{index}"));
+                    let block = obj! {"type": "tool_use", "id": id, "name": name, "input": Value::Object(Map::new())};
+                    self.open_block(OpenBlock::Tool(index), block, out);
+                }
+            }
+            StreamPart::ToolArgs { index, arguments } => {
+                // Arguments of a call whose block is closed (interleaved calls) cannot be delivered.
+                if self.open == OpenBlock::Tool(index) {
+                    self.delta(obj! {"type": "input_json_delta", "partial_json": arguments}, out);
+                }
+            }
+            StreamPart::Usage(usage) => self.usage = usage,
+            StreamPart::Error { message, kind } => {
+                let kind = match kind.as_str() {
+                    "invalid_request_error" | "authentication_error" | "permission_error" | "rate_limit_error" => kind,
+                    _ => "api_error".to_string(),
+                };
+                self.fail(&kind, &message, out);
+            }
+            StreamPart::Finish { .. } | StreamPart::Done => {} // kept by DoorStream::translate
+        }
+    }
+
+    fn complete(&mut self, out: &mut Vec<u8>) {
         self.start(None, out);
         self.close_block(out);
-        self.finished = true;
-        let (finish, stop_string) = self.finish.take().unwrap_or_else(|| ("stop".into(), None));
+        self.progress.finished = true;
+        let (finish, stop_string) = self.progress.finish.take().unwrap_or_else(|| ("stop".into(), None));
         let reason = stop_reason(&finish, stop_string.as_deref());
         let stop_sequence = if reason == "stop_sequence" { stop_string } else { None };
         let event = obj! {"type": "message_delta", "delta": obj! {
@@ -600,33 +606,6 @@ impl MessagesStream {
         }, "usage": usage_json(self.usage)};
         push_sse(out, "message_delta", &event);
         push_sse(out, "message_stop", &obj! {"type": "message_stop"});
-    }
-
-    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        self.finished = true;
-        let event = obj! {"type": "error", "error": obj! {"type": kind, "message": message}};
-        push_sse(out, "error", &event);
-    }
-}
-
-impl DoorStream for MessagesStream {
-    fn decoder(&mut self) -> &mut ChatStreamDecoder {
-        &mut self.decoder
-    }
-    fn finished(&self) -> bool {
-        self.finished
-    }
-    fn has_finish(&self) -> bool {
-        self.finish.is_some()
-    }
-    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
-        MessagesStream::part(self, part, out);
-    }
-    fn complete(&mut self, out: &mut Vec<u8>) {
-        MessagesStream::finish_message(self, out);
-    }
-    fn fail_incomplete(&mut self, out: &mut Vec<u8>) {
-        self.fail("api_error", "The upstream stream ended before the answer was complete.", out);
     }
 }
 

@@ -392,27 +392,42 @@ pub(crate) enum StreamPart {
 
 /// A door's stream translator: what it does with each decoded piece of the
 /// OpenAI stream and with its end. `translate` is the loop both doors share.
-pub(crate) trait DoorStream {
-    fn decoder(&mut self) -> &mut ChatStreamDecoder;
+/// What every door's stream translation tracks the same way.
+#[derive(Debug, Default)]
+pub(crate) struct StreamProgress {
+    decoder: ChatStreamDecoder,
     /// The door's stream is closed (answer completed or failed).
-    fn finished(&self) -> bool;
-    /// The upstream gave a `finish_reason`: its end completes the answer.
-    fn has_finish(&self) -> bool;
+    pub(crate) finished: bool,
+    /// The upstream's `finish_reason` and the stop string that ended it: its end completes the answer.
+    pub(crate) finish: Option<(String, Option<String>)>,
+}
+
+pub(crate) trait DoorStream {
+    fn progress(&mut self) -> &mut StreamProgress;
+    /// Every part but the upstream's finish and end, which `translate` keeps.
     fn part(&mut self, part: StreamPart, out: &mut Vec<u8>);
+    /// Closes the answer and marks the progress finished.
     fn complete(&mut self, out: &mut Vec<u8>);
     /// The upstream stream ended before its `finish_reason`.
     fn fail_incomplete(&mut self, out: &mut Vec<u8>);
 
     fn translate(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        for part in self.decoder().feed(chunk, end_of_stream) {
-            if self.finished() {
+        for part in self.progress().decoder.feed(chunk, end_of_stream) {
+            if self.progress().finished {
                 break;
             }
-            self.part(part, &mut out);
+            match part {
+                StreamPart::Finish { reason, stop_string } => self.progress().finish = Some((reason, stop_string)),
+                StreamPart::Done => {
+                    self.progress().finish.get_or_insert_with(|| ("stop".into(), None));
+                    self.complete(&mut out);
+                }
+                part => self.part(part, &mut out),
+            }
         }
-        if end_of_stream && !self.finished() {
-            if self.has_finish() {
+        if end_of_stream && !self.progress().finished {
+            if self.progress().finish.is_some() {
                 self.complete(&mut out);
             } else {
                 self.fail_incomplete(&mut out);

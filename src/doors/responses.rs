@@ -14,7 +14,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError, Usage};
-use super::{ChatStreamDecoder, DoorStream, StreamPart};
+use super::{DoorStream, StreamPart, StreamProgress};
 
 /// (feature name, request field) of the first stateful feature.
 fn stateful_feature(req: &Map<String, Value>) -> Option<(&'static str, String)> {
@@ -514,16 +514,14 @@ enum OpenItem {
 /// OpenAI `chat.completion.chunk` SSE -> Responses streaming events, chunk by chunk.
 #[derive(Debug)]
 pub struct ResponsesStream {
-    decoder: ChatStreamDecoder,
+    progress: StreamProgress,
     model: String,
     created_at: u64,
     id: String,
     sequence: u64,
     started: bool,
-    finished: bool,
     open: OpenItem,
     output: Vec<Value>,
-    finish: Option<String>,
     usage: Usage,
 }
 
@@ -532,16 +530,14 @@ impl ResponsesStream {
     /// host stamps on the response (this module has no clock).
     pub fn new(model: &str, created_at: u64) -> Self {
         ResponsesStream {
-            decoder: ChatStreamDecoder::default(),
+            progress: StreamProgress::default(),
             model: model.to_string(),
             created_at,
             id: String::new(),
             sequence: 0,
             started: false,
-            finished: false,
             open: OpenItem::None,
             output: Vec::new(),
-            finish: None,
             usage: Usage::default(),
         }
     }
@@ -575,6 +571,72 @@ impl ResponsesStream {
         }
     }
 
+    fn base(&self) -> String {
+        self.id.strip_prefix("resp_").unwrap_or(&self.id).to_string()
+    }
+
+    fn snapshot(&self, status: &str) -> Map<String, Value> {
+        response_object(&self.id, &self.model, self.created_at, status, self.output.clone())
+    }
+
+    fn start(&mut self, id: Option<&str>, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.id = door_id("resp_", id);
+        let response = Value::Object(self.snapshot("in_progress"));
+        self.emit("response.created", Self::fields(obj! {"response": response.clone()}), out);
+        self.emit("response.in_progress", Self::fields(obj! {"response": response}), out);
+    }
+
+    fn close_item(&mut self, out: &mut Vec<u8>) {
+        let index = self.output.len();
+        let item = match std::mem::replace(&mut self.open, OpenItem::None) {
+            OpenItem::None => return,
+            OpenItem::Message { id, text } => {
+                let item = message_output(&id, "completed", &text, false);
+                let part = item.get("content").and_then(|c| c.get(0)).cloned().unwrap_or_default();
+                let done = Self::text_fields(&id, index, "text", text);
+                self.emit("response.output_text.done", done, out);
+                let done = Self::fields(
+                    obj! {"item_id": id.as_str(), "output_index": index, "content_index": 0, "part": part},
+                );
+                self.emit("response.content_part.done", done, out);
+                item
+            }
+            OpenItem::Call { id, call_id, name, arguments, .. } => {
+                let done = Self::fields(obj! {
+                    "item_id": id.as_str(),
+                    "output_index": index,
+                    "name": name.as_str(),
+                    "arguments": arguments.as_str(),
+                });
+                self.emit("response.function_call_arguments.done", done, out);
+                function_call_output(&id, "completed", &call_id, &name, &arguments)
+            }
+        };
+        self.emit("response.output_item.done", Self::fields(obj! {"output_index": index, "item": item.clone()}), out);
+        self.output.push(item);
+    }
+
+    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
+        self.start(None, out);
+        self.progress.finished = true;
+        let code = if kind == "rate_limit_error" { "rate_limit_exceeded" } else { "server_error" };
+        let mut response = self.snapshot("failed");
+        response.insert("error".into(), obj! {"code": code, "message": message});
+        response.insert("usage".into(), usage_json(self.usage));
+        let error = Self::fields(obj! {"code": code, "message": message, "param": Value::Null});
+        self.emit("error", error, out);
+        self.emit("response.failed", Self::fields(obj! {"response": response}), out);
+    }
+}
+
+impl DoorStream for ResponsesStream {
+    fn progress(&mut self) -> &mut StreamProgress {
+        &mut self.progress
+    }
     fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
         match part {
             StreamPart::Start { id } => self.start(id.as_deref(), out),
@@ -632,105 +694,22 @@ impl ResponsesStream {
                     }
                 }
             }
-            StreamPart::Finish { reason, .. } => self.finish = Some(reason),
             StreamPart::Usage(usage) => self.usage = usage,
             StreamPart::Error { message, kind } => self.fail(&kind, &message, out),
-            StreamPart::Done => {
-                self.finish.get_or_insert_with(|| "stop".into());
-                self.complete(out);
-            }
+            StreamPart::Finish { .. } | StreamPart::Done => {} // kept by DoorStream::translate
         }
-    }
-
-    fn base(&self) -> String {
-        self.id.strip_prefix("resp_").unwrap_or(&self.id).to_string()
-    }
-
-    fn snapshot(&self, status: &str) -> Map<String, Value> {
-        response_object(&self.id, &self.model, self.created_at, status, self.output.clone())
-    }
-
-    fn start(&mut self, id: Option<&str>, out: &mut Vec<u8>) {
-        if self.started {
-            return;
-        }
-        self.started = true;
-        self.id = door_id("resp_", id);
-        let response = Value::Object(self.snapshot("in_progress"));
-        self.emit("response.created", Self::fields(obj! {"response": response.clone()}), out);
-        self.emit("response.in_progress", Self::fields(obj! {"response": response}), out);
-    }
-
-    fn close_item(&mut self, out: &mut Vec<u8>) {
-        let index = self.output.len();
-        let item = match std::mem::replace(&mut self.open, OpenItem::None) {
-            OpenItem::None => return,
-            OpenItem::Message { id, text } => {
-                let item = message_output(&id, "completed", &text, false);
-                let part = item.get("content").and_then(|c| c.get(0)).cloned().unwrap_or_default();
-                let done = Self::text_fields(&id, index, "text", text);
-                self.emit("response.output_text.done", done, out);
-                let done = Self::fields(
-                    obj! {"item_id": id.as_str(), "output_index": index, "content_index": 0, "part": part},
-                );
-                self.emit("response.content_part.done", done, out);
-                item
-            }
-            OpenItem::Call { id, call_id, name, arguments, .. } => {
-                let done = Self::fields(obj! {
-                    "item_id": id.as_str(),
-                    "output_index": index,
-                    "name": name.as_str(),
-                    "arguments": arguments.as_str(),
-                });
-                self.emit("response.function_call_arguments.done", done, out);
-                function_call_output(&id, "completed", &call_id, &name, &arguments)
-            }
-        };
-        self.emit("response.output_item.done", Self::fields(obj! {"output_index": index, "item": item.clone()}), out);
-        self.output.push(item);
     }
 
     fn complete(&mut self, out: &mut Vec<u8>) {
         self.start(None, out);
         self.close_item(out);
-        self.finished = true;
-        let (status, incomplete) = status_for(self.finish.as_deref());
+        self.progress.finished = true;
+        let (status, incomplete) = status_for(self.progress.finish.as_ref().map(|(reason, _)| reason.as_str()));
         let mut response = self.snapshot(status);
         response.insert("incomplete_details".into(), incomplete);
         response.insert("usage".into(), usage_json(self.usage));
         let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
         self.emit(kind, Self::fields(obj! {"response": response}), out);
-    }
-
-    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        self.start(None, out);
-        self.finished = true;
-        let code = if kind == "rate_limit_error" { "rate_limit_exceeded" } else { "server_error" };
-        let mut response = self.snapshot("failed");
-        response.insert("error".into(), obj! {"code": code, "message": message});
-        response.insert("usage".into(), usage_json(self.usage));
-        let error = Self::fields(obj! {"code": code, "message": message, "param": Value::Null});
-        self.emit("error", error, out);
-        self.emit("response.failed", Self::fields(obj! {"response": response}), out);
-    }
-}
-
-impl DoorStream for ResponsesStream {
-    fn decoder(&mut self) -> &mut ChatStreamDecoder {
-        &mut self.decoder
-    }
-    fn finished(&self) -> bool {
-        self.finished
-    }
-    fn has_finish(&self) -> bool {
-        self.finish.is_some()
-    }
-    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
-        ResponsesStream::part(self, part, out);
-    }
-    fn complete(&mut self, out: &mut Vec<u8>) {
-        ResponsesStream::complete(self, out);
     }
     fn fail_incomplete(&mut self, out: &mut Vec<u8>) {
         self.fail("server_error", "The upstream stream ended before the answer was complete.", out);
