@@ -48,7 +48,7 @@ ENVOY_VENV = ROOT / ".venv"
 LITELLM_VENV = WORK / "litellm-venv"
 ENVOY_VERSION = "1.40.0"
 LITELLM_SPEC = os.environ.get("BENCH_LITELLM_SPEC", "litellm[proxy]==1.106.2")
-BUILT_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "switchboard.wasm"
+BUILT_WASM = ROOT / "target" / "switchboard.wasm"  # `make wasm`: cargo's module after wasm-opt
 BUILT_MOCK = ROOT / "target" / "release" / "mock-provider"
 # The run uses private copies, so a concurrent `cargo build` in the shared
 # target directory (other features, other commit) cannot swap them mid-run.
@@ -193,7 +193,7 @@ def build(skip):
         if skip and attempt == 0:
             log("--no-build: using existing artifacts")
         else:
-            run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "switchboard", "-q"], cwd=ROOT)
+            run(["make", "-s", "wasm"], cwd=ROOT)
             run(["cargo", "build", "--release", "-p", "mock-provider", "-q"], cwd=ROOT)
         if _valid_filter(BUILT_WASM) and BUILT_MOCK.exists():
             break

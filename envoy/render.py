@@ -5,7 +5,7 @@ Used by `make run`, the integration tests and the benchmarks, so all of them
 run the same Envoy configuration. Output is JSON (valid YAML for Envoy).
 
     render.py --plugin-config examples/demo/switchboard.json \
-              --wasm target/wasm32-wasip1/release/switchboard.wasm \
+              --wasm target/switchboard.wasm \
               --listen 10000 --admin 9901 \
               --cluster alpha=127.0.0.1:18001 --cluster beta=api.beta.example:443,tls \
               [--call-log /var/log/envoy/calls.log]
@@ -15,7 +15,22 @@ per request) to that file.
 """
 import argparse
 import json
+import os
 import sys
+
+
+def built_wasm(root):
+    """The filter `make wasm` built (target/switchboard.wasm, size-optimized), unless
+    a plain `cargo build` produced a newer module since: then cargo's own."""
+    raw = os.path.join(root, "target", "wasm32-wasip1", "release", "switchboard.wasm")
+    opt = os.path.join(root, "target", "switchboard.wasm")
+    try:
+        if os.path.getmtime(opt) >= os.path.getmtime(raw):
+            return opt
+    except OSError:
+        if os.path.exists(opt):
+            return opt
+    return raw
 
 
 def cluster(name, spec):

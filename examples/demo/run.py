@@ -44,7 +44,7 @@ def main():
     addrs = json.loads(mock.stdout.readline())["listening"]
     with open(os.path.join(HERE, "switchboard.json")) as f:
         plugin_config = json.load(f)
-    wasm = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "switchboard.wasm")
+    wasm = render.built_wasm(ROOT)
     workdir = os.path.join(ROOT, ".run")
     os.makedirs(workdir, exist_ok=True)
     call_log = os.path.join(workdir, "calls.log")

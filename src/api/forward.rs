@@ -30,8 +30,9 @@ const FORWARDED: [&str; 17] = [
 /// upstream. `accept-encoding` only on the routed request, whose answer Envoy
 /// relays as it is; a failover answer is relayed without its
 /// `content-encoding`, so failover calls never offer compression.
-/// `extra` is the provider's `forward_headers`.
-pub fn forwarded(name: &[u8], routed: bool, extra: &[String]) -> bool {
+/// `extra`: more names for this request (`anthropic-beta` to an Anthropic
+/// member serving the Messages API as it is).
+pub fn forwarded(name: &[u8], routed: bool, extra: &[&str]) -> bool {
     FORWARDED.iter().any(|f| f.as_bytes() == name)
         || (routed && name == b"accept-encoding")
         || extra.iter().any(|e| e.as_bytes() == name)
@@ -89,10 +90,9 @@ mod tests {
     }
 
     #[test]
-    fn provider_forward_headers_extend_the_list() {
-        let extra = vec!["anthropic-beta".to_string()];
-        assert!(forwarded(b"anthropic-beta", false, &extra));
-        assert!(!forwarded(b"anthropic-version", false, &extra));
+    fn extra_names_extend_the_list() {
+        assert!(forwarded(b"anthropic-beta", false, &["anthropic-beta"]));
+        assert!(!forwarded(b"anthropic-version", false, &["anthropic-beta"]));
     }
 
     #[test]

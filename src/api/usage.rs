@@ -1,26 +1,47 @@
-//! Token usage read back from an OpenAI-shaped answer, without parsing it:
-//! the last `prompt_tokens` and `completion_tokens` numbers in its tail (the
-//! `usage` object closes a completion and the final chunk of a stream), and
-//! the usage-only chunk taken out of a stream whose client did not ask for it.
+//! Token usage read back from an answer, without parsing it: the last
+//! `prompt_tokens` and `completion_tokens` numbers in its tail (the `usage`
+//! object closes a completion and the final chunk of a stream). Answers passed
+//! through in Anthropic's or the Responses API's shape count `input_tokens`
+//! and `output_tokens` instead; an Anthropic stream may give its input only in
+//! its first event, so the head of the answer is kept too. And the usage-only
+//! chunk taken out of an OpenAI stream whose client did not ask for it.
 
 /// Bytes of an answer's end worth keeping to find its usage.
 pub const TAIL_BYTES: usize = 1024;
 
-/// Keeps the last `TAIL_BYTES` of a body seen chunk by chunk.
+/// Keeps the first and the last `TAIL_BYTES` of a body seen chunk by chunk.
 #[derive(Debug, Default, Clone)]
-pub struct Tail(Vec<u8>);
+pub struct Tail {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
 
 impl Tail {
     pub fn push(&mut self, chunk: &[u8]) {
-        self.0.extend_from_slice(chunk);
-        let excess = self.0.len().saturating_sub(TAIL_BYTES);
+        let room = TAIL_BYTES.saturating_sub(self.head.len());
+        self.head.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        self.tail.extend_from_slice(chunk);
+        let excess = self.tail.len().saturating_sub(TAIL_BYTES);
         if excess > 0 {
-            self.0.drain(..excess);
+            self.tail.drain(..excess);
         }
     }
 
     pub fn usage(&self) -> Option<(u64, u64)> {
-        scan(&self.0)
+        scan(&self.tail).or_else(|| {
+            let output = last_number_after(&self.tail, b"\"output_tokens\"")?;
+            let input = |body: &[u8]| {
+                let n = |key: &[u8]| last_number_after(body, key);
+                // Anthropic counts cache reads and writes apart from `input_tokens`.
+                let plain = n(b"\"input_tokens\"")?;
+                Some(
+                    plain
+                        + n(b"\"cache_read_input_tokens\"").unwrap_or(0)
+                        + n(b"\"cache_creation_input_tokens\"").unwrap_or(0),
+                )
+            };
+            Some((input(&self.tail).or_else(|| input(&self.head))?, output))
+        })
     }
 }
 
@@ -198,6 +219,23 @@ mod tests {
         tail.push(br#"{"usage":{"prompt_tokens":1,"completion_tokens":"#);
         tail.push(b"2}}");
         assert_eq!(tail.usage(), Some((1, 2)));
-        assert!(tail.0.len() <= TAIL_BYTES);
+        assert!(tail.tail.len() <= TAIL_BYTES && tail.head.len() <= TAIL_BYTES);
+    }
+
+    #[test]
+    fn native_answers_count_input_and_output_tokens() {
+        let mut tail = Tail::default();
+        tail.push(br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}"#);
+        assert_eq!(tail.usage(), Some((15, 3)), "Anthropic: cache reads are input too");
+        let mut stream = Tail::default();
+        stream.push(
+            b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":42,\"output_tokens\":1}}}\n\n",
+        );
+        stream.push(&vec![b' '; 3000]);
+        stream.push(b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}\n\n");
+        assert_eq!(stream.usage(), Some((42, 9)), "the input from the first event, the output from the last");
+        let mut responses = Tail::default();
+        responses.push(br#"{"object":"response","usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":2},"output_tokens":4,"total_tokens":11}}"#);
+        assert_eq!(responses.usage(), Some((7, 4)));
     }
 }

@@ -7,15 +7,16 @@
 //!   (OpenAI has no flag); images inside a tool result follow in a user message.
 //! - `thinking`/`redacted_thinking` blocks in history are dropped, `thinking`,
 //!   `top_k`, `cache_control` and `service_tier` are ignored.
-//! - Server tools (`web_search_*`, `bash_*`, `text_editor_*`, ...) and `document`
-//!   blocks need an Anthropic member: refused here, see `needs_anthropic`.
+//! - Server tools (`web_search_*`, `bash_*`, `text_editor_*`, ...), `document`
+//!   blocks and other block types are refused here (`unsupported_feature`):
+//!   `Door::to_chat` then keeps the request on Anthropic members, which get it as it is.
 //! - `stop_reason: stop_sequence` is reported when the server names the matched
 //!   stop string (vLLM's `choices[].stop_reason`); otherwise a stop is `end_turn`.
 
 use serde_json::{json, Map, Value};
 
-use super::{copy_number, copy_stream, door_id, first_choice, parse_object, push_sse, to_bytes, DoorError, Usage};
-use super::{ChatStreamDecoder, DoorStream, StreamPart};
+use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError, Usage};
+use super::{DoorStream, StreamPart, StreamProgress};
 
 /// Anthropic request -> OpenAI Chat Completions body (the `model` is kept as is).
 pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
@@ -51,26 +52,6 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
     Ok(to_bytes(&Value::Object(out)))
 }
 
-/// The first feature of an Anthropic request that only an Anthropic member can
-/// serve (server tools, `document` blocks), for keeping it on such members.
-pub fn needs_anthropic(body: &[u8]) -> Option<&'static str> {
-    let req = parse_object(body).ok()?;
-    let server_tool = req.get("tools").and_then(Value::as_array).into_iter().flatten().any(|t| {
-        t.get("type").and_then(Value::as_str).is_some_and(|k| k != "custom") && t.get("input_schema").is_none()
-    });
-    if server_tool {
-        return Some("server tools");
-    }
-    let document = req.get("messages").and_then(Value::as_array).into_iter().flatten().any(|m| {
-        m.get("content")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|b| b.get("type").and_then(Value::as_str).is_some_and(|k| k == "document" || k == "search_result"))
-    });
-    document.then_some("document blocks")
-}
-
 fn model_of(req: &Map<String, Value>) -> Result<&str, DoorError> {
     match req.get("model") {
         Some(Value::String(m)) if !m.is_empty() => Ok(m),
@@ -101,7 +82,7 @@ fn system_text(req: &Map<String, Value>) -> Result<Option<String>, DoorError> {
 fn chat_messages(req: &Map<String, Value>) -> Result<Vec<Value>, DoorError> {
     let mut out = Vec::new();
     if let Some(system) = system_text(req)? {
-        out.push(json!({"role": "system", "content": system}));
+        out.push(obj! {"role": "system", "content": system});
     }
     let messages = match req.get("messages") {
         Some(Value::Array(m)) => m,
@@ -118,7 +99,7 @@ fn chat_messages(req: &Map<String, Value>) -> Result<Vec<Value>, DoorError> {
             _ => return Err(DoorError::invalid(format!("{at}.role"), "must be `user` or `assistant`")),
         };
         match message.get("content") {
-            Some(Value::String(text)) => out.push(json!({"role": role, "content": text})),
+            Some(Value::String(text)) => out.push(obj! {"role": role, "content": text.as_str()}),
             Some(Value::Array(blocks)) if role == "user" => user_blocks(blocks, &at, &mut out)?,
             Some(Value::Array(blocks)) => out.push(assistant_blocks(blocks, &at)?),
             _ => {
@@ -181,8 +162,8 @@ fn user_blocks(blocks: &[Value], at: &str, out: &mut Vec<Value>) -> Result<(), D
         let at = format!("{at}.content[{j}]");
         let (block, kind) = block_type(block, &at)?;
         match kind {
-            "text" => parts.push(json!({"type": "text", "text": text_of(block, &at)?})),
-            "image" => parts.push(json!({"type": "image_url", "image_url": {"url": image_url(block, &at)?}})),
+            "text" => parts.push(obj! {"type": "text", "text": text_of(block, &at)?}),
+            "image" => parts.push(obj! {"type": "image_url", "image_url": obj! {"url": image_url(block, &at)?}}),
             "tool_result" => out.push(tool_message(block, &at, &mut tool_images)?),
             // Extended thinking history has no OpenAI equivalent.
             "thinking" | "redacted_thinking" => {}
@@ -193,9 +174,9 @@ fn user_blocks(blocks: &[Value], at: &str, out: &mut Vec<Value>) -> Result<(), D
     match tool_images.as_slice() {
         [] => {}
         [only] if only.get("type").and_then(Value::as_str) == Some("text") => {
-            out.push(json!({"role": "user", "content": only.get("text").cloned().unwrap_or_default()}));
+            out.push(obj! {"role": "user", "content": only.get("text").cloned().unwrap_or_default()});
         }
-        _ => out.push(json!({"role": "user", "content": tool_images})),
+        _ => out.push(obj! {"role": "user", "content": tool_images}),
     }
     Ok(())
 }
@@ -220,7 +201,9 @@ fn tool_message(block: &Map<String, Value>, at: &str, images: &mut Vec<Value>) -
                         }
                         text.push_str(text_of(item, &at)?);
                     }
-                    "image" => images.push(json!({"type": "image_url", "image_url": {"url": image_url(item, &at)?}})),
+                    "image" => {
+                        images.push(obj! {"type": "image_url", "image_url": obj! {"url": image_url(item, &at)?}})
+                    }
                     other => return Err(unsupported_block(&at, other)),
                 }
             }
@@ -230,7 +213,7 @@ fn tool_message(block: &Map<String, Value>, at: &str, images: &mut Vec<Value>) -
     if block.get("is_error").and_then(Value::as_bool) == Some(true) {
         text.insert_str(0, "Error: ");
     }
-    Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
+    Ok(obj! {"role": "tool", "tool_call_id": id, "content": text})
 }
 
 fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
@@ -249,7 +232,8 @@ fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
                 };
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 let arguments = String::from_utf8(to_bytes(&input)).unwrap_or_default();
-                calls.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}));
+                calls
+                    .push(obj! {"id": id, "type": "function", "function": obj! {"name": name, "arguments": arguments}});
             }
             "thinking" | "redacted_thinking" => {}
             other => return Err(unsupported_block(&at, other)),
@@ -296,7 +280,7 @@ fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Re
             function.insert("description".into(), Value::String(d.to_string()));
         }
         function.insert("parameters".into(), schema);
-        functions.push(json!({"type": "function", "function": function}));
+        functions.push(obj! {"type": "function", "function": function});
     }
     let any = !functions.is_empty();
     if any {
@@ -317,7 +301,7 @@ fn translate_tool_choice(
         Some("any") => json!("required"),
         Some("none") => json!("none"),
         Some("tool") => match choice.get("name").and_then(Value::as_str) {
-            Some(name) => json!({"type": "function", "function": {"name": name}}),
+            Some(name) => obj! {"type": "function", "function": obj! {"name": name}},
             None => return Err(DoorError::invalid("tool_choice.name", "Field required")),
         },
         _ => return Err(DoorError::invalid("tool_choice.type", "must be one of `auto`, `any`, `tool`, `none`")),
@@ -346,12 +330,12 @@ fn stop_reason(finish: &str, stop_string: Option<&str>) -> &'static str {
 
 /// Anthropic usage from OpenAI usage: Anthropic's `input_tokens` exclude cache reads.
 fn usage_json(usage: Usage) -> Value {
-    json!({
+    obj! {
         "input_tokens": usage.prompt.saturating_sub(usage.cached),
         "output_tokens": usage.completion,
         "cache_read_input_tokens": usage.cached,
         "cache_creation_input_tokens": 0,
-    })
+    }
 }
 
 /// Tool arguments (a JSON string) as the `input` object Anthropic clients expect.
@@ -375,7 +359,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
     let mut content = Vec::new();
     let field = |name: &str| message.and_then(|m| m.get(name)).and_then(Value::as_str).filter(|t| !t.is_empty());
     if let Some(text) = field("content").or_else(|| field("refusal")) {
-        content.push(json!({"type": "text", "text": text}));
+        content.push(obj! {"type": "text", "text": text});
     }
     let calls = message.and_then(|m| m.get("tool_calls")).and_then(Value::as_array);
     for (i, call) in calls.into_iter().flatten().enumerate() {
@@ -383,14 +367,14 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
         let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
         let arguments = function.and_then(|f| f.get("arguments")).and_then(Value::as_str).unwrap_or_default();
         let id = call.get("id").and_then(Value::as_str).map_or_else(|| format!("toolu_{i}"), str::to_string);
-        content.push(json!({"type": "tool_use", "id": id, "name": name, "input": parse_input(arguments)}));
+        content.push(obj! {"type": "tool_use", "id": id, "name": name, "input": parse_input(arguments)});
     }
     let finish = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("stop");
     let stop_string = choice.get("stop_reason").and_then(Value::as_str);
     let reason = stop_reason(finish, stop_string);
     let usage = Usage::from_value(answer.get("usage")).unwrap_or_default();
     let id = door_id("msg_", answer.get("id").and_then(Value::as_str));
-    to_bytes(&json!({
+    to_bytes(&obj! {
         "id": id,
         "type": "message",
         "role": "assistant",
@@ -399,7 +383,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
         "stop_reason": reason,
         "stop_sequence": if reason == "stop_sequence" { stop_string } else { None },
         "usage": usage_json(usage),
-    }))
+    })
 }
 
 /// Anthropic error `type` for an HTTP status.
@@ -419,7 +403,7 @@ pub fn error_type(status: u16) -> &'static str {
 
 /// `{"type":"error","error":{"type":..., "message":...}}`.
 pub(crate) fn anthropic_error(kind: &str, message: &str) -> Vec<u8> {
-    to_bytes(&json!({"type": "error", "error": {"type": kind, "message": message}}))
+    to_bytes(&obj! {"type": "error", "error": obj! {"type": kind, "message": message}})
 }
 
 /// An OpenAI error body (the gateway's or a provider's, of HTTP `status`) in Anthropic's error shape.
@@ -476,7 +460,7 @@ pub fn count_tokens(body: &[u8]) -> Result<Vec<u8>, DoorError> {
         bytes += to_bytes(t).len() as u64;
     }
     let input_tokens = bytes.div_ceil(4) + overhead;
-    Ok(to_bytes(&json!({"input_tokens": input_tokens})))
+    Ok(to_bytes(&obj! {"input_tokens": input_tokens}))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,13 +474,11 @@ enum OpenBlock {
 /// OpenAI `chat.completion.chunk` SSE -> Anthropic SSE events, chunk by chunk.
 #[derive(Debug)]
 pub struct MessagesStream {
-    decoder: ChatStreamDecoder,
+    progress: StreamProgress,
     model: String,
     started: bool,
-    finished: bool,
     open: OpenBlock,
     next_index: u64,
-    finish: Option<(String, Option<String>)>,
     usage: Usage,
 }
 
@@ -504,13 +486,11 @@ impl MessagesStream {
     /// `model` is the name the client asked for, echoed in `message_start`.
     pub fn new(model: &str) -> Self {
         MessagesStream {
-            decoder: ChatStreamDecoder::default(),
+            progress: StreamProgress::default(),
             model: model.to_string(),
             started: false,
-            finished: false,
             open: OpenBlock::None,
             next_index: 0,
-            finish: None,
             usage: Usage::default(),
         }
     }
@@ -522,75 +502,32 @@ impl MessagesStream {
         self.translate(chunk, end_of_stream)
     }
 
-    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
-        match part {
-            StreamPart::Start { id } => self.start(id.as_deref(), out),
-            StreamPart::Text(text) => {
-                self.start(None, out);
-                if self.open != OpenBlock::Text {
-                    self.close_block(out);
-                    self.open_block(OpenBlock::Text, json!({"type": "text", "text": ""}), out);
-                }
-                let delta = json!({"type": "text_delta", "text": text});
-                self.delta(delta, out);
-            }
-            StreamPart::ToolStart { index, id, name } => {
-                self.start(None, out);
-                if self.open != OpenBlock::Tool(index) {
-                    self.close_block(out);
-                    let id = id.unwrap_or_else(|| format!("toolu_{index}"));
-                    let block = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
-                    self.open_block(OpenBlock::Tool(index), block, out);
-                }
-            }
-            StreamPart::ToolArgs { index, arguments } => {
-                // Arguments of a call whose block is closed (interleaved calls) cannot be delivered.
-                if self.open == OpenBlock::Tool(index) {
-                    self.delta(json!({"type": "input_json_delta", "partial_json": arguments}), out);
-                }
-            }
-            StreamPart::Finish { reason, stop_string } => self.finish = Some((reason, stop_string)),
-            StreamPart::Usage(usage) => self.usage = usage,
-            StreamPart::Error { message, kind } => {
-                let kind = match kind.as_str() {
-                    "invalid_request_error" | "authentication_error" | "permission_error" | "rate_limit_error" => kind,
-                    _ => "api_error".to_string(),
-                };
-                self.fail(&kind, &message, out);
-            }
-            StreamPart::Done => {
-                self.finish.get_or_insert_with(|| ("stop".into(), None));
-                self.finish_message(out);
-            }
-        }
-    }
-
     fn start(&mut self, id: Option<&str>, out: &mut Vec<u8>) {
         if self.started {
             return;
         }
         self.started = true;
-        let message = json!({
+        let message = obj! {
             "id": door_id("msg_", id),
             "type": "message",
             "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": null,
-            "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
-        });
-        push_sse(out, "message_start", &json!({"type": "message_start", "message": message}));
+            "model": self.model.as_str(),
+            "content": Value::Array(Vec::new()),
+            "stop_reason": Value::Null,
+            "stop_sequence": Value::Null,
+            "usage": obj! {"input_tokens": 0, "output_tokens": 0},
+        };
+        push_sse(out, "message_start", &obj! {"type": "message_start", "message": message});
     }
 
     fn open_block(&mut self, block: OpenBlock, content: Value, out: &mut Vec<u8>) {
         self.open = block;
-        let event = json!({"type": "content_block_start", "index": self.next_index, "content_block": content});
+        let event = obj! {"type": "content_block_start", "index": self.next_index, "content_block": content};
         push_sse(out, "content_block_start", &event);
     }
 
     fn delta(&mut self, delta: Value, out: &mut Vec<u8>) {
-        let event = json!({"type": "content_block_delta", "index": self.next_index, "delta": delta});
+        let event = obj! {"type": "content_block_delta", "index": self.next_index, "delta": delta};
         push_sse(out, "content_block_delta", &event);
     }
 
@@ -599,51 +536,76 @@ impl MessagesStream {
             return;
         }
         self.open = OpenBlock::None;
-        push_sse(out, "content_block_stop", &json!({"type": "content_block_stop", "index": self.next_index}));
+        push_sse(out, "content_block_stop", &obj! {"type": "content_block_stop", "index": self.next_index});
         self.next_index += 1;
     }
 
-    fn finish_message(&mut self, out: &mut Vec<u8>) {
-        self.start(None, out);
-        self.close_block(out);
-        self.finished = true;
-        let (finish, stop_string) = self.finish.take().unwrap_or_else(|| ("stop".into(), None));
-        let reason = stop_reason(&finish, stop_string.as_deref());
-        let stop_sequence = if reason == "stop_sequence" { stop_string } else { None };
-        let event = json!({
-            "type": "message_delta",
-            "delta": {"stop_reason": reason, "stop_sequence": stop_sequence},
-            "usage": usage_json(self.usage),
-        });
-        push_sse(out, "message_delta", &event);
-        push_sse(out, "message_stop", &json!({"type": "message_stop"}));
-    }
-
     fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        self.finished = true;
-        let event = json!({"type": "error", "error": {"type": kind, "message": message}});
+        self.progress.finished = true;
+        let event = obj! {"type": "error", "error": obj! {"type": kind, "message": message}};
         push_sse(out, "error", &event);
     }
 }
 
 impl DoorStream for MessagesStream {
-    fn decoder(&mut self) -> &mut ChatStreamDecoder {
-        &mut self.decoder
-    }
-    fn finished(&self) -> bool {
-        self.finished
-    }
-    fn has_finish(&self) -> bool {
-        self.finish.is_some()
-    }
-    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
-        MessagesStream::part(self, part, out);
-    }
-    fn complete(&mut self, out: &mut Vec<u8>) {
-        MessagesStream::finish_message(self, out);
+    fn progress(&mut self) -> &mut StreamProgress {
+        &mut self.progress
     }
     fn fail_incomplete(&mut self, out: &mut Vec<u8>) {
         self.fail("api_error", "The upstream stream ended before the answer was complete.", out);
+    }
+    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
+        match part {
+            StreamPart::Start { id } => self.start(id.as_deref(), out),
+            StreamPart::Text(text) => {
+                self.start(None, out);
+                if self.open != OpenBlock::Text {
+                    self.close_block(out);
+                    self.open_block(OpenBlock::Text, obj! {"type": "text", "text": ""}, out);
+                }
+                let delta = obj! {"type": "text_delta", "text": text};
+                self.delta(delta, out);
+            }
+            StreamPart::ToolStart { index, id, name } => {
+                self.start(None, out);
+                if self.open != OpenBlock::Tool(index) {
+                    self.close_block(out);
+                    let id = id.unwrap_or_else(|| format!("toolu_{index}"));
+                    let block = obj! {"type": "tool_use", "id": id, "name": name, "input": Value::Object(Map::new())};
+                    self.open_block(OpenBlock::Tool(index), block, out);
+                }
+            }
+            StreamPart::ToolArgs { index, arguments } => {
+                // Arguments of a call whose block is closed (interleaved calls) cannot be delivered.
+                if self.open == OpenBlock::Tool(index) {
+                    self.delta(obj! {"type": "input_json_delta", "partial_json": arguments}, out);
+                }
+            }
+            StreamPart::Usage(usage) => self.usage = usage,
+            StreamPart::Error { message, kind } => {
+                let kind = match kind.as_str() {
+                    "invalid_request_error" | "authentication_error" | "permission_error" | "rate_limit_error" => kind,
+                    _ => "api_error".to_string(),
+                };
+                self.fail(&kind, &message, out);
+            }
+            StreamPart::Finish { .. } | StreamPart::Done => {} // kept by DoorStream::translate
+        }
+    }
+
+    fn complete(&mut self, out: &mut Vec<u8>) {
+        self.start(None, out);
+        self.close_block(out);
+        self.progress.finished = true;
+        let (finish, stop_string) = self.progress.finish.take().unwrap_or_else(|| ("stop".into(), None));
+        let reason = stop_reason(&finish, stop_string.as_deref());
+        let stop_sequence = if reason == "stop_sequence" { stop_string } else { None };
+        let event = obj! {"type": "message_delta", "delta": obj! {
+            "stop_reason": reason,
+            "stop_sequence": stop_sequence,
+        }, "usage": usage_json(self.usage)};
+        push_sse(out, "message_delta", &event);
+        push_sse(out, "message_stop", &obj! {"type": "message_stop"});
     }
 }
 
@@ -833,13 +795,13 @@ mod tests {
     }
 
     #[test]
-    fn needs_anthropic_names_server_tools_and_documents() {
-        let server = json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]});
-        assert_eq!(needs_anthropic(&to_bytes(&server)), Some("server tools"));
-        let doc = json!({"messages": [{"role": "user", "content": [{"type": "document"}]}]});
-        assert_eq!(needs_anthropic(&to_bytes(&doc)), Some("document blocks"));
-        let plain = json!({"tools": [{"type": "custom", "name": "f", "input_schema": {}}], "messages": []});
-        assert_eq!(needs_anthropic(&to_bytes(&plain)), None);
+    fn server_tools_and_documents_are_refused_as_unsupported_features() {
+        let server = json!({"model": "m", "max_tokens": 1, "messages": [],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}]});
+        assert_eq!(refused(server).code, "unsupported_feature");
+        let doc = json!({"model": "m", "max_tokens": 1,
+            "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]});
+        assert_eq!(refused(doc).code, "unsupported_feature");
     }
 
     #[test]
@@ -940,6 +902,22 @@ mod tests {
             .collect()
     }
 
+    fn names(events: &[(String, Value)]) -> Vec<&str> {
+        events.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The event names of a message whose content blocks have these many deltas each.
+    fn message_events(deltas_per_block: &[usize]) -> Vec<&'static str> {
+        let mut names = vec!["message_start"];
+        for &deltas in deltas_per_block {
+            names.push("content_block_start");
+            names.extend(std::iter::repeat_n("content_block_delta", deltas));
+            names.push("content_block_stop");
+        }
+        names.extend(["message_delta", "message_stop"]);
+        names
+    }
+
     const TEXT_THEN_TOOL: &str = concat!(
         "data: {\"id\":\"chatcmpl-7\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
         "data: {\"id\":\"chatcmpl-7\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi \"}}]}\n\n",
@@ -959,26 +937,7 @@ mod tests {
             let mut s = MessagesStream::new("claude-pool");
             events(&s.feed(TEXT_THEN_TOOL.as_bytes(), true))
         };
-        let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "message_start",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_delta",
-                "content_block_stop",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_delta",
-                "content_block_stop",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_stop",
-                "message_delta",
-                "message_stop",
-            ]
-        );
+        assert_eq!(names(&expected), message_events(&[2, 2, 1]), "a text block, then two tool calls");
         let data: Vec<&Value> = expected.iter().map(|(_, d)| d).collect();
         assert_eq!(data[0]["message"]["id"], "msg_7");
         assert_eq!(data[0]["message"]["model"], "claude-pool");
@@ -1035,19 +994,7 @@ mod tests {
             chunk("}")
         );
         let ev = events(&s.feed(stream.as_bytes(), true));
-        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "message_start",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_delta",
-                "content_block_stop",
-                "message_delta",
-                "message_stop"
-            ]
-        );
+        assert_eq!(names(&ev), message_events(&[2]));
     }
 
     #[test]
@@ -1074,8 +1021,7 @@ mod tests {
     fn empty_answer_stream_still_starts_and_stops() {
         let mut s = MessagesStream::new("m");
         let ev = events(&s.feed(b"data: [DONE]\n\n", false));
-        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["message_start", "message_delta", "message_stop"]);
+        assert_eq!(names(&ev), message_events(&[]));
         assert_eq!(ev[1].1["delta"]["stop_reason"], "end_turn");
     }
 }

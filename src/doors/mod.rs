@@ -5,9 +5,12 @@
 //! the unchanged pipeline (routing, adapters, failover), and turns the OpenAI
 //! answer back into the door's shape: a whole body (`from_chat_completion`),
 //! an SSE stream (`MessagesStream`, `ResponsesStream`) or an error body.
+//! Members whose kind serves the door's API (`Door::native_api`) get the
+//! client's body as it is instead (model rewritten) and their answers pass
+//! through; a feature the translator refuses keeps the request on them.
 //!
 //! - `messages`: Anthropic Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`).
-//! - `responses`: OpenAI Responses API (`POST /v1/responses`), stateless subset.
+//! - `responses`: OpenAI Responses API (`POST /v1/responses`), stateless subset translated.
 
 pub mod messages;
 pub mod responses;
@@ -17,6 +20,8 @@ pub mod responses;
 mod sdk_fixtures;
 
 use serde_json::{Map, Value};
+
+use crate::providers::NativeApi;
 
 /// The API a client speaks. Every door's requests run through the pipeline
 /// as chat completions.
@@ -43,20 +48,28 @@ impl Door {
         }
     }
 
-    /// The client's request as a Chat Completions body.
-    pub fn to_chat(self, body: &[u8]) -> Result<Option<Vec<u8>>, DoorError> {
+    /// The API some provider kinds serve as it is: requests to their members
+    /// pass through (model rewritten), their answers come back untouched.
+    pub fn native_api(self) -> Option<NativeApi> {
         match self {
-            Door::Chat | Door::CountTokens => Ok(None),
-            Door::Messages => messages::to_chat(body).map(Some),
-            Door::Responses => {
-                if let Some(feature) = responses::needs_openai_state(body) {
-                    return Err(DoorError::unsupported(
-                        feature,
-                        "needs state kept by OpenAI; this gateway serves the stateless subset of the Responses API",
-                    ));
-                }
-                responses::to_chat(body).map(Some)
-            }
+            Door::Messages => Some(NativeApi::Messages),
+            Door::Responses => Some(NativeApi::Responses),
+            Door::Chat | Door::CountTokens => None,
+        }
+    }
+
+    /// The client's request as the pipeline routes it (`None` for the chat door).
+    pub fn to_chat(self, body: &[u8]) -> Result<Option<Routed>, DoorError> {
+        let translated = match self {
+            Door::Chat | Door::CountTokens => return Ok(None),
+            Door::Messages => messages::to_chat(body),
+            Door::Responses => responses::to_chat(body),
+        };
+        match translated {
+            Ok(chat) => Ok(Some(Routed { chat, native_only: None })),
+            // What the translation cannot express, the door's native kinds serve as it is.
+            Err(e) if e.code == UNSUPPORTED => Ok(Some(Routed { chat: routing_stand_in(body), native_only: Some(e) })),
+            Err(e) => Err(e),
         }
     }
 
@@ -75,6 +88,26 @@ impl Door {
             Door::Chat | Door::Responses => e.to_openai_json(),
         }
     }
+}
+
+/// A door request as the pipeline takes it.
+#[derive(Debug)]
+pub struct Routed {
+    /// The Chat Completions body that routing reads and translated members are sent.
+    pub chat: Vec<u8>,
+    /// The translator's refusal of a feature only the door's native kinds
+    /// serve: the request must stay on their members.
+    pub native_only: Option<DoorError>,
+}
+
+/// A refused request as a chat body for routing: the client's own fields with
+/// an empty `messages` in front (a Messages body's own `messages`, later, wins:
+/// ParsedRequest reads the last). Routing reads `model`, `stream`, `tools` and a
+/// Messages body's `max_tokens` and prompt; nothing else is read of it.
+fn routing_stand_in(body: &[u8]) -> Vec<u8> {
+    let start = body.iter().position(|b| *b == b'{').map_or(body.len(), |i| i + 1);
+    let (open, rest) = body.split_at(start);
+    [open, b"\"messages\":[],", rest].concat()
 }
 
 /// Turns the pipeline's OpenAI-shaped answer into a door's.
@@ -146,6 +179,9 @@ fn upstream_unreadable() -> Vec<u8> {
     out
 }
 
+/// The code of a refused feature that the door's native kinds may serve.
+const UNSUPPORTED: &str = "unsupported_feature";
+
 /// A door request the translator refuses: always HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoorError {
@@ -166,7 +202,7 @@ impl DoorError {
 
     pub(crate) fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
         let param = param.into();
-        DoorError { code: "unsupported_feature", message: format!("{param}: {}", message.into()), param: Some(param) }
+        DoorError { code: UNSUPPORTED, message: format!("{param}: {}", message.into()), param: Some(param) }
     }
 
     pub(crate) fn not_json(detail: impl std::fmt::Display) -> Self {
@@ -213,6 +249,26 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DoorError>
         }),
         Err(e) => Err(DoorError::not_json(e)),
     }
+}
+
+/// `obj! {"key": value, ...}`: a JSON object built by [`object`], each value
+/// through `Value::from` (so taken by value: borrow with `.as_str()` or
+/// `.clone()`). The doors write many small objects: `json!` expands to an
+/// insert per key at each of them, which costs the .wasm about 20 kB more.
+macro_rules! obj {
+    ($($key:literal: $value:expr),* $(,)?) => {
+        $crate::doors::object([$(($key, serde_json::Value::from($value))),*])
+    };
+}
+pub(crate) use obj;
+
+/// A JSON object of these fields, in one small loop.
+pub(crate) fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    let mut map = Map::new();
+    for (key, value) in fields {
+        map.insert(key.to_string(), value);
+    }
+    Value::Object(map)
 }
 
 pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
@@ -336,27 +392,42 @@ pub(crate) enum StreamPart {
 
 /// A door's stream translator: what it does with each decoded piece of the
 /// OpenAI stream and with its end. `translate` is the loop both doors share.
-pub(crate) trait DoorStream {
-    fn decoder(&mut self) -> &mut ChatStreamDecoder;
+/// What every door's stream translation tracks the same way.
+#[derive(Debug, Default)]
+pub(crate) struct StreamProgress {
+    decoder: ChatStreamDecoder,
     /// The door's stream is closed (answer completed or failed).
-    fn finished(&self) -> bool;
-    /// The upstream gave a `finish_reason`: its end completes the answer.
-    fn has_finish(&self) -> bool;
+    pub(crate) finished: bool,
+    /// The upstream's `finish_reason` and the stop string that ended it: its end completes the answer.
+    pub(crate) finish: Option<(String, Option<String>)>,
+}
+
+pub(crate) trait DoorStream {
+    fn progress(&mut self) -> &mut StreamProgress;
+    /// Every part but the upstream's finish and end, which `translate` keeps.
     fn part(&mut self, part: StreamPart, out: &mut Vec<u8>);
+    /// Closes the answer and marks the progress finished.
     fn complete(&mut self, out: &mut Vec<u8>);
     /// The upstream stream ended before its `finish_reason`.
     fn fail_incomplete(&mut self, out: &mut Vec<u8>);
 
     fn translate(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        for part in self.decoder().feed(chunk, end_of_stream) {
-            if self.finished() {
+        for part in self.progress().decoder.feed(chunk, end_of_stream) {
+            if self.progress().finished {
                 break;
             }
-            self.part(part, &mut out);
+            match part {
+                StreamPart::Finish { reason, stop_string } => self.progress().finish = Some((reason, stop_string)),
+                StreamPart::Done => {
+                    self.progress().finish.get_or_insert_with(|| ("stop".into(), None));
+                    self.complete(&mut out);
+                }
+                part => self.part(part, &mut out),
+            }
         }
-        if end_of_stream && !self.finished() {
-            if self.has_finish() {
+        if end_of_stream && !self.progress().finished {
+            if self.progress().finish.is_some() {
                 self.complete(&mut out);
             } else {
                 self.fail_incomplete(&mut out);
@@ -543,6 +614,30 @@ mod tests {
         assert_eq!(door_id("resp_", Some("msg_01X")), "resp_01X");
         let random = door_id("msg_", None);
         assert!(random.starts_with("msg_") && random.len() == 28, "{random}");
+    }
+
+    #[test]
+    fn refused_features_route_on_a_stand_in_and_name_the_feature() {
+        use crate::api::{request::ParsedRequest, Endpoint};
+        let body = br#"{"model":"p","max_tokens":7,"stream":true,"messages":[{"role":"user","content":[{"type":"document"}]}],"tools":[{"type":"web_search_20250305","name":"w"}]}"#;
+        let routed = Door::Messages.to_chat(body).unwrap().unwrap();
+        let refused = routed.native_only.unwrap();
+        assert_eq!(refused.code, "unsupported_feature");
+        let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
+        assert_eq!(
+            (chat.target.as_str(), chat.stream, chat.max_output_tokens, chat.has_tools),
+            ("p", true, Some(7), true)
+        );
+        assert!(chat.content().prompt_tokens > 0, "the Messages body's own messages are estimated");
+        let routed =
+            Door::Responses.to_chat(br#" {"model":"p","input":"x","previous_response_id":"r"}"#).unwrap().unwrap();
+        assert!(routed.native_only.unwrap().message.contains("previous_response_id"));
+        let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
+        assert_eq!((chat.target.as_str(), chat.stream, chat.has_tools), ("p", false, false));
+        let plain = Door::Responses.to_chat(br#"{"model":"p","input":"x"}"#).unwrap().unwrap();
+        assert!(plain.native_only.is_none());
+        assert_eq!(Door::Messages.to_chat(br#"{"model":"p","messages":[]}"#).unwrap_err().code, "invalid_request");
+        assert!(Door::Chat.to_chat(b"{}").unwrap().is_none());
     }
 
     #[test]

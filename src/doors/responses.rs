@@ -3,8 +3,9 @@
 //! events. Errors on this door keep OpenAI's error shape
 //! (`DoorError::to_openai_json`, and upstream OpenAI error bodies as they are).
 //!
-//! Refused (they need OpenAI's own state or tools; `needs_openai_state` lets
-//! the host keep such requests on OpenAI members): `previous_response_id`,
+//! Refused as `unsupported_feature` (they need OpenAI's own state or tools;
+//! `Door::to_chat` then keeps the request on OpenAI and Azure members, which
+//! get it as it is): `previous_response_id`,
 //! `conversation`, `store: true`, `background: true`, `prompt` templates,
 //! `item_reference` items, `file_id` inputs and built-in tools (`web_search`,
 //! `file_search`, `computer_use_preview`, ...). `reasoning` items in the
@@ -12,15 +13,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{copy_number, copy_stream, door_id, first_choice, parse_object, push_sse, to_bytes, DoorError, Usage};
-use super::{ChatStreamDecoder, DoorStream, StreamPart};
-
-/// The first feature of a Responses request that needs OpenAI's provider-side
-/// state or built-in tools, named as the request spells it.
-pub fn needs_openai_state(body: &[u8]) -> Option<&'static str> {
-    let req = parse_object(body).ok()?;
-    stateful_feature(&req).map(|(name, _)| name)
-}
+use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError, Usage};
+use super::{DoorStream, StreamPart, StreamProgress};
 
 /// (feature name, request field) of the first stateful feature.
 fn stateful_feature(req: &Map<String, Value>) -> Option<(&'static str, String)> {
@@ -99,13 +93,13 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => {
             if !s.is_empty() {
-                messages.push(json!({"role": "system", "content": s}));
+                messages.push(obj! {"role": "system", "content": s.as_str()});
             }
         }
         Some(_) => return Err(DoorError::invalid("instructions", "must be a string")),
     }
     match req.get("input") {
-        Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
+        Some(Value::String(s)) => messages.push(obj! {"role": "user", "content": s.as_str()}),
         Some(Value::Array(items)) => input_items(items, &mut messages)?,
         None | Some(Value::Null) => return Err(DoorError::invalid("input", "Missing required parameter")),
         Some(_) => return Err(DoorError::invalid("input", "must be a string or an array of items")),
@@ -153,8 +147,10 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                         .and_then(Value::as_str)
                         .ok_or_else(|| DoorError::invalid(format!("{at}.{name}"), "Missing required parameter"))
                 };
-                let call = json!({"id": field("call_id")?, "type": "function",
-                    "function": {"name": field("name")?, "arguments": field("arguments")?}});
+                let call = obj! {"id": field("call_id")?, "type": "function", "function": obj! {
+                    "name": field("name")?,
+                    "arguments": field("arguments")?,
+                },};
                 // Consecutive calls (and a text turn just before them) form one assistant message.
                 let last_is_assistant = messages.last().is_some_and(|m| {
                     m.get("role").and_then(Value::as_str) == Some("assistant")
@@ -170,7 +166,11 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                             }
                         }
                     }
-                    _ => messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+                    _ => messages.push(obj! {
+                        "role": "assistant",
+                        "content": Value::Null,
+                        "tool_calls": vec![call],
+                    }),
                 }
             }
             "function_call_output" => {
@@ -197,7 +197,7 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                     }
                     _ => return Err(DoorError::invalid(format!("{at}.output"), "must be a string")),
                 };
-                messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+                messages.push(obj! {"role": "tool", "tool_call_id": call_id, "content": output});
             }
             "reasoning" => {}
             other => {
@@ -238,11 +238,11 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
                 let text = part.get("text").and_then(Value::as_str);
                 match (kind, text) {
                     (Some("input_text" | "output_text" | "text"), Some(t)) => {
-                        out.push(json!({"type": "text", "text": t}))
+                        out.push(obj! {"type": "text", "text": t})
                     }
                     (Some("refusal"), _) => {
                         let t = part.get("refusal").and_then(Value::as_str).unwrap_or_default();
-                        out.push(json!({"type": "text", "text": t}));
+                        out.push(obj! {"type": "text", "text": t});
                     }
                     (Some("input_image"), _) => {
                         let Some(url) = part.get("image_url").and_then(Value::as_str) else {
@@ -253,7 +253,7 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
                         if let Some(detail) = part.get("detail").and_then(Value::as_str) {
                             image.insert("detail".into(), json!(detail));
                         }
-                        out.push(json!({"type": "image_url", "image_url": image}));
+                        out.push(obj! {"type": "image_url", "image_url": image});
                     }
                     (Some("input_text" | "output_text" | "text"), None) => {
                         return Err(DoorError::invalid(format!("{at}.text"), "must be a string"))
@@ -317,7 +317,7 @@ fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Re
         if let Some(strict @ Value::Bool(_)) = tool.get("strict") {
             function.insert("strict".into(), strict.clone());
         }
-        functions.push(json!({"type": "function", "function": function}));
+        functions.push(obj! {"type": "function", "function": function});
     }
     let any = !functions.is_empty();
     if any {
@@ -336,7 +336,9 @@ fn translate_tool_choice(
         Some(Value::String(s)) if matches!(s.as_str(), "auto" | "none" | "required") => json!(s),
         Some(Value::Object(c)) if c.get("type").and_then(Value::as_str) == Some("function") => {
             match c.get("name").and_then(Value::as_str) {
-                Some(name) => json!({"type": "function", "function": {"name": name}}),
+                Some(name) => {
+                    obj! {"type": "function", "function": obj! {"name": name}}
+                }
                 None => return Err(DoorError::invalid("tool_choice.name", "Missing required parameter")),
             }
         }
@@ -364,7 +366,7 @@ fn translate_text_format(req: &Map<String, Value>, out: &mut Map<String, Value>)
     match format.get("type").and_then(Value::as_str) {
         Some("text") => {}
         Some("json_object") => {
-            out.insert("response_format".into(), json!({"type": "json_object"}));
+            out.insert("response_format".into(), obj! {"type": "json_object"});
         }
         Some("json_schema") => {
             let name = format
@@ -382,7 +384,7 @@ fn translate_text_format(req: &Map<String, Value>, out: &mut Map<String, Value>)
                     spec.insert(key.into(), v.clone());
                 }
             }
-            out.insert("response_format".into(), json!({"type": "json_schema", "json_schema": spec}));
+            out.insert("response_format".into(), obj! {"type": "json_schema", "json_schema": spec});
         }
         _ => return Err(DoorError::invalid("text.format.type", "must be `text`, `json_object` or `json_schema`")),
     }
@@ -390,20 +392,19 @@ fn translate_text_format(req: &Map<String, Value>, out: &mut Map<String, Value>)
 }
 
 fn usage_json(usage: Usage) -> Value {
-    json!({
-        "input_tokens": usage.prompt,
-        "input_tokens_details": {"cached_tokens": usage.cached, "cache_write_tokens": 0},
-        "output_tokens": usage.completion,
-        "output_tokens_details": {"reasoning_tokens": usage.reasoning},
-        "total_tokens": usage.prompt + usage.completion,
-    })
+    obj! {"input_tokens": usage.prompt, "input_tokens_details": obj! {
+        "cached_tokens": usage.cached,
+        "cache_write_tokens": 0,
+    }, "output_tokens": usage.completion, "output_tokens_details": obj! {
+        "reasoning_tokens": usage.reasoning,
+    }, "total_tokens": usage.prompt + usage.completion}
 }
 
 /// `status` and `incomplete_details` for a chat `finish_reason`.
 fn status_for(finish: Option<&str>) -> (&'static str, Value) {
     match finish {
-        Some("length") => ("incomplete", json!({"reason": "max_output_tokens"})),
-        Some("content_filter") => ("incomplete", json!({"reason": "content_filter"})),
+        Some("length") => ("incomplete", obj! {"reason": "max_output_tokens"}),
+        Some("content_filter") => ("incomplete", obj! {"reason": "content_filter"}),
         _ => ("completed", Value::Null),
     }
 }
@@ -426,22 +427,33 @@ fn response_object(id: &str, model: &str, created_at: u64, status: &str, output:
     r.insert("top_p".into(), Value::Null);
     r.insert("tool_choice".into(), json!("auto"));
     r.insert("tools".into(), json!([]));
-    r.insert("text".into(), json!({"format": {"type": "text"}}));
+    r.insert("text".into(), obj! {"format": obj! {"type": "text"}});
     r.insert("usage".into(), Value::Null);
     r
 }
 
 fn message_output(id: &str, status: &str, text: &str, refusal: bool) -> Value {
     let part = if refusal {
-        json!({"type": "refusal", "refusal": text})
+        obj! {"type": "refusal", "refusal": text}
     } else {
-        json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+        obj! {
+            "type": "output_text",
+            "text": text,
+            "annotations": Value::Array(Vec::new()),
+            "logprobs": Value::Array(Vec::new()),
+        }
     };
-    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": [part]})
+    obj! {
+        "type": "message",
+        "id": id,
+        "status": status,
+        "role": "assistant",
+        "content": vec![part],
+    }
 }
 
 fn function_call_output(id: &str, status: &str, call_id: &str, name: &str, arguments: &str) -> Value {
-    json!({"type": "function_call", "id": id, "status": status, "call_id": call_id, "name": name, "arguments": arguments})
+    obj! {"type": "function_call", "id": id, "status": status, "call_id": call_id, "name": name, "arguments": arguments}
 }
 
 /// Error body for an unreadable upstream answer, in OpenAI's shape.
@@ -502,16 +514,14 @@ enum OpenItem {
 /// OpenAI `chat.completion.chunk` SSE -> Responses streaming events, chunk by chunk.
 #[derive(Debug)]
 pub struct ResponsesStream {
-    decoder: ChatStreamDecoder,
+    progress: StreamProgress,
     model: String,
     created_at: u64,
     id: String,
     sequence: u64,
     started: bool,
-    finished: bool,
     open: OpenItem,
     output: Vec<Value>,
-    finish: Option<String>,
     usage: Usage,
 }
 
@@ -520,16 +530,14 @@ impl ResponsesStream {
     /// host stamps on the response (this module has no clock).
     pub fn new(model: &str, created_at: u64) -> Self {
         ResponsesStream {
-            decoder: ChatStreamDecoder::default(),
+            progress: StreamProgress::default(),
             model: model.to_string(),
             created_at,
             id: String::new(),
             sequence: 0,
             started: false,
-            finished: false,
             open: OpenItem::None,
             output: Vec::new(),
-            finish: None,
             usage: Usage::default(),
         }
     }
@@ -547,71 +555,19 @@ impl ResponsesStream {
         push_sse(out, kind, &Value::Object(data));
     }
 
+    /// A text event's fields: its `delta` or whole `text` (`key`) of message item `id`.
+    fn text_fields(id: &str, index: usize, key: &str, text: String) -> Map<String, Value> {
+        let mut fields = Self::fields(
+            obj! {"item_id": id, "output_index": index, "content_index": 0, "logprobs": Value::Array(Vec::new())},
+        );
+        fields.insert(key.into(), Value::String(text));
+        fields
+    }
+
     fn fields(pairs: Value) -> Map<String, Value> {
         match pairs {
             Value::Object(m) => m,
             _ => Map::new(),
-        }
-    }
-
-    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
-        match part {
-            StreamPart::Start { id } => self.start(id.as_deref(), out),
-            StreamPart::Text(text) => {
-                self.start(None, out);
-                if !matches!(self.open, OpenItem::Message { .. }) {
-                    self.close_item(out);
-                    let id = format!("msg_{}", self.base());
-                    let item = message_output(&id, "in_progress", "", false);
-                    let index = self.output.len();
-                    let item_added = Self::fields(json!({"output_index": index, "item": {
-                        "type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []}}));
-                    self.emit("response.output_item.added", item_added, out);
-                    let part = item.get("content").and_then(|c| c.get(0)).cloned().unwrap_or_default();
-                    let part_added =
-                        Self::fields(json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}));
-                    self.emit("response.content_part.added", part_added, out);
-                    self.open = OpenItem::Message { id, text: String::new() };
-                }
-                let index = self.output.len();
-                if let OpenItem::Message { id, text: all } = &mut self.open {
-                    all.push_str(&text);
-                    let delta = Self::fields(json!({"item_id": id, "output_index": index, "content_index": 0,
-                        "delta": text, "logprobs": []}));
-                    self.emit("response.output_text.delta", delta, out);
-                }
-            }
-            StreamPart::ToolStart { index, id, name } => {
-                self.start(None, out);
-                if !matches!(self.open, OpenItem::Call { index: open, .. } if open == index) {
-                    self.close_item(out);
-                    let item_id = format!("fc_{}_{}", self.base(), self.output.len());
-                    let call_id = id.unwrap_or_else(|| format!("call_{index}"));
-                    let item = function_call_output(&item_id, "in_progress", &call_id, &name, "");
-                    let added = Self::fields(json!({"output_index": self.output.len(), "item": item}));
-                    self.emit("response.output_item.added", added, out);
-                    self.open = OpenItem::Call { index, id: item_id, call_id, name, arguments: String::new() };
-                }
-            }
-            StreamPart::ToolArgs { index, arguments } => {
-                let output_index = self.output.len();
-                // Arguments of an already closed call (interleaved calls) cannot be delivered.
-                if let OpenItem::Call { index: open, id, arguments: all, .. } = &mut self.open {
-                    if *open == index {
-                        all.push_str(&arguments);
-                        let delta =
-                            Self::fields(json!({"item_id": id, "output_index": output_index, "delta": arguments}));
-                        self.emit("response.function_call_arguments.delta", delta, out);
-                    }
-                }
-            }
-            StreamPart::Finish { reason, .. } => self.finish = Some(reason),
-            StreamPart::Usage(usage) => self.usage = usage,
-            StreamPart::Error { message, kind } => self.fail(&kind, &message, out),
-            StreamPart::Done => {
-                self.finish.get_or_insert_with(|| "stop".into());
-                self.complete(out);
-            }
         }
     }
 
@@ -630,8 +586,8 @@ impl ResponsesStream {
         self.started = true;
         self.id = door_id("resp_", id);
         let response = Value::Object(self.snapshot("in_progress"));
-        self.emit("response.created", Self::fields(json!({"response": response})), out);
-        self.emit("response.in_progress", Self::fields(json!({"response": response})), out);
+        self.emit("response.created", Self::fields(obj! {"response": response.clone()}), out);
+        self.emit("response.in_progress", Self::fields(obj! {"response": response}), out);
     }
 
     fn close_item(&mut self, out: &mut Vec<u8>) {
@@ -641,65 +597,119 @@ impl ResponsesStream {
             OpenItem::Message { id, text } => {
                 let item = message_output(&id, "completed", &text, false);
                 let part = item.get("content").and_then(|c| c.get(0)).cloned().unwrap_or_default();
-                let done = Self::fields(json!({"item_id": id, "output_index": index, "content_index": 0,
-                    "text": text, "logprobs": []}));
+                let done = Self::text_fields(&id, index, "text", text);
                 self.emit("response.output_text.done", done, out);
-                let done =
-                    Self::fields(json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}));
+                let done = Self::fields(
+                    obj! {"item_id": id.as_str(), "output_index": index, "content_index": 0, "part": part},
+                );
                 self.emit("response.content_part.done", done, out);
                 item
             }
             OpenItem::Call { id, call_id, name, arguments, .. } => {
-                let done =
-                    Self::fields(json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments}));
+                let done = Self::fields(obj! {
+                    "item_id": id.as_str(),
+                    "output_index": index,
+                    "name": name.as_str(),
+                    "arguments": arguments.as_str(),
+                });
                 self.emit("response.function_call_arguments.done", done, out);
                 function_call_output(&id, "completed", &call_id, &name, &arguments)
             }
         };
-        self.emit("response.output_item.done", Self::fields(json!({"output_index": index, "item": item})), out);
+        self.emit("response.output_item.done", Self::fields(obj! {"output_index": index, "item": item.clone()}), out);
         self.output.push(item);
+    }
+
+    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
+        self.start(None, out);
+        self.progress.finished = true;
+        let code = if kind == "rate_limit_error" { "rate_limit_exceeded" } else { "server_error" };
+        let mut response = self.snapshot("failed");
+        response.insert("error".into(), obj! {"code": code, "message": message});
+        response.insert("usage".into(), usage_json(self.usage));
+        let error = Self::fields(obj! {"code": code, "message": message, "param": Value::Null});
+        self.emit("error", error, out);
+        self.emit("response.failed", Self::fields(obj! {"response": response}), out);
+    }
+}
+
+impl DoorStream for ResponsesStream {
+    fn progress(&mut self) -> &mut StreamProgress {
+        &mut self.progress
+    }
+    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
+        match part {
+            StreamPart::Start { id } => self.start(id.as_deref(), out),
+            StreamPart::Text(text) => {
+                self.start(None, out);
+                if !matches!(self.open, OpenItem::Message { .. }) {
+                    self.close_item(out);
+                    let id = format!("msg_{}", self.base());
+                    let item = message_output(&id, "in_progress", "", false);
+                    let index = self.output.len();
+                    let item_added = Self::fields(obj! {"output_index": index, "item": obj! {
+                        "type": "message",
+                        "id": id.as_str(),
+                        "status": "in_progress",
+                        "role": "assistant",
+                        "content": Value::Array(Vec::new()),
+                    },});
+                    self.emit("response.output_item.added", item_added, out);
+                    let part = item.get("content").and_then(|c| c.get(0)).cloned().unwrap_or_default();
+                    let part_added = Self::fields(
+                        obj! {"item_id": id.as_str(), "output_index": index, "content_index": 0, "part": part},
+                    );
+                    self.emit("response.content_part.added", part_added, out);
+                    self.open = OpenItem::Message { id, text: String::new() };
+                }
+                let index = self.output.len();
+                if let OpenItem::Message { id, text: all } = &mut self.open {
+                    all.push_str(&text);
+                    let delta = Self::text_fields(id, index, "delta", text);
+                    self.emit("response.output_text.delta", delta, out);
+                }
+            }
+            StreamPart::ToolStart { index, id, name } => {
+                self.start(None, out);
+                if !matches!(self.open, OpenItem::Call { index: open, .. } if open == index) {
+                    self.close_item(out);
+                    let item_id = format!("fc_{}_{}", self.base(), self.output.len());
+                    let call_id = id.unwrap_or_else(|| format!("call_{index}"));
+                    let item = function_call_output(&item_id, "in_progress", &call_id, &name, "");
+                    let added = Self::fields(obj! {"output_index": self.output.len(), "item": item});
+                    self.emit("response.output_item.added", added, out);
+                    self.open = OpenItem::Call { index, id: item_id, call_id, name, arguments: String::new() };
+                }
+            }
+            StreamPart::ToolArgs { index, arguments } => {
+                let output_index = self.output.len();
+                // Arguments of an already closed call (interleaved calls) cannot be delivered.
+                if let OpenItem::Call { index: open, id, arguments: all, .. } = &mut self.open {
+                    if *open == index {
+                        all.push_str(&arguments);
+                        let delta = Self::fields(
+                            obj! {"item_id": id.as_str(), "output_index": output_index, "delta": arguments},
+                        );
+                        self.emit("response.function_call_arguments.delta", delta, out);
+                    }
+                }
+            }
+            StreamPart::Usage(usage) => self.usage = usage,
+            StreamPart::Error { message, kind } => self.fail(&kind, &message, out),
+            StreamPart::Finish { .. } | StreamPart::Done => {} // kept by DoorStream::translate
+        }
     }
 
     fn complete(&mut self, out: &mut Vec<u8>) {
         self.start(None, out);
         self.close_item(out);
-        self.finished = true;
-        let (status, incomplete) = status_for(self.finish.as_deref());
+        self.progress.finished = true;
+        let (status, incomplete) = status_for(self.progress.finish.as_ref().map(|(reason, _)| reason.as_str()));
         let mut response = self.snapshot(status);
         response.insert("incomplete_details".into(), incomplete);
         response.insert("usage".into(), usage_json(self.usage));
         let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
-        self.emit(kind, Self::fields(json!({"response": response})), out);
-    }
-
-    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        self.start(None, out);
-        self.finished = true;
-        let code = if kind == "rate_limit_error" { "rate_limit_exceeded" } else { "server_error" };
-        let mut response = self.snapshot("failed");
-        response.insert("error".into(), json!({"code": code, "message": message}));
-        response.insert("usage".into(), usage_json(self.usage));
-        let error = Self::fields(json!({"code": code, "message": message, "param": null}));
-        self.emit("error", error, out);
-        self.emit("response.failed", Self::fields(json!({"response": response})), out);
-    }
-}
-
-impl DoorStream for ResponsesStream {
-    fn decoder(&mut self) -> &mut ChatStreamDecoder {
-        &mut self.decoder
-    }
-    fn finished(&self) -> bool {
-        self.finished
-    }
-    fn has_finish(&self) -> bool {
-        self.finish.is_some()
-    }
-    fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
-        ResponsesStream::part(self, part, out);
-    }
-    fn complete(&mut self, out: &mut Vec<u8>) {
-        ResponsesStream::complete(self, out);
+        self.emit(kind, Self::fields(obj! {"response": response}), out);
     }
     fn fail_incomplete(&mut self, out: &mut Vec<u8>) {
         self.fail("server_error", "The upstream stream ended before the answer was complete.", out);
@@ -831,13 +841,12 @@ mod tests {
                 "input[0].content[0].file_id",
             ),
         ] {
-            assert_eq!(needs_openai_state(&to_bytes(&body)), Some(feature), "{body}");
             let e = refused(body);
             assert_eq!(e.code, "unsupported_feature");
             assert_eq!(e.param.as_deref(), Some(param));
             assert!(e.message.contains(&format!("`{feature}`")), "{}", e.message);
         }
-        assert_eq!(needs_openai_state(br#"{"model":"m","input":"x","store":false}"#), None);
+        assert!(to_chat(br#"{"model":"m","input":"x","store":false}"#).is_ok());
     }
 
     #[test]

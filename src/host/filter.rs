@@ -21,10 +21,12 @@ use crate::api::usage::{self, UsageChunkFilter};
 use crate::api::{ApiError, Endpoint};
 use crate::config::Strategy;
 use crate::doors::{messages, Door, DoorAnswer, DoorError};
-use crate::providers::{build_request, stream_include_usage, BuildContext, ResponseAdapter, UpstreamRequest};
+use crate::providers::{
+    build_native, build_request, stream_include_usage, BuildContext, NativeApi, ResponseAdapter, UpstreamRequest,
+};
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
-use crate::routing::{exhausted, Availability, Plan, RouteInput};
+use crate::routing::{exhausted, Availability, NativeOnly, Plan, RouteInput};
 use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
@@ -46,6 +48,9 @@ struct Attempt {
     adapter: Option<ResponseAdapter>,
     /// Counted in the member's requests in flight (`least_busy`): released when it ends.
     in_flight: bool,
+    /// The member serves the client's door API as it is: the client's body
+    /// goes upstream (model rewritten) and the answer comes back untouched.
+    native: bool,
     /// When it started and when its response headers came (ms; 0: not measured).
     /// Measured for `lowest_latency` pools only.
     started_ms: u64,
@@ -81,8 +86,10 @@ pub struct Filter {
     /// Envoy's `x-request-id` (or one made up): in every log line and answer.
     request_id: String,
     endpoint: Endpoint,
-    /// The client's body, kept for failover calls.
+    /// The client's body, kept for failover calls (as chat completions for a door).
     body: Vec<u8>,
+    /// A door request's own body, for members serving its API natively.
+    door_body: Vec<u8>,
     /// The client's request headers, serialized as the host gave them.
     client_headers: Vec<u8>,
     shape: AnswerShape,
@@ -127,6 +134,7 @@ impl Filter {
             request_id: String::new(),
             endpoint: Endpoint::ChatCompletions,
             body: Vec::new(),
+            door_body: Vec::new(),
             client_headers: Vec::new(),
             shape: AnswerShape::default(),
             door: Door::Chat,
@@ -268,9 +276,12 @@ impl Filter {
 
     fn route(&mut self, rt: &Runtime, client_body: Vec<u8>) -> Action {
         let client_len = client_body.len();
-        let body = match self.door.to_chat(&client_body) {
-            Ok(Some(chat)) => chat,
-            Ok(None) => client_body,
+        let (body, native_only) = match self.door.to_chat(&client_body) {
+            Ok(Some(routed)) => {
+                self.door_body = client_body;
+                (routed.chat, routed.native_only)
+            }
+            Ok(None) => (client_body, None),
             Err(e) => return self.refuse_door_request(&e),
         };
         let now = self.now_ms();
@@ -287,17 +298,23 @@ impl Filter {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
+            if let (Some(refused), Some(api)) = (native_only, self.door.native_api()) {
+                let native = NativeOnly::new(&rt.config, refused.message, api.kinds(), |k| api.served_by(k));
+                if let Err(e) = plan.require_native(&rt.config, native, &parsed.target) {
+                    return self.answer_error(&e);
+                }
+            }
             self.learned = scorer.decided.get();
             if let Some(decided) = &self.learned {
                 learned_store::remember(&self.request_id, decided, now);
             }
-            if let Err(e) = self.admit_tenant(rt, &parsed, body.len(), now) {
+            if let Err(e) = self.admit_tenant(rt, &parsed, client_len, now) {
                 return self.answer_error(&e);
             }
             let Some(picked) = rt.pick(&mut plan, now) else {
                 return self.answer_error(&plan.exhausted_error(&parsed.target));
             };
-            let upstream = match build_upstream(rt, self.endpoint, &parsed, picked.member, now) {
+            let upstream = match build_upstream(rt, self.endpoint, &parsed, picked.member, now, self.native_body()) {
                 Ok(u) => u,
                 Err(e) => return self.answer_error(&e),
             };
@@ -313,7 +330,8 @@ impl Filter {
         }
         self.plan = Some(plan);
         let timeouts = self.timeouts_ms(rt, picked.member.pool, now);
-        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len) {
+        let extra = self.native_headers(rt, picked.member);
+        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len, extra) {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
@@ -392,13 +410,34 @@ impl Filter {
             live_store::begin(rt.member_id(picked.member));
         }
         let timed = strategy == Some(Strategy::LowestLatency);
+        let native = self.serves_natively(rt, picked.member);
         Attempt {
             picked,
-            adapter: adapter_for(rt, self.endpoint, self.shape, picked.member),
+            adapter: if native { None } else { adapter_for(rt, self.endpoint, self.shape, picked.member) },
             in_flight,
+            native,
             started_ms: if timed { now.max(1) } else { 0 },
             first_byte_ms: 0,
             began_ms: now,
+        }
+    }
+
+    /// Whether `member` serves the client's door API as it is.
+    fn serves_natively(&self, rt: &Runtime, member: MemberRef) -> bool {
+        let kind = rt.config.resolve(member).map(|(_, _, p)| p.kind);
+        self.door.native_api().zip(kind).is_some_and(|(api, kind)| api.served_by(kind))
+    }
+
+    /// The door's API and body, for building a pass-through request.
+    fn native_body(&self) -> Option<(NativeApi, &[u8])> {
+        self.door.native_api().map(|api| (api, self.door_body.as_slice()))
+    }
+
+    /// Client headers forwarded to `member` besides the allow-list (`anthropic-beta` when native).
+    fn native_headers(&self, rt: &Runtime, member: MemberRef) -> &'static [&'static str] {
+        match self.door.native_api() {
+            Some(api) if self.serves_natively(rt, member) => api.forwarded_headers(),
+            _ => &[],
         }
     }
 
@@ -482,10 +521,11 @@ impl Filter {
     /// Sends the saved request to `member` with Envoy's HTTP call API.
     fn dispatch(&self, rt: &Runtime, member: MemberRef, now: u64) -> Result<u32, ApiError> {
         let parsed = ParsedRequest::parse(&self.body, self.endpoint)?;
-        let upstream = build_upstream(rt, self.endpoint, &parsed, member, now)?;
+        let upstream = build_upstream(rt, self.endpoint, &parsed, member, now, self.native_body())?;
         let cluster = cluster_of(rt, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
+        let extra = self.native_headers(rt, member);
         let forwarded: Vec<(String, String)> = abi::pairs(&self.client_headers)
-            .filter(|(k, _)| forwarded(k, false, &[]))
+            .filter(|(k, _)| forwarded(k, false, extra))
             .filter_map(|(k, v)| {
                 Some((std::str::from_utf8(k).ok()?.to_string(), std::str::from_utf8(v).ok()?.to_string()))
             })
@@ -511,6 +551,7 @@ impl Filter {
         upstream: &UpstreamRequest,
         (timeout_ms, first_byte_ms): (u64, Option<u64>),
         original_len: usize,
+        extra: &[&str],
     ) -> Result<(), (&'static str, abi::Status)> {
         abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
             .map_err(|s| ("set request body", s))?;
@@ -542,7 +583,7 @@ impl Filter {
                 b":path" => client_path = std::str::from_utf8(v).unwrap_or(""),
                 b"content-type" => json = v == b"application/json",
                 b":method" | b":scheme" | b":authority" => {}
-                _ if forwarded(k, true, &[]) || sets(k) => {}
+                _ if forwarded(k, true, extra) || sets(k) => {}
                 _ => {
                     let name = std::str::from_utf8(k).map_err(|_| ("remove request header", abi::NOT_FOUND))?;
                     abi::remove_header(REQ, name).map_err(|s| ("remove request header", s))?;
@@ -731,14 +772,20 @@ fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
     rt.config.resolve(member).map(|(_, _, provider)| provider.cluster.as_str())
 }
 
+/// The request for `member`: the door's own body (`native`) to a member whose
+/// kind serves its API, else the chat body `parsed` through the provider's adapter.
 fn build_upstream(
     rt: &Runtime,
     endpoint: Endpoint,
     parsed: &ParsedRequest<'_>,
     member: MemberRef,
     now_ms: u64,
+    native: Option<(NativeApi, &[u8])>,
 ) -> Result<UpstreamRequest, ApiError> {
     let (p, m, provider) = rt.config.resolve(member).ok_or_else(|| ApiError::internal("unknown member"))?;
+    if let Some((api, body)) = native.filter(|(api, _)| api.served_by(provider.kind)) {
+        return build_native(provider, m, api, body);
+    }
     let ctx = BuildContext { now_unix_s: now_ms / 1000, max_response_tokens: p.max_response_tokens };
     build_request(provider, m, endpoint, parsed, &ctx)
 }
@@ -813,6 +860,7 @@ impl Context for Filter {
             self.host_error("get call response body", s);
             Vec::new()
         });
+        let takes_usage_chunk = self.takes_usage_chunk(&attempt, status);
         let (content_type, body, verdict) = match attempt.adapter.as_mut() {
             Some(adapter) if translates_stream(adapter, status) => {
                 (adapter.content_type(), adapter.translate_stream(&body, true), status)
@@ -822,7 +870,7 @@ impl Context for Filter {
                 let verdict = if adapter.translation_failed() { 502 } else { status };
                 ("application/json", translated, verdict)
             }
-            None if self.takes_usage_chunk(status) => {
+            None if takes_usage_chunk => {
                 let mut chunks = UsageChunkFilter::default();
                 let body = chunks.feed(&body, true).unwrap_or(body);
                 self.usage_chunks = Some(chunks);
@@ -830,7 +878,7 @@ impl Context for Filter {
             }
             None => (header_value(&headers, "content-type").unwrap_or("application/json"), body, status),
         };
-        let (verdict, content_type, body) = match self.door_answer.as_mut() {
+        let (verdict, content_type, body) = match self.door_answer.as_mut().filter(|_| !attempt.native) {
             Some(door) if door.is_stream() && verdict < 400 => (verdict, "text/event-stream", door.feed(&body, true)),
             Some(door) => {
                 let (door_status, body) = door.body(verdict, &body);
@@ -1013,9 +1061,9 @@ impl HttpContext for Filter {
             return self.fail_over(&rt, now);
         }
         let adapter = attempt.adapter.as_ref();
-        let door = self.door_answer.as_ref();
+        let door = self.door_answer.as_ref().filter(|_| !attempt.native);
         if adapter.is_none() && door.is_none() {
-            if self.takes_usage_chunk(status) {
+            if self.takes_usage_chunk(&attempt, status) {
                 self.usage_chunks = Some(UsageChunkFilter::default());
             }
             self.obs.answered(status, now);
@@ -1054,7 +1102,9 @@ impl HttpContext for Filter {
             State::Holding { .. } if !end_of_stream => return Action::Pause,
             State::Holding { .. } => {}
             State::Relaying { attempt, .. }
-                if attempt.adapter.is_some() || self.door_answer.is_some() || self.reads_usage() => {}
+                if attempt.adapter.is_some()
+                    || (self.door_answer.is_some() && !attempt.native)
+                    || self.reads_usage() => {}
             State::Relaying { .. } if end_of_stream => {
                 if let (State::Relaying { attempt, status }, Some(rt)) =
                     (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
@@ -1066,12 +1116,7 @@ impl HttpContext for Filter {
             _ => return Action::Continue,
         }
         let Some(rt) = self.rt.clone() else { return Action::Continue };
-        // An answer passed through as it is is read only for its usage, which is in its tail.
-        let passes = self.door_answer.is_none()
-            && self.usage_chunks.is_none()
-            && matches!(&self.state, State::Relaying { attempt, .. } if attempt.adapter.is_none());
-        let skip = if passes { body_size.saturating_sub(usage::TAIL_BYTES) } else { 0 };
-        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, skip, body_size - skip) {
+        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
             Ok(chunk) => chunk,
             Err(s) => {
                 self.host_error("get response body", s);
@@ -1088,7 +1133,7 @@ impl HttpContext for Filter {
                     translated = chunks.feed(&chunk, end_of_stream);
                 }
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
-                if let Some(door) = self.door_answer.as_mut() {
+                if let Some(door) = self.door_answer.as_mut().filter(|_| !attempt.native) {
                     translated = Some(door.feed(translated.as_deref().unwrap_or(&chunk), end_of_stream));
                 }
                 if end_of_stream {
@@ -1164,8 +1209,9 @@ impl HttpContext for Filter {
 impl Filter {
     /// Whether a successful OpenAI-wire answer carries a usage chunk the
     /// gateway asked for and the client did not (see `providers::openai`).
-    fn takes_usage_chunk(&self, status: u16) -> bool {
-        self.shape.stream && !self.shape.include_usage && status < 300 && self.endpoint != Endpoint::Embeddings
+    fn takes_usage_chunk(&self, attempt: &Attempt, status: u16) -> bool {
+        let openai_stream = self.shape.stream && !self.shape.include_usage && self.endpoint != Endpoint::Embeddings;
+        openai_stream && status < 300 && !attempt.native && attempt.adapter.is_none()
     }
 
     /// Whether the answer's body must be read for its token usage.

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::api::error::ErrorType;
 use crate::api::ApiError;
-use crate::config::Credentials;
+use crate::config::{Credentials, Provider};
 
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
@@ -73,6 +73,25 @@ fn usage_of(u: &Value) -> Usage {
         total: None,
         cached: (cache_read > 0).then_some(cache_read),
         reasoning: None,
+    }
+}
+
+/// `POST {base_path}/messages` with the gateway's key and `anthropic-version`;
+/// an uncompressed answer, since the gateway reads it (translation, usage).
+pub(super) fn messages_request(provider: &Provider, body: Vec<u8>) -> UpstreamRequest {
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("anthropic-version", provider.anthropic_version.clone()),
+        ("accept-encoding", "identity".to_string()),
+    ];
+    if let Credentials::ApiKey(key) = &provider.credentials {
+        headers.push(("x-api-key", key.expose().to_string()));
+    }
+    UpstreamRequest {
+        path: format!("{}/messages", provider.base_path),
+        authority: provider.host.clone(),
+        headers,
+        body,
     }
 }
 
@@ -161,21 +180,7 @@ impl Adapter for Anthropic {
     }
 
     fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
-        let provider = to.provider;
-        let mut headers = vec![
-            ("content-type", "application/json".to_string()),
-            ("anthropic-version", provider.anthropic_version.clone()),
-            ("accept-encoding", "identity".to_string()),
-        ];
-        if let Credentials::ApiKey(key) = &provider.credentials {
-            headers.push(("x-api-key", key.expose().to_string()));
-        }
-        Ok(UpstreamRequest {
-            path: format!("{}/messages", provider.base_path),
-            authority: provider.host.clone(),
-            headers,
-            body,
-        })
+        Ok(messages_request(to.provider, body))
     }
 
     /// A complete Messages API answer; `Err` holds an OpenAI error body when

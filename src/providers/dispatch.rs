@@ -5,7 +5,7 @@ use crate::api::{ApiError, Endpoint};
 use crate::config::{Member, Provider, ProviderKind};
 
 use super::adapter::Adapter;
-use super::anthropic::Anthropic;
+use super::anthropic::{self, Anthropic};
 use super::bedrock::Bedrock;
 use super::chat;
 use super::gemini::Gemini;
@@ -21,6 +21,59 @@ pub(super) fn translated(kind: ProviderKind) -> Option<&'static dyn Adapter> {
         ProviderKind::Gemini => Some(&Gemini),
         ProviderKind::Bedrock => Some(&Bedrock),
     }
+}
+
+/// A client API some provider kinds serve as they are: a request in it is
+/// passed through to them with only `model` rewritten, and their answer
+/// comes back untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeApi {
+    /// Anthropic's Messages API, native to `anthropic`.
+    Messages,
+    /// OpenAI's Responses API, native to `openai` and `azure`.
+    Responses,
+}
+
+impl NativeApi {
+    pub fn served_by(self, kind: ProviderKind) -> bool {
+        match self {
+            NativeApi::Messages => kind == ProviderKind::Anthropic,
+            NativeApi::Responses => matches!(kind, ProviderKind::Openai | ProviderKind::Azure),
+        }
+    }
+
+    /// The kinds serving it, as a 400 names them.
+    pub fn kinds(self) -> &'static str {
+        match self {
+            NativeApi::Messages => "anthropic",
+            NativeApi::Responses => "openai or azure",
+        }
+    }
+
+    /// Client headers forwarded besides the common allow-list (feature flags of this API).
+    pub fn forwarded_headers(self) -> &'static [&'static str] {
+        match self {
+            NativeApi::Messages => &["anthropic-beta"],
+            NativeApi::Responses => &[],
+        }
+    }
+}
+
+/// The pass-through request of a client `body` in `api` to `member` of
+/// `provider` (whose kind serves `api`): only `model` is rewritten, in place
+/// when the body has no gateway field (`fallback`, `provider`, ...; those are dropped).
+pub fn build_native(
+    provider: &Provider,
+    member: &Member,
+    api: NativeApi,
+    body: &[u8],
+) -> Result<UpstreamRequest, ApiError> {
+    // `Models`: no payload field is required; the body is only split into its top-level fields.
+    let request = ParsedRequest::parse(body, Endpoint::Models)?;
+    Ok(match api {
+        NativeApi::Messages => anthropic::messages_request(provider, request.openai_body(&member.model)),
+        NativeApi::Responses => openai::responses(provider, member, &request),
+    })
 }
 
 /// Builds the upstream request for `member` of `provider`.
@@ -115,6 +168,39 @@ mod tests {
             assert_eq!(up.path, format!("/openai/deployments/gpt-4o-dep/{suffix}?api-version=2024-10-21"));
             assert_eq!(up.headers, vec![("api-key", "sk-test".to_string())]);
         }
+    }
+
+    #[test]
+    fn native_requests_keep_the_clients_body_with_only_the_model_rewritten() {
+        let body =
+            br#"{"model":"pool","max_tokens":9,"thinking":{"type":"enabled","budget_tokens":1024},"messages":[]}"#;
+        let up =
+            build_native(&provider(ProviderKind::Anthropic), &member("claude"), NativeApi::Messages, body).unwrap();
+        assert_eq!(up.path, "/v1/messages");
+        assert_eq!(
+            up.body,
+            br#"{"model":"claude","max_tokens":9,"thinking":{"type":"enabled","budget_tokens":1024},"messages":[]}"#
+        );
+        assert!(up.headers.contains(&("x-api-key", "sk-test".to_string())));
+        assert!(up.headers.iter().any(|(k, _)| *k == "anthropic-version"));
+
+        let body = br#"{"model":"pool","input":"hi","previous_response_id":"resp_1","fallback":["other"]}"#;
+        let up = build_native(&provider(ProviderKind::Openai), &member("gpt-4o"), NativeApi::Responses, body).unwrap();
+        assert_eq!((up.path.as_str(), up.headers[0].0), ("/v1/responses", "authorization"));
+        let sent: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(sent, serde_json::json!({"model": "gpt-4o", "input": "hi", "previous_response_id": "resp_1"}));
+        let up = build_native(&provider(ProviderKind::Azure), &member("gpt-4o"), NativeApi::Responses, body).unwrap();
+        assert_eq!((up.path.as_str(), up.headers[0].0), ("/openai/v1/responses", "api-key"));
+        assert!(up.body.starts_with(br#"{"model":"gpt-4o-dep""#), "Azure's v1 API names the deployment");
+    }
+
+    #[test]
+    fn native_apis_name_the_kinds_serving_them() {
+        let kinds =
+            [ProviderKind::Openai, ProviderKind::OpenaiCompatible, ProviderKind::Azure, ProviderKind::Anthropic];
+        let served = |api: NativeApi| kinds.iter().filter(|k| api.served_by(**k)).count();
+        assert_eq!((served(NativeApi::Messages), served(NativeApi::Responses)), (1, 2));
+        assert_eq!(NativeApi::Messages.forwarded_headers(), &["anthropic-beta"]);
     }
 
     #[test]

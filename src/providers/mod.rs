@@ -65,7 +65,7 @@ mod upstream;
 mod upstream_error;
 
 pub use chat::stream_include_usage;
-pub use dispatch::build_request;
+pub use dispatch::{build_native, build_request, NativeApi};
 pub use openai_out::Usage;
 pub use response::ResponseAdapter;
 pub use upstream::{BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};

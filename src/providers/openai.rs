@@ -14,11 +14,7 @@ pub(super) fn build(
     endpoint: Endpoint,
     request: &ParsedRequest<'_>,
 ) -> UpstreamRequest {
-    let mut headers = Vec::with_capacity(1);
     let path = if provider.kind == ProviderKind::Azure {
-        if let Credentials::ApiKey(key) = &provider.credentials {
-            headers.push(("api-key", key.expose().to_string()));
-        }
         format!(
             "{}/openai/deployments/{}{}?api-version={}",
             provider.base_path,
@@ -27,9 +23,6 @@ pub(super) fn build(
             provider.api_version
         )
     } else {
-        if let Credentials::ApiKey(key) = &provider.credentials {
-            headers.push(("authorization", format!("Bearer {}", key.expose())));
-        }
         format!("{}{}", provider.base_path, endpoint.suffix())
     };
     // Azure refuses `stream_options` before api-version 2024-08-01(-preview).
@@ -38,7 +31,32 @@ pub(super) fn build(
     UpstreamRequest {
         path,
         authority: provider.host.clone(),
-        headers,
+        headers: auth(provider),
         body: request.openai_body_for(&member.model, ask_usage),
+    }
+}
+
+/// `POST /responses` as the client sent it, `model` replaced: OpenAI's
+/// `{base_path}/responses`, or Azure's v1 API (`/openai/v1/responses`, the
+/// deployment as the model, no `api-version`).
+pub(super) fn responses(provider: &Provider, member: &Member, request: &ParsedRequest<'_>) -> UpstreamRequest {
+    let (path, model) = if provider.kind == ProviderKind::Azure {
+        (format!("{}/openai/v1/responses", provider.base_path), &member.deployment)
+    } else {
+        (format!("{}/responses", provider.base_path), &member.model)
+    };
+    UpstreamRequest {
+        path,
+        authority: provider.host.clone(),
+        headers: auth(provider),
+        body: request.openai_body(model),
+    }
+}
+
+fn auth(provider: &Provider) -> Vec<(&'static str, String)> {
+    match &provider.credentials {
+        Credentials::ApiKey(key) if provider.kind == ProviderKind::Azure => vec![("api-key", key.expose().to_string())],
+        Credentials::ApiKey(key) => vec![("authorization", format!("Bearer {}", key.expose()))],
+        _ => Vec::new(),
     }
 }

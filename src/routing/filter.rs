@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::api::request::ParsedRequest;
 use crate::api::ApiError;
-use crate::config::{Capabilities, Capability, Config, Member, Pool, TagMask};
+use crate::config::{Capabilities, Capability, Config, Member, Pool, ProviderKind, TagMask};
 
 /// What one request needs from a member. Built once per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,20 @@ pub struct Needs {
     pub tags: TagMask,
     /// A required tag that no member in the configuration carries.
     pub unknown_tag: Option<String>,
+    /// Set when the request uses a feature only some providers serve.
+    pub native_only: Option<NativeOnly>,
+}
+
+/// A feature of the request (in a front door's API) that only providers of
+/// some kinds serve, as they are; members of other providers are unfit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeOnly {
+    /// What needs them, for the 400 (the door translator's refusal).
+    pub feature: String,
+    /// The kinds that serve it, as the 400 names them (`anthropic`).
+    pub kinds: &'static str,
+    /// Indexes of the providers of those kinds.
+    pub providers: Vec<usize>,
 }
 
 impl Needs {
@@ -39,6 +53,7 @@ impl Needs {
             capabilities,
             tags: 0,
             unknown_tag: None,
+            native_only: None,
         };
         for tag in require_tags.unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
             match config.tag_mask([tag]) {
@@ -65,9 +80,19 @@ impl Needs {
     }
 }
 
+impl NativeOnly {
+    /// Served by the providers whose kind `serves`.
+    pub fn new(config: &Config, feature: String, kinds: &'static str, serves: impl Fn(ProviderKind) -> bool) -> Self {
+        let providers = config.providers.iter().enumerate().filter(|(_, p)| serves(p.kind)).map(|(i, _)| i).collect();
+        NativeOnly { feature, kinds, providers }
+    }
+}
+
 /// Why a member cannot serve a request, in the order the filters run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Unfit {
+    /// Its provider does not serve a feature of the request (`Needs::native_only`).
+    Native,
     /// Lacks a tag the request requires.
     Tags,
     Capability(Capability),
@@ -87,6 +112,7 @@ impl Unfit {
     /// The OpenAI error code when no member of any stage fits for this reason.
     pub fn code(self) -> &'static str {
         match self {
+            Unfit::Native => "unsupported_feature",
             Unfit::Tags => "no_member_with_tags",
             Unfit::Capability(_) => "unsupported_parameter",
             Unfit::Output { .. } | Unfit::Context { .. } => "context_length_exceeded",
@@ -97,6 +123,7 @@ impl Unfit {
 impl fmt::Display for Unfit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Unfit::Native => f.write_str("its provider kind cannot serve the request as it is"),
             Unfit::Tags => f.write_str("lacks a required tag"),
             Unfit::Capability(c) => write!(f, "no {} capability", c.as_str()),
             Unfit::Output { requested, max } => write!(f, "max_output_tokens {max} < {requested} requested"),
@@ -107,6 +134,9 @@ impl fmt::Display for Unfit {
 
 /// Whether `member` of `pool` can serve a request with these needs.
 pub fn check(member: &Member, pool: &Pool, needs: &Needs) -> Result<(), Unfit> {
+    if needs.native_only.as_ref().is_some_and(|n| !n.providers.contains(&member.provider)) {
+        return Err(Unfit::Native);
+    }
     if needs.unknown_tag.is_some() || member.tag_mask & needs.tags != needs.tags {
         return Err(Unfit::Tags);
     }
@@ -142,6 +172,10 @@ pub fn no_fit_error(target: &str, needs: &Needs, unfit: &[(&str, Unfit)]) -> Api
         reasons.push(format!("and {} more", unfit.len() - reasons.len()));
     }
     let what = match closest {
+        Unfit::Native => match &needs.native_only {
+            Some(n) => format!("{}; only {} members serve it", n.feature, n.kinds),
+            None => "no member's provider serves it".to_string(),
+        },
         Unfit::Tags => match &needs.unknown_tag {
             Some(tag) => format!("no member carries the tag `{tag}` required by x-switchboard-require-tags"),
             None => "no member carries every tag required by x-switchboard-require-tags".to_string(),
@@ -266,6 +300,23 @@ mod tests {
     }
 
     #[test]
+    fn native_only_features_keep_the_request_on_their_kinds_members() {
+        let json = r#"{
+          "providers": {"o": {"cluster": "o", "host": "o", "api_key_env": "ALPHA_KEY"},
+                        "a": {"kind": "anthropic", "cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}},
+          "pools": {"p": {"members": [{"provider": "o", "model": "x"}, {"provider": "a", "model": "y"}]}}
+        }"#;
+        let cfg = Config::parse(json.as_bytes(), &ENV).unwrap();
+        let mut n = needs(&cfg, r#"{"model":"p","messages":[]}"#, None);
+        let feature = "thinking".to_string();
+        n.native_only = Some(NativeOnly::new(&cfg, feature, "anthropic", |k| k == ProviderKind::Anthropic));
+        assert_eq!(verdicts(&cfg, &n), vec![Err(Unfit::Native), Ok(())]);
+        let e = no_fit_error("p", &n, &[("o/x", Unfit::Native)]);
+        assert_eq!((e.status, e.code), (400, "unsupported_feature"));
+        assert!(e.message.contains("thinking; only anthropic members serve it"), "{}", e.message);
+    }
+
+    #[test]
     fn no_fit_error_uses_the_closest_members_reason() {
         let n = Needs {
             prompt_tokens: Some(5000),
@@ -273,6 +324,7 @@ mod tests {
             capabilities: Capabilities::NONE,
             tags: 0,
             unknown_tag: None,
+            native_only: None,
         };
         let e = no_fit_error("p", &n, &[("a/x", Unfit::Tags), ("a/y", Unfit::Context { needed: 5100, window: 4096 })]);
         assert_eq!((e.status, e.code), (400, "context_length_exceeded"));

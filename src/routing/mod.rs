@@ -4,14 +4,15 @@
 //! No proxy-wasm calls; the host layer supplies time, randomness, headers,
 //! live member stats and storage.
 
+pub mod exhausted;
 pub mod filter;
 pub mod health;
 pub mod plan;
 pub mod router;
 pub mod select;
 pub mod stats;
-pub mod exhausted;
 
+pub use filter::NativeOnly;
 pub use health::{Availability, MemberHealth, Transition};
 pub use plan::{Attempt, Plan, RouteInput, StageReport, Verdict};
 pub use select::{Candidate, LatencyKind, LiveStats, Rng};

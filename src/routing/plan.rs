@@ -10,7 +10,7 @@ use crate::api::request::ParsedRequest;
 use crate::api::ApiError;
 use crate::config::{Config, Member, MemberRef, Pool, Strategy, Target};
 
-use super::filter::{self, Needs, Unfit};
+use super::filter::{self, NativeOnly, Needs, Unfit};
 use super::health::Availability;
 use super::router::{self, Headers, LearnedScorer, Miss, RouteChoice};
 use super::select::{self, Candidate, LatencyKind, LiveStats};
@@ -191,6 +191,14 @@ impl Plan {
         };
         plan.check_fit(config, &request.target)?;
         Ok(plan)
+    }
+
+    /// Keeps the request on members of providers of some kinds (a feature only
+    /// they serve): the others become unfit, and a 400 naming the feature when
+    /// no stage has such a member.
+    pub fn require_native(&mut self, config: &Config, native: NativeOnly, target: &str) -> Result<(), ApiError> {
+        self.needs.native_only = Some(native);
+        self.check_fit(config, target)
     }
 
     /// Some stage must have a member fit for the request; else the 400 that says why.

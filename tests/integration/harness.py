@@ -16,7 +16,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "envoy"))
 import render  # noqa: E402
 
-WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "switchboard.wasm")
+WASM = render.built_wasm(ROOT)
 MOCK = os.path.join(ROOT, "target", "release", "mock-provider")
 
 

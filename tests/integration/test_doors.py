@@ -1,6 +1,10 @@
 """The Anthropic Messages and OpenAI Responses front doors, through the
 official `anthropic` and `openai` SDKs, against an Anthropic member, an OpenAI
-member and a mixed pool whose first member fails."""
+member and mixed pools whose first member fails. A door's own kinds get the
+client's body as it is (model rewritten) and their answers untouched; the
+other kinds are translated both ways."""
+import json
+
 import anthropic
 import httpx
 import openai
@@ -15,6 +19,7 @@ def doors_mock():
     m = MockProvider({
         "openai": f"kind=openai,key={KEYS['OPENAI_KEY']}",
         "anthropic": f"kind=anthropic,key={KEYS['ANTHROPIC_KEY']}",
+        "azure": f"kind=azure,key={KEYS['AZURE_KEY']}",
     })
     yield m
     m.stop()
@@ -22,7 +27,7 @@ def doors_mock():
 
 @pytest.fixture(scope="module")
 def doors_gw(doors_mock):
-    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic")}
+    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic", "azure")}
     member = lambda n: {"provider": n, "model": KINDS[n][1]}
     config = {
         "providers": providers,
@@ -32,6 +37,10 @@ def doors_gw(doors_mock):
             "only_openai": {"max_response_tokens": 512, "members": [member("openai")]},
             # The Anthropic member first (weight), failing in the failover tests.
             "mixed": {"max_response_tokens": 512, "members": [{**member("anthropic"), "weight": 1000}, member("openai")]},
+            # The OpenAI member first, failing in the reverse failover tests.
+            "mixed_reverse": {"max_response_tokens": 512,
+                              "members": [{**member("openai"), "weight": 1000}, member("anthropic")]},
+            "only_azure": {"members": [{**member("azure"), "deployment": "prod-4o"}]},
         },
     }
     g = Gateway(config, dict(doors_mock.addrs), KEYS)
@@ -54,8 +63,13 @@ WEATHER = {
 
 
 def assert_tool_result_reached(mock, pool, call_id):
-    """The tool result "sunny" reached the pool's provider in that provider's own format."""
-    sent = mock.requests(pool.removeprefix("only_"))[-1]["body"]["messages"]
+    """The tool result "sunny" reached the pool's provider in that provider's own format
+    (a Responses request reaches OpenAI as it is)."""
+    body = mock.requests(pool.removeprefix("only_"))[-1]["body"]
+    if "input" in body:
+        assert {"type": "function_call_output", "call_id": call_id, "output": "sunny"} in body["input"], body
+        return
+    sent = body["messages"]
     if pool == "only_openai":
         assert {"role": "tool", "tool_call_id": call_id, "content": "sunny"} in sent
     else:
@@ -171,7 +185,162 @@ def test_responses_function_tools(doors_gw, doors_mock, pool):
     assert_tool_result_reached(doors_mock, pool, call.call_id)
 
 
-def test_responses_stateful_features_get_a_clear_400(doors_gw):
+class Captured:
+    """The SDK's own HTTP client, keeping the bodies it sent, to compare with what reached the provider."""
+
+    def __init__(self, sdk):
+        self.bodies = []
+        self.http = sdk.DefaultHttpxClient(event_hooks={"request": [lambda r: self.bodies.append(json.loads(r.read()))]})
+
+    def sent_with_model(self, model):
+        return {**self.bodies[-1], "model": model}
+
+
+def upstream(mock, name):
+    return mock.requests(name)[-1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_pass_through_to_anthropic_untouched(doors_gw, doors_mock, stream):
+    """Anthropic-only fields reach an Anthropic member as the client sent them (only `model`
+    rewritten), with the client's anthropic-beta and the gateway's key; the answer is the member's own."""
+    cap = Captured(anthropic)
+    client = anthropic.Anthropic(base_url=doors_gw.base, api_key="client-key", max_retries=0, http_client=cap.http)
+    params = dict(
+        model="only_anthropic", max_tokens=2048, metadata={"user_id": "u1"}, extra_body={"top_k": 5},
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Paris is in France."}},
+            {"type": "text", "text": "hello"}]}],
+        tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}],
+        extra_headers={"anthropic-beta": "files-api-2025-04-14"},
+    )
+    if stream:
+        with client.messages.stream(**params) as s:
+            text = "".join(s.text_stream)
+            msg = s.get_final_message()
+        assert text.startswith("mock reply from anthropic")
+    else:
+        msg = client.messages.create(**params)
+    assert msg.id.startswith("msg_mock"), "the member's own message id: the answer was not translated"
+    assert msg.content[0].text.startswith("mock reply from anthropic") and msg.usage.output_tokens > 0
+    got = upstream(doors_mock, "anthropic")
+    assert got["body"] == cap.sent_with_model("claude-3-5-haiku")
+    assert got["headers"]["anthropic-beta"] == "files-api-2025-04-14"
+    assert got["headers"]["x-api-key"] == KEYS["ANTHROPIC_KEY"] and got["headers"]["anthropic-version"]
+
+
+@pytest.mark.parametrize("pool,member", [("only_openai", ("openai", "gpt-4o")), ("only_azure", ("azure", "prod-4o"))])
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_pass_through_to_openai_and_azure_untouched(doors_gw, doors_mock, pool, member, stream):
+    """Stateful Responses features reach OpenAI (and Azure's v1 API) as the client sent them, only
+    `model` rewritten; the answer is the member's own."""
+    name, model = member
+    cap = Captured(openai)
+    client = openai.OpenAI(base_url=doors_gw.base + "/v1", api_key="client-key", max_retries=0, http_client=cap.http)
+    params = dict(model=pool, input="hello", previous_response_id="resp_earlier", store=True,
+                  tools=[{"type": "web_search"}], include=["web_search_call.action.sources"], metadata={"k": "v"})
+    if stream:
+        with client.responses.stream(**params) as s:
+            deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+            resp = s.get_final_response()
+        assert "".join(deltas).startswith(f"mock reply from {name}")
+    else:
+        resp = client.responses.create(**params)
+    assert resp.id.startswith("resp_mock"), "the member's own response id: the answer was not translated"
+    assert resp.output_text.startswith(f"mock reply from {name} to {model}") and resp.usage.output_tokens > 0
+    got = upstream(doors_mock, name)
+    assert got["body"] == cap.sent_with_model(model)
+    if name == "azure":
+        assert got["path"] == "/openai/v1/responses" and got["headers"]["api-key"] == KEYS["AZURE_KEY"]
+    else:
+        assert got["path"] == "/v1/responses" and got["headers"]["authorization"] == f"Bearer {KEYS['OPENAI_KEY']}"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reverse_failover_keeps_each_doors_shape(doors_gw, doors_mock, stream):
+    """The OpenAI member failing, the Anthropic member answering: a Messages client gets the
+    Anthropic member's answer as it is, a Responses client a translated one."""
+    doors_mock.faults("openai", status=500)
+    client = claude(doors_gw)
+    if stream:
+        with client.messages.stream(model="mixed_reverse", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+            text = "".join(s.text_stream)
+            assert s.get_final_message().stop_reason == "end_turn"
+    else:
+        text = client.messages.create(model="mixed_reverse", max_tokens=50,
+                                      messages=[{"role": "user", "content": "hi"}]).content[0].text
+    assert text.startswith("mock reply from anthropic")
+    if stream:
+        with gpt(doors_gw).responses.stream(model="mixed_reverse", input="hi") as s:
+            text = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+            assert s.get_final_response().status == "completed"
+    else:
+        text = gpt(doors_gw).responses.create(model="mixed_reverse", input="hi").output_text
+    assert text.startswith("mock reply from anthropic")
+    assert doors_mock.count("openai") == 2, "each door tried the failing OpenAI member first"
+
+
+def test_native_only_features_stay_on_members_that_serve_them(doors_gw, doors_mock):
+    """In a mixed pool, a Messages request with a server tool skips the preferred OpenAI member and
+    a Responses request with previous_response_id skips the preferred Anthropic member: neither is an attempt."""
+    msg = claude(doors_gw).messages.with_raw_response.create(
+        model="mixed_reverse", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        tools=[{"type": "web_search_20250305", "name": "web_search"}],
+    )
+    assert msg.headers["x-switchboard-member"] == "anthropic/claude-3-5-haiku"
+    assert msg.headers["x-switchboard-attempts"] == "1"
+    resp = gpt(doors_gw).responses.with_raw_response.create(model="mixed", input="hi", previous_response_id="resp_1")
+    assert resp.headers["x-switchboard-member"] == "openai/gpt-4o"
+    assert resp.headers["x-switchboard-attempts"] == "1"
+    assert doors_mock.count("openai") == 1 and doors_mock.count("anthropic") == 1
+
+
+def test_native_only_features_without_such_a_member_get_a_clear_400(doors_gw, doors_mock):
+    """No member can serve the feature: a 400 naming it, in each door's error shape, and nothing sent upstream."""
     with pytest.raises(openai.BadRequestError) as e:
-        gpt(doors_gw).responses.create(model="only_openai", input="hi", previous_response_id="resp_123")
-    assert "previous_response_id" in e.value.message
+        gpt(doors_gw).responses.create(model="only_anthropic", input="hi", previous_response_id="resp_123")
+    assert e.value.code == "unsupported_feature"
+    assert "previous_response_id" in e.value.message and "openai or azure members" in e.value.message
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude(doors_gw).messages.create(
+            model="only_openai", max_tokens=10,
+            messages=[{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}],
+        )
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "invalid_request_error"
+    assert "document" in e.value.body["error"]["message"] and "anthropic members" in e.value.body["error"]["message"]
+    assert doors_mock.count("openai") == 0 and doors_mock.count("anthropic") == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tenant_tokens_are_corrected_with_the_usage_of_answers_passed_through(doors_mock, stream):
+    """A tenant's reservation (max_tokens 2000 against a tpm of 3000) is corrected with the usage a
+    native answer reports in its own fields (Anthropic's and the Responses API's, JSON or SSE):
+    without that, the second request would not fit."""
+    from test_tenants import sha, wait_for_fresh_minute
+    wait_for_fresh_minute(min_left=10)
+    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic")}
+    config = {
+        "providers": providers,
+        "pools": {"claude": {"members": [{"provider": "anthropic", "model": "claude-3-5-haiku"}]},
+                  "gpt": {"members": [{"provider": "openai", "model": "gpt-4o"}]}},
+        "tenants": {"t": {"keys_sha256": [sha("sk-tenant")], "tpm": 3000}},
+    }
+    g = Gateway(config, dict(doors_mock.addrs), KEYS)
+    try:
+        claude_client = anthropic.Anthropic(base_url=g.base, api_key="sk-tenant", max_retries=0)
+        gpt_client = openai.OpenAI(base_url=g.base + "/v1", api_key="sk-tenant", max_retries=0)
+        for _ in range(3):
+            if stream:
+                with claude_client.messages.stream(model="claude", max_tokens=2000,
+                                                   messages=[{"role": "user", "content": "hi"}]) as s:
+                    assert s.get_final_message().usage.output_tokens > 0
+                with gpt_client.responses.stream(model="gpt", input="hi", max_output_tokens=2000) as s:
+                    assert s.get_final_response().usage.output_tokens > 0
+            else:
+                claude_client.messages.create(model="claude", max_tokens=2000, messages=[{"role": "user", "content": "hi"}])
+                gpt_client.responses.create(model="gpt", input="hi", max_output_tokens=2000)
+        assert doors_mock.count("anthropic") == 3 and doors_mock.count("openai") == 3
+    finally:
+        g.stop()

@@ -1,5 +1,6 @@
 //! Azure OpenAI: `/openai/deployments/{deployment}/{chat/completions|completions|embeddings}?api-version=...`.
-//! Answers like OpenAI with `model` = the deployment name.
+//! Answers like OpenAI with `model` = the deployment name. Also the v1
+//! `POST /openai/v1/responses` (Responses API, `model` = the deployment).
 
 use super::{bad_request, method_not_allowed, not_found, openai, Ctx};
 use crate::body::MockBody;
@@ -7,6 +8,14 @@ use hyper::{Method, Response};
 
 pub fn handle(ctx: &Ctx) -> Response<MockBody> {
     let path = ctx.path().trim_end_matches('/');
+    // The v1 API: no api-version, the deployment named as `model`.
+    if path == "/openai/v1/responses" {
+        return if ctx.parts.method == Method::POST {
+            super::responses::handle(ctx, None)
+        } else {
+            method_not_allowed(ctx)
+        };
+    }
     let Some(rest) = path.strip_prefix("/openai/deployments/") else {
         return not_found(ctx);
     };

@@ -5,6 +5,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 pub mod schema;
 
 use crate::body::MockBody;

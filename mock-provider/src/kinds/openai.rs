@@ -1,5 +1,5 @@
 //! OpenAI (and OpenAI-compatible) API: chat/completions, completions,
-//! embeddings, models. Also used by the Azure kind.
+//! embeddings, models, responses (`kinds::responses`). Also used by the Azure kind.
 
 use super::schema::reply_json;
 use super::{
@@ -19,6 +19,9 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
     }
     if path.ends_with("/completions") {
         return if post { completions(ctx, None) } else { method_not_allowed(ctx) };
+    }
+    if path.ends_with("/responses") {
+        return if post { super::responses::handle(ctx, None) } else { method_not_allowed(ctx) };
     }
     if path.ends_with("/embeddings") {
         return if post { embeddings(ctx, None) } else { method_not_allowed(ctx) };
