@@ -264,6 +264,11 @@ pub struct RetryPolicy {
     /// provider sends a stream's headers at once; a non-streamed answer's
     /// headers come with the whole answer, so it has no default.
     pub first_byte_timeout_ms: Option<u64>,
+    /// No response headers by then: a second member starts alongside the
+    /// first, and the first good answer wins.
+    pub hedge_after_ms: Option<u64>,
+    /// A stream silent this long after its first byte is the member's failure.
+    pub stream_idle_timeout_ms: Option<u64>,
     /// Overall deadline for one client request across all attempts.
     pub timeout_ms: u64,
 }

@@ -73,6 +73,8 @@ struct RawPoolPolicy {
     max_attempts: Option<u32>,
     per_try_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
+    hedge_after_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
     timeout_ms: Option<u64>,
     health: Option<RawHealth>,
     probe: Option<RawProbe>,
@@ -306,8 +308,14 @@ fn policies(
     let per_try_timeout_ms = pool.per_try_timeout_ms.or(defaults.per_try_timeout_ms);
     let first_byte_timeout_ms = pool.first_byte_timeout_ms.or(defaults.first_byte_timeout_ms);
     let timeout_ms = pool.timeout_ms.or(defaults.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS);
-    for (name, value) in [("per_try_timeout_ms", per_try_timeout_ms), ("first_byte_timeout_ms", first_byte_timeout_ms)]
-    {
+    let hedge_after_ms = pool.hedge_after_ms.or(defaults.hedge_after_ms);
+    let stream_idle_timeout_ms = pool.stream_idle_timeout_ms.or(defaults.stream_idle_timeout_ms);
+    for (name, value) in [
+        ("per_try_timeout_ms", per_try_timeout_ms),
+        ("first_byte_timeout_ms", first_byte_timeout_ms),
+        ("hedge_after_ms", hedge_after_ms),
+        ("stream_idle_timeout_ms", stream_idle_timeout_ms),
+    ] {
         match value {
             Some(0) => return Err(err(format!("{field}.{name}"), "must be > 0")),
             Some(t) if t > timeout_ms => {
@@ -315,6 +323,9 @@ fn policies(
             }
             _ => {}
         }
+    }
+    if hedge_after_ms.is_some() && max_attempts < 2 {
+        return Err(err(format!("{field}.hedge_after_ms"), "a hedge is a second attempt: needs max_attempts >= 2"));
     }
     let health = pool.health.clone().or_else(|| defaults.health.clone()).unwrap_or_default();
     let health = HealthPolicy {
@@ -337,7 +348,16 @@ fn policies(
             return Err(err(format!("{field}.probe.interval_ms"), "must be >= 100"));
         }
     }
-    Ok((RetryPolicy { retry_on, max_attempts, per_try_timeout_ms, first_byte_timeout_ms, timeout_ms }, health, probe))
+    let retry = RetryPolicy {
+        retry_on,
+        max_attempts,
+        per_try_timeout_ms,
+        first_byte_timeout_ms,
+        hedge_after_ms,
+        stream_idle_timeout_ms,
+        timeout_ms,
+    };
+    Ok((retry, health, probe))
 }
 
 pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec<ConfigError>> {
@@ -597,6 +617,8 @@ fn placeholder_policies() -> (RetryPolicy, HealthPolicy, Option<ProbePolicy>) {
         max_attempts: 1,
         per_try_timeout_ms: None,
         first_byte_timeout_ms: None,
+        hedge_after_ms: None,
+        stream_idle_timeout_ms: None,
         timeout_ms: 1,
     };
     (retry, HealthPolicy { consecutive_failures: 1, cooldown_ms: 0, max_cooldown_ms: 0 }, None)

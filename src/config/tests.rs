@@ -421,3 +421,22 @@ fn more_than_64_distinct_tags_are_refused() {
     let e = error_for(&with_member_fields(&format!(r#""tags": [{}]"#, tags.join(","))));
     assert_eq!(e.field, "pools.gpt4o_16k.members[0].tags[64]");
 }
+
+#[test]
+fn hedge_and_stream_idle_timeouts_parse_and_are_validated_naming_the_field() {
+    let cfg = parse(&with_pool_fields(r#""hedge_after_ms": 200, "stream_idle_timeout_ms": 5000"#)).unwrap();
+    let retry = &cfg.pool("gpt4o_16k").unwrap().1.retry;
+    assert_eq!((retry.hedge_after_ms, retry.stream_idle_timeout_ms), (Some(200), Some(5000)));
+    assert_eq!(parse(&sample_config()).unwrap().pool("gpt4o_16k").unwrap().1.retry.hedge_after_ms, None);
+    let cases = [
+        (r#""hedge_after_ms": 0"#, "pools.gpt4o_16k.hedge_after_ms"),
+        (r#""stream_idle_timeout_ms": 0"#, "pools.gpt4o_16k.stream_idle_timeout_ms"),
+        (r#""hedge_after_ms": 9000, "timeout_ms": 5000"#, "pools.gpt4o_16k.timeout_ms"),
+        (r#""hedge_after_ms": 100, "max_attempts": 1"#, "pools.gpt4o_16k.hedge_after_ms"),
+        (r#""hedge_after": 100"#, "pools.gpt4o_16k"),
+    ];
+    for (fields, field) in cases {
+        let e = error_for(&with_pool_fields(fields));
+        assert!(e.field.starts_with(field), "{fields}: {e}");
+    }
+}

@@ -71,6 +71,7 @@ extern "C" {
     fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
     fn proxy_get_property(path: *const u8, path_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
 }
 
@@ -223,6 +224,12 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
         NOT_FOUND => Ok(None),
         other => Err(other),
     }
+}
+
+/// Makes later host calls (local replies, headers) act on `context_id`.
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: plain value.
+    status(unsafe { proxy_set_effective_context(context_id) })
 }
 
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {

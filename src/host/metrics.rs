@@ -24,6 +24,9 @@ pub struct PoolMetrics {
     pub requests: Option<u32>,
     pub failovers: Option<u32>,
     pub exhausted: Option<u32>,
+    /// Requests that got a second member by `hedge_after_ms`, and those the second member answered.
+    pub hedged: Option<u32>,
+    pub hedge_wins: Option<u32>,
     pub healthy_members: Option<u32>,
     pub members: Vec<MemberMetrics>,
 }
@@ -100,6 +103,8 @@ impl Metrics {
                     requests: counter(format!("switchboard.pool.{p}.requests")),
                     failovers: counter(format!("switchboard.pool.{p}.failovers")),
                     exhausted: counter(format!("switchboard.pool.{p}.exhausted")),
+                    hedged: counter(format!("switchboard.pool.{p}.hedged")),
+                    hedge_wins: counter(format!("switchboard.pool.{p}.hedge_wins")),
                     healthy_members: define(abi::METRIC_GAUGE, &format!("switchboard.pool.{p}.healthy_members")),
                     members: pool
                         .members

@@ -2,6 +2,7 @@
 //! creates one HTTP context per request, and on each tick hands counters to
 //! Envoy, refreshes health gauges and runs the active probes.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -14,23 +15,38 @@ use super::filter::Filter;
 use super::metrics::set_gauge;
 use super::probes::Prober;
 use super::runtime::Runtime;
-use super::{abi, health_store};
+use super::{abi, health_store, wake};
+
+/// Counters, health gauges and probes run once a second, however finely the root ticks.
+const SLOW_TICK_MS: u64 = 1_000;
 
 pub struct Root {
+    context_id: u32,
     runtime: Option<Rc<Runtime>>,
     prober: Prober,
+    last_slow_tick_ms: u64,
 }
 
 impl Root {
-    pub fn new(_context_id: u32) -> Self {
-        Root { runtime: None, prober: Prober::new() }
+    pub fn new(context_id: u32) -> Self {
+        Root { context_id, runtime: None, prober: Prober::new(), last_slow_tick_ms: 0 }
     }
 }
 
+/// The tick period: requests' timers (hedges, stream idle limits) are
+/// checked on each tick, so a pool with one ticks at an eighth of its
+/// shortest (at least 20 ms); otherwise once a second.
+fn tick_period_ms(config: &Config) -> u64 {
+    let timers = config.pools.iter().flat_map(|p| [p.retry.hedge_after_ms, p.retry.stream_idle_timeout_ms]).flatten();
+    timers.map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS)).min().unwrap_or(SLOW_TICK_MS)
+}
+
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, _body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
         if let Some(rt) = &self.runtime {
-            self.prober.on_response(rt, token_id, num_headers);
+            if !self.prober.on_response(rt, token_id, num_headers) {
+                wake::call_answered(self.context_id, token_id, num_headers, body_size, num_trailers);
+            }
         }
     }
 }
@@ -53,6 +69,7 @@ impl RootContext for Root {
                     config.direct_models().count(),
                     config.providers.len()
                 );
+                let period = tick_period_ms(&config);
                 match Runtime::new(config) {
                     Ok(rt) => self.runtime = Some(Rc::new(rt)),
                     Err(e) => {
@@ -60,7 +77,7 @@ impl RootContext for Root {
                         return false;
                     }
                 }
-                if let Err(status) = abi::set_tick_period_ms(1_000) {
+                if let Err(status) = abi::set_tick_period_ms(period as u32) {
                     log::warn!("switchboard: cannot set tick period (status {status}); health gauges will not refresh");
                 }
                 true
@@ -75,6 +92,11 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(rt) = &self.runtime else { return };
         let Ok(now) = abi::now_ms() else { return };
+        wake::tick(self.context_id, now);
+        if now.saturating_sub(self.last_slow_tick_ms) < SLOW_TICK_MS.saturating_sub(10) {
+            return;
+        }
+        self.last_slow_tick_ms = now;
         rt.flush_successes();
         rt.metrics.flush();
         for (index, pool) in rt.config.pools.iter().enumerate() {
@@ -89,7 +111,9 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without a valid configuration Envoy refuses the plugin, so this is a fallback only.
-        Some(Box::new(Filter::new(context_id, self.runtime.clone())))
+        let filter = Rc::new(RefCell::new(Filter::new(context_id, self.runtime.clone())));
+        filter.borrow_mut().set_handle(Rc::downgrade(&filter));
+        Some(Box::new(wake::Shared(filter)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
