@@ -20,9 +20,12 @@ def hedged_config(hedge_after_ms=200, **overrides):
     return cfg
 
 
-def timed_post(gw, body, timeout=10):
+CLIENT = httpx.Client(timeout=10)  # one client: a new one per request costs tens of ms here
+
+
+def timed_post(gw, body):
     t = time.monotonic()
-    r = httpx.post(gw.base + "/v1/chat/completions", json=body, timeout=timeout)
+    r = CLIENT.post(gw.base + "/v1/chat/completions", json=body)
     return r, time.monotonic() - t
 
 
@@ -45,7 +48,7 @@ def test_slow_member_is_hedged_and_the_fast_answer_wins_in_about_250_ms(make_gat
     record_property("hedged_latency_ms", [round(x * 1000) for x in elapsed])
     print("hedged latency ms:", [round(x * 1000) for x in elapsed])
     assert min(elapsed) >= 0.2, elapsed
-    assert sorted(elapsed)[2] < 0.6, elapsed
+    assert sorted(elapsed)[2] < 0.5, elapsed
     stats = gw.stats()
     assert pool_stat(stats, "hedged") == 5 and pool_stat(stats, "hedge_wins") == 5
     # The abandoned routed attempts are nobody's failure.
