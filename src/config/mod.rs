@@ -191,6 +191,8 @@ pub struct Member {
     pub priority: i32,
     pub tags: Vec<String>,
     pub tag_mask: TagMask,
+    /// Rolled back (weight 0) when it fails much more than the pool's other members.
+    pub canary: Option<crate::routing::canary::CanaryPolicy>,
 }
 
 impl Member {

@@ -11,6 +11,7 @@ use super::{
     RetryPolicy, Router, Rule, Secret, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
     DEFAULT_TIMEOUT_MS,
 };
+use crate::routing::canary::CanaryPolicy;
 use crate::text::PhraseSet;
 
 /// Distinct member tags a configuration may use (they are bits of a `u64`).
@@ -113,6 +114,14 @@ struct RawMember {
     priority: i32,
     #[serde(default)]
     tags: Vec<String>,
+    canary: Option<RawCanary>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    max_error_rate: f64,
+    min_requests: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -542,6 +551,14 @@ fn validate_pool(
         }
         members.push(validate_member(&mfield, m, provider, id, p.strategy, tags)?);
     }
+    if let Some(i) =
+        members.iter().position(|m| m.canary.is_some()).filter(|_| members.iter().all(|m| m.canary.is_some()))
+    {
+        return Err(err(
+            format!("{field}.members[{i}].canary"),
+            "a canary needs another member in its pool to compare with",
+        ));
+    }
     if members.iter().all(|m| m.weight == 0) {
         return Err(err(format!("{field}.members"), "total weight is zero; give at least one member a weight > 0"));
     }
@@ -672,6 +689,14 @@ fn validate_member(
             _ => {}
         }
     }
+    let canary = match &m.canary {
+        None => None,
+        Some(c) if !(0.0..=1.0).contains(&c.max_error_rate) => {
+            return Err(err(f("canary.max_error_rate"), "must be between 0 and 1"))
+        }
+        Some(c) if c.min_requests == 0 => return Err(err(f("canary.min_requests"), "must be >= 1")),
+        Some(c) => Some(CanaryPolicy { max_error_rate: c.max_error_rate, min_requests: c.min_requests }),
+    };
     let capabilities = match &m.capabilities {
         None => Capabilities::ALL,
         Some(list) => list.iter().fold(Capabilities::NONE, |set, c| set.with(*c)),
@@ -705,6 +730,7 @@ fn validate_member(
         priority: m.priority,
         tags: m.tags,
         tag_mask,
+        canary,
     })
 }
 

@@ -440,3 +440,24 @@ fn hedge_and_stream_idle_timeouts_parse_and_are_validated_naming_the_field() {
         assert!(e.field.starts_with(field), "{fields}: {e}");
     }
 }
+
+#[test]
+fn canary_members_parse_and_are_validated_naming_the_field() {
+    let cfg = parse(&with_member_fields(r#""canary": {"max_error_rate": 0.2, "min_requests": 50}"#)).unwrap();
+    let members = &cfg.pool("gpt4o_16k").unwrap().1.members;
+    assert_eq!(members[0].canary, Some(crate::routing::canary::CanaryPolicy { max_error_rate: 0.2, min_requests: 50 }));
+    assert_eq!(members[1].canary, None);
+    let cases = [
+        (
+            r#""canary": {"max_error_rate": 1.5, "min_requests": 50}"#,
+            "pools.gpt4o_16k.members[0].canary.max_error_rate",
+        ),
+        (r#""canary": {"max_error_rate": 0.2, "min_requests": 0}"#, "pools.gpt4o_16k.members[0].canary.min_requests"),
+        (r#""canary": {"max_error_rate": 0.2}"#, "pools.gpt4o_16k.members[0]"),
+        (r#""canary": {"max_error_rate": 0.2, "min_requests": 5, "window": 3}"#, "pools.gpt4o_16k.members[0]"),
+    ];
+    for (fields, field) in cases {
+        let e = error_for(&with_member_fields(fields));
+        assert!(e.field.starts_with(field), "{fields}: {e}");
+    }
+}

@@ -17,6 +17,7 @@ pub struct MemberMetrics {
     pub failovers: Option<u32>,
     pub ejections: Option<u32>,
     pub restorations: Option<u32>,
+    pub canary_rollbacks: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -118,6 +119,11 @@ impl Metrics {
                                 failovers: counter(format!("{base}.failovers")),
                                 ejections: counter(format!("{base}.ejections")),
                                 restorations: counter(format!("{base}.restorations")),
+                                canary_rollbacks: if m.canary.is_some() {
+                                    counter(format!("{base}.canary_rollbacks"))
+                                } else {
+                                    None
+                                },
                             }
                         })
                         .collect(),

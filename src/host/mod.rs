@@ -2,6 +2,7 @@
 //! headers and bodies, asks the pure modules what to do, and applies it.
 
 mod abi;
+mod canary_store;
 mod filter;
 mod health_store;
 mod learned_store;

@@ -33,6 +33,14 @@ impl Root {
     }
 }
 
+/// Identifies a configuration's text (canary windows start afresh when it changes).
+fn fingerprint(raw: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(raw);
+    h.finish()
+}
+
 /// The tick period: requests' timers (hedges, stream idle limits) are
 /// checked on each tick, so a pool with one ticks at an eighth of its
 /// shortest (at least 20 ms); otherwise once a second.
@@ -71,7 +79,11 @@ impl RootContext for Root {
                 );
                 let period = tick_period_ms(&config);
                 match Runtime::new(config) {
-                    Ok(rt) => self.runtime = Some(Rc::new(rt)),
+                    Ok(mut rt) => {
+                        rt.canary_generation = fingerprint(&raw);
+                        rt.refresh_canaries();
+                        self.runtime = Some(Rc::new(rt));
+                    }
                     Err(e) => {
                         log::error!("switchboard: {e}");
                         return false;
@@ -98,6 +110,7 @@ impl RootContext for Root {
         }
         self.last_slow_tick_ms = now;
         rt.flush_successes();
+        rt.refresh_canaries();
         rt.metrics.flush();
         for (index, pool) in rt.config.pools.iter().enumerate() {
             let healthy =
