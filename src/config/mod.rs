@@ -337,6 +337,15 @@ pub struct Pool {
     pub strategy: Strategy,
     /// Share of `lowest_latency` picks that go to a member other than the fastest.
     pub explore: f64,
+    /// A member that gets a copy of a share of the requests; its answers are only measured.
+    pub shadow: Option<Shadow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    pub member: Member,
+    /// Share of the pool's requests copied (0..1].
+    pub sample: f64,
 }
 
 impl Pool {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use super::{
     err, Capabilities, Capability, Conditions, Config, ConfigError, Credentials, Cutoff, EnvLookup, HeaderCondition,
     HeaderTest, HealthPolicy, Keywords, Learned, Member, MemberFacts, Pool, ProbePolicy, Provider, ProviderKind,
-    RetryPolicy, Router, Rule, Secret, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
-    DEFAULT_TIMEOUT_MS,
+    RetryPolicy, Router, Rule, Secret, Shadow, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_RETRY_ON, DEFAULT_TIMEOUT_MS,
 };
 use crate::routing::canary::CanaryPolicy;
 use crate::text::PhraseSet;
@@ -93,8 +93,17 @@ struct RawPool {
     #[serde(default)]
     strategy: Strategy,
     explore: Option<f64>,
+    shadow: Option<RawShadow>,
     #[serde(flatten)]
     policy: RawPoolPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    provider: String,
+    model: String,
+    sample: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -578,6 +587,21 @@ fn validate_pool(
     if p.explore.is_some() && p.strategy != Strategy::LowestLatency {
         return Err(err(format!("{field}.explore"), "only used by strategy lowest_latency"));
     }
+    let shadow = match p.shadow {
+        None => None,
+        Some(s) => {
+            let provider = *provider_index.get(&s.provider).ok_or_else(|| {
+                err(format!("{field}.shadow.provider"), format!("unknown provider \"{}\"", s.provider))
+            })?;
+            if s.model.trim().is_empty() {
+                return Err(err(format!("{field}.shadow.model"), "must not be empty"));
+            }
+            if !(s.sample > 0.0 && s.sample <= 1.0) {
+                return Err(err(format!("{field}.shadow.sample"), "must be a share in (0, 1]"));
+            }
+            Some(Shadow { member: Member::new(provider, &s.provider, &s.model), sample: s.sample })
+        }
+    };
     Ok(Pool {
         name,
         description: p.description,
@@ -590,6 +614,7 @@ fn validate_pool(
         listed: true,
         strategy: p.strategy,
         explore,
+        shadow,
     })
 }
 
@@ -611,6 +636,7 @@ fn implicit_pool(
         listed: false,
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
+        shadow: None,
     }
 }
 
@@ -655,6 +681,7 @@ fn placeholder_pool(name: String) -> Pool {
         listed: true,
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
+        shadow: None,
     }
 }
 

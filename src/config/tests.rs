@@ -461,3 +461,23 @@ fn canary_members_parse_and_are_validated_naming_the_field() {
         assert!(e.field.starts_with(field), "{fields}: {e}");
     }
 }
+
+#[test]
+fn shadow_parses_and_is_validated_naming_the_field() {
+    let cfg =
+        parse(&with_pool_fields(r#""shadow": {"provider": "beta", "model": "gpt-4o-next", "sample": 0.1}"#)).unwrap();
+    let shadow = cfg.pool("gpt4o_16k").unwrap().1.shadow.as_ref().unwrap();
+    assert_eq!((shadow.member.id.as_str(), shadow.sample), ("beta/gpt-4o-next", 0.1));
+    let cases = [
+        (r#""shadow": {"provider": "nope", "model": "m", "sample": 0.1}"#, "pools.gpt4o_16k.shadow.provider"),
+        (r#""shadow": {"provider": "beta", "model": " ", "sample": 0.1}"#, "pools.gpt4o_16k.shadow.model"),
+        (r#""shadow": {"provider": "beta", "model": "m", "sample": 0}"#, "pools.gpt4o_16k.shadow.sample"),
+        (r#""shadow": {"provider": "beta", "model": "m", "sample": 1.5}"#, "pools.gpt4o_16k.shadow.sample"),
+        (r#""shadow": {"provider": "beta", "model": "m"}"#, "pools.gpt4o_16k"),
+        (r#""shadow": {"provider": "beta", "model": "m", "sample": 0.1, "share": 1}"#, "pools.gpt4o_16k"),
+    ];
+    for (fields, field) in cases {
+        let e = error_for(&with_pool_fields(fields));
+        assert!(e.field.starts_with(field), "{fields}: {e}");
+    }
+}

@@ -27,6 +27,7 @@ pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 
 pub const METRIC_COUNTER: u32 = 0;
 pub const METRIC_GAUGE: u32 = 1;
+pub const METRIC_HISTOGRAM: u32 = 2;
 
 #[link(wasm_import_module = "env")]
 extern "C" {

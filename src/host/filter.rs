@@ -32,7 +32,7 @@ use crate::tenant::{authenticate, presented_key};
 
 use super::learned_store::{self, Decided, Feedback, Scorer};
 use super::runtime::{Picked, Runtime};
-use super::{abi, health_store, live_store, tenant_store, wake};
+use super::{abi, health_store, live_store, shadow, tenant_store, wake};
 use crate::config::MemberRef;
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
@@ -320,6 +320,7 @@ impl Filter {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
+        shadow::sample(rt, picked.member.pool, self.endpoint, &body, &self.client_headers);
         self.body = body;
         self.state = State::Routed(self.begin(rt, picked));
         self.arm_hedge(rt, picked.member.pool, now);

@@ -28,6 +28,12 @@ pub struct PoolMetrics {
     /// Requests that got a second member by `hedge_after_ms`, and those the second member answered.
     pub hedged: Option<u32>,
     pub hedge_wins: Option<u32>,
+    /// Pools with a `shadow` only: its answers (failures: not 2xx), tokens and latency (histogram).
+    pub shadow_requests: Option<u32>,
+    pub shadow_failures: Option<u32>,
+    pub shadow_prompt_tokens: Option<u32>,
+    pub shadow_completion_tokens: Option<u32>,
+    pub shadow_latency_ms: Option<u32>,
     pub healthy_members: Option<u32>,
     pub members: Vec<MemberMetrics>,
 }
@@ -100,7 +106,15 @@ impl Metrics {
             .iter()
             .map(|pool| {
                 let p = stat_segment(&pool.name);
+                let shadow = |name: &str, kind: u32| {
+                    pool.shadow.as_ref().and_then(|_| define(kind, &format!("switchboard.pool.{p}.shadow_{name}")))
+                };
                 PoolMetrics {
+                    shadow_requests: shadow("requests", abi::METRIC_COUNTER),
+                    shadow_failures: shadow("failures", abi::METRIC_COUNTER),
+                    shadow_prompt_tokens: shadow("prompt_tokens", abi::METRIC_COUNTER),
+                    shadow_completion_tokens: shadow("completion_tokens", abi::METRIC_COUNTER),
+                    shadow_latency_ms: shadow("latency_ms", abi::METRIC_HISTOGRAM),
                     requests: counter(format!("switchboard.pool.{p}.requests")),
                     failovers: counter(format!("switchboard.pool.{p}.failovers")),
                     exhausted: counter(format!("switchboard.pool.{p}.exhausted")),
@@ -159,8 +173,12 @@ impl Metrics {
     }
 
     pub fn inc(&self, id: Option<u32>) {
+        self.add(id, 1);
+    }
+
+    pub fn add(&self, id: Option<u32>, n: u64) {
         if let Some(id) = id {
-            *self.pending.borrow_mut().entry(id).or_insert(0) += 1;
+            *self.pending.borrow_mut().entry(id).or_insert(0) += i64::try_from(n).unwrap_or(i64::MAX);
         }
     }
 

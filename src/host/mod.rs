@@ -11,6 +11,7 @@ mod metrics;
 mod probes;
 mod root;
 mod runtime;
+mod shadow;
 mod tenant_store;
 mod wake;
 

@@ -15,7 +15,7 @@ use super::filter::Filter;
 use super::metrics::set_gauge;
 use super::probes::Prober;
 use super::runtime::Runtime;
-use super::{abi, health_store, wake};
+use super::{abi, health_store, shadow, wake};
 
 /// Counters, health gauges and probes run once a second, however finely the root ticks.
 const SLOW_TICK_MS: u64 = 1_000;
@@ -43,16 +43,22 @@ fn fingerprint(raw: &[u8]) -> u64 {
 
 /// The tick period: requests' timers (hedges, stream idle limits) are
 /// checked on each tick, so a pool with one ticks at an eighth of its
-/// shortest (at least 20 ms); otherwise once a second.
+/// shortest (at least 20 ms); shadow copies leave on the tick after their
+/// request, within 100 ms; otherwise once a second.
 fn tick_period_ms(config: &Config) -> u64 {
     let timers = config.pools.iter().flat_map(|p| [p.retry.hedge_after_ms, p.retry.stream_idle_timeout_ms]).flatten();
-    timers.map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS)).min().unwrap_or(SLOW_TICK_MS)
+    let shadows = config.pools.iter().filter(|p| p.shadow.is_some()).map(|_| SHADOW_TICK_MS);
+    timers.map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS)).chain(shadows).min().unwrap_or(SLOW_TICK_MS)
 }
+
+const SHADOW_TICK_MS: u64 = 100;
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
         if let Some(rt) = &self.runtime {
-            if !self.prober.on_response(rt, token_id, num_headers) {
+            if !self.prober.on_response(rt, token_id, num_headers)
+                && !shadow::answered(rt, token_id, num_headers, body_size)
+            {
                 wake::call_answered(self.context_id, token_id, num_headers, body_size, num_trailers);
             }
         }
@@ -105,6 +111,7 @@ impl RootContext for Root {
         let Some(rt) = &self.runtime else { return };
         let Ok(now) = abi::now_ms() else { return };
         wake::tick(self.context_id, now);
+        shadow::send_queued(rt, now);
         if now.saturating_sub(self.last_slow_tick_ms) < SLOW_TICK_MS.saturating_sub(10) {
             return;
         }
