@@ -8,6 +8,7 @@
 //! `fail_over`, which dispatches the next member or answers that all failed.
 
 mod hedge;
+mod stream_idle;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -81,6 +82,7 @@ pub struct Filter {
     /// This filter, for the root context to wake (see `wake`).
     me: wake::Handle,
     hedge: Option<hedge::Hedge>,
+    idle: Option<stream_idle::IdleWatch>,
     /// Envoy's `x-request-id` (or one made up): in every log line and answer.
     request_id: String,
     endpoint: Endpoint,
@@ -126,6 +128,7 @@ impl Filter {
             context_id,
             me: wake::Handle::new(),
             hedge: None,
+            idle: None,
             request_id: String::new(),
             endpoint: Endpoint::ChatCompletions,
             body: Vec::new(),
@@ -149,6 +152,12 @@ impl Filter {
 
     pub fn context_id(&self) -> u32 {
         self.context_id
+    }
+
+    /// Woken by the root's tick (see `wake`): a hedge or an idle stream may be due.
+    pub fn on_timer(&mut self, now: u64) {
+        self.hedge_due(now);
+        self.stream_idle_due(now);
     }
 
     fn host_error(&self, what: &str, status: abi::Status) {
@@ -443,6 +452,7 @@ impl Filter {
         if end_of_stream {
             self.finish_success(rt, &attempt, status);
         } else {
+            self.watch_stream_idle(attempt.picked.member.pool, status);
             self.state = State::Relaying { attempt, status };
         }
         Action::Continue
@@ -1045,6 +1055,7 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.stream_alive();
         match &self.state {
             // Hold the failed upstream's body back until the local answer replaces it.
             State::Failover { .. } => return Action::Pause,

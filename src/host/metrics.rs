@@ -28,6 +28,8 @@ pub struct PoolMetrics {
     /// Requests that got a second member by `hedge_after_ms`, and those the second member answered.
     pub hedged: Option<u32>,
     pub hedge_wins: Option<u32>,
+    /// Streams ended by `stream_idle_timeout_ms`.
+    pub stream_idle_timeouts: Option<u32>,
     /// Pools with a `shadow` only: its answers (failures: not 2xx), tokens and latency (histogram).
     pub shadow_requests: Option<u32>,
     pub shadow_failures: Option<u32>,
@@ -120,6 +122,7 @@ impl Metrics {
                     exhausted: counter(format!("switchboard.pool.{p}.exhausted")),
                     hedged: counter(format!("switchboard.pool.{p}.hedged")),
                     hedge_wins: counter(format!("switchboard.pool.{p}.hedge_wins")),
+                    stream_idle_timeouts: counter(format!("switchboard.pool.{p}.stream_idle_timeouts")),
                     healthy_members: define(abi::METRIC_GAUGE, &format!("switchboard.pool.{p}.healthy_members")),
                     members: pool
                         .members

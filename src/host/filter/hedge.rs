@@ -31,7 +31,7 @@ impl Filter {
 
     /// Woken by the root's tick: a routed attempt still without headers gets
     /// its hedge (another member the plan allows, as a failover would pick).
-    pub fn on_timer(&mut self, now: u64) {
+    pub(super) fn hedge_due(&mut self, now: u64) {
         let Some(rt) = self.rt.clone() else { return };
         let (State::Routed(routed), Some(Hedge::Armed)) = (&self.state, &self.hedge) else { return };
         let routed = routed.picked.member;
