@@ -9,8 +9,6 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap as HashMap;
-
 use crate::api::forward::forwarded;
 use crate::api::request::ParsedRequest;
 use crate::api::{usage, Endpoint};
@@ -39,7 +37,7 @@ struct Sent {
 #[derive(Default)]
 struct Shadows {
     queued: Vec<Copy>,
-    sent: HashMap<u32, Sent>,
+    sent: Vec<(u32, Sent)>,
 }
 
 thread_local! {
@@ -72,7 +70,7 @@ pub fn send_queued(rt: &Runtime, now: u64) {
         match send(rt, &copy, now) {
             Ok((token, stream)) => SHADOWS.with(|s| {
                 let sent = Sent { pool: copy.pool, started_ms: now, endpoint: copy.endpoint, stream };
-                s.borrow_mut().sent.insert(token, sent);
+                s.borrow_mut().sent.push((token, sent));
             }),
             Err(e) => log::warn!("switchboard: shadow copy not sent: {e}"),
         }
@@ -95,7 +93,12 @@ fn send(rt: &Runtime, copy: &Copy, now: u64) -> Result<(u32, bool), String> {
 
 /// Root: the answer of a shadow copy, measured and dropped. Returns whether `token` was one.
 pub fn answered(rt: &Runtime, token: u32, num_headers: usize, body_size: usize) -> bool {
-    let Some(sent) = SHADOWS.with(|s| s.borrow_mut().sent.remove(&token)) else { return false };
+    let sent = SHADOWS.with(|s| {
+        let mut s = s.borrow_mut();
+        let at = s.sent.iter().position(|(t, _)| *t == token)?;
+        Some(s.sent.swap_remove(at).1)
+    });
+    let Some(sent) = sent else { return false };
     let Some(metrics) = rt.metrics.pool(sent.pool) else { return true };
     let now = abi::now_ms().unwrap_or(sent.started_ms);
     let status = if num_headers == 0 {
