@@ -25,11 +25,12 @@ pub struct Root {
     runtime: Option<Rc<Runtime>>,
     prober: Prober,
     last_slow_tick_ms: u64,
+    tick_ms: u64,
 }
 
 impl Root {
     pub fn new(context_id: u32) -> Self {
-        Root { context_id, runtime: None, prober: Prober::new(), last_slow_tick_ms: 0 }
+        Root { context_id, runtime: None, prober: Prober::new(), last_slow_tick_ms: 0, tick_ms: SLOW_TICK_MS }
     }
 }
 
@@ -84,6 +85,7 @@ impl RootContext for Root {
                     config.providers.len()
                 );
                 let period = tick_period_ms(&config);
+                self.tick_ms = period;
                 match Runtime::new(config) {
                     Ok(mut rt) => {
                         rt.canary_generation = fingerprint(&raw);
@@ -112,7 +114,8 @@ impl RootContext for Root {
         let Ok(now) = abi::now_ms() else { return };
         wake::tick(self.context_id, now);
         shadow::send_queued(rt, now);
-        if now.saturating_sub(self.last_slow_tick_ms) < SLOW_TICK_MS.saturating_sub(10) {
+        // Finer ticks run the once-a-second work on the tick that completes a second.
+        if self.tick_ms < SLOW_TICK_MS && now.saturating_sub(self.last_slow_tick_ms) + self.tick_ms / 2 < SLOW_TICK_MS {
             return;
         }
         self.last_slow_tick_ms = now;
