@@ -130,3 +130,25 @@ def test_client_leaving_a_hedged_request_leaves_envoy_healthy(make_gateway, mock
     for _ in range(5):
         assert timed_post(gw, chat("gpt4o_16k"))[0].status_code == 200
     assert gw.alive() and "panicked" not in gw.logs() and "Function: proxy_on" not in gw.logs()
+
+
+def test_hedging_under_concurrency_answers_everything_and_counts_every_hedge(make_gateway, mock):
+    from concurrent.futures import ThreadPoolExecutor
+    gw = make_gateway(hedged_config(100))
+    mock.faults("alpha", latency_ms=800, rate=0.5)
+    mock.faults("beta", latency_ms=20)
+
+    def one(_):
+        with httpx.Client(timeout=10) as c:
+            return [(c.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k")).status_code)
+                    for _ in range(10)]
+
+    with ThreadPoolExecutor(8) as ex:
+        statuses = [s for part in ex.map(one, range(8)) for s in part]
+    assert statuses == [200] * 80
+    time.sleep(1.0)
+    stats = gw.stats()
+    hedged, wins = pool_stat(stats, "hedged"), pool_stat(stats, "hedge_wins")
+    # About half of alpha's answers are slow: each of those is hedged, and beta wins it.
+    assert 20 <= hedged <= 60 and wins == hedged, (hedged, wins)
+    assert gw.alive() and "panicked" not in gw.logs()
