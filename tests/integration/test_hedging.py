@@ -43,6 +43,7 @@ def test_slow_member_is_hedged_and_the_fast_answer_wins_in_about_250_ms(make_gat
         assert r.status_code == 200, r.text
         assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
         assert "mock reply from beta" in r.json()["choices"][0]["message"]["content"]
+        assert r.headers["x-switchboard-attempts"] == "2"
         elapsed.append(s)
     # 200 ms deadline + up to one 25 ms tick + 50 ms answer: about 250-300 ms; generous for a busy machine.
     record_property("hedged_latency_ms", [round(x * 1000) for x in elapsed])
@@ -86,6 +87,7 @@ def test_routed_answer_first_wins_and_the_late_hedge_is_dropped(make_gateway, mo
     for _ in range(3):
         r, s = timed_post(gw, chat("gpt4o_16k"))
         assert r.status_code == 200 and r.headers["x-switchboard-member"] == "alpha/gpt-4o"
+        assert r.headers["x-switchboard-attempts"] == "2"
         assert 0.35 < s < 1.2, s
     time.sleep(1.5)  # the hedges' late answers arrive after their requests ended
     stats = gw.stats()

@@ -76,10 +76,20 @@ impl Filter {
                 Some(Action::Pause)
             }
             Hedge::Sent { attempt, .. } => {
-                self.abandon(rt, &attempt);
+                self.abandon_hedged(rt, &attempt);
                 None
             }
             Hedge::Armed => None,
+        }
+    }
+
+    /// The losing attempt of a hedged request: released, and listed in the
+    /// plan as unanswered (`x-switchboard-attempts` counts it) without
+    /// touching its member's health.
+    fn abandon_hedged(&mut self, rt: &Runtime, attempt: &Attempt) {
+        self.abandon(rt, attempt);
+        if let Some(plan) = self.plan.as_mut() {
+            plan.record_attempt(&rt.config, attempt.picked.member, 0);
         }
     }
 
@@ -105,7 +115,7 @@ impl Filter {
         let hedged = attempt.picked.member;
         match std::mem::replace(&mut self.state, State::Failover { attempt: *attempt, call }) {
             State::Routed(routed) => {
-                self.abandon(&rt, &routed);
+                self.abandon_hedged(&rt, &routed);
                 rt.metrics.inc(rt.metrics.pool(routed.picked.member.pool).and_then(|p| p.hedge_wins));
                 log::info!(
                     "switchboard[{}]: hedge {} answered before {}",
