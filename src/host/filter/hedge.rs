@@ -50,7 +50,7 @@ impl Filter {
             Ok(call) => {
                 wake::own_call(call, &self.me);
                 rt.metrics.inc(rt.metrics.pool(routed.pool).and_then(|p| p.hedged));
-                log::info!(
+                log::debug!(
                     "switchboard[{}]: no answer from {} yet: hedging with {}",
                     self.request_id,
                     rt.member_id(routed),
@@ -117,7 +117,7 @@ impl Filter {
             State::Routed(routed) => {
                 self.abandon_hedged(&rt, &routed);
                 rt.metrics.inc(rt.metrics.pool(routed.picked.member.pool).and_then(|p| p.hedge_wins));
-                log::info!(
+                log::debug!(
                     "switchboard[{}]: hedge {} answered before {}",
                     self.request_id,
                     rt.member_id(hedged),
