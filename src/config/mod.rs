@@ -191,6 +191,8 @@ pub struct Member {
     pub priority: i32,
     pub tags: Vec<String>,
     pub tag_mask: TagMask,
+    /// Rolled back (weight 0) when it fails much more than the pool's other members.
+    pub canary: Option<crate::routing::canary::CanaryPolicy>,
 }
 
 impl Member {
@@ -264,6 +266,11 @@ pub struct RetryPolicy {
     /// provider sends a stream's headers at once; a non-streamed answer's
     /// headers come with the whole answer, so it has no default.
     pub first_byte_timeout_ms: Option<u64>,
+    /// No response headers by then: a second member starts alongside the
+    /// first, and the first good answer wins.
+    pub hedge_after_ms: Option<u64>,
+    /// A stream silent this long after its first byte is the member's failure.
+    pub stream_idle_timeout_ms: Option<u64>,
     /// Overall deadline for one client request across all attempts.
     pub timeout_ms: u64,
 }
@@ -330,6 +337,15 @@ pub struct Pool {
     pub strategy: Strategy,
     /// Share of `lowest_latency` picks that go to a member other than the fastest.
     pub explore: f64,
+    /// A member that gets a copy of a share of the requests; its answers are only measured.
+    pub shadow: Option<Shadow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    pub member: Member,
+    /// Share of the pool's requests copied (0..1].
+    pub sample: f64,
 }
 
 impl Pool {

@@ -8,9 +8,10 @@ use serde::Deserialize;
 use super::{
     err, Capabilities, Capability, Conditions, Config, ConfigError, Credentials, Cutoff, EnvLookup, HeaderCondition,
     HeaderTest, HealthPolicy, Keywords, Learned, Member, MemberFacts, Pool, ProbePolicy, Provider, ProviderKind,
-    RetryPolicy, Router, Rule, Secret, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_ON,
-    DEFAULT_TIMEOUT_MS,
+    RetryPolicy, Router, Rule, Secret, Shadow, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_RETRY_ON, DEFAULT_TIMEOUT_MS,
 };
+use crate::routing::canary::CanaryPolicy;
 use crate::text::PhraseSet;
 
 /// Distinct member tags a configuration may use (they are bits of a `u64`).
@@ -73,6 +74,8 @@ struct RawPoolPolicy {
     max_attempts: Option<u32>,
     per_try_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
+    hedge_after_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
     timeout_ms: Option<u64>,
     health: Option<RawHealth>,
     probe: Option<RawProbe>,
@@ -90,8 +93,17 @@ struct RawPool {
     #[serde(default)]
     strategy: Strategy,
     explore: Option<f64>,
+    shadow: Option<RawShadow>,
     #[serde(flatten)]
     policy: RawPoolPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    provider: String,
+    model: String,
+    sample: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +123,14 @@ struct RawMember {
     priority: i32,
     #[serde(default)]
     tags: Vec<String>,
+    canary: Option<RawCanary>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    max_error_rate: f64,
+    min_requests: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,8 +326,14 @@ fn policies(
     let per_try_timeout_ms = pool.per_try_timeout_ms.or(defaults.per_try_timeout_ms);
     let first_byte_timeout_ms = pool.first_byte_timeout_ms.or(defaults.first_byte_timeout_ms);
     let timeout_ms = pool.timeout_ms.or(defaults.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS);
-    for (name, value) in [("per_try_timeout_ms", per_try_timeout_ms), ("first_byte_timeout_ms", first_byte_timeout_ms)]
-    {
+    let hedge_after_ms = pool.hedge_after_ms.or(defaults.hedge_after_ms);
+    let stream_idle_timeout_ms = pool.stream_idle_timeout_ms.or(defaults.stream_idle_timeout_ms);
+    for (name, value) in [
+        ("per_try_timeout_ms", per_try_timeout_ms),
+        ("first_byte_timeout_ms", first_byte_timeout_ms),
+        ("hedge_after_ms", hedge_after_ms),
+        ("stream_idle_timeout_ms", stream_idle_timeout_ms),
+    ] {
         match value {
             Some(0) => return Err(err(format!("{field}.{name}"), "must be > 0")),
             Some(t) if t > timeout_ms => {
@@ -315,6 +341,9 @@ fn policies(
             }
             _ => {}
         }
+    }
+    if hedge_after_ms.is_some() && max_attempts < 2 {
+        return Err(err(format!("{field}.hedge_after_ms"), "a hedge is a second attempt: needs max_attempts >= 2"));
     }
     let health = pool.health.clone().or_else(|| defaults.health.clone()).unwrap_or_default();
     let health = HealthPolicy {
@@ -337,7 +366,16 @@ fn policies(
             return Err(err(format!("{field}.probe.interval_ms"), "must be >= 100"));
         }
     }
-    Ok((RetryPolicy { retry_on, max_attempts, per_try_timeout_ms, first_byte_timeout_ms, timeout_ms }, health, probe))
+    let retry = RetryPolicy {
+        retry_on,
+        max_attempts,
+        per_try_timeout_ms,
+        first_byte_timeout_ms,
+        hedge_after_ms,
+        stream_idle_timeout_ms,
+        timeout_ms,
+    };
+    Ok((retry, health, probe))
 }
 
 pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec<ConfigError>> {
@@ -522,6 +560,14 @@ fn validate_pool(
         }
         members.push(validate_member(&mfield, m, provider, id, p.strategy, tags)?);
     }
+    if let Some(i) =
+        members.iter().position(|m| m.canary.is_some()).filter(|_| members.iter().all(|m| m.canary.is_some()))
+    {
+        return Err(err(
+            format!("{field}.members[{i}].canary"),
+            "a canary needs another member in its pool to compare with",
+        ));
+    }
     if members.iter().all(|m| m.weight == 0) {
         return Err(err(format!("{field}.members"), "total weight is zero; give at least one member a weight > 0"));
     }
@@ -541,6 +587,21 @@ fn validate_pool(
     if p.explore.is_some() && p.strategy != Strategy::LowestLatency {
         return Err(err(format!("{field}.explore"), "only used by strategy lowest_latency"));
     }
+    let shadow = match p.shadow {
+        None => None,
+        Some(s) => {
+            let provider = *provider_index.get(&s.provider).ok_or_else(|| {
+                err(format!("{field}.shadow.provider"), format!("unknown provider \"{}\"", s.provider))
+            })?;
+            if s.model.trim().is_empty() {
+                return Err(err(format!("{field}.shadow.model"), "must not be empty"));
+            }
+            if !(s.sample > 0.0 && s.sample <= 1.0) {
+                return Err(err(format!("{field}.shadow.sample"), "must be a share in (0, 1]"));
+            }
+            Some(Shadow { member: Member::new(provider, &s.provider, &s.model), sample: s.sample })
+        }
+    };
     Ok(Pool {
         name,
         description: p.description,
@@ -553,6 +614,7 @@ fn validate_pool(
         listed: true,
         strategy: p.strategy,
         explore,
+        shadow,
     })
 }
 
@@ -574,6 +636,7 @@ fn implicit_pool(
         listed: false,
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
+        shadow: None,
     }
 }
 
@@ -597,6 +660,8 @@ fn placeholder_policies() -> (RetryPolicy, HealthPolicy, Option<ProbePolicy>) {
         max_attempts: 1,
         per_try_timeout_ms: None,
         first_byte_timeout_ms: None,
+        hedge_after_ms: None,
+        stream_idle_timeout_ms: None,
         timeout_ms: 1,
     };
     (retry, HealthPolicy { consecutive_failures: 1, cooldown_ms: 0, max_cooldown_ms: 0 }, None)
@@ -616,6 +681,7 @@ fn placeholder_pool(name: String) -> Pool {
         listed: true,
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
+        shadow: None,
     }
 }
 
@@ -650,6 +716,14 @@ fn validate_member(
             _ => {}
         }
     }
+    let canary = match &m.canary {
+        None => None,
+        Some(c) if !(0.0..=1.0).contains(&c.max_error_rate) => {
+            return Err(err(f("canary.max_error_rate"), "must be between 0 and 1"))
+        }
+        Some(c) if c.min_requests == 0 => return Err(err(f("canary.min_requests"), "must be >= 1")),
+        Some(c) => Some(CanaryPolicy { max_error_rate: c.max_error_rate, min_requests: c.min_requests }),
+    };
     let capabilities = match &m.capabilities {
         None => Capabilities::ALL,
         Some(list) => list.iter().fold(Capabilities::NONE, |set, c| set.with(*c)),
@@ -683,6 +757,7 @@ fn validate_member(
         priority: m.priority,
         tags: m.tags,
         tag_mask,
+        canary,
     })
 }
 

@@ -421,3 +421,63 @@ fn more_than_64_distinct_tags_are_refused() {
     let e = error_for(&with_member_fields(&format!(r#""tags": [{}]"#, tags.join(","))));
     assert_eq!(e.field, "pools.gpt4o_16k.members[0].tags[64]");
 }
+
+#[test]
+fn hedge_and_stream_idle_timeouts_parse_and_are_validated_naming_the_field() {
+    let cfg = parse(&with_pool_fields(r#""hedge_after_ms": 200, "stream_idle_timeout_ms": 5000"#)).unwrap();
+    let retry = &cfg.pool("gpt4o_16k").unwrap().1.retry;
+    assert_eq!((retry.hedge_after_ms, retry.stream_idle_timeout_ms), (Some(200), Some(5000)));
+    assert_eq!(parse(&sample_config()).unwrap().pool("gpt4o_16k").unwrap().1.retry.hedge_after_ms, None);
+    let cases = [
+        (r#""hedge_after_ms": 0"#, "pools.gpt4o_16k.hedge_after_ms"),
+        (r#""stream_idle_timeout_ms": 0"#, "pools.gpt4o_16k.stream_idle_timeout_ms"),
+        (r#""hedge_after_ms": 9000, "timeout_ms": 5000"#, "pools.gpt4o_16k.timeout_ms"),
+        (r#""hedge_after_ms": 100, "max_attempts": 1"#, "pools.gpt4o_16k.hedge_after_ms"),
+        (r#""hedge_after": 100"#, "pools.gpt4o_16k"),
+    ];
+    for (fields, field) in cases {
+        let e = error_for(&with_pool_fields(fields));
+        assert!(e.field.starts_with(field), "{fields}: {e}");
+    }
+}
+
+#[test]
+fn canary_members_parse_and_are_validated_naming_the_field() {
+    let cfg = parse(&with_member_fields(r#""canary": {"max_error_rate": 0.2, "min_requests": 50}"#)).unwrap();
+    let members = &cfg.pool("gpt4o_16k").unwrap().1.members;
+    assert_eq!(members[0].canary, Some(crate::routing::canary::CanaryPolicy { max_error_rate: 0.2, min_requests: 50 }));
+    assert_eq!(members[1].canary, None);
+    let cases = [
+        (
+            r#""canary": {"max_error_rate": 1.5, "min_requests": 50}"#,
+            "pools.gpt4o_16k.members[0].canary.max_error_rate",
+        ),
+        (r#""canary": {"max_error_rate": 0.2, "min_requests": 0}"#, "pools.gpt4o_16k.members[0].canary.min_requests"),
+        (r#""canary": {"max_error_rate": 0.2}"#, "pools.gpt4o_16k.members[0]"),
+        (r#""canary": {"max_error_rate": 0.2, "min_requests": 5, "window": 3}"#, "pools.gpt4o_16k.members[0]"),
+    ];
+    for (fields, field) in cases {
+        let e = error_for(&with_member_fields(fields));
+        assert!(e.field.starts_with(field), "{fields}: {e}");
+    }
+}
+
+#[test]
+fn shadow_parses_and_is_validated_naming_the_field() {
+    let cfg =
+        parse(&with_pool_fields(r#""shadow": {"provider": "beta", "model": "gpt-4o-next", "sample": 0.1}"#)).unwrap();
+    let shadow = cfg.pool("gpt4o_16k").unwrap().1.shadow.as_ref().unwrap();
+    assert_eq!((shadow.member.id.as_str(), shadow.sample), ("beta/gpt-4o-next", 0.1));
+    let cases = [
+        (r#""shadow": {"provider": "nope", "model": "m", "sample": 0.1}"#, "pools.gpt4o_16k.shadow.provider"),
+        (r#""shadow": {"provider": "beta", "model": " ", "sample": 0.1}"#, "pools.gpt4o_16k.shadow.model"),
+        (r#""shadow": {"provider": "beta", "model": "m", "sample": 0}"#, "pools.gpt4o_16k.shadow.sample"),
+        (r#""shadow": {"provider": "beta", "model": "m", "sample": 1.5}"#, "pools.gpt4o_16k.shadow.sample"),
+        (r#""shadow": {"provider": "beta", "model": "m"}"#, "pools.gpt4o_16k"),
+        (r#""shadow": {"provider": "beta", "model": "m", "sample": 0.1, "share": 1}"#, "pools.gpt4o_16k"),
+    ];
+    for (fields, field) in cases {
+        let e = error_for(&with_pool_fields(fields));
+        assert!(e.field.starts_with(field), "{fields}: {e}");
+    }
+}

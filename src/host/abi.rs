@@ -72,6 +72,8 @@ extern "C" {
     fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
     fn proxy_get_property(path: *const u8, path_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_property(path: *const u8, path_len: usize, value: *const u8, value_len: usize) -> u32;
 }
@@ -231,6 +233,18 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
 pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: valid pointers to `name` and `value`.
     status(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Makes later host calls (local replies, headers) act on `context_id`.
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: plain value.
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Resets the response stream (Envoy: the client's stream is reset, whatever was sent).
+pub fn reset_response() -> Result<(), Status> {
+    // SAFETY: plain value; 1 = HttpResponse.
+    status(unsafe { proxy_close_stream(1) })
 }
 
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {

@@ -7,6 +7,9 @@
 //! the plan, shared health and metrics); every failed one continues in
 //! `fail_over`, which dispatches the next member or answers that all failed.
 
+mod hedge;
+mod stream_idle;
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -33,7 +36,7 @@ use crate::tenant::{authenticate, presented_key};
 use super::learned_store::{self, Decided, Feedback, Scorer};
 use super::observe::{self, Observed};
 use super::runtime::{Picked, Runtime};
-use super::{abi, health_store, live_store, tenant_store};
+use super::{abi, health_store, live_store, shadow, tenant_store, wake};
 use crate::config::MemberRef;
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
@@ -83,6 +86,11 @@ enum State {
 pub struct Filter {
     rt: Option<Rc<Runtime>>,
     state: State,
+    context_id: u32,
+    /// This filter, for the root context to wake (see `wake`).
+    me: wake::Handle,
+    hedge: Option<hedge::Hedge>,
+    idle: Option<stream_idle::IdleWatch>,
     /// Envoy's `x-request-id` (or one made up): in every log line and answer.
     request_id: String,
     endpoint: Endpoint,
@@ -127,10 +135,14 @@ struct Admission {
 }
 
 impl Filter {
-    pub fn new(_context_id: u32, rt: Option<Rc<Runtime>>) -> Self {
+    pub fn new(context_id: u32, rt: Option<Rc<Runtime>>) -> Self {
         Filter {
             rt,
             state: State::Reading,
+            context_id,
+            me: wake::Handle::new(),
+            hedge: None,
+            idle: None,
             request_id: String::new(),
             endpoint: Endpoint::ChatCompletions,
             body: Vec::new(),
@@ -148,6 +160,21 @@ impl Filter {
             learned: None,
             feedback: false,
         }
+    }
+
+    /// Called once, right after creation, with the `Rc` the filter lives in.
+    pub fn set_handle(&mut self, me: wake::Handle) {
+        self.me = me;
+    }
+
+    pub fn context_id(&self) -> u32 {
+        self.context_id
+    }
+
+    /// Woken by the root's tick (see `wake`): a hedge or an idle stream may be due.
+    pub fn on_timer(&mut self, now: u64) {
+        self.hedge_due(now);
+        self.stream_idle_due(now);
     }
 
     fn host_error(&self, what: &str, status: abi::Status) {
@@ -335,8 +362,10 @@ impl Filter {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
+        shadow::sample(rt, picked.member.pool, self.endpoint, &body, &self.client_headers);
         self.body = body;
         self.state = State::Routed(self.begin(rt, picked, now));
+        self.arm_hedge(rt, picked.member.pool, now);
         Action::Continue
     }
 
@@ -480,6 +509,7 @@ impl Filter {
         if end_of_stream {
             self.finish_success(rt, &attempt, status);
         } else {
+            self.watch_stream_idle(attempt.picked.member.pool, status);
             self.state = State::Relaying { attempt, status };
         }
         Action::Continue
@@ -832,6 +862,9 @@ fn header_value<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
 
 impl Context for Filter {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if !self.hedge_answered(token_id, num_headers) {
+            return;
+        }
         let State::Failover { call, .. } = &self.state else { return };
         if *call != token_id {
             return;
@@ -1041,6 +1074,11 @@ impl HttpContext for Filter {
         // Anything but a routed request (our own local reply, say) passes through.
         let mut attempt = match std::mem::replace(&mut self.state, State::Passing) {
             State::Routed(attempt) => attempt,
+            // A routed answer coming while a hedge's or failover's answer is awaited waits too.
+            other @ State::Failover { .. } => {
+                self.state = other;
+                return Action::Pause;
+            }
             other => {
                 self.state = other;
                 return Action::Continue;
@@ -1058,8 +1096,12 @@ impl HttpContext for Filter {
         }
         if rt.is_failure(attempt.picked.member, status) {
             self.finish(&rt, &attempt, status, header_value(&headers, "retry-after"), now);
+            if let Some(wait) = self.settle_hedge(&rt, true) {
+                return wait;
+            }
             return self.fail_over(&rt, now);
         }
+        self.settle_hedge(&rt, false);
         let adapter = attempt.adapter.as_ref();
         let door = self.door_answer.as_ref().filter(|_| !attempt.native);
         if adapter.is_none() && door.is_none() {
@@ -1096,6 +1138,7 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.stream_alive();
         match &self.state {
             // Hold the failed upstream's body back until the local answer replaces it.
             State::Failover { .. } => return Action::Pause,
@@ -1200,6 +1243,7 @@ impl HttpContext for Filter {
     /// and the tenant's admission.
     fn on_log(&mut self) {
         let Some(rt) = self.rt.clone() else { return };
+        self.settle_hedge(&rt, false);
         self.end_unfinished_answer(&rt);
         self.report(&rt);
         self.release_tenant(&rt);
@@ -1289,9 +1333,9 @@ impl Filter {
         }
     }
 
-    /// The client left during `attempt`, answering `status` (0: not yet): the
-    /// call log shows it, the member is not judged by it.
-    fn left(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
+    /// `attempt` ends without a verdict on its member (the client left, or a
+    /// hedge won): the call log lists it with `status` (0: no answer yet).
+    fn unjudged(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
         let now = self.now_ms();
         self.obs.attempts.push((attempt.picked.member, status, now.saturating_sub(attempt.began_ms)));
         self.abandon(rt, attempt);
@@ -1303,14 +1347,14 @@ impl Filter {
         let (attempt, status) = match std::mem::replace(&mut self.state, State::Passing) {
             State::Relaying { attempt, status } | State::Holding { attempt, status } => (attempt, status),
             // The client left before any answer: nothing to judge the member by.
-            State::Routed(attempt) | State::Failover { attempt, .. } => return self.left(rt, &attempt, 0),
+            State::Routed(attempt) | State::Failover { attempt, .. } => return self.unjudged(rt, &attempt, 0),
             _ => return,
         };
         let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();
         let details = String::from_utf8_lossy(&details);
         if details.contains("downstream") {
             log::info!("switchboard[{}]: client left before the answer ended ({details})", self.request_id);
-            return self.left(rt, &attempt, status);
+            return self.unjudged(rt, &attempt, status);
         }
         log::warn!(
             "switchboard[{}]: answer from {} ended early ({details})",

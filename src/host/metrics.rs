@@ -19,6 +19,7 @@ pub struct MemberMetrics {
     pub failovers: Option<u32>,
     pub ejections: Option<u32>,
     pub restorations: Option<u32>,
+    pub canary_rollbacks: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -26,6 +27,17 @@ pub struct PoolMetrics {
     pub requests: Option<u32>,
     pub failovers: Option<u32>,
     pub exhausted: Option<u32>,
+    /// Requests that got a second member by `hedge_after_ms`, and those the second member answered.
+    pub hedged: Option<u32>,
+    pub hedge_wins: Option<u32>,
+    /// Streams ended by `stream_idle_timeout_ms`.
+    pub stream_idle_timeouts: Option<u32>,
+    /// Pools with a `shadow` only: its answers (failures: not 2xx), tokens and latency (histogram).
+    pub shadow_requests: Option<u32>,
+    pub shadow_failures: Option<u32>,
+    pub shadow_prompt_tokens: Option<u32>,
+    pub shadow_completion_tokens: Option<u32>,
+    pub shadow_latency_ms: Option<u32>,
     pub healthy_members: Option<u32>,
     pub members: Vec<MemberMetrics>,
 }
@@ -141,10 +153,21 @@ impl Metrics {
             .iter()
             .map(|pool| {
                 let p = stat_segment(&pool.name);
+                let shadow = |name: &str, kind: u32| {
+                    pool.shadow.as_ref().and_then(|_| define(kind, &format!("switchboard.pool.{p}.shadow_{name}")))
+                };
                 PoolMetrics {
+                    shadow_requests: shadow("requests", abi::METRIC_COUNTER),
+                    shadow_failures: shadow("failures", abi::METRIC_COUNTER),
+                    shadow_prompt_tokens: shadow("prompt_tokens", abi::METRIC_COUNTER),
+                    shadow_completion_tokens: shadow("completion_tokens", abi::METRIC_COUNTER),
+                    shadow_latency_ms: shadow("latency_ms", abi::METRIC_HISTOGRAM),
                     requests: counter(format!("switchboard.pool.{p}.requests")),
                     failovers: counter(format!("switchboard.pool.{p}.failovers")),
                     exhausted: counter(format!("switchboard.pool.{p}.exhausted")),
+                    hedged: counter(format!("switchboard.pool.{p}.hedged")),
+                    hedge_wins: counter(format!("switchboard.pool.{p}.hedge_wins")),
+                    stream_idle_timeouts: counter(format!("switchboard.pool.{p}.stream_idle_timeouts")),
                     healthy_members: define(abi::METRIC_GAUGE, &format!("switchboard.pool.{p}.healthy_members")),
                     members: pool
                         .members
@@ -158,6 +181,11 @@ impl Metrics {
                                 failovers: counter(format!("{base}.failovers")),
                                 ejections: counter(format!("{base}.ejections")),
                                 restorations: counter(format!("{base}.restorations")),
+                                canary_rollbacks: if m.canary.is_some() {
+                                    counter(format!("{base}.canary_rollbacks"))
+                                } else {
+                                    None
+                                },
                             }
                         })
                         .collect(),
@@ -222,10 +250,10 @@ impl Metrics {
 
     /// Adds `n` to a request-end counter (handed to Envoy on the next tick);
     /// with 0 the stat still comes to exist, so a dashboard sees a zero.
-    pub fn add(&self, config: &Config, family: Family, labels: Labels, n: u64) {
+    pub fn count(&self, config: &Config, family: Family, labels: Labels, n: u64) {
         let id = self.request_stat(config, family, labels);
-        if let (Some(id), true) = (id, n > 0) {
-            *self.pending.borrow_mut().entry(id).or_insert(0) += i64::try_from(n).unwrap_or(i64::MAX);
+        if n > 0 {
+            self.add(id, n);
         }
     }
 
@@ -257,8 +285,12 @@ impl Metrics {
     }
 
     pub fn inc(&self, id: Option<u32>) {
+        self.add(id, 1);
+    }
+
+    pub fn add(&self, id: Option<u32>, n: u64) {
         if let Some(id) = id {
-            *self.pending.borrow_mut().entry(id).or_insert(0) += 1;
+            *self.pending.borrow_mut().entry(id).or_insert(0) += i64::try_from(n).unwrap_or(i64::MAX);
         }
     }
 

@@ -2,6 +2,7 @@
 //! headers and bodies, asks the pure modules what to do, and applies it.
 
 mod abi;
+mod canary_store;
 mod filter;
 mod health_store;
 mod learned_store;
@@ -11,7 +12,9 @@ mod observe;
 mod probes;
 mod root;
 mod runtime;
+mod shadow;
 mod tenant_store;
+mod wake;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

@@ -109,12 +109,12 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
         member: shown.map_or(Labels::NONE, |m| m.member),
         tenant: end.tenant.unwrap_or(Labels::NONE),
     };
-    metrics.add(config, Family::Requests(obs.status), labels, 1);
+    metrics.count(config, Family::Requests(obs.status), labels, 1);
     if let Some(t) = tokens {
-        metrics.add(config, Family::InputTokens, labels, t.prompt);
-        metrics.add(config, Family::OutputTokens, labels, t.completion);
-        metrics.add(config, Family::UsageEstimated, labels, u64::from(t.estimated));
-        metrics.add(config, Family::CostMicroUsd, labels, cost.unwrap_or(0));
+        metrics.count(config, Family::InputTokens, labels, t.prompt);
+        metrics.count(config, Family::OutputTokens, labels, t.completion);
+        metrics.count(config, Family::UsageEstimated, labels, u64::from(t.estimated));
+        metrics.count(config, Family::CostMicroUsd, labels, cost.unwrap_or(0));
     }
     if !obs.attempts.is_empty() {
         metrics.record(config, Family::Duration, labels, duration_ms);

@@ -2,6 +2,7 @@
 //! creates one HTTP context per request, and on each tick hands counters to
 //! Envoy, refreshes health gauges and runs the active probes.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -14,23 +15,53 @@ use super::filter::Filter;
 use super::metrics::set_gauge;
 use super::probes::Prober;
 use super::runtime::Runtime;
-use super::{abi, health_store};
+use super::{abi, health_store, shadow, wake};
+
+/// Counters, health gauges and probes run once a second, however finely the root ticks.
+const SLOW_TICK_MS: u64 = 1_000;
 
 pub struct Root {
+    context_id: u32,
     runtime: Option<Rc<Runtime>>,
     prober: Prober,
+    last_slow_tick_ms: u64,
+    tick_ms: u64,
 }
 
 impl Root {
-    pub fn new(_context_id: u32) -> Self {
-        Root { runtime: None, prober: Prober::new() }
+    pub fn new(context_id: u32) -> Self {
+        Root { context_id, runtime: None, prober: Prober::new(), last_slow_tick_ms: 0, tick_ms: SLOW_TICK_MS }
     }
 }
 
+/// Identifies a configuration's text (canary windows start afresh when it changes).
+fn fingerprint(raw: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(raw);
+    h.finish()
+}
+
+/// The tick period: requests' timers (hedges, stream idle limits) are
+/// checked on each tick, so a pool with one ticks at an eighth of its
+/// shortest (at least 20 ms); shadow copies leave on the tick after their
+/// request, within 100 ms; otherwise once a second.
+fn tick_period_ms(config: &Config) -> u64 {
+    let timers = config.pools.iter().flat_map(|p| [p.retry.hedge_after_ms, p.retry.stream_idle_timeout_ms]).flatten();
+    let shadows = config.pools.iter().filter(|p| p.shadow.is_some()).map(|_| SHADOW_TICK_MS);
+    timers.map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS)).chain(shadows).min().unwrap_or(SLOW_TICK_MS)
+}
+
+const SHADOW_TICK_MS: u64 = 100;
+
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, _body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
         if let Some(rt) = &self.runtime {
-            self.prober.on_response(rt, token_id, num_headers);
+            if !self.prober.on_response(rt, token_id, num_headers)
+                && !shadow::answered(rt, token_id, num_headers, body_size)
+            {
+                wake::call_answered(self.context_id, token_id, num_headers, body_size, num_trailers);
+            }
         }
     }
 }
@@ -53,14 +84,20 @@ impl RootContext for Root {
                     config.direct_models().count(),
                     config.providers.len()
                 );
+                let period = tick_period_ms(&config);
+                self.tick_ms = period;
                 match Runtime::new(config) {
-                    Ok(rt) => self.runtime = Some(Rc::new(rt)),
+                    Ok(mut rt) => {
+                        rt.canary_generation = fingerprint(&raw);
+                        rt.refresh_canaries();
+                        self.runtime = Some(Rc::new(rt));
+                    }
                     Err(e) => {
                         log::error!("switchboard: {e}");
                         return false;
                     }
                 }
-                if let Err(status) = abi::set_tick_period_ms(1_000) {
+                if let Err(status) = abi::set_tick_period_ms(period as u32) {
                     log::warn!("switchboard: cannot set tick period (status {status}); health gauges will not refresh");
                 }
                 true
@@ -75,7 +112,15 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(rt) = &self.runtime else { return };
         let Ok(now) = abi::now_ms() else { return };
+        wake::tick(self.context_id, now);
+        shadow::send_queued(rt, now);
+        // Finer ticks run the once-a-second work on the tick that completes a second.
+        if self.tick_ms < SLOW_TICK_MS && now.saturating_sub(self.last_slow_tick_ms) + self.tick_ms / 2 < SLOW_TICK_MS {
+            return;
+        }
+        self.last_slow_tick_ms = now;
         rt.flush_successes();
+        rt.refresh_canaries();
         rt.metrics.flush();
         for (index, pool) in rt.config.pools.iter().enumerate() {
             let healthy =
@@ -89,7 +134,9 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without a valid configuration Envoy refuses the plugin, so this is a fallback only.
-        Some(Box::new(Filter::new(context_id, self.runtime.clone())))
+        let filter = Rc::new(RefCell::new(Filter::new(context_id, self.runtime.clone())));
+        filter.borrow_mut().set_handle(Rc::downgrade(&filter));
+        Some(Box::new(wake::Shared(filter)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

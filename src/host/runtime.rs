@@ -15,13 +15,14 @@ use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan, R
 use crate::text;
 
 use super::metrics::Metrics;
-use super::{health_store, live_store};
+use super::{canary_store, health_store, live_store};
 
 /// What strategies see of members: health from the VM's cache, load and
 /// latency from shared data (read only for the strategies that use them).
 struct SharedStats<'c> {
     health: RefCell<std::cell::RefMut<'c, health_store::HealthCache>>,
     now: u64,
+    rolled_back: &'c [String],
 }
 
 impl LiveStats for SharedStats<'_> {
@@ -35,6 +36,10 @@ impl LiveStats for SharedStats<'_> {
 
     fn latency_ms(&self, member: &Member, kind: LatencyKind) -> Option<f64> {
         live_store::latency(&member.id).get(kind)
+    }
+
+    fn rolled_back(&self, member: &Member) -> bool {
+        self.rolled_back.contains(&member.id)
     }
 }
 
@@ -58,6 +63,10 @@ pub struct Runtime {
     /// Successes of healthy members not yet added to shared data (flushed on tick).
     pending_successes: RefCell<HashMap<String, u64>>,
     health: RefCell<health_store::HealthCache>,
+    /// Fingerprint of the configuration: canary windows are kept per configuration.
+    pub canary_generation: u64,
+    /// Canaries rolled back (member ids), as this VM last saw shared data.
+    rolled_back: RefCell<Vec<String>>,
 }
 
 impl Runtime {
@@ -92,6 +101,8 @@ impl Runtime {
             rng: RefCell::new(Rng::from_entropy()),
             pending_successes: RefCell::new(HashMap::default()),
             health: RefCell::new(health_store::HealthCache::default()),
+            canary_generation: 0,
+            rolled_back: RefCell::new(Vec::new()),
         }
     }
 
@@ -111,7 +122,8 @@ impl Runtime {
         let random = self.random();
         let mut cache = self.health.borrow_mut();
         cache.refresh();
-        let stats = SharedStats { health: RefCell::new(cache), now };
+        let rolled_back = self.rolled_back.borrow();
+        let stats = SharedStats { health: RefCell::new(cache), now, rolled_back: &rolled_back };
         let member = plan.next_member(&self.config, &stats, random)?;
         let (pool, m, _) = self.config.resolve(member)?;
         let health = stats.health.borrow_mut().get(&m.id);
@@ -147,6 +159,9 @@ impl Runtime {
         let Some(pool) = self.config.pool_at(pool_index) else { return false };
         let Some(member) = pool.members.get(member_index) else { return false };
         let failed = self.is_failure(picked.member, status);
+        if pool.members.iter().any(|m| m.canary.is_some()) {
+            self.count_canaries(pool_index, member_index, failed, now, request_id);
+        }
         let metrics = self.metrics.member(pool_index, member_index);
         let transition = if failed {
             self.metrics.inc(metrics.and_then(|m| m.failures));
@@ -185,6 +200,37 @@ impl Runtime {
             Transition::None => {}
         }
         failed
+    }
+
+    /// Counts an attempt in its pool's canary windows; a canary this rolls
+    /// back gets weight 0 on this worker now, on the others by their next tick.
+    fn count_canaries(&self, pool_index: usize, member_index: usize, failed: bool, now: u64, request_id: &str) {
+        let Some(pool) = self.config.pool_at(pool_index) else { return };
+        // A clean success is recorded without the clock.
+        let now = if now == 0 { super::abi::now_ms().unwrap_or(0) } else { now };
+        for (index, canary_rate, others_rate, requests) in
+            canary_store::record(self.canary_generation, pool, member_index, failed, now / 1000)
+        {
+            let Some(member) = pool.members.get(index) else { continue };
+            self.metrics.inc(self.metrics.member(pool_index, index).and_then(|m| m.canary_rollbacks));
+            log::warn!(
+                "switchboard[{request_id}]: canary {} rolled back (weight 0 until the configuration changes): \
+                 error rate {canary_rate:.2} over {requests} attempts, the pool's other members {others_rate:.2}",
+                member.id
+            );
+            self.rolled_back.borrow_mut().push(member.id.clone());
+        }
+    }
+
+    /// Tick: which canaries other workers rolled back.
+    pub fn refresh_canaries(&self) {
+        let canaries = self.config.pools.iter().flat_map(|p| &p.members).filter(|m| m.canary.is_some());
+        let mut rolled = self.rolled_back.borrow_mut();
+        for member in canaries {
+            if !rolled.contains(&member.id) && canary_store::rolled_back(self.canary_generation, &member.id) {
+                rolled.push(member.id.clone());
+            }
+        }
     }
 
     fn note_success(&self, member_id: &str) {

@@ -4,6 +4,7 @@
 //! No proxy-wasm calls; the host layer supplies time, randomness, headers,
 //! live member stats and storage.
 
+pub mod canary;
 pub mod exhausted;
 pub mod filter;
 pub mod health;

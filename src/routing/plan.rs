@@ -312,7 +312,7 @@ impl Plan {
             }
             let mut c = Candidate {
                 member: index,
-                weight: m.weight,
+                weight: if m.canary.is_some() && stats.rolled_back(m) { 0 } else { m.weight },
                 availability: stats.availability(m),
                 in_flight: 0,
                 latency_ms: None,

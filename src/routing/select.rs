@@ -31,6 +31,10 @@ pub trait LiveStats {
     fn latency_ms(&self, _member: &Member, _kind: LatencyKind) -> Option<f64> {
         None
     }
+    /// A canary that was rolled back has weight 0 whatever its configuration says.
+    fn rolled_back(&self, _member: &Member) -> bool {
+        false
+    }
 }
 
 /// Any `Fn(&Member) -> Availability` is stats with health only.
