@@ -66,6 +66,9 @@ def gw(obs_mock):
             **{f"only_{n}": {"max_response_tokens": 512, "members": [member(n)]} for n in KINDS},
             # The openai member is always tried first; azure is its standby.
             "failover": {"members": [member("openai"), member("azure", weight=0)]},
+            # openai is routed, compat hedges it after 200 ms.
+            "hedged": {"strategy": "priority", "hedge_after_ms": 200,
+                       "members": [member("openai", priority=0), member("compat", priority=1)]},
         },
         "tenants": {
             "team-a": {"keys_sha256": [sha(TENANT_KEYS["team-a"])]},
@@ -219,6 +222,18 @@ def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
         text = f.read()
     for secret in [secret_text, "mock reply", *TENANT_KEYS.values(), *KEYS.values(), "sk-wrong"]:
         assert secret not in text
+
+
+def test_a_hedged_request_lists_both_attempts_the_loser_unanswered(gw, obs_mock):
+    obs_mock.faults("openai", latency_ms=2000)
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("hedged"), headers=auth(), timeout=10)
+    assert r.status_code == 200 and r.headers["x-switchboard-member"] == "compat/llama-3.1-8b", r.text
+    line = lines_for(gw, [request_id(r)])[request_id(r)]
+    assert sorted((a["member"], a["status"]) for a in line["attempts"]) == [
+        ("compat/llama-3.1-8b", 200), ("openai/gpt-4o", 0)]
+    assert line["member"] == "compat/llama-3.1-8b" and line["status"] == 200
+    assert (line["prompt_tokens"], line["completion_tokens"]) == tuple(r.json()["usage"][k] for k in ("prompt_tokens", "completion_tokens"))
+    assert line["duration_ms"] >= 200
 
 
 def series(prom, name, labels):
