@@ -30,7 +30,9 @@ pub fn json_string_chars(raw: &str) -> impl Iterator<Item = char> + '_ {
 
 /// Word hashing: a word's lower-cased UTF-8 bytes, eight at a time (little
 /// endian; the last chunk zero-padded, word bytes are never zero), one
-/// multiply per chunk and a final mix per word.
+/// multiply per chunk. A multiply by an odd constant is a bijection, so words
+/// of up to eight bytes never collide, and its top bits (the phrase filter's
+/// index) depend on every byte: no final mix is needed.
 const HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const HASH_MUL: u64 = 0x517c_c1b7_2722_0a95;
 /// `| LOWER` lower-cases eight ASCII letters at once and leaves digits as they are.
@@ -39,12 +41,6 @@ const LOWER: u64 = 0x2020_2020_2020_2020;
 #[inline(always)]
 fn mix(hash: u64, chunk: u64) -> u64 {
     (hash.rotate_left(5) ^ chunk).wrapping_mul(HASH_MUL)
-}
-
-#[inline(always)]
-fn finish(hash: u64) -> u64 {
-    let h = (hash ^ (hash >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^ (h >> 29)
 }
 
 /// The hash of the ASCII word (letters and digits only) at `text[start..end]`,
@@ -64,7 +60,7 @@ pub(crate) fn ascii_word_hash(text: &[u8], start: usize, end: usize) -> u64 {
         hash = mix(hash, (raw | LOWER) & mask);
         at += 8;
     }
-    finish(hash)
+    hash
 }
 
 /// One step of reading a JSON string body: an ASCII byte (the common case,
@@ -192,7 +188,7 @@ impl WordHasher {
             if self.pending_len > 0 {
                 self.hash = mix(self.hash, self.pending);
             }
-            word(finish(self.hash));
+            word(self.hash);
             *self = WordHasher::new();
         }
     }
