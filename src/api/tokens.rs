@@ -11,7 +11,7 @@
 //! (`\n`, `\"`, `\u00e9`) count as the character they stand for, so no
 //! decoded copy is made.
 
-use crate::text::{for_first_unit, Unit};
+use crate::text::{for_first_unit, PhraseScan, Unit, WordSpan};
 
 /// Tokens charged per image part, whatever its size: a 512x512 tile at OpenAI's
 /// high detail (85 base + 170 per tile); larger images cost more upstream.
@@ -33,6 +33,14 @@ enum Class {
     Wide,
 }
 
+impl Class {
+    /// Letters and digits: what keyword matching counts as word characters.
+    #[inline(always)]
+    fn is_alphanumeric(self) -> bool {
+        matches!(self, Class::Letter | Class::Upper | Class::Digit)
+    }
+}
+
 const fn ascii_class(b: u8) -> Class {
     match b {
         b'a'..=b'z' => Class::Letter,
@@ -44,17 +52,25 @@ const fn ascii_class(b: u8) -> Class {
     }
 }
 
-/// Classes of the ASCII bytes, so the common case is one table read.
+/// Byte classes for plain text and for JSON string bodies (where `\\` starts
+/// an escape): `None` for bytes that need decoding, so the common case is
+/// one table read per byte.
 #[allow(clippy::indexing_slicing)] // compile time: an out-of-range index fails the build
-const ASCII_CLASSES: [Class; 128] = {
-    let mut table = [Class::Punct; 128];
+const fn byte_classes(json: bool) -> [Option<Class>; 256] {
+    let mut table = [None; 256];
     let mut b = 0u8;
     while b < 128 {
-        table[b as usize] = ascii_class(b);
+        table[b as usize] = Some(ascii_class(b));
         b += 1;
     }
+    if json {
+        table[b'\\' as usize] = None;
+    }
     table
-};
+}
+
+const TEXT_CLASSES: [Option<Class>; 256] = byte_classes(false);
+const JSON_CLASSES: [Option<Class>; 256] = byte_classes(true);
 
 fn char_class(c: char) -> Class {
     match c {
@@ -65,6 +81,41 @@ fn char_class(c: char) -> Class {
         c if c.is_alphabetic() => Class::Letter,
         c if c.is_whitespace() => Class::Space,
         _ => Class::Punct,
+    }
+}
+
+/// Who hears the words of the text being counted, by where runs start.
+trait Words {
+    /// A letter or digit at byte `at`; `plain` when it is one ASCII byte.
+    fn letter(&mut self, at: usize, plain: bool);
+    /// A separator at byte `at` of `text`, or its end.
+    fn separator(&mut self, text: &str, at: usize);
+}
+
+/// Nobody: the plain estimate, where all of this compiles away.
+struct NoWords;
+
+impl Words for NoWords {
+    #[inline(always)]
+    fn letter(&mut self, _: usize, _: bool) {}
+    #[inline(always)]
+    fn separator(&mut self, _: &str, _: usize) {}
+}
+
+/// A router's keywords, matched in the same pass.
+struct Scanning<'a, 's, 'f> {
+    span: WordSpan,
+    scan: &'a mut PhraseScan<'s, 'f>,
+}
+
+impl Words for Scanning<'_, '_, '_> {
+    #[inline(always)]
+    fn letter(&mut self, at: usize, plain: bool) {
+        self.span.letter(at, plain);
+    }
+    #[inline(always)]
+    fn separator(&mut self, text: &str, at: usize) {
+        self.span.end(text, at, self.scan);
     }
 }
 
@@ -100,29 +151,44 @@ impl TokenCounter {
 
     /// Adds a plain string.
     pub fn add_text(&mut self, text: &str) {
-        self.add(text, false);
+        self.add(text, false, &mut NoWords);
     }
 
     /// Adds the body of a JSON string literal (between the quotes, escapes included).
     pub fn add_json_string(&mut self, raw: &str) {
-        self.add(raw, true);
+        self.add(raw, true, &mut NoWords);
+    }
+
+    /// [`TokenCounter::add_json_string`] that also feeds the text's words to
+    /// `scan` (as one text), so routing rules' keywords cost no second pass.
+    pub fn add_json_string_scanning(&mut self, raw: &str, scan: &mut PhraseScan<'_, '_>) {
+        scan.start_text();
+        self.add(raw, true, &mut Scanning { span: WordSpan::new(), scan });
     }
 
     /// ASCII bytes are classified by table in one tight loop; escapes (when
-    /// `json`) and multi-byte characters go one unit at a time.
-    fn add(&mut self, text: &str, json: bool) {
+    /// `json`) and multi-byte characters go one unit at a time. `words` hears
+    /// where runs start (letters and digits, or separators).
+    #[inline]
+    fn add(&mut self, text: &str, json: bool, words: &mut impl Words) {
         let bytes = text.as_bytes();
+        let classes = if json { &JSON_CLASSES } else { &TEXT_CLASSES };
         let mut rest = bytes.iter();
         // The current run in locals: the loop touches memory only where a run ends.
         let (mut prev, mut run) = (self.prev, self.run);
         while let Some(&b) = rest.next() {
-            if b < 0x80 && !(json && b == b'\\') {
-                let class = ASCII_CLASSES.get(usize::from(b)).copied().unwrap_or(Class::Punct);
+            if let Some(class) = classes.get(usize::from(b)).copied().flatten() {
                 if class as u8 == prev as u8 {
                     run += 1;
                     continue;
                 }
                 (self.prev, self.run) = (prev, run);
+                let at = bytes.len() - rest.as_slice().len() - 1;
+                if class.is_alphanumeric() {
+                    words.letter(at, true);
+                } else {
+                    words.separator(text, at);
+                }
                 self.push_run(class, 1, 0);
                 (prev, run) = (self.prev, self.run);
                 continue;
@@ -131,18 +197,27 @@ impl TokenCounter {
             let at = bytes.len() - rest.as_slice().len() - 1;
             let tail = text.get(at..).unwrap_or_default();
             let mut used = 0;
+            let mut unit = |unit: Unit, counter: &mut TokenCounter| {
+                if unit.is_word() {
+                    words.letter(at, false);
+                } else {
+                    words.separator(text, at);
+                }
+                match unit {
+                    Unit::Ascii(b) => counter.push_run(ascii_class(b), 1, 0),
+                    Unit::Char(c) => counter.push_char(c),
+                }
+            };
             if json {
-                for_first_unit(tail, &mut used, |unit| match unit {
-                    Unit::Ascii(b) => self.push_run(ascii_class(b), 1, 0),
-                    Unit::Char(c) => self.push_char(c),
-                });
+                for_first_unit(tail, &mut used, |u| unit(u, self));
             } else if let Some(c) = tail.chars().next() {
                 used = c.len_utf8();
-                self.push_char(c);
+                unit(Unit::Char(c), self);
             }
             rest = bytes.get(at + used.max(1)..).unwrap_or_default().iter();
             (prev, run) = (self.prev, self.run);
         }
+        words.separator(text, bytes.len());
         (self.prev, self.run) = (prev, run);
         self.end_piece();
     }

@@ -127,14 +127,14 @@ impl Plan {
 
     /// As [`Plan::for_request`]; `missed(router, rule, why)` hears why each
     /// rule before the chosen one did not match (explanations).
-    pub fn build(
-        config: &Config,
-        input: RouteInput<'_, '_>,
+    pub fn build<'r>(
+        config: &'r Config,
+        input: RouteInput<'r, '_>,
         now_ms: u64,
-        mut missed: impl FnMut(usize, usize, Miss),
+        mut missed: impl FnMut(usize, usize, Miss<'r>),
     ) -> Result<Plan, ApiError> {
         let request = input.request;
-        let resolve = |name: &str, missed: &mut dyn FnMut(usize, usize, Miss)| match config.target(name)? {
+        let resolve = |name: &str, missed: &mut dyn FnMut(usize, usize, Miss<'r>)| match config.target(name)? {
             Target::Pool(p) => Some((p, None)),
             Target::Router(r) => {
                 let router = config.router_at(r)?;
@@ -404,19 +404,25 @@ mod tests {
     use crate::api::Endpoint;
     use crate::config::tests::ENV;
 
+    /// A configuration with providers `a` and `b` and the given pools (and more top-level entries).
+    fn two_providers(pools_and_more: &str) -> Config {
+        let json = format!(
+            r#"{{"providers": {{
+                  "a": {{"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}},
+                  "b": {{"cluster": "b", "host": "b", "api_key_env": "BETA_KEY"}}
+                }}, {pools_and_more}}}"#
+        );
+        Config::parse(json.as_bytes(), &ENV).unwrap()
+    }
+
     fn config() -> Config {
-        let json = r#"{
-          "providers": {
-            "a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"},
-            "b": {"cluster": "b", "host": "b", "api_key_env": "BETA_KEY"}
-          },
-          "pools": {
+        two_providers(
+            r#""pools": {
             "main": {"members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}], "max_attempts": 2, "fallback_pools": ["backup"]},
             "backup": {"members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m3"}]},
             "other": {"members": [{"provider": "b", "model": "m4"}]}
-          }
-        }"#;
-        Config::parse(json.as_bytes(), &ENV).unwrap()
+          }"#,
+        )
     }
 
     fn plan_for(cfg: &Config, body: &str) -> Result<Plan, ApiError> {
@@ -494,12 +500,8 @@ mod tests {
     }
 
     fn facts_config() -> Config {
-        let json = r#"{
-          "providers": {
-            "a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"},
-            "b": {"cluster": "b", "host": "b", "api_key_env": "BETA_KEY"}
-          },
-          "pools": {
+        two_providers(
+            r#""pools": {
             "small": {"members": [
                 {"provider": "a", "model": "s8k", "context_window": 8000, "capabilities": [], "tags": ["eu"]},
                 {"provider": "b", "model": "s8k-vision", "context_window": 8000, "capabilities": ["vision"]}
@@ -514,9 +516,8 @@ mod tests {
           "routers": {"auto": {"rules": [
               {"name": "images", "when": {"has_images": true}, "pool": "small"},
               {"name": "confidential", "when": {"header": {"name": "x-data-class", "equals": "confidential"}}, "pool": "tiers"}
-            ], "default": "tiny"}}
-        }"#;
-        Config::parse(json.as_bytes(), &ENV).unwrap()
+            ], "default": "tiny"}}"#,
+        )
     }
 
     fn prompt_of(words: usize) -> String {
@@ -637,11 +638,9 @@ mod tests {
 
     #[test]
     fn live_stats_reach_the_strategy() {
-        let json = r#"{
-          "providers": {"a": {"cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}, "b": {"cluster": "b", "host": "b", "api_key_env": "BETA_KEY"}},
-          "pools": {"p": {"strategy": "least_busy", "members": [{"provider": "a", "model": "m1", "weight": 100}, {"provider": "b", "model": "m2"}]}}
-        }"#;
-        let cfg = Config::parse(json.as_bytes(), &ENV).unwrap();
+        let cfg = two_providers(
+            r#""pools": {"p": {"strategy": "least_busy", "members": [{"provider": "a", "model": "m1", "weight": 100}, {"provider": "b", "model": "m2"}]}}"#,
+        );
         for r in 0..20 {
             let mut plan = plan_for(&cfg, r#"{"model":"p","messages":[]}"#).unwrap();
             assert_eq!(cfg.member(plan.next_member(&cfg, &Busy, r).unwrap()).unwrap().id, "b/m2");

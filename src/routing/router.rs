@@ -4,8 +4,9 @@
 use std::cell::OnceCell;
 use std::fmt;
 
-use crate::api::request::ParsedRequest;
+use crate::api::request::{Content, ParsedRequest};
 use crate::config::{Conditions, Cutoff, HeaderTest, Learned, Router};
+use crate::text::PhraseSet;
 
 /// Request headers the routing stage reads (rule `header` conditions,
 /// `x-switchboard-require-tags`), looked up by lower-case name.
@@ -88,20 +89,21 @@ impl RouteChoice {
     }
 }
 
-/// The first condition of a rule that did not hold.
+/// The first condition of a rule that did not hold, borrowing the rule's and
+/// the request's text (made for every rule passed over: no allocation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Miss {
-    Header { name: String, value: Option<String> },
+pub enum Miss<'r> {
+    Header { name: &'r str, value: Option<&'r str> },
     HasImages { images: u32 },
     HasTools { has_tools: bool },
     Stream { stream: bool },
     MinPromptTokens { min: u32, estimate: u32 },
     MaxPromptTokens { max: u32, estimate: u32 },
     Keywords,
-    Metadata { key: String, value: Option<String> },
+    Metadata { key: &'r str, value: Option<&'r str> },
 }
 
-impl fmt::Display for Miss {
+impl fmt::Display for Miss<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Miss::Header { name, value: None } => write!(f, "header {name} absent"),
@@ -120,24 +122,17 @@ impl fmt::Display for Miss {
 
 /// Chooses the router's pool for a request. `missed(rule, why)` is called
 /// for every rule before the one chosen (explanations; a no-op in the filter).
-pub fn route(
+pub fn route<'r>(
     router_index: usize,
-    router: &Router,
-    request: &ParsedRequest<'_>,
-    headers: Headers<'_>,
+    router: &'r Router,
+    request: &'r ParsedRequest<'_>,
+    headers: Headers<'r>,
     scorer: Option<&dyn LearnedScorer>,
-    mut missed: impl FnMut(usize, Miss),
+    mut missed: impl FnMut(usize, Miss<'r>),
 ) -> RouteChoice {
-    let found: OnceCell<Vec<u64>> = OnceCell::new();
-    let keywords = || {
-        found.get_or_init(|| {
-            let mut bits = vec![0u64; router.keywords.set.len().div_ceil(64)];
-            router.keywords.set.find(request.content().user_text.iter().copied(), &mut bits);
-            bits
-        })
-    };
+    let messages = Messages { request, phrases: &router.keywords.set, found: OnceCell::new() };
     for (i, rule) in router.rules.iter().enumerate() {
-        match first_miss(&rule.when, request, headers, &keywords) {
+        match first_miss(&rule.when, request, headers, &messages) {
             None => return RouteChoice { router: router_index, via: Via::Rule(i), pool: rule.pool },
             Some(miss) => missed(i, miss),
         }
@@ -170,12 +165,38 @@ pub fn route(
     }
 }
 
-fn first_miss<'k>(
-    when: &Conditions,
-    request: &ParsedRequest<'_>,
-    headers: Headers<'_>,
-    keywords: &dyn Fn() -> &'k Vec<u64>,
-) -> Option<Miss> {
+/// What rules read from the request's messages, read on first use. With
+/// keyword rules, the prompt estimate and the keywords come from one pass.
+struct Messages<'r, 'a> {
+    request: &'r ParsedRequest<'a>,
+    phrases: &'r PhraseSet,
+    found: OnceCell<Vec<u64>>,
+}
+
+impl<'a> Messages<'_, 'a> {
+    fn content(&self) -> &Content<'a> {
+        if !self.phrases.is_empty() {
+            self.keywords();
+        }
+        self.request.content()
+    }
+
+    /// Which of the router's keywords occur, as bits (see [`PhraseSet::find`]).
+    fn keywords(&self) -> &[u64] {
+        self.found.get_or_init(|| {
+            let mut bits = vec![0u64; self.phrases.len().div_ceil(64)];
+            self.request.content_and_phrases(self.phrases, &mut bits);
+            bits
+        })
+    }
+}
+
+fn first_miss<'r>(
+    when: &'r Conditions,
+    request: &'r ParsedRequest<'_>,
+    headers: Headers<'r>,
+    messages: &Messages<'_, '_>,
+) -> Option<Miss<'r>> {
     if let Some(h) = &when.header {
         let value = headers.header(&h.name);
         let holds = match &h.test {
@@ -183,7 +204,7 @@ fn first_miss<'k>(
             HeaderTest::Present(present) => value.is_some() == *present,
         };
         if !holds {
-            return Some(Miss::Header { name: h.name.clone(), value: value.map(str::to_string) });
+            return Some(Miss::Header { name: &h.name, value });
         }
     }
     if let Some(want) = when.stream {
@@ -199,30 +220,30 @@ fn first_miss<'k>(
     for (key, expected) in &when.metadata {
         let value = request.metadata_value(key);
         if value != Some(expected.as_str()) {
-            return Some(Miss::Metadata { key: key.clone(), value: value.map(str::to_string) });
+            return Some(Miss::Metadata { key, value });
         }
     }
     // Conditions that read the messages come last, so cheap ones can rule first.
     if let Some(want) = when.has_images {
-        let images = request.content().images;
+        let images = messages.content().images;
         if (images > 0) != want {
             return Some(Miss::HasImages { images });
         }
     }
     if let Some(min) = when.min_prompt_tokens {
-        let estimate = request.content().prompt_tokens;
+        let estimate = messages.content().prompt_tokens;
         if estimate < min {
             return Some(Miss::MinPromptTokens { min, estimate });
         }
     }
     if let Some(max) = when.max_prompt_tokens {
-        let estimate = request.content().prompt_tokens;
+        let estimate = messages.content().prompt_tokens;
         if estimate > max {
             return Some(Miss::MaxPromptTokens { max, estimate });
         }
     }
     if !when.any_keywords.is_empty() {
-        let found = keywords();
+        let found = messages.keywords();
         let any = when.any_keywords.iter().any(|&k| found.get(k / 64).is_some_and(|bits| bits & (1 << (k % 64)) != 0));
         if !any {
             return Some(Miss::Keywords);
@@ -259,13 +280,16 @@ mod tests {
         config(&format!(r#"{{"rules": [{{"name": "r", "when": {when}, "pool": "special"}}], "default": "general"}}"#))
     }
 
-    /// Whether the single rule matches the request, and why not.
-    fn matches(cfg: &Config, body: &str, headers: &[(&str, &str)]) -> Result<(), Miss> {
+    /// Whether the single rule matches the request, and why not (the request
+    /// is leaked so the miss can borrow from it).
+    fn matches<'t>(cfg: &'t Config, body: &str, headers: &'t [(&'t str, &'t str)]) -> Result<(), Miss<'t>> {
         let Some(Target::Router(r)) = cfg.target("auto") else { panic!("no router") };
         let router = cfg.router_at(r).unwrap();
-        let req = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        let body: &'static str = Box::leak(body.to_string().into_boxed_str());
+        let req = Box::leak(Box::new(ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap()));
         let mut misses = Vec::new();
-        let choice = route(r, router, &req, &headers, None, |_, m| misses.push(m));
+        let headers: &'t &'t [(&'t str, &'t str)] = Box::leak(Box::new(headers));
+        let choice = route(r, router, req, headers, None, |_, m| misses.push(m));
         match choice.via {
             Via::Rule(0) => {
                 assert_eq!(choice.pool, cfg.pool("special").unwrap().0);
@@ -287,7 +311,7 @@ mod tests {
         assert_eq!(matches(&cfg, PLAIN, &[("x-data-class", "confidential")]), Ok(()));
         assert_eq!(
             matches(&cfg, PLAIN, &[("x-data-class", "public")]),
-            Err(Miss::Header { name: "x-data-class".into(), value: Some("public".into()) })
+            Err(Miss::Header { name: "x-data-class", value: Some("public") })
         );
         let cfg = one_rule(r#"{"header": {"name": "x-beta", "present": true}}"#);
         assert_eq!(matches(&cfg, PLAIN, &[("x-beta", "")]), Ok(()));
@@ -340,7 +364,7 @@ mod tests {
         assert_eq!(matches(&cfg, r#"{"model":"auto","messages":[],"metadata":{"team":"ml","x":"y"}}"#, &[]), Ok(()));
         assert_eq!(
             matches(&cfg, r#"{"model":"auto","messages":[],"metadata":{"team":"web"}}"#, &[]),
-            Err(Miss::Metadata { key: "team".into(), value: Some("web".into()) })
+            Err(Miss::Metadata { key: "team", value: Some("web") })
         );
     }
 
