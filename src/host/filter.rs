@@ -30,7 +30,7 @@ use crate::providers::{
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
 use crate::routing::{exhausted, Availability, NativeOnly, Plan, RouteInput};
-use crate::tenant::limits::{rate_headers, Refusal, Window, WINDOW_S};
+use crate::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
 use super::learned_store::{self, Decided, Feedback, Scorer};
@@ -393,17 +393,16 @@ impl Filter {
             rt.metrics.tenant_refused(index, matches!(r, Refusal::Budget { .. }));
             refusal_error(tenant, r)
         };
-        tenant_store::check_budget(tenant, now_s).map_err(refused)?;
-        admission.parallel_held = tenant_store::take_parallel(tenant).map_err(refused)?;
         let (prompt_estimate, expected_output) = expected_tokens(parsed, body_len);
         let reserve = prompt_estimate.saturating_add(expected_output);
         admission.reserved_output = expected_output;
         match tenant_store::admit(tenant, now_s, reserve) {
-            Ok(window) => {
-                if let Some(w) = window {
+            Ok(state) => {
+                if let Some(state) = state {
+                    admission.parallel_held = tenant.max_parallel.is_some();
                     admission.reserved = reserve;
-                    admission.window_start_s = w.start_s;
-                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &w, now_s);
+                    admission.window_start_s = state.window.start_s;
+                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &state.window, now_s);
                 }
                 if tenant.tpm.is_some() || tenant.budget.is_some() {
                     self.answer_tail = Some(usage::Tail::default());
@@ -411,9 +410,6 @@ impl Filter {
                 Ok(())
             }
             Err(r) => {
-                if std::mem::take(&mut admission.parallel_held) {
-                    tenant_store::release_parallel(tenant);
-                }
                 if let Refusal::Requests { retry_after_s } | Refusal::Tokens { retry_after_s } = r {
                     // What was exhausted reads 0 remaining, until the window turns.
                     let full = Window {
@@ -1304,32 +1300,31 @@ impl Filter {
     fn release_tenant(&mut self, rt: &Runtime) {
         let Some(admission) = self.tenant.take() else { return };
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
-        if admission.parallel_held {
-            tenant_store::release_parallel(tenant);
-        }
-        if tenant.tpm.is_none() && tenant.budget.is_none() {
-            return;
-        }
+        let mut end = Settlement { parallel_held: admission.parallel_held, ..Settlement::default() };
         let now_s = self.now_ms() / 1000;
         let usage = self.answer_usage();
-        match usage {
-            Some((prompt, completion)) => {
-                let actual = prompt.saturating_add(completion);
-                tenant_store::correct(tenant, now_s, admission.window_start_s, admission.reserved, actual);
+        if tenant.tpm.is_some() || tenant.budget.is_some() {
+            match usage {
+                Some((prompt, completion)) => {
+                    end.tokens =
+                        Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
+                }
+                None => log::info!(
+                    "switchboard[{}]: no usage in the answer; tenant {} keeps its estimate of {} tokens",
+                    self.request_id,
+                    tenant.name,
+                    admission.reserved
+                ),
             }
-            None => log::info!(
-                "switchboard[{}]: no usage in the answer; tenant {} keeps its estimate of {} tokens",
-                self.request_id,
-                tenant.name,
-                admission.reserved
-            ),
         }
         // Spend: the serving member's prices times the real usage, else the estimate.
         let served = self.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
         if let (Some(served), Some(_)) = (served, &tenant.budget) {
             let estimate = (admission.reserved.saturating_sub(admission.reserved_output), admission.reserved_output);
-            let micro = observe::member_cost(rt, served.at(), usage.unwrap_or(estimate)).unwrap_or(0);
-            tenant_store::add_spend(tenant, now_s, micro);
+            end.spend_micro_usd = observe::member_cost(rt, served.at(), usage.unwrap_or(estimate)).unwrap_or(0);
+        }
+        if end != Settlement::default() {
+            tenant_store::settle(tenant, now_s, &end);
         }
     }
 

@@ -8,7 +8,7 @@
 //! - `max_parallel`: requests in flight.
 //! - budgets: spend in micro-USD per UTC day or month.
 
-use super::BudgetPeriod;
+use super::{BudgetPeriod, Tenant};
 
 pub const WINDOW_S: u64 = 60;
 
@@ -228,12 +228,121 @@ pub fn rate_headers(rpm: Option<u32>, tpm: Option<u64>, window: &Window, now_s: 
     out
 }
 
+/// Everything counted for one tenant, in one shared-data entry: admitting a
+/// request is one read and one compare-and-swap, and so is settling it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantState {
+    pub window: Window,
+    pub in_flight: u32,
+    pub spend: Spend,
+}
+
+/// How a request that was admitted ended, for `TenantState::settle`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// It held a parallel slot.
+    pub parallel_held: bool,
+    /// Its token reservation (window start, tokens reserved) and the real usage.
+    pub tokens: Option<(u64, u64, u64)>,
+    /// Its cost in micro-USD, for the budget.
+    pub spend_micro_usd: u64,
+}
+
+impl TenantState {
+    const ENCODED_LEN: usize = Window::ENCODED_LEN + 4 + 16;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        put(&mut out, 0, &self.window.encode());
+        put(&mut out, Window::ENCODED_LEN, &self.in_flight.to_le_bytes());
+        put(&mut out, Window::ENCODED_LEN + 4, &self.spend.encode());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> TenantState {
+        let at = Window::ENCODED_LEN;
+        match (bytes.get(at..at + 4).and_then(|b| b.try_into().ok()), bytes.get(at + 4..)) {
+            (Some(in_flight), Some(spend)) => TenantState {
+                window: Window::decode(bytes),
+                in_flight: u32::from_le_bytes(in_flight),
+                spend: Spend::decode(spend),
+            },
+            _ => TenantState::default(),
+        }
+    }
+
+    /// Admits one request reserving `tokens`, checking the budget, then
+    /// requests in flight, then this minute's requests and tokens.
+    pub fn admit(self, tenant: &Tenant, now_s: u64, tokens: u64) -> Result<TenantState, Refusal> {
+        if let Some(budget) = &tenant.budget {
+            self.spend.check(now_s, budget.per, budget.limit_usd)?;
+        }
+        let in_flight = match tenant.max_parallel {
+            Some(max) => admit_parallel(self.in_flight, max)?,
+            None => self.in_flight,
+        };
+        let window = self.window.admit(now_s, tenant.rpm, tenant.tpm, tokens)?;
+        Ok(TenantState { window, in_flight, spend: self.spend })
+    }
+
+    /// A request ended: its slot is free, its reservation becomes its usage,
+    /// its cost counts against the budget.
+    pub fn settle(self, tenant: &Tenant, now_s: u64, end: &Settlement) -> TenantState {
+        let in_flight = if end.parallel_held { self.in_flight.saturating_sub(1) } else { self.in_flight };
+        let window = match end.tokens {
+            Some((reserved_in_s, reserved, actual)) => self.window.correct(now_s, reserved_in_s, reserved, actual),
+            None => self.window,
+        };
+        let spend = match &tenant.budget {
+            Some(budget) if end.spend_micro_usd > 0 => self.spend.add(now_s, budget.per, end.spend_micro_usd),
+            _ => self.spend,
+        };
+        TenantState { window, in_flight, spend }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    fn limited() -> Tenant {
+        Tenant {
+            name: "t".into(),
+            key_hashes: Vec::new(),
+            allow: None,
+            rpm: Some(2),
+            tpm: Some(1_000),
+            max_parallel: Some(1),
+            budget: Some(crate::tenant::Budget { per: BudgetPeriod::Day, limit_usd: 1.0 }),
+        }
+    }
+
+    #[test]
+    fn one_state_admits_checks_every_limit_and_settles() {
+        let tenant = limited();
+        let now = 1_700_000_020;
+        let s = TenantState::default().admit(&tenant, now, 300).unwrap();
+        assert_eq!((s.in_flight, s.window.requests, s.window.tokens), (1, 1, 300));
+        assert_eq!(TenantState::decode(&s.encode()), s);
+        // One in flight is the limit: a second is refused before it counts.
+        assert_eq!(s.admit(&tenant, now, 300), Err(Refusal::Parallel));
+        let end =
+            Settlement { parallel_held: true, tokens: Some((s.window.start_s, 300, 120)), spend_micro_usd: 1_000_000 };
+        let s = s.settle(&tenant, now + 1, &end);
+        assert_eq!((s.in_flight, s.window.tokens, s.spend.micro_usd), (0, 120, 1_000_000));
+        // The budget ($1) is spent: refused until the day turns.
+        assert!(matches!(s.admit(&tenant, now + 1, 10), Err(Refusal::Budget { .. })));
+        let unlimited_spend = Tenant { budget: None, ..limited() };
+        let s = s.admit(&unlimited_spend, now + 1, 10).unwrap();
+        assert_eq!(
+            s.admit(&Tenant { max_parallel: None, ..unlimited_spend }, now + 1, 10),
+            Err(Refusal::Requests { retry_after_s: 19 })
+        );
+        assert_eq!(TenantState::decode(b"short"), TenantState::default());
+    }
 
     #[test]
     fn rpm_admits_exactly_the_limit_per_minute() {
