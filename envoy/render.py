@@ -43,6 +43,17 @@ def cluster(name, spec):
     return c
 
 
+def vm_config(wasm_path, env_keys):
+    # The upstream filter must have the very same vm_config: Envoy then runs
+    # both plugins in one VM per worker, which is how they share a try's state.
+    return {
+        "vm_id": "switchboard",
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": wasm_path}},
+        "environment_variables": {"host_env_keys": sorted(env_keys)},
+    }
+
+
 def wasm_filter(plugin_config, wasm_path, env_keys):
     return {
         "name": "switchboard",
@@ -55,18 +66,34 @@ def wasm_filter(plugin_config, wasm_path, env_keys):
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": json.dumps(plugin_config),
                 },
-                "vm_config": {
-                    "vm_id": "switchboard",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm_path}},
-                    "environment_variables": {"host_env_keys": sorted(env_keys)},
-                },
+                "vm_config": vm_config(wasm_path, env_keys),
                 # Required so the filter can hold the headers until it has read the body.
                 "allow_on_headers_stop_iteration": True,
                 "fail_open": False,
             },
         },
     }
+
+
+def upstream_filters(wasm_path, env_keys):
+    """The router's upstream filters for failover that keeps streaming: the
+    same .wasm as root "switchboard_upstream" (per try: a failed attempt of
+    a stream becomes a 307 the route's internal redirect policy replays),
+    then the codec filter Envoy requires last."""
+    return [
+        {"name": "switchboard_upstream", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "switchboard_upstream", "root_id": "switchboard_upstream",
+                       "vm_config": vm_config(wasm_path, env_keys), "fail_open": False}}},
+        {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
+    ]
+
+
+def internal_redirect_policy(max_redirects):
+    """Replays a request the upstream filter redirected (307 only: it keeps
+    method and body) through the filter chain, up to `max_redirects` times a request."""
+    return {"max_internal_redirects": max_redirects, "redirect_response_codes": [307]}
 
 
 def secret_env_keys(plugin_config):
@@ -122,16 +149,24 @@ def cors_policy(origins):
 
 
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
-              cors_origins=("*",)):
+              cors_origins=("*",), stream_failover=True, max_internal_redirects=10):
+    """`stream_failover`: the upstream filter and internal redirect policy
+    that let a failed-over stream reach the client as it is produced (off:
+    failed-over streams arrive as one body, through the filter's HTTP calls)."""
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
     if with_wasm:
         filters.append(wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config)))
-    filters.append({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    router = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    redirects = with_wasm and stream_failover
+    if redirects:
+        router["upstream_http_filters"] = upstream_filters(wasm_path, secret_env_keys(plugin_config))
+    filters.append({"name": "envoy.filters.http.router", "typed_config": router})
     if with_wasm:
         route = {"cluster_header": header, "timeout": "600s"}
+        if redirects:
+            route["internal_redirect_policy"] = internal_redirect_policy(max_internal_redirects)
     else:
         # Plain Envoy baseline for benchmarks: a static route to the first cluster.
         route = {"cluster": next(iter(clusters)), "timeout": "600s"}
@@ -188,6 +223,8 @@ def main(argv=None):
     ap.add_argument("--no-wasm", action="store_true", help="plain Envoy baseline (benchmarks)")
     ap.add_argument("--cors-origin", action="append", default=None,
                     help="origin allowed for browser clients (repeat; default any: *; 'none' disables CORS)")
+    ap.add_argument("--no-stream-failover", action="store_true",
+                    help="no upstream filter / internal redirects: failed-over streams arrive as one body")
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     with open(args.plugin_config) as f:
@@ -195,7 +232,7 @@ def main(argv=None):
     clusters = dict(c.split("=", 1) for c in args.cluster)
     origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")
     doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address,
-                    origins)
+                    origins, stream_failover=not args.no_stream_failover)
     text = json.dumps(doc, indent=2)
     if args.output == "-":
         sys.stdout.write(text + "\n")

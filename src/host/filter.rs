@@ -24,14 +24,16 @@ use crate::doors::{messages, Door, DoorAnswer, DoorError};
 use crate::providers::{build_request, stream_include_usage, BuildContext, ResponseAdapter, UpstreamRequest};
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
-use crate::routing::{exhausted, Availability, Plan, RouteInput};
+use crate::routing::{exhausted, redirect, Availability, Plan, RouteInput};
 use crate::tenant::limits::{cost_micro_usd, rate_headers, Refusal, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
 use super::learned_store::{self, Decided, Feedback, Scorer};
 use super::runtime::{Picked, Runtime};
-use super::{abi, health_store, live_store, tenant_store};
+use super::{abi, health_store, live_store, tenant_store, upstream};
 use crate::config::MemberRef;
+
+mod replay;
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
@@ -54,10 +56,17 @@ struct Attempt {
 enum State {
     /// Waiting for the request body.
     Reading,
+    /// Envoy replays the request after a failed attempt (internal redirect):
+    /// waiting for its body to point it at the next member. `headers`: the
+    /// header map as replayed (the previous attempt's rewrite).
+    Replayed { headers: Vec<u8> },
     /// Sent through Envoy's router; waiting for the response headers.
     Routed(Attempt),
     /// Nothing left to do: the response passes through.
     Passing,
+    /// A translated stream, headers held until its first event proves it
+    /// readable (else it fails over); `fed`: body bytes already translated.
+    Priming { attempt: Attempt, status: u16, fed: usize },
     /// A successful answer on its way to the client (a stream of a translated
     /// kind is translated chunk by chunk). The attempt is recorded when the
     /// body ends, or in `on_log` if it never does: an answer cut off by the
@@ -70,6 +79,9 @@ enum State {
     Failover { attempt: Attempt, call: u32 },
     /// The filter answered itself (error, model list, or failover result).
     Answered,
+    /// Not the gateway: one try seen by the upstream filter (`upstream.rs`),
+    /// with the token the gateway tagged it with.
+    UpstreamTry { token: Option<String> },
 }
 
 pub struct Filter {
@@ -98,6 +110,8 @@ pub struct Filter {
     answer_tail: Option<usage::Tail>,
     /// Usage a translating adapter saw (streams report it even when the client did not ask).
     adapter_usage: Option<(u64, u64)>,
+    /// The token of the routed attempt, when it can fail over by internal redirect.
+    try_token: Option<String>,
 }
 
 /// A tenant's admission: released and corrected when the request ends.
@@ -130,6 +144,7 @@ impl Filter {
             adapter_usage: None,
             learned: None,
             feedback: false,
+            try_token: None,
         }
     }
 
@@ -298,12 +313,14 @@ impl Filter {
         }
         self.plan = Some(plan);
         let timeouts = self.timeouts_ms(rt, picked.member.pool, now);
-        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len) {
+        let present = &self.client_headers;
+        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len, present) {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
         self.body = body;
         self.state = State::Routed(self.begin(rt, picked));
+        self.tag_try(picked.member);
         Action::Continue
     }
 
@@ -432,16 +449,7 @@ impl Filter {
     /// answers that every attempt failed (none left, or the deadline passed).
     fn fail_over(&mut self, rt: &Runtime, now: u64) -> Action {
         loop {
-            let Some(plan) = self.plan.as_mut() else { return self.exhausted(rt) };
-            if now >= plan.deadline_ms {
-                return self.exhausted(rt);
-            }
-            let failed_from = plan.attempts.last().map(|a| (a.pool, a.member));
-            let Some(picked) = rt.pick(plan, now) else { return self.exhausted(rt) };
-            if let Some((p, m)) = failed_from {
-                rt.metrics.inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
-                rt.metrics.inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
-            }
+            let Some(picked) = self.pick_next(rt, now) else { return self.exhausted(rt) };
             let attempt = self.begin(rt, picked);
             match self.dispatch(rt, picked.member, now) {
                 Ok(call) => {
@@ -459,6 +467,19 @@ impl Filter {
                 }
             }
         }
+    }
+
+    /// The member to fail over to (counted as a failover of the last one),
+    /// or none: no member left, or the deadline passed.
+    fn pick_next(&mut self, rt: &Runtime, now: u64) -> Option<Picked> {
+        let plan = self.plan.as_mut().filter(|p| now < p.deadline_ms)?;
+        let failed_from = plan.attempts.last().map(|a| (a.pool, a.member));
+        let picked = rt.pick(plan, now)?;
+        if let Some((p, m)) = failed_from {
+            rt.metrics.inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
+            rt.metrics.inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
+        }
+        Some(picked)
     }
 
     /// Sends the saved request to `member` with Envoy's HTTP call API.
@@ -483,9 +504,9 @@ impl Filter {
             .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {cluster} failed: {s:?}")))
     }
 
-    /// Points the paused request at `member`: body, then the whole header
-    /// map in one host call (allow-listed client headers, path, authority,
-    /// cluster, content type and length, timeouts, the provider's headers).
+    /// Points the paused request at `member`: body, then the header map
+    /// (`present`: as it is now): allow-listed client headers, path,
+    /// authority, cluster, content type and length, timeouts, the provider's headers.
     fn rewrite_request(
         &self,
         rt: &Runtime,
@@ -493,6 +514,7 @@ impl Filter {
         upstream: &UpstreamRequest,
         (timeout_ms, first_byte_ms): (u64, Option<u64>),
         original_len: usize,
+        present: &[u8],
     ) -> Result<(), (&'static str, abi::Status)> {
         abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
             .map_err(|s| ("set request body", s))?;
@@ -519,7 +541,7 @@ impl Filter {
         let sets = |name: &[u8]| ours.iter().any(|(n, _)| n.as_bytes() == name);
         let mut client_path = "";
         let mut json = false;
-        for (k, v) in abi::pairs(&self.client_headers) {
+        for (k, v) in abi::pairs(present) {
             match k {
                 b":path" => client_path = std::str::from_utf8(v).unwrap_or(""),
                 b"content-type" => json = v == b"application/json",
@@ -842,6 +864,10 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let State::UpstreamTry { token } = &mut self.state {
+            *token = upstream::on_try_request_headers();
+            return Action::Continue;
+        }
         let Some(rt) = self.rt.clone() else {
             return self.answer_error(&ApiError::internal("switchboard is not configured"));
         };
@@ -857,6 +883,10 @@ impl HttpContext for Filter {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => format!("{:016x}", rt.random()),
         };
+        if let Some(token) = header_value(&raw, ":path").and_then(redirect::token_in_path) {
+            let token = token.to_string();
+            return self.resume(&token, raw, end_of_stream);
+        }
         if let Some(tenants) = &rt.config.tenants {
             let key = presented_key(|name| header_value(&raw, name));
             match authenticate(tenants, key) {
@@ -920,6 +950,7 @@ impl HttpContext for Filter {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.state {
             State::Reading => {}
+            State::Replayed { .. } => return self.replay_body(body_size, end_of_stream),
             State::Answered => return Action::Pause,
             _ => return Action::Continue,
         }
@@ -961,6 +992,10 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let State::UpstreamTry { token } = &mut self.state {
+            upstream::on_try_response_headers(token.take());
+            return Action::Continue;
+        }
         // Anything but a routed request (our own local reply, say) passes through.
         let mut attempt = match std::mem::replace(&mut self.state, State::Passing) {
             State::Routed(attempt) => attempt,
@@ -978,9 +1013,15 @@ impl HttpContext for Filter {
         if attempt.started_ms > 0 {
             attempt.first_byte_ms = self.now_ms();
         }
+        // A failure the upstream filter made a redirect that Envoy did not follow: fail over here.
+        let redirected = self.try_token.take().and_then(|t| upstream::settle(&t));
+        let (status, retry_after) = match &redirected {
+            Some(f) => (f.status, f.retry_after.as_deref()),
+            None => (status, header_value(&headers, "retry-after")),
+        };
         if rt.is_failure(attempt.picked.member, status) {
             let now = self.now_ms();
-            self.finish(&rt, &attempt, status, header_value(&headers, "retry-after"), now);
+            self.finish(&rt, &attempt, status, retry_after, now);
             return self.fail_over(&rt, now);
         }
         let adapter = attempt.adapter.as_ref();
@@ -998,6 +1039,11 @@ impl HttpContext for Filter {
         if streams {
             let content_type = [("content-type", "text/event-stream")];
             self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
+            if attempt.adapter.is_some() && !end_of_stream {
+                // Held until the first event: an unreadable stream can still fail over.
+                self.state = State::Priming { attempt, status, fed: 0 };
+                return Action::Pause;
+            }
             return self.relay(&rt, attempt, status, end_of_stream);
         }
         let content_type = [("content-type", "application/json")];
@@ -1017,7 +1063,7 @@ impl HttpContext for Filter {
             // Hold the failed upstream's body back until the local answer replaces it.
             State::Failover { .. } => return Action::Pause,
             State::Holding { .. } if !end_of_stream => return Action::Pause,
-            State::Holding { .. } => {}
+            State::Holding { .. } | State::Priming { .. } => {}
             State::Relaying { attempt, .. }
                 if attempt.adapter.is_some() || self.door_answer.is_some() || self.reads_usage() => {}
             State::Relaying { .. } if end_of_stream => {
@@ -1031,7 +1077,9 @@ impl HttpContext for Filter {
             _ => return Action::Continue,
         }
         let Some(rt) = self.rt.clone() else { return Action::Continue };
-        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
+        // A primed stream's body is buffered by Envoy while held: only the new bytes are read.
+        let start = if let State::Priming { fed, .. } = &self.state { (*fed).min(body_size) } else { 0 };
+        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, start, body_size - start) {
             Ok(chunk) => chunk,
             Err(s) => {
                 self.host_error("get response body", s);
@@ -1039,6 +1087,10 @@ impl HttpContext for Filter {
             }
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
+            State::Priming { attempt, status, .. } => match self.prime(&rt, attempt, status, &chunk, body_size, end_of_stream) {
+                Ok(out) => out,
+                Err(action) => return action,
+            },
             State::Relaying { mut attempt, status } => {
                 let mut translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
@@ -1106,6 +1158,9 @@ impl HttpContext for Filter {
     /// The request is over, however it ended: settle the attempt still open
     /// and the tenant's admission.
     fn on_log(&mut self) {
+        if self.hand_over() {
+            return;
+        }
         let Some(rt) = self.rt.clone() else { return };
         self.end_unfinished_answer(&rt);
         self.release_tenant(&rt);
@@ -1183,7 +1238,7 @@ impl Filter {
     /// end: cut off by the upstream (the member's failure), or by the client.
     fn end_unfinished_answer(&mut self, rt: &Runtime) {
         let attempt = match std::mem::replace(&mut self.state, State::Passing) {
-            State::Relaying { attempt, .. } | State::Holding { attempt, .. } => attempt,
+            State::Relaying { attempt, .. } | State::Holding { attempt, .. } | State::Priming { attempt, .. } => attempt,
             // The client left before any answer: nothing to judge the member by.
             State::Routed(attempt) | State::Failover { attempt, .. } => return self.abandon(rt, &attempt),
             _ => return,

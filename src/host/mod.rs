@@ -11,6 +11,7 @@ mod probes;
 mod root;
 mod runtime;
 mod tenant_store;
+mod upstream;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

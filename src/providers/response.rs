@@ -109,6 +109,13 @@ impl ResponseAdapter {
         self.failed
     }
 
+    /// True when the stream failed (unreadable, an error event, ended
+    /// empty) before it produced any event for the client: the host may
+    /// still fail over.
+    pub fn stream_failed_before_output(&self) -> bool {
+        self.stream_state.as_ref().is_some_and(|s| s.failed_before_output())
+    }
+
     /// The next piece of a successful stream into OpenAI `chat.completion.chunk`
     /// SSE events. Events split across chunks are held until complete; the
     /// call with `end_of_stream` flushes and ends with `data: [DONE]`.

@@ -16,3 +16,4 @@ pub use health::{Availability, MemberHealth, Transition};
 pub use plan::{Attempt, Plan, RouteInput, StageReport, Verdict};
 pub use select::{Candidate, LatencyKind, LiveStats, Rng};
 pub use stats::LatencyStats;
+pub mod redirect;

@@ -1,0 +1,144 @@
+//! The upstream half of streaming failover: the same `.wasm` loaded a second
+//! time as an upstream HTTP filter of the router (root id
+//! [`UPSTREAM_ROOT_ID`]), in the same VM as the downstream filter.
+//!
+//! A routed stream is tagged with a token ([`register`]); when its attempt
+//! answers a status its pool fails over on, this filter turns the answer
+//! into a 307 to the token's location, so Envoy's internal redirect replays
+//! the request through the downstream filter, which routes the next member
+//! (see `filter/replay.rs`). Both halves run on the worker thread of the
+//! client's connection, so the registry is the VM's own memory: nothing a
+//! client sends can reach it except a token, which only opens a parked
+//! request during the replay itself.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+
+use crate::config::MemberRef;
+use crate::routing::redirect::TRY_HEADER;
+
+use super::abi;
+use super::filter::Filter;
+use super::runtime::Runtime;
+
+/// `root_id` of the upstream filter's plugin configuration.
+pub const UPSTREAM_ROOT_ID: &str = "switchboard_upstream";
+/// Tries waiting for their answer, at most (beyond that streams fail over buffered).
+const MAX_TRIES: usize = 4_096;
+
+/// The failed answer the upstream filter turned into a redirect.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub status: u16,
+    pub retry_after: Option<String>,
+}
+
+enum Slot {
+    /// A routed attempt, until its answer's headers (or its request's end).
+    Tagged { rt: Rc<Runtime>, member: MemberRef, location: String, failed: Option<Failed> },
+    /// The request's state, parked by its old filter instance while Envoy replays it.
+    Parked(Box<Filter>),
+}
+
+thread_local! {
+    static PRESENT: Cell<bool> = const { Cell::new(false) };
+    /// Tries in flight on this worker, by token (a few, so a list: a map would cost the `.wasm` 4 KB).
+    static TRIES: RefCell<Vec<(String, Slot)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The upstream filter was configured in this VM.
+pub fn mark_present() {
+    PRESENT.with(|p| p.set(true));
+}
+
+/// Whether streams can fail over by redirect here (else the buffered call path).
+pub fn present() -> bool {
+    PRESENT.with(Cell::get)
+}
+
+/// Tags an attempt of `member` under `token`; false when the registry is full.
+pub fn register(token: String, rt: Rc<Runtime>, member: MemberRef, location: String) -> bool {
+    TRIES.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.len() >= MAX_TRIES {
+            return false;
+        }
+        t.push((token, Slot::Tagged { rt, member, location, failed: None }));
+        true
+    })
+}
+
+/// Ends a tagged attempt: what the upstream filter turned into a redirect, if anything.
+pub fn settle(token: &str) -> Option<Failed> {
+    match take(token, |_| true) {
+        Some(Slot::Tagged { failed, .. }) => failed,
+        _ => None,
+    }
+}
+
+/// Parks a request being replayed, for its next filter instance.
+pub fn park(token: String, filter: Box<Filter>) {
+    TRIES.with(|t| t.borrow_mut().push((token, Slot::Parked(filter))));
+}
+
+/// The parked request of `token`; anything else (unknown, or an attempt
+/// still in flight) is not handed out.
+pub fn unpark(token: &str) -> Option<Box<Filter>> {
+    match take(token, |s| matches!(s, Slot::Parked(_))) {
+        Some(Slot::Parked(filter)) => Some(filter),
+        _ => None,
+    }
+}
+
+/// Removes the slot of `token` if `wanted` says so.
+fn take(token: &str, wanted: impl Fn(&Slot) -> bool) -> Option<Slot> {
+    TRIES.with(|t| {
+        let mut t = t.borrow_mut();
+        let at = t.iter().position(|(k, s)| k == token && wanted(s))?;
+        Some(t.swap_remove(at).1)
+    })
+}
+
+/// The upstream filter's side of one try, run by a `Filter` in
+/// `State::UpstreamTry` (a second `HttpContext` type would add 12 KB of SDK
+/// default methods to the `.wasm`). Request headers: takes the token off
+/// the request, so it never reaches the provider.
+pub fn on_try_request_headers() -> Option<String> {
+    let token = abi::header_str(abi::MAP_REQUEST_HEADERS, TRY_HEADER).ok().flatten()?;
+    if let Err(s) = abi::remove_header(abi::MAP_REQUEST_HEADERS, TRY_HEADER) {
+        log::warn!("switchboard: upstream filter cannot remove {TRY_HEADER} (status {s})");
+    }
+    Some(token)
+}
+
+/// Response headers of a try: a failure its pool fails over on becomes a
+/// 307 to the token's location, which Envoy's router follows internally.
+pub fn on_try_response_headers(token: Option<String>) {
+    const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
+    let status = abi::header_str(RESP, ":status").ok().flatten().and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+    // Only this filter's redirects are followed: a provider's own is passed on, not replayed.
+    if (300..400).contains(&status) {
+        let _ = abi::remove_header(RESP, "location");
+    }
+    let Some(token) = token else { return };
+    let location = TRIES.with(|t| {
+        let mut t = t.borrow_mut();
+        let Some((_, Slot::Tagged { rt, member, location, failed })) = t.iter_mut().find(|(k, _)| *k == token) else {
+            return None;
+        };
+        if failed.is_some() || !rt.is_failure(*member, status) {
+            return None;
+        }
+        let retry_after = abi::header_str(RESP, "retry-after").ok().flatten();
+        *failed = Some(Failed { status, retry_after });
+        Some(location.clone())
+    });
+    if let Some(location) = location {
+        for (name, value) in [(":status", "307"), ("location", location.as_str())] {
+            if let Err(s) = abi::set_header(RESP, name, value) {
+                log::warn!("switchboard: upstream filter cannot set {name} (status {s})");
+            }
+        }
+    }
+}
