@@ -57,21 +57,39 @@ pub fn present() -> bool {
     PRESENT.with(Cell::get)
 }
 
+/// Every use of the registry goes through here: one closure type keeps the `.wasm` small.
+fn tries(f: &mut dyn FnMut(&mut Vec<(String, Slot)>)) {
+    TRIES.with(|t| f(&mut t.borrow_mut()));
+}
+
+fn put(token: String, slot: Slot) -> bool {
+    let mut entry = Some((token, slot));
+    tries(&mut |t| {
+        if t.len() < MAX_TRIES {
+            t.extend(entry.take());
+        }
+    });
+    entry.is_none()
+}
+
+/// Removes the slot of `token` if it is `parked` (else any).
+fn take(token: &str, parked: bool) -> Option<Slot> {
+    let mut out = None;
+    tries(&mut |t| {
+        let at = t.iter().position(|(k, s)| k == token && (!parked || matches!(s, Slot::Parked(_))));
+        out = at.map(|at| t.swap_remove(at).1);
+    });
+    out
+}
+
 /// Tags an attempt of `member` under `token`; false when the registry is full.
 pub fn register(token: String, rt: Rc<Runtime>, member: MemberRef, location: String) -> bool {
-    TRIES.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.len() >= MAX_TRIES {
-            return false;
-        }
-        t.push((token, Slot::Tagged { rt, member, location, failed: None }));
-        true
-    })
+    put(token, Slot::Tagged { rt, member, location, failed: None })
 }
 
 /// Ends a tagged attempt: what the upstream filter turned into a redirect, if anything.
 pub fn settle(token: &str) -> Option<Failed> {
-    match take(token, |_| true) {
+    match take(token, false) {
         Some(Slot::Tagged { failed, .. }) => failed,
         _ => None,
     }
@@ -79,25 +97,16 @@ pub fn settle(token: &str) -> Option<Failed> {
 
 /// Parks a request being replayed, for its next filter instance.
 pub fn park(token: String, filter: Box<Filter>) {
-    TRIES.with(|t| t.borrow_mut().push((token, Slot::Parked(filter))));
+    put(token, Slot::Parked(filter));
 }
 
 /// The parked request of `token`; anything else (unknown, or an attempt
 /// still in flight) is not handed out.
 pub fn unpark(token: &str) -> Option<Box<Filter>> {
-    match take(token, |s| matches!(s, Slot::Parked(_))) {
+    match take(token, true) {
         Some(Slot::Parked(filter)) => Some(filter),
         _ => None,
     }
-}
-
-/// Removes the slot of `token` if `wanted` says so.
-fn take(token: &str, wanted: impl Fn(&Slot) -> bool) -> Option<Slot> {
-    TRIES.with(|t| {
-        let mut t = t.borrow_mut();
-        let at = t.iter().position(|(k, s)| k == token && wanted(s))?;
-        Some(t.swap_remove(at).1)
-    })
 }
 
 /// The upstream filter's side of one try, run by a `Filter` in
@@ -122,17 +131,16 @@ pub fn on_try_response_headers(token: Option<String>) {
         let _ = abi::remove_header(RESP, "location");
     }
     let Some(token) = token else { return };
-    let location = TRIES.with(|t| {
-        let mut t = t.borrow_mut();
-        let Some((_, Slot::Tagged { rt, member, location, failed })) = t.iter_mut().find(|(k, _)| *k == token) else {
-            return None;
+    let mut location = None;
+    tries(&mut |t| {
+        let Some((_, Slot::Tagged { rt, member, location: to, failed })) = t.iter_mut().find(|(k, _)| *k == token) else {
+            return;
         };
-        if failed.is_some() || !rt.is_failure(*member, status) {
-            return None;
+        if failed.is_none() && rt.is_failure(*member, status) {
+            let retry_after = abi::header_str(RESP, "retry-after").ok().flatten();
+            *failed = Some(Failed { status, retry_after });
+            location = Some(to.clone());
         }
-        let retry_after = abi::header_str(RESP, "retry-after").ok().flatten();
-        *failed = Some(Failed { status, retry_after });
-        Some(location.clone())
     });
     if let Some(location) = location {
         for (name, value) in [(":status", "307"), ("location", location.as_str())] {
