@@ -788,6 +788,13 @@ fn header_value<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
 }
 
 impl Context for Filter {
+    /// Envoy destroys a replayed request's old instance after logging it,
+    /// except where logging is deferred (HTTP/3): then the hand-over happens here.
+    fn on_done(&mut self) -> bool {
+        self.hand_over();
+        true
+    }
+
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let State::Failover { call, .. } = &self.state else { return };
         if *call != token_id {
@@ -975,6 +982,10 @@ impl HttpContext for Filter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.state {
             State::Reading => {}
+            State::Replayed { .. } => {
+                let size = abi::buffer(abi::BUFFER_REQUEST_BODY, 0, usize::MAX).map_or(0, |b| b.len());
+                return self.replay_body(size, true);
+            }
             State::Answered => return Action::Pause,
             _ => return Action::Continue,
         }
@@ -1087,10 +1098,12 @@ impl HttpContext for Filter {
             }
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
-            State::Priming { attempt, status, .. } => match self.prime(&rt, attempt, status, &chunk, body_size, end_of_stream) {
-                Ok(out) => out,
-                Err(action) => return action,
-            },
+            State::Priming { attempt, status, .. } => {
+                match self.prime(&rt, attempt, status, &chunk, body_size, end_of_stream) {
+                    Ok(out) => out,
+                    Err(action) => return action,
+                }
+            }
             State::Relaying { mut attempt, status } => {
                 let mut translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
@@ -1238,7 +1251,9 @@ impl Filter {
     /// end: cut off by the upstream (the member's failure), or by the client.
     fn end_unfinished_answer(&mut self, rt: &Runtime) {
         let attempt = match std::mem::replace(&mut self.state, State::Passing) {
-            State::Relaying { attempt, .. } | State::Holding { attempt, .. } | State::Priming { attempt, .. } => attempt,
+            State::Relaying { attempt, .. } | State::Holding { attempt, .. } | State::Priming { attempt, .. } => {
+                attempt
+            }
             // The client left before any answer: nothing to judge the member by.
             State::Routed(attempt) | State::Failover { attempt, .. } => return self.abandon(rt, &attempt),
             _ => return,

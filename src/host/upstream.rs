@@ -14,7 +14,6 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-
 use crate::config::MemberRef;
 use crate::routing::redirect::TRY_HEADER;
 
@@ -34,6 +33,9 @@ pub struct Failed {
     pub retry_after: Option<String>,
 }
 
+/// Slots by token.
+type Tries = Vec<(String, Slot)>;
+
 enum Slot {
     /// A routed attempt, until its answer's headers (or its request's end).
     Tagged { rt: Rc<Runtime>, member: MemberRef, location: String, failed: Option<Failed> },
@@ -44,7 +46,7 @@ enum Slot {
 thread_local! {
     static PRESENT: Cell<bool> = const { Cell::new(false) };
     /// Tries in flight on this worker, by token (a few, so a list: a map would cost the `.wasm` 4 KB).
-    static TRIES: RefCell<Vec<(String, Slot)>> = const { RefCell::new(Vec::new()) };
+    static TRIES: RefCell<Tries> = const { RefCell::new(Vec::new()) };
 }
 
 /// The upstream filter was configured in this VM.
@@ -58,7 +60,7 @@ pub fn present() -> bool {
 }
 
 /// Every use of the registry goes through here: one closure type keeps the `.wasm` small.
-fn tries(f: &mut dyn FnMut(&mut Vec<(String, Slot)>)) {
+fn tries(f: &mut dyn FnMut(&mut Tries)) {
     TRIES.with(|t| f(&mut t.borrow_mut()));
 }
 
@@ -133,7 +135,8 @@ pub fn on_try_response_headers(token: Option<String>) {
     let Some(token) = token else { return };
     let mut location = None;
     tries(&mut |t| {
-        let Some((_, Slot::Tagged { rt, member, location: to, failed })) = t.iter_mut().find(|(k, _)| *k == token) else {
+        let Some((_, Slot::Tagged { rt, member, location: to, failed })) = t.iter_mut().find(|(k, _)| *k == token)
+        else {
             return;
         };
         if failed.is_none() && rt.is_failure(*member, status) {

@@ -11,9 +11,9 @@ pub mod router;
 pub mod select;
 pub mod stats;
 pub mod exhausted;
+pub mod redirect;
 
 pub use health::{Availability, MemberHealth, Transition};
 pub use plan::{Attempt, Plan, RouteInput, StageReport, Verdict};
 pub use select::{Candidate, LatencyKind, LiveStats, Rng};
 pub use stats::LatencyStats;
-pub mod redirect;

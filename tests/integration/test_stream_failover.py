@@ -96,6 +96,21 @@ def test_attempts_health_and_metrics_count_each_attempt_once(alpha_first, mock):
         assert "switchboard_failover" not in req["path"]
 
 
+def test_a_gzip_request_stream_fails_over_from_its_replayed_body(alpha_first, mock):
+    """Envoy's decompressor sits before the filter: the replay carries the plain body, routed again."""
+    import gzip
+    gw = alpha_first()
+    mock.faults("alpha", status=503)
+    body = gzip.compress(json.dumps(chat("gpt4o_16k", "zipped question", stream=True)).encode())
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    with httpx.stream("POST", gw.base + "/v1/chat/completions", content=body, headers=headers, timeout=10) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == "2" and events[-1] == "[DONE]"
+    [sent] = mock.requests("beta")
+    assert sent["body"]["messages"][0]["content"] == "zipped question"
+    assert sent["body"]["model"] == "gpt-4o-2024-08-06"
+
+
 def test_every_member_failing_a_stream_lists_every_attempt(alpha_first, mock):
     gw = alpha_first()
     mock.faults("alpha", status=503)
