@@ -88,12 +88,12 @@ class MockProvider:
 class Gateway:
     """A real Envoy with switchboard loaded from the built .wasm."""
 
-    def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False, stream_failover=True):
+    def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False, **render_options):
+        """`render_options`: keyword arguments of render.bootstrap (stream_failover, max_internal_redirects)."""
         self.port = free_port()
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="switchboard-it-")
-        doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters,
-                               stream_failover=stream_failover)
+        doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters, **render_options)
         self.config_path = os.path.join(self.dir, "envoy.json")
         with open(self.config_path, "w") as f:
             json.dump(doc, f)

@@ -111,6 +111,22 @@ def test_a_gzip_request_stream_fails_over_from_its_replayed_body(alpha_first, mo
     assert sent["body"]["model"] == "gpt-4o-2024-08-06"
 
 
+def test_a_redirect_envoy_does_not_follow_still_fails_over_through_the_buffered_path(make_gateway, mock):
+    """With max_internal_redirects 1 the second failure's 307 reaches the filter, which fails over by HTTP call."""
+    members = ALPHA_FIRST + [{"provider": "gamma", "model": "gpt-4o", "weight": 0}]
+    gw = make_gateway(base_config(members=members, health={"consecutive_failures": 1000}), max_internal_redirects=1)
+    mock.faults("alpha", status=503)
+    mock.faults("beta", status=503)
+    seen = set()
+    for _ in range(12):
+        r, _, _, events = timed_stream(gw, chat("gpt4o_16k", stream=True))
+        assert r.status_code == 200 and r.headers["x-switchboard-member"] == "gamma/gpt-4o", r.read()
+        assert "location" not in r.headers and events[-1] == "[DONE]"
+        seen.add(r.headers["x-switchboard-attempts"])
+    assert seen == {"2", "3"}  # gamma second (redirected) or third (after beta, by HTTP call)
+    assert gw.stats()["wasmcustom.switchboard.member.gpt4o_16k.beta/gpt-4o-2024-08-06.failures"] == mock.count("beta")
+
+
 def test_every_member_failing_a_stream_lists_every_attempt(alpha_first, mock):
     gw = alpha_first()
     mock.faults("alpha", status=503)
