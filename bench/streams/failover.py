@@ -8,7 +8,7 @@ filter's HTTP calls, whose answers arrive whole) and `redirect` (the upstream
 filter + internal redirect, the default). Measured on one Envoy per mode:
 (1) alpha answers 503 at once, beta streams 20 events over 2 s: time to the
 client's first event; (2) beta streams at once: time to first event and to
-the end; (3) non-streaming, alpha 503 half the time, 8 concurrent clients:
+the end; (3) no failure (alpha streams at once): time to first event; (4) non-streaming, alpha 503 half the time, 8 concurrent clients:
 latency of failed-over vs direct requests and requests per second."""
 import argparse
 import json
@@ -31,14 +31,14 @@ ALPHA_FIRST = [
 ]
 
 
-def timed_stream(client, gw):
+def timed_stream(client, gw, attempts="2"):
     start = time.monotonic()
     first = None
     with client.stream("POST", gw.base + "/v1/chat/completions", json=chat("gpt4o_16k", stream=True)) as r:
         for line in r.iter_lines():
             if line.startswith("data: ") and first is None:
                 first = time.monotonic() - start
-        assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == "2", r.status_code
+        assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == attempts, r.status_code
     return first, time.monotonic() - start
 
 
@@ -82,6 +82,10 @@ def measure(mock, mode):
             out["fast_first_event_ms_p50"] = ms([f for f, _ in runs])
             out["fast_first_event_ms_p90"] = ms([f for f, _ in runs], 0.9)
             out["fast_total_ms_p50"] = ms([t for _, t in runs])
+            mock.reset("alpha")
+            runs = [timed_stream(c, gw, attempts="1") for _ in range(200)]
+            out["direct_first_event_ms_p50"] = ms([f for f, _ in runs])
+            out["direct_first_event_ms_p90"] = ms([f for f, _ in runs], 0.9)
     finally:
         gw.stop()
     # Non-streaming: a weighted pool (no standby) so half the requests go direct.

@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::config::MemberRef;
-use crate::routing::redirect::TRY_HEADER;
+use crate::routing::redirect::{TRY_HEADER, UNTAGGED};
 
 use super::abi;
 use super::filter::Filter;
@@ -127,12 +127,16 @@ pub fn on_try_request_headers() -> Option<String> {
 /// 307 to the token's location, which Envoy's router follows internally.
 pub fn on_try_response_headers(token: Option<String>) {
     const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
+    // Requests of other routes are left alone.
+    let Some(token) = token else { return };
     let status = abi::header_str(RESP, ":status").ok().flatten().and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-    // Only this filter's redirects are followed: a provider's own is passed on, not replayed.
+    // Only this filter's redirects are replayed: a provider's own is passed on, not followed.
     if (300..400).contains(&status) {
         let _ = abi::remove_header(RESP, "location");
     }
-    let Some(token) = token else { return };
+    if token == UNTAGGED {
+        return;
+    }
     let mut location = None;
     tries(&mut |t| {
         let Some((_, Slot::Tagged { rt, member, location: to, failed })) = t.iter_mut().find(|(k, _)| *k == token)

@@ -11,6 +11,8 @@
 
 /// Request header from the downstream filter to the upstream one: the try's token.
 pub const TRY_HEADER: &str = "x-switchboard-try";
+/// [`TRY_HEADER`] of a routed request that does not fail over by redirect (not a stream).
+pub const UNTAGGED: &str = "-";
 /// Query parameter of the redirect's path carrying the token.
 pub const TOKEN_PARAM: &str = "switchboard_failover";
 

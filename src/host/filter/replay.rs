@@ -35,12 +35,20 @@ impl Filter {
 
     /// Tags the routed attempt of a stream so the upstream filter can turn
     /// its failure into a redirect (when that filter is loaded in this VM).
+    /// Other requests are marked only, so the upstream filter knows them
+    /// for switchboard's (and leaves other routes' traffic alone).
     pub(super) fn tag_try(&mut self, member: MemberRef) {
         let Some(rt) = self.rt.clone() else { return };
-        if !self.shape.stream || !upstream::present() {
+        if !upstream::present() {
             return;
         }
-        let Some(token) = redirect::new_token() else { return };
+        let token = redirect::new_token().filter(|_| self.shape.stream);
+        let Some(token) = token else {
+            if let Err(s) = abi::set_header(REQ, redirect::TRY_HEADER, redirect::UNTAGGED) {
+                self.host_error("set try header", s);
+            }
+            return;
+        };
         let h = &self.client_headers;
         let location = redirect::location(
             header_value(h, ":scheme").unwrap_or("http"),
