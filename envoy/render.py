@@ -44,8 +44,6 @@ def cluster(name, spec):
 
 
 def vm_config(wasm_path, env_keys):
-    # The upstream filter must have the very same vm_config: Envoy then runs
-    # both plugins in one VM per worker, which is how they share a try's state.
     return {
         "vm_id": "switchboard",
         "runtime": "envoy.wasm.runtime.v8",
@@ -75,16 +73,49 @@ def wasm_filter(plugin_config, wasm_path, env_keys):
     }
 
 
-def upstream_filters(wasm_path, env_keys):
-    """The router's upstream filters for failover that keeps streaming: the
-    same .wasm as root "switchboard_upstream" (per try: a failed attempt of
-    a stream becomes a 307 the route's internal redirect policy replays),
-    then the codec filter Envoy requires last."""
+# The upstream half of failover that keeps streaming, per try of the router.
+# switchboard tags a routed stream with `x-switchboard-try: <statuses>;<url>`
+# (statuses its pool fails over on, the URL to replay it at, with a one-time
+# token); "-" marks its other requests. The header never leaves Envoy. When the
+# try answers one of those statuses, the answer becomes a 307 to that URL plus
+# the status, which the route's internal redirect policy replays through
+# switchboard. A provider's own redirect loses its Location (never followed).
+# Lua rather than the .wasm again: a second wasm filter costs every request
+# about 20 us of Envoy CPU, this one about nothing (bench/results/streams-failover.md).
+STREAM_FAILOVER_LUA = """
+function envoy_on_request(h)
+  local try = h:headers():get("x-switchboard-try")
+  if try == nil then return end
+  h:headers():remove("x-switchboard-try")
+  h:streamInfo():dynamicMetadata():set("switchboard", "try", try)
+end
+
+function envoy_on_response(h)
+  local meta = h:streamInfo():dynamicMetadata():get("switchboard")
+  if meta == nil or meta["try"] == nil then return end
+  local status = h:headers():get(":status") or ""
+  if string.sub(status, 1, 1) == "3" then h:headers():remove("location") end
+  local statuses, url = string.match(meta["try"], "^([%d,]*);(.+)$")
+  if url == nil or string.find("," .. statuses .. ",", "," .. status .. ",", 1, true) == nil then return end
+  url = url .. "&switchboard_status=" .. status
+  local retry_after = h:headers():get("retry-after")
+  if retry_after ~= nil then
+    url = url .. "&switchboard_retry_after=" .. string.gsub(retry_after, "[^%w.~_-]",
+      function(c) return string.format("%%%02X", string.byte(c)) end)
+  end
+  h:headers():replace(":status", "307")
+  h:headers():replace("location", url)
+end
+"""
+
+
+def upstream_filters():
+    """The router's upstream filters for failover that keeps streaming (see
+    STREAM_FAILOVER_LUA), then the codec filter Envoy requires last."""
     return [
-        {"name": "switchboard_upstream", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {"name": "switchboard_upstream", "root_id": "switchboard_upstream",
-                       "vm_config": vm_config(wasm_path, env_keys), "fail_open": False}}},
+        {"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": STREAM_FAILOVER_LUA}}},
         {"name": "envoy.filters.http.upstream_codec", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
     ]
@@ -151,17 +182,21 @@ def cors_policy(origins):
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
               cors_origins=("*",), stream_failover=True, max_internal_redirects=10):
     """`stream_failover`: the upstream filter and internal redirect policy
-    that let a failed-over stream reach the client as it is produced (off:
-    failed-over streams arrive as one body, through the filter's HTTP calls)."""
+    that let a failed-over stream reach the client as it is produced, and
+    `"stream_failover": true` in the plugin configuration (off: failed-over
+    streams arrive as one body, through the filter's HTTP calls)."""
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
+    redirects = with_wasm and stream_failover
+    if redirects:
+        # Tells the filter the upstream half is there.
+        plugin_config = {**plugin_config, "stream_failover": True}
     if with_wasm:
         filters.append(wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config)))
     router = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-    redirects = with_wasm and stream_failover
     if redirects:
-        router["upstream_http_filters"] = upstream_filters(wasm_path, secret_env_keys(plugin_config))
+        router["upstream_http_filters"] = upstream_filters()
     filters.append({"name": "envoy.filters.http.router", "typed_config": router})
     if with_wasm:
         route = {"cluster_header": header, "timeout": "600s"}

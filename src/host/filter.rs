@@ -3,6 +3,9 @@
 //! the response and retries other members through `dispatch_http_call`,
 //! replacing the response with the first success.
 //!
+//! A stream's failed attempt is replayed by Envoy instead (internal redirect,
+//! `filter/replay.rs`), so the next member's answer streams to the client.
+//!
 //! Every attempt, routed or dispatched, ends in `finish` (recorded once in
 //! the plan, shared health and metrics); every failed one continues in
 //! `fail_over`, which dispatches the next member or answers that all failed.
@@ -30,7 +33,7 @@ use crate::tenant::{authenticate, presented_key};
 
 use super::learned_store::{self, Decided, Feedback, Scorer};
 use super::runtime::{Picked, Runtime};
-use super::{abi, health_store, live_store, tenant_store, upstream};
+use super::{abi, health_store, live_store, tenant_store};
 use crate::config::MemberRef;
 
 mod replay;
@@ -79,9 +82,6 @@ enum State {
     Failover { attempt: Attempt, call: u32 },
     /// The filter answered itself (error, model list, or failover result).
     Answered,
-    /// Not the gateway: one try seen by the upstream filter (`upstream.rs`),
-    /// with the token the gateway tagged it with.
-    UpstreamTry { token: Option<String> },
 }
 
 pub struct Filter {
@@ -871,10 +871,6 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if let State::UpstreamTry { token } = &mut self.state {
-            *token = upstream::on_try_request_headers();
-            return Action::Continue;
-        }
         let Some(rt) = self.rt.clone() else {
             return self.answer_error(&ApiError::internal("switchboard is not configured"));
         };
@@ -1003,10 +999,6 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if let State::UpstreamTry { token } = &mut self.state {
-            upstream::on_try_response_headers(token.take());
-            return Action::Continue;
-        }
         // Anything but a routed request (our own local reply, say) passes through.
         let mut attempt = match std::mem::replace(&mut self.state, State::Passing) {
             State::Routed(attempt) => attempt,
@@ -1025,11 +1017,12 @@ impl HttpContext for Filter {
             attempt.first_byte_ms = self.now_ms();
         }
         // A failure the upstream filter made a redirect that Envoy did not follow: fail over here.
-        let redirected = self.try_token.take().and_then(|t| upstream::settle(&t));
-        let (status, retry_after) = match &redirected {
-            Some(f) => (f.status, f.retry_after.as_deref()),
-            None => (status, header_value(&headers, "retry-after")),
+        let redirected = self.try_token.take().filter(|_| status == 307).and(header_value(&headers, "location"));
+        let (status, retry_after) = match redirected.map(redirect::failure_in) {
+            Some((failed, retry_after)) => (failed, retry_after),
+            None => (status, header_value(&headers, "retry-after").map(str::to_string)),
         };
+        let retry_after = retry_after.as_deref();
         if rt.is_failure(attempt.picked.member, status) {
             let now = self.now_ms();
             self.finish(&rt, &attempt, status, retry_after, now);

@@ -7,11 +7,11 @@ mod health_store;
 mod learned_store;
 mod live_store;
 mod metrics;
+mod parked;
 mod probes;
 mod root;
 mod runtime;
 mod tenant_store;
-mod upstream;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

@@ -14,19 +14,16 @@ use super::filter::Filter;
 use super::metrics::set_gauge;
 use super::probes::Prober;
 use super::runtime::Runtime;
-use super::upstream::{self, UPSTREAM_ROOT_ID};
 use super::{abi, health_store};
 
 pub struct Root {
     runtime: Option<Rc<Runtime>>,
     prober: Prober,
-    /// Loaded as the router's upstream filter (streaming failover), not as the gateway.
-    upstream: bool,
 }
 
 impl Root {
     pub fn new(_context_id: u32) -> Self {
-        Root { runtime: None, prober: Prober::new(), upstream: false }
+        Root { runtime: None, prober: Prober::new() }
     }
 }
 
@@ -40,13 +37,6 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        if abi::property(&["plugin_root_id"]).ok().flatten().as_deref() == Some(UPSTREAM_ROOT_ID.as_bytes()) {
-            // Needs no configuration: each try it sees was tagged by the downstream filter.
-            self.upstream = true;
-            upstream::mark_present();
-            log::info!("switchboard: upstream filter ready (streams fail over by internal redirect)");
-            return true;
-        }
         let raw = match abi::buffer(abi::BUFFER_PLUGIN_CONFIGURATION, 0, usize::MAX) {
             Ok(raw) => raw,
             Err(status) => {
@@ -98,9 +88,6 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        if self.upstream {
-            return Some(Box::new(Filter::upstream_try()));
-        }
         // Without a valid configuration Envoy refuses the plugin, so this is a fallback only.
         Some(Box::new(Filter::new(context_id, self.runtime.clone())))
     }

@@ -1,14 +1,17 @@
-//! Streaming failover by internal redirect, the downstream half (the
-//! upstream half and the registry are `host/upstream.rs`):
+//! Streaming failover by internal redirect (the words it uses are
+//! `routing::redirect`; the upstream half is a few lines of Lua in the
+//! router's `upstream_http_filters`, `envoy/render.py`):
 //!
-//! 1. `tag_try`: a routed stream carries a fresh token to the upstream filter.
+//! 1. `tag_try`: a routed stream tells the upstream filter which statuses
+//!    fail over and where to replay it, with a fresh token.
 //! 2. The attempt fails before its first byte: the upstream filter answers
 //!    the router with a 307, Envoy recreates the stream, and this request's
 //!    old filter instance parks its state under the token (`hand_over`, from
-//!    `on_log`, which Envoy runs before it replays the request).
-//! 3. The replay's new instance takes the state back (`resume`) and, once
-//!    the replayed body is in, points the request at the next member
-//!    (`replay_body`); that member's answer streams to the client directly.
+//!    `on_log` or `on_done`, which Envoy runs before it replays the request).
+//! 3. The replay's new instance takes the state back and records the failed
+//!    attempt (`resume`), then, once the replayed body is in, points the
+//!    request at the next member (`replay_body`); that member's answer
+//!    streams to the client directly.
 //!
 //! Also here: a translated stream held until its first event (`prime`), so
 //! that one that cannot be read fails over before the client got anything.
@@ -21,73 +24,61 @@ use crate::config::MemberRef;
 use crate::routing::redirect;
 
 use super::super::abi;
+use super::super::parked;
 use super::super::runtime::Runtime;
-use super::super::upstream;
 use super::{build_upstream, header_value, Attempt, Filter, State, REQ};
 
 impl Filter {
-    /// The upstream filter's context for one try of the router.
-    pub fn upstream_try() -> Filter {
-        let mut f = Filter::new(0, None);
-        f.state = State::UpstreamTry { token: None };
-        f
-    }
-
     /// Tags the routed attempt of a stream so the upstream filter can turn
-    /// its failure into a redirect (when that filter is loaded in this VM).
-    /// Other requests are marked only, so the upstream filter knows them
-    /// for switchboard's (and leaves other routes' traffic alone).
+    /// its failure into a redirect (when the configuration says that filter
+    /// runs). Other requests are marked only, so the upstream filter knows
+    /// them for switchboard's (and leaves other routes' traffic alone).
     pub(super) fn tag_try(&mut self, member: MemberRef) {
         let Some(rt) = self.rt.clone() else { return };
-        if !upstream::present() {
+        if !rt.config.stream_failover {
             return;
         }
+        let retry_on = rt.config.pool_at(member.pool).map(|p| p.retry.retry_on.as_slice());
         let token = redirect::new_token().filter(|_| self.shape.stream);
-        let Some(token) = token else {
+        let (Some(token), Some(retry_on)) = (token, retry_on) else {
             if let Err(s) = abi::set_header(REQ, redirect::TRY_HEADER, redirect::UNTAGGED) {
                 self.host_error("set try header", s);
             }
             return;
         };
         let h = &self.client_headers;
-        let location = redirect::location(
+        let url = redirect::location(
             header_value(h, ":scheme").unwrap_or("http"),
             header_value(h, ":authority").unwrap_or_default(),
             header_value(h, ":path").unwrap_or("/"),
             &token,
         );
-        if let Err(s) = abi::set_header(REQ, redirect::TRY_HEADER, &token) {
+        if let Err(s) = abi::set_header(REQ, redirect::TRY_HEADER, &redirect::try_header(retry_on, &url)) {
             return self.host_error("set try header", s);
         }
-        if upstream::register(token.clone(), rt, member, location) {
-            self.try_token = Some(token);
-        }
+        self.try_token = Some(token);
     }
 
-    /// The routed attempt failed and Envoy is replaying the request: its
-    /// verdict is recorded here, once, and the request's state parked for
-    /// the replay. False when this instance's request simply ended.
+    /// Envoy is replaying the request after its routed attempt failed (the
+    /// upstream filter's redirect was followed): the request's state is parked
+    /// for the replay, which records the failure. False when the request simply ended.
     pub(super) fn hand_over(&mut self) -> bool {
+        if self.try_token.is_none() || !matches!(self.state, State::Routed(_)) {
+            return false;
+        }
+        let details = abi::property(&["response", "code_details"]).ok().flatten();
+        if details.as_deref() != Some(b"internal_redirect".as_slice()) {
+            return false;
+        }
         let Some(token) = self.try_token.take() else { return false };
-        let (Some(failed), Some(rt)) = (upstream::settle(&token), self.rt.clone()) else { return false };
-        let State::Routed(attempt) = std::mem::replace(&mut self.state, State::Passing) else { return false };
-        let now = self.now_ms();
-        self.finish(&rt, &attempt, failed.status, failed.retry_after.as_deref(), now);
-        log::info!(
-            "switchboard[{}]: {} answered {}; replaying the request for the next member",
-            self.request_id,
-            rt.member_id(attempt.picked.member),
-            failed.status
-        );
-        let parked = std::mem::replace(self, Filter::new(0, Some(rt)));
-        upstream::park(token, Box::new(parked));
-        true
+        let blank = Filter::new(0, self.rt.clone());
+        parked::park(token, Box::new(std::mem::replace(self, blank)))
     }
 
-    /// A request whose path carries a failover token: the replay of a
-    /// parked request, or a client's forgery, which gets nothing but a 400.
+    /// A request whose path carries a failover token: the replay of a parked
+    /// request, or a client's forgery, which gets nothing but a 400.
     pub(super) fn resume(&mut self, token: &str, replayed: Vec<u8>, end_of_stream: bool) -> Action {
-        let Some(parked) = upstream::unpark(token) else {
+        let Some(parked) = parked::unpark(token) else {
             return self.answer_error(
                 &ApiError::invalid_request(
                     "invalid_value",
@@ -97,6 +88,19 @@ impl Filter {
             );
         };
         *self = *parked;
+        let path = header_value(&replayed, ":path").unwrap_or_default();
+        let (status, retry_after) = redirect::failure_in(path);
+        if let (State::Routed(attempt), Some(rt)) = (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
+        {
+            // The failed attempt, recorded once: health, metrics, the plan.
+            let now = self.now_ms();
+            self.finish(&rt, &attempt, status, retry_after.as_deref(), now);
+            log::info!(
+                "switchboard[{}]: {} answered {status}; the request is replayed for the next member",
+                self.request_id,
+                rt.member_id(attempt.picked.member)
+            );
+        }
         if end_of_stream {
             return self.answer_error(&ApiError::internal("The replayed request lost its body."));
         }
