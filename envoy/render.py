@@ -76,12 +76,12 @@ def wasm_filter(plugin_config, wasm_path, env_keys):
 # The upstream half of failover that keeps streaming, per try of the router.
 # switchboard tags a routed stream with `x-switchboard-try: <statuses>;<url>`
 # (statuses its pool fails over on, the URL to replay it at, with a one-time
-# token); "-" marks its other requests. The header never leaves Envoy. When the
-# try answers one of those statuses, the answer becomes a 307 to that URL plus
-# the status, which the route's internal redirect policy replays through
-# switchboard. A provider's own redirect loses its Location (never followed).
-# Lua rather than the .wasm again: a second wasm filter costs every request
-# about 20 us of Envoy CPU, this one about nothing (bench/results/streams-failover.md).
+# token); the header never leaves Envoy. When the try answers one of those
+# statuses, the answer becomes a 307 to that URL plus the status, which the
+# route's internal redirect policy replays through switchboard; a provider's
+# own redirect on a tagged try loses its Location. Successful answers return
+# at the first line. Lua rather than the .wasm again: a second wasm filter
+# costs every request about 20 us of Envoy CPU (bench/results/streams-failover.md).
 STREAM_FAILOVER_LUA = """
 function envoy_on_request(h)
   local try = h:headers():get("x-switchboard-try")
@@ -91,9 +91,10 @@ function envoy_on_request(h)
 end
 
 function envoy_on_response(h)
+  local status = h:headers():get(":status") or ""
+  if string.sub(status, 1, 1) == "2" then return end
   local meta = h:streamInfo():dynamicMetadata():get("switchboard")
   if meta == nil or meta["try"] == nil then return end
-  local status = h:headers():get(":status") or ""
   if string.sub(status, 1, 1) == "3" then h:headers():remove("location") end
   local statuses, url = string.match(meta["try"], "^([%d,]*);(.+)$")
   if url == nil or string.find("," .. statuses .. ",", "," .. status .. ",", 1, true) == nil then return end

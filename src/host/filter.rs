@@ -890,6 +890,14 @@ impl HttpContext for Filter {
             let token = token.to_string();
             return self.resume(&token, raw, end_of_stream);
         }
+        if rt.config.stream_failover && header_value(&raw, "x-envoy-original-url").is_some() {
+            // Envoy followed a redirect switchboard did not ask for (a provider's own): never re-routed.
+            return self.answer_error(&ApiError::new(
+                502,
+                "invalid_upstream_response",
+                "The provider answered with a redirect, which the gateway does not follow.",
+            ));
+        }
         if let Some(tenants) = &rt.config.tenants {
             let key = presented_key(|name| header_value(&raw, name));
             match authenticate(tenants, key) {

@@ -13,8 +13,6 @@
 
 /// Request header from the filter to the upstream filter: `<statuses>;<url>` (see [`try_header`]).
 pub const TRY_HEADER: &str = "x-switchboard-try";
-/// [`TRY_HEADER`] of a routed request that does not fail over by redirect (not a stream).
-pub const UNTAGGED: &str = "-";
 /// Query parameter of the redirect's path carrying the token.
 pub const TOKEN_PARAM: &str = "switchboard_failover";
 /// Query parameters the upstream filter adds: the failed attempt's status and `Retry-After` (percent-encoded).
@@ -123,7 +121,8 @@ mod tests {
         let url = location("http", "gw", "/v1/chat/completions", "t1");
         assert_eq!(try_header(&[429, 503], &url), format!("429,503;{url}"));
         assert_eq!(try_header(&[], "u"), ";u");
-        let replayed = format!("{url}&{STATUS_PARAM}=503&{RETRY_AFTER_PARAM}=Wed%2C%2021%20Oct%202015%2007%3A28%3A00%20GMT");
+        let replayed =
+            format!("{url}&{STATUS_PARAM}=503&{RETRY_AFTER_PARAM}=Wed%2C%2021%20Oct%202015%2007%3A28%3A00%20GMT");
         assert_eq!(failure_in(&replayed), (503, Some("Wed, 21 Oct 2015 07:28:00 GMT".to_string())));
         assert_eq!(failure_in(&format!("{url}&{STATUS_PARAM}=429&{RETRY_AFTER_PARAM}=2")), (429, Some("2".into())));
         assert_eq!(failure_in(&url), (0, None));

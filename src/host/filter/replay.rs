@@ -30,22 +30,14 @@ use super::{build_upstream, header_value, Attempt, Filter, State, REQ};
 
 impl Filter {
     /// Tags the routed attempt of a stream so the upstream filter can turn
-    /// its failure into a redirect (when the configuration says that filter
-    /// runs). Other requests are marked only, so the upstream filter knows
-    /// them for switchboard's (and leaves other routes' traffic alone).
+    /// its failure into a redirect (when the configuration says that filter runs).
     pub(super) fn tag_try(&mut self, member: MemberRef) {
         let Some(rt) = self.rt.clone() else { return };
-        if !rt.config.stream_failover {
+        if !rt.config.stream_failover || !self.shape.stream {
             return;
         }
-        let retry_on = rt.config.pool_at(member.pool).map(|p| p.retry.retry_on.as_slice());
-        let token = redirect::new_token().filter(|_| self.shape.stream);
-        let (Some(token), Some(retry_on)) = (token, retry_on) else {
-            if let Err(s) = abi::set_header(REQ, redirect::TRY_HEADER, redirect::UNTAGGED) {
-                self.host_error("set try header", s);
-            }
-            return;
-        };
+        let Some(retry_on) = rt.config.pool_at(member.pool).map(|p| p.retry.retry_on.as_slice()) else { return };
+        let Some(token) = redirect::new_token() else { return };
         let h = &self.client_headers;
         let url = redirect::location(
             header_value(h, ":scheme").unwrap_or("http"),
@@ -90,7 +82,8 @@ impl Filter {
         *self = *parked;
         let path = header_value(&replayed, ":path").unwrap_or_default();
         let (status, retry_after) = redirect::failure_in(path);
-        if let (State::Routed(attempt), Some(rt)) = (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
+        if let (State::Routed(attempt), Some(rt)) =
+            (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
         {
             // The failed attempt, recorded once: health, metrics, the plan.
             let now = self.now_ms();
