@@ -159,6 +159,11 @@ def test_a_client_cannot_forge_a_replay_or_steer_the_upstream_filter(alpha_first
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == "switchboard_failover"
     assert mock.count("alpha") == mock.count("beta") == 0
+    # Envoy drops a client's x-envoy-original-url, its mark of a replay: the request is an ordinary one.
+    r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10,
+                   headers={"x-envoy-original-url": "http://elsewhere/v1/chat/completions"})
+    assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == "1"
+    mock.reset()
     # A client's own try header and cluster header are dropped: alpha's 503 is an ordinary failover.
     mock.faults("alpha", status=503)
     headers = {"x-switchboard-try": "0" * 32, "x-switchboard-cluster": "secret"}
