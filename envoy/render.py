@@ -62,6 +62,15 @@ def cluster(name, spec):
     return c
 
 
+def vm_config(wasm_path, env_keys):
+    return {
+        "vm_id": "switchboard",
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": wasm_path}},
+        "environment_variables": {"host_env_keys": sorted(env_keys)},
+    }
+
+
 def wasm_filter(plugin_config, wasm_path, env_keys):
     return {
         "name": "switchboard",
@@ -74,18 +83,68 @@ def wasm_filter(plugin_config, wasm_path, env_keys):
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": json.dumps(plugin_config),
                 },
-                "vm_config": {
-                    "vm_id": "switchboard",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm_path}},
-                    "environment_variables": {"host_env_keys": sorted(env_keys)},
-                },
+                "vm_config": vm_config(wasm_path, env_keys),
                 # Required so the filter can hold the headers until it has read the body.
                 "allow_on_headers_stop_iteration": True,
                 "fail_open": False,
             },
         },
     }
+
+
+# The upstream half of failover that keeps streaming, per try of the router.
+# switchboard tags a routed stream with `x-switchboard-try: <statuses>;<url>`
+# (statuses its pool fails over on, the URL to replay it at, with a one-time
+# token); the header never leaves Envoy. When the try answers one of those
+# statuses, the answer becomes a 307 to that URL plus the status, which the
+# route's internal redirect policy replays through switchboard; a provider's
+# own redirect on a tagged try loses its Location. Successful answers return
+# at the first line. Lua rather than the .wasm again: a second wasm filter
+# costs every request about 20 us of Envoy CPU (bench/results/streams-failover.md).
+STREAM_FAILOVER_LUA = """
+function envoy_on_request(h)
+  local try = h:headers():get("x-switchboard-try")
+  if try == nil then return end
+  h:headers():remove("x-switchboard-try")
+  h:streamInfo():dynamicMetadata():set("switchboard", "try", try)
+end
+
+function envoy_on_response(h)
+  local status = h:headers():get(":status") or ""
+  if string.sub(status, 1, 1) == "2" then return end
+  local meta = h:streamInfo():dynamicMetadata():get("switchboard")
+  if meta == nil or meta["try"] == nil then return end
+  if string.sub(status, 1, 1) == "3" then h:headers():remove("location") end
+  local statuses, url = string.match(meta["try"], "^([%d,]*);(.+)$")
+  if url == nil or string.find("," .. statuses .. ",", "," .. status .. ",", 1, true) == nil then return end
+  url = url .. "&switchboard_status=" .. status
+  local retry_after = h:headers():get("retry-after")
+  if retry_after ~= nil then
+    url = url .. "&switchboard_retry_after=" .. string.gsub(retry_after, "[^%w.~_-]",
+      function(c) return string.format("%%%02X", string.byte(c)) end)
+  end
+  h:headers():replace(":status", "307")
+  h:headers():replace("location", url)
+end
+"""
+
+
+def upstream_filters():
+    """The router's upstream filters for failover that keeps streaming (see
+    STREAM_FAILOVER_LUA), then the codec filter Envoy requires last."""
+    return [
+        {"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": STREAM_FAILOVER_LUA}}},
+        {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
+    ]
+
+
+def internal_redirect_policy(max_redirects):
+    """Replays a request the upstream filter redirected (307 only: it keeps
+    method and body) through the filter chain, up to `max_redirects` times a request."""
+    return {"max_internal_redirects": max_redirects, "redirect_response_codes": [307]}
 
 
 def secret_env_keys(plugin_config):
@@ -121,7 +180,16 @@ def call_log(path):
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
         "path": path,
         "log_format": {"text_format_source": {"inline_string": CALL_LOG_FORMAT}},
-    }}
+    },
+        # A stream failed over by internal redirect is logged once more by Envoy
+        # (the replaced stream), without the filter's line: not a client request.
+        "filter": {"extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": "response.code_details != 'internal_redirect'",
+            }}},
+    }
 
 
 def request_decompressor():
@@ -161,16 +229,28 @@ def cors_policy(origins):
 
 
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
-              cors_origins=("*",), call_log_path=None):
+              cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10):
+    """`stream_failover`: the upstream filter and internal redirect policy
+    that let a failed-over stream reach the client as it is produced, and
+    `"stream_failover": true` in the plugin configuration (off: failed-over
+    streams arrive as one body, through the filter's HTTP calls)."""
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
+    redirects = with_wasm and stream_failover
+    if redirects:
+        # Tells the filter the upstream half is there.
+        plugin_config = {**plugin_config, "stream_failover": True}
     if with_wasm:
         filters.append(wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config)))
-    filters.append({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    router = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    if redirects:
+        router["upstream_http_filters"] = upstream_filters()
+    filters.append({"name": "envoy.filters.http.router", "typed_config": router})
     if with_wasm:
         route = {"cluster_header": header, "timeout": "600s"}
+        if redirects:
+            route["internal_redirect_policy"] = internal_redirect_policy(max_internal_redirects)
     else:
         # Plain Envoy baseline for benchmarks: a static route to the first cluster.
         route = {"cluster": next(iter(clusters)), "timeout": "600s"}
@@ -232,6 +312,8 @@ def main(argv=None):
     ap.add_argument("--cors-origin", action="append", default=None,
                     help="origin allowed for browser clients (repeat; default any: *; 'none' disables CORS)")
     ap.add_argument("--call-log", metavar="PATH", help="write the call log (one JSON line per request) to PATH")
+    ap.add_argument("--no-stream-failover", action="store_true",
+                    help="no upstream filter / internal redirects: failed-over streams arrive as one body")
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     with open(args.plugin_config) as f:
@@ -239,7 +321,7 @@ def main(argv=None):
     clusters = dict(c.split("=", 1) for c in args.cluster)
     origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")
     doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address,
-                    origins, args.call_log)
+                    origins, args.call_log, stream_failover=not args.no_stream_failover)
     text = json.dumps(doc, indent=2)
     if args.output == "-":
         sys.stdout.write(text + "\n")

@@ -440,6 +440,8 @@ pub enum Target {
 pub struct Config {
     pub cluster_header: String,
     pub max_body_bytes: usize,
+    /// Streams fail over by internal redirect (Envoy runs the upstream filter that asks for it).
+    pub stream_failover: bool,
     pub providers: Vec<Provider>,
     pub pools: Vec<Pool>,
     pub routers: Vec<Router>,

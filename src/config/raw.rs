@@ -23,6 +23,8 @@ const DEFAULT_EXPLORE: f64 = 0.05;
 pub(super) struct RawConfig {
     cluster_header: Option<String>,
     max_body_bytes: Option<usize>,
+    /// The router runs the stream-failover upstream filter (`envoy/render.py`).
+    stream_failover: Option<bool>,
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
@@ -519,6 +521,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
     Ok(Config {
         cluster_header,
         max_body_bytes,
+        stream_failover: raw.stream_failover.unwrap_or(false),
         providers,
         pools,
         routers,

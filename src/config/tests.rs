@@ -92,6 +92,15 @@ fn cluster_header_defaults() {
 }
 
 #[test]
+fn stream_failover_is_off_unless_the_configuration_says_the_upstream_filter_runs() {
+    assert!(!parse(&sample_config()).unwrap().stream_failover);
+    let on = sample_config().replacen('{', r#"{"stream_failover": true,"#, 1);
+    assert!(parse(&on).unwrap().stream_failover);
+    let wrong = sample_config().replacen('{', r#"{"stream_failover": "yes","#, 1);
+    assert!(parse(&wrong).unwrap_err().to_string().contains("stream_failover"));
+}
+
+#[test]
 fn errors_name_the_offending_field() {
     let cases: Vec<(String, &str, &str)> = vec![
         (

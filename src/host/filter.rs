@@ -3,6 +3,9 @@
 //! the response and retries other members through `dispatch_http_call`,
 //! replacing the response with the first success.
 //!
+//! A stream's failed attempt is replayed by Envoy instead (internal redirect,
+//! `filter/replay.rs`), so the next member's answer streams to the client.
+//!
 //! Every attempt, routed or dispatched, ends in `finish` (recorded once in
 //! the plan, shared health and metrics); every failed one continues in
 //! `fail_over`, which dispatches the next member or answers that all failed.
@@ -29,7 +32,7 @@ use crate::providers::{
 };
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
-use crate::routing::{exhausted, Availability, NativeOnly, Plan, RouteInput};
+use crate::routing::{exhausted, redirect, Availability, NativeOnly, Plan, RouteInput};
 use crate::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
@@ -38,6 +41,8 @@ use super::observe::{self, Observed};
 use super::runtime::{Picked, Runtime};
 use super::{abi, health_store, live_store, shadow, tenant_store, wake};
 use crate::config::MemberRef;
+
+mod replay;
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
@@ -65,10 +70,17 @@ struct Attempt {
 enum State {
     /// Waiting for the request body.
     Reading,
+    /// Envoy replays the request after a failed attempt (internal redirect):
+    /// waiting for its body to point it at the next member. `headers`: the
+    /// header map as replayed (the previous attempt's rewrite).
+    Replayed { headers: Vec<u8> },
     /// Sent through Envoy's router; waiting for the response headers.
     Routed(Attempt),
     /// Nothing left to do: the response passes through.
     Passing,
+    /// A translated stream, headers held until its first event proves it
+    /// readable (else it fails over); `fed`: body bytes already translated.
+    Priming { attempt: Attempt, status: u16, fed: usize },
     /// A successful answer on its way to the client (a stream of a translated
     /// kind is translated chunk by chunk). The attempt is recorded when the
     /// body ends, or in `on_log` if it never does: an answer cut off by the
@@ -120,6 +132,8 @@ pub struct Filter {
     usage_chunks: Option<UsageChunkFilter>,
     /// What the call log and the request-end stats report.
     obs: Observed,
+    /// The token of the routed attempt, when it can fail over by internal redirect.
+    try_token: Option<String>,
 }
 
 /// A tenant's admission: released and corrected when the request ends.
@@ -159,6 +173,7 @@ impl Filter {
             obs: Observed::default(),
             learned: None,
             feedback: false,
+            try_token: None,
         }
     }
 
@@ -357,8 +372,8 @@ impl Filter {
         }
         self.plan = Some(plan);
         let timeouts = self.timeouts_ms(rt, picked.member.pool, now);
-        let extra = self.native_headers(rt, picked.member);
-        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len, extra) {
+        let present = &self.client_headers;
+        if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len, present) {
             self.host_error(what, s);
             return self.answer_error(&ApiError::internal("The gateway could not rewrite the request."));
         }
@@ -366,6 +381,7 @@ impl Filter {
         self.body = body;
         self.state = State::Routed(self.begin(rt, picked, now));
         self.arm_hedge(rt, picked.member.pool, now);
+        self.tag_try(picked.member);
         Action::Continue
     }
 
@@ -515,16 +531,7 @@ impl Filter {
     /// answers that every attempt failed (none left, or the deadline passed).
     fn fail_over(&mut self, rt: &Runtime, now: u64) -> Action {
         loop {
-            let Some(plan) = self.plan.as_mut() else { return self.exhausted(rt) };
-            if now >= plan.deadline_ms {
-                return self.exhausted(rt);
-            }
-            let failed_from = plan.attempts.last().map(|a| (a.pool, a.member));
-            let Some(picked) = rt.pick(plan, now) else { return self.exhausted(rt) };
-            if let Some((p, m)) = failed_from {
-                rt.metrics.inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
-                rt.metrics.inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
-            }
+            let Some(picked) = self.pick_next(rt, now) else { return self.exhausted(rt) };
             let attempt = self.begin(rt, picked, now);
             match self.dispatch(rt, picked.member, now) {
                 Ok(call) => {
@@ -542,6 +549,19 @@ impl Filter {
                 }
             }
         }
+    }
+
+    /// The member to fail over to (counted as a failover of the last one),
+    /// or none: no member left, or the deadline passed.
+    fn pick_next(&mut self, rt: &Runtime, now: u64) -> Option<Picked> {
+        let plan = self.plan.as_mut().filter(|p| now < p.deadline_ms)?;
+        let failed_from = plan.attempts.last().map(|a| (a.pool, a.member));
+        let picked = rt.pick(plan, now)?;
+        if let Some((p, m)) = failed_from {
+            rt.metrics.inc(rt.metrics.member(p, m).and_then(|mm| mm.failovers));
+            rt.metrics.inc(rt.metrics.pool(p).and_then(|pm| pm.failovers));
+        }
+        Some(picked)
     }
 
     /// Sends the saved request to `member` with Envoy's HTTP call API.
@@ -567,9 +587,9 @@ impl Filter {
             .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {cluster} failed: {s:?}")))
     }
 
-    /// Points the paused request at `member`: body, then the whole header
-    /// map in one host call (allow-listed client headers, path, authority,
-    /// cluster, content type and length, timeouts, the provider's headers).
+    /// Points the paused request at `member`: body, then the header map
+    /// (`present`: as it is now): allow-listed client headers, path,
+    /// authority, cluster, content type and length, timeouts, the provider's headers.
     fn rewrite_request(
         &self,
         rt: &Runtime,
@@ -577,8 +597,9 @@ impl Filter {
         upstream: &UpstreamRequest,
         (timeout_ms, first_byte_ms): (u64, Option<u64>),
         original_len: usize,
-        extra: &[&str],
+        present: &[u8],
     ) -> Result<(), (&'static str, abi::Status)> {
+        let extra = self.native_headers(rt, member);
         abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
             .map_err(|s| ("set request body", s))?;
         let cluster = cluster_of(rt, member).unwrap_or_default();
@@ -604,7 +625,7 @@ impl Filter {
         let sets = |name: &[u8]| ours.iter().any(|(n, _)| n.as_bytes() == name);
         let mut client_path = "";
         let mut json = false;
-        for (k, v) in abi::pairs(&self.client_headers) {
+        for (k, v) in abi::pairs(present) {
             match k {
                 b":path" => client_path = std::str::from_utf8(v).unwrap_or(""),
                 b"content-type" => json = v == b"application/json",
@@ -857,6 +878,13 @@ fn header_value<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
 }
 
 impl Context for Filter {
+    /// Envoy destroys a replayed request's old instance after logging it,
+    /// except where logging is deferred (HTTP/3): then the hand-over happens here.
+    fn on_done(&mut self) -> bool {
+        self.hand_over();
+        true
+    }
+
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         if !self.hedge_answered(token_id, num_headers) {
             return;
@@ -963,6 +991,18 @@ impl HttpContext for Filter {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => format!("{:016x}", rt.random()),
         };
+        if let Some(token) = header_value(&raw, ":path").and_then(redirect::token_in_path) {
+            let token = token.to_string();
+            return self.resume(&token, raw, end_of_stream);
+        }
+        if rt.config.stream_failover && header_value(&raw, "x-envoy-original-url").is_some() {
+            // Envoy followed a redirect switchboard did not ask for (a provider's own): never re-routed.
+            return self.answer_error(&ApiError::new(
+                502,
+                "invalid_upstream_response",
+                "The provider answered with a redirect, which the gateway does not follow.",
+            ));
+        }
         if let Some(tenants) = &rt.config.tenants {
             let key = presented_key(|name| header_value(&raw, name));
             match authenticate(tenants, key) {
@@ -1026,6 +1066,7 @@ impl HttpContext for Filter {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.state {
             State::Reading => {}
+            State::Replayed { .. } => return self.replay_body(body_size, end_of_stream),
             State::Answered => return Action::Pause,
             _ => return Action::Continue,
         }
@@ -1050,6 +1091,10 @@ impl HttpContext for Filter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.state {
             State::Reading => {}
+            State::Replayed { .. } => {
+                let size = abi::buffer(abi::BUFFER_REQUEST_BODY, 0, usize::MAX).map_or(0, |b| b.len());
+                return self.replay_body(size, true);
+            }
             State::Answered => return Action::Pause,
             _ => return Action::Continue,
         }
@@ -1090,8 +1135,15 @@ impl HttpContext for Filter {
         if attempt.started_ms > 0 {
             attempt.first_byte_ms = now;
         }
+        // A failure the upstream filter made a redirect that Envoy did not follow: fail over here.
+        let redirected = self.try_token.take().filter(|_| status == 307).and(header_value(&headers, "location"));
+        let (status, retry_after) = match redirected.map(redirect::failure_in) {
+            Some((failed, retry_after)) => (failed, retry_after),
+            None => (status, header_value(&headers, "retry-after").map(str::to_string)),
+        };
+        let retry_after = retry_after.as_deref();
         if rt.is_failure(attempt.picked.member, status) {
-            self.finish(&rt, &attempt, status, header_value(&headers, "retry-after"), now);
+            self.finish(&rt, &attempt, status, retry_after, now);
             if let Some(wait) = self.settle_hedge(&rt, true) {
                 return wait;
             }
@@ -1118,6 +1170,11 @@ impl HttpContext for Filter {
             self.obs.answered(status, now);
             let content_type = [("content-type", "text/event-stream")];
             self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
+            if attempt.adapter.is_some() && !end_of_stream {
+                // Held until the first event: an unreadable stream can still fail over.
+                self.state = State::Priming { attempt, status, fed: 0 };
+                return Action::Pause;
+            }
             return self.relay(&rt, attempt, status, end_of_stream);
         }
         let content_type = [("content-type", "application/json")];
@@ -1139,7 +1196,7 @@ impl HttpContext for Filter {
             // Hold the failed upstream's body back until the local answer replaces it.
             State::Failover { .. } => return Action::Pause,
             State::Holding { .. } if !end_of_stream => return Action::Pause,
-            State::Holding { .. } => {}
+            State::Holding { .. } | State::Priming { .. } => {}
             State::Relaying { attempt, .. }
                 if attempt.adapter.is_some()
                     || (self.door_answer.is_some() && !attempt.native)
@@ -1155,7 +1212,9 @@ impl HttpContext for Filter {
             _ => return Action::Continue,
         }
         let Some(rt) = self.rt.clone() else { return Action::Continue };
-        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
+        // A primed stream's body is buffered by Envoy while held: only the new bytes are read.
+        let start = if let State::Priming { fed, .. } = &self.state { (*fed).min(body_size) } else { 0 };
+        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, start, body_size - start) {
             Ok(chunk) => chunk,
             Err(s) => {
                 self.host_error("get response body", s);
@@ -1163,6 +1222,17 @@ impl HttpContext for Filter {
             }
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
+            State::Priming { attempt, status, .. } => {
+                match self.prime(&rt, attempt, status, &chunk, body_size, end_of_stream) {
+                    Ok(out) => {
+                        if self.obs.first_event_ms == 0 && !out.is_empty() {
+                            self.obs.first_event_ms = self.now_ms();
+                        }
+                        out
+                    }
+                    Err(action) => return action,
+                }
+            }
             State::Relaying { mut attempt, status } => {
                 if self.shape.stream && self.obs.first_event_ms == 0 && body_size > 0 {
                     self.obs.first_event_ms = self.now_ms();
@@ -1238,6 +1308,9 @@ impl HttpContext for Filter {
     /// The request is over, however it ended: settle the attempt still open
     /// and the tenant's admission.
     fn on_log(&mut self) {
+        if self.hand_over() {
+            return;
+        }
         let Some(rt) = self.rt.clone() else { return };
         self.settle_hedge(&rt, false);
         self.end_unfinished_answer(&rt);
@@ -1340,7 +1413,9 @@ impl Filter {
     /// end: cut off by the upstream (the member's failure), or by the client.
     fn end_unfinished_answer(&mut self, rt: &Runtime) {
         let (attempt, status) = match std::mem::replace(&mut self.state, State::Passing) {
-            State::Relaying { attempt, status } | State::Holding { attempt, status } => (attempt, status),
+            State::Relaying { attempt, status }
+            | State::Holding { attempt, status }
+            | State::Priming { attempt, status, .. } => (attempt, status),
             // The client left before any answer: nothing to judge the member by.
             State::Routed(attempt) | State::Failover { attempt, .. } => return self.unjudged(rt, &attempt, 0),
             _ => return,

@@ -9,6 +9,7 @@ mod learned_store;
 mod live_store;
 mod metrics;
 mod observe;
+mod parked;
 mod probes;
 mod root;
 mod runtime;

@@ -86,6 +86,9 @@ pub(super) trait StreamState: Debug {
 
     /// The latest usage the provider reported, whether or not it was sent.
     fn usage(&self) -> Option<Usage>;
+
+    /// Whether the stream failed before any event for the client.
+    fn failed_before_output(&self) -> bool;
 }
 
 /// What a kind does with each JSON event of its SSE stream.
@@ -138,5 +141,9 @@ impl<E: SseEvents> StreamState for SseStream<E> {
 
     fn usage(&self) -> Option<Usage> {
         self.emitter.usage
+    }
+
+    fn failed_before_output(&self) -> bool {
+        self.emitter.failed_before_output()
     }
 }

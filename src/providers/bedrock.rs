@@ -366,6 +366,10 @@ impl StreamState for Stream {
     fn usage(&self) -> Option<Usage> {
         self.emitter.usage
     }
+
+    fn failed_before_output(&self) -> bool {
+        self.emitter.failed_before_output()
+    }
 }
 
 /// Decoding state of one Bedrock event stream.

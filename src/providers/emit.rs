@@ -58,6 +58,11 @@ impl Emitter {
         self.errored || self.done
     }
 
+    /// True when the stream failed before any chunk was written.
+    pub fn failed_before_output(&self) -> bool {
+        self.errored && self.started.is_empty()
+    }
+
     /// True while choice `index` may still receive content.
     fn open(&self, index: u32) -> bool {
         !self.closed() && !self.finished.contains(&index)

@@ -109,6 +109,13 @@ impl ResponseAdapter {
         self.failed
     }
 
+    /// True when the stream failed (unreadable, an error event, ended
+    /// empty) before it produced any event for the client: the host may
+    /// still fail over.
+    pub fn stream_failed_before_output(&self) -> bool {
+        self.stream_state.as_ref().is_some_and(|s| s.failed_before_output())
+    }
+
     /// The next piece of a successful stream into OpenAI `chat.completion.chunk`
     /// SSE events. Events split across chunks are held until complete; the
     /// call with `end_of_stream` flushes and ends with `data: [DONE]`.
@@ -189,6 +196,34 @@ mod tests {
         .unwrap();
         assert_eq!(v["error"]["code"], "api_error");
         assert!(a.translation_failed());
+    }
+
+    #[test]
+    fn stream_failure_before_any_event_is_told_apart_from_a_failure_later() {
+        let new = |kind| ResponseAdapter::new(kind, Endpoint::ChatCompletions, true, "m").unwrap();
+        for kind in [ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Bedrock] {
+            // Garbage, or a 200 that ends with nothing: nothing reached the client yet.
+            let mut a = new(kind);
+            assert!(!a.stream_failed_before_output(), "nothing fed yet");
+            a.translate_stream(b"<html>bad gateway</html>", true);
+            assert!(a.stream_failed_before_output(), "{kind:?}");
+            let mut a = new(kind);
+            a.translate_stream(b"", true);
+            assert!(a.stream_failed_before_output(), "{kind:?}");
+        }
+        let mut a = new(ProviderKind::Anthropic);
+        a.translate_stream(b"data: {not json\n\n", false);
+        assert!(a.stream_failed_before_output());
+        // An event went out, then the stream broke: too late to fail over.
+        let mut a = new(ProviderKind::Anthropic);
+        let text = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n";
+        assert!(!a.translate_stream(text, false).is_empty());
+        a.translate_stream(b"data: {not json\n\n", true);
+        assert!(!a.stream_failed_before_output());
+        // Half an event is no verdict yet.
+        let mut a = new(ProviderKind::Anthropic);
+        assert!(a.translate_stream(b"event: content_block_delta\ndata: {\"type\":", false).is_empty());
+        assert!(!a.stream_failed_before_output());
     }
 
     /// Upstream error bodies of every shape the kinds know, and some they do not.

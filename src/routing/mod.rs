@@ -9,6 +9,7 @@ pub mod exhausted;
 pub mod filter;
 pub mod health;
 pub mod plan;
+pub mod redirect;
 pub mod router;
 pub mod select;
 pub mod stats;

@@ -60,8 +60,9 @@ def clusters_for(mock, **overrides):
 def make_gateway(mock):
     started = []
 
-    def make(config=None, clusters=None, concurrency=2, env=None):
-        g = Gateway(config or base_config(), clusters or clusters_for(mock), env or KEYS, concurrency=concurrency)
+    def make(config=None, clusters=None, concurrency=2, env=None, **options):
+        g = Gateway(config or base_config(), clusters or clusters_for(mock), env or KEYS, concurrency=concurrency,
+                    **options)
         started.append(g)
         return g
 

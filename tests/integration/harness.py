@@ -88,13 +88,15 @@ class MockProvider:
 class Gateway:
     """A real Envoy with switchboard loaded from the built .wasm."""
 
-    def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False, call_log=False):
+    def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False, call_log=False,
+                 **render_options):
+        """`render_options`: keyword arguments of render.bootstrap (stream_failover, max_internal_redirects)."""
         self.port = free_port()
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="switchboard-it-")
         self.call_log_path = os.path.join(self.dir, "calls.log") if call_log else None
         doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters,
-                               call_log_path=self.call_log_path)
+                               call_log_path=self.call_log_path, **render_options)
         self.config_path = os.path.join(self.dir, "envoy.json")
         with open(self.config_path, "w") as f:
             json.dump(doc, f)
