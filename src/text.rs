@@ -28,6 +28,33 @@ pub fn json_string_chars(raw: &str) -> impl Iterator<Item = char> + '_ {
     })
 }
 
+/// Appends `raw` (a JSON string body) decoded, as [`json_string_chars`]
+/// decodes it: runs without escapes are copied whole, not char by char.
+pub fn push_json_string(out: &mut String, raw: &str) {
+    let mut rest = raw;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(rest.get(..at).unwrap_or_default());
+        let mut chars = rest.get(at + 1..).unwrap_or_default().chars();
+        let Some(c) = chars.next() else { return };
+        out.push(match c {
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'b' | 'f' => ' ',
+            'u' => {
+                let mut code = 0u32;
+                for _ in 0..4 {
+                    code = code * 16 + chars.next().and_then(|h| h.to_digit(16)).unwrap_or(0xf);
+                }
+                char::from_u32(code).unwrap_or('\u{fffd}')
+            }
+            other => other,
+        });
+        rest = chars.as_str();
+    }
+    out.push_str(rest);
+}
+
 /// Word hashing: a word's lower-cased UTF-8 bytes, eight at a time (little
 /// endian; the last chunk zero-padded, word bytes are never zero), one
 /// multiply per chunk. A multiply by an odd constant is a bijection, so words
@@ -450,6 +477,23 @@ mod tests {
                 Unit::Char(c) => got.push(c),
             });
             assert_eq!(got, json_string_chars(raw).collect::<String>(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn pushed_json_strings_match_the_char_reader() {
+        for raw in [
+            r#"plain ascii"#,
+            r#"caf\u00e9 \"q\" \\ x\ny"#,
+            "ünï ✓ 你好\\n",
+            "trailing\\",
+            "\\u12",
+            "\\u12é!",
+            r#"\ud83d\ude00 \x"#,
+        ] {
+            let mut got = String::from(">");
+            push_json_string(&mut got, raw);
+            assert_eq!(got, format!(">{}", json_string_chars(raw).collect::<String>()), "{raw}");
         }
     }
 

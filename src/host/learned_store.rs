@@ -12,7 +12,7 @@ use crate::api::request::ParsedRequest;
 use crate::config::{Config, Learned};
 use crate::learned::{Correction, Model};
 use crate::routing::router::LearnedScorer;
-use crate::text::json_string_chars;
+use crate::text::push_json_string;
 
 use super::abi;
 
@@ -38,7 +38,7 @@ fn prompt_text(request: &ParsedRequest<'_>) -> String {
         if i > 0 {
             text.push('\n');
         }
-        text.extend(json_string_chars(part));
+        push_json_string(&mut text, part);
     }
     text
 }
