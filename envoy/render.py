@@ -241,6 +241,9 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     if redirects:
         # Tells the filter the upstream half is there.
         plugin_config = {**plugin_config, "stream_failover": True}
+    if call_log_path:
+        # Tells the filter an access log prints its call-log line.
+        plugin_config = {**plugin_config, "call_log": True}
     if with_wasm:
         filters.append(wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config)))
     router = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}

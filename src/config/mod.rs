@@ -442,6 +442,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Streams fail over by internal redirect (Envoy runs the upstream filter that asks for it).
     pub stream_failover: bool,
+    /// Each request's call-log line is written as filter state for Envoy's access log.
+    pub call_log: bool,
     pub providers: Vec<Provider>,
     pub pools: Vec<Pool>,
     pub routers: Vec<Router>,

@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     max_body_bytes: Option<usize>,
     /// The router runs the stream-failover upstream filter (`envoy/render.py`).
     stream_failover: Option<bool>,
+    /// An access log prints the call log (`%FILTER_STATE(wasm.switchboard.call:PLAIN)%`).
+    call_log: Option<bool>,
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
@@ -522,6 +524,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
         cluster_header,
         max_body_bytes,
         stream_failover: raw.stream_failover.unwrap_or(false),
+        call_log: raw.call_log.unwrap_or(false),
         providers,
         pools,
         routers,

@@ -92,6 +92,14 @@ fn cluster_header_defaults() {
 }
 
 #[test]
+fn call_log_is_written_only_when_the_configuration_asks() {
+    assert!(!parse(&sample_config()).unwrap().call_log);
+    assert!(parse(&sample_config().replacen('{', r#"{"call_log": true,"#, 1)).unwrap().call_log);
+    let wrong = sample_config().replacen('{', r#"{"call_log": 1,"#, 1);
+    assert!(parse(&wrong).unwrap_err().to_string().contains("call_log"));
+}
+
+#[test]
 fn stream_failover_is_off_unless_the_configuration_says_the_upstream_filter_runs() {
     assert!(!parse(&sample_config()).unwrap().stream_failover);
     let on = sample_config().replacen('{', r#"{"stream_failover": true,"#, 1);
