@@ -6,25 +6,9 @@
 /// on the fly. A malformed escape yields U+FFFD; a trailing backslash ends the text.
 pub fn json_string_chars(raw: &str) -> impl Iterator<Item = char> + '_ {
     let mut chars = raw.chars();
-    std::iter::from_fn(move || {
-        let c = chars.next()?;
-        if c != '\\' {
-            return Some(c);
-        }
-        Some(match chars.next()? {
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'b' | 'f' => ' ',
-            'u' => {
-                let mut code = 0u32;
-                for _ in 0..4 {
-                    code = code * 16 + chars.next().and_then(|h| h.to_digit(16)).unwrap_or(0xf);
-                }
-                char::from_u32(code).unwrap_or('\u{fffd}')
-            }
-            other => other,
-        })
+    std::iter::from_fn(move || match chars.next()? {
+        '\\' => unescape(&mut chars),
+        c => Some(c),
     })
 }
 
@@ -35,24 +19,29 @@ pub fn push_json_string(out: &mut String, raw: &str) {
     while let Some(at) = rest.find('\\') {
         out.push_str(rest.get(..at).unwrap_or_default());
         let mut chars = rest.get(at + 1..).unwrap_or_default().chars();
-        let Some(c) = chars.next() else { return };
-        out.push(match c {
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'b' | 'f' => ' ',
-            'u' => {
-                let mut code = 0u32;
-                for _ in 0..4 {
-                    code = code * 16 + chars.next().and_then(|h| h.to_digit(16)).unwrap_or(0xf);
-                }
-                char::from_u32(code).unwrap_or('\u{fffd}')
-            }
-            other => other,
-        });
+        let Some(c) = unescape(&mut chars) else { return };
+        out.push(c);
         rest = chars.as_str();
     }
     out.push_str(rest);
+}
+
+/// The character an escape stands for, read from just after its backslash.
+fn unescape(chars: &mut std::str::Chars<'_>) -> Option<char> {
+    Some(match chars.next()? {
+        'n' => '\n',
+        'r' => '\r',
+        't' => '\t',
+        'b' | 'f' => ' ',
+        'u' => {
+            let mut code = 0u32;
+            for _ in 0..4 {
+                code = code * 16 + chars.next().and_then(|h| h.to_digit(16)).unwrap_or(0xf);
+            }
+            char::from_u32(code).unwrap_or('\u{fffd}')
+        }
+        other => other,
+    })
 }
 
 /// Word hashing: a word's lower-cased UTF-8 bytes, eight at a time (little
