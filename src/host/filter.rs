@@ -1374,7 +1374,7 @@ impl Filter {
         let Some(admission) = self.tenant.take() else { return };
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
         let mut end = Settlement { parallel_held: admission.parallel_held, ..Settlement::default() };
-        let now_s = self.now_ms() / 1000;
+        let now_s = if self.obs.ended_ms > 0 { self.obs.ended_ms } else { self.now_ms() } / 1000;
         let usage = self.answer_usage();
         if tenant.tpm.is_some() || tenant.budget.is_some() {
             match usage {
