@@ -530,17 +530,33 @@ impl Filter {
     /// After a failed attempt: dispatches the request to the next member, or
     /// answers that every attempt failed (none left, or the deadline passed).
     fn fail_over(&mut self, rt: &Runtime, now: u64) -> Action {
+        match self.start_next(rt, now, "failover call", |f, member| f.dispatch(rt, member, now)) {
+            Ok((attempt, call)) => {
+                self.state = State::Failover { attempt, call };
+                Action::Pause
+            }
+            Err(exhausted) => exhausted,
+        }
+    }
+
+    /// Starts the next member the plan allows with `start`; a member that
+    /// cannot be started is a failed attempt and the next one is tried.
+    /// `Err`: none left, the exhausted answer.
+    fn start_next<T>(
+        &mut self,
+        rt: &Runtime,
+        now: u64,
+        what: &str,
+        mut start: impl FnMut(&mut Self, MemberRef) -> Result<T, ApiError>,
+    ) -> Result<(Attempt, T), Action> {
         loop {
-            let Some(picked) = self.pick_next(rt, now) else { return self.exhausted(rt) };
+            let Some(picked) = self.pick_next(rt, now) else { return Err(self.exhausted(rt)) };
             let attempt = self.begin(rt, picked, now);
-            match self.dispatch(rt, picked.member, now) {
-                Ok(call) => {
-                    self.state = State::Failover { attempt, call };
-                    return Action::Pause;
-                }
+            match start(self, picked.member) {
+                Ok(started) => return Ok((attempt, started)),
                 Err(e) => {
                     log::warn!(
-                        "switchboard[{}]: failover call to {} failed to start: {}",
+                        "switchboard[{}]: {what} to {} failed to start: {}",
                         self.request_id,
                         rt.member_id(picked.member),
                         e.message
@@ -1314,8 +1330,10 @@ impl HttpContext for Filter {
         let Some(rt) = self.rt.clone() else { return };
         self.settle_hedge(&rt, false);
         self.end_unfinished_answer(&rt);
-        self.report(&rt);
-        self.release_tenant(&rt);
+        // A relayed answer ended when its last byte was read: no clock needed.
+        let ended_ms = if self.obs.ended_ms > 0 { self.obs.ended_ms } else { self.now_ms() };
+        self.report(&rt, ended_ms);
+        self.release_tenant(&rt, ended_ms);
     }
 }
 
@@ -1354,15 +1372,14 @@ impl Filter {
     }
 
     /// The call-log line and the request-end stats.
-    fn report(&self, rt: &Runtime) {
+    fn report(&self, rt: &Runtime, ended_ms: u64) {
         let end = observe::End {
             request_id: &self.request_id,
             tenant: self.tenant.as_ref().map(|t| t.index),
             plan: self.plan.as_ref(),
             stream: self.shape.stream,
             usage: self.answer_usage(),
-            // A relayed answer ended when its last byte was read: no clock needed.
-            now_ms: if self.obs.ended_ms > 0 { self.obs.ended_ms } else { self.now_ms() },
+            now_ms: ended_ms,
         };
         observe::report(rt, &self.obs, &end);
     }
@@ -1370,11 +1387,11 @@ impl Filter {
     /// The tenant's request ended: its parallel slot is free again and its
     /// token reservation becomes the real usage (kept as reserved when the
     /// answer reported none).
-    fn release_tenant(&mut self, rt: &Runtime) {
+    fn release_tenant(&mut self, rt: &Runtime, ended_ms: u64) {
         let Some(admission) = self.tenant.take() else { return };
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
         let mut end = Settlement { parallel_held: admission.parallel_held, ..Settlement::default() };
-        let now_s = if self.obs.ended_ms > 0 { self.obs.ended_ms } else { self.now_ms() } / 1000;
+        let now_s = ended_ms / 1000;
         let usage = self.answer_usage();
         if tenant.tpm.is_some() || tenant.budget.is_some() {
             match usage {

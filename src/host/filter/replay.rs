@@ -119,25 +119,15 @@ impl Filter {
             return Action::Continue;
         };
         let now = self.now_ms();
-        loop {
-            let Some(picked) = self.pick_next(&rt, now) else { return self.exhausted(&rt) };
-            let attempt = self.begin(&rt, picked, now);
-            match self.point_at(&rt, picked.member, body_size, &headers, now) {
-                Ok(()) => {
-                    self.state = State::Routed(attempt);
-                    self.tag_try(picked.member);
-                    return Action::Continue;
-                }
-                Err(e) => {
-                    log::warn!(
-                        "switchboard[{}]: cannot route the replay to {}: {}",
-                        self.request_id,
-                        rt.member_id(picked.member),
-                        e.message
-                    );
-                    self.finish(&rt, &attempt, 0, None, now);
-                }
+        let routed = |f: &mut Self, member| f.point_at(&rt, member, body_size, &headers, now);
+        match self.start_next(&rt, now, "replay", routed) {
+            Ok((attempt, ())) => {
+                let member = attempt.picked.member;
+                self.state = State::Routed(attempt);
+                self.tag_try(member);
+                Action::Continue
             }
+            Err(exhausted) => exhausted,
         }
     }
 
