@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from harness import Gateway, MockProvider, chat
-from test_providers import KEYS, KINDS, providers_config
+from test_providers import KEYS, KIND_LISTENERS, KINDS, providers_config
 
 TENANT_KEYS = {"team-a": "sk-obs-team-a", "team-rpm": "sk-obs-team-rpm", "team-budget": "sk-obs-team-budget"}
 OPENAI_WIRE = ("openai", "compat", "azure")
@@ -39,14 +39,7 @@ def member(name, **extra):
 
 @pytest.fixture(scope="module")
 def obs_mock():
-    m = MockProvider({
-        "openai": f"kind=openai,key={KEYS['OPENAI_KEY']}",
-        "compat": "kind=openai",
-        "azure": f"kind=azure,key={KEYS['AZURE_KEY']}",
-        "anthropic": f"kind=anthropic,key={KEYS['ANTHROPIC_KEY']}",
-        "gemini": f"kind=gemini,key={KEYS['GEMINI_KEY']}",
-        "bedrock": f"kind=bedrock,key={KEYS['AWS_AK']},secret={KEYS['AWS_SK']}",
-    })
+    m = MockProvider(KIND_LISTENERS)
     yield m
     m.stop()
 

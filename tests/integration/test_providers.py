@@ -30,17 +30,20 @@ KINDS = {
 }
 
 
+# One mock listener per provider kind, checking that kind's credentials.
+KIND_LISTENERS = {
+    "openai": f"kind=openai,key={KEYS['OPENAI_KEY']}",
+    "compat": "kind=openai",
+    "azure": f"kind=azure,key={KEYS['AZURE_KEY']}",
+    "anthropic": f"kind=anthropic,key={KEYS['ANTHROPIC_KEY']}",
+    "gemini": f"kind=gemini,key={KEYS['GEMINI_KEY']}",
+    "bedrock": f"kind=bedrock,key={KEYS['AWS_AK']},secret={KEYS['AWS_SK']}",
+}
+
+
 @pytest.fixture(scope="module")
 def kinds_mock():
-    listeners = {
-        "openai": f"kind=openai,key={KEYS['OPENAI_KEY']}",
-        "compat": "kind=openai",
-        "azure": f"kind=azure,key={KEYS['AZURE_KEY']}",
-        "anthropic": f"kind=anthropic,key={KEYS['ANTHROPIC_KEY']}",
-        "gemini": f"kind=gemini,key={KEYS['GEMINI_KEY']}",
-        "bedrock": f"kind=bedrock,key={KEYS['AWS_AK']},secret={KEYS['AWS_SK']}",
-    }
-    m = MockProvider(listeners)
+    m = MockProvider(KIND_LISTENERS)
     yield m
     m.stop()
 
