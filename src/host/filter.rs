@@ -1147,10 +1147,6 @@ impl HttpContext for Filter {
             Vec::new()
         });
         let status = header_value(&headers, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let now = self.now_ms();
-        if attempt.started_ms > 0 {
-            attempt.first_byte_ms = now;
-        }
         // A failure the upstream filter made a redirect that Envoy did not follow: fail over here.
         let redirected = self.try_token.take().filter(|_| status == 307).and(header_value(&headers, "location"));
         let (status, retry_after) = match redirected.map(redirect::failure_in) {
@@ -1158,7 +1154,14 @@ impl HttpContext for Filter {
             None => (status, header_value(&headers, "retry-after").map(str::to_string)),
         };
         let retry_after = retry_after.as_deref();
-        if rt.is_failure(attempt.picked.member, status) {
+        let failed = rt.is_failure(attempt.picked.member, status);
+        // The time of the first byte is for failover (health, deadline), latency
+        // pools and the call log; a plain success needs no clock here.
+        let now = if failed || attempt.started_ms > 0 || rt.config.call_log { self.now_ms() } else { 0 };
+        if attempt.started_ms > 0 {
+            attempt.first_byte_ms = now;
+        }
+        if failed {
             self.finish(&rt, &attempt, status, retry_after, now);
             if let Some(wait) = self.settle_hedge(&rt, true) {
                 return wait;
