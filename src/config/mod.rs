@@ -7,7 +7,7 @@ mod tenants;
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::Deserialize;
+pub use switchboard_schema::{Capability, ProviderKind, Strategy};
 
 /// Where a secret comes from. Injected so tests need not touch the process
 /// environment; the filter passes `std::env::var`.
@@ -62,32 +62,6 @@ pub enum Credentials {
     Aws { access_key_id: Secret, secret_access_key: Secret, session_token: Option<Secret> },
 }
 
-/// How a provider is spoken to (wire format and authentication).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    #[default]
-    Openai,
-    OpenaiCompatible,
-    Azure,
-    Anthropic,
-    Gemini,
-    Bedrock,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Openai => "openai",
-            ProviderKind::OpenaiCompatible => "openai_compatible",
-            ProviderKind::Azure => "azure",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Gemini => "gemini",
-            ProviderKind::Bedrock => "bedrock",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub name: String,
@@ -105,38 +79,6 @@ pub struct Provider {
     pub region: String,
     /// Anthropic `anthropic-version` header.
     pub anthropic_version: String,
-}
-
-/// Request features a member may lack (`capabilities`; absent = all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Capability {
-    /// Image parts in messages.
-    Vision,
-    /// `tools` / `functions`.
-    Tools,
-    /// `response_format: {"type": "json_schema"}`.
-    JsonSchema,
-}
-
-impl Capability {
-    pub const ALL: [Capability; 3] = [Capability::Vision, Capability::Tools, Capability::JsonSchema];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::Vision => "vision",
-            Capability::Tools => "tools",
-            Capability::JsonSchema => "json_schema",
-        }
-    }
-
-    fn bit(self) -> u8 {
-        match self {
-            Capability::Vision => 1,
-            Capability::Tools => 2,
-            Capability::JsonSchema => 4,
-        }
-    }
 }
 
 /// A set of capabilities, as bits. The default is all of them (nothing declared, nothing ruled out).
@@ -205,35 +147,6 @@ impl Member {
             weight: 1,
             id: format!("{provider_name}/{model}"),
             ..Member::default()
-        }
-    }
-}
-
-/// How a pool chooses among the members a request may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Random by `weight`.
-    #[default]
-    Weighted,
-    /// Fewest requests in flight, ties by weight.
-    LeastBusy,
-    /// Lowest moving-average latency; members without data first; `explore` share elsewhere.
-    LowestLatency,
-    /// Cheapest expected cost of this request, weighted among equals.
-    LowestCost,
-    /// Best (lowest) `priority` tier with a usable member, weighted within.
-    Priority,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Weighted => "weighted",
-            Strategy::LeastBusy => "least_busy",
-            Strategy::LowestLatency => "lowest_latency",
-            Strategy::LowestCost => "lowest_cost",
-            Strategy::Priority => "priority",
         }
     }
 }

@@ -3,36 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use switchboard_schema::{RawPeriod, RawTenant};
 
 use crate::tenant::{parse_hash, Budget, BudgetPeriod, Tenant};
 
 use super::{err, ConfigError};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTenant {
-    keys_sha256: Vec<String>,
-    allow: Option<Vec<String>>,
-    rpm: Option<u32>,
-    tpm: Option<u64>,
-    max_parallel: Option<u32>,
-    budget_usd: Option<RawBudget>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBudget {
-    per: RawPeriod,
-    limit: f64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum RawPeriod {
-    Day,
-    Month,
-}
 
 /// Validates tenants; `known(name)` says whether a name in `allow` is something a client may address.
 pub(super) fn validate(

@@ -1,0 +1,326 @@
+//! The configuration JSON as users write it: plain types that serde reads,
+//! with unknown fields refused so a typo never silently does nothing. Their
+//! validation into the filter's `Config` is in the `switchboard` crate.
+//!
+//! A crate of its own so it can be compiled for size while the request path
+//! is compiled for speed: the deserializers generated here (with
+//! `serde_path_to_error`'s field paths) run once per configuration load and
+//! are most of the module's code.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// How a provider is spoken to (wire format and authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    #[default]
+    Openai,
+    OpenaiCompatible,
+    Azure,
+    Anthropic,
+    Gemini,
+    Bedrock,
+}
+
+impl ProviderKind {
+    #[inline]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
+        }
+    }
+}
+
+/// Request features a member may lack (`capabilities`; absent = all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Image parts in messages.
+    Vision,
+    /// `tools` / `functions`.
+    Tools,
+    /// `response_format: {"type": "json_schema"}`.
+    JsonSchema,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 3] = [Capability::Vision, Capability::Tools, Capability::JsonSchema];
+
+    #[inline]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Vision => "vision",
+            Capability::Tools => "tools",
+            Capability::JsonSchema => "json_schema",
+        }
+    }
+
+    #[inline]
+    pub fn bit(self) -> u8 {
+        match self {
+            Capability::Vision => 1,
+            Capability::Tools => 2,
+            Capability::JsonSchema => 4,
+        }
+    }
+}
+
+/// How a pool chooses among the members a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Random by `weight`.
+    #[default]
+    Weighted,
+    /// Fewest requests in flight, ties by weight.
+    LeastBusy,
+    /// Lowest moving-average latency; members without data first; `explore` share elsewhere.
+    LowestLatency,
+    /// Cheapest expected cost of this request, weighted among equals.
+    LowestCost,
+    /// Best (lowest) `priority` tier with a usable member, weighted within.
+    Priority,
+}
+
+impl Strategy {
+    #[inline]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Weighted => "weighted",
+            Strategy::LeastBusy => "least_busy",
+            Strategy::LowestLatency => "lowest_latency",
+            Strategy::LowestCost => "lowest_cost",
+            Strategy::Priority => "priority",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub cluster_header: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    /// The router runs the stream-failover upstream filter (`envoy/render.py`).
+    pub stream_failover: Option<bool>,
+    /// An access log prints the call log (`%FILTER_STATE(wasm.switchboard.call:PLAIN)%`).
+    pub call_log: Option<bool>,
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    pub routers: BTreeMap<String, RawRouter>,
+    /// Defaults applied to every pool that does not set its own.
+    #[serde(default)]
+    pub defaults: RawPoolPolicy,
+    /// When present, every request needs a tenant's key.
+    pub tenants: Option<BTreeMap<String, RawTenant>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    #[serde(default)]
+    pub kind: ProviderKind,
+    pub cluster: String,
+    pub host: String,
+    pub base_path: Option<String>,
+    pub api_key_env: Option<String>,
+    pub api_version: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id_env: Option<String>,
+    pub secret_access_key_env: Option<String>,
+    pub session_token_env: Option<String>,
+    pub anthropic_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub consecutive_failures: Option<u32>,
+    pub cooldown_ms: Option<u64>,
+    pub max_cooldown_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolPolicy {
+    pub retry_on: Option<Vec<u16>>,
+    pub max_attempts: Option<u32>,
+    pub per_try_timeout_ms: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub hedge_after_ms: Option<u64>,
+    pub stream_idle_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub health: Option<RawHealth>,
+    pub probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default)]
+    pub description: String,
+    pub max_response_tokens: Option<u32>,
+    pub members: Vec<RawMember>,
+    #[serde(default)]
+    pub fallback_pools: Vec<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub explore: Option<f64>,
+    pub shadow: Option<RawShadow>,
+    #[serde(flatten)]
+    pub policy: RawPoolPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub provider: String,
+    pub model: String,
+    pub sample: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub provider: String,
+    pub model: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub deployment: Option<String>,
+    pub context_window: Option<u32>,
+    pub max_output_tokens: Option<u32>,
+    pub capabilities: Option<Vec<Capability>>,
+    pub input_cost_per_mtok: Option<f64>,
+    pub output_cost_per_mtok: Option<f64>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub canary: Option<RawCanary>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub max_error_rate: f64,
+    pub min_requests: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouter {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    pub default: Option<String>,
+    pub learned: Option<RawLearned>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    #[serde(default)]
+    pub when: RawConditions,
+    pub pool: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConditions {
+    pub header: Option<RawHeader>,
+    pub has_images: Option<bool>,
+    pub has_tools: Option<bool>,
+    pub stream: Option<bool>,
+    pub min_prompt_tokens: Option<u32>,
+    pub max_prompt_tokens: Option<u32>,
+    pub any_keywords: Option<Vec<String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeader {
+    pub name: String,
+    pub equals: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLearned {
+    pub strong: String,
+    pub weak: String,
+    pub threshold: Option<f64>,
+    pub strong_share: Option<f64>,
+    pub model: Option<String>,
+}
+
+pub fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub keys_sha256: Vec<String>,
+    pub allow: Option<Vec<String>>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub max_parallel: Option<u32>,
+    pub budget_usd: Option<RawBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub per: RawPeriod,
+    pub limit: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPeriod {
+    Day,
+    Month,
+}
+
+/// A configuration refused by its shape: the field path (empty for the
+/// document itself) and serde's message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Reads the configuration document. An empty one is refused with a hint.
+pub fn parse(json: &[u8]) -> Result<RawConfig, SchemaError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(SchemaError {
+            field: String::new(),
+            message: "configuration is empty; expected a JSON object with \"providers\" and \"pools\"".into(),
+        });
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        SchemaError { field, message: e.into_inner().to_string() }
+    })
+}
