@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 TOOLS   := $(CURDIR)/.tools
 # The filter as deployed: cargo's module ($(WASM_RAW)) after binaryen's size pass.
 WASM    := target/switchboard.wasm
-WASM_RAW := target/wasm32-wasip1/release/switchboard.wasm
+WASM_RAW := target/wasm32-wasip1/wasm/switchboard.wasm
 BINARYEN_VERSION := 132.0.0
 WASM_OPT := $(TOOLS)/binaryen-$(BINARYEN_VERSION)/node_modules/.bin/wasm-opt
 # The features rustc emits for wasm32-wasip1: wasm-opt validates the module against them.
@@ -50,7 +50,7 @@ $(WASM_OPT):
 # The filter, then binaryen's size pass (-Oz: about 17% smaller, no slower in
 # bench/wasm_host.mjs), run only when cargo produced a new module.
 wasm: toolchain $(WASM_OPT)
-	cargo build --release --target wasm32-wasip1 -p switchboard
+	cargo build --profile wasm --target wasm32-wasip1 -p switchboard
 	@if [ ! -e $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
 		$(WASM_OPT) -Oz $(WASM_FEATURES) $(WASM_RAW) -o $(WASM).tmp && mv -f $(WASM).tmp $(WASM); \
 	fi

@@ -21,8 +21,8 @@ import sys
 
 def built_wasm(root):
     """The filter `make wasm` built (target/switchboard.wasm, size-optimized), unless
-    a plain `cargo build` produced a newer module since: then cargo's own."""
-    raw = os.path.join(root, "target", "wasm32-wasip1", "release", "switchboard.wasm")
+    a plain `cargo build --profile wasm` produced a newer module since: then cargo's own."""
+    raw = os.path.join(root, "target", "wasm32-wasip1", "wasm", "switchboard.wasm")
     opt = os.path.join(root, "target", "switchboard.wasm")
     try:
         if os.path.getmtime(opt) >= os.path.getmtime(raw):
