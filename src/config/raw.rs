@@ -80,6 +80,7 @@ struct RawPoolPolicy {
     first_byte_timeout_ms: Option<u64>,
     hedge_after_ms: Option<u64>,
     stream_idle_timeout_ms: Option<u64>,
+    resume_streams: Option<bool>,
     timeout_ms: Option<u64>,
     health: Option<RawHealth>,
     probe: Option<RawProbe>,
@@ -346,6 +347,13 @@ fn policies(
             _ => {}
         }
     }
+    let resume_streams = pool.resume_streams.or(defaults.resume_streams).unwrap_or(false);
+    if resume_streams && max_attempts < 2 {
+        return Err(err(
+            format!("{field}.resume_streams"),
+            "a continuation is a second attempt: needs max_attempts >= 2",
+        ));
+    }
     if hedge_after_ms.is_some() && max_attempts < 2 {
         return Err(err(format!("{field}.hedge_after_ms"), "a hedge is a second attempt: needs max_attempts >= 2"));
     }
@@ -377,6 +385,7 @@ fn policies(
         first_byte_timeout_ms,
         hedge_after_ms,
         stream_idle_timeout_ms,
+        resume_streams,
         timeout_ms,
     };
     Ok((retry, health, probe))
@@ -668,6 +677,7 @@ fn placeholder_policies() -> (RetryPolicy, HealthPolicy, Option<ProbePolicy>) {
         first_byte_timeout_ms: None,
         hedge_after_ms: None,
         stream_idle_timeout_ms: None,
+        resume_streams: false,
         timeout_ms: 1,
     };
     (retry, HealthPolicy { consecutive_failures: 1, cooldown_ms: 0, max_cooldown_ms: 0 }, None)
