@@ -101,7 +101,9 @@ fn continued_text(body: &Value) -> Option<String> {
 /// Whether a stream event carries answer content (any kind's shape).
 fn is_content_delta(event: &[u8]) -> bool {
     const MARKERS: [&[u8]; 4] = [b"\"delta\":{\"content\":", b"\"text_delta\"", b"{\"text\":", b"output_text.delta"];
-    MARKERS.iter().any(|m| event.windows(m.len()).any(|w| w == *m))
+    let has = |m: &[u8]| event.windows(m.len()).any(|w| w == m);
+    // Anthropic's block start holds an empty text.
+    !has(b"content_block_start") && MARKERS.iter().any(|m| has(m))
 }
 
 /// The kind's native mid-stream error event (fault `stream_error_after`).
