@@ -159,36 +159,40 @@ impl StreamWatch {
         let (p0, c0) = first.unwrap_or((0, 0));
         let (p1, c1) = answer.usage.unwrap_or((0, 0));
         let usage = (p0 + p1, c0 + c1);
-        let mut out = Vec::new();
-        let write = |out: &mut Vec<u8>, choices: Value, usage: Value| {
-            let mut chunk = json!({
-                "id": meta.id,
-                "object": "chat.completion.chunk",
-                "created": meta.created,
-                "model": meta.model,
-                "choices": choices,
-            });
-            if let (true, Some(obj)) = (include_usage, chunk.as_object_mut()) {
-                obj.insert("usage".into(), usage);
-            }
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap_or_default());
-            out.extend_from_slice(b"\n\n");
+        let head = format!(
+            r#"data: {{"id":{},"object":"chat.completion.chunk","created":{},"model":{},"choices":"#,
+            quoted(&meta.id),
+            meta.created,
+            quoted(&meta.model)
+        );
+        let null_usage = if include_usage { r#","usage":null"# } else { "" };
+        let choice = |delta: &str, finish: &str| {
+            format!(r#"{head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]{null_usage}}}"#)
         };
-        let choice = |delta: Value, finish: Option<&str>| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+        let mut out = String::new();
         let new = new_text(&self.text, &answer.text);
         if !new.is_empty() {
-            write(&mut out, choice(json!({ "content": new }), None), Value::Null);
+            out += &choice(&format!(r#"{{"content":{}}}"#, quoted(new)), "null");
+            out += "\n\n";
         }
-        write(&mut out, choice(json!({}), Some(&answer.finish)), Value::Null);
+        out += &choice("{}", &quoted(&answer.finish));
+        out += "\n\n";
         if include_usage {
-            let total = usage.0 + usage.1;
-            let counts = json!({"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": total});
-            write(&mut out, json!([]), counts);
+            let (prompt, completion) = usage;
+            let total = prompt + completion;
+            out += &format!(
+                r#"{head}[],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total}}}}}"#
+            );
+            out += "\n\n";
         }
-        out.extend_from_slice(b"data: [DONE]\n\n");
-        (out, usage)
+        out += "data: [DONE]\n\n";
+        (out.into_bytes(), usage)
     }
+}
+
+/// `s` as a JSON string.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 /// Where an SSE event ending at `i` (`\n\n` or `\n\r\n`) stops.

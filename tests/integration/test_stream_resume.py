@@ -244,3 +244,34 @@ def test_a_messages_door_client_gets_its_continued_stream_in_messages_events(gw,
     assert text == REPLY
     [stop] = [e for e in events if e["type"] == "message_delta"]
     assert stop["delta"]["stop_reason"] == "end_turn"
+
+
+# Limits: what gives the filter no body callback to pause cannot be continued.
+
+
+def test_an_upstream_reset_after_the_first_byte_resets_the_client_and_is_not_continued(gw, mock):
+    """Envoy resets the client's stream itself: the filter never sees the body end."""
+    mock.faults("oa1", **STREAM, reset_after_first_chunk=True)
+    mock.faults("oa2", reply=REPLY)
+    with pytest.raises(httpx.RemoteProtocolError):
+        stream(gw, "oa_oa")
+    assert mock.count("oa2") == 0
+
+
+def test_a_stalled_stream_is_reset_by_its_idle_timeout_and_not_continued(mock):
+    """A silent upstream gives no body callback: from the idle timer the filter can add nothing (README)."""
+    config = {
+        "providers": {n: {"kind": "openai", "cluster": n, "host": f"{n}.example", "api_key_env": "OA_KEY"}
+                      for n in ("oa1", "oa2")},
+        "pools": {"stalls": {"resume_streams": True, "stream_idle_timeout_ms": 300, "members": [
+            {"provider": "oa1", "model": "gpt-4o", "weight": 1}, {"provider": "oa2", "model": "gpt-4o", "weight": 0}]}},
+    }
+    g = Gateway(config, dict(mock.addrs), KEYS)
+    try:
+        mock.faults("oa1", reply=REPLY, stream_chunks=3, stream_delay_ms=3000)
+        with pytest.raises(httpx.RemoteProtocolError):
+            stream(g, "stalls")
+        assert mock.count("oa2") == 0
+        assert g.stats()["wasmcustom.switchboard.pool.stalls.stream_idle_timeouts"] == 1
+    finally:
+        g.stop()

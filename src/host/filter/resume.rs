@@ -25,9 +25,17 @@ use crate::host::runtime::Runtime;
 /// A watched stream, and once it broke, what the continuation needs.
 pub(super) struct Resume {
     watch: StreamWatch,
-    /// The paused end: the size Envoy buffered, what goes out before the
-    /// continuation (door-shaped), and the broken attempt's usage.
-    held: Option<(usize, Vec<u8>, Option<(u64, u64)>)>,
+    held: Option<Held>,
+}
+
+/// The paused end of a broken stream.
+struct Held {
+    /// What Envoy buffered of the last piece (replaced when the stream ends).
+    size: usize,
+    /// What of that piece goes out before the continuation (in the door's shape).
+    out: Vec<u8>,
+    /// (prompt, completion) tokens the broken attempt reported.
+    first: Option<(u64, u64)>,
 }
 
 impl Filter {
@@ -88,7 +96,7 @@ impl Filter {
             match started {
                 Some(call) => {
                     if let Some(r) = self.resume.as_mut() {
-                        r.held = Some((body_size, out, first));
+                        r.held = Some(Held { size: body_size, out, first });
                     }
                     self.state = State::Resuming { attempt: next, call };
                     return Action::Pause;
@@ -116,7 +124,7 @@ impl Filter {
             return;
         }
         let State::Resuming { mut attempt, .. } = std::mem::replace(&mut self.state, State::Passing) else { return };
-        let Some((size, out, first)) = self.resume.as_mut().and_then(|r| r.held.take()) else { return };
+        let Some(Held { size, out, first }) = self.resume.as_mut().and_then(|r| r.held.take()) else { return };
         let now = self.now_ms();
         let status = if num_headers == 0 {
             0
