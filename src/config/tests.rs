@@ -448,6 +448,9 @@ fn hedge_and_stream_idle_timeouts_parse_and_are_validated_naming_the_field() {
     assert!(!retry.resume_streams, "continuation is opt-in");
     let cfg = parse(&with_pool_fields(r#""resume_streams": true"#)).unwrap();
     assert!(cfg.pool("gpt4o_16k").unwrap().1.retry.resume_streams);
+    let with_defaults =
+        sample_config().replacen("\"pools\": {", "\"defaults\": {\"resume_streams\": true}, \"pools\": {", 1);
+    assert!(parse(&with_defaults).unwrap().pool("gpt4o_16k").unwrap().1.retry.resume_streams, "from defaults");
     let cases = [
         (r#""hedge_after_ms": 0"#, "pools.gpt4o_16k.hedge_after_ms"),
         (r#""stream_idle_timeout_ms": 0"#, "pools.gpt4o_16k.stream_idle_timeout_ms"),

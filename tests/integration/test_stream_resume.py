@@ -275,3 +275,64 @@ def test_a_stalled_stream_is_reset_by_its_idle_timeout_and_not_continued(mock):
         assert g.stats()["wasmcustom.switchboard.pool.stalls.stream_idle_timeouts"] == 1
     finally:
         g.stop()
+
+
+# Every kind the mock imitates: its own break (native error event, or a clean cut), continued on another kind.
+
+
+@pytest.fixture(scope="module")
+def kinds():
+    from test_providers import KEYS as KIND_KEYS, KIND_LISTENERS, KINDS, providers_config
+    m = MockProvider(KIND_LISTENERS)
+    member = lambda n, w: {"provider": n, "model": KINDS[n][1], "weight": w,
+                           **({"deployment": "prod-4o"} if n == "azure" else {})}
+    pools = {f"{a}_{b}": {"max_response_tokens": 512, "resume_streams": True, "members": [member(a, 1), member(b, 0)]}
+             for a, b in [("gemini", "openai"), ("bedrock", "openai"), ("azure", "openai"), ("compat", "openai"),
+                          ("openai", "bedrock"), ("openai", "gemini")]}
+    config = {"providers": providers_config(), "defaults": {"health": {"consecutive_failures": 1000}}, "pools": pools}
+    g = Gateway(config, dict(m.addrs), KIND_KEYS)
+    yield m, g
+    g.stop()
+    m.stop()
+
+
+@pytest.mark.parametrize("broken", ["gemini", "bedrock", "azure", "compat"])
+@pytest.mark.parametrize("fault", ["stream_cut_after", "stream_error_after"])
+def test_each_kind_s_broken_stream_is_continued(kinds, broken, fault):
+    m, g = kinds
+    m.reset()
+    m.faults(broken, **STREAM, **{fault: 3})
+    m.faults("openai", reply=REPLY, continuation_overlap_words=1)
+    r, events = stream(g, f"{broken}_openai")
+    assert r.status_code == 200
+    assert_spliced(events)
+    assert m.count("openai") == 1
+
+
+@pytest.mark.parametrize("serving,prefill", [("bedrock", True), ("gemini", False)])
+def test_a_continuation_on_bedrock_is_a_prefill_and_on_gemini_an_instruction(kinds, serving, prefill):
+    m, g = kinds
+    m.reset()
+    m.faults("openai", **STREAM, stream_error_after=4)
+    m.faults(serving, reply=REPLY, continuation_overlap_words=2)
+    r, events = stream(g, f"openai_{serving}")
+    assert_spliced(events)
+    [cont] = m.requests(serving)
+    turns = cont["body"]["messages" if serving == "bedrock" else "contents"]
+    partial = " ".join(REPLY.split()[:8])
+    if prefill:
+        assert turns[-1] == {"role": "assistant", "content": [{"text": partial}]}
+    else:
+        assert turns[-2]["role"] == "model" and turns[-1]["role"] == "user"
+
+
+def test_a_responses_door_client_on_anthropic_members_gets_its_continued_stream_in_responses_events(gw, mock):
+    mock.faults("an1", **STREAM, stream_error_after=4)
+    mock.faults("an2", reply=REPLY)
+    body = {"model": "an_an", "stream": True, "input": "fox?"}
+    r, events = stream(gw, "an_an", path="/v1/responses", body=body)
+    types = [e["type"] for e in events]
+    assert types[-1] == "response.completed" and "error" not in types and "response.failed" not in types
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == REPLY
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == REPLY
