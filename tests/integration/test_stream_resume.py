@@ -258,6 +258,28 @@ def test_an_upstream_reset_after_the_first_byte_resets_the_client_and_is_not_con
     assert mock.count("oa2") == 0
 
 
+def test_the_call_log_lists_the_broken_attempt_and_the_continuation_with_the_summed_usage(mock):
+    config = {
+        "providers": {n: {"kind": "openai", "cluster": n, "host": f"{n}.example", "api_key_env": "OA_KEY"}
+                      for n in ("oa1", "oa2")},
+        "pools": {"logged": {"resume_streams": True, "members": [
+            {"provider": "oa1", "model": "gpt-4o", "weight": 1}, {"provider": "oa2", "model": "gpt-4o", "weight": 0}]}},
+    }
+    g = Gateway(config, dict(mock.addrs), KEYS, call_log=True)
+    try:
+        mock.faults("oa1", **STREAM, stream_cut_after=4)
+        mock.faults("oa2", reply=REPLY)
+        r, events = stream(g, "logged")
+        assert text_of(events) == REPLY
+        [line] = g.calls(1)
+        assert [(a["member"], a["status"]) for a in line["attempts"]] == [("oa1/gpt-4o", 0), ("oa2/gpt-4o", 200)]
+        usage = events[-2]["usage"]
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+        assert line["status"] == 200 and line["stream"] is True
+    finally:
+        g.stop()
+
+
 def test_a_stalled_stream_is_reset_by_its_idle_timeout_and_not_continued(mock):
     """A silent upstream gives no body callback: from the idle timer the filter can add nothing (README)."""
     config = {

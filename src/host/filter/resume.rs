@@ -81,7 +81,8 @@ impl Filter {
             self.request_id,
             rt.member_id(attempt.picked.member)
         );
-        self.finish(rt, &attempt, 502, None, now);
+        // Status 0, as for any answer cut short: its member's failure whatever `retry_on` says.
+        self.finish(rt, &attempt, 0, None, now);
         let Some(text) = self.resume.as_ref().map(|r| r.watch.text().to_string()) else { return Action::Continue };
         while let Some(picked) = self.pick_next(rt, now) {
             let mut next = self.begin(rt, picked, now);
