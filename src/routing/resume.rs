@@ -9,6 +9,7 @@
 use serde_json::{json, Value};
 
 use crate::api::error::{write_json, ErrorType};
+use crate::api::request::{push_json_string, ParsedRequest};
 use crate::config::ProviderKind;
 use crate::doors::{first_choice, ChatStreamDecoder, StreamPart, Usage};
 
@@ -218,21 +219,35 @@ fn meta_of(event: &[u8]) -> Option<ChunkMeta> {
 
 /// The client's chat request (`chat`), asking for the rest of `partial`
 /// as a whole answer: as a prefill (`prefill`), else followed by
-/// `CONTINUE_INSTRUCTION`. `None` when the body has no messages.
-pub fn continuation_body(chat: &[u8], partial: &str, prefill: bool) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(chat).ok()?;
-    let obj = v.as_object_mut()?;
-    let messages = obj.get_mut("messages")?.as_array_mut()?;
-    // Anthropic refuses a prefill that ends with whitespace.
-    let said = if prefill { partial.trim_end() } else { partial };
-    messages.push(json!({"role": "assistant", "content": said}));
-    if !prefill {
-        messages.push(json!({"role": "user", "content": CONTINUE_INSTRUCTION}));
+/// `CONTINUE_INSTRUCTION`. Written from the request's raw fields (the
+/// prompt is not parsed again); `None` when it has no messages array.
+pub fn continuation_body(chat: &ParsedRequest<'_>, partial: &str, prefill: bool) -> Option<Vec<u8>> {
+    let messages = chat.field("messages")?.get().trim_end().strip_suffix(']')?.trim_end();
+    let mut out = Vec::with_capacity(messages.len() + partial.len() + 256);
+    out.extend_from_slice(b"{\"model\":");
+    push_json_string(&mut out, &chat.target);
+    for (key, value) in chat.model_fields() {
+        if !matches!(key, "messages" | "stream" | "stream_options" | "n") {
+            out.push(b',');
+            push_json_string(&mut out, key);
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+        }
     }
-    obj.insert("stream".into(), Value::Bool(false));
-    obj.remove("stream_options");
-    obj.remove("n");
-    serde_json::to_vec(&v).ok()
+    out.extend_from_slice(b",\"stream\":false,\"messages\":");
+    out.extend_from_slice(messages.as_bytes());
+    if !messages.ends_with('[') {
+        out.push(b',');
+    }
+    // Anthropic refuses a prefill that ends with whitespace.
+    out.extend_from_slice(b"{\"role\":\"assistant\",\"content\":");
+    push_json_string(&mut out, if prefill { partial.trim_end() } else { partial });
+    if !prefill {
+        out.extend_from_slice(b"},{\"role\":\"user\",\"content\":");
+        push_json_string(&mut out, CONTINUE_INSTRUCTION);
+    }
+    out.extend_from_slice(b"}]}");
+    Some(out)
 }
 
 /// The text, finish and usage of an OpenAI `chat.completion`; `None` when it
@@ -399,16 +414,23 @@ mod tests {
 
     #[test]
     fn the_continuation_request_is_a_prefill_or_an_instruction() {
-        let chat = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
-        let v: Value = serde_json::from_slice(&continuation_body(chat, "The quick ", true).unwrap()).unwrap();
+        let chat = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"n":1,"temperature":0.5,"messages":[{"role":"user","content":"hi"}]}"#;
+        let parsed = ParsedRequest::parse(chat, crate::api::Endpoint::ChatCompletions).unwrap();
+        let v: Value = serde_json::from_slice(&continuation_body(&parsed, "The quick ", true).unwrap()).unwrap();
         assert_eq!(v["stream"], false);
-        assert!(v.get("stream_options").is_none());
+        assert!(v.get("stream_options").is_none() && v.get("n").is_none());
+        assert_eq!((&v["model"], &v["temperature"]), (&json!("m"), &json!(0.5)));
+        assert_eq!(v["messages"][0], json!({"role": "user", "content": "hi"}));
         assert_eq!(v["messages"][1], json!({"role": "assistant", "content": "The quick"}));
         assert_eq!(v["messages"].as_array().unwrap().len(), 2);
-        let v: Value = serde_json::from_slice(&continuation_body(chat, "The quick ", false).unwrap()).unwrap();
-        assert_eq!(v["messages"][1], json!({"role": "assistant", "content": "The quick "}));
+        let v: Value = serde_json::from_slice(&continuation_body(&parsed, "The \"quick\" ", false).unwrap()).unwrap();
+        assert_eq!(v["messages"][1], json!({"role": "assistant", "content": "The \"quick\" "}));
         assert_eq!(v["messages"][2], json!({"role": "user", "content": CONTINUE_INSTRUCTION}));
-        assert!(continuation_body(b"{}", "x", true).is_none());
+        assert!(ParsedRequest::parse(
+            &continuation_body(&parsed, "x", false).unwrap(),
+            crate::api::Endpoint::ChatCompletions
+        )
+        .is_ok());
         assert!(prefills(ProviderKind::Anthropic) && prefills(ProviderKind::Bedrock));
         assert!(!prefills(ProviderKind::Openai) && !prefills(ProviderKind::Gemini));
     }

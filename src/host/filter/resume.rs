@@ -89,7 +89,8 @@ impl Filter {
             let kind = rt.config.resolve(picked.member).map(|(_, m, p)| (p.kind, m.model.as_str()));
             let started = kind.and_then(|(kind, model)| {
                 next.adapter = ResponseAdapter::new(kind, self.endpoint, false, model);
-                let body = continuation_body(&self.body, &text, prefills(kind))?;
+                let chat = ParsedRequest::parse(&self.body, self.endpoint).ok()?;
+                let body = continuation_body(&chat, &text, prefills(kind))?;
                 let parsed = ParsedRequest::parse(&body, self.endpoint).ok()?;
                 let upstream = build_upstream(rt, self.endpoint, &parsed, picked.member, now, None).ok()?;
                 self.dispatch_upstream(rt, picked.member, now, &upstream, false).ok()
