@@ -6,7 +6,7 @@
 //! asks another member for the rest, and `StreamWatch::tail` writes its answer
 //! as the stream's last chunks (same id, no repeated text, usage summed).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::api::error::{write_json, ErrorType};
 use crate::api::request::{push_json_string, ParsedRequest};
@@ -304,6 +304,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use serde_json::json;
     use crate::providers::test_support::events;
 
     fn chunk(delta: &str, finish: &str) -> String {
