@@ -304,8 +304,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use serde_json::json;
     use crate::providers::test_support::events;
+    use serde_json::json;
 
     fn chunk(delta: &str, finish: &str) -> String {
         format!(
