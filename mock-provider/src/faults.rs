@@ -271,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn stream_break_and_continuation_faults_parse_and_merge_into_mix_entries() {
+        let s = FaultSpec::parse(
+            br#"{"reply": "a b c", "continuation_overlap_words": 2, "mix": [{"stream_cut_after": 3}, {"stream_error_after": 1}]}"#,
+        )
+        .unwrap();
+        let cut = s.resolve_with(|| 0.1).unwrap();
+        assert_eq!((cut.stream_cut_after, cut.stream_error_after), (Some(3), None));
+        assert_eq!((cut.reply.as_deref(), cut.continuation_overlap_words), (Some("a b c"), Some(2)));
+        assert_eq!(s.resolve_with(|| 0.9).unwrap().stream_error_after, Some(1));
+    }
+
+    #[test]
     fn retry_after_number_and_empty_spec() {
         let s = FaultSpec::parse(br#"{"status": 429, "retry_after": 1}"#).unwrap();
         assert_eq!(s.retry_after.as_deref(), Some("1"));

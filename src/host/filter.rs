@@ -4,7 +4,8 @@
 //! replacing the response with the first success.
 //!
 //! A stream's failed attempt is replayed by Envoy instead (internal redirect,
-//! `filter/replay.rs`), so the next member's answer streams to the client.
+//! `filter/replay.rs`), so the next member's answer streams to the client;
+//! one that breaks after its first byte may be continued (`filter/resume.rs`).
 //!
 //! Every attempt, routed or dispatched, ends in `finish` (recorded once in
 //! the plan, shared health and metrics); every failed one continues in
