@@ -21,6 +21,12 @@ pub struct StreamOpts {
     pub chunks: usize,
     pub delay: Duration,
     pub reset_after_first: Option<Arc<ConnCtl>>,
+    /// Faults `stream_cut_after`, `stream_error_after`, `reply`, `continuation_overlap_words`.
+    pub cut_after: Option<usize>,
+    pub error_after: Option<usize>,
+    pub reply: Option<String>,
+    pub overlap_words: usize,
+    pub kind: crate::listener::Kind,
 }
 
 /// Response body: a complete buffer, or a sequence of events sent as separate

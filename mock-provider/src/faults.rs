@@ -42,6 +42,21 @@ pub struct FaultSpec {
     /// Delay before the response headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_byte_delay_ms: Option<u64>,
+    /// A stream ends cleanly after this many content deltas: no finish, no `[DONE]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_cut_after: Option<usize>,
+    /// A stream sends this many content deltas, then the kind's native
+    /// mid-stream error event, then ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_error_after: Option<usize>,
+    /// The answer's text, instead of `mock reply from <listener> to <model>`
+    /// (the same text on several listeners makes continuations checkable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// A continuation (see `kinds::Ctx::reply_text`) first repeats the last
+    /// this many words of the text it continues, as models sometimes do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation_overlap_words: Option<usize>,
     /// Weighted alternatives, one picked per request. Fields set at the top
     /// level are defaults for the entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +92,10 @@ pub struct Action {
     pub reset_after_first_chunk: bool,
     pub stream_delay: Option<Duration>,
     pub stream_chunks: Option<usize>,
+    pub stream_cut_after: Option<usize>,
+    pub stream_error_after: Option<usize>,
+    pub reply: Option<String>,
+    pub continuation_overlap_words: Option<usize>,
 }
 
 impl FaultSpec {
@@ -175,6 +194,10 @@ impl FaultSpec {
             stream_delay_ms: self.stream_delay_ms.or(top.stream_delay_ms),
             stream_chunks: self.stream_chunks.or(top.stream_chunks),
             first_byte_delay_ms: self.first_byte_delay_ms.or(top.first_byte_delay_ms),
+            stream_cut_after: self.stream_cut_after.or(top.stream_cut_after),
+            stream_error_after: self.stream_error_after.or(top.stream_error_after),
+            reply: self.reply.clone().or_else(|| top.reply.clone()),
+            continuation_overlap_words: self.continuation_overlap_words.or(top.continuation_overlap_words),
             mix: None,
             weight: None,
         }
@@ -193,6 +216,10 @@ impl FaultSpec {
             reset_after_first_chunk: self.reset_after_first_chunk.unwrap_or(false),
             stream_delay: self.stream_delay_ms.map(Duration::from_millis),
             stream_chunks: self.stream_chunks,
+            stream_cut_after: self.stream_cut_after,
+            stream_error_after: self.stream_error_after,
+            reply: self.reply.clone(),
+            continuation_overlap_words: self.continuation_overlap_words,
         }
     }
 }
@@ -241,6 +268,18 @@ mod tests {
         assert_eq!(a.stream_delay, Some(Duration::from_millis(5)));
         // rate 0.5: a draw of 0.7 means no fault
         assert!(s.resolve_with(|| 0.7).is_none());
+    }
+
+    #[test]
+    fn stream_break_and_continuation_faults_parse_and_merge_into_mix_entries() {
+        let s = FaultSpec::parse(
+            br#"{"reply": "a b c", "continuation_overlap_words": 2, "mix": [{"stream_cut_after": 3}, {"stream_error_after": 1}]}"#,
+        )
+        .unwrap();
+        let cut = s.resolve_with(|| 0.1).unwrap();
+        assert_eq!((cut.stream_cut_after, cut.stream_error_after), (Some(3), None));
+        assert_eq!((cut.reply.as_deref(), cut.continuation_overlap_words), (Some("a b c"), Some(2)));
+        assert_eq!(s.resolve_with(|| 0.9).unwrap().stream_error_after, Some(1));
     }
 
     #[test]

@@ -170,8 +170,16 @@ async fn handle_provider(l: &Listener, ctl: &Arc<ConnCtl>, req: Request<Incoming
         None => l.current_faults().and_then(|s| s.resolve()),
     };
 
-    let mut opts =
-        StreamOpts { chunks: l.defaults.stream_chunks, delay: l.defaults.stream_delay, reset_after_first: None };
+    let mut opts = StreamOpts {
+        chunks: l.defaults.stream_chunks,
+        delay: l.defaults.stream_delay,
+        reset_after_first: None,
+        cut_after: None,
+        error_after: None,
+        reply: None,
+        overlap_words: 0,
+        kind: l.kind,
+    };
 
     if let Some(a) = &action {
         if !a.delay.is_zero() {
@@ -193,6 +201,10 @@ async fn handle_provider(l: &Listener, ctl: &Arc<ConnCtl>, req: Request<Incoming
         if let Some(d) = a.stream_delay {
             opts.delay = d;
         }
+        opts.cut_after = a.stream_cut_after;
+        opts.error_after = a.stream_error_after;
+        opts.reply = a.reply.clone();
+        opts.overlap_words = a.continuation_overlap_words.unwrap_or(0);
         if a.reset_after_first_chunk {
             l.stats.resets.fetch_add(1, Ordering::Relaxed);
             opts.reset_after_first = Some(ctl.clone());

@@ -7,8 +7,10 @@
 //! `serde_path_to_error`'s field paths) run once per configuration load and
 //! are most of the module's code.
 
-use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// How a provider is spoken to (wire format and authentication).
@@ -111,16 +113,16 @@ pub struct RawConfig {
     pub stream_failover: Option<bool>,
     /// An access log prints the call log (`%FILTER_STATE(wasm.switchboard.call:PLAIN)%`).
     pub call_log: Option<bool>,
-    pub providers: BTreeMap<String, RawProvider>,
+    pub providers: Named<RawProvider>,
     #[serde(default)]
-    pub pools: BTreeMap<String, RawPool>,
+    pub pools: Named<RawPool>,
     #[serde(default)]
-    pub routers: BTreeMap<String, RawRouter>,
+    pub routers: Named<RawRouter>,
     /// Defaults applied to every pool that does not set its own.
     #[serde(default)]
     pub defaults: RawPoolPolicy,
     /// When present, every request needs a tenant's key.
-    pub tenants: Option<BTreeMap<String, RawTenant>>,
+    pub tenants: Option<Named<RawTenant>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +166,7 @@ pub struct RawPoolPolicy {
     pub first_byte_timeout_ms: Option<u64>,
     pub hedge_after_ms: Option<u64>,
     pub stream_idle_timeout_ms: Option<u64>,
+    pub resume_streams: Option<bool>,
     pub timeout_ms: Option<u64>,
     pub health: Option<RawHealth>,
     pub probe: Option<RawProbe>,
@@ -251,7 +254,7 @@ pub struct RawConditions {
     pub min_prompt_tokens: Option<u32>,
     pub max_prompt_tokens: Option<u32>,
     pub any_keywords: Option<Vec<String>>,
-    pub metadata: Option<BTreeMap<String, String>>,
+    pub metadata: Option<Named<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +302,73 @@ pub struct RawBudget {
 pub enum RawPeriod {
     Day,
     Month,
+}
+
+/// A JSON object of named entries (providers, pools, ...), in name order. A
+/// plain `Vec` rather than a `BTreeMap`: the configuration is only walked in
+/// order, and a map's code per entry type is most of what it would add to the
+/// module. A name given twice is refused (JSON leaves it undefined).
+#[derive(Debug)]
+pub struct Named<T>(Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<T> Named<T> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(name, _)| name)
+    }
+}
+
+impl<T> IntoIterator for Named<T> {
+    type Item = (String, T);
+    type IntoIter = std::vec::IntoIter<(String, T)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Entries<T> {
+            type Value = Named<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                let mut entries: Vec<(String, T)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(name) = map.next_key::<String>()? {
+                    let value = map.next_value()?;
+                    entries.push((name, value));
+                }
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                for pair in entries.windows(2) {
+                    if let [(a, _), (b, _)] = pair {
+                        if a == b {
+                            return Err(de::Error::custom(format!("`{a}` is given twice")));
+                        }
+                    }
+                }
+                Ok(Named(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries(PhantomData))
+    }
 }
 
 /// A configuration refused by its shape: the field path (empty for the

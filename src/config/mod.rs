@@ -184,6 +184,10 @@ pub struct RetryPolicy {
     pub hedge_after_ms: Option<u64>,
     /// A stream silent this long after its first byte is the member's failure.
     pub stream_idle_timeout_ms: Option<u64>,
+    /// A stream that breaks after its first byte (an error event, or an end
+    /// without a finish) is continued once on another member, spliced into
+    /// the same client stream.
+    pub resume_streams: bool,
     /// Overall deadline for one client request across all attempts.
     pub timeout_ms: u64,
 }

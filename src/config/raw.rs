@@ -164,6 +164,13 @@ fn policies(
             _ => {}
         }
     }
+    let resume_streams = pool.resume_streams.or(defaults.resume_streams).unwrap_or(false);
+    if resume_streams && max_attempts < 2 {
+        return Err(err(
+            format!("{field}.resume_streams"),
+            "a continuation is a second attempt: needs max_attempts >= 2",
+        ));
+    }
     if hedge_after_ms.is_some() && max_attempts < 2 {
         return Err(err(format!("{field}.hedge_after_ms"), "a hedge is a second attempt: needs max_attempts >= 2"));
     }
@@ -195,6 +202,7 @@ fn policies(
         first_byte_timeout_ms,
         hedge_after_ms,
         stream_idle_timeout_ms,
+        resume_streams,
         timeout_ms,
     };
     Ok((retry, health, probe))
@@ -486,6 +494,7 @@ fn placeholder_policies() -> (RetryPolicy, HealthPolicy, Option<ProbePolicy>) {
         first_byte_timeout_ms: None,
         hedge_after_ms: None,
         stream_idle_timeout_ms: None,
+        resume_streams: false,
         timeout_ms: 1,
     };
     (retry, HealthPolicy { consecutive_failures: 1, cooldown_ms: 0, max_cooldown_ms: 0 }, None)

@@ -1,19 +1,14 @@
 //! The `tenants` section: who may call, with which keys (SHA-256 only), what
 //! they may use and their limits.
 
-use std::collections::BTreeMap;
-
-use switchboard_schema::{RawPeriod, RawTenant};
+use switchboard_schema::{Named, RawPeriod, RawTenant};
 
 use crate::tenant::{parse_hash, Budget, BudgetPeriod, Tenant};
 
 use super::{err, ConfigError};
 
 /// Validates tenants; `known(name)` says whether a name in `allow` is something a client may address.
-pub(super) fn validate(
-    raw: BTreeMap<String, RawTenant>,
-    known: impl Fn(&str) -> bool,
-) -> Result<Vec<Tenant>, ConfigError> {
+pub(super) fn validate(raw: Named<RawTenant>, known: impl Fn(&str) -> bool) -> Result<Vec<Tenant>, ConfigError> {
     let mut tenants: Vec<Tenant> = Vec::with_capacity(raw.len());
     for (name, t) in raw {
         let field = |f: &str| format!("tenants.{name}.{f}");

@@ -445,12 +445,20 @@ fn hedge_and_stream_idle_timeouts_parse_and_are_validated_naming_the_field() {
     let retry = &cfg.pool("gpt4o_16k").unwrap().1.retry;
     assert_eq!((retry.hedge_after_ms, retry.stream_idle_timeout_ms), (Some(200), Some(5000)));
     assert_eq!(parse(&sample_config()).unwrap().pool("gpt4o_16k").unwrap().1.retry.hedge_after_ms, None);
+    assert!(!retry.resume_streams, "continuation is opt-in");
+    let cfg = parse(&with_pool_fields(r#""resume_streams": true"#)).unwrap();
+    assert!(cfg.pool("gpt4o_16k").unwrap().1.retry.resume_streams);
+    let with_defaults =
+        sample_config().replacen("\"pools\": {", "\"defaults\": {\"resume_streams\": true}, \"pools\": {", 1);
+    assert!(parse(&with_defaults).unwrap().pool("gpt4o_16k").unwrap().1.retry.resume_streams, "from defaults");
     let cases = [
         (r#""hedge_after_ms": 0"#, "pools.gpt4o_16k.hedge_after_ms"),
         (r#""stream_idle_timeout_ms": 0"#, "pools.gpt4o_16k.stream_idle_timeout_ms"),
         (r#""hedge_after_ms": 9000, "timeout_ms": 5000"#, "pools.gpt4o_16k.timeout_ms"),
         (r#""hedge_after_ms": 100, "max_attempts": 1"#, "pools.gpt4o_16k.hedge_after_ms"),
         (r#""hedge_after": 100"#, "pools.gpt4o_16k"),
+        (r#""resume_streams": true, "max_attempts": 1"#, "pools.gpt4o_16k.resume_streams"),
+        (r#""resume_streams": "yes""#, "pools.gpt4o_16k"),
     ];
     for (fields, field) in cases {
         let e = error_for(&with_pool_fields(fields));
@@ -497,4 +505,12 @@ fn shadow_parses_and_is_validated_naming_the_field() {
         let e = error_for(&with_pool_fields(fields));
         assert!(e.field.starts_with(field), "{fields}: {e}");
     }
+}
+
+#[test]
+fn a_name_given_twice_is_refused() {
+    let json = r#"{"providers": {"p": {"cluster": "p", "host": "p"}, "p": {"cluster": "q", "host": "q"}}, "pools": {}}"#;
+    let e = error_for(json);
+    assert_eq!(e.field, "providers", "{e}");
+    assert!(e.to_string().contains("`p` is given twice"), "{e}");
 }

@@ -74,6 +74,7 @@ extern "C" {
     fn proxy_get_property(path: *const u8, path_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_close_stream(stream_type: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_property(path: *const u8, path_len: usize, value: *const u8, value_len: usize) -> u32;
 }
@@ -245,6 +246,12 @@ pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
 pub fn reset_response() -> Result<(), Status> {
     // SAFETY: plain value; 1 = HttpResponse.
     status(unsafe { proxy_close_stream(1) })
+}
+
+/// Resumes a paused response (Envoy: `continueEncoding`, with what its buffer holds now).
+pub fn resume_response() -> Result<(), Status> {
+    // SAFETY: plain value; 1 = HttpResponse.
+    status(unsafe { proxy_continue_stream(1) })
 }
 
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {

@@ -4,13 +4,15 @@
 //! replacing the response with the first success.
 //!
 //! A stream's failed attempt is replayed by Envoy instead (internal redirect,
-//! `filter/replay.rs`), so the next member's answer streams to the client.
+//! `filter/replay.rs`), so the next member's answer streams to the client;
+//! one that breaks after its first byte may be continued (`filter/resume.rs`).
 //!
 //! Every attempt, routed or dispatched, ends in `finish` (recorded once in
 //! the plan, shared health and metrics); every failed one continues in
 //! `fail_over`, which dispatches the next member or answers that all failed.
 
 mod hedge;
+mod resume;
 mod stream_idle;
 
 use std::cell::Cell;
@@ -91,6 +93,8 @@ enum State {
     Holding { attempt: Attempt, status: u16 },
     /// The response is paused while a failover call is in flight.
     Failover { attempt: Attempt, call: u32 },
+    /// A broken stream's end is paused while its continuation call is in flight (`resume`).
+    Resuming { attempt: Attempt, call: u32 },
     /// The filter answered itself (error, model list, or failover result).
     Answered,
 }
@@ -103,6 +107,7 @@ pub struct Filter {
     me: wake::Handle,
     hedge: Option<hedge::Hedge>,
     idle: Option<stream_idle::IdleWatch>,
+    resume: Option<Box<resume::Resume>>,
     /// Envoy's `x-request-id` (or one made up): in every log line and answer.
     request_id: String,
     endpoint: Endpoint,
@@ -157,6 +162,7 @@ impl Filter {
             me: wake::Handle::new(),
             hedge: None,
             idle: None,
+            resume: None,
             request_id: String::new(),
             endpoint: Endpoint::ChatCompletions,
             body: Vec::new(),
@@ -371,7 +377,7 @@ impl Filter {
             rt.metrics.inc(pm.requests);
         }
         self.plan = Some(plan);
-        let timeouts = self.timeouts_ms(rt, picked.member.pool, now);
+        let timeouts = self.timeouts_ms(rt, picked.member.pool, now, self.shape.stream);
         let present = &self.client_headers;
         if let Err((what, s)) = self.rewrite_request(rt, picked.member, &upstream, timeouts, client_len, present) {
             self.host_error(what, s);
@@ -584,6 +590,18 @@ impl Filter {
     fn dispatch(&self, rt: &Runtime, member: MemberRef, now: u64) -> Result<u32, ApiError> {
         let parsed = ParsedRequest::parse(&self.body, self.endpoint)?;
         let upstream = build_upstream(rt, self.endpoint, &parsed, member, now, self.native_body())?;
+        self.dispatch_upstream(rt, member, now, &upstream, self.shape.stream)
+    }
+
+    /// Sends `upstream` (a stream or not: its timeouts) to `member` with Envoy's HTTP call API.
+    fn dispatch_upstream(
+        &self,
+        rt: &Runtime,
+        member: MemberRef,
+        now: u64,
+        upstream: &UpstreamRequest,
+        stream: bool,
+    ) -> Result<u32, ApiError> {
         let cluster = cluster_of(rt, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
         let extra = self.native_headers(rt, member);
         let forwarded: Vec<(String, String)> = abi::pairs(&self.client_headers)
@@ -593,7 +611,7 @@ impl Filter {
             })
             .collect();
         let mut headers = upstream.call_headers(&forwarded);
-        let (attempt_ms, first_byte_ms) = self.timeouts_ms(rt, member.pool, now);
+        let (attempt_ms, first_byte_ms) = self.timeouts_ms(rt, member.pool, now, stream);
         let first_byte = first_byte_ms.map(|ms| ms.to_string());
         if let Some(ms) = first_byte.as_deref() {
             headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
@@ -667,10 +685,10 @@ impl Filter {
     }
 
     /// The pool's attempt and first-byte timeouts within the request's remaining deadline.
-    fn timeouts_ms(&self, rt: &Runtime, pool: usize, now: u64) -> (u64, Option<u64>) {
+    fn timeouts_ms(&self, rt: &Runtime, pool: usize, now: u64, stream: bool) -> (u64, Option<u64>) {
         let Some(policy) = rt.config.pool_at(pool).map(|p| &p.retry) else { return (1, None) };
         let remaining = self.plan.as_ref().map_or(policy.timeout_ms, |p| p.deadline_ms.saturating_sub(now));
-        policy.attempt_timeouts(remaining, self.shape.stream)
+        policy.attempt_timeouts(remaining, stream)
     }
 
     /// Every attempt failed: 503 listing them (429 when all were rate
@@ -904,6 +922,9 @@ impl Context for Filter {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         if !self.hedge_answered(token_id, num_headers) {
             return;
+        }
+        if let (State::Resuming { .. }, Some(rt)) = (&self.state, self.rt.clone()) {
+            return self.resume_answered(&rt, token_id, num_headers, body_size);
         }
         let State::Failover { call, .. } = &self.state else { return };
         if *call != token_id {
@@ -1169,6 +1190,7 @@ impl HttpContext for Filter {
             return self.fail_over(&rt, now);
         }
         self.settle_hedge(&rt, false);
+        self.watch_resume(&rt, &attempt, status);
         let adapter = attempt.adapter.as_ref();
         let door = self.door_answer.as_ref().filter(|_| !attempt.native);
         if adapter.is_none() && door.is_none() {
@@ -1213,7 +1235,7 @@ impl HttpContext for Filter {
         self.stream_alive();
         match &self.state {
             // Hold the failed upstream's body back until the local answer replaces it.
-            State::Failover { .. } => return Action::Pause,
+            State::Failover { .. } | State::Resuming { .. } => return Action::Pause,
             State::Holding { .. } if !end_of_stream => return Action::Pause,
             State::Holding { .. } | State::Priming { .. } => {}
             State::Relaying { attempt, .. }
@@ -1260,9 +1282,17 @@ impl HttpContext for Filter {
                 if let (None, Some(chunks)) = (&translated, self.usage_chunks.as_mut()) {
                     translated = chunks.feed(&chunk, end_of_stream);
                 }
+                // A continuing pool's stream: its break is held back (`resume`).
+                if let Some(watched) = self.resume_feed(translated.as_deref().unwrap_or(&chunk), end_of_stream) {
+                    translated = Some(watched);
+                }
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
+                let broken = end_of_stream && self.resume_due();
                 if let Some(door) = self.door_answer.as_mut().filter(|_| !attempt.native) {
-                    translated = Some(door.feed(translated.as_deref().unwrap_or(&chunk), end_of_stream));
+                    translated = Some(door.feed(translated.as_deref().unwrap_or(&chunk), end_of_stream && !broken));
+                }
+                if broken {
+                    return self.continue_stream(&rt, attempt, body_size, translated.unwrap_or(chunk));
                 }
                 if end_of_stream {
                     self.note_adapter_usage(attempt.adapter.as_ref());
@@ -1437,7 +1467,9 @@ impl Filter {
             | State::Holding { attempt, status }
             | State::Priming { attempt, status, .. } => (attempt, status),
             // The client left before any answer: nothing to judge the member by.
-            State::Routed(attempt) | State::Failover { attempt, .. } => return self.unjudged(rt, &attempt, 0),
+            State::Routed(attempt) | State::Failover { attempt, .. } | State::Resuming { attempt, .. } => {
+                return self.unjudged(rt, &attempt, 0)
+            }
             _ => return,
         };
         let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();

@@ -32,6 +32,8 @@ pub struct PoolMetrics {
     pub hedge_wins: Option<u32>,
     /// Streams ended by `stream_idle_timeout_ms`.
     pub stream_idle_timeouts: Option<u32>,
+    /// Streams that broke after their first byte and were continued on another member (`resume_streams`).
+    pub resumed_streams: Option<u32>,
     /// Pools with a `shadow` only: its answers (failures: not 2xx), tokens and latency (histogram).
     pub shadow_requests: Option<u32>,
     pub shadow_failures: Option<u32>,
@@ -168,6 +170,11 @@ impl Metrics {
                     hedged: counter(format!("switchboard.pool.{p}.hedged")),
                     hedge_wins: counter(format!("switchboard.pool.{p}.hedge_wins")),
                     stream_idle_timeouts: counter(format!("switchboard.pool.{p}.stream_idle_timeouts")),
+                    resumed_streams: pool
+                        .retry
+                        .resume_streams
+                        .then(|| counter(format!("switchboard.pool.{p}.resumed_streams")))
+                        .flatten(),
                     healthy_members: define(abi::METRIC_GAUGE, &format!("switchboard.pool.{p}.healthy_members")),
                     members: pool
                         .members

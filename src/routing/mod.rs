@@ -10,6 +10,7 @@ pub mod filter;
 pub mod health;
 pub mod plan;
 pub mod redirect;
+pub mod resume;
 pub mod router;
 pub mod select;
 pub mod stats;

@@ -56,9 +56,100 @@ impl Ctx<'_> {
             Err(e) => Err(format!("request body is not valid JSON: {e}")),
         }
     }
+    /// The answer's text: the `reply` fault's, else `mock reply from <listener> to <model>`.
+    /// A request continuing a partial answer of that text (its messages end
+    /// with an assistant message, a prefill, or with one followed by a user
+    /// message asking to continue) gets the rest of it, after the last
+    /// `continuation_overlap_words` words of the partial answer.
     pub fn reply_text(&self, model: &str) -> String {
-        format!("mock reply from {} to {}", self.l.name, model)
+        let full = self.opts.reply.clone().unwrap_or_else(|| format!("mock reply from {} to {}", self.l.name, model));
+        let Some(partial) = serde_json::from_slice::<Value>(self.body).ok().as_ref().and_then(continued_text) else {
+            return full;
+        };
+        let partial = partial.trim_end();
+        match full.strip_prefix(partial).filter(|_| !partial.is_empty()) {
+            Some(rest) => {
+                let words: Vec<&str> = partial.split_whitespace().collect();
+                let repeated = words[words.len().saturating_sub(self.opts.overlap_words)..].join(" ");
+                format!("{repeated}{rest}")
+            }
+            None => full,
+        }
     }
+}
+
+/// The partial answer a request asks to continue, in any kind's message
+/// shape (`messages` with string or block content, Gemini's `contents` with `parts`).
+fn continued_text(body: &Value) -> Option<String> {
+    let messages = body.get("messages").or_else(|| body.get("contents"))?.as_array()?;
+    let text = |m: &Value| -> String {
+        match m.get("content").or_else(|| m.get("parts")) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+            _ => String::new(),
+        }
+    };
+    let assistant = |m: &Value| matches!(m.get("role").and_then(Value::as_str), Some("assistant" | "model"));
+    let last = messages.last()?;
+    if assistant(last) {
+        return Some(text(last));
+    }
+    let before = messages.get(messages.len().checked_sub(2)?)?;
+    (assistant(before) && text(last).to_ascii_lowercase().contains("continue")).then(|| text(before))
+}
+
+/// Whether a stream event carries answer content (any kind's shape).
+fn is_content_delta(event: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 4] = [b"\"delta\":{\"content\":", b"\"text_delta\"", b"{\"text\":", b"output_text.delta"];
+    let has = |m: &[u8]| event.windows(m.len()).any(|w| w == m);
+    // Anthropic's block start holds an empty text.
+    !has(b"content_block_start") && MARKERS.iter().any(|m| has(m))
+}
+
+/// The kind's native mid-stream error event (fault `stream_error_after`).
+fn stream_error_event(kind: Kind, sse: bool) -> Bytes {
+    match kind {
+        Kind::OpenAi | Kind::Azure => sse_data(
+            r#"{"error":{"message":"mock fault: the model stopped","type":"server_error","param":null,"code":null}}"#,
+        ),
+        Kind::Anthropic => Bytes::from_static(
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        ),
+        Kind::Gemini => {
+            let error = r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#;
+            Bytes::from(if sse { format!("data: {error}\r\n\r\n") } else { format!(",\r\n{error}]") })
+        }
+        Kind::Bedrock => Bytes::from(crate::eventstream::encode(
+            &[
+                (":message-type", "exception"),
+                (":exception-type", "modelStreamErrorException"),
+                (":content-type", "application/json"),
+            ],
+            br#"{"message":"mock fault: the model stopped"}"#,
+        )),
+    }
+}
+
+/// Faults `stream_cut_after` / `stream_error_after`: the events up to the
+/// n-th content delta, then nothing or the kind's error event.
+fn broken_stream(mut events: Vec<Bytes>, sse: bool, opts: &StreamOpts) -> Vec<Bytes> {
+    let Some(n) = opts.error_after.or(opts.cut_after) else { return events };
+    let mut seen = 0;
+    let keep = events
+        .iter()
+        .position(|e| {
+            if seen == n {
+                return true;
+            }
+            seen += usize::from(is_content_delta(e));
+            false
+        })
+        .unwrap_or(events.len());
+    events.truncate(keep);
+    if opts.error_after.is_some() {
+        events.push(stream_error_event(opts.kind, sse));
+    }
+    events
 }
 
 pub fn now_secs() -> u64 {
@@ -182,6 +273,7 @@ pub fn json_value(status: StatusCode, v: &Value) -> Response<MockBody> {
 
 /// Streaming response: each event is its own frame.
 pub fn stream_response(content_type: &'static str, events: Vec<Bytes>, opts: &StreamOpts) -> Response<MockBody> {
+    let events = broken_stream(events, content_type == "text/event-stream", opts);
     let mut r = Response::new(MockBody::events(events, opts));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
@@ -350,6 +442,7 @@ pub fn method_not_allowed(ctx: &Ctx) -> Response<MockBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn pieces_concatenate() {
@@ -380,6 +473,48 @@ mod tests {
         assert_eq!(call(ToolChoice::Auto, "weather?"), Some(("get_weather".into(), WEATHER_ARGS.into())));
         assert_eq!(call(ToolChoice::None, "weather?"), None);
         assert!(tool_call(&tools, &ToolChoice::Tool("nope".into()), "hi").is_err());
+    }
+
+    #[test]
+    fn continuations_are_recognised_in_every_message_shape() {
+        let prefill =
+            json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one two"}]});
+        assert_eq!(continued_text(&prefill).as_deref(), Some("one two"));
+        let asked = json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "text", "text": "one two"}]},
+            {"role": "user", "content": "Continue exactly where you stopped."}]});
+        assert_eq!(continued_text(&asked).as_deref(), Some("one two"));
+        let gemini = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}, {"role": "model", "parts": [{"text": "one"}]}]});
+        assert_eq!(continued_text(&gemini).as_deref(), Some("one"));
+        assert_eq!(continued_text(&json!({"messages": [{"role": "user", "content": "hi"}]})), None);
+    }
+
+    #[test]
+    fn broken_streams_keep_n_content_deltas() {
+        let ev = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let events = vec![
+            ev(r#"data: {"delta":{"role":"assistant","content":""}}"#),
+            ev(r#"data: {"delta":{"content":"a"}}"#),
+            ev(r#"data: {"delta":{"content":"b"}}"#),
+            ev(r#"data: {"delta":{},"finish_reason":"stop"}"#),
+            ev("data: [DONE]"),
+        ];
+        let opts = |cut, error| StreamOpts {
+            chunks: 2,
+            delay: std::time::Duration::ZERO,
+            reset_after_first: None,
+            cut_after: cut,
+            error_after: error,
+            reply: None,
+            overlap_words: 0,
+            kind: Kind::OpenAi,
+        };
+        assert_eq!(broken_stream(events.clone(), true, &opts(Some(1), None)), events[..2].to_vec());
+        let errored = broken_stream(events.clone(), true, &opts(None, Some(2)));
+        assert_eq!(errored.len(), 4);
+        assert!(String::from_utf8_lossy(&errored[3]).contains("\"error\""));
+        assert_eq!(broken_stream(events.clone(), true, &opts(None, None)), events);
     }
 
     #[test]

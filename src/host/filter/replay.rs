@@ -143,7 +143,7 @@ impl Filter {
     ) -> Result<(), ApiError> {
         let parsed = ParsedRequest::parse(&self.body, self.endpoint)?;
         let upstream = build_upstream(rt, self.endpoint, &parsed, member, now, self.native_body())?;
-        let timeouts = self.timeouts_ms(rt, member.pool, now);
+        let timeouts = self.timeouts_ms(rt, member.pool, now, self.shape.stream);
         self.rewrite_request(rt, member, &upstream, timeouts, body_size, present).map_err(|(what, s)| {
             self.host_error(what, s);
             ApiError::internal("The gateway could not rewrite the request.")
@@ -180,6 +180,15 @@ impl Filter {
         if out.is_empty() && !end_of_stream {
             self.state = State::Priming { attempt, status, fed: body_size };
             return Err(Action::Pause);
+        }
+        let out = self.resume_feed(&out, end_of_stream).unwrap_or(out);
+        if end_of_stream && self.resume_due() {
+            self.note_answer(&out);
+            let out = match self.door_answer.as_mut() {
+                Some(door) => door.feed(&out, false),
+                None => out,
+            };
+            return Err(self.continue_stream(rt, attempt, body_size, out));
         }
         if end_of_stream {
             self.note_adapter_usage(attempt.adapter.as_ref());

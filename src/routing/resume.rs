@@ -1,0 +1,449 @@
+//! Stream continuation (`resume_streams`): a chat completions stream that
+//! breaks after its first byte (an error event, or an end without a
+//! `finish_reason`) is continued once on another member and spliced into the
+//! same client stream. The plain part lives here: `StreamWatch` follows the
+//! OpenAI stream the client gets and holds the break back, `continuation_body`
+//! asks another member for the rest, and `StreamWatch::tail` writes its answer
+//! as the stream's last chunks (same id, no repeated text, usage summed).
+
+use serde_json::Value;
+
+use crate::api::error::{write_json, ErrorType};
+use crate::api::request::{push_json_string, ParsedRequest};
+use crate::config::ProviderKind;
+use crate::doors::{first_choice, ChatStreamDecoder, StreamPart, Usage};
+
+/// Asked after the partial answer of kinds that cannot continue a trailing assistant message.
+pub const CONTINUE_INSTRUCTION: &str = "Your previous answer was cut off. Continue it exactly where it stopped: \
+     do not repeat anything already written and add no preamble.";
+
+/// Kinds whose API continues a trailing assistant message (a prefill):
+/// Anthropic's Messages and Bedrock's Converse (Claude).
+pub fn prefills(kind: ProviderKind) -> bool {
+    matches!(kind, ProviderKind::Anthropic | ProviderKind::Bedrock)
+}
+
+/// What the client's OpenAI stream said so far, and the break held back from it.
+#[derive(Debug, Default)]
+pub struct StreamWatch {
+    decoder: ChatStreamDecoder,
+    /// The start of an event not yet complete: sent on once it is.
+    held: Vec<u8>,
+    /// The break (an error event, `[DONE]` without a finish) and all after
+    /// it: sent only if the stream cannot be continued.
+    cut: Vec<u8>,
+    /// The answer's text (first choice) the client got.
+    text: String,
+    meta: Option<ChunkMeta>,
+    finished: bool,
+    /// Something a text continuation cannot carry on (a tool call): the stream ends as it would.
+    opaque: bool,
+    usage: Option<Usage>,
+}
+
+/// The fields every chunk of the client's stream repeats.
+#[derive(Debug, Clone, Default)]
+struct ChunkMeta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+/// The continuation's answer, read from an OpenAI `chat.completion`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Continued {
+    pub text: String,
+    pub finish: String,
+    /// (prompt, completion) tokens.
+    pub usage: Option<(u64, u64)>,
+}
+
+impl StreamWatch {
+    /// The next piece of the client's stream. `None`: it goes on as it is;
+    /// else what replaces it (the break and what follows are held back, and
+    /// so is an event's start until the event is complete).
+    pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
+        if !self.cut.is_empty() {
+            self.cut.extend_from_slice(chunk);
+            return Some(Vec::new());
+        }
+        let as_is = self.held.is_empty();
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(chunk);
+        let mut start = 0;
+        let mut i = 0;
+        while i < data.len() {
+            let Some(end) = event_end(&data, i) else {
+                i += 1;
+                continue;
+            };
+            if self.breaks(data.get(start..end).unwrap_or_default()) {
+                return Some(self.cut_at(data, start));
+            }
+            start = end;
+            i = end;
+        }
+        let rest = data.get(start..).unwrap_or_default();
+        if end_of_stream && !rest.is_empty() {
+            if self.breaks(rest) {
+                return Some(self.cut_at(data, start));
+            }
+            start = data.len();
+        }
+        if as_is && start == data.len() {
+            return None;
+        }
+        self.held = data.get(start..).unwrap_or_default().to_vec();
+        data.truncate(start);
+        Some(data)
+    }
+
+    fn cut_at(&mut self, mut data: Vec<u8>, at: usize) -> Vec<u8> {
+        self.cut = data.split_off(at.min(data.len()));
+        data
+    }
+
+    /// Reads one complete event; true when it is the break.
+    fn breaks(&mut self, event: &[u8]) -> bool {
+        let mut broke = false;
+        for part in self.decoder.feed(event, true) {
+            match part {
+                StreamPart::Start { .. } => self.meta = meta_of(event),
+                StreamPart::Text(text) => self.text.push_str(&text),
+                StreamPart::ToolStart { .. } | StreamPart::ToolArgs { .. } => self.opaque = true,
+                StreamPart::Finish { .. } => self.finished = true,
+                StreamPart::Usage(usage) => self.usage = Some(usage),
+                StreamPart::Error { .. } | StreamPart::Done => broke |= !self.finished && !self.opaque,
+            }
+        }
+        broke
+    }
+
+    /// The stream ended without its finish, after text a continuation can
+    /// carry on (the client got the first chunk's id, which the rest reuses).
+    pub fn broken(&self) -> bool {
+        !self.finished && !self.opaque && self.meta.is_some() && !self.text.trim().is_empty()
+    }
+
+    /// The answer's text the client got.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// (prompt, completion) tokens the stream itself reported.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        self.usage.map(|u| (u.prompt, u.completion))
+    }
+
+    /// The end of a stream that could not be continued: what was held back,
+    /// or (for a stream that just stopped) an `incomplete_stream` error event.
+    pub fn failed_end(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.cut);
+        if out.is_empty() {
+            out.extend_from_slice(b"data: ");
+            let message = "The provider's stream ended before the answer was complete.";
+            write_json(&mut out, message, ErrorType::Server, None, "incomplete_stream");
+            out.extend_from_slice(b"\n\n");
+        }
+        if !out.ends_with(b"data: [DONE]\n\n") {
+            out.extend_from_slice(b"data: [DONE]\n\n");
+        }
+        out
+    }
+
+    /// The last chunks of the client's stream: the continuation's new text,
+    /// its finish, the usage of both attempts when the client asked
+    /// (`include_usage`, `first`: what the broken attempt reported), then
+    /// `[DONE]`. Also returns the summed usage.
+    pub fn tail(&self, answer: &Continued, include_usage: bool, first: Option<(u64, u64)>) -> (Vec<u8>, (u64, u64)) {
+        let meta = self.meta.clone().unwrap_or_default();
+        let (p0, c0) = first.unwrap_or((0, 0));
+        let (p1, c1) = answer.usage.unwrap_or((0, 0));
+        let usage = (p0 + p1, c0 + c1);
+        let head = format!(
+            r#"data: {{"id":{},"object":"chat.completion.chunk","created":{},"model":{},"choices":"#,
+            quoted(&meta.id),
+            meta.created,
+            quoted(&meta.model)
+        );
+        let null_usage = if include_usage { r#","usage":null"# } else { "" };
+        let choice = |delta: &str, finish: &str| {
+            format!(r#"{head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]{null_usage}}}"#)
+        };
+        let mut out = String::new();
+        let new = new_text(&self.text, &answer.text);
+        if !new.is_empty() {
+            out += &choice(&format!(r#"{{"content":{}}}"#, quoted(new)), "null");
+            out += "\n\n";
+        }
+        out += &choice("{}", &quoted(&answer.finish));
+        out += "\n\n";
+        if include_usage {
+            let (prompt, completion) = usage;
+            let total = prompt + completion;
+            out += &format!(
+                r#"{head}[],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total}}}}}"#
+            );
+            out += "\n\n";
+        }
+        out += "data: [DONE]\n\n";
+        (out.into_bytes(), usage)
+    }
+}
+
+/// `s` as a JSON string.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// Where an SSE event ending at `i` (`\n\n` or `\n\r\n`) stops.
+fn event_end(bytes: &[u8], i: usize) -> Option<usize> {
+    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+        (Some(b'\n'), Some(b'\n'), _) => Some(i + 2),
+        (Some(b'\n'), Some(b'\r'), Some(b'\n')) => Some(i + 3),
+        _ => None,
+    }
+}
+
+/// The id, `created` and model of a chunk event.
+fn meta_of(event: &[u8]) -> Option<ChunkMeta> {
+    let text = std::str::from_utf8(event).ok()?;
+    let data = text.lines().find_map(|l| l.strip_prefix("data:"))?;
+    let v: Value = serde_json::from_str(data.trim()).ok()?;
+    Some(ChunkMeta {
+        id: v.get("id")?.as_str()?.to_string(),
+        created: v.get("created").and_then(Value::as_u64).unwrap_or(0),
+        model: v.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
+    })
+}
+
+/// The client's chat request (`chat`), asking for the rest of `partial`
+/// as a whole answer: as a prefill (`prefill`), else followed by
+/// `CONTINUE_INSTRUCTION`. Written from the request's raw fields (the
+/// prompt is not parsed again); `None` when it has no messages array.
+pub fn continuation_body(chat: &ParsedRequest<'_>, partial: &str, prefill: bool) -> Option<Vec<u8>> {
+    let messages = chat.field("messages")?.get().trim_end().strip_suffix(']')?.trim_end();
+    let mut out = Vec::with_capacity(messages.len() + partial.len() + 256);
+    out.extend_from_slice(b"{\"model\":");
+    push_json_string(&mut out, &chat.target);
+    for (key, value) in chat.model_fields() {
+        if !matches!(key, "messages" | "stream" | "stream_options" | "n") {
+            out.push(b',');
+            push_json_string(&mut out, key);
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    out.extend_from_slice(b",\"stream\":false,\"messages\":");
+    out.extend_from_slice(messages.as_bytes());
+    if !messages.ends_with('[') {
+        out.push(b',');
+    }
+    // Anthropic refuses a prefill that ends with whitespace.
+    out.extend_from_slice(b"{\"role\":\"assistant\",\"content\":");
+    push_json_string(&mut out, if prefill { partial.trim_end() } else { partial });
+    if !prefill {
+        out.extend_from_slice(b"},{\"role\":\"user\",\"content\":");
+        push_json_string(&mut out, CONTINUE_INSTRUCTION);
+    }
+    out.extend_from_slice(b"}]}");
+    Some(out)
+}
+
+/// The text, finish and usage of an OpenAI `chat.completion`; `None` when it
+/// has no first choice or calls tools (nothing a text stream can carry on).
+pub fn read_answer(openai: &[u8]) -> Option<Continued> {
+    let v: Value = serde_json::from_slice(openai).ok()?;
+    let choice = first_choice(&v)?;
+    let message = choice.get("message")?;
+    if message.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty()) {
+        return None;
+    }
+    Some(Continued {
+        text: message.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
+        finish: choice.get("finish_reason").and_then(Value::as_str).unwrap_or("stop").to_string(),
+        usage: Usage::from_value(v.get("usage")).map(|u| (u.prompt, u.completion)),
+    })
+}
+
+/// What `next` adds after `before`: a start of `next` that repeats the end
+/// of `before` (whole words, up to `MAX_OVERLAP` bytes) is dropped, and so is
+/// its leading whitespace when `before` already ends with some.
+pub fn new_text<'a>(before: &str, next: &'a str) -> &'a str {
+    const MAX_OVERLAP: usize = 2000;
+    let said = before.trim_end();
+    let candidate = next.trim_start();
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let overlap = candidate
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|&k| k <= MAX_OVERLAP)
+        .filter(|&k| {
+            let (repeated, after) = candidate.split_at(k);
+            let Some(before_overlap) = said.strip_suffix(repeated) else { return false };
+            // Whole words only: "a" is no overlap of "... a" with "and".
+            let starts_word = !(word(before_overlap.chars().last()) && word(repeated.chars().next()));
+            let ends_word = !(word(repeated.chars().last()) && word(after.chars().next()));
+            starts_word && ends_word
+        })
+        .last();
+    let rest = match overlap {
+        Some(k) => candidate.get(k..).unwrap_or_default(),
+        None => next,
+    };
+    if before.ends_with(char::is_whitespace) {
+        rest.trim_start()
+    } else {
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::providers::test_support::events;
+    use serde_json::json;
+
+    fn chunk(delta: &str, finish: &str) -> String {
+        format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    }
+
+    fn started() -> String {
+        chunk(r#"{"role":"assistant","content":""}"#, "null") + &chunk(r#"{"content":"The quick "}"#, "null")
+    }
+
+    #[test]
+    fn a_stream_that_finishes_passes_untouched() {
+        let mut w = StreamWatch::default();
+        assert_eq!(w.feed(started().as_bytes(), false), None);
+        let end = chunk("{}", "\"stop\"") + "data: [DONE]\n\n";
+        assert_eq!(w.feed(end.as_bytes(), true), None);
+        assert!(!w.broken());
+    }
+
+    #[test]
+    fn an_error_event_and_what_follows_are_held_back() {
+        let mut w = StreamWatch::default();
+        let error = "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
+        let body = started() + error;
+        assert_eq!(w.feed(body.as_bytes(), false), Some(started().into_bytes()));
+        assert_eq!(w.feed(b"data: [DONE]\n\n", true), Some(Vec::new()));
+        assert!(w.broken());
+        assert_eq!(w.text(), "The quick ");
+        assert_eq!(w.failed_end(), format!("{error}data: [DONE]\n\n").into_bytes(), "as the provider ended it");
+    }
+
+    #[test]
+    fn a_clean_cut_is_broken_and_its_failed_end_says_so() {
+        let mut w = StreamWatch::default();
+        let body = started();
+        let (a, b) = body.split_at(40);
+        // An event split across pieces goes on once complete.
+        assert_eq!(w.feed(a.as_bytes(), false), Some(Vec::new()));
+        assert_eq!(w.feed(b.as_bytes(), false), Some(body.clone().into_bytes()));
+        assert_eq!(w.feed(b"", true), None);
+        assert!(w.broken());
+        let end = events(&w.failed_end());
+        assert_eq!(end[0]["error"]["code"], "incomplete_stream");
+        assert_eq!(end[1], "[DONE]");
+    }
+
+    #[test]
+    fn tool_calls_are_not_continued() {
+        let mut w = StreamWatch::default();
+        let call = chunk(r#"{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":""}}]}"#, "null");
+        w.feed((started() + &call).as_bytes(), true);
+        assert!(!w.broken());
+    }
+
+    #[test]
+    fn the_tail_reuses_the_stream_id_drops_the_overlap_and_sums_usage() {
+        let mut w = StreamWatch::default();
+        w.feed(started().as_bytes(), true);
+        let answer = Continued { text: "quick brown fox.".into(), finish: "stop".into(), usage: Some((10, 3)) };
+        let (tail, usage) = w.tail(&answer, true, Some((9, 2)));
+        assert_eq!(usage, (19, 5));
+        let ev = events(&tail);
+        assert_eq!(ev.len(), 4, "{ev:?}");
+        assert!(ev[..3].iter().all(|e| e["id"] == "chatcmpl-1" && e["created"] == 7 && e["model"] == "m"));
+        assert_eq!(ev[0]["choices"][0]["delta"]["content"], "brown fox.");
+        assert_eq!(ev[0]["usage"], Value::Null);
+        assert_eq!(ev[1]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(ev[2]["usage"], json!({"prompt_tokens": 19, "completion_tokens": 5, "total_tokens": 24}));
+        assert_eq!(ev[3], "[DONE]");
+        let (tail, _) = w.tail(&answer, false, None);
+        assert!(events(&tail).iter().all(|e| e.get("usage").is_none()));
+    }
+
+    #[test]
+    fn overlaps_are_whole_words_at_the_end_of_the_text() {
+        assert_eq!(new_text("The quick ", "brown fox"), "brown fox");
+        assert_eq!(new_text("The quick ", " brown fox"), "brown fox");
+        assert_eq!(new_text("The quick", " brown fox"), " brown fox");
+        assert_eq!(new_text("The quick bro", "wn fox"), "wn fox");
+        assert_eq!(new_text("The quick ", "The quick brown"), "brown");
+        assert_eq!(new_text("The quick ", "quick brown"), "brown");
+        assert_eq!(new_text("The quick", "quick brown"), " brown");
+        assert_eq!(new_text("I saw a", "and more"), "and more", "not a word's end");
+        assert_eq!(new_text("I saw a", " cat"), " cat");
+        assert_eq!(new_text("x", ""), "");
+        assert_eq!(new_text("Ünïcode wörds", "wörds and more"), " and more");
+        // Every split of an answer splices back to the answer, with an overlap of any words.
+        let full = "One two three, four five. Six seven eight nine ten.";
+        for at in full.char_indices().map(|(i, _)| i).skip(1) {
+            let (before, rest) = full.split_at(at);
+            assert_eq!(format!("{before}{}", new_text(before, rest)), full, "split at {at}");
+            let said = before.trim_end();
+            let words: Vec<&str> = said.split_whitespace().collect();
+            for k in 1..=words.len().min(3) {
+                // A repeat of the last k words (as a continuing model does) comes out once,
+                // when the text stopped at a word's end (mid-word, a repeat is ambiguous).
+                let repeated = words[words.len() - k..].join(" ");
+                let after = &full[said.len()..];
+                if !after.starts_with(char::is_alphanumeric) {
+                    let next = format!("{repeated}{after}");
+                    assert_eq!(format!("{before}{}", new_text(before, &next)), full, "split at {at}, {k} words");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_continuation_request_is_a_prefill_or_an_instruction() {
+        let chat = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"n":1,"temperature":0.5,"messages":[{"role":"user","content":"hi"}]}"#;
+        let parsed = ParsedRequest::parse(chat, crate::api::Endpoint::ChatCompletions).unwrap();
+        let v: Value = serde_json::from_slice(&continuation_body(&parsed, "The quick ", true).unwrap()).unwrap();
+        assert_eq!(v["stream"], false);
+        assert!(v.get("stream_options").is_none() && v.get("n").is_none());
+        assert_eq!((&v["model"], &v["temperature"]), (&json!("m"), &json!(0.5)));
+        assert_eq!(v["messages"][0], json!({"role": "user", "content": "hi"}));
+        assert_eq!(v["messages"][1], json!({"role": "assistant", "content": "The quick"}));
+        assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+        let v: Value = serde_json::from_slice(&continuation_body(&parsed, "The \"quick\" ", false).unwrap()).unwrap();
+        assert_eq!(v["messages"][1], json!({"role": "assistant", "content": "The \"quick\" "}));
+        assert_eq!(v["messages"][2], json!({"role": "user", "content": CONTINUE_INSTRUCTION}));
+        assert!(ParsedRequest::parse(
+            &continuation_body(&parsed, "x", false).unwrap(),
+            crate::api::Endpoint::ChatCompletions
+        )
+        .is_ok());
+        assert!(prefills(ProviderKind::Anthropic) && prefills(ProviderKind::Bedrock));
+        assert!(!prefills(ProviderKind::Openai) && !prefills(ProviderKind::Gemini));
+    }
+
+    #[test]
+    fn answers_are_read_for_text_finish_and_usage() {
+        let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"brown fox"},"finish_reason":"length"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
+        let answer = read_answer(body).unwrap();
+        assert_eq!(answer, Continued { text: "brown fox".into(), finish: "length".into(), usage: Some((4, 2)) });
+        let tools =
+            br#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"c"}]},"finish_reason":"tool_calls"}]}"#;
+        assert!(read_answer(tools).is_none());
+        assert!(read_answer(b"{}").is_none());
+    }
+}
