@@ -387,10 +387,109 @@ pub fn parse(json: &[u8]) -> Result<RawConfig, SchemaError> {
             message: "configuration is empty; expected a JSON object with \"providers\" and \"pools\"".into(),
         });
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        SchemaError { field, message: e.into_inner().to_string() }
+    serde_json::from_slice(json).map_err(|e| {
+        let at = offset_of(json, e.line(), e.column());
+        SchemaError { field: path_at(json, at), message: e.to_string() }
     })
+}
+
+/// The byte offset of serde_json's error position (1-based line, column in bytes).
+fn offset_of(json: &[u8], line: usize, column: usize) -> usize {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        json.iter().enumerate().filter(|(_, &b)| b == b'\n').nth(line - 2).map_or(json.len(), |(i, _)| i + 1)
+    };
+    line_start.saturating_add(column).min(json.len())
+}
+
+/// Where in the document is byte `at`: `pools.x.members[1].weight`. serde_json
+/// reports a refused key or value just after it, and an object's own error (a
+/// missing field) just after its closing `}`. One pass over the bytes
+/// before `at`, keeping the open objects' current keys and the arrays' indices;
+/// serde's errors then need no wrapper around every deserializer (which would
+/// be most of this crate's code).
+fn path_at(json: &[u8], at: usize) -> String {
+    enum Frame {
+        Object { key: Option<String>, want_key: bool },
+        Array { index: usize },
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut bytes = json.get(..at).unwrap_or(json).iter().copied();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'{' => stack.push(Frame::Object { key: None, want_key: true }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object { want_key, .. }) => *want_key = true,
+                Some(Frame::Array { index }) => *index += 1,
+                None => {}
+            },
+            b'"' => {
+                let mut text = Vec::new();
+                while let Some(c) = bytes.next() {
+                    match c {
+                        b'"' => break,
+                        b'\\' => {
+                            if let Some(escaped) = bytes.next() {
+                                text.push(escaped);
+                            }
+                        }
+                        _ => text.push(c),
+                    }
+                }
+                if let Some(Frame::Object { key, want_key }) = stack.last_mut() {
+                    if *want_key {
+                        *key = Some(String::from_utf8_lossy(&text).into_owned());
+                        *want_key = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut path = String::new();
+    for frame in &stack {
+        match frame {
+            Frame::Object { key: Some(key), .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Frame::Object { key: None, .. } => break,
+            Frame::Array { index } => path.push_str(&format!("[{index}]")),
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(json: &str) -> String {
+        match parse(json.as_bytes()) {
+            Err(e) => e.field,
+            Ok(_) => String::from("(parsed)"),
+        }
+    }
+
+    #[test]
+    fn paths_follow_keys_and_indices_past_strings_that_look_like_json() {
+        let json = r#"{"providers": {"a\"{,": {"cluster": "[,]{", "host": "h", "colour": 1}}}"#;
+        assert_eq!(field_of(json), "providers.a\"{,.colour");
+        let json = r#"{"providers": {}, "pools": {"p": {"members": [{"provider": "a", "model": "m"},
+            {"provider": "a", "model": "m", "weight": "heavy"}]}}}"#;
+        assert_eq!(field_of(json), "pools.p.members[1].weight");
+    }
+
+    #[test]
+    fn an_object_missing_a_field_is_named_itself() {
+        assert_eq!(field_of(r#"{"providers": {"a": {"host": "h"}}}"#), "providers.a");
+        assert_eq!(field_of(r#"{"pools": {}}"#), "");
+    }
 }
