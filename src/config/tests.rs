@@ -509,7 +509,8 @@ fn shadow_parses_and_is_validated_naming_the_field() {
 
 #[test]
 fn a_name_given_twice_is_refused() {
-    let json = r#"{"providers": {"p": {"cluster": "p", "host": "p"}, "p": {"cluster": "q", "host": "q"}}, "pools": {}}"#;
+    let json =
+        r#"{"providers": {"p": {"cluster": "p", "host": "p"}, "p": {"cluster": "q", "host": "q"}}, "pools": {}}"#;
     let e = error_for(json);
     assert_eq!(e.field, "providers", "{e}");
     assert!(e.to_string().contains("`p` is given twice"), "{e}");

@@ -312,8 +312,11 @@ impl Filter {
             ),
             Feedback::Accepted(weak) => {
                 // Only a weak-pool answer's score corrects the router.
-                if let Some((router, bucket)) = weak.and_then(|(i, b)| Some((rt.config.routers.get(i)?, b))) {
+                if let Some((index, router, bucket)) =
+                    weak.and_then(|(i, b)| Some((i, rt.config.routers.get(i)?, b)))
+                {
                     learned_store::record_weak_score(&router.name, bucket, score as f32);
+                    rt.learned_corrections.forget(index);
                 }
                 let request_id = self.request_id.clone();
                 self.respond(204, &[("x-switchboard-request-id", &request_id)], b"");
@@ -339,7 +342,13 @@ impl Filter {
                 Err(e) => return self.answer_error(&e),
             };
             let headers = RequestHeaders(&self.client_headers);
-            let scorer = Scorer { config: &rt.config, models: &rt.learned_models, decided: Cell::new(None) };
+            let scorer = Scorer {
+                config: &rt.config,
+                models: &rt.learned_models,
+                corrections: &rt.learned_corrections,
+                now_ms: now,
+                decided: Cell::new(None),
+            };
             let input = RouteInput { request: &parsed, headers: &headers, scorer: Some(&scorer) };
             self.obs.model = Some(parsed.target.clone());
             let mut plan = match Plan::for_request(&rt.config, input, now) {

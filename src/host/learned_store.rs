@@ -6,7 +6,7 @@
 //! chosen by a hash of its id (a newer request can take an older one's slot),
 //! each valid for `FEEDBACK_TTL_MS`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use crate::api::request::ParsedRequest;
 use crate::config::{Config, Learned};
@@ -17,6 +17,10 @@ use crate::text::push_json_string;
 use super::abi;
 
 pub const FEEDBACK_SLOTS: u64 = 4096;
+/// How long a VM routes with the correction it last read before reading it
+/// again: scores reach every worker within this, and a request pays no
+/// shared-data read.
+pub const CORRECTION_REFRESH_MS: u64 = 100;
 pub const FEEDBACK_TTL_MS: u64 = 3_600_000;
 const CAS_RETRIES: usize = 32;
 
@@ -47,10 +51,40 @@ fn correction_key(router: &str) -> String {
     format!("switchboard.learned.{router}")
 }
 
-pub fn correction(router: &str) -> Correction {
+fn read_correction(router: &str) -> Correction {
     match abi::shared_get(&correction_key(router)) {
         Ok((Some(bytes), _)) => Correction::decode(&bytes).unwrap_or_default(),
         _ => Correction::new(),
+    }
+}
+
+/// Each learned router's correction as this VM last read it, and when.
+pub struct Corrections(RefCell<Vec<Option<(u64, Correction)>>>);
+
+impl Corrections {
+    pub fn new(routers: usize) -> Self {
+        Corrections(RefCell::new(vec![None; routers]))
+    }
+
+    /// Router `index`'s correction, read from shared data when older than [`CORRECTION_REFRESH_MS`].
+    pub fn get(&self, index: usize, router: &str, now_ms: u64) -> Correction {
+        let mut cache = self.0.borrow_mut();
+        let Some(slot) = cache.get_mut(index) else { return read_correction(router) };
+        match slot {
+            Some((read_ms, c)) if now_ms.saturating_sub(*read_ms) < CORRECTION_REFRESH_MS => *c,
+            _ => {
+                let c = read_correction(router);
+                *slot = Some((now_ms, c));
+                c
+            }
+        }
+    }
+
+    /// This VM changed router `index`'s correction: read it again next time.
+    pub fn forget(&self, index: usize) {
+        if let Some(slot) = self.0.borrow_mut().get_mut(index) {
+            *slot = None;
+        }
     }
 }
 
@@ -78,6 +112,8 @@ pub struct Scorer<'a> {
     pub config: &'a Config,
     /// Per router (same order as `config.routers`): its model, when it is learned.
     pub models: &'a [Option<Model>],
+    pub corrections: &'a Corrections,
+    pub now_ms: u64,
     pub decided: Cell<Option<Decided>>,
 }
 
@@ -96,7 +132,8 @@ impl LearnedScorer for Scorer<'_> {
             crate::config::Cutoff::StrongShare(share) => model.threshold_for_share(share as f32),
         };
         let name = &self.config.routers.get(router)?.name;
-        let decision = model.decide(&prompt_text(request), threshold, &correction(name));
+        let correction = self.corrections.get(router, name, self.now_ms);
+        let decision = model.decide(&prompt_text(request), threshold, &correction);
         // The routing stage compares with the configured threshold: move the
         // score by the feedback's shift of this prompt's bucket instead.
         let score = f64::from((decision.score - decision.threshold + threshold).clamp(0.0, 1.0));

@@ -15,7 +15,7 @@ use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan, R
 use crate::text;
 
 use super::metrics::Metrics;
-use super::{canary_store, health_store, live_store};
+use super::{canary_store, health_store, learned_store, live_store};
 
 /// What strategies see of members: health from the VM's cache, load and
 /// latency from shared data (read only for the strategies that use them).
@@ -58,6 +58,8 @@ pub struct Runtime {
     pub tenant_listings: Vec<ModelListing>,
     /// Per router (same order as `config.routers`): its learned model, if it has a `learned` part.
     pub learned_models: Vec<Option<Model>>,
+    /// Per router: its feedback correction as this VM last read it from shared data.
+    pub learned_corrections: learned_store::Corrections,
     pub metrics: Metrics,
     rng: RefCell<Rng>,
     /// Successes of healthy members not yet added to shared data (flushed on tick).
@@ -95,6 +97,7 @@ impl Runtime {
         Runtime {
             listing: ModelListing::build(&config),
             tenant_listings,
+            learned_corrections: learned_store::Corrections::new(learned_models.len()),
             learned_models,
             metrics: Metrics::define(&config),
             config,
