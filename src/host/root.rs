@@ -42,14 +42,18 @@ fn fingerprint(raw: &[u8]) -> u64 {
     h.finish()
 }
 
-/// The tick period: requests' timers (hedges, stream idle limits) are
-/// checked on each tick, so a pool with one ticks at an eighth of its
-/// shortest (at least 20 ms); shadow copies leave on the tick after their
-/// request, within 100 ms; otherwise once a second.
+/// The tick period: requests' timers are checked on each tick. A hedge
+/// starts up to one tick late, so a pool that hedges ticks at a 32nd of its
+/// `hedge_after_ms` (at least 5 ms: a fine tick only wakes the requests due);
+/// a stream idle limit needs less precision (an eighth, at least 20 ms);
+/// shadow copies leave on the tick after their request, within 100 ms;
+/// otherwise once a second.
 fn tick_period_ms(config: &Config) -> u64 {
-    let timers = config.pools.iter().flat_map(|p| [p.retry.hedge_after_ms, p.retry.stream_idle_timeout_ms]).flatten();
+    let hedges = config.pools.iter().filter_map(|p| p.retry.hedge_after_ms).map(|ms| (ms / 32).clamp(5, SLOW_TICK_MS));
+    let idles =
+        config.pools.iter().filter_map(|p| p.retry.stream_idle_timeout_ms).map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS));
     let shadows = config.pools.iter().filter(|p| p.shadow.is_some()).map(|_| SHADOW_TICK_MS);
-    timers.map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS)).chain(shadows).min().unwrap_or(SLOW_TICK_MS)
+    hedges.chain(idles).chain(shadows).min().unwrap_or(SLOW_TICK_MS)
 }
 
 const SHADOW_TICK_MS: u64 = 100;

@@ -185,15 +185,19 @@ impl Model {
     /// Score and bucket of a prompt in one pass over its bytes (no allocation).
     pub fn analyze(&self, text: &str) -> (f32, u8) {
         // Integer sums of the 8-bit weights: exact, so Python and Rust agree whatever the order.
-        let mut sums = [0i32; N_GROUPS];
-        let mut items = [0u32; N_GROUPS];
+        // Plain locals (the table and its mask too): the scan's loop keeps them in registers.
+        let (table, mask) = (&self.table[..], self.mask);
+        let (mut s0, mut s1, mut s2) = (0i32, 0i32, 0i32);
+        let (mut n0, mut n1, mut n2) = (0u32, 0u32, 0u32);
         let counts = features::scan(text.as_bytes(), |g, h| {
-            let w = self.table.get((h & self.mask) as usize).copied().unwrap_or(0);
-            if let (Some(s), Some(n)) = (sums.get_mut(g), items.get_mut(g)) {
-                *s += i32::from(w);
-                *n += 1;
+            let w = i32::from(table.get((h & mask) as usize).copied().unwrap_or(0));
+            match g {
+                0 => (s0, n0) = (s0 + w, n0 + 1),
+                1 => (s1, n1) = (s1 + w, n1 + 1),
+                _ => (s2, n2) = (s2 + w, n2 + 1),
             }
         });
+        let (sums, items) = ([s0, s1, s2], [n0, n1, n2]);
         let mut z = f64::from(self.bias);
         for (w, x) in self.dense.iter().zip(features::dense_features(&counts)) {
             z += f64::from(*w) * x;
