@@ -112,6 +112,8 @@ pub struct ParsedRequest<'a> {
     tools: Option<&'a RawValue>,
     endpoint: Endpoint,
     content: OnceCell<Content<'a>>,
+    /// The user's text read alone (no estimate), when only that was asked for.
+    user_text: OnceCell<Vec<&'a str>>,
 }
 
 /// What the request's messages hold, for routing: read once, on first use.
@@ -310,12 +312,22 @@ impl<'a> ParsedRequest<'a> {
             tools,
             endpoint,
             content: OnceCell::new(),
+            user_text: OnceCell::new(),
         })
     }
 
     /// Prompt size, images and user text, read from the payload on first call.
     pub fn content(&self) -> &Content<'a> {
-        self.content.get_or_init(|| read_content(self.endpoint, self.payload, self.tools, None))
+        self.content.get_or_init(|| read_content(self.endpoint, self.payload, self.tools, Reading::Estimate(None)))
+    }
+
+    /// [`Content::user_text`] alone (what a learned router reads): from the
+    /// content when it was read, else from a pass that skips the estimate.
+    pub fn user_text(&self) -> &[&'a str] {
+        if let Some(content) = self.content.get() {
+            return &content.user_text;
+        }
+        self.user_text.get_or_init(|| read_content(self.endpoint, self.payload, None, Reading::UserText).user_text)
     }
 
     /// [`ParsedRequest::content`], and which of `phrases` occur in the user's
@@ -327,7 +339,7 @@ impl<'a> ParsedRequest<'a> {
             return content;
         }
         let mut scan = PhraseScan::new(phrases, found);
-        let content = read_content(self.endpoint, self.payload, self.tools, Some(&mut scan));
+        let content = read_content(self.endpoint, self.payload, self.tools, Reading::Estimate(Some(&mut scan)));
         self.content.get_or_init(|| content)
     }
 
@@ -497,14 +509,23 @@ struct Part<'a> {
 struct ContentReader<'a, 'r, 's, 'f> {
     counter: TokenCounter,
     content: Content<'a>,
-    scan: Option<&'r mut PhraseScan<'s, 'f>>,
+    reading: Reading<'r, 's, 'f>,
+}
+
+/// What a pass over the payload computes besides the user's text.
+enum Reading<'r, 's, 'f> {
+    /// The estimate (and, with a scan, the keywords in the same loop).
+    Estimate(Option<&'r mut PhraseScan<'s, 'f>>),
+    /// Nothing else: the estimate is left at 0.
+    UserText,
 }
 
 impl<'a> ContentReader<'a, '_, '_, '_> {
     fn text(&mut self, body: &'a str, user: bool) {
-        match (user, self.scan.as_deref_mut()) {
-            (true, Some(scan)) => self.counter.add_json_string_scanning(body, scan),
-            _ => self.counter.add_json_string(body),
+        match (user, &mut self.reading) {
+            (true, Reading::Estimate(Some(scan))) => self.counter.add_json_string_scanning(body, scan),
+            (_, Reading::Estimate(_)) => self.counter.add_json_string(body),
+            (_, Reading::UserText) => {}
         }
         if user {
             self.content.user_text.push(body);
@@ -518,9 +539,9 @@ fn read_content<'a>(
     endpoint: Endpoint,
     payload: Option<&'a RawValue>,
     tools: Option<&'a RawValue>,
-    scan: Option<&mut PhraseScan<'_, '_>>,
+    reading: Reading<'_, '_, '_>,
 ) -> Content<'a> {
-    let mut reader = ContentReader { counter: TokenCounter::new(), content: Content::default(), scan };
+    let mut reader = ContentReader { counter: TokenCounter::new(), content: Content::default(), reading };
     if let Some(tools) = tools {
         reader.counter.add_text(tools.get());
     }
@@ -536,8 +557,10 @@ fn read_content<'a>(
                 if let Some(raw) = message.content {
                     read_message_content(raw, user, &mut reader);
                 }
-                for calls in [message.tool_calls, message.function_call].into_iter().flatten() {
-                    reader.counter.add_text(calls.get());
+                if let Reading::Estimate(_) = reader.reading {
+                    for calls in [message.tool_calls, message.function_call].into_iter().flatten() {
+                        reader.counter.add_text(calls.get());
+                    }
                 }
             }
         }
@@ -843,6 +866,19 @@ mod tests {
         assert!((950..1100).contains(&n), "{n}");
         let tools = parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#).unwrap();
         assert!(tools.content().prompt_tokens > short.content().prompt_tokens + 5);
+    }
+
+    #[test]
+    fn user_text_alone_equals_the_contents_whether_or_not_the_content_was_read() {
+        let body = br#"{"model": "m", "messages": [{"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "What is\nthis?"}, {"type": "image_url"}]},
+            {"role": "assistant", "content": "a cat"}, {"role": "user", "content": "and that?"}]}"#;
+        let alone = ParsedRequest::parse(body, Endpoint::ChatCompletions).unwrap();
+        assert_eq!(alone.user_text(), ["What is\\nthis?", "and that?"]);
+        let read = ParsedRequest::parse(body, Endpoint::ChatCompletions).unwrap();
+        let content = read.content().clone();
+        assert_eq!(read.user_text(), content.user_text.as_slice());
+        assert_eq!(alone.content(), &content, "the content read after the user text is complete");
     }
 
     #[test]

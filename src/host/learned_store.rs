@@ -36,7 +36,7 @@ pub struct Decided {
 
 /// The user's text as the model was trained on it: user messages' text, escapes decoded.
 fn prompt_text(request: &ParsedRequest<'_>) -> String {
-    let parts = &request.content().user_text;
+    let parts = request.user_text();
     let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + parts.len());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
