@@ -25,7 +25,7 @@ struct ToolSlot {
 /// one last chunk with empty `choices` before `[DONE]`, every other chunk
 /// then carrying `"usage": null`. Kinds put what they learn in `usage`.
 #[derive(Debug)]
-pub(super) struct Emitter {
+pub(crate) struct Emitter {
     pub meta: Meta,
     /// The latest usage the provider reported.
     pub usage: Option<Usage>,
@@ -51,6 +51,12 @@ impl Emitter {
             errored: false,
             done: false,
         }
+    }
+
+    /// The writer of a stream's last chunks when its first choice's role
+    /// chunk already reached the client (a continued stream).
+    pub fn resuming(meta: Meta, include_usage: bool) -> Self {
+        Emitter { started: vec![0], ..Emitter::new(meta, include_usage) }
     }
 
     /// True once the stream ended or failed: later upstream events are ignored.

@@ -113,8 +113,8 @@ pub(super) fn new_call_id() -> String {
 }
 
 /// The id, creation time and model written into every answer.
-#[derive(Debug, Clone)]
-pub(super) struct Meta {
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Meta {
     pub id: String,
     pub created: u64,
     pub model: String,
@@ -122,7 +122,7 @@ pub(super) struct Meta {
 
 impl Meta {
     /// `answer` as a complete `chat.completion` body.
-    pub fn completion(&self, answer: &Answer) -> Vec<u8> {
+    pub(super) fn completion(&self, answer: &Answer) -> Vec<u8> {
         let choices: Vec<Value> = answer
             .choices
             .iter()

@@ -8,10 +8,10 @@
 
 use serde_json::Value;
 
-use crate::api::error::{write_json, ErrorType};
 use crate::api::request::{push_json_string, ParsedRequest};
 use crate::config::ProviderKind;
 use crate::doors::{first_choice, ChatStreamDecoder, StreamPart, Usage};
+use crate::providers::{self, Emitter, Meta};
 
 /// Asked after the partial answer of kinds that cannot continue a trailing assistant message.
 pub const CONTINUE_INSTRUCTION: &str = "Your previous answer was cut off. Continue it exactly where it stopped: \
@@ -34,19 +34,12 @@ pub struct StreamWatch {
     cut: Vec<u8>,
     /// The answer's text (first choice) the client got.
     text: String,
-    meta: Option<ChunkMeta>,
+    /// The id, `created` and model every chunk of the client's stream repeats.
+    meta: Option<Meta>,
     finished: bool,
     /// Something a text continuation cannot carry on (a tool call): the stream ends as it would.
     opaque: bool,
     usage: Option<Usage>,
-}
-
-/// The fields every chunk of the client's stream repeats.
-#[derive(Debug, Clone, Default)]
-struct ChunkMeta {
-    id: String,
-    created: u64,
-    model: String,
 }
 
 /// The continuation's answer, read from an OpenAI `chat.completion`.
@@ -140,10 +133,7 @@ impl StreamWatch {
     pub fn failed_end(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.cut);
         if out.is_empty() {
-            out.extend_from_slice(b"data: ");
-            let message = "The provider's stream ended before the answer was complete.";
-            write_json(&mut out, message, ErrorType::Server, None, "incomplete_stream");
-            out.extend_from_slice(b"\n\n");
+            Emitter::resuming(self.meta.clone().unwrap_or_default(), false).end(&mut out);
         }
         if !out.ends_with(b"data: [DONE]\n\n") {
             out.extend_from_slice(b"data: [DONE]\n\n");
@@ -156,44 +146,17 @@ impl StreamWatch {
     /// (`include_usage`, `first`: what the broken attempt reported), then
     /// `[DONE]`. Also returns the summed usage.
     pub fn tail(&self, answer: &Continued, include_usage: bool, first: Option<(u64, u64)>) -> (Vec<u8>, (u64, u64)) {
-        let meta = self.meta.clone().unwrap_or_default();
         let (p0, c0) = first.unwrap_or((0, 0));
         let (p1, c1) = answer.usage.unwrap_or((0, 0));
-        let usage = (p0 + p1, c0 + c1);
-        let head = format!(
-            r#"data: {{"id":{},"object":"chat.completion.chunk","created":{},"model":{},"choices":"#,
-            quoted(&meta.id),
-            meta.created,
-            quoted(&meta.model)
-        );
-        let null_usage = if include_usage { r#","usage":null"# } else { "" };
-        let choice = |delta: &str, finish: &str| {
-            format!(r#"{head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]{null_usage}}}"#)
-        };
-        let mut out = String::new();
-        let new = new_text(&self.text, &answer.text);
-        if !new.is_empty() {
-            out += &choice(&format!(r#"{{"content":{}}}"#, quoted(new)), "null");
-            out += "\n\n";
-        }
-        out += &choice("{}", &quoted(&answer.finish));
-        out += "\n\n";
-        if include_usage {
-            let (prompt, completion) = usage;
-            let total = prompt + completion;
-            out += &format!(
-                r#"{head}[],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total}}}}}"#
-            );
-            out += "\n\n";
-        }
-        out += "data: [DONE]\n\n";
-        (out.into_bytes(), usage)
+        let (prompt, completion) = (p0 + p1, c0 + c1);
+        let mut emitter = Emitter::resuming(self.meta.clone().unwrap_or_default(), include_usage);
+        let mut out = Vec::new();
+        emitter.text(&mut out, 0, new_text(&self.text, &answer.text));
+        emitter.finish(&mut out, 0, &answer.finish);
+        emitter.usage = Some(providers::Usage { prompt, completion, total: None, cached: None, reasoning: None });
+        emitter.end(&mut out);
+        (out, (prompt, completion))
     }
-}
-
-/// `s` as a JSON string.
-fn quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
 }
 
 /// Where an SSE event ending at `i` (`\n\n` or `\n\r\n`) stops.
@@ -206,11 +169,11 @@ fn event_end(bytes: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The id, `created` and model of a chunk event.
-fn meta_of(event: &[u8]) -> Option<ChunkMeta> {
+fn meta_of(event: &[u8]) -> Option<Meta> {
     let text = std::str::from_utf8(event).ok()?;
     let data = text.lines().find_map(|l| l.strip_prefix("data:"))?;
     let v: Value = serde_json::from_str(data.trim()).ok()?;
-    Some(ChunkMeta {
+    Some(Meta {
         id: v.get("id")?.as_str()?.to_string(),
         created: v.get("created").and_then(Value::as_u64).unwrap_or(0),
         model: v.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
