@@ -415,8 +415,9 @@ fn path_at(json: &[u8], at: usize) -> String {
         Array { index: usize },
     }
     let mut stack: Vec<Frame> = Vec::new();
-    let mut bytes = json.get(..at).unwrap_or(json).iter().copied();
-    while let Some(b) = bytes.next() {
+    let head = json.get(..at).unwrap_or(json);
+    let mut i = 0;
+    while let Some(&b) = head.get(i) {
         match b {
             b'{' => stack.push(Frame::Object { key: None, want_key: true }),
             b'[' => stack.push(Frame::Array { index: 0 }),
@@ -429,27 +430,19 @@ fn path_at(json: &[u8], at: usize) -> String {
                 None => {}
             },
             b'"' => {
-                let mut text = Vec::new();
-                while let Some(c) = bytes.next() {
-                    match c {
-                        b'"' => break,
-                        b'\\' => {
-                            if let Some(escaped) = bytes.next() {
-                                text.push(escaped);
-                            }
-                        }
-                        _ => text.push(c),
-                    }
+                let end = string_end(head, i);
+                if let Some(Frame::Object { key, want_key: want_key @ true }) = stack.last_mut() {
+                    // Decoded by serde_json, escapes and all, as serde named the field.
+                    let raw = head.get(i..=end).unwrap_or_default();
+                    *key =
+                        Some(serde_json::from_slice(raw).unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()));
+                    *want_key = false;
                 }
-                if let Some(Frame::Object { key, want_key }) = stack.last_mut() {
-                    if *want_key {
-                        *key = Some(String::from_utf8_lossy(&text).into_owned());
-                        *want_key = false;
-                    }
-                }
+                i = end;
             }
             _ => {}
         }
+        i += 1;
     }
     let mut path = String::new();
     for frame in &stack {
@@ -467,6 +460,19 @@ fn path_at(json: &[u8], at: usize) -> String {
     path
 }
 
+/// The index of the quote that closes the string opening at `open` (or the last byte).
+fn string_end(json: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'"' => return i,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    json.len().saturating_sub(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,8 +486,8 @@ mod tests {
 
     #[test]
     fn paths_follow_keys_and_indices_past_strings_that_look_like_json() {
-        let json = r#"{"providers": {"a\"{,": {"cluster": "[,]{", "host": "h", "colour": 1}}}"#;
-        assert_eq!(field_of(json), "providers.a\"{,.colour");
+        let json = r#"{"providers": {"a\"{,\u00e9": {"cluster": "[,]{", "host": "h", "colour": 1}}}"#;
+        assert_eq!(field_of(json), "providers.a\"{,\u{e9}.colour");
         let json = r#"{"providers": {}, "pools": {"p": {"members": [{"provider": "a", "model": "m"},
             {"provider": "a", "model": "m", "weight": "heavy"}]}}}"#;
         assert_eq!(field_of(json), "pools.p.members[1].weight");
