@@ -539,7 +539,7 @@ fn decode_choice(choice: &Map<String, Value>, parts: &mut Vec<StreamPart>) {
 
 /// End of the first SSE event in `buf` (index, separator length): a blank line
 /// ends an event, with `\n` or `\r\n` line ends.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i < buf.len() {
         if buf.get(i) == Some(&b'\n') {

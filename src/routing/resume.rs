@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::api::request::{push_json_string, ParsedRequest};
 use crate::config::ProviderKind;
-use crate::doors::{first_choice, ChatStreamDecoder, StreamPart, Usage};
+use crate::doors::{find_event_end, first_choice, ChatStreamDecoder, StreamPart, Usage};
 use crate::providers::{self, Emitter, Meta};
 
 /// Asked after the partial answer of kinds that cannot continue a trailing assistant message.
@@ -64,17 +64,12 @@ impl StreamWatch {
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(chunk);
         let mut start = 0;
-        let mut i = 0;
-        while i < data.len() {
-            let Some(end) = event_end(&data, i) else {
-                i += 1;
-                continue;
-            };
+        while let Some((at, separator)) = find_event_end(data.get(start..).unwrap_or_default()) {
+            let end = start + at + separator;
             if self.breaks(data.get(start..end).unwrap_or_default()) {
                 return Some(self.cut_at(data, start));
             }
             start = end;
-            i = end;
         }
         let rest = data.get(start..).unwrap_or_default();
         if end_of_stream && !rest.is_empty() {
@@ -156,15 +151,6 @@ impl StreamWatch {
         emitter.usage = Some(providers::Usage { prompt, completion, total: None, cached: None, reasoning: None });
         emitter.end(&mut out);
         (out, (prompt, completion))
-    }
-}
-
-/// Where an SSE event ending at `i` (`\n\n` or `\n\r\n`) stops.
-fn event_end(bytes: &[u8], i: usize) -> Option<usize> {
-    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
-        (Some(b'\n'), Some(b'\n'), _) => Some(i + 2),
-        (Some(b'\n'), Some(b'\r'), Some(b'\n')) => Some(i + 3),
-        _ => None,
     }
 }
 
