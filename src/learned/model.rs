@@ -197,6 +197,7 @@ impl Model {
                 _ => (s2, n2) = (s2 + w, n2 + 1),
             }
         });
+        const _: () = assert!(N_GROUPS == 3, "one sum and count per hashed group");
         let (sums, items) = ([s0, s1, s2], [n0, n1, n2]);
         let mut z = f64::from(self.bias);
         for (w, x) in self.dense.iter().zip(features::dense_features(&counts)) {
