@@ -239,11 +239,11 @@ impl WordSpan {
     #[inline(always)]
     pub(crate) fn end(&mut self, raw: &str, at: usize, scan: &mut PhraseScan<'_, '_>) {
         let Some(start) = self.start.take() else { return };
-        scan.word(if self.plain {
-            ascii_word_hash(raw.as_bytes(), start, at)
+        if self.plain {
+            scan.plain_word(raw.as_bytes(), start, at);
         } else {
-            decoded_word_hash(raw.get(start..at).unwrap_or_default())
-        });
+            scan.word(decoded_word_hash(raw.get(start..at).unwrap_or_default()));
+        }
     }
 }
 
@@ -259,27 +259,64 @@ fn decoded_word_hash(raw: &str) -> u64 {
 
 /// The word hashes of a keyword or phrase as written (`"stack trace"` -> two hashes).
 pub fn phrase_hashes(phrase: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut push = |h| out.push(h);
-    let mut hasher = WordHasher::new();
+    phrase_words(phrase)
+        .iter()
+        .map(|word| {
+            let mut hasher = WordHasher::new();
+            word.iter().for_each(|&b| hasher.byte(b));
+            hasher.in_word = true;
+            let mut hash = 0;
+            hasher.end(&mut |h| hash = h);
+            hash
+        })
+        .collect()
+}
+
+/// The lower-cased UTF-8 bytes of each word (letters and digits) of a phrase.
+fn phrase_words(phrase: &str) -> Vec<Vec<u8>> {
+    let mut words = vec![Vec::new()];
     for c in phrase.chars() {
-        let unit = if c.is_ascii() { Unit::Ascii(c as u8) } else { Unit::Char(c) };
-        hasher.unit(unit, &mut push);
+        if c.is_alphanumeric() {
+            let mut buf = [0u8; 4];
+            for lower in c.to_lowercase() {
+                if let Some(word) = words.last_mut() {
+                    word.extend_from_slice(lower.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        } else if words.last().is_some_and(|w| !w.is_empty()) {
+            words.push(Vec::new());
+        }
     }
-    hasher.end(&mut push);
-    out
+    words.retain(|w| !w.is_empty());
+    words
 }
 
 /// Keywords and phrases compiled for one pass over a text: each phrase is
 /// a sequence of word hashes, indexed by its last word behind a bit filter so
 /// most words of a text cost one bit test.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PhraseSet {
     phrases: Vec<Vec<u64>>,
     /// (hash of the last word, phrase index), sorted.
     by_last: Vec<(u64, usize)>,
     filter: [u64; 16],
+    /// By a phrase word's first (lower-cased ASCII) byte, its lengths as bits
+    /// (bit 31: 31 bytes or more): most words of a text are ruled out by their
+    /// shape before they are hashed.
+    shapes: [u32; 128],
     longest: usize,
+}
+
+impl Default for PhraseSet {
+    fn default() -> Self {
+        PhraseSet { phrases: Vec::new(), by_last: Vec::new(), filter: [0; 16], shapes: [0; 128], longest: 0 }
+    }
+}
+
+/// The bit of a word's length in [`PhraseSet`]'s `shapes`.
+#[inline(always)]
+fn length_bit(len: usize) -> u32 {
+    1 << len.min(31)
 }
 
 fn filter_bit(hash: u64) -> (usize, u64) {
@@ -292,6 +329,11 @@ impl PhraseSet {
     pub fn new<'p>(phrases: impl IntoIterator<Item = &'p str>) -> PhraseSet {
         let mut set = PhraseSet::default();
         for (i, phrase) in phrases.into_iter().enumerate() {
+            for word in phrase_words(phrase) {
+                if let Some(slot) = word.first().and_then(|&b| set.shapes.get_mut(usize::from(b))) {
+                    *slot |= length_bit(word.len());
+                }
+            }
             let hashes = phrase_hashes(phrase);
             if let Some(&last) = hashes.last() {
                 set.by_last.push((last, i));
@@ -379,6 +421,22 @@ impl<'s, 'f> PhraseScan<'s, 'f> {
         self.matched(hash);
     }
 
+    /// The next word of the current text, plain ASCII at `text[start..end]`:
+    /// hashed only when some phrase has a word of its first letter and length.
+    #[inline(always)]
+    pub fn plain_word(&mut self, text: &[u8], start: usize, end: usize) {
+        let first = text.get(start).map_or(0, |&b| b | 0x20);
+        let shape_fits =
+            self.set.shapes.get(usize::from(first)).is_some_and(|&lens| lens & length_bit(end - start) != 0);
+        if !shape_fits {
+            // In no phrase: no phrase runs across this word.
+            self.seen = 0;
+            self.slot = 0;
+            return;
+        }
+        self.word(ascii_word_hash(text, start, end));
+    }
+
     /// The rare case: `hash` is the last word of some phrase.
     #[inline(never)]
     fn matched(&mut self, hash: u64) {
@@ -455,6 +513,19 @@ mod tests {
         assert_eq!(found("here is the Stack\\n  Trace:", &p), vec![true, true]);
         assert_eq!(found("stack of trace", &p), vec![false, true]);
         assert_eq!(found("a stack", &p), vec![false, false]);
+    }
+
+    #[test]
+    fn words_of_other_shapes_break_phrases_and_long_or_mixed_words_still_match() {
+        let p = ["status update", "Kw12", "x", "internationalization-ready software"];
+        assert_eq!(found("a STATUS update", &p), vec![true, false, false, false]);
+        assert_eq!(found("status, an update", &p), vec![false, false, false, false]);
+        assert_eq!(found("see KW12 and X", &p), vec![false, true, true, false]);
+        let long = "InternationalizationReadySoftwareComponents internationalization ready software";
+        assert_eq!(found(long, &p), vec![false, false, false, true]);
+        let word = "pneumonoultramicroscopicsilicovolcanoconiosis";
+        assert_eq!(found(&format!("has {} here", word.to_uppercase()), &[word, &word[..40]]), vec![true, false]);
+        assert_eq!(found("caf\\u00e9 \\u0058", &["CAFÉ", "x"]), vec![true, true], "escaped words are decoded");
     }
 
     #[test]
