@@ -34,7 +34,7 @@ import run as bench  # noqa: E402  (bench/run.py: process handling, servers, wrk
 NOOP_DIR = bench.BENCH / "noop-filter"
 NOOP_TARGET = bench.WORK / "target-noop"
 NOOP_WASM = NOOP_TARGET / "wasm32-wasip1" / "release" / "noop_filter.wasm"
-VARIANTS = ["plain", "wasm-noop", "wasm-buffer", "wasm-rewrite", "switchboard"]
+VARIANTS = ["plain", "wasm-noop", "wasm-buffer", "wasm-rewrite", "wasm-calls", "switchboard"]
 # Host calls each variant makes per request (read off the filters' sources);
 # switchboard's are counted by --trace-hostcalls below when available.
 NOTES = {
@@ -42,6 +42,7 @@ NOTES = {
     "wasm-noop": "2 callbacks, 0 host calls",
     "wasm-buffer": "headers paused until end of body",
     "wasm-rewrite": "buffer + get body, set body, 4 set_header; route by header",
+    "wasm-calls": "rewrite + switchboard's other host calls (19 in all), no logic",
     "switchboard": "the real filter",
 }
 
@@ -89,10 +90,13 @@ def guest_profile():
     body.write_bytes(bench.chat_body(bench.POOL))
     noop_cfg = bench.WORK / "noop-rewrite.json"
     noop_cfg.write_text('{"mode":"rewrite"}')
+    calls_cfg = bench.WORK / "noop-calls.json"
+    calls_cfg.write_text('{"mode":"calls"}')
     envs = [x for k, v in bench.KEYS.items() for x in ("--env", f"{k}={v}")]
     out = {}
     for name, wasm, cfg, scenario in (
         ("wasm-rewrite", NOOP_WASM, noop_cfg, "ok"),
+        ("wasm-calls", NOOP_WASM, calls_cfg, "ok"),
         ("switchboard", bench.WASM, bench.DEMO_CONFIG, "ok"),
         ("switchboard failover", bench.WASM, bench.DEMO_CONFIG, "failover"),
     ):
@@ -222,8 +226,11 @@ def main(argv=None):
     ap.add_argument("--callgrind", action="store_true", help="also count native instructions per request (valgrind)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--out", default=str(bench.RESULTS / "breakdown.md"))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (plain is always run)")
     a = ap.parse_args(argv)
     a.wrk_threads = 1
+    wanted = a.variants.split(",")
+    variants = [v for v in VARIANTS if v == "plain" or v in wanted]
     import atexit
     import signal
     atexit.register(bench.cleanup)
@@ -237,16 +244,20 @@ def main(argv=None):
     mock = bench.Mock(None, 1)
     clusters = {"alpha": mock.addr["alpha"], "beta": mock.addr["beta"]}
     demo = json.loads(bench.DEMO_CONFIG.read_text())
-    gws = {
-        "plain": bench.Envoy("plain", envoy_bin, demo, clusters, False, None),
-        "wasm-noop": bench.Envoy("wasm-noop", envoy_bin, {"mode": "noop"}, clusters, True, None,
-                                 wasm=NOOP_WASM, static_route="alpha"),
-        "wasm-buffer": bench.Envoy("wasm-buffer", envoy_bin, {"mode": "buffer"}, clusters, True, None,
-                                   wasm=NOOP_WASM, static_route="alpha"),
-        "wasm-rewrite": bench.Envoy("wasm-rewrite", envoy_bin, {"mode": "rewrite"}, clusters, True, None,
-                                    wasm=NOOP_WASM),
-        "switchboard": bench.Envoy("switchboard", envoy_bin, demo, clusters, True, None),
+    # Started only for the variants asked for.
+    start = {
+        "plain": lambda: bench.Envoy("plain", envoy_bin, demo, clusters, False, None),
+        "wasm-noop": lambda: bench.Envoy("wasm-noop", envoy_bin, {"mode": "noop"}, clusters, True, None,
+                                         wasm=NOOP_WASM, static_route="alpha"),
+        "wasm-buffer": lambda: bench.Envoy("wasm-buffer", envoy_bin, {"mode": "buffer"}, clusters, True, None,
+                                           wasm=NOOP_WASM, static_route="alpha"),
+        "wasm-rewrite": lambda: bench.Envoy("wasm-rewrite", envoy_bin, {"mode": "rewrite"}, clusters, True, None,
+                                            wasm=NOOP_WASM),
+        "wasm-calls": lambda: bench.Envoy("wasm-calls", envoy_bin, {"mode": "calls"}, clusters, True, None,
+                                          wasm=NOOP_WASM),
+        "switchboard": lambda: bench.Envoy("switchboard", envoy_bin, demo, clusters, True, None),
     }
+    gws = {name: start[name]() for name in variants}
     for name, gw in gws.items():
         bench.smoke(name, gw.base, bench.POOL)
     lua = bench.wrk_script(bench.POOL)
@@ -254,7 +265,7 @@ def main(argv=None):
     for rnd in range(a.rounds):
         bench.log(f"round {rnd + 1}/{a.rounds}")
         for conc in (1, a.concurrency):
-            for name in VARIANTS:
+            for name in variants:
                 gw = gws[name]
                 p = bench.measure(name, gw, gw.base + "/v1/chat/completions", lua, conc, a, None)
                 runs.setdefault((name, conc), []).append(p)
@@ -273,7 +284,7 @@ def main(argv=None):
 
     perf = {}
     if not a.no_perf and shutil.which("perf"):
-        for name in ("plain", "wasm-noop", "switchboard"):
+        for name in [v for v in ("plain", "wasm-noop", "switchboard") if v in gws]:
             gw = gws[name]
             bench.log(f"perf record {name} at c={a.concurrency}")
             perf[name] = perf_split(gw, gw.base + "/v1/chat/completions", lua, a.concurrency, a.duration, name)
@@ -295,7 +306,7 @@ def main(argv=None):
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base_hi, base_1 = rows[("plain", a.concurrency)], rows[("plain", 1)]
-    for name in VARIANTS:
+    for name in variants:
         hi, one = rows[(name, a.concurrency)], rows[(name, 1)]
         lines.append(
             f"| {name} | {NOTES[name]} | {hi['cpu_us_per_req']:.1f} ({hi['spread_cpu'][0]:.0f}–{hi['spread_cpu'][1]:.0f}) |"

@@ -20,6 +20,32 @@ const FNV_PRIME: u32 = 0x0100_0193;
 const NS_WORD: u8 = 1;
 const BIGRAM_MUL: u32 = 0x9E37_79B1;
 const WH_WORDS: [&[u8]; 9] = [b"what", b"which", b"who", b"whom", b"whose", b"when", b"where", b"why", b"how"];
+/// Bytes of the first word kept to recognise wh-words (the longest has five).
+const HEAD: usize = 5;
+
+/// Up to [`HEAD`] bytes as a little-endian integer: the first word is compared
+/// as a number, so the scanner's state has no array and stays in registers.
+#[allow(clippy::indexing_slicing)] // compile time: a bad index fails the build
+const fn packed(word: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut i = word.len();
+    while i > 0 {
+        i -= 1;
+        v = (v << 8) | word[i] as u64;
+    }
+    v
+}
+
+#[allow(clippy::indexing_slicing)] // compile time: a bad index fails the build
+const WH_PACKED: [(u64, usize); 9] = {
+    let mut out = [(0u64, 0usize); 9];
+    let mut i = 0;
+    while i < 9 {
+        out[i] = (packed(WH_WORDS[i]), WH_WORDS[i].len());
+        i += 1;
+    }
+    out
+};
 
 #[inline(always)]
 fn step(h: u32, b: u8) -> u32 {
@@ -56,6 +82,9 @@ pub struct Counts {
     pub non_ascii: u32,
     pub word_bytes: u32,
     pub long_words: u32,
+    /// Hashed items handed to the visitor, per group (not a Python feature:
+    /// they follow from the words and the stream's length, so the loop does not count them).
+    pub items: [u32; N_GROUPS],
 }
 
 // Byte classes, one table lookup per byte.
@@ -137,9 +166,22 @@ fn lane(packed: u64, k: u32) -> u32 {
     ((packed >> (16 * k)) & 0xFFFF) as u32
 }
 
+/// Who hears the hashed items of [`scan`].
+pub trait Visit {
+    /// One hashed item of `group` (0 unigrams, 1 bigrams, 2 char 4-grams).
+    fn item(&mut self, group: usize, hash: u32);
+}
+
+impl<F: FnMut(usize, u32)> Visit for F {
+    #[inline(always)]
+    fn item(&mut self, group: usize, hash: u32) {
+        self(group, hash)
+    }
+}
+
 /// The streaming state of [`scan`].
-struct Scanner<F: FnMut(usize, u32)> {
-    visit: F,
+struct Scanner<V: Visit> {
+    visit: V,
     c: Counts,
     /// Last 4 bytes of the normalised stream `" " + " ".join(words) + " "`, oldest highest.
     window: u32,
@@ -150,17 +192,17 @@ struct Scanner<F: FnMut(usize, u32)> {
     uni: u32,
     /// The previous word's `uni`, when there was one.
     prev_uni: Option<u32>,
-    /// The first 5 kept bytes of the first word, to recognise wh-words.
-    head: [u8; 5],
+    /// The first [`HEAD`] kept bytes of the first word, [`packed`].
+    head: u64,
 }
 
-impl<F: FnMut(usize, u32)> Scanner<F> {
+impl<V: Visit> Scanner<V> {
     #[inline(always)]
     fn push_stream(&mut self, b: u8) {
         self.window = (self.window << 8) | u32::from(b);
         self.stream_len += 1;
         if self.stream_len >= 4 {
-            (self.visit)(2, fmix32(self.window));
+            self.visit.item(2, fmix32(self.window));
         }
     }
 
@@ -174,8 +216,8 @@ impl<F: FnMut(usize, u32)> Scanner<F> {
         if self.word_len < MAX_WORD {
             let lower = b.to_ascii_lowercase();
             if self.c.words == 0 {
-                if let Some(slot) = self.head.get_mut(self.word_len) {
-                    *slot = lower;
+                if self.word_len < HEAD {
+                    self.head |= u64::from(lower) << (8 * self.word_len);
                 }
             }
             self.word_len += 1;
@@ -192,25 +234,27 @@ impl<F: FnMut(usize, u32)> Scanner<F> {
         self.in_word = false;
         let len = self.word_len;
         if self.c.words == 0 {
-            self.c.starts_wh = WH_WORDS.iter().any(|wh| self.head.get(..len).is_some_and(|h| h == *wh));
+            self.c.starts_wh = WH_PACKED.contains(&(self.head, len));
         }
         self.c.words += 1;
         self.c.word_bytes += len as u32;
         if len >= 12 {
             self.c.long_words += 1;
         }
-        (self.visit)(0, fmix32(self.uni));
+        self.visit.item(0, fmix32(self.uni));
         if let Some(prev) = self.prev_uni {
-            (self.visit)(1, fmix32(prev.wrapping_mul(BIGRAM_MUL) ^ self.uni));
+            self.visit.item(1, fmix32(prev.wrapping_mul(BIGRAM_MUL) ^ self.uni));
         }
         self.prev_uni = Some(self.uni);
         self.push_stream(b' ');
     }
 }
 
-/// One pass over `text`: calls `visit(group, hash)` for every hashed item (group 0
-/// unigrams, 1 bigrams, 2 char 4-grams, each in stream order) and returns the counts.
-pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
+/// One pass over `text`: hands every hashed item to `visit` (group 0 unigrams,
+/// 1 bigrams, 2 char 4-grams, each in stream order) and returns the counts and
+/// `visit`. The visitor is owned, not borrowed, so what it sums stays in
+/// registers (in wasm: locals, not the shadow stack).
+pub fn scan<V: Visit>(text: &[u8], visit: V) -> (Counts, V) {
     let data = text.get(..SCAN_LIMIT).unwrap_or(text);
     let mut s = Scanner {
         visit,
@@ -221,7 +265,7 @@ pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
         word_len: 0,
         uni: 0,
         prev_uni: None,
-        head: [0; 5],
+        head: 0,
     };
     s.push_stream(b' ');
     let mut prev_digit = false;
@@ -264,7 +308,9 @@ pub fn scan(text: &[u8], visit: impl FnMut(usize, u32)) -> Counts {
     (c.math, c.questions, c.newlines) = (lane(other_tally, 0), lane(other_tally, 2), lane(other_tally, 3));
     c.code += lane(other_tally, 1);
     c.ends_q = data.iter().rev().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) == Some(&b'?');
-    c
+    // A unigram per word, a bigram per word after the first, a 4-gram per stream byte from the fourth.
+    c.items = [c.words, c.words.saturating_sub(1), u32::try_from(s.stream_len.saturating_sub(3)).unwrap_or(u32::MAX)];
+    (c, s.visit)
 }
 
 /// The dense feature vector (order and definitions: `DENSE_NAMES` in router/features.py).
@@ -310,7 +356,7 @@ pub fn bucket_from(c: &Counts) -> u8 {
 
 /// The feedback bucket of a prompt (see [`bucket_from`]); one pass, no allocation.
 pub fn bucket_of(text: &str) -> u8 {
-    bucket_from(&scan(text.as_bytes(), |_, _| {}))
+    bucket_from(&scan(text.as_bytes(), |_, _| {}).0)
 }
 
 #[cfg(test)]
@@ -322,7 +368,7 @@ mod tests {
 
     fn items(text: &str) -> (Counts, [Vec<u32>; 3]) {
         let mut g: [Vec<u32>; 3] = Default::default();
-        let c = scan(text.as_bytes(), |i, h| g[i].push(h));
+        let (c, _) = scan(text.as_bytes(), |i: usize, h| g[i].push(h));
         (c, g)
     }
 

@@ -184,21 +184,8 @@ impl Model {
 
     /// Score and bucket of a prompt in one pass over its bytes (no allocation).
     pub fn analyze(&self, text: &str) -> (f32, u8) {
-        // Integer sums of the 8-bit weights: exact, so Python and Rust agree whatever the order.
-        // Plain locals (the table and its mask too): the scan's loop keeps them in registers.
-        let (table, mask) = (&self.table[..], self.mask);
-        let (mut s0, mut s1, mut s2) = (0i32, 0i32, 0i32);
-        let (mut n0, mut n1, mut n2) = (0u32, 0u32, 0u32);
-        let counts = features::scan(text.as_bytes(), |g, h| {
-            let w = i32::from(table.get((h & mask) as usize).copied().unwrap_or(0));
-            match g {
-                0 => (s0, n0) = (s0 + w, n0 + 1),
-                1 => (s1, n1) = (s1 + w, n1 + 1),
-                _ => (s2, n2) = (s2 + w, n2 + 1),
-            }
-        });
-        const _: () = assert!(N_GROUPS == 3, "one sum and count per hashed group");
-        let (sums, items) = ([s0, s1, s2], [n0, n1, n2]);
+        let (counts, sums) = features::scan(text.as_bytes(), Sums::new(&self.table, self.mask));
+        let (sums, items) = (sums.by_group(), counts.items);
         let mut z = f64::from(self.bias);
         for (w, x) in self.dense.iter().zip(features::dense_features(&counts)) {
             z += f64::from(*w) * x;
@@ -251,6 +238,38 @@ impl Model {
         let (score, bucket) = self.analyze(text);
         let threshold = self.bucket_threshold(bucket, threshold, correction);
         Decision { score, bucket, threshold, strong: score >= threshold }
+    }
+}
+
+/// The hashed weights of a prompt summed per group. Integer sums of the 8-bit
+/// weights: exact, so Python and Rust agree whatever the order.
+struct Sums<'t> {
+    table: &'t [i8],
+    mask: u32,
+    sums: (i32, i32, i32),
+}
+
+impl<'t> Sums<'t> {
+    fn new(table: &'t [i8], mask: u32) -> Self {
+        Sums { table, mask, sums: (0, 0, 0) }
+    }
+
+    fn by_group(&self) -> [i32; N_GROUPS] {
+        const _: () = assert!(N_GROUPS == 3, "one sum per hashed group");
+        let (s0, s1, s2) = self.sums;
+        [s0, s1, s2]
+    }
+}
+
+impl features::Visit for Sums<'_> {
+    #[inline(always)]
+    fn item(&mut self, group: usize, hash: u32) {
+        let w = i32::from(self.table.get((hash & self.mask) as usize).copied().unwrap_or(0));
+        match group {
+            0 => self.sums.0 += w,
+            1 => self.sums.1 += w,
+            _ => self.sums.2 += w,
+        }
     }
 }
 

@@ -5,23 +5,29 @@
 //! - `rewrite`: `buffer`, then reads the body, writes it back unchanged, and sets
 //!   the routing headers switchboard sets (cluster header, :authority,
 //!   content-length, authorization) so Envoy routes by header.
+//! - `calls`:   `rewrite` plus the other host calls switchboard's plain weighted
+//!   path makes (read both header maps, the clock three times, one shared-data
+//!   read, the timeout header, four answer headers, the answer body, one
+//!   counter): what those calls cost in Envoy without any of its logic.
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Noop,
     Buffer,
     Rewrite,
+    Calls,
 }
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| Box::new(Root { mode: Mode::Noop }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { mode: Mode::Noop, counter: 0 }));
 }}
 
 struct Root {
     mode: Mode,
+    counter: u32,
 }
 
 impl Context for Root {}
@@ -30,18 +36,23 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let conf = self.get_plugin_configuration().unwrap_or_default();
         let conf = String::from_utf8_lossy(&conf);
-        self.mode = if conf.contains("rewrite") {
+        self.mode = if conf.contains("calls") {
+            Mode::Calls
+        } else if conf.contains("rewrite") {
             Mode::Rewrite
         } else if conf.contains("buffer") {
             Mode::Buffer
         } else {
             Mode::Noop
         };
+        if self.mode == Mode::Calls {
+            self.counter = proxy_wasm::hostcalls::define_metric(MetricType::Counter, "bench.requests").unwrap_or(0);
+        }
         true
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { mode: self.mode }))
+        Some(Box::new(Filter { mode: self.mode, counter: self.counter }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -51,12 +62,17 @@ impl RootContext for Root {
 
 struct Filter {
     mode: Mode,
+    counter: u32,
 }
 
 impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        if self.mode == Mode::Calls {
+            let _ = self.get_http_request_headers();
+            let _ = self.get_current_time();
+        }
         if self.mode == Mode::Noop || end_of_stream {
             Action::Continue
         } else {
@@ -71,7 +87,7 @@ impl HttpContext for Filter {
         if !end_of_stream {
             return Action::Pause;
         }
-        if self.mode == Mode::Rewrite {
+        if matches!(self.mode, Mode::Rewrite | Mode::Calls) {
             if let Some(body) = self.get_http_request_body(0, body_size) {
                 self.set_http_request_body(0, body_size, &body);
                 self.set_http_request_header("content-length", Some(&body.len().to_string()));
@@ -79,6 +95,31 @@ impl HttpContext for Filter {
             self.set_http_request_header("x-switchboard-cluster", Some("alpha"));
             self.set_http_request_header(":authority", Some("api.alpha.example"));
             self.set_http_request_header("authorization", Some("Bearer bench-alpha-key"));
+        }
+        if self.mode == Mode::Calls {
+            let _ = self.get_shared_data("bench.health");
+            let _ = self.get_current_time();
+            self.set_http_request_header("x-envoy-upstream-rq-timeout-ms", Some("30000"));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+        if self.mode == Mode::Calls {
+            let _ = self.get_http_response_headers();
+            let _ = self.get_current_time();
+            self.set_http_response_header("x-switchboard-pool", Some("gpt4o_16k"));
+            self.set_http_response_header("x-switchboard-member", Some("alpha/gpt-4o"));
+            self.set_http_response_header("x-switchboard-attempts", Some("1"));
+            self.set_http_response_header("x-switchboard-request-id", Some("0123456789abcdef"));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.mode == Mode::Calls && end_of_stream {
+            let _ = self.get_http_response_body(0, body_size);
+            let _ = proxy_wasm::hostcalls::increment_metric(self.counter, 1);
         }
         Action::Continue
     }
