@@ -284,7 +284,7 @@ def main(argv=None):
 
     perf = {}
     if not a.no_perf and shutil.which("perf"):
-        for name in [v for v in ("plain", "wasm-noop", "switchboard") if v in gws]:
+        for name in [v for v in ("plain", "wasm-noop", "wasm-calls", "switchboard") if v in gws]:
             gw = gws[name]
             bench.log(f"perf record {name} at c={a.concurrency}")
             perf[name] = perf_split(gw, gw.base + "/v1/chat/completions", lua, a.concurrency, a.duration, name)

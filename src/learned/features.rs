@@ -215,10 +215,8 @@ impl<V: Visit> Scanner<V> {
         }
         if self.word_len < MAX_WORD {
             let lower = b.to_ascii_lowercase();
-            if self.c.words == 0 {
-                if self.word_len < HEAD {
-                    self.head |= u64::from(lower) << (8 * self.word_len);
-                }
+            if self.c.words == 0 && self.word_len < HEAD {
+                self.head |= u64::from(lower) << (8 * self.word_len);
             }
             self.word_len += 1;
             self.uni = step(self.uni, lower);

@@ -8,7 +8,7 @@
 //! - `calls`:   `rewrite` plus the other host calls switchboard's plain weighted
 //!   path makes (read both header maps, the clock three times, one shared-data
 //!   read, the timeout header, four answer headers, the answer body, one
-//!   counter): what those calls cost in Envoy without any of its logic.
+//!   duration histogram sample): what those calls cost in Envoy without any of its logic.
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
@@ -46,13 +46,13 @@ impl RootContext for Root {
             Mode::Noop
         };
         if self.mode == Mode::Calls {
-            self.counter = proxy_wasm::hostcalls::define_metric(MetricType::Counter, "bench.requests").unwrap_or(0);
+            self.counter = proxy_wasm::hostcalls::define_metric(MetricType::Histogram, "bench.duration_ms").unwrap_or(0);
         }
         true
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { mode: self.mode, counter: self.counter }))
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter { mode: self.mode, counter: self.counter, id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -63,6 +63,7 @@ impl RootContext for Root {
 struct Filter {
     mode: Mode,
     counter: u32,
+    id: u32,
 }
 
 impl Context for Filter {}
@@ -92,9 +93,16 @@ impl HttpContext for Filter {
                 self.set_http_request_body(0, body_size, &body);
                 self.set_http_request_header("content-length", Some(&body.len().to_string()));
             }
-            self.set_http_request_header("x-switchboard-cluster", Some("alpha"));
-            self.set_http_request_header(":authority", Some("api.alpha.example"));
-            self.set_http_request_header("authorization", Some("Bearer bench-alpha-key"));
+            // `calls` splits 3:1 over both listeners like switchboard's bench pool.
+            let beta = self.mode == Mode::Calls && self.id % 4 == 3;
+            let (cluster, authority, key) = if beta {
+                ("beta", "api.beta.example", "Bearer bench-beta-key")
+            } else {
+                ("alpha", "api.alpha.example", "Bearer bench-alpha-key")
+            };
+            self.set_http_request_header("x-switchboard-cluster", Some(cluster));
+            self.set_http_request_header(":authority", Some(authority));
+            self.set_http_request_header("authorization", Some(key));
         }
         if self.mode == Mode::Calls {
             let _ = self.get_shared_data("bench.health");
@@ -119,7 +127,7 @@ impl HttpContext for Filter {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.mode == Mode::Calls && end_of_stream {
             let _ = self.get_http_response_body(0, body_size);
-            let _ = proxy_wasm::hostcalls::increment_metric(self.counter, 1);
+            let _ = proxy_wasm::hostcalls::record_metric(self.counter, 1);
         }
         Action::Continue
     }
