@@ -75,12 +75,12 @@ $(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION):
 # The pure logic's tests compiled to wasm32 and run under Node (V8, Envoy's engine).
 wasm-test: toolchain $(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION) \
-		cargo test -p switchboard --lib --no-default-features --target wasm32-unknown-unknown
+		cargo test -p switchboard -p switchboard-learned --lib --no-default-features --target wasm32-unknown-unknown
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p switchboard --features cli --bin switchboard -- -D warnings
-	cargo clippy -p switchboard --release --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p switchboard -p switchboard-learned --release --target wasm32-wasip1 -- -D warnings
 
 integration: setup build
 	$(VENV)/bin/pytest -q tests/integration tests/unit_doors

@@ -1,6 +1,6 @@
 """Prompt features of the learned router, the reference definition.
 
-src/learned/features.rs computes exactly the same values (the parity test in
+learned/src/features.rs computes exactly the same values (the parity test in
 tests/test_learned_parity.py and the Rust unit test `parity_with_python_fixture`
 compare both on committed prompts). Pure Python, standard library only, so the
 scorer runs anywhere; training imports it too.

@@ -1,6 +1,6 @@
 """The learned router's model file (`.sblr`), version 1, and its pure-Python scorer.
 
-Layout, all numbers little-endian (the Rust reader is src/learned/model.rs):
+Layout, all numbers little-endian (the Rust reader is learned/src/model.rs):
 
     offset  size           field
     0       4              magic b"SBLR"

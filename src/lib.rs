@@ -10,7 +10,7 @@ pub mod api;
 pub mod config;
 pub mod doors;
 pub mod explain;
-pub mod learned;
+pub use switchboard_learned as learned;
 pub mod observe;
 pub mod providers;
 pub mod routing;
