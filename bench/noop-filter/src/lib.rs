@@ -22,12 +22,12 @@ enum Mode {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| Box::new(Root { mode: Mode::Noop, counter: 0 }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { mode: Mode::Noop, histogram: 0 }));
 }}
 
 struct Root {
     mode: Mode,
-    counter: u32,
+    histogram: u32,
 }
 
 impl Context for Root {}
@@ -46,13 +46,13 @@ impl RootContext for Root {
             Mode::Noop
         };
         if self.mode == Mode::Calls {
-            self.counter = proxy_wasm::hostcalls::define_metric(MetricType::Histogram, "bench.duration_ms").unwrap_or(0);
+            self.histogram = proxy_wasm::hostcalls::define_metric(MetricType::Histogram, "bench.duration_ms").unwrap_or(0);
         }
         true
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { mode: self.mode, counter: self.counter, id }))
+        Some(Box::new(Filter { mode: self.mode, histogram: self.histogram, id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -62,7 +62,7 @@ impl RootContext for Root {
 
 struct Filter {
     mode: Mode,
-    counter: u32,
+    histogram: u32,
     id: u32,
 }
 
@@ -127,7 +127,7 @@ impl HttpContext for Filter {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.mode == Mode::Calls && end_of_stream {
             let _ = self.get_http_response_body(0, body_size);
-            let _ = proxy_wasm::hostcalls::record_metric(self.counter, 1);
+            let _ = proxy_wasm::hostcalls::record_metric(self.histogram, 1);
         }
         Action::Continue
     }
