@@ -119,7 +119,19 @@ pub fn pick(strategy: Strategy, explore: f64, candidates: &[Candidate], random: 
         }
         return soonest(candidates);
     }
-    let best = candidates.iter().map(|c| preference(strategy, c)).min()?;
+    // The best preference and the best members' total weight in one pass.
+    let share = |c: &Candidate| u64::from(c.weight.max(1));
+    let mut best = None;
+    let mut best_total = 0u64;
+    for c in candidates {
+        let p = preference(strategy, c);
+        match best {
+            Some(b) if p > b => {}
+            Some(b) if p == b => best_total += share(c),
+            _ => (best, best_total) = (Some(p), share(c)),
+        }
+    }
+    let best = best?;
     if strategy == Strategy::LowestLatency && best.0 == 0 && best.1 != 0 && explore > 0.0 {
         // Every usable member has data: a small share goes elsewhere so slow members stay measured.
         let roll = (remix(random) >> 11) as f64 / (1u64 << 53) as f64;
@@ -133,7 +145,15 @@ pub fn pick(strategy: Strategy, explore: f64, candidates: &[Candidate], random: 
     if best.0 == 2 {
         return soonest(candidates);
     }
-    weighted(candidates, |c| preference(strategy, c) == best, random)
+    // As `weighted` among the best, whose total is known.
+    let mut ticket = random % best_total.max(1);
+    for (i, c) in candidates.iter().enumerate().filter(|(_, c)| preference(strategy, c) == best) {
+        if ticket < share(c) {
+            return Some(i);
+        }
+        ticket -= share(c);
+    }
+    None
 }
 
 fn soonest(candidates: &[Candidate]) -> Option<usize> {
@@ -256,6 +276,37 @@ mod tests {
             counts[pick(strategy, explore, c, rng.next_u64()).unwrap()] += 1;
         }
         counts.iter().map(|n| f64::from(*n) / 20_000.0).collect()
+    }
+
+    #[test]
+    fn a_keyed_pick_is_the_weighted_pick_among_the_best() {
+        let mut rng = Rng::from_seed(3);
+        for round in 0..300 {
+            let c: Vec<Candidate> = (0..1 + round % 9)
+                .map(|i| {
+                    let r = rng.next_u64();
+                    let availability = match r % 7 {
+                        0 => Availability::Unavailable { until_ms: r % 5 },
+                        1 => Availability::Trial,
+                        _ => Availability::Healthy,
+                    };
+                    let latency_ms = (r % 3 != 0).then_some(((r >> 8) % 4) as f64 * 10.0);
+                    Candidate {
+                        availability,
+                        in_flight: ((r >> 16) % 3) as u32,
+                        latency_ms,
+                        ..cand(i, ((r >> 24) % 4) as u32)
+                    }
+                })
+                .collect();
+            for strategy in [Strategy::LeastBusy, Strategy::LowestLatency, Strategy::Priority] {
+                let best = c.iter().map(|x| preference(strategy, x)).min().unwrap();
+                let random = rng.next_u64();
+                let expected =
+                    if best.0 == 2 { soonest(&c) } else { weighted(&c, |x| preference(strategy, x) == best, random) };
+                assert_eq!(pick(strategy, 0.0, &c, random), expected, "{strategy:?} round {round}");
+            }
+        }
     }
 
     #[test]
