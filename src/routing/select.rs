@@ -290,7 +290,7 @@ mod tests {
                         1 => Availability::Trial,
                         _ => Availability::Healthy,
                     };
-                    let latency_ms = (r % 3 != 0).then_some(((r >> 8) % 4) as f64 * 10.0);
+                    let latency_ms = (!r.is_multiple_of(3)).then_some(((r >> 8) % 4) as f64 * 10.0);
                     Candidate {
                         availability,
                         in_flight: ((r >> 16) % 3) as u32,
