@@ -259,17 +259,17 @@ fn decoded_word_hash(raw: &str) -> u64 {
 
 /// The word hashes of a keyword or phrase as written (`"stack trace"` -> two hashes).
 pub fn phrase_hashes(phrase: &str) -> Vec<u64> {
-    phrase_words(phrase)
-        .iter()
-        .map(|word| {
-            let mut hasher = WordHasher::new();
-            word.iter().for_each(|&b| hasher.byte(b));
-            hasher.in_word = true;
-            let mut hash = 0;
-            hasher.end(&mut |h| hash = h);
-            hash
-        })
-        .collect()
+    phrase_words(phrase).iter().map(|word| word_hash(word)).collect()
+}
+
+/// The hash of one word's lower-cased bytes, as [`WordHasher`] gives it.
+fn word_hash(word: &[u8]) -> u64 {
+    let mut hasher = WordHasher::new();
+    word.iter().for_each(|&b| hasher.byte(b));
+    hasher.in_word = true;
+    let mut hash = 0;
+    hasher.end(&mut |h| hash = h);
+    hash
 }
 
 /// The lower-cased UTF-8 bytes of each word (letters and digits) of a phrase.
@@ -329,12 +329,13 @@ impl PhraseSet {
     pub fn new<'p>(phrases: impl IntoIterator<Item = &'p str>) -> PhraseSet {
         let mut set = PhraseSet::default();
         for (i, phrase) in phrases.into_iter().enumerate() {
-            for word in phrase_words(phrase) {
+            let words = phrase_words(phrase);
+            for word in &words {
                 if let Some(slot) = word.first().and_then(|&b| set.shapes.get_mut(usize::from(b))) {
                     *slot |= length_bit(word.len());
                 }
             }
-            let hashes = phrase_hashes(phrase);
+            let hashes: Vec<u64> = words.iter().map(|word| word_hash(word)).collect();
             if let Some(&last) = hashes.last() {
                 set.by_last.push((last, i));
                 let (word, bit) = filter_bit(last);

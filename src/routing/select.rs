@@ -90,10 +90,19 @@ fn remix(random: u64) -> u64 {
     ((t >> 64) as u64) ^ (t as u64)
 }
 
+/// A candidate's share of a weighted draw: weight-0 members count 1.
+fn share(c: &Candidate) -> u64 {
+    u64::from(c.weight.max(1))
+}
+
 /// Weighted pick among `candidates` for which `eligible` holds; weight-0 members count 1.
 fn weighted(candidates: &[Candidate], eligible: impl Fn(&Candidate) -> bool, random: u64) -> Option<usize> {
-    let share = |c: &Candidate| u64::from(c.weight.max(1));
     let total: u64 = candidates.iter().filter(|c| eligible(c)).map(share).sum();
+    draw(candidates, eligible, total, random)
+}
+
+/// The weighted draw among the `eligible` candidates, whose shares sum to `total`.
+fn draw(candidates: &[Candidate], eligible: impl Fn(&Candidate) -> bool, total: u64, random: u64) -> Option<usize> {
     if total == 0 {
         return None;
     }
@@ -120,7 +129,6 @@ pub fn pick(strategy: Strategy, explore: f64, candidates: &[Candidate], random: 
         return soonest(candidates);
     }
     // The best preference and the best members' total weight in one pass.
-    let share = |c: &Candidate| u64::from(c.weight.max(1));
     let mut best = None;
     let mut best_total = 0u64;
     for c in candidates {
@@ -145,15 +153,7 @@ pub fn pick(strategy: Strategy, explore: f64, candidates: &[Candidate], random: 
     if best.0 == 2 {
         return soonest(candidates);
     }
-    // As `weighted` among the best, whose total is known.
-    let mut ticket = random % best_total.max(1);
-    for (i, c) in candidates.iter().enumerate().filter(|(_, c)| preference(strategy, c) == best) {
-        if ticket < share(c) {
-            return Some(i);
-        }
-        ticket -= share(c);
-    }
-    None
+    draw(candidates, |c| preference(strategy, c) == best, best_total, random)
 }
 
 fn soonest(candidates: &[Candidate]) -> Option<usize> {
