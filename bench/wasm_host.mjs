@@ -305,8 +305,10 @@ const responseHeaders = (status) => {
 };
 const makeResponseHeaders = (status) => [
   [":status", String(status)], ["content-type", "application/json"], ["content-length", String(responseBody.length)],
-  ["date", "Mon, 23 Nov 2026 12:00:00 GMT"], ["x-mock-provider", "alpha"], ["x-envoy-upstream-service-time", "0"],
+  ["date", "Mon, 23 Nov 2026 12:00:00 GMT"], ["x-mock-provider", "alpha"], ["x-request-id", "req_mock_1"],
+  ["x-ratelimit-remaining-requests", "4999"], ["x-envoy-upstream-service-time", "0"],
 ];
+const EMPTY = new Uint8Array(0);
 
 let ctxId = 100;
 let lastUpstream = null;
@@ -318,14 +320,21 @@ function oneRequest(check) {
   httpCalls = [];
   X.proxy_on_context_create(ctx, ROOT);
   X.proxy_on_request_headers(ctx, maps[0].length, 0);
+  // Envoy delivers a body as its data and then an end of stream (the body
+  // buffered, because the filter paused): two callbacks a request.
   buffers[0] = requestBody;
+  X.proxy_on_request_body(ctx, requestBody.length, 0);
   const a2 = X.proxy_on_request_body(ctx, requestBody.length, 1);
   if (check) lastUpstream = { headers: pairsOf(0), body: dec.decode(buffers[0]) };
   const status = scenario === "failover" ? 503 : 200;
   maps[2] = responseHeaders(status);
   const a3 = X.proxy_on_response_headers(ctx, maps[2].length, 0);
+  // An answer passed on as it comes: its data, then an empty end of stream.
   buffers[1] = responseBody;
-  const a4 = X.proxy_on_response_body(ctx, responseBody.length, 1);
+  const a5 = X.proxy_on_response_body(ctx, responseBody.length, 0);
+  const held = scenario === "failover";
+  if (!held) buffers[1] = EMPTY;
+  const a4 = X.proxy_on_response_body(ctx, held ? responseBody.length : 0, 1);
   if (scenario === "failover") {
     const call = httpCalls[0];
     if (!call) throw new Error("failover scenario: the filter made no http call");
@@ -337,8 +346,8 @@ function oneRequest(check) {
   X.proxy_on_log(ctx);
   X.proxy_on_done(ctx);
   X.proxy_on_delete(ctx);
-  if (check && scenario === "ok" && (a2 !== 0 || a3 !== 0 || a4 !== 0 || localResponse)) {
-    throw new Error(`unexpected actions ${[a2, a3, a4]} local=${JSON.stringify(localResponse)}`);
+  if (check && scenario === "ok" && (a2 !== 0 || a3 !== 0 || a4 !== 0 || a5 !== 0 || localResponse)) {
+    throw new Error(`unexpected actions ${[a2, a3, a4, a5]} local=${JSON.stringify(localResponse)}`);
   }
 }
 

@@ -1264,12 +1264,16 @@ impl HttpContext for Filter {
         let Some(rt) = self.rt.clone() else { return Action::Continue };
         // A primed stream's body is buffered by Envoy while held: only the new bytes are read.
         let start = if let State::Priming { fed, .. } = &self.state { (*fed).min(body_size) } else { 0 };
-        let chunk = match abi::buffer(abi::BUFFER_RESPONSE_BODY, start, body_size - start) {
-            Ok(chunk) => chunk,
-            Err(s) => {
-                self.host_error("get response body", s);
-                return Action::Continue;
-            }
+        // Envoy ends a relayed answer with an empty callback: nothing to read.
+        let chunk = match body_size - start {
+            0 => Vec::new(),
+            new => match abi::buffer(abi::BUFFER_RESPONSE_BODY, start, new) {
+                Ok(chunk) => chunk,
+                Err(s) => {
+                    self.host_error("get response body", s);
+                    return Action::Continue;
+                }
+            },
         };
         let out = match std::mem::replace(&mut self.state, State::Passing) {
             State::Priming { attempt, status, .. } => {
