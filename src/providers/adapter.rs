@@ -84,11 +84,18 @@ pub(super) trait StreamState: Debug {
     /// With `end_of_stream` the rest is flushed and `data: [DONE]` ends it.
     fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8>;
 
+    /// What writes the client's events (and knows what was sent).
+    fn emitter(&self) -> &Emitter;
+
     /// The latest usage the provider reported, whether or not it was sent.
-    fn usage(&self) -> Option<Usage>;
+    fn usage(&self) -> Option<Usage> {
+        self.emitter().usage
+    }
 
     /// Whether the stream failed before any event for the client.
-    fn failed_before_output(&self) -> bool;
+    fn failed_before_output(&self) -> bool {
+        self.emitter().failed_before_output()
+    }
 }
 
 /// What a kind does with each JSON event of its SSE stream.
@@ -139,11 +146,7 @@ impl<E: SseEvents> StreamState for SseStream<E> {
         out
     }
 
-    fn usage(&self) -> Option<Usage> {
-        self.emitter.usage
-    }
-
-    fn failed_before_output(&self) -> bool {
-        self.emitter.failed_before_output()
+    fn emitter(&self) -> &Emitter {
+        &self.emitter
     }
 }

@@ -363,12 +363,8 @@ impl StreamState for Stream {
         out
     }
 
-    fn usage(&self) -> Option<Usage> {
-        self.emitter.usage
-    }
-
-    fn failed_before_output(&self) -> bool {
-        self.emitter.failed_before_output()
+    fn emitter(&self) -> &Emitter {
+        &self.emitter
     }
 }
 
