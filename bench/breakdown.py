@@ -2,7 +2,7 @@
 """Where does switchboard's per-request cost in Envoy go?
 
 Ablation: the same Envoy (`--concurrency 1`) and mock provider as bench/run.py,
-with five HTTP filter chains, each measured for CPU per request (gateway
+with six HTTP filter chains, each measured for CPU per request (gateway
 process utime+stime / requests), throughput at saturation and p50 at c=1:
 
   plain         no wasm filter, static route
@@ -10,6 +10,7 @@ process utime+stime / requests), throughput at saturation and p50 at c=1:
   wasm-buffer   ... that holds the headers until the whole body arrived (as switchboard must)
   wasm-rewrite  ... that also reads the body, writes it back and sets the routing headers
                 (cluster header, :authority, content-length, authorization): Envoy routes by header
+  wasm-calls    ... that also makes every other host call of switchboard's plain path, without its logic
   switchboard   the real filter, pool gpt4o_16k
 
 With --ablate, also wasm-calls with each group of its host calls made ten
