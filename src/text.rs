@@ -173,27 +173,12 @@ impl WordHasher {
         }
     }
 
-    /// An ASCII letter or digit: `| 0x20` lower-cases letters and leaves digits as they are.
-    #[inline(always)]
-    pub(crate) fn ascii_alnum(&mut self, b: u8) {
-        self.in_word = true;
-        self.byte(b | 0x20);
-    }
-
     #[inline(always)]
     pub(crate) fn unit(&mut self, unit: Unit, word: &mut impl FnMut(u64)) {
-        match unit {
-            Unit::Ascii(b) if unit.is_word() => self.ascii_alnum(b),
-            Unit::Char(c) if c.is_alphanumeric() => {
-                self.in_word = true;
-                for lower in c.to_lowercase() {
-                    let mut buf = [0u8; 4];
-                    for b in lower.encode_utf8(&mut buf).bytes() {
-                        self.byte(b);
-                    }
-                }
-            }
-            _ => self.end(word),
+        if word_bytes(unit, |b| self.byte(b)) {
+            self.in_word = true;
+        } else {
+            self.end(word);
         }
     }
 
@@ -208,6 +193,24 @@ impl WordHasher {
             *self = WordHasher::new();
         }
     }
+}
+
+/// Hands `each` the lower-cased bytes `unit` adds to a word; false when it
+/// separates words instead. What a word is, for texts and keywords alike.
+#[inline(always)]
+fn word_bytes(unit: Unit, mut each: impl FnMut(u8)) -> bool {
+    match unit {
+        // `| 0x20` lower-cases letters and leaves digits as they are.
+        Unit::Ascii(b) if unit.is_word() => each(b | 0x20),
+        Unit::Char(c) if c.is_alphanumeric() => {
+            for lower in c.to_lowercase() {
+                let mut buf = [0u8; 4];
+                lower.encode_utf8(&mut buf).bytes().for_each(&mut each);
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// The word being read by someone who walks a JSON string body byte by byte
@@ -276,14 +279,9 @@ fn word_hash(word: &[u8]) -> u64 {
 fn phrase_words(phrase: &str) -> Vec<Vec<u8>> {
     let mut words = vec![Vec::new()];
     for c in phrase.chars() {
-        if c.is_alphanumeric() {
-            let mut buf = [0u8; 4];
-            for lower in c.to_lowercase() {
-                if let Some(word) = words.last_mut() {
-                    word.extend_from_slice(lower.encode_utf8(&mut buf).as_bytes());
-                }
-            }
-        } else if words.last().is_some_and(|w| !w.is_empty()) {
+        let unit = if c.is_ascii() { Unit::Ascii(c as u8) } else { Unit::Char(c) };
+        let Some(word) = words.last_mut() else { continue };
+        if !word_bytes(unit, |b| word.push(b)) && !word.is_empty() {
             words.push(Vec::new());
         }
     }
@@ -430,9 +428,8 @@ impl<'s, 'f> PhraseScan<'s, 'f> {
         let shape_fits =
             self.set.shapes.get(usize::from(first)).is_some_and(|&lens| lens & length_bit(end - start) != 0);
         if !shape_fits {
-            // In no phrase: no phrase runs across this word.
-            self.seen = 0;
-            self.slot = 0;
+            // In no phrase: no phrase runs across this word, as across texts.
+            self.start_text();
             return;
         }
         self.word(ascii_word_hash(text, start, end));

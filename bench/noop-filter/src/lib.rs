@@ -169,7 +169,8 @@ impl HttpContext for Filter {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         // Envoy passes the answer's data on, then calls again with an empty end of stream.
-        for _ in 0..if body_size > 0 { self.makes("respbody") } else { 0 } {
+        let reads = if body_size > 0 { self.makes("respbody") } else { 0 };
+        for _ in 0..reads {
             let _ = self.get_http_response_body(0, body_size);
         }
         if end_of_stream {
