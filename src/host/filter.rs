@@ -34,7 +34,7 @@ use crate::providers::{
 };
 use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
-use crate::routing::{exhausted, redirect, Availability, NativeOnly, Plan, RouteInput};
+use crate::routing::{exhausted, redirect, NativeOnly, Plan, RouteInput};
 use crate::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use crate::tenant::{authenticate, presented_key};
 
@@ -368,8 +368,13 @@ impl Filter {
             if let Err(e) = self.admit_tenant(rt, &parsed, client_len, now) {
                 return self.answer_error(&e);
             }
+            if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
+                rt.metrics.inc(pm.requests);
+            }
             let Some(picked) = rt.pick(&mut plan, now) else {
-                return self.answer_error(&plan.exhausted_error(&parsed.target));
+                // Every member ejected or held: the answer says when the gateway tries again.
+                self.plan = Some(plan);
+                return self.exhausted(rt);
             };
             let upstream = match build_upstream(rt, self.endpoint, &parsed, picked.member, now, self.native_body()) {
                 Ok(u) => u,
@@ -382,9 +387,6 @@ impl Filter {
             self.obs.estimate = expected_tokens(&parsed, body.len());
             (plan, picked, upstream)
         };
-        if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
-            rt.metrics.inc(pm.requests);
-        }
         self.plan = Some(plan);
         let timeouts = self.timeouts_ms(rt, picked.member.pool, now, self.shape.stream);
         let present = &self.client_headers;
@@ -510,6 +512,9 @@ impl Filter {
         self.obs.attempts.push((attempt.picked.member, status, now.saturating_sub(attempt.began_ms)));
         let Some(plan) = self.plan.as_mut() else { return false };
         let failed = rt.record(plan, attempt.picked, status, retry_after, now, &self.request_id);
+        if !failed && now > 0 {
+            rt.note_answered(attempt.picked.member, now, now.saturating_sub(attempt.began_ms));
+        }
         if !failed && attempt.started_ms > 0 {
             let total = now.saturating_sub(attempt.started_ms);
             let first_byte = if attempt.first_byte_ms > 0 {
@@ -700,9 +705,10 @@ impl Filter {
         policy.attempt_timeouts(remaining, stream)
     }
 
-    /// Every attempt failed: 503 listing them (429 when all were rate
-    /// limited), with the `Retry-After` and `x-should-retry` that tell the
-    /// client truthfully when trying again can help.
+    /// Every attempt failed (or every member is ejected): 503 listing them
+    /// (429 when all were rate limited), with the `Retry-After` and
+    /// `x-should-retry` that tell the client truthfully when trying again can
+    /// help: `Retry-After` is when the gateway itself next tries a member.
     fn exhausted(&mut self, rt: &Runtime) -> Action {
         let now = self.now_ms();
         let error = match &self.plan {
@@ -710,11 +716,10 @@ impl Filter {
                 rt.metrics.inc(rt.metrics.pool(plan.primary_pool()).and_then(|p| p.exhausted));
                 let target = rt.config.pool_at(plan.primary_pool()).map_or("", |p| p.name.as_str());
                 let statuses: Vec<u16> = plan.attempts.iter().map(|a| a.status).collect();
-                let back = plan.attempts.iter().map(|a| match health_store::availability(&a.member_id, now) {
-                    Availability::Unavailable { until_ms } => Some(until_ms),
-                    Availability::Healthy | Availability::Trial => None,
-                });
-                let answer = exhausted::exhausted(&statuses, back, now);
+                let tried = plan.attempts.iter().map(|a| a.member_id.as_str());
+                let passed_over = plan.passed_over.iter().map(|m| rt.member_id(*m));
+                let next_try = tried.chain(passed_over).map(|id| health_store::next_try_ms(id, now));
+                let answer = exhausted::exhausted(&statuses, next_try, now);
                 let mut error = plan.exhausted_error(target);
                 if answer.status == 429 {
                     error.status = 429;
@@ -1472,6 +1477,24 @@ impl Filter {
         self.abandon(rt, attempt);
     }
 
+    /// The client left before `attempt`'s member answered at all: nothing to
+    /// judge the member by, unless the pool's other members have been
+    /// answering much faster (a hung member, `routing::silence`).
+    fn left_unanswered(&mut self, rt: &Runtime, attempt: &Attempt) {
+        let now = self.now_ms();
+        let waited = now.saturating_sub(attempt.began_ms);
+        if now == 0 || !rt.abort_is_failure(attempt.picked.member, waited, now) {
+            return self.unjudged(rt, attempt, 0);
+        }
+        log::warn!(
+            "switchboard[{}]: client left after {waited} ms without an answer from {}, while the pool's other \
+             members answered much faster: counted as its failure",
+            self.request_id,
+            rt.member_id(attempt.picked.member)
+        );
+        self.finish(rt, attempt, 0, None, now);
+    }
+
     /// An answer still being relayed when the stream ended never reached its
     /// end: cut off by the upstream (the member's failure), or by the client.
     fn end_unfinished_answer(&mut self, rt: &Runtime) {
@@ -1479,10 +1502,8 @@ impl Filter {
             State::Relaying { attempt, status }
             | State::Holding { attempt, status }
             | State::Priming { attempt, status, .. } => (attempt, status),
-            // The client left before any answer: nothing to judge the member by.
-            State::Routed(attempt) | State::Failover { attempt, .. } | State::Resuming { attempt, .. } => {
-                return self.unjudged(rt, &attempt, 0)
-            }
+            State::Routed(attempt) | State::Failover { attempt, .. } => return self.left_unanswered(rt, &attempt),
+            State::Resuming { attempt, .. } => return self.unjudged(rt, &attempt, 0),
             _ => return,
         };
         let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();

@@ -95,6 +95,15 @@ pub fn availability(member_id: &str, now_ms: u64) -> Availability {
     read(member_id).0.availability(now_ms)
 }
 
+/// How long a client is told to wait while a member's half-open trial is in
+/// flight: the trial's success puts the member back at once.
+const TRIAL_RECHECK_MS: u64 = 1_000;
+
+/// When the gateway next sends `member_id` a request (None: now).
+pub fn next_try_ms(member_id: &str, now_ms: u64) -> Option<u64> {
+    read(member_id).0.next_try_ms(now_ms, TRIAL_RECHECK_MS)
+}
+
 /// Applies `change` atomically; returns what it did. On persistent contention
 /// or host errors the update is dropped (health is advisory) and logged.
 /// Changes that alter availability (anything but the success count) bump the

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::config::{Member, MemberRef};
 use crate::learned::{Model, ModelError};
 use crate::routing::health::retry_after_until_ms;
+use crate::routing::silence::{self, LastAnswer};
 use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan, Rng, Transition};
 use crate::text;
 
@@ -69,6 +70,9 @@ pub struct Runtime {
     pub canary_generation: u64,
     /// Canaries rolled back (member ids), as this VM last saw shared data.
     rolled_back: RefCell<Vec<String>>,
+    /// Per pool and member: its last successful answer on this VM, the
+    /// evidence that tells a hung member from a slow one (`routing::silence`).
+    last_answers: RefCell<Vec<Vec<LastAnswer>>>,
 }
 
 impl Runtime {
@@ -92,6 +96,7 @@ impl Runtime {
     }
 
     fn with_models(config: Config, learned_models: Vec<Option<Model>>) -> Runtime {
+        let last_answers = config.pools.iter().map(|p| vec![LastAnswer::default(); p.members.len()]).collect();
         let tenant_listings =
             config.tenants.iter().flatten().map(|t| ModelListing::build_for(&config, &|name| t.allows(name))).collect();
         Runtime {
@@ -106,7 +111,25 @@ impl Runtime {
             health: RefCell::new(health_store::HealthCache::default()),
             canary_generation: 0,
             rolled_back: RefCell::new(Vec::new()),
+            last_answers: RefCell::new(last_answers),
         }
+    }
+
+    /// A successful answer of `member` that ended at `now` after `took_ms`.
+    pub fn note_answered(&self, member: MemberRef, now: u64, took_ms: u64) {
+        if let Some(slot) = self.last_answers.borrow_mut().get_mut(member.pool).and_then(|p| p.get_mut(member.member)) {
+            *slot = LastAnswer { at_ms: now, took_ms };
+        }
+    }
+
+    /// Whether a client that left after `waited_ms` without an answer from
+    /// `member` counts as that member's failure: the pool's other members
+    /// have been answering much faster.
+    pub fn abort_is_failure(&self, member: MemberRef, waited_ms: u64, now: u64) -> bool {
+        let answers = self.last_answers.borrow();
+        let Some(pool) = answers.get(member.pool) else { return false };
+        let peers = pool.iter().enumerate().filter(|(i, _)| *i != member.member).map(|(_, a)| *a);
+        silence::abort_is_failure(waited_ms, now, peers)
     }
 
     pub fn random(&self) -> u64 {
@@ -170,12 +193,9 @@ impl Runtime {
             self.metrics.inc(metrics.and_then(|m| m.failures));
             let hold =
                 retry_after.filter(|_| status == 429 || status == 503).and_then(|v| retry_after_until_ms(v, now));
-            health_store::update(&member.id, |h| {
-                let t = h.record_failure(now, &pool.health);
-                match hold.map(|until| h.hold_until(until)) {
-                    Some(held @ Transition::Ejected { .. }) => held,
-                    _ => t,
-                }
+            health_store::update(&member.id, |h| match hold {
+                Some(until) => h.record_held_failure(now, until, &pool.health),
+                None => h.record_failure(now, &pool.health),
             })
         } else {
             self.metrics.inc(metrics.and_then(|m| m.requests));

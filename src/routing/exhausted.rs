@@ -9,28 +9,37 @@
 pub struct Exhausted {
     /// 429 when every attempt was rate limited, else 503.
     pub status: u16,
-    /// Seconds until a tried member takes requests again, when the gateway knows.
+    /// Seconds until the gateway itself next tries a member of the request's
+    /// pools, when no member would be tried now.
     pub retry_after_s: Option<u64>,
-    /// Retrying helps only once a member is back; until then it repeats the same failures.
+    /// False only when retrying cannot help: the gateway walked several
+    /// members, none is coming back at a known time, and their failures are
+    /// not rate limits or overloads (which a client's own backoff answers).
     pub should_retry: bool,
 }
 
 /// `statuses`: each attempt's upstream status (0: no response).
-/// `back_at_ms`: for each tried member, when it takes requests again (None:
-/// it would take one now). `now_ms`: the current time.
-pub fn exhausted(statuses: &[u16], back_at_ms: impl IntoIterator<Item = Option<u64>>, now_ms: u64) -> Exhausted {
+/// `next_try_ms`: for each member tried or passed over, when the gateway
+/// next sends it a request (None: it would now). `now_ms`: the current time.
+pub fn exhausted(statuses: &[u16], next_try_ms: impl IntoIterator<Item = Option<u64>>, now_ms: u64) -> Exhausted {
     let rate_limited = !statuses.is_empty() && statuses.iter().all(|s| *s == 429);
-    // The earliest a tried member is back; unknown as soon as one is usable now.
+    // The earliest a member is tried again; unknown as soon as one would be tried now.
     let mut earliest: Option<u64> = None;
     let mut any_usable_now = false;
-    for back in back_at_ms {
-        match back {
+    for next in next_try_ms {
+        match next {
             Some(at) if at > now_ms => earliest = Some(earliest.map_or(at, |e| e.min(at))),
             _ => any_usable_now = true,
         }
     }
     let retry_after_s = earliest.filter(|_| !any_usable_now).map(|at| (at - now_ms).div_ceil(1000).max(1));
-    Exhausted { status: if rate_limited { 429 } else { 503 }, retry_after_s, should_retry: retry_after_s.is_some() }
+    let backoff_helps = !statuses.is_empty() && statuses.iter().all(|s| matches!(s, 429 | 529));
+    let walked_several = statuses.len() >= 2;
+    Exhausted {
+        status: if rate_limited { 429 } else { 503 },
+        retry_after_s,
+        should_retry: retry_after_s.is_some() || backoff_helps || !walked_several,
+    }
 }
 
 #[cfg(test)]
@@ -53,14 +62,29 @@ mod tests {
     }
 
     #[test]
-    fn no_known_return_time_means_do_not_retry_now() {
+    fn no_known_return_time_after_walking_several_members_means_do_not_retry_now() {
         // A member that failed but is not held out: the gateway already tried it.
         let v = exhausted(&[503, 503], [None, Some(10_000)], 0);
         assert_eq!(v, Exhausted { status: 503, retry_after_s: None, should_retry: false });
+        // Nothing tried (deadline already passed): nothing known, and a retry may help.
+        assert_eq!(exhausted(&[], [], 0), Exhausted { status: 503, retry_after_s: None, should_retry: true });
+    }
+
+    #[test]
+    fn rate_limits_overloads_and_a_single_attempt_leave_the_backoff_to_the_client() {
         let v = exhausted(&[429], [None], 0);
-        assert_eq!(v, Exhausted { status: 429, retry_after_s: None, should_retry: false });
-        // Nothing tried (deadline already passed): nothing known either.
-        assert_eq!(exhausted(&[], [], 0), Exhausted { status: 503, retry_after_s: None, should_retry: false });
+        assert_eq!(v, Exhausted { status: 429, retry_after_s: None, should_retry: true });
+        assert!(exhausted(&[529, 529], [None, None], 0).should_retry);
+        assert!(exhausted(&[429, 529], [None, None], 0).should_retry);
+        assert!(exhausted(&[500], [None], 0).should_retry, "one member tried: a retry may reach another");
+        assert!(!exhausted(&[500, 429], [None, None], 0).should_retry);
+    }
+
+    #[test]
+    fn members_passed_over_say_when_the_gateway_tries_again() {
+        // Nothing tried: both members ejected, the first back in 2.5 s.
+        let v = exhausted(&[], [Some(3_500), Some(9_000)], 1_000);
+        assert_eq!(v, Exhausted { status: 503, retry_after_s: Some(3), should_retry: true });
     }
 
     #[test]

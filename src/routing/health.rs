@@ -1,5 +1,8 @@
 //! Per-member passive health: consecutive failures, ejection with a cooldown
 //! that doubles on repeated ejection, and a half-open trial after cooldown.
+//! A provider's `Retry-After` is a hold, not an ejection: the member is out
+//! exactly until then, and a failure after it counts like any other (the
+//! doubling is for failed trials of ejected members only).
 //! The host stores one `MemberHealth` per member in shared data (so every
 //! worker VM sees it) and updates it with compare-and-swap.
 
@@ -91,13 +94,25 @@ impl MemberHealth {
                 // A request that started before the ejection: already accounted for.
                 return Transition::None;
             }
-            // The half-open trial failed: back out, for twice as long.
-            return self.eject(now_ms, policy);
+            if !self.only_held() {
+                // The half-open trial failed: back out, for twice as long.
+                return self.eject(now_ms, policy);
+            }
+            // A provider's hold has passed: the member is back in rotation and
+            // this failure counts toward an ejection like any other.
+            self.ejected_until_ms = 0;
+            self.trial_until_ms = 0;
+            self.held_until_ms = 0;
         }
         if self.consecutive_failures >= policy.consecutive_failures {
             return self.eject(now_ms, policy);
         }
         Transition::None
+    }
+
+    /// Out only because its provider asked (`Retry-After`), not ejected for failures.
+    fn only_held(&self) -> bool {
+        self.ejections == 0 && self.held_until_ms != 0 && self.held_until_ms >= self.ejected_until_ms
     }
 
     /// Takes the member out until `until_ms` (a provider's `Retry-After`),
@@ -110,6 +125,37 @@ impl MemberHealth {
         self.held_until_ms = until_ms;
         self.trial_until_ms = 0;
         Transition::Ejected { until_ms }
+    }
+
+    /// A failure whose provider said when to come back (`Retry-After` until
+    /// `until_ms`): the member is out until then, not for a cooldown of the
+    /// gateway's own, so the wait a client is told is the provider's. The
+    /// failure still counts in the streak.
+    pub fn record_held_failure(&mut self, now_ms: u64, until_ms: u64, policy: &HealthPolicy) -> Transition {
+        if until_ms <= now_ms {
+            return self.record_failure(now_ms, policy);
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        if now_ms >= self.ejected_until_ms && !self.only_held() {
+            // An ejection (or its trial) that has run out: the provider's time replaces it.
+            self.ejected_until_ms = 0;
+        }
+        self.hold_until(until_ms)
+    }
+
+    /// When the gateway will next send this member a request, if not now:
+    /// the end of its ejection or hold, or (a trial in flight) when that trial
+    /// is given up on, at most `trial_recheck_ms` away, since a trial that
+    /// succeeds puts the member back at once.
+    pub fn next_try_ms(&self, now_ms: u64, trial_recheck_ms: u64) -> Option<u64> {
+        match self.availability(now_ms) {
+            Availability::Healthy | Availability::Trial => None,
+            Availability::Unavailable { until_ms } if until_ms == self.trial_until_ms => {
+                Some(until_ms.min(now_ms.saturating_add(trial_recheck_ms)))
+            }
+            Availability::Unavailable { until_ms } => Some(until_ms),
+        }
     }
 
     /// An active probe's success: restores the member, unless its provider
@@ -321,6 +367,59 @@ mod tests {
         assert_eq!(h.hold_until(4_000), Transition::None);
         assert_eq!(h.availability(4_999), Availability::Unavailable { until_ms: 5_000 });
         assert_eq!(h.availability(5_000), Availability::Trial);
+    }
+
+    #[test]
+    fn a_passed_retry_after_hold_is_not_an_ejection_for_the_doubling() {
+        let p = HealthPolicy { consecutive_failures: 3, cooldown_ms: 5_000, max_cooldown_ms: 300_000 };
+        let mut h = MemberHealth::default();
+        // 429 with Retry-After: 1 -> out for exactly 1 s.
+        assert_eq!(h.record_held_failure(0, 1_000, &p), Transition::Ejected { until_ms: 1_000 });
+        assert_eq!(h.availability(999), Availability::Unavailable { until_ms: 1_000 });
+        // Later plain failures count in the streak; no cooldown before the third.
+        assert_eq!(h.record_failure(10_000, &p), Transition::None);
+        assert_eq!(h.availability(10_000), Availability::Healthy);
+        assert_eq!(h.record_failure(11_000, &p), Transition::Ejected { until_ms: 16_000 }, "first ejection: cooldown");
+        assert!(h.begin_trial(16_000, 100));
+        assert_eq!(h.record_failure(16_000, &p), Transition::Ejected { until_ms: 26_000 }, "failed trial: doubled");
+    }
+
+    #[test]
+    fn a_retry_after_is_the_wait_even_when_it_ends_a_streak() {
+        let p = HealthPolicy { consecutive_failures: 3, cooldown_ms: 5_000, max_cooldown_ms: 300_000 };
+        let mut h = MemberHealth::default();
+        h.record_failure(0, &p);
+        h.record_failure(0, &p);
+        // The third failure brings a hint of 1 s: out for 1 s, not the 5 s cooldown.
+        assert_eq!(h.record_held_failure(100, 1_100, &p), Transition::Ejected { until_ms: 1_100 });
+        assert_eq!(h.next_try_ms(100, 1_000), Some(1_100));
+        // A hint after an ejection ran out replaces it; one during an ejection never shortens it.
+        let mut e = MemberHealth::default();
+        for _ in 0..3 {
+            e.record_failure(0, &p);
+        }
+        assert_eq!(e.record_held_failure(1_000, 2_000, &p), Transition::None);
+        assert_eq!(e.ejected_until_ms, 5_000);
+        assert_eq!(e.record_held_failure(6_000, 7_000, &p), Transition::Ejected { until_ms: 7_000 });
+        // A hint of 0 s is a plain failure.
+        let mut z = MemberHealth::default();
+        assert_eq!(z.record_held_failure(50, 50, &p), Transition::None);
+        assert_eq!(z.consecutive_failures, 1);
+    }
+
+    #[test]
+    fn next_try_is_the_end_of_the_ejection_or_soon_for_a_trial_in_flight() {
+        let p = policy();
+        let mut h = MemberHealth::default();
+        assert_eq!(h.next_try_ms(0, 1_000), None);
+        for _ in 0..3 {
+            h.record_failure(0, &p);
+        }
+        assert_eq!(h.next_try_ms(10, 1_000), Some(1_000));
+        assert_eq!(h.next_try_ms(1_000, 1_000), None, "a trial is due");
+        assert!(h.begin_trial(1_000, 30_000));
+        assert_eq!(h.next_try_ms(1_500, 1_000), Some(2_500));
+        assert_eq!(h.next_try_ms(30_500, 1_000), Some(31_000));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod redirect;
 pub mod resume;
 pub mod router;
 pub mod select;
+pub mod silence;
 pub mod stats;
 
 pub use filter::NativeOnly;

@@ -100,6 +100,9 @@ pub struct Plan {
     /// Set when the requested name is a router.
     pub route: Option<RouteChoice>,
     pub attempts: Vec<Attempt>,
+    /// Members not tried because they were ejected or held (their stage was
+    /// passed over with none usable): when they are back says when to retry.
+    pub passed_over: Vec<MemberRef>,
     /// Absolute deadline, ms since the epoch.
     pub deadline_ms: u64,
 }
@@ -187,6 +190,7 @@ impl Plan {
             stream: request.stream,
             route,
             attempts: Vec::new(),
+            passed_over: Vec::new(),
             deadline_ms: now_ms.saturating_add(pool.retry.timeout_ms),
         };
         plan.check_fit(config, &request.target)?;
@@ -261,6 +265,8 @@ impl Plan {
                     self.stage_attempts += 1;
                     return Some(MemberRef::new(pool_index, c.member));
                 }
+                // None usable: every candidate is ejected or held.
+                self.passed_over.extend(candidates.iter().map(|c| MemberRef::new(pool_index, c.member)));
             }
             self.advance();
         }
@@ -386,7 +392,12 @@ impl Plan {
 
     /// The answer when every attempt failed: 503 listing what was tried.
     pub fn exhausted_error(&self, target: &str) -> ApiError {
-        let tried = if self.attempts.is_empty() { "no member could be tried".to_string() } else { self.summary() };
+        let tried = match (self.attempts.is_empty(), self.passed_over.is_empty()) {
+            (true, true) => "no member could be tried".to_string(),
+            (true, false) => "every member is ejected or held back by its provider's Retry-After".to_string(),
+            (false, true) => self.summary(),
+            (false, false) => format!("{}; the others are ejected or held back", self.summary()),
+        };
         ApiError::unavailable(format!(
             "All upstreams for `{target}` failed ({} attempt{}): {tried}.",
             self.attempts.len(),

@@ -3,8 +3,8 @@
 //!
 //! Every strategy orders candidates by a preference key and picks by weight
 //! among the best ones, under the same availability rule: usable members
-//! (healthy or trial) with weight > 0 first, then weight-0 standbys, then, so
-//! an all-ejected pool still tries, the member whose ejection ends first.
+//! (healthy or trial) with weight > 0 first, then weight-0 standbys; ejected
+//! or held members never (the stage is passed over, see `Plan::next_member`).
 
 use crate::config::{Member, Strategy};
 
@@ -126,7 +126,7 @@ pub fn pick(strategy: Strategy, explore: f64, candidates: &[Candidate], random: 
                 return found;
             }
         }
-        return soonest(candidates);
+        return None;
     }
     // The best preference and the best members' total weight in one pass.
     let mut best = None;
@@ -151,21 +151,11 @@ pub fn pick(strategy: Strategy, explore: f64, candidates: &[Candidate], random: 
         }
     }
     if best.0 == 2 {
-        return soonest(candidates);
+        // Every candidate is ejected or held: none is tried before it is back,
+        // so the wait the client is told is what the gateway does.
+        return None;
     }
     draw(candidates, |c| preference(strategy, c) == best, best_total, random)
-}
-
-fn soonest(candidates: &[Candidate]) -> Option<usize> {
-    candidates
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| match c.availability {
-            Availability::Unavailable { until_ms } => Some((until_ms, i)),
-            _ => None,
-        })
-        .min()
-        .map(|(_, i)| i)
 }
 
 /// Candidates in the strategy's order of preference (best first; heavier
@@ -303,7 +293,7 @@ mod tests {
                 let best = c.iter().map(|x| preference(strategy, x)).min().unwrap();
                 let random = rng.next_u64();
                 let expected =
-                    if best.0 == 2 { soonest(&c) } else { weighted(&c, |x| preference(strategy, x) == best, random) };
+                    if best.0 == 2 { None } else { weighted(&c, |x| preference(strategy, x) == best, random) };
                 assert_eq!(pick(strategy, 0.0, &c, random), expected, "{strategy:?} round {round}");
             }
         }
@@ -353,19 +343,16 @@ mod tests {
     }
 
     #[test]
-    fn all_ejected_picks_the_one_whose_ejection_ends_first() {
+    fn all_ejected_picks_none() {
         let m = members(&[1, 1, 1]);
         let until = [300u64, 100, 200];
-        let i = pick_weighted(&m, &[], |i| Availability::Unavailable { until_ms: until[i] }, 5);
-        assert_eq!(i, Some(1));
-        let i = pick_weighted(&m, &[1], |i| Availability::Unavailable { until_ms: until[i] }, 5);
-        assert_eq!(i, Some(2));
+        assert_eq!(pick_weighted(&m, &[], |i| Availability::Unavailable { until_ms: until[i] }, 5), None);
         // The same rule under every strategy.
         let c: Vec<Candidate> = (0..3)
             .map(|i| Candidate { availability: Availability::Unavailable { until_ms: until[i] }, ..cand(i, 1) })
             .collect();
         for s in [Strategy::LeastBusy, Strategy::LowestLatency, Strategy::LowestCost, Strategy::Priority] {
-            assert_eq!(pick(s, 0.5, &c, 77), Some(1), "{s:?}");
+            assert_eq!(pick(s, 0.5, &c, 77), None, "{s:?}");
         }
     }
 
