@@ -119,8 +119,10 @@ def layers():
     if not m:
         sys.exit(f"{ARCH}: no layers:begin/layers:end block")
     order = {}
-    for n, line in enumerate(l for l in m.group(1).splitlines() if l.strip().startswith(("-", "*", "1", "2", "3", "4", "5", "6", "7", "8", "9"))):
-        for name in re.findall(r"`([a-z_:]+)`", line):
+    # One layer a line: `1. `a`, `b`: what they are`, names before the first colon.
+    for n, line in enumerate(l for l in m.group(1).splitlines() if re.match(r"\s*\d+\.", l)):
+        head = re.sub(r"^\s*\d+\.", "", line).split(": ", 1)[0]
+        for name in re.findall(r"`([a-z_:]+)`", head):
             order[tuple(name.split("::"))] = n
     return order
 
@@ -154,12 +156,13 @@ def main():
             edges.setdefault(mod, {}).setdefault(to, p)
     order = layers()
     problems = []
-    for a, outs in sorted(edges.items()):
+    for a in sorted(modules):
         la, ka = layer_of(a, order)
         if la is None:
-            problems.append(f"{'::'.join(a)}: in no layer of docs/architecture.md")
+            if a:
+                problems.append(f"{'::'.join(a)}: in no layer of docs/architecture.md")
             continue
-        for b, p in sorted(outs.items()):
+        for b, p in sorted(edges.get(a, {}).items()):
             lb, kb = layer_of(b, order)
             if lb is not None and lb > la:
                 problems.append(f"upward: {'::'.join(a)} (layer of `{'::'.join(ka)}`) uses `{p}` (layer of `{'::'.join(kb)}`)")
