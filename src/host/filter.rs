@@ -716,10 +716,10 @@ impl Filter {
                 rt.metrics.inc(rt.metrics.pool(plan.primary_pool()).and_then(|p| p.exhausted));
                 let target = rt.config.pool_at(plan.primary_pool()).map_or("", |p| p.name.as_str());
                 let statuses: Vec<u16> = plan.attempts.iter().map(|a| a.status).collect();
-                let tried = plan.attempts.iter().map(|a| a.member_id.as_str());
-                let passed_over = plan.passed_over.iter().map(|m| rt.member_id(*m));
-                let next_try = tried.chain(passed_over).map(|id| health_store::next_try_ms(id, now));
-                let answer = exhausted::exhausted(&statuses, next_try, now);
+                let tried = plan.attempts.iter().map(|a| health_store::next_try_ms(&a.member_id, now));
+                let passed_over: Vec<_> =
+                    plan.passed_over.iter().map(|m| health_store::passed_over(rt.member_id(*m), now)).collect();
+                let answer = exhausted::exhausted(&statuses, tried, &passed_over, now);
                 let mut error = plan.exhausted_error(target);
                 if answer.status == 429 {
                     error.status = 429;

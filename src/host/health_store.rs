@@ -8,6 +8,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::routing::exhausted::PassedOver;
 use crate::routing::{Availability, MemberHealth, Transition};
 
 use super::abi;
@@ -102,6 +103,15 @@ const TRIAL_RECHECK_MS: u64 = 1_000;
 /// When the gateway next sends `member_id` a request (None: now).
 pub fn next_try_ms(member_id: &str, now_ms: u64) -> Option<u64> {
     read(member_id).0.next_try_ms(now_ms, TRIAL_RECHECK_MS)
+}
+
+/// A member the request passed over because it was out: when it is back, and why it is out.
+pub fn passed_over(member_id: &str, now_ms: u64) -> PassedOver {
+    let health = read(member_id).0;
+    PassedOver {
+        next_try_ms: health.next_try_ms(now_ms, TRIAL_RECHECK_MS),
+        held_by_provider: health.held_by_provider(now_ms),
+    }
 }
 
 /// Applies `change` atomically; returns what it did. On persistent contention

@@ -144,6 +144,11 @@ impl MemberHealth {
         self.hold_until(until_ms)
     }
 
+    /// Out now because its provider asked (`Retry-After`), not for failures.
+    pub fn held_by_provider(&self, now_ms: u64) -> bool {
+        now_ms < self.held_until_ms && self.held_until_ms >= self.ejected_until_ms
+    }
+
     /// When the gateway will next send this member a request, if not now:
     /// the end of its ejection or hold, or (a trial in flight) when that trial
     /// is given up on, at most `trial_recheck_ms` away, since a trial that
@@ -393,6 +398,7 @@ mod tests {
         // The third failure brings a hint of 1 s: out for 1 s, not the 5 s cooldown.
         assert_eq!(h.record_held_failure(100, 1_100, &p), Transition::Ejected { until_ms: 1_100 });
         assert_eq!(h.next_try_ms(100, 1_000), Some(1_100));
+        assert!(h.held_by_provider(100) && !h.held_by_provider(1_100));
         // A hint after an ejection ran out replaces it; one during an ejection never shortens it.
         let mut e = MemberHealth::default();
         for _ in 0..3 {
@@ -400,6 +406,7 @@ mod tests {
         }
         assert_eq!(e.record_held_failure(1_000, 2_000, &p), Transition::None);
         assert_eq!(e.ejected_until_ms, 5_000);
+        assert!(!e.held_by_provider(1_000), "ejected for failures, the hint inside the ejection");
         assert_eq!(e.record_held_failure(6_000, 7_000, &p), Transition::Ejected { until_ms: 7_000 });
         // A hint of 0 s is a plain failure.
         let mut z = MemberHealth::default();
