@@ -46,11 +46,12 @@ fn state_key(tenant: &Tenant) -> String {
     format!("switchboard.tenant.{}", tenant.name)
 }
 
-/// Admits one request reserving `tokens` against every limit at once. Returns
-/// the state after admission (for the rate-limit headers), if stored.
-pub fn admit(tenant: &Tenant, now_s: u64, tokens: u64) -> Result<Option<TenantState>, Refusal> {
+/// Admits one request reserving `tokens` and `worst_micro_usd` of the budget
+/// against every limit at once. Returns the state after admission (for the
+/// rate-limit headers), if stored.
+pub fn admit(tenant: &Tenant, now_s: u64, tokens: u64, worst_micro_usd: u64) -> Result<Option<TenantState>, Refusal> {
     update(&state_key(tenant), TenantState::decode, |state| {
-        let next = state.admit(tenant, now_s, tokens)?;
+        let next = state.admit(tenant, now_s, tokens, worst_micro_usd)?;
         Ok((next, next.encode().to_vec()))
     })
 }
