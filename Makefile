@@ -16,7 +16,7 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-flo
 # wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
 WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 
-# The learned router's training data and model (see README "Learned router").
+# The learned router's training data and model (see docs/learned-router.md).
 DATA        ?= ../shared/data/routellm-mmlu
 MODEL_OUT   ?= router/models/default.sblr
 ROUTER_VENV := .venv-router
