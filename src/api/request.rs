@@ -897,7 +897,7 @@ mod tests {
             for (raw, code) in cases {
                 let body = format!(r#"{{"model":"m","messages":[],"{field}":{raw}}}"#);
                 let e = parse(&body).unwrap_err();
-                assert_eq!((e.status, e.code, e.param.as_deref()), (400, code, Some(field)), "{body}: {}", e.message);
+                assert_eq!((e.status, e.code, e.param), (400, code, Some(field)), "{body}: {}", e.message);
             }
         }
         let ok = parse(r#"{"model":"m","messages":[],"max_tokens":4294967295}"#).unwrap();
