@@ -231,7 +231,14 @@ def test_budget_of_100_with_50_concurrent_requests_of_22_answers_4(mock):
 
 def test_a_released_reservation_lets_the_next_request_in(mock):
     # $40: one request reserving $22 fits, two do not. Each answer really costs $2.
-    g = Gateway(budget_config(40), clusters_for(mock), KEYS)
+    cfg = budget_config(40)
+    # An Anthropic member: a request it cannot take is refused by the gateway after admission.
+    cfg["providers"]["claude"] = {"kind": "anthropic", "cluster": "gamma", "host": "api.anthropic.example",
+                                  "api_key_env": "GAMMA_KEY"}
+    cfg["pools"]["claude_pool"] = {"members": [{"provider": "claude", "model": "claude-x", "input_cost_per_mtok": 0,
+                                                "output_cost_per_mtok": 2_000_000}]}
+    cfg["tenants"]["team-b"]["allow"].append("claude_pool")
+    g = Gateway(cfg, clusters_for(mock), KEYS)
     try:
         b = {"authorization": f"Bearer {KEY_B}"}
         ask = lambda **kw: post(g, b, model="gpt-4o", max_tokens=11, **kw)
@@ -251,16 +258,21 @@ def test_a_released_reservation_lets_the_next_request_in(mock):
         assert ask().status_code >= 500
         reply(mock, 1)
         assert ask().status_code == 200
+        # And one the gateway itself refused after admitting it (here: translating it for Anthropic).
+        local = post(g, b, model="claude_pool", max_tokens=11, temperature="hot")
+        assert local.status_code == 400 and local.json()["error"]["param"] == "temperature", local.text
+        assert mock.count("gamma") == 0
+        assert ask().status_code == 200
         # So does a request whose client left.
         reply(mock, 1, latency_ms=3000)
         with pytest.raises(httpx.TimeoutException):
             httpx.post(g.base + "/v1/chat/completions", json=chat("gpt-4o", max_tokens=11), headers=b, timeout=0.3)
         time.sleep(0.3)
         reply(mock, 1)
-        assert ask().status_code == 200  # $8 spent; a leaked $22 would have refused it
-        # Spent + reserved stays within $40: a worst case of $34 does not fit, $32 does, exactly.
-        assert post(g, b, model="gpt-4o", max_tokens=17).status_code == 429
-        assert post(g, b, model="gpt-4o", max_tokens=16).status_code == 200
+        assert ask().status_code == 200  # $10 spent; a leaked $22 would have refused it
+        # Spent + reserved stays within $40: a worst case of $32 does not fit, $30 does, exactly.
+        assert post(g, b, model="gpt-4o", max_tokens=16).status_code == 429
+        assert post(g, b, model="gpt-4o", max_tokens=15).status_code == 200
     finally:
         g.stop()
 
