@@ -840,15 +840,9 @@ fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
             ),
         )
         .with_retry_after(1),
-        Refusal::Budget { retry_after_s } => ApiError::new(
-            429,
-            "insufficient_quota",
-            format!(
-                "Tenant `{name}` has spent its budget, or holds it for requests in flight (each holds its \
-                 worst-case cost until it ends); retry in {retry_after_s} s."
-            ),
-        )
-        .with_retry_after(retry_after_s),
+        Refusal::Budget(short) => {
+            ApiError::new(429, "insufficient_quota", short.message(name)).with_retry_after(short.retry_after_s)
+        }
     }
 }
 

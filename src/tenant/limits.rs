@@ -32,7 +32,59 @@ pub enum Refusal {
     Requests { retry_after_s: u64 },
     Tokens { retry_after_s: u64 },
     Parallel,
-    Budget { retry_after_s: u64 },
+    Budget(BudgetShort),
+}
+
+/// A budget refusal, with what the 429 says: this request's worst case
+/// against what is spent and held, in micro-USD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetShort {
+    pub retry_after_s: u64,
+    pub worst_micro_usd: u64,
+    pub spent_micro_usd: u64,
+    pub held_micro_usd: u64,
+    pub limit_micro_usd: u64,
+}
+
+/// Micro-USD as dollars: `$88.00`, `$0.000032`.
+fn usd(micro: u64) -> String {
+    let (whole, frac) = (micro / 1_000_000, micro % 1_000_000);
+    let cents = format!("{frac:06}");
+    let digits = cents.trim_end_matches('0');
+    format!("${whole}.{:0<2}", digits)
+}
+
+impl BudgetShort {
+    /// Only what requests in flight hold stands in the way: their end can
+    /// make room (this request fits once they have settled, or runs alone).
+    pub fn waits_for_in_flight(&self) -> bool {
+        let (worst, limit) = (self.worst_micro_usd, self.limit_micro_usd);
+        self.held_micro_usd > 0
+            && self.spent_micro_usd < limit
+            && (worst > limit || self.spent_micro_usd.saturating_add(worst) <= limit)
+    }
+
+    /// Why tenant `name` was refused, and what can help.
+    pub fn message(&self, name: &str) -> String {
+        let (worst, spent, held, limit) =
+            (usd(self.worst_micro_usd), usd(self.spent_micro_usd), usd(self.held_micro_usd), usd(self.limit_micro_usd));
+        let renews = self.retry_after_s;
+        if self.spent_micro_usd >= self.limit_micro_usd {
+            format!(
+                "Tenant `{name}` has spent its budget for this period ({spent} of {limit}); it renews in {renews} s."
+            )
+        } else if self.waits_for_in_flight() {
+            format!(
+                "Tenant `{name}`'s budget cannot hold this request's worst-case cost ({worst}) now: {spent} spent and \
+                 {held} held by requests in flight, of {limit}; retry when they end (each gives back what it did not spend)."
+            )
+        } else {
+            format!(
+                "This request's worst-case cost ({worst}) does not fit in what is left of tenant `{name}`'s budget \
+                 ({spent} spent and {held} held, of {limit}); lower `max_tokens`, or retry in {renews} s when it renews."
+            )
+        }
+    }
 }
 
 impl Window {
@@ -152,10 +204,18 @@ impl Spend {
 
     /// Refuses while the period's spend has reached `limit_usd`.
     pub fn check(self, now_s: u64, per: BudgetPeriod, limit_usd: f64) -> Result<(), Refusal> {
-        if self.at(now_s, per).micro_usd < limit_micro_usd(limit_usd) {
+        let s = self.at(now_s, per);
+        let limit = limit_micro_usd(limit_usd);
+        if s.micro_usd < limit {
             Ok(())
         } else {
-            Err(Refusal::Budget { retry_after_s: period_end_s(now_s, per).saturating_sub(now_s).max(1) })
+            Err(Refusal::Budget(BudgetShort {
+                retry_after_s: period_end_s(now_s, per).saturating_sub(now_s).max(1),
+                worst_micro_usd: 0,
+                spent_micro_usd: s.micro_usd,
+                held_micro_usd: s.reserved_micro_usd,
+                limit_micro_usd: limit,
+            }))
         }
     }
 
@@ -182,12 +242,17 @@ impl Spend {
         if fits || alone {
             return Ok(Spend { reserved_micro_usd: s.reserved_micro_usd.saturating_add(worst_micro_usd), ..s });
         }
-        let in_flight_in_the_way = s.reserved_micro_usd > 0
-            && s.micro_usd < limit
-            && (worst_micro_usd > limit || s.micro_usd.saturating_add(worst_micro_usd) <= limit);
-        let retry_after_s =
-            if in_flight_in_the_way { 1 } else { period_end_s(now_s, per).saturating_sub(now_s).max(1) };
-        Err(Refusal::Budget { retry_after_s })
+        let mut short = BudgetShort {
+            retry_after_s: period_end_s(now_s, per).saturating_sub(now_s).max(1),
+            worst_micro_usd,
+            spent_micro_usd: s.micro_usd,
+            held_micro_usd: s.reserved_micro_usd,
+            limit_micro_usd: limit,
+        };
+        if short.waits_for_in_flight() {
+            short.retry_after_s = 1;
+        }
+        Err(Refusal::Budget(short))
     }
 
     /// A request ended: its reservation is given back, its real cost counts
@@ -418,6 +483,35 @@ mod tests {
         assert_eq!(TenantState::decode(b"short"), TenantState::default());
     }
 
+    /// The `Retry-After` of a budget refusal.
+    fn retry<T>(r: Result<T, Refusal>) -> Option<u64> {
+        match r {
+            Err(Refusal::Budget(b)) => Some(b.retry_after_s),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn budget_refusals_say_what_is_spent_held_and_needed() {
+        let s = Spend::default().reserve(NOON, DAY, 100.0, 88_000_000).unwrap();
+        let Err(Refusal::Budget(held)) = s.reserve(NOON, DAY, 100.0, 22_000_000) else { panic!() };
+        assert_eq!(
+            held.message("t"),
+            "Tenant `t`'s budget cannot hold this request's worst-case cost ($22.00) now: $0.00 spent and $88.00 \
+             held by requests in flight, of $100.00; retry when they end (each gives back what it did not spend)."
+        );
+        let s = s.settle(NOON, DAY, 88_000_000, 88_000_000);
+        let Err(Refusal::Budget(short)) = s.reserve(NOON, DAY, 100.0, 22_000_000) else { panic!() };
+        assert!(short.message("t").starts_with("This request's worst-case cost ($22.00) does not fit"), "{short:?}");
+        let s = s.settle(NOON, DAY, 0, 12_000_032);
+        let Err(Refusal::Budget(spent)) = s.reserve(NOON, DAY, 100.0, 1) else { panic!() };
+        assert_eq!(
+            spent.message("t"),
+            "Tenant `t` has spent its budget for this period ($100.000032 of $100.00); it renews in 43200 s."
+        );
+        assert_eq!(usd(10), "$0.00001");
+    }
+
     const DAY: BudgetPeriod = BudgetPeriod::Day;
     /// 2026-12-07T12:00:00Z
     const NOON: u64 = 1_796_644_800;
@@ -436,13 +530,13 @@ mod tests {
         }
         assert_eq!((admitted, s.micro_usd, s.reserved_micro_usd), (4, 0, 88_000_000));
         // What stands in the way ends by itself (a request in flight may cost less): retry soon.
-        assert!(refusals.iter().all(|r| *r == Refusal::Budget { retry_after_s: 1 }));
+        assert!(refusals.iter().all(|r| matches!(r, Refusal::Budget(b) if b.retry_after_s == 1)));
         // Each ends costing exactly its reservation: $88 spent, and $22 no longer fits today.
         for _ in 0..4 {
             s = s.settle(NOON + 5, DAY, 22_000_000, 22_000_000);
         }
         assert_eq!((s.micro_usd, s.reserved_micro_usd), (88_000_000, 0));
-        assert_eq!(s.reserve(NOON + 5, DAY, 100.0, 22_000_000), Err(Refusal::Budget { retry_after_s: 43_195 }));
+        assert_eq!(retry(s.reserve(NOON + 5, DAY, 100.0, 22_000_000)), Some(43_195));
         // A request of $12 or less still fits, exactly.
         assert!(s.reserve(NOON + 5, DAY, 100.0, 12_000_000).is_ok());
         assert!(s.reserve(NOON + 5, DAY, 100.0, 12_000_001).is_err());
@@ -452,7 +546,7 @@ mod tests {
     #[test]
     fn a_released_reservation_lets_the_next_request_in() {
         let s = Spend::default().reserve(NOON, DAY, 30.0, 22_000_000).unwrap();
-        assert_eq!(s.reserve(NOON, DAY, 30.0, 22_000_000), Err(Refusal::Budget { retry_after_s: 1 }));
+        assert_eq!(retry(s.reserve(NOON, DAY, 30.0, 22_000_000)), Some(1));
         // Failed, aborted or refused upstream: nothing spent, all given back.
         let s = s.settle(NOON + 1, DAY, 22_000_000, 0);
         assert_eq!(s, Spend { period: period_of(NOON, DAY), micro_usd: 0, reserved_micro_usd: 0 });
@@ -465,15 +559,15 @@ mod tests {
     fn a_request_dearer_than_the_whole_budget_runs_alone() {
         // $0.05 a day; each request's worst case ($41) exceeds it: one at a time, while under the limit.
         let s = Spend::default().reserve(NOON, DAY, 0.05, 41_000_000).unwrap();
-        assert_eq!(s.reserve(NOON, DAY, 0.05, 41_000_000), Err(Refusal::Budget { retry_after_s: 1 }));
-        assert_eq!(s.reserve(NOON, DAY, 0.05, 1), Err(Refusal::Budget { retry_after_s: 1 }));
+        assert_eq!(retry(s.reserve(NOON, DAY, 0.05, 41_000_000)), Some(1));
+        assert_eq!(retry(s.reserve(NOON, DAY, 0.05, 1)), Some(1));
         // It really cost $0.03: the next one runs (alone), and ends past the limit.
         let s = s.settle(NOON + 1, DAY, 41_000_000, 30_000);
         let s = s.reserve(NOON + 1, DAY, 0.05, 41_000_000).unwrap().settle(NOON + 2, DAY, 41_000_000, 30_000);
         assert_eq!(s.micro_usd, 60_000);
         // Spent: refused until the day turns, whatever the size.
-        assert_eq!(s.reserve(NOON + 2, DAY, 0.05, 41_000_000), Err(Refusal::Budget { retry_after_s: 43_198 }));
-        assert_eq!(s.reserve(NOON + 2, DAY, 0.05, 0), Err(Refusal::Budget { retry_after_s: 43_198 }));
+        assert_eq!(retry(s.reserve(NOON + 2, DAY, 0.05, 41_000_000)), Some(43_198));
+        assert_eq!(retry(s.reserve(NOON + 2, DAY, 0.05, 0)), Some(43_198));
     }
 
     #[test]
@@ -482,7 +576,7 @@ mod tests {
         let s = Spend::default().reserve(before_midnight, DAY, 100.0, 60_000_000).unwrap();
         // The new day starts with nothing spent, but the request in flight still holds $60.
         let tomorrow = before_midnight + 2;
-        assert_eq!(s.reserve(tomorrow, DAY, 100.0, 50_000_000), Err(Refusal::Budget { retry_after_s: 1 }));
+        assert_eq!(retry(s.reserve(tomorrow, DAY, 100.0, 50_000_000)), Some(1));
         let s = s.settle(tomorrow, DAY, 60_000_000, 10_000_000);
         assert_eq!((s.period, s.micro_usd, s.reserved_micro_usd), (period_of(tomorrow, DAY), 10_000_000, 0));
         // Old layouts and garbage read as nothing spent.
@@ -497,7 +591,7 @@ mod tests {
         let s = TenantState::default().admit(&tenant, NOON, 10, 600_000).unwrap();
         assert_eq!(s.spend.reserved_micro_usd, 600_000);
         // $1: a second $0.60 does not fit; a refusal changes nothing.
-        assert!(matches!(s.admit(&tenant, NOON, 10, 600_000), Err(Refusal::Budget { retry_after_s: 1 })));
+        assert_eq!(retry(s.admit(&tenant, NOON, 10, 600_000)), Some(1));
         let end = Settlement { budget_reserved_micro_usd: 600_000, spend_micro_usd: 250_000, ..Settlement::default() };
         let s = s.settle(&tenant, NOON + 1, &end);
         assert_eq!((s.spend.micro_usd, s.spend.reserved_micro_usd), (250_000, 0));
@@ -538,10 +632,10 @@ mod tests {
         // 2026-12-31T23:00:00Z
         let now = 1_798_758_000;
         let spend = Spend::default().add(now, BudgetPeriod::Day, 50_000_000);
-        assert_eq!(spend.check(now, BudgetPeriod::Day, 50.0), Err(Refusal::Budget { retry_after_s: 3_600 }));
+        assert_eq!(retry(spend.check(now, BudgetPeriod::Day, 50.0)), Some(3_600));
         assert!(spend.check(now + 3_600, BudgetPeriod::Day, 50.0).is_ok());
         let month = Spend::default().add(now, BudgetPeriod::Month, 10_000_000);
-        assert_eq!(month.check(now, BudgetPeriod::Month, 10.0), Err(Refusal::Budget { retry_after_s: 3_600 }));
+        assert_eq!(retry(month.check(now, BudgetPeriod::Month, 10.0)), Some(3_600));
         assert_eq!(period_end_s(1_771_891_200, BudgetPeriod::Month), 1_772_323_200); // 2026-02-24 -> 2026-03-01
         assert_eq!(Spend::decode(&month.encode()), month);
     }

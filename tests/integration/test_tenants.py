@@ -217,6 +217,7 @@ def test_budget_of_100_with_50_concurrent_requests_of_22_answers_4(mock):
         for r in answers:
             if r.status_code == 429:
                 assert r.json()["error"]["code"] == "insufficient_quota", r.text
+                assert "worst-case cost ($22.00)" in r.json()["error"]["message"], r.text
                 assert 1 <= int(r.headers["retry-after"]) <= 86400
         # $88 spent: $22 never fits again today; $12 does, exactly.
         r = post(g, b, model="gpt-4o", max_tokens=11)
