@@ -184,10 +184,9 @@ impl Spend {
 
     pub fn decode(bytes: &[u8]) -> Spend {
         let u64_at = |at: usize| bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-        match (u64_at(0), u64_at(8), u64_at(16)) {
-            (Some(period), Some(micro_usd), Some(reserved_micro_usd)) => {
-                Spend { period, micro_usd, reserved_micro_usd }
-            }
+        // The layout before reservations (16 bytes) keeps its spend across an upgrade.
+        match (u64_at(0), u64_at(8)) {
+            (Some(period), Some(micro_usd)) => Spend { period, micro_usd, reserved_micro_usd: u64_at(16).unwrap_or(0) },
             _ => Spend::default(),
         }
     }
@@ -579,8 +578,12 @@ mod tests {
         assert_eq!(retry(s.reserve(tomorrow, DAY, 100.0, 50_000_000)), Some(1));
         let s = s.settle(tomorrow, DAY, 60_000_000, 10_000_000);
         assert_eq!((s.period, s.micro_usd, s.reserved_micro_usd), (period_of(tomorrow, DAY), 10_000_000, 0));
-        // Old layouts and garbage read as nothing spent.
-        assert_eq!(Spend::decode(&[1; 16]), Spend::default());
+        // The layout before reservations keeps its spend; garbage reads as nothing spent.
+        let old = [7u64.to_le_bytes(), 5_000u64.to_le_bytes()].concat();
+        assert_eq!(Spend::decode(&old), Spend { period: 7, micro_usd: 5_000, reserved_micro_usd: 0 });
+        assert_eq!(Spend::decode(&[1; 9]), Spend::default());
+        let old_state = [&[0u8; 24][..], &old].concat();
+        assert_eq!(TenantState::decode(&old_state).spend.micro_usd, 5_000);
         assert_eq!(limit_micro_usd(f64::NAN), 0);
         assert_eq!(limit_micro_usd(100.0), 100_000_000);
     }
