@@ -433,7 +433,7 @@ impl Filter {
         let budget = match &tenant.budget {
             Some(_) => {
                 let prompt = u64::from(parsed.content().prompt_tokens).max(prompt_estimate);
-                Reservation::for_plan(&rt.config, plan, prompt, parsed.max_output_tokens)
+                tenant_store::budget_reservation(&rt.config, plan, prompt, parsed.max_output_tokens)
             }
             None => Reservation::default(),
         };
@@ -1469,7 +1469,7 @@ impl Filter {
         let served = self.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
         if let (Some(served), Some(_)) = (served, &tenant.budget) {
             let member = rt.config.member(served.at());
-            end.spend_micro_usd = member.map_or(0, |m| admission.budget.spent_on(m, usage));
+            end.spend_micro_usd = member.map_or(0, |m| tenant_store::spent_on(&admission.budget, m, usage));
         }
         if end != Settlement::default() {
             tenant_store::settle(tenant, now_s, &end);
