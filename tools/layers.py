@@ -4,7 +4,9 @@ import from a lower layer to a higher one, per the layer list in
 docs/architecture.md (the lines between the `layers:begin` and `layers:end`
 markers). Edges are the `use crate::`/`use super::` imports and the inline
 `crate::`/`super::` paths of each file, test modules left out; a parent's
-imports of its own submodules are its structure, not a dependency."""
+imports of its own submodules are its structure, not a dependency. The
+`learned` crate is checked for circles too. Run by `make lint`; `-v` prints
+the edges."""
 import pathlib
 import re
 import sys
@@ -14,21 +16,28 @@ SRC = ROOT / "src"
 ARCH = ROOT / "docs" / "architecture.md"
 
 
-def module_of(path):
+def module_of(path, src):
     """src/api/tokens.rs -> ('api', 'tokens'); src/api/mod.rs -> ('api',)."""
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    parts = list(path.relative_to(src).with_suffix("").parts)
     if parts[-1] in ("mod", "lib"):
         parts.pop()
     return tuple(parts)
 
 
+# Comments, raw strings (ending at `"` and as many `#`), strings, char literals.
+LEXEMES = re.compile(
+    r"//[^\n]*|/\*.*?\*/"
+    r'|(?<![A-Za-z0-9_])b?r(#+)".*?"\1|(?<![A-Za-z0-9_])b?r"[^"]*"'
+    r'|"(?:\\.|[^"\\])*"'
+    r"|'(?:\\.|[^'\\])'",
+    re.S,
+)
+
+
 def strip(text):
     """The file without comments, string literals and `#[cfg(test)]` items."""
-    text = re.sub(r"//[^\n]*", "", text)
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r'r#*"(?:.|\n)*?"#*', '""', text)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
-    text = re.sub(r"'(?:\\.|[^'\\])'", "' '", text)
+    # One pass, left to right, so that `//` in a string or `"` in a comment is read as what it is in.
+    text = re.sub(LEXEMES, lambda m: "" if m.group(0).startswith("/") else '""', text)
     out, i = [], 0
     for m in re.finditer(r"#\[cfg\(test\)\]", text):
         if m.start() < i:
@@ -92,7 +101,7 @@ def inline_paths(text):
 
 
 def resolve(path, here, modules):
-    """The module a `crate::`/`super::` path lands in, or None when outside src/."""
+    """The module a `crate::`/`super::`/`self::` path lands in (`()`: the crate root), or None for other crates."""
     segs = path.split("::")
     if segs[0] == "crate":
         base, segs = (), segs[1:]
@@ -119,8 +128,10 @@ def layers():
     if not m:
         sys.exit(f"{ARCH}: no layers:begin/layers:end block")
     order = {}
-    for n, line in enumerate(l for l in m.group(1).splitlines() if l.strip().startswith(("-", "*", "1", "2", "3", "4", "5", "6", "7", "8", "9"))):
-        for name in re.findall(r"`([a-z_:]+)`", line):
+    # One layer a line: `1. `a`, `b`: what they are`, names before the first colon.
+    for n, line in enumerate(l for l in m.group(1).splitlines() if re.match(r"\s*\d+\.", l)):
+        head = re.sub(r"^\s*\d+\.", "", line).split(": ", 1)[0]
+        for name in re.findall(r"`([a-z_:]+)`", head):
             order[tuple(name.split("::"))] = n
     return order
 
@@ -132,38 +143,29 @@ def layer_of(mod, order):
     return None, None
 
 
-def main():
-    files = sorted(SRC.rglob("*.rs"))
-    files = [f for f in files if "bin" not in f.relative_to(SRC).parts]
+def graph(src):
+    """The modules of the crate at `src` (test modules left out) and their import edges."""
+    files = [f for f in sorted(src.rglob("*.rs")) if "bin" not in f.relative_to(src).parts]
     # Files that are test modules (`#[cfg(test)] mod x;` in their parent).
     tests = set()
     for f in files:
         for m in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+([a-z_0-9]+)\s*;", f.read_text()):
-            tests.add(module_of(f) + (m.group(1),))
-    files = [f for f in files if module_of(f) not in tests]
-    modules = {module_of(f): f for f in files}
+            tests.add(module_of(f, src) + (m.group(1),))
+    modules = {module_of(f, src): f for f in files if module_of(f, src) not in tests}
     edges = {}
     for mod, f in modules.items():
         text = strip(f.read_text())
         for p in use_paths(text) + inline_paths(text):
             to = resolve(p, mod, modules)
-            if to is None or to == mod or to[: len(mod)] == mod:
-                continue  # itself, or one of its own submodules
-            if mod[: len(to)] == to and not to:
-                continue  # the crate root
+            # Outside the crate, the crate root, itself, or one of its own submodules.
+            if not to or to[: len(mod)] == mod:
+                continue
             edges.setdefault(mod, {}).setdefault(to, p)
-    order = layers()
-    problems = []
-    for a, outs in sorted(edges.items()):
-        la, ka = layer_of(a, order)
-        if la is None:
-            problems.append(f"{'::'.join(a)}: in no layer of docs/architecture.md")
-            continue
-        for b, p in sorted(outs.items()):
-            lb, kb = layer_of(b, order)
-            if lb is not None and lb > la:
-                problems.append(f"upward: {'::'.join(a)} (layer of `{'::'.join(ka)}`) uses `{p}` (layer of `{'::'.join(kb)}`)")
-    # Circles: strongly connected components of the module graph.
+    return modules, edges
+
+
+def circles(modules, edges):
+    """Strongly connected components of more than one module."""
     index, low, stack, on, sccs, n = {}, {}, [], set(), [], [0]
 
     def visit(v):
@@ -192,23 +194,51 @@ def main():
     for v in sorted(modules):
         if v not in index:
             visit(v)
-    for comp in sccs:
-        names = sorted("::".join(c) for c in comp)
+    return sccs
+
+
+def check(crate, src, order):
+    """Problems of one crate: circles, and with a layer `order` upward imports."""
+    modules, edges = graph(src)
+
+    def name(m):
+        return "::".join((crate,) + m)
+
+    problems = []
+    for a in sorted(modules) if order is not None else []:
+        la, ka = layer_of(a, order)
+        if la is None:
+            if a:
+                problems.append(f"{name(a)}: in no layer of docs/architecture.md")
+            continue
+        for b, p in sorted(edges.get(a, {}).items()):
+            lb, kb = layer_of(b, order)
+            if lb is not None and lb > la:
+                problems.append(f"upward: {name(a)} (layer of `{'::'.join(ka)}`) uses `{p}` (layer of `{'::'.join(kb)}`)")
+    for comp in circles(modules, edges):
         detail = "; ".join(
-            f"{'::'.join(a)} -> {'::'.join(b)} (`{p}`)"
-            for a in sorted(comp)
-            for b, p in sorted(edges.get(a, {}).items())
-            if b in comp
+            f"{name(a)} -> {name(b)} (`{p}`)" for a in sorted(comp) for b, p in sorted(edges.get(a, {}).items()) if b in comp
         )
-        problems.append(f"circle: {', '.join(names)}: {detail}")
+        problems.append(f"circle: {', '.join(sorted(name(c) for c in comp))}: {detail}")
     if "-v" in sys.argv:
         for a, outs in sorted(edges.items()):
-            print("::".join(a) or "crate", "->", ", ".join(sorted("::".join(b) for b in outs)))
+            print(name(a), "->", ", ".join(sorted(name(b) for b in outs)))
+    return modules, edges, problems
+
+
+def main():
+    problems, counts = [], []
+    # The filter by the layers of docs/architecture.md; the learned crate (below
+    # all of them, depending on nothing of the filter's) for circles.
+    for crate, src, order in (("crate", SRC, layers()), ("learned", ROOT / "learned" / "src", None)):
+        modules, edges, found = check(crate, src, order)
+        problems += found
+        counts.append(f"{crate}: {len(modules)} modules, {sum(len(o) for o in edges.values())} edges")
     for p in problems:
         print(p)
     if problems:
         sys.exit(1)
-    print(f"layers: {len(modules)} modules, {sum(len(o) for o in edges.values())} edges, no circle, nothing upward")
+    print(f"layers: {'; '.join(counts)}; no circle, nothing upward")
 
 
 if __name__ == "__main__":

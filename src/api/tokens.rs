@@ -11,7 +11,25 @@
 //! (`\n`, `\"`, `\u00e9`) count as the character they stand for, so no
 //! decoded copy is made.
 
-use crate::text::{for_first_unit, PhraseScan, Unit, WordSpan};
+use crate::text::{for_first_unit, PhraseScan, PhraseSet, Unit, WordSpan};
+
+impl PhraseSet {
+    /// Which phrases occur as whole words in the texts (JSON string bodies), as
+    /// bits: bit `i % 64` of `found[i / 64]`, with `found` at least `len().div_ceil(64)` long.
+    /// Phrases match consecutive words whatever separates them. Here rather than
+    /// in `text`: words are split where the token estimate splits runs, one word
+    /// reader for both, and `text` stays below the estimate.
+    pub fn find<'t>(&self, texts: impl Iterator<Item = &'t str>, found: &mut [u64]) {
+        if self.is_wordless() {
+            return;
+        }
+        let mut scan = PhraseScan::new(self, found);
+        let mut counter = TokenCounter::new();
+        for text in texts {
+            counter.add_json_string_scanning(text, &mut scan);
+        }
+    }
+}
 
 /// Tokens charged per image part, whatever its size: a 512x512 tile at OpenAI's
 /// high detail (85 base + 170 per tile); larger images cost more upstream.
