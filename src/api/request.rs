@@ -266,8 +266,14 @@ impl<'a> ParsedRequest<'a> {
                     payload = Some(*value);
                 }
                 // Size, capability and metadata hints: read leniently, the model judges their validity.
-                "max_completion_tokens" => max_completion_tokens = token_count(value),
-                "max_tokens" => max_tokens = token_count(value),
+                // Token limits are exact: they size a tenant's reservation (a 400, never a default).
+                "max_completion_tokens" => {
+                    max_completion_tokens = token_limit("max_completion_tokens", value.get())
+                        .map_err(|e| e.to_api_error("max_completion_tokens"))?
+                }
+                "max_tokens" => {
+                    max_tokens = token_limit("max_tokens", value.get()).map_err(|e| e.to_api_error("max_tokens"))?
+                }
                 "tools" | "functions" if !matches!(value.get(), "null" | "[]") => tools = Some(*value),
                 "response_format" => {
                     json_schema = serde_json::from_str::<ResponseFormat<'_>>(value.get())
@@ -459,13 +465,77 @@ fn span_in(text: &str, value: &RawValue) -> Option<Range<usize>> {
     (end <= text.len()).then_some(start..end)
 }
 
-/// A non-negative JSON integer (a plain digit run), saturated to `u32`.
-fn token_count(value: &RawValue) -> Option<u32> {
-    let digits = value.get();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// Why a token limit (`max_tokens`, `max_completion_tokens`, a door's
+/// `max_output_tokens`) was refused: `invalid_type` (not an integer: a string,
+/// `1.5`, `1e3`, `1e400`) or `invalid_value` (an integer below 1 or above
+/// `u32::MAX`), with OpenAI's wording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadTokenLimit {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl BadTokenLimit {
+    pub fn to_api_error(&self, field: &'static str) -> ApiError {
+        ApiError::invalid_request(self.code, self.message.clone()).with_param(field)
     }
-    Some(digits.parse::<u64>().map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+}
+
+/// A token limit from its raw JSON text: `Ok(None)` for `null`, else an
+/// integer in `1..=u32::MAX`, read exactly (no saturation, no default).
+pub fn token_limit(field: &str, raw: &str) -> Result<Option<u32>, BadTokenLimit> {
+    let raw = raw.trim();
+    let shown = if raw.len() <= 24 { raw.to_string() } else { format!("a {}-character number", raw.len()) };
+    let got = match raw.as_bytes().first() {
+        _ if raw == "null" => return Ok(None),
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        Some(b'-' | b'0'..=b'9') => {
+            let (negative, digits) = match raw.strip_prefix('-') {
+                Some(d) => (true, d),
+                None => (false, raw),
+            };
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                "a decimal number"
+            } else if negative || digits.bytes().all(|b| b == b'0') {
+                return Err(BadTokenLimit {
+                    code: "invalid_value",
+                    message: format!(
+                        "Invalid '{field}': integer below minimum value. Expected a value >= 1, but got {shown} instead."
+                    ),
+                });
+            } else {
+                return match digits.parse::<u32>() {
+                    Ok(n) => Ok(Some(n)),
+                    Err(_) => Err(BadTokenLimit {
+                        code: "invalid_value",
+                        message: format!(
+                            "Invalid '{field}': integer above maximum value. Expected a value <= {}, but got {shown} instead.",
+                            u32::MAX
+                        ),
+                    }),
+                };
+            }
+        }
+        _ => "an unknown value",
+    };
+    Err(BadTokenLimit {
+        code: "invalid_type",
+        message: format!("Invalid type for '{field}': expected an integer, but got {got} instead."),
+    })
+}
+
+/// The first of `fields` at the top level of `body` whose token limit is
+/// invalid, with why: for the doors, whose own parse cannot tell `2^70` from
+/// `1.5` or read `1e400` at all. `None` when they are fine or the body is no object.
+pub fn bad_token_limit<'f>(body: &[u8], fields: &[&'f str]) -> Option<(&'f str, BadTokenLimit)> {
+    let TopLevel(top) = serde_json::from_slice::<TopLevel<'_>>(body).ok()?;
+    top.iter().find_map(|(key, value)| {
+        let field = *fields.iter().find(|f| **f == key.as_ref())?;
+        token_limit(field, value.get()).err().map(|e| (field, e))
+    })
 }
 
 fn string_entries<'a>(value: &'a RawValue) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
@@ -804,9 +874,40 @@ mod tests {
         assert!(!req.has_tools, "an empty tool list needs no tool support");
         assert!(!req.json_schema);
         assert!(req.metadata.is_empty());
-        let req = parse(r#"{"model":"m","messages":[],"functions":[{"name":"f"}],"max_tokens":"lots"}"#).unwrap();
+        let req = parse(r#"{"model":"m","messages":[],"functions":[{"name":"f"}],"max_tokens":null}"#).unwrap();
         assert!(req.has_tools);
         assert_eq!(req.max_output_tokens, None);
+    }
+
+    #[test]
+    fn token_limits_are_exact_or_a_400_naming_the_field() {
+        let cases = [
+            ("\"10\"", "invalid_type"),
+            ("1.5", "invalid_type"),
+            ("1e400", "invalid_type"),
+            ("1e3", "invalid_type"),
+            ("true", "invalid_type"),
+            ("[1]", "invalid_type"),
+            ("-5", "invalid_value"),
+            ("0", "invalid_value"),
+            ("1180591620717411303424", "invalid_value"),
+            ("4294967296", "invalid_value"),
+        ];
+        for field in ["max_tokens", "max_completion_tokens"] {
+            for (raw, code) in cases {
+                let body = format!(r#"{{"model":"m","messages":[],"{field}":{raw}}}"#);
+                let e = parse(&body).unwrap_err();
+                assert_eq!((e.status, e.code, e.param), (400, code, Some(field)), "{body}: {}", e.message);
+            }
+        }
+        let ok = parse(r#"{"model":"m","messages":[],"max_tokens":4294967295}"#).unwrap();
+        assert_eq!(ok.max_output_tokens, Some(u32::MAX));
+        assert_eq!(token_limit("max_tokens", "1000000"), Ok(Some(1_000_000)));
+        let long = token_limit("max_tokens", &"9".repeat(400)).unwrap_err();
+        assert!(long.message.contains("400-character"), "{}", long.message);
+        let bad = bad_token_limit(br#"{"a":1,"max_output_tokens":1e400}"#, &["max_output_tokens"]);
+        assert_eq!(bad.map(|(f, e)| (f, e.code)), Some(("max_output_tokens", "invalid_type")));
+        assert_eq!(bad_token_limit(br#"{"max_output_tokens":5}"#, &["max_output_tokens"]), None);
     }
 
     #[test]

@@ -23,15 +23,16 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
     let req = parse_object(body)?;
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model_of(&req)?.to_string()));
+    // Before the messages: a request only native members serve still needs a valid one.
+    let max_tokens = match req.get("max_tokens") {
+        Some(v @ Value::Number(n)) if n.as_u64().is_some_and(|n| (1..=u64::from(u32::MAX)).contains(&n)) => v.clone(),
+        None | Some(Value::Null) => return Err(DoorError::invalid("max_tokens", "Field required")),
+        // `Door::to_chat` says precisely why.
+        Some(_) => return Err(DoorError::invalid("max_tokens", "must be an integer >= 1")),
+    };
     let messages = chat_messages(&req)?;
     out.insert("messages".into(), Value::Array(messages));
-    match req.get("max_tokens") {
-        Some(v @ Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
-            out.insert("max_tokens".into(), v.clone());
-        }
-        None | Some(Value::Null) => return Err(DoorError::invalid("max_tokens", "Field required")),
-        Some(_) => return Err(DoorError::invalid("max_tokens", "must be an integer >= 1")),
-    }
+    out.insert("max_tokens".into(), max_tokens);
     copy_number(&req, "temperature", &mut out, "temperature")?;
     copy_number(&req, "top_p", &mut out, "top_p")?;
     match req.get("stop_sequences") {

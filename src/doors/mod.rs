@@ -70,7 +70,32 @@ impl Door {
             Ok(chat) => Ok(Some(Routed { chat, native_only: None })),
             // What the translation cannot express, the door's native kinds serve as it is.
             Err(e) if e.code == UNSUPPORTED => Ok(Some(Routed { chat: routing_stand_in(body), native_only: Some(e) })),
-            Err(e) => Err(e),
+            Err(e) => Err(self.precise_token_limit_error(body, e)),
+        }
+    }
+
+    /// The door's own token limit field (it sizes a tenant's reservation).
+    fn token_limit_field(self) -> Option<&'static str> {
+        match self {
+            Door::Messages => Some("max_tokens"),
+            Door::Responses => Some("max_output_tokens"),
+            Door::Chat | Door::CountTokens => None,
+        }
+    }
+
+    /// A refused token limit (or a body the JSON parser refused, e.g. for
+    /// `1e400`) said precisely: `invalid_type` or `invalid_value`, naming the
+    /// field. Read from the raw body, on this error path only.
+    fn precise_token_limit_error(self, body: &[u8], e: DoorError) -> DoorError {
+        let Some(field) = self.token_limit_field() else { return e };
+        if e.param.as_deref() != Some(field) && e.code != "invalid_json" {
+            return e;
+        }
+        match crate::api::request::bad_token_limit(body, &[field]) {
+            Some((field, bad)) => {
+                DoorError { code: bad.code, message: format!("{field}: {}", bad.message), param: Some(field.into()) }
+            }
+            None => e,
         }
     }
 
@@ -564,6 +589,52 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn bad_token_limits_are_a_400_naming_the_field_in_each_door() {
+        let cases = [
+            ("1180591620717411303424", "invalid_value"),
+            ("\"10\"", "invalid_type"),
+            ("-5", "invalid_value"),
+            ("1.5", "invalid_type"),
+            ("1e400", "invalid_type"),
+            ("4294967296", "invalid_value"),
+        ];
+        let messages = r#"[{"role":"user","content":"hi"}]"#;
+        for (door, field, rest) in [
+            (Door::Messages, "max_tokens", format!(r#""messages":{messages}"#)),
+            (Door::Responses, "max_output_tokens", r#""input":"hi""#.to_string()),
+            // A feature only native members serve does not skip the check.
+            (Door::Responses, "max_output_tokens", r#""input":"hi","previous_response_id":"r1""#.to_string()),
+            (
+                Door::Messages,
+                "max_tokens",
+                format!(r#""messages":{messages},"tools":[{{"type":"web_search_20250305","name":"web_search"}}]"#),
+            ),
+        ] {
+            for (raw, code) in cases {
+                let body = format!(r#"{{"model":"m",{rest},"{field}":{raw}}}"#);
+                let e = door.to_chat(body.as_bytes()).unwrap_err();
+                assert_eq!((e.code, e.param.as_deref()), (code, Some(field)), "{body}: {}", e.message);
+                assert!(e.message.starts_with(field), "{}", e.message);
+                let shape: Value = serde_json::from_slice(&door.refusal_body(&e)).unwrap();
+                match door {
+                    Door::Responses => {
+                        assert_eq!(
+                            (shape["error"]["param"].as_str(), shape["error"]["code"].as_str()),
+                            (Some(field), Some(code))
+                        )
+                    }
+                    _ => assert_eq!(shape["error"]["type"], "invalid_request_error"),
+                }
+            }
+            let fine = format!(r#"{{"model":"m",{rest},"{field}":4294967295}}"#);
+            assert!(door.to_chat(fine.as_bytes()).is_ok(), "{fine}");
+        }
+        // Other unreadable bodies stay what they were.
+        let e = Door::Responses.to_chat(br#"{"model":"m","input":"hi","temperature":1e400}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+    }
 
     #[test]
     fn decoder_joins_events_split_across_chunks_and_crlf() {

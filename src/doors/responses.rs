@@ -76,6 +76,15 @@ fn builtin_tool_name(kind: &str) -> &'static str {
 /// Responses request -> OpenAI Chat Completions body (the `model` is kept as is).
 pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
     let req = parse_object(body)?;
+    // Before the stateful features: a request only native members serve still needs a valid one.
+    let max_output_tokens = match req.get("max_output_tokens") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Number(n)) if n.as_u64().is_some_and(|n| (1..=u64::from(u32::MAX)).contains(&n)) => {
+            Some(v.clone())
+        }
+        // `Door::to_chat` says precisely why.
+        Some(_) => return Err(DoorError::invalid("max_output_tokens", "must be an integer >= 1")),
+    };
     if let Some((feature, param)) = stateful_feature(&req) {
         return Err(DoorError::unsupported(
             param,
@@ -105,12 +114,8 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
         Some(_) => return Err(DoorError::invalid("input", "must be a string or an array of items")),
     }
     out.insert("messages".into(), Value::Array(messages));
-    match req.get("max_output_tokens") {
-        None | Some(Value::Null) => {}
-        Some(v @ Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
-            out.insert("max_completion_tokens".into(), v.clone());
-        }
-        Some(_) => return Err(DoorError::invalid("max_output_tokens", "must be an integer >= 1")),
+    if let Some(v) = max_output_tokens {
+        out.insert("max_completion_tokens".into(), v);
     }
     copy_number(&req, "temperature", &mut out, "temperature")?;
     copy_number(&req, "top_p", &mut out, "top_p")?;

@@ -36,6 +36,7 @@ use crate::routing::router::HeaderLookup;
 use crate::routing::stats::latency_sample;
 use crate::routing::{exhausted, redirect, NativeOnly, Plan, RouteInput};
 use crate::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
+use crate::tenant::reserve::Reservation;
 use crate::tenant::{authenticate, presented_key};
 
 use super::learned_store::{self, Decided, Feedback, Scorer};
@@ -148,8 +149,9 @@ struct Admission {
     parallel_held: bool,
     /// Tokens reserved (prompt estimate + expected output), in the window starting at `window_start_s`.
     reserved: u64,
-    reserved_output: u64,
     window_start_s: u64,
+    /// The worst-case cost held against the budget (see `tenant::reserve`).
+    budget: Reservation,
     rate_headers: Vec<(&'static str, String)>,
 }
 
@@ -365,7 +367,7 @@ impl Filter {
             if let Some(decided) = &self.learned {
                 learned_store::remember(&self.request_id, decided, now);
             }
-            if let Err(e) = self.admit_tenant(rt, &parsed, client_len, now) {
+            if let Err(e) = self.admit_tenant(rt, &parsed, &plan, client_len, now) {
                 return self.answer_error(&e);
             }
             if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
@@ -404,11 +406,13 @@ impl Filter {
 
     /// The calling tenant may use what it asked for, within its limits:
     /// budget, then requests in flight, then this minute's requests and
-    /// tokens (reserved now, corrected with the real usage at the end).
+    /// tokens (reserved now, corrected with the real usage at the end). The
+    /// budget holds the worst case on the dearest member `plan` may try.
     fn admit_tenant(
         &mut self,
         rt: &Runtime,
         parsed: &ParsedRequest<'_>,
+        plan: &Plan,
         body_len: usize,
         now: u64,
     ) -> Result<(), ApiError> {
@@ -428,10 +432,19 @@ impl Filter {
         };
         let (prompt_estimate, expected_output) = expected_tokens(parsed, body_len);
         let reserve = prompt_estimate.saturating_add(expected_output);
-        admission.reserved_output = expected_output;
-        match tenant_store::admit(tenant, now_s, reserve) {
+        let budget = match &tenant.budget {
+            Some(_) => {
+                let prompt = u64::from(parsed.content().prompt_tokens).max(prompt_estimate);
+                tenant_store::budget_reservation(&rt.config, plan, prompt, parsed.max_output_tokens)
+            }
+            None => Reservation::default(),
+        };
+        // Nothing held when the store could not be written (fails open).
+        admission.budget = Reservation { micro_usd: 0, ..budget };
+        match tenant_store::admit(tenant, now_s, reserve, budget.micro_usd) {
             Ok(state) => {
                 if let Some(state) = state {
+                    admission.budget = budget;
                     admission.parallel_held = tenant.max_parallel.is_some();
                     admission.reserved = reserve;
                     admission.window_start_s = state.window.start_s;
@@ -804,9 +817,7 @@ impl Filter {
 /// `max_tokens`), else `DEFAULT_EXPECTED_OUTPUT`.
 fn expected_tokens(parsed: &ParsedRequest<'_>, body_len: usize) -> (u64, u64) {
     const DEFAULT_EXPECTED_OUTPUT: u64 = 1024;
-    let requested = ["max_completion_tokens", "max_tokens"]
-        .into_iter()
-        .find_map(|f| parsed.field(f).and_then(|v| v.get().parse::<u64>().ok()));
+    let requested = parsed.max_output_tokens.map(u64::from);
     (body_len as u64 / 4, requested.unwrap_or(DEFAULT_EXPECTED_OUTPUT))
 }
 
@@ -834,12 +845,9 @@ fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
             ),
         )
         .with_retry_after(1),
-        Refusal::Budget { retry_after_s } => ApiError::new(
-            429,
-            "insufficient_quota",
-            format!("Tenant `{name}` has spent its budget for this period; it renews in {retry_after_s} s."),
-        )
-        .with_retry_after(retry_after_s),
+        Refusal::Budget(short) => {
+            ApiError::new(429, "insufficient_quota", short.message(name)).with_retry_after(short.retry_after_s)
+        }
     }
 }
 
@@ -1441,7 +1449,11 @@ impl Filter {
     fn release_tenant(&mut self, rt: &Runtime, ended_ms: u64) {
         let Some(admission) = self.tenant.take() else { return };
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
-        let mut end = Settlement { parallel_held: admission.parallel_held, ..Settlement::default() };
+        let mut end = Settlement {
+            parallel_held: admission.parallel_held,
+            budget_reserved_micro_usd: admission.budget.micro_usd,
+            ..Settlement::default()
+        };
         let now_s = ended_ms / 1000;
         let usage = self.answer_usage();
         if tenant.tpm.is_some() || tenant.budget.is_some() {
@@ -1458,11 +1470,11 @@ impl Filter {
                 ),
             }
         }
-        // Spend: the serving member's prices times the real usage, else the estimate.
+        // Spend: the serving member's prices times the real usage, else its worst case there.
         let served = self.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
         if let (Some(served), Some(_)) = (served, &tenant.budget) {
-            let estimate = (admission.reserved.saturating_sub(admission.reserved_output), admission.reserved_output);
-            end.spend_micro_usd = observe::member_cost(rt, served.at(), usage.unwrap_or(estimate)).unwrap_or(0);
+            let member = rt.config.member(served.at());
+            end.spend_micro_usd = member.map_or(0, |m| tenant_store::spent_on(&admission.budget, m, usage));
         }
         if end != Settlement::default() {
             tenant_store::settle(tenant, now_s, &end);

@@ -2,7 +2,10 @@
 //! worker of the Envoy process counts against the same numbers. Per Envoy
 //! instance and in memory: a restart starts from zero.
 
+use crate::config::{Config, Member};
+use crate::routing::Plan;
 use crate::tenant::limits::{Refusal, Settlement, TenantState};
+use crate::tenant::reserve::{Prices, Reservation};
 use crate::tenant::Tenant;
 
 use super::abi;
@@ -46,11 +49,12 @@ fn state_key(tenant: &Tenant) -> String {
     format!("switchboard.tenant.{}", tenant.name)
 }
 
-/// Admits one request reserving `tokens` against every limit at once. Returns
-/// the state after admission (for the rate-limit headers), if stored.
-pub fn admit(tenant: &Tenant, now_s: u64, tokens: u64) -> Result<Option<TenantState>, Refusal> {
+/// Admits one request reserving `tokens` and `worst_micro_usd` of the budget
+/// against every limit at once. Returns the state after admission (for the
+/// rate-limit headers), if stored.
+pub fn admit(tenant: &Tenant, now_s: u64, tokens: u64, worst_micro_usd: u64) -> Result<Option<TenantState>, Refusal> {
     update(&state_key(tenant), TenantState::decode, |state| {
-        let next = state.admit(tenant, now_s, tokens)?;
+        let next = state.admit(tenant, now_s, tokens, worst_micro_usd)?;
         Ok((next, next.encode().to_vec()))
     })
 }
@@ -61,4 +65,23 @@ pub fn settle(tenant: &Tenant, now_s: u64, end: &Settlement) {
         let next = state.settle(tenant, now_s, end);
         Ok((next, next.encode().to_vec()))
     });
+}
+
+fn prices(m: &Member) -> Prices {
+    Prices {
+        input_per_mtok: m.input_cost_per_mtok,
+        output_per_mtok: m.output_cost_per_mtok,
+        max_output_tokens: m.max_output_tokens,
+    }
+}
+
+/// What a request `plan` routes holds against its tenant's budget: the
+/// dearest worst case among the members it may try (see `tenant::reserve`).
+pub fn budget_reservation(config: &Config, plan: &Plan, prompt_tokens: u64, requested: Option<u32>) -> Reservation {
+    Reservation::dearest(plan.members_it_may_try(config).map(prices), prompt_tokens, requested)
+}
+
+/// What the request cost on `member`, the member that answered.
+pub fn spent_on(reservation: &Reservation, member: &Member, usage: Option<(u64, u64)>) -> u64 {
+    reservation.spent_on(prices(member), usage)
 }

@@ -241,6 +241,14 @@ impl Plan {
         &self.pools
     }
 
+    /// Every member this plan may try, in any stage: those fit for the
+    /// request, health aside (it can change before a failover). What a
+    /// tenant's budget reserves for (the dearest of them).
+    pub fn members_it_may_try<'c>(&'c self, config: &'c Config) -> impl Iterator<Item = &'c Member> + 'c {
+        let pools = self.pools.iter().filter_map(|&p| config.pool_at(p));
+        pools.flat_map(move |pool| pool.members.iter().filter(move |m| filter::check(m, pool, &self.needs).is_ok()))
+    }
+
     /// `(router, rule)` names for answer headers (`x-switchboard-router`,
     /// `x-switchboard-rule`) when the request named a router.
     pub fn router_headers<'c>(&self, config: &'c Config) -> Option<(&'c str, &'c str)> {

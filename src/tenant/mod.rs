@@ -4,6 +4,7 @@
 //! Then: what it may use (`allow`) and its limits (`limits`). No proxy-wasm calls.
 
 pub mod limits;
+pub mod reserve;
 
 use sha2::{Digest, Sha256};
 

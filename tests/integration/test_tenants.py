@@ -180,3 +180,129 @@ def test_spent_budget_is_refused_with_insufficient_quota(mock):
         assert post(g, {"x-api-key": KEY_A}, model="gpt-4o").status_code == 200
     finally:
         g.stop()
+
+
+# Budgets hold on one proxy: each request reserves its worst-case cost before it goes upstream.
+# Members priced $2 an output token (input free); the mock's usage is one completion token per
+# word of its reply, so a reply of n words costs $2n.
+def budget_config(limit):
+    cfg = tenant_config(budget_usd={"per": "day", "limit": limit})
+    for m in cfg["pools"]["gpt4o_16k"]["members"]:
+        m.update(input_cost_per_mtok=0, output_cost_per_mtok=2_000_000)
+    return cfg
+
+
+def reply(mock, words, **fault):
+    for name in ("alpha", "beta"):
+        mock.faults(name, reply=" ".join(["word"] * words), **fault)
+
+
+def test_budget_of_100_with_50_concurrent_requests_of_22_answers_4(mock):
+    g = Gateway(budget_config(100), clusters_for(mock), KEYS)
+    try:
+        reply(mock, 11, latency_ms=300)  # $22 each, and max_tokens 11 reserves exactly $22
+        b = {"authorization": f"Bearer {KEY_B}"}
+
+        def one(_):
+            with httpx.Client(timeout=10) as c:
+                return c.post(g.base + "/v1/chat/completions", json=chat("gpt-4o", max_tokens=11), headers=b)
+
+        with ThreadPoolExecutor(50) as ex:
+            answers = list(ex.map(one, range(50)))
+        statuses = [r.status_code for r in answers]
+        # $88 reserved by 4 in flight: a 5th would hold $110. Before, all 50 went upstream ($1,100).
+        assert statuses.count(200) == 4 and statuses.count(429) == 46, statuses
+        assert mock.count("alpha") + mock.count("beta") == 4
+        assert all(r.json()["usage"]["completion_tokens"] == 11 for r in answers if r.status_code == 200)
+        for r in answers:
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "insufficient_quota", r.text
+                assert "worst-case cost ($22.00)" in r.json()["error"]["message"], r.text
+                assert 1 <= int(r.headers["retry-after"]) <= 86400
+        # $88 spent: $22 never fits again today; $12 does, exactly.
+        r = post(g, b, model="gpt-4o", max_tokens=11)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 1, r.text
+        reply(mock, 6)
+        assert post(g, b, model="gpt-4o", max_tokens=6).status_code == 200
+        r = post(g, b, model="gpt-4o", max_tokens=1)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+    finally:
+        g.stop()
+
+
+def test_a_released_reservation_lets_the_next_request_in(mock):
+    # $40: one request reserving $22 fits, two do not. Each answer really costs $2.
+    cfg = budget_config(40)
+    # An Anthropic member: a request it cannot take is refused by the gateway after admission.
+    cfg["providers"]["claude"] = {"kind": "anthropic", "cluster": "gamma", "host": "api.anthropic.example",
+                                  "api_key_env": "GAMMA_KEY"}
+    cfg["pools"]["claude_pool"] = {"members": [{"provider": "claude", "model": "claude-x", "input_cost_per_mtok": 0,
+                                                "output_cost_per_mtok": 2_000_000}]}
+    cfg["tenants"]["team-b"]["allow"].append("claude_pool")
+    g = Gateway(cfg, clusters_for(mock), KEYS)
+    try:
+        b = {"authorization": f"Bearer {KEY_B}"}
+        ask = lambda **kw: post(g, b, model="gpt-4o", max_tokens=11, **kw)
+        reply(mock, 1, latency_ms=1000)
+        with ThreadPoolExecutor(1) as ex:
+            first = ex.submit(ask)
+            time.sleep(0.4)
+            held = ask()
+            # Held by the request in flight, not spent: worth retrying soon.
+            assert held.status_code == 429 and held.headers["retry-after"] == "1", held.text
+            assert first.result().status_code == 200
+        reply(mock, 1)
+        assert ask().status_code == 200  # $2 spent: room again
+        # A failed request gives its reservation back and spends nothing.
+        for name in ("alpha", "beta"):
+            mock.faults(name, status=500)
+        assert ask().status_code >= 500
+        reply(mock, 1)
+        assert ask().status_code == 200
+        # And one the gateway itself refused after admitting it (here: translating it for Anthropic).
+        local = post(g, b, model="claude_pool", max_tokens=11, temperature="hot")
+        assert local.status_code == 400 and local.json()["error"]["param"] == "temperature", local.text
+        assert mock.count("gamma") == 0
+        assert ask().status_code == 200
+        # So does a request whose client left.
+        reply(mock, 1, latency_ms=3000)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(g.base + "/v1/chat/completions", json=chat("gpt-4o", max_tokens=11), headers=b, timeout=0.3)
+        time.sleep(0.3)
+        reply(mock, 1)
+        assert ask().status_code == 200  # $10 spent; a leaked $22 would have refused it
+        # Spent + reserved stays within $40: a worst case of $32 does not fit, $30 does, exactly.
+        assert post(g, b, model="gpt-4o", max_tokens=16).status_code == 429
+        assert post(g, b, model="gpt-4o", max_tokens=15).status_code == 200
+    finally:
+        g.stop()
+
+
+BAD_TOKEN_LIMITS = [("1180591620717411303424", "invalid_value"), ('"10"', "invalid_type"), ("-5", "invalid_value"),
+                    ("1.5", "invalid_type"), ("1e400", "invalid_type"), ("0", "invalid_value")]
+
+
+def test_unreadable_token_limits_are_a_400_naming_the_field_in_each_door(gw, mock):
+    a = {"authorization": f"Bearer {KEY_A}", "content-type": "application/json"}
+    msgs = '[{"role": "user", "content": "hi"}]'
+    doors = [
+        ("/v1/chat/completions", "max_tokens", f'"messages": {msgs}'),
+        ("/v1/chat/completions", "max_completion_tokens", f'"messages": {msgs}'),
+        ("/v1/messages", "max_tokens", f'"messages": {msgs}'),
+        ("/v1/responses", "max_output_tokens", '"input": "hi"'),
+    ]
+    for path, field, rest in doors:
+        for raw, code in BAD_TOKEN_LIMITS:
+            body = f'{{"model": "gpt4o_16k", {rest}, "{field}": {raw}}}'
+            r = httpx.post(gw.base + path, content=body, headers=a, timeout=10)
+            assert r.status_code == 400, (path, body, r.text)
+            error = r.json()["error"]
+            if path == "/v1/messages":  # Anthropic's shape: the field is named in the message
+                assert r.json()["type"] == "error" and error["type"] == "invalid_request_error", r.text
+                assert error["message"].startswith(field), r.text
+            else:
+                assert (error["param"], error["code"], error["type"]) == (field, code, "invalid_request_error"), r.text
+                assert field in error["message"]
+    assert mock.count("alpha") + mock.count("beta") == 0
+    ok = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k", max_tokens=7), headers=a, timeout=10)
+    assert ok.status_code == 200, ok.text
