@@ -210,6 +210,15 @@ def cors_filter():
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
 
 
+# Response headers a browser client may read (CORS hides the others): the
+# request ids, the retry advice the SDKs follow, the gateway's own headers,
+# and, with "*", every other header of a request without credentials (the
+# providers' rate-limit headers, whose names are open-ended).
+CORS_EXPOSE_HEADERS = ("x-request-id, request-id, retry-after, retry-after-ms, x-should-retry, "
+                       "x-switchboard-pool, x-switchboard-member, x-switchboard-attempts, "
+                       "x-switchboard-request-id, *")
+
+
 def cors_policy(origins):
     """Browser clients: preflight answered by Envoy's CORS filter for `origins`
     (exact origins, or "*" for any)."""
@@ -218,12 +227,13 @@ def cors_policy(origins):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
         "allow_origin_string_match": match,
         "allow_methods": "GET, POST, OPTIONS",
-        "allow_headers": "authorization, api-key, x-api-key, content-type, openai-organization, openai-project, "
-                         "x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, "
-                         "x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, "
-                         "x-stainless-timeout, x-request-id",
-        "expose_headers": "x-request-id, x-switchboard-pool, x-switchboard-member, x-switchboard-attempts, "
-                          "x-switchboard-request-id, retry-after",
+        # "*": Envoy answers a preflight with the headers it asks for, so whatever
+        # the official browser SDKs send (anthropic-version, anthropic-beta,
+        # anthropic-dangerous-direct-browser-access, x-stainless-*, idempotency keys,
+        # headers of future versions) is allowed. Safe: the filter forwards only
+        # its own allow-list of client headers upstream, whatever the browser sends.
+        "allow_headers": "*",
+        "expose_headers": CORS_EXPOSE_HEADERS,
         "max_age": "600",
     }
 

@@ -103,7 +103,9 @@ fn stat_key(family: Family, labels: Labels) -> u64 {
     code | index(labels.pool) << 16 | index(labels.member) << 32 | index(labels.tenant) << 48
 }
 
-const LOCAL_ERROR_CODES: [&str; 29] = [
+const LOCAL_ERROR_CODES: [&str; 31] = [
+    "overloaded",
+    "ambiguous_model",
     "invalid_json",
     "invalid_type",
     "missing_model",

@@ -50,7 +50,7 @@ mod bedrock;
 mod chat;
 mod dispatch;
 mod emit;
-mod encoding;
+pub(crate) mod encoding;
 mod eventstream;
 mod gemini;
 mod openai;

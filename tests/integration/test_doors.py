@@ -344,3 +344,79 @@ def test_tenant_tokens_are_corrected_with_the_usage_of_answers_passed_through(do
         assert doors_mock.count("anthropic") == 3 and doors_mock.count("openai") == 3
     finally:
         g.stop()
+
+
+def test_every_member_overloaded_keeps_529_on_the_messages_door_only(doors_gw, doors_mock):
+    """Every attempt answered 529: the anthropic SDK raises OverloadedError (Anthropic's own status and
+    type), whether the member was native or translated; other doors, whose clients know no 529, get 503.
+    A mix of 529 and another failure is not "overloaded": 503."""
+    doors_mock.faults("anthropic", status=529)
+    with pytest.raises(anthropic.OverloadedError) as e:
+        claude(doors_gw).messages.create(model="only_anthropic", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 529
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "overloaded_error", e.value.body
+    assert "anthropic/claude-3-5-haiku:529" in e.value.body["error"]["message"]
+    with pytest.raises(anthropic.OverloadedError):
+        with claude(doors_gw).messages.stream(model="only_anthropic", max_tokens=10,
+                                              messages=[{"role": "user", "content": "hi"}]) as s:
+            list(s.text_stream)
+    doors_mock.faults("openai", status=529)
+    with pytest.raises(anthropic.OverloadedError):
+        claude(doors_gw).messages.create(model="mixed", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    # The same failures on the OpenAI doors: 503, which the openai SDK knows (InternalServerError).
+    with pytest.raises(openai.InternalServerError) as e:
+        gpt(doors_gw).chat.completions.create(model="mixed", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503 and e.value.code == "no_healthy_upstream"
+    with pytest.raises(openai.InternalServerError) as e:
+        gpt(doors_gw).responses.create(model="mixed", input="hi")
+    assert e.value.status_code == 503
+    # Overloaded and broken: not all overloaded.
+    doors_mock.faults("openai", status=500)
+    with pytest.raises(anthropic.InternalServerError) as e:
+        claude(doors_gw).messages.create(model="mixed", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503 and not isinstance(e.value, anthropic.OverloadedError)
+
+
+def test_every_answer_of_the_messages_api_is_anthropic_shaped_refused_keys_included(doors_mock):
+    """A tenant's missing or wrong key on /v1/messages and /v1/messages/count_tokens (401), a pool it
+    may not use (403) and an unknown Messages API path (404) all reach the anthropic SDK in Anthropic's
+    error shape; the chat door's 401 stays OpenAI's."""
+    from test_tenants import sha
+    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic")}
+    config = {
+        "providers": providers,
+        "pools": {"claude": {"members": [{"provider": "anthropic", "model": "claude-3-5-haiku"}]},
+                  "gpt": {"members": [{"provider": "openai", "model": "gpt-4o"}]}},
+        "tenants": {"t": {"keys_sha256": [sha("sk-tenant")], "allow": ["claude"]}},
+    }
+    g = Gateway(config, dict(doors_mock.addrs), KEYS)
+    try:
+        messages = [{"role": "user", "content": "hi"}]
+        client = anthropic.Anthropic(base_url=g.base, api_key="sk-wrong", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError) as e:
+            client.messages.create(model="claude", max_tokens=10, messages=messages)
+        assert e.value.body == {"type": "error", "error": {"type": "authentication_error",
+                                                          "message": e.value.body["error"]["message"]}}, e.value.body
+        with pytest.raises(anthropic.AuthenticationError) as e:
+            client.messages.count_tokens(model="claude", messages=messages)
+        assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):  # no key at all
+            r = httpx.post(g.base + path, json={"model": "claude", "max_tokens": 10, "messages": messages}, timeout=10)
+            assert r.status_code == 401 and r.json()["type"] == "error", r.text
+            assert r.json()["error"]["type"] == "authentication_error"
+        client = anthropic.Anthropic(base_url=g.base, api_key="sk-tenant", max_retries=0)
+        with pytest.raises(anthropic.PermissionDeniedError) as e:
+            client.messages.create(model="gpt", max_tokens=10, messages=messages)
+        assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "permission_error"
+        with pytest.raises(anthropic.NotFoundError) as e:
+            client.messages.batches.list()
+        assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "not_found_error"
+        assert client.messages.create(model="claude", max_tokens=10, messages=messages).content
+        # The chat door keeps OpenAI's shape.
+        with pytest.raises(openai.AuthenticationError) as e:
+            openai.OpenAI(base_url=g.base + "/v1", api_key="sk-wrong", max_retries=0).chat.completions.create(
+                model="claude", messages=messages)
+        assert e.value.code == "invalid_api_key" and "type" not in e.value.response.json()
+        assert doors_mock.count("anthropic") == 1 and doors_mock.count("openai") == 0
+    finally:
+        g.stop()
