@@ -16,6 +16,7 @@ per request) to that file.
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -238,6 +239,37 @@ def cors_policy(origins):
     }
 
 
+def origin_to_metadata():
+    """Keeps the browser's Origin for the answers below: the filter sends
+    upstream only its allow-list of client headers, so by the time it answers
+    an error the request's own Origin header is gone."""
+    return {"name": "envoy.filters.http.header_to_metadata", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+        "request_rules": [{"header": "origin", "on_header_present": {
+            "metadata_namespace": "switchboard.cors", "key": "origin", "type": "STRING"}}],
+    }}
+
+
+def cors_local_replies(origins):
+    """The CORS answer headers on the gateway's own answers that Envoy sends
+    straight to the client: an error the filter answers once an upstream
+    answer has reached the filters (every member failed) is a direct local
+    reply, which skips the CORS filter, so a browser could not read it. The
+    local reply mapper adds them when the request's origin is allowed."""
+    regex = ".+" if "*" in origins else "|".join(re.escape(o) for o in origins)
+    return {"mappers": [{
+        "filter": {"metadata_filter": {"matcher": {
+            "filter": "switchboard.cors", "path": [{"key": "origin"}],
+            "value": {"string_match": {"safe_regex": {"regex": regex}}}}}},
+        "headers_to_add": [
+            {"header": {"key": "access-control-allow-origin", "value": "%DYNAMIC_METADATA(switchboard.cors:origin)%"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+            {"header": {"key": "access-control-expose-headers", "value": CORS_EXPOSE_HEADERS},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        ],
+    }]}
+
+
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
               cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10):
     """`stream_failover`: the upstream filter and internal redirect policy
@@ -247,6 +279,8 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
+    if cors_origins:
+        filters.insert(1, origin_to_metadata())
     redirects = with_wasm and stream_failover
     if redirects:
         # Tells the filter the upstream half is there.
@@ -291,6 +325,8 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         "route_config": {"name": "llm", "virtual_hosts": [virtual_host]},
         "http_filters": filters,
     }
+    if cors_origins:
+        hcm["local_reply_config"] = cors_local_replies(cors_origins)
     if call_log_path and with_wasm:
         hcm["access_log"] = [call_log(call_log_path)]
     return {
