@@ -340,6 +340,32 @@ BAD_INPUTS = {
 }
 
 
+# Bodies a provider would refuse with no `code` of its own: the gateway refuses them first,
+# naming the code and the field (name -> (body, code, param)).
+BAD_FIELDS = {
+    "messages of numbers": (b'{"model": "gpt4o_16k", "messages": [1, 2]}', "invalid_type", "messages"),
+    "tools is an object": (b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "hi"}], "tools": {}}',
+                           "invalid_type", "tools"),
+    "lone surrogate": (b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_json", None),
+    "max_tokens 1e400": (b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}',
+                         "invalid_type", "max_tokens"),
+    "negative max_completion_tokens": (
+        b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -5}',
+        "invalid_value", "max_completion_tokens"),
+    "unknown model": (json.dumps(chat("no-such-model")).encode(), "model_not_found", "model"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FIELDS))
+def test_every_refusal_has_a_code_and_names_the_field(robust_gateway, mock, name):
+    body, code, param = BAD_FIELDS[name]
+    status, _, raw = post_raw(robust_gateway.port, body)
+    assert 400 <= status < 500, (status, raw[:300])
+    err = json.loads(raw)["error"]
+    assert (err["code"], err["param"]) == (code, param), err
+    assert mock.count("alpha") + mock.count("beta") == 0, "refused by the gateway, not by a provider"
+
+
 @pytest.fixture(scope="module")
 def robust_gateway(mock):
     g = Gateway(base_config(), clusters_for(mock), KEYS, concurrency=2)
