@@ -165,8 +165,13 @@ fn errors_name_the_offending_field() {
         ),
         (
             sample_config().replace(r#""members": ["#, r#""members": [], "x": ["#),
-            "pools.gpt4o_16k",
+            "pools.gpt4o_16k.x",
             "unknown field `x`",
+        ),
+        (
+            sample_config().replace(r#""members": ["#, r#""max_attempts": "3", "members": ["#),
+            "pools.gpt4o_16k.max_attempts",
+            "invalid type",
         ),
     ];
     for (json, field, needle) in cases {
