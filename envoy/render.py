@@ -270,8 +270,34 @@ def cors_local_replies(origins):
     }]}
 
 
+# A client has this long to send its request headers, and this long for the
+# whole request (headers and body): a client that stalls, or sends less body
+# than its Content-Length, is answered 408 and its stream closed then, not
+# after the 15-minute stream idle timeout. Envoy stops the whole-request timer
+# once the request has gone upstream (or the answer has begun), so it never
+# cuts a generation, however long. 120 s: a 32 MB body at 2 Mbit/s.
+REQUEST_HEADERS_TIMEOUT_S = 10
+REQUEST_TIMEOUT_S = 120
+# Open client connections Envoy accepts (the overload manager's global limit;
+# without one Envoy warns at start). Past it a new connection is closed at once;
+# open ones, and the generations they carry, are never touched.
+MAX_DOWNSTREAM_CONNECTIONS = 10000
+
+
+def overload_manager(max_connections):
+    return {"resource_monitors": [{
+        "name": "envoy.resource_monitors.global_downstream_max_connections",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+            "max_active_downstream_connections": max_connections,
+        },
+    }]}
+
+
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
-              cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10):
+              cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10,
+              request_timeout_s=REQUEST_TIMEOUT_S, request_headers_timeout_s=REQUEST_HEADERS_TIMEOUT_S,
+              max_connections=MAX_DOWNSTREAM_CONNECTIONS):
     """`stream_failover`: the upstream filter and internal redirect policy
     that let a failed-over stream reach the client as it is produced, and
     `"stream_failover": true` in the plugin configuration (off: failed-over
@@ -322,6 +348,9 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         # A non-streamed generation sends nothing until it is done (minutes, for
         # reasoning models): Envoy's default 5 min stream idle timeout would cut it.
         "stream_idle_timeout": "900s",
+        # A slow or stalled client's request (see REQUEST_TIMEOUT_S).
+        "request_headers_timeout": f"{request_headers_timeout_s}s",
+        "request_timeout": f"{request_timeout_s}s",
         "route_config": {"name": "llm", "virtual_hosts": [virtual_host]},
         "http_filters": filters,
     }
@@ -332,6 +361,7 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "stats_config": {"stats_tags": STATS_TAGS},
+        "overload_manager": overload_manager(max_connections),
         # Histograms reach /stats/prometheus when merged, at each flush (default every 5 s).
         "stats_flush_interval": "1s",
         "static_resources": {
