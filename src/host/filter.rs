@@ -1512,6 +1512,21 @@ impl Filter {
             rt.member_id(attempt.picked.member)
         );
         let now = self.now_ms();
-        self.finish(rt, &attempt, 0, None, now);
+        self.cut_answer(rt, &attempt, now);
+    }
+
+    /// An answer broken after its headers went out (the upstream cut it, or it
+    /// fell silent past `stream_idle_timeout_ms`): the member's failure, and for
+    /// the call log and the request stats what the client got, a broken answer,
+    /// 502 rather than the 200 its headers said (`"cut": true` in the call log).
+    fn cut_answer(&mut self, rt: &Runtime, attempt: &Attempt, now: u64) {
+        self.obs.status = CUT_STATUS;
+        self.obs.cut = true;
+        let at = attempt.picked.member;
+        rt.metrics.inc(rt.metrics.member(at.pool, at.member).and_then(|m| m.cut_answers));
+        self.finish(rt, attempt, 0, None, now);
     }
 }
+
+/// How a request whose answer broke after its headers is counted and logged.
+const CUT_STATUS: u16 = 502;

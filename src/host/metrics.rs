@@ -20,6 +20,8 @@ pub struct MemberMetrics {
     pub ejections: Option<u32>,
     pub restorations: Option<u32>,
     pub canary_rollbacks: Option<u32>,
+    /// Answers that broke after their headers went out (cut by the member, or silent past the idle limit).
+    pub cut_answers: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -190,6 +192,7 @@ impl Metrics {
                                 failovers: counter(format!("{base}.failovers")),
                                 ejections: counter(format!("{base}.ejections")),
                                 restorations: counter(format!("{base}.restorations")),
+                                cut_answers: counter(format!("{base}.cut_answers")),
                                 canary_rollbacks: if m.canary.is_some() {
                                     counter(format!("{base}.canary_rollbacks"))
                                 } else {
