@@ -278,6 +278,19 @@ def cors_local_replies(origins):
 # cuts a generation, however long. 120 s: a 32 MB body at 2 Mbit/s.
 REQUEST_HEADERS_TIMEOUT_S = 10
 REQUEST_TIMEOUT_S = 120
+# The filter's default max_body_bytes (src/config/mod.rs DEFAULT_MAX_BODY_BYTES):
+# 64 MiB, what OpenAI (50 MB of images, as base64) and Anthropic (32 MB) accept.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# Envoy buffers a request for the filter (and for replays on failover) up to its
+# connection buffer limit: one MiB above max_body_bytes, so a body over the limit
+# gets the filter's own 413 (JSON, in the door's shape), not Envoy's plain-text one.
+BUFFER_HEADROOM_BYTES = 1024 * 1024
+
+
+def request_buffer_limit(plugin_config):
+    return plugin_config.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES) + BUFFER_HEADROOM_BYTES
+
+
 # Open client connections Envoy accepts (the overload manager's global limit;
 # without one Envoy warns at start). Past it a new connection is closed at once;
 # open ones, and the generations they carry, are never touched.
@@ -369,7 +382,7 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
                 "name": "llm",
                 "address": {"socket_address": {"address": address, "port_value": listen}},
                 # Bodies up to the filter's max_body_bytes must fit Envoy's buffer.
-                "per_connection_buffer_limit_bytes": 16 * 1024 * 1024,
+                "per_connection_buffer_limit_bytes": request_buffer_limit(plugin_config),
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm}]}],

@@ -387,7 +387,10 @@ pub struct MemberFacts {
 }
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-switchboard-cluster";
-pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// 64 MiB: what the providers accept for requests with images. OpenAI takes up
+/// to 50 MB of image bytes per request (about 67 MB as the base64 of a JSON body),
+/// Anthropic's Messages API 32 MB; `envoy/render.py` sizes Envoy's buffers from it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// 529 is Anthropic's "overloaded".
 pub const DEFAULT_RETRY_ON: [u16; 7] = [408, 429, 500, 502, 503, 504, 529];
 

@@ -420,3 +420,56 @@ def test_every_answer_of_the_messages_api_is_anthropic_shaped_refused_keys_inclu
         assert doors_mock.count("anthropic") == 1 and doors_mock.count("openai") == 0
     finally:
         g.stop()
+
+
+def test_an_8_mb_image_request_is_served_on_every_door_and_on_failover(doors_mock):
+    """With the default max_body_bytes (64 MiB, what OpenAI and Anthropic accept for images), an
+    8 MB base64 image reaches an OpenAI member as it is and an Anthropic member translated, from the
+    chat door (also when the first member fails, non-streamed and streamed) and the Messages door;
+    a body over the default is refused with the gateway's 413 before it is read."""
+    import base64
+    import os
+    import socket
+    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic")}
+    member = lambda n, **kw: {"provider": n, "model": KINDS[n][1], **kw}
+    config = {
+        "providers": providers,
+        "defaults": {"health": {"consecutive_failures": 1000}},
+        "pools": {"gpt": {"members": [member("openai")]}, "claude": {"members": [member("anthropic")]},
+                  "both": {"members": [member("anthropic", weight=1000), member("openai")]}},
+    }
+    g = Gateway(config, dict(doors_mock.addrs), KEYS)
+    try:
+        image = base64.b64encode(os.urandom(6 * 1024 * 1024)).decode()  # 8 MiB of base64
+        url = f"data:image/png;base64,{image}"
+        messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this image?"},
+                                                 {"type": "image_url", "image_url": {"url": url}}]}]
+        client = openai.OpenAI(base_url=g.base + "/v1", api_key="k", max_retries=0, timeout=60)
+        for pool, provider in (("gpt", "openai"), ("claude", "anthropic")):
+            r = client.chat.completions.create(model=pool, messages=messages)
+            assert r.choices[0].message.content.startswith(f"mock reply from {provider}")
+            sent = upstream(doors_mock, provider)["body"]
+            assert image in json.dumps(sent), f"the image reached {provider}"
+        doors_mock.faults("anthropic", status=529)
+        r = client.chat.completions.with_raw_response.create(model="both", messages=messages)
+        assert r.headers["x-switchboard-attempts"] == "2" and r.headers["x-switchboard-member"] == "openai/gpt-4o"
+        with client.chat.completions.stream(model="both", messages=messages) as s:
+            text = "".join(e.delta for e in s if e.type == "content.delta")
+        assert text.startswith("mock reply from openai")
+        assert image in json.dumps(upstream(doors_mock, "openai")["body"])
+        doors_mock.reset()
+        msg = anthropic.Anthropic(base_url=g.base, api_key="k", max_retries=0, timeout=60).messages.create(
+            model="claude", max_tokens=50, messages=[{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+                {"type": "text", "text": "What is in this image?"}]}])
+        assert msg.content[0].text.startswith("mock reply from anthropic")
+        sock = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        try:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\n"
+                         f"content-length: {64 * 1024 * 1024 + 1}\r\n\r\n".encode())
+            head = sock.recv(65536).decode(errors="replace")
+        finally:
+            sock.close()
+        assert head.startswith("HTTP/1.1 413") and "67108864 bytes" in head and "request_too_large" in head, head[:500]
+    finally:
+        g.stop()
