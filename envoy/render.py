@@ -16,6 +16,7 @@ per request) to that file.
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -210,6 +211,15 @@ def cors_filter():
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
 
 
+# Response headers a browser client may read (CORS hides the others): the
+# request ids, the retry advice the SDKs follow, the gateway's own headers,
+# and, with "*", every other header of a request without credentials (the
+# providers' rate-limit headers, whose names are open-ended).
+CORS_EXPOSE_HEADERS = ("x-request-id, request-id, retry-after, retry-after-ms, x-should-retry, "
+                       "x-switchboard-pool, x-switchboard-member, x-switchboard-attempts, "
+                       "x-switchboard-request-id, *")
+
+
 def cors_policy(origins):
     """Browser clients: preflight answered by Envoy's CORS filter for `origins`
     (exact origins, or "*" for any)."""
@@ -218,18 +228,89 @@ def cors_policy(origins):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
         "allow_origin_string_match": match,
         "allow_methods": "GET, POST, OPTIONS",
-        "allow_headers": "authorization, api-key, x-api-key, content-type, openai-organization, openai-project, "
-                         "x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, "
-                         "x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, "
-                         "x-stainless-timeout, x-request-id",
-        "expose_headers": "x-request-id, x-switchboard-pool, x-switchboard-member, x-switchboard-attempts, "
-                          "x-switchboard-request-id, retry-after",
+        # "*": Envoy answers a preflight with the headers it asks for, so whatever
+        # the official browser SDKs send (anthropic-version, anthropic-beta,
+        # anthropic-dangerous-direct-browser-access, x-stainless-*, idempotency keys,
+        # headers of future versions) is allowed. Safe: the filter forwards only
+        # its own allow-list of client headers upstream, whatever the browser sends.
+        "allow_headers": "*",
+        "expose_headers": CORS_EXPOSE_HEADERS,
         "max_age": "600",
     }
 
 
+def origin_to_metadata():
+    """Keeps the browser's Origin for the answers below: the filter sends
+    upstream only its allow-list of client headers, so by the time it answers
+    an error the request's own Origin header is gone."""
+    return {"name": "envoy.filters.http.header_to_metadata", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+        "request_rules": [{"header": "origin", "on_header_present": {
+            "metadata_namespace": "switchboard.cors", "key": "origin", "type": "STRING"}}],
+    }}
+
+
+def cors_local_replies(origins):
+    """The CORS answer headers on the gateway's own answers that Envoy sends
+    straight to the client: an error the filter answers once an upstream
+    answer has reached the filters (every member failed) is a direct local
+    reply, which skips the CORS filter, so a browser could not read it. The
+    local reply mapper adds them when the request's origin is allowed."""
+    regex = ".+" if "*" in origins else "|".join(re.escape(o) for o in origins)
+    return {"mappers": [{
+        "filter": {"metadata_filter": {"matcher": {
+            "filter": "switchboard.cors", "path": [{"key": "origin"}],
+            "value": {"string_match": {"safe_regex": {"regex": regex}}}}}},
+        "headers_to_add": [
+            {"header": {"key": "access-control-allow-origin", "value": "%DYNAMIC_METADATA(switchboard.cors:origin)%"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+            {"header": {"key": "access-control-expose-headers", "value": CORS_EXPOSE_HEADERS},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        ],
+    }]}
+
+
+# A client has this long to send its request headers, and this long for the
+# whole request (headers and body): a client that stalls, or sends less body
+# than its Content-Length, is answered 408 and its stream closed then, not
+# after the 15-minute stream idle timeout. Envoy stops the whole-request timer
+# once the request has gone upstream (or the answer has begun), so it never
+# cuts a generation, however long. 120 s: a 32 MB body at 2 Mbit/s.
+REQUEST_HEADERS_TIMEOUT_S = 10
+REQUEST_TIMEOUT_S = 120
+# The filter's default max_body_bytes (src/config/mod.rs DEFAULT_MAX_BODY_BYTES):
+# 64 MiB, what OpenAI (50 MB of images, as base64) and Anthropic (32 MB) accept.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# Envoy buffers a request for the filter (and for replays on failover) up to its
+# connection buffer limit: one MiB above max_body_bytes, so a body over the limit
+# gets the filter's own 413 (JSON, in the door's shape), not Envoy's plain-text one.
+BUFFER_HEADROOM_BYTES = 1024 * 1024
+
+
+def request_buffer_limit(plugin_config):
+    return plugin_config.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES) + BUFFER_HEADROOM_BYTES
+
+
+# Open client connections Envoy accepts (the overload manager's global limit;
+# without one Envoy warns at start). Past it a new connection is closed at once;
+# open ones, and the generations they carry, are never touched.
+MAX_DOWNSTREAM_CONNECTIONS = 10000
+
+
+def overload_manager(max_connections):
+    return {"resource_monitors": [{
+        "name": "envoy.resource_monitors.global_downstream_max_connections",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+            "max_active_downstream_connections": max_connections,
+        },
+    }]}
+
+
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
-              cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10):
+              cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10,
+              request_timeout_s=REQUEST_TIMEOUT_S, request_headers_timeout_s=REQUEST_HEADERS_TIMEOUT_S,
+              max_connections=MAX_DOWNSTREAM_CONNECTIONS):
     """`stream_failover`: the upstream filter and internal redirect policy
     that let a failed-over stream reach the client as it is produced, and
     `"stream_failover": true` in the plugin configuration (off: failed-over
@@ -237,6 +318,8 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
+    if cors_origins:
+        filters.insert(1, origin_to_metadata())
     redirects = with_wasm and stream_failover
     if redirects:
         # Tells the filter the upstream half is there.
@@ -278,14 +361,20 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         # A non-streamed generation sends nothing until it is done (minutes, for
         # reasoning models): Envoy's default 5 min stream idle timeout would cut it.
         "stream_idle_timeout": "900s",
+        # A slow or stalled client's request (see REQUEST_TIMEOUT_S).
+        "request_headers_timeout": f"{request_headers_timeout_s}s",
+        "request_timeout": f"{request_timeout_s}s",
         "route_config": {"name": "llm", "virtual_hosts": [virtual_host]},
         "http_filters": filters,
     }
+    if cors_origins:
+        hcm["local_reply_config"] = cors_local_replies(cors_origins)
     if call_log_path and with_wasm:
         hcm["access_log"] = [call_log(call_log_path)]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "stats_config": {"stats_tags": STATS_TAGS},
+        "overload_manager": overload_manager(max_connections),
         # Histograms reach /stats/prometheus when merged, at each flush (default every 5 s).
         "stats_flush_interval": "1s",
         "static_resources": {
@@ -293,7 +382,7 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
                 "name": "llm",
                 "address": {"socket_address": {"address": address, "port_value": listen}},
                 # Bodies up to the filter's max_body_bytes must fit Envoy's buffer.
-                "per_connection_buffer_limit_bytes": 16 * 1024 * 1024,
+                "per_connection_buffer_limit_bytes": request_buffer_limit(plugin_config),
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm}]}],

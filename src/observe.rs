@@ -69,8 +69,10 @@ pub struct CallRecord<'a> {
     pub pool: Option<&'a str>,
     pub member: Option<&'a str>,
     pub attempts: Vec<AttemptLog<'a>>,
-    /// What the client got (0: it left before an answer).
+    /// What the client got (0: it left before an answer; 502: an answer broken after its headers).
     pub status: u16,
+    /// The answer broke after its headers went out (cut by the member, or silent past the idle limit).
+    pub cut: bool,
     pub stream: bool,
     pub tokens: Option<Tokens>,
     pub cost_micro_usd: Option<u64>,
@@ -158,6 +160,7 @@ impl CallRecord<'_> {
         }
         out.push(b']');
         push_num_or_null(&mut out, ",\"status\":", Some(self.status.into()));
+        out.extend_from_slice(if self.cut { b",\"cut\":true" } else { b",\"cut\":false" });
         out.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
         push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
         push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
@@ -197,6 +200,7 @@ mod tests {
                 AttemptLog { member: "beta/gpt-4o", status: 200, ms: 12 },
             ],
             status: 200,
+            cut: false,
             stream: true,
             tokens: Some(Tokens { prompt: 30, completion: 7, estimated: false }),
             cost_micro_usd: Some(91),
@@ -212,7 +216,7 @@ mod tests {
                 "time": "2025-12-01T13:24:20.123Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
                 "model": "auto", "router": "auto", "rule": "code", "pool": "gpt4o_16k", "member": "beta/gpt-4o",
                 "attempts": [{"member": "alpha/gpt-4o", "status": 503, "ms": 4}, {"member": "beta/gpt-4o", "status": 200, "ms": 12}],
-                "status": 200, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
+                "status": 200, "cut": false, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
                 "cost_micro_usd": 91, "first_byte_ms": 9, "duration_ms": 17
             })
         );
@@ -225,6 +229,9 @@ mod tests {
             (Value::Null, Value::Null, json!(401))
         );
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        let cut = CallRecord { request_id: "r", status: 502, cut: true, ..CallRecord::default() };
+        let v: Value = serde_json::from_slice(&cut.json()).unwrap();
+        assert_eq!((v["status"].clone(), v["cut"].clone()), (json!(502), json!(true)));
     }
 
     #[test]

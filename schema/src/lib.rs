@@ -173,20 +173,72 @@ pub struct RawPoolPolicy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "PoolFields")]
 pub struct RawPool {
-    #[serde(default)]
     pub description: String,
     pub max_response_tokens: Option<u32>,
     pub members: Vec<RawMember>,
-    #[serde(default)]
     pub fallback_pools: Vec<String>,
-    #[serde(default)]
     pub strategy: Strategy,
     pub explore: Option<f64>,
     pub shadow: Option<RawShadow>,
-    #[serde(flatten)]
+    /// The pool's own policy fields (written beside the others).
     pub policy: RawPoolPolicy,
+}
+
+/// A pool as written: the policy fields inline, read by the same derived
+/// deserializer as the rest, so an error in one of them names that field
+/// (`pools.p.max_attempts`). `#[serde(flatten)]` would buffer the pool and
+/// report such errors at the pool's end, naming only `pools.p`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFields {
+    #[serde(default)]
+    description: String,
+    max_response_tokens: Option<u32>,
+    members: Vec<RawMember>,
+    #[serde(default)]
+    fallback_pools: Vec<String>,
+    #[serde(default)]
+    strategy: Strategy,
+    explore: Option<f64>,
+    shadow: Option<RawShadow>,
+    retry_on: Option<Vec<u16>>,
+    max_attempts: Option<u32>,
+    per_try_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    hedge_after_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
+    resume_streams: Option<bool>,
+    timeout_ms: Option<u64>,
+    health: Option<RawHealth>,
+    probe: Option<RawProbe>,
+}
+
+impl From<PoolFields> for RawPool {
+    fn from(p: PoolFields) -> RawPool {
+        RawPool {
+            description: p.description,
+            max_response_tokens: p.max_response_tokens,
+            members: p.members,
+            fallback_pools: p.fallback_pools,
+            strategy: p.strategy,
+            explore: p.explore,
+            shadow: p.shadow,
+            policy: RawPoolPolicy {
+                retry_on: p.retry_on,
+                max_attempts: p.max_attempts,
+                per_try_timeout_ms: p.per_try_timeout_ms,
+                first_byte_timeout_ms: p.first_byte_timeout_ms,
+                hedge_after_ms: p.hedge_after_ms,
+                stream_idle_timeout_ms: p.stream_idle_timeout_ms,
+                resume_streams: p.resume_streams,
+                timeout_ms: p.timeout_ms,
+                health: p.health,
+                probe: p.probe,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -491,6 +543,24 @@ mod tests {
         let json = r#"{"providers": {}, "pools": {"p": {"members": [{"provider": "a", "model": "m"},
             {"provider": "a", "model": "m", "weight": "heavy"}]}}}"#;
         assert_eq!(field_of(json), "pools.p.members[1].weight");
+    }
+
+    #[test]
+    fn a_pools_policy_fields_are_named_themselves() {
+        let pool = |fields: &str| {
+            format!(
+                r#"{{"providers": {{}}, "pools": {{"p": {{"members": [{{"provider": "a", "model": "m"}}], {fields}}}}}}}"#
+            )
+        };
+        assert_eq!(field_of(&pool(r#""max_attempts": "3""#)), "pools.p.max_attempts");
+        assert_eq!(field_of(&pool(r#""timeout_ms": -1, "strategy": "weighted""#)), "pools.p.timeout_ms");
+        assert_eq!(field_of(&pool(r#""health": {"cooldown_ms": "x"}"#)), "pools.p.health.cooldown_ms");
+        assert_eq!(field_of(&pool(r#""retry_on": [429, "503"]"#)), "pools.p.retry_on[1]");
+        assert_eq!(field_of(&pool(r#""max_atempts": 3"#)), "pools.p.max_atempts");
+        let parsed = parse(pool(r#""max_attempts": 4, "health": {"consecutive_failures": 2}"#).as_bytes());
+        let pools = parsed.map(|c| c.pools.into_iter().collect::<Vec<_>>()).unwrap_or_default();
+        let policy = pools.first().map(|(_, p)| (p.policy.max_attempts, p.policy.health.clone()));
+        assert_eq!(policy.map(|(a, h)| (a, h.and_then(|h| h.consecutive_failures))), Some((Some(4), Some(2))));
     }
 
     #[test]

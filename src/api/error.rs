@@ -92,12 +92,28 @@ impl ApiError {
         Self::new(400, code, message)
     }
 
+    /// A name that is no pool, router or model; `param` is `model` (the field that names one).
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             404,
             "model_not_found",
             format!("The model `{model}` does not exist: it is neither a pool nor a model served by this gateway. List them with GET /v1/models."),
         )
+        .with_param("model")
+    }
+
+    /// A model name several members serve (and no pool is named after): which member ids to use.
+    pub fn ambiguous_model(model: &str, member_ids: &[String]) -> Self {
+        Self::new(
+            404,
+            "ambiguous_model",
+            format!(
+                "The model `{model}` is served by {} members ({}): name one of them as the model, or a pool. List them with GET /v1/models.",
+                member_ids.len(),
+                member_ids.join(", ")
+            ),
+        )
+        .with_param("model")
     }
 
     pub fn not_found(path: &str) -> Self {
@@ -207,7 +223,7 @@ mod tests {
     fn every_constructor_writes_an_openai_error_with_the_status_type() {
         let cases = [
             (ApiError::invalid_request("invalid_json", "bad"), "invalid_request_error"),
-            (ApiError::model_not_found("m"), "invalid_request_error"),
+            (ApiError::ambiguous_model("m", &["a/m".into(), "b/m".into()]), "invalid_request_error"),
             (ApiError::not_found("/x"), "invalid_request_error"),
             (ApiError::method_not_allowed("GET", "/v1/chat/completions", "POST"), "invalid_request_error"),
             (ApiError::body_too_large(10), "invalid_request_error"),
@@ -221,8 +237,17 @@ mod tests {
             let error = assert_openai_error(&e.to_json());
             assert_eq!(error["type"], kind, "{e:?}");
             assert_eq!(error["code"], e.code);
-            assert!(error["param"].is_null());
+            assert_eq!(error["param"].as_str(), e.param, "{e:?}");
         }
+    }
+
+    #[test]
+    fn unknown_and_ambiguous_models_name_the_model_field() {
+        let e = ApiError::model_not_found("nope");
+        assert_eq!((e.status, e.code, e.param), (404, "model_not_found", Some("model")));
+        let e = ApiError::ambiguous_model("gpt-4o", &["alpha/gpt-4o".into(), "beta/gpt-4o".into()]);
+        assert_eq!((e.status, e.code, e.param), (404, "ambiguous_model", Some("model")));
+        assert!(e.message.contains("alpha/gpt-4o, beta/gpt-4o"), "{}", e.message);
     }
 
     #[test]

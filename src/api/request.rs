@@ -188,6 +188,14 @@ impl<'a> ParsedRequest<'a> {
         }
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::invalid_request("invalid_json", "Request body is not valid UTF-8."))?;
+        if let Some(at) = lone_surrogate(text) {
+            return Err(ApiError::invalid_request(
+                "invalid_json",
+                format!(
+                    "Request body is not valid JSON: a lone UTF-16 surrogate escape at byte {at} encodes no character."
+                ),
+            ));
+        }
         if nesting_exceeds(body, MAX_NESTING) {
             return Err(ApiError::invalid_request(
                 "invalid_json",
@@ -262,6 +270,9 @@ impl<'a> ParsedRequest<'a> {
                     if value.get() == "null" {
                         return Err(field_error(payload_field.0, "present and not null"));
                     }
+                    if payload_field.1 == b'[' {
+                        check_messages(value)?;
+                    }
                     has_payload = true;
                     payload = Some(*value);
                 }
@@ -274,7 +285,13 @@ impl<'a> ParsedRequest<'a> {
                 "max_tokens" => {
                     max_tokens = token_limit("max_tokens", value.get()).map_err(|e| e.to_api_error("max_tokens"))?
                 }
-                "tools" | "functions" if !matches!(value.get(), "null" | "[]") => tools = Some(*value),
+                "tools" | "functions" if !matches!(value.get(), "null" | "[]") => {
+                    if json_kind(value) != b'[' {
+                        let name = if key.as_ref() == "tools" { "tools" } else { "functions" };
+                        return Err(field_error(name, "an array"));
+                    }
+                    tools = Some(*value)
+                }
                 "response_format" => {
                     json_schema = serde_json::from_str::<ResponseFormat<'_>>(value.get())
                         .is_ok_and(|f| f.kind.as_deref() == Some("json_schema"))
@@ -479,6 +496,66 @@ impl BadTokenLimit {
     pub fn to_api_error(&self, field: &'static str) -> ApiError {
         ApiError::invalid_request(self.code, self.message.clone()).with_param(field)
     }
+}
+
+/// Each message of a chat request must be an object: the first one that is not
+/// is named (`messages[1]`). No allocation: the array is walked, not collected.
+fn check_messages(messages: &RawValue) -> Result<(), ApiError> {
+    struct Objects;
+    impl<'de> Visitor<'de> for Objects {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut index = 0;
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                if json_kind(item) != b'{' {
+                    while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                    return Ok(Some(index));
+                }
+                index += 1;
+            }
+            Ok(None)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(messages.get());
+    match de.deserialize_seq(Objects) {
+        Ok(None) => Ok(()),
+        Ok(Some(index)) => {
+            let mut e = field_error("messages", "an array of message objects");
+            e.message = format!("`messages[{index}]` must be a message object (with a `role`).");
+            Err(e)
+        }
+        Err(_) => Err(field_error("messages", "an array")),
+    }
+}
+
+/// Byte offset of the first `\uD800`-`\uDFFF` escape that is not half of a
+/// surrogate pair: JSON no provider can decode (serde_json reads past it when
+/// it only skips a value). Only strings hold escapes, so the text is searched
+/// for `\u` alone; a backslash after an odd run of backslashes is escaped itself.
+fn lone_surrogate(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        (bytes.get(at + 1) == Some(&b'u')).then_some(())?;
+        u16::from_str_radix(std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?, 16).ok()
+    };
+    let mut from = 0;
+    while let Some(found) = text.get(from..).and_then(|rest| rest.find("\\u")) {
+        let at = from + found;
+        from = at + 2;
+        let preceding = bytes.get(..at).map_or(0, |b| b.iter().rev().take_while(|&&c| c == b'\\').count());
+        if preceding % 2 == 1 {
+            continue;
+        }
+        match unit(at) {
+            Some(0xD800..=0xDBFF) if matches!(unit(at + 6), Some(0xDC00..=0xDFFF)) => from = at + 12,
+            Some(0xD800..=0xDFFF) => return Some(at),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A token limit from its raw JSON text: `Ok(None)` for `null`, else an
@@ -754,6 +831,43 @@ mod tests {
             assert_eq!(e.status, 400, "{body}");
             assert_eq!(e.code, code, "{body}: {}", e.message);
         }
+        // What a provider would refuse with no code of its own: refused here, code and field named.
+        let cases = [
+            (r#"{"model":"x","messages":[1,2]}"#, "invalid_type", Some("messages"), "messages[0]"),
+            (r#"{"model":"x","messages":[{"role":"user"},"hi"]}"#, "invalid_type", Some("messages"), "messages[1]"),
+            (r#"{"model":"x","messages":[],"tools":{}}"#, "invalid_type", Some("tools"), "array"),
+            (r#"{"model":"x","messages":[],"functions":"f"}"#, "invalid_type", Some("functions"), "array"),
+            (r#"{"model":"x","messages":[],"max_tokens":1e400}"#, "invalid_type", Some("max_tokens"), "integer"),
+            (r#"{"model":"x","messages":[],"max_tokens":1.5}"#, "invalid_type", Some("max_tokens"), "integer"),
+            (r#"{"model":"x","messages":[],"max_tokens":"10"}"#, "invalid_type", Some("max_tokens"), "integer"),
+            (
+                r#"{"model":"x","messages":[],"max_completion_tokens":-1}"#,
+                "invalid_value",
+                Some("max_completion_tokens"),
+                "at least 0",
+            ),
+            (r#"{"model":"x","messages":[{"role":"user","content":"\ud800"}]}"#, "invalid_json", None, "surrogate"),
+            (r#"{"model":"x","messages":[{"role":"user","content":"a\udc00"}]}"#, "invalid_json", None, "surrogate"),
+            (
+                r#"{"model":"x","messages":[{"role":"user","content":"\ud800\ud800"}]}"#,
+                "invalid_json",
+                None,
+                "surrogate",
+            ),
+            (r#"{"model":"x","messages":[{"role":"user","content":"\ud800"#, "invalid_json", None, "surrogate"),
+        ];
+        for (body, code, param, says) in cases {
+            let e = parse(body).unwrap_err();
+            assert_eq!((e.status, e.code, e.param), (400, code, param), "{body}: {}", e.message);
+            assert!(e.message.contains(says), "{body}: {}", e.message);
+        }
+        // Pairs, escaped backslashes and nulls pass.
+        for body in [
+            r#"{"model":"x","messages":[{"role":"user","content":"\ud83d\ude00 \\ud800 \\\\"}],"max_tokens":null,"tools":null}"#,
+            r#"{"model":"x","messages":[],"max_tokens":0,"max_completion_tokens":99999999999}"#,
+        ] {
+            parse(body).unwrap_or_else(|e| panic!("{body}: {}", e.message));
+        }
         let e = ParsedRequest::parse(b"{\"model\":\"\xff\"}", Endpoint::ChatCompletions).unwrap_err();
         assert_eq!(e.code, "invalid_json");
     }
@@ -773,11 +887,11 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let ok = format!("{{\"model\":\"x\",\"messages\":{}{}}}", "[".repeat(63), "]".repeat(63));
-        assert!(parse(&ok).is_ok());
-        let deep = format!("{{\"model\":\"x\",\"messages\":{}{}}}", "[".repeat(100), "]".repeat(100));
-        assert_eq!(parse(&deep).unwrap_err().code, "invalid_json");
-        let in_string = format!("{{\"model\":\"x\",\"messages\":[\"{}\\\"\"]}}", "[".repeat(100));
+        let nested =
+            |n: usize| format!("{{\"model\":\"x\",\"messages\":[{{\"c\":{}{}}}]}}", "[".repeat(n), "]".repeat(n));
+        assert!(parse(&nested(61)).is_ok());
+        assert_eq!(parse(&nested(98)).unwrap_err().code, "invalid_json");
+        let in_string = format!("{{\"model\":\"x\",\"messages\":[{{\"c\":\"{}\\\"\"}}]}}", "[".repeat(100));
         assert!(parse(&in_string).is_ok(), "brackets inside strings do not count");
         let deeper = format!("{{\"model\":\"x\",\"messages\":{}{}}}", "[".repeat(5000), "]".repeat(5000));
         assert_eq!(parse(&deeper).unwrap_err().code, "invalid_json");
@@ -992,7 +1106,8 @@ mod tests {
 
     #[test]
     fn unexpected_message_shapes_are_read_best_effort() {
-        let req = parse(r#"{"model":"m","messages":[1,"x",{"role":"user","content":5}]}"#).unwrap();
+        let req =
+            parse(r#"{"model":"m","messages":[{"role":"user"},{"content":[1]},{"role":"user","content":5}]}"#).unwrap();
         assert_eq!(req.content().images, 0);
         assert!(req.content().user_text.is_empty());
     }

@@ -7,6 +7,8 @@ mod tenants;
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::api::error::ApiError;
+
 pub use switchboard_schema::{Capability, ProviderKind, Strategy};
 
 /// Where a secret comes from. Injected so tests need not touch the process
@@ -377,6 +379,8 @@ pub struct Config {
     pub tags: Vec<String>,
     pool_by_name: HashMap<String, usize>,
     router_by_name: HashMap<String, usize>,
+    /// Model names served by several members (and no pool): their member ids.
+    ambiguous: HashMap<String, Vec<String>>,
     facts: MemberFacts,
     /// `None`: no tenants configured, requests need no key.
     pub tenants: Option<Vec<crate::tenant::Tenant>>,
@@ -392,7 +396,10 @@ pub struct MemberFacts {
 }
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-switchboard-cluster";
-pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// 64 MiB: what the providers accept for requests with images. OpenAI takes up
+/// to 50 MB of image bytes per request (about 67 MB as the base64 of a JSON body),
+/// Anthropic's Messages API 32 MB; `envoy/render.py` sizes Envoy's buffers from it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// 529 is Anthropic's "overloaded".
 pub const DEFAULT_RETRY_ON: [u16; 7] = [408, 429, 500, 502, 503, 504, 529];
 
@@ -421,6 +428,16 @@ impl Config {
             return Some(Target::Router(r));
         }
         self.pool_by_name.get(name).map(|&p| Target::Pool(p))
+    }
+
+    /// The 404 for a name that resolves to nothing: ambiguous (with the member
+    /// ids that address each deployment) or unknown. `param`: the field that named it.
+    pub fn unknown_target(&self, name: &str, param: &'static str) -> ApiError {
+        match self.ambiguous.get(name) {
+            Some(ids) => ApiError::ambiguous_model(name, ids),
+            None => ApiError::model_not_found(name),
+        }
+        .with_param(param)
     }
 
     pub fn member_facts(&self) -> MemberFacts {

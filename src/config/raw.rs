@@ -264,8 +264,14 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
     }
     let (retry, health, probe) = defaults.unwrap_or_else(|_| placeholder_policies());
     let mut pool_by_name: HashMap<String, usize> = pools.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+    // A name two deployments serve addresses neither: requests naming it are told which ids to use.
+    let mut ambiguous: HashMap<String, Vec<String>> = HashMap::new();
     for (model, members) in served {
-        if members.len() != 1 || pool_by_name.contains_key(&model) {
+        if pool_by_name.contains_key(&model) {
+            continue;
+        }
+        if members.len() != 1 {
+            ambiguous.insert(model, members.into_iter().map(|m| m.id).collect());
             continue;
         }
         let mut members = members;
@@ -356,6 +362,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
         tags,
         pool_by_name,
         router_by_name,
+        ambiguous,
         facts,
         tenants,
     })

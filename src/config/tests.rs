@@ -75,6 +75,12 @@ fn model_served_by_two_providers_is_not_direct() {
     let json = sample_config().replace("gpt-4o-2024-08-06", "gpt-4o");
     let cfg = parse(&json).unwrap();
     assert!(cfg.pool("gpt-4o").is_none());
+    // Naming it is a 404 that lists the member ids that address each deployment.
+    let e = cfg.unknown_target("gpt-4o", "model");
+    assert_eq!((e.status, e.code, e.param), (404, "ambiguous_model", Some("model")));
+    assert!(e.message.contains("alpha/gpt-4o, beta/gpt-4o"), "{}", e.message);
+    assert!(cfg.pool("alpha/gpt-4o").is_some() && cfg.pool("beta/gpt-4o").is_some());
+    assert_eq!(cfg.unknown_target("nope", "fallback").code, "model_not_found");
 }
 
 #[test]
@@ -159,8 +165,13 @@ fn errors_name_the_offending_field() {
         ),
         (
             sample_config().replace(r#""members": ["#, r#""members": [], "x": ["#),
-            "pools.gpt4o_16k",
+            "pools.gpt4o_16k.x",
             "unknown field `x`",
+        ),
+        (
+            sample_config().replace(r#""members": ["#, r#""max_attempts": "3", "members": ["#),
+            "pools.gpt4o_16k.max_attempts",
+            "invalid type",
         ),
     ];
     for (json, field, needle) in cases {

@@ -392,11 +392,13 @@ pub fn error_type(status: u16) -> &'static str {
     match status {
         400 => "invalid_request_error",
         401 => "authentication_error",
+        402 => "billing_error",
         403 => "permission_error",
         404 => "not_found_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
         503 | 529 => "overloaded_error",
+        504 => "timeout_error",
         s if (400..500).contains(&s) => "invalid_request_error",
         _ => "api_error",
     }
@@ -863,6 +865,8 @@ mod tests {
             (502, "api_error"),
             (503, "overloaded_error"),
             (529, "overloaded_error"),
+            (504, "timeout_error"),
+            (402, "billing_error"),
             (422, "invalid_request_error"),
         ] {
             let out: Value = serde_json::from_slice(&error_body(status, openai)).unwrap();

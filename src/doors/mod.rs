@@ -49,6 +49,18 @@ impl Door {
         }
     }
 
+    /// The door whose error shape answers at `path` before (or without) routing:
+    /// every path of the Messages API (`/v1/messages...`) is Anthropic's, so an
+    /// Anthropic client reads a refused key or an unknown path as it reads Anthropic's.
+    pub fn error_shape_of(path: &str) -> Door {
+        let clean = path.split('?').next().unwrap_or("");
+        match Door::from_path(clean) {
+            Some(door) => door,
+            None if clean.starts_with("/v1/messages/") => Door::Messages,
+            None => Door::Chat,
+        }
+    }
+
     /// The API some provider kinds serve as it is: requests to their members
     /// pass through (model rewritten), their answers come back untouched.
     pub fn native_api(self) -> Option<NativeApi> {
@@ -634,6 +646,16 @@ mod tests {
         // Other unreadable bodies stay what they were.
         let e = Door::Responses.to_chat(br#"{"model":"m","input":"hi","temperature":1e400}"#).unwrap_err();
         assert_eq!(e.code, "invalid_json");
+    }
+
+    #[test]
+    fn every_messages_api_path_answers_in_anthropic_shape() {
+        assert_eq!(Door::error_shape_of("/v1/messages?beta=true"), Door::Messages);
+        assert_eq!(Door::error_shape_of("/v1/messages/count_tokens"), Door::CountTokens);
+        assert_eq!(Door::error_shape_of("/v1/messages/batches"), Door::Messages);
+        assert_eq!(Door::error_shape_of("/v1/responses"), Door::Responses);
+        assert_eq!(Door::error_shape_of("/v1/chat/completions"), Door::Chat);
+        assert_eq!(Door::error_shape_of("/v1/messagesx"), Door::Chat);
     }
 
     #[test]

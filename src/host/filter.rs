@@ -29,6 +29,7 @@ use crate::api::usage::{self, UsageChunkFilter};
 use crate::api::{ApiError, Endpoint};
 use crate::config::Strategy;
 use crate::doors::{messages, Door, DoorAnswer, DoorError};
+use crate::encoding::percent_decode;
 use crate::providers::{
     build_native, build_request, stream_include_usage, BuildContext, NativeApi, ResponseAdapter, UpstreamRequest,
 };
@@ -719,9 +720,10 @@ impl Filter {
     }
 
     /// Every attempt failed (or every member is ejected): 503 listing them
-    /// (429 when all were rate limited), with the `Retry-After` and
-    /// `x-should-retry` that tell the client truthfully when trying again can
-    /// help: `Retry-After` is when the gateway itself next tries a member.
+    /// (429 when all were rate limited, 529 on the Messages door when all
+    /// were overloaded), with the `Retry-After` and `x-should-retry` that tell
+    /// the client truthfully when trying again can help: `Retry-After` is when
+    /// the gateway itself next tries a member.
     fn exhausted(&mut self, rt: &Runtime) -> Action {
         let now = self.now_ms();
         let error = match &self.plan {
@@ -737,6 +739,11 @@ impl Filter {
                 if answer.status == 429 {
                     error.status = 429;
                     error.code = "rate_limit_exceeded";
+                } else if self.door == Door::Messages && all_overloaded(&statuses) {
+                    // Anthropic's own status, so its SDKs raise `OverloadedError` as they would
+                    // against Anthropic (529 has no meaning to OpenAI clients: they get the 503).
+                    error.status = 529;
+                    error.code = "overloaded";
                 }
                 error.retry_after_s = answer.retry_after_s;
                 error.should_retry = Some(answer.should_retry);
@@ -810,6 +817,11 @@ impl Filter {
             }
         }
     }
+}
+
+/// Every attempt answered 529 (Anthropic's "overloaded").
+fn all_overloaded(statuses: &[u16]) -> bool {
+    !statuses.is_empty() && statuses.iter().all(|s| *s == 529)
 }
 
 /// Tokens to reserve for a request before it runs: its prompt (about 4 bytes
@@ -1062,6 +1074,9 @@ impl HttpContext for Filter {
                 "The provider answered with a redirect, which the gateway does not follow.",
             ));
         }
+        let path = header_value(&raw, ":path").unwrap_or_default().to_string();
+        // Every answer of a door in its error shape, a refused key's included.
+        self.door = Door::error_shape_of(&path);
         if let Some(tenants) = &rt.config.tenants {
             let key = presented_key(|name| header_value(&raw, name));
             match authenticate(tenants, key) {
@@ -1069,7 +1084,6 @@ impl HttpContext for Filter {
                 Err(e) => return self.answer_error(&e),
             }
         }
-        let path = header_value(&raw, ":path").unwrap_or_default().to_string();
         let method = header_value(&raw, ":method").unwrap_or_default().to_string();
         let declared = header_value(&raw, "content-length").and_then(|v| v.parse::<usize>().ok());
         // The client's headers never reach the provider as they are: the
@@ -1084,8 +1098,10 @@ impl HttpContext for Filter {
             if method != "GET" && method != "HEAD" {
                 return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/models/{id}", "GET"));
             }
-            let Some(body) = self.listing(&rt).entry(id).map(<[u8]>::to_vec) else {
-                return self.answer_error(&ApiError::model_not_found(id).with_param("model"));
+            // The SDKs percent-encode the id (`o1/gpt-4o` arrives as `o1%2Fgpt-4o`).
+            let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
+            let Some(body) = self.listing(&rt).entry(&id).map(<[u8]>::to_vec) else {
+                return self.answer_error(&rt.config.unknown_target(&id, "model"));
             };
             return self.answer_json(&body);
         }
@@ -1530,6 +1546,21 @@ impl Filter {
             rt.member_id(attempt.picked.member)
         );
         let now = self.now_ms();
-        self.finish(rt, &attempt, 0, None, now);
+        self.cut_answer(rt, &attempt, now);
+    }
+
+    /// An answer broken after its headers went out (the upstream cut it, or it
+    /// fell silent past `stream_idle_timeout_ms`): the member's failure, and for
+    /// the call log and the request stats what the client got, a broken answer,
+    /// 502 rather than the 200 its headers said (`"cut": true` in the call log).
+    fn cut_answer(&mut self, rt: &Runtime, attempt: &Attempt, now: u64) {
+        self.obs.status = CUT_STATUS;
+        self.obs.cut = true;
+        let at = attempt.picked.member;
+        rt.metrics.inc(rt.metrics.member(at.pool, at.member).and_then(|m| m.cut_answers));
+        self.finish(rt, attempt, 0, None, now);
     }
 }
+
+/// How a request whose answer broke after its headers is counted and logged.
+const CUT_STATUS: u16 = 502;

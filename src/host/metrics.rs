@@ -20,6 +20,8 @@ pub struct MemberMetrics {
     pub ejections: Option<u32>,
     pub restorations: Option<u32>,
     pub canary_rollbacks: Option<u32>,
+    /// Answers that broke after their headers went out (cut by the member, or silent past the idle limit).
+    pub cut_answers: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -103,7 +105,9 @@ fn stat_key(family: Family, labels: Labels) -> u64 {
     code | index(labels.pool) << 16 | index(labels.member) << 32 | index(labels.tenant) << 48
 }
 
-const LOCAL_ERROR_CODES: [&str; 29] = [
+const LOCAL_ERROR_CODES: [&str; 31] = [
+    "overloaded",
+    "ambiguous_model",
     "invalid_json",
     "invalid_type",
     "missing_model",
@@ -188,6 +192,7 @@ impl Metrics {
                                 failovers: counter(format!("{base}.failovers")),
                                 ejections: counter(format!("{base}.ejections")),
                                 restorations: counter(format!("{base}.restorations")),
+                                cut_answers: counter(format!("{base}.cut_answers")),
                                 canary_rollbacks: if m.canary.is_some() {
                                     counter(format!("{base}.canary_rollbacks"))
                                 } else {

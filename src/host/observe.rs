@@ -20,8 +20,10 @@ pub struct Observed {
     pub start_ms: u64,
     /// Every attempt in order: member, status (0: no answer), duration.
     pub attempts: Vec<(MemberRef, u16, u64)>,
-    /// What the client got.
+    /// What the client got (502 for an answer broken after its headers).
     pub status: u16,
+    /// The answer broke after its headers went out.
+    pub cut: bool,
     /// The answer's headers left for the client; a stream's first event did.
     pub first_byte_ms: u64,
     pub first_event_ms: u64,
@@ -94,6 +96,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
             .map(|(m, status, ms)| AttemptLog { member: rt.member_id(*m), status: *status, ms: *ms })
             .collect(),
         status: obs.status,
+        cut: obs.cut,
         stream: end.stream,
         tokens,
         cost_micro_usd: cost,

@@ -685,7 +685,6 @@ mod tests {
             ),
             (json!({"model": "m", "messages": [], "temperature": "hot"}), "temperature"),
             (json!({"model": "m", "messages": [], "stop": [1]}), "stop"),
-            (json!({"model": "m", "messages": [], "max_tokens": -1}), "max_tokens"),
             (json!({"model": "m", "messages": [], "max_tokens": 0}), "max_tokens"),
             (
                 json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f1"}}]}]}),

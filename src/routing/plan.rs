@@ -107,10 +107,13 @@ pub struct Plan {
     pub deadline_ms: u64,
 }
 
-fn unknown_fallback(name: &str) -> ApiError {
-    let mut e = ApiError::model_not_found(name);
-    e.message =
-        format!("The fallback model `{name}` does not exist: it is neither a pool nor a model served by this gateway.");
+fn unknown_fallback(config: &Config, name: &str) -> ApiError {
+    let mut e = config.unknown_target(name, "fallback");
+    if e.code == "model_not_found" {
+        e.message = format!(
+            "The fallback model `{name}` does not exist: it is neither a pool nor a model served by this gateway."
+        );
+    }
     e
 }
 
@@ -147,8 +150,8 @@ impl Plan {
             }
         };
         let (primary, route) =
-            resolve(&request.target, &mut missed).ok_or_else(|| ApiError::model_not_found(&request.target))?;
-        let pool = config.pool_at(primary).ok_or_else(|| ApiError::model_not_found(&request.target))?;
+            resolve(&request.target, &mut missed).ok_or_else(|| config.unknown_target(&request.target, "model"))?;
+        let pool = config.pool_at(primary).ok_or_else(|| config.unknown_target(&request.target, "model"))?;
         let provider = match &request.provider {
             None => None,
             Some(name) => {
@@ -174,7 +177,7 @@ impl Plan {
             }
         }
         for name in &request.fallback {
-            let (index, _) = resolve(name, &mut |_, _, _| {}).ok_or_else(|| unknown_fallback(name))?;
+            let (index, _) = resolve(name, &mut |_, _, _| {}).ok_or_else(|| unknown_fallback(config, name))?;
             if !pools.contains(&index) {
                 pools.push(index);
             }

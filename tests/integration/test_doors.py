@@ -344,3 +344,132 @@ def test_tenant_tokens_are_corrected_with_the_usage_of_answers_passed_through(do
         assert doors_mock.count("anthropic") == 3 and doors_mock.count("openai") == 3
     finally:
         g.stop()
+
+
+def test_every_member_overloaded_keeps_529_on_the_messages_door_only(doors_gw, doors_mock):
+    """Every attempt answered 529: the anthropic SDK raises OverloadedError (Anthropic's own status and
+    type), whether the member was native or translated; other doors, whose clients know no 529, get 503.
+    A mix of 529 and another failure is not "overloaded": 503."""
+    doors_mock.faults("anthropic", status=529)
+    with pytest.raises(anthropic.OverloadedError) as e:
+        claude(doors_gw).messages.create(model="only_anthropic", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 529
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "overloaded_error", e.value.body
+    assert "anthropic/claude-3-5-haiku:529" in e.value.body["error"]["message"]
+    with pytest.raises(anthropic.OverloadedError):
+        with claude(doors_gw).messages.stream(model="only_anthropic", max_tokens=10,
+                                              messages=[{"role": "user", "content": "hi"}]) as s:
+            list(s.text_stream)
+    doors_mock.faults("openai", status=529)
+    with pytest.raises(anthropic.OverloadedError):
+        claude(doors_gw).messages.create(model="mixed", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    # The same failures on the OpenAI doors: 503, which the openai SDK knows (InternalServerError).
+    with pytest.raises(openai.InternalServerError) as e:
+        gpt(doors_gw).chat.completions.create(model="mixed", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503 and e.value.code == "no_healthy_upstream"
+    with pytest.raises(openai.InternalServerError) as e:
+        gpt(doors_gw).responses.create(model="mixed", input="hi")
+    assert e.value.status_code == 503
+    # Overloaded and broken: not all overloaded.
+    doors_mock.faults("openai", status=500)
+    with pytest.raises(anthropic.InternalServerError) as e:
+        claude(doors_gw).messages.create(model="mixed", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503 and not isinstance(e.value, anthropic.OverloadedError)
+
+
+def test_every_answer_of_the_messages_api_is_anthropic_shaped_refused_keys_included(doors_mock):
+    """A tenant's missing or wrong key on /v1/messages and /v1/messages/count_tokens (401), a pool it
+    may not use (403) and an unknown Messages API path (404) all reach the anthropic SDK in Anthropic's
+    error shape; the chat door's 401 stays OpenAI's."""
+    from test_tenants import sha
+    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic")}
+    config = {
+        "providers": providers,
+        "pools": {"claude": {"members": [{"provider": "anthropic", "model": "claude-3-5-haiku"}]},
+                  "gpt": {"members": [{"provider": "openai", "model": "gpt-4o"}]}},
+        "tenants": {"t": {"keys_sha256": [sha("sk-tenant")], "allow": ["claude"]}},
+    }
+    g = Gateway(config, dict(doors_mock.addrs), KEYS)
+    try:
+        messages = [{"role": "user", "content": "hi"}]
+        client = anthropic.Anthropic(base_url=g.base, api_key="sk-wrong", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError) as e:
+            client.messages.create(model="claude", max_tokens=10, messages=messages)
+        assert e.value.body == {"type": "error", "error": {"type": "authentication_error",
+                                                          "message": e.value.body["error"]["message"]}}, e.value.body
+        with pytest.raises(anthropic.AuthenticationError) as e:
+            client.messages.count_tokens(model="claude", messages=messages)
+        assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):  # no key at all
+            r = httpx.post(g.base + path, json={"model": "claude", "max_tokens": 10, "messages": messages}, timeout=10)
+            assert r.status_code == 401 and r.json()["type"] == "error", r.text
+            assert r.json()["error"]["type"] == "authentication_error"
+        client = anthropic.Anthropic(base_url=g.base, api_key="sk-tenant", max_retries=0)
+        with pytest.raises(anthropic.PermissionDeniedError) as e:
+            client.messages.create(model="gpt", max_tokens=10, messages=messages)
+        assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "permission_error"
+        with pytest.raises(anthropic.NotFoundError) as e:
+            client.messages.batches.list()
+        assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "not_found_error"
+        assert client.messages.create(model="claude", max_tokens=10, messages=messages).content
+        # The chat door keeps OpenAI's shape.
+        with pytest.raises(openai.AuthenticationError) as e:
+            openai.OpenAI(base_url=g.base + "/v1", api_key="sk-wrong", max_retries=0).chat.completions.create(
+                model="claude", messages=messages)
+        assert e.value.code == "invalid_api_key" and "type" not in e.value.response.json()
+        assert doors_mock.count("anthropic") == 1 and doors_mock.count("openai") == 0
+    finally:
+        g.stop()
+
+
+def test_an_8_mb_image_request_is_served_on_every_door_and_on_failover(doors_mock):
+    """With the default max_body_bytes (64 MiB, what OpenAI and Anthropic accept for images), an
+    8 MB base64 image reaches an OpenAI member as it is and an Anthropic member translated, from the
+    chat door (also when the first member fails, non-streamed and streamed) and the Messages door;
+    a body over the default is refused with the gateway's 413 before it is read."""
+    import base64
+    import os
+    import socket
+    providers = {n: p for n, p in providers_config().items() if n in ("openai", "anthropic")}
+    member = lambda n, **kw: {"provider": n, "model": KINDS[n][1], **kw}
+    config = {
+        "providers": providers,
+        "defaults": {"health": {"consecutive_failures": 1000}},
+        "pools": {"gpt": {"members": [member("openai")]}, "claude": {"members": [member("anthropic")]},
+                  "both": {"members": [member("anthropic", weight=1000), member("openai")]}},
+    }
+    g = Gateway(config, dict(doors_mock.addrs), KEYS)
+    try:
+        image = base64.b64encode(os.urandom(6 * 1024 * 1024)).decode()  # 8 MiB of base64
+        url = f"data:image/png;base64,{image}"
+        messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this image?"},
+                                                 {"type": "image_url", "image_url": {"url": url}}]}]
+        client = openai.OpenAI(base_url=g.base + "/v1", api_key="k", max_retries=0, timeout=60)
+        for pool, provider in (("gpt", "openai"), ("claude", "anthropic")):
+            r = client.chat.completions.create(model=pool, messages=messages)
+            assert r.choices[0].message.content.startswith(f"mock reply from {provider}")
+            sent = upstream(doors_mock, provider)["body"]
+            assert image in json.dumps(sent), f"the image reached {provider}"
+        doors_mock.faults("anthropic", status=529)
+        r = client.chat.completions.with_raw_response.create(model="both", messages=messages)
+        assert r.headers["x-switchboard-attempts"] == "2" and r.headers["x-switchboard-member"] == "openai/gpt-4o"
+        with client.chat.completions.stream(model="both", messages=messages) as s:
+            text = "".join(e.delta for e in s if e.type == "content.delta")
+        assert text.startswith("mock reply from openai")
+        assert image in json.dumps(upstream(doors_mock, "openai")["body"])
+        doors_mock.reset()
+        msg = anthropic.Anthropic(base_url=g.base, api_key="k", max_retries=0, timeout=60).messages.create(
+            model="claude", max_tokens=50, messages=[{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+                {"type": "text", "text": "What is in this image?"}]}])
+        assert msg.content[0].text.startswith("mock reply from anthropic")
+        sock = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        try:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\n"
+                         f"content-length: {64 * 1024 * 1024 + 1}\r\n\r\n".encode())
+            head = sock.recv(65536).decode(errors="replace")
+        finally:
+            sock.close()
+        assert head.startswith("HTTP/1.1 413") and "67108864 bytes" in head and "request_too_large" in head, head[:500]
+    finally:
+        g.stop()

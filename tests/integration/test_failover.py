@@ -341,6 +341,38 @@ def test_answer_cut_off_mid_body_is_the_members_failure_and_ejects_it(make_gatew
     assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.requests"] == 0
 
 
+def test_answers_cut_after_their_headers_are_logged_and_counted_as_broken_per_member(make_gateway, mock):
+    """The client got a 200's headers and a broken body: the call log says 502 with `"cut": true`
+    (the attempt: no complete answer), the request stats count a 502 for that member, and the
+    member's `cut_answers` counts it; a whole answer next to them stays a 200."""
+    gw = make_gateway(base_config(health={"consecutive_failures": 1000}), call_log=True)
+    mock.faults("alpha", reset_after_first_chunk=True)
+    mock.faults("beta", reset_after_first_chunk=True)
+    for stream in (False, True):
+        try:
+            with httpx.stream("POST", gw.base + "/v1/chat/completions", json=chat("gpt4o_16k", stream=stream),
+                              timeout=10) as r:
+                assert r.status_code == 200
+                r.read()
+            raise AssertionError("the body should have been cut")
+        except httpx.TransportError:
+            pass
+    mock.reset()
+    assert httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"), timeout=10).status_code == 200
+    lines = gw.calls(3)
+    assert [(line["status"], line["cut"], line["stream"]) for line in lines] == [
+        (502, True, False), (502, True, True), (200, False, False)], lines
+    assert [a["status"] for line in lines[:2] for a in line["attempts"]] == [0, 0]
+    stats = gw.stats()
+    cut = {}
+    for line in lines[:2]:
+        cut[line["member"]] = cut.get(line["member"], 0) + 1
+    for member, n in cut.items():
+        assert stats[f"wasmcustom.switchboard.member.gpt4o_16k.{member}.cut_answers"] == n, stats
+        assert stats[f"wasmcustom.switchboard.requests.gpt4o_16k.{member}.-.502"] == n
+        assert stats.get(f"wasmcustom.switchboard.requests.gpt4o_16k.{member}.-.200", 0) <= 1
+
+
 def test_provider_429_reaches_the_sdk_as_rate_limit_error_with_retry_after(make_gateway, mock):
     gw = make_gateway(base_config(health={"consecutive_failures": 1000}))
     mock.faults("alpha", status=429, retry_after=7)

@@ -340,6 +340,32 @@ BAD_INPUTS = {
 }
 
 
+# Bodies a provider would refuse with no `code` of its own: the gateway refuses them first,
+# naming the code and the field (name -> (body, code, param)).
+BAD_FIELDS = {
+    "messages of numbers": (b'{"model": "gpt4o_16k", "messages": [1, 2]}', "invalid_type", "messages"),
+    "tools is an object": (b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "hi"}], "tools": {}}',
+                           "invalid_type", "tools"),
+    "lone surrogate": (b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_json", None),
+    "max_tokens 1e400": (b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}',
+                         "invalid_type", "max_tokens"),
+    "negative max_completion_tokens": (
+        b'{"model": "gpt4o_16k", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -5}',
+        "invalid_value", "max_completion_tokens"),
+    "unknown model": (json.dumps(chat("no-such-model")).encode(), "model_not_found", "model"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FIELDS))
+def test_every_refusal_has_a_code_and_names_the_field(robust_gateway, mock, name):
+    body, code, param = BAD_FIELDS[name]
+    status, _, raw = post_raw(robust_gateway.port, body)
+    assert 400 <= status < 500, (status, raw[:300])
+    err = json.loads(raw)["error"]
+    assert (err["code"], err["param"]) == (code, param), err
+    assert mock.count("alpha") + mock.count("beta") == 0, "refused by the gateway, not by a provider"
+
+
 @pytest.fixture(scope="module")
 def robust_gateway(mock):
     g = Gateway(base_config(), clusters_for(mock), KEYS, concurrency=2)
@@ -493,3 +519,86 @@ def test_translated_providers_are_never_offered_compression(make_gateway, kinds_
         assert len(sent) == 2
         got = [(s["headers"].get("accept-encoding"), s["headers"].get("content-type")) for s in sent]
         assert got == [("identity", "application/json")] * 2, (kinds[p], "[failover, routed]:", got)
+
+
+# ------------------------------------------------- slow clients, connection limit
+
+def test_bootstrap_sets_request_timeouts_and_a_connection_limit(robust_gateway):
+    """render.py's defaults: a client has 10 s for its headers and 120 s for its whole request
+    (not the 15-minute stream idle timeout), and Envoy has a connection limit, so it does not
+    warn at start that it has none."""
+    import render
+    doc = render.bootstrap(base_config(), "x.wasm", 1, 2, {"alpha": "127.0.0.1:1"})
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert (hcm["request_headers_timeout"], hcm["request_timeout"]) == ("10s", "120s")
+    (monitor,) = doc["overload_manager"]["resource_monitors"]
+    assert monitor["typed_config"]["max_active_downstream_connections"] == 10000
+    assert "no configured limit to the number of allowed active downstream connections" not in robust_gateway.logs()
+
+
+def test_a_client_sending_less_body_than_announced_is_cut_at_the_request_timeout(make_gateway, mock):
+    """Content-Length says 1000, 20 bytes come: 408 at the request timeout and the connection
+    closed; likewise a client that never finishes its headers. A generation longer than the
+    request timeout, streamed or not, still finishes: the timer stops once the request is upstream."""
+    g = make_gateway(base_config(health={"consecutive_failures": 1000}), request_timeout_s=2,
+                     request_headers_timeout_s=1)
+    sock = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    try:
+        started = time.time()
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\n"
+                     "content-length: 1000\r\n\r\n{\"model\": \"gpt4o_16".encode())
+        resp = http.client.HTTPResponse(sock, method="POST")
+        resp.begin()
+        elapsed = time.time() - started
+        assert resp.status == 408 and 1.8 < elapsed < 5, (resp.status, elapsed)
+        resp.read()
+        assert sock.recv(1) == b"", "the connection is closed"
+    finally:
+        sock.close()
+    sock = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    try:
+        started = time.time()
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: gw\r\n".encode())
+        data = sock.recv(4096)
+        while data and b"\r\n\r\n" not in data:
+            more = sock.recv(4096)
+            data, _ = data + more, more
+        assert time.time() - started < 4, "headers never finished: closed after the header timeout"
+        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:100]
+    finally:
+        sock.close()
+    assert mock.count("alpha") + mock.count("beta") == 0
+    # Generations that take longer than the request timeout are never cut by it.
+    mock.faults("alpha", latency_ms=3500)
+    mock.faults("beta", latency_ms=3500)
+    started = time.time()
+    r = httpx.post(g.base + CHAT, json=chat(POOL), timeout=20)
+    assert r.status_code == 200 and time.time() - started > 3.4, (r.status_code, r.text[:200])
+    mock.faults("alpha", stream_delay_ms=500, stream_chunks=8)
+    mock.faults("beta", stream_delay_ms=500, stream_chunks=8)
+    with httpx.stream("POST", g.base + CHAT, json=chat(POOL, stream=True), timeout=20) as r:
+        text = "".join(r.iter_text())
+    assert r.status_code == 200 and text.rstrip().endswith("data: [DONE]"), text[-200:]
+
+
+def test_the_connection_limit_refuses_new_connections_and_never_cuts_open_generations(make_gateway, mock):
+    """With a limit of 3 connections, 3 clients each waiting on a slow generation all get their
+    answer, while a 4th connection is closed at once; once they are done, new clients are served."""
+    g = make_gateway(base_config(health={"consecutive_failures": 1000}), max_connections=3)
+    mock.faults("alpha", latency_ms=2500)
+    mock.faults("beta", latency_ms=2500)
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(httpx.post, g.base + CHAT, json=chat(POOL), timeout=20) for _ in range(3)]
+        time.sleep(1.0)
+        refused = None
+        try:
+            with httpx.Client(timeout=5) as c:
+                refused = c.get(g.base + "/v1/models")
+        except httpx.TransportError as e:
+            refused = e
+        assert isinstance(refused, httpx.TransportError), f"a 4th connection was served: {refused}"
+        assert [f.result().status_code for f in slow] == [200, 200, 200]
+    mock.reset()
+    time.sleep(0.5)
+    assert httpx.post(g.base + CHAT, json=chat(POOL), timeout=10).status_code == 200
+    assert "no configured limit" not in g.logs()

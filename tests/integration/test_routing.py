@@ -194,6 +194,20 @@ def test_invalid_config_is_refused_with_field_name(make_gateway, mock):
         g.stop()
 
 
+def test_a_type_error_in_a_pools_policy_names_the_field_not_the_pool(mock):
+    from harness import Gateway
+    from conftest import clusters_for
+    cfg = base_config(max_attempts="3")
+    g = Gateway(cfg, clusters_for(mock), KEYS, expect_failure=True)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and "invalid type" not in g.logs():
+            time.sleep(0.2)
+        assert 'pools.gpt4o_16k.max_attempts: invalid type: string "3", expected u32' in g.logs(), g.logs()[-2000:]
+    finally:
+        g.stop()
+
+
 def test_completions_endpoint_routes_too(gateway, mock):
     r = httpx.post(gateway.base + "/v1/completions", json={"model": "gpt-4o", "prompt": "Say hi"}, timeout=10)
     assert r.status_code == 200, r.text

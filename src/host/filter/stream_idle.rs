@@ -68,7 +68,7 @@ impl Filter {
             now.saturating_sub(last_ms)
         );
         rt.metrics.inc(rt.metrics.pool(attempt.picked.member.pool).and_then(|p| p.stream_idle_timeouts));
-        self.finish(&rt, &attempt, 0, None, now);
+        self.cut_answer(&rt, &attempt, now);
         if let Err(s) = abi::reset_response() {
             self.host_error("reset the response", s);
         }
