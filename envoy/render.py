@@ -156,7 +156,7 @@ def secret_env_keys(plugin_config):
     return keys
 
 
-# Request-end stats: `<family>.<pool>.<member>.<tenant>[.<token type or status>]` (src/observe.rs).
+# Request-end stats: `<family>.<pool>.<member>.<tenant>[.<token type or outcome>]` (src/observe.rs).
 REQUEST_STATS = (r"gen_ai\.client\.token\.usage|gen_ai\.server\.request\.duration|gen_ai\.server\.time_to_first_token"
                  r"|switchboard\.requests|switchboard\.cost_micro_usd|switchboard\.usage_estimated")
 
@@ -167,7 +167,8 @@ STATS_TAGS = [
     {"tag_name": "member", "regex": rf"^wasmcustom\.(?:switchboard\.member|{REQUEST_STATS})\.[^.]+(\.([^.]+))"},
     {"tag_name": "tenant", "regex": rf"^wasmcustom\.(?:switchboard\.tenant|(?:{REQUEST_STATS})\.[^.]+\.[^.]+)(\.([^.]+))"},
     {"tag_name": "gen_ai.token.type", "regex": r"^wasmcustom\.gen_ai\.client\.token\.usage(?:\.[^.]+){3}(\.([^.]+))$"},
-    {"tag_name": "status", "regex": r"^wasmcustom\.switchboard\.requests(?:\.[^.]+){3}(\.([^.]+))$"},
+    {"tag_name": "outcome", "regex": r"^wasmcustom\.switchboard\.requests(?:\.[^.]+){3}(\.([^.]+))$"},
+    {"tag_name": "code", "regex": r"^wasmcustom\.switchboard\.local_errors(\.([^.]+))$"},
 ]
 
 # The call log: one JSON line per client request, written by the filter as

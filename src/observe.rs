@@ -4,6 +4,7 @@
 //! the facts while the request runs and reports them once, in `on_log`.
 
 use crate::api::request::push_json_string;
+use crate::api::ErrorCode;
 use crate::tenant::limits::civil;
 
 /// The label of a request-end stat the request has no value for (no tenants
@@ -19,6 +20,68 @@ pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration";
 pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token";
 pub const COST: &str = "switchboard.cost_micro_usd";
 pub const USAGE_ESTIMATED: &str = "switchboard.usage_estimated";
+
+/// What a client request came to, as the request counter's `outcome` label:
+/// a closed set, so every series exists (at 0) from configuration load and the
+/// first request of each kind is counted by `rate()`/`increase()`. The exact
+/// status and error code are in the call log and `switchboard.local_errors.<code>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 1xx-3xx.
+    Ok,
+    /// 4xx other than 429: the client's request was refused (by the gateway or the provider).
+    ClientError,
+    /// 429 for a rate limit: a tenant's rpm, tpm or max_parallel, or a provider's limit passed on.
+    RateLimited,
+    /// 429 `insufficient_quota`: a tenant's budget is spent.
+    Quota,
+    /// 5xx that is not an exhausted pool: a provider's failure passed on, an unreadable answer, a gateway fault.
+    UpstreamError,
+    /// Every member of the pool was tried or passed over (503, or 429 when all were rate limited).
+    Exhausted,
+    /// The client left before an answer (status 0).
+    Cancelled,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::ClientError,
+        Outcome::RateLimited,
+        Outcome::Quota,
+        Outcome::UpstreamError,
+        Outcome::Exhausted,
+        Outcome::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientError => "client_error",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Quota => "quota",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Exhausted => "exhausted",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome of a request answered `status`, with the gateway's own
+    /// error code if it answered one, `exhausted` when every member failed.
+    pub fn of(status: u16, error: Option<ErrorCode>, exhausted: bool) -> Outcome {
+        if exhausted {
+            return Outcome::Exhausted;
+        }
+        match (status, error) {
+            (0, _) => Outcome::Cancelled,
+            (_, Some(ErrorCode::InsufficientQuota)) => Outcome::Quota,
+            (429, _) => Outcome::RateLimited,
+            (1..=399, _) => Outcome::Ok,
+            (400..=499, _) => Outcome::ClientError,
+            _ => Outcome::UpstreamError,
+        }
+    }
+}
 
 /// Stat-name-safe form of a pool, member or tenant name (dots separate stat segments).
 pub fn stat_segment(name: &str) -> String {
@@ -240,6 +303,31 @@ mod tests {
     fn timestamps_are_utc_rfc3339() {
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+    }
+
+    #[test]
+    fn outcomes_follow_the_status_and_the_gateways_own_code() {
+        use ErrorCode as C;
+        let cases = [
+            ((200, None, false), "ok"),
+            ((0, None, false), "cancelled"),
+            ((400, Some(C::InvalidJson), false), "client_error"),
+            ((401, Some(C::InvalidApiKey), false), "client_error"),
+            ((404, None, false), "client_error"),
+            ((429, Some(C::RateLimitExceeded), false), "rate_limited"),
+            ((429, None, false), "rate_limited"),
+            ((429, Some(C::InsufficientQuota), false), "quota"),
+            ((502, Some(C::InvalidUpstreamResponse), false), "upstream_error"),
+            ((500, None, false), "upstream_error"),
+            ((503, Some(C::NoHealthyUpstream), true), "exhausted"),
+            ((429, Some(C::RateLimitExceeded), true), "exhausted"),
+        ];
+        for ((status, code, exhausted), want) in cases {
+            assert_eq!(Outcome::of(status, code, exhausted).as_str(), want, "{status} {code:?}");
+        }
+        let mut names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        names.dedup();
+        assert_eq!(names.len(), 7);
     }
 
     #[test]

@@ -41,6 +41,126 @@ impl ErrorType {
     }
 }
 
+/// Every OpenAI `code` the gateway answers with itself: a closed set, so
+/// that each has a counter from configuration load (`switchboard.local_errors.<code>`)
+/// and the call log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidType,
+    MissingModel,
+    MissingRequiredParameter,
+    InvalidProvider,
+    ModelNotFound,
+    NotFound,
+    MethodNotAllowed,
+    RequestTooLarge,
+    UnsupportedContentEncoding,
+    NoHealthyUpstream,
+    RateLimitExceeded,
+    UnsupportedProvider,
+    UnsupportedEndpoint,
+    InvalidUpstreamResponse,
+    InvalidValue,
+    UnsupportedValue,
+    ContextLengthExceeded,
+    UnsupportedParameter,
+    NoMemberWithTags,
+    InvalidApiKey,
+    ModelNotAllowed,
+    InsufficientQuota,
+    UnsupportedFeature,
+    InvalidRequest,
+    RequestNotFound,
+    FeedbackAlreadyRecorded,
+    InternalError,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order (`code as usize` indexes it).
+    pub const ALL: [ErrorCode; 28] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidType,
+        ErrorCode::MissingModel,
+        ErrorCode::MissingRequiredParameter,
+        ErrorCode::InvalidProvider,
+        ErrorCode::ModelNotFound,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTooLarge,
+        ErrorCode::UnsupportedContentEncoding,
+        ErrorCode::NoHealthyUpstream,
+        ErrorCode::RateLimitExceeded,
+        ErrorCode::UnsupportedProvider,
+        ErrorCode::UnsupportedEndpoint,
+        ErrorCode::InvalidUpstreamResponse,
+        ErrorCode::InvalidValue,
+        ErrorCode::UnsupportedValue,
+        ErrorCode::ContextLengthExceeded,
+        ErrorCode::UnsupportedParameter,
+        ErrorCode::NoMemberWithTags,
+        ErrorCode::InvalidApiKey,
+        ErrorCode::ModelNotAllowed,
+        ErrorCode::InsufficientQuota,
+        ErrorCode::UnsupportedFeature,
+        ErrorCode::InvalidRequest,
+        ErrorCode::RequestNotFound,
+        ErrorCode::FeedbackAlreadyRecorded,
+        ErrorCode::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidType => "invalid_type",
+            ErrorCode::MissingModel => "missing_model",
+            ErrorCode::MissingRequiredParameter => "missing_required_parameter",
+            ErrorCode::InvalidProvider => "invalid_provider",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTooLarge => "request_too_large",
+            ErrorCode::UnsupportedContentEncoding => "unsupported_content_encoding",
+            ErrorCode::NoHealthyUpstream => "no_healthy_upstream",
+            ErrorCode::RateLimitExceeded => "rate_limit_exceeded",
+            ErrorCode::UnsupportedProvider => "unsupported_provider",
+            ErrorCode::UnsupportedEndpoint => "unsupported_endpoint",
+            ErrorCode::InvalidUpstreamResponse => "invalid_upstream_response",
+            ErrorCode::InvalidValue => "invalid_value",
+            ErrorCode::UnsupportedValue => "unsupported_value",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+            ErrorCode::UnsupportedParameter => "unsupported_parameter",
+            ErrorCode::NoMemberWithTags => "no_member_with_tags",
+            ErrorCode::InvalidApiKey => "invalid_api_key",
+            ErrorCode::ModelNotAllowed => "model_not_allowed",
+            ErrorCode::InsufficientQuota => "insufficient_quota",
+            ErrorCode::UnsupportedFeature => "unsupported_feature",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::RequestNotFound => "request_not_found",
+            ErrorCode::FeedbackAlreadyRecorded => "feedback_already_recorded",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<ErrorCode> for &str {
+    fn eq(&self, other: &ErrorCode) -> bool {
+        *self == other.as_str()
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: Inner<'a>,
@@ -74,7 +194,7 @@ pub struct ApiError {
     pub status: u16,
     pub message: String,
     /// OpenAI `code`, e.g. `model_not_found`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// OpenAI `param`: the request field at fault, when there is one.
     pub param: Option<&'static str>,
     /// Seconds for a `Retry-After` header.
@@ -84,38 +204,38 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: u16, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into(), code, param: None, retry_after_s: None, should_retry: None }
     }
 
-    pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(400, code, message)
     }
 
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             404,
-            "model_not_found",
+            ErrorCode::ModelNotFound,
             format!("The model `{model}` does not exist: it is neither a pool nor a model served by this gateway. List them with GET /v1/models."),
         )
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(404, "not_found", format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."))
+        Self::new(404, ErrorCode::NotFound, format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."))
     }
 
     pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
-        Self::new(405, "method_not_allowed", format!("Method {method} is not allowed on {path}; use {allowed}."))
+        Self::new(405, ErrorCode::MethodNotAllowed, format!("Method {method} is not allowed on {path}; use {allowed}."))
     }
 
     pub fn body_too_large(limit: usize) -> Self {
-        Self::new(413, "request_too_large", format!("Request body exceeds the gateway limit of {limit} bytes."))
+        Self::new(413, ErrorCode::RequestTooLarge, format!("Request body exceeds the gateway limit of {limit} bytes."))
     }
 
     pub fn unsupported_content_encoding(encoding: &str) -> Self {
         Self::new(
             415,
-            "unsupported_content_encoding",
+            ErrorCode::UnsupportedContentEncoding,
             format!(
                 "Request bodies with Content-Encoding `{encoding}` are not supported; send JSON uncompressed or gzip."
             ),
@@ -123,11 +243,11 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(503, "no_healthy_upstream", message)
+        Self::new(503, ErrorCode::NoHealthyUpstream, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "internal_error", message)
+        Self::new(500, ErrorCode::InternalError, message)
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -144,7 +264,7 @@ impl ApiError {
     /// OpenAI `type` of this error: by status, except spent quota, which
     /// OpenAI types by its code.
     pub fn kind(&self) -> ErrorType {
-        if self.code == "insufficient_quota" {
+        if self.code == ErrorCode::InsufficientQuota {
             return ErrorType::InsufficientQuota;
         }
         ErrorType::for_status(self.status)
@@ -152,7 +272,7 @@ impl ApiError {
 
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.message.len() + 96);
-        write_json(&mut out, &self.message, self.kind(), self.param, self.code);
+        write_json(&mut out, &self.message, self.kind(), self.param, self.code.as_str());
         out
     }
 }
@@ -206,28 +326,28 @@ mod tests {
     #[test]
     fn every_constructor_writes_an_openai_error_with_the_status_type() {
         let cases = [
-            (ApiError::invalid_request("invalid_json", "bad"), "invalid_request_error"),
+            (ApiError::invalid_request(ErrorCode::InvalidJson, "bad"), "invalid_request_error"),
             (ApiError::model_not_found("m"), "invalid_request_error"),
             (ApiError::not_found("/x"), "invalid_request_error"),
             (ApiError::method_not_allowed("GET", "/v1/chat/completions", "POST"), "invalid_request_error"),
             (ApiError::body_too_large(10), "invalid_request_error"),
             (ApiError::unavailable("none left").with_retry_after(3), "server_error"),
             (ApiError::internal("oops"), "server_error"),
-            (ApiError::new(401, "invalid_api_key", "no"), "authentication_error"),
-            (ApiError::new(403, "forbidden", "no"), "permission_error"),
-            (ApiError::new(429, "rate_limit_exceeded", "slow"), "rate_limit_error"),
+            (ApiError::new(401, ErrorCode::InvalidApiKey, "no"), "authentication_error"),
+            (ApiError::new(403, ErrorCode::ModelNotAllowed, "no"), "permission_error"),
+            (ApiError::new(429, ErrorCode::RateLimitExceeded, "slow"), "rate_limit_error"),
         ];
         for (e, kind) in cases {
             let error = assert_openai_error(&e.to_json());
             assert_eq!(error["type"], kind, "{e:?}");
-            assert_eq!(error["code"], e.code);
+            assert_eq!(error["code"], e.code.as_str());
             assert!(error["param"].is_null());
         }
     }
 
     #[test]
     fn param_is_written_when_set() {
-        let e = ApiError::invalid_request("missing_model", "`model` is required.").with_param("model");
+        let e = ApiError::invalid_request(ErrorCode::MissingModel, "`model` is required.").with_param("model");
         assert_eq!(assert_openai_error(&e.to_json())["param"], "model");
     }
 

@@ -9,6 +9,7 @@
 //! is read from the borrowed `messages`/`prompt` value on first use
 //! ([`ParsedRequest::content`]), so requests routed by weight alone never pay for it.
 
+use super::ErrorCode;
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::fmt;
@@ -174,7 +175,7 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
 }
 
 fn field_error(name: &'static str, expected: &str) -> ApiError {
-    ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}.")).with_param(name)
+    ApiError::invalid_request(ErrorCode::InvalidType, format!("`{name}` must be {expected}.")).with_param(name)
 }
 
 fn json_kind(raw: &RawValue) -> u8 {
@@ -184,20 +185,23 @@ fn json_kind(raw: &RawValue) -> u8 {
 impl<'a> ParsedRequest<'a> {
     pub fn parse(body: &'a [u8], endpoint: Endpoint) -> Result<ParsedRequest<'a>, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::invalid_request("invalid_json", "Request body is empty; expected a JSON object."));
+            return Err(ApiError::invalid_request(
+                ErrorCode::InvalidJson,
+                "Request body is empty; expected a JSON object.",
+            ));
         }
         let text = std::str::from_utf8(body)
-            .map_err(|_| ApiError::invalid_request("invalid_json", "Request body is not valid UTF-8."))?;
+            .map_err(|_| ApiError::invalid_request(ErrorCode::InvalidJson, "Request body is not valid UTF-8."))?;
         if nesting_exceeds(body, MAX_NESTING) {
             return Err(ApiError::invalid_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!("Request body nests deeper than {MAX_NESTING} levels."),
             ));
         }
         let TopLevel(fields) = serde_json::from_str(text).map_err(|e| {
             let what =
                 if e.is_data() { "Request body must be a JSON object" } else { "Request body is not valid JSON" };
-            ApiError::invalid_request("invalid_json", format!("{what}: {e}."))
+            ApiError::invalid_request(ErrorCode::InvalidJson, format!("{what}: {e}."))
         })?;
 
         let mut model = None;
@@ -283,14 +287,14 @@ impl<'a> ParsedRequest<'a> {
                 (Some(m), _) if !m.is_empty() => m,
                 (None, Some(g)) if !g.is_empty() => g,
                 _ => return Err(ApiError::invalid_request(
-                    "missing_model",
+                    ErrorCode::MissingModel,
                     "You must provide a `model` (a pool or model name, see GET /v1/models) or a `load_balance_group`.",
                 )
                 .with_param("model")),
             };
         if !has_payload && !payload_field.0.is_empty() {
             return Err(ApiError::invalid_request(
-                "missing_required_parameter",
+                ErrorCode::MissingRequiredParameter,
                 format!("Missing required parameter: `{}`.", payload_field.0),
             )
             .with_param(payload_field.0));

@@ -271,7 +271,7 @@ def test_metric_values_equal_the_providers_usage_sums(gw, obs_mock):
         assert d("gen_ai_client_token_usage", gen_ai_token_type="input") == prompt, pool
         assert d("gen_ai_client_token_usage", gen_ai_token_type="output") == completion, pool
         assert d("switchboard_cost_micro_usd") == prompt + 2 * completion, pool
-        assert d("switchboard_requests", status="200") == requests, pool
+        assert d("switchboard_requests", outcome="ok") == requests, pool
         assert d("gen_ai_server_request_duration_count") == requests, pool
         assert d("gen_ai_server_time_to_first_token_count") == streams, pool
         # A histogram: cumulative buckets ending in +Inf.
@@ -291,7 +291,7 @@ def test_rate_limited_and_budget_refused_requests_are_counted_per_tenant(gw):
     assert second.json()["error"]["code"] == "insufficient_quota"
     assert delta(gw, before, "switchboard_tenant_rate_limited", {"tenant": "team-rpm"}) == limited
     assert delta(gw, before, "switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 1
-    assert delta(gw, before, "switchboard_requests", {"tenant": "team-rpm", "status": "429"}) == limited
+    assert delta(gw, before, "switchboard_requests", {"tenant": "team-rpm", "outcome": "rate_limited"}) == limited
 
 
 OBSERVABILITY = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "observability")
@@ -348,3 +348,97 @@ def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
                  "gen_ai_server_time_to_first_token_bucket", "switchboard_tenant_rate_limited",
                  "switchboard_tenant_budget_refused"):
         assert stat in used, stat
+
+
+OUTCOMES = ("ok", "client_error", "rate_limited", "quota", "upstream_error", "exhausted", "cancelled")
+
+
+def test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted(obs_mock):
+    """A series born with its first value shows no increase in Prometheus: the first bad-JSON
+    error or budget refusal of a pool, member or tenant was invisible. Every series a dashboard
+    or alert reads now exists at 0 as soon as the configuration is loaded."""
+    config = {
+        "providers": providers_config(),
+        "pools": {"only_openai": {"members": [member("openai")]}},
+        "tenants": {
+            "team-a": {"keys_sha256": [sha(TENANT_KEYS["team-a"])]},
+            "team-budget": {"keys_sha256": [sha(TENANT_KEYS["team-budget"])],
+                            "budget_usd": {"per": "day", "limit": 0.00001}},
+        },
+    }
+    g = Gateway(config, dict(obs_mock.addrs), KEYS)
+    try:
+        start = g.prometheus()
+        openai = label("openai/gpt-4o")
+        for tenant in ("team-a", "team-budget"):
+            for outcome in OUTCOMES:
+                for pool, member_id in (("only_openai", openai), ("only_openai", "-"), ("-", "-")):
+                    key = ("switchboard_requests", frozenset(
+                        {"pool": pool, "member": member_id, "tenant": tenant, "outcome": outcome}.items()))
+                    assert start.get(key) == 0, key
+            base = {"pool": "only_openai", "member": openai, "tenant": tenant}
+            for name, extra in (("gen_ai_client_token_usage", {"gen_ai_token_type": "input"}),
+                                ("gen_ai_client_token_usage", {"gen_ai_token_type": "output"}),
+                                ("switchboard_cost_micro_usd", {}),
+                                ("gen_ai_server_request_duration_count", {})):
+                assert start.get((name, frozenset({**base, **extra}.items()))) == 0, (name, tenant)
+        for outcome in OUTCOMES:  # unauthenticated
+            assert start.get(("switchboard_requests", frozenset(
+                {"pool": "-", "member": "-", "tenant": "-", "outcome": outcome}.items()))) == 0
+        for code in ("invalid_json", "insufficient_quota", "rate_limit_exceeded", "no_healthy_upstream",
+                     "invalid_api_key", "model_not_found"):
+            assert start.get(("switchboard_local_errors", frozenset({("code", code)}))) == 0, code
+        assert series(start, "switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 0
+        assert not [n for (n, _) in start if n.startswith("switchboard_local_errors_")], "one family, code as label"
+
+        # The first bad JSON and the first budget refusal: each counted once.
+        bad = httpx.post(g.base + "/v1/chat/completions", content=b'{"model": ', headers=auth(), timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json", bad.text
+        post = lambda: httpx.post(g.base + "/v1/chat/completions", json=chat("only_openai"),
+                                  headers=auth("team-budget"), timeout=10)
+        assert post().status_code == 200
+        refused = post()
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+        after = settled(g)
+        d = lambda name, labels: series(after, name, labels) - series(start, name, labels)
+        assert d("switchboard_requests", {"tenant": "team-a", "outcome": "client_error"}) == 1
+        assert d("switchboard_requests", {"pool": "-", "tenant": "team-a", "outcome": "client_error"}) == 1
+        assert d("switchboard_local_errors", {"code": "invalid_json"}) == 1
+        assert d("switchboard_requests", {"tenant": "team-budget", "outcome": "quota"}) == 1
+        assert d("switchboard_requests", {"tenant": "team-budget", "outcome": "ok"}) == 1
+        assert d("switchboard_local_errors", {"code": "insufficient_quota"}) == 1
+        assert d("switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 1
+        # No status codes, no client-sent model names in labels: no new series appeared.
+        assert set(after) == set(start)
+    finally:
+        g.stop()
+
+
+def test_healthy_members_gauge_recovers_when_the_cooldown_ends_without_a_request(obs_mock):
+    config = {
+        "providers": providers_config(),
+        "defaults": {"health": {"consecutive_failures": 1, "cooldown_ms": 1500}},
+        "pools": {"pair": {"strategy": "priority",
+                           "members": [member("openai", priority=0), member("azure", priority=1)]}},
+    }
+    g = Gateway(config, dict(obs_mock.addrs), KEYS)
+    try:
+        gauge = lambda: series(g.prometheus(), "switchboard_pool_healthy_members", {"pool": "pair"})
+        deadline = time.time() + 3
+        while gauge() != 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert gauge() == 2
+        obs_mock.faults("openai", status=503)
+        r = httpx.post(g.base + "/v1/chat/completions", json=chat("pair"), timeout=10)
+        assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == "2", r.text
+        time.sleep(1.1)
+        assert gauge() == 1, "the ejected member is not counted"
+        obs_mock.reset("openai")  # clears the fault and the request count
+        # No request: the cooldown's end alone brings the gauge back (within a tick).
+        deadline = time.time() + 3
+        while gauge() != 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert gauge() == 2, "a member past its cooldown counts as healthy (it is offered the next request)"
+        assert obs_mock.count("openai") == 0, "no request reached the member meanwhile"
+    finally:
+        g.stop()
