@@ -16,8 +16,8 @@ pub const NO_LABEL: &str = "-";
 /// turn the segments into tags (`pool`, `member`, `tenant`, `gen_ai.token.type`, `status`).
 pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
 pub const REQUESTS: &str = "switchboard.requests";
-pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration";
-pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token";
+pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration_milliseconds";
+pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token_milliseconds";
 pub const COST: &str = "switchboard.cost_micro_usd";
 pub const USAGE_ESTIMATED: &str = "switchboard.usage_estimated";
 
@@ -122,6 +122,8 @@ pub struct Tokens {
 pub struct CallRecord<'a> {
     /// When the request arrived (ms since the epoch).
     pub start_ms: u64,
+    /// When it ended (ms since the epoch): lines are written in this order.
+    pub end_ms: u64,
     pub request_id: &'a str,
     pub tenant: Option<&'a str>,
     /// The name the client asked for (`model`).
@@ -134,6 +136,9 @@ pub struct CallRecord<'a> {
     pub attempts: Vec<AttemptLog<'a>>,
     /// What the client got (0: it left before an answer).
     pub status: u16,
+    /// The gateway's own error code when it refused or failed the request itself
+    /// (`insufficient_quota` for a budget, `rate_limit_exceeded` for rpm, ...).
+    pub error: Option<&'a str>,
     pub stream: bool,
     pub tokens: Option<Tokens>,
     pub cost_micro_usd: Option<u64>,
@@ -201,6 +206,8 @@ impl CallRecord<'_> {
         let mut out = Vec::with_capacity(320 + 64 * self.attempts.len());
         out.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_ms(&mut out, self.start_ms);
+        out.extend_from_slice(b"\",\"end\":\"");
+        push_rfc3339_ms(&mut out, self.end_ms);
         out.push(b'"');
         push_str_or_null(&mut out, ",\"request_id\":", Some(self.request_id));
         push_str_or_null(&mut out, ",\"tenant\":", self.tenant);
@@ -221,6 +228,7 @@ impl CallRecord<'_> {
         }
         out.push(b']');
         push_num_or_null(&mut out, ",\"status\":", Some(self.status.into()));
+        push_str_or_null(&mut out, ",\"error\":", self.error);
         out.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
         push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
         push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
@@ -248,6 +256,7 @@ mod tests {
     fn call_record_is_one_json_object_with_every_field() {
         let record = CallRecord {
             start_ms: 1_764_595_460_123,
+            end_ms: 1_764_595_460_140,
             request_id: "req-\"1\"\n",
             tenant: Some("team-a"),
             model: Some("auto"),
@@ -260,6 +269,7 @@ mod tests {
                 AttemptLog { member: "beta/gpt-4o", status: 200, ms: 12 },
             ],
             status: 200,
+            error: None,
             stream: true,
             tokens: Some(Tokens { prompt: 30, completion: 7, estimated: false }),
             cost_micro_usd: Some(91),
@@ -272,17 +282,19 @@ mod tests {
         assert_eq!(
             v,
             json!({
-                "time": "2025-12-01T13:24:20.123Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
+                "time": "2025-12-01T13:24:20.123Z", "end": "2025-12-01T13:24:20.140Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
                 "model": "auto", "router": "auto", "rule": "code", "pool": "gpt4o_16k", "member": "beta/gpt-4o",
                 "attempts": [{"member": "alpha/gpt-4o", "status": 503, "ms": 4}, {"member": "beta/gpt-4o", "status": 200, "ms": 12}],
-                "status": 200, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
+                "status": 200, "error": null, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
                 "cost_micro_usd": 91, "first_byte_ms": 9, "duration_ms": 17
             })
         );
         // A request refused before routing: nulls, no attempts.
-        let refused = CallRecord { request_id: "r", status: 401, ..CallRecord::default() };
+        let refused =
+            CallRecord { request_id: "r", status: 401, error: Some("invalid_api_key"), ..CallRecord::default() };
         let v: Value = serde_json::from_slice(&refused.json()).unwrap();
         assert_eq!(v["attempts"], json!([]));
+        assert_eq!(v["error"], "invalid_api_key");
         assert_eq!(
             (v["tenant"].clone(), v["prompt_tokens"].clone(), v["status"].clone()),
             (Value::Null, Value::Null, json!(401))
@@ -338,7 +350,7 @@ mod tests {
         );
         assert_eq!(
             request_stat(REQUEST_DURATION, NO_LABEL, NO_LABEL, NO_LABEL, None),
-            "gen_ai.server.request.duration.-.-.-"
+            "gen_ai.server.request.duration_milliseconds.-.-.-"
         );
     }
 }

@@ -92,6 +92,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
     // Building the line costs about 2 us: only when an access log prints it.
     let record = config.call_log.then(|| CallRecord {
         start_ms: obs.start_ms,
+        end_ms: end.now_ms,
         request_id: end.request_id,
         tenant: end.tenant.and_then(|t| Some(config.tenants.as_ref()?.get(t)?.name.as_str())),
         model: obs.model.as_deref(),
@@ -105,6 +106,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
             .map(|(m, status, ms)| AttemptLog { member: rt.member_id(*m), status: *status, ms: *ms })
             .collect(),
         status: obs.status,
+        error: obs.error.map(ErrorCode::as_str),
         stream: end.stream,
         tokens,
         cost_micro_usd: cost,

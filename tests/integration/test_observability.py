@@ -196,9 +196,16 @@ def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", plain["time"])
     assert got["stream"]["stream"] is True and got["stream"]["member"] == "gemini/gemini-1.5-flash"
 
-    for refused, status in (("unauthenticated", 401), ("unknown_model", 404)):
+    for refused, status, code in (("unauthenticated", 401, "invalid_api_key"), ("unknown_model", 404, "model_not_found")):
         line = got[refused]
         assert line["status"] == status and line["attempts"] == [] and line["prompt_tokens"] is None
+        assert line["error"] == code, line
+    # An unauthenticated request is refused at its headers, its body never read: no model.
+    assert got["unauthenticated"]["model"] is None and got["unknown_model"]["model"] == "no_such_pool"
+    for line in got.values():
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["end"])
+        assert line["end"] >= line["time"]
+    assert all(got[k]["error"] is None for k in ("plain", "stream", "failover"))
     assert got["unauthenticated"]["tenant"] is None and got["unknown_model"]["tenant"] == "team-a"
 
     failover = got["failover"]
@@ -272,10 +279,18 @@ def test_metric_values_equal_the_providers_usage_sums(gw, obs_mock):
         assert d("gen_ai_client_token_usage", gen_ai_token_type="output") == completion, pool
         assert d("switchboard_cost_micro_usd") == prompt + 2 * completion, pool
         assert d("switchboard_requests", outcome="ok") == requests, pool
-        assert d("gen_ai_server_request_duration_count") == requests, pool
-        assert d("gen_ai_server_time_to_first_token_count") == streams, pool
+        assert d("gen_ai_server_request_duration_milliseconds_count") == requests, pool
+        assert d("gen_ai_server_time_to_first_token_milliseconds_count") == streams, pool
         # A histogram: cumulative buckets ending in +Inf.
-        assert d("gen_ai_server_request_duration_bucket", le="+Inf") == requests, pool
+        assert d("gen_ai_server_request_duration_milliseconds_bucket", le="+Inf") == requests, pool
+        # The GenAI attributes, as configured (the pool is the model asked for).
+        model = KINDS[pool[len("only_"):]][1]
+        genai = {"gen_ai_request_model": pool, "gen_ai_provider_name": pool[len("only_"):],
+                 "gen_ai_response_model": label(model)}
+        assert d("gen_ai_client_token_usage", gen_ai_token_type="output", **genai) == completion, pool
+    # Buckets for LLM latencies: 10 ms to 10 min.
+    les = {dict(ls).get("le") for (n, ls) in after if n == "gen_ai_server_request_duration_milliseconds_bucket"}
+    assert {"10", "1000", "30000", "600000", "+Inf"} <= les and "0.5" not in les, sorted(les)
 
 
 def test_rate_limited_and_budget_refused_requests_are_counted_per_tenant(gw):
@@ -344,10 +359,15 @@ def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
         assert label in emitted[name]
     # What the issue asks the dashboard to show is there.
     for stat in ("switchboard_requests", "switchboard_pool_failovers", "switchboard_pool_healthy_members",
-                 "gen_ai_client_token_usage", "switchboard_cost_micro_usd", "gen_ai_server_request_duration_bucket",
-                 "gen_ai_server_time_to_first_token_bucket", "switchboard_tenant_rate_limited",
+                 "gen_ai_client_token_usage", "switchboard_cost_micro_usd", "gen_ai_server_request_duration_milliseconds_bucket",
+                 "gen_ai_server_time_to_first_token_milliseconds_bucket", "switchboard_tenant_rate_limited",
                  "switchboard_tenant_budget_refused"):
         assert stat in used, stat
+
+
+def values(prom, name, labels):
+    """The values of every series of `name` whose labels include `labels`."""
+    return [v for (n, ls), v in prom.items() if n == name and set(labels.items()) <= ls]
 
 
 OUTCOMES = ("ok", "client_error", "rate_limited", "quota", "upstream_error", "exhausted", "cancelled")
@@ -373,21 +393,20 @@ def test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted(ob
         for tenant in ("team-a", "team-budget"):
             for outcome in OUTCOMES:
                 for pool, member_id in (("only_openai", openai), ("only_openai", "-"), ("-", "-")):
-                    key = ("switchboard_requests", frozenset(
-                        {"pool": pool, "member": member_id, "tenant": tenant, "outcome": outcome}.items()))
-                    assert start.get(key) == 0, key
+                    labels = {"pool": pool, "member": member_id, "tenant": tenant, "outcome": outcome}
+                    assert values(start, "switchboard_requests", labels) == [0], labels
             base = {"pool": "only_openai", "member": openai, "tenant": tenant}
             for name, extra in (("gen_ai_client_token_usage", {"gen_ai_token_type": "input"}),
                                 ("gen_ai_client_token_usage", {"gen_ai_token_type": "output"}),
                                 ("switchboard_cost_micro_usd", {}),
-                                ("gen_ai_server_request_duration_count", {})):
-                assert start.get((name, frozenset({**base, **extra}.items()))) == 0, (name, tenant)
+                                ("gen_ai_server_request_duration_milliseconds_count", {})):
+                assert values(start, name, {**base, **extra}) == [0], (name, tenant)
         for outcome in OUTCOMES:  # unauthenticated
-            assert start.get(("switchboard_requests", frozenset(
-                {"pool": "-", "member": "-", "tenant": "-", "outcome": outcome}.items()))) == 0
+            labels = {"pool": "-", "member": "-", "tenant": "-", "outcome": outcome}
+            assert values(start, "switchboard_requests", labels) == [0], labels
         for code in ("invalid_json", "insufficient_quota", "rate_limit_exceeded", "no_healthy_upstream",
                      "invalid_api_key", "model_not_found"):
-            assert start.get(("switchboard_local_errors", frozenset({("code", code)}))) == 0, code
+            assert values(start, "switchboard_local_errors", {"code": code}) == [0], code
         assert series(start, "switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 0
         assert not [n for (n, _) in start if n.startswith("switchboard_local_errors_")], "one family, code as label"
 
