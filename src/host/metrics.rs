@@ -1,7 +1,8 @@
 //! Envoy stats defined by the filter (every VM defines the same names; Envoy
 //! shares the stat). Names embed the pool, member and tenant; the Envoy
 //! configs in `envoy/` extract them as tags for Prometheus. Request-end stats
-//! (`crate::observe`) are defined on first use of each label combination.
+//! (`crate::observe`) are defined at configuration load for every label
+//! combination a request can reach (`request_series`), so they exist at 0.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
@@ -9,6 +10,7 @@ use std::cell::RefCell;
 use crate::api::ErrorCode;
 use crate::config::{Config, MemberRef};
 use crate::observe::{self, request_stat, Outcome, NO_LABEL};
+use crate::tenant::limits::cost_micro_usd;
 
 use super::abi;
 
@@ -58,9 +60,18 @@ pub struct Metrics {
     /// Per tenant (configuration order): requests refused by its rpm, tpm or
     /// max_parallel, and by its budget.
     tenant_refusals: Vec<(Option<u32>, Option<u32>)>,
-    /// Request-end stats by `stat_key`, defined on first use; sorted by key.
+    /// Per tenant (configuration order), tenants with a `budget_usd` only: the
+    /// gauges of its spend in the current period and of its limit (micro-USD).
+    pub tenant_budgets: Vec<Option<BudgetGauges>>,
+    /// Request-end stats by `stat_key`, defined at load (`request_series`); sorted by key.
     request_stats: RefCell<Vec<(u64, Option<u32>)>>,
     pending: RefCell<HashMap<u32, i64>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BudgetGauges {
+    pub spent: Option<u32>,
+    pub limit: Option<u32>,
 }
 
 /// A request-end stat family (see `crate::observe`).
@@ -222,7 +233,24 @@ impl Metrics {
                 (counter(format!("{base}.rate_limited")), counter(format!("{base}.budget_refused")))
             })
             .collect();
+        let tenant_budgets = config
+            .tenants
+            .iter()
+            .flatten()
+            .map(|t| {
+                let budget = t.budget.as_ref()?;
+                let base = format!("switchboard.tenant.{}", stat_segment(&t.name));
+                let gauges = BudgetGauges {
+                    spent: define(abi::METRIC_GAUGE, &format!("{base}.budget_spent_micro_usd")),
+                    limit: define(abi::METRIC_GAUGE, &format!("{base}.budget_limit_micro_usd")),
+                };
+                // A million tokens at limit_usd per million: the limit in micro-USD.
+                set_gauge(gauges.limit, cost_micro_usd(1_000_000, 0, budget.limit_usd, 0.0));
+                Some(gauges)
+            })
+            .collect();
         let metrics = Metrics {
+            tenant_budgets,
             pools,
             local_errors,
             host_errors: counter("switchboard.host_errors".to_string()),
@@ -247,7 +275,7 @@ impl Metrics {
         self.inc(ids.and_then(|(limit, spent)| if budget { *spent } else { *limit }));
     }
 
-    /// The id of a request-end stat, defined on its first use (one host call
+    /// The id of a request-end stat, defined if it is not yet (one host call
     /// per label combination and VM).
     fn request_stat(&self, config: &Config, family: Family, labels: Labels) -> Option<u32> {
         let key = stat_key(family, labels);

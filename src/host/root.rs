@@ -15,7 +15,7 @@ use super::filter::Filter;
 use super::metrics::set_gauge;
 use super::probes::Prober;
 use super::runtime::Runtime;
-use super::{abi, health_store, shadow, wake};
+use super::{abi, health_store, shadow, tenant_store, wake};
 
 /// Counters, health gauges and probes run once a second, however finely the root ticks.
 const SLOW_TICK_MS: u64 = 1_000;
@@ -140,6 +140,12 @@ impl RootContext for Root {
             let healthy = pool.members.iter().filter(|m| in_rotation(health_store::availability(&m.id, now))).count();
             if let Some(pm) = rt.metrics.pool(index) {
                 set_gauge(pm.healthy_members, healthy as u64);
+            }
+        }
+        let tenants = rt.config.tenants.iter().flatten();
+        for (tenant, gauges) in tenants.zip(&rt.metrics.tenant_budgets) {
+            if let Some(g) = gauges {
+                set_gauge(g.spent, tenant_store::spent_micro_usd(tenant, now / 1000).unwrap_or(0));
             }
         }
         self.prober.tick(rt, now);

@@ -127,6 +127,11 @@ impl Spend {
         }
     }
 
+    /// What was spent in the period `now_s` falls in (0 once a new one began).
+    pub fn in_period(self, now_s: u64, per: BudgetPeriod) -> u64 {
+        self.at(now_s, per).micro_usd
+    }
+
     /// Refuses while the period's spend has reached `limit_usd`.
     pub fn check(self, now_s: u64, per: BudgetPeriod, limit_usd: f64) -> Result<(), Refusal> {
         if (self.at(now_s, per).micro_usd as f64) < limit_usd * 1e6 {

@@ -62,6 +62,8 @@ def gw(obs_mock):
             # openai is routed, compat hedges it after 200 ms.
             "hedged": {"strategy": "priority", "hedge_after_ms": 200,
                        "members": [member("openai", priority=0), member("compat", priority=1)]},
+            # Streams broken after their first byte continue on the other member.
+            "resuming": {"resume_streams": True, "members": [member("openai"), member("azure")]},
         },
         "tenants": {
             "team-a": {"keys_sha256": [sha(TENANT_KEYS["team-a"])]},
@@ -322,6 +324,28 @@ def dashboard_queries():
     return queries, variables
 
 
+def alert_queries():
+    """The `expr` of every rule in alerts.yml (one line, or a `|` block)."""
+    with open(f"{OBSERVABILITY}/alerts.yml") as f:
+        lines = f.read().splitlines()
+    exprs = []
+    for i, line in enumerate(lines):
+        key, _, value = line.strip().partition(":")
+        if key != "expr":
+            continue
+        if value.strip() != "|":
+            exprs.append(value.strip())
+            continue
+        indent = len(lines[i + 1]) - len(lines[i + 1].lstrip())
+        block = []
+        for more in lines[i + 1:]:
+            if more.strip() and len(more) - len(more.lstrip()) < indent:
+                break
+            block.append(more.strip())
+        exprs.append(" ".join(block))
+    return exprs
+
+
 def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
     # Traffic that makes every kind of stat exist: answers, a stream, a failover, tenant refusals.
     assert stream(gw, chat("only_openai", stream=True)).status_code == 200
@@ -339,7 +363,10 @@ def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
         emitted.setdefault(name, set()).update(k for k, _ in labels)
 
     queries, variables = dashboard_queries()
-    assert len(queries) >= 14 and len(variables) == 2
+    assert len(queries) >= 20 and len(variables) == 2
+    alerts = alert_queries()
+    assert len(alerts) >= 5
+    queries += alerts
     used = set()
     for expr in queries:
         names = re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr)
@@ -358,7 +385,11 @@ def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
         name, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()
         assert label in emitted[name]
     # What the issue asks the dashboard to show is there.
-    for stat in ("switchboard_requests", "switchboard_pool_failovers", "switchboard_pool_healthy_members",
+    for stat in ("switchboard_member_ejections", "switchboard_member_restorations", "switchboard_pool_hedged",
+                 "switchboard_pool_hedge_wins", "switchboard_pool_stream_idle_timeouts",
+                 "switchboard_pool_resumed_streams", "switchboard_local_errors",
+                 "switchboard_tenant_budget_spent_micro_usd", "switchboard_tenant_budget_limit_micro_usd",
+                 "switchboard_requests", "switchboard_pool_failovers", "switchboard_pool_healthy_members",
                  "gen_ai_client_token_usage", "switchboard_cost_micro_usd", "gen_ai_server_request_duration_milliseconds_bucket",
                  "gen_ai_server_time_to_first_token_milliseconds_bucket", "switchboard_tenant_rate_limited",
                  "switchboard_tenant_budget_refused"):
@@ -408,6 +439,7 @@ def test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted(ob
                      "invalid_api_key", "model_not_found"):
             assert values(start, "switchboard_local_errors", {"code": code}) == [0], code
         assert series(start, "switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 0
+        assert series(start, "switchboard_tenant_budget_spent_micro_usd", {"tenant": "team-budget"}) == 0
         assert not [n for (n, _) in start if n.startswith("switchboard_local_errors_")], "one family, code as label"
 
         # The first bad JSON and the first budget refusal: each counted once.
@@ -427,6 +459,10 @@ def test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted(ob
         assert d("switchboard_requests", {"tenant": "team-budget", "outcome": "ok"}) == 1
         assert d("switchboard_local_errors", {"code": "insufficient_quota"}) == 1
         assert d("switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 1
+        # The budget as gauges, for "budget nearly spent": limit 0.00001 USD, spent by the one answer.
+        assert series(after, "switchboard_tenant_budget_limit_micro_usd", {"tenant": "team-budget"}) == 10
+        assert series(after, "switchboard_tenant_budget_spent_micro_usd", {"tenant": "team-budget"}) >= 10
+        assert values(after, "switchboard_tenant_budget_spent_micro_usd", {"tenant": "team-a"}) == []
         # No status codes, no client-sent model names in labels: no new series appeared.
         ours = lambda prom: {k for k in prom if k[0].startswith(("switchboard_", "gen_ai_"))}
         assert ours(after) == ours(start)
