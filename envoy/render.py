@@ -157,8 +157,9 @@ def secret_env_keys(plugin_config):
     return keys
 
 
-# Request-end stats: `<family>.<pool>.<member>.<tenant>[.<token type or status>]` (src/observe.rs).
-REQUEST_STATS = (r"gen_ai\.client\.token\.usage|gen_ai\.server\.request\.duration|gen_ai\.server\.time_to_first_token"
+# Request-end stats: `<family>.<pool>.<member>.<tenant>[.<token type or outcome>]` (src/observe.rs).
+REQUEST_STATS = (r"gen_ai\.client\.token\.usage|gen_ai\.server\.request\.duration_milliseconds"
+                 r"|gen_ai\.server\.time_to_first_token_milliseconds"
                  r"|switchboard\.requests|switchboard\.cost_micro_usd|switchboard\.usage_estimated")
 
 # Envoy tag extraction: the first group is cut from the stat name, the second is the tag value.
@@ -167,9 +168,23 @@ STATS_TAGS = [
     {"tag_name": "pool", "regex": rf"^wasmcustom\.(?:switchboard\.(?:pool|member)|{REQUEST_STATS})(\.([^.]+))"},
     {"tag_name": "member", "regex": rf"^wasmcustom\.(?:switchboard\.member|{REQUEST_STATS})\.[^.]+(\.([^.]+))"},
     {"tag_name": "tenant", "regex": rf"^wasmcustom\.(?:switchboard\.tenant|(?:{REQUEST_STATS})\.[^.]+\.[^.]+)(\.([^.]+))"},
+    # The GenAI semantic conventions' attributes, from the same segments: the pool is the model the
+    # client asked for (a configured name: never a client's free text), the member is provider/model.
+    {"tag_name": "gen_ai.request.model", "regex": rf"^wasmcustom\.(?:{REQUEST_STATS})(\.([^.]+))"},
+    {"tag_name": "gen_ai.provider.name", "regex": rf"^wasmcustom\.(?:{REQUEST_STATS})\.[^.]+(\.([^./]+)/[^.]+)"},
+    {"tag_name": "gen_ai.response.model", "regex": rf"^wasmcustom\.(?:{REQUEST_STATS})\.[^.]+(\.[^./]+/([^.]+))"},
     {"tag_name": "gen_ai.token.type", "regex": r"^wasmcustom\.gen_ai\.client\.token\.usage(?:\.[^.]+){3}(\.([^.]+))$"},
-    {"tag_name": "status", "regex": r"^wasmcustom\.switchboard\.requests(?:\.[^.]+){3}(\.([^.]+))$"},
+    {"tag_name": "outcome", "regex": r"^wasmcustom\.switchboard\.requests(?:\.[^.]+){3}(\.([^.]+))$"},
+    {"tag_name": "code", "regex": r"^wasmcustom\.switchboard\.local_errors(\.([^.]+))$"},
 ]
+
+# Buckets of the filter's latency histograms (recorded in ms): 10 ms to 10 min, for LLM
+# answers from a cached embedding to a long reasoning generation (Envoy's default
+# buckets stop at 1 h in coarse steps and start at 0.5 ms).
+LATENCY_BUCKETS_MS = [10, 25, 50, 100, 250, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000,
+                      15000, 20000, 30000, 45000, 60000, 90000, 120000, 180000, 300000, 600000]
+HISTOGRAM_BUCKETS = [{"match": {"safe_regex": {"regex": r"^wasmcustom\.(?:gen_ai\.server\.|switchboard\.pool\.[^.]+\.shadow_latency_ms).*"}},
+                      "buckets": LATENCY_BUCKETS_MS}]
 
 # The call log: one JSON line per client request, written by the filter as
 # filter state (src/observe.rs) and printed by Envoy's file access log.
@@ -373,7 +388,7 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         hcm["access_log"] = [call_log(call_log_path)]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "stats_config": {"stats_tags": STATS_TAGS},
+        "stats_config": {"stats_tags": STATS_TAGS, "histogram_bucket_settings": HISTOGRAM_BUCKETS},
         "overload_manager": overload_manager(max_connections),
         # Histograms reach /stats/prometheus when merged, at each flush (default every 5 s).
         "stats_flush_interval": "1s",

@@ -4,6 +4,7 @@
 //! the facts while the request runs and reports them once, in `on_log`.
 
 use crate::api::request::push_json_string;
+use crate::api::ErrorCode;
 use crate::tenant::limits::civil;
 
 /// The label of a request-end stat the request has no value for (no tenants
@@ -15,10 +16,72 @@ pub const NO_LABEL: &str = "-";
 /// turn the segments into tags (`pool`, `member`, `tenant`, `gen_ai.token.type`, `status`).
 pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
 pub const REQUESTS: &str = "switchboard.requests";
-pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration";
-pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token";
+pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration_milliseconds";
+pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token_milliseconds";
 pub const COST: &str = "switchboard.cost_micro_usd";
 pub const USAGE_ESTIMATED: &str = "switchboard.usage_estimated";
+
+/// What a client request came to, as the request counter's `outcome` label:
+/// a closed set, so every series exists (at 0) from configuration load and the
+/// first request of each kind is counted by `rate()`/`increase()`. The exact
+/// status and error code are in the call log and `switchboard.local_errors.<code>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 1xx-3xx.
+    Ok,
+    /// 4xx other than 429: the client's request was refused (by the gateway or the provider).
+    ClientError,
+    /// 429 for a rate limit: a tenant's rpm, tpm or max_parallel, or a provider's limit passed on.
+    RateLimited,
+    /// 429 `insufficient_quota`: a tenant's budget is spent.
+    Quota,
+    /// 5xx that is not an exhausted pool: a provider's failure passed on, an unreadable answer, a gateway fault.
+    UpstreamError,
+    /// Every member of the pool was tried or passed over (503, or 429 when all were rate limited).
+    Exhausted,
+    /// The client left before an answer (status 0).
+    Cancelled,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::ClientError,
+        Outcome::RateLimited,
+        Outcome::Quota,
+        Outcome::UpstreamError,
+        Outcome::Exhausted,
+        Outcome::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientError => "client_error",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Quota => "quota",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Exhausted => "exhausted",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome of a request answered `status`, with the gateway's own
+    /// error code if it answered one, `exhausted` when every member failed.
+    pub fn of(status: u16, error: Option<ErrorCode>, exhausted: bool) -> Outcome {
+        if exhausted {
+            return Outcome::Exhausted;
+        }
+        match (status, error) {
+            (0, _) => Outcome::Cancelled,
+            (_, Some(ErrorCode::InsufficientQuota)) => Outcome::Quota,
+            (429, _) => Outcome::RateLimited,
+            (1..=399, _) => Outcome::Ok,
+            (400..=499, _) => Outcome::ClientError,
+            _ => Outcome::UpstreamError,
+        }
+    }
+}
 
 /// Stat-name-safe form of a pool, member or tenant name (dots separate stat segments).
 pub fn stat_segment(name: &str) -> String {
@@ -59,6 +122,8 @@ pub struct Tokens {
 pub struct CallRecord<'a> {
     /// When the request arrived (ms since the epoch).
     pub start_ms: u64,
+    /// When it ended (ms since the epoch): lines are written in this order.
+    pub end_ms: u64,
     pub request_id: &'a str,
     pub tenant: Option<&'a str>,
     /// The name the client asked for (`model`).
@@ -73,6 +138,9 @@ pub struct CallRecord<'a> {
     pub status: u16,
     /// The answer broke after its headers went out (cut by the member, or silent past the idle limit).
     pub cut: bool,
+    /// The gateway's own error code when it refused or failed the request itself
+    /// (`insufficient_quota` for a budget, `rate_limit_exceeded` for rpm, ...).
+    pub error: Option<&'a str>,
     pub stream: bool,
     pub tokens: Option<Tokens>,
     pub cost_micro_usd: Option<u64>,
@@ -140,6 +208,8 @@ impl CallRecord<'_> {
         let mut out = Vec::with_capacity(320 + 64 * self.attempts.len());
         out.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_ms(&mut out, self.start_ms);
+        out.extend_from_slice(b"\",\"end\":\"");
+        push_rfc3339_ms(&mut out, self.end_ms);
         out.push(b'"');
         push_str_or_null(&mut out, ",\"request_id\":", Some(self.request_id));
         push_str_or_null(&mut out, ",\"tenant\":", self.tenant);
@@ -161,6 +231,7 @@ impl CallRecord<'_> {
         out.push(b']');
         push_num_or_null(&mut out, ",\"status\":", Some(self.status.into()));
         out.extend_from_slice(if self.cut { b",\"cut\":true" } else { b",\"cut\":false" });
+        push_str_or_null(&mut out, ",\"error\":", self.error);
         out.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
         push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
         push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
@@ -188,6 +259,7 @@ mod tests {
     fn call_record_is_one_json_object_with_every_field() {
         let record = CallRecord {
             start_ms: 1_764_595_460_123,
+            end_ms: 1_764_595_460_140,
             request_id: "req-\"1\"\n",
             tenant: Some("team-a"),
             model: Some("auto"),
@@ -201,6 +273,7 @@ mod tests {
             ],
             status: 200,
             cut: false,
+            error: None,
             stream: true,
             tokens: Some(Tokens { prompt: 30, completion: 7, estimated: false }),
             cost_micro_usd: Some(91),
@@ -213,17 +286,19 @@ mod tests {
         assert_eq!(
             v,
             json!({
-                "time": "2025-12-01T13:24:20.123Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
+                "time": "2025-12-01T13:24:20.123Z", "end": "2025-12-01T13:24:20.140Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
                 "model": "auto", "router": "auto", "rule": "code", "pool": "gpt4o_16k", "member": "beta/gpt-4o",
                 "attempts": [{"member": "alpha/gpt-4o", "status": 503, "ms": 4}, {"member": "beta/gpt-4o", "status": 200, "ms": 12}],
-                "status": 200, "cut": false, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
+                "status": 200, "cut": false, "error": null, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
                 "cost_micro_usd": 91, "first_byte_ms": 9, "duration_ms": 17
             })
         );
         // A request refused before routing: nulls, no attempts.
-        let refused = CallRecord { request_id: "r", status: 401, ..CallRecord::default() };
+        let refused =
+            CallRecord { request_id: "r", status: 401, error: Some("invalid_api_key"), ..CallRecord::default() };
         let v: Value = serde_json::from_slice(&refused.json()).unwrap();
         assert_eq!(v["attempts"], json!([]));
+        assert_eq!(v["error"], "invalid_api_key");
         assert_eq!(
             (v["tenant"].clone(), v["prompt_tokens"].clone(), v["status"].clone()),
             (Value::Null, Value::Null, json!(401))
@@ -250,6 +325,31 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_follow_the_status_and_the_gateways_own_code() {
+        use ErrorCode as C;
+        let cases = [
+            ((200, None, false), "ok"),
+            ((0, None, false), "cancelled"),
+            ((400, Some(C::InvalidJson), false), "client_error"),
+            ((401, Some(C::InvalidApiKey), false), "client_error"),
+            ((404, None, false), "client_error"),
+            ((429, Some(C::RateLimitExceeded), false), "rate_limited"),
+            ((429, None, false), "rate_limited"),
+            ((429, Some(C::InsufficientQuota), false), "quota"),
+            ((502, Some(C::InvalidUpstreamResponse), false), "upstream_error"),
+            ((500, None, false), "upstream_error"),
+            ((503, Some(C::NoHealthyUpstream), true), "exhausted"),
+            ((429, Some(C::RateLimitExceeded), true), "exhausted"),
+        ];
+        for ((status, code, exhausted), want) in cases {
+            assert_eq!(Outcome::of(status, code, exhausted).as_str(), want, "{status} {code:?}");
+        }
+        let mut names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        names.dedup();
+        assert_eq!(names.len(), 7);
+    }
+
+    #[test]
     fn request_stats_put_each_label_in_its_own_segment() {
         assert_eq!(
             request_stat(TOKEN_USAGE, "gpt4o_16k", "alpha/gpt-4.1", "team.a", Some("input")),
@@ -257,7 +357,7 @@ mod tests {
         );
         assert_eq!(
             request_stat(REQUEST_DURATION, NO_LABEL, NO_LABEL, NO_LABEL, None),
-            "gen_ai.server.request.duration.-.-.-"
+            "gen_ai.server.request.duration_milliseconds.-.-.-"
         );
     }
 }

@@ -41,6 +41,132 @@ impl ErrorType {
     }
 }
 
+/// Every OpenAI `code` the gateway answers with itself: a closed set, so
+/// that each has a counter from configuration load (`switchboard.local_errors.<code>`)
+/// and the call log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidType,
+    MissingModel,
+    MissingRequiredParameter,
+    InvalidProvider,
+    ModelNotFound,
+    AmbiguousModel,
+    NotFound,
+    MethodNotAllowed,
+    RequestTooLarge,
+    UnsupportedContentEncoding,
+    NoHealthyUpstream,
+    Overloaded,
+    RateLimitExceeded,
+    UnsupportedProvider,
+    UnsupportedEndpoint,
+    InvalidUpstreamResponse,
+    InvalidValue,
+    UnsupportedValue,
+    ContextLengthExceeded,
+    UnsupportedParameter,
+    NoMemberWithTags,
+    InvalidApiKey,
+    ModelNotAllowed,
+    InsufficientQuota,
+    UnsupportedFeature,
+    InvalidRequest,
+    RequestNotFound,
+    FeedbackAlreadyRecorded,
+    InternalError,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order (`code as usize` indexes it).
+    pub const ALL: [ErrorCode; 30] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidType,
+        ErrorCode::MissingModel,
+        ErrorCode::MissingRequiredParameter,
+        ErrorCode::InvalidProvider,
+        ErrorCode::ModelNotFound,
+        ErrorCode::AmbiguousModel,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTooLarge,
+        ErrorCode::UnsupportedContentEncoding,
+        ErrorCode::NoHealthyUpstream,
+        ErrorCode::Overloaded,
+        ErrorCode::RateLimitExceeded,
+        ErrorCode::UnsupportedProvider,
+        ErrorCode::UnsupportedEndpoint,
+        ErrorCode::InvalidUpstreamResponse,
+        ErrorCode::InvalidValue,
+        ErrorCode::UnsupportedValue,
+        ErrorCode::ContextLengthExceeded,
+        ErrorCode::UnsupportedParameter,
+        ErrorCode::NoMemberWithTags,
+        ErrorCode::InvalidApiKey,
+        ErrorCode::ModelNotAllowed,
+        ErrorCode::InsufficientQuota,
+        ErrorCode::UnsupportedFeature,
+        ErrorCode::InvalidRequest,
+        ErrorCode::RequestNotFound,
+        ErrorCode::FeedbackAlreadyRecorded,
+        ErrorCode::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidType => "invalid_type",
+            ErrorCode::MissingModel => "missing_model",
+            ErrorCode::MissingRequiredParameter => "missing_required_parameter",
+            ErrorCode::InvalidProvider => "invalid_provider",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::AmbiguousModel => "ambiguous_model",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTooLarge => "request_too_large",
+            ErrorCode::UnsupportedContentEncoding => "unsupported_content_encoding",
+            ErrorCode::NoHealthyUpstream => "no_healthy_upstream",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::RateLimitExceeded => "rate_limit_exceeded",
+            ErrorCode::UnsupportedProvider => "unsupported_provider",
+            ErrorCode::UnsupportedEndpoint => "unsupported_endpoint",
+            ErrorCode::InvalidUpstreamResponse => "invalid_upstream_response",
+            ErrorCode::InvalidValue => "invalid_value",
+            ErrorCode::UnsupportedValue => "unsupported_value",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+            ErrorCode::UnsupportedParameter => "unsupported_parameter",
+            ErrorCode::NoMemberWithTags => "no_member_with_tags",
+            ErrorCode::InvalidApiKey => "invalid_api_key",
+            ErrorCode::ModelNotAllowed => "model_not_allowed",
+            ErrorCode::InsufficientQuota => "insufficient_quota",
+            ErrorCode::UnsupportedFeature => "unsupported_feature",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::RequestNotFound => "request_not_found",
+            ErrorCode::FeedbackAlreadyRecorded => "feedback_already_recorded",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<ErrorCode> for &str {
+    fn eq(&self, other: &ErrorCode) -> bool {
+        *self == other.as_str()
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: Inner<'a>,
@@ -74,7 +200,7 @@ pub struct ApiError {
     pub status: u16,
     pub message: String,
     /// OpenAI `code`, e.g. `model_not_found`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// OpenAI `param`: the request field at fault, when there is one.
     pub param: Option<&'static str>,
     /// Seconds for a `Retry-After` header.
@@ -84,11 +210,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: u16, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into(), code, param: None, retry_after_s: None, should_retry: None }
     }
 
-    pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(400, code, message)
     }
 
@@ -96,7 +222,7 @@ impl ApiError {
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             404,
-            "model_not_found",
+            ErrorCode::ModelNotFound,
             format!("The model `{model}` does not exist: it is neither a pool nor a model served by this gateway. List them with GET /v1/models."),
         )
         .with_param("model")
@@ -106,7 +232,7 @@ impl ApiError {
     pub fn ambiguous_model(model: &str, member_ids: &[String]) -> Self {
         Self::new(
             404,
-            "ambiguous_model",
+            ErrorCode::AmbiguousModel,
             format!(
                 "The model `{model}` is served by {} members ({}): name one of them as the model, or a pool. List them with GET /v1/models.",
                 member_ids.len(),
@@ -117,21 +243,21 @@ impl ApiError {
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(404, "not_found", format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."))
+        Self::new(404, ErrorCode::NotFound, format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."))
     }
 
     pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
-        Self::new(405, "method_not_allowed", format!("Method {method} is not allowed on {path}; use {allowed}."))
+        Self::new(405, ErrorCode::MethodNotAllowed, format!("Method {method} is not allowed on {path}; use {allowed}."))
     }
 
     pub fn body_too_large(limit: usize) -> Self {
-        Self::new(413, "request_too_large", format!("Request body exceeds the gateway limit of {limit} bytes."))
+        Self::new(413, ErrorCode::RequestTooLarge, format!("Request body exceeds the gateway limit of {limit} bytes."))
     }
 
     pub fn unsupported_content_encoding(encoding: &str) -> Self {
         Self::new(
             415,
-            "unsupported_content_encoding",
+            ErrorCode::UnsupportedContentEncoding,
             format!(
                 "Request bodies with Content-Encoding `{encoding}` are not supported; send JSON uncompressed or gzip."
             ),
@@ -139,11 +265,11 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(503, "no_healthy_upstream", message)
+        Self::new(503, ErrorCode::NoHealthyUpstream, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "internal_error", message)
+        Self::new(500, ErrorCode::InternalError, message)
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
@@ -160,7 +286,7 @@ impl ApiError {
     /// OpenAI `type` of this error: by status, except spent quota, which
     /// OpenAI types by its code.
     pub fn kind(&self) -> ErrorType {
-        if self.code == "insufficient_quota" {
+        if self.code == ErrorCode::InsufficientQuota {
             return ErrorType::InsufficientQuota;
         }
         ErrorType::for_status(self.status)
@@ -168,7 +294,7 @@ impl ApiError {
 
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.message.len() + 96);
-        write_json(&mut out, &self.message, self.kind(), self.param, self.code);
+        write_json(&mut out, &self.message, self.kind(), self.param, self.code.as_str());
         out
     }
 }
@@ -222,21 +348,22 @@ mod tests {
     #[test]
     fn every_constructor_writes_an_openai_error_with_the_status_type() {
         let cases = [
-            (ApiError::invalid_request("invalid_json", "bad"), "invalid_request_error"),
+            (ApiError::invalid_request(ErrorCode::InvalidJson, "bad"), "invalid_request_error"),
             (ApiError::ambiguous_model("m", &["a/m".into(), "b/m".into()]), "invalid_request_error"),
+            (ApiError::model_not_found("m"), "invalid_request_error"),
             (ApiError::not_found("/x"), "invalid_request_error"),
             (ApiError::method_not_allowed("GET", "/v1/chat/completions", "POST"), "invalid_request_error"),
             (ApiError::body_too_large(10), "invalid_request_error"),
             (ApiError::unavailable("none left").with_retry_after(3), "server_error"),
             (ApiError::internal("oops"), "server_error"),
-            (ApiError::new(401, "invalid_api_key", "no"), "authentication_error"),
-            (ApiError::new(403, "forbidden", "no"), "permission_error"),
-            (ApiError::new(429, "rate_limit_exceeded", "slow"), "rate_limit_error"),
+            (ApiError::new(401, ErrorCode::InvalidApiKey, "no"), "authentication_error"),
+            (ApiError::new(403, ErrorCode::ModelNotAllowed, "no"), "permission_error"),
+            (ApiError::new(429, ErrorCode::RateLimitExceeded, "slow"), "rate_limit_error"),
         ];
         for (e, kind) in cases {
             let error = assert_openai_error(&e.to_json());
             assert_eq!(error["type"], kind, "{e:?}");
-            assert_eq!(error["code"], e.code);
+            assert_eq!(error["code"], e.code.as_str());
             assert_eq!(error["param"].as_str(), e.param, "{e:?}");
         }
     }
@@ -244,15 +371,15 @@ mod tests {
     #[test]
     fn unknown_and_ambiguous_models_name_the_model_field() {
         let e = ApiError::model_not_found("nope");
-        assert_eq!((e.status, e.code, e.param), (404, "model_not_found", Some("model")));
+        assert_eq!((e.status, e.code.as_str(), e.param), (404, "model_not_found", Some("model")));
         let e = ApiError::ambiguous_model("gpt-4o", &["alpha/gpt-4o".into(), "beta/gpt-4o".into()]);
-        assert_eq!((e.status, e.code, e.param), (404, "ambiguous_model", Some("model")));
+        assert_eq!((e.status, e.code.as_str(), e.param), (404, "ambiguous_model", Some("model")));
         assert!(e.message.contains("alpha/gpt-4o, beta/gpt-4o"), "{}", e.message);
     }
 
     #[test]
     fn param_is_written_when_set() {
-        let e = ApiError::invalid_request("missing_model", "`model` is required.").with_param("model");
+        let e = ApiError::invalid_request(ErrorCode::MissingModel, "`model` is required.").with_param("model");
         assert_eq!(assert_openai_error(&e.to_json())["param"], "model");
     }
 

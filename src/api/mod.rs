@@ -8,7 +8,7 @@ pub mod request;
 pub mod tokens;
 pub mod usage;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 /// The endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 //! is read from the borrowed `messages`/`prompt` value on first use
 //! ([`ParsedRequest::content`]), so requests routed by weight alone never pay for it.
 
+use super::ErrorCode;
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::fmt;
@@ -174,7 +175,7 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
 }
 
 fn field_error(name: &'static str, expected: &str) -> ApiError {
-    ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}.")).with_param(name)
+    ApiError::invalid_request(ErrorCode::InvalidType, format!("`{name}` must be {expected}.")).with_param(name)
 }
 
 fn json_kind(raw: &RawValue) -> u8 {
@@ -184,13 +185,16 @@ fn json_kind(raw: &RawValue) -> u8 {
 impl<'a> ParsedRequest<'a> {
     pub fn parse(body: &'a [u8], endpoint: Endpoint) -> Result<ParsedRequest<'a>, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::invalid_request("invalid_json", "Request body is empty; expected a JSON object."));
+            return Err(ApiError::invalid_request(
+                ErrorCode::InvalidJson,
+                "Request body is empty; expected a JSON object.",
+            ));
         }
         let text = std::str::from_utf8(body)
-            .map_err(|_| ApiError::invalid_request("invalid_json", "Request body is not valid UTF-8."))?;
+            .map_err(|_| ApiError::invalid_request(ErrorCode::InvalidJson, "Request body is not valid UTF-8."))?;
         if let Some(at) = lone_surrogate(text) {
             return Err(ApiError::invalid_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!(
                     "Request body is not valid JSON: a lone UTF-16 surrogate escape at byte {at} encodes no character."
                 ),
@@ -198,14 +202,14 @@ impl<'a> ParsedRequest<'a> {
         }
         if nesting_exceeds(body, MAX_NESTING) {
             return Err(ApiError::invalid_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!("Request body nests deeper than {MAX_NESTING} levels."),
             ));
         }
         let TopLevel(fields) = serde_json::from_str(text).map_err(|e| {
             let what =
                 if e.is_data() { "Request body must be a JSON object" } else { "Request body is not valid JSON" };
-            ApiError::invalid_request("invalid_json", format!("{what}: {e}."))
+            ApiError::invalid_request(ErrorCode::InvalidJson, format!("{what}: {e}."))
         })?;
 
         let mut model = None;
@@ -306,14 +310,14 @@ impl<'a> ParsedRequest<'a> {
                 (Some(m), _) if !m.is_empty() => m,
                 (None, Some(g)) if !g.is_empty() => g,
                 _ => return Err(ApiError::invalid_request(
-                    "missing_model",
+                    ErrorCode::MissingModel,
                     "You must provide a `model` (a pool or model name, see GET /v1/models) or a `load_balance_group`.",
                 )
                 .with_param("model")),
             };
         if !has_payload && !payload_field.0.is_empty() {
             return Err(ApiError::invalid_request(
-                "missing_required_parameter",
+                ErrorCode::MissingRequiredParameter,
                 format!("Missing required parameter: `{}`.", payload_field.0),
             )
             .with_param(payload_field.0));
@@ -488,7 +492,7 @@ fn span_in(text: &str, value: &RawValue) -> Option<Range<usize>> {
 /// `u32::MAX`), with OpenAI's wording.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadTokenLimit {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -578,7 +582,7 @@ pub fn token_limit(field: &str, raw: &str) -> Result<Option<u32>, BadTokenLimit>
                 "a decimal number"
             } else if negative || digits.bytes().all(|b| b == b'0') {
                 return Err(BadTokenLimit {
-                    code: "invalid_value",
+                    code: ErrorCode::InvalidValue,
                     message: format!(
                         "Invalid '{field}': integer below minimum value. Expected a value >= 1, but got {shown} instead."
                     ),
@@ -587,7 +591,7 @@ pub fn token_limit(field: &str, raw: &str) -> Result<Option<u32>, BadTokenLimit>
                 return match digits.parse::<u32>() {
                     Ok(n) => Ok(Some(n)),
                     Err(_) => Err(BadTokenLimit {
-                        code: "invalid_value",
+                        code: ErrorCode::InvalidValue,
                         message: format!(
                             "Invalid '{field}': integer above maximum value. Expected a value <= {}, but got {shown} instead.",
                             u32::MAX
@@ -599,7 +603,7 @@ pub fn token_limit(field: &str, raw: &str) -> Result<Option<u32>, BadTokenLimit>
         _ => "an unknown value",
     };
     Err(BadTokenLimit {
-        code: "invalid_type",
+        code: ErrorCode::InvalidType,
         message: format!("Invalid type for '{field}': expected an integer, but got {got} instead."),
     })
 }
@@ -858,7 +862,7 @@ mod tests {
         ];
         for (body, code, param, says) in cases {
             let e = parse(body).unwrap_err();
-            assert_eq!((e.status, e.code, e.param), (400, code, param), "{body}: {}", e.message);
+            assert_eq!((e.status, e.code.as_str(), e.param), (400, code, param), "{body}: {}", e.message);
             assert!(e.message.contains(says), "{body}: {}", e.message);
         }
         // Pairs, escaped backslashes and nulls pass.
@@ -1011,7 +1015,7 @@ mod tests {
             for (raw, code) in cases {
                 let body = format!(r#"{{"model":"m","messages":[],"{field}":{raw}}}"#);
                 let e = parse(&body).unwrap_err();
-                assert_eq!((e.status, e.code, e.param), (400, code, Some(field)), "{body}: {}", e.message);
+                assert_eq!((e.status, e.code.as_str(), e.param), (400, code, Some(field)), "{body}: {}", e.message);
             }
         }
         let ok = parse(r#"{"model":"m","messages":[],"max_tokens":4294967295}"#).unwrap();
@@ -1020,7 +1024,7 @@ mod tests {
         let long = token_limit("max_tokens", &"9".repeat(400)).unwrap_err();
         assert!(long.message.contains("400-character"), "{}", long.message);
         let bad = bad_token_limit(br#"{"a":1,"max_output_tokens":1e400}"#, &["max_output_tokens"]);
-        assert_eq!(bad.map(|(f, e)| (f, e.code)), Some(("max_output_tokens", "invalid_type")));
+        assert_eq!(bad.map(|(f, e)| (f, e.code.as_str())), Some(("max_output_tokens", "invalid_type")));
         assert_eq!(bad_token_limit(br#"{"max_output_tokens":5}"#, &["max_output_tokens"]), None);
     }
 

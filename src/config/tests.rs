@@ -77,7 +77,7 @@ fn model_served_by_two_providers_is_not_direct() {
     assert!(cfg.pool("gpt-4o").is_none());
     // Naming it is a 404 that lists the member ids that address each deployment.
     let e = cfg.unknown_target("gpt-4o", "model");
-    assert_eq!((e.status, e.code, e.param), (404, "ambiguous_model", Some("model")));
+    assert_eq!((e.status, e.code.as_str(), e.param), (404, "ambiguous_model", Some("model")));
     assert!(e.message.contains("alpha/gpt-4o, beta/gpt-4o"), "{}", e.message);
     assert!(cfg.pool("alpha/gpt-4o").is_some() && cfg.pool("beta/gpt-4o").is_some());
     assert_eq!(cfg.unknown_target("nope", "fallback").code, "model_not_found");

@@ -19,6 +19,7 @@ pub mod responses;
 #[cfg(test)]
 mod sdk_fixtures;
 
+use crate::api::ErrorCode;
 use serde_json::{Map, Value};
 
 use crate::encoding::random_hex;
@@ -218,13 +219,13 @@ fn upstream_unreadable() -> Vec<u8> {
 }
 
 /// The code of a refused feature that the door's native kinds may serve.
-const UNSUPPORTED: &str = "unsupported_feature";
+const UNSUPPORTED: ErrorCode = ErrorCode::UnsupportedFeature;
 
 /// A door request the translator refuses: always HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoorError {
     /// Precise machine-readable reason, e.g. `invalid_request`, `unsupported_feature`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// The request field at fault (a path such as `messages[2].content[0].type`).
     pub param: Option<String>,
@@ -235,7 +236,11 @@ impl DoorError {
 
     pub(crate) fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         let param = param.into();
-        DoorError { code: "invalid_request", message: format!("{param}: {}", message.into()), param: Some(param) }
+        DoorError {
+            code: ErrorCode::InvalidRequest,
+            message: format!("{param}: {}", message.into()),
+            param: Some(param),
+        }
     }
 
     pub(crate) fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
@@ -244,7 +249,11 @@ impl DoorError {
     }
 
     pub(crate) fn not_json(detail: impl std::fmt::Display) -> Self {
-        DoorError { code: "invalid_json", message: format!("Request body is not valid JSON: {detail}"), param: None }
+        DoorError {
+            code: ErrorCode::InvalidJson,
+            message: format!("Request body is not valid JSON: {detail}"),
+            param: None,
+        }
     }
 
     pub fn status(&self) -> u16 {
@@ -264,7 +273,7 @@ impl DoorError {
             &self.message,
             crate::api::error::ErrorType::InvalidRequest,
             self.param.as_deref(),
-            self.code,
+            self.code.as_str(),
         );
         out
     }
@@ -281,7 +290,7 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DoorError>
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(DoorError {
-            code: "invalid_request",
+            code: ErrorCode::InvalidRequest,
             message: "Request body must be a JSON object.".into(),
             param: None,
         }),
@@ -627,7 +636,7 @@ mod tests {
             for (raw, code) in cases {
                 let body = format!(r#"{{"model":"m",{rest},"{field}":{raw}}}"#);
                 let e = door.to_chat(body.as_bytes()).unwrap_err();
-                assert_eq!((e.code, e.param.as_deref()), (code, Some(field)), "{body}: {}", e.message);
+                assert_eq!((e.code.as_str(), e.param.as_deref()), (code, Some(field)), "{body}: {}", e.message);
                 assert!(e.message.starts_with(field), "{}", e.message);
                 let shape: Value = serde_json::from_slice(&door.refusal_body(&e)).unwrap();
                 match door {

@@ -26,7 +26,7 @@ use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::models::ModelListing;
 use crate::api::request::ParsedRequest;
 use crate::api::usage::{self, UsageChunkFilter};
-use crate::api::{ApiError, Endpoint};
+use crate::api::{ApiError, Endpoint, ErrorCode};
 use crate::config::Strategy;
 use crate::doors::{messages, Door, DoorAnswer, DoorError};
 use crate::encoding::percent_decode;
@@ -218,7 +218,7 @@ impl Filter {
     /// Answers the client with an OpenAI-style error. Returns the action to give Envoy.
     fn answer_error(&mut self, error: &ApiError) -> Action {
         if let Some(rt) = &self.rt {
-            rt.metrics.local_error(error.code);
+            self.obs.local_error(&rt.metrics, error.code);
         }
         let retry_after = error.retry_after_s.map(|s| s.to_string());
         let attempts = self.plan.as_ref().map_or(0, |p| p.attempts.len()).to_string();
@@ -259,7 +259,7 @@ impl Filter {
     /// Refuses a door request its translator cannot take (always a 400).
     fn refuse_door_request(&mut self, e: &DoorError) -> Action {
         if let Some(rt) = &self.rt {
-            rt.metrics.local_error(e.code);
+            self.obs.local_error(&rt.metrics, e.code);
         }
         let body = self.door.refusal_body(e);
         let request_id = self.request_id.clone();
@@ -301,7 +301,7 @@ impl Filter {
             Feedback::Unknown => self.answer_error(
                 &ApiError::new(
                     404,
-                    "request_not_found",
+                    ErrorCode::RequestNotFound,
                     format!(
                         "No recent request `{request_id}` was routed by a learned router (ids are kept for {} minutes).",
                         learned_store::FEEDBACK_TTL_MS / 60_000
@@ -310,7 +310,7 @@ impl Filter {
                 .with_param("request_id"),
             ),
             Feedback::AlreadyScored => self.answer_error(
-                &ApiError::new(409, "feedback_already_recorded", format!("Request `{request_id}` was already scored."))
+                &ApiError::new(409, ErrorCode::FeedbackAlreadyRecorded, format!("Request `{request_id}` was already scored."))
                     .with_param("request_id"),
             ),
             Feedback::Accepted(weak) => {
@@ -729,6 +729,7 @@ impl Filter {
         let error = match &self.plan {
             Some(plan) => {
                 rt.metrics.inc(rt.metrics.pool(plan.primary_pool()).and_then(|p| p.exhausted));
+                self.obs.exhausted = true;
                 let target = rt.config.pool_at(plan.primary_pool()).map_or("", |p| p.name.as_str());
                 let statuses: Vec<u16> = plan.attempts.iter().map(|a| a.status).collect();
                 let tried = plan.attempts.iter().map(|a| health_store::next_try_ms(&a.member_id, now));
@@ -738,12 +739,12 @@ impl Filter {
                 let mut error = plan.exhausted_error(target);
                 if answer.status == 429 {
                     error.status = 429;
-                    error.code = "rate_limit_exceeded";
+                    error.code = ErrorCode::RateLimitExceeded;
                 } else if self.door == Door::Messages && all_overloaded(&statuses) {
                     // Anthropic's own status, so its SDKs raise `OverloadedError` as they would
                     // against Anthropic (529 has no meaning to OpenAI clients: they get the 503).
                     error.status = 529;
-                    error.code = "overloaded";
+                    error.code = ErrorCode::Overloaded;
                 }
                 error.retry_after_s = answer.retry_after_s;
                 error.should_retry = Some(answer.should_retry);
@@ -838,19 +839,19 @@ fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
     match refusal {
         Refusal::Requests { retry_after_s } => ApiError::new(
             429,
-            "rate_limit_exceeded",
+            ErrorCode::RateLimitExceeded,
             format!("Rate limit reached for tenant `{name}`: {} requests per minute.", tenant.rpm.unwrap_or(0)),
         )
         .with_retry_after(retry_after_s),
         Refusal::Tokens { retry_after_s } => ApiError::new(
             429,
-            "rate_limit_exceeded",
+            ErrorCode::RateLimitExceeded,
             format!("Rate limit reached for tenant `{name}`: {} tokens per minute.", tenant.tpm.unwrap_or(0)),
         )
         .with_retry_after(retry_after_s),
         Refusal::Parallel => ApiError::new(
             429,
-            "rate_limit_exceeded",
+            ErrorCode::RateLimitExceeded,
             format!(
                 "Tenant `{name}` has {} requests in flight, its max_parallel; retry when one ends.",
                 tenant.max_parallel.unwrap_or(0)
@@ -858,7 +859,7 @@ fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
         )
         .with_retry_after(1),
         Refusal::Budget(short) => {
-            ApiError::new(429, "insufficient_quota", short.message(name)).with_retry_after(short.retry_after_s)
+            ApiError::new(429, ErrorCode::InsufficientQuota, short.message(name)).with_retry_after(short.retry_after_s)
         }
     }
 }
@@ -907,27 +908,33 @@ fn build_upstream(
 
 /// A feedback body: the request id and a score in [0, 1].
 fn feedback_body(body: &[u8]) -> Result<(String, f64), ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid_request("invalid_json", format!("Feedback must be a JSON object: {e}.")))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request(ErrorCode::InvalidJson, format!("Feedback must be a JSON object: {e}."))
+    })?;
     let field = |name: &'static str| {
         value.get(name).ok_or_else(|| {
-            ApiError::invalid_request("missing_required_parameter", format!("Missing required parameter: `{name}`."))
-                .with_param(name)
+            ApiError::invalid_request(
+                ErrorCode::MissingRequiredParameter,
+                format!("Missing required parameter: `{name}`."),
+            )
+            .with_param(name)
         })
     };
     let request_id = field("request_id")?
         .as_str()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
-            ApiError::invalid_request("invalid_type", "`request_id` must be a non-empty string.")
+            ApiError::invalid_request(ErrorCode::InvalidType, "`request_id` must be a non-empty string.")
                 .with_param("request_id")
         })?
         .to_string();
-    let score = field("score")?
-        .as_f64()
-        .ok_or_else(|| ApiError::invalid_request("invalid_type", "`score` must be a number.").with_param("score"))?;
+    let score = field("score")?.as_f64().ok_or_else(|| {
+        ApiError::invalid_request(ErrorCode::InvalidType, "`score` must be a number.").with_param("score")
+    })?;
     if !(0.0..=1.0).contains(&score) {
-        return Err(ApiError::invalid_request("invalid_value", "`score` must be between 0 and 1.").with_param("score"));
+        return Err(
+            ApiError::invalid_request(ErrorCode::InvalidValue, "`score` must be between 0 and 1.").with_param("score")
+        );
     }
     Ok((request_id, score))
 }
@@ -1015,7 +1022,7 @@ impl Context for Filter {
             None => (verdict, content_type, body),
         };
         if verdict != status {
-            rt.metrics.local_error("invalid_upstream_response");
+            rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
             log::warn!(
                 "switchboard[{}]: unreadable {status} answer from {}",
                 self.request_id,
@@ -1070,7 +1077,7 @@ impl HttpContext for Filter {
             // Envoy followed a redirect switchboard did not ask for (a provider's own): never re-routed.
             return self.answer_error(&ApiError::new(
                 502,
-                "invalid_upstream_response",
+                ErrorCode::InvalidUpstreamResponse,
                 "The provider answered with a redirect, which the gateway does not follow.",
             ));
         }
@@ -1129,7 +1136,7 @@ impl HttpContext for Filter {
         }
         if end_of_stream || declared == Some(0) {
             return self.answer_error(&ApiError::invalid_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 "Request body is empty; expected a JSON object.",
             ));
         }
@@ -1357,7 +1364,7 @@ impl HttpContext for Filter {
                 self.note_answer(&out);
                 self.note_adapter_usage(attempt.adapter.as_ref());
                 if unreadable {
-                    rt.metrics.local_error("invalid_upstream_response");
+                    rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
                     log::warn!(
                         "switchboard[{}]: unreadable {status} answer from {}",
                         self.request_id,

@@ -1,13 +1,16 @@
 //! Envoy stats defined by the filter (every VM defines the same names; Envoy
 //! shares the stat). Names embed the pool, member and tenant; the Envoy
 //! configs in `envoy/` extract them as tags for Prometheus. Request-end stats
-//! (`crate::observe`) are defined on first use of each label combination.
+//! (`crate::observe`) are defined at configuration load for every label
+//! combination a request can reach (`request_series`), so they exist at 0.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 
+use crate::api::ErrorCode;
 use crate::config::{Config, MemberRef};
-use crate::observe::{self, request_stat, NO_LABEL};
+use crate::observe::{self, request_stat, Outcome, NO_LABEL};
+use crate::tenant::limits::cost_micro_usd;
 
 use super::abi;
 
@@ -52,25 +55,34 @@ pub struct PoolMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub pools: Vec<PoolMetrics>,
-    /// Local answers by OpenAI error code.
-    local_errors: Vec<(&'static str, Option<u32>)>,
+    /// Local answers by OpenAI error code, indexed by `ErrorCode as usize`.
+    local_errors: Vec<Option<u32>>,
     /// Host calls that failed.
     pub host_errors: Option<u32>,
     /// Per tenant (configuration order): requests refused by its rpm, tpm or
     /// max_parallel, and by its budget.
     tenant_refusals: Vec<(Option<u32>, Option<u32>)>,
-    /// Request-end stats by `stat_key`, defined on first use; sorted by key.
+    /// Per tenant (configuration order), tenants with a `budget_usd` only: the
+    /// gauges of its spend in the current period and of its limit (micro-USD).
+    pub tenant_budgets: Vec<Option<BudgetGauges>>,
+    /// Request-end stats by `stat_key`, defined at load (`request_series`); sorted by key.
     request_stats: RefCell<Vec<(u64, Option<u32>)>>,
     pending: RefCell<HashMap<u32, i64>>,
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BudgetGauges {
+    pub spent: Option<u32>,
+    pub limit: Option<u32>,
+}
+
 /// A request-end stat family (see `crate::observe`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     InputTokens,
     OutputTokens,
-    /// Client requests by the status they got.
-    Requests(u16),
+    /// Client requests by what they came to.
+    Requests(Outcome),
     CostMicroUsd,
     UsageEstimated,
     /// Histograms (ms).
@@ -79,7 +91,7 @@ pub enum Family {
 }
 
 /// Labels of a request-end stat, as configuration indexes (`Labels::NONE`: `-`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Labels {
     pub pool: usize,
     pub member: usize,
@@ -99,47 +111,56 @@ fn stat_key(family: Family, labels: Labels) -> u64 {
         Family::UsageEstimated => 4,
         Family::Duration => 5,
         Family::FirstToken => 6,
-        Family::Requests(status) => 16 + u64::from(status),
+        Family::Requests(outcome) => 16 + outcome as u64,
     };
     let index = |i: usize| if i == Labels::NONE { 0xffff } else { (i as u64) & 0xffff };
     code | index(labels.pool) << 16 | index(labels.member) << 32 | index(labels.tenant) << 48
 }
 
-const LOCAL_ERROR_CODES: [&str; 31] = [
-    "overloaded",
-    "ambiguous_model",
-    "invalid_json",
-    "invalid_type",
-    "missing_model",
-    "missing_required_parameter",
-    "invalid_provider",
-    "model_not_found",
-    "not_found",
-    "method_not_allowed",
-    "request_too_large",
-    "unsupported_content_encoding",
-    "no_healthy_upstream",
-    "rate_limit_exceeded",
-    "unsupported_provider",
-    "unsupported_endpoint",
-    "invalid_upstream_response",
-    "invalid_value",
-    "unsupported_value",
-    "context_length_exceeded",
-    "unsupported_parameter",
-    "no_member_with_tags",
-    "invalid_api_key",
-    "model_not_allowed",
-    "insufficient_quota",
-    "unsupported_feature",
-    "invalid_request",
-    "request_not_found",
-    "feedback_already_recorded",
-    "other",
-    "internal_error",
-];
-
 use observe::stat_segment;
+
+/// Every request-end series a request can reach, so that each is defined at
+/// 0 on configuration load and the first request of each kind is counted by
+/// `rate()`/`increase()` (a series born with its first value shows no
+/// increase). For every pool, member and tenant (`-` without tenants):
+/// requests by outcome, tokens, cost, estimated usage and both histograms;
+/// requests by outcome also for a pool before a member was tried, and before
+/// a pool was chosen (per tenant, and `-`: unauthenticated).
+pub fn request_series(config: &Config) -> Vec<(Family, Labels)> {
+    let tenants: Vec<usize> = match config.tenants.as_ref().filter(|t| !t.is_empty()) {
+        Some(t) => (0..t.len()).collect(),
+        None => vec![Labels::NONE],
+    };
+    let mut out = Vec::new();
+    let outcomes = |out: &mut Vec<(Family, Labels)>, labels: Labels| {
+        out.extend(Outcome::ALL.iter().map(|o| (Family::Requests(*o), labels)));
+    };
+    for (p, pool) in config.pools.iter().enumerate() {
+        for &tenant in &tenants {
+            for m in 0..pool.members.len() {
+                let labels = Labels { pool: p, member: m, tenant };
+                outcomes(&mut out, labels);
+                out.extend(
+                    [
+                        Family::InputTokens,
+                        Family::OutputTokens,
+                        Family::CostMicroUsd,
+                        Family::UsageEstimated,
+                        Family::Duration,
+                        Family::FirstToken,
+                    ]
+                    .map(|f| (f, labels)),
+                );
+            }
+            outcomes(&mut out, Labels { pool: p, member: Labels::NONE, tenant });
+        }
+    }
+    let unauthenticated = config.tenants.is_some().then_some(Labels::NONE);
+    for tenant in tenants.into_iter().chain(unauthenticated) {
+        outcomes(&mut out, Labels { pool: Labels::NONE, member: Labels::NONE, tenant });
+    }
+    out
+}
 
 fn define(kind: u32, name: &str) -> Option<u32> {
     match abi::define_metric(kind, name) {
@@ -205,7 +226,7 @@ impl Metrics {
             })
             .collect();
         let local_errors =
-            LOCAL_ERROR_CODES.iter().map(|code| (*code, counter(format!("switchboard.local_errors.{code}")))).collect();
+            ErrorCode::ALL.iter().map(|code| counter(format!("switchboard.local_errors.{}", code.as_str()))).collect();
         let tenant_refusals = config
             .tenants
             .iter()
@@ -215,13 +236,39 @@ impl Metrics {
                 (counter(format!("{base}.rate_limited")), counter(format!("{base}.budget_refused")))
             })
             .collect();
-        Metrics {
+        let tenant_budgets = config
+            .tenants
+            .iter()
+            .flatten()
+            .map(|t| {
+                let budget = t.budget.as_ref()?;
+                let base = format!("switchboard.tenant.{}", stat_segment(&t.name));
+                let gauges = BudgetGauges {
+                    spent: define(abi::METRIC_GAUGE, &format!("{base}.budget_spent_micro_usd")),
+                    limit: define(abi::METRIC_GAUGE, &format!("{base}.budget_limit_micro_usd")),
+                };
+                // A million tokens at limit_usd per million: the limit in micro-USD.
+                set_gauge(gauges.limit, cost_micro_usd(1_000_000, 0, budget.limit_usd, 0.0));
+                Some(gauges)
+            })
+            .collect();
+        let metrics = Metrics {
+            tenant_budgets,
             pools,
             local_errors,
             host_errors: counter("switchboard.host_errors".to_string()),
             tenant_refusals,
             request_stats: RefCell::new(Vec::new()),
             pending: RefCell::new(HashMap::default()),
+        };
+        metrics.define_request_stats(config);
+        metrics
+    }
+
+    /// Defines every request-end series a request can reach, at 0 (see `request_series`).
+    fn define_request_stats(&self, config: &Config) {
+        for (family, labels) in request_series(config) {
+            self.request_stat(config, family, labels);
         }
     }
 
@@ -231,7 +278,7 @@ impl Metrics {
         self.inc(ids.and_then(|(limit, spent)| if budget { *spent } else { *limit }));
     }
 
-    /// The id of a request-end stat, defined on its first use (one host call
+    /// The id of a request-end stat, defined if it is not yet (one host call
     /// per label combination and VM).
     fn request_stat(&self, config: &Config, family: Family, labels: Labels) -> Option<u32> {
         let key = stat_key(family, labels);
@@ -242,14 +289,10 @@ impl Metrics {
         let pool = config.pool_at(labels.pool).map_or(NO_LABEL, |p| p.name.as_str());
         let member = config.member(MemberRef::new(labels.pool, labels.member)).map_or(NO_LABEL, |m| m.id.as_str());
         let tenant = config.tenants.as_ref().and_then(|t| t.get(labels.tenant)).map_or(NO_LABEL, |t| t.name.as_str());
-        let status;
         let (kind, base, last) = match family {
             Family::InputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some("input")),
             Family::OutputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some("output")),
-            Family::Requests(code) => {
-                status = code.to_string();
-                (abi::METRIC_COUNTER, observe::REQUESTS, Some(status.as_str()))
-            }
+            Family::Requests(outcome) => (abi::METRIC_COUNTER, observe::REQUESTS, Some(outcome.as_str())),
             Family::CostMicroUsd => (abi::METRIC_COUNTER, observe::COST, None),
             Family::UsageEstimated => (abi::METRIC_COUNTER, observe::USAGE_ESTIMATED, None),
             Family::Duration => (abi::METRIC_HISTOGRAM, observe::REQUEST_DURATION, None),
@@ -286,14 +329,9 @@ impl Metrics {
         self.pools.get(pool)?.members.get(member)
     }
 
-    pub fn local_error(&self, code: &str) {
-        let id = self
-            .local_errors
-            .iter()
-            .find(|(c, _)| *c == code)
-            .or_else(|| self.local_errors.iter().find(|(c, _)| *c == "other"))
-            .and_then(|(_, id)| *id);
-        self.inc(id);
+    /// An answer the gateway gave itself, by its error code.
+    pub fn local_error(&self, code: ErrorCode) {
+        self.inc(self.local_errors.get(code as usize).copied().flatten());
     }
 
     pub fn inc(&self, id: Option<u32>) {
@@ -322,5 +360,80 @@ pub fn set_gauge(id: Option<u32>, value: u64) {
         if let Err(status) = abi::record_metric(id, value) {
             log::debug!("switchboard: record_metric failed (status {status})");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{sample_config, ENV};
+
+    fn series_of(json: &str) -> (Config, Vec<(Family, Labels)>) {
+        let config = Config::parse(json.as_bytes(), &ENV).unwrap();
+        let series = request_series(&config);
+        (config, series)
+    }
+
+    fn has(series: &[(Family, Labels)], family: Family, pool: usize, member: usize, tenant: usize) -> bool {
+        series.contains(&(family, Labels { pool, member, tenant }))
+    }
+
+    #[test]
+    fn every_outcome_of_every_pool_member_and_tenant_exists_from_load() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let tenants = format!(r#"{{"team-a": {{"keys_sha256": ["{a}"]}}, "team-b": {{"keys_sha256": ["{b}"]}}}}"#);
+        let json = sample_config().replacen(r#""pools": {"#, &format!(r#""tenants": {tenants}, "pools": {{"#), 1);
+        let (config, series) = series_of(&json);
+        let none = Labels::NONE;
+        for (p, pool) in config.pools.iter().enumerate() {
+            for t in 0..2 {
+                for o in Outcome::ALL {
+                    // Served or failed by a member, refused or exhausted before one.
+                    for m in 0..pool.members.len() {
+                        assert!(has(&series, Family::Requests(o), p, m, t), "{} {m} {t} {o:?}", pool.name);
+                    }
+                    assert!(has(&series, Family::Requests(o), p, none, t), "{} {t} {o:?}", pool.name);
+                    // Before a pool was chosen (bad JSON, unknown model).
+                    assert!(has(&series, Family::Requests(o), none, none, t));
+                }
+                for m in 0..pool.members.len() {
+                    for f in [Family::InputTokens, Family::OutputTokens, Family::CostMicroUsd, Family::Duration] {
+                        assert!(has(&series, f, p, m, t), "{f:?}");
+                    }
+                }
+            }
+        }
+        // Unauthenticated (401): no tenant, no pool.
+        for o in Outcome::ALL {
+            assert!(has(&series, Family::Requests(o), none, none, none));
+        }
+        // With tenants configured no routed request is without one.
+        assert!(!series.iter().any(|(_, l)| l.pool != none && l.tenant == none));
+        // Each series once: one define per series and VM.
+        let mut keys: Vec<u64> = series.iter().map(|(f, l)| stat_key(*f, *l)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), series.len());
+    }
+
+    #[test]
+    fn without_tenants_the_tenant_label_is_dash() {
+        let (config, series) = series_of(&sample_config());
+        assert!(!config.pools.is_empty());
+        assert!(series.iter().all(|(_, l)| l.tenant == Labels::NONE));
+        assert!(has(&series, Family::Requests(Outcome::ClientError), Labels::NONE, Labels::NONE, Labels::NONE));
+        assert!(has(&series, Family::Requests(Outcome::Exhausted), 0, Labels::NONE, Labels::NONE));
+    }
+
+    #[test]
+    fn every_local_error_code_has_its_own_counter_slot() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code}");
+        }
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert!(names.iter().all(|n| stat_segment(n) == *n), "codes are stat segments as they are");
     }
 }

@@ -2,13 +2,14 @@
 //! filter state (`wasm.switchboard.call`, which Envoy's access log prints with
 //! `%FILTER_STATE(wasm.switchboard.call:PLAIN)%`) and its request-end stats.
 
+use crate::api::ErrorCode;
 use crate::config::MemberRef;
-use crate::observe::{AttemptLog, CallRecord, Tokens};
+use crate::observe::{AttemptLog, CallRecord, Outcome, Tokens};
 use crate::routing::Plan;
 use crate::tenant::limits::cost_micro_usd;
 
 use super::abi;
-use super::metrics::{Family, Labels};
+use super::metrics::{Family, Labels, Metrics};
 use super::runtime::Runtime;
 
 /// The filter-state name of the call-log line (Envoy prefixes `wasm.`).
@@ -33,9 +34,19 @@ pub struct Observed {
     pub estimate: (u64, u64),
     /// The name the client asked for.
     pub model: Option<String>,
+    /// The gateway's own error code, when it refused or failed the request itself.
+    pub error: Option<ErrorCode>,
+    /// Every member of the pool failed or was passed over.
+    pub exhausted: bool,
 }
 
 impl Observed {
+    /// The gateway answers (or fails) the request with its own error `code`: counted, and kept for the call log.
+    pub fn local_error(&mut self, metrics: &Metrics, code: ErrorCode) {
+        metrics.local_error(code);
+        self.error = Some(code);
+    }
+
     pub fn answered(&mut self, status: u16, now_ms: u64) {
         self.status = status;
         if self.first_byte_ms == 0 {
@@ -83,6 +94,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
     // Building the line costs about 2 us: only when an access log prints it.
     let record = config.call_log.then(|| CallRecord {
         start_ms: obs.start_ms,
+        end_ms: end.now_ms,
         request_id: end.request_id,
         tenant: end.tenant.and_then(|t| Some(config.tenants.as_ref()?.get(t)?.name.as_str())),
         model: obs.model.as_deref(),
@@ -97,6 +109,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
             .collect(),
         status: obs.status,
         cut: obs.cut,
+        error: obs.error.map(ErrorCode::as_str),
         stream: end.stream,
         tokens,
         cost_micro_usd: cost,
@@ -113,7 +126,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
         member: shown.map_or(Labels::NONE, |m| m.member),
         tenant: end.tenant.unwrap_or(Labels::NONE),
     };
-    metrics.count(config, Family::Requests(obs.status), labels, 1);
+    metrics.count(config, Family::Requests(Outcome::of(obs.status, obs.error, obs.exhausted)), labels, 1);
     if let Some(t) = tokens {
         metrics.count(config, Family::InputTokens, labels, t.prompt);
         metrics.count(config, Family::OutputTokens, labels, t.completion);

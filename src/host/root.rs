@@ -15,7 +15,7 @@ use super::filter::Filter;
 use super::metrics::set_gauge;
 use super::probes::Prober;
 use super::runtime::Runtime;
-use super::{abi, health_store, shadow, wake};
+use super::{abi, health_store, shadow, tenant_store, wake};
 
 /// Counters, health gauges and probes run once a second, however finely the root ticks.
 const SLOW_TICK_MS: u64 = 1_000;
@@ -57,6 +57,16 @@ fn tick_period_ms(config: &Config) -> u64 {
 }
 
 const SHADOW_TICK_MS: u64 = 100;
+
+/// Whether the healthy-members gauge counts a member: it is in rotation, or
+/// its cooldown has ended and the next request it is picked for goes to it
+/// (the half-open trial). Not counted: ejected or held (a provider's
+/// `Retry-After`) until a time still to come, or a trial in flight. So the
+/// gauge rises on the tick the cooldown ends, not when a request next
+/// happens to reach the member; a failed trial ejects it again.
+fn in_rotation(availability: Availability) -> bool {
+    matches!(availability, Availability::Healthy | Availability::Trial)
+}
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
@@ -127,10 +137,15 @@ impl RootContext for Root {
         rt.refresh_canaries();
         rt.metrics.flush();
         for (index, pool) in rt.config.pools.iter().enumerate() {
-            let healthy =
-                pool.members.iter().filter(|m| health_store::availability(&m.id, now) == Availability::Healthy).count();
+            let healthy = pool.members.iter().filter(|m| in_rotation(health_store::availability(&m.id, now))).count();
             if let Some(pm) = rt.metrics.pool(index) {
                 set_gauge(pm.healthy_members, healthy as u64);
+            }
+        }
+        let tenants = rt.config.tenants.iter().flatten();
+        for (tenant, gauges) in tenants.zip(&rt.metrics.tenant_budgets) {
+            if let Some(g) = gauges {
+                set_gauge(g.spent, tenant_store::spent_micro_usd(tenant, now / 1000).unwrap_or(0));
             }
         }
         self.prober.tick(rt, now);
@@ -204,5 +219,22 @@ impl HttpContext for Shared {
 
     fn on_log(&mut self) {
         self.with((), HttpContext::on_log);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::MemberHealth;
+
+    #[test]
+    fn a_member_counts_healthy_again_the_moment_its_cooldown_ends() {
+        let ejected = MemberHealth { ejected_until_ms: 10_000, ejections: 1, ..MemberHealth::default() };
+        assert!(in_rotation(MemberHealth::default().availability(5_000)));
+        assert!(!in_rotation(ejected.availability(9_999)), "ejected");
+        assert!(in_rotation(ejected.availability(10_000)), "cooldown over: offered the next request");
+        let trying = MemberHealth { trial_until_ms: 12_000, ..ejected };
+        assert!(!in_rotation(trying.availability(11_000)), "a trial in flight is not yet a recovery");
+        assert!(in_rotation(trying.availability(12_000)));
     }
 }

@@ -59,6 +59,15 @@ pub fn admit(tenant: &Tenant, now_s: u64, tokens: u64, worst_micro_usd: u64) -> 
     })
 }
 
+/// What the tenant spent of its budget in the current period (micro-USD);
+/// `None` without a budget or when the store cannot be read.
+pub fn spent_micro_usd(tenant: &Tenant, now_s: u64) -> Option<u64> {
+    let budget = tenant.budget.as_ref()?;
+    let (bytes, _) = abi::shared_get(&state_key(tenant)).ok()?;
+    let state = TenantState::decode(bytes.as_deref().unwrap_or_default());
+    Some(state.spend.in_period(now_s, budget.per))
+}
+
 /// Settles an admitted request: slot, token reservation and spend in one swap.
 pub fn settle(tenant: &Tenant, now_s: u64, end: &Settlement) {
     let _ = update(&state_key(tenant), TenantState::decode, |state| {

@@ -1,6 +1,7 @@
 //! Anthropic Messages API (`POST {base_path}/messages`): request
 //! translation, and answers (JSON or SSE) back into OpenAI's shape.
 
+use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
 use crate::api::error::ErrorType;
@@ -36,7 +37,7 @@ fn block_json(block: &Block, at: &str) -> Result<Value, ApiError> {
         Block::File { source, .. } => match source {
             Source::Base64 { mime, .. } if mime != "application/pdf" => {
                 return Err(ApiError::invalid_request(
-                    "unsupported_value",
+                    ErrorCode::UnsupportedValue,
                     format!("{at}: files of type {mime} are not supported by Anthropic; send PDF files or text."),
                 ))
             }

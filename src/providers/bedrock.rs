@@ -2,6 +2,7 @@
 //! `/converse-stream`), signed with AWS SigV4: request translation, and
 //! answers (JSON or binary event stream) back into OpenAI's shape.
 
+use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
 use crate::api::error::ErrorType;
@@ -25,7 +26,7 @@ pub(super) struct Bedrock;
 const SERVICE: &str = "bedrock";
 
 fn unsupported(message: String) -> ApiError {
-    ApiError::invalid_request("unsupported_value", message)
+    ApiError::invalid_request(ErrorCode::UnsupportedValue, message)
 }
 
 fn image_format(mime: &str) -> Option<&'static str> {
@@ -588,7 +589,7 @@ mod tests {
         ] {
             let req = format!(r#"{{"model":"x","messages":[{{"role":"user","content":{content}}}]}}"#);
             let e = build_for(&p, MODEL, &req, None).unwrap_err();
-            assert_eq!((e.status, e.code), (400, "unsupported_value"), "{content}");
+            assert_eq!((e.status, e.code.as_str()), (400, "unsupported_value"), "{content}");
         }
     }
 

@@ -2,6 +2,7 @@
 //! which the Anthropic, Gemini and Bedrock adapters render. Decoding checks
 //! what they rely on and answers a 400 naming the offending field otherwise.
 
+use crate::api::ErrorCode;
 use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
@@ -165,11 +166,11 @@ impl Chat {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::invalid_request("invalid_value", message)
+    ApiError::invalid_request(ErrorCode::InvalidValue, message)
 }
 
 fn unsupported(message: impl Into<String>) -> ApiError {
-    ApiError::invalid_request("unsupported_value", message)
+    ApiError::invalid_request(ErrorCode::UnsupportedValue, message)
 }
 
 fn field<T: DeserializeOwned>(
@@ -180,7 +181,7 @@ fn field<T: DeserializeOwned>(
     match req.field(name) {
         None => Ok(None),
         Some(raw) => serde_json::from_str::<Option<T>>(raw.get()).map_err(|_| {
-            ApiError::invalid_request("invalid_type", format!("`{name}` must be {expected}.")).with_param(name)
+            ApiError::invalid_request(ErrorCode::InvalidType, format!("`{name}` must be {expected}.")).with_param(name)
         }),
     }
 }
@@ -342,7 +343,7 @@ fn push_turn(turns: &mut Vec<Turn>, role: Role, blocks: Vec<Block>) {
 
 fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
     let messages: Vec<Value> = serde_json::from_str(raw)
-        .map_err(|_| ApiError::invalid_request("invalid_type", "`messages` must be an array of objects."))?;
+        .map_err(|_| ApiError::invalid_request(ErrorCode::InvalidType, "`messages` must be an array of objects."))?;
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::with_capacity(messages.len());
     let mut call_names: HashMap<String, String> = HashMap::new();
@@ -406,7 +407,7 @@ fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
 
 fn parse_tools(raw: &str) -> Result<Vec<Tool>, ApiError> {
     let tools: Vec<Value> = serde_json::from_str(raw)
-        .map_err(|_| ApiError::invalid_request("invalid_type", "`tools` must be an array of objects."))?;
+        .map_err(|_| ApiError::invalid_request(ErrorCode::InvalidType, "`tools` must be an array of objects."))?;
     let mut out = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         let at = format!("tools[{i}]");
@@ -507,7 +508,7 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         Some(raw) => parse_messages(raw.get())?,
         None => {
             return Err(ApiError::invalid_request(
-                "missing_required_parameter",
+                ErrorCode::MissingRequiredParameter,
                 "Missing required parameter: `messages`.",
             )
             .with_param("messages"))
@@ -525,11 +526,17 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
             .into_iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s),
-                _ => Err(ApiError::invalid_request("invalid_type", "`stop` must be a string or an array of strings.")),
+                _ => Err(ApiError::invalid_request(
+                    ErrorCode::InvalidType,
+                    "`stop` must be a string or an array of strings.",
+                )),
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
-            return Err(ApiError::invalid_request("invalid_type", "`stop` must be a string or an array of strings."))
+            return Err(ApiError::invalid_request(
+                ErrorCode::InvalidType,
+                "`stop` must be a string or an array of strings.",
+            ))
         }
     };
     let tools = match req.field("tools") {
@@ -735,7 +742,7 @@ mod tests {
     #[test]
     fn mistyped_top_level_fields_set_param() {
         let e = chat(&json!({"model": "m", "messages": [], "temperature": "hot"})).unwrap_err();
-        assert_eq!((e.code, e.param), ("invalid_type", Some("temperature")));
+        assert_eq!((e.code.as_str(), e.param), ("invalid_type", Some("temperature")));
     }
 
     #[test]

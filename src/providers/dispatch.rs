@@ -1,6 +1,7 @@
 //! Which adapter serves a provider kind, and building the upstream request.
 
 use crate::api::request::ParsedRequest;
+use crate::api::ErrorCode;
 use crate::api::{ApiError, Endpoint};
 use crate::config::{Member, Provider, ProviderKind};
 
@@ -89,7 +90,7 @@ pub fn build_request(
     };
     if endpoint != Endpoint::ChatCompletions {
         return Err(ApiError::invalid_request(
-            "unsupported_endpoint",
+            ErrorCode::UnsupportedEndpoint,
             format!(
                 "Model `{}` is served by a provider of kind {}, which only supports /v1/chat/completions.",
                 member.model,
@@ -213,7 +214,7 @@ mod tests {
                 let req = ParsedRequest::parse(body.as_bytes(), endpoint).unwrap();
                 let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
                 let e = build_request(&provider(kind), &member("m"), endpoint, &req, &ctx).unwrap_err();
-                assert_eq!((e.status, e.code), (400, "unsupported_endpoint"), "{kind:?} {endpoint:?}");
+                assert_eq!((e.status, e.code.as_str()), (400, "unsupported_endpoint"), "{kind:?} {endpoint:?}");
                 assert!(e.message.contains(kind.as_str()));
             }
         }

@@ -2,6 +2,7 @@
 //! `:streamGenerateContent?alt=sse`): request translation, and answers back
 //! into OpenAI's shape.
 
+use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
 use crate::api::error::ErrorType;
@@ -169,7 +170,7 @@ fn content(turn: &Turn, signatures: bool) -> Result<Value, ApiError> {
             Block::ToolResult { id, name, content } => {
                 let name = name.as_deref().ok_or_else(|| {
                     ApiError::invalid_request(
-                        "invalid_value",
+                        ErrorCode::InvalidValue,
                         format!("The tool message with `tool_call_id` `{id}` answers no earlier assistant tool call; Gemini needs the function's name."),
                     )
                 })?;

@@ -2,6 +2,7 @@
 //! tags), checked before any strategy. A member filtered out is not an attempt
 //! and not a health failure.
 
+use crate::api::ErrorCode;
 use std::fmt;
 
 use crate::api::request::ParsedRequest;
@@ -110,12 +111,12 @@ pub enum Unfit {
 
 impl Unfit {
     /// The OpenAI error code when no member of any stage fits for this reason.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ErrorCode {
         match self {
-            Unfit::Native => "unsupported_feature",
-            Unfit::Tags => "no_member_with_tags",
-            Unfit::Capability(_) => "unsupported_parameter",
-            Unfit::Output { .. } | Unfit::Context { .. } => "context_length_exceeded",
+            Unfit::Native => ErrorCode::UnsupportedFeature,
+            Unfit::Tags => ErrorCode::NoMemberWithTags,
+            Unfit::Capability(_) => ErrorCode::UnsupportedParameter,
+            Unfit::Output { .. } | Unfit::Context { .. } => ErrorCode::ContextLengthExceeded,
         }
     }
 }
@@ -312,7 +313,7 @@ mod tests {
         n.native_only = Some(NativeOnly::new(&cfg, feature, "anthropic", |k| k == ProviderKind::Anthropic));
         assert_eq!(verdicts(&cfg, &n), vec![Err(Unfit::Native), Ok(())]);
         let e = no_fit_error("p", &n, &[("o/x", Unfit::Native)]);
-        assert_eq!((e.status, e.code), (400, "unsupported_feature"));
+        assert_eq!((e.status, e.code.as_str()), (400, "unsupported_feature"));
         assert!(e.message.contains("thinking; only anthropic members serve it"), "{}", e.message);
     }
 
@@ -327,7 +328,7 @@ mod tests {
             native_only: None,
         };
         let e = no_fit_error("p", &n, &[("a/x", Unfit::Tags), ("a/y", Unfit::Context { needed: 5100, window: 4096 })]);
-        assert_eq!((e.status, e.code), (400, "context_length_exceeded"));
+        assert_eq!((e.status, e.code.as_str()), (400, "context_length_exceeded"));
         assert!(e.message.contains("a/y: context_window 4096 < 5100"), "{}", e.message);
         let e = no_fit_error("p", &n, &[("a/x", Unfit::Tags), ("a/y", Unfit::Capability(Capability::Vision))]);
         assert_eq!(e.code, "unsupported_parameter");

@@ -4,6 +4,7 @@
 //! pool's strategy picks one. Tracks attempts so failover never re-picks a
 //! member that already failed this request.
 
+use crate::api::ErrorCode;
 use std::fmt;
 
 use crate::api::request::ParsedRequest;
@@ -157,13 +158,13 @@ impl Plan {
             Some(name) => {
                 let index = config.providers.iter().position(|p| &p.name == name).ok_or_else(|| {
                     ApiError::invalid_request(
-                        "invalid_provider",
+                        ErrorCode::InvalidProvider,
                         format!("Unknown provider `{name}`; use \"pool\" or a configured provider name."),
                     )
                 })?;
                 if !pool.members.iter().any(|m| m.provider == index) {
                     return Err(ApiError::invalid_request(
-                        "invalid_provider",
+                        ErrorCode::InvalidProvider,
                         format!("`{}` has no member from provider `{name}`.", request.target),
                     ));
                 }
@@ -570,7 +571,7 @@ mod tests {
         let cfg = facts_config();
         let body = format!(r#"{{"model":"tiny","messages":[{}]}}"#, prompt_of(5_000));
         let e = plan_for(&cfg, &body).unwrap_err();
-        assert_eq!((e.status, e.code), (400, "context_length_exceeded"), "{}", e.message);
+        assert_eq!((e.status, e.code.as_str()), (400, "context_length_exceeded"), "{}", e.message);
         // ... unless the request's own fallback can take it.
         let body = format!(r#"{{"model":"tiny","messages":[{}],"fallback":["large"]}}"#, prompt_of(5_000));
         assert!(plan_for(&cfg, &body).is_ok());

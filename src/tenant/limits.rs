@@ -201,6 +201,11 @@ impl Spend {
         }
     }
 
+    /// What was spent in the period `now_s` falls in (0 once a new one began).
+    pub fn in_period(self, now_s: u64, per: BudgetPeriod) -> u64 {
+        self.at(now_s, per).micro_usd
+    }
+
     /// Refuses while the period's spend has reached `limit_usd`.
     pub fn check(self, now_s: u64, per: BudgetPeriod, limit_usd: f64) -> Result<(), Refusal> {
         let s = self.at(now_s, per);

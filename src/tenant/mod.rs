@@ -6,6 +6,7 @@
 pub mod limits;
 pub mod reserve;
 
+use crate::api::ErrorCode;
 use sha2::{Digest, Sha256};
 
 use crate::api::ApiError;
@@ -73,7 +74,7 @@ pub fn authenticate(tenants: &[Tenant], key: Option<&str>) -> Result<usize, ApiE
     let Some(key) = key else {
         return Err(ApiError::new(
             401,
-            "invalid_api_key",
+            ErrorCode::InvalidApiKey,
             "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or `api-key` / `x-api-key`).",
         ));
     };
@@ -86,13 +87,13 @@ pub fn authenticate(tenants: &[Tenant], key: Option<&str>) -> Result<usize, ApiE
             }
         }
     }
-    found.ok_or_else(|| ApiError::new(401, "invalid_api_key", "Incorrect API key provided."))
+    found.ok_or_else(|| ApiError::new(401, ErrorCode::InvalidApiKey, "Incorrect API key provided."))
 }
 
 pub fn not_allowed(tenant: &Tenant, name: &str) -> ApiError {
     ApiError::new(
         403,
-        "model_not_allowed",
+        ErrorCode::ModelNotAllowed,
         format!("Tenant `{}` may not use `{name}`; GET /v1/models lists what it may use.", tenant.name),
     )
     .with_param("model")
@@ -149,7 +150,7 @@ mod tests {
         let tenants = vec![tenant("a", "key-a"), tenant("b", "key-b")];
         assert_eq!(authenticate(&tenants, Some("key-b")), Ok(1));
         let e = authenticate(&tenants, Some("key-c")).unwrap_err();
-        assert_eq!((e.status, e.code), (401, "invalid_api_key"));
+        assert_eq!((e.status, e.code.as_str()), (401, "invalid_api_key"));
         assert_eq!(authenticate(&tenants, None).unwrap_err().code, "invalid_api_key");
         assert_eq!(e.kind().as_str(), "authentication_error");
     }
@@ -159,7 +160,7 @@ mod tests {
         let t = tenant("a", "k");
         assert!(t.allows("gpt4o_16k") && !t.allows("other"));
         let e = not_allowed(&t, "other");
-        assert_eq!((e.status, e.code, e.kind().as_str()), (403, "model_not_allowed", "permission_error"));
+        assert_eq!((e.status, e.code.as_str(), e.kind().as_str()), (403, "model_not_allowed", "permission_error"));
         assert!(Tenant { allow: None, ..t }.allows("anything"));
     }
 

@@ -62,6 +62,8 @@ def gw(obs_mock):
             # openai is routed, compat hedges it after 200 ms.
             "hedged": {"strategy": "priority", "hedge_after_ms": 200,
                        "members": [member("openai", priority=0), member("compat", priority=1)]},
+            # Streams broken after their first byte continue on the other member.
+            "resuming": {"resume_streams": True, "members": [member("openai"), member("azure")]},
         },
         "tenants": {
             "team-a": {"keys_sha256": [sha(TENANT_KEYS["team-a"])]},
@@ -196,9 +198,16 @@ def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", plain["time"])
     assert got["stream"]["stream"] is True and got["stream"]["member"] == "gemini/gemini-1.5-flash"
 
-    for refused, status in (("unauthenticated", 401), ("unknown_model", 404)):
+    for refused, status, code in (("unauthenticated", 401, "invalid_api_key"), ("unknown_model", 404, "model_not_found")):
         line = got[refused]
         assert line["status"] == status and line["attempts"] == [] and line["prompt_tokens"] is None
+        assert line["error"] == code, line
+    # An unauthenticated request is refused at its headers, its body never read: no model.
+    assert got["unauthenticated"]["model"] is None and got["unknown_model"]["model"] == "no_such_pool"
+    for line in got.values():
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["end"])
+        assert line["end"] >= line["time"]
+    assert all(got[k]["error"] is None for k in ("plain", "stream", "failover"))
     assert got["unauthenticated"]["tenant"] is None and got["unknown_model"]["tenant"] == "team-a"
 
     failover = got["failover"]
@@ -271,11 +280,19 @@ def test_metric_values_equal_the_providers_usage_sums(gw, obs_mock):
         assert d("gen_ai_client_token_usage", gen_ai_token_type="input") == prompt, pool
         assert d("gen_ai_client_token_usage", gen_ai_token_type="output") == completion, pool
         assert d("switchboard_cost_micro_usd") == prompt + 2 * completion, pool
-        assert d("switchboard_requests", status="200") == requests, pool
-        assert d("gen_ai_server_request_duration_count") == requests, pool
-        assert d("gen_ai_server_time_to_first_token_count") == streams, pool
+        assert d("switchboard_requests", outcome="ok") == requests, pool
+        assert d("gen_ai_server_request_duration_milliseconds_count") == requests, pool
+        assert d("gen_ai_server_time_to_first_token_milliseconds_count") == streams, pool
         # A histogram: cumulative buckets ending in +Inf.
-        assert d("gen_ai_server_request_duration_bucket", le="+Inf") == requests, pool
+        assert d("gen_ai_server_request_duration_milliseconds_bucket", le="+Inf") == requests, pool
+        # The GenAI attributes, as configured (the pool is the model asked for).
+        model = KINDS[pool[len("only_"):]][1]
+        genai = {"gen_ai_request_model": pool, "gen_ai_provider_name": pool[len("only_"):],
+                 "gen_ai_response_model": label(model)}
+        assert d("gen_ai_client_token_usage", gen_ai_token_type="output", **genai) == completion, pool
+    # Buckets for LLM latencies: 10 ms to 10 min.
+    les = {dict(ls).get("le") for (n, ls) in after if n == "gen_ai_server_request_duration_milliseconds_bucket"}
+    assert {"10", "1000", "30000", "600000", "+Inf"} <= les and "0.5" not in les, sorted(les)
 
 
 def test_rate_limited_and_budget_refused_requests_are_counted_per_tenant(gw):
@@ -291,7 +308,7 @@ def test_rate_limited_and_budget_refused_requests_are_counted_per_tenant(gw):
     assert second.json()["error"]["code"] == "insufficient_quota"
     assert delta(gw, before, "switchboard_tenant_rate_limited", {"tenant": "team-rpm"}) == limited
     assert delta(gw, before, "switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 1
-    assert delta(gw, before, "switchboard_requests", {"tenant": "team-rpm", "status": "429"}) == limited
+    assert delta(gw, before, "switchboard_requests", {"tenant": "team-rpm", "outcome": "rate_limited"}) == limited
 
 
 OBSERVABILITY = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "observability")
@@ -305,6 +322,28 @@ def dashboard_queries():
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     variables = [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
     return queries, variables
+
+
+def alert_queries():
+    """The `expr` of every rule in alerts.yml (one line, or a `|` block)."""
+    with open(f"{OBSERVABILITY}/alerts.yml") as f:
+        lines = f.read().splitlines()
+    exprs = []
+    for i, line in enumerate(lines):
+        key, _, value = line.strip().partition(":")
+        if key != "expr":
+            continue
+        if value.strip() != "|":
+            exprs.append(value.strip())
+            continue
+        indent = len(lines[i + 1]) - len(lines[i + 1].lstrip())
+        block = []
+        for more in lines[i + 1:]:
+            if more.strip() and len(more) - len(more.lstrip()) < indent:
+                break
+            block.append(more.strip())
+        exprs.append(" ".join(block))
+    return exprs
 
 
 def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
@@ -324,7 +363,10 @@ def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
         emitted.setdefault(name, set()).update(k for k, _ in labels)
 
     queries, variables = dashboard_queries()
-    assert len(queries) >= 14 and len(variables) == 2
+    assert len(queries) >= 20 and len(variables) == 2
+    alerts = alert_queries()
+    assert len(alerts) >= 5
+    queries += alerts
     used = set()
     for expr in queries:
         names = re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr)
@@ -343,8 +385,116 @@ def test_dashboard_queries_name_stats_the_gateway_emits(gw, obs_mock):
         name, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()
         assert label in emitted[name]
     # What the issue asks the dashboard to show is there.
-    for stat in ("switchboard_requests", "switchboard_pool_failovers", "switchboard_pool_healthy_members",
-                 "gen_ai_client_token_usage", "switchboard_cost_micro_usd", "gen_ai_server_request_duration_bucket",
-                 "gen_ai_server_time_to_first_token_bucket", "switchboard_tenant_rate_limited",
+    for stat in ("switchboard_member_ejections", "switchboard_member_restorations", "switchboard_pool_hedged",
+                 "switchboard_pool_hedge_wins", "switchboard_pool_stream_idle_timeouts",
+                 "switchboard_pool_resumed_streams", "switchboard_local_errors",
+                 "switchboard_tenant_budget_spent_micro_usd", "switchboard_tenant_budget_limit_micro_usd",
+                 "switchboard_requests", "switchboard_pool_failovers", "switchboard_pool_healthy_members",
+                 "gen_ai_client_token_usage", "switchboard_cost_micro_usd", "gen_ai_server_request_duration_milliseconds_bucket",
+                 "gen_ai_server_time_to_first_token_milliseconds_bucket", "switchboard_tenant_rate_limited",
                  "switchboard_tenant_budget_refused"):
         assert stat in used, stat
+
+
+def values(prom, name, labels):
+    """The values of every series of `name` whose labels include `labels`."""
+    return [v for (n, ls), v in prom.items() if n == name and set(labels.items()) <= ls]
+
+
+OUTCOMES = ("ok", "client_error", "rate_limited", "quota", "upstream_error", "exhausted", "cancelled")
+
+
+def test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted(obs_mock):
+    """A series born with its first value shows no increase in Prometheus: the first bad-JSON
+    error or budget refusal of a pool, member or tenant was invisible. Every series a dashboard
+    or alert reads now exists at 0 as soon as the configuration is loaded."""
+    config = {
+        "providers": providers_config(),
+        "pools": {"only_openai": {"members": [member("openai")]}},
+        "tenants": {
+            "team-a": {"keys_sha256": [sha(TENANT_KEYS["team-a"])]},
+            "team-budget": {"keys_sha256": [sha(TENANT_KEYS["team-budget"])],
+                            "budget_usd": {"per": "day", "limit": 0.00001}},
+        },
+    }
+    g = Gateway(config, dict(obs_mock.addrs), KEYS)
+    try:
+        start = g.prometheus()
+        openai = label("openai/gpt-4o")
+        for tenant in ("team-a", "team-budget"):
+            for outcome in OUTCOMES:
+                for pool, member_id in (("only_openai", openai), ("only_openai", "-"), ("-", "-")):
+                    labels = {"pool": pool, "member": member_id, "tenant": tenant, "outcome": outcome}
+                    assert values(start, "switchboard_requests", labels) == [0], labels
+            base = {"pool": "only_openai", "member": openai, "tenant": tenant}
+            for name, extra in (("gen_ai_client_token_usage", {"gen_ai_token_type": "input"}),
+                                ("gen_ai_client_token_usage", {"gen_ai_token_type": "output"}),
+                                ("switchboard_cost_micro_usd", {}),
+                                ("gen_ai_server_request_duration_milliseconds_count", {})):
+                assert values(start, name, {**base, **extra}) == [0], (name, tenant)
+        for outcome in OUTCOMES:  # unauthenticated
+            labels = {"pool": "-", "member": "-", "tenant": "-", "outcome": outcome}
+            assert values(start, "switchboard_requests", labels) == [0], labels
+        for code in ("invalid_json", "insufficient_quota", "rate_limit_exceeded", "no_healthy_upstream",
+                     "invalid_api_key", "model_not_found"):
+            assert values(start, "switchboard_local_errors", {"code": code}) == [0], code
+        assert series(start, "switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 0
+        assert series(start, "switchboard_tenant_budget_spent_micro_usd", {"tenant": "team-budget"}) == 0
+        assert not [n for (n, _) in start if n.startswith("switchboard_local_errors_")], "one family, code as label"
+
+        # The first bad JSON and the first budget refusal: each counted once.
+        bad = httpx.post(g.base + "/v1/chat/completions", content=b'{"model": ', headers=auth(), timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json", bad.text
+        post = lambda: httpx.post(g.base + "/v1/chat/completions", json=chat("only_openai"),
+                                  headers=auth("team-budget"), timeout=10)
+        assert post().status_code == 200
+        refused = post()
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+        after = settled(g)
+        d = lambda name, labels: series(after, name, labels) - series(start, name, labels)
+        assert d("switchboard_requests", {"tenant": "team-a", "outcome": "client_error"}) == 1
+        assert d("switchboard_requests", {"pool": "-", "tenant": "team-a", "outcome": "client_error"}) == 1
+        assert d("switchboard_local_errors", {"code": "invalid_json"}) == 1
+        assert d("switchboard_requests", {"tenant": "team-budget", "outcome": "quota"}) == 1
+        assert d("switchboard_requests", {"tenant": "team-budget", "outcome": "ok"}) == 1
+        assert d("switchboard_local_errors", {"code": "insufficient_quota"}) == 1
+        assert d("switchboard_tenant_budget_refused", {"tenant": "team-budget"}) == 1
+        # The budget as gauges, for "budget nearly spent": limit 0.00001 USD, spent by the one answer.
+        assert series(after, "switchboard_tenant_budget_limit_micro_usd", {"tenant": "team-budget"}) == 10
+        assert series(after, "switchboard_tenant_budget_spent_micro_usd", {"tenant": "team-budget"}) >= 10
+        assert values(after, "switchboard_tenant_budget_spent_micro_usd", {"tenant": "team-a"}) == []
+        # No status codes, no client-sent model names in labels: no new series appeared.
+        ours = lambda prom: {k for k in prom if k[0].startswith(("switchboard_", "gen_ai_"))}
+        assert ours(after) == ours(start)
+    finally:
+        g.stop()
+
+
+def test_healthy_members_gauge_recovers_when_the_cooldown_ends_without_a_request(obs_mock):
+    config = {
+        "providers": providers_config(),
+        "defaults": {"health": {"consecutive_failures": 1, "cooldown_ms": 1500}},
+        "pools": {"pair": {"strategy": "priority",
+                           "members": [member("openai", priority=0), member("azure", priority=1)]}},
+    }
+    g = Gateway(config, dict(obs_mock.addrs), KEYS)
+    try:
+        gauge = lambda: series(g.prometheus(), "switchboard_pool_healthy_members", {"pool": "pair"})
+        deadline = time.time() + 3
+        while gauge() != 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert gauge() == 2
+        obs_mock.faults("openai", status=503)
+        r = httpx.post(g.base + "/v1/chat/completions", json=chat("pair"), timeout=10)
+        assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == "2", r.text
+        time.sleep(1.1)
+        assert gauge() == 1, "the ejected member is not counted"
+        obs_mock.reset("openai")  # clears the fault and the request count
+        # No request: the cooldown's end alone brings the gauge back (within a tick).
+        deadline = time.time() + 3
+        while gauge() != 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert gauge() == 2, "a member past its cooldown counts as healthy (it is offered the next request)"
+        assert obs_mock.count("openai") == 0, "no request reached the member meanwhile"
+    finally:
+        g.stop()

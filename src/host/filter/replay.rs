@@ -16,6 +16,7 @@
 //! Also here: a translated stream held until its first event (`prime`), so
 //! that one that cannot be read fails over before the client got anything.
 
+use crate::api::ErrorCode;
 use proxy_wasm::types::Action;
 
 use crate::api::request::ParsedRequest;
@@ -73,7 +74,7 @@ impl Filter {
         let Some(parked) = parked::unpark(token) else {
             return self.answer_error(
                 &ApiError::invalid_request(
-                    "invalid_value",
+                    ErrorCode::InvalidValue,
                     format!("`{}` is the gateway's own failover parameter.", redirect::TOKEN_PARAM),
                 )
                 .with_param(redirect::TOKEN_PARAM),
@@ -167,7 +168,7 @@ impl Filter {
         let Some(adapter) = attempt.adapter.as_mut() else { return Ok(chunk.to_vec()) };
         let out = adapter.translate_stream(chunk, end_of_stream);
         if adapter.stream_failed_before_output() && rt.is_failure(attempt.picked.member, 502) {
-            rt.metrics.local_error("invalid_upstream_response");
+            rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
             log::warn!(
                 "switchboard[{}]: unreadable stream from {} before its first event",
                 self.request_id,
