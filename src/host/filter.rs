@@ -25,6 +25,7 @@ use proxy_wasm::types::Action;
 use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::models::ModelListing;
 use crate::api::request::ParsedRequest;
+use crate::api::stream_end::{StreamEnd, Wire};
 use crate::api::usage::{self, UsageChunkFilter};
 use crate::api::{ApiError, Endpoint};
 use crate::config::Strategy;
@@ -135,6 +136,8 @@ pub struct Filter {
     adapter_usage: Option<(u64, u64)>,
     /// An OpenAI-wire stream whose client did not ask for usage: its usage chunk is taken out.
     usage_chunks: Option<UsageChunkFilter>,
+    /// A stream relayed as its provider wrote it (not by an adapter): how it ends.
+    stream_end: Option<StreamEnd>,
     /// What the call log and the request-end stats report.
     obs: Observed,
     /// The token of the routed attempt, when it can fail over by internal redirect.
@@ -176,6 +179,7 @@ impl Filter {
             answer_tail: None,
             adapter_usage: None,
             usage_chunks: None,
+            stream_end: None,
             obs: Observed::default(),
             learned: None,
             feedback: false,
@@ -375,7 +379,11 @@ impl Filter {
                 Ok(u) => u,
                 Err(e) => return self.answer_error(&e),
             };
-            self.shape = AnswerShape { stream: parsed.stream, include_usage: stream_include_usage(&parsed) };
+            self.shape = AnswerShape {
+                stream: parsed.stream,
+                include_usage: stream_include_usage(&parsed),
+                choices: parsed.field("n").and_then(|n| n.get().parse::<u32>().ok()).unwrap_or(1),
+            };
             self.door_answer = DoorAnswer::new(self.door, &parsed.target, parsed.stream, now / 1000);
             // Every answer's usage is read: for the stats, the call log and the tenant's limits.
             self.answer_tail.get_or_insert_with(usage::Tail::default);
@@ -529,6 +537,39 @@ impl Filter {
         let now = self.now_ms();
         self.obs.ended_ms = now;
         self.finish(rt, attempt, status, None, now);
+    }
+
+    /// The format of a successful stream relayed as its provider wrote it
+    /// (no adapter): OpenAI's, or the door's own when served natively.
+    fn stream_wire(&self, attempt: &Attempt, status: u16) -> Option<Wire> {
+        if !self.shape.stream || !(200..300).contains(&status) || attempt.adapter.is_some() {
+            return None;
+        }
+        match self.door.native_api().filter(|_| attempt.native) {
+            None => Some(Wire::OpenAi),
+            Some(NativeApi::Messages) => Some(Wire::Messages),
+            Some(NativeApi::Responses) => Some(Wire::Responses),
+        }
+    }
+
+    /// A relayed stream's body ended: a success, unless it ended failed (the
+    /// provider's error event, or cut short before its API's end, which the
+    /// client was then given): that is its member's failure, as an answer
+    /// cut off after its headers (status 0, whatever `retry_on` says).
+    fn stream_ended(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
+        let failed = attempt.adapter.as_ref().is_some_and(ResponseAdapter::stream_failed)
+            || self.stream_end.as_ref().is_some_and(StreamEnd::failed);
+        if !failed {
+            return self.finish_success(rt, attempt, status);
+        }
+        log::warn!(
+            "switchboard[{}]: stream from {} ended before its answer was complete",
+            self.request_id,
+            rt.member_id(attempt.picked.member)
+        );
+        let now = self.now_ms();
+        self.obs.ended_ms = now;
+        self.finish(rt, attempt, 0, None, now);
     }
 
     /// Lets a successful answer through; it is recorded when its body ends.
@@ -856,6 +897,8 @@ struct AnswerShape {
     stream: bool,
     /// `stream_options.include_usage`: a final usage chunk in the stream.
     include_usage: bool,
+    /// `n`: the choices a stream must finish.
+    choices: u32,
 }
 
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
@@ -964,9 +1007,23 @@ impl Context for Filter {
             Vec::new()
         });
         let takes_usage_chunk = self.takes_usage_chunk(&attempt, status);
+        // A stream given whole that ended short of its end (or with an error
+        // event) has reached no one yet: it fails over as its member's 502.
+        // (Else, when the pool does not fail over on 502, it is relayed with its end.)
+        let fails_over = rt.is_failure(attempt.picked.member, 502);
+        let (cut, tail) = match self.stream_wire(&attempt, status) {
+            Some(wire) => {
+                let mut watch = StreamEnd::new(wire, self.shape.choices);
+                watch.feed(&body);
+                let tail = watch.end().filter(|_| attempt.native || self.door_answer.is_none());
+                (watch.failed() && fails_over, tail)
+            }
+            None => (false, None),
+        };
         let (content_type, body, verdict) = match attempt.adapter.as_mut() {
             Some(adapter) if translates_stream(adapter, status) => {
-                (adapter.content_type(), adapter.translate_stream(&body, true), status)
+                let body = adapter.translate_stream(&body, true);
+                (adapter.content_type(), body, if adapter.stream_failed() && fails_over { 502 } else { status })
             }
             Some(adapter) => {
                 let translated = adapter.translate_body(status, &body);
@@ -981,6 +1038,11 @@ impl Context for Filter {
             }
             None => (header_value(&headers, "content-type").unwrap_or("application/json"), body, status),
         };
+        let verdict = if cut { 502 } else { verdict };
+        let body = match tail {
+            Some(tail) if !cut => [body, tail].concat(),
+            _ => body,
+        };
         let (verdict, content_type, body) = match self.door_answer.as_mut().filter(|_| !attempt.native) {
             Some(door) if door.is_stream() && verdict < 400 => (verdict, "text/event-stream", door.feed(&body, true)),
             Some(door) => {
@@ -992,7 +1054,7 @@ impl Context for Filter {
         if verdict != status {
             rt.metrics.local_error("invalid_upstream_response");
             log::warn!(
-                "switchboard[{}]: unreadable {status} answer from {}",
+                "switchboard[{}]: unreadable or incomplete {status} answer from {}",
                 self.request_id,
                 rt.member_id(attempt.picked.member)
             );
@@ -1200,6 +1262,7 @@ impl HttpContext for Filter {
         }
         self.settle_hedge(&rt, false);
         self.watch_resume(&rt, &attempt, status);
+        self.stream_end = self.stream_wire(&attempt, status).map(|wire| StreamEnd::new(wire, self.shape.choices));
         let adapter = attempt.adapter.as_ref();
         let door = self.door_answer.as_ref().filter(|_| !attempt.native);
         if adapter.is_none() && door.is_none() {
@@ -1250,6 +1313,7 @@ impl HttpContext for Filter {
             State::Relaying { attempt, .. }
                 if attempt.adapter.is_some()
                     || (self.door_answer.is_some() && !attempt.native)
+                    || self.stream_end.is_some()
                     || self.reads_usage() => {}
             State::Relaying { .. } if end_of_stream => {
                 if let (State::Relaying { attempt, status }, Some(rt)) =
@@ -1292,6 +1356,9 @@ impl HttpContext for Filter {
                     self.obs.first_event_ms = self.now_ms();
                 }
                 let mut translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
+                if let Some(watch) = self.stream_end.as_mut() {
+                    watch.feed(&chunk);
+                }
                 if let (None, Some(chunks)) = (&translated, self.usage_chunks.as_mut()) {
                     translated = chunks.feed(&chunk, end_of_stream);
                 }
@@ -1308,8 +1375,19 @@ impl HttpContext for Filter {
                     return self.continue_stream(&rt, attempt, body_size, translated.unwrap_or(chunk));
                 }
                 if end_of_stream {
+                    // A stream passed through that ended short of its API's end gets that end
+                    // (a door translating it ends it itself), after what a watch held back.
+                    let held = self.resume_held();
+                    let tail = self.stream_end.as_mut().and_then(StreamEnd::end);
+                    let tail = tail.filter(|_| attempt.native || self.door_answer.is_none());
+                    if !held.is_empty() || tail.is_some() {
+                        let mut out = translated.unwrap_or(chunk);
+                        out.extend_from_slice(&held);
+                        out.extend_from_slice(&tail.unwrap_or_default());
+                        translated = Some(out);
+                    }
                     self.note_adapter_usage(attempt.adapter.as_ref());
-                    self.finish_success(&rt, &attempt, status);
+                    self.stream_ended(&rt, &attempt, status);
                 } else {
                     self.state = State::Relaying { attempt, status };
                 }

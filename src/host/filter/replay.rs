@@ -192,7 +192,7 @@ impl Filter {
         }
         if end_of_stream {
             self.note_adapter_usage(attempt.adapter.as_ref());
-            self.finish_success(rt, &attempt, status);
+            self.stream_ended(rt, &attempt, status);
         } else {
             self.state = State::Relaying { attempt, status };
         }
