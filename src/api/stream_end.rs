@@ -14,6 +14,10 @@
 //! A stream that ends otherwise (the provider closed it cleanly mid-answer)
 //! is ended by `StreamEnd::end` the way the API ends a failed one, so SDKs
 //! raise instead of returning a truncated answer.
+//!
+//! It also counts the output relayed (the bytes of the answer's text, tool
+//! arguments and reasoning in the events), which stands in for the usage of
+//! a stream that reports none (the client left before its end).
 
 use serde_json::{json, Value};
 
@@ -59,6 +63,8 @@ pub struct StreamEnd {
     response: Option<Value>,
     /// The gateway ended the stream itself.
     cut: bool,
+    /// Bytes of output (text, arguments, reasoning) in the events so far.
+    output_bytes: u64,
 }
 
 impl StreamEnd {
@@ -73,14 +79,12 @@ impl StreamEnd {
             sequence: None,
             response: None,
             cut: false,
+            output_bytes: 0,
         }
     }
 
     /// The next piece of the stream, cut anywhere.
     pub fn feed(&mut self, chunk: &[u8]) {
-        if self.ending != Ending::Open {
-            return;
-        }
         let mut start = 0;
         let mut carried = std::mem::take(&mut self.pending);
         let data: &[u8] = if carried.is_empty() {
@@ -92,9 +96,6 @@ impl StreamEnd {
         while let Some((at, separator)) = crate::doors::find_event_end(data.get(start..).unwrap_or_default()) {
             self.event(data.get(start..start + at).unwrap_or_default());
             start += at + separator;
-            if self.ending != Ending::Open {
-                return;
-            }
         }
         self.pending = data.get(start..).unwrap_or_default().to_vec();
     }
@@ -155,7 +156,25 @@ impl StreamEnd {
         self.cut || self.ending == Ending::Failed
     }
 
+    /// Output tokens relayed so far: about 4 bytes a token, as the gateway
+    /// estimates prompts.
+    pub fn output_tokens(&self) -> u64 {
+        self.output_bytes.div_ceil(4)
+    }
+
     fn event(&mut self, event: &[u8]) {
+        let keys: &[&[u8]] = match self.wire {
+            Wire::OpenAi => &[b"\"content\"", b"\"reasoning_content\"", b"\"arguments\"", b"\"refusal\"", b"\"text\""],
+            Wire::Messages => &[b"\"text\"", b"\"partial_json\"", b"\"thinking\""],
+            Wire::Responses => &[b"\"delta\""],
+        };
+        if let Some(data) = data_of(event) {
+            let bytes: usize = keys.iter().map(|k| string_bytes_after(data, k)).sum();
+            self.output_bytes = self.output_bytes.saturating_add(bytes as u64);
+        }
+        if self.ending != Ending::Open {
+            return;
+        }
         match self.wire {
             Wire::OpenAi => self.openai_event(event),
             Wire::Messages => match event_name(event).as_deref() {
@@ -242,6 +261,29 @@ fn finishes_in(data: &[u8]) -> u32 {
         }
     }
     count
+}
+
+/// The bytes of every string value of `key` in `data` (as written, escapes included).
+fn string_bytes_after(data: &[u8], key: &[u8]) -> usize {
+    let mut total = 0;
+    let mut rest = data;
+    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+        rest = rest.get(at + key.len()..).unwrap_or_default();
+        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
+        let Some(value) = rest.get(skip..).and_then(|v| v.strip_prefix(b"\"")) else { continue };
+        let mut escaped = false;
+        let len = value
+            .iter()
+            .take_while(|b| {
+                let end = **b == b'"' && !escaped;
+                escaped = **b == b'\\' && !escaped;
+                !end
+            })
+            .count();
+        total += len;
+        rest = value.get(len..).unwrap_or_default();
+    }
+    total
 }
 
 /// The number after the last `key` in `text` (`"key": 12`).
@@ -341,6 +383,24 @@ mod tests {
     }
 
     const MESSAGE_START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"message_stop\"}}\n\n";
+
+    #[test]
+    fn the_output_relayed_is_counted_in_every_wire() {
+        let mut s = StreamEnd::new(Wire::OpenAi, 1);
+        s.feed((chunk("", "null") + &chunk("abcd", "null") + &chunk("ef\\\"g", "null")).as_bytes());
+        assert_eq!(s.output_tokens(), 3, "4 + 5 bytes, as written");
+        let call = "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"}}]}}]}\n\n";
+        s.feed(call.as_bytes());
+        assert_eq!(s.output_tokens(), 5, "and 9 bytes of arguments");
+        let mut m = StreamEnd::new(Wire::Messages, 1);
+        m.feed(MESSAGE_START.as_bytes());
+        assert_eq!(m.output_tokens(), 3, "the text delta, not the block start");
+        let mut r = StreamEnd::new(Wire::Responses, 1);
+        let delta = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"12345678\"}\n\n";
+        let done = "event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"text\":\"12345678\"}\n\n";
+        r.feed(format!("{delta}{done}").as_bytes());
+        assert_eq!(r.output_tokens(), 2, "deltas only, not the whole text again");
+    }
 
     #[test]
     fn a_messages_stream_is_complete_at_message_stop_else_ends_with_an_error_event() {

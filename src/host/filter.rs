@@ -539,10 +539,10 @@ impl Filter {
         self.finish(rt, attempt, status, None, now);
     }
 
-    /// The format of a successful stream relayed as its provider wrote it
-    /// (no adapter): OpenAI's, or the door's own when served natively.
+    /// The format of a successful stream as relayed: OpenAI's (passed
+    /// through, or an adapter's translation), or the door's own when served natively.
     fn stream_wire(&self, attempt: &Attempt, status: u16) -> Option<Wire> {
-        if !self.shape.stream || !(200..300).contains(&status) || attempt.adapter.is_some() {
+        if !self.shape.stream || !(200..300).contains(&status) {
             return None;
         }
         match self.door.native_api().filter(|_| attempt.native) {
@@ -1011,7 +1011,7 @@ impl Context for Filter {
         // event) has reached no one yet: it fails over as its member's 502.
         // (Else, when the pool does not fail over on 502, it is relayed with its end.)
         let fails_over = rt.is_failure(attempt.picked.member, 502);
-        let (cut, tail) = match self.stream_wire(&attempt, status) {
+        let (cut, tail) = match self.stream_wire(&attempt, status).filter(|_| attempt.adapter.is_none()) {
             Some(wire) => {
                 let mut watch = StreamEnd::new(wire, self.shape.choices);
                 watch.feed(&body);
@@ -1357,7 +1357,7 @@ impl HttpContext for Filter {
                 }
                 let mut translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
                 if let Some(watch) = self.stream_end.as_mut() {
-                    watch.feed(&chunk);
+                    watch.feed(translated.as_deref().unwrap_or(&chunk));
                 }
                 if let (None, Some(chunks)) = (&translated, self.usage_chunks.as_mut()) {
                     translated = chunks.feed(&chunk, end_of_stream);
@@ -1379,7 +1379,8 @@ impl HttpContext for Filter {
                     // (a door translating it ends it itself), after what a watch held back.
                     let held = self.resume_held();
                     let tail = self.stream_end.as_mut().and_then(StreamEnd::end);
-                    let tail = tail.filter(|_| attempt.native || self.door_answer.is_none());
+                    // (A translated stream's adapter always ends it.)
+                    let tail = tail.filter(|_| attempt.adapter.is_none() && (attempt.native || self.door_answer.is_none()));
                     if !held.is_empty() || tail.is_some() {
                         let mut out = translated.unwrap_or(chunk);
                         out.extend_from_slice(&held);
@@ -1456,6 +1457,7 @@ impl HttpContext for Filter {
         self.end_unfinished_answer(&rt);
         // A relayed answer ended when its last byte was read: no clock needed.
         let ended_ms = if self.obs.ended_ms > 0 { self.obs.ended_ms } else { self.now_ms() };
+        self.count_relayed();
         self.report(&rt, ended_ms);
         self.release_tenant(&rt, ended_ms);
     }
@@ -1495,6 +1497,20 @@ impl Filter {
             .or_else(|| self.answer_tail.as_ref()?.usage())
     }
 
+    /// A stream whose answer reported no usage (the client left before its
+    /// end, or a server that sends none) is counted from what was relayed:
+    /// its output from the text, arguments and reasoning its events carried,
+    /// its prompt from the body (4 bytes a token both), not from the output
+    /// expected at admission.
+    fn count_relayed(&mut self) {
+        if self.answer_usage().is_some() {
+            return;
+        }
+        if let Some(watch) = &self.stream_end {
+            self.obs.estimate.1 = watch.output_tokens();
+        }
+    }
+
     /// The call-log line and the request-end stats.
     fn report(&self, rt: &Runtime, ended_ms: u64) {
         let end = observe::End {
@@ -1523,6 +1539,17 @@ impl Filter {
                     end.tokens =
                         Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
                 }
+                // A stream is charged what was relayed of it (`count_relayed`).
+                None if self.stream_end.is_some() => {
+                    let (prompt, completion) = self.obs.estimate;
+                    log::info!(
+                        "switchboard[{}]: no usage in the stream; tenant {} is charged {prompt} + {completion} tokens relayed",
+                        self.request_id,
+                        tenant.name,
+                    );
+                    end.tokens =
+                        Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
+                }
                 None => log::info!(
                     "switchboard[{}]: no usage in the answer; tenant {} keeps its estimate of {} tokens",
                     self.request_id,
@@ -1534,7 +1561,10 @@ impl Filter {
         // Spend: the serving member's prices times the real usage, else the estimate.
         let served = self.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
         if let (Some(served), Some(_)) = (served, &tenant.budget) {
-            let estimate = (admission.reserved.saturating_sub(admission.reserved_output), admission.reserved_output);
+            let estimate = match self.stream_end {
+                Some(_) => self.obs.estimate,
+                None => (admission.reserved.saturating_sub(admission.reserved_output), admission.reserved_output),
+            };
             end.spend_micro_usd = observe::member_cost(rt, served.at(), usage.unwrap_or(estimate)).unwrap_or(0);
         }
         if end != Settlement::default() {

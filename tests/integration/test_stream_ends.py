@@ -187,3 +187,53 @@ def test_a_translated_door_stream_cut_short_is_its_member_s_failure(gw, mock):
     events = sse(gw, "/v1/messages", body)
     assert events[-1][0] == "error" and events[-1][1]["error"]["type"] == "api_error"
     assert failures(gw, "oa") == before + 1
+
+
+# Usage of a stream the client leaves: what was relayed, not the 1,024 tokens expected.
+
+TENANT_KEY = "sk-tenant-secret"
+
+
+@pytest.fixture(scope="module")
+def metered(mock):
+    import hashlib
+    config = {
+        "providers": {"oa": {"kind": "openai", "cluster": "oa", "host": "oa.example", "api_key_env": "OA_KEY"}},
+        "defaults": {"health": {"consecutive_failures": 1000}},
+        "pools": {"oa": {"members": [{"provider": "oa", "model": "gpt-4o",
+                                      "input_cost_per_mtok": 1, "output_cost_per_mtok": 1}]}},
+        "tenants": {"t": {"keys_sha256": [hashlib.sha256(TENANT_KEY.encode()).hexdigest()],
+                          "tpm": 100000, "budget_usd": {"per": "day", "limit": 1000}}},
+    }
+    g = Gateway(config, dict(mock.addrs), KEYS, call_log=True)
+    yield g
+    g.stop()
+
+
+def test_a_stream_the_client_leaves_is_charged_what_was_relayed(metered, mock):
+    mock.faults("oa", reply=" ".join(["word"] * 40), stream_chunks=20, stream_delay_ms=200)
+    headers = {"authorization": f"Bearer {TENANT_KEY}"}
+    body = chat("oa", "count", stream=True)
+    with httpx.stream("POST", metered.base + "/v1/chat/completions", json=body, headers=headers, timeout=20) as r:
+        assert r.status_code == 200
+        received = 0
+        for line in r.iter_lines():
+            if '"content":"word' in line or '"content":" word' in line:
+                received += 1
+            if received == 3:
+                break  # the client leaves: 3 deltas of 2 words ("word word", about 9 bytes each)
+    [call] = metered.calls(1)
+    assert call["status"] == 200 and call["stream"] is True
+    assert call["usage_estimated"] is True
+    # 3-4 deltas relayed of about 9 bytes: 7-10 tokens at 4 bytes a token (the reservation expected 1,024).
+    assert 5 <= call["completion_tokens"] <= 12, call
+    assert call["attempts"] == [{"member": "oa/gpt-4o", "status": 200, "ms": call["attempts"][0]["ms"]}]
+    # The tenant was charged the same: what the next request finds left of its tokens and cost.
+    assert call["cost_micro_usd"] == pytest.approx(call["completion_tokens"] + call["prompt_tokens"], abs=1)
+    mock.faults("oa", reply="ok")
+    r = httpx.post(metered.base + "/v1/chat/completions", json=chat("oa", "count", max_tokens=10),
+                   headers=headers, timeout=10)
+    assert r.status_code == 200
+    second_reservation = len(json.dumps(chat("oa", "count", max_tokens=10))) // 4 + 10
+    used = 100000 - int(r.headers["x-ratelimit-remaining-tokens"]) - second_reservation
+    assert used == pytest.approx(call["prompt_tokens"] + call["completion_tokens"], abs=3), used

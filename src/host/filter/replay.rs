@@ -177,6 +177,9 @@ impl Filter {
             self.finish(rt, &attempt, 502, None, now);
             return Err(self.fail_over(rt, now));
         }
+        if let Some(watch) = self.stream_end.as_mut() {
+            watch.feed(&out);
+        }
         if out.is_empty() && !end_of_stream {
             self.state = State::Priming { attempt, status, fed: body_size };
             return Err(Action::Pause);
