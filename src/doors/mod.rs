@@ -167,6 +167,13 @@ impl DoorAnswer {
     }
 }
 
+/// The model a door's answer names: the one the member's (OpenAI-shaped)
+/// answer names, as on every door and as natively served answers do; else
+/// `fallback` (the name the client asked for).
+pub(crate) fn served_model<'a>(answer: &'a Value, fallback: &'a str) -> &'a str {
+    answer.get("model").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or(fallback)
+}
+
 fn upstream_unreadable() -> Vec<u8> {
     let mut out = Vec::new();
     crate::api::error::write_json(
@@ -363,6 +370,7 @@ pub(crate) enum StreamPart {
     /// The first chunk's id and model.
     Start {
         id: Option<String>,
+        model: Option<String>,
     },
     Text(String),
     /// A tool call's first delta (OpenAI `index`, `id`, `function.name`).
@@ -493,7 +501,8 @@ impl ChatStreamDecoder {
         }
         if !self.started {
             self.started = true;
-            parts.push(StreamPart::Start { id: value.get("id").and_then(Value::as_str).map(str::to_string) });
+            let text = |key: &str| value.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_string);
+            parts.push(StreamPart::Start { id: text("id"), model: text("model") });
         }
         if let Some(choice) = first_choice(&value) {
             decode_choice(choice, parts);
@@ -582,7 +591,7 @@ mod tests {
         assert_eq!(
             parts,
             vec![
-                StreamPart::Start { id: Some("chatcmpl-1".into()) },
+                StreamPart::Start { id: Some("chatcmpl-1".into()), model: None },
                 StreamPart::Text("Hel".into()),
                 StreamPart::Text("lo".into()),
                 StreamPart::Finish { reason: "stop".into(), stop_string: None },
@@ -601,7 +610,7 @@ mod tests {
         assert_eq!(
             parts,
             vec![
-                StreamPart::Start { id: None },
+                StreamPart::Start { id: None, model: None },
                 StreamPart::Usage(Usage { prompt: 5, completion: 2, cached: 1, reasoning: 0 }),
                 StreamPart::Error { message: "busy".into(), kind: "server_error".into() },
             ]
