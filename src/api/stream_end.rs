@@ -431,7 +431,10 @@ mod tests {
         assert_eq!(ev[0].1["sequence_number"], 5);
         assert_eq!(ev[1].1["sequence_number"], 6);
         let response = &ev[1].1["response"];
-        assert_eq!((&response["id"], &response["status"], &response["model"]), (&json!("resp_1"), &json!("failed"), &json!("gpt-4o")));
+        assert_eq!(
+            (&response["id"], &response["status"], &response["model"]),
+            (&json!("resp_1"), &json!("failed"), &json!("gpt-4o"))
+        );
         assert_eq!(response["error"]["code"], "server_error");
     }
 }

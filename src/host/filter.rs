@@ -11,6 +11,7 @@
 //! the plan, shared health and metrics); every failed one continues in
 //! `fail_over`, which dispatches the next member or answers that all failed.
 
+mod followup;
 mod hedge;
 mod resume;
 mod stream_idle;
@@ -136,8 +137,10 @@ pub struct Filter {
     adapter_usage: Option<(u64, u64)>,
     /// An OpenAI-wire stream whose client did not ask for usage: its usage chunk is taken out.
     usage_chunks: Option<UsageChunkFilter>,
-    /// A stream relayed as its provider wrote it (not by an adapter): how it ends.
+    /// A stream as relayed (the provider's, or an adapter's translation): how it ends, what it carried.
     stream_end: Option<StreamEnd>,
+    /// The id of the natively served Responses answer was remembered (`followup`).
+    response_noted: bool,
     /// What the call log and the request-end stats report.
     obs: Observed,
     /// The token of the routed attempt, when it can fail over by internal redirect.
@@ -180,6 +183,7 @@ impl Filter {
             adapter_usage: None,
             usage_chunks: None,
             stream_end: None,
+            response_noted: false,
             obs: Observed::default(),
             learned: None,
             feedback: false,
@@ -364,6 +368,9 @@ impl Filter {
                 if let Err(e) = plan.require_native(&rt.config, native, &parsed.target) {
                     return self.answer_error(&e);
                 }
+            }
+            if let Err(e) = self.hold_conversation(rt, &mut plan, &parsed.target) {
+                return self.answer_error(&e);
             }
             self.learned = scorer.decided.get();
             if let Some(decided) = &self.learned {
@@ -684,8 +691,12 @@ impl Filter {
         present: &[u8],
     ) -> Result<(), (&'static str, abi::Status)> {
         let extra = self.native_headers(rt, member);
-        abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
-            .map_err(|s| ("set request body", s))?;
+        // A request without a body of the gateway's (a Responses follow-up) keeps the client's.
+        let own_body = !(upstream.body.is_empty() && original_len == 0);
+        if own_body {
+            abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
+                .map_err(|s| ("set request body", s))?;
+        }
         let cluster = cluster_of(rt, member).unwrap_or_default();
         let content_length = upstream.body.len().to_string();
         let timeout = timeout_ms.to_string();
@@ -693,7 +704,9 @@ impl Filter {
         let tenant = self.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
         let mut ours: Vec<(&str, &str)> = Vec::with_capacity(12);
         ours.push((":authority", &upstream.authority));
-        ours.push(("content-length", &content_length));
+        if own_body {
+            ours.push(("content-length", &content_length));
+        }
         ours.push((&rt.config.cluster_header, cluster));
         ours.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
         if let Some(ms) = first_byte.as_deref() {
@@ -1064,6 +1077,7 @@ impl Context for Filter {
             return;
         }
         self.note_answer(&body);
+        self.note_response_id(&rt, attempt.picked.member, attempt.native, verdict);
         self.note_adapter_usage(attempt.adapter.as_ref());
         let content_type = content_type.to_string();
         let ours = self.result_headers(&rt, attempt.picked.member);
@@ -1127,6 +1141,9 @@ impl HttpContext for Filter {
         self.feedback = path.split('?').next().is_some_and(|p| p.trim_end_matches('/') == "/v1/feedback");
         if self.feedback && method != "POST" {
             return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/feedback", "POST"));
+        }
+        if let Some(action) = self.serve_followup(&rt, &path, &method) {
+            return action;
         }
         if let Some(id) = path.split('?').next().and_then(|p| p.strip_prefix("/v1/models/")).filter(|id| !id.is_empty())
         {
@@ -1367,6 +1384,7 @@ impl HttpContext for Filter {
                     translated = Some(watched);
                 }
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
+                self.note_response_id(&rt, attempt.picked.member, attempt.native, status);
                 let broken = end_of_stream && self.resume_due();
                 if let Some(door) = self.door_answer.as_mut().filter(|_| !attempt.native) {
                     translated = Some(door.feed(translated.as_deref().unwrap_or(&chunk), end_of_stream && !broken));
@@ -1380,7 +1398,8 @@ impl HttpContext for Filter {
                     let held = self.resume_held();
                     let tail = self.stream_end.as_mut().and_then(StreamEnd::end);
                     // (A translated stream's adapter always ends it.)
-                    let tail = tail.filter(|_| attempt.adapter.is_none() && (attempt.native || self.door_answer.is_none()));
+                    let tail =
+                        tail.filter(|_| attempt.adapter.is_none() && (attempt.native || self.door_answer.is_none()));
                     if !held.is_empty() || tail.is_some() {
                         let mut out = translated.unwrap_or(chunk);
                         out.extend_from_slice(&held);
