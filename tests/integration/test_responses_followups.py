@@ -130,3 +130,27 @@ def test_unknown_ids_paths_and_methods_are_refused_clearly(gw, mock):
     message = r.json()["error"]["message"]
     assert "/v1/responses" in message and "/v1/messages" in message
     assert sum(mock.count(n) for n in ("oa1", "oa2", "az")) == 0
+
+
+def test_a_tenant_finds_only_its_own_responses(mock):
+    import hashlib
+    keys = {"a": "sk-tenant-a", "b": "sk-tenant-b"}
+    config = {
+        "providers": {"oa1": {"kind": "openai", "cluster": "oa1", "host": "oa1.example", "api_key_env": "OA_KEY"}},
+        "pools": {"one": {"members": [{"provider": "oa1", "model": "gpt-4o"}]}},
+        "tenants": {n: {"keys_sha256": [hashlib.sha256(k.encode()).hexdigest()]} for n, k in keys.items()},
+    }
+    g = Gateway(config, dict(mock.addrs), KEYS)
+    try:
+        client = lambda t: openai.OpenAI(base_url=g.base + "/v1", api_key=keys[t], max_retries=0)
+        response = client("a").responses.create(model="one", input="hello", store=True)
+        assert client("a").responses.retrieve(response.id).id == response.id
+        with pytest.raises(openai.NotFoundError):
+            client("b").responses.retrieve(response.id)
+        with pytest.raises(openai.NotFoundError) as raised:
+            client("b").responses.create(model="one", input="more", previous_response_id=response.id)
+        assert raised.value.body["param"] == "previous_response_id"
+        assert client("a").responses.create(model="one", input="more", previous_response_id=response.id).id
+        assert [r["method"] for r in mock.requests("oa1")] == ["POST", "GET", "POST"]
+    finally:
+        g.stop()

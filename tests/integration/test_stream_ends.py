@@ -179,6 +179,16 @@ def test_a_native_responses_stream_cut_short_fails_the_response(gw, mock, pool):
     assert failures(gw, pool) == before + 2
 
 
+def test_a_native_responses_stream_the_provider_fails_passes_as_it_is_and_is_a_failure(gw, mock):
+    mock.faults("oa", reply=REPLY, stream_chunks=5, stream_error_after=2)
+    before = failures(gw, "oa")
+    events = list(gpt(gw).responses.create(model="oa", input="fox?", stream=True))
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2].message == "mock fault: the model stopped", "the provider's, not the gateway's"
+    assert [e.type for e in events].count("error") == 1
+    assert failures(gw, "oa") == before + 1
+
+
 def test_a_translated_door_stream_cut_short_is_its_member_s_failure(gw, mock):
     """A /v1/messages client on an OpenAI member: the door's converter ends the stream with its error event."""
     mock.faults("oa", **CUT)
