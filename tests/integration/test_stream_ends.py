@@ -247,3 +247,35 @@ def test_a_stream_the_client_leaves_is_charged_what_was_relayed(metered, mock):
     second_reservation = len(json.dumps(chat("oa", "count", max_tokens=10))) // 4 + 10
     used = 100000 - int(r.headers["x-ratelimit-remaining-tokens"]) - second_reservation
     assert used == pytest.approx(call["prompt_tokens"] + call["completion_tokens"], abs=3), used
+
+
+def test_a_cut_stream_answered_whole_by_a_failover_call_fails_over_instead_of_reaching_the_client(mock):
+    """Without stream failover by redirect, a failed-over stream arrives whole through an
+    HTTP call: a cut one has reached no one yet, so it is its member's 502 and the next
+    member answers."""
+    config = {
+        "providers": {
+            "oa": {"kind": "openai", "cluster": "oa", "host": "oa.example", "api_key_env": "OA_KEY"},
+            "az": {"kind": "azure", "cluster": "az", "host": "az.example", "api_key_env": "AZ_KEY"},
+            "an": {"kind": "anthropic", "cluster": "an", "host": "an.example", "api_key_env": "AN_KEY"},
+        },
+        "defaults": {"health": {"consecutive_failures": 1000}},
+        "pools": {"three": {"max_response_tokens": 256, "strategy": "priority", "members": [
+            {"provider": "an", "model": "claude-3-5-haiku", "priority": 0},
+            {"provider": "oa", "model": "gpt-4o", "priority": 1},
+            {"provider": "az", "model": "gpt-4o", "priority": 2}]}},
+    }
+    g = Gateway(config, dict(mock.addrs), KEYS, stream_failover=False)
+    try:
+        mock.faults("an", status=529)
+        mock.faults("oa", **CUT)
+        mock.faults("az", reply=REPLY, stream_chunks=5)
+        with httpx.stream("POST", g.base + "/v1/chat/completions", json=chat("three", "fox?", stream=True),
+                          timeout=20) as r:
+            raw = r.read().decode()
+        assert r.status_code == 200 and r.headers["x-switchboard-member"] == "az/gpt-4o"
+        assert r.headers["x-switchboard-attempts"] == "3"
+        assert "incomplete_stream" not in raw and raw.endswith("data: [DONE]\n\n")
+        assert (mock.count("an"), mock.count("oa"), mock.count("az")) == (1, 1, 1)
+    finally:
+        g.stop()
