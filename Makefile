@@ -16,7 +16,7 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-flo
 # wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
 WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 
-# The learned router's training data and model (see README "Learned router").
+# The learned router's training data and model (see docs/learned-router.md).
 DATA        ?= ../shared/data/routellm-mmlu
 MODEL_OUT   ?= router/models/default.sblr
 ROUTER_VENV := .venv-router
@@ -77,7 +77,10 @@ wasm-test: toolchain $(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION) \
 		cargo test -p switchboard -p switchboard-learned --lib --no-default-features --target wasm32-unknown-unknown
 
+# tools/layers.py: no import circle, no import from a lower layer to a higher one
+# (the layers are listed in docs/architecture.md).
 lint:
+	python3 tools/layers.py
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p switchboard --features cli --bin switchboard -- -D warnings
 	cargo clippy -p switchboard -p switchboard-learned --release --target wasm32-wasip1 -- -D warnings

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod doors;
+pub mod encoding;
 pub mod explain;
 pub use switchboard_learned as learned;
 pub mod observe;

@@ -356,19 +356,10 @@ impl PhraseSet {
         self.phrases.is_empty()
     }
 
-    /// Which phrases occur as whole words in the texts (JSON string bodies), as
-    /// bits: bit `i % 64` of `found[i / 64]`, with `found` at least `len().div_ceil(64)` long.
-    /// Phrases match consecutive words whatever separates them.
-    pub fn find<'t>(&self, texts: impl Iterator<Item = &'t str>, found: &mut [u64]) {
-        if self.longest == 0 {
-            return;
-        }
-        // Words are split where the token estimate splits runs: one word reader for both.
-        let mut scan = PhraseScan::new(self, found);
-        let mut counter = crate::api::tokens::TokenCounter::new();
-        for text in texts {
-            counter.add_json_string_scanning(text, &mut scan);
-        }
+    /// No phrase has a word: nothing can match. (`find` lives with the word
+    /// reader it shares with the token estimate, in `api::tokens`.)
+    pub(crate) fn is_wordless(&self) -> bool {
+        self.longest == 0
     }
 }
 

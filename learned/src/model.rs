@@ -1,5 +1,5 @@
 //! The learned router's model: reading the `.sblr` file (layout documented in
-//! `router/model_file.py` and README "Learned router"), scoring a prompt, and the
+//! `router/model_file.py` and docs/learned-router.md), scoring a prompt, and the
 //! calibration quantiles that turn a strong-call share into a threshold.
 
 use super::features::{self, N_BUCKETS, N_DENSE, N_GROUPS};

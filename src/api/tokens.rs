@@ -5,13 +5,31 @@
 //! pre-tokenizers split it (letters, digits, punctuation, spaces, newlines,
 //! CJK), and each run is charged what those tokenizers typically spend on it.
 //! The constants are fitted against `cl100k_base`/`o200k_base` on English
-//! prose and source code (see the `estimate_accuracy` test and README).
+//! prose and source code (see the `estimate_accuracy` test and docs/configuration.md).
 //!
 //! Input is the body of a JSON string as it appears on the wire: escapes
 //! (`\n`, `\"`, `\u00e9`) count as the character they stand for, so no
 //! decoded copy is made.
 
-use crate::text::{for_first_unit, PhraseScan, Unit, WordSpan};
+use crate::text::{for_first_unit, PhraseScan, PhraseSet, Unit, WordSpan};
+
+impl PhraseSet {
+    /// Which phrases occur as whole words in the texts (JSON string bodies), as
+    /// bits: bit `i % 64` of `found[i / 64]`, with `found` at least `len().div_ceil(64)` long.
+    /// Phrases match consecutive words whatever separates them. Here rather than
+    /// in `text`: words are split where the token estimate splits runs, one word
+    /// reader for both, and `text` stays below the estimate.
+    pub fn find<'t>(&self, texts: impl Iterator<Item = &'t str>, found: &mut [u64]) {
+        if self.is_wordless() {
+            return;
+        }
+        let mut scan = PhraseScan::new(self, found);
+        let mut counter = TokenCounter::new();
+        for text in texts {
+            counter.add_json_string_scanning(text, &mut scan);
+        }
+    }
+}
 
 /// Tokens charged per image part, whatever its size: a 512x512 tile at OpenAI's
 /// high detail (85 base + 170 per tile); larger images cost more upstream.
@@ -449,7 +467,18 @@ mod accuracy {
 
     pub(crate) fn prose() -> String {
         let mut text = String::new();
-        for doc in [include_str!("../../README.md"), include_str!("../../examples/real-providers/README.md")] {
+        // The README's prose, split into docs/ by topic, kept whole as the sample.
+        for doc in [
+            include_str!("../../README.md"),
+            include_str!("../../docs/configuration.md"),
+            include_str!("../../docs/failover-and-streams.md"),
+            include_str!("../../docs/front-doors.md"),
+            include_str!("../../docs/tenants.md"),
+            include_str!("../../docs/learned-router.md"),
+            include_str!("../../docs/envoy.md"),
+            include_str!("../../docs/observability.md"),
+            include_str!("../../examples/real-providers/README.md"),
+        ] {
             // Paragraphs of running text only: no tables, code blocks or headings.
             let mut in_code = false;
             for line in doc.lines() {

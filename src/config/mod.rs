@@ -112,6 +112,15 @@ impl Capabilities {
 /// Tags as bits over `Config::tags` (at most 64 distinct tags per configuration).
 pub type TagMask = u64;
 
+/// A member's `canary` settings (judged by `routing::canary`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryPolicy {
+    /// How much higher than the other members' error rate the canary's may be (0..1).
+    pub max_error_rate: f64,
+    /// Canary attempts in the window before it is judged.
+    pub min_requests: u32,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Member {
     /// Index into `Config::providers`.
@@ -134,7 +143,7 @@ pub struct Member {
     pub tags: Vec<String>,
     pub tag_mask: TagMask,
     /// Rolled back (weight 0) when it fails much more than the pool's other members.
-    pub canary: Option<crate::routing::canary::CanaryPolicy>,
+    pub canary: Option<CanaryPolicy>,
 }
 
 impl Member {

@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use switchboard_schema::{RawConditions, RawConfig, RawMember, RawPool, RawPoolPolicy, RawProvider, RawRouter};
 
 use super::{
-    err, Capabilities, Capability, Conditions, Config, ConfigError, Credentials, Cutoff, EnvLookup, HeaderCondition,
-    HeaderTest, HealthPolicy, Keywords, Learned, Member, MemberFacts, Pool, ProbePolicy, Provider, ProviderKind,
-    RetryPolicy, Router, Rule, Secret, Shadow, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES,
+    err, CanaryPolicy, Capabilities, Capability, Conditions, Config, ConfigError, Credentials, Cutoff, EnvLookup,
+    HeaderCondition, HeaderTest, HealthPolicy, Keywords, Learned, Member, MemberFacts, Pool, ProbePolicy, Provider,
+    ProviderKind, RetryPolicy, Router, Rule, Secret, Shadow, Strategy, DEFAULT_CLUSTER_HEADER, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_RETRY_ON, DEFAULT_TIMEOUT_MS,
 };
-use crate::routing::canary::CanaryPolicy;
 use crate::text::PhraseSet;
 
 /// Distinct member tags a configuration may use (they are bits of a `u64`).

@@ -470,7 +470,7 @@ fn hedge_and_stream_idle_timeouts_parse_and_are_validated_naming_the_field() {
 fn canary_members_parse_and_are_validated_naming_the_field() {
     let cfg = parse(&with_member_fields(r#""canary": {"max_error_rate": 0.2, "min_requests": 50}"#)).unwrap();
     let members = &cfg.pool("gpt4o_16k").unwrap().1.members;
-    assert_eq!(members[0].canary, Some(crate::routing::canary::CanaryPolicy { max_error_rate: 0.2, min_requests: 50 }));
+    assert_eq!(members[0].canary, Some(crate::config::CanaryPolicy { max_error_rate: 0.2, min_requests: 50 }));
     assert_eq!(members[1].canary, None);
     let cases = [
         (

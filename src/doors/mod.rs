@@ -21,6 +21,7 @@ mod sdk_fixtures;
 
 use serde_json::{Map, Value};
 
+use crate::encoding::random_hex;
 use crate::providers::NativeApi;
 
 /// The API a client speaks. Every door's requests run through the pipeline
@@ -347,16 +348,10 @@ pub(crate) fn door_id(prefix: &str, upstream_id: Option<&str>) -> String {
     if !base.is_empty() {
         return format!("{prefix}{base}");
     }
-    let mut bytes = [0u8; 12];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        return format!("{prefix}gateway");
+    match random_hex::<12>() {
+        Some(hex) => format!("{prefix}{hex}"),
+        None => format!("{prefix}gateway"),
     }
-    let mut out = String::with_capacity(prefix.len() + 24);
-    out.push_str(prefix);
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
 }
 
 /// The first choice of an OpenAI answer or chunk.

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
 use crate::routing::Availability;
@@ -139,11 +139,70 @@ impl RootContext for Root {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without a valid configuration Envoy refuses the plugin, so this is a fallback only.
         let filter = Rc::new(RefCell::new(Filter::new(context_id, self.runtime.clone())));
-        filter.borrow_mut().set_handle(Rc::downgrade(&filter));
-        Some(Box::new(wake::Shared(filter)))
+        filter.borrow_mut().set_handle(wake::Handle::of(&filter));
+        Some(Box::new(Shared(filter)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+impl wake::Woken for Filter {
+    fn context_id(&self) -> u32 {
+        Filter::context_id(self)
+    }
+
+    fn on_timer(&mut self, now: u64) {
+        Filter::on_timer(self, now);
+    }
+
+    fn on_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
+        Context::on_http_call_response(self, token, num_headers, body_size, num_trailers);
+    }
+}
+
+/// The HTTP context Envoy holds: the filter behind an `Rc`, so the root
+/// context can reach it for timers and answers.
+struct Shared(Rc<RefCell<Filter>>);
+
+impl Shared {
+    fn with<T>(&self, fallback: T, run: impl FnOnce(&mut Filter) -> T) -> T {
+        match self.0.try_borrow_mut() {
+            Ok(mut f) => run(&mut f),
+            Err(_) => fallback,
+        }
+    }
+}
+
+impl Context for Shared {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
+        self.with((), |f| f.on_http_call_response(token_id, num_headers, body_size, num_trailers));
+    }
+}
+
+impl HttpContext for Shared {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| f.on_http_request_headers(num_headers, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| f.on_http_request_body(body_size, end_of_stream))
+    }
+
+    fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+        self.with(Action::Continue, |f| f.on_http_request_trailers(num_trailers))
+    }
+
+    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| f.on_http_response_headers(num_headers, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.with(Action::Continue, |f| f.on_http_response_body(body_size, end_of_stream))
+    }
+
+    fn on_log(&mut self) {
+        self.with((), HttpContext::on_log);
     }
 }

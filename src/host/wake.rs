@@ -10,13 +10,42 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
-
 use super::abi;
-use super::filter::Filter;
 
-pub type Handle = Weak<RefCell<Filter>>;
+/// What the tick does to a request it wakes. The `Filter` implements it (in
+/// `root.rs`): a trait, so that this module stays below the filter that
+/// registers here.
+pub trait Woken {
+    fn context_id(&self) -> u32;
+    /// A deadline registered with [`at`] has passed.
+    fn on_timer(&mut self, now: u64);
+    /// The answer of a call registered with [`own_call`].
+    fn on_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, num_trailers: usize);
+}
+
+/// A request as the registry knows it: gone once Envoy drops it.
+#[derive(Clone, Default)]
+pub struct Handle(Option<Weak<RefCell<dyn Woken>>>);
+
+impl Handle {
+    /// A handle that wakes nothing, until the real one is set.
+    pub fn new() -> Self {
+        Handle(None)
+    }
+
+    pub fn of<W: Woken + 'static>(me: &Rc<RefCell<W>>) -> Self {
+        let me: Weak<RefCell<W>> = Rc::downgrade(me);
+        Handle(Some(me))
+    }
+
+    fn upgrade(&self) -> Option<Rc<RefCell<dyn Woken>>> {
+        self.0.as_ref()?.upgrade()
+    }
+
+    fn alive(&self) -> bool {
+        self.0.as_ref().is_some_and(|me| me.strong_count() > 0)
+    }
+}
 
 #[derive(Default)]
 struct Registry {
@@ -30,7 +59,7 @@ thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
 }
 
-/// Wakes `me` (through [`Filter::on_timer`]) on the first tick after `deadline_ms`.
+/// Wakes `me` (through [`Woken::on_timer`]) on the first tick after `deadline_ms`.
 pub fn at(deadline_ms: u64, me: &Handle) {
     REGISTRY.with(|r| r.borrow_mut().timers.push((deadline_ms, me.clone())));
 }
@@ -43,12 +72,12 @@ pub fn own_call(token: u32, me: &Handle) {
 /// Root tick: wakes every request whose deadline has passed; requests
 /// already gone are dropped.
 pub fn tick(root_id: u32, now: u64) {
-    let due: Vec<Rc<RefCell<Filter>>> = REGISTRY.with(|r| {
+    let due: Vec<Rc<RefCell<dyn Woken>>> = REGISTRY.with(|r| {
         let mut r = r.borrow_mut();
         let mut due = Vec::new();
         r.timers.retain(|(deadline, me)| {
             if *deadline > now {
-                return me.strong_count() > 0;
+                return me.alive();
             }
             due.extend(me.upgrade());
             false
@@ -71,66 +100,21 @@ pub fn call_answered(root_id: u32, token: u32, num_headers: usize, body_size: us
     let Some(owner) = owner else { return false };
     // A request that ended meanwhile abandoned its call: the late answer is dropped.
     if let Some(filter) = owner.upgrade() {
-        on_behalf_of(root_id, &filter, |f| f.on_http_call_response(token, num_headers, body_size, num_trailers));
+        on_behalf_of(root_id, &filter, |f| f.on_call_response(token, num_headers, body_size, num_trailers));
     }
     true
 }
 
-fn on_behalf_of(root_id: u32, filter: &Rc<RefCell<Filter>>, run: impl FnOnce(&mut Filter)) {
+fn on_behalf_of(root_id: u32, filter: &Rc<RefCell<dyn Woken>>, run: impl FnOnce(&mut dyn Woken)) {
     // Never nested in the filter's own callbacks (the VM runs one at a time), so the borrow is free.
     let Ok(mut f) = filter.try_borrow_mut() else { return };
     if let Err(s) = abi::set_effective_context(f.context_id()) {
         log::warn!("switchboard: set_effective_context failed (status {s})");
         return;
     }
-    run(&mut f);
+    run(&mut *f);
     drop(f);
     if let Err(s) = abi::set_effective_context(root_id) {
         log::warn!("switchboard: set_effective_context back to the root failed (status {s})");
-    }
-}
-
-/// The HTTP context Envoy holds: the filter behind an `Rc`, so the root
-/// context can reach it for timers and answers.
-pub struct Shared(pub Rc<RefCell<Filter>>);
-
-impl Shared {
-    fn with<T>(&self, fallback: T, run: impl FnOnce(&mut Filter) -> T) -> T {
-        match self.0.try_borrow_mut() {
-            Ok(mut f) => run(&mut f),
-            Err(_) => fallback,
-        }
-    }
-}
-
-impl Context for Shared {
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
-        self.with((), |f| f.on_http_call_response(token_id, num_headers, body_size, num_trailers));
-    }
-}
-
-impl HttpContext for Shared {
-    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| f.on_http_request_headers(num_headers, end_of_stream))
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| f.on_http_request_body(body_size, end_of_stream))
-    }
-
-    fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
-        self.with(Action::Continue, |f| f.on_http_request_trailers(num_trailers))
-    }
-
-    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| f.on_http_response_headers(num_headers, end_of_stream))
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.with(Action::Continue, |f| f.on_http_response_body(body_size, end_of_stream))
-    }
-
-    fn on_log(&mut self) {
-        self.with((), HttpContext::on_log);
     }
 }

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 use crate::api::request::ParsedRequest;
 use crate::api::ApiError;
 
-use super::encoding::{base64, percent_decode};
 use super::structured::{JSON_OBJECT_INSTRUCTION, STRUCTURED_OUTPUT_TOOL};
+use crate::encoding::{base64, percent_decode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {

@@ -39,10 +39,11 @@
 //! # Layers
 //!
 //! Modules only import from lower layers, never back:
-//! `encoding`, `sse`, `eventstream`, `sigv4`, `upstream`, `structured` (leaves) <- `chat`,
+//! `sse`, `eventstream`, `sigv4`, `upstream`, `structured` (leaves) <- `chat`,
 //! `openai_out` <- `emit`, `upstream_error` <- `adapter` <- `anthropic`,
 //! `gemini`, `bedrock`, `openai` <- `dispatch` <- `response`. All OpenAI
-//! error JSON is written by `api::error::write_json`.
+//! error JSON is written by `api::error::write_json`; base64, hex and
+//! percent-decoding come from `crate::encoding`.
 
 mod adapter;
 mod anthropic;
@@ -50,7 +51,6 @@ mod bedrock;
 mod chat;
 mod dispatch;
 mod emit;
-mod encoding;
 mod eventstream;
 mod gemini;
 mod openai;

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::encoding::hex;
 use super::structured::STRUCTURED_OUTPUT_TOOL;
+use crate::encoding::random_hex;
 
 /// Token counts of one answer in OpenAI's terms, as the provider reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,21 +92,15 @@ pub(super) struct Answer {
     pub usage: Option<Usage>,
 }
 
-fn random_hex() -> Option<String> {
-    let mut bytes = [0u8; 12];
-    getrandom::getrandom(&mut bytes).ok()?;
-    Some(hex(&bytes))
-}
-
 /// A fresh `chatcmpl-…` id for answers whose provider gives none.
 pub(super) fn new_id() -> String {
-    format!("chatcmpl-{}", random_hex().unwrap_or_else(|| "switchboard".to_string()))
+    format!("chatcmpl-{}", random_hex::<12>().unwrap_or_else(|| "switchboard".to_string()))
 }
 
 /// A fresh tool-call id for providers that give none.
 pub(super) fn new_call_id() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    match random_hex() {
+    match random_hex::<12>() {
         Some(h) => format!("call_{h}"),
         None => format!("call_{}", COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
     }

@@ -7,7 +7,7 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::encoding::{hex, percent_decode};
+use crate::encoding::{hex, percent_decode};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -5,14 +5,7 @@
 //! configuration changes. The window is time buckets, so it can live in
 //! shared data as a few bytes.
 
-/// A member's `canary` settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CanaryPolicy {
-    /// How much higher than the other members' error rate the canary's may be (0..1).
-    pub max_error_rate: f64,
-    /// Canary attempts in the window before it is judged.
-    pub min_requests: u32,
-}
+use crate::config::CanaryPolicy;
 
 /// The window: `BUCKETS` buckets of `BUCKET_S` seconds.
 pub const BUCKETS: usize = 6;

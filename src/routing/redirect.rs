@@ -11,6 +11,8 @@
 //! ([`failure_in`]) and routes the next member, whose answer then streams to
 //! the client directly. No proxy-wasm calls here.
 
+use crate::encoding::{percent_decode, random_hex};
+
 /// Request header from the filter to the upstream filter: `<statuses>;<url>` (see [`try_header`]).
 pub const TRY_HEADER: &str = "x-switchboard-try";
 /// Query parameter of the redirect's path carrying the token.
@@ -37,7 +39,8 @@ pub fn try_header(retry_on: &[u16], url: &str) -> String {
 /// redirect's `Location` Envoy did not follow); status 0 when absent.
 pub fn failure_in(url: &str) -> (u16, Option<String>) {
     let status = param(url, STATUS_PARAM).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, param(url, RETRY_AFTER_PARAM).map(percent_decode))
+    let retry_after = param(url, RETRY_AFTER_PARAM).map(|v| String::from_utf8_lossy(&percent_decode(v)).into_owned());
+    (status, retry_after)
 }
 
 fn param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
@@ -48,32 +51,10 @@ fn param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()).filter(|_| b == b'%') {
-            Some(decoded) => {
-                out.push(decoded);
-                i += 3;
-            }
-            None => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A token nobody can guess: 128 random bits (WASI `random_get`) as hex;
 /// `None` when the host has no randomness (the request then keeps the buffered failover).
 pub fn new_token() -> Option<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).ok()?;
-    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    random_hex::<16>()
 }
 
 /// The redirect target: the client's own URL (so the route that served it
@@ -126,8 +107,8 @@ mod tests {
         assert_eq!(failure_in(&replayed), (503, Some("Wed, 21 Oct 2015 07:28:00 GMT".to_string())));
         assert_eq!(failure_in(&format!("{url}&{STATUS_PARAM}=429&{RETRY_AFTER_PARAM}=2")), (429, Some("2".into())));
         assert_eq!(failure_in(&url), (0, None));
-        assert_eq!(percent_decode("50%"), "50%");
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
+        assert_eq!(percent_decode("50%"), b"50%");
+        assert_eq!(percent_decode("%zz%41"), b"%zzA");
     }
 
     #[test]

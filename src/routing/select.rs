@@ -7,6 +7,7 @@
 //! an all-ejected pool still tries, the member whose ejection ends first.
 
 use crate::config::{Member, Strategy};
+use crate::encoding::random_bytes;
 
 use super::Availability;
 
@@ -219,11 +220,8 @@ impl Rng {
     }
 
     pub fn from_entropy() -> Self {
-        let mut bytes = [0u8; 8];
         // Fall back to a fixed seed: selection stays weighted, only less random across VMs.
-        if getrandom::getrandom(&mut bytes).is_err() {
-            bytes = 0x9e37_79b9_7f4a_7c15u64.to_le_bytes();
-        }
+        let bytes = random_bytes::<8>().unwrap_or(0x9e37_79b9_7f4a_7c15u64.to_le_bytes());
         Rng(u64::from_le_bytes(bytes))
     }
 

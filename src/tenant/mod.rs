@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn hex_hashes_parse_in_either_case() {
         let h = sha256("abc");
-        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::encoding::hex(&h);
         assert_eq!(parse_hash(&hex), Some(h));
         assert_eq!(parse_hash(&hex.to_uppercase()), Some(h));
         assert_eq!(parse_hash("abc"), None);

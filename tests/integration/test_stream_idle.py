@@ -45,7 +45,7 @@ def test_stream_silent_after_its_first_event_is_cut_and_counted_as_the_members_f
     assert 500 <= silent < 900, silent
     # ... and the HTTP/1.1 client sees the connection close after Envoy's delayed_close_timeout (1 s).
     assert 0.45 < end - first < 2.8, (first, end)
-    # The client's stream is reset: it cannot end with an error event and [DONE] (see README).
+    # The client's stream is reset: it cannot end with an error event and [DONE] (see docs/failover-and-streams.md).
     assert isinstance(error, httpx.RemoteProtocolError), error
     assert "data: [DONE]" not in events
     stats = gw.stats()

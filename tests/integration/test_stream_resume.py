@@ -281,7 +281,7 @@ def test_the_call_log_lists_the_broken_attempt_and_the_continuation_with_the_sum
 
 
 def test_a_stalled_stream_is_reset_by_its_idle_timeout_and_not_continued(mock):
-    """A silent upstream gives no body callback: from the idle timer the filter can add nothing (README)."""
+    """A silent upstream gives no body callback: from the idle timer the filter can add nothing (docs/failover-and-streams.md)."""
     config = {
         "providers": {n: {"kind": "openai", "cluster": n, "host": f"{n}.example", "api_key_env": "OA_KEY"}
                       for n in ("oa1", "oa2")},

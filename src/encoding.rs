@@ -1,6 +1,7 @@
-//! Small encodings shared by the adapters: base64 for inline media,
-//! percent-decoding for `data:` URLs and SigV4's canonical query strings,
-//! lowercase hex for digests and generated ids.
+//! Small encodings, written once for the whole filter: base64 for inline
+//! media, percent-decoding for `data:` URLs, SigV4's canonical query strings
+//! and redirect parameters, lowercase hex for digests, and random ids and
+//! bytes from the host. A leaf: it imports nothing of the crate.
 
 /// Base64 encoding (standard alphabet, padded).
 pub fn base64(data: &[u8]) -> String {
@@ -52,6 +53,18 @@ pub fn hex(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// `N` random bytes from the host (WASI `random_get`); `None` when it has no randomness.
+pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// `N` random bytes as lowercase hex (ids and tokens).
+pub fn random_hex<const N: usize>() -> Option<String> {
+    random_bytes::<N>().map(|bytes| hex(&bytes))
 }
 
 #[cfg(test)]
