@@ -93,7 +93,7 @@ impl StreamEnd {
             carried.extend_from_slice(chunk);
             &carried
         };
-        while let Some((at, separator)) = crate::doors::find_event_end(data.get(start..).unwrap_or_default()) {
+        while let Some((at, separator)) = find_event_end(data.get(start..).unwrap_or_default()) {
             self.event(data.get(start..start + at).unwrap_or_default());
             start += at + separator;
         }
@@ -219,6 +219,24 @@ impl StreamEnd {
             self.ending = Ending::Complete;
         }
     }
+}
+
+/// End of the first SSE event in `buf` (index, separator length): a blank line
+/// ends an event, with `\n` or `\r\n` line ends.
+pub fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf.get(i) == Some(&b'\n') {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some((i, 2));
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, 3));
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 fn push_event(out: &mut Vec<u8>, name: &str, data: &Value) {

@@ -541,23 +541,7 @@ fn decode_choice(choice: &Map<String, Value>, parts: &mut Vec<StreamPart>) {
     }
 }
 
-/// End of the first SSE event in `buf` (index, separator length): a blank line
-/// ends an event, with `\n` or `\r\n` line ends.
-pub(crate) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf.get(i) == Some(&b'\n') {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
+pub(crate) use crate::api::stream_end::find_event_end;
 
 /// Appends one SSE event `event: <name>\ndata: <json>\n\n`.
 pub(crate) fn push_sse(out: &mut Vec<u8>, name: &str, data: &Value) {
