@@ -243,7 +243,7 @@ impl ApiError {
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(404, ErrorCode::NotFound, format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."))
+        Self::new(404, ErrorCode::NotFound, format!("Unknown path {path}. Supported: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/messages/count_tokens, /v1/responses, /v1/feedback; GET /v1/models, /v1/models/{{id}}; GET and DELETE /v1/responses/{{id}}, POST /v1/responses/{{id}}/cancel, GET /v1/responses/{{id}}/input_items."))
     }
 
     pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {

@@ -5,6 +5,8 @@ pub mod error;
 pub mod forward;
 pub mod models;
 pub mod request;
+pub mod response_ids;
+pub mod stream_end;
 pub mod tokens;
 pub mod usage;
 

@@ -27,6 +27,11 @@ impl Tail {
         }
     }
 
+    /// The first `TAIL_BYTES` of the answer.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
     pub fn usage(&self) -> Option<(u64, u64)> {
         scan(&self.tail).or_else(|| {
             let output = last_number_after(&self.tail, b"\"output_tokens\"")?;

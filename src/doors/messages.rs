@@ -347,8 +347,9 @@ fn parse_input(arguments: &str) -> Value {
     }
 }
 
-/// OpenAI `chat.completion` -> Anthropic `message`. `model` is the name the
-/// client asked for. An unreadable answer gives an Anthropic `api_error` body.
+/// OpenAI `chat.completion` -> Anthropic `message`, naming the model the
+/// answer names (`model`, the name the client asked for, when it names none).
+/// An unreadable answer gives an Anthropic `api_error` body.
 pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(answer) = serde_json::from_slice::<Value>(body) else {
         return anthropic_error("api_error", "The upstream answer was not valid JSON.");
@@ -379,7 +380,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
         "id": id,
         "type": "message",
         "role": "assistant",
-        "model": model,
+        "model": super::served_model(&answer, model),
         "content": content,
         "stop_reason": reason,
         "stop_sequence": if reason == "stop_sequence" { stop_string } else { None },
@@ -559,7 +560,12 @@ impl DoorStream for MessagesStream {
     }
     fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
         match part {
-            StreamPart::Start { id } => self.start(id.as_deref(), out),
+            StreamPart::Start { id, model } => {
+                if let Some(model) = model {
+                    self.model = model;
+                }
+                self.start(id.as_deref(), out)
+            }
             StreamPart::Text(text) => {
                 self.start(None, out);
                 if self.open != OpenBlock::Text {

@@ -206,6 +206,13 @@ impl DoorAnswer {
     }
 }
 
+/// The model a door's answer names: the one the member's (OpenAI-shaped)
+/// answer names, as on every door and as natively served answers do; else
+/// `fallback` (the name the client asked for).
+pub(crate) fn served_model<'a>(answer: &'a Value, fallback: &'a str) -> &'a str {
+    answer.get("model").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or(fallback)
+}
+
 fn upstream_unreadable() -> Vec<u8> {
     let mut out = Vec::new();
     crate::api::error::write_json(
@@ -404,6 +411,7 @@ pub(crate) enum StreamPart {
     /// The first chunk's id and model.
     Start {
         id: Option<String>,
+        model: Option<String>,
     },
     Text(String),
     /// A tool call's first delta (OpenAI `index`, `id`, `function.name`).
@@ -534,7 +542,8 @@ impl ChatStreamDecoder {
         }
         if !self.started {
             self.started = true;
-            parts.push(StreamPart::Start { id: value.get("id").and_then(Value::as_str).map(str::to_string) });
+            let text = |key: &str| value.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_string);
+            parts.push(StreamPart::Start { id: text("id"), model: text("model") });
         }
         if let Some(choice) = first_choice(&value) {
             decode_choice(choice, parts);
@@ -578,23 +587,7 @@ fn decode_choice(choice: &Map<String, Value>, parts: &mut Vec<StreamPart>) {
     }
 }
 
-/// End of the first SSE event in `buf` (index, separator length): a blank line
-/// ends an event, with `\n` or `\r\n` line ends.
-pub(crate) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf.get(i) == Some(&b'\n') {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
+pub(crate) use crate::api::stream_end::find_event_end;
 
 /// Appends one SSE event `event: <name>\ndata: <json>\n\n`.
 pub(crate) fn push_sse(out: &mut Vec<u8>, name: &str, data: &Value) {
@@ -679,7 +672,7 @@ mod tests {
         assert_eq!(
             parts,
             vec![
-                StreamPart::Start { id: Some("chatcmpl-1".into()) },
+                StreamPart::Start { id: Some("chatcmpl-1".into()), model: None },
                 StreamPart::Text("Hel".into()),
                 StreamPart::Text("lo".into()),
                 StreamPart::Finish { reason: "stop".into(), stop_string: None },
@@ -698,7 +691,7 @@ mod tests {
         assert_eq!(
             parts,
             vec![
-                StreamPart::Start { id: None },
+                StreamPart::Start { id: None, model: None },
                 StreamPart::Usage(Usage { prompt: 5, completion: 2, cached: 1, reasoning: 0 }),
                 StreamPart::Error { message: "busy".into(), kind: "server_error".into() },
             ]

@@ -474,8 +474,9 @@ fn invalid_upstream(message: &str) -> Vec<u8> {
     out
 }
 
-/// OpenAI `chat.completion` -> Responses `response` object. `model` is the name
-/// the client asked for. An unreadable answer gives an OpenAI error body.
+/// OpenAI `chat.completion` -> Responses `response` object, naming the model
+/// the answer names (`model`, the name the client asked for, when it names
+/// none). An unreadable answer gives an OpenAI error body.
 pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(answer) = serde_json::from_slice::<Value>(body) else {
         return invalid_upstream("The upstream answer was not valid JSON.");
@@ -502,7 +503,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
     }
     let (status, incomplete) = status_for(choice.get("finish_reason").and_then(Value::as_str));
     let created = answer.get("created").and_then(Value::as_u64).unwrap_or(0);
-    let mut r = response_object(&format!("resp_{base}"), model, created, status, output);
+    let mut r = response_object(&format!("resp_{base}"), super::served_model(&answer, model), created, status, output);
     r.insert("incomplete_details".into(), incomplete);
     r.insert("usage".into(), usage_json(Usage::from_value(answer.get("usage")).unwrap_or_default()));
     to_bytes(&Value::Object(r))
@@ -644,7 +645,12 @@ impl DoorStream for ResponsesStream {
     }
     fn part(&mut self, part: StreamPart, out: &mut Vec<u8>) {
         match part {
-            StreamPart::Start { id } => self.start(id.as_deref(), out),
+            StreamPart::Start { id, model } => {
+                if let Some(model) = model {
+                    self.model = model;
+                }
+                self.start(id.as_deref(), out)
+            }
             StreamPart::Text(text) => {
                 self.start(None, out);
                 if !matches!(self.open, OpenItem::Message { .. }) {

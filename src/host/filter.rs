@@ -11,6 +11,7 @@
 //! the plan, shared health and metrics); every failed one continues in
 //! `fail_over`, which dispatches the next member or answers that all failed.
 
+mod followup;
 mod hedge;
 mod resume;
 mod stream_idle;
@@ -25,6 +26,7 @@ use proxy_wasm::types::Action;
 use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::models::ModelListing;
 use crate::api::request::ParsedRequest;
+use crate::api::stream_end::{StreamEnd, Wire};
 use crate::api::usage::{self, UsageChunkFilter};
 use crate::api::{ApiError, Endpoint, ErrorCode};
 use crate::config::Strategy;
@@ -137,6 +139,10 @@ pub struct Filter {
     adapter_usage: Option<(u64, u64)>,
     /// An OpenAI-wire stream whose client did not ask for usage: its usage chunk is taken out.
     usage_chunks: Option<UsageChunkFilter>,
+    /// A stream as relayed (the provider's, or an adapter's translation): how it ends, what it carried.
+    stream_end: Option<StreamEnd>,
+    /// The id of the natively served Responses answer was remembered (`followup`).
+    response_noted: bool,
     /// What the call log and the request-end stats report.
     obs: Observed,
     /// The token of the routed attempt, when it can fail over by internal redirect.
@@ -179,6 +185,8 @@ impl Filter {
             answer_tail: None,
             adapter_usage: None,
             usage_chunks: None,
+            stream_end: None,
+            response_noted: false,
             obs: Observed::default(),
             learned: None,
             feedback: false,
@@ -364,6 +372,9 @@ impl Filter {
                     return self.answer_error(&e);
                 }
             }
+            if let Err(e) = self.hold_conversation(rt, &mut plan, &parsed.target) {
+                return self.answer_error(&e);
+            }
             self.learned = scorer.decided.get();
             if let Some(decided) = &self.learned {
                 learned_store::remember(&self.request_id, decided, now);
@@ -383,7 +394,11 @@ impl Filter {
                 Ok(u) => u,
                 Err(e) => return self.answer_error(&e),
             };
-            self.shape = AnswerShape { stream: parsed.stream, include_usage: stream_include_usage(&parsed) };
+            self.shape = AnswerShape {
+                stream: parsed.stream,
+                include_usage: stream_include_usage(&parsed),
+                choices: parsed.field("n").and_then(|n| n.get().parse::<u32>().ok()).unwrap_or(1),
+            };
             self.door_answer = DoorAnswer::new(self.door, &parsed.target, parsed.stream, now / 1000);
             // Every answer's usage is read: for the stats, the call log and the tenant's limits.
             self.answer_tail.get_or_insert_with(usage::Tail::default);
@@ -550,6 +565,39 @@ impl Filter {
         self.finish(rt, attempt, status, None, now);
     }
 
+    /// The format of a successful stream as relayed: OpenAI's (passed
+    /// through, or an adapter's translation), or the door's own when served natively.
+    fn stream_wire(&self, attempt: &Attempt, status: u16) -> Option<Wire> {
+        if !self.shape.stream || !(200..300).contains(&status) {
+            return None;
+        }
+        match self.door.native_api().filter(|_| attempt.native) {
+            None => Some(Wire::OpenAi),
+            Some(NativeApi::Messages) => Some(Wire::Messages),
+            Some(NativeApi::Responses) => Some(Wire::Responses),
+        }
+    }
+
+    /// A relayed stream's body ended: a success, unless it ended failed (the
+    /// provider's error event, or cut short before its API's end, which the
+    /// client was then given): that is its member's failure, as an answer
+    /// cut off after its headers (status 0, whatever `retry_on` says).
+    fn stream_ended(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
+        let failed = attempt.adapter.as_ref().is_some_and(ResponseAdapter::stream_failed)
+            || self.stream_end.as_ref().is_some_and(StreamEnd::failed);
+        if !failed {
+            return self.finish_success(rt, attempt, status);
+        }
+        log::warn!(
+            "switchboard[{}]: stream from {} ended before its answer was complete",
+            self.request_id,
+            rt.member_id(attempt.picked.member)
+        );
+        let now = self.now_ms();
+        self.obs.ended_ms = now;
+        self.finish(rt, attempt, 0, None, now);
+    }
+
     /// Lets a successful answer through; it is recorded when its body ends.
     fn relay(&mut self, rt: &Runtime, attempt: Attempt, status: u16, end_of_stream: bool) -> Action {
         if end_of_stream {
@@ -662,8 +710,12 @@ impl Filter {
         present: &[u8],
     ) -> Result<(), (&'static str, abi::Status)> {
         let extra = self.native_headers(rt, member);
-        abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
-            .map_err(|s| ("set request body", s))?;
+        // A request without a body of the gateway's (a Responses follow-up) keeps the client's.
+        let own_body = !(upstream.body.is_empty() && original_len == 0);
+        if own_body {
+            abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
+                .map_err(|s| ("set request body", s))?;
+        }
         let cluster = cluster_of(rt, member).unwrap_or_default();
         let content_length = upstream.body.len().to_string();
         let timeout = timeout_ms.to_string();
@@ -671,7 +723,9 @@ impl Filter {
         let tenant = self.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
         let mut ours: Vec<(&str, &str)> = Vec::with_capacity(12);
         ours.push((":authority", &upstream.authority));
-        ours.push(("content-length", &content_length));
+        if own_body {
+            ours.push(("content-length", &content_length));
+        }
         ours.push((&rt.config.cluster_header, cluster));
         ours.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
         if let Some(ms) = first_byte.as_deref() {
@@ -882,6 +936,8 @@ struct AnswerShape {
     stream: bool,
     /// `stream_options.include_usage`: a final usage chunk in the stream.
     include_usage: bool,
+    /// `n`: the choices a stream must finish.
+    choices: u32,
 }
 
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
@@ -996,9 +1052,23 @@ impl Context for Filter {
             Vec::new()
         });
         let takes_usage_chunk = self.takes_usage_chunk(&attempt, status);
+        // A stream given whole that ended short of its end (or with an error
+        // event) has reached no one yet: it fails over as its member's 502.
+        // (Else, when the pool does not fail over on 502, it is relayed with its end.)
+        let fails_over = rt.is_failure(attempt.picked.member, 502);
+        let (cut, tail) = match self.stream_wire(&attempt, status).filter(|_| attempt.adapter.is_none()) {
+            Some(wire) => {
+                let mut watch = StreamEnd::new(wire, self.shape.choices);
+                watch.feed(&body);
+                let tail = watch.end().filter(|_| attempt.native || self.door_answer.is_none());
+                (watch.failed() && fails_over, tail)
+            }
+            None => (false, None),
+        };
         let (content_type, body, verdict) = match attempt.adapter.as_mut() {
             Some(adapter) if translates_stream(adapter, status) => {
-                (adapter.content_type(), adapter.translate_stream(&body, true), status)
+                let body = adapter.translate_stream(&body, true);
+                (adapter.content_type(), body, if adapter.stream_failed() && fails_over { 502 } else { status })
             }
             Some(adapter) => {
                 let translated = adapter.translate_body(status, &body);
@@ -1013,6 +1083,11 @@ impl Context for Filter {
             }
             None => (header_value(&headers, "content-type").unwrap_or("application/json"), body, status),
         };
+        let verdict = if cut { 502 } else { verdict };
+        let body = match tail {
+            Some(tail) if !cut => [body, tail].concat(),
+            _ => body,
+        };
         let (verdict, content_type, body) = match self.door_answer.as_mut().filter(|_| !attempt.native) {
             Some(door) if door.is_stream() && verdict < 400 => (verdict, "text/event-stream", door.feed(&body, true)),
             Some(door) => {
@@ -1024,7 +1099,7 @@ impl Context for Filter {
         if verdict != status {
             rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
             log::warn!(
-                "switchboard[{}]: unreadable {status} answer from {}",
+                "switchboard[{}]: unreadable or incomplete {status} answer from {}",
                 self.request_id,
                 rt.member_id(attempt.picked.member)
             );
@@ -1034,6 +1109,7 @@ impl Context for Filter {
             return;
         }
         self.note_answer(&body);
+        self.note_response_id(&rt, attempt.picked.member, attempt.native, verdict);
         self.note_adapter_usage(attempt.adapter.as_ref());
         let content_type = content_type.to_string();
         let ours = self.result_headers(&rt, attempt.picked.member);
@@ -1099,6 +1175,9 @@ impl HttpContext for Filter {
         self.feedback = path.split('?').next().is_some_and(|p| p.trim_end_matches('/') == "/v1/feedback");
         if self.feedback && method != "POST" {
             return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/feedback", "POST"));
+        }
+        if let Some(action) = self.serve_followup(&rt, &path, &method) {
+            return action;
         }
         if let Some(id) = path.split('?').next().and_then(|p| p.strip_prefix("/v1/models/")).filter(|id| !id.is_empty())
         {
@@ -1236,6 +1315,7 @@ impl HttpContext for Filter {
         }
         self.settle_hedge(&rt, false);
         self.watch_resume(&rt, &attempt, status);
+        self.stream_end = self.stream_wire(&attempt, status).map(|wire| StreamEnd::new(wire, self.shape.choices));
         let adapter = attempt.adapter.as_ref();
         let door = self.door_answer.as_ref().filter(|_| !attempt.native);
         if adapter.is_none() && door.is_none() {
@@ -1286,6 +1366,7 @@ impl HttpContext for Filter {
             State::Relaying { attempt, .. }
                 if attempt.adapter.is_some()
                     || (self.door_answer.is_some() && !attempt.native)
+                    || self.stream_end.is_some()
                     || self.reads_usage() => {}
             State::Relaying { .. } if end_of_stream => {
                 if let (State::Relaying { attempt, status }, Some(rt)) =
@@ -1328,6 +1409,9 @@ impl HttpContext for Filter {
                     self.obs.first_event_ms = self.now_ms();
                 }
                 let mut translated = attempt.adapter.as_mut().map(|a| a.translate_stream(&chunk, end_of_stream));
+                if let Some(watch) = self.stream_end.as_mut() {
+                    watch.feed(translated.as_deref().unwrap_or(&chunk));
+                }
                 if let (None, Some(chunks)) = (&translated, self.usage_chunks.as_mut()) {
                     translated = chunks.feed(&chunk, end_of_stream);
                 }
@@ -1336,6 +1420,7 @@ impl HttpContext for Filter {
                     translated = Some(watched);
                 }
                 self.note_answer(translated.as_deref().unwrap_or(&chunk));
+                self.note_response_id(&rt, attempt.picked.member, attempt.native, status);
                 let broken = end_of_stream && self.resume_due();
                 if let Some(door) = self.door_answer.as_mut().filter(|_| !attempt.native) {
                     translated = Some(door.feed(translated.as_deref().unwrap_or(&chunk), end_of_stream && !broken));
@@ -1344,8 +1429,21 @@ impl HttpContext for Filter {
                     return self.continue_stream(&rt, attempt, body_size, translated.unwrap_or(chunk));
                 }
                 if end_of_stream {
+                    // A stream passed through that ended short of its API's end gets that end
+                    // (a door translating it ends it itself), after what a watch held back.
+                    let held = self.resume_held();
+                    let tail = self.stream_end.as_mut().and_then(StreamEnd::end);
+                    // (A translated stream's adapter always ends it.)
+                    let tail =
+                        tail.filter(|_| attempt.adapter.is_none() && (attempt.native || self.door_answer.is_none()));
+                    if !held.is_empty() || tail.is_some() {
+                        let mut out = translated.unwrap_or(chunk);
+                        out.extend_from_slice(&held);
+                        out.extend_from_slice(&tail.unwrap_or_default());
+                        translated = Some(out);
+                    }
                     self.note_adapter_usage(attempt.adapter.as_ref());
-                    self.finish_success(&rt, &attempt, status);
+                    self.stream_ended(&rt, &attempt, status);
                 } else {
                     self.state = State::Relaying { attempt, status };
                 }
@@ -1414,6 +1512,7 @@ impl HttpContext for Filter {
         self.end_unfinished_answer(&rt);
         // A relayed answer ended when its last byte was read: no clock needed.
         let ended_ms = if self.obs.ended_ms > 0 { self.obs.ended_ms } else { self.now_ms() };
+        self.count_relayed();
         self.report(&rt, ended_ms);
         self.release_tenant(&rt, ended_ms);
     }
@@ -1453,6 +1552,20 @@ impl Filter {
             .or_else(|| self.answer_tail.as_ref()?.usage())
     }
 
+    /// A stream whose answer reported no usage (the client left before its
+    /// end, or a server that sends none) is counted from what was relayed:
+    /// its output from the text, arguments and reasoning its events carried,
+    /// its prompt from the body (4 bytes a token both), not from the output
+    /// expected at admission.
+    fn count_relayed(&mut self) {
+        if self.answer_usage().is_some() {
+            return;
+        }
+        if let Some(watch) = &self.stream_end {
+            self.obs.estimate.1 = watch.output_tokens();
+        }
+    }
+
     /// The call-log line and the request-end stats.
     fn report(&self, rt: &Runtime, ended_ms: u64) {
         let end = observe::End {
@@ -1485,6 +1598,17 @@ impl Filter {
                     end.tokens =
                         Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
                 }
+                // A stream is charged what was relayed of it (`count_relayed`).
+                None if self.stream_end.is_some() => {
+                    let (prompt, completion) = self.obs.estimate;
+                    log::info!(
+                        "switchboard[{}]: no usage in the stream; tenant {} is charged {prompt} + {completion} tokens relayed",
+                        self.request_id,
+                        tenant.name,
+                    );
+                    end.tokens =
+                        Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
+                }
                 None => log::info!(
                     "switchboard[{}]: no usage in the answer; tenant {} keeps its estimate of {} tokens",
                     self.request_id,
@@ -1497,6 +1621,8 @@ impl Filter {
         let served = self.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
         if let (Some(served), Some(_)) = (served, &tenant.budget) {
             let member = rt.config.member(served.at());
+            // A stream without usage is charged what was relayed of it (`count_relayed`).
+            let usage = usage.or(self.stream_end.as_ref().map(|_| self.obs.estimate));
             end.spend_micro_usd = member.map_or(0, |m| tenant_store::spent_on(&admission.budget, m, usage));
         }
         if end != Settlement::default() {

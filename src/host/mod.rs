@@ -11,6 +11,7 @@ mod metrics;
 mod observe;
 mod parked;
 mod probes;
+mod response_store;
 mod root;
 mod runtime;
 mod shadow;

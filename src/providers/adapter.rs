@@ -92,6 +92,11 @@ pub(super) trait StreamState: Debug {
         self.emitter().usage
     }
 
+    /// Whether the stream ended with an error event (see `Emitter::failed`).
+    fn failed(&self) -> bool {
+        self.emitter().failed()
+    }
+
     /// Whether the stream failed before any event for the client.
     fn failed_before_output(&self) -> bool {
         self.emitter().failed_before_output()

@@ -64,6 +64,12 @@ impl Emitter {
         self.errored || self.done
     }
 
+    /// True once the stream ended with an error event (the provider's, an
+    /// unreadable event, or `incomplete_stream` for a stream cut short).
+    pub fn failed(&self) -> bool {
+        self.errored
+    }
+
     /// True when the stream failed before any chunk was written.
     pub fn failed_before_output(&self) -> bool {
         self.errored && self.started.is_empty()

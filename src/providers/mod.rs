@@ -67,6 +67,7 @@ mod upstream_error;
 pub use chat::stream_include_usage;
 pub use dispatch::{build_native, build_request, NativeApi};
 pub(crate) use emit::Emitter;
+pub use openai::responses_followup;
 pub(crate) use openai_out::Meta;
 pub use openai_out::Usage;
 pub use response::ResponseAdapter;

@@ -53,6 +53,18 @@ pub(super) fn responses(provider: &Provider, member: &Member, request: &ParsedRe
     }
 }
 
+/// A follow-up on a stored response (`rest`: the response id and what follows
+/// it in the client's path, query included), to the provider that holds it.
+/// No body: the client's, if any, passes as it is.
+pub fn responses_followup(provider: &Provider, rest: &str) -> UpstreamRequest {
+    let path = if provider.kind == ProviderKind::Azure {
+        format!("{}/openai/v1/responses/{rest}", provider.base_path)
+    } else {
+        format!("{}/responses/{rest}", provider.base_path)
+    };
+    UpstreamRequest { path, authority: provider.host.clone(), headers: auth(provider), body: Vec::new() }
+}
+
 fn auth(provider: &Provider) -> Vec<(&'static str, String)> {
     match &provider.credentials {
         Credentials::ApiKey(key) if provider.kind == ProviderKind::Azure => vec![("api-key", key.expose().to_string())],

@@ -116,6 +116,12 @@ impl ResponseAdapter {
         self.stream_state.as_ref().is_some_and(|s| s.failed_before_output())
     }
 
+    /// True when the translated stream ended with an error event: the
+    /// provider's, an unreadable event, or `incomplete_stream` (cut short).
+    pub fn stream_failed(&self) -> bool {
+        self.stream_state.as_ref().is_some_and(|s| s.failed())
+    }
+
     /// The next piece of a successful stream into OpenAI `chat.completion.chunk`
     /// SSE events. Events split across chunks are held until complete; the
     /// call with `end_of_stream` flushes and ends with `data: [DONE]`.

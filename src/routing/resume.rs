@@ -123,6 +123,12 @@ impl StreamWatch {
         self.usage.map(|u| (u.prompt, u.completion))
     }
 
+    /// What was held back of a stream that is not continued (not
+    /// `broken`: no text before the break).
+    pub fn take_cut(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.cut)
+    }
+
     /// The end of a stream that could not be continued: what was held back,
     /// or (for a stream that just stopped) an `incomplete_stream` error event.
     pub fn failed_end(&mut self) -> Vec<u8> {

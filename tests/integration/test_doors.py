@@ -473,3 +473,24 @@ def test_an_8_mb_image_request_is_served_on_every_door_and_on_failover(doors_moc
         assert head.startswith("HTTP/1.1 413") and "67108864 bytes" in head and "request_too_large" in head, head[:500]
     finally:
         g.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_door_names_the_model_that_served_the_answer(doors_gw, doors_mock, stream):
+    """One rule on every door, native or translated: `model` is the serving member's
+    model as its answer names it (the pool is in `x-switchboard-pool`)."""
+    served = {"only_anthropic": "claude-3-5-haiku", "only_openai": "gpt-4o", "only_azure": "prod-4o"}
+    for pool, model in served.items():
+        messages = [{"role": "user", "content": "hello"}]
+        if stream:
+            with claude(doors_gw).messages.stream(model=pool, max_tokens=50, messages=messages) as s:
+                msg = s.get_final_message()
+            with gpt(doors_gw).responses.stream(model=pool, input="hello") as s:
+                resp = s.get_final_response()
+            chunks = list(gpt(doors_gw).chat.completions.create(model=pool, messages=messages, stream=True))
+            chat_model = chunks[0].model
+        else:
+            msg = claude(doors_gw).messages.create(model=pool, max_tokens=50, messages=messages)
+            resp = gpt(doors_gw).responses.create(model=pool, input="hello")
+            chat_model = gpt(doors_gw).chat.completions.create(model=pool, messages=messages).model
+        assert (pool, msg.model, resp.model, chat_model) == (pool, model, model, model)

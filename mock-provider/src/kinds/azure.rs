@@ -16,6 +16,9 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
             method_not_allowed(ctx)
         };
     }
+    if let Some(rest) = path.strip_prefix("/openai/v1/responses/") {
+        return super::responses::followup(ctx, rest);
+    }
     let Some(rest) = path.strip_prefix("/openai/deployments/") else {
         return not_found(ctx);
     };

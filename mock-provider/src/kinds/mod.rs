@@ -130,6 +130,17 @@ fn stream_error_event(kind: Kind, sse: bool) -> Bytes {
     }
 }
 
+/// A Responses stream's failure, as OpenAI sends it: `error`, then
+/// `response.failed` (`sequence`: the next sequence number).
+fn responses_error_events(sequence: usize) -> Bytes {
+    let error = serde_json::json!({"type": "error", "code": "server_error",
+        "message": "mock fault: the model stopped", "param": null, "sequence_number": sequence});
+    let failed = serde_json::json!({"type": "response.failed", "sequence_number": sequence + 1, "response": {
+        "id": "resp_failed", "object": "response", "status": "failed", "output": [],
+        "error": {"code": "server_error", "message": "mock fault: the model stopped"}}});
+    Bytes::from(format!("event: error\ndata: {error}\n\nevent: response.failed\ndata: {failed}\n\n"))
+}
+
 /// Faults `stream_cut_after` / `stream_error_after`: the events up to the
 /// n-th content delta, then nothing or the kind's error event.
 fn broken_stream(mut events: Vec<Bytes>, sse: bool, opts: &StreamOpts) -> Vec<Bytes> {
@@ -145,9 +156,10 @@ fn broken_stream(mut events: Vec<Bytes>, sse: bool, opts: &StreamOpts) -> Vec<By
             false
         })
         .unwrap_or(events.len());
+    let responses = events.first().is_some_and(|e| e.starts_with(b"event: response."));
     events.truncate(keep);
     if opts.error_after.is_some() {
-        events.push(stream_error_event(opts.kind, sse));
+        events.push(if responses { responses_error_events(keep) } else { stream_error_event(opts.kind, sse) });
     }
     events
 }

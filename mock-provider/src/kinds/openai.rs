@@ -20,6 +20,9 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
     if path.ends_with("/completions") {
         return if post { completions(ctx, None) } else { method_not_allowed(ctx) };
     }
+    if let Some((_, rest)) = path.split_once("/responses/") {
+        return super::responses::followup(ctx, rest);
+    }
     if path.ends_with("/responses") {
         return if post { super::responses::handle(ctx, None) } else { method_not_allowed(ctx) };
     }

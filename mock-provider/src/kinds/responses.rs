@@ -95,7 +95,7 @@ pub fn handle(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
         Err(e) => return bad_request(ctx, &e),
     };
     let n = ctx.l.next_id();
-    let (id, item_id) = (format!("resp_mock{n}"), format!("item_mock{n}"));
+    let (id, item_id) = (format!("resp_mock{n}_{}", ctx.l.name), format!("item_mock{n}"));
     let reply = ctx.reply_text(&model);
     let (pieces, text) = stream_pieces(&reply, ctx.opts.chunks);
     let text = if stream { text } else { reply };
@@ -155,4 +155,35 @@ pub fn handle(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
     events.push(event("response.output_item.done", &mut seq, json!({"output_index": 0, "item": item})));
     events.push(event("response.completed", &mut seq, json!({"response": done})));
     stream_response("text/event-stream", events, &ctx.opts)
+}
+
+/// The follow-ups of a stored response (`rest`: what follows `.../responses/`):
+/// `GET {id}`, `DELETE {id}`, `POST {id}/cancel`, `GET {id}/input_items`.
+/// The mock keeps no state: any id is answered, as a completed response.
+pub fn followup(ctx: &Ctx, rest: &str) -> Response<MockBody> {
+    use hyper::Method;
+    let (id, op) = rest.split_once('/').unwrap_or((rest, ""));
+    if id.is_empty() {
+        return super::not_found(ctx);
+    }
+    let response = |status: &str| {
+        json!({
+            "id": id, "object": "response", "created_at": super::now_secs(), "status": status,
+            "model": "mock", "output": [], "error": null, "incomplete_details": null, "instructions": null,
+            "metadata": {}, "parallel_tool_calls": true, "temperature": null, "tool_choice": "auto",
+            "tools": [], "top_p": null, "usage": null,
+        })
+    };
+    let method = &ctx.parts.method;
+    let body = match (op, method) {
+        ("", &Method::GET) => response("completed"),
+        ("", &Method::DELETE) => json!({"id": id, "object": "response", "deleted": true}),
+        ("cancel", &Method::POST) => response("cancelled"),
+        ("input_items", &Method::GET) => {
+            json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false})
+        }
+        ("" | "cancel" | "input_items", _) => return super::method_not_allowed(ctx),
+        _ => return super::not_found(ctx),
+    };
+    super::json_value(hyper::StatusCode::OK, &body)
 }

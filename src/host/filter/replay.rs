@@ -178,6 +178,9 @@ impl Filter {
             self.finish(rt, &attempt, 502, None, now);
             return Err(self.fail_over(rt, now));
         }
+        if let Some(watch) = self.stream_end.as_mut() {
+            watch.feed(&out);
+        }
         if out.is_empty() && !end_of_stream {
             self.state = State::Priming { attempt, status, fed: body_size };
             return Err(Action::Pause);
@@ -193,7 +196,7 @@ impl Filter {
         }
         if end_of_stream {
             self.note_adapter_usage(attempt.adapter.as_ref());
-            self.finish_success(rt, &attempt, status);
+            self.stream_ended(rt, &attempt, status);
         } else {
             self.state = State::Relaying { attempt, status };
         }

@@ -174,6 +174,12 @@ impl Filter {
         tail
     }
 
+    /// What a watch that did not break held back (an error event before any
+    /// text): sent as it came.
+    pub(super) fn resume_held(&mut self) -> Vec<u8> {
+        self.resume.as_mut().map(|r| r.watch.take_cut()).unwrap_or_default()
+    }
+
     fn resume_failed_end(&mut self) -> Vec<u8> {
         self.resume.take().map(|mut r| r.watch.failed_end()).unwrap_or_default()
     }
