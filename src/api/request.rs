@@ -537,24 +537,25 @@ fn check_messages(messages: &RawValue) -> Result<(), ApiError> {
 
 /// Byte offset of the first `\uD800`-`\uDFFF` escape that is not half of a
 /// surrogate pair: JSON no provider can decode (serde_json reads past it when
-/// it only skips a value). Only strings hold escapes, so the text is searched
-/// for `\u` alone; a backslash after an odd run of backslashes is escaped itself.
+/// it only skips a value). Candidates are the `\u` pairs (memchr's substring
+/// search: prompts are full of other escapes, `\n` above all); one after an
+/// odd run of backslashes is an escaped `\` followed by a plain `u`.
 fn lone_surrogate(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let unit = |at: usize| -> Option<u16> {
         (bytes.get(at + 1) == Some(&b'u')).then_some(())?;
         u16::from_str_radix(std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?, 16).ok()
     };
-    let mut from = 0;
-    while let Some(found) = text.get(from..).and_then(|rest| rest.find("\\u")) {
-        let at = from + found;
-        from = at + 2;
-        let preceding = bytes.get(..at).map_or(0, |b| b.iter().rev().take_while(|&&c| c == b'\\').count());
-        if preceding % 2 == 1 {
+    // Linear: the runs before two candidates never overlap (each ends at its candidate).
+    let escaped =
+        |at: usize| bytes.get(..at).map_or(0, |b| b.iter().rev().take_while(|&&c| c == b'\\').count()) % 2 == 1;
+    let mut skip_to = 0;
+    for at in memchr::memmem::find_iter(bytes, b"\\u") {
+        if at < skip_to || escaped(at) {
             continue;
         }
         match unit(at) {
-            Some(0xD800..=0xDBFF) if matches!(unit(at + 6), Some(0xDC00..=0xDFFF)) => from = at + 12,
+            Some(0xD800..=0xDBFF) if matches!(unit(at + 6), Some(0xDC00..=0xDFFF)) => skip_to = at + 12,
             Some(0xD800..=0xDFFF) => return Some(at),
             _ => {}
         }
