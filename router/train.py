@@ -174,7 +174,7 @@ def quantiles_of(s):
     return [float(v) for v in q]
 
 
-def calibration(ex, labels, idx, bits, c, folds=5):
+def calibration(ex, labels, idx, bits, c, shrink=SHRINK, folds=5):
     """Out-of-fold scores and buckets: of the training prompts, and of their stems."""
     rng = np.random.RandomState(SEED)
     idx = np.asarray(idx)
@@ -182,7 +182,7 @@ def calibration(ex, labels, idx, bits, c, folds=5):
     oof = np.zeros(len(idx))
     stem_scores, stem_buckets = [], []
     for k in range(folds):
-        params = fit(ex, labels, idx[fold != k], bits, c)
+        params = fit(ex, labels, idx[fold != k], bits, c, shrink)
         oof[fold == k] = scores(params, ex, idx[fold == k])
         held = [ex[1][i] for i in idx[fold == k] if i in ex[1]]
         stem_scores.extend(scores_of(params, held))
@@ -191,11 +191,11 @@ def calibration(ex, labels, idx, bits, c, folds=5):
     return oof, buckets, np.array(stem_scores), np.array(stem_buckets, dtype=int)
 
 
-def train(ex, labels, idx, bits=TABLE_BITS, c=C, calibrate=True):
-    params = fit(ex, labels, idx, bits, c)
+def train(ex, labels, idx, bits=TABLE_BITS, c=C, calibrate=True, shrink=SHRINK):
+    params = fit(ex, labels, idx, bits, c, shrink)
     if not calibrate:
         return params
-    oof, buckets, stem_oof, stem_buckets = calibration(ex, labels, idx, bits, c)
+    oof, buckets, stem_oof, stem_buckets = calibration(ex, labels, idx, bits, c, shrink)
     # The strong share is promised for the training distribution: global quantiles come
     # from the prompts as given; per-bucket ones also use the stems, so buckets the
     # template never reaches (short, medium, long) get their own.
@@ -232,6 +232,7 @@ def main():
     ap.add_argument("--out", required=True, help="model file to write")
     ap.add_argument("--table-bits", type=int, default=TABLE_BITS)
     ap.add_argument("--c", type=float, default=C, help="inverse L2 strength of the n-gram residual")
+    ap.add_argument("--shrink", type=float, default=SHRINK, help="factor on the n-gram residual (0: prompt length only)")
     ap.add_argument(
         "--all", action="store_true", help="train on every prompt (default: leave the fixed 20%% held out for eval)"
     )
@@ -240,7 +241,7 @@ def main():
     rows = D.load(a.data)
     ex = featurize(rows.prompts, augment=not a.no_stems)
     idx = [i for i, p in enumerate(rows.prompts) if a.all or not D.is_held_out(p)]
-    params = train(ex, rows.label, idx, a.table_bits, a.c)
+    params = train(ex, rows.label, idx, a.table_bits, a.c, shrink=a.shrink)
     size = save(params, a.out)
     print(f"{a.out}: {size} bytes, trained on {len(idx)} of {len(rows.prompts)} prompts")
 
