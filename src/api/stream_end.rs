@@ -22,6 +22,7 @@
 use serde_json::{json, Value};
 
 use crate::api::error::{write_json, ErrorType};
+use crate::api::usage::last_number_after;
 
 /// The message every gateway-ended stream carries.
 pub const INCOMPLETE_MESSAGE: &str = "The provider's stream ended before the answer was complete.";
@@ -183,7 +184,7 @@ impl StreamEnd {
                 _ => {}
             },
             Wire::Responses => {
-                if let Some(n) = number_after(event, b"\"sequence_number\"") {
+                if let Some(n) = last_number_after(event, b"\"sequence_number\"") {
                     self.sequence = Some(n);
                 }
                 match event_name(event).as_deref() {
@@ -302,18 +303,6 @@ fn string_bytes_after(data: &[u8], key: &[u8]) -> usize {
         rest = value.get(len..).unwrap_or_default();
     }
     total
-}
-
-/// The number after the last `key` in `text` (`"key": 12`).
-fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = text.windows(key.len()).rposition(|w| w == key)?;
-    let rest = text.get(at + key.len()..)?;
-    let digits = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
-    let mut value: Option<u64> = None;
-    for b in digits.take_while(|b| b.is_ascii_digit()) {
-        value = Some(value.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
-    }
-    value
 }
 
 #[cfg(test)]

@@ -50,7 +50,8 @@ impl Tail {
     }
 }
 
-fn last_number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+/// The number after the last `key` in `text` (`"key": 12`).
+pub(crate) fn last_number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     // Every answer is read: compare whole keys only where their first byte is.
     let first = *key.first()?;
     let at = (0..=text.len().checked_sub(key.len())?)
