@@ -25,6 +25,11 @@ REPLY = "The quick brown fox jumps over the lazy dog today"
 # 5 deltas of 2 words each: a cut after 2 leaves the first 4 words with the client.
 CUT = {"reply": REPLY, "stream_chunks": 5, "stream_cut_after": 2}
 FIRST_WORDS = " ".join(REPLY.split()[:4])
+PROVIDERS = {
+    "oa": {"kind": "openai", "cluster": "oa", "host": "oa.example", "api_key_env": "OA_KEY"},
+    "az": {"kind": "azure", "cluster": "az", "host": "az.example", "api_key_env": "AZ_KEY"},
+    "an": {"kind": "anthropic", "cluster": "an", "host": "an.example", "api_key_env": "AN_KEY"},
+}
 MEMBERS = {"oa": "oa/gpt-4o", "az": "az/gpt-4o", "an": "an/claude-3-5-haiku"}
 
 
@@ -42,11 +47,7 @@ def mock():
 @pytest.fixture(scope="module")
 def gw(mock):
     config = {
-        "providers": {
-            "oa": {"kind": "openai", "cluster": "oa", "host": "oa.example", "api_key_env": "OA_KEY"},
-            "az": {"kind": "azure", "cluster": "az", "host": "az.example", "api_key_env": "AZ_KEY"},
-            "an": {"kind": "anthropic", "cluster": "an", "host": "an.example", "api_key_env": "AN_KEY"},
-        },
+        "providers": PROVIDERS,
         "defaults": {"health": {"consecutive_failures": 1000}},
         "pools": {
             "oa": {"members": [{"provider": "oa", "model": "gpt-4o"}]},
@@ -254,11 +255,7 @@ def test_a_cut_stream_answered_whole_by_a_failover_call_fails_over_instead_of_re
     HTTP call: a cut one has reached no one yet, so it is its member's 502 and the next
     member answers."""
     config = {
-        "providers": {
-            "oa": {"kind": "openai", "cluster": "oa", "host": "oa.example", "api_key_env": "OA_KEY"},
-            "az": {"kind": "azure", "cluster": "az", "host": "az.example", "api_key_env": "AZ_KEY"},
-            "an": {"kind": "anthropic", "cluster": "an", "host": "an.example", "api_key_env": "AN_KEY"},
-        },
+        "providers": PROVIDERS,
         "defaults": {"health": {"consecutive_failures": 1000}},
         "pools": {"three": {"max_response_tokens": 256, "strategy": "priority", "members": [
             {"provider": "an", "model": "claude-3-5-haiku", "priority": 0},
