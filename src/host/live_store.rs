@@ -1,8 +1,10 @@
 //! Live load and latency per member in shared data, so every worker sees
 //! them: requests in flight (`least_busy`) and the moving averages of
 //! `routing::stats` (`lowest_latency`). Only pools whose strategy reads them
-//! pay for the reads and writes.
+//! pay for the reads and writes. Also each member's last answer
+//! (`routing::silence`), published once a second by each worker that saw one.
 
+use crate::routing::silence::LastAnswer;
 use crate::routing::{LatencyKind, LatencyStats};
 
 use super::abi;
@@ -15,6 +17,10 @@ fn in_flight_key(member_id: &str) -> String {
 
 fn latency_key(member_id: &str) -> String {
     format!("switchboard.latency.{member_id}")
+}
+
+fn answer_key(member_id: &str) -> String {
+    format!("switchboard.answered.{member_id}")
 }
 
 fn update(key: &str, change: impl Fn(Option<&[u8]>) -> Vec<u8>) {
@@ -61,4 +67,17 @@ pub fn observe(member_id: &str, kind: LatencyKind, sample_ms: f64) {
         stats.record(kind, sample_ms);
         stats.encode().to_vec()
     });
+}
+
+/// The member's last successful answer any worker published.
+pub fn last_answer(member_id: &str) -> LastAnswer {
+    match abi::shared_get(&answer_key(member_id)) {
+        Ok((Some(bytes), _)) => LastAnswer::decode(&bytes),
+        _ => LastAnswer::default(),
+    }
+}
+
+/// Publishes a worker's last answer of the member unless another worker's is newer.
+pub fn publish_answer(member_id: &str, answer: LastAnswer) {
+    update(&answer_key(member_id), |b| b.map(LastAnswer::decode).unwrap_or_default().newer(answer).encode().to_vec());
 }

@@ -134,6 +134,7 @@ impl RootContext for Root {
         }
         self.last_slow_tick_ms = now;
         rt.flush_successes();
+        rt.publish_answers();
         rt.refresh_canaries();
         rt.metrics.flush();
         for (index, pool) in rt.config.pools.iter().enumerate() {

@@ -71,8 +71,9 @@ pub struct Runtime {
     /// Canaries rolled back (member ids), as this VM last saw shared data.
     rolled_back: RefCell<Vec<String>>,
     /// Per pool and member: its last successful answer on this VM, the
-    /// evidence that tells a hung member from a slow one (`routing::silence`).
-    last_answers: RefCell<Vec<Vec<LastAnswer>>>,
+    /// evidence that tells a hung member from a slow one (`routing::silence`),
+    /// and whether it is newer than what this VM last published to the others.
+    last_answers: RefCell<Vec<Vec<(LastAnswer, bool)>>>,
 }
 
 impl Runtime {
@@ -96,7 +97,7 @@ impl Runtime {
     }
 
     fn with_models(config: Config, learned_models: Vec<Option<Model>>) -> Runtime {
-        let last_answers = config.pools.iter().map(|p| vec![LastAnswer::default(); p.members.len()]).collect();
+        let last_answers = config.pools.iter().map(|p| vec![(LastAnswer::default(), false); p.members.len()]).collect();
         let tenant_listings =
             config.tenants.iter().flatten().map(|t| ModelListing::build_for(&config, &|name| t.allows(name))).collect();
         Runtime {
@@ -118,18 +119,37 @@ impl Runtime {
     /// A successful answer of `member` that ended at `now` after `took_ms`.
     pub fn note_answered(&self, member: MemberRef, now: u64, took_ms: u64) {
         if let Some(slot) = self.last_answers.borrow_mut().get_mut(member.pool).and_then(|p| p.get_mut(member.member)) {
-            *slot = LastAnswer { at_ms: now, took_ms };
+            *slot = (LastAnswer { at_ms: now, took_ms }, true);
         }
     }
 
     /// Whether a client that left after `waited_ms` without an answer from
     /// `member` counts as that member's failure: the pool's other members
-    /// have been answering much faster.
+    /// have been answering much faster, as this worker or any other saw it.
     pub fn abort_is_failure(&self, member: MemberRef, waited_ms: u64, now: u64) -> bool {
         let answers = self.last_answers.borrow();
-        let Some(pool) = answers.get(member.pool) else { return false };
-        let peers = pool.iter().enumerate().filter(|(i, _)| *i != member.member).map(|(_, a)| *a);
+        let (Some(local), Some(pool)) = (answers.get(member.pool), self.config.pool_at(member.pool)) else {
+            return false;
+        };
+        let peers = local
+            .iter()
+            .zip(&pool.members)
+            .enumerate()
+            .filter(|(i, _)| *i != member.member)
+            .map(|(_, ((seen, _), m))| seen.newer(live_store::last_answer(&m.id)));
         silence::abort_is_failure(waited_ms, now, peers)
+    }
+
+    /// Tick: the answers this VM saw since the last tick, for the other workers.
+    pub fn publish_answers(&self) {
+        let mut answers = self.last_answers.borrow_mut();
+        for (pool, local) in self.config.pools.iter().zip(answers.iter_mut()) {
+            for (member, (seen, unpublished)) in pool.members.iter().zip(local.iter_mut()) {
+                if std::mem::take(unpublished) {
+                    live_store::publish_answer(&member.id, *seen);
+                }
+            }
+        }
     }
 
     pub fn random(&self) -> u64 {

@@ -15,7 +15,8 @@ pub const MIN_SILENCE_MS: u64 = 1_000;
 /// How recent a peer's answer must be to vouch for the pool.
 pub const EVIDENCE_WINDOW_MS: u64 = 60_000;
 
-/// One member's last successful answer as this worker saw it.
+/// One member's last successful answer, as one worker saw it or as the
+/// workers published it to each other (once a second, on tick).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LastAnswer {
     /// When it ended (ms since the epoch); 0: none seen.
@@ -25,6 +26,29 @@ pub struct LastAnswer {
 }
 
 impl LastAnswer {
+    /// The newer of two observations of the same member.
+    pub fn newer(self, other: LastAnswer) -> LastAnswer {
+        if other.at_ms > self.at_ms { other } else { self }
+    }
+
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.at_ms.to_le_bytes());
+        out[8..].copy_from_slice(&self.took_ms.to_le_bytes());
+        out
+    }
+
+    /// A value that is not 16 bytes reads as no answer.
+    pub fn decode(bytes: &[u8]) -> LastAnswer {
+        let word = |range: std::ops::Range<usize>| {
+            bytes.get(range).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+        };
+        if bytes.len() != 16 {
+            return LastAnswer::default();
+        }
+        LastAnswer { at_ms: word(0..8), took_ms: word(8..16) }
+    }
+
     /// Whether this answer shows that a member silent for `waited_ms` until
     /// `now_ms` is slower than the pool can be: recent, and at most half that long.
     fn outpaces(&self, waited_ms: u64, now_ms: u64) -> bool {
@@ -58,6 +82,15 @@ mod tests {
     fn an_abort_counts_when_a_peer_answered_recently_and_much_faster() {
         assert!(abort_is_failure(4_000, NOW, [answer(2_000, 50)]));
         assert!(abort_is_failure(4_000, NOW, [LastAnswer::default(), answer(59_000, 2_000)]));
+    }
+
+    #[test]
+    fn answers_travel_between_workers_intact() {
+        let a = answer(1_500, 42);
+        assert_eq!(LastAnswer::decode(&a.encode()), a);
+        assert_eq!(LastAnswer::decode(b"short"), LastAnswer::default());
+        assert_eq!(a.newer(answer(10, 7)), answer(10, 7));
+        assert_eq!(a.newer(LastAnswer::default()), a);
     }
 
     #[test]
