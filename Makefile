@@ -13,8 +13,6 @@ WASM_OPT := $(TOOLS)/binaryen-$(BINARYEN_VERSION)/node_modules/.bin/wasm-opt
 # The features rustc emits for wasm32-wasip1: wasm-opt validates the module against them.
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
-# wasm-bindgen-test-runner must match the wasm-bindgen version in Cargo.lock.
-WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 
 # The learned router's training data and model (see docs/learned-router.md).
 DATA        ?= ../shared/data/routellm-mmlu
@@ -33,7 +31,7 @@ help:
 	@echo "make eval-router DATA=dir-or.csv [REPORT=file.md]        - print its quality table"
 
 toolchain:
-	@command -v rustup >/dev/null && rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null 2>&1 || \
+	@command -v rustup >/dev/null && rustup target add wasm32-wasip1 >/dev/null 2>&1 || \
 		rustup target list --installed | grep -q wasm32-wasip1
 
 $(VENV)/.stamp: requirements-dev.txt
@@ -68,14 +66,11 @@ run: setup build
 unit:
 	cargo test --workspace
 
-$(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION):
-	cargo install wasm-bindgen-cli --version $(WBG_VERSION) --root $(TOOLS)
-	cp $(TOOLS)/bin/wasm-bindgen-test-runner $@
-
-# The pure logic's tests compiled to wasm32 and run under Node (V8, Envoy's engine).
-wasm-test: toolchain $(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION)
-	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION) \
-		cargo test -p switchboard -p switchboard-learned --lib --no-default-features --target wasm32-unknown-unknown
+# The pure logic's tests compiled to wasm32-wasip1 and run under Node's WASI
+# (V8, Envoy's engine); a failing test aborts the run (panic=abort) and fails it.
+wasm-test: toolchain
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/tools/wasi-run.mjs" \
+		cargo test -p switchboard -p switchboard-learned --lib --no-default-features --target wasm32-wasip1
 
 # tools/layers.py: no import circle, no import from a lower layer to a higher one
 # (the layers are listed in docs/architecture.md).

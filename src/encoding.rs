@@ -69,8 +69,6 @@ pub fn random_hex<const N: usize>() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

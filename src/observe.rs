@@ -249,8 +249,6 @@ impl CallRecord<'_> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use serde_json::{json, Value};

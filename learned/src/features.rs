@@ -359,8 +359,6 @@ pub fn bucket_of(text: &str) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -18,8 +18,6 @@ pub use model::{Decision, Model, ModelError};
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -306,8 +306,6 @@ fn share_in(q: &[f32], t: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -330,8 +330,6 @@ pub(crate) fn assert_openai_error(body: &[u8]) -> serde_json::Map<String, serde_
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -57,8 +57,6 @@ pub fn relayed_response_header(name: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

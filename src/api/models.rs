@@ -176,8 +176,6 @@ fn merge_lists(lists: &[&[u8]]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::config::tests::{sample_config, ENV};

@@ -111,8 +111,6 @@ pub fn response_id_in(head: &[u8]) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -307,8 +307,6 @@ fn string_bytes_after(data: &[u8], key: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

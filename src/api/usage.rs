@@ -155,8 +155,6 @@ fn has_empty_choices(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

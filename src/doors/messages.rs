@@ -621,8 +621,6 @@ impl DoorStream for MessagesStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn chat(body: Value) -> Value {
         serde_json::from_slice(&to_chat(&to_bytes(&body)).unwrap()).unwrap()

@@ -601,8 +601,6 @@ pub(crate) fn push_sse(out: &mut Vec<u8>, name: &str, data: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn bad_token_limits_are_a_400_naming_the_field_in_each_door() {

@@ -582,8 +582,6 @@ mod tests {
     use super::*;
     use crate::api::Endpoint;
     use serde_json::json;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     pub(crate) fn chat(body: &Value) -> Result<Chat, ApiError> {
         let text = body.to_string();

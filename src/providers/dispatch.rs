@@ -104,8 +104,6 @@ pub fn build_request(
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::providers::test_support::{member, provider};

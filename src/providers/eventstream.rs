@@ -178,8 +178,6 @@ pub(super) fn event(kind: &str, payload: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

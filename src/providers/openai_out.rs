@@ -161,8 +161,6 @@ pub(super) fn to_vec(v: &Value) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -133,8 +133,6 @@ impl ResponseAdapter {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use serde_json::Value;
 

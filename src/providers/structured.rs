@@ -66,8 +66,6 @@ fn inline(v: &Value, root: &Value, depth: usize) -> Value {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use serde_json::json;
 

@@ -72,8 +72,6 @@ pub(super) fn parse_answer(provider: &str, body: &[u8]) -> Result<Value, Vec<u8>
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::api::error::assert_openai_error;

@@ -117,8 +117,6 @@ pub fn should_roll_back(policy: &CanaryPolicy, (canary, others): (Tally, Tally))
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -203,8 +203,6 @@ fn describe(c: Capability) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::api::Endpoint;

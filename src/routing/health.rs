@@ -289,8 +289,6 @@ fn http_date_ms(value: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -73,8 +73,6 @@ pub fn token_in_path(path: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

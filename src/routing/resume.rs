@@ -255,8 +255,6 @@ pub fn new_text<'a>(before: &str, next: &'a str) -> &'a str {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::providers::test_support::events;

@@ -67,8 +67,6 @@ pub fn abort_is_failure(waited_ms: u64, now_ms: u64, peers: impl IntoIterator<It
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

@@ -75,8 +75,6 @@ pub fn latency_sample(stream: bool, first_byte_ms: u64, total_ms: u64, output_to
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

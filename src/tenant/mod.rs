@@ -116,8 +116,6 @@ pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 
