@@ -8,28 +8,23 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
-ROOT=$(cd .. && pwd)
-TOOLS="$ROOT/.tools"
-CARGO_FUZZ_VERSION=${CARGO_FUZZ_VERSION:-0.13.2}
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
-export PATH="$TOOLS/bin:$PATH"
-# cargo-fuzz passes -Z flags (sanitizer, coverage); only a stable toolchain is assumed.
+# The flags `cargo fuzz build` (cargo-fuzz 0.13) passes, so a fresh machine needs
+# no cargo-fuzz install; RUSTC_BOOTSTRAP: only a stable toolchain is assumed.
 export RUSTC_BOOTSTRAP=1
-
-if ! command -v cargo-fuzz >/dev/null 2>&1; then
-    echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS"
-    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS"
-fi
+export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
+-Cllvm-args=-simplifycfg-branch-fold-threshold=0 --cfg fuzzing -Zsanitizer=address \
+-Cdebug-assertions -Coverflow-checks"
 
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
-    mapfile -t targets < <(cargo fuzz list)
+    mapfile -t targets < <(awk '/^\[\[bin\]\]/ {bin=1} bin && /^name = / {gsub(/"/, "", $3); print $3; bin=0}' Cargo.toml)
 fi
 
-cargo fuzz build
-# Run the built binaries directly: `cargo fuzz run` would rebuild mid-smoke when
-# the sources change under it.
+cargo build --release --target x86_64-unknown-linux-gnu --bins
 BIN=target/x86_64-unknown-linux-gnu/release
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
 
@@ -48,7 +43,7 @@ for t in "${targets[@]}"; do
     else
         echo "fuzz: $t FAILED (log: fuzz/$log):"
         grep -E 'panicked|ERROR: libFuzzer|SUMMARY|Test unit written' "$log" | head -20 | sed 's/^/    /'
-        echo "    reproduce: RUSTC_BOOTSTRAP=1 .tools/bin/cargo-fuzz run --fuzz-dir fuzz $t fuzz/artifacts/$t/<crash-file>"
+        echo "    reproduce: fuzz/target/x86_64-unknown-linux-gnu/release/$t fuzz/artifacts/$t/<crash-file>"
         failed+=("$t")
     fi
 done
