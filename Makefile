@@ -80,8 +80,10 @@ lint:
 	cargo clippy -p switchboard --features cli --bin switchboard -- -D warnings
 	cargo clippy -p switchboard -p switchboard-learned --release --target wasm32-wasip1 -- -D warnings
 
+# Two test processes, one file each at a time: most tests wait on the clock
+# (cooldowns, timeouts, slow members), so this halves the wall time on two cores.
 integration: setup build
-	$(VENV)/bin/pytest -q tests/integration tests/unit_doors
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/integration tests/unit_doors
 
 fuzz-smoke:
 	@if [ -x fuzz/smoke.sh ]; then fuzz/smoke.sh; else echo "fuzz: no targets yet"; fi

@@ -32,10 +32,28 @@ def envoy_binary():
     raise RuntimeError("no Envoy binary: run `make setup` or set ENVOY_BIN")
 
 
+# Ports for the servers tests start: below the kernel's ephemeral range, so no
+# client connection can take one between this check and the server's bind, and a
+# range of their own per pytest-xdist worker, so two test processes never collide.
+PORTS_PER_PROCESS = 1500
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_next_port = [0]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, from this process's range (round robin, so ports of
+    stopped servers come back only after all the others)."""
+    first = 20000 + PORTS_PER_PROCESS * _WORKER
+    for _ in range(PORTS_PER_PROCESS):
+        port = first + _next_port[0]
+        _next_port[0] = (_next_port[0] + 1) % PORTS_PER_PROCESS
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left in this test process's range")
 
 
 def closed_port():
