@@ -23,6 +23,7 @@ ROUTER_VENV := .venv-router
 ROUTER_PY   := $(ROUTER_VENV)/bin/python
 
 .PHONY: help setup toolchain wasm build run test unit wasm-test lint integration fuzz-smoke bench clean \
+	prometheus test-observability \
 	train-router eval-router router-fixture router-parity
 
 help:
@@ -85,8 +86,16 @@ lint:
 	cargo clippy -p switchboard --features cli --bin switchboard -- -D warnings
 	cargo clippy -p switchboard -p switchboard-learned --release --target wasm32-wasip1 -- -D warnings
 
-integration: setup build
+integration: setup build prometheus
 	$(VENV)/bin/pytest -q tests/integration tests/unit_doors
+
+# Debian's Prometheus, for the test that evaluates the dashboard and alert rules against a real Envoy.
+prometheus:
+	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y prometheus)
+
+# That test alone (make integration runs it too).
+test-observability: setup build prometheus
+	$(VENV)/bin/pytest -q tests/integration/test_prometheus.py
 
 fuzz-smoke:
 	@if [ -x fuzz/smoke.sh ]; then fuzz/smoke.sh; else echo "fuzz: no targets yet"; fi
