@@ -77,7 +77,7 @@ def test_fast_member_is_not_hedged(make_gateway, mock):
         r, s = timed_post(gw, chat("gpt4o_16k"))
         assert r.status_code == 200 and r.headers["x-switchboard-member"] == "alpha/gpt-4o"
     assert mock.count("beta") == 0
-    assert pool_stat(gw.stats(), "hedged") == 0
+    assert pool_count(gw.stats(), "hedged") == 0
 
 
 def test_routed_answer_first_wins_and_the_late_hedge_is_dropped(make_gateway, mock):

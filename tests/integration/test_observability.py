@@ -177,13 +177,18 @@ def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
     sent["stream"] = stream(gw, chat("only_gemini", content=secret_text, stream=True))
     sent["unauthenticated"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("only_openai"),
                                          headers={"authorization": "Bearer sk-wrong"}, timeout=10)
+    # Over 64 KiB: refused at its headers, the body never read.
+    sent["unauthenticated_large"] = httpx.post(gw.base + "/v1/chat/completions",
+                                               json=chat("only_openai", content="x" * 70_000),
+                                               headers={"authorization": "Bearer sk-wrong"}, timeout=10)
     sent["unknown_model"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("no_such_pool"),
                                        headers=auth(), timeout=10)
     obs_mock.faults("openai", status=503)
     sent["failover"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("failover", content=secret_text),
                                   headers=auth(), timeout=10)
     statuses = {k: r.status_code for k, r in sent.items()}
-    assert statuses == {"plain": 200, "stream": 200, "unauthenticated": 401, "unknown_model": 404, "failover": 200}
+    assert statuses == {"plain": 200, "stream": 200, "unauthenticated": 401, "unauthenticated_large": 401,
+                        "unknown_model": 404, "failover": 200}
     lines = lines_for(gw, [request_id(r) for r in sent.values()])
     got = {k: lines[request_id(r)] for k, r in sent.items()}
 
@@ -200,8 +205,10 @@ def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
         line = got[refused]
         assert line["status"] == status and line["attempts"] == [] and line["prompt_tokens"] is None
         assert line["error"] == code, line
-    # An unauthenticated request is refused at its headers, its body never read: no model.
-    assert got["unauthenticated"]["model"] is None and got["unknown_model"]["model"] == "no_such_pool"
+    # An unauthenticated request names the model it asked for, unless its body is over 64 KiB
+    # (refused at its headers then, the body never read).
+    assert got["unauthenticated"]["model"] == "only_openai" and got["unknown_model"]["model"] == "no_such_pool"
+    assert got["unauthenticated_large"]["model"] is None and got["unauthenticated_large"]["error"] == "invalid_api_key"
     for line in got.values():
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["end"])
         assert line["end"] >= line["time"]
