@@ -380,9 +380,6 @@ mod tests {
             "gen_ai.server.request.duration_milliseconds;gen_ai.operation.name=chat;pool=-;member=-;tenant=-"
         );
         // Only what would end a label or break Prometheus's text format is replaced.
-        assert_eq!(
-            labelled("x", &[("pool", "a;b\"c\\d\ne:f@g h.i")]),
-            "x;pool=a_b_c_d_e:f@g h.i"
-        );
+        assert_eq!(labelled("x", &[("pool", "a;b\"c\\d\ne:f@g h.i")]), "x;pool=a_b_c_d_e:f@g h.i");
     }
 }

@@ -195,7 +195,9 @@ impl Metrics {
                 let p = [("pool", pool.name.as_str())];
                 let counter = |name: &str| counter(labelled(&format!("switchboard.pool.{name}"), &p));
                 let shadow = |name: &str, kind: u32| {
-                    pool.shadow.as_ref().and_then(|_| define(kind, &labelled(&format!("switchboard.pool.shadow_{name}"), &p)))
+                    pool.shadow
+                        .as_ref()
+                        .and_then(|_| define(kind, &labelled(&format!("switchboard.pool.shadow_{name}"), &p)))
                 };
                 PoolMetrics {
                     shadow_requests: shadow("requests", abi::METRIC_COUNTER),
@@ -456,6 +458,9 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ErrorCode::ALL.len());
-        assert!(names.iter().all(|n| labelled("x", &[("code", n)]) == format!("x;code={n}")), "codes are labels as they are");
+        assert!(
+            names.iter().all(|n| labelled("x", &[("code", n)]) == format!("x;code={n}")),
+            "codes are labels as they are"
+        );
     }
 }
