@@ -21,6 +21,7 @@ ROUTER_VENV := .venv-router
 ROUTER_PY   := $(ROUTER_VENV)/bin/python
 
 .PHONY: help setup toolchain wasm build run test unit wasm-test lint integration fuzz-smoke bench clean \
+	prometheus test-observability \
 	train-router eval-router router-fixture router-parity
 
 help:
@@ -82,8 +83,16 @@ lint:
 
 # Two test processes, one file each at a time: most tests wait on the clock
 # (cooldowns, timeouts, slow members), so this halves the wall time on two cores.
-integration: setup build
+integration: setup build prometheus
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/integration tests/unit_doors
+
+# Debian's Prometheus, for the test that evaluates the dashboard and alert rules against a real Envoy.
+prometheus:
+	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y prometheus)
+
+# That test alone (make integration runs it too).
+test-observability: setup build prometheus
+	$(VENV)/bin/pytest -q tests/integration/test_prometheus.py
 
 fuzz-smoke:
 	@if [ -x fuzz/smoke.sh ]; then fuzz/smoke.sh; else echo "fuzz: no targets yet"; fi

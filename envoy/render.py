@@ -157,25 +157,34 @@ def secret_env_keys(plugin_config):
     return keys
 
 
-# Request-end stats: `<family>.<pool>.<member>.<tenant>[.<token type or outcome>]` (src/observe.rs).
+# The filter's stats carry their labels after the name as `;<tag>=<value>` (src/observe.rs
+# `push_label`), e.g. `switchboard.requests;gen_ai.operation.name=chat;pool=gpt-4.1;
+# member=openai/gpt-4.1;tenant=team-a;outcome=ok`: a value keeps its dots (it has no `;`), so
+# labels read exactly as configured. Each extractor finds `;<tag>=` in a `wasmcustom.` stat,
+# its first group is cut from the name, its second is the tag's value.
+LABEL_TAGS = ("pool", "member", "tenant", "outcome", "code", "gen_ai.operation.name", "gen_ai.token.type",
+              "error.type")
+# Request-end stats (src/observe.rs), which also get the GenAI attributes below.
 REQUEST_STATS = (r"gen_ai\.client\.token\.usage|gen_ai\.server\.request\.duration_milliseconds"
                  r"|gen_ai\.server\.time_to_first_token_milliseconds"
                  r"|switchboard\.requests|switchboard\.cost_micro_usd|switchboard\.usage_estimated")
 
-# Envoy tag extraction: the first group is cut from the stat name, the second is the tag value.
+
+def label_tag(tag_name, label, value=r"[^;]*", stats=r"[^;]*"):
+    """The extractor of `tag_name` from the label `;<label>=...` (`value`: the part of it that
+    is the tag's value, as a group) of the stats whose name matches `stats`."""
+    if "(" not in value:
+        value = f"({value})"
+    return {"tag_name": tag_name, "regex": rf"^wasmcustom\.(?:{stats})(?:;[^;]*)*?(;{re.escape(label)}={value})"}
+
+
 # One extractor per tag name (Envoy skips, with a warning, a second one of the same name).
-STATS_TAGS = [
-    {"tag_name": "pool", "regex": rf"^wasmcustom\.(?:switchboard\.(?:pool|member)|{REQUEST_STATS})(\.([^.]+))"},
-    {"tag_name": "member", "regex": rf"^wasmcustom\.(?:switchboard\.member|{REQUEST_STATS})\.[^.]+(\.([^.]+))"},
-    {"tag_name": "tenant", "regex": rf"^wasmcustom\.(?:switchboard\.tenant|(?:{REQUEST_STATS})\.[^.]+\.[^.]+)(\.([^.]+))"},
-    # The GenAI semantic conventions' attributes, from the same segments: the pool is the model the
+STATS_TAGS = [label_tag(t, t) for t in LABEL_TAGS] + [
+    # The GenAI semantic conventions' attributes, from the same labels: the pool is the model the
     # client asked for (a configured name: never a client's free text), the member is provider/model.
-    {"tag_name": "gen_ai.request.model", "regex": rf"^wasmcustom\.(?:{REQUEST_STATS})(\.([^.]+))"},
-    {"tag_name": "gen_ai.provider.name", "regex": rf"^wasmcustom\.(?:{REQUEST_STATS})\.[^.]+(\.([^./]+)/[^.]+)"},
-    {"tag_name": "gen_ai.response.model", "regex": rf"^wasmcustom\.(?:{REQUEST_STATS})\.[^.]+(\.[^./]+/([^.]+))"},
-    {"tag_name": "gen_ai.token.type", "regex": r"^wasmcustom\.gen_ai\.client\.token\.usage(?:\.[^.]+){3}(\.([^.]+))$"},
-    {"tag_name": "outcome", "regex": r"^wasmcustom\.switchboard\.requests(?:\.[^.]+){3}(\.([^.]+))$"},
-    {"tag_name": "code", "regex": r"^wasmcustom\.switchboard\.local_errors(\.([^.]+))$"},
+    label_tag("gen_ai.request.model", "pool", stats=REQUEST_STATS),
+    label_tag("gen_ai.provider.name", "member", r"([^;/]*)/[^;]*", stats=REQUEST_STATS),
+    label_tag("gen_ai.response.model", "member", r"[^;/]*/([^;]*)", stats=REQUEST_STATS),
 ]
 
 # Buckets of the filter's latency histograms (recorded in ms): 10 ms to 10 min, for LLM
@@ -183,7 +192,7 @@ STATS_TAGS = [
 # buckets stop at 1 h in coarse steps and start at 0.5 ms).
 LATENCY_BUCKETS_MS = [10, 25, 50, 100, 250, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000,
                       15000, 20000, 30000, 45000, 60000, 90000, 120000, 180000, 300000, 600000]
-HISTOGRAM_BUCKETS = [{"match": {"safe_regex": {"regex": r"^wasmcustom\.(?:gen_ai\.server\.|switchboard\.pool\.[^.]+\.shadow_latency_ms).*"}},
+HISTOGRAM_BUCKETS = [{"match": {"safe_regex": {"regex": r"^wasmcustom\.(?:gen_ai\.server\.|switchboard\.pool\.shadow_latency_ms;).*"}},
                       "buckets": LATENCY_BUCKETS_MS}]
 
 # The call log: one JSON line per client request, written by the filter as

@@ -11,9 +11,10 @@ use crate::tenant::limits::civil;
 /// configured, refused before a pool or member was chosen).
 pub const NO_LABEL: &str = "-";
 
-/// Request-end stat families. Each name is followed by `.<pool>.<member>.<tenant>`
-/// and, for the first two, one more segment; `envoy/render.py`'s `stats_tags`
-/// turn the segments into tags (`pool`, `member`, `tenant`, `gen_ai.token.type`, `status`).
+/// Request-end stat families. Each name is followed by its labels
+/// (`;gen_ai.operation.name=chat;pool=<pool>;member=<member>;tenant=<tenant>` and,
+/// for some, one more: `gen_ai.token.type`, `outcome`, `error.type`), which
+/// `envoy/render.py`'s `stats_tags` turn into tags.
 pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
 pub const REQUESTS: &str = "switchboard.requests";
 pub const REQUEST_DURATION: &str = "gen_ai.server.request.duration_milliseconds";
@@ -24,7 +25,7 @@ pub const USAGE_ESTIMATED: &str = "switchboard.usage_estimated";
 /// What a client request came to, as the request counter's `outcome` label:
 /// a closed set, so every series exists (at 0) from configuration load and the
 /// first request of each kind is counted by `rate()`/`increase()`. The exact
-/// status and error code are in the call log and `switchboard.local_errors.<code>`.
+/// status and error code are in the call log and `switchboard.local_errors;code=<code>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// 1xx-3xx.
@@ -83,18 +84,37 @@ impl Outcome {
     }
 }
 
-/// Stat-name-safe form of a pool, member or tenant name (dots separate stat segments).
-pub fn stat_segment(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/') { c } else { '_' }).collect()
+/// Appends a label to a stat name as `;<key>=<value>`, the form `envoy/render.py`'s
+/// `stats_tags` extract: a value keeps its dots and every other character but
+/// `;` (the label separator), `"`, `\\` and control characters, which read `_`.
+pub fn push_label(name: &mut String, key: &str, value: &str) {
+    name.push(';');
+    name.push_str(key);
+    name.push('=');
+    name.extend(value.chars().map(|c| if c == ';' || c == '"' || c == '\\' || c.is_control() { '_' } else { c }));
 }
 
-/// `<family>.<pool>.<member>.<tenant>[.<last>]`, each label made stat-safe.
-pub fn request_stat(family: &str, pool: &str, member: &str, tenant: &str, last: Option<&str>) -> String {
-    let mut name = String::with_capacity(family.len() + pool.len() + member.len() + tenant.len() + 12);
-    name.push_str(family);
-    for label in [Some(pool), Some(member), Some(tenant), last].into_iter().flatten() {
-        name.push('.');
-        name.push_str(&stat_segment(label));
+/// `name` followed by its labels (see `push_label`).
+pub fn labelled(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(name.len() + labels.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>());
+    out.push_str(name);
+    for (key, value) in labels {
+        push_label(&mut out, key, value);
+    }
+    out
+}
+
+/// The GenAI operation of every request-end stat: each door (chat completions,
+/// Responses, Anthropic Messages) is the spec's `chat` operation.
+pub const OPERATION: &str = "chat";
+
+/// A request-end stat's name: `<family>` with the operation, pool, member and
+/// tenant labels, and `last` (another label) when the family has one.
+pub fn request_stat(family: &str, pool: &str, member: &str, tenant: &str, last: Option<(&str, &str)>) -> String {
+    let labels = [("gen_ai.operation.name", OPERATION), ("pool", pool), ("member", member), ("tenant", tenant)];
+    let mut name = labelled(family, &labels);
+    if let Some((key, value)) = last {
+        push_label(&mut name, key, value);
     }
     name
 }
@@ -348,14 +368,16 @@ mod tests {
     }
 
     #[test]
-    fn request_stats_put_each_label_in_its_own_segment() {
+    fn request_stats_carry_labels_as_configured_dots_included() {
         assert_eq!(
-            request_stat(TOKEN_USAGE, "gpt4o_16k", "alpha/gpt-4.1", "team.a", Some("input")),
-            "gen_ai.client.token.usage.gpt4o_16k.alpha/gpt-4_1.team_a.input"
+            request_stat(TOKEN_USAGE, "gpt-4.1", "alpha/gpt-4.1", "team.a", Some(("gen_ai.token.type", "input"))),
+            "gen_ai.client.token.usage;gen_ai.operation.name=chat;pool=gpt-4.1;member=alpha/gpt-4.1;tenant=team.a;gen_ai.token.type=input"
         );
         assert_eq!(
             request_stat(REQUEST_DURATION, NO_LABEL, NO_LABEL, NO_LABEL, None),
-            "gen_ai.server.request.duration_milliseconds.-.-.-"
+            "gen_ai.server.request.duration_milliseconds;gen_ai.operation.name=chat;pool=-;member=-;tenant=-"
         );
+        // Only what would end a label or break Prometheus's text format is replaced.
+        assert_eq!(labelled("x", &[("pool", "a;b\"c\\d\ne:f@g h.i")]), "x;pool=a_b_c_d_e:f@g h.i");
     }
 }

@@ -42,7 +42,7 @@ impl ErrorType {
 }
 
 /// Every OpenAI `code` the gateway answers with itself: a closed set, so
-/// that each has a counter from configuration load (`switchboard.local_errors.<code>`)
+/// that each has a counter from configuration load (`switchboard.local_errors;code=<code>`)
 /// and the call log names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {

@@ -154,6 +154,14 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
+/// The string `model` of a JSON object body, if it has one: what a request
+/// refused before its body was parsed asked for (the call log's `model`).
+pub fn model_of(body: &[u8]) -> Option<String> {
+    let TopLevel(fields) = serde_json::from_slice(body).ok()?;
+    let (_, value) = fields.iter().find(|(key, _)| key == "model")?;
+    serde_json::from_str(value.get()).ok()
+}
+
 impl<'de> Deserialize<'de> for TopLevel<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ObjectVisitor;
@@ -777,6 +785,14 @@ mod tests {
 
     fn parse(body: &str) -> Result<ParsedRequest<'_>, ApiError> {
         ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions)
+    }
+
+    #[test]
+    fn model_of_reads_only_a_string_model_of_an_object() {
+        assert_eq!(model_of(br#"{"messages": [], "model": "gpt-4.1"}"#).as_deref(), Some("gpt-4.1"));
+        assert_eq!(model_of(br#"{"model": 4}"#), None);
+        assert_eq!(model_of(br#"{"model": "#), None);
+        assert_eq!(model_of(br#"["model"]"#), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use proxy_wasm::types::Action;
 
 use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::models::ModelListing;
-use crate::api::request::ParsedRequest;
+use crate::api::request::{model_of, ParsedRequest};
 use crate::api::stream_end::{StreamEnd, Wire};
 use crate::api::usage::{self, UsageChunkFilter};
 use crate::api::{ApiError, Endpoint, ErrorCode};
@@ -54,6 +54,10 @@ const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
 /// Names the authenticated tenant on the request, for Envoy filters after this one.
 const TENANT_HEADER: &str = "x-switchboard-tenant";
+/// With the call log on, an unauthenticated request whose body declares at most
+/// this size is refused once its body is in, so that the line names the model it
+/// asked for; a larger or undeclared body is refused at its headers, unread.
+const REFUSED_BODY_PEEK_BYTES: usize = 64 * 1024;
 
 /// One upstream attempt in flight.
 struct Attempt {
@@ -147,6 +151,8 @@ pub struct Filter {
     obs: Observed,
     /// The token of the routed attempt, when it can fail over by internal redirect.
     try_token: Option<String>,
+    /// A refusal at the headers that waits for a small body (see `REFUSED_BODY_PEEK_BYTES`).
+    refused: Option<ApiError>,
 }
 
 /// A tenant's admission: released and corrected when the request ends.
@@ -191,7 +197,21 @@ impl Filter {
             learned: None,
             feedback: false,
             try_token: None,
+            refused: None,
         }
+    }
+
+    /// A request refused at its headers whose body was awaited: answered once the
+    /// body is in (the call log names its model), or at once if it grows too large.
+    fn refuse_after_body(&mut self, refusal: ApiError, body_size: usize, end_of_stream: bool) -> Action {
+        if body_size <= REFUSED_BODY_PEEK_BYTES {
+            if !end_of_stream {
+                self.refused = Some(refusal);
+                return Action::Pause;
+            }
+            self.obs.model = abi::buffer(abi::BUFFER_REQUEST_BODY, 0, body_size).ok().and_then(|b| model_of(&b));
+        }
+        self.answer_error(&refusal)
     }
 
     /// Called once, right after creation, with the `Rc` the filter lives in.
@@ -1164,6 +1184,10 @@ impl HttpContext for Filter {
             let key = presented_key(|name| header_value(&raw, name));
             match authenticate(tenants, key) {
                 Ok(index) => self.tenant = Some(Admission { index, ..Admission::default() }),
+                Err(e) if rt.config.call_log && !end_of_stream && small_body(&raw) => {
+                    self.refused = Some(e);
+                    return Action::Pause;
+                }
                 Err(e) => return self.answer_error(&e),
             }
         }
@@ -1231,6 +1255,9 @@ impl HttpContext for Filter {
             State::Answered => return Action::Pause,
             _ => return Action::Continue,
         }
+        if let Some(refusal) = self.refused.take() {
+            return self.refuse_after_body(refusal, body_size, end_of_stream);
+        }
         let Some(rt) = self.rt.clone() else { return Action::Pause };
         if body_size > rt.config.max_body_bytes {
             return self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes));
@@ -1258,6 +1285,10 @@ impl HttpContext for Filter {
             }
             State::Answered => return Action::Pause,
             _ => return Action::Continue,
+        }
+        if let Some(refusal) = self.refused.take() {
+            let size = abi::buffer(abi::BUFFER_REQUEST_BODY, 0, REFUSED_BODY_PEEK_BYTES + 1).map_or(0, |b| b.len());
+            return self.refuse_after_body(refusal, size, true);
         }
         let Some(rt) = self.rt.clone() else { return Action::Pause };
         match abi::buffer(abi::BUFFER_REQUEST_BODY, 0, rt.config.max_body_bytes.saturating_add(1)) {
@@ -1697,3 +1728,10 @@ impl Filter {
 
 /// How a request whose answer broke after its headers is counted and logged.
 const CUT_STATUS: u16 = 502;
+
+/// The request declares a body of at most `REFUSED_BODY_PEEK_BYTES`.
+fn small_body(headers: &[u8]) -> bool {
+    header_value(headers, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > 0 && n <= REFUSED_BODY_PEEK_BYTES)
+}

@@ -85,8 +85,9 @@ pub enum Family {
     Requests(Outcome),
     CostMicroUsd,
     UsageEstimated,
-    /// Histograms (ms).
-    Duration,
+    /// Histograms (ms): the duration by how the request ended (`error.type`:
+    /// the outcome, absent for `ok`), the first token of successful streams.
+    Duration(Outcome),
     FirstToken,
 }
 
@@ -109,21 +110,33 @@ fn stat_key(family: Family, labels: Labels) -> u64 {
         Family::OutputTokens => 2,
         Family::CostMicroUsd => 3,
         Family::UsageEstimated => 4,
-        Family::Duration => 5,
         Family::FirstToken => 6,
         Family::Requests(outcome) => 16 + outcome as u64,
+        Family::Duration(outcome) => 32 + outcome as u64,
     };
     let index = |i: usize| if i == Labels::NONE { 0xffff } else { (i as u64) & 0xffff };
     code | index(labels.pool) << 16 | index(labels.member) << 32 | index(labels.tenant) << 48
 }
 
-use observe::stat_segment;
+use observe::labelled;
+
+/// How a request that reached a member can end, as the duration's `error.type`
+/// (`quota`, a tenant's budget, is refused before any member).
+const DURATION_OUTCOMES: [Outcome; 6] = [
+    Outcome::Ok,
+    Outcome::ClientError,
+    Outcome::RateLimited,
+    Outcome::UpstreamError,
+    Outcome::Exhausted,
+    Outcome::Cancelled,
+];
 
 /// Every request-end series a request can reach, so that each is defined at
 /// 0 on configuration load and the first request of each kind is counted by
 /// `rate()`/`increase()` (a series born with its first value shows no
 /// increase). For every pool, member and tenant (`-` without tenants):
-/// requests by outcome, tokens, cost, estimated usage and both histograms;
+/// requests by outcome, tokens, cost, estimated usage, the durations by
+/// `error.type` and the time to first token;
 /// requests by outcome also for a pool before a member was tried, and before
 /// a pool was chosen (per tenant, and `-`: unauthenticated).
 pub fn request_series(config: &Config) -> Vec<(Family, Labels)> {
@@ -146,11 +159,11 @@ pub fn request_series(config: &Config) -> Vec<(Family, Labels)> {
                         Family::OutputTokens,
                         Family::CostMicroUsd,
                         Family::UsageEstimated,
-                        Family::Duration,
                         Family::FirstToken,
                     ]
                     .map(|f| (f, labels)),
                 );
+                out.extend(DURATION_OUTCOMES.map(|o| (Family::Duration(o), labels)));
             }
             outcomes(&mut out, Labels { pool: p, member: Labels::NONE, tenant });
         }
@@ -179,9 +192,12 @@ impl Metrics {
             .pools
             .iter()
             .map(|pool| {
-                let p = stat_segment(&pool.name);
+                let p = [("pool", pool.name.as_str())];
+                let counter = |name: &str| counter(labelled(&format!("switchboard.pool.{name}"), &p));
                 let shadow = |name: &str, kind: u32| {
-                    pool.shadow.as_ref().and_then(|_| define(kind, &format!("switchboard.pool.{p}.shadow_{name}")))
+                    pool.shadow
+                        .as_ref()
+                        .and_then(|_| define(kind, &labelled(&format!("switchboard.pool.shadow_{name}"), &p)))
                 };
                 PoolMetrics {
                     shadow_requests: shadow("requests", abi::METRIC_COUNTER),
@@ -189,51 +205,51 @@ impl Metrics {
                     shadow_prompt_tokens: shadow("prompt_tokens", abi::METRIC_COUNTER),
                     shadow_completion_tokens: shadow("completion_tokens", abi::METRIC_COUNTER),
                     shadow_latency_ms: shadow("latency_ms", abi::METRIC_HISTOGRAM),
-                    requests: counter(format!("switchboard.pool.{p}.requests")),
-                    failovers: counter(format!("switchboard.pool.{p}.failovers")),
-                    exhausted: counter(format!("switchboard.pool.{p}.exhausted")),
-                    hedged: counter(format!("switchboard.pool.{p}.hedged")),
-                    hedge_wins: counter(format!("switchboard.pool.{p}.hedge_wins")),
-                    stream_idle_timeouts: counter(format!("switchboard.pool.{p}.stream_idle_timeouts")),
-                    resumed_streams: pool
-                        .retry
-                        .resume_streams
-                        .then(|| counter(format!("switchboard.pool.{p}.resumed_streams")))
-                        .flatten(),
-                    healthy_members: define(abi::METRIC_GAUGE, &format!("switchboard.pool.{p}.healthy_members")),
+                    requests: counter("requests"),
+                    failovers: counter("failovers"),
+                    exhausted: counter("exhausted"),
+                    hedged: counter("hedged"),
+                    hedge_wins: counter("hedge_wins"),
+                    stream_idle_timeouts: counter("stream_idle_timeouts"),
+                    resumed_streams: pool.retry.resume_streams.then(|| counter("resumed_streams")).flatten(),
+                    healthy_members: define(abi::METRIC_GAUGE, &labelled("switchboard.pool.healthy_members", &p)),
                     members: pool
                         .members
                         .iter()
                         .map(|m| {
-                            let base = format!("switchboard.member.{p}.{}", stat_segment(&m.id));
+                            let labels = [("pool", pool.name.as_str()), ("member", m.id.as_str())];
+                            let counter = |name: &str| {
+                                define(abi::METRIC_COUNTER, &labelled(&format!("switchboard.member.{name}"), &labels))
+                            };
                             MemberMetrics {
-                                requests: counter(format!("{base}.requests")),
-                                attempts: counter(format!("{base}.attempts")),
-                                failures: counter(format!("{base}.failures")),
-                                failovers: counter(format!("{base}.failovers")),
-                                ejections: counter(format!("{base}.ejections")),
-                                restorations: counter(format!("{base}.restorations")),
-                                cut_answers: counter(format!("{base}.cut_answers")),
-                                canary_rollbacks: if m.canary.is_some() {
-                                    counter(format!("{base}.canary_rollbacks"))
-                                } else {
-                                    None
-                                },
+                                requests: counter("requests"),
+                                attempts: counter("attempts"),
+                                failures: counter("failures"),
+                                failovers: counter("failovers"),
+                                ejections: counter("ejections"),
+                                restorations: counter("restorations"),
+                                cut_answers: counter("cut_answers"),
+                                canary_rollbacks: m.canary.as_ref().and_then(|_| counter("canary_rollbacks")),
                             }
                         })
                         .collect(),
                 }
             })
             .collect();
-        let local_errors =
-            ErrorCode::ALL.iter().map(|code| counter(format!("switchboard.local_errors.{}", code.as_str()))).collect();
+        let local_errors = ErrorCode::ALL
+            .iter()
+            .map(|code| counter(labelled("switchboard.local_errors", &[("code", code.as_str())])))
+            .collect();
         let tenant_refusals = config
             .tenants
             .iter()
             .flatten()
             .map(|t| {
-                let base = format!("switchboard.tenant.{}", stat_segment(&t.name));
-                (counter(format!("{base}.rate_limited")), counter(format!("{base}.budget_refused")))
+                let tenant = [("tenant", t.name.as_str())];
+                (
+                    counter(labelled("switchboard.tenant.rate_limited", &tenant)),
+                    counter(labelled("switchboard.tenant.budget_refused", &tenant)),
+                )
             })
             .collect();
         let tenant_budgets = config
@@ -242,10 +258,10 @@ impl Metrics {
             .flatten()
             .map(|t| {
                 let budget = t.budget.as_ref()?;
-                let base = format!("switchboard.tenant.{}", stat_segment(&t.name));
+                let tenant = [("tenant", t.name.as_str())];
                 let gauges = BudgetGauges {
-                    spent: define(abi::METRIC_GAUGE, &format!("{base}.budget_spent_micro_usd")),
-                    limit: define(abi::METRIC_GAUGE, &format!("{base}.budget_limit_micro_usd")),
+                    spent: define(abi::METRIC_GAUGE, &labelled("switchboard.tenant.budget_spent_micro_usd", &tenant)),
+                    limit: define(abi::METRIC_GAUGE, &labelled("switchboard.tenant.budget_limit_micro_usd", &tenant)),
                 };
                 // A million tokens at limit_usd per million: the limit in micro-USD.
                 set_gauge(gauges.limit, cost_micro_usd(1_000_000, 0, budget.limit_usd, 0.0));
@@ -290,12 +306,17 @@ impl Metrics {
         let member = config.member(MemberRef::new(labels.pool, labels.member)).map_or(NO_LABEL, |m| m.id.as_str());
         let tenant = config.tenants.as_ref().and_then(|t| t.get(labels.tenant)).map_or(NO_LABEL, |t| t.name.as_str());
         let (kind, base, last) = match family {
-            Family::InputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some("input")),
-            Family::OutputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some("output")),
-            Family::Requests(outcome) => (abi::METRIC_COUNTER, observe::REQUESTS, Some(outcome.as_str())),
+            Family::InputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some(("gen_ai.token.type", "input"))),
+            Family::OutputTokens => (abi::METRIC_COUNTER, observe::TOKEN_USAGE, Some(("gen_ai.token.type", "output"))),
+            Family::Requests(outcome) => (abi::METRIC_COUNTER, observe::REQUESTS, Some(("outcome", outcome.as_str()))),
             Family::CostMicroUsd => (abi::METRIC_COUNTER, observe::COST, None),
             Family::UsageEstimated => (abi::METRIC_COUNTER, observe::USAGE_ESTIMATED, None),
-            Family::Duration => (abi::METRIC_HISTOGRAM, observe::REQUEST_DURATION, None),
+            // The spec's `error.type`: set only when the request did not end well.
+            Family::Duration(outcome) => (
+                abi::METRIC_HISTOGRAM,
+                observe::REQUEST_DURATION,
+                (outcome != Outcome::Ok).then(|| ("error.type", outcome.as_str())),
+            ),
             Family::FirstToken => (abi::METRIC_HISTOGRAM, observe::TIME_TO_FIRST_TOKEN, None),
         };
         let id = define(kind, &request_stat(base, pool, member, tenant, last));
@@ -397,7 +418,10 @@ mod tests {
                     assert!(has(&series, Family::Requests(o), none, none, t));
                 }
                 for m in 0..pool.members.len() {
-                    for f in [Family::InputTokens, Family::OutputTokens, Family::CostMicroUsd, Family::Duration] {
+                    for f in [Family::InputTokens, Family::OutputTokens, Family::CostMicroUsd, Family::FirstToken] {
+                        assert!(has(&series, f, p, m, t), "{f:?}");
+                    }
+                    for f in DURATION_OUTCOMES.map(Family::Duration) {
                         assert!(has(&series, f, p, m, t), "{f:?}");
                     }
                 }
@@ -434,6 +458,9 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ErrorCode::ALL.len());
-        assert!(names.iter().all(|n| stat_segment(n) == *n), "codes are stat segments as they are");
+        assert!(
+            names.iter().all(|n| labelled("x", &[("code", n)]) == format!("x;code={n}")),
+            "codes are labels as they are"
+        );
     }
 }

@@ -126,7 +126,8 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
         member: shown.map_or(Labels::NONE, |m| m.member),
         tenant: end.tenant.unwrap_or(Labels::NONE),
     };
-    metrics.count(config, Family::Requests(Outcome::of(obs.status, obs.error, obs.exhausted)), labels, 1);
+    let outcome = Outcome::of(obs.status, obs.error, obs.exhausted);
+    metrics.count(config, Family::Requests(outcome), labels, 1);
     if let Some(t) = tokens {
         metrics.count(config, Family::InputTokens, labels, t.prompt);
         metrics.count(config, Family::OutputTokens, labels, t.completion);
@@ -134,7 +135,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
         metrics.count(config, Family::CostMicroUsd, labels, cost.unwrap_or(0));
     }
     if !obs.attempts.is_empty() {
-        metrics.record(config, Family::Duration, labels, duration_ms);
+        metrics.record(config, Family::Duration(outcome), labels, duration_ms);
     }
     if served.is_some() && end.stream && obs.first_event_ms > 0 {
         metrics.record(config, Family::FirstToken, labels, since_start(obs.first_event_ms));

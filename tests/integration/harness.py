@@ -225,3 +225,16 @@ def chat(model, content="hello", **extra):
     body = {"model": model, "messages": [{"role": "user", "content": content}]}
     body.update(extra)
     return body
+
+
+# The filter's stat names carry their labels as `;<label>=<value>` (src/observe.rs `push_label`).
+def pool_stat(pool, name):
+    return f"wasmcustom.switchboard.pool.{name};pool={pool}"
+
+
+def member_stat(pool, member, name):
+    return f"wasmcustom.switchboard.member.{name};pool={pool};member={member}"
+
+
+def local_error_stat(code):
+    return f"wasmcustom.switchboard.local_errors;code={code}"

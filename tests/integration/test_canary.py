@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from conftest import base_config
-from harness import chat
+from harness import chat, member_stat
 
 CANARY = "beta/gpt-4o-2024-08-06"
 
@@ -37,7 +37,7 @@ def test_failing_canary_is_rolled_back_on_every_worker(make_gateway, mock):
     assert set(send(gw, 120)) == {200}
     time.sleep(1.2)  # the other worker reads the rollback on its next tick
     stats = gw.stats()
-    assert stats[f"wasmcustom.switchboard.member.gpt4o_16k.{CANARY}.canary_rollbacks"] == 1
+    assert stats[member_stat("gpt4o_16k", CANARY, "canary_rollbacks")] == 1
     assert f"canary {CANARY} rolled back" in gw.logs()
     mock.reset("beta")
     before = mock.count("beta")
@@ -54,7 +54,7 @@ def test_healthy_canary_keeps_its_share(make_gateway, mock):
     mock.faults("beta", status=500, rate=0.1)
     send(gw, 120)
     stats = gw.stats()
-    assert stats.get(f"wasmcustom.switchboard.member.gpt4o_16k.{CANARY}.canary_rollbacks", 0) == 0
+    assert stats.get(member_stat("gpt4o_16k", CANARY, "canary_rollbacks"), 0) == 0
     mock.reset()
     send(gw, 80)
     assert mock.count("beta") > 15

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from conftest import base_config, clusters_for
-from harness import chat, closed_port
+from harness import chat, closed_port, member_stat, pool_stat
 
 
 def three_member_config(**overrides):
@@ -49,8 +49,8 @@ def test_member_always_503_all_requests_succeed(make_gateway, mock):
     # Ejection keeps the bad member out: with 2 workers and 3 failures to eject, only a handful.
     assert mock.count("alpha") <= 10, mock.count("alpha")
     stats = gw.stats()
-    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.ejections"] >= 1
-    assert stats["wasmcustom.switchboard.pool.gpt4o_16k.failovers"] >= 1
+    assert stats[member_stat("gpt4o_16k", "alpha/gpt-4o", "ejections")] >= 1
+    assert stats[pool_stat("gpt4o_16k", "failovers")] >= 1
 
 
 def test_failover_replaces_body_status_and_content_type(make_gateway, mock):
@@ -149,7 +149,7 @@ def test_half_open_trial_restores_member(make_gateway, mock):
     results = hammer(gw, 80, concurrency=4)
     assert all(s == 200 for s, *_ in results)
     assert mock.count("alpha") > 30, "restored member should take its weighted share again"
-    assert gw.stats()["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.restorations"] >= 1
+    assert gw.stats()[member_stat("gpt4o_16k", "alpha/gpt-4o", "restorations")] >= 1
 
 
 def test_all_members_down_gives_503_listing_attempts_within_deadline(make_gateway, mock):
@@ -269,11 +269,11 @@ def test_probes_restore_ejected_member(make_gateway, mock):
     gw = make_gateway(cfg)
     mock.faults("alpha", status=503)
     hammer(gw, 40, concurrency=4)
-    assert gw.stats()["wasmcustom.switchboard.pool.gpt4o_16k.healthy_members"] in (0, 1, 2)
+    assert gw.stats()[pool_stat("gpt4o_16k", "healthy_members")] in (0, 1, 2)
     mock.reset("alpha")
     deadline = time.time() + 5
     while time.time() < deadline:
-        if gw.stats()["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.restorations"] >= 1:
+        if gw.stats()[member_stat("gpt4o_16k", "alpha/gpt-4o", "restorations")] >= 1:
             break
         time.sleep(0.2)
     else:
@@ -337,8 +337,8 @@ def test_answer_cut_off_mid_body_is_the_members_failure_and_ejects_it(make_gatew
                 broken += 1
     assert 1 <= broken <= 3, broken
     stats = gw.stats()
-    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.ejections"] >= 1
-    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.requests"] == 0
+    assert stats[member_stat("gpt4o_16k", "alpha/gpt-4o", "ejections")] >= 1
+    assert stats[member_stat("gpt4o_16k", "alpha/gpt-4o", "requests")] == 0
 
 
 def test_answers_cut_after_their_headers_are_logged_and_counted_as_broken_per_member(make_gateway, mock):
@@ -368,9 +368,10 @@ def test_answers_cut_after_their_headers_are_logged_and_counted_as_broken_per_me
     for line in lines[:2]:
         cut[line["member"]] = cut.get(line["member"], 0) + 1
     for member, n in cut.items():
-        assert stats[f"wasmcustom.switchboard.member.gpt4o_16k.{member}.cut_answers"] == n, stats
-        assert stats[f"wasmcustom.switchboard.requests.gpt4o_16k.{member}.-.upstream_error"] == n
-        assert stats.get(f"wasmcustom.switchboard.requests.gpt4o_16k.{member}.-.ok", 0) <= 1
+        assert stats[member_stat("gpt4o_16k", member, "cut_answers")] == n, stats
+        requests = f"wasmcustom.switchboard.requests;gen_ai.operation.name=chat;pool=gpt4o_16k;member={member};tenant=-"
+        assert stats[f"{requests};outcome=upstream_error"] == n
+        assert stats.get(f"{requests};outcome=ok", 0) <= 1
 
 
 def test_provider_429_reaches_the_sdk_as_rate_limit_error_with_retry_after(make_gateway, mock):

@@ -6,7 +6,7 @@ import time
 import httpx
 
 from conftest import base_config
-from harness import chat
+from harness import chat, member_stat, pool_stat
 
 
 def hedged_config(hedge_after_ms=200, **overrides):
@@ -29,8 +29,8 @@ def timed_post(gw, body):
     return r, time.monotonic() - t
 
 
-def pool_stat(stats, name):
-    return stats.get(f"wasmcustom.switchboard.pool.gpt4o_16k.{name}", 0)
+def pool_count(stats, name):
+    return stats.get(pool_stat("gpt4o_16k", name), 0)
 
 
 def test_slow_member_is_hedged_and_the_fast_answer_wins_in_about_250_ms(make_gateway, mock, record_property):
@@ -51,9 +51,9 @@ def test_slow_member_is_hedged_and_the_fast_answer_wins_in_about_250_ms(make_gat
     assert min(elapsed) >= 0.2, elapsed
     assert sorted(elapsed)[2] < 0.5, elapsed
     stats = gw.stats()
-    assert pool_stat(stats, "hedged") == 5 and pool_stat(stats, "hedge_wins") == 5
+    assert pool_count(stats, "hedged") == 5 and pool_count(stats, "hedge_wins") == 5
     # The abandoned routed attempts are nobody's failure.
-    assert stats.get("wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.failures", 0) == 0
+    assert stats.get(member_stat("gpt4o_16k", "alpha/gpt-4o", "failures"), 0) == 0
     assert gw.alive() and "panicked" not in gw.logs()
 
 
@@ -77,7 +77,7 @@ def test_fast_member_is_not_hedged(make_gateway, mock):
         r, s = timed_post(gw, chat("gpt4o_16k"))
         assert r.status_code == 200 and r.headers["x-switchboard-member"] == "alpha/gpt-4o"
     assert mock.count("beta") == 0
-    assert pool_stat(gw.stats(), "hedged") == 0
+    assert pool_count(gw.stats(), "hedged") == 0
 
 
 def test_routed_answer_first_wins_and_the_late_hedge_is_dropped(make_gateway, mock):
@@ -91,8 +91,8 @@ def test_routed_answer_first_wins_and_the_late_hedge_is_dropped(make_gateway, mo
         assert 0.35 < s < 1.2, s
     time.sleep(1.5)  # the hedges' late answers arrive after their requests ended
     stats = gw.stats()
-    assert pool_stat(stats, "hedged") == 3 and pool_stat(stats, "hedge_wins") == 0
-    assert stats.get("wasmcustom.switchboard.member.gpt4o_16k.beta/gpt-4o-2024-08-06.failures", 0) == 0
+    assert pool_count(stats, "hedged") == 3 and pool_count(stats, "hedge_wins") == 0
+    assert stats.get(member_stat("gpt4o_16k", "beta/gpt-4o-2024-08-06", "failures"), 0) == 0
     assert gw.alive() and "panicked" not in gw.logs()
 
 
@@ -115,7 +115,7 @@ def test_failed_hedge_counts_for_its_member_and_the_routed_answer_still_comes(ma
     assert r.status_code == 200 and r.headers["x-switchboard-member"] == "alpha/gpt-4o"
     assert r.headers["x-switchboard-attempts"] == "2"
     stats = gw.stats()
-    assert stats.get("wasmcustom.switchboard.member.gpt4o_16k.beta/gpt-4o-2024-08-06.failures", 0) == 1
+    assert stats.get(member_stat("gpt4o_16k", "beta/gpt-4o-2024-08-06", "failures"), 0) == 1
 
 
 def test_client_leaving_a_hedged_request_leaves_envoy_healthy(make_gateway, mock):
@@ -150,7 +150,7 @@ def test_hedging_under_concurrency_answers_everything_and_counts_every_hedge(mak
     assert statuses == [200] * 80
     time.sleep(1.0)
     stats = gw.stats()
-    hedged, wins = pool_stat(stats, "hedged"), pool_stat(stats, "hedge_wins")
+    hedged, wins = pool_count(stats, "hedged"), pool_count(stats, "hedge_wins")
     # About half of alpha's answers are slow: each of those is hedged, and beta wins it.
     assert 20 <= hedged <= 60 and wins == hedged, (hedged, wins)
     assert gw.alive() and "panicked" not in gw.logs()

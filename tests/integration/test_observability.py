@@ -25,11 +25,6 @@ def sha(key):
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def label(name):
-    """A name as stat segments carry it (dots separate segments: src/observe.rs `stat_segment`)."""
-    return re.sub(r"[^A-Za-z0-9/_-]", "_", name)
-
-
 def member(name, **extra):
     m = {"provider": name, "model": KINDS[name][1], **PRICES, **extra}
     if name == "azure":
@@ -167,7 +162,9 @@ def test_stream_without_usage_is_counted_from_what_was_relayed_and_flagged(gw, o
     # The estimate: about 4 bytes a token of the body, and of the output relayed ("hi": 1 token),
     # not the requested 50.
     assert line["completion_tokens"] == 1 and line["prompt_tokens"] > 0
-    labels = {"pool": "only_compat", "member": label("compat/llama-3.1-8b"), "tenant": "team-a"}
+    # Labels read as configured, dots included: the same names as the call log's.
+    assert line["member"] == "compat/llama-3.1-8b"
+    labels = {"pool": "only_compat", "member": line["member"], "tenant": "team-a"}
     assert delta(gw, before, "switchboard_usage_estimated", labels) == 1
 
 
@@ -180,13 +177,18 @@ def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
     sent["stream"] = stream(gw, chat("only_gemini", content=secret_text, stream=True))
     sent["unauthenticated"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("only_openai"),
                                          headers={"authorization": "Bearer sk-wrong"}, timeout=10)
+    # Over 64 KiB: refused at its headers, the body never read.
+    sent["unauthenticated_large"] = httpx.post(gw.base + "/v1/chat/completions",
+                                               json=chat("only_openai", content="x" * 70_000),
+                                               headers={"authorization": "Bearer sk-wrong"}, timeout=10)
     sent["unknown_model"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("no_such_pool"),
                                        headers=auth(), timeout=10)
     obs_mock.faults("openai", status=503)
     sent["failover"] = httpx.post(gw.base + "/v1/chat/completions", json=chat("failover", content=secret_text),
                                   headers=auth(), timeout=10)
     statuses = {k: r.status_code for k, r in sent.items()}
-    assert statuses == {"plain": 200, "stream": 200, "unauthenticated": 401, "unknown_model": 404, "failover": 200}
+    assert statuses == {"plain": 200, "stream": 200, "unauthenticated": 401, "unauthenticated_large": 401,
+                        "unknown_model": 404, "failover": 200}
     lines = lines_for(gw, [request_id(r) for r in sent.values()])
     got = {k: lines[request_id(r)] for k, r in sent.items()}
 
@@ -203,8 +205,10 @@ def test_call_log_lines_match_the_requests_one_to_one(gw, obs_mock):
         line = got[refused]
         assert line["status"] == status and line["attempts"] == [] and line["prompt_tokens"] is None
         assert line["error"] == code, line
-    # An unauthenticated request is refused at its headers, its body never read: no model.
-    assert got["unauthenticated"]["model"] is None and got["unknown_model"]["model"] == "no_such_pool"
+    # An unauthenticated request names the model it asked for, unless its body is over 64 KiB
+    # (refused at its headers then, the body never read).
+    assert got["unauthenticated"]["model"] == "only_openai" and got["unknown_model"]["model"] == "no_such_pool"
+    assert got["unauthenticated_large"]["model"] is None and got["unauthenticated_large"]["error"] == "invalid_api_key"
     for line in got.values():
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["end"])
         assert line["end"] >= line["time"]
@@ -268,7 +272,7 @@ def test_metric_values_equal_the_providers_usage_sums(gw, obs_mock):
             r = httpx.post(gw.base + "/v1/chat/completions", json=body, headers=auth(), timeout=10)
         assert r.status_code == 200, r.text
         prompt, completion = mock_usage(r)
-        key = (f"only_{name}", label(f"{name}/{KINDS[name][1]}"))
+        key = (f"only_{name}", f"{name}/{KINDS[name][1]}")
         e = expected.setdefault(key, [0, 0, 0, 0])
         e[0] += 1
         e[1] += prompt
@@ -288,8 +292,8 @@ def test_metric_values_equal_the_providers_usage_sums(gw, obs_mock):
         assert d("gen_ai_server_request_duration_milliseconds_bucket", le="+Inf") == requests, pool
         # The GenAI attributes, as configured (the pool is the model asked for).
         model = KINDS[pool[len("only_"):]][1]
-        genai = {"gen_ai_request_model": pool, "gen_ai_provider_name": pool[len("only_"):],
-                 "gen_ai_response_model": label(model)}
+        genai = {"gen_ai_operation_name": "chat", "gen_ai_request_model": pool,
+                 "gen_ai_provider_name": pool[len("only_"):], "gen_ai_response_model": model}
         assert d("gen_ai_client_token_usage", gen_ai_token_type="output", **genai) == completion, pool
     # Buckets for LLM latencies: 10 ms to 10 min.
     les = {dict(ls).get("le") for (n, ls) in after if n == "gen_ai_server_request_duration_milliseconds_bucket"}
@@ -421,7 +425,7 @@ def test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted(ob
     g = Gateway(config, dict(obs_mock.addrs), KEYS)
     try:
         start = g.prometheus()
-        openai = label("openai/gpt-4o")
+        openai = "openai/gpt-4o"
         for tenant in ("team-a", "team-budget"):
             for outcome in OUTCOMES:
                 for pool, member_id in (("only_openai", openai), ("only_openai", "-"), ("-", "-")):
@@ -430,9 +434,13 @@ def test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted(ob
             base = {"pool": "only_openai", "member": openai, "tenant": tenant}
             for name, extra in (("gen_ai_client_token_usage", {"gen_ai_token_type": "input"}),
                                 ("gen_ai_client_token_usage", {"gen_ai_token_type": "output"}),
-                                ("switchboard_cost_micro_usd", {}),
-                                ("gen_ai_server_request_duration_milliseconds_count", {})):
+                                ("switchboard_cost_micro_usd", {})):
                 assert values(start, name, {**base, **extra}) == [0], (name, tenant)
+            # The duration by the spec's error.type: none for a success, the outcome otherwise.
+            durations = {dict(ls).get("error_type"): v for (n, ls), v in start.items()
+                         if n == "gen_ai_server_request_duration_milliseconds_count" and set(base.items()) <= ls}
+            assert durations == {None: 0, "client_error": 0, "rate_limited": 0, "upstream_error": 0,
+                                 "exhausted": 0, "cancelled": 0}, durations
         for outcome in OUTCOMES:  # unauthenticated
             labels = {"pool": "-", "member": "-", "tenant": "-", "outcome": outcome}
             assert values(start, "switchboard_requests", labels) == [0], labels

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from harness import Gateway, MockProvider, chat
+from harness import Gateway, MockProvider, chat, member_stat
 
 KEYS = {
     "OPENAI_KEY": "sk-openai-secret",
@@ -223,7 +223,7 @@ def test_openai_sdk_against_mixed_pool(kinds_gateway, kinds_mock):
 
 def test_unreadable_provider_answer_counts_as_a_failed_attempt(kinds_gateway, kinds_mock):
     kinds_mock.faults("anthropic", status=200, body="<html>proxy error</html>")
-    member = "wasmcustom.switchboard.member.only_anthropic.anthropic/claude-3-5-haiku"
+    member = lambda name: member_stat("only_anthropic", "anthropic/claude-3-5-haiku", name)
     before = kinds_gateway.stats()
     # Single-member pool: nothing to fail over to, the client gets the attempt list.
     r = httpx.post(kinds_gateway.base + "/v1/chat/completions", json=chat("only_anthropic"), timeout=10)
@@ -232,9 +232,9 @@ def test_unreadable_provider_answer_counts_as_a_failed_attempt(kinds_gateway, ki
     assert "<html>" not in r.text
     # One attempt, counted once: as a failure, never also as a success.
     after = kinds_gateway.stats()
-    assert after[member + ".attempts"] - before[member + ".attempts"] == 1
-    assert after[member + ".failures"] - before[member + ".failures"] == 1
-    assert after[member + ".requests"] - before[member + ".requests"] == 0
+    assert after[member("attempts")] - before[member("attempts")] == 1
+    assert after[member("failures")] - before[member("failures")] == 1
+    assert after[member("requests")] - before[member("requests")] == 0
     # Mixed pool: the unreadable answer is failed over to the OpenAI member.
     failovers = 0
     for _ in range(10):

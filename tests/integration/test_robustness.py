@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from conftest import KEYS, base_config, clusters_for
-from harness import Gateway, MockProvider, chat
+from harness import Gateway, MockProvider, chat, member_stat, pool_stat
 
 POOL = "gpt4o_16k"
 CHAT = "/v1/chat/completions"
@@ -206,11 +206,11 @@ def test_chaos_10k_requests_each_answered_200_exactly_once(make_gateway, mock, r
     for status in ("500", "502", "503", "504", "429"):
         assert alpha["by_status"].get(status, 0) > 0, alpha
     assert beta["hangs"] > 0 and beta["resets"] > 0, beta
-    failovers = delta(f"wasmcustom.switchboard.pool.{POOL}.failovers")
+    failovers = delta(pool_stat(POOL, "failovers"))
     assert failovers > 200, failovers
     for member in ("alpha/gpt-4o", "beta/gpt-4o-2024-08-06"):
-        assert delta(f"wasmcustom.switchboard.member.{POOL}.{member}.ejections") > 0, member
-        assert delta(f"wasmcustom.switchboard.member.{POOL}.{member}.restorations") > 0, member
+        assert delta(member_stat(POOL, member, "ejections")) > 0, member
+        assert delta(member_stat(POOL, member, "restorations")) > 0, member
 
     growth_mb = (rss_end - rss_warm) / 1024
     record_property("chaos_seconds", round(elapsed, 1))

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from conftest import KEYS, base_config
-from harness import chat
+from harness import chat, local_error_stat, member_stat, pool_stat
 
 
 def post(gw, body, **kw):
@@ -138,8 +138,8 @@ def test_error_cases_and_gateway_keeps_serving(gateway):
     for _ in range(20):
         assert httpx.post(url, json=chat("gpt4o_16k")).status_code == 200
     stats = gateway.stats()
-    assert stats["wasmcustom.switchboard.local_errors.request_too_large"] >= 2
-    assert stats["wasmcustom.switchboard.local_errors.model_not_found"] >= 1
+    assert stats[local_error_stat("request_too_large")] >= 2
+    assert stats[local_error_stat("model_not_found")] >= 1
 
 
 def test_streaming_is_incremental(gateway, mock):
@@ -172,9 +172,9 @@ def test_metrics_count_requests_per_pool_and_member(gateway):
     for _ in range(10):
         assert post(gateway, chat("gpt4o_16k")).status_code == 200
     after = gateway.stats()
-    key = "wasmcustom.switchboard.pool.gpt4o_16k.requests"
+    key = pool_stat("gpt4o_16k", "requests")
     assert after[key] - before.get(key, 0) == 10
-    members = [f"wasmcustom.switchboard.member.gpt4o_16k.{m}.requests" for m in ("alpha/gpt-4o", "beta/gpt-4o-2024-08-06")]
+    members = [member_stat("gpt4o_16k", m, "requests") for m in ("alpha/gpt-4o", "beta/gpt-4o-2024-08-06")]
     assert sum(after[m] - before.get(m, 0) for m in members) == 10
 
 

@@ -6,9 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from conftest import base_config
-from harness import chat
+from harness import chat, pool_stat
 
-POOL = "wasmcustom.switchboard.pool.gpt4o_16k"
+SHADOW = {name: pool_stat("gpt4o_16k", f"shadow_{name}") for name in
+          ("requests", "failures", "prompt_tokens", "completion_tokens")}
 
 
 def shadow_config(sample):
@@ -42,9 +43,9 @@ def test_half_of_200_requests_are_copied_and_measured(make_gateway, mock):
     body = mock.requests("gamma")[-1]["body"]
     assert body["model"] == "gpt-4o-mini", body
     stats = gw.stats()
-    assert stats[f"{POOL}.shadow_requests"] == copies
-    assert stats.get(f"{POOL}.shadow_failures", 0) == 0
-    assert stats[f"{POOL}.shadow_completion_tokens"] > 0 and stats[f"{POOL}.shadow_prompt_tokens"] > 0
+    assert stats[SHADOW["requests"]] == copies
+    assert stats.get(SHADOW["failures"], 0) == 0
+    assert stats[SHADOW["completion_tokens"]] > 0 and stats[SHADOW["prompt_tokens"]] > 0
     # The client's answers all came from the pool's members.
     assert mock.count("alpha") + mock.count("beta") == 200
 
@@ -59,7 +60,7 @@ def test_client_never_waits_for_a_slow_shadow_and_its_answer_is_still_measured(m
     # The copies' answers come after their requests ended: the root context still measures them.
     time.sleep(2.5)
     stats = gw.stats()
-    assert stats[f"{POOL}.shadow_requests"] == 20
+    assert stats[SHADOW["requests"]] == 20
     assert gw.alive() and "panicked" not in gw.logs()
 
 
@@ -70,6 +71,6 @@ def test_failing_shadow_is_counted_and_never_reaches_the_client(make_gateway, mo
     assert {s for s, _ in results} == {200}
     time.sleep(0.3)
     stats = gw.stats()
-    assert stats[f"{POOL}.shadow_requests"] == 10 and stats[f"{POOL}.shadow_failures"] == 10
+    assert stats[SHADOW["requests"]] == 10 and stats[SHADOW["failures"]] == 10
     # The shadow is no pool member: its failures touch no member health.
     assert not any("gamma" in k and v for k, v in stats.items() if k.startswith("wasmcustom.switchboard.member."))

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from harness import Gateway, MockProvider, chat
+from harness import Gateway, MockProvider, chat, member_stat
 
 KEYS = {"OA_KEY": "sk-oa-secret", "AZ_KEY": "az-secret", "AN_KEY": "sk-an-secret"}
 REPLY = "The quick brown fox jumps over the lazy dog today"
@@ -67,11 +67,11 @@ def reset(mock):
 
 
 def failures(gw, pool):
-    return gw.stats().get(f"wasmcustom.switchboard.member.{pool}.{MEMBERS[pool]}.failures", 0)
+    return gw.stats().get(member_stat(pool, MEMBERS[pool], "failures"), 0)
 
 
 def attempts(gw, pool):
-    return gw.stats().get(f"wasmcustom.switchboard.member.{pool}.{MEMBERS[pool]}.attempts", 0)
+    return gw.stats().get(member_stat(pool, MEMBERS[pool], "attempts"), 0)
 
 
 def sse(gw, path, body):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import KEYS as OPENAI_KEYS, base_config, clusters_for
-from harness import Gateway, MockProvider, chat
+from harness import Gateway, MockProvider, chat, member_stat, pool_stat, local_error_stat
 from test_providers import KEYS as KIND_KEYS, KINDS, providers_config
 
 # alpha first (beta is a weight-0 standby), so every request fails over once.
@@ -80,15 +80,12 @@ def test_attempts_health_and_metrics_count_each_attempt_once(alpha_first, mock):
         r, _, _, events = timed_stream(gw, chat("gpt4o_16k", stream=True))
         assert r.status_code == 200 and r.headers["x-switchboard-attempts"] == "2" and events[-1] == "[DONE]"
     stats = gw.stats()
-    member = "wasmcustom.switchboard.member.gpt4o_16k."
-    assert stats[member + "alpha/gpt-4o.attempts"] == 5
-    assert stats[member + "alpha/gpt-4o.failures"] == 5
-    assert stats[member + "alpha/gpt-4o.failovers"] == 5
-    assert stats[member + "beta/gpt-4o-2024-08-06.attempts"] == 5
-    assert stats[member + "beta/gpt-4o-2024-08-06.requests"] == 5
-    assert stats[member + "beta/gpt-4o-2024-08-06.failures"] == 0
-    assert stats["wasmcustom.switchboard.pool.gpt4o_16k.requests"] == 5
-    assert stats["wasmcustom.switchboard.pool.gpt4o_16k.failovers"] == 5
+    alpha = lambda name: stats[member_stat("gpt4o_16k", "alpha/gpt-4o", name)]
+    beta = lambda name: stats[member_stat("gpt4o_16k", "beta/gpt-4o-2024-08-06", name)]
+    assert alpha("attempts") == 5 and alpha("failures") == 5 and alpha("failovers") == 5
+    assert beta("attempts") == 5 and beta("requests") == 5 and beta("failures") == 0
+    assert stats[pool_stat("gpt4o_16k", "requests")] == 5
+    assert stats[pool_stat("gpt4o_16k", "failovers")] == 5
     # Envoy followed the filter's redirect each time; the provider never saw the token.
     assert stats["cluster.alpha.upstream_internal_redirect_succeeded_total"] == 5
     for req in mock.requests("alpha") + mock.requests("beta"):
@@ -124,7 +121,7 @@ def test_a_redirect_envoy_does_not_follow_still_fails_over_through_the_buffered_
         assert "location" not in r.headers and events[-1] == "[DONE]"
         seen.add(r.headers["x-switchboard-attempts"])
     assert seen == {"2", "3"}  # gamma second (redirected) or third (after beta, by HTTP call)
-    assert gw.stats()["wasmcustom.switchboard.member.gpt4o_16k.beta/gpt-4o-2024-08-06.failures"] == mock.count("beta")
+    assert gw.stats()[member_stat("gpt4o_16k", "beta/gpt-4o-2024-08-06", "failures")] == mock.count("beta")
 
 
 def test_every_member_failing_a_stream_lists_every_attempt(alpha_first, mock):
@@ -254,5 +251,5 @@ def test_unreadable_translated_stream_fails_over_before_the_client_got_anything(
     assert events[-1] == "[DONE]" and "mock reply from openai" in text_of(events)
     assert all("error" not in json.loads(e) for e in events[:-1])
     stats = kinds_gw.stats()
-    assert stats["wasmcustom.switchboard.member.anthropic_first.anthropic/claude-3-5-haiku.failures"] >= 1
-    assert stats["wasmcustom.switchboard.local_errors.invalid_upstream_response"] >= 1
+    assert stats[member_stat("anthropic_first", "anthropic/claude-3-5-haiku", "failures")] >= 1
+    assert stats[local_error_stat("invalid_upstream_response")] >= 1

@@ -7,9 +7,9 @@ import httpx
 import pytest
 
 from conftest import base_config
-from harness import chat
+from harness import chat, member_stat, pool_stat
 
-POOL = "wasmcustom.switchboard.pool.gpt4o_16k"
+IDLE_TIMEOUTS = pool_stat("gpt4o_16k", "stream_idle_timeouts")
 
 
 def idle_config(ms):
@@ -49,8 +49,8 @@ def test_stream_silent_after_its_first_event_is_cut_and_counted_as_the_members_f
     assert isinstance(error, httpx.RemoteProtocolError), error
     assert "data: [DONE]" not in events
     stats = gw.stats()
-    assert stats[f"{POOL}.stream_idle_timeouts"] == 1
-    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.failures"] == 1
+    assert stats[IDLE_TIMEOUTS] == 1
+    assert stats[member_stat("gpt4o_16k", "alpha/gpt-4o", "failures")] == 1
     assert gw.alive() and "panicked" not in gw.logs()
 
 
@@ -60,4 +60,4 @@ def test_slow_but_steady_stream_is_not_cut(make_gateway, mock):
     first, end, events, error = read_stream(gw, chat("gpt4o_16k", stream=True))
     assert error is None and events[-1] == "data: [DONE]", (error, events)
     assert end > 1.0
-    assert gw.stats().get(f"{POOL}.stream_idle_timeouts", 0) == 0
+    assert gw.stats().get(IDLE_TIMEOUTS, 0) == 0

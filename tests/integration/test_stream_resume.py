@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from harness import Gateway, MockProvider, chat
+from harness import Gateway, MockProvider, chat, member_stat, pool_stat
 
 KEYS = {"OA_KEY": "sk-oa-secret", "AN_KEY": "sk-an-secret"}
 REPLY = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun all day long"
@@ -136,10 +136,10 @@ def test_an_openai_stream_cut_cleanly_is_continued_on_the_next_openai_member_by_
     # The rest is exactly what the continuation added: one usage of its own words.
     assert events[-2]["usage"]["completion_tokens"] == words(REPLY) - 8
     stats = changed(gw, before)
-    assert stats["wasmcustom.switchboard.pool.oa_oa.resumed_streams"] == 1
-    assert stats["wasmcustom.switchboard.member.oa_oa.oa1/gpt-4o.failures"] == 1
-    assert stats["wasmcustom.switchboard.member.oa_oa.oa2/gpt-4o-mini.attempts"] == 1
-    assert stats["wasmcustom.switchboard.member.oa_oa.oa2/gpt-4o-mini.failures"] == 0
+    assert stats[pool_stat("oa_oa", "resumed_streams")] == 1
+    assert stats[member_stat("oa_oa", "oa1/gpt-4o", "failures")] == 1
+    assert stats[member_stat("oa_oa", "oa2/gpt-4o-mini", "attempts")] == 1
+    assert stats[member_stat("oa_oa", "oa2/gpt-4o-mini", "failures")] == 0
 
 
 def test_an_anthropic_overloaded_error_event_is_continued_by_prefill_on_the_next_anthropic_member(gw, mock):
@@ -204,8 +204,8 @@ def test_a_continuation_that_fails_too_ends_the_stream_as_without_it(gw, mock):
     with pytest.raises(openai.APIError):
         list(client.chat.completions.create(model="oa_oa", messages=[{"role": "user", "content": "hi"}], stream=True))
     stats = changed(gw, before)
-    assert stats["wasmcustom.switchboard.pool.oa_oa.resumed_streams"] == 0
-    assert stats["wasmcustom.switchboard.member.oa_oa.oa2/gpt-4o-mini.failures"] == 2
+    assert stats[pool_stat("oa_oa", "resumed_streams")] == 0
+    assert stats[member_stat("oa_oa", "oa2/gpt-4o-mini", "failures")] == 2
 
 
 def test_an_anthropic_error_event_whose_continuation_fails_ends_with_that_error(gw, mock):
@@ -294,7 +294,7 @@ def test_a_stalled_stream_is_reset_by_its_idle_timeout_and_not_continued(mock):
         with pytest.raises(httpx.RemoteProtocolError):
             stream(g, "stalls")
         assert mock.count("oa2") == 0
-        assert g.stats()["wasmcustom.switchboard.pool.stalls.stream_idle_timeouts"] == 1
+        assert g.stats()[pool_stat("stalls", "stream_idle_timeouts")] == 1
     finally:
         g.stop()
 

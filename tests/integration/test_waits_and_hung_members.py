@@ -12,7 +12,7 @@ import httpx
 import openai
 
 from conftest import base_config
-from harness import chat
+from harness import chat, member_stat
 
 
 def equal_weights(cfg):
@@ -126,7 +126,7 @@ def test_hung_member_is_left_and_a_slow_healthy_one_is_never_cut(make_gateway, m
     # Each client that gives up on alpha counts against it: after `consecutive_failures` (3) it is left.
     assert answered >= 17, f"{answered} of 20 answered"
     stats = gw.stats()
-    assert stats["wasmcustom.switchboard.member.gpt4o_16k.alpha/gpt-4o.ejections"] >= 1
+    assert stats[member_stat("gpt4o_16k", "alpha/gpt-4o", "ejections")] >= 1
     long_generation.join(timeout=150)
     assert slow == {"status": 200, "member": "gamma/gpt-4o-slow"}, slow
     assert gw.alive()
