@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::api::error::{write_json, ErrorType};
 use crate::api::usage::last_number_after;
+use crate::sse;
 
 /// The message every gateway-ended stream carries.
 pub const INCOMPLETE_MESSAGE: &str = "The provider's stream ended before the answer was complete.";
@@ -57,7 +58,7 @@ pub struct StreamEnd {
     finishes: u32,
     ending: Ending,
     /// The start of an event not yet complete.
-    pending: Vec<u8>,
+    framer: sse::Framer,
     /// Responses: the last `sequence_number` seen, and the response object
     /// of `response.created` (what a `response.failed` repeats).
     sequence: Option<u64>,
@@ -76,7 +77,7 @@ impl StreamEnd {
             choices: choices.max(1),
             finishes: 0,
             ending: Ending::Open,
-            pending: Vec::new(),
+            framer: sse::Framer::default(),
             sequence: None,
             response: None,
             cut: false,
@@ -86,19 +87,9 @@ impl StreamEnd {
 
     /// The next piece of the stream, cut anywhere.
     pub fn feed(&mut self, chunk: &[u8]) {
-        let mut start = 0;
-        let mut carried = std::mem::take(&mut self.pending);
-        let data: &[u8] = if carried.is_empty() {
-            chunk
-        } else {
-            carried.extend_from_slice(chunk);
-            &carried
-        };
-        while let Some((at, separator)) = find_event_end(data.get(start..).unwrap_or_default()) {
-            self.event(data.get(start..start + at).unwrap_or_default());
-            start += at + separator;
-        }
-        self.pending = data.get(start..).unwrap_or_default().to_vec();
+        let mut framer = std::mem::take(&mut self.framer);
+        framer.feed(chunk, false, &mut |event| self.event(event));
+        self.framer = framer;
     }
 
     /// The stream's body ended. `None`: it ended as its API ends an answer
@@ -107,7 +98,7 @@ impl StreamEnd {
     /// `data: [DONE]`, for Messages an `error` event, for Responses `error`
     /// and `response.failed`.
     pub fn end(&mut self) -> Option<Vec<u8>> {
-        let last = std::mem::take(&mut self.pending);
+        let last = self.framer.take();
         if self.ending == Ending::Open && !last.iter().all(u8::is_ascii_whitespace) {
             self.event(&last);
         }
@@ -169,8 +160,8 @@ impl StreamEnd {
             Wire::Messages => &[b"\"text\"", b"\"partial_json\"", b"\"thinking\""],
             Wire::Responses => &[b"\"delta\""],
         };
-        if let Some(data) = data_of(event) {
-            let bytes: usize = keys.iter().map(|k| string_bytes_after(data, k)).sum();
+        if let Some(data) = sse::data(event) {
+            let bytes: usize = keys.iter().map(|k| string_bytes_after(&data, k)).sum();
             self.output_bytes = self.output_bytes.saturating_add(bytes as u64);
         }
         if self.ending != Ending::Open {
@@ -191,8 +182,8 @@ impl StreamEnd {
                     Some("response.completed" | "response.incomplete") => self.ending = Ending::Complete,
                     Some("response.failed" | "error") => self.ending = Ending::Failed,
                     Some("response.created") => {
-                        self.response = data_of(event)
-                            .and_then(|d| serde_json::from_slice::<Value>(d).ok())
+                        self.response = sse::data(event)
+                            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
                             .and_then(|mut v| v.get_mut("response").map(Value::take));
                     }
                     _ => {}
@@ -202,7 +193,7 @@ impl StreamEnd {
     }
 
     fn openai_event(&mut self, event: &[u8]) {
-        let Some(data) = data_of(event) else { return };
+        let Some(data) = sse::data(event) else { return };
         let data = data.trim_ascii();
         if data.starts_with(b"[DONE]") {
             self.ending = Ending::Complete;
@@ -222,24 +213,6 @@ impl StreamEnd {
     }
 }
 
-/// End of the first SSE event in `buf` (index, separator length): a blank line
-/// ends an event, with `\n` or `\r\n` line ends.
-pub fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf.get(i) == Some(&b'\n') {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
 fn push_event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
@@ -252,18 +225,12 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The `data:` lines of an SSE event, joined (one line in every API here).
-fn data_of(event: &[u8]) -> Option<&[u8]> {
-    event.split(|b| *b == b'\n').find_map(|line| line.strip_prefix(b"data:"))
-}
-
 /// An event's name: its `event:` line, else the `type` of its data.
 fn event_name(event: &[u8]) -> Option<String> {
-    let named = event.split(|b| *b == b'\n').find_map(|line| line.strip_prefix(b"event:"));
-    if let Some(name) = named {
+    if let Some(name) = sse::name(event) {
         return std::str::from_utf8(name.trim_ascii()).ok().map(str::to_string);
     }
-    let v: Value = serde_json::from_slice(data_of(event)?).ok()?;
+    let v: Value = serde_json::from_slice(&sse::data(event)?).ok()?;
     v.get("type")?.as_str().map(str::to_string)
 }
 

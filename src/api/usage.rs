@@ -6,6 +6,8 @@
 //! its first event, so the head of the answer is kept too. And the usage-only
 //! chunk taken out of an OpenAI stream whose client did not ask for it.
 
+use crate::sse;
+
 /// Bytes of an answer's end worth keeping to find its usage.
 pub const TAIL_BYTES: usize = 1024;
 
@@ -89,7 +91,7 @@ pub struct UsageChunkFilter {
 impl UsageChunkFilter {
     /// What to send on for `chunk`: `None` when that is `chunk` itself.
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
-        let whole = end_of_stream || chunk.ends_with(b"\n\n") || chunk.ends_with(b"\n\r\n");
+        let whole = end_of_stream || sse::ends_with_blank_line(chunk);
         if self.held.is_empty() && whole && !has_empty_choices(chunk) {
             return None;
         }
@@ -97,11 +99,10 @@ impl UsageChunkFilter {
         data.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(data.len());
         let mut start = 0;
-        for i in 0..data.len() {
-            if let Some(end) = ends_at(&data, i).filter(|&end| end > start) {
-                self.pass(data.get(start..end).unwrap_or_default(), &mut out);
-                start = end;
-            }
+        while let Some((len, separator)) = sse::event_end(data.get(start..).unwrap_or_default(), 0) {
+            let end = start + len + separator;
+            self.pass(data.get(start..end).unwrap_or_default(), &mut out);
+            start = end;
         }
         let rest = data.get(start..).unwrap_or_default();
         if end_of_stream {
@@ -123,15 +124,6 @@ impl UsageChunkFilter {
     /// The counts of the chunk taken out, once it was seen.
     pub fn usage(&self) -> Option<(u64, u64)> {
         self.usage
-    }
-}
-
-/// Where an SSE event ends at `i` (`\n\n` or `\n\r\n`): the index after it.
-fn ends_at(bytes: &[u8], i: usize) -> Option<usize> {
-    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
-        (Some(b'\n'), Some(b'\n'), _) => Some(i + 2),
-        (Some(b'\n'), Some(b'\r'), Some(b'\n')) => Some(i + 3),
-        _ => None,
     }
 }
 

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::encoding::random_hex;
 use crate::providers::NativeApi;
+use crate::sse;
 
 /// The API a client speaks. Every door's requests run through the pipeline
 /// as chat completions.
@@ -490,35 +491,22 @@ pub(crate) trait DoorStream {
 /// chunks) and decodes each into `StreamPart`s.
 #[derive(Debug, Default)]
 pub(crate) struct ChatStreamDecoder {
-    buffer: Vec<u8>,
+    framer: sse::Framer,
     started: bool,
 }
 
 impl ChatStreamDecoder {
     pub(crate) fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<StreamPart> {
-        self.buffer.extend_from_slice(chunk);
         let mut parts = Vec::new();
-        while let Some((end, sep)) = find_event_end(&self.buffer) {
-            let event: Vec<u8> = self.buffer.drain(..end + sep).collect();
-            self.decode_event(event.get(..end).unwrap_or_default(), &mut parts);
-        }
-        if end_of_stream && !self.buffer.is_empty() {
-            let event = std::mem::take(&mut self.buffer);
-            self.decode_event(&event, &mut parts);
-        }
+        let mut framer = std::mem::take(&mut self.framer);
+        framer.feed(chunk, end_of_stream, &mut |event| self.decode_event(event, &mut parts));
+        self.framer = framer;
         parts
     }
 
     fn decode_event(&mut self, event: &[u8], parts: &mut Vec<StreamPart>) {
-        let text = String::from_utf8_lossy(event);
-        let mut data = String::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("data:") else { continue };
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
-        }
+        let Some(data) = sse::data(event) else { return };
+        let data = String::from_utf8_lossy(&data);
         let data = data.trim();
         if data.is_empty() {
             return;
@@ -586,8 +574,6 @@ fn decode_choice(choice: &Map<String, Value>, parts: &mut Vec<StreamPart>) {
         parts.push(StreamPart::Finish { reason: reason.to_string(), stop_string });
     }
 }
-
-pub(crate) use crate::api::stream_end::find_event_end;
 
 /// Appends one SSE event `event: <name>\ndata: <json>\n\n`.
 pub(crate) fn push_sse(out: &mut Vec<u8>, name: &str, data: &Value) {

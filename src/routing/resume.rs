@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::api::request::{push_json_string, ParsedRequest};
 use crate::config::ProviderKind;
-use crate::doors::{find_event_end, first_choice, ChatStreamDecoder, StreamPart, Usage};
+use crate::doors::{first_choice, ChatStreamDecoder, StreamPart, Usage};
 use crate::providers::{self, Emitter, Meta};
+use crate::sse;
 
 /// Asked after the partial answer of kinds that cannot continue a trailing assistant message.
 pub const CONTINUE_INSTRUCTION: &str = "Your previous answer was cut off. Continue it exactly where it stopped: \
@@ -64,8 +65,8 @@ impl StreamWatch {
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some((at, separator)) = find_event_end(data.get(start..).unwrap_or_default()) {
-            let end = start + at + separator;
+        while let Some((len, separator)) = sse::event_end(data.get(start..).unwrap_or_default(), 0) {
+            let end = start + len + separator;
             if self.breaks(data.get(start..end).unwrap_or_default()) {
                 return Some(self.cut_at(data, start));
             }
