@@ -243,7 +243,8 @@ mod tests {
         assert!(matches!(data(b"data: one"), Some(Cow::Borrowed(b"one"))));
         assert_eq!(data(b"event: ping"), None);
         let mut with_data = 0;
-        Framer::default().feed(b"event: x\n\n\n\nid: 3\n\n", true, &mut |e| with_data += usize::from(data(e).is_some()));
+        Framer::default()
+            .feed(b"event: x\n\n\n\nid: 3\n\n", true, &mut |e| with_data += usize::from(data(e).is_some()));
         assert_eq!(with_data, 0, "events without data carry nothing");
         assert_eq!(name(event), Some(&b"message"[..]));
         assert_eq!(name(b"data: x"), None);

@@ -19,6 +19,7 @@ pub mod responses;
 #[cfg(test)]
 mod sdk_fixtures;
 
+use crate::api::usage::Tokens;
 use crate::api::ErrorCode;
 use serde_json::{Map, Value};
 
@@ -361,28 +362,6 @@ pub(crate) fn copy_stream(src: &Map<String, Value>, out: &mut Map<String, Value>
     }
 }
 
-/// Token counts of an OpenAI answer (`usage`), cached tokens included in `prompt`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
-    pub prompt: u64,
-    pub completion: u64,
-    pub cached: u64,
-    pub reasoning: u64,
-}
-
-impl Usage {
-    pub(crate) fn from_value(usage: Option<&Value>) -> Option<Usage> {
-        let usage = usage?.as_object()?;
-        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
-        Some(Usage {
-            prompt: n(usage.get("prompt_tokens")),
-            completion: n(usage.get("completion_tokens")),
-            cached: n(usage.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens"))),
-            reasoning: n(usage.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens"))),
-        })
-    }
-}
-
 /// A door id (`msg_...`, `resp_...`) from the upstream answer's id, so logs can
 /// join the two; random when the answer has none.
 pub(crate) fn door_id(prefix: &str, upstream_id: Option<&str>) -> String {
@@ -430,7 +409,7 @@ pub(crate) enum StreamPart {
         reason: String,
         stop_string: Option<String>,
     },
-    Usage(Usage),
+    Usage(Tokens),
     /// An OpenAI error event (`data: {"error":{...}}`): its message and type.
     Error {
         message: String,
@@ -536,7 +515,7 @@ impl ChatStreamDecoder {
         if let Some(choice) = first_choice(&value) {
             decode_choice(choice, parts);
         }
-        if let Some(usage) = Usage::from_value(value.get("usage")) {
+        if let Some(usage) = Tokens::from_json(value.get("usage")) {
             parts.push(StreamPart::Usage(usage));
         }
     }
@@ -678,7 +657,7 @@ mod tests {
             parts,
             vec![
                 StreamPart::Start { id: None, model: None },
-                StreamPart::Usage(Usage { prompt: 5, completion: 2, cached: 1, reasoning: 0 }),
+                StreamPart::Usage(Tokens { cached: Some(1), ..Tokens::new(5, 2) }),
                 StreamPart::Error { message: "busy".into(), kind: "server_error".into() },
             ]
         );

@@ -7,13 +7,14 @@ use std::fmt::Debug;
 use serde_json::Value;
 
 use crate::api::error::ErrorType;
+use crate::api::usage::Tokens;
 use crate::api::ApiError;
 use crate::config::{Member, Provider};
 use crate::sse;
 
 use super::chat::Chat;
 use super::emit::Emitter;
-use super::openai_out::{Answer, Meta, Usage};
+use super::openai_out::{Answer, Meta};
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{code_for_status, error_json, fallback_error};
 
@@ -88,7 +89,7 @@ pub(super) trait StreamState: Debug {
     fn emitter(&self) -> &Emitter;
 
     /// The latest usage the provider reported, whether or not it was sent.
-    fn usage(&self) -> Option<Usage> {
+    fn usage(&self) -> Option<Tokens> {
         self.emitter().usage
     }
 

@@ -68,6 +68,5 @@ pub use dispatch::{build_native, build_request, NativeApi};
 pub(crate) use emit::Emitter;
 pub use openai::responses_followup;
 pub(crate) use openai_out::Meta;
-pub use openai_out::Usage;
 pub use response::ResponseAdapter;
 pub use upstream::{BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};
