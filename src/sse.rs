@@ -18,13 +18,17 @@ pub fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut at = from;
     loop {
         let rest = buf.get(at..)?;
-        let line_end = at + memchr::memchr2(b'\n', b'\r', rest)?;
+        let line_end = at + rest.iter().position(is_line_end)?;
         let first = line_end_len(buf, line_end)?;
         if let Some(second) = line_end_len(buf, line_end + first) {
             return Some((line_end, first + second));
         }
         at = line_end + first;
     }
+}
+
+fn is_line_end(b: &u8) -> bool {
+    matches!(b, b'\n' | b'\r')
 }
 
 /// The length of the line end at `at` (`\r\n`: 2), or `None` when none is.
@@ -52,7 +56,7 @@ pub fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(event);
     std::iter::from_fn(move || {
         let text = rest?;
-        match memchr::memchr2(b'\n', b'\r', text) {
+        match text.iter().position(is_line_end) {
             Some(at) => {
                 let skip = if text.get(at..at + 2) == Some(b"\r\n") { 2 } else { 1 };
                 rest = text.get(at + skip..);
@@ -70,7 +74,7 @@ pub fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// loses one leading space (`data: x` and `data:x` are the same).
 pub fn fields(event: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     lines(event).filter(|line| !line.is_empty() && line.first() != Some(&b':')).map(|line| {
-        match memchr::memchr(b':', line) {
+        match line.iter().position(|&b| b == b':') {
             Some(i) => {
                 let value = line.get(i + 1..).unwrap_or_default();
                 (line.get(..i).unwrap_or_default(), value.strip_prefix(b" ").unwrap_or(value))

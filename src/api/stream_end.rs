@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use crate::api::error::{write_json, ErrorType};
 use crate::api::usage::last_number_after;
 use crate::sse;
+use crate::text;
 
 /// The message every gateway-ended stream carries.
 pub const INCOMPLETE_MESSAGE: &str = "The provider's stream ended before the answer was complete.";
@@ -200,7 +201,7 @@ impl StreamEnd {
             return;
         }
         // `"error"` with both quotes occurs in JSON only as a key or a whole string value.
-        if contains(data, b"\"error\"")
+        if text::values_after(data, b"\"error\"").next().is_some()
             && serde_json::from_slice::<Value>(data).is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()))
         {
             self.ending = Ending::Failed;
@@ -221,10 +222,6 @@ fn push_event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"\n\n");
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// An event's name: its `event:` line, else the `type` of its data.
 fn event_name(event: &[u8]) -> Option<String> {
     if let Some(name) = sse::name(event) {
@@ -237,26 +234,14 @@ fn event_name(event: &[u8]) -> Option<String> {
 /// How many `"finish_reason"` keys of `data` hold a value (not `null`).
 fn finishes_in(data: &[u8]) -> u32 {
     const KEY: &[u8] = b"\"finish_reason\"";
-    let mut count = 0;
-    let mut rest = data;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
-        rest = rest.get(at + KEY.len()..).unwrap_or_default();
-        let mut value = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
-        if value.next() == Some(&b'"') {
-            count += 1;
-        }
-    }
-    count
+    text::values_after(data, KEY).filter(|value| value.first() == Some(&b'"')).count() as u32
 }
 
 /// The bytes of every string value of `key` in `data` (as written, escapes included).
 fn string_bytes_after(data: &[u8], key: &[u8]) -> usize {
     let mut total = 0;
-    let mut rest = data;
-    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
-        rest = rest.get(at + key.len()..).unwrap_or_default();
-        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
-        let Some(value) = rest.get(skip..).and_then(|v| v.strip_prefix(b"\"")) else { continue };
+    for value in text::values_after(data, key) {
+        let Some(value) = value.strip_prefix(b"\"") else { continue };
         let mut escaped = false;
         let len = value
             .iter()
@@ -267,7 +252,6 @@ fn string_bytes_after(data: &[u8], key: &[u8]) -> usize {
             })
             .count();
         total += len;
-        rest = value.get(len..).unwrap_or_default();
     }
     total
 }

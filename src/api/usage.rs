@@ -9,6 +9,7 @@
 use serde_json::Value;
 
 use crate::sse;
+use crate::text;
 
 /// Token counts of one answer, in OpenAI's terms: the one usage type of the
 /// gateway, from the answers it reads to tenants' budgets and the call log.
@@ -96,14 +97,8 @@ impl Tail {
 }
 
 /// The number after the last `key` in `text` (`"key": 12`).
-pub(crate) fn last_number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    // Every answer is read: compare whole keys only where their first byte is.
-    let first = *key.first()?;
-    let at = (0..=text.len().checked_sub(key.len())?)
-        .rev()
-        .find(|&i| text.get(i) == Some(&first) && text.get(i..i + key.len()) == Some(key))?;
-    let rest = text.get(at + key.len()..)?;
-    let digits = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
+pub(crate) fn last_number_after(body: &[u8], key: &[u8]) -> Option<u64> {
+    let digits = text::last_value_after(body, key)?.iter();
     let mut value: Option<u64> = None;
     for b in digits.take_while(|b| b.is_ascii_digit()) {
         value = Some(value.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
@@ -181,11 +176,7 @@ fn has_empty_choices(bytes: &[u8]) -> bool {
             None
         }
     }
-    let empty_after = |at: usize| {
-        let rest = bytes.get(at + KEY.len()..)?;
-        then(then(then(rest, b':')?, b'[')?, b']')
-    };
-    bytes.windows(KEY.len()).enumerate().any(|(at, w)| w == KEY && empty_after(at).is_some())
+    text::values_after(bytes, KEY).any(|value| then(value, b'[').and_then(|rest| then(rest, b']')).is_some())
 }
 
 #[cfg(test)]
