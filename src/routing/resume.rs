@@ -163,9 +163,7 @@ impl StreamWatch {
 
 /// The id, `created` and model of a chunk event.
 fn meta_of(event: &[u8]) -> Option<Meta> {
-    let text = std::str::from_utf8(event).ok()?;
-    let data = text.lines().find_map(|l| l.strip_prefix("data:"))?;
-    let v: Value = serde_json::from_str(data.trim()).ok()?;
+    let v: Value = serde_json::from_slice(sse::data(event)?.trim_ascii()).ok()?;
     Some(Meta {
         id: v.get("id")?.as_str()?.to_string(),
         created: v.get("created").and_then(Value::as_u64).unwrap_or(0),
