@@ -372,6 +372,10 @@ mod tests {
         assert_eq!(ev[0].1, json!({"type": "error", "error": {"type": "api_error", "message": INCOMPLETE_MESSAGE}}));
         // Events without `event:` lines are named by their data's type.
         assert_eq!(ended(Wire::Messages, 1, "data: {\"type\":\"message_stop\"}\n\n"), (None, false));
+        // Any line end: `\r\n` or a lone `\r`, cut anywhere.
+        assert_eq!(ended(Wire::Messages, 1, &done.replace('\n', "\r\n")), (None, false));
+        assert_eq!(ended(Wire::Messages, 1, &done.replace('\n', "\r")), (None, false));
+        assert!(ended(Wire::Messages, 1, &MESSAGE_START.replace('\n', "\r")).1);
     }
 
     #[test]

@@ -242,6 +242,17 @@ mod tests {
         assert_eq!(f.feed(b"data: [DO", false), Some(Vec::new()));
         assert_eq!(f.feed(b"NE]", true), Some(b"data: [DONE]".to_vec()));
         assert_eq!(f.usage(), Some(Tokens::new(4, 5)));
+        // Events ended by lone `\r`s (cut anywhere, even between a `\r` and what follows) too.
+        let cr = |event: &[u8]| [event.strip_suffix(b"\n\n").unwrap(), b"\r\r"].concat();
+        let stream = [cr(CHUNK), cr(USAGE), cr(DONE)].concat();
+        for cut in 0..=stream.len() {
+            let mut f = UsageChunkFilter::default();
+            let (a, b) = stream.split_at(cut);
+            let mut out = f.feed(a, false).unwrap_or_else(|| a.to_vec());
+            out.extend(f.feed(b, true).unwrap_or_else(|| b.to_vec()));
+            assert_eq!(out, [cr(CHUNK), cr(DONE)].concat(), "cut at {cut}");
+            assert_eq!(f.usage(), Some(Tokens::new(7, 3)), "cut at {cut}");
+        }
     }
 
     #[test]
