@@ -1,7 +1,7 @@
 //! Small encodings, written once for the whole filter: base64 for inline
-//! media, percent-decoding for `data:` URLs, SigV4's canonical query strings
-//! and redirect parameters, lowercase hex for digests, and random ids and
-//! bytes from the host. A leaf: it imports nothing of the crate.
+//! media (decoded for a configured learned model), percent-decoding for
+//! `data:` URLs, SigV4's canonical query strings and redirect parameters,
+//! lowercase hex for digests, and random ids and bytes from the host. A leaf: it imports nothing of the crate.
 
 /// Base64 encoding (standard alphabet, padded).
 pub fn base64(data: &[u8]) -> String {
@@ -17,6 +17,32 @@ pub fn base64(data: &[u8]) -> String {
         out.push(if group.len() > 2 { sym(n) } else { '=' });
     }
     out
+}
+
+/// Decodes standard base64 (padding optional, whitespace ignored); `None` on any other character.
+pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in input.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 /// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
@@ -71,6 +97,14 @@ pub fn random_hex<const N: usize>() -> Option<String> {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn base64_decodes_with_or_without_padding() {
+        assert_eq!(base64_decode("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(base64_decode("aGVsbG8").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(base64_decode("AAEC\n/w==").as_deref(), Some(&[0u8, 1, 2, 255][..]));
+        assert_eq!(base64_decode("a$"), None);
+    }
 
     #[test]
     fn percent_decoding_keeps_malformed_escapes() {

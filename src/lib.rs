@@ -15,6 +15,7 @@ pub use switchboard_learned as learned;
 pub mod observe;
 pub mod providers;
 pub mod routing;
+pub mod sse;
 pub mod tenant;
 pub mod text;
 

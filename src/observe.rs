@@ -4,6 +4,7 @@
 //! the facts while the request runs and reports them once, in `on_log`.
 
 use crate::api::request::push_json_string;
+use crate::api::usage::Tokens;
 use crate::api::ErrorCode;
 use crate::tenant::limits::civil;
 
@@ -127,15 +128,6 @@ pub struct AttemptLog<'a> {
     pub ms: u64,
 }
 
-/// Token counts of an answer; `estimated` when it reported none and the
-/// gateway's estimate stands in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tokens {
-    pub prompt: u64,
-    pub completion: u64,
-    pub estimated: bool,
-}
-
 /// One client request as the call log shows it: names, numbers and
 /// statuses only, never a key, a prompt or an answer.
 #[derive(Debug, Default)]
@@ -163,6 +155,8 @@ pub struct CallRecord<'a> {
     pub error: Option<&'a str>,
     pub stream: bool,
     pub tokens: Option<Tokens>,
+    /// The answer reported no usage: `tokens` are the gateway's estimate.
+    pub usage_estimated: bool,
     pub cost_micro_usd: Option<u64>,
     /// From the request's arrival to the answer's first byte (a stream's first event) leaving.
     pub first_byte_ms: Option<u64>,
@@ -256,7 +250,7 @@ impl CallRecord<'_> {
         push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
         push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
         out.extend_from_slice(match self.tokens {
-            Some(Tokens { estimated: true, .. }) => b",\"usage_estimated\":true",
+            Some(_) if self.usage_estimated => b",\"usage_estimated\":true",
             _ => b",\"usage_estimated\":false",
         });
         push_num_or_null(&mut out, ",\"cost_micro_usd\":", self.cost_micro_usd);
@@ -293,7 +287,8 @@ mod tests {
             cut: false,
             error: None,
             stream: true,
-            tokens: Some(Tokens { prompt: 30, completion: 7, estimated: false }),
+            tokens: Some(Tokens::new(30, 7)),
+            usage_estimated: false,
             cost_micro_usd: Some(91),
             first_byte_ms: Some(9),
             duration_ms: 17,

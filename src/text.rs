@@ -1,6 +1,6 @@
-//! Text helpers shared by request reading and routing rules (no dependencies):
-//! JSON string bodies read without a decoded copy, and case-insensitive
-//! whole-word matching by word hashes.
+//! Text helpers shared by request reading, answer reading and routing rules:
+//! JSON string bodies read without a decoded copy, values found after a key
+//! without parsing, and case-insensitive whole-word matching by word hashes.
 
 /// The characters of a JSON string body (between the quotes), escapes decoded
 /// on the fly. A malformed escape yields U+FFFD; a trailing backslash ends the text.
@@ -24,6 +24,34 @@ pub fn push_json_string(out: &mut String, raw: &str) {
         rest = chars.as_str();
     }
     out.push_str(rest);
+}
+
+/// The start of each value of `key` (a quoted key, `b"\"id\""`) in JSON
+/// read as bytes, past its colon and white space. Keys are found without
+/// parsing: a string value never holds a key's quotes unescaped.
+pub fn values_after<'a>(json: &'a [u8], key: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let rest = json.get(from..)?;
+        from += rest.windows(key.len()).position(|w| w == key)? + key.len();
+        Some(value_start(json, from))
+    })
+}
+
+/// [`values_after`] the last `key` only.
+pub fn last_value_after<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    // Every answer's tail is read: whole keys are compared only where their first byte is.
+    let first = *key.first()?;
+    let at = (0..=json.len().checked_sub(key.len())?)
+        .rev()
+        .find(|&i| json.get(i) == Some(&first) && json.get(i..i + key.len()) == Some(key))?;
+    Some(value_start(json, at + key.len()))
+}
+
+fn value_start(json: &[u8], from: usize) -> &[u8] {
+    let rest = json.get(from..).unwrap_or_default();
+    let skip = rest.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
+    rest.get(skip..).unwrap_or_default()
 }
 
 /// The character an escape stands for, read from just after its backslash.
@@ -448,36 +476,19 @@ impl<'s, 'f> PhraseScan<'s, 'f> {
     }
 }
 
-/// Decodes standard base64 (padding optional, whitespace ignored); `None` on any other character.
-pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    };
-    let mut out = Vec::with_capacity(input.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in input.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
-        acc = (acc << 6) | value(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn values_are_found_after_their_keys() {
+        let json = br#"{"id": "a", "n":{"id" :12}, "s":"say \"id\": 3"}"#;
+        let values: Vec<&[u8]> = values_after(json, br#""id""#).map(|v| &v[..3]).collect();
+        assert_eq!(values, vec![&b"\"a\""[..], b"12}"]);
+        assert_eq!(last_value_after(json, br#""id""#).map(|v| &v[..2]), Some(&b"12"[..]));
+        assert_eq!(last_value_after(json, br#""none""#), None);
+    }
 
     fn found(text: &str, phrases: &[&str]) -> Vec<bool> {
         let set = PhraseSet::new(phrases.iter().copied());
@@ -568,13 +579,5 @@ mod tests {
         let got = found("kw3 and kw69", &refs);
         assert!(got[3] && got[69]);
         assert_eq!(got.iter().filter(|b| **b).count(), 2);
-    }
-
-    #[test]
-    fn base64_decodes_with_or_without_padding() {
-        assert_eq!(base64_decode("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
-        assert_eq!(base64_decode("aGVsbG8").as_deref(), Some(&b"hello"[..]));
-        assert_eq!(base64_decode("AAEC\n/w==").as_deref(), Some(&[0u8, 1, 2, 255][..]));
-        assert_eq!(base64_decode("a$"), None);
     }
 }

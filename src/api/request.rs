@@ -111,7 +111,8 @@ pub struct ParsedRequest<'a> {
     payload: Option<&'a RawValue>,
     /// Tool definitions, counted in the prompt estimate.
     tools: Option<&'a RawValue>,
-    endpoint: Endpoint,
+    /// The endpoint whose payload is read; `None` for a body read for its top-level fields only.
+    endpoint: Option<Endpoint>,
     content: OnceCell<Content<'a>>,
     /// The user's text read alone (no estimate), when only that was asked for.
     user_text: OnceCell<Vec<&'a str>>,
@@ -191,7 +192,18 @@ fn json_kind(raw: &RawValue) -> u8 {
 }
 
 impl<'a> ParsedRequest<'a> {
+    /// A request to `endpoint`: its payload field (`messages`, `prompt`, `input`) is required.
     pub fn parse(body: &'a [u8], endpoint: Endpoint) -> Result<ParsedRequest<'a>, ApiError> {
+        Self::parse_for(body, Some(endpoint))
+    }
+
+    /// A body read for its top-level fields only (a front door's own body sent
+    /// on as it is): no payload field is required, and the content is empty.
+    pub fn parse_fields(body: &'a [u8]) -> Result<ParsedRequest<'a>, ApiError> {
+        Self::parse_for(body, None)
+    }
+
+    fn parse_for(body: &'a [u8], endpoint: Option<Endpoint>) -> Result<ParsedRequest<'a>, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::invalid_request(
                 ErrorCode::InvalidJson,
@@ -233,10 +245,10 @@ impl<'a> ParsedRequest<'a> {
         let mut metadata = Vec::new();
         let (mut model_keys, mut gateway_keys, mut model_span) = (0usize, 0usize, None);
         let payload_field = match endpoint {
-            Endpoint::ChatCompletions => ("messages", b'['),
-            Endpoint::Completions => ("prompt", 0),
-            Endpoint::Embeddings => ("input", 0),
-            Endpoint::Models => ("", 0),
+            Some(Endpoint::ChatCompletions) => ("messages", b'['),
+            Some(Endpoint::Completions) => ("prompt", 0),
+            Some(Endpoint::Embeddings) => ("input", 0),
+            Some(Endpoint::Models) | None => ("", 0),
         };
         for (key, value) in &fields {
             match key.as_ref() {
@@ -696,7 +708,7 @@ impl<'a> ContentReader<'a, '_, '_, '_> {
 /// Best effort: a payload of an unexpected shape yields what could be read
 /// (the provider reports the real error).
 fn read_content<'a>(
-    endpoint: Endpoint,
+    endpoint: Option<Endpoint>,
     payload: Option<&'a RawValue>,
     tools: Option<&'a RawValue>,
     reading: Reading<'_, '_, '_>,
@@ -707,7 +719,7 @@ fn read_content<'a>(
     }
     let Some(payload) = payload else { return reader.content };
     match endpoint {
-        Endpoint::ChatCompletions => {
+        Some(Endpoint::ChatCompletions) => {
             let messages: Vec<Message<'a>> = serde_json::from_str(payload.get()).unwrap_or_default();
             // Reply priming, as in OpenAI's counting guide.
             reader.counter.add_tokens(3);
@@ -724,7 +736,7 @@ fn read_content<'a>(
                 }
             }
         }
-        Endpoint::Completions | Endpoint::Embeddings => {
+        Some(Endpoint::Completions | Endpoint::Embeddings) => {
             let texts: Vec<&'a RawValue> = if payload.get().starts_with('[') {
                 serde_json::from_str(payload.get()).unwrap_or_default()
             } else {
@@ -734,7 +746,7 @@ fn read_content<'a>(
                 reader.text(text, true);
             }
         }
-        Endpoint::Models => {}
+        Some(Endpoint::Models) | None => {}
     }
     reader.content.prompt_tokens = reader.counter.tokens();
     reader.content
@@ -921,6 +933,13 @@ mod tests {
         assert!(ParsedRequest::parse(br#"{"model":"e","input":"x"}"#, Endpoint::Embeddings).is_ok());
         assert!(ParsedRequest::parse(br#"{"model":"e","prompt":"x"}"#, Endpoint::Completions).is_ok());
         assert!(ParsedRequest::parse(br#"{"model":"e","prompt":"x"}"#, Endpoint::Embeddings).is_err());
+        // Top-level fields only: no payload is required, and none is read.
+        let fields = ParsedRequest::parse_fields(br#"{"model":"e","input":"hello there","previous_response_id":"r"}"#);
+        let fields = fields.unwrap();
+        assert_eq!(fields.target, "e");
+        assert!(fields.field("previous_response_id").is_some());
+        assert_eq!(fields.content().prompt_tokens, 0);
+        assert!(ParsedRequest::parse_fields(br#"{"input":"x"}"#).is_err(), "the model is still required");
     }
 
     #[test]

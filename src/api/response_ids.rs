@@ -8,6 +8,8 @@
 //! `BUCKETS` shared-data keys of at most `PER_BUCKET` entries each, the
 //! oldest entry of a full bucket giving way.
 
+use crate::text;
+
 /// Shared-data keys the table uses.
 pub const BUCKETS: u64 = 1024;
 /// Entries kept per bucket (about 1024 x 64 = 65,536 responses in all).
@@ -95,11 +97,8 @@ pub fn find(value: &[u8], id: &str) -> Option<Holder> {
 /// stream's `response.created` event).
 pub fn response_id_in(head: &[u8]) -> Option<&str> {
     const KEY: &[u8] = b"\"id\"";
-    let mut rest = head;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
-        rest = rest.get(at + KEY.len()..)?;
-        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
-        let Some(value) = rest.get(skip..).and_then(|v| v.strip_prefix(b"\"")) else { continue };
+    for value in text::values_after(head, KEY) {
+        let Some(value) = value.strip_prefix(b"\"") else { continue };
         let len = value.iter().position(|b| *b == b'"')?;
         let id = std::str::from_utf8(value.get(..len)?).ok()?;
         if id.starts_with("resp_") && !id.contains('\\') {

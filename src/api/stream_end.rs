@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 
 use crate::api::error::{write_json, ErrorType};
 use crate::api::usage::last_number_after;
+use crate::sse;
+use crate::text;
 
 /// The message every gateway-ended stream carries.
 pub const INCOMPLETE_MESSAGE: &str = "The provider's stream ended before the answer was complete.";
@@ -57,7 +59,7 @@ pub struct StreamEnd {
     finishes: u32,
     ending: Ending,
     /// The start of an event not yet complete.
-    pending: Vec<u8>,
+    framer: sse::Framer,
     /// Responses: the last `sequence_number` seen, and the response object
     /// of `response.created` (what a `response.failed` repeats).
     sequence: Option<u64>,
@@ -76,7 +78,7 @@ impl StreamEnd {
             choices: choices.max(1),
             finishes: 0,
             ending: Ending::Open,
-            pending: Vec::new(),
+            framer: sse::Framer::default(),
             sequence: None,
             response: None,
             cut: false,
@@ -86,19 +88,9 @@ impl StreamEnd {
 
     /// The next piece of the stream, cut anywhere.
     pub fn feed(&mut self, chunk: &[u8]) {
-        let mut start = 0;
-        let mut carried = std::mem::take(&mut self.pending);
-        let data: &[u8] = if carried.is_empty() {
-            chunk
-        } else {
-            carried.extend_from_slice(chunk);
-            &carried
-        };
-        while let Some((at, separator)) = find_event_end(data.get(start..).unwrap_or_default()) {
-            self.event(data.get(start..start + at).unwrap_or_default());
-            start += at + separator;
-        }
-        self.pending = data.get(start..).unwrap_or_default().to_vec();
+        let mut framer = std::mem::take(&mut self.framer);
+        framer.feed(chunk, false, &mut |event| self.event(event));
+        self.framer = framer;
     }
 
     /// The stream's body ended. `None`: it ended as its API ends an answer
@@ -107,7 +99,7 @@ impl StreamEnd {
     /// `data: [DONE]`, for Messages an `error` event, for Responses `error`
     /// and `response.failed`.
     pub fn end(&mut self) -> Option<Vec<u8>> {
-        let last = std::mem::take(&mut self.pending);
+        let last = self.framer.take();
         if self.ending == Ending::Open && !last.iter().all(u8::is_ascii_whitespace) {
             self.event(&last);
         }
@@ -169,8 +161,8 @@ impl StreamEnd {
             Wire::Messages => &[b"\"text\"", b"\"partial_json\"", b"\"thinking\""],
             Wire::Responses => &[b"\"delta\""],
         };
-        if let Some(data) = data_of(event) {
-            let bytes: usize = keys.iter().map(|k| string_bytes_after(data, k)).sum();
+        if let Some(data) = sse::data(event) {
+            let bytes: usize = keys.iter().map(|k| string_bytes_after(&data, k)).sum();
             self.output_bytes = self.output_bytes.saturating_add(bytes as u64);
         }
         if self.ending != Ending::Open {
@@ -191,8 +183,8 @@ impl StreamEnd {
                     Some("response.completed" | "response.incomplete") => self.ending = Ending::Complete,
                     Some("response.failed" | "error") => self.ending = Ending::Failed,
                     Some("response.created") => {
-                        self.response = data_of(event)
-                            .and_then(|d| serde_json::from_slice::<Value>(d).ok())
+                        self.response = sse::data(event)
+                            .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
                             .and_then(|mut v| v.get_mut("response").map(Value::take));
                     }
                     _ => {}
@@ -202,14 +194,14 @@ impl StreamEnd {
     }
 
     fn openai_event(&mut self, event: &[u8]) {
-        let Some(data) = data_of(event) else { return };
+        let Some(data) = sse::data(event) else { return };
         let data = data.trim_ascii();
         if data.starts_with(b"[DONE]") {
             self.ending = Ending::Complete;
             return;
         }
         // `"error"` with both quotes occurs in JSON only as a key or a whole string value.
-        if contains(data, b"\"error\"")
+        if text::values_after(data, b"\"error\"").next().is_some()
             && serde_json::from_slice::<Value>(data).is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()))
         {
             self.ending = Ending::Failed;
@@ -222,24 +214,6 @@ impl StreamEnd {
     }
 }
 
-/// End of the first SSE event in `buf` (index, separator length): a blank line
-/// ends an event, with `\n` or `\r\n` line ends.
-pub fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf.get(i) == Some(&b'\n') {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
 fn push_event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
@@ -248,48 +222,26 @@ fn push_event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"\n\n");
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The `data:` lines of an SSE event, joined (one line in every API here).
-fn data_of(event: &[u8]) -> Option<&[u8]> {
-    event.split(|b| *b == b'\n').find_map(|line| line.strip_prefix(b"data:"))
-}
-
 /// An event's name: its `event:` line, else the `type` of its data.
 fn event_name(event: &[u8]) -> Option<String> {
-    let named = event.split(|b| *b == b'\n').find_map(|line| line.strip_prefix(b"event:"));
-    if let Some(name) = named {
+    if let Some(name) = sse::name(event) {
         return std::str::from_utf8(name.trim_ascii()).ok().map(str::to_string);
     }
-    let v: Value = serde_json::from_slice(data_of(event)?).ok()?;
+    let v: Value = serde_json::from_slice(&sse::data(event)?).ok()?;
     v.get("type")?.as_str().map(str::to_string)
 }
 
 /// How many `"finish_reason"` keys of `data` hold a value (not `null`).
 fn finishes_in(data: &[u8]) -> u32 {
     const KEY: &[u8] = b"\"finish_reason\"";
-    let mut count = 0;
-    let mut rest = data;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
-        rest = rest.get(at + KEY.len()..).unwrap_or_default();
-        let mut value = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
-        if value.next() == Some(&b'"') {
-            count += 1;
-        }
-    }
-    count
+    text::values_after(data, KEY).filter(|value| value.first() == Some(&b'"')).count() as u32
 }
 
 /// The bytes of every string value of `key` in `data` (as written, escapes included).
 fn string_bytes_after(data: &[u8], key: &[u8]) -> usize {
     let mut total = 0;
-    let mut rest = data;
-    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
-        rest = rest.get(at + key.len()..).unwrap_or_default();
-        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
-        let Some(value) = rest.get(skip..).and_then(|v| v.strip_prefix(b"\"")) else { continue };
+    for value in text::values_after(data, key) {
+        let Some(value) = value.strip_prefix(b"\"") else { continue };
         let mut escaped = false;
         let len = value
             .iter()
@@ -300,7 +252,6 @@ fn string_bytes_after(data: &[u8], key: &[u8]) -> usize {
             })
             .count();
         total += len;
-        rest = value.get(len..).unwrap_or_default();
     }
     total
 }
@@ -419,6 +370,10 @@ mod tests {
         assert_eq!(ev[0].1, json!({"type": "error", "error": {"type": "api_error", "message": INCOMPLETE_MESSAGE}}));
         // Events without `event:` lines are named by their data's type.
         assert_eq!(ended(Wire::Messages, 1, "data: {\"type\":\"message_stop\"}\n\n"), (None, false));
+        // Any line end: `\r\n` or a lone `\r`, cut anywhere.
+        assert_eq!(ended(Wire::Messages, 1, &done.replace('\n', "\r\n")), (None, false));
+        assert_eq!(ended(Wire::Messages, 1, &done.replace('\n', "\r")), (None, false));
+        assert!(ended(Wire::Messages, 1, &MESSAGE_START.replace('\n', "\r")).1);
     }
 
     #[test]

@@ -6,6 +6,52 @@
 //! its first event, so the head of the answer is kept too. And the usage-only
 //! chunk taken out of an OpenAI stream whose client did not ask for it.
 
+use serde_json::Value;
+
+use crate::sse;
+use crate::text;
+
+/// Token counts of one answer, in OpenAI's terms: the one usage type of the
+/// gateway, from the answers it reads to tenants' budgets and the call log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tokens {
+    /// All input tokens, cached ones included (`prompt_tokens`; Anthropic's
+    /// and the Responses API's `input_tokens`).
+    pub prompt: u64,
+    /// Output tokens, reasoning included (`completion_tokens`, `output_tokens`).
+    pub completion: u64,
+    /// The provider's total, when it gives one.
+    pub total: Option<u64>,
+    /// Input tokens read from the provider's cache (`cached_tokens`).
+    pub cached: Option<u64>,
+    /// Reasoning tokens (`reasoning_tokens`).
+    pub reasoning: Option<u64>,
+}
+
+impl Tokens {
+    pub const fn new(prompt: u64, completion: u64) -> Tokens {
+        Tokens { prompt, completion, total: None, cached: None, reasoning: None }
+    }
+
+    /// `total_tokens`: the provider's total, else prompt + completion.
+    pub fn total_tokens(&self) -> u64 {
+        self.total.unwrap_or(self.prompt + self.completion)
+    }
+
+    /// An OpenAI `usage` object's counts (details only when given; no total).
+    pub fn from_json(usage: Option<&Value>) -> Option<Tokens> {
+        let usage = usage?.as_object()?;
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64);
+        Some(Tokens {
+            prompt: n(usage.get("prompt_tokens")).unwrap_or(0),
+            completion: n(usage.get("completion_tokens")).unwrap_or(0),
+            total: None,
+            cached: n(usage.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens"))),
+            reasoning: n(usage.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens"))),
+        })
+    }
+}
+
 /// Bytes of an answer's end worth keeping to find its usage.
 pub const TAIL_BYTES: usize = 1024;
 
@@ -32,7 +78,7 @@ impl Tail {
         &self.head
     }
 
-    pub fn usage(&self) -> Option<(u64, u64)> {
+    pub fn usage(&self) -> Option<Tokens> {
         scan(&self.tail).or_else(|| {
             let output = last_number_after(&self.tail, b"\"output_tokens\"")?;
             let input = |body: &[u8]| {
@@ -45,20 +91,14 @@ impl Tail {
                         + n(b"\"cache_creation_input_tokens\"").unwrap_or(0),
                 )
             };
-            Some((input(&self.tail).or_else(|| input(&self.head))?, output))
+            Some(Tokens::new(input(&self.tail).or_else(|| input(&self.head))?, output))
         })
     }
 }
 
 /// The number after the last `key` in `text` (`"key": 12`).
-pub(crate) fn last_number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    // Every answer is read: compare whole keys only where their first byte is.
-    let first = *key.first()?;
-    let at = (0..=text.len().checked_sub(key.len())?)
-        .rev()
-        .find(|&i| text.get(i) == Some(&first) && text.get(i..i + key.len()) == Some(key))?;
-    let rest = text.get(at + key.len()..)?;
-    let digits = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
+pub(crate) fn last_number_after(body: &[u8], key: &[u8]) -> Option<u64> {
+    let digits = text::last_value_after(body, key)?.iter();
     let mut value: Option<u64> = None;
     for b in digits.take_while(|b| b.is_ascii_digit()) {
         value = Some(value.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
@@ -66,11 +106,11 @@ pub(crate) fn last_number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     value
 }
 
-/// (prompt, completion) tokens, when `prompt_tokens` is there (embeddings
+/// The tokens of an OpenAI answer, when `prompt_tokens` is there (embeddings
 /// report no completion: 0).
-pub fn scan(body: &[u8]) -> Option<(u64, u64)> {
+pub fn scan(body: &[u8]) -> Option<Tokens> {
     let prompt = last_number_after(body, b"\"prompt_tokens\"")?;
-    Some((prompt, last_number_after(body, b"\"completion_tokens\"").unwrap_or(0)))
+    Some(Tokens::new(prompt, last_number_after(body, b"\"completion_tokens\"").unwrap_or(0)))
 }
 
 /// Takes the usage-only chunk (`"choices":[]` with a `usage` object) out of
@@ -83,13 +123,13 @@ pub fn scan(body: &[u8]) -> Option<(u64, u64)> {
 #[derive(Debug, Default)]
 pub struct UsageChunkFilter {
     held: Vec<u8>,
-    usage: Option<(u64, u64)>,
+    usage: Option<Tokens>,
 }
 
 impl UsageChunkFilter {
     /// What to send on for `chunk`: `None` when that is `chunk` itself.
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
-        let whole = end_of_stream || chunk.ends_with(b"\n\n") || chunk.ends_with(b"\n\r\n");
+        let whole = end_of_stream || sse::ends_with_blank_line(chunk);
         if self.held.is_empty() && whole && !has_empty_choices(chunk) {
             return None;
         }
@@ -97,11 +137,10 @@ impl UsageChunkFilter {
         data.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(data.len());
         let mut start = 0;
-        for i in 0..data.len() {
-            if let Some(end) = ends_at(&data, i).filter(|&end| end > start) {
-                self.pass(data.get(start..end).unwrap_or_default(), &mut out);
-                start = end;
-            }
+        while let Some((len, separator)) = sse::event_end(data.get(start..).unwrap_or_default(), 0) {
+            let end = start + len + separator;
+            self.pass(data.get(start..end).unwrap_or_default(), &mut out);
+            start = end;
         }
         let rest = data.get(start..).unwrap_or_default();
         if end_of_stream {
@@ -121,17 +160,8 @@ impl UsageChunkFilter {
     }
 
     /// The counts of the chunk taken out, once it was seen.
-    pub fn usage(&self) -> Option<(u64, u64)> {
+    pub fn usage(&self) -> Option<Tokens> {
         self.usage
-    }
-}
-
-/// Where an SSE event ends at `i` (`\n\n` or `\n\r\n`): the index after it.
-fn ends_at(bytes: &[u8], i: usize) -> Option<usize> {
-    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
-        (Some(b'\n'), Some(b'\n'), _) => Some(i + 2),
-        (Some(b'\n'), Some(b'\r'), Some(b'\n')) => Some(i + 3),
-        _ => None,
     }
 }
 
@@ -146,11 +176,7 @@ fn has_empty_choices(bytes: &[u8]) -> bool {
             None
         }
     }
-    let empty_after = |at: usize| {
-        let rest = bytes.get(at + KEY.len()..)?;
-        then(then(then(rest, b':')?, b'[')?, b']')
-    };
-    bytes.windows(KEY.len()).enumerate().any(|(at, w)| w == KEY && empty_after(at).is_some())
+    text::values_after(bytes, KEY).any(|value| then(value, b'[').and_then(|rest| then(rest, b']')).is_some())
 }
 
 #[cfg(test)]
@@ -162,12 +188,12 @@ mod tests {
     fn finds_usage_of_completions_and_final_stream_chunks() {
         let body =
             br#"{"id":"x","choices":[],"usage":{"prompt_tokens": 200,"completion_tokens":12,"total_tokens":212}}"#;
-        assert_eq!(scan(body), Some((200, 12)));
+        assert_eq!(scan(body), Some(Tokens::new(200, 12)));
         let stream = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
-        assert_eq!(scan(stream), Some((7, 3)));
+        assert_eq!(scan(stream), Some(Tokens::new(7, 3)));
         assert_eq!(scan(b"{\"choices\":[]}"), None);
         let embeddings = br#"{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
-        assert_eq!(scan(embeddings), Some((8, 0)));
+        assert_eq!(scan(embeddings), Some(Tokens::new(8, 0)));
     }
 
     const CHUNK: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
@@ -186,14 +212,14 @@ mod tests {
             let mut out = f.feed(a, false).unwrap_or_else(|| a.to_vec());
             out.extend(f.feed(b, true).unwrap_or_else(|| b.to_vec()));
             assert_eq!(out, expected, "cut at {cut}");
-            assert_eq!(f.usage(), Some((7, 3)), "cut at {cut}");
+            assert_eq!(f.usage(), Some(Tokens::new(7, 3)), "cut at {cut}");
         }
         let mut f = UsageChunkFilter::default();
         let mut out = Vec::new();
         for (i, byte) in stream.iter().enumerate() {
             out.extend(f.feed(&[*byte], i + 1 == stream.len()).unwrap_or_else(|| vec![*byte]));
         }
-        assert_eq!((out, f.usage()), (expected, Some((7, 3))));
+        assert_eq!((out, f.usage()), (expected, Some(Tokens::new(7, 3))));
     }
 
     #[test]
@@ -213,7 +239,18 @@ mod tests {
         assert_eq!(f.feed(&[CHUNK, spaced].concat(), false), Some(CHUNK.to_vec()));
         assert_eq!(f.feed(b"data: [DO", false), Some(Vec::new()));
         assert_eq!(f.feed(b"NE]", true), Some(b"data: [DONE]".to_vec()));
-        assert_eq!(f.usage(), Some((4, 5)));
+        assert_eq!(f.usage(), Some(Tokens::new(4, 5)));
+        // Events ended by lone `\r`s (cut anywhere, even between a `\r` and what follows) too.
+        let cr = |event: &[u8]| [event.strip_suffix(b"\n\n").unwrap(), b"\r\r"].concat();
+        let stream = [cr(CHUNK), cr(USAGE), cr(DONE)].concat();
+        for cut in 0..=stream.len() {
+            let mut f = UsageChunkFilter::default();
+            let (a, b) = stream.split_at(cut);
+            let mut out = f.feed(a, false).unwrap_or_else(|| a.to_vec());
+            out.extend(f.feed(b, true).unwrap_or_else(|| b.to_vec()));
+            assert_eq!(out, [cr(CHUNK), cr(DONE)].concat(), "cut at {cut}");
+            assert_eq!(f.usage(), Some(Tokens::new(7, 3)), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -222,7 +259,7 @@ mod tests {
         tail.push(&vec![b'x'; 5000]);
         tail.push(br#"{"usage":{"prompt_tokens":1,"completion_tokens":"#);
         tail.push(b"2}}");
-        assert_eq!(tail.usage(), Some((1, 2)));
+        assert_eq!(tail.usage(), Some(Tokens::new(1, 2)));
         assert!(tail.tail.len() <= TAIL_BYTES && tail.head.len() <= TAIL_BYTES);
     }
 
@@ -230,16 +267,20 @@ mod tests {
     fn native_answers_count_input_and_output_tokens() {
         let mut tail = Tail::default();
         tail.push(br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}"#);
-        assert_eq!(tail.usage(), Some((15, 3)), "Anthropic: cache reads are input too");
+        assert_eq!(tail.usage(), Some(Tokens::new(15, 3)), "Anthropic: cache reads are input too");
         let mut stream = Tail::default();
         stream.push(
             b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":42,\"output_tokens\":1}}}\n\n",
         );
         stream.push(&vec![b' '; 3000]);
         stream.push(b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}\n\n");
-        assert_eq!(stream.usage(), Some((42, 9)), "the input from the first event, the output from the last");
+        assert_eq!(
+            stream.usage(),
+            Some(Tokens::new(42, 9)),
+            "the input from the first event, the output from the last"
+        );
         let mut responses = Tail::default();
         responses.push(br#"{"object":"response","usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":2},"output_tokens":4,"total_tokens":11}}"#);
-        assert_eq!(responses.usage(), Some((7, 4)));
+        assert_eq!(responses.usage(), Some(Tokens::new(7, 4)));
     }
 }

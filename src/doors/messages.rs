@@ -15,8 +15,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError, Usage};
+use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
 use super::{DoorStream, StreamPart, StreamProgress};
+use crate::api::usage::Tokens;
 
 /// Anthropic request -> OpenAI Chat Completions body (the `model` is kept as is).
 pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
@@ -330,11 +331,11 @@ fn stop_reason(finish: &str, stop_string: Option<&str>) -> &'static str {
 }
 
 /// Anthropic usage from OpenAI usage: Anthropic's `input_tokens` exclude cache reads.
-fn usage_json(usage: Usage) -> Value {
+fn usage_json(usage: Tokens) -> Value {
     obj! {
-        "input_tokens": usage.prompt.saturating_sub(usage.cached),
+        "input_tokens": usage.prompt.saturating_sub(usage.cached.unwrap_or(0)),
         "output_tokens": usage.completion,
-        "cache_read_input_tokens": usage.cached,
+        "cache_read_input_tokens": usage.cached.unwrap_or(0),
         "cache_creation_input_tokens": 0,
     }
 }
@@ -374,7 +375,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
     let finish = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("stop");
     let stop_string = choice.get("stop_reason").and_then(Value::as_str);
     let reason = stop_reason(finish, stop_string);
-    let usage = Usage::from_value(answer.get("usage")).unwrap_or_default();
+    let usage = Tokens::from_json(answer.get("usage")).unwrap_or_default();
     let id = door_id("msg_", answer.get("id").and_then(Value::as_str));
     to_bytes(&obj! {
         "id": id,
@@ -483,7 +484,7 @@ pub struct MessagesStream {
     started: bool,
     open: OpenBlock,
     next_index: u64,
-    usage: Usage,
+    usage: Tokens,
 }
 
 impl MessagesStream {
@@ -495,7 +496,7 @@ impl MessagesStream {
             started: false,
             open: OpenBlock::None,
             next_index: 0,
-            usage: Usage::default(),
+            usage: Tokens::default(),
         }
     }
 

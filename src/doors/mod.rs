@@ -19,11 +19,13 @@ pub mod responses;
 #[cfg(test)]
 mod sdk_fixtures;
 
+use crate::api::usage::Tokens;
 use crate::api::ErrorCode;
 use serde_json::{Map, Value};
 
 use crate::encoding::random_hex;
 use crate::providers::NativeApi;
+use crate::sse;
 
 /// The API a client speaks. Every door's requests run through the pipeline
 /// as chat completions.
@@ -360,28 +362,6 @@ pub(crate) fn copy_stream(src: &Map<String, Value>, out: &mut Map<String, Value>
     }
 }
 
-/// Token counts of an OpenAI answer (`usage`), cached tokens included in `prompt`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
-    pub prompt: u64,
-    pub completion: u64,
-    pub cached: u64,
-    pub reasoning: u64,
-}
-
-impl Usage {
-    pub(crate) fn from_value(usage: Option<&Value>) -> Option<Usage> {
-        let usage = usage?.as_object()?;
-        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
-        Some(Usage {
-            prompt: n(usage.get("prompt_tokens")),
-            completion: n(usage.get("completion_tokens")),
-            cached: n(usage.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens"))),
-            reasoning: n(usage.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens"))),
-        })
-    }
-}
-
 /// A door id (`msg_...`, `resp_...`) from the upstream answer's id, so logs can
 /// join the two; random when the answer has none.
 pub(crate) fn door_id(prefix: &str, upstream_id: Option<&str>) -> String {
@@ -429,7 +409,7 @@ pub(crate) enum StreamPart {
         reason: String,
         stop_string: Option<String>,
     },
-    Usage(Usage),
+    Usage(Tokens),
     /// An OpenAI error event (`data: {"error":{...}}`): its message and type.
     Error {
         message: String,
@@ -490,35 +470,22 @@ pub(crate) trait DoorStream {
 /// chunks) and decodes each into `StreamPart`s.
 #[derive(Debug, Default)]
 pub(crate) struct ChatStreamDecoder {
-    buffer: Vec<u8>,
+    framer: sse::Framer,
     started: bool,
 }
 
 impl ChatStreamDecoder {
     pub(crate) fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<StreamPart> {
-        self.buffer.extend_from_slice(chunk);
         let mut parts = Vec::new();
-        while let Some((end, sep)) = find_event_end(&self.buffer) {
-            let event: Vec<u8> = self.buffer.drain(..end + sep).collect();
-            self.decode_event(event.get(..end).unwrap_or_default(), &mut parts);
-        }
-        if end_of_stream && !self.buffer.is_empty() {
-            let event = std::mem::take(&mut self.buffer);
-            self.decode_event(&event, &mut parts);
-        }
+        let mut framer = std::mem::take(&mut self.framer);
+        framer.feed(chunk, end_of_stream, &mut |event| self.decode_event(event, &mut parts));
+        self.framer = framer;
         parts
     }
 
     fn decode_event(&mut self, event: &[u8], parts: &mut Vec<StreamPart>) {
-        let text = String::from_utf8_lossy(event);
-        let mut data = String::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("data:") else { continue };
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
-        }
+        let Some(data) = sse::data(event) else { return };
+        let data = String::from_utf8_lossy(&data);
         let data = data.trim();
         if data.is_empty() {
             return;
@@ -548,7 +515,7 @@ impl ChatStreamDecoder {
         if let Some(choice) = first_choice(&value) {
             decode_choice(choice, parts);
         }
-        if let Some(usage) = Usage::from_value(value.get("usage")) {
+        if let Some(usage) = Tokens::from_json(value.get("usage")) {
             parts.push(StreamPart::Usage(usage));
         }
     }
@@ -586,8 +553,6 @@ fn decode_choice(choice: &Map<String, Value>, parts: &mut Vec<StreamPart>) {
         parts.push(StreamPart::Finish { reason: reason.to_string(), stop_string });
     }
 }
-
-pub(crate) use crate::api::stream_end::find_event_end;
 
 /// Appends one SSE event `event: <name>\ndata: <json>\n\n`.
 pub(crate) fn push_sse(out: &mut Vec<u8>, name: &str, data: &Value) {
@@ -690,7 +655,7 @@ mod tests {
             parts,
             vec![
                 StreamPart::Start { id: None, model: None },
-                StreamPart::Usage(Usage { prompt: 5, completion: 2, cached: 1, reasoning: 0 }),
+                StreamPart::Usage(Tokens { cached: Some(1), ..Tokens::new(5, 2) }),
                 StreamPart::Error { message: "busy".into(), kind: "server_error".into() },
             ]
         );

@@ -13,8 +13,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError, Usage};
+use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
 use super::{DoorStream, StreamPart, StreamProgress};
+use crate::api::usage::Tokens;
 
 /// (feature name, request field) of the first stateful feature.
 fn stateful_feature(req: &Map<String, Value>) -> Option<(&'static str, String)> {
@@ -396,12 +397,12 @@ fn translate_text_format(req: &Map<String, Value>, out: &mut Map<String, Value>)
     Ok(())
 }
 
-fn usage_json(usage: Usage) -> Value {
+fn usage_json(usage: Tokens) -> Value {
     obj! {"input_tokens": usage.prompt, "input_tokens_details": obj! {
-        "cached_tokens": usage.cached,
+        "cached_tokens": usage.cached.unwrap_or(0),
         "cache_write_tokens": 0,
     }, "output_tokens": usage.completion, "output_tokens_details": obj! {
-        "reasoning_tokens": usage.reasoning,
+        "reasoning_tokens": usage.reasoning.unwrap_or(0),
     }, "total_tokens": usage.prompt + usage.completion}
 }
 
@@ -505,7 +506,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
     let created = answer.get("created").and_then(Value::as_u64).unwrap_or(0);
     let mut r = response_object(&format!("resp_{base}"), super::served_model(&answer, model), created, status, output);
     r.insert("incomplete_details".into(), incomplete);
-    r.insert("usage".into(), usage_json(Usage::from_value(answer.get("usage")).unwrap_or_default()));
+    r.insert("usage".into(), usage_json(Tokens::from_json(answer.get("usage")).unwrap_or_default()));
     to_bytes(&Value::Object(r))
 }
 
@@ -528,7 +529,7 @@ pub struct ResponsesStream {
     started: bool,
     open: OpenItem,
     output: Vec<Value>,
-    usage: Usage,
+    usage: Tokens,
 }
 
 impl ResponsesStream {
@@ -544,7 +545,7 @@ impl ResponsesStream {
             started: false,
             open: OpenItem::None,
             output: Vec::new(),
-            usage: Usage::default(),
+            usage: Tokens::default(),
         }
     }
 

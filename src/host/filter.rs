@@ -27,7 +27,7 @@ use crate::api::forward::{forwarded, relayed_response_header};
 use crate::api::models::ModelListing;
 use crate::api::request::{model_of, ParsedRequest};
 use crate::api::stream_end::{StreamEnd, Wire};
-use crate::api::usage::{self, UsageChunkFilter};
+use crate::api::usage::{self, Tokens, UsageChunkFilter};
 use crate::api::{ApiError, Endpoint, ErrorCode};
 use crate::config::Strategy;
 use crate::doors::{messages, Door, DoorAnswer, DoorError};
@@ -140,7 +140,7 @@ pub struct Filter {
     /// budgets or latency per token need it.
     answer_tail: Option<usage::Tail>,
     /// Usage a translating adapter saw (streams report it even when the client did not ask).
-    adapter_usage: Option<(u64, u64)>,
+    adapter_usage: Option<Tokens>,
     /// An OpenAI-wire stream whose client did not ask for usage: its usage chunk is taken out.
     usage_chunks: Option<UsageChunkFilter>,
     /// A stream as relayed (the provider's, or an adapter's translation): how it ends, what it carried.
@@ -466,7 +466,7 @@ impl Filter {
             rt.metrics.tenant_refused(index, matches!(r, Refusal::Budget { .. }));
             refusal_error(tenant, r)
         };
-        let (prompt_estimate, expected_output) = expected_tokens(parsed, body_len);
+        let Tokens { prompt: prompt_estimate, completion: expected_output, .. } = expected_tokens(parsed, body_len);
         let reserve = prompt_estimate.saturating_add(expected_output);
         let budget = match &tenant.budget {
             Some(_) => {
@@ -571,7 +571,7 @@ impl Filter {
             } else {
                 total
             };
-            let output = self.answer_usage().map_or(1, |(_, completion)| u32::try_from(completion).unwrap_or(u32::MAX));
+            let output = self.answer_usage().map_or(1, |used| u32::try_from(used.completion).unwrap_or(u32::MAX));
             let (kind, sample) = latency_sample(self.shape.stream, first_byte, total, output);
             live_store::observe(rt.member_id(attempt.picked.member), kind, sample);
         }
@@ -902,10 +902,10 @@ fn all_overloaded(statuses: &[u16]) -> bool {
 /// Tokens to reserve for a request before it runs: its prompt (about 4 bytes
 /// a token) and the output it asked for (`max_completion_tokens`,
 /// `max_tokens`), else `DEFAULT_EXPECTED_OUTPUT`.
-fn expected_tokens(parsed: &ParsedRequest<'_>, body_len: usize) -> (u64, u64) {
+fn expected_tokens(parsed: &ParsedRequest<'_>, body_len: usize) -> Tokens {
     const DEFAULT_EXPECTED_OUTPUT: u64 = 1024;
     let requested = parsed.max_output_tokens.map(u64::from);
-    (body_len as u64 / 4, requested.unwrap_or(DEFAULT_EXPECTED_OUTPUT))
+    Tokens::new(body_len as u64 / 4, requested.unwrap_or(DEFAULT_EXPECTED_OUTPUT))
 }
 
 fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
@@ -1572,12 +1572,12 @@ impl Filter {
     /// The usage a translating adapter read from the provider's own format.
     fn note_adapter_usage(&mut self, adapter: Option<&ResponseAdapter>) {
         if let Some(u) = adapter.and_then(ResponseAdapter::usage) {
-            self.adapter_usage = Some((u.prompt, u.completion));
+            self.adapter_usage = Some(u);
         }
     }
 
-    /// (prompt, completion) tokens of the answer, when it reported them.
-    fn answer_usage(&self) -> Option<(u64, u64)> {
+    /// The tokens of the answer, when it reported them.
+    fn answer_usage(&self) -> Option<Tokens> {
         self.adapter_usage
             .or_else(|| self.usage_chunks.as_ref()?.usage())
             .or_else(|| self.answer_tail.as_ref()?.usage())
@@ -1593,7 +1593,7 @@ impl Filter {
             return;
         }
         if let Some(watch) = &self.stream_end {
-            self.obs.estimate.1 = watch.output_tokens();
+            self.obs.estimate.completion = watch.output_tokens();
         }
     }
 
@@ -1625,13 +1625,13 @@ impl Filter {
         let usage = self.answer_usage();
         if tenant.tpm.is_some() || tenant.budget.is_some() {
             match usage {
-                Some((prompt, completion)) => {
+                Some(Tokens { prompt, completion, .. }) => {
                     end.tokens =
                         Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
                 }
                 // A stream is charged what was relayed of it (`count_relayed`).
                 None if self.stream_end.is_some() => {
-                    let (prompt, completion) = self.obs.estimate;
+                    let Tokens { prompt, completion, .. } = self.obs.estimate;
                     log::info!(
                         "switchboard[{}]: no usage in the stream; tenant {} is charged {prompt} + {completion} tokens relayed",
                         self.request_id,

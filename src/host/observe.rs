@@ -2,9 +2,10 @@
 //! filter state (`wasm.switchboard.call`, which Envoy's access log prints with
 //! `%FILTER_STATE(wasm.switchboard.call:PLAIN)%`) and its request-end stats.
 
+use crate::api::usage::Tokens;
 use crate::api::ErrorCode;
 use crate::config::MemberRef;
-use crate::observe::{AttemptLog, CallRecord, Outcome, Tokens};
+use crate::observe::{AttemptLog, CallRecord, Outcome};
 use crate::routing::Plan;
 use crate::tenant::limits::cost_micro_usd;
 
@@ -30,8 +31,8 @@ pub struct Observed {
     pub first_event_ms: u64,
     /// A successful answer's last byte was read.
     pub ended_ms: u64,
-    /// Tokens expected (prompt, completion): stand in for an answer that reports none.
-    pub estimate: (u64, u64),
+    /// Tokens expected: stand in for an answer that reports none.
+    pub estimate: Tokens,
     /// The name the client asked for.
     pub model: Option<String>,
     /// The gateway's own error code, when it refused or failed the request itself.
@@ -61,19 +62,19 @@ pub struct End<'a> {
     pub tenant: Option<usize>,
     pub plan: Option<&'a Plan>,
     pub stream: bool,
-    /// (prompt, completion) the answer reported.
-    pub usage: Option<(u64, u64)>,
+    /// The tokens the answer reported.
+    pub usage: Option<Tokens>,
     pub now_ms: u64,
 }
 
 /// The cost of `tokens` at `member`'s prices; `None` when it has none.
-pub fn member_cost(rt: &Runtime, member: MemberRef, (prompt, completion): (u64, u64)) -> Option<u64> {
+pub fn member_cost(rt: &Runtime, member: MemberRef, tokens: Tokens) -> Option<u64> {
     let m = rt.config.member(member)?;
     if m.input_cost_per_mtok.is_none() && m.output_cost_per_mtok.is_none() {
         return None;
     }
     let price = |p: Option<f64>| p.unwrap_or(0.0);
-    Some(cost_micro_usd(prompt, completion, price(m.input_cost_per_mtok), price(m.output_cost_per_mtok)))
+    Some(cost_micro_usd(tokens.prompt, tokens.completion, price(m.input_cost_per_mtok), price(m.output_cost_per_mtok)))
 }
 
 /// Writes the call-log line and records the request-end stats.
@@ -81,11 +82,9 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
     let since_start = |t: u64| t.saturating_sub(obs.start_ms);
     let served = obs.attempts.last().filter(|(_, status, _)| (200..300).contains(status)).map(|(m, _, _)| *m);
     let shown = served.or(obs.attempts.last().map(|(m, _, _)| *m));
-    let tokens = served.map(|_| match end.usage {
-        Some((prompt, completion)) => Tokens { prompt, completion, estimated: false },
-        None => Tokens { prompt: obs.estimate.0, completion: obs.estimate.1, estimated: true },
-    });
-    let cost = served.zip(tokens).and_then(|(m, t)| member_cost(rt, m, (t.prompt, t.completion)));
+    let tokens = served.map(|_| end.usage.unwrap_or(obs.estimate));
+    let usage_estimated = end.usage.is_none();
+    let cost = served.zip(tokens).and_then(|(m, t)| member_cost(rt, m, t));
     let config = &rt.config;
     let pool = shown.map(|m| m.pool).or(end.plan.map(Plan::primary_pool));
     let (router, rule) = end.plan.and_then(|p| p.router_headers(config)).unzip();
@@ -112,6 +111,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
         error: obs.error.map(ErrorCode::as_str),
         stream: end.stream,
         tokens,
+        usage_estimated,
         cost_micro_usd: cost,
         first_byte_ms: (first_byte > 0).then(|| since_start(first_byte)),
         duration_ms,
@@ -131,7 +131,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
     if let Some(t) = tokens {
         metrics.count(config, Family::InputTokens, labels, t.prompt);
         metrics.count(config, Family::OutputTokens, labels, t.completion);
-        metrics.count(config, Family::UsageEstimated, labels, u64::from(t.estimated));
+        metrics.count(config, Family::UsageEstimated, labels, u64::from(usage_estimated));
         metrics.count(config, Family::CostMicroUsd, labels, cost.unwrap_or(0));
     }
     if !obs.attempts.is_empty() {

@@ -9,11 +9,11 @@ use std::cell::RefCell;
 use crate::api::models::ModelListing;
 use crate::config::Config;
 use crate::config::{Member, MemberRef};
+use crate::encoding;
 use crate::learned::{Model, ModelError};
 use crate::routing::health::retry_after_until_ms;
 use crate::routing::silence::{self, LastAnswer};
 use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan, Rng, Transition};
-use crate::text;
 
 use super::metrics::Metrics;
 use super::{canary_store, health_store, learned_store, live_store};
@@ -86,7 +86,7 @@ impl Runtime {
                 let Some(learned) = &r.learned else { return Ok(None) };
                 let model = match &learned.model {
                     None => Model::embedded_default(),
-                    Some(b64) => text::base64_decode(b64)
+                    Some(b64) => encoding::base64_decode(b64)
                         .ok_or_else(|| ModelError("not base64".to_string()))
                         .and_then(|bytes| Model::from_bytes(&bytes)),
                 };

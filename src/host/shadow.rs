@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use crate::api::forward::forwarded;
 use crate::api::request::ParsedRequest;
-use crate::api::{usage, Endpoint};
+use crate::api::usage::{self, Tokens};
+use crate::api::Endpoint;
 use crate::providers::{build_request, BuildContext, ResponseAdapter};
 
 use super::abi;
@@ -121,16 +122,16 @@ pub fn answered(rt: &Runtime, token: u32, num_headers: usize, body_size: usize) 
     }
     if (200..300).contains(&status) {
         let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size).unwrap_or_default();
-        if let Some((prompt, completion)) = answer_usage(rt, &sent, &body) {
-            rt.metrics.add(metrics.shadow_prompt_tokens, prompt);
-            rt.metrics.add(metrics.shadow_completion_tokens, completion);
+        if let Some(used) = answer_usage(rt, &sent, &body) {
+            rt.metrics.add(metrics.shadow_prompt_tokens, used.prompt);
+            rt.metrics.add(metrics.shadow_completion_tokens, used.completion);
         }
     }
     true
 }
 
-/// (prompt, completion) tokens of the shadow's answer, read in its provider's own format.
-fn answer_usage(rt: &Runtime, sent: &Sent, body: &[u8]) -> Option<(u64, u64)> {
+/// The tokens of the shadow's answer, read in its provider's own format.
+fn answer_usage(rt: &Runtime, sent: &Sent, body: &[u8]) -> Option<Tokens> {
     let shadow = rt.config.pool_at(sent.pool)?.shadow.as_ref()?;
     let kind = rt.config.providers.get(shadow.member.provider)?.kind;
     match ResponseAdapter::new(kind, sent.endpoint, sent.stream, &shadow.member.model) {
@@ -140,7 +141,7 @@ fn answer_usage(rt: &Runtime, sent: &Sent, body: &[u8]) -> Option<(u64, u64)> {
             } else {
                 adapter.translate_body(200, body);
             }
-            adapter.usage().map(|u| (u.prompt, u.completion))
+            adapter.usage()
         }
         None => usage::scan(body),
     }

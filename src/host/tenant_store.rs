@@ -2,6 +2,7 @@
 //! worker of the Envoy process counts against the same numbers. Per Envoy
 //! instance and in memory: a restart starts from zero.
 
+use crate::api::usage::Tokens;
 use crate::config::{Config, Member};
 use crate::routing::Plan;
 use crate::tenant::limits::{Refusal, Settlement, TenantState};
@@ -91,6 +92,6 @@ pub fn budget_reservation(config: &Config, plan: &Plan, prompt_tokens: u64, requ
 }
 
 /// What the request cost on `member`, the member that answered.
-pub fn spent_on(reservation: &Reservation, member: &Member, usage: Option<(u64, u64)>) -> u64 {
+pub fn spent_on(reservation: &Reservation, member: &Member, usage: Option<Tokens>) -> u64 {
     reservation.spent_on(prices(member), usage)
 }

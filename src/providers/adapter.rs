@@ -7,13 +7,14 @@ use std::fmt::Debug;
 use serde_json::Value;
 
 use crate::api::error::ErrorType;
+use crate::api::usage::Tokens;
 use crate::api::ApiError;
 use crate::config::{Member, Provider};
+use crate::sse;
 
 use super::chat::Chat;
 use super::emit::Emitter;
-use super::openai_out::{Answer, Meta, Usage};
-use super::sse;
+use super::openai_out::{Answer, Meta};
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{code_for_status, error_json, fallback_error};
 
@@ -88,7 +89,7 @@ pub(super) trait StreamState: Debug {
     fn emitter(&self) -> &Emitter;
 
     /// The latest usage the provider reported, whether or not it was sent.
-    fn usage(&self) -> Option<Usage> {
+    fn usage(&self) -> Option<Tokens> {
         self.emitter().usage
     }
 
@@ -108,41 +109,45 @@ pub(super) trait SseEvents: Debug {
     fn event(&mut self, em: &mut Emitter, event: &Value, out: &mut Vec<u8>);
 }
 
-/// An SSE-framed provider stream (Anthropic, Gemini): events are parsed and
+/// Largest event of a provider's stream; beyond it the stream is treated as broken.
+const MAX_EVENT: usize = 16 * 1024 * 1024;
+
+/// An SSE-framed provider stream (Anthropic, Gemini): events are framed and
 /// decoded here and translated by the kind's `SseEvents`.
 #[derive(Debug)]
 pub(super) struct SseStream<E> {
-    parser: sse::Parser,
+    framer: sse::Framer,
     emitter: Emitter,
     events: E,
 }
 
 impl<E: SseEvents> SseStream<E> {
     pub fn new(meta: Meta, include_usage: bool, events: E) -> Self {
-        SseStream { parser: sse::Parser::default(), emitter: Emitter::new(meta, include_usage), events }
+        SseStream { framer: sse::Framer::default(), emitter: Emitter::new(meta, include_usage), events }
     }
+}
 
-    fn event(&mut self, data: &str, out: &mut Vec<u8>) {
-        // Some relays end with OpenAI's own `[DONE]`; it carries nothing.
-        if self.emitter.closed() || data.trim() == "[DONE]" {
-            return;
-        }
-        match serde_json::from_str::<Value>(data) {
-            Ok(v) => self.events.event(&mut self.emitter, &v, out),
-            Err(_) => self.emitter.unreadable(out, "The provider's stream contains an event that is not JSON."),
-        }
+/// One event's `data` translated by `events` (events without data carry nothing).
+fn translate(emitter: &mut Emitter, events: &mut dyn SseEvents, event: &[u8], out: &mut Vec<u8>) {
+    let Some(data) = sse::data(event) else { return };
+    let data = String::from_utf8_lossy(&data);
+    // Some relays end with OpenAI's own `[DONE]`; it carries nothing.
+    if emitter.closed() || data.trim() == "[DONE]" {
+        return;
+    }
+    match serde_json::from_str::<Value>(&data) {
+        Ok(v) => events.event(emitter, &v, out),
+        Err(_) => emitter.unreadable(out, "The provider's stream contains an event that is not JSON."),
     }
 }
 
 impl<E: SseEvents> StreamState for SseStream<E> {
     fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut events = Vec::new();
-        let fed = self.parser.feed(chunk, end_of_stream, &mut |e| events.push(e));
-        for event in events {
-            self.event(&event.data, &mut out);
-        }
-        if fed.is_err() {
+        let (emitter, events) = (&mut self.emitter, &mut self.events);
+        self.framer.feed(chunk, end_of_stream, &mut |event| translate(emitter, events, event, &mut out));
+        if self.framer.held() > MAX_EVENT {
+            self.framer.take();
             self.emitter.unreadable(&mut out, "An event of the provider's stream exceeds the size limit.");
         }
         if end_of_stream {

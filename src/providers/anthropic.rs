@@ -1,6 +1,7 @@
 //! Anthropic Messages API (`POST {base_path}/messages`): request
 //! translation, and answers (JSON or SSE) back into OpenAI's shape.
 
+use crate::api::usage::Tokens;
 use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
@@ -11,7 +12,7 @@ use crate::config::{Credentials, Provider};
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
-use super::openai_out::{Answer, Choice, Meta, ToolCall, Usage};
+use super::openai_out::{Answer, Choice, Meta, ToolCall};
 use super::structured::STRUCTURED_OUTPUT_TOOL;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{invalid_answer, parse_answer, NO_MESSAGE, NO_STREAM_MESSAGE};
@@ -64,11 +65,11 @@ fn finish_reason(stop_reason: &str) -> &'static str {
     }
 }
 
-fn usage_of(u: &Value) -> Usage {
+fn usage_of(u: &Value) -> Tokens {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cache_read = n("cache_read_input_tokens");
     let input = n("input_tokens") + n("cache_creation_input_tokens") + cache_read;
-    Usage {
+    Tokens {
         prompt: input,
         completion: n("output_tokens"),
         total: None,
@@ -246,7 +247,7 @@ impl Adapter for Anthropic {
 struct Events {
     /// Content-block index → OpenAI tool-call index, for tool_use blocks.
     tool_blocks: Vec<(u64, u32)>,
-    usage: Usage,
+    usage: Tokens,
 }
 
 impl SseEvents for Events {

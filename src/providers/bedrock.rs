@@ -2,6 +2,7 @@
 //! `/converse-stream`), signed with AWS SigV4: request translation, and
 //! answers (JSON or binary event stream) back into OpenAI's shape.
 
+use crate::api::usage::Tokens;
 use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
@@ -13,7 +14,7 @@ use super::adapter::{Adapter, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::eventstream;
-use super::openai_out::{Answer, Choice, Meta, ToolCall, Usage};
+use super::openai_out::{Answer, Choice, Meta, ToolCall};
 use super::sigv4;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{invalid_answer, parse_answer, NO_STREAM_MESSAGE};
@@ -164,10 +165,10 @@ fn finish_reason(stop_reason: &str) -> &'static str {
     }
 }
 
-fn usage_of(u: &Value) -> Usage {
+fn usage_of(u: &Value) -> Tokens {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cache_read = n("cacheReadInputTokens");
-    Usage {
+    Tokens {
         prompt: n("inputTokens") + cache_read + n("cacheWriteInputTokens"),
         completion: n("outputTokens"),
         total: u.get("totalTokens").and_then(Value::as_u64),

@@ -69,8 +69,7 @@ pub fn build_native(
     api: NativeApi,
     body: &[u8],
 ) -> Result<UpstreamRequest, ApiError> {
-    // `Models`: no payload field is required; the body is only split into its top-level fields.
-    let request = ParsedRequest::parse(body, Endpoint::Models)?;
+    let request = ParsedRequest::parse_fields(body)?;
     Ok(match api {
         NativeApi::Messages => anthropic::messages_request(provider, request.openai_body(&member.model)),
         NativeApi::Responses => openai::responses(provider, member, &request),

@@ -3,8 +3,9 @@
 use serde_json::{json, Value};
 
 use crate::api::error::{write_json, ErrorType};
+use crate::api::usage::Tokens;
 
-use super::openai_out::{to_vec, Meta, Usage};
+use super::openai_out::{to_vec, usage_json, Meta};
 use super::structured::STRUCTURED_OUTPUT_TOOL;
 
 /// A tool call of the upstream stream.
@@ -28,7 +29,7 @@ struct ToolSlot {
 pub(crate) struct Emitter {
     pub meta: Meta,
     /// The latest usage the provider reported.
-    pub usage: Option<Usage>,
+    pub usage: Option<Tokens>,
     include_usage: bool,
     /// Choice indexes whose first (role) chunk was sent.
     started: Vec<u32>,
@@ -80,7 +81,7 @@ impl Emitter {
         !self.closed() && !self.finished.contains(&index)
     }
 
-    fn write(&self, out: &mut Vec<u8>, choices: Value, usage: Option<Usage>) {
+    fn write(&self, out: &mut Vec<u8>, choices: Value, usage: Option<Tokens>) {
         let mut body = json!({
             "id": self.meta.id,
             "object": "chat.completion.chunk",
@@ -89,7 +90,7 @@ impl Emitter {
             "choices": choices,
         });
         if let (true, Some(obj)) = (self.include_usage, body.as_object_mut()) {
-            obj.insert("usage".into(), usage.map_or(Value::Null, Usage::to_json));
+            obj.insert("usage".into(), usage.map_or(Value::Null, usage_json));
         }
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&to_vec(&body));
@@ -235,7 +236,7 @@ mod tests {
         Meta { id: "x".into(), created: 5, model: "m".into() }
     }
 
-    const USAGE: Usage = Usage { prompt: 3, completion: 4, total: None, cached: Some(1), reasoning: None };
+    const USAGE: Tokens = Tokens { prompt: 3, completion: 4, total: None, cached: Some(1), reasoning: None };
 
     #[test]
     fn emitter_sequence_without_usage() {

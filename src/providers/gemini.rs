@@ -2,6 +2,7 @@
 //! `:streamGenerateContent?alt=sse`): request translation, and answers back
 //! into OpenAI's shape.
 
+use crate::api::usage::Tokens;
 use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
@@ -12,7 +13,7 @@ use crate::config::Credentials;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
 use super::emit::Emitter;
-use super::openai_out::{new_call_id, Answer, Choice, Meta, ToolCall, Usage};
+use super::openai_out::{new_call_id, Answer, Choice, Meta, ToolCall};
 use super::structured::inline_refs;
 use super::upstream::{BuildContext, UpstreamRequest};
 use super::upstream_error::{invalid_answer, parse_answer, NO_MESSAGE, NO_STREAM_MESSAGE};
@@ -254,11 +255,11 @@ fn finish_reason(reason: &str, has_tool_calls: bool) -> &'static str {
     }
 }
 
-fn usage_of(u: &Value) -> Usage {
+fn usage_of(u: &Value) -> Tokens {
     let n = |k: &str| u.get(k).and_then(Value::as_u64);
     let thoughts = n("thoughtsTokenCount");
     let prompt = n("promptTokenCount").unwrap_or(0) + n("toolUsePromptTokenCount").unwrap_or(0);
-    Usage {
+    Tokens {
         prompt,
         completion: n("candidatesTokenCount").unwrap_or(0) + thoughts.unwrap_or(0),
         total: n("totalTokenCount"),

@@ -39,11 +39,11 @@
 //! # Layers
 //!
 //! Modules only import from lower layers, never back:
-//! `sse`, `eventstream`, `sigv4`, `upstream`, `structured` (leaves) <- `chat`,
+//! `eventstream`, `sigv4`, `upstream`, `structured` (leaves) <- `chat`,
 //! `openai_out` <- `emit`, `upstream_error` <- `adapter` <- `anthropic`,
 //! `gemini`, `bedrock`, `openai` <- `dispatch` <- `response`. All OpenAI
 //! error JSON is written by `api::error::write_json`; base64, hex and
-//! percent-decoding come from `crate::encoding`.
+//! percent-decoding come from `crate::encoding`, SSE framing from `crate::sse`.
 
 mod adapter;
 mod anthropic;
@@ -57,7 +57,6 @@ mod openai;
 mod openai_out;
 mod response;
 mod sigv4;
-mod sse;
 mod structured;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -69,6 +68,5 @@ pub use dispatch::{build_native, build_request, NativeApi};
 pub(crate) use emit::Emitter;
 pub use openai::responses_followup;
 pub(crate) use openai_out::Meta;
-pub use openai_out::Usage;
 pub use response::ResponseAdapter;
 pub use upstream::{BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};

@@ -4,43 +4,23 @@
 use serde_json::{json, Map, Value};
 
 use super::structured::STRUCTURED_OUTPUT_TOOL;
+use crate::api::usage::Tokens;
 use crate::encoding::random_hex;
 
-/// Token counts of one answer in OpenAI's terms, as the provider reported them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    /// All input tokens, cached ones included (`prompt_tokens`).
-    pub prompt: u64,
-    /// Output tokens, reasoning included (`completion_tokens`).
-    pub completion: u64,
-    /// The provider's total when it gives one.
-    pub total: Option<u64>,
-    /// Input tokens read from the provider's cache (`cached_tokens`).
-    pub cached: Option<u64>,
-    /// Reasoning tokens (`reasoning_tokens`).
-    pub reasoning: Option<u64>,
-}
-
-impl Usage {
-    /// `total_tokens`: the provider's total, else prompt + completion.
-    pub fn total_tokens(&self) -> u64 {
-        self.total.unwrap_or(self.prompt + self.completion)
+/// OpenAI's `usage` object of `usage`.
+pub(super) fn usage_json(usage: Tokens) -> Value {
+    let mut u = json!({
+        "prompt_tokens": usage.prompt,
+        "completion_tokens": usage.completion,
+        "total_tokens": usage.total_tokens(),
+    });
+    if let (Some(cached), Some(obj)) = (usage.cached, u.as_object_mut()) {
+        obj.insert("prompt_tokens_details".into(), json!({ "cached_tokens": cached }));
     }
-
-    pub(super) fn to_json(self) -> Value {
-        let mut u = json!({
-            "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion,
-            "total_tokens": self.total_tokens(),
-        });
-        if let (Some(cached), Some(obj)) = (self.cached, u.as_object_mut()) {
-            obj.insert("prompt_tokens_details".into(), json!({ "cached_tokens": cached }));
-        }
-        if let (Some(reasoning), Some(obj)) = (self.reasoning, u.as_object_mut()) {
-            obj.insert("completion_tokens_details".into(), json!({ "reasoning_tokens": reasoning }));
-        }
-        u
+    if let (Some(reasoning), Some(obj)) = (usage.reasoning, u.as_object_mut()) {
+        obj.insert("completion_tokens_details".into(), json!({ "reasoning_tokens": reasoning }));
     }
+    u
 }
 
 /// A tool call of a complete answer.
@@ -89,7 +69,7 @@ pub(super) struct Answer {
     /// The provider's id for the answer, when it gives one.
     pub id: Option<String>,
     pub choices: Vec<Choice>,
-    pub usage: Option<Usage>,
+    pub usage: Option<Tokens>,
 }
 
 /// A fresh `chatcmpl-…` id for answers whose provider gives none.
@@ -149,7 +129,7 @@ impl Meta {
             "choices": choices,
         });
         if let (Some(u), Some(obj)) = (answer.usage, body.as_object_mut()) {
-            obj.insert("usage".into(), u.to_json());
+            obj.insert("usage".into(), usage_json(u));
         }
         to_vec(&body)
     }

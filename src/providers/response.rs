@@ -2,12 +2,13 @@
 //! OpenAI's shape. OpenAI-wire providers pass through untouched (no
 //! adapter); translated kinds go through their `Adapter`.
 
+use crate::api::usage::Tokens;
 use crate::api::Endpoint;
 use crate::config::ProviderKind;
 
 use super::adapter::{Adapter, StreamState};
 use super::dispatch::translated;
-use super::openai_out::{new_id, Meta, Usage};
+use super::openai_out::{new_id, Meta};
 
 /// Translates one upstream response (non-streaming body, error body, or a
 /// stream delivered in arbitrary chunks) into OpenAI's format.
@@ -21,7 +22,7 @@ pub struct ResponseAdapter {
     failed: bool,
     include_usage: bool,
     /// Usage of a translated whole answer.
-    body_usage: Option<Usage>,
+    body_usage: Option<Tokens>,
 }
 
 impl ResponseAdapter {
@@ -53,7 +54,7 @@ impl ResponseAdapter {
     /// whatever the client was sent: of the whole answer translated, or of
     /// the stream so far (complete once it ended). `None` before any, for
     /// error answers, and when the provider reported none.
-    pub fn usage(&self) -> Option<Usage> {
+    pub fn usage(&self) -> Option<Tokens> {
         match &self.stream_state {
             Some(state) => state.usage(),
             None => self.body_usage,
@@ -174,7 +175,7 @@ mod tests {
             200,
             br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"}]}},"stopReason":"end_turn","usage":{"inputTokens":2,"outputTokens":1,"totalTokens":3}}"#,
         );
-        assert_eq!(a.usage(), Some(Usage { prompt: 2, completion: 1, total: Some(3), cached: None, reasoning: None }));
+        assert_eq!(a.usage(), Some(Tokens { prompt: 2, completion: 1, total: Some(3), cached: None, reasoning: None }));
         let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
         a.translate_body(429, br#"{"message":"slow down"}"#);
         assert_eq!(a.usage(), None);

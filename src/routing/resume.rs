@@ -9,9 +9,11 @@
 use serde_json::Value;
 
 use crate::api::request::{push_json_string, ParsedRequest};
+use crate::api::usage::Tokens;
 use crate::config::ProviderKind;
-use crate::doors::{find_event_end, first_choice, ChatStreamDecoder, StreamPart, Usage};
-use crate::providers::{self, Emitter, Meta};
+use crate::doors::{first_choice, ChatStreamDecoder, StreamPart};
+use crate::providers::{Emitter, Meta};
+use crate::sse;
 
 /// Asked after the partial answer of kinds that cannot continue a trailing assistant message.
 pub const CONTINUE_INSTRUCTION: &str = "Your previous answer was cut off. Continue it exactly where it stopped: \
@@ -39,7 +41,7 @@ pub struct StreamWatch {
     finished: bool,
     /// Something a text continuation cannot carry on (a tool call): the stream ends as it would.
     opaque: bool,
-    usage: Option<Usage>,
+    usage: Option<Tokens>,
 }
 
 /// The continuation's answer, read from an OpenAI `chat.completion`.
@@ -48,7 +50,7 @@ pub struct Continued {
     pub text: String,
     pub finish: String,
     /// (prompt, completion) tokens.
-    pub usage: Option<(u64, u64)>,
+    pub usage: Option<Tokens>,
 }
 
 impl StreamWatch {
@@ -64,8 +66,8 @@ impl StreamWatch {
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some((at, separator)) = find_event_end(data.get(start..).unwrap_or_default()) {
-            let end = start + at + separator;
+        while let Some((len, separator)) = sse::event_end(data.get(start..).unwrap_or_default(), 0) {
+            let end = start + len + separator;
             if self.breaks(data.get(start..end).unwrap_or_default()) {
                 return Some(self.cut_at(data, start));
             }
@@ -118,9 +120,9 @@ impl StreamWatch {
         &self.text
     }
 
-    /// (prompt, completion) tokens the stream itself reported.
-    pub fn usage(&self) -> Option<(u64, u64)> {
-        self.usage.map(|u| (u.prompt, u.completion))
+    /// The tokens the stream itself reported.
+    pub fn usage(&self) -> Option<Tokens> {
+        self.usage
     }
 
     /// What was held back of a stream that is not continued (not
@@ -146,25 +148,22 @@ impl StreamWatch {
     /// its finish, the usage of both attempts when the client asked
     /// (`include_usage`, `first`: what the broken attempt reported), then
     /// `[DONE]`. Also returns the summed usage.
-    pub fn tail(&self, answer: &Continued, include_usage: bool, first: Option<(u64, u64)>) -> (Vec<u8>, (u64, u64)) {
-        let (p0, c0) = first.unwrap_or((0, 0));
-        let (p1, c1) = answer.usage.unwrap_or((0, 0));
-        let (prompt, completion) = (p0 + p1, c0 + c1);
+    pub fn tail(&self, answer: &Continued, include_usage: bool, first: Option<Tokens>) -> (Vec<u8>, Tokens) {
+        let (first, second) = (first.unwrap_or_default(), answer.usage.unwrap_or_default());
+        let usage = Tokens::new(first.prompt + second.prompt, first.completion + second.completion);
         let mut emitter = Emitter::resuming(self.meta.clone().unwrap_or_default(), include_usage);
         let mut out = Vec::new();
         emitter.text(&mut out, 0, new_text(&self.text, &answer.text));
         emitter.finish(&mut out, 0, &answer.finish);
-        emitter.usage = Some(providers::Usage { prompt, completion, total: None, cached: None, reasoning: None });
+        emitter.usage = Some(usage);
         emitter.end(&mut out);
-        (out, (prompt, completion))
+        (out, usage)
     }
 }
 
 /// The id, `created` and model of a chunk event.
 fn meta_of(event: &[u8]) -> Option<Meta> {
-    let text = std::str::from_utf8(event).ok()?;
-    let data = text.lines().find_map(|l| l.strip_prefix("data:"))?;
-    let v: Value = serde_json::from_str(data.trim()).ok()?;
+    let v: Value = serde_json::from_slice(sse::data(event)?.trim_ascii()).ok()?;
     Some(Meta {
         id: v.get("id")?.as_str()?.to_string(),
         created: v.get("created").and_then(Value::as_u64).unwrap_or(0),
@@ -217,7 +216,7 @@ pub fn read_answer(openai: &[u8]) -> Option<Continued> {
     Some(Continued {
         text: message.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
         finish: choice.get("finish_reason").and_then(Value::as_str).unwrap_or("stop").to_string(),
-        usage: Usage::from_value(v.get("usage")).map(|u| (u.prompt, u.completion)),
+        usage: Tokens::from_json(v.get("usage")),
     })
 }
 
@@ -318,9 +317,10 @@ mod tests {
     fn the_tail_reuses_the_stream_id_drops_the_overlap_and_sums_usage() {
         let mut w = StreamWatch::default();
         w.feed(started().as_bytes(), true);
-        let answer = Continued { text: "quick brown fox.".into(), finish: "stop".into(), usage: Some((10, 3)) };
-        let (tail, usage) = w.tail(&answer, true, Some((9, 2)));
-        assert_eq!(usage, (19, 5));
+        let answer =
+            Continued { text: "quick brown fox.".into(), finish: "stop".into(), usage: Some(Tokens::new(10, 3)) };
+        let (tail, usage) = w.tail(&answer, true, Some(Tokens::new(9, 2)));
+        assert_eq!(usage, Tokens::new(19, 5));
         let ev = events(&tail);
         assert_eq!(ev.len(), 4, "{ev:?}");
         assert!(ev[..3].iter().all(|e| e["id"] == "chatcmpl-1" && e["created"] == 7 && e["model"] == "m"));
@@ -393,7 +393,10 @@ mod tests {
     fn answers_are_read_for_text_finish_and_usage() {
         let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"brown fox"},"finish_reason":"length"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
         let answer = read_answer(body).unwrap();
-        assert_eq!(answer, Continued { text: "brown fox".into(), finish: "length".into(), usage: Some((4, 2)) });
+        assert_eq!(
+            answer,
+            Continued { text: "brown fox".into(), finish: "length".into(), usage: Some(Tokens::new(4, 2)) }
+        );
         let tools =
             br#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"c"}]},"finish_reason":"tool_calls"}]}"#;
         assert!(read_answer(tools).is_none());

@@ -16,6 +16,7 @@
 //! decision, and the settlement gives back the difference when it ends.
 
 use super::limits::cost_micro_usd;
+use crate::api::usage::Tokens;
 
 /// Output tokens reserved when neither the request nor the member bounds them.
 /// An answer longer than this (possible only then) can spend past the budget:
@@ -70,9 +71,9 @@ impl Reservation {
 
     /// What the request cost on the member that answered: its usage at the
     /// member's prices, else (no usage reported) its worst case there.
-    pub fn spent_on(&self, member: Prices, usage: Option<(u64, u64)>) -> u64 {
+    pub fn spent_on(&self, member: Prices, usage: Option<Tokens>) -> u64 {
         match usage {
-            Some((prompt, completion)) => member.cost(prompt, completion),
+            Some(used) => member.cost(used.prompt, used.completion),
             None => member.worst_cost(self.prompt_tokens, self.requested_output),
         }
     }
@@ -161,7 +162,7 @@ mod tests {
         let big = Prices { input_per_mtok: Some(5.0), output_per_mtok: Some(20.0), max_output_tokens: Some(500) };
         let r = Reservation { micro_usd: 7_000, prompt_tokens: 1_000, requested_output: Some(100) };
         // 400 prompt and 50 completion tokens: $0.002 + $0.001.
-        assert_eq!(r.spent_on(big, Some((400, 50))), 3_000);
+        assert_eq!(r.spent_on(big, Some(Tokens::new(400, 50))), 3_000);
         assert_eq!(r.spent_on(big, None), 7_000);
         let open = Reservation { requested_output: None, ..r };
         assert_eq!(open.spent_on(big, None), 15_000);

@@ -8,7 +8,7 @@ use proxy_wasm::types::Action;
 
 use crate::api::request::ParsedRequest;
 use crate::api::response_ids::{followup, response_id_in, Holder};
-use crate::api::{ApiError, Endpoint, ErrorCode};
+use crate::api::{ApiError, ErrorCode};
 use crate::config::MemberRef;
 use crate::doors::Door;
 use crate::providers::{responses_followup, NativeApi};
@@ -82,7 +82,7 @@ impl Filter {
         if self.door != Door::Responses {
             return Ok(());
         }
-        let Ok(request) = ParsedRequest::parse(&self.door_body, Endpoint::Models) else { return Ok(()) };
+        let Ok(request) = ParsedRequest::parse_fields(&self.door_body) else { return Ok(()) };
         let Some(id) = request.field("previous_response_id").and_then(|v| v.get().strip_prefix('"')?.strip_suffix('"'))
         else {
             return Ok(());

@@ -14,6 +14,7 @@
 use proxy_wasm::types::Action;
 
 use crate::api::request::ParsedRequest;
+use crate::api::usage::Tokens;
 use crate::api::Endpoint;
 use crate::providers::ResponseAdapter;
 use crate::routing::resume::{continuation_body, prefills, read_answer, Continued, StreamWatch};
@@ -34,8 +35,8 @@ struct Held {
     size: usize,
     /// What of that piece goes out before the continuation (in the door's shape).
     out: Vec<u8>,
-    /// (prompt, completion) tokens the broken attempt reported.
-    first: Option<(u64, u64)>,
+    /// The tokens the broken attempt reported.
+    first: Option<Tokens>,
 }
 
 impl Filter {
@@ -74,7 +75,7 @@ impl Filter {
     pub(super) fn continue_stream(&mut self, rt: &Runtime, attempt: Attempt, body_size: usize, out: Vec<u8>) -> Action {
         let now = self.now_ms();
         self.note_adapter_usage(attempt.adapter.as_ref());
-        let first = attempt.adapter.as_ref().and_then(ResponseAdapter::usage).map(|u| (u.prompt, u.completion));
+        let first = attempt.adapter.as_ref().and_then(ResponseAdapter::usage);
         let first = first.or_else(|| self.resume.as_ref()?.watch.usage());
         log::warn!(
             "switchboard[{}]: stream from {} broke after its first byte: continuing it on another member",
@@ -166,7 +167,7 @@ impl Filter {
 
     /// The continuation's answer as the stream's last OpenAI chunks; the
     /// request's usage becomes the sum of both attempts.
-    fn resume_tail(&mut self, answer: &Continued, first: Option<(u64, u64)>) -> Vec<u8> {
+    fn resume_tail(&mut self, answer: &Continued, first: Option<Tokens>) -> Vec<u8> {
         let include_usage = self.shape.include_usage;
         let Some(r) = self.resume.take() else { return Vec::new() };
         let (tail, usage) = r.watch.tail(answer, include_usage, first);
