@@ -22,7 +22,7 @@ MODEL_OUT   ?= router/models/default.sblr
 ROUTER_VENV := .venv-router
 ROUTER_PY   := $(ROUTER_VENV)/bin/python
 
-.PHONY: help setup toolchain wasm build run test unit wasm-test lint integration fuzz-smoke bench clean \
+.PHONY: help setup toolchain wasm build run test unit redis wasm-test lint integration fuzz-smoke bench clean \
 	train-router eval-router router-fixture router-parity
 
 help:
@@ -59,13 +59,17 @@ wasm: toolchain $(WASM_OPT)
 		if [ $$size -ge 1000000 ]; then echo "switchboard.wasm is over its 1 MB budget"; exit 1; fi
 
 build: wasm
-	cargo build --release -p mock-provider
+	cargo build --release -p mock-provider -p switchboard-state
 	cargo build --release -p switchboard --features cli --bin switchboard
 
 run: setup build
 	$(PY) examples/demo/run.py
 
-unit:
+# Fleet mode's tests (state service, tests/integration/test_fleet.py) start their own redis-server.
+redis:
+	@command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+
+unit: redis
 	cargo test --workspace
 
 $(TOOLS)/bin/wasm-bindgen-test-runner-$(WBG_VERSION):
@@ -85,7 +89,7 @@ lint:
 	cargo clippy -p switchboard --features cli --bin switchboard -- -D warnings
 	cargo clippy -p switchboard -p switchboard-learned --release --target wasm32-wasip1 -- -D warnings
 
-integration: setup build
+integration: setup build redis
 	$(VENV)/bin/pytest -q tests/integration tests/unit_doors
 
 fuzz-smoke:
