@@ -27,7 +27,8 @@ usage: switchboard-state [--listen ADDR] [--redis URL] [--redis-timeout-ms MS] [
 
   --listen ADDR          where proxies reach it (default 127.0.0.1:8787; port 0: any free port)
   --redis URL            redis://HOST:PORT[/DB] (default redis://127.0.0.1:6379)
-  --redis-timeout-ms MS  a Redis step slower than this answers 503 (default 40)
+  --redis-timeout-ms MS  a Redis step slower than this answers 503 (default 1000; each proxy's
+                         shared_state.timeout_ms bounds how long a request waits in any case)
   --delay-ms MS          answer every request MS late (fault tests; also POST /_state/delay?ms=N)
 Once listening, prints one line: {\"listening\": \"HOST:PORT\"}";
 
@@ -276,7 +277,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
         listen: "127.0.0.1:8787".into(),
         redis: "redis://127.0.0.1:6379".into(),
-        redis_timeout_ms: 40,
+        redis_timeout_ms: 1000,
         delay_ms: 0,
     };
     while let Some(flag) = it.next() {
