@@ -22,11 +22,12 @@ MODEL_OUT   ?= router/models/default.sblr
 ROUTER_VENV := .venv-router
 ROUTER_PY   := $(ROUTER_VENV)/bin/python
 
-.PHONY: help setup toolchain wasm build run test unit redis wasm-test lint integration fuzz-smoke bench clean \
+.PHONY: help setup toolchain wasm build run fleet test unit redis wasm-test lint integration fuzz-smoke bench clean \
 	train-router eval-router router-fixture router-parity
 
 help:
 	@echo "make run    - build and start a demo gateway (Envoy + switchboard + local mock providers)"
+	@echo "make fleet  - the demo on 3 Envoys sharing tenants' limits through Redis (docs/fleet.md)"
 	@echo "make test   - unit, wasm (Node/V8), lint, Envoy integration and fuzz smoke tests"
 	@echo "make bench  - plain Envoy vs Envoy+switchboard vs LiteLLM, results in bench/results/"
 	@echo "make train-router DATA=dir-or.csv [MODEL_OUT=file.sblr] - train the learned router"
@@ -64,6 +65,10 @@ build: wasm
 
 run: setup build
 	$(PY) examples/demo/run.py
+
+# Fleet mode: Redis, the state service and 3 Envoys over the demo's mock providers.
+fleet: setup build redis
+	$(PY) examples/fleet/demo.py
 
 # Fleet mode's tests (state service, tests/integration/test_fleet.py) start their own redis-server.
 redis:

@@ -486,9 +486,11 @@ impl Filter {
                     }
                     Step::Local => {
                         admission.lease = None;
+                        self.obs.limits = Some("local");
                         tenant_store::admit(tenant, now_s, reserve, budget.micro_usd)
                     }
                     Step::Shared(verdict) => {
+                        self.obs.limits = Some("shared");
                         verdict.map(|window| Some(crate::tenant::limits::TenantState { window, ..Default::default() }))
                     }
                 }

@@ -3,8 +3,11 @@ and budgets through the state service and Redis, exactly; when Redis or the
 service fails, every proxy decides within `timeout_ms` as `on_unavailable`
 says, and shared mode comes back by itself."""
 import hashlib
+import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -217,3 +220,31 @@ def test_slow_or_killed_service_decides_within_timeout_and_nothing_hangs(fleet, 
             time.sleep(0.2)
     finally:
         local.stop()
+
+
+def test_run_py_starts_a_fleet_prints_its_ports_and_stops_it_on_sigterm(mock, tmp_path):
+    config = fleet_config()
+    del config["shared_state"]  # the script adds the wiring itself
+    path = tmp_path / "plugin.json"
+    path.write_text(json.dumps(config))
+    args = [sys.executable, os.path.join(ROOT, "examples", "fleet", "run.py"), "--plugin-config", str(path),
+            "--proxies", "2"] + [f"--cluster={name}={addr}" for name, addr in clusters_for(mock).items()]
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=dict(os.environ, **KEYS))
+    try:
+        ready = json.loads(run.stdout.readline())
+        assert len(ready["proxies"]) == 2 and ready["redis"] > 0
+        # One tenant, two proxies, one count.
+        remaining = []
+        for p in ready["proxies"]:
+            r = httpx.post(f"http://127.0.0.1:{p['listen']}/v1/chat/completions", json=chat("gpt4o_16k"),
+                           headers={"authorization": f"Bearer {KEY_FREE}"}, timeout=10)
+            assert r.status_code == 200, r.text
+            remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
+        assert remaining == [99999, 99998]
+    finally:
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(30) == 0
+    for p in ready["proxies"]:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{p['admin']}/ready", timeout=2)
+    assert subprocess.run(["redis-cli", "-p", str(ready["redis"]), "ping"], capture_output=True).returncode != 0
