@@ -149,6 +149,25 @@ def test_max_parallel_4_never_has_more_than_4_in_flight_upstream(fleet, mock):
     assert [r.status_code for r in again] == [200] * 4
 
 
+def test_a_client_that_leaves_gives_its_parallel_slot_back_at_once(fleet, mock):
+    mock.faults("alpha", latency_ms=2000)
+
+    def leave(i):
+        try:
+            post(fleet["proxies"][i % 3], KEY_PAR, "solo", timeout=0.5)
+        except httpx.TimeoutException:
+            return "left"
+        return "answered"
+
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(leave, range(4))) == ["left"] * 4
+    mock.faults("alpha", latency_ms=0)
+    time.sleep(0.2)  # each proxy tells the service as its request ends
+    # The four slots were released by the aborts, not by the 2 s answers nor by their leases' expiry.
+    again = spread(fleet["proxies"], KEY_PAR, 4, 4, model="solo")
+    assert [r.status_code for r in again] == [200] * 4, [r.text for r in again]
+
+
 def test_budget_of_5_cents_at_6_tenths_of_a_cent_answers_8_over_the_fleet(fleet, mock):
     for name in ("alpha", "beta"):
         mock.faults(name, reply="word", latency_ms=200)
