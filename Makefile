@@ -124,7 +124,7 @@ router-fixture:
 router-parity: setup
 	$(VENV)/bin/pytest -q tests/test_learned_parity.py
 
-bench: setup build
+bench: setup build redis
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
