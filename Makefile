@@ -20,12 +20,13 @@ MODEL_OUT   ?= router/models/default.sblr
 ROUTER_VENV := .venv-router
 ROUTER_PY   := $(ROUTER_VENV)/bin/python
 
-.PHONY: help setup toolchain wasm build run test unit wasm-test lint integration fuzz-smoke bench clean \
+.PHONY: help setup toolchain wasm build run fleet test unit redis wasm-test lint integration fuzz-smoke bench clean \
 	prometheus test-observability \
 	train-router eval-router router-fixture router-parity
 
 help:
 	@echo "make run    - build and start a demo gateway (Envoy + switchboard + local mock providers)"
+	@echo "make fleet  - the demo on 3 Envoys sharing tenants' limits through Redis (docs/fleet.md)"
 	@echo "make test   - unit, wasm (Node/V8), lint, Envoy integration and fuzz smoke tests"
 	@echo "make bench  - plain Envoy vs Envoy+switchboard vs LiteLLM, results in bench/results/"
 	@echo "make train-router DATA=dir-or.csv [MODEL_OUT=file.sblr] - train the learned router"
@@ -58,13 +59,21 @@ wasm: toolchain $(WASM_OPT)
 		if [ $$size -ge 1000000 ]; then echo "switchboard.wasm is over its 1 MB budget"; exit 1; fi
 
 build: wasm
-	cargo build --release -p mock-provider
+	cargo build --release -p mock-provider -p switchboard-state
 	cargo build --release -p switchboard --features cli --bin switchboard
 
 run: setup build
 	$(PY) examples/demo/run.py
 
-unit:
+# Fleet mode: Redis, the state service and 3 Envoys over the demo's mock providers.
+fleet: setup build redis
+	$(PY) examples/fleet/demo.py
+
+# Fleet mode's tests (state service, tests/integration/test_fleet.py) start their own redis-server.
+redis:
+	@command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+
+unit: redis
 	cargo test --workspace
 
 # The pure logic's tests compiled to wasm32-wasip1 and run under Node's WASI
@@ -83,7 +92,7 @@ lint:
 
 # Two test processes, one file each at a time: most tests wait on the clock
 # (cooldowns, timeouts, slow members), so this halves the wall time on two cores.
-integration: setup build prometheus
+integration: setup build redis prometheus
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/integration tests/unit_doors
 
 # Debian's Prometheus, for the test that evaluates the dashboard and alert rules against a real Envoy.
@@ -121,7 +130,7 @@ router-fixture:
 router-parity: setup
 	$(VENV)/bin/pytest -q tests/test_learned_parity.py
 
-bench: setup build
+bench: setup build redis
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

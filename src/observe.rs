@@ -153,6 +153,9 @@ pub struct CallRecord<'a> {
     /// The gateway's own error code when it refused or failed the request itself
     /// (`insufficient_quota` for a budget, `rate_limit_exceeded` for rpm, ...).
     pub error: Option<&'a str>,
+    /// Fleet mode: who decided the tenant's limits, `shared` (the state service) or `local`
+    /// (this proxy, the service unavailable); absent otherwise.
+    pub limits: Option<&'a str>,
     pub stream: bool,
     pub tokens: Option<Tokens>,
     /// The answer reported no usage: `tokens` are the gateway's estimate.
@@ -246,6 +249,9 @@ impl CallRecord<'_> {
         push_num_or_null(&mut out, ",\"status\":", Some(self.status.into()));
         out.extend_from_slice(if self.cut { b",\"cut\":true" } else { b",\"cut\":false" });
         push_str_or_null(&mut out, ",\"error\":", self.error);
+        if self.limits.is_some() {
+            push_str_or_null(&mut out, ",\"limits\":", self.limits);
+        }
         out.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
         push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
         push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
@@ -286,6 +292,7 @@ mod tests {
             status: 200,
             cut: false,
             error: None,
+            limits: Some("shared"),
             stream: true,
             tokens: Some(Tokens::new(30, 7)),
             usage_estimated: false,
@@ -302,7 +309,7 @@ mod tests {
                 "time": "2025-12-01T13:24:20.123Z", "end": "2025-12-01T13:24:20.140Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
                 "model": "auto", "router": "auto", "rule": "code", "pool": "gpt4o_16k", "member": "beta/gpt-4o",
                 "attempts": [{"member": "alpha/gpt-4o", "status": 503, "ms": 4}, {"member": "beta/gpt-4o", "status": 200, "ms": 12}],
-                "status": 200, "cut": false, "error": null, "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
+                "status": 200, "cut": false, "error": null, "limits": "shared", "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
                 "cost_micro_usd": 91, "first_byte_ms": 9, "duration_ms": 17
             })
         );

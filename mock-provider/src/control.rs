@@ -71,6 +71,7 @@ pub async fn handle(l: &Listener, req: Request<Incoming>) -> Response<MockBody> 
                     "resets": l.stats.resets.load(Ordering::Relaxed),
                     "hangs": l.stats.hangs.load(Ordering::Relaxed),
                     "in_flight": l.stats.in_flight.load(Ordering::Relaxed),
+                    "max_in_flight": l.stats.max_in_flight.load(Ordering::Relaxed),
                 }),
             )
         }

@@ -50,6 +50,8 @@ pub struct Stats {
     pub resets: AtomicU64,
     pub hangs: AtomicU64,
     pub in_flight: AtomicI64,
+    /// The most requests in flight at once since the last reset.
+    pub max_in_flight: AtomicI64,
 }
 
 impl Stats {
@@ -60,6 +62,7 @@ impl Stats {
             resets: AtomicU64::new(0),
             hangs: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            max_in_flight: AtomicI64::new(0),
         }
     }
     pub fn clear(&self) {
@@ -69,6 +72,7 @@ impl Stats {
         }
         self.resets.store(0, Ordering::Relaxed);
         self.hangs.store(0, Ordering::Relaxed);
+        self.max_in_flight.store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
     }
     pub(crate) fn count_status(&self, s: StatusCode) {
         if let Some(c) = self.by_status.get(s.as_u16() as usize) {

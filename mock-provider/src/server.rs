@@ -117,7 +117,8 @@ async fn handle(l: Arc<Listener>, ctl: Arc<ConnCtl>, req: Request<Incoming>) -> 
         return crate::control::handle(&l, req).await;
     }
     l.stats.requests.fetch_add(1, Ordering::Relaxed);
-    l.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let now_in_flight = l.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    l.stats.max_in_flight.fetch_max(now_in_flight, Ordering::Relaxed);
     let _guard = InFlight(&l.stats);
     let mut resp = handle_provider(&l, &ctl, req).await;
     l.stats.count_status(resp.status());

@@ -123,6 +123,9 @@ pub struct RawConfig {
     pub defaults: RawPoolPolicy,
     /// When present, every request needs a tenant's key.
     pub tenants: Option<Named<RawTenant>>,
+    /// Fleet mode (docs/fleet.md): read as plain JSON and checked field by
+    /// field (`config::raw`), which takes less code than a derived reader.
+    pub shared_state: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

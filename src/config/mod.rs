@@ -384,6 +384,23 @@ pub struct Config {
     facts: MemberFacts,
     /// `None`: no tenants configured, requests need no key.
     pub tenants: Option<Vec<crate::tenant::Tenant>>,
+    /// Fleet mode (`shared_state`); `None`: every count stays in this Envoy's shared data.
+    pub shared_state: Option<SharedState>,
+}
+
+/// Where fleet mode's state service is, and what to do without it (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedState {
+    /// The Envoy cluster every proxy reaches the state service through.
+    pub cluster: String,
+    /// How long a request's admission waits for the service before `on_unavailable` decides.
+    pub timeout_ms: u64,
+    /// Without an answer in time: count in this proxy's shared data (`true`), or refuse with a 503.
+    pub fallback_local: bool,
+    /// A crashed proxy's slots and budget holds are freed after this long.
+    pub lease_ttl_s: u64,
+    /// How often each proxy fetches the fleet's feedback and canary rollbacks.
+    pub sync_ms: u64,
 }
 
 /// What the configured members declare, so requests skip reading what no filter uses.

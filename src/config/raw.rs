@@ -324,6 +324,13 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
             Err(e) => errors.push(e),
         }
     }
+    let shared_state = raw.shared_state.and_then(|s| match shared_state(s) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    });
     let tenants = match raw.tenants {
         Some(t) if t.is_empty() => {
             errors.push(err("tenants", "list at least one tenant, or leave `tenants` out"));
@@ -365,6 +372,36 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
         ambiguous,
         facts,
         tenants,
+        shared_state,
+    })
+}
+
+/// The `shared_state` section (fleet mode).
+fn shared_state(raw: serde_json::Value) -> Result<super::SharedState, ConfigError> {
+    const FIELDS: [&str; 5] = ["cluster", "timeout_ms", "on_unavailable", "lease_ttl_s", "sync_ms"];
+    let serde_json::Value::Object(map) = raw else { return Err(err("shared_state", "must be an object")) };
+    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(err(format!("shared_state.{unknown}"), format!("unknown field; expected one of {}", FIELDS.join(", "))));
+    }
+    let cluster = map.get("cluster").and_then(|c| c.as_str()).filter(|c| !c.trim().is_empty());
+    let cluster = cluster.ok_or_else(|| err("shared_state.cluster", "name the Envoy cluster of the state service"))?;
+    let within = |field: &str, default: u64, max: u64| match map.get(field) {
+        None => Ok(default),
+        Some(v) => v.as_u64().filter(|v| (1..=max).contains(v)).ok_or_else(|| {
+            err(format!("shared_state.{field}"), format!("must be a whole number from 1 to {max}"))
+        }),
+    };
+    let fallback_local = match map.get("on_unavailable").map(|v| v.as_str()) {
+        None | Some(Some("local")) => true,
+        Some(Some("deny")) => false,
+        Some(_) => return Err(err("shared_state.on_unavailable", "must be \"local\" or \"deny\"")),
+    };
+    Ok(super::SharedState {
+        cluster: cluster.to_string(),
+        timeout_ms: within("timeout_ms", 50, 10_000)?,
+        fallback_local,
+        lease_ttl_s: within("lease_ttl_s", 600, 86_400)?,
+        sync_ms: within("sync_ms", 200, 60_000)?,
     })
 }
 

@@ -523,3 +523,24 @@ fn a_name_given_twice_is_refused() {
     assert_eq!(e.field, "providers", "{e}");
     assert!(e.to_string().contains("`p` is given twice"), "{e}");
 }
+
+#[test]
+fn shared_state_takes_defaults_and_refuses_bad_fields_by_name() {
+    assert_eq!(parse(&sample_config()).unwrap().shared_state, None);
+    let with = |section: &str| sample_config().replacen('{', &format!(r#"{{"shared_state": {section},"#), 1);
+    let s = parse(&with(r#"{"cluster": "state"}"#)).unwrap().shared_state.unwrap();
+    assert_eq!((s.cluster.as_str(), s.timeout_ms, s.fallback_local, s.lease_ttl_s), ("state", 50, true, 600));
+    let deny = parse(&with(r#"{"cluster": "state", "on_unavailable": "deny", "timeout_ms": 20}"#)).unwrap();
+    assert_eq!(deny.shared_state.map(|s| (s.fallback_local, s.timeout_ms)), Some((false, 20)));
+    for (section, field) in [
+        (r#"{}"#, "shared_state.cluster"),
+        (r#"{"cluster": " "}"#, "shared_state.cluster"),
+        (r#"{"cluster": "s", "timeout_ms": 0}"#, "shared_state.timeout_ms"),
+        (r#"{"cluster": "s", "timeout_ms": "50"}"#, "shared_state.timeout_ms"),
+        (r#"{"cluster": "s", "on_unavailable": "open"}"#, "shared_state.on_unavailable"),
+        (r#"{"cluster": "s", "lease_ttl": 5}"#, "shared_state.lease_ttl"),
+        (r#""state""#, "shared_state"),
+    ] {
+        assert_eq!(error_for(&with(section)).field, field, "{section}");
+    }
+}

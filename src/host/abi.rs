@@ -248,6 +248,12 @@ pub fn reset_response() -> Result<(), Status> {
     status(unsafe { proxy_close_stream(1) })
 }
 
+/// Resumes a paused request (Envoy: `continueDecoding`).
+pub fn resume_request() -> Result<(), Status> {
+    // SAFETY: plain value; 0 = HttpRequest.
+    status(unsafe { proxy_continue_stream(0) })
+}
+
 /// Resumes a paused response (Envoy: `continueEncoding`, with what its buffer holds now).
 pub fn resume_response() -> Result<(), Status> {
     // SAFETY: plain value; 1 = HttpResponse.

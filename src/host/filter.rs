@@ -42,6 +42,7 @@ use crate::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S}
 use crate::tenant::reserve::Reservation;
 use crate::tenant::{authenticate, presented_key};
 
+use super::fleet::{self, Ask, Step};
 use super::learned_store::{self, Decided, Feedback, Scorer};
 use super::observe::{self, Observed};
 use super::runtime::{Picked, Runtime};
@@ -153,6 +154,8 @@ pub struct Filter {
     try_token: Option<String>,
     /// A refusal at the headers that waits for a small body (see `REFUSED_BODY_PEEK_BYTES`).
     refused: Option<ApiError>,
+    /// Fleet mode: the tenant's admission asked of the state service.
+    fleet: Ask,
 }
 
 /// A tenant's admission: released and corrected when the request ends.
@@ -166,6 +169,8 @@ struct Admission {
     /// The worst-case cost held against the budget (see `tenant::reserve`).
     budget: Reservation,
     rate_headers: Vec<(&'static str, String)>,
+    /// Fleet mode: the lease the state service may hold for this request (released at its end).
+    lease: Option<u64>,
 }
 
 impl Filter {
@@ -198,6 +203,7 @@ impl Filter {
             feedback: false,
             try_token: None,
             refused: None,
+            fleet: Ask::Idle,
         }
     }
 
@@ -358,6 +364,9 @@ impl Filter {
 
     fn route(&mut self, rt: &Runtime, client_body: Vec<u8>) -> Action {
         let client_len = client_body.len();
+        // Fleet mode: the body is routed again once the state service has answered.
+        let asks = rt.config.shared_state.is_some() && self.tenant.is_some() && matches!(self.fleet, Ask::Idle);
+        let kept = asks.then(|| client_body.clone());
         let (body, native_only) = match self.door.to_chat(&client_body) {
             Ok(Some(routed)) => {
                 self.door_body = client_body;
@@ -399,8 +408,15 @@ impl Filter {
             if let Some(decided) = &self.learned {
                 learned_store::remember(&self.request_id, decided, now);
             }
-            if let Err(e) = self.admit_tenant(rt, &parsed, &plan, client_len, now) {
-                return self.answer_error(&e);
+            match self.admit_tenant(rt, &parsed, &plan, client_len, now) {
+                Err(e) => return self.answer_error(&e),
+                Ok(false) => {
+                    if let (Ask::Waiting { body, .. }, Some(kept)) = (&mut self.fleet, kept) {
+                        *body = kept;
+                    }
+                    return Action::Pause;
+                }
+                Ok(true) => {}
             }
             if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
                 rt.metrics.inc(pm.requests);
@@ -444,6 +460,7 @@ impl Filter {
     /// budget, then requests in flight, then this minute's requests and
     /// tokens (reserved now, corrected with the real usage at the end). The
     /// budget holds the worst case on the dearest member `plan` may try.
+    /// In fleet mode the state service decides: `Ok(false)` while its answer is awaited.
     fn admit_tenant(
         &mut self,
         rt: &Runtime,
@@ -451,14 +468,14 @@ impl Filter {
         plan: &Plan,
         body_len: usize,
         now: u64,
-    ) -> Result<(), ApiError> {
-        let Some(admission) = self.tenant.as_mut() else { return Ok(()) };
-        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return Ok(()) };
+    ) -> Result<bool, ApiError> {
+        let Some(admission) = self.tenant.as_mut() else { return Ok(true) };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return Ok(true) };
         if let Some(name) = std::iter::once(&parsed.target).chain(&parsed.fallback).find(|n| !tenant.allows(n)) {
             return Err(crate::tenant::not_allowed(tenant, name));
         }
         if !tenant.has_limits() {
-            return Ok(());
+            return Ok(true);
         }
         let now_s = now / 1000;
         let index = admission.index;
@@ -477,7 +494,29 @@ impl Filter {
         };
         // Nothing held when the store could not be written (fails open).
         admission.budget = Reservation { micro_usd: 0, ..budget };
-        match tenant_store::admit(tenant, now_s, reserve, budget.micro_usd) {
+        let decided = match &rt.config.shared_state {
+            None => tenant_store::admit(tenant, now_s, reserve, budget.micro_usd),
+            Some(shared) => {
+                let lease = *admission.lease.get_or_insert_with(|| rt.random());
+                match fleet::admission(&mut self.fleet, shared, tenant, lease, now, reserve, budget.micro_usd) {
+                    Step::Wait => return Ok(false),
+                    Step::Deny(e) => {
+                        admission.lease = None;
+                        return Err(e);
+                    }
+                    Step::Local => {
+                        admission.lease = None;
+                        self.obs.limits = Some("local");
+                        tenant_store::admit(tenant, now_s, reserve, budget.micro_usd)
+                    }
+                    Step::Shared(verdict) => {
+                        self.obs.limits = Some("shared");
+                        verdict.map(|window| Some(crate::tenant::limits::TenantState { window, ..Default::default() }))
+                    }
+                }
+            }
+        };
+        match decided {
             Ok(state) => {
                 if let Some(state) = state {
                     admission.budget = budget;
@@ -489,9 +528,10 @@ impl Filter {
                 if tenant.tpm.is_some() || tenant.budget.is_some() {
                     self.answer_tail = Some(usage::Tail::default());
                 }
-                Ok(())
+                Ok(true)
             }
             Err(r) => {
+                admission.lease = None;
                 if let Refusal::Requests { retry_after_s } | Refusal::Tokens { retry_after_s } = r {
                     // What was exhausted reads 0 remaining, until the window turns.
                     let full = Window {
@@ -1037,6 +1077,9 @@ impl Context for Filter {
     }
 
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if matches!(self.fleet, Ask::Waiting { token, .. } if token == token_id) {
+            return self.admission_answered(num_headers, body_size);
+        }
         if !self.hedge_answered(token_id, num_headers) {
             return;
         }
@@ -1656,8 +1699,26 @@ impl Filter {
             let usage = usage.or(self.stream_end.as_ref().map(|_| self.obs.estimate));
             end.spend_micro_usd = member.map_or(0, |m| tenant_store::spent_on(&admission.budget, m, usage));
         }
-        if end != Settlement::default() {
-            tenant_store::settle(tenant, now_s, &end);
+        match (admission.lease, &rt.config.shared_state) {
+            (Some(lease), Some(shared)) => {
+                let path = crate::tenant::fleet::settle_path(tenant, lease, &end, now_s);
+                fleet::tell(shared, &path, self.context_id);
+            }
+            _ if end != Settlement::default() => tenant_store::settle(tenant, now_s, &end),
+            _ => {}
+        }
+    }
+
+    /// The state service answered the tenant's admission (or did not, in
+    /// time): the request is routed again with its verdict, and resumed.
+    fn admission_answered(&mut self, num_headers: usize, body_size: usize) {
+        let Some(rt) = self.rt.clone() else { return };
+        let now = self.now_ms();
+        let body = fleet::answered(&mut self.fleet, now, num_headers, body_size);
+        if self.route(&rt, body) == Action::Continue {
+            if let Err(s) = abi::resume_request() {
+                self.host_error("resume request", s);
+            }
         }
     }
 

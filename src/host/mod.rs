@@ -4,6 +4,7 @@
 mod abi;
 mod canary_store;
 mod filter;
+mod fleet;
 mod health_store;
 mod learned_store;
 mod live_store;

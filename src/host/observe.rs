@@ -39,6 +39,8 @@ pub struct Observed {
     pub error: Option<ErrorCode>,
     /// Every member of the pool failed or was passed over.
     pub exhausted: bool,
+    /// Fleet mode: `shared` or `local`, who decided the tenant's limits (call log).
+    pub limits: Option<&'static str>,
 }
 
 impl Observed {
@@ -109,6 +111,7 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
         status: obs.status,
         cut: obs.cut,
         error: obs.error.map(ErrorCode::as_str),
+        limits: obs.limits,
         stream: end.stream,
         tokens,
         usage_estimated,

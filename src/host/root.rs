@@ -30,6 +30,7 @@ pub struct Root {
 
 impl Root {
     pub fn new(context_id: u32) -> Self {
+        super::fleet::set_root(context_id);
         Root { context_id, runtime: None, prober: Prober::new(), last_slow_tick_ms: 0, tick_ms: SLOW_TICK_MS }
     }
 }

@@ -3,6 +3,7 @@
 //! Azure and Anthropic SDKs send it); the configuration holds only hashes.
 //! Then: what it may use (`allow`) and its limits (`limits`). No proxy-wasm calls.
 
+pub mod fleet;
 pub mod limits;
 pub mod reserve;
 

@@ -1,0 +1,210 @@
+//! The state service against a real redis-server (started by each test on a
+//! free port): what proxies observe through its HTTP answers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+}
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct State {
+    child: Child,
+    addr: String,
+}
+
+impl State {
+    fn start(redis_port: u16) -> State {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard-state"))
+            .args(["--listen", "127.0.0.1:0", "--redis", &format!("redis://127.0.0.1:{redis_port}")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.split('"').nth(3).unwrap().to_string();
+        State { child, addr }
+    }
+
+    /// (status, body) of one request.
+    fn call(&self, method: &str, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nhost: state\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    fn post(&self, path: &str) -> String {
+        let (status, body) = self.call("POST", path);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const T: &str = "74"; // "t" in hex
+
+#[test]
+fn rpm_admits_exactly_the_limit_across_concurrent_callers() {
+    let redis = Redis::start();
+    let state = std::sync::Arc::new(State::start(redis.port));
+    let threads: Vec<_> = (0..10)
+        .map(|i| {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .filter(|j| {
+                        state.post(&format!("/v1/admit?t={T}&l={i}-{j}&ttl=60000&rpm=37&tok=5")).starts_with("ok ")
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    // Unless the minute turned during the test, exactly 37.
+    let refused = state.post(&format!("/v1/admit?t={T}&l=x&ttl=60000&rpm=37"));
+    assert!(admitted == 37 || refused.starts_with("ok "), "{admitted} admitted");
+    assert!(refused.starts_with("rpm ") || admitted < 37, "{refused}");
+    let retry: u64 = refused.split(' ').nth(1).unwrap().trim().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+}
+
+#[test]
+fn parallel_leases_are_released_by_settle_and_expire_without_it() {
+    let redis = Redis::start();
+    let state = State::start(redis.port);
+    assert!(state.post(&format!("/v1/admit?t={T}&l=a&ttl=60000&par=2")).starts_with("ok "));
+    assert!(state.post(&format!("/v1/admit?t={T}&l=b&ttl=300&par=2")).starts_with("ok "));
+    assert_eq!(state.post(&format!("/v1/admit?t={T}&l=c&ttl=60000&par=2")), "par 2");
+    state.post(&format!("/v1/settle?t={T}&l=a"));
+    assert!(state.post(&format!("/v1/admit?t={T}&l=c&ttl=60000&par=2")).starts_with("ok "));
+    // Lease b was never settled (its proxy crashed): it expires after 300 ms.
+    assert_eq!(state.post(&format!("/v1/admit?t={T}&l=d&ttl=60000&par=2")), "par 2");
+    sleep(Duration::from_millis(400));
+    assert!(state.post(&format!("/v1/admit?t={T}&l=d&ttl=60000&par=2")).starts_with("ok "));
+}
+
+#[test]
+fn budget_reserves_worst_cases_and_settles_real_cost() {
+    let redis = Redis::start();
+    let state = State::start(redis.port);
+    let admit = |l: &str| state.post(&format!("/v1/admit?t={T}&l={l}&ttl=60000&bl=50000&bp=7&bw=20000"));
+    assert!(admit("a").starts_with("ok "));
+    assert!(admit("b").starts_with("ok "));
+    // 40,000 held of 50,000: a third worst case of 20,000 does not fit.
+    assert!(admit("c").starts_with("budget 0 40000 "), "{}", admit("c"));
+    // a cost 6,000 of its 20,000: 6,000 spent + 20,000 held leaves room for one more.
+    state.post(&format!("/v1/settle?t={T}&l=a&bp=7&cost=6000"));
+    assert!(admit("c").starts_with("ok "));
+    assert!(admit("d").starts_with("budget 6000 40000 "));
+    // Another period starts from nothing spent (what is held stays held).
+    let other = state.post(&format!("/v1/admit?t={T}&l=e&ttl=60000&bl=50000&bp=8&bw=5000"));
+    assert!(other.starts_with("ok "), "{other}");
+}
+
+#[test]
+fn tokens_are_reserved_then_corrected_to_usage() {
+    let redis = Redis::start();
+    let state = State::start(redis.port);
+    let first = state.post(&format!("/v1/admit?t={T}&l=a&ttl=60000&tpm=1000&tok=900"));
+    let fields: Vec<&str> = first.split(' ').collect();
+    assert_eq!(&fields[..3], ["ok", "1", "900"], "{first}");
+    let start = fields[3];
+    assert!(state.post(&format!("/v1/admit?t={T}&l=b&ttl=60000&tpm=1000&tok=200")).starts_with("tpm "));
+    state.post(&format!("/v1/settle?t={T}&l=a&ws={start}&res=900&act=100"));
+    let second = state.post(&format!("/v1/admit?t={T}&l=b&ttl=60000&tpm=1000&tok=200"));
+    // The same minute (else a fresh window counts only this request).
+    assert!(second.starts_with("ok 2 300 ") || second.starts_with("ok 1 200 "), "{second}");
+}
+
+#[test]
+fn learned_feedback_and_canary_rollbacks_reach_every_poller() {
+    let redis = Redis::start();
+    let state = State::start(redis.port);
+    state.post("/v1/learned?r=6c72&b=3&s=0.25");
+    state.post("/v1/learned?r=6c72&b=4&s=1");
+    state.post("/v1/canary?g=ab&m=6d31");
+    let (status, all) = state.call("GET", "/v1/sync?g=ab&after=0");
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines[0], "c 6d31");
+    assert!(lines[1].starts_with("l ") && lines[1].ends_with(" 6c72 3 0.25"), "{all}");
+    assert!(lines[2].ends_with(" 6c72 4 1"), "{all}");
+    let id = lines[1].split(' ').nth(1).unwrap();
+    let (_, rest) = state.call("GET", &format!("/v1/sync?g=ab&after={id}"));
+    assert_eq!(rest.lines().filter(|l| l.starts_with("l ")).count(), 1, "{rest}");
+    // Another configuration's canaries are its own.
+    assert_eq!(state.call("GET", "/v1/sync?g=cd&after=99999999999999-0").1, "");
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let redis = Redis::start();
+    let state = State::start(redis.port);
+    assert_eq!(state.call("POST", "/v1/admit?t=zz&l=a"), (400, "`t` must be a name in hex".into()));
+    assert_eq!(state.call("POST", &format!("/v1/admit?t={T}&l=a&rpm=ten")).1, "`rpm` must be a whole number");
+}
+
+#[test]
+fn redis_down_answers_503_fast_and_service_resumes_when_it_returns() {
+    let mut redis = Redis::start();
+    let state = State::start(redis.port);
+    assert!(state.post(&format!("/v1/admit?t={T}&l=a&ttl=60000&rpm=100")).starts_with("ok 1 "));
+    let port = redis.port;
+    redis.stop();
+    let started = Instant::now();
+    let (status, body) = state.call("POST", &format!("/v1/admit?t={T}&l=b&ttl=60000&rpm=100"));
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    let _redis = Redis::start_on(port);
+    // A fresh Redis (nothing persisted): counting starts again, without restarting the service.
+    assert!(state.post(&format!("/v1/admit?t={T}&l=c&ttl=60000&rpm=100")).starts_with("ok 1 "));
+}
