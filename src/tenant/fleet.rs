@@ -83,8 +83,6 @@ fn push_field(path: &mut String, name: &str, value: u64) {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::tenant::limits::BudgetShort;
