@@ -10,7 +10,7 @@ use crate::providers::{build_native, build_request, BuildContext, NativeApi, Res
 use crate::routing::exhausted;
 use crate::routing::stats::latency_sample;
 
-use super::{AnswerShape, Count, Exchange, Picked, Shared, Step, CUT_STATUS};
+use super::{AnswerShape, Count, Exchange, Picked, Shared, State, Step, CUT_STATUS};
 
 /// One upstream attempt in flight.
 pub struct Attempt {
@@ -285,6 +285,34 @@ impl Exchange {
             sh.member_id(attempt.picked.member)
         );
         self.finish(sh, attempt, 0, None, now);
+    }
+
+    /// The request ended with an attempt still open. Not answered yet: the
+    /// client left (`left_unanswered`). An answer still being relayed never
+    /// reached its end: cut off by the client (nobody's failure) or by the
+    /// upstream (the member's, `cut_answer`), as `details` (Envoy's response
+    /// code details, read only here) tell.
+    pub fn end_unfinished(&mut self, sh: &dyn Shared, details: impl FnOnce() -> String) {
+        let (attempt, status) = match std::mem::replace(&mut self.state, State::Passing) {
+            State::Relaying { attempt, status }
+            | State::Holding { attempt, status }
+            | State::Priming { attempt, status, .. } => (attempt, status),
+            State::Routed(attempt) | State::Failover { attempt, .. } => return self.left_unanswered(sh, &attempt),
+            State::Resuming { attempt, .. } => return self.unjudged(sh, &attempt, 0),
+            _ => return,
+        };
+        let details = details();
+        if details.contains("downstream") {
+            log::info!("switchboard[{}]: client left before the answer ended ({details})", self.request_id);
+            return self.unjudged(sh, &attempt, status);
+        }
+        log::warn!(
+            "switchboard[{}]: answer from {} ended early ({details})",
+            self.request_id,
+            sh.member_id(attempt.picked.member)
+        );
+        let now = sh.now_ms();
+        self.cut_answer(sh, &attempt, now);
     }
 
     /// An answer broken after its headers went out (the upstream cut it, or it

@@ -10,11 +10,13 @@
 //! An answer, whichever attempt gives it, passes through one [`AnswerChain`];
 //! the request's timers (hedge, stream idle) decide in `timers`.
 
+mod admission;
 mod answer;
 mod attempts;
 mod shared;
 mod timers;
 
+pub use admission::{expected_tokens, feedback_body, refusal_error};
 pub use answer::{AnswerChain, Relayed, Whole};
 pub use attempts::{adapter_for, build_upstream, translates_stream, Attempt};
 pub use shared::{Count, Picked, Shared};

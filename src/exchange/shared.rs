@@ -3,12 +3,14 @@
 //! canary windows, and the counters. `host::runtime::Runtime` implements it
 //! over Envoy's shared data; tests implement it in memory.
 //!
-//! Every method answers at once, from what this worker can read now. A
-//! store whose answer needs a round trip (Redis through Envoy for a fleet)
-//! sits behind the same method: the host keeps the last answer it fetched
-//! (as it keeps the health cache today) and refreshes it on its tick, so the
-//! exchange never waits on a store. A second host (an Envoy dynamic module)
-//! implements this trait over its own shared state and applies the same steps.
+//! Every method answers at once, from what this worker can read now
+//! (Envoy's shared data, or caches the host refreshes on its tick). A second
+//! host (an Envoy dynamic module) implements this trait over its own shared
+//! state and applies the same steps. A store that answers only after a round
+//! trip (a state service through Envoy, for a fleet) does not fit a method
+//! that answers at once: such a decision is a step the host carries out and
+//! answers later (the request paused meanwhile), not a method here. Tenant
+//! admission is still the filter's (`host/tenant_store.rs`).
 
 use crate::api::ErrorCode;
 use crate::config::{Config, MemberRef};

@@ -613,3 +613,51 @@ fn a_silent_stream_is_cut_at_its_idle_limit_and_a_live_one_is_looked_at_again() 
     assert_eq!(watch.check(13_500), Idle::Silent(2_500));
     assert_eq!(IdleWatch::start(&Mem::new(TWO).config, 0, true, 200, 0), None, "no limit");
 }
+
+// Before routing: feedback bodies, what admission reserves, refusals.
+
+#[test]
+fn a_feedback_body_names_its_bad_field() {
+    assert_eq!(feedback_body(br#"{"request_id":"r1","score":0.5}"#).unwrap(), ("r1".to_string(), 0.5));
+    for (body, param) in [
+        (r#"{"score":1}"#, "request_id"),
+        (r#"{"request_id":"","score":1}"#, "request_id"),
+        (r#"{"request_id":"r1"}"#, "score"),
+        (r#"{"request_id":"r1","score":"high"}"#, "score"),
+        (r#"{"request_id":"r1","score":1.5}"#, "score"),
+    ] {
+        let e = feedback_body(body.as_bytes()).unwrap_err();
+        assert_eq!((e.status, e.param), (400, Some(param)), "{body}");
+    }
+    assert_eq!(feedback_body(b"nope").unwrap_err().code, ErrorCode::InvalidJson);
+}
+
+#[test]
+fn admission_reserves_the_prompt_and_the_output_asked_for() {
+    let body = r#"{"model":"main","messages":[],"max_tokens":100}"#;
+    let parsed = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
+    assert_eq!(expected_tokens(&parsed, 400), (100, 100));
+    let parsed = ParsedRequest::parse(br#"{"model":"main","messages":[]}"#, Endpoint::ChatCompletions).unwrap();
+    assert_eq!(expected_tokens(&parsed, 8).1, 1024);
+}
+
+#[test]
+fn an_answer_left_open_is_the_clients_doing_or_the_members_cut() {
+    for (details, cut) in [("downstream_remote_disconnect", false), ("upstream_reset_after_response_started", true)] {
+        let sh = Mem::new(TWO);
+        let mut ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+        let a = first(&sh, &mut ex);
+        let member = a.picked.member;
+        ex.state = State::Relaying { attempt: a, status: 200 };
+        ex.end_unfinished(&sh, || details.to_string());
+        assert_eq!(ex.obs.cut, cut, "{details}");
+        assert_eq!(sh.health_of(sh.member_id(member)).failures, u64::from(cut), "{details}");
+        assert_eq!(ex.obs.attempts.len(), 1);
+    }
+    // Nothing open: nothing to judge, and the details are not read.
+    let sh = Mem::new(TWO);
+    let mut ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+    ex.state = State::Answered;
+    ex.end_unfinished(&sh, || unreachable!("read"));
+    assert!(ex.obs.attempts.is_empty());
+}

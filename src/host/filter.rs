@@ -33,8 +33,8 @@ use crate::config::MemberRef;
 use crate::doors::{messages, Door, DoorAnswer, DoorError};
 use crate::encoding::percent_decode;
 use crate::exchange::{
-    build_upstream, translates_stream, Admission, AnswerShape, Attempt, Exchange, Hedge, IdleWatch, Relayed, State,
-    Step, Whole,
+    build_upstream, expected_tokens, feedback_body, refusal_error, translates_stream, Admission, AnswerShape, Attempt,
+    Exchange, Hedge, IdleWatch, Relayed, State, Step, Whole,
 };
 use crate::providers::{stream_include_usage, UpstreamRequest};
 use crate::routing::router::HeaderLookup;
@@ -574,80 +574,8 @@ impl Filter {
     }
 }
 
-/// Tokens to reserve for a request before it runs: its prompt (about 4 bytes
-/// a token) and the output it asked for (`max_completion_tokens`,
-/// `max_tokens`), else `DEFAULT_EXPECTED_OUTPUT`.
-fn expected_tokens(parsed: &ParsedRequest<'_>, body_len: usize) -> (u64, u64) {
-    const DEFAULT_EXPECTED_OUTPUT: u64 = 1024;
-    let requested = parsed.max_output_tokens.map(u64::from);
-    (body_len as u64 / 4, requested.unwrap_or(DEFAULT_EXPECTED_OUTPUT))
-}
-
-fn refusal_error(tenant: &crate::tenant::Tenant, refusal: Refusal) -> ApiError {
-    let name = &tenant.name;
-    match refusal {
-        Refusal::Requests { retry_after_s } => ApiError::new(
-            429,
-            ErrorCode::RateLimitExceeded,
-            format!("Rate limit reached for tenant `{name}`: {} requests per minute.", tenant.rpm.unwrap_or(0)),
-        )
-        .with_retry_after(retry_after_s),
-        Refusal::Tokens { retry_after_s } => ApiError::new(
-            429,
-            ErrorCode::RateLimitExceeded,
-            format!("Rate limit reached for tenant `{name}`: {} tokens per minute.", tenant.tpm.unwrap_or(0)),
-        )
-        .with_retry_after(retry_after_s),
-        Refusal::Parallel => ApiError::new(
-            429,
-            ErrorCode::RateLimitExceeded,
-            format!(
-                "Tenant `{name}` has {} requests in flight, its max_parallel; retry when one ends.",
-                tenant.max_parallel.unwrap_or(0)
-            ),
-        )
-        .with_retry_after(1),
-        Refusal::Budget(short) => {
-            ApiError::new(429, ErrorCode::InsufficientQuota, short.message(name)).with_retry_after(short.retry_after_s)
-        }
-    }
-}
-
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
     rt.config.resolve(member).map(|(_, _, provider)| provider.cluster.as_str())
-}
-
-/// A feedback body: the request id and a score in [0, 1].
-fn feedback_body(body: &[u8]) -> Result<(String, f64), ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid_request(ErrorCode::InvalidJson, format!("Feedback must be a JSON object: {e}."))
-    })?;
-    let field = |name: &'static str| {
-        value.get(name).ok_or_else(|| {
-            ApiError::invalid_request(
-                ErrorCode::MissingRequiredParameter,
-                format!("Missing required parameter: `{name}`."),
-            )
-            .with_param(name)
-        })
-    };
-    let request_id = field("request_id")?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ApiError::invalid_request(ErrorCode::InvalidType, "`request_id` must be a non-empty string.")
-                .with_param("request_id")
-        })?
-        .to_string();
-    let score = field("score")?.as_f64().ok_or_else(|| {
-        ApiError::invalid_request(ErrorCode::InvalidType, "`score` must be a number.").with_param("score")
-    })?;
-    if !(0.0..=1.0).contains(&score) {
-        return Err(
-            ApiError::invalid_request(ErrorCode::InvalidValue, "`score` must be between 0 and 1.").with_param("score")
-        );
-    }
-    Ok((request_id, score))
 }
 
 /// The client's request headers, for routing rules and the tags header.
@@ -1152,29 +1080,12 @@ impl Filter {
         }
     }
 
-    /// An answer still being relayed when the stream ended never reached its
-    /// end: cut off by the upstream (the member's failure), or by the client.
+    /// The request ended with an attempt still open: the exchange judges it,
+    /// from how the response ended (Envoy's details, read only when it asks).
     fn end_unfinished_answer(&mut self, rt: &Runtime) {
-        let (attempt, status) = match std::mem::replace(&mut self.ex.state, State::Passing) {
-            State::Relaying { attempt, status }
-            | State::Holding { attempt, status }
-            | State::Priming { attempt, status, .. } => (attempt, status),
-            State::Routed(attempt) | State::Failover { attempt, .. } => return self.ex.left_unanswered(rt, &attempt),
-            State::Resuming { attempt, .. } => return self.ex.unjudged(rt, &attempt, 0),
-            _ => return,
-        };
-        let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();
-        let details = String::from_utf8_lossy(&details);
-        if details.contains("downstream") {
-            log::info!("switchboard[{}]: client left before the answer ended ({details})", self.ex.request_id);
-            return self.ex.unjudged(rt, &attempt, status);
-        }
-        log::warn!(
-            "switchboard[{}]: answer from {} ended early ({details})",
-            self.ex.request_id,
-            rt.member_id(attempt.picked.member)
-        );
-        let now = self.now_ms();
-        self.ex.cut_answer(rt, &attempt, now);
+        self.ex.end_unfinished(rt, || {
+            let details = abi::property(&["response", "code_details"]).ok().flatten().unwrap_or_default();
+            String::from_utf8_lossy(&details).into_owned()
+        });
     }
 }
