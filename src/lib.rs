@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod doors;
 pub mod encoding;
+pub mod exchange;
 pub mod explain;
 pub use switchboard_learned as learned;
 pub mod observe;

@@ -10,53 +10,13 @@ use crate::routing::Plan;
 use crate::tenant::limits::cost_micro_usd;
 
 use super::abi;
-use super::metrics::{Family, Labels, Metrics};
+use super::metrics::{Family, Labels};
 use super::runtime::Runtime;
 
 /// The filter-state name of the call-log line (Envoy prefixes `wasm.`).
 const CALL_LOG_PROPERTY: &str = "switchboard.call";
 
-/// What the request's end reports, gathered while it runs (times in ms since the epoch, 0: not yet).
-#[derive(Debug, Default)]
-pub struct Observed {
-    pub start_ms: u64,
-    /// Every attempt in order: member, status (0: no answer), duration.
-    pub attempts: Vec<(MemberRef, u16, u64)>,
-    /// What the client got (502 for an answer broken after its headers).
-    pub status: u16,
-    /// The answer broke after its headers went out.
-    pub cut: bool,
-    /// The answer's headers left for the client; a stream's first event did.
-    pub first_byte_ms: u64,
-    pub first_event_ms: u64,
-    /// A successful answer's last byte was read.
-    pub ended_ms: u64,
-    /// Tokens expected: stand in for an answer that reports none.
-    pub estimate: Tokens,
-    /// The name the client asked for.
-    pub model: Option<String>,
-    /// The gateway's own error code, when it refused or failed the request itself.
-    pub error: Option<ErrorCode>,
-    /// Every member of the pool failed or was passed over.
-    pub exhausted: bool,
-    /// Fleet mode: `shared` or `local`, who decided the tenant's limits (call log).
-    pub limits: Option<&'static str>,
-}
-
-impl Observed {
-    /// The gateway answers (or fails) the request with its own error `code`: counted, and kept for the call log.
-    pub fn local_error(&mut self, metrics: &Metrics, code: ErrorCode) {
-        metrics.local_error(code);
-        self.error = Some(code);
-    }
-
-    pub fn answered(&mut self, status: u16, now_ms: u64) {
-        self.status = status;
-        if self.first_byte_ms == 0 {
-            self.first_byte_ms = now_ms;
-        }
-    }
-}
+pub use crate::exchange::Observed;
 
 /// The rest of what the report needs, from the filter.
 pub struct End<'a> {

@@ -10,10 +10,12 @@ use crate::api::models::ModelListing;
 use crate::config::Config;
 use crate::config::{Member, MemberRef};
 use crate::encoding;
+use crate::exchange::{Count, Picked, Shared};
 use crate::learned::{Model, ModelError};
+use crate::routing::exhausted::PassedOver;
 use crate::routing::health::retry_after_until_ms;
 use crate::routing::silence::{self, LastAnswer};
-use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan, Rng, Transition};
+use crate::routing::{Availability, LatencyKind, LiveStats, Plan, Rng, Transition};
 
 use super::metrics::Metrics;
 use super::{canary_store, health_store, learned_store, live_store};
@@ -42,14 +44,6 @@ impl LiveStats for SharedStats<'_> {
     fn rolled_back(&self, member: &Member) -> bool {
         self.rolled_back.contains(&member.id)
     }
-}
-
-/// A member chosen for an attempt, with the health it had when chosen.
-#[derive(Debug, Clone, Copy)]
-pub struct Picked {
-    pub member: MemberRef,
-    /// A clean member's success changes nothing in shared data but a count.
-    pub health: MemberHealth,
 }
 
 pub struct Runtime {
@@ -186,25 +180,23 @@ impl Runtime {
 
     /// Whether `status` (0: no response) from `member` is a failure its pool fails over on.
     pub fn is_failure(&self, member: MemberRef, status: u16) -> bool {
-        status == 0 || self.config.pool_at(member.pool).is_some_and(|p| p.retry.should_retry(status))
+        Shared::is_failure(self, member, status)
     }
 
-    /// Records how an attempt ended, once: in the plan, in shared health and
-    /// in metrics. Returns whether it failed (and so calls for failover).
-    pub fn record(
+    /// Records how an attempt ended (the plan has it already), once: in
+    /// shared health, canary windows and metrics.
+    fn record_attempt(
         &self,
-        plan: &mut Plan,
         picked: Picked,
         status: u16,
+        failed: bool,
         retry_after: Option<&str>,
         now: u64,
         request_id: &str,
-    ) -> bool {
+    ) {
         let MemberRef { pool: pool_index, member: member_index } = picked.member;
-        plan.record(&self.config, pool_index, member_index, status);
-        let Some(pool) = self.config.pool_at(pool_index) else { return false };
-        let Some(member) = pool.members.get(member_index) else { return false };
-        let failed = self.is_failure(picked.member, status);
+        let Some(pool) = self.config.pool_at(pool_index) else { return };
+        let Some(member) = pool.members.get(member_index) else { return };
         if pool.members.iter().any(|m| m.canary.is_some()) {
             self.count_canaries(pool_index, member_index, failed, now, request_id);
         }
@@ -242,7 +234,6 @@ impl Runtime {
             }
             Transition::None => {}
         }
-        failed
     }
 
     /// Counts an attempt in its pool's canary windows; a canary this rolls
@@ -295,5 +286,84 @@ impl Runtime {
                 Transition::None
             });
         }
+    }
+}
+
+/// The exchange's view of what requests share: this VM's caches over Envoy's shared data.
+impl Shared for Runtime {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn now_ms(&self) -> u64 {
+        super::abi::now_ms().unwrap_or_else(|status| {
+            log::warn!("switchboard: host call failed: get_current_time (status {status})");
+            self.metrics.inc(self.metrics.host_errors);
+            0
+        })
+    }
+
+    fn pick(&self, plan: &mut Plan, now_ms: u64) -> Option<Picked> {
+        Runtime::pick(self, plan, now_ms)
+    }
+
+    fn record(
+        &self,
+        picked: Picked,
+        status: u16,
+        failed: bool,
+        retry_after: Option<&str>,
+        now_ms: u64,
+        request_id: &str,
+    ) {
+        self.record_attempt(picked, status, failed, retry_after, now_ms, request_id);
+    }
+
+    fn note_answered(&self, member: MemberRef, now_ms: u64, took_ms: u64) {
+        Runtime::note_answered(self, member, now_ms, took_ms);
+    }
+
+    fn abort_is_failure(&self, member: MemberRef, waited_ms: u64, now_ms: u64) -> bool {
+        Runtime::abort_is_failure(self, member, waited_ms, now_ms)
+    }
+
+    fn next_try_ms(&self, member_id: &str, now_ms: u64) -> Option<u64> {
+        health_store::next_try_ms(member_id, now_ms)
+    }
+
+    fn passed_over(&self, member_id: &str, now_ms: u64) -> PassedOver {
+        health_store::passed_over(member_id, now_ms)
+    }
+
+    fn begin_in_flight(&self, member: MemberRef) {
+        live_store::begin(self.member_id(member));
+    }
+
+    fn end_in_flight(&self, member: MemberRef) {
+        live_store::end(self.member_id(member));
+    }
+
+    fn observe_latency(&self, member: MemberRef, kind: LatencyKind, sample_ms: f64) {
+        live_store::observe(self.member_id(member), kind, sample_ms);
+    }
+
+    fn count(&self, what: Count) {
+        let m = &self.metrics;
+        let id = match what {
+            Count::PoolRequest(p) => m.pool(p).and_then(|p| p.requests),
+            Count::Attempt(at) => m.member(at.pool, at.member).and_then(|m| m.attempts),
+            Count::Failover(at) => {
+                m.inc(m.member(at.pool, at.member).and_then(|mm| mm.failovers));
+                m.pool(at.pool).and_then(|pm| pm.failovers)
+            }
+            Count::Exhausted(p) => m.pool(p).and_then(|p| p.exhausted),
+            Count::CutAnswer(at) => m.member(at.pool, at.member).and_then(|m| m.cut_answers),
+            Count::Hedged(p) => m.pool(p).and_then(|p| p.hedged),
+            Count::HedgeWin(p) => m.pool(p).and_then(|p| p.hedge_wins),
+            Count::StreamIdleTimeout(p) => m.pool(p).and_then(|p| p.stream_idle_timeouts),
+            Count::ResumedStream(p) => m.pool(p).and_then(|p| p.resumed_streams),
+            Count::LocalError(code) => return m.local_error(code),
+        };
+        m.inc(id);
     }
 }

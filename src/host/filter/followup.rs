@@ -22,16 +22,16 @@ impl Filter {
     /// The calling tenant's name ("" without tenants): a response is only
     /// found again by the tenant that created it.
     fn tenant_name<'r>(&self, rt: &'r Runtime) -> &'r str {
-        self.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index)).map_or("", |t| t.name.as_str())
+        self.ex.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index)).map_or("", |t| t.name.as_str())
     }
 
     /// Remembers which provider holds the response of a natively served
     /// Responses answer, once its id is in the answer's first bytes.
     pub(super) fn note_response_id(&mut self, rt: &Runtime, member: MemberRef, native: bool, status: u16) {
-        if self.door != Door::Responses || !native || self.response_noted || !(200..300).contains(&status) {
+        if self.ex.door != Door::Responses || !native || self.response_noted || !(200..300).contains(&status) {
             return;
         }
-        let Some(id) = self.answer_tail.as_ref().and_then(|t| response_id_in(t.head())) else { return };
+        let Some(id) = self.ex.answer.tail.as_ref().and_then(|t| response_id_in(t.head())) else { return };
         let Some((_, _, provider)) = rt.config.resolve(member) else { return };
         let holder = Holder { provider: provider.name.clone(), tenant: self.tenant_name(rt).to_string() };
         response_store::remember(id, &holder);
@@ -62,15 +62,15 @@ impl Filter {
         };
         let upstream = responses_followup(provider, &format!("{}{}", f.id, f.rest));
         let now = self.now_ms();
-        let timeouts = self.timeouts_ms(rt, member.pool, now, false);
+        let timeouts = self.ex.timeouts_ms(rt, member.pool, now, false);
         let present = self.client_headers.clone();
         if let Err((what, s)) = self.rewrite_request(rt, member, &upstream, timeouts, 0, &present) {
             self.host_error(what, s);
             return Some(self.answer_error(&ApiError::internal("The gateway could not rewrite the request.")));
         }
-        log::info!("switchboard[{}]: {method} {shown} to provider {}", self.request_id, provider.name);
+        log::info!("switchboard[{}]: {method} {shown} to provider {}", self.ex.request_id, provider.name);
         // The answer, whatever it is, passes as it is.
-        self.state = State::Passing;
+        self.ex.state = State::Passing;
         Some(Action::Continue)
     }
 
@@ -79,10 +79,10 @@ impl Filter {
     /// same tenant; another tenant's is refused). An id it does not know is
     /// left to the native members as before.
     pub(super) fn hold_conversation(&self, rt: &Runtime, plan: &mut Plan, target: &str) -> Result<(), ApiError> {
-        if self.door != Door::Responses {
+        if self.ex.door != Door::Responses {
             return Ok(());
         }
-        let Ok(request) = ParsedRequest::parse_fields(&self.door_body) else { return Ok(()) };
+        let Ok(request) = ParsedRequest::parse_fields(&self.ex.door_body) else { return Ok(()) };
         let Some(id) = request.field("previous_response_id").and_then(|v| v.get().strip_prefix('"')?.strip_suffix('"'))
         else {
             return Ok(());

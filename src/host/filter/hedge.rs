@@ -10,57 +10,43 @@
 
 use proxy_wasm::types::Action;
 
-use super::{Attempt, Filter, State};
+use super::{Filter, State};
+use crate::exchange::{hedge_at, Count, Hedge, Shared};
 use crate::host::runtime::Runtime;
 use crate::host::{abi, wake};
-
-pub(super) enum Hedge {
-    /// Waiting for the deadline.
-    Armed,
-    /// The second member's call is in flight.
-    Sent { attempt: Box<Attempt>, call: u32 },
-}
 
 impl Filter {
     /// After the request was routed to `pool`: a hedging pool asks to be woken at its deadline.
     pub(super) fn arm_hedge(&mut self, rt: &Runtime, pool: usize, now: u64) {
-        let Some(after) = rt.config.pool_at(pool).and_then(|p| p.retry.hedge_after_ms) else { return };
+        let Some(at) = hedge_at(&rt.config, pool, now) else { return };
         self.hedge = Some(Hedge::Armed);
-        wake::at(now.saturating_add(after), &self.me);
+        wake::at(at, &self.me);
     }
 
     /// Woken by the root's tick: a routed attempt still without headers gets
     /// its hedge (another member the plan allows, as a failover would pick).
     pub(super) fn hedge_due(&mut self, now: u64) {
         let Some(rt) = self.rt.clone() else { return };
-        let (State::Routed(routed), Some(Hedge::Armed)) = (&self.state, &self.hedge) else { return };
+        let (State::Routed(routed), Some(Hedge::Armed)) = (&self.ex.state, &self.hedge) else { return };
         let routed = routed.picked.member;
         self.hedge = None;
-        let Some(plan) = self.plan.as_mut() else { return };
-        if now >= plan.deadline_ms {
-            return;
-        }
-        // The routed member counts as tried for this pick only; its own record comes when it ends.
-        plan.record_attempt(&rt.config, routed, 0);
-        let picked = rt.pick(plan, now);
-        plan.attempts.pop();
-        let Some(picked) = picked else { return };
-        let attempt = self.begin(&rt, picked, now);
+        let Some(picked) = self.ex.hedge_pick(&*rt, routed, now) else { return };
+        let attempt = self.ex.begin(&*rt, picked, now);
         match self.dispatch(&rt, picked.member, now) {
             Ok(call) => {
                 wake::own_call(call, &self.me);
-                rt.metrics.inc(rt.metrics.pool(routed.pool).and_then(|p| p.hedged));
+                rt.count(Count::Hedged(routed.pool));
                 log::debug!(
                     "switchboard[{}]: no answer from {} yet: hedging with {}",
-                    self.request_id,
+                    self.ex.request_id,
                     rt.member_id(routed),
                     rt.member_id(picked.member)
                 );
                 self.hedge = Some(Hedge::Sent { attempt: Box::new(attempt), call });
             }
             Err(e) => {
-                log::warn!("switchboard[{}]: hedge call failed to start: {}", self.request_id, e.message);
-                self.abandon(&rt, &attempt);
+                log::warn!("switchboard[{}]: hedge call failed to start: {}", self.ex.request_id, e.message);
+                self.ex.abandon(&*rt, &attempt);
             }
         }
     }
@@ -72,24 +58,14 @@ impl Filter {
     pub(super) fn settle_hedge(&mut self, rt: &Runtime, routed_failed: bool) -> Option<Action> {
         match self.hedge.take()? {
             Hedge::Sent { attempt, call } if routed_failed => {
-                self.state = State::Failover { attempt: *attempt, call };
+                self.ex.state = State::Failover { attempt: *attempt, call };
                 Some(Action::Pause)
             }
             Hedge::Sent { attempt, .. } => {
-                self.abandon_hedged(rt, &attempt);
+                self.ex.abandon_hedged(rt, &attempt);
                 None
             }
             Hedge::Armed => None,
-        }
-    }
-
-    /// The losing attempt of a hedged request: released, and listed in the
-    /// plan as unanswered (`x-switchboard-attempts` counts it) without
-    /// touching its member's health.
-    fn abandon_hedged(&mut self, rt: &Runtime, attempt: &Attempt) {
-        self.unjudged(rt, attempt, 0);
-        if let Some(plan) = self.plan.as_mut() {
-            plan.record_attempt(&rt.config, attempt.picked.member, 0);
         }
     }
 
@@ -109,22 +85,22 @@ impl Filter {
         if rt.is_failure(attempt.picked.member, status) {
             let now = self.now_ms();
             let retry_after = header("retry-after");
-            self.finish(&rt, &attempt, status, retry_after.as_deref(), now);
+            self.ex.finish(&*rt, &attempt, status, retry_after.as_deref(), now);
             return false;
         }
         let hedged = attempt.picked.member;
-        match std::mem::replace(&mut self.state, State::Failover { attempt: *attempt, call }) {
+        match std::mem::replace(&mut self.ex.state, State::Failover { attempt: *attempt, call }) {
             State::Routed(routed) => {
-                self.abandon_hedged(&rt, &routed);
-                rt.metrics.inc(rt.metrics.pool(routed.picked.member.pool).and_then(|p| p.hedge_wins));
+                self.ex.abandon_hedged(&*rt, &routed);
+                rt.count(Count::HedgeWin(routed.picked.member.pool));
                 log::debug!(
                     "switchboard[{}]: hedge {} answered before {}",
-                    self.request_id,
+                    self.ex.request_id,
                     rt.member_id(hedged),
                     rt.member_id(routed.picked.member)
                 );
             }
-            other => self.state = other,
+            other => self.ex.state = other,
         }
         true
     }

@@ -34,7 +34,7 @@ impl Filter {
     /// its failure into a redirect (when the configuration says that filter runs).
     pub(super) fn tag_try(&mut self, member: MemberRef) {
         let Some(rt) = self.rt.clone() else { return };
-        if !rt.config.stream_failover || !self.shape.stream {
+        if !rt.config.stream_failover || !self.ex.shape.stream {
             return;
         }
         let Some(retry_on) = rt.config.pool_at(member.pool).map(|p| p.retry.retry_on.as_slice()) else { return };
@@ -56,7 +56,7 @@ impl Filter {
     /// upstream filter's redirect was followed): the request's state is parked
     /// for the replay, which records the failure. False when the request simply ended.
     pub(super) fn hand_over(&mut self) -> bool {
-        if self.try_token.is_none() || !matches!(self.state, State::Routed(_)) {
+        if self.try_token.is_none() || !matches!(self.ex.state, State::Routed(_)) {
             return false;
         }
         let details = abi::property(&["response", "code_details"]).ok().flatten();
@@ -91,21 +91,21 @@ impl Filter {
         let path = header_value(&replayed, ":path").unwrap_or_default();
         let (status, retry_after) = redirect::failure_in(path);
         if let (State::Routed(attempt), Some(rt)) =
-            (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
+            (std::mem::replace(&mut self.ex.state, State::Passing), self.rt.clone())
         {
             // The failed attempt, recorded once: health, metrics, the plan.
             let now = self.now_ms();
-            self.finish(&rt, &attempt, status, retry_after.as_deref(), now);
+            self.ex.finish(&*rt, &attempt, status, retry_after.as_deref(), now);
             log::info!(
                 "switchboard[{}]: {} answered {status}; the request is replayed for the next member",
-                self.request_id,
+                self.ex.request_id,
                 rt.member_id(attempt.picked.member)
             );
         }
         if end_of_stream {
             return self.answer_error(&ApiError::internal("The replayed request lost its body."));
         }
-        self.state = State::Replayed { headers: replayed };
+        self.ex.state = State::Replayed { headers: replayed };
         Action::Pause
     }
 
@@ -116,7 +116,7 @@ impl Filter {
             return Action::Pause;
         }
         let Some(rt) = self.rt.clone() else { return Action::Pause };
-        let State::Replayed { headers } = std::mem::replace(&mut self.state, State::Passing) else {
+        let State::Replayed { headers } = std::mem::replace(&mut self.ex.state, State::Passing) else {
             return Action::Continue;
         };
         let now = self.now_ms();
@@ -124,7 +124,7 @@ impl Filter {
         match self.start_next(&rt, now, "replay", routed) {
             Ok((attempt, ())) => {
                 let member = attempt.picked.member;
-                self.state = State::Routed(attempt);
+                self.ex.state = State::Routed(attempt);
                 self.tag_try(member);
                 Action::Continue
             }
@@ -142,9 +142,9 @@ impl Filter {
         present: &[u8],
         now: u64,
     ) -> Result<(), ApiError> {
-        let parsed = ParsedRequest::parse(&self.body, self.endpoint)?;
-        let upstream = build_upstream(rt, self.endpoint, &parsed, member, now, self.native_body())?;
-        let timeouts = self.timeouts_ms(rt, member.pool, now, self.shape.stream);
+        let parsed = ParsedRequest::parse(&self.ex.body, self.ex.endpoint)?;
+        let upstream = build_upstream(rt, self.ex.endpoint, &parsed, member, now, self.ex.native_body())?;
+        let timeouts = self.ex.timeouts_ms(rt, member.pool, now, self.ex.shape.stream);
         self.rewrite_request(rt, member, &upstream, timeouts, body_size, present).map_err(|(what, s)| {
             self.host_error(what, s);
             ApiError::internal("The gateway could not rewrite the request.")
@@ -171,37 +171,37 @@ impl Filter {
             rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
             log::warn!(
                 "switchboard[{}]: unreadable stream from {} before its first event",
-                self.request_id,
+                self.ex.request_id,
                 rt.member_id(attempt.picked.member)
             );
             let now = self.now_ms();
-            self.finish(rt, &attempt, 502, None, now);
+            self.ex.finish(rt, &attempt, 502, None, now);
             return Err(self.fail_over(rt, now));
         }
-        if let Some(watch) = self.stream_end.as_mut() {
+        if let Some(watch) = self.ex.answer.stream_end.as_mut() {
             watch.feed(&out);
         }
         if out.is_empty() && !end_of_stream {
-            self.state = State::Priming { attempt, status, fed: body_size };
+            self.ex.state = State::Priming { attempt, status, fed: body_size };
             return Err(Action::Pause);
         }
         let out = self.resume_feed(&out, end_of_stream).unwrap_or(out);
         if end_of_stream && self.resume_due() {
-            self.note_answer(&out);
-            let out = match self.door_answer.as_mut() {
+            self.ex.answer.note(&out);
+            let out = match self.ex.answer.door.as_mut() {
                 Some(door) => door.feed(&out, false),
                 None => out,
             };
             return Err(self.continue_stream(rt, attempt, body_size, out));
         }
         if end_of_stream {
-            self.note_adapter_usage(attempt.adapter.as_ref());
-            self.stream_ended(rt, &attempt, status);
+            self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
+            self.ex.stream_ended(rt, &attempt, status);
         } else {
-            self.state = State::Relaying { attempt, status };
+            self.ex.state = State::Relaying { attempt, status };
         }
-        self.note_answer(&out);
-        Ok(match self.door_answer.as_mut() {
+        self.ex.answer.note(&out);
+        Ok(match self.ex.answer.door.as_mut() {
             Some(door) => door.feed(&out, end_of_stream),
             None => out,
         })

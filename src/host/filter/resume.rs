@@ -25,7 +25,7 @@ use crate::host::runtime::Runtime;
 
 /// A watched stream, and once it broke, what the continuation needs.
 pub(super) struct Resume {
-    watch: StreamWatch,
+    pub(super) watch: StreamWatch,
     held: Option<Held>,
 }
 
@@ -45,11 +45,12 @@ impl Filter {
     pub(super) fn watch_resume(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
         let pool = rt.config.pool_at(attempt.picked.member.pool);
         let one_choice = || {
-            ParsedRequest::parse(&self.body, self.endpoint).is_ok_and(|p| p.field("n").is_none_or(|n| n.get() == "1"))
+            ParsedRequest::parse(&self.ex.body, self.ex.endpoint)
+                .is_ok_and(|p| p.field("n").is_none_or(|n| n.get() == "1"))
         };
         let continues = pool.is_some_and(|p| p.retry.resume_streams)
-            && self.shape.stream
-            && self.endpoint == Endpoint::ChatCompletions
+            && self.ex.shape.stream
+            && self.ex.endpoint == Endpoint::ChatCompletions
             && (200..300).contains(&status)
             && !attempt.native;
         self.resume =
@@ -74,26 +75,26 @@ impl Filter {
     /// ends as it would have.
     pub(super) fn continue_stream(&mut self, rt: &Runtime, attempt: Attempt, body_size: usize, out: Vec<u8>) -> Action {
         let now = self.now_ms();
-        self.note_adapter_usage(attempt.adapter.as_ref());
+        self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
         let first = attempt.adapter.as_ref().and_then(ResponseAdapter::usage);
         let first = first.or_else(|| self.resume.as_ref()?.watch.usage());
         log::warn!(
             "switchboard[{}]: stream from {} broke after its first byte: continuing it on another member",
-            self.request_id,
+            self.ex.request_id,
             rt.member_id(attempt.picked.member)
         );
         // Status 0, as for any answer cut short: its member's failure whatever `retry_on` says.
-        self.finish(rt, &attempt, 0, None, now);
+        self.ex.finish(rt, &attempt, 0, None, now);
         let Some(text) = self.resume.as_ref().map(|r| r.watch.text().to_string()) else { return Action::Continue };
-        while let Some(picked) = self.pick_next(rt, now) {
-            let mut next = self.begin(rt, picked, now);
+        while let Some(picked) = self.ex.pick_next(rt, now) {
+            let mut next = self.ex.begin(rt, picked, now);
             let kind = rt.config.resolve(picked.member).map(|(_, m, p)| (p.kind, m.model.as_str()));
             let started = kind.and_then(|(kind, model)| {
-                next.adapter = ResponseAdapter::new(kind, self.endpoint, false, model);
-                let chat = ParsedRequest::parse(&self.body, self.endpoint).ok()?;
+                next.adapter = ResponseAdapter::new(kind, self.ex.endpoint, false, model);
+                let chat = ParsedRequest::parse(&self.ex.body, self.ex.endpoint).ok()?;
                 let body = continuation_body(&chat, &text, prefills(kind))?;
-                let parsed = ParsedRequest::parse(&body, self.endpoint).ok()?;
-                let upstream = build_upstream(rt, self.endpoint, &parsed, picked.member, now, None).ok()?;
+                let parsed = ParsedRequest::parse(&body, self.ex.endpoint).ok()?;
+                let upstream = build_upstream(rt, self.ex.endpoint, &parsed, picked.member, now, None).ok()?;
                 self.dispatch_upstream(rt, picked.member, now, &upstream, false).ok()
             });
             match started {
@@ -101,16 +102,16 @@ impl Filter {
                     if let Some(r) = self.resume.as_mut() {
                         r.held = Some(Held { size: body_size, out, first });
                     }
-                    self.state = State::Resuming { attempt: next, call };
+                    self.ex.state = State::Resuming { attempt: next, call };
                     return Action::Pause;
                 }
                 None => {
                     log::warn!(
                         "switchboard[{}]: continuation call to {} failed to start",
-                        self.request_id,
+                        self.ex.request_id,
                         rt.member_id(picked.member)
                     );
-                    self.finish(rt, &next, 0, None, now);
+                    self.ex.finish(rt, &next, 0, None, now);
                 }
             }
         }
@@ -122,11 +123,11 @@ impl Filter {
     /// (a failed call, an answer that cannot be read) the stream ends as it
     /// would have without it.
     pub(super) fn resume_answered(&mut self, rt: &Runtime, token: u32, num_headers: usize, body_size: usize) {
-        let State::Resuming { call, .. } = &self.state else { return };
+        let State::Resuming { call, .. } = &self.ex.state else { return };
         if *call != token {
             return;
         }
-        let State::Resuming { mut attempt, .. } = std::mem::replace(&mut self.state, State::Passing) else { return };
+        let State::Resuming { mut attempt, .. } = std::mem::replace(&mut self.ex.state, State::Passing) else { return };
         let Some(Held { size, out, first }) = self.resume.as_mut().and_then(|r| r.held.take()) else { return };
         let now = self.now_ms();
         let status = if num_headers == 0 {
@@ -150,15 +151,15 @@ impl Filter {
         let Some(answer) = answer else {
             log::warn!(
                 "switchboard[{}]: continuation from {} failed ({status})",
-                self.request_id,
+                self.ex.request_id,
                 rt.member_id(attempt.picked.member)
             );
-            self.finish(rt, &attempt, if status < 300 { 502 } else { status }, None, now);
+            self.ex.finish(rt, &attempt, if status < 300 { 502 } else { status }, None, now);
             let end = self.resume_failed_end();
             self.end_stream(size, out, &end, now);
             return self.resume_response();
         };
-        self.finish(rt, &attempt, status, None, now);
+        self.ex.finish(rt, &attempt, status, None, now);
         rt.metrics.inc(rt.metrics.pool(attempt.picked.member.pool).and_then(|p| p.resumed_streams));
         let end = self.resume_tail(&answer, first);
         self.end_stream(size, out, &end, now);
@@ -168,17 +169,11 @@ impl Filter {
     /// The continuation's answer as the stream's last OpenAI chunks; the
     /// request's usage becomes the sum of both attempts.
     fn resume_tail(&mut self, answer: &Continued, first: Option<Tokens>) -> Vec<u8> {
-        let include_usage = self.shape.include_usage;
+        let include_usage = self.ex.shape.include_usage;
         let Some(r) = self.resume.take() else { return Vec::new() };
         let (tail, usage) = r.watch.tail(answer, include_usage, first);
-        self.adapter_usage = Some(usage);
+        self.ex.answer.adapter_usage = Some(usage);
         tail
-    }
-
-    /// What a watch that did not break held back (an error event before any
-    /// text): sent as it came.
-    pub(super) fn resume_held(&mut self) -> Vec<u8> {
-        self.resume.as_mut().map(|r| r.watch.take_cut()).unwrap_or_default()
     }
 
     fn resume_failed_end(&mut self) -> Vec<u8> {
@@ -188,12 +183,8 @@ impl Filter {
     /// Replaces the paused end of the body (`size` bytes) with `out` and the
     /// stream's OpenAI end `end` (in the client's door's shape).
     fn end_stream(&mut self, size: usize, mut out: Vec<u8>, end: &[u8], now: u64) -> Action {
-        self.note_answer(end);
-        match self.door_answer.as_mut() {
-            Some(door) => out.extend_from_slice(&door.feed(end, true)),
-            None => out.extend_from_slice(end),
-        }
-        self.obs.ended_ms = now;
+        out.extend_from_slice(&self.ex.answer.end_with(end));
+        self.ex.obs.ended_ms = now;
         if let Err(s) = abi::set_buffer(abi::BUFFER_RESPONSE_BODY, 0, size, &out) {
             self.host_error("set response body", s);
         }

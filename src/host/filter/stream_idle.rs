@@ -9,27 +9,19 @@
 //! connection after its `delayed_close_timeout` (1 s by default).
 
 use super::{Filter, State};
+use crate::exchange::{Count, Idle, IdleWatch, Shared};
 use crate::host::{abi, wake};
-
-/// A relayed stream's last sign of life.
-pub(super) struct IdleWatch {
-    limit_ms: u64,
-    last_ms: u64,
-}
 
 impl Filter {
     /// A stream starts being relayed: a pool with an idle limit watches it.
     pub(super) fn watch_stream_idle(&mut self, pool: usize, status: u16) {
-        let Some(limit_ms) = self.rt.as_ref().and_then(|rt| rt.config.pool_at(pool)?.retry.stream_idle_timeout_ms)
-        else {
+        let stream = self.ex.shape.stream;
+        let Some(watch) = self.rt.as_ref().and_then(|rt| IdleWatch::start(&rt.config, pool, stream, status, 0)) else {
             return;
         };
-        if !self.shape.stream || status >= 300 {
-            return;
-        }
-        let now = self.now_ms();
-        self.idle = Some(IdleWatch { limit_ms, last_ms: now });
-        wake::at(now.saturating_add(limit_ms), &self.me);
+        let watch = IdleWatch { last_ms: self.now_ms(), ..watch };
+        wake::at(watch.due_at(), &self.me);
+        self.idle = Some(watch);
     }
 
     /// A body chunk came: the stream is alive.
@@ -45,30 +37,30 @@ impl Filter {
     /// Woken by the root's tick: silent past the limit ends the stream,
     /// otherwise the watch goes on from its last chunk.
     pub(super) fn stream_idle_due(&mut self, now: u64) {
-        let Some(IdleWatch { limit_ms, last_ms }) = self.idle else { return };
-        if !matches!(self.state, State::Relaying { .. }) {
+        let Some(idle) = self.idle else { return };
+        if !matches!(self.ex.state, State::Relaying { .. }) {
             self.idle = None;
             return;
         }
-        if now.saturating_sub(last_ms) < limit_ms {
-            wake::at(last_ms.saturating_add(limit_ms), &self.me);
-            return;
-        }
+        let silent = match idle.check(now) {
+            Idle::WakeAt(at) => return wake::at(at, &self.me),
+            Idle::Silent(ms) => ms,
+        };
         self.idle = None;
         let (State::Relaying { attempt, .. }, Some(rt)) =
-            (std::mem::replace(&mut self.state, State::Passing), self.rt.clone())
+            (std::mem::replace(&mut self.ex.state, State::Passing), self.rt.clone())
         else {
             return;
         };
         log::warn!(
-            "switchboard[{}]: stream from {} silent for {} ms (stream_idle_timeout_ms {limit_ms}): \
+            "switchboard[{}]: stream from {} silent for {silent} ms (stream_idle_timeout_ms {}): \
              reset as the member's failure",
-            self.request_id,
+            self.ex.request_id,
             rt.member_id(attempt.picked.member),
-            now.saturating_sub(last_ms)
+            idle.limit_ms
         );
-        rt.metrics.inc(rt.metrics.pool(attempt.picked.member.pool).and_then(|p| p.stream_idle_timeouts));
-        self.cut_answer(&rt, &attempt, now);
+        rt.count(Count::StreamIdleTimeout(attempt.picked.member.pool));
+        self.ex.cut_answer(&*rt, &attempt, now);
         if let Err(s) = abi::reset_response() {
             self.host_error("reset the response", s);
         }

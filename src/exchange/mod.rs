@@ -1,0 +1,237 @@
+//! One request's life without the host: its state, the attempts it makes
+//! and the answers it gives. `host::filter` reads headers and bodies, calls
+//! in here and applies the [`Step`]s it gets back; what requests share
+//! (health, load, counters, the clock) comes through [`Shared`]. Nothing here
+//! imports proxy-wasm, so all of it is tested natively and under V8.
+//!
+//! Every attempt, routed or dispatched, ends in [`Exchange::finish`]
+//! (recorded once in the plan, shared health and the counters); a failed one
+//! goes on with [`Exchange::next_attempt`] or ends in [`Exchange::exhausted`].
+//! An answer, whichever attempt gives it, passes through one [`AnswerChain`];
+//! the request's timers (hedge, stream idle) decide in `timers`.
+
+mod admission;
+mod answer;
+mod attempts;
+mod shared;
+mod timers;
+
+pub use admission::{expected_tokens, feedback_body, refusal_error};
+pub use answer::{AnswerChain, Relayed, Whole};
+pub use attempts::{adapter_for, build_upstream, translates_stream, Attempt};
+pub use shared::{Count, Picked, Shared};
+pub use timers::{hedge_at, Hedge, Idle, IdleWatch};
+
+use crate::api::usage::Tokens;
+use crate::api::{ApiError, Endpoint, ErrorCode};
+use crate::config::MemberRef;
+use crate::doors::{Door, DoorError};
+use crate::routing::Plan;
+use crate::tenant::reserve::Reservation;
+
+/// What the host does next for the exchange.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Let the request or response go on.
+    Continue,
+    /// Hold it (a body still coming, a call in flight).
+    Pause,
+    /// Answer the client from the gateway.
+    Reply { status: u16, headers: Vec<(&'static str, String)>, body: Vec<u8> },
+}
+
+/// Where the request is.
+pub enum State {
+    /// Waiting for the request body.
+    Reading,
+    /// Envoy replays the request after a failed attempt (internal redirect):
+    /// waiting for its body to point it at the next member. `headers`: the
+    /// header map as replayed (the previous attempt's rewrite).
+    Replayed { headers: Vec<u8> },
+    /// Sent through Envoy's router; waiting for the response headers.
+    Routed(Attempt),
+    /// Nothing left to do: the response passes through.
+    Passing,
+    /// A translated stream, headers held until its first event proves it
+    /// readable (else it fails over); `fed`: body bytes already translated.
+    Priming { attempt: Attempt, status: u16, fed: usize },
+    /// A successful answer on its way to the client (a stream of a translated
+    /// kind is translated chunk by chunk). The attempt is recorded when the
+    /// body ends, or in `on_log` if it never does: an answer cut off by the
+    /// upstream is the member's failure, not a success.
+    Relaying { attempt: Attempt, status: u16 },
+    /// A translated whole-body answer, headers held: the attempt is recorded
+    /// once the body proves readable, or fails over as the member's 502.
+    Holding { attempt: Attempt, status: u16 },
+    /// The response is paused while a failover call is in flight.
+    Failover { attempt: Attempt, call: u32 },
+    /// A broken stream's end is paused while its continuation call is in flight (`resume`).
+    Resuming { attempt: Attempt, call: u32 },
+    /// The filter answered itself (error, model list, or failover result).
+    Answered,
+}
+
+/// What the client asked its answer to look like.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerShape {
+    pub stream: bool,
+    /// `stream_options.include_usage`: a final usage chunk in the stream.
+    pub include_usage: bool,
+    /// `n`: the choices a stream must finish.
+    pub choices: u32,
+}
+
+/// A tenant's admission: released and corrected when the request ends.
+#[derive(Debug, Default)]
+pub struct Admission {
+    pub index: usize,
+    pub parallel_held: bool,
+    /// Tokens reserved (prompt estimate + expected output), in the window starting at `window_start_s`.
+    pub reserved: u64,
+    pub window_start_s: u64,
+    /// The worst-case cost held against the budget (see `tenant::reserve`).
+    pub budget: Reservation,
+    pub rate_headers: Vec<(&'static str, String)>,
+    /// Fleet mode: the lease the state service may hold for this request (released at its end).
+    pub lease: Option<u64>,
+}
+
+/// What the call log and the request-end stats report, gathered while the
+/// request runs (times in ms since the epoch, 0: not yet).
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub start_ms: u64,
+    /// Every attempt in order: member, status (0: no answer), duration.
+    pub attempts: Vec<(MemberRef, u16, u64)>,
+    /// What the client got (502 for an answer broken after its headers).
+    pub status: u16,
+    /// The answer broke after its headers went out.
+    pub cut: bool,
+    /// The answer's headers left for the client; a stream's first event did.
+    pub first_byte_ms: u64,
+    pub first_event_ms: u64,
+    /// A successful answer's last byte was read.
+    pub ended_ms: u64,
+    /// Tokens expected: stand in for an answer that reports none.
+    pub estimate: Tokens,
+    /// The name the client asked for.
+    pub model: Option<String>,
+    /// The gateway's own error code, when it refused or failed the request itself.
+    pub error: Option<ErrorCode>,
+    /// Every member of the pool failed or was passed over.
+    pub exhausted: bool,
+    /// Fleet mode: `shared` or `local`, who decided the tenant's limits (call log).
+    pub limits: Option<&'static str>,
+}
+
+impl Observed {
+    /// The gateway answers (or fails) the request with its own error `code`: counted, and kept for the call log.
+    pub fn local_error(&mut self, sh: &dyn Shared, code: ErrorCode) {
+        sh.count(Count::LocalError(code));
+        self.error = Some(code);
+    }
+
+    pub fn answered(&mut self, status: u16, now_ms: u64) {
+        self.status = status;
+        if self.first_byte_ms == 0 {
+            self.first_byte_ms = now_ms;
+        }
+    }
+}
+
+/// One request: what it asked, where it is, what it tried.
+pub struct Exchange {
+    pub state: State,
+    /// Envoy's `x-request-id` (or one made up): in every log line and answer.
+    pub request_id: String,
+    pub endpoint: Endpoint,
+    /// The client's body, kept for failover calls (as chat completions for a door).
+    pub body: Vec<u8>,
+    /// A door request's own body, for members serving its API natively.
+    pub door_body: Vec<u8>,
+    pub shape: AnswerShape,
+    /// The API the client speaks, and how its answers are put back in that shape.
+    pub door: Door,
+    pub plan: Option<Plan>,
+    /// The calling tenant (when tenants are configured) and what it holds.
+    pub tenant: Option<Admission>,
+    /// The readers of the answer, whichever attempt gives it.
+    pub answer: AnswerChain,
+    /// What the call log and the request-end stats report.
+    pub obs: Observed,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            state: State::Reading,
+            request_id: String::new(),
+            endpoint: Endpoint::ChatCompletions,
+            body: Vec::new(),
+            door_body: Vec::new(),
+            shape: AnswerShape::default(),
+            door: Door::Chat,
+            plan: None,
+            tenant: None,
+            answer: AnswerChain::default(),
+            obs: Observed::default(),
+        }
+    }
+}
+
+impl Exchange {
+    /// The gateway answers the request itself.
+    pub fn reply(&mut self, sh: &dyn Shared, status: u16, headers: Vec<(&'static str, String)>, body: Vec<u8>) -> Step {
+        self.state = State::Answered;
+        self.obs.answered(status, sh.now_ms());
+        Step::Reply { status, headers, body }
+    }
+
+    /// An OpenAI-style error, in the client's door's shape.
+    pub fn error_reply(&mut self, sh: &dyn Shared, error: &ApiError) -> Step {
+        self.obs.local_error(sh, error.code);
+        let attempts = self.plan.as_ref().map_or(0, |p| p.attempts.len());
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("x-switchboard-attempts", attempts.to_string()),
+            ("x-switchboard-request-id", self.request_id.clone()),
+        ];
+        if let Some(s) = error.retry_after_s {
+            headers.push(("retry-after", s.to_string()));
+        }
+        if let Some(retry) = error.should_retry {
+            headers.push(("x-should-retry", if retry { "true" } else { "false" }.to_string()));
+        }
+        if let Some(t) = &self.tenant {
+            headers.extend(t.rate_headers.iter().cloned());
+        }
+        let body = self.door.error_body(error.status, error.to_json());
+        self.reply(sh, error.status, headers, body)
+    }
+
+    /// Refuses a door request its translator cannot take (always a 400).
+    pub fn refuse_door_request(&mut self, sh: &dyn Shared, e: &DoorError) -> Step {
+        self.obs.local_error(sh, e.code);
+        let body = self.door.refusal_body(e);
+        let headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("x-switchboard-request-id", self.request_id.clone()),
+        ];
+        self.reply(sh, e.status(), headers, body)
+    }
+
+    /// A 200 JSON body the gateway wrote itself (model listings, token counts).
+    pub fn json_reply(&mut self, sh: &dyn Shared, body: Vec<u8>) -> Step {
+        let headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("x-switchboard-request-id", self.request_id.clone()),
+        ];
+        self.reply(sh, 200, headers, body)
+    }
+}
+
+/// How a request whose answer broke after its headers is counted and logged.
+pub const CUT_STATUS: u16 = 502;
+
+#[cfg(test)]
+mod tests;
