@@ -13,8 +13,8 @@ mod model;
 mod online;
 
 pub use features::{bucket_of, BUCKET_NAMES, N_BUCKETS};
-pub use online::{Inputs, Online, BINS, MAX_NORM, RATE};
 pub use model::{Decision, Model, ModelError};
+pub use online::{Inputs, Online, BINS, MAX_NORM, RATE};
 
 #[cfg(test)]
 mod tests {
@@ -76,7 +76,8 @@ mod tests {
             let d = m.decide(s, threshold, &learning);
             learning.learn(&d.inputs, d.logit, 1.0);
         }
-        let after = [strong_share(&m, probes, threshold, &learning), strong_share(&m, &stems[300..], threshold, &learning)];
+        let after =
+            [strong_share(&m, probes, threshold, &learning), strong_share(&m, &stems[300..], threshold, &learning)];
         eprintln!("strong share before {before:?}, after {after:?} (choice, stems)");
         assert!(after[0] - before[0] >= 0.20, "choice: {before:?} -> {after:?}");
         // Half the labels say weak was worse, far more than the model expected, so

@@ -283,7 +283,10 @@ pub enum Feedback {
     Unknown,
     AlreadyScored,
     /// The owner gave this router `limit` scores this minute already.
-    TooMany { limit: u32, retry_after_s: u64 },
+    TooMany {
+        limit: u32,
+        retry_after_s: u64,
+    },
 }
 
 /// Counts one score of `owner` for `router` in the current minute; false when over `limit`.
@@ -376,6 +379,30 @@ mod tests {
         };
         assert_eq!(Remembered::decode(&r.encode()), Some(r));
         assert_eq!(Remembered::decode(b"short"), None);
+    }
+
+    #[test]
+    fn learning_is_kept_per_router_model_and_epoch() {
+        use crate::config::Cutoff;
+        let m = Model::embedded_default().unwrap();
+        let l = Learned {
+            strong: 0,
+            weak: 1,
+            cutoff: Cutoff::Threshold(0.5),
+            model: None,
+            explore: 0.05,
+            feedback_per_minute: 600,
+            learning_epoch: 0,
+        };
+        let key = learning_key("r", &m, &l);
+        // A reload that changes other settings keeps the learning...
+        assert_eq!(
+            key,
+            learning_key("r", &m, &Learned { explore: 0.2, cutoff: Cutoff::StrongShare(0.3), ..l.clone() })
+        );
+        // ...a new epoch (the reset) or another router does not.
+        assert_ne!(key, learning_key("r", &m, &Learned { learning_epoch: 1, ..l.clone() }));
+        assert_ne!(key, learning_key("s", &m, &l));
     }
 
     #[test]
