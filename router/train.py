@@ -14,8 +14,8 @@ changed APGR by under 0.01 on both evaluations.)
 Model: a prior on prompt length plus a shrunk n-gram residual. The prior is a
 logistic regression on ln(1 + bytes) alone; the n-grams (2^15 hashed word/bigram/
 char-4-gram weights, stored as 8-bit integers times one scale) are an L2-regularised
-logistic regression fitted with the prior's logit as an offset, then multiplied by
-SHRINK. Features, C and SHRINK were chosen by leave-subjects-out (router/evaluate.py
+logistic regression fitted with the prior's logit as an offset, every subject (CSV
+file) weighted equally, then multiplied by SHRINK. Features, C and SHRINK were chosen by leave-subjects-out (router/evaluate.py
 (b)), not by the random split: n-grams and the other dense features learn which MMLU
 subjects are hard, which does not carry over to subjects (or domains) the model has
 not seen, so the shipped score ranks mostly by length and the n-grams only adjust it.
