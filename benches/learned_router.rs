@@ -1,5 +1,5 @@
 //! The learned router's per-request work, natively: scoring a prompt (features +
-//! model) and the corrected decision.
+//! model), the corrected decision, and learning from one feedback score.
 //!
 //!     cargo bench --bench learned_router
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -9,7 +9,7 @@ mod native {
     use std::hint::black_box;
 
     use criterion::{Criterion, Throughput};
-    use switchboard::learned::{bucket_of, Correction, Model};
+    use switchboard::learned::{bucket_of, Model, Online};
 
     /// A 2,048-byte prompt: an MMLU-style question padded with prose.
     pub fn prompt_2k() -> String {
@@ -26,12 +26,23 @@ mod native {
     pub fn learned(c: &mut Criterion) {
         let model = Model::embedded_default().unwrap();
         let text = prompt_2k();
-        let corr = Correction::new();
+        let mut learning = Online::new();
+        let d = model.decide(&text, 0.2, &learning);
+        learning.learn(&d.inputs, d.logit, 0.0);
         let threshold = model.threshold_for_share(0.3);
         let mut g = c.benchmark_group("learned");
         g.throughput(Throughput::Bytes(text.len() as u64));
         g.bench_function("score_2k", |b| b.iter(|| model.score(black_box(&text))));
-        g.bench_function("decide_2k", |b| b.iter(|| model.decide(black_box(&text), threshold, &corr)));
+        g.bench_function("decide_2k", |b| b.iter(|| model.decide(black_box(&text), threshold, &learning)));
+        // What one feedback costs besides its shared-data calls: decode the state, learn, encode.
+        let state = learning.encode();
+        g.bench_function("feedback_learn", |b| {
+            b.iter(|| {
+                let mut o = Online::decode(black_box(&state)).unwrap();
+                o.learn(&d.inputs, d.logit, 0.0);
+                o.encode()
+            })
+        });
         g.bench_function("bucket_2k", |b| b.iter(|| bucket_of(black_box(&text))));
         g.finish();
         c.bench_function("learned/load_embedded_model", |b| b.iter(Model::embedded_default));

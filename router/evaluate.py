@@ -58,7 +58,7 @@ def main():
     # (a) random held-out split
     held = np.array([D.is_held_out(p) for p in rows.prompts])
     tr, te = np.flatnonzero(~held), np.flatnonzero(held)
-    params = T.train(ex, labels, tr)
+    params = T.train(ex, labels, tr, subjects=rows.subjects)
     s_te = T.scores(params, ex, te)
     a_router = D.metrics(s_te, weak[te], strong[te])
     a_random = D.random_metrics(weak[te], strong[te])
@@ -78,7 +78,7 @@ def main():
     b_router, b_random, b_length = [], [], []
     for k in range(SUBJECT_FOLDS if len(subjects) >= SUBJECT_FOLDS else 0):
         trk, tek = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        pk = T.train(ex, labels, trk, calibrate=False)
+        pk = T.train(ex, labels, trk, calibrate=False, subjects=rows.subjects)
         b_router.append(D.metrics(T.scores(pk, ex, tek), weak[tek], strong[tek]))
         b_random.append(D.random_metrics(weak[tek], strong[tek], draws=50))
         b_length.append(D.metrics(n_bytes[tek], weak[tek], strong[tek]))

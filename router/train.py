@@ -14,8 +14,8 @@ changed APGR by under 0.01 on both evaluations.)
 Model: a prior on prompt length plus a shrunk n-gram residual. The prior is a
 logistic regression on ln(1 + bytes) alone; the n-grams (2^15 hashed word/bigram/
 char-4-gram weights, stored as 8-bit integers times one scale) are an L2-regularised
-logistic regression fitted with the prior's logit as an offset, then multiplied by
-SHRINK. Features, C and SHRINK were chosen by leave-subjects-out (router/evaluate.py
+logistic regression fitted with the prior's logit as an offset, every subject (CSV
+file) weighted equally, then multiplied by SHRINK. Features, C and SHRINK were chosen by leave-subjects-out (router/evaluate.py
 (b)), not by the random split: n-grams and the other dense features learn which MMLU
 subjects are hard, which does not carry over to subjects (or domains) the model has
 not seen, so the shipped score ranks mostly by length and the n-grams only adjust it.
@@ -107,7 +107,15 @@ def prior_fit(dense, y, c=C_PRIOR):
     return dw, float(lr.intercept_[0] - np.dot(lr.coef_[0] / sd, mu))
 
 
-def residual_fit(hashed, offset, y, c):
+def subject_weights(subjects):
+    """Row weights giving every subject the same total weight (mean 1): the n-grams
+    should not learn mostly the largest subjects' vocabulary (professional_law alone
+    is 11% of MMLU), which does not carry over to other subjects."""
+    _, inverse, counts = np.unique(np.asarray(subjects), return_inverse=True, return_counts=True)
+    return (len(subjects) / len(counts)) / counts[inverse]
+
+
+def residual_fit(hashed, offset, y, c, weights):
     """L2-regularised logistic regression of the hashed n-grams with the prior's logit
     as a fixed offset (scikit-learn has no offset): the n-grams only model what the
     prior gets wrong, and the penalty 1/(2c) |w|^2 pulls them to 0 (= the prior)."""
@@ -116,14 +124,14 @@ def residual_fit(hashed, offset, y, c):
 
     def loss(w):
         m = -ys * (hashed @ w + offset)
-        g = ht @ (-ys * 0.5 * (1.0 + np.tanh(0.5 * m))) + w / c
-        return float(np.logaddexp(0.0, m).sum() + 0.5 / c * np.dot(w, w)), g
+        g = ht @ (-ys * weights * 0.5 * (1.0 + np.tanh(0.5 * m))) + w / c
+        return float((weights * np.logaddexp(0.0, m)).sum() + 0.5 / c * np.dot(w, w)), g
 
     r = minimize(loss, np.zeros(hashed.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 500})
     return r.x
 
 
-def fit(ex, labels, idx, bits=TABLE_BITS, c=C, shrink=SHRINK):
+def fit(ex, labels, idx, bits=TABLE_BITS, c=C, shrink=SHRINK, subjects=None):
     """Fit on rows idx (with their stems); returns the exported parameters as f32 lists.
 
     Two stages (chosen by leave-subjects-out, see docs/learned-router.md): the prior is
@@ -137,9 +145,10 @@ def fit(ex, labels, idx, bits=TABLE_BITS, c=C, shrink=SHRINK):
     extra = [i for i in idx if i in stems]
     feats = [ex[i] for i in idx] + [stems[i] for i in extra]
     y = np.concatenate([labels[idx], labels[extra]]) if extra else labels[idx]
+    rows_subject = [subjects[i] for i in idx] + [subjects[i] for i in extra] if subjects else [""] * len(y)
     hashed, dense = design(feats, bits)
     dw, bias = prior_fit(dense, y)
-    table = shrink * residual_fit(hashed.tocsr(), dense @ dw + bias, y, c)
+    table = shrink * residual_fit(hashed.tocsr(), dense @ dw + bias, y, c, subject_weights(rows_subject))
     f32 = lambda a: np.asarray(a, dtype=np.float32).astype(np.float64)  # noqa: E731
     # 8-bit table: a quarter of the size (the .wasm budget) and cache; the rounding
     # (at most half a step) moves a group's logit by a fraction of a step.
@@ -174,7 +183,7 @@ def quantiles_of(s):
     return [float(v) for v in q]
 
 
-def calibration(ex, labels, idx, bits, c, shrink=SHRINK, folds=5):
+def calibration(ex, labels, idx, bits, c, shrink=SHRINK, folds=5, subjects=None):
     """Out-of-fold scores and buckets: of the training prompts, and of their stems."""
     rng = np.random.RandomState(SEED)
     idx = np.asarray(idx)
@@ -182,7 +191,7 @@ def calibration(ex, labels, idx, bits, c, shrink=SHRINK, folds=5):
     oof = np.zeros(len(idx))
     stem_scores, stem_buckets = [], []
     for k in range(folds):
-        params = fit(ex, labels, idx[fold != k], bits, c, shrink)
+        params = fit(ex, labels, idx[fold != k], bits, c, shrink, subjects)
         oof[fold == k] = scores(params, ex, idx[fold == k])
         held = [ex[1][i] for i in idx[fold == k] if i in ex[1]]
         stem_scores.extend(scores_of(params, held))
@@ -191,11 +200,11 @@ def calibration(ex, labels, idx, bits, c, shrink=SHRINK, folds=5):
     return oof, buckets, np.array(stem_scores), np.array(stem_buckets, dtype=int)
 
 
-def train(ex, labels, idx, bits=TABLE_BITS, c=C, calibrate=True, shrink=SHRINK):
-    params = fit(ex, labels, idx, bits, c, shrink)
+def train(ex, labels, idx, bits=TABLE_BITS, c=C, calibrate=True, shrink=SHRINK, subjects=None):
+    params = fit(ex, labels, idx, bits, c, shrink, subjects)
     if not calibrate:
         return params
-    oof, buckets, stem_oof, stem_buckets = calibration(ex, labels, idx, bits, c, shrink)
+    oof, buckets, stem_oof, stem_buckets = calibration(ex, labels, idx, bits, c, shrink, subjects=subjects)
     # The strong share is promised for the training distribution: global quantiles come
     # from the prompts as given; per-bucket ones also use the stems, so buckets the
     # template never reaches (short, medium, long) get their own.
@@ -241,7 +250,7 @@ def main():
     rows = D.load(a.data)
     ex = featurize(rows.prompts, augment=not a.no_stems)
     idx = [i for i, p in enumerate(rows.prompts) if a.all or not D.is_held_out(p)]
-    params = train(ex, rows.label, idx, a.table_bits, a.c, shrink=a.shrink)
+    params = train(ex, rows.label, idx, a.table_bits, a.c, shrink=a.shrink, subjects=rows.subjects)
     size = save(params, a.out)
     print(f"{a.out}: {size} bytes, trained on {len(idx)} of {len(rows.prompts)} prompts")
 

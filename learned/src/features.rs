@@ -54,7 +54,7 @@ fn step(h: u32, b: u8) -> u32 {
 
 /// MurmurHash3's finaliser: spreads a word hash or a 4-byte window over all bits.
 #[inline(always)]
-fn fmix32(mut h: u32) -> u32 {
+pub(crate) fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85EB_CA6B);
     h ^= h >> 13;

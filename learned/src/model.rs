@@ -3,7 +3,7 @@
 //! calibration quantiles that turn a strong-call share into a threshold.
 
 use super::features::{self, N_BUCKETS, N_DENSE, N_GROUPS};
-use super::feedback::Correction;
+use super::online::{self, Inputs, Online, BINS};
 
 /// The model trained on `../shared/data/routellm-mmlu` (80% split), shipped in the `.wasm`.
 const EMBEDDED: &[u8] = include_bytes!("../../router/models/default.sblr");
@@ -41,17 +41,19 @@ pub struct Model {
     quantiles: Vec<f32>,
     bucket_quantiles: Vec<Vec<f32>>,
     bucket_counts: [u32; N_BUCKETS],
+    checksum: u32,
 }
 
 /// What the router decided for one prompt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
-    /// Estimated probability that the weak pool's answer is worse than the strong pool's.
+    /// Estimated probability that the weak pool's answer is worse than the strong
+    /// pool's: the shipped model corrected by the router's learning.
     pub score: f32,
-    /// The prompt's feedback bucket ([`super::bucket_of`]).
-    pub bucket: u8,
-    /// The threshold applied: the configured one, moved by the bucket's feedback correction.
-    pub threshold: f32,
+    /// The shipped model's logit alone (the offset the learning is fitted on).
+    pub logit: f32,
+    /// What the learning sees of the prompt.
+    pub inputs: Inputs,
     /// Send to the strong pool (`score >= threshold`).
     pub strong: bool,
 }
@@ -174,7 +176,13 @@ impl Model {
             quantiles,
             bucket_quantiles,
             bucket_counts,
+            checksum: stored,
         })
+    }
+
+    /// The file's checksum: names this model (learning from feedback is kept per model).
+    pub fn checksum(&self) -> u32 {
+        self.checksum
     }
 
     /// The model shipped in the filter (trained on the RouteLLM MMLU data).
@@ -184,19 +192,24 @@ impl Model {
 
     /// Score and bucket of a prompt in one pass over its bytes (no allocation).
     pub fn analyze(&self, text: &str) -> (f32, u8) {
+        let (z, counts, _) = self.logit_of(text);
+        (sigmoid(z), features::bucket_from(&counts))
+    }
+
+    /// The model's logit, the scan's counts and the word bins seen.
+    fn logit_of(&self, text: &str) -> (f64, features::Counts, [u8; BINS / 8]) {
         let (counts, sums) = features::scan(text.as_bytes(), Sums::new(&self.table, self.mask));
-        let (sums, items) = (sums.by_group(), counts.items);
+        let (by_group, items) = (sums.by_group(), counts.items);
         let mut z = f64::from(self.bias);
         for (w, x) in self.dense.iter().zip(features::dense_features(&counts)) {
             z += f64::from(*w) * x;
         }
-        for (s, n) in sums.iter().zip(items) {
+        for (s, n) in by_group.iter().zip(items) {
             if n > 0 {
                 z += (f64::from(self.scale) * f64::from(*s)) / f64::from(n).sqrt();
             }
         }
-        let z = z.clamp(-40.0, 40.0);
-        ((1.0 / (1.0 + (-z).exp())) as f32, features::bucket_from(&counts))
+        (z.clamp(-40.0, 40.0), counts, sums.bins)
     }
 
     /// The estimated probability in [0, 1] that the weak pool's answer is worse than the strong's.
@@ -214,31 +227,22 @@ impl Model {
         share_in(&self.quantiles, threshold)
     }
 
-    /// Calibration prompts that fell in each feedback bucket (buckets with few use the
-    /// global quantiles).
+    /// Calibration prompts that fell in each prompt bucket.
     pub fn bucket_counts(&self) -> [u32; N_BUCKETS] {
         self.bucket_counts
     }
 
-    /// The threshold for a prompt of `bucket`: the base threshold moved so that the
-    /// bucket's strong share changes by the correction's shift for that bucket.
-    pub fn bucket_threshold(&self, bucket: u8, threshold: f32, correction: &Correction) -> f32 {
-        let shift = correction.share_shift(bucket);
-        let Some(q) = self.bucket_quantiles.get(usize::from(bucket)) else {
-            return threshold;
-        };
-        if shift == 0.0 {
-            return threshold;
-        }
-        threshold_in(q, share_in(q, threshold) + shift)
+    /// Scores `text`, corrected by the router's learning, and decides strong or weak against `threshold`.
+    pub fn decide(&self, text: &str, threshold: f32, learning: &Online) -> Decision {
+        let (z, counts, bins) = self.logit_of(text);
+        let inputs = online::inputs_of(&counts, &bins);
+        let score = sigmoid(z + f64::from(learning.residual(&inputs)));
+        Decision { score, logit: z as f32, inputs, strong: score >= threshold }
     }
+}
 
-    /// Scores `text` and decides strong or weak against `threshold` corrected by feedback.
-    pub fn decide(&self, text: &str, threshold: f32, correction: &Correction) -> Decision {
-        let (score, bucket) = self.analyze(text);
-        let threshold = self.bucket_threshold(bucket, threshold, correction);
-        Decision { score, bucket, threshold, strong: score >= threshold }
-    }
+fn sigmoid(z: f64) -> f32 {
+    (1.0 / (1.0 + (-z.clamp(-40.0, 40.0)).exp())) as f32
 }
 
 /// The hashed weights of a prompt summed per group. Integer sums of the 8-bit
@@ -247,11 +251,13 @@ struct Sums<'t> {
     table: &'t [i8],
     mask: u32,
     sums: (i32, i32, i32),
+    /// Word unigrams seen, by [`online::bin_of`].
+    bins: [u8; BINS / 8],
 }
 
 impl<'t> Sums<'t> {
     fn new(table: &'t [i8], mask: u32) -> Self {
-        Sums { table, mask, sums: (0, 0, 0) }
+        Sums { table, mask, sums: (0, 0, 0), bins: [0; BINS / 8] }
     }
 
     fn by_group(&self) -> [i32; N_GROUPS] {
@@ -266,7 +272,13 @@ impl features::Visit for Sums<'_> {
     fn item(&mut self, group: usize, hash: u32) {
         let w = i32::from(self.table.get((hash & self.mask) as usize).copied().unwrap_or(0));
         match group {
-            0 => self.sums.0 += w,
+            0 => {
+                self.sums.0 += w;
+                let bin = online::bin_of(hash);
+                if let Some(b) = self.bins.get_mut(bin / 8) {
+                    *b |= 1 << (bin % 8);
+                }
+            }
             1 => self.sums.1 += w,
             _ => self.sums.2 += w,
         }
@@ -352,11 +364,10 @@ mod tests {
     #[test]
     fn decide_applies_threshold_and_reports_bucket() {
         let m = Model::embedded_default().unwrap();
-        let none = Correction::new();
+        let none = Online::new();
         let text = "Which of the following is a prime number?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:";
         let d = m.decide(text, 0.0, &none);
         assert!(d.strong);
-        assert_eq!(d.bucket, features::bucket_of(text));
         assert!(!m.decide(text, 1.01, &none).strong);
         assert_eq!(d.score, m.score(text));
     }

@@ -328,6 +328,9 @@ pub struct RawLearned {
     pub threshold: Option<f64>,
     pub strong_share: Option<f64>,
     pub model: Option<String>,
+    pub explore: Option<f64>,
+    pub feedback_per_minute: Option<u32>,
+    pub learning_epoch: Option<u32>,
 }
 
 pub fn default_weight() -> u32 {

@@ -347,6 +347,12 @@ pub struct Learned {
     pub cutoff: Cutoff,
     /// Which trained scorer to use, when the host has several.
     pub model: Option<String>,
+    /// Share of would-be-strong prompts sent to weak so that scores of weak answers keep coming.
+    pub explore: f64,
+    /// Feedback scores one tenant (or, without tenants, everyone) may give this router per minute.
+    pub feedback_per_minute: u32,
+    /// Changing it starts the router's learning from feedback again.
+    pub learning_epoch: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

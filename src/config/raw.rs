@@ -669,6 +669,8 @@ fn validate_router(
         }
         None => None,
     };
+    const DEFAULT_EXPLORE: f64 = 0.05;
+    const DEFAULT_FEEDBACK_PER_MINUTE: u32 = 600;
     let learned = match raw.learned {
         None => None,
         Some(l) => {
@@ -688,6 +690,13 @@ fn validate_router(
                 weak: pool(format!("{lfield}.weak"), &l.weak)?,
                 cutoff,
                 model: l.model,
+                explore: match l.explore {
+                    None => DEFAULT_EXPLORE,
+                    Some(e) if (0.0..=0.5).contains(&e) => e,
+                    Some(_) => return Err(err(format!("{lfield}.explore"), "must be between 0 and 0.5")),
+                },
+                feedback_per_minute: l.feedback_per_minute.unwrap_or(DEFAULT_FEEDBACK_PER_MINUTE),
+                learning_epoch: l.learning_epoch.unwrap_or(0),
             })
         }
     };

@@ -354,6 +354,7 @@ fn routers_parse_and_resolve_by_name() {
     .unwrap();
     let learned = cfg.routers[0].learned.as_ref().unwrap();
     assert_eq!((learned.cutoff, learned.model.as_deref()), (Cutoff::StrongShare(0.3), Some("mf")));
+    assert_eq!((learned.explore, learned.feedback_per_minute, learned.learning_epoch), (0.05, 600, 0));
 }
 
 #[test]
@@ -430,6 +431,13 @@ fn routing_fields_are_validated_naming_the_field() {
         (
             with_routers(r#"{"r": {"learned": {"strong": "gpt4o_16k", "weak": "gpt-4o", "threshold": 2}}}"#),
             "routers.r.learned.threshold".into(),
+            "between",
+        ),
+        (
+            with_routers(
+                r#"{"r": {"learned": {"strong": "gpt4o_16k", "weak": "gpt-4o", "threshold": 0.5, "explore": 0.9}}}"#,
+            ),
+            "routers.r.learned.explore".into(),
             "between",
         ),
     ];

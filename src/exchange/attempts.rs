@@ -212,12 +212,12 @@ impl Exchange {
 
     /// The headers every routed answer carries: which pool and member served
     /// it, after how many attempts (counting `serving`, recorded or not), the
-    /// learned router's score, and the request id.
+    /// learned router's score and the id to score its answer by, and the request id.
     pub fn result_headers(
         &self,
         sh: &dyn Shared,
         serving: MemberRef,
-        route_score: Option<f64>,
+        learned: Option<(f64, &str)>,
     ) -> Vec<(&'static str, String)> {
         let recorded = self.plan.as_ref().map_or(0, |p| p.attempts.len());
         let serving_recorded = self
@@ -237,8 +237,11 @@ impl Exchange {
             out.push(("x-switchboard-router", router.to_string()));
             out.push(("x-switchboard-rule", rule.to_string()));
         }
-        if let Some(score) = route_score {
+        if let Some((score, feedback_id)) = learned {
             out.push(("x-switchboard-route-score", format!("{score:.3}")));
+            if !feedback_id.is_empty() {
+                out.push(("x-switchboard-feedback-id", feedback_id.to_string()));
+            }
         }
         out.push(("x-switchboard-request-id", self.request_id.clone()));
         if let Some(t) = &self.tenant {

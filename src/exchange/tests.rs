@@ -174,7 +174,7 @@ fn an_attempt_is_counted_released_and_logged_once_it_ends() {
     assert_eq!(sh.in_flight.borrow().get(&id), Some(&0));
     assert_eq!(ex.obs.attempts, vec![(attempt.picked.member, 200, 250)]);
     assert_eq!(ex.plan.as_ref().unwrap().attempts.len(), 1);
-    let headers = ex.result_headers(&sh, attempt.picked.member, Some(0.25));
+    let headers = ex.result_headers(&sh, attempt.picked.member, Some((0.25, "")));
     assert!(headers.contains(&("x-switchboard-attempts", "1".into())));
     assert!(headers.contains(&("x-switchboard-route-score", "0.250".into())));
     assert!(headers.contains(&("x-switchboard-request-id", "req-1".into())));

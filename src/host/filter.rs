@@ -74,6 +74,8 @@ pub struct Filter {
     client_headers: Vec<u8>,
     /// What a learned router decided for this request (score header, feedback).
     learned: Option<Decided>,
+    /// The gateway-made id its owner scores this answer with (`x-switchboard-feedback-id`).
+    feedback_id: String,
     /// `POST /v1/feedback`: a user's score of an earlier answer.
     feedback: bool,
     /// The id of the natively served Responses answer was remembered (`followup`).
@@ -99,6 +101,7 @@ impl Filter {
             client_headers: Vec::new(),
             response_noted: false,
             learned: None,
+            feedback_id: String::new(),
             feedback: false,
             try_token: None,
             refused: None,
@@ -251,13 +254,14 @@ impl Filter {
             Ok(v) => v,
             Err(e) => return self.answer_error(&e),
         };
-        match learned_store::take_feedback(&request_id, self.now_ms()) {
+        let owner = self.feedback_owner(rt);
+        match learned_store::take_feedback(&rt.config, &owner, &request_id, self.now_ms()) {
             Feedback::Unknown => self.answer_error(
                 &ApiError::new(
                     404,
                     ErrorCode::RequestNotFound,
                     format!(
-                        "No recent request `{request_id}` was routed by a learned router (ids are kept for {} minutes).",
+                        "No recent answer of yours has the feedback id `{request_id}` (x-switchboard-feedback-id; kept for {} minutes).",
                         learned_store::FEEDBACK_TTL_MS / 60_000
                     ),
                 )
@@ -267,19 +271,36 @@ impl Filter {
                 &ApiError::new(409, ErrorCode::FeedbackAlreadyRecorded, format!("Request `{request_id}` was already scored."))
                     .with_param("request_id"),
             ),
-            Feedback::Accepted(weak) => {
-                // Only a weak-pool answer's score corrects the router.
-                if let Some((index, router, bucket)) =
-                    weak.and_then(|(i, b)| Some((i, rt.config.routers.get(i)?, b)))
-                {
-                    learned_store::record_weak_score(&router.name, bucket, score as f32);
-                    rt.learned_corrections.forget(index);
+            Feedback::TooMany { limit, retry_after_s } => self.answer_error(
+                &ApiError::new(
+                    429,
+                    ErrorCode::RateLimitExceeded,
+                    format!("Feedback limit reached: {limit} scores per minute for this router."),
+                )
+                .with_retry_after(retry_after_s),
+            ),
+            Feedback::Accepted(label) => {
+                // Only a weak-pool answer's score is a label.
+                if let Some((label, router, model)) = label.and_then(|l| {
+                    Some((l, rt.config.routers.get(l.router)?, rt.learned_models.get(l.router)?.as_ref()?))
+                }) {
+                    if let Some(learned) = &router.learned {
+                        let key = learned_store::learning_key(&router.name, model, learned);
+                        learned_store::learn(&key, &label.inputs, label.logit, score as f32);
+                        rt.learned_learning.forget(label.router);
+                    }
                 }
                 let request_id = self.ex.request_id.clone();
                 self.respond(204, &[("x-switchboard-request-id", &request_id)], b"");
                 Action::Pause
             }
         }
+    }
+
+    /// Who may score this request: its tenant ("" without tenants).
+    fn feedback_owner(&self, rt: &Runtime) -> String {
+        let tenant = self.ex.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
+        tenant.map(|t| t.name.clone()).unwrap_or_default()
     }
 
     fn route(&mut self, rt: &Runtime, client_body: Vec<u8>) -> Action {
@@ -305,7 +326,7 @@ impl Filter {
             let scorer = Scorer {
                 config: &rt.config,
                 models: &rt.learned_models,
-                corrections: &rt.learned_corrections,
+                learning: &rt.learned_learning,
                 now_ms: now,
                 decided: Cell::new(None),
             };
@@ -325,9 +346,6 @@ impl Filter {
                 return self.answer_error(&e);
             }
             self.learned = scorer.decided.get();
-            if let Some(decided) = &self.learned {
-                learned_store::remember(&self.ex.request_id, decided, now);
-            }
             match self.admit_tenant(rt, &parsed, &plan, client_len, now) {
                 Err(e) => return self.answer_error(&e),
                 Ok(false) => {
@@ -351,6 +369,11 @@ impl Filter {
                     Ok(u) => u,
                     Err(e) => return self.answer_error(&e),
                 };
+            // Scorable only once actually routed (not refused by limits), by its owner.
+            if let Some(decided) = self.learned {
+                self.feedback_id = format!("{:016x}", rt.random());
+                learned_store::remember(&self.feedback_owner(rt), &self.feedback_id, &decided, now);
+            }
             self.ex.shape = AnswerShape {
                 stream: parsed.stream,
                 include_usage: stream_include_usage(&parsed),
@@ -615,7 +638,7 @@ impl Filter {
                 self.host_error("set response header", s);
             }
         };
-        for (k, v) in self.ex.result_headers(rt, serving, self.learned.as_ref().map(|d| d.score)).iter() {
+        for (k, v) in self.ex.result_headers(rt, serving, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str()))).iter() {
             set(k, v);
         }
         for (k, v) in extra {
@@ -717,7 +740,7 @@ impl Context for Filter {
         self.ex.answer.note(&body);
         self.note_response_id(&rt, attempt.picked.member, attempt.native, verdict);
         self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
-        let ours = self.ex.result_headers(&*rt, attempt.picked.member, self.learned.as_ref().map(|d| d.score));
+        let ours = self.ex.result_headers(&*rt, attempt.picked.member, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())));
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
         out.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
         out.extend(abi::pairs(&headers).filter_map(|(k, v)| {

@@ -1,26 +1,28 @@
 //! Learned routers in the host: the scorer the routing stage calls (with each
-//! router's feedback correction from shared data), and the memory of recent
-//! learned decisions that `POST /v1/feedback` scores.
+//! router's learning from shared data), and the memory of recent learned
+//! decisions that `POST /v1/feedback` scores.
 //!
 //! Memory is bounded: `FEEDBACK_SLOTS` slots in shared data, a request's slot
-//! chosen by a hash of its id (a newer request can take an older one's slot),
-//! each valid for `FEEDBACK_TTL_MS`.
+//! one of 4 chosen by a hash of its owner (tenant) and id (a newer request takes
+//! the oldest one's slot when all 4 are live), each valid for `FEEDBACK_TTL_MS`. Only its owner can score
+//! a request, at most `feedback_per_minute` times a minute per router.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use crate::api::request::ParsedRequest;
 use crate::config::{Config, Learned};
-use crate::learned::{Correction, Model};
+use crate::learned::{Inputs, Model, Online};
 use crate::routing::router::LearnedScorer;
 use crate::text::push_json_string;
 
 use super::abi;
 
 pub const FEEDBACK_SLOTS: u64 = 4096;
-/// How long a VM routes with the correction it last read before reading it
+/// How long a VM routes with the learning it last read before reading it
 /// again: scores reach every worker within this, and a request pays no
 /// shared-data read.
-pub const CORRECTION_REFRESH_MS: u64 = 100;
+pub const LEARNING_REFRESH_MS: u64 = 100;
 pub const FEEDBACK_TTL_MS: u64 = 3_600_000;
 const CAS_RETRIES: usize = 32;
 
@@ -28,10 +30,15 @@ const CAS_RETRIES: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decided {
     pub router: usize,
-    pub bucket: u8,
+    /// Sent to the strong pool.
     pub strong: bool,
-    /// The score the decision was made with (shown in `x-switchboard-route-score`).
+    /// Would have gone to strong, sent to weak to learn (`explore`).
+    pub explored: bool,
+    /// The corrected score (shown in `x-switchboard-route-score`).
     pub score: f64,
+    /// The shipped model's logit and the prompt's inputs: what a score learns from.
+    pub logit: f32,
+    pub inputs: Inputs,
 }
 
 /// The user's text as the model was trained on it: user messages' text, escapes decoded.
@@ -47,40 +54,46 @@ fn prompt_text(request: &ParsedRequest<'_>) -> String {
     text
 }
 
-fn correction_key(router: &str) -> String {
-    format!("switchboard.learned.{router}")
+/// Where router `learned`'s learning lives: per router name, model and epoch, so a
+/// configuration reload that keeps the model keeps the learning, and a new model
+/// (or a new `learning_epoch`) starts from nothing.
+pub fn learning_key(router: &str, model: &Model, learned: &Learned) -> String {
+    format!("switchboard.learned.{router}.{:08x}.{}", model.checksum(), learned.learning_epoch)
 }
 
-fn read_correction(router: &str) -> Correction {
-    match abi::shared_get(&correction_key(router)) {
-        Ok((Some(bytes), _)) => Correction::decode(&bytes).unwrap_or_default(),
-        _ => Correction::new(),
+fn read_learning(key: &str) -> Online {
+    match abi::shared_get(key) {
+        Ok((Some(bytes), _)) => Online::decode(&bytes).unwrap_or_default(),
+        _ => Online::new(),
     }
 }
 
-/// Each learned router's correction as this VM last read it, and when.
-pub struct Corrections(RefCell<Vec<Option<(u64, Correction)>>>);
+/// A router's learning and when this VM read it (ms).
+type Read = Option<(u64, Rc<Online>)>;
 
-impl Corrections {
+/// Each learned router's learning as this VM last read it, and when.
+pub struct Learning(RefCell<Vec<Read>>);
+
+impl Learning {
     pub fn new(routers: usize) -> Self {
-        Corrections(RefCell::new(vec![None; routers]))
+        Learning(RefCell::new(vec![None; routers]))
     }
 
-    /// Router `index`'s correction, read from shared data when older than [`CORRECTION_REFRESH_MS`].
-    pub fn get(&self, index: usize, router: &str, now_ms: u64) -> Correction {
+    /// Router `index`'s learning, read from shared data when older than [`LEARNING_REFRESH_MS`].
+    pub fn get(&self, index: usize, key: impl FnOnce() -> String, now_ms: u64) -> Rc<Online> {
         let mut cache = self.0.borrow_mut();
-        let Some(slot) = cache.get_mut(index) else { return read_correction(router) };
+        let Some(slot) = cache.get_mut(index) else { return Rc::new(read_learning(&key())) };
         match slot {
-            Some((read_ms, c)) if now_ms.saturating_sub(*read_ms) < CORRECTION_REFRESH_MS => *c,
+            Some((read_ms, o)) if now_ms.saturating_sub(*read_ms) < LEARNING_REFRESH_MS => o.clone(),
             _ => {
-                let c = read_correction(router);
-                *slot = Some((now_ms, c));
-                c
+                let o = Rc::new(read_learning(&key()));
+                *slot = Some((now_ms, o.clone()));
+                o
             }
         }
     }
 
-    /// This VM changed router `index`'s correction: read it again next time.
+    /// This VM changed router `index`'s learning: read it again next time.
     pub fn forget(&self, index: usize) {
         if let Some(slot) = self.0.borrow_mut().get_mut(index) {
             *slot = None;
@@ -88,14 +101,13 @@ impl Corrections {
     }
 }
 
-/// Adds a user's score of a weak-pool answer to the router's correction.
-pub fn record_weak_score(router: &str, bucket: u8, score: f32) {
-    let key = correction_key(router);
+/// Learns from a user's score of a weak-pool answer (compare-and-swap in shared data).
+pub fn learn(key: &str, inputs: &Inputs, logit: f32, score: f32) {
     for _ in 0..CAS_RETRIES {
-        let Ok((bytes, cas)) = abi::shared_get(&key) else { return };
-        let mut c = bytes.as_deref().and_then(|b| Correction::decode(b).ok()).unwrap_or_default();
-        c.record_weak_score(bucket, score);
-        match abi::shared_set(&key, &c.encode(), cas) {
+        let Ok((bytes, cas)) = abi::shared_get(key) else { return };
+        let mut o = bytes.as_deref().and_then(Online::decode).unwrap_or_default();
+        o.learn(inputs, logit, score);
+        match abi::shared_set(key, &o.encode(), cas) {
             Ok(()) => return,
             Err(abi::CAS_MISMATCH) => continue,
             Err(status) => {
@@ -106,13 +118,13 @@ pub fn record_weak_score(router: &str, bucket: u8, score: f32) {
     }
 }
 
-/// The scorer for one request: scores with the router's model, moves the
-/// threshold by the router's feedback correction, and keeps the decision.
+/// The scorer for one request: scores with the router's model corrected by its
+/// learning, explores, and keeps the decision.
 pub struct Scorer<'a> {
     pub config: &'a Config,
     /// Per router (same order as `config.routers`): its model, when it is learned.
     pub models: &'a [Option<Model>],
-    pub corrections: &'a Corrections,
+    pub learning: &'a Learning,
     pub now_ms: u64,
     pub decided: Cell<Option<Decided>>,
 }
@@ -132,13 +144,15 @@ impl LearnedScorer for Scorer<'_> {
             crate::config::Cutoff::StrongShare(share) => model.threshold_for_share(share as f32),
         };
         let name = &self.config.routers.get(router)?.name;
-        let correction = self.corrections.get(router, name, self.now_ms);
-        let decision = model.decide(&prompt_text(request), threshold, &correction);
-        // The routing stage compares with the configured threshold: move the
-        // score by the feedback's shift of this prompt's bucket instead.
-        let score = f64::from((decision.score - decision.threshold + threshold).clamp(0.0, 1.0));
-        self.decided.set(Some(Decided { router, bucket: decision.bucket, strong: decision.strong, score }));
-        Some(score)
+        let online = self.learning.get(router, || learning_key(name, model, learned), self.now_ms);
+        let d = model.decide(&prompt_text(request), threshold, &online);
+        // Exploration: a share of would-be-strong prompts goes to weak, so that weak
+        // answers to hard prompts get scored too (chosen by the prompt: deterministic).
+        let explored = d.strong && f64::from(d.inputs.draw()) < learned.explore;
+        let strong = d.strong && !explored;
+        let score = f64::from(d.score);
+        self.decided.set(Some(Decided { router, strong, explored, score, logit: d.logit, inputs: d.inputs }));
+        Some(if explored { -1.0 } else { score })
     }
 
     fn threshold_for_share(&self, learned: &Learned, share: f64) -> Option<f64> {
@@ -148,81 +162,169 @@ impl LearnedScorer for Scorer<'_> {
 }
 
 /// A learned decision remembered for feedback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Remembered {
     id_hash: u64,
     expires_ms: u64,
     router: u16,
-    bucket: u8,
     strong: bool,
     scored: bool,
+    logit: f32,
+    inputs: Inputs,
 }
 
+const REMEMBERED_LEN: usize = 8 + 8 + 2 + 2 + 4 + Inputs::ENCODED_LEN;
+
 impl Remembered {
-    fn encode(&self) -> [u8; 21] {
-        let mut out = [0u8; 21];
-        for (dst, src) in out.iter_mut().zip(
-            self.id_hash
-                .to_le_bytes()
-                .into_iter()
-                .chain(self.expires_ms.to_le_bytes())
-                .chain(self.router.to_le_bytes())
-                .chain([self.bucket, u8::from(self.strong), u8::from(self.scored)]),
-        ) {
+    fn encode(&self) -> [u8; REMEMBERED_LEN] {
+        let mut out = [0u8; REMEMBERED_LEN];
+        let bytes = self
+            .id_hash
+            .to_le_bytes()
+            .into_iter()
+            .chain(self.expires_ms.to_le_bytes())
+            .chain(self.router.to_le_bytes())
+            .chain([u8::from(self.strong), u8::from(self.scored)])
+            .chain(self.logit.to_le_bytes())
+            .chain(self.inputs.encode());
+        for (dst, src) in out.iter_mut().zip(bytes) {
             *dst = src;
         }
         out
     }
 
     fn decode(b: &[u8]) -> Option<Remembered> {
+        if b.len() != REMEMBERED_LEN {
+            return None;
+        }
         Some(Remembered {
             id_hash: u64::from_le_bytes(b.get(0..8)?.try_into().ok()?),
             expires_ms: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
             router: u16::from_le_bytes(b.get(16..18)?.try_into().ok()?),
-            bucket: *b.get(18)?,
-            strong: *b.get(19)? != 0,
-            scored: *b.get(20)? != 0,
+            strong: *b.get(18)? != 0,
+            scored: *b.get(19)? != 0,
+            logit: f32::from_le_bytes(b.get(20..24)?.try_into().ok()?),
+            inputs: Inputs::decode(b.get(24..)?)?,
         })
     }
 }
 
-fn id_hash(request_id: &str) -> u64 {
-    // FNV-1a: stable across VMs, which share the slots.
-    request_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+fn fnv64(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-fn slot_key(hash: u64) -> String {
-    format!("switchboard.feedback.{}", hash % FEEDBACK_SLOTS)
+/// FNV-1a of owner and id (stable across VMs, which share the slots): another
+/// owner's id is another request.
+fn id_hash(owner: &str, request_id: &str) -> u64 {
+    fnv64(fnv64(fnv64(0xcbf2_9ce4_8422_2325, owner.as_bytes()), &[0]), request_id.as_bytes())
 }
 
-pub fn remember(request_id: &str, decided: &Decided, now_ms: u64) {
-    let hash = id_hash(request_id);
+/// A request may sit in any of PROBES consecutive slots from its hash's, so a
+/// newer request takes an older one's place only when all of them are live.
+const PROBES: u64 = 4;
+
+fn slot_key(hash: u64, probe: u64) -> String {
+    format!("switchboard.feedback.{}", hash.wrapping_add(probe) % FEEDBACK_SLOTS)
+}
+
+/// The slot of the first of a request's probe slots that is free (empty, expired
+/// or already scored), else of the one that expires first.
+fn free_slot(hash: u64, now_ms: u64) -> String {
+    let mut oldest = (u64::MAX, 0);
+    for probe in 0..PROBES {
+        let key = slot_key(hash, probe);
+        let entry = match abi::shared_get(&key) {
+            Ok((bytes, _)) => bytes.as_deref().and_then(Remembered::decode),
+            Err(_) => None,
+        };
+        match entry {
+            Some(e) if e.expires_ms > now_ms && !e.scored && e.id_hash != hash => {
+                if e.expires_ms < oldest.0 {
+                    oldest = (e.expires_ms, probe);
+                }
+            }
+            _ => return key,
+        }
+    }
+    slot_key(hash, oldest.1)
+}
+
+/// Remembers a routed request for its owner's feedback (`owner`: the tenant's
+/// name, or "" without tenants).
+pub fn remember(owner: &str, request_id: &str, decided: &Decided, now_ms: u64) {
+    let hash = id_hash(owner, request_id);
     let entry = Remembered {
         id_hash: hash,
         expires_ms: now_ms.saturating_add(FEEDBACK_TTL_MS),
         router: u16::try_from(decided.router).unwrap_or(u16::MAX),
-        bucket: decided.bucket,
         strong: decided.strong,
         scored: false,
+        logit: decided.logit,
+        inputs: decided.inputs,
     };
-    if let Err(status) = abi::shared_set(&slot_key(hash), &entry.encode(), 0) {
+    if let Err(status) = abi::shared_set(&free_slot(hash, now_ms), &entry.encode(), 0) {
         log::warn!("switchboard[{request_id}]: remembering the learned decision failed (status {status})");
     }
 }
 
-/// How scoring a request id went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feedback {
-    /// Accepted; `Some((router, bucket))` when it scored a weak-pool answer (a correction to make).
-    Accepted(Option<(usize, u8)>),
-    Unknown,
-    AlreadyScored,
+/// A weak-pool answer's score to learn from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Label {
+    pub router: usize,
+    pub logit: f32,
+    pub inputs: Inputs,
 }
 
-/// Marks `request_id` scored, once.
-pub fn take_feedback(request_id: &str, now_ms: u64) -> Feedback {
-    let hash = id_hash(request_id);
-    let key = slot_key(hash);
+/// How scoring a request id went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Feedback {
+    /// Accepted; a label when it scored a weak-pool answer.
+    Accepted(Option<Label>),
+    Unknown,
+    AlreadyScored,
+    /// The owner gave this router `limit` scores this minute already.
+    TooMany {
+        limit: u32,
+        retry_after_s: u64,
+    },
+}
+
+/// Counts one score of `owner` for `router` in the current minute; false when over `limit`.
+fn within_rate(owner: &str, router: u16, limit: u32, now_ms: u64) -> bool {
+    let key = format!("switchboard.feedback.rate.{router}.{:016x}", id_hash(owner, ""));
+    let minute = now_ms / 60_000;
+    for _ in 0..CAS_RETRIES {
+        let Ok((bytes, cas)) = abi::shared_get(&key) else { return true };
+        let (at, n) = match bytes.as_deref().map(|b| (b.get(0..8), b.get(8..12))) {
+            Some((Some(a), Some(n))) => (
+                u64::from_le_bytes(a.try_into().unwrap_or_default()),
+                u32::from_le_bytes(n.try_into().unwrap_or_default()),
+            ),
+            _ => (minute, 0),
+        };
+        let n = if at == minute { n } else { 0 };
+        if n >= limit {
+            return false;
+        }
+        let value: Vec<u8> = minute.to_le_bytes().into_iter().chain((n + 1).to_le_bytes()).collect();
+        match abi::shared_set(&key, &value, cas) {
+            Ok(()) => return true,
+            Err(abi::CAS_MISMATCH) => continue,
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
+/// Marks `owner`'s request `request_id` scored, once, within the router's rate.
+pub fn take_feedback(config: &Config, owner: &str, request_id: &str, now_ms: u64) -> Feedback {
+    let hash = id_hash(owner, request_id);
+    let held = |key: &String| match abi::shared_get(key) {
+        Ok((bytes, _)) => bytes.as_deref().and_then(Remembered::decode).is_some_and(|e| e.id_hash == hash),
+        Err(_) => false,
+    };
+    let Some(key) = (0..PROBES).map(|p| slot_key(hash, p)).find(held) else { return Feedback::Unknown };
+    let mut counted = false;
     for _ in 0..CAS_RETRIES {
         let Ok((bytes, cas)) = abi::shared_get(&key) else { return Feedback::Unknown };
         let Some(mut entry) = bytes.as_deref().and_then(Remembered::decode) else { return Feedback::Unknown };
@@ -232,11 +334,26 @@ pub fn take_feedback(request_id: &str, now_ms: u64) -> Feedback {
         if entry.scored {
             return Feedback::AlreadyScored;
         }
+        let limit = config
+            .routers
+            .get(usize::from(entry.router))
+            .and_then(|r| r.learned.as_ref())
+            .map_or(0, |l| l.feedback_per_minute);
+        if !counted {
+            if !within_rate(owner, entry.router, limit, now_ms) {
+                return Feedback::TooMany { limit, retry_after_s: 60 - (now_ms / 1000) % 60 };
+            }
+            counted = true;
+        }
         entry.scored = true;
         match abi::shared_set(&key, &entry.encode(), cas) {
             Ok(()) => {
-                let weak = (!entry.strong).then_some((usize::from(entry.router), entry.bucket));
-                return Feedback::Accepted(weak);
+                let label = (!entry.strong).then_some(Label {
+                    router: usize::from(entry.router),
+                    logit: entry.logit,
+                    inputs: entry.inputs,
+                });
+                return Feedback::Accepted(label);
             }
             Err(abi::CAS_MISMATCH) => continue,
             Err(_) => return Feedback::Unknown,
@@ -251,8 +368,46 @@ mod tests {
 
     #[test]
     fn remembered_round_trips() {
-        let r = Remembered { id_hash: 7, expires_ms: 9, router: 2, bucket: 3, strong: true, scored: false };
+        let r = Remembered {
+            id_hash: 7,
+            expires_ms: 9,
+            router: 2,
+            strong: true,
+            scored: false,
+            logit: -1.5,
+            inputs: Inputs::default(),
+        };
         assert_eq!(Remembered::decode(&r.encode()), Some(r));
         assert_eq!(Remembered::decode(b"short"), None);
+    }
+
+    #[test]
+    fn learning_is_kept_per_router_model_and_epoch() {
+        use crate::config::Cutoff;
+        let m = Model::embedded_default().unwrap();
+        let l = Learned {
+            strong: 0,
+            weak: 1,
+            cutoff: Cutoff::Threshold(0.5),
+            model: None,
+            explore: 0.05,
+            feedback_per_minute: 600,
+            learning_epoch: 0,
+        };
+        let key = learning_key("r", &m, &l);
+        // A reload that changes other settings keeps the learning...
+        assert_eq!(
+            key,
+            learning_key("r", &m, &Learned { explore: 0.2, cutoff: Cutoff::StrongShare(0.3), ..l.clone() })
+        );
+        // ...a new epoch (the reset) or another router does not.
+        assert_ne!(key, learning_key("r", &m, &Learned { learning_epoch: 1, ..l.clone() }));
+        assert_ne!(key, learning_key("s", &m, &l));
+    }
+
+    #[test]
+    fn another_owner_is_another_request() {
+        assert_ne!(id_hash("a", "req-1"), id_hash("b", "req-1"));
+        assert_ne!(id_hash("ab", "c"), id_hash("a", "bc"));
     }
 }

@@ -53,8 +53,8 @@ pub struct Runtime {
     pub tenant_listings: Vec<ModelListing>,
     /// Per router (same order as `config.routers`): its learned model, if it has a `learned` part.
     pub learned_models: Vec<Option<Model>>,
-    /// Per router: its feedback correction as this VM last read it from shared data.
-    pub learned_corrections: learned_store::Corrections,
+    /// Per router: its learning from feedback as this VM last read it from shared data.
+    pub learned_learning: learned_store::Learning,
     pub metrics: Metrics,
     rng: RefCell<Rng>,
     /// Successes of healthy members not yet added to shared data (flushed on tick).
@@ -97,7 +97,7 @@ impl Runtime {
         Runtime {
             listing: ModelListing::build(&config),
             tenant_listings,
-            learned_corrections: learned_store::Corrections::new(learned_models.len()),
+            learned_learning: learned_store::Learning::new(learned_models.len()),
             learned_models,
             metrics: Metrics::define(&config),
             config,

@@ -52,7 +52,9 @@ def policies_config():
             ],
             "default": "tiers",
         },
-        "smart": {"rules": [], "learned": {"strong": "strong", "weak": "weak", "threshold": 0.5}, "default": "strong"},
+        "smart": {"rules": [], "learned": {"strong": "strong", "weak": "weak", "threshold": 0.5, "explore": 0.0},
+                  "default": "strong"},
+        # Exploration (default 0.05) sends 5% of the 30% to weak: 28.5% expected.
         "share": {"rules": [], "learned": {"strong": "strong", "weak": "weak", "strong_share": 0.3}},
     }
     return cfg
@@ -183,7 +185,7 @@ def test_learned_router_strong_share_holds_on_held_out_prompts(gw):
 
 def test_feedback_endpoint(gw):
     r = post(gw, chat("smart", "What is 2+2?"))
-    rid = r.headers["x-switchboard-request-id"]
+    rid = r.headers["x-switchboard-feedback-id"]
     fb = lambda body: httpx.post(gw.base + "/v1/feedback", json=body, timeout=10)
     assert fb({"request_id": rid, "score": 0.2}).status_code == 204
     again = fb({"request_id": rid, "score": 0.9})
