@@ -111,11 +111,12 @@ def test_retry_after_takes_member_out_until_then(make_gateway, mock):
     cfg["pools"]["gpt4o_16k"]["members"][1]["weight"] = 0
     gw = make_gateway(cfg)
     mock.faults("alpha", status=429, retry_after="2")
+    # The hold runs from the 429's arrival, which is after t0: until t0 + 1.5 s alpha is surely out.
+    t0 = time.monotonic()
     first = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
     assert first.status_code == 200
     assert first.headers["x-switchboard-attempts"] == "2"
     mock.reset("alpha")
-    t0 = time.monotonic()
     while time.monotonic() - t0 < 1.5:
         r = httpx.post(gw.base + "/v1/chat/completions", json=chat("gpt4o_16k"))
         assert r.headers["x-switchboard-member"] == "beta/gpt-4o-2024-08-06"
