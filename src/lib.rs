@@ -19,6 +19,7 @@ pub mod routing;
 pub mod sse;
 pub mod tenant;
 pub mod text;
+pub mod training;
 
 #[cfg(feature = "filter")]
 mod host;
