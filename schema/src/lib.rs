@@ -409,20 +409,27 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                // Kept in order as read (a binary search and an insert rather
+                // than a sort afterwards: a slice sort's code per entry type
+                // is several KB of the module). The error, for the first name
+                // in order given twice, is raised once the object is read.
                 let mut entries: Vec<(String, T)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                let mut twice: Option<String> = None;
                 while let Some(name) = map.next_key::<String>()? {
                     let value = map.next_value()?;
-                    entries.push((name, value));
-                }
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                for pair in entries.windows(2) {
-                    if let [(a, _), (b, _)] = pair {
-                        if a == b {
-                            return Err(de::Error::custom(format!("`{a}` is given twice")));
+                    match entries.binary_search_by(|(n, _)| n.as_str().cmp(&name)) {
+                        Ok(_) => {
+                            if twice.as_ref().is_none_or(|t| name < *t) {
+                                twice = Some(name);
+                            }
                         }
+                        Err(at) => entries.insert(at, (name, value)),
                     }
                 }
-                Ok(Named(entries))
+                match twice {
+                    Some(name) => Err(de::Error::custom(format!("`{name}` is given twice"))),
+                    None => Ok(Named(entries)),
+                }
             }
         }
         deserializer.deserialize_map(Entries(PhantomData))
