@@ -10,6 +10,7 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::Credentials;
 
+use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
 use super::emit::Emitter;
@@ -307,7 +308,7 @@ fn parts(c: &Value) -> impl Iterator<Item = Part<'_>> {
             return Some(Part::Call(ToolCall {
                 id: call_id(call),
                 name: call.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: call.get("args").map_or_else(|| "{}".to_string(), Value::to_string),
+                arguments: call.get("args").map_or_else(|| "{}".to_string(), json_text),
             }));
         }
         let text = part.get("text").and_then(Value::as_str)?;
