@@ -9,6 +9,7 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::{Credentials, Provider};
 
+use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
@@ -205,7 +206,7 @@ impl Adapter for Anthropic {
                 Some("tool_use") => choice.tool_calls.push(ToolCall {
                     id: block.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
                     name: block.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    arguments: block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
+                    arguments: block.get("input").map(json_text).unwrap_or_else(|| "{}".to_string()),
                 }),
                 _ => {}
             }

@@ -10,6 +10,7 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::Credentials;
 
+use super::json_text;
 use super::adapter::{Adapter, StreamState, Target};
 use super::chat::{Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
@@ -288,7 +289,7 @@ impl Adapter for Bedrock {
                 choice.tool_calls.push(ToolCall {
                     id: tool.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_string(),
                     name: tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    arguments: tool.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+                    arguments: tool.get("input").map_or_else(|| "{}".to_string(), json_text),
                 });
             } else if let Some(text) = block
                 .get("reasoningContent")

@@ -10,6 +10,7 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::Credentials;
 
+use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
 use super::emit::Emitter;
@@ -78,8 +79,12 @@ pub(super) fn schema(v: &Value) -> Value {
             "properties" => {
                 if let Value::Object(props) = val {
                     if !props.is_empty() {
-                        let props = props.iter().map(|(name, s)| (name.clone(), schema(s))).collect();
-                        out.insert("properties".into(), Value::Object(props));
+                        // Inserts, not `collect`: a map's collect sorts, a stable sort's code per call site.
+                        let mut converted = Map::new();
+                        for (name, s) in props {
+                            converted.insert(name.clone(), schema(s));
+                        }
+                        out.insert("properties".into(), Value::Object(converted));
                     }
                 }
             }
@@ -202,8 +207,12 @@ fn generation_config(chat: &Chat, ctx: &BuildContext) -> Map<String, Value> {
         ("presencePenalty", chat.presence_penalty.map(Value::from)),
         ("frequencyPenalty", chat.frequency_penalty.map(Value::from)),
     ];
-    let mut config: Map<String, Value> =
-        settings.into_iter().filter_map(|(key, value)| Some((key.to_string(), value?))).collect();
+    let mut config = Map::new();
+    for (key, value) in settings {
+        if let Some(value) = value {
+            config.insert(key.to_string(), value);
+        }
+    }
     let (mime, schema) = match &chat.response_format {
         Some(ResponseFormat::JsonObject) => (Some("application/json"), None),
         // Gemini's schema dialect has no references: pydantic's `$defs` are inlined.
@@ -299,7 +308,7 @@ fn parts(c: &Value) -> impl Iterator<Item = Part<'_>> {
             return Some(Part::Call(ToolCall {
                 id: call_id(call),
                 name: call.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: call.get("args").map_or_else(|| "{}".to_string(), Value::to_string),
+                arguments: call.get("args").map_or_else(|| "{}".to_string(), json_text),
             }));
         }
         let text = part.get("text").and_then(Value::as_str)?;
