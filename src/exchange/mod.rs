@@ -9,6 +9,17 @@
 //! goes on with [`Exchange::next_attempt`] or ends in [`Exchange::exhausted`].
 //! An answer, whichever attempt gives it, passes through one [`AnswerChain`];
 //! the request's timers (hedge, stream idle) decide in `timers`.
+//!
+//! A host drives it in this order: [`Route::parse`] at the request headers;
+//! with the body, [`Exchange::to_chat`], [`Exchange::plan`], the tenant's
+//! admission ([`Exchange::tenant_ask`], asked of the host's store, then
+//! [`Exchange::tenant_verdict`]), [`Exchange::pick_first`], [`build_upstream`],
+//! [`Exchange::routed`] and [`Exchange::rewrite`], whose [`Rewrite`] it writes
+//! to the request; a failed attempt's next member is sent as the
+//! [`Exchange::dispatch`] it describes; at the end it settles what
+//! [`Exchange::settlement`] says. Headers come in as name/value byte pairs and
+//! bodies as bytes: nothing here knows proxy-wasm's header map or calls a
+//! host, so an Envoy dynamic module drives the same API with its own `Shared`.
 
 mod admission;
 mod answer;
@@ -22,7 +33,7 @@ mod shared;
 mod timers;
 
 pub use admission::{budget_reservation, expected_tokens, feedback_body, refusal_error, TenantAsk, Verdict};
-pub use answer::{AnswerChain, Relayed, Whole};
+pub use answer::{AnswerChain, Passage, Relayed, Whole};
 pub use attempts::{adapter_for, build_upstream, translates_stream, Attempt};
 pub use followup::{native_member_of, unknown_response};
 pub use resume::continued;

@@ -983,3 +983,30 @@ fn a_feature_only_native_members_serve_keeps_the_request_on_them_or_refuses_it()
         }
     }
 }
+
+#[test]
+fn an_answer_passes_as_it_is_event_by_event_or_whole() {
+    let openai = Mem::new(TWO);
+    let mut ex = streamed(&openai, r#"{"model":"main","stream":true,"messages":[]}"#);
+    let plain = first(&openai, &mut ex);
+    assert_eq!(ex.answer.passage(&plain, 200), Passage::AsIs);
+    // The Messages door over an OpenAI member: its converter, event by event, nothing to prime.
+    ex.answer.door = DoorAnswer::new(Door::Messages, "main", true, 0);
+    assert_eq!(ex.answer.passage(&plain, 200), Passage::Stream { primed: false });
+    assert_eq!(ex.answer.passage(&plain, 500), Passage::Whole, "an error is one body in the door's shape");
+    let mut native = first(&openai, &mut ex);
+    native.native = true;
+    assert_eq!(ex.answer.passage(&native, 200), Passage::AsIs, "a native member's answer is the door's already");
+    ex.answer.door = DoorAnswer::new(Door::Messages, "main", false, 0);
+    assert_eq!(ex.answer.passage(&plain, 200), Passage::Whole);
+
+    let anthropic = Mem::new(r#""main": {"members": [{"provider": "c", "model": "m3"}]}"#);
+    let mut ex = streamed(&anthropic, r#"{"model":"main","stream":true,"messages":[]}"#);
+    let translated = first(&anthropic, &mut ex);
+    assert!(translated.adapter.is_some());
+    assert_eq!(ex.answer.passage(&translated, 200), Passage::Stream { primed: true });
+    assert_eq!(ex.answer.passage(&translated, 529), Passage::Whole);
+    let mut whole = exchange(&anthropic, r#"{"model":"main","messages":[]}"#);
+    let translated = first(&anthropic, &mut whole);
+    assert_eq!(whole.answer.passage(&translated, 200), Passage::Whole);
+}

@@ -29,11 +29,11 @@ use crate::api::models::ModelListing;
 use crate::api::request::{model_of, ParsedRequest};
 use crate::api::{ApiError, ErrorCode};
 use crate::config::MemberRef;
-use crate::doors::{messages, Door, DoorAnswer, DoorError};
+use crate::doors::{messages, Door, DoorError};
 use crate::encoding::percent_decode;
 use crate::exchange::{
-    build_upstream, feedback_body, translates_stream, Admission, Attempt, BodyFor, ChatBody, Exchange, Hedge,
-    IdleWatch, Relayed, Route, State, Step, Whole,
+    build_upstream, feedback_body, Admission, Attempt, BodyFor, ChatBody, Exchange, Hedge, IdleWatch, Passage, Relayed,
+    Route, State, Step, Whole,
 };
 use crate::providers::UpstreamRequest;
 use crate::routing::router::HeaderLookup;
@@ -810,29 +810,24 @@ impl HttpContext for Filter {
         self.settle_hedge(&rt, false);
         self.watch_resume(&rt, &attempt, status);
         self.ex.answer.start(&attempt, status);
-        let adapter = attempt.adapter.as_ref();
-        let door = self.ex.answer.door_for(&attempt);
-        if adapter.is_none() && door.is_none() {
-            self.ex.obs.answered(status, now);
-            self.set_response_headers(&rt, attempt.picked.member, &headers, &[], &[]);
-            return self.relay(&rt, attempt, status, end_of_stream);
-        }
         let translated = ["content-type", "content-length"];
-        // A successful stream is translated event by event (by the provider's
-        // adapter, then the client's door); anything else as a whole body.
-        let streams = status < 400
-            && adapter.is_none_or(|a| translates_stream(a, status))
-            && door.is_none_or(DoorAnswer::is_stream);
-        if streams {
-            self.ex.obs.answered(status, now);
-            let content_type = [("content-type", "text/event-stream")];
-            self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
-            if attempt.adapter.is_some() && !end_of_stream {
-                // Held until the first event: an unreadable stream can still fail over.
-                self.ex.state = State::Priming { attempt, status, fed: 0 };
-                return Action::Pause;
+        match self.ex.answer.passage(&attempt, status) {
+            Passage::AsIs => {
+                self.ex.obs.answered(status, now);
+                self.set_response_headers(&rt, attempt.picked.member, &headers, &[], &[]);
+                return self.relay(&rt, attempt, status, end_of_stream);
             }
-            return self.relay(&rt, attempt, status, end_of_stream);
+            Passage::Stream { primed } => {
+                self.ex.obs.answered(status, now);
+                let content_type = [("content-type", "text/event-stream")];
+                self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
+                if primed && !end_of_stream {
+                    self.ex.state = State::Priming { attempt, status, fed: 0 };
+                    return Action::Pause;
+                }
+                return self.relay(&rt, attempt, status, end_of_stream);
+            }
+            Passage::Whole => {}
         }
         let content_type = [("content-type", "application/json")];
         self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
