@@ -773,7 +773,7 @@ fn a_tenant_is_refused_a_model_off_its_allow_list_and_asks_nothing_without_limit
     let sh = with_tenant(r#", "allow": ["main"]"#);
     let mut ex = Exchange { tenant: Some(Admission::default()), ..Exchange::default() };
     let e = ask(&sh, &mut ex, r#"{"model":"other","messages":[]}"#).unwrap_err();
-    assert_eq!((e.status, e.code, e.param.as_deref()), (403, ErrorCode::ModelNotAllowed, Some("model")));
+    assert_eq!((e.status, e.code, e.param), (403, ErrorCode::ModelNotAllowed, Some("model")));
     // A fallback is checked as the target is.
     let e = ask(&sh, &mut ex, r#"{"model":"main","fallback":["other"],"messages":[]}"#).unwrap_err();
     assert_eq!(e.status, 403);
@@ -904,7 +904,7 @@ fn a_previous_response_id_keeps_the_request_on_its_holder_for_its_tenant_only() 
     let mut plan = ex.plan.take().unwrap();
     let holder = |tenant: &str| Some(Holder { provider: "a".into(), tenant: tenant.into() });
     let e = ex.hold_conversation(&sh, &mut plan, "main", "resp_1", holder("team-b")).unwrap_err();
-    assert_eq!((e.status, e.param.as_deref()), (404, Some("previous_response_id")), "another tenant's is unknown");
+    assert_eq!((e.status, e.param), (404, Some("previous_response_id")), "another tenant's is unknown");
     assert_eq!(ex.hold_conversation(&sh, &mut plan, "main", "resp_1", None), Ok(()), "unknown ids stay as they were");
     assert_eq!(ex.hold_conversation(&sh, &mut plan, "main", "resp_1", holder("team-a")), Ok(()));
     ex.door = Door::Chat;
