@@ -248,7 +248,7 @@ impl<'a> ParsedRequest<'a> {
             Some(Endpoint::ChatCompletions) => ("messages", b'['),
             Some(Endpoint::Completions) => ("prompt", 0),
             Some(Endpoint::Embeddings) => ("input", 0),
-            Some(Endpoint::Models) | None => ("", 0),
+            None => ("", 0),
         };
         for (key, value) in &fields {
             match key.as_ref() {
@@ -746,7 +746,7 @@ fn read_content<'a>(
                 reader.text(text, true);
             }
         }
-        Some(Endpoint::Models) | None => {}
+        None => {}
     }
     reader.content.prompt_tokens = reader.counter.tokens();
     reader.content

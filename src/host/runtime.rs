@@ -363,6 +363,7 @@ impl Shared for Runtime {
             Count::StreamIdleTimeout(p) => m.pool(p).and_then(|p| p.stream_idle_timeouts),
             Count::ResumedStream(p) => m.pool(p).and_then(|p| p.resumed_streams),
             Count::LocalError(code) => return m.local_error(code),
+            Count::TenantRefused { tenant, budget } => return m.tenant_refused(tenant, budget),
         };
         m.inc(id);
     }

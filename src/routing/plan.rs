@@ -110,7 +110,7 @@ pub struct Plan {
 
 fn unknown_fallback(config: &Config, name: &str) -> ApiError {
     let mut e = config.unknown_target(name, "fallback");
-    if e.code == "model_not_found" {
+    if e.code == ErrorCode::ModelNotFound {
         e.message = format!(
             "The fallback model `{name}` does not exist: it is neither a pool nor a model served by this gateway."
         );
