@@ -51,6 +51,7 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
     if let Some(user) = req.get("metadata").and_then(|m| m.get("user_id")).and_then(Value::as_str) {
         out.insert("user".into(), Value::String(user.to_string()));
     }
+    super::carry(&req, super::MESSAGES_PARAMS, &mut out)?;
     Ok(to_bytes(&Value::Object(out)))
 }
 
@@ -637,7 +638,7 @@ mod tests {
             "model": "fast-pool", "max_tokens": 100, "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "Be kind."}],
             "messages": [{"role": "user", "content": "Hi"}],
             "temperature": 0.5, "top_p": 0.9, "top_k": 5, "stop_sequences": ["END"], "stream": true,
-            "metadata": {"user_id": "u-1"}, "unknown_field": 1,
+            "metadata": {"user_id": "u-1"},
         }));
         assert_eq!(
             out,
@@ -645,7 +646,7 @@ mod tests {
                 "model": "fast-pool", "max_tokens": 100,
                 "messages": [{"role": "system", "content": "Be brief.\nBe kind."}, {"role": "user", "content": "Hi"}],
                 "temperature": 0.5, "top_p": 0.9, "stop": ["END"], "stream": true,
-                "stream_options": {"include_usage": true}, "user": "u-1",
+                "stream_options": {"include_usage": true}, "user": "u-1", "top_k": 5,
             })
         );
     }
@@ -710,10 +711,10 @@ mod tests {
 
     #[test]
     fn claude_code_style_request_translates() {
-        // Claude Code's shape: cache_control on blocks, thinking config, beta-only fields, untyped tools.
+        // Claude Code's shape: cache_control on blocks, thinking config, untyped tools.
         let out = chat(json!({
             "model": "claude-sonnet-4-5", "max_tokens": 32000, "stream": true, "temperature": 1,
-            "thinking": {"type": "enabled", "budget_tokens": 4000}, "context_management": {"edits": []},
+            "thinking": {"type": "enabled", "budget_tokens": 4000},
             "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
@@ -728,7 +729,16 @@ mod tests {
         );
         assert_eq!(out["tools"][0]["function"]["name"], "Bash");
         assert_eq!(out["stream_options"], json!({"include_usage": true}));
-        assert!(out.get("thinking").is_none() && out.get("context_management").is_none());
+        assert_eq!(out["thinking"], json!({"type": "enabled", "budget_tokens": 4000}));
+    }
+
+    #[test]
+    fn parameters_only_anthropic_takes_are_refused_by_name() {
+        let body = json!({"model": "m", "max_tokens": 1, "messages": [], "context_management": {"edits": []}});
+        let e = to_chat(body.to_string().as_bytes()).unwrap_err();
+        assert_eq!((e.code.as_str(), e.param.as_deref()), ("unsupported_parameter", Some("context_management")));
+        let body = json!({"model": "m", "max_tokens": 1, "messages": [], "frobnicate": 1, "container": null});
+        assert_eq!(to_chat(body.to_string().as_bytes()).unwrap_err().param.as_deref(), Some("frobnicate"));
     }
 
     #[test]

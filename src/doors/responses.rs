@@ -137,6 +137,7 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
     if let Some(user) = req.get("user").and_then(Value::as_str) {
         out.insert("user".into(), Value::String(user.to_string()));
     }
+    super::carry(&req, super::RESPONSES_PARAMS, &mut out)?;
     Ok(to_bytes(&Value::Object(out)))
 }
 
@@ -745,7 +746,7 @@ mod tests {
         let out = chat(json!({
             "model": "pool", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 50,
             "temperature": 0.2, "top_p": 0.8, "stream": true, "user": "u", "store": false,
-            "reasoning": {"effort": "low"}, "include": ["reasoning.encrypted_content"], "metadata": {"k": "v"},
+            "reasoning": {"effort": "low"}, "include": [], "metadata": {"k": "v"}, "truncation": "disabled",
         }));
         assert_eq!(
             out,
@@ -754,6 +755,7 @@ mod tests {
                 "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
                 "max_completion_tokens": 50, "temperature": 0.2, "top_p": 0.8, "stream": true,
                 "stream_options": {"include_usage": true}, "reasoning_effort": "low", "user": "u",
+                "metadata": {"k": "v"},
             })
         );
     }

@@ -318,10 +318,14 @@ impl Filter {
         };
         let now = self.now_ms();
         let (plan, picked, upstream) = {
-            let parsed = match ParsedRequest::parse(&body, self.ex.endpoint) {
+            let mut parsed = match ParsedRequest::parse(&body, self.ex.endpoint) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
+            // A stand-in for a door body only native members take: its fields are not chat parameters.
+            if native_only.is_some() {
+                parsed.params = 0;
+            }
             let headers = RequestHeaders(&self.client_headers);
             let scorer = Scorer {
                 config: &rt.config,
@@ -330,7 +334,8 @@ impl Filter {
                 now_ms: now,
                 decided: Cell::new(None),
             };
-            let input = RouteInput { request: &parsed, headers: &headers, scorer: Some(&scorer) };
+            let native_kinds = self.ex.door.native_api().map_or(0, |api| api.kind_bits());
+            let input = RouteInput { request: &parsed, headers: &headers, scorer: Some(&scorer), native_kinds };
             self.ex.obs.model = Some(parsed.target.clone());
             let mut plan = match Plan::for_request(&rt.config, input, now) {
                 Ok(p) => p,
@@ -638,7 +643,11 @@ impl Filter {
                 self.host_error("set response header", s);
             }
         };
-        for (k, v) in self.ex.result_headers(rt, serving, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str()))).iter() {
+        for (k, v) in self
+            .ex
+            .result_headers(rt, serving, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())))
+            .iter()
+        {
             set(k, v);
         }
         for (k, v) in extra {
@@ -740,7 +749,11 @@ impl Context for Filter {
         self.ex.answer.note(&body);
         self.note_response_id(&rt, attempt.picked.member, attempt.native, verdict);
         self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
-        let ours = self.ex.result_headers(&*rt, attempt.picked.member, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())));
+        let ours = self.ex.result_headers(
+            &*rt,
+            attempt.picked.member,
+            self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())),
+        );
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
         out.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
         out.extend(abi::pairs(&headers).filter_map(|(k, v)| {

@@ -84,7 +84,8 @@ fn inc(id: Option<u32>) {
 
 /// Sends `POST path` to the state service; its answer comes back as a call response.
 pub fn call(shared: &SharedState, path: &str, timeout_ms: u64) -> Result<u32, abi::Status> {
-    let headers = vec![(":method", "POST"), (":path", path), (":authority", "switchboard-state"), ("content-length", "0")];
+    let headers =
+        vec![(":method", "POST"), (":path", path), (":authority", "switchboard-state"), ("content-length", "0")];
     proxy_wasm::hostcalls::dispatch_http_call(&shared.cluster, headers, None, vec![], Duration::from_millis(timeout_ms))
         .map_err(|s| s as abi::Status)
 }

@@ -142,6 +142,9 @@ impl Adapter for Anthropic {
         if let Some(user) = &chat.user {
             out.insert("metadata".into(), json!({ "user_id": user }));
         }
+        if let Some(thinking) = &chat.thinking {
+            out.insert("thinking".into(), thinking.clone());
+        }
         // A json_schema format is one more tool, forced by the tool choice.
         let structured = chat.structured_output_tool();
         let (extra_tool, forced) = structured.map_or((None, None), |(tool, choice)| (Some(tool), Some(choice)));

@@ -111,6 +111,8 @@ pub(super) struct Chat {
     pub user: Option<String>,
     pub response_format: Option<ResponseFormat>,
     pub stream: bool,
+    /// Anthropic's `thinking` object, as the client wrote it.
+    pub thinking: Option<Value>,
 }
 
 impl Chat {
@@ -574,6 +576,7 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         user: field::<String>(req, "user", "a string")?.filter(|u| !u.is_empty()),
         response_format,
         stream: req.stream,
+        thinking: field(req, "thinking", "an object")?,
     })
 }
 

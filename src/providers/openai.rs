@@ -32,7 +32,8 @@ pub(super) fn build(
         path,
         authority: provider.host.clone(),
         headers: auth(provider),
-        body: request.openai_body_for(&member.model, ask_usage),
+        // What routing let this member drop (the parameters its kind cannot take).
+        body: request.openai_body_without(&member.model, ask_usage, request.params & member.refuses),
     }
 }
 

@@ -109,7 +109,10 @@ mod tests {
             "/v1/admit?t=74&l=ab&ttl=600000&tok=30&rpm=60&par=4&bl=50000&bp=20794&bw=6000"
         );
         let end = Settlement { tokens: Some((NOON, 30, 12)), spend_micro_usd: 5_000, ..Settlement::default() };
-        assert_eq!(settle_path(&tenant(), 0xab, &end, NOON), "/v1/settle?t=74&l=ab&ws=1796644800&res=30&act=12&bp=20794&cost=5000");
+        assert_eq!(
+            settle_path(&tenant(), 0xab, &end, NOON),
+            "/v1/settle?t=74&l=ab&ws=1796644800&res=30&act=12&bp=20794&cost=5000"
+        );
         assert_eq!(settle_path(&tenant(), 1, &Settlement::default(), NOON), "/v1/settle?t=74&l=1");
     }
 
