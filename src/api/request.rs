@@ -434,11 +434,12 @@ impl<'a> ParsedRequest<'a> {
     /// its usage (`stream_options.include_usage: true`, the client's other
     /// stream options kept), spliced into the bytes like the model name.
     pub fn openai_body_for(&self, model: &str, ask_usage: bool) -> Vec<u8> {
-        self.openai_body_without(model, ask_usage, 0)
+        self.openai_body_without(model, ask_usage, 0, b"")
     }
 
-    /// [`ParsedRequest::openai_body_for`] without the parameters in `drop` (`api::params` bits).
-    pub fn openai_body_without(&self, model: &str, ask_usage: bool, drop: u64) -> Vec<u8> {
+    /// [`ParsedRequest::openai_body_for`] without the parameters in `drop`
+    /// (`api::params` bits), and with `add` (`,"key":value` pairs) at the end.
+    pub fn openai_body_without(&self, model: &str, ask_usage: bool, drop: u64, add: &[u8]) -> Vec<u8> {
         let options = if ask_usage && self.stream { usage_stream_options(self.field("stream_options")) } else { None };
         let dropped = |key: &str| drop != 0 && drop & super::params::named(key) != 0;
         if let Some(model_at) = self.splice.clone().filter(|_| drop == 0) {
@@ -485,6 +486,7 @@ impl<'a> ParsedRequest<'a> {
             out.extend_from_slice(b",\"stream_options\":");
             out.extend_from_slice(&options);
         }
+        out.extend_from_slice(add);
         out.push(b'}');
         out
     }
@@ -1074,12 +1076,7 @@ mod tests {
             for (raw, code) in cases {
                 let body = format!(r#"{{"model":"m","messages":[],"{field}":{raw}}}"#);
                 let e = parse(&body).unwrap_err();
-                assert_eq!(
-                    (e.status, e.code.as_str(), e.param),
-                    (400, code, Some(field)),
-                    "{body}: {}",
-                    e.message
-                );
+                assert_eq!((e.status, e.code.as_str(), e.param), (400, code, Some(field)), "{body}: {}", e.message);
             }
         }
         let ok = parse(r#"{"model":"m","messages":[],"max_tokens":4294967295}"#).unwrap();

@@ -222,6 +222,7 @@ fn tool_message(block: &Map<String, Value>, at: &str, images: &mut Vec<Value>) -
 fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thinking = Vec::new();
     for (j, block) in blocks.iter().enumerate() {
         let at = format!("{at}.content[{j}]");
         let (block, kind) = block_type(block, &at)?;
@@ -238,11 +239,15 @@ fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
                 calls
                     .push(obj! {"id": id, "type": "function", "function": obj! {"name": name, "arguments": arguments}});
             }
-            "thinking" | "redacted_thinking" => {}
+            // Carried with their signatures: an Anthropic member of a later turn needs them back.
+            "thinking" | "redacted_thinking" => thinking.push(Value::Object(block.clone())),
             other => return Err(unsupported_block(&at, other)),
         }
     }
     let mut message = Map::new();
+    if !thinking.is_empty() {
+        message.insert("thinking_blocks".into(), Value::Array(thinking));
+    }
     message.insert("role".into(), Value::String("assistant".into()));
     message
         .insert("content".into(), if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) });
@@ -360,7 +365,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
         return anthropic_error("api_error", "The upstream answer had no choices.");
     };
     let message = choice.get("message");
-    let mut content = Vec::new();
+    let mut content = super::thinking_of(message);
     let field = |name: &str| message.and_then(|m| m.get(name)).and_then(Value::as_str).filter(|t| !t.is_empty());
     if let Some(text) = field("content").or_else(|| field("refusal")) {
         content.push(obj! {"type": "text", "text": text});
@@ -681,7 +686,7 @@ mod tests {
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
                     {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
                 ]},
-                {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                {"role": "assistant", "content": "Let me look.", "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "s"}], "tool_calls": [
                     {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
                 ]},
                 {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny\n20C"},

@@ -231,6 +231,17 @@ fn upstream_unreadable() -> Vec<u8> {
     out
 }
 
+/// An answer message's thinking as Anthropic blocks: its `thinking_blocks`
+/// (with their signatures), else its `reasoning_content` unsigned.
+pub(crate) fn thinking_of(message: Option<&Value>) -> Vec<Value> {
+    let blocks = message.and_then(|m| m.get("thinking_blocks")).and_then(Value::as_array);
+    if let Some(blocks) = blocks.filter(|b| !b.is_empty()) {
+        return blocks.clone();
+    }
+    let text = message.and_then(|m| m.get("reasoning_content")).and_then(Value::as_str).filter(|t| !t.is_empty());
+    text.map(|t| vec![obj! {"type": "thinking", "thinking": t, "signature": ""}]).unwrap_or_default()
+}
+
 /// The code of a refused feature that the door's native kinds may serve.
 const UNSUPPORTED: ErrorCode = ErrorCode::UnsupportedFeature;
 

@@ -17,7 +17,7 @@ const KINDS: [ProviderKind; 6] = [
 ];
 
 /// What anthropic, gemini and bedrock members get for a chat parameter they take.
-const TARGETS: [(&str, [&str; 3]); 18] = [
+const TARGETS: [(&str, [&str; 3]); 19] = [
     ("messages", ["`messages`, `system`", "`contents`, `systemInstruction`", "`messages`, `system`"]),
     ("stream", ["`stream`", "`:streamGenerateContent`", "`/converse-stream`"]),
     ("max_tokens", ["`max_tokens`", "`generationConfig.maxOutputTokens`", "`inferenceConfig.maxTokens`"]),
@@ -38,7 +38,11 @@ const TARGETS: [(&str, [&str; 3]); 18] = [
     ("frequency_penalty", ["", "`generationConfig.frequencyPenalty`", ""]),
     ("parallel_tool_calls", ["`tool_choice.disable_parallel_tool_use`", "", ""]),
     ("user", ["`metadata.user_id`", "", ""]),
-    ("thinking", ["`thinking`", "", ""]),
+    ("thinking", ["`thinking`", "`generationConfig.thinkingConfig`", "`additionalModelRequestFields.thinking`"]),
+    (
+        "reasoning_effort",
+        ["`thinking`", "`generationConfig.thinkingConfig`", "`additionalModelRequestFields.thinking`"],
+    ),
 ];
 
 const REFUSED: &str = "refused";
@@ -57,6 +61,7 @@ fn fate(name: &str, kind: ProviderKind) -> String {
         _ if matches!(name, "model" | "provider" | "fallback" | "fallback_models" | "load_balance_group") => {
             return "gateway".into()
         }
+        ProviderKind::Openai | ProviderKind::Azure if name == "thinking" => return "`reasoning_effort`".into(),
         _ => return if takes { "as is".into() } else { REFUSED.into() },
     };
     let target = TARGETS.iter().find(|(n, _)| *n == name).map_or("", |(_, t)| t[slot]);
