@@ -185,6 +185,8 @@ pub struct RawPool {
     pub strategy: Strategy,
     pub explore: Option<f64>,
     pub shadow: Option<RawShadow>,
+    /// Parameters its members may drop rather than refuse: their names, or `all`.
+    pub drop_params: Vec<String>,
     /// The pool's own policy fields (written beside the others).
     pub policy: RawPoolPolicy,
 }
@@ -206,6 +208,8 @@ struct PoolFields {
     strategy: Strategy,
     explore: Option<f64>,
     shadow: Option<RawShadow>,
+    #[serde(default)]
+    drop_params: Vec<String>,
     retry_on: Option<Vec<u16>>,
     max_attempts: Option<u32>,
     per_try_timeout_ms: Option<u64>,
@@ -228,6 +232,7 @@ impl From<PoolFields> for RawPool {
             strategy: p.strategy,
             explore: p.explore,
             shadow: p.shadow,
+            drop_params: p.drop_params,
             policy: RawPoolPolicy {
                 retry_on: p.retry_on,
                 max_attempts: p.max_attempts,

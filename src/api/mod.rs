@@ -4,6 +4,7 @@
 pub mod error;
 pub mod forward;
 pub mod models;
+pub mod params;
 pub mod request;
 pub mod response_ids;
 pub mod stream_end;

@@ -352,6 +352,11 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
         return Err(errors);
     }
 
+    for m in pools.iter_mut().flat_map(|p| p.members.iter_mut()) {
+        if let Some(p) = providers.get(m.provider) {
+            (m.refuses, m.kind_bit) = (crate::api::params::refused_by(p.kind), crate::api::params::kind_bit(p.kind));
+        }
+    }
     let members = || pools.iter().flat_map(|p| p.members.iter());
     let facts = MemberFacts {
         vision_limited: members().any(|m| !m.capabilities.has(Capability::Vision)),
@@ -481,7 +486,10 @@ fn validate_pool(
             Some(Shadow { member: Member::new(provider, &s.provider, &s.model), sample: s.sample })
         }
     };
+    let drop_params = crate::api::params::drop_mask(&mut p.drop_params.iter().map(String::as_str))
+        .map_err(|n| err(format!("{field}.drop_params"), format!("unknown parameter \"{n}\"")))?;
     Ok(Pool {
+        drop_params,
         name,
         description: p.description,
         max_response_tokens: p.max_response_tokens,
@@ -516,6 +524,7 @@ fn implicit_pool(
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
         shadow: None,
+        drop_params: 0,
     }
 }
 
@@ -562,6 +571,7 @@ fn placeholder_pool(name: String) -> Pool {
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
         shadow: None,
+        drop_params: 0,
     }
 }
 
@@ -637,6 +647,8 @@ fn validate_member(
         priority: m.priority,
         tags: m.tags,
         tag_mask,
+        refuses: 0,
+        kind_bit: 0,
         canary,
     })
 }

@@ -17,6 +17,8 @@ pub mod responses;
 
 // Golden files read from disk: native only (see the file).
 #[cfg(test)]
+mod param_table;
+#[cfg(test)]
 mod sdk_fixtures;
 
 use crate::api::usage::Tokens;
@@ -229,6 +231,104 @@ pub enum DoorErrorKind {
     /// A feature chat completions cannot express: the request stays on the
     /// members whose kind serves the door's API as it is (refused when none can).
     NativeOnly,
+}
+
+/// An answer message's thinking as Anthropic blocks: its `thinking_blocks`
+/// (with their signatures), else its `reasoning_content` unsigned.
+pub(crate) fn thinking_of(message: Option<&Value>) -> Vec<Value> {
+    let blocks = message.and_then(|m| m.get("thinking_blocks")).and_then(Value::as_array);
+    if let Some(blocks) = blocks.filter(|b| !b.is_empty()) {
+        return blocks.clone();
+    }
+    let text = message.and_then(|m| m.get("reasoning_content")).and_then(Value::as_str).filter(|t| !t.is_empty());
+    text.map(|t| vec![obj! {"type": "thinking", "thinking": t, "signature": ""}]).unwrap_or_default()
+}
+
+
+/// A door's top-level parameters and what the chat body carries for each:
+/// the chat parameter its translator writes, [`SAME`] (copied under its own
+/// name, `api::params` then rules), or [`NATIVE`] (only the door's native
+/// kinds take it). A parameter not listed counts as [`NATIVE`].
+pub type DoorParams = [(&'static str, &'static str)];
+pub const SAME: &str = "=";
+pub const NATIVE: &str = "";
+
+pub static MESSAGES_PARAMS: &DoorParams = &[
+    ("model", "model"),
+    ("messages", "messages"),
+    ("system", "messages"),
+    ("max_tokens", "max_tokens"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("stop_sequences", "stop"),
+    ("stream", "stream"),
+    ("tools", "tools"),
+    ("tool_choice", "tool_choice"),
+    ("metadata", "user"),
+    ("top_k", SAME),
+    ("thinking", SAME),
+    ("service_tier", SAME),
+    ("container", NATIVE),
+    ("mcp_servers", NATIVE),
+    ("context_management", NATIVE),
+];
+
+pub static RESPONSES_PARAMS: &DoorParams = &[
+    ("model", "model"),
+    ("input", "messages"),
+    ("instructions", "messages"),
+    ("max_output_tokens", "max_completion_tokens"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("stream", "stream"),
+    ("stream_options", "stream_options"),
+    ("tools", "tools"),
+    ("tool_choice", "tool_choice"),
+    ("parallel_tool_calls", "parallel_tool_calls"),
+    ("text", "response_format"),
+    ("reasoning", "reasoning_effort"),
+    ("user", "user"),
+    ("metadata", SAME),
+    ("service_tier", SAME),
+    ("top_logprobs", SAME),
+    ("prompt_cache_key", SAME),
+    ("safety_identifier", SAME),
+    ("store", NATIVE),
+    ("previous_response_id", NATIVE),
+    ("conversation", NATIVE),
+    ("background", NATIVE),
+    ("prompt", NATIVE),
+    ("include", NATIVE),
+    ("truncation", NATIVE),
+    ("max_tool_calls", NATIVE),
+];
+
+/// Carries the door parameters of `req` its translator does not write into
+/// `out`: [`SAME`] ones copied, a [`NATIVE`] or unknown one set to something
+/// other than its default refused (`unsupported_parameter`: the request then
+/// stays on the door's native kinds).
+pub(crate) fn carry(
+    req: &Map<String, Value>,
+    table: &DoorParams,
+    out: &mut Map<String, Value>,
+) -> Result<(), DoorError> {
+    for (key, value) in req.iter().filter(|(_, v)| !v.is_null()) {
+        match table.iter().find(|(door, _)| door == key).map_or(NATIVE, |(_, chat)| *chat) {
+            SAME if !out.contains_key(key) => {
+                out.insert(key.clone(), value.clone());
+            }
+            NATIVE if !crate::api::params::neutral(key, &value.to_string()) => {
+                return Err(DoorError {
+                    kind: DoorErrorKind::NativeOnly,
+                    code: ErrorCode::UnsupportedParameter,
+                    message: format!("{key}: this parameter is taken only by the API's own providers"),
+                    param: Some(key.clone()),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A door request the translator refuses: always HTTP 400.

@@ -244,6 +244,13 @@ impl Exchange {
             }
         }
         out.push(("x-switchboard-request-id", self.request_id.clone()));
+        if let (Some(plan), Some((_, m, _))) = (&self.plan, config.resolve(serving)) {
+            let (dropped, needs) = (plan.needs().dropped(m), plan.needs());
+            if dropped != 0 {
+                let other = needs.other_param.as_deref().unwrap_or_default();
+                out.push(("x-switchboard-dropped-params", crate::api::params::names(dropped, other)));
+            }
+        }
         if let Some(t) = &self.tenant {
             out.extend(t.rate_headers.iter().cloned());
         }

@@ -52,7 +52,9 @@ impl Exchange {
     ) -> Result<Plan, crate::api::ApiError> {
         let config = sh.config();
         self.obs.model = Some(parsed.target.clone());
-        let mut plan = Plan::for_request(config, RouteInput { request: parsed, headers, scorer }, now)?;
+        let native_kinds = self.door.native_api().map_or(0, |api| api.kind_bits());
+        let input = RouteInput { request: parsed, headers, scorer, native_kinds };
+        let mut plan = Plan::for_request(config, input, now)?;
         if let (Some(refused), Some(api)) = (native_only, self.door.native_api()) {
             let native = NativeOnly::new(config, refused.message, api.kinds(), |k| api.served_by(k));
             plan.require_native(config, native, &parsed.target)?;

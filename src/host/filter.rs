@@ -305,10 +305,14 @@ impl Filter {
         };
         let now = self.now_ms();
         let (plan, picked, upstream) = {
-            let parsed = match ParsedRequest::parse(&body, self.ex.endpoint) {
+            let mut parsed = match ParsedRequest::parse(&body, self.ex.endpoint) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
+            // A stand-in for a door body only native members take: its fields are not chat parameters.
+            if native_only.is_some() {
+                parsed.params = 0;
+            }
             let headers = RequestHeaders(&self.client_headers);
             let scorer = Scorer {
                 config: &rt.config,

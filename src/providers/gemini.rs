@@ -12,7 +12,7 @@ use crate::config::Credentials;
 
 use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
-use super::chat::{Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
+use super::chat::{max_with_thinking, Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
 use super::emit::Emitter;
 use super::openai_out::{new_call_id, Answer, Choice, Meta, ToolCall};
 use super::structured::inline_refs;
@@ -173,6 +173,8 @@ fn content(turn: &Turn, signatures: bool) -> Result<Value, ApiError> {
                 }
                 parts.push(call);
             }
+            // Gemini's thoughts are its own: another provider's thinking is not replayed.
+            Block::Thinking { .. } | Block::RedactedThinking(_) => {}
             Block::ToolResult { id, name, content } => {
                 let name = name.as_deref().ok_or_else(|| {
                     ApiError::invalid_request(
@@ -197,7 +199,10 @@ fn content(turn: &Turn, signatures: bool) -> Result<Value, ApiError> {
 fn generation_config(chat: &Chat, ctx: &BuildContext) -> Map<String, Value> {
     let stop = (!chat.stop.is_empty()).then(|| json!(chat.stop));
     let settings = [
-        ("maxOutputTokens", chat.max_tokens.or(ctx.max_response_tokens).map(Value::from)),
+        (
+            "maxOutputTokens",
+            chat.max_tokens.or(ctx.max_response_tokens).map(|m| max_with_thinking(m, chat.thinking_budget).into()),
+        ),
         ("temperature", chat.temperature.map(Value::from)),
         ("topP", chat.top_p.map(Value::from)),
         ("topK", chat.top_k.map(Value::from)),
@@ -206,6 +211,7 @@ fn generation_config(chat: &Chat, ctx: &BuildContext) -> Map<String, Value> {
         ("seed", chat.seed.map(Value::from)),
         ("presencePenalty", chat.presence_penalty.map(Value::from)),
         ("frequencyPenalty", chat.frequency_penalty.map(Value::from)),
+        ("thinkingConfig", chat.thinking_budget.map(|b| json!({"thinkingBudget": b, "includeThoughts": true}))),
     ];
     let mut config = Map::new();
     for (key, value) in settings {
