@@ -381,15 +381,19 @@ fn shared_state(raw: serde_json::Value) -> Result<super::SharedState, ConfigErro
     const FIELDS: [&str; 5] = ["cluster", "timeout_ms", "on_unavailable", "lease_ttl_s", "sync_ms"];
     let serde_json::Value::Object(map) = raw else { return Err(err("shared_state", "must be an object")) };
     if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(err(format!("shared_state.{unknown}"), format!("unknown field; expected one of {}", FIELDS.join(", "))));
+        return Err(err(
+            format!("shared_state.{unknown}"),
+            format!("unknown field; expected one of {}", FIELDS.join(", ")),
+        ));
     }
     let cluster = map.get("cluster").and_then(|c| c.as_str()).filter(|c| !c.trim().is_empty());
     let cluster = cluster.ok_or_else(|| err("shared_state.cluster", "name the Envoy cluster of the state service"))?;
     let within = |field: &str, default: u64, max: u64| match map.get(field) {
         None => Ok(default),
-        Some(v) => v.as_u64().filter(|v| (1..=max).contains(v)).ok_or_else(|| {
-            err(format!("shared_state.{field}"), format!("must be a whole number from 1 to {max}"))
-        }),
+        Some(v) => v
+            .as_u64()
+            .filter(|v| (1..=max).contains(v))
+            .ok_or_else(|| err(format!("shared_state.{field}"), format!("must be a whole number from 1 to {max}"))),
     };
     let fallback_local = match map.get("on_unavailable").map(|v| v.as_str()) {
         None | Some(Some("local")) => true,

@@ -1,7 +1,6 @@
 //! The exchange against an in-memory [`Shared`]: health, load and counters
 //! kept in maps, the clock set by the test.
 
-
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 

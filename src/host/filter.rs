@@ -638,7 +638,11 @@ impl Filter {
                 self.host_error("set response header", s);
             }
         };
-        for (k, v) in self.ex.result_headers(rt, serving, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str()))).iter() {
+        for (k, v) in self
+            .ex
+            .result_headers(rt, serving, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())))
+            .iter()
+        {
             set(k, v);
         }
         for (k, v) in extra {
@@ -740,7 +744,11 @@ impl Context for Filter {
         self.ex.answer.note(&body);
         self.note_response_id(&rt, attempt.picked.member, attempt.native, verdict);
         self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
-        let ours = self.ex.result_headers(&*rt, attempt.picked.member, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())));
+        let ours = self.ex.result_headers(
+            &*rt,
+            attempt.picked.member,
+            self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())),
+        );
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
         out.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
         out.extend(abi::pairs(&headers).filter_map(|(k, v)| {
@@ -1171,10 +1179,7 @@ impl Filter {
             end.spend_micro_usd = member.map_or(0, |m| tenant_store::spent_on(&admission.budget, m, usage));
         }
         match (admission.lease, &rt.config.shared_state) {
-            (Some(lease), Some(shared)) => {
-                let path = crate::tenant::fleet::settle_path(tenant, lease, &end, now_s);
-                fleet::tell(shared, &path, self.context_id);
-            }
+            (Some(_), Some(shared)) => fleet::release(shared, tenant, &end, ended_ms, self.context_id),
             _ if end != Settlement::default() => tenant_store::settle(tenant, now_s, &end),
             _ => {}
         }

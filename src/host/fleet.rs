@@ -1,18 +1,19 @@
 //! Fleet mode in the host (`shared_state`, docs/fleet.md): a tenant's
-//! admission asks the state service through Envoy (`dispatch_http_call` to
-//! the configured cluster) while the request waits; its end is told to the
-//! service from the root context, so the call outlives the request. Without
-//! an answer in `timeout_ms`, `on_unavailable` decides: this proxy's own
-//! counts, or a 503. The root's tick polls the fleet's feedback and canary
-//! rollbacks (`sync`).
+//! request is admitted from this proxy's slice of the tenant's allowance
+//! (shared data, compare-and-swap across the workers); when the slice runs
+//! out, the request asks the state service for a new one through Envoy
+//! (`dispatch_http_call` to the configured cluster) and waits. What a slice
+//! gives back is told from the root context, so the call outlives the
+//! request. Without an answer in `timeout_ms`, `on_unavailable` decides:
+//! this proxy's own counts, or a 503.
 
 use std::cell::Cell;
 use std::time::Duration;
 
 use crate::api::{ApiError, ErrorCode};
 use crate::config::SharedState;
-use crate::tenant::fleet::admit_answer;
-use crate::tenant::limits::{Refusal, Window};
+use crate::tenant::fleet::{slice_answer, slice_path, Back, Slice};
+use crate::tenant::limits::{Refusal, Settlement, Window};
 use crate::tenant::Tenant;
 
 use super::abi;
@@ -22,10 +23,11 @@ use super::abi;
 pub enum Ask {
     #[default]
     Idle,
-    /// The call is out; the request (its client body kept) waits for it.
-    Waiting { token: u32, sent_ms: u64, body: Vec<u8> },
+    /// The call is out; the request (its client body kept) waits for it,
+    /// with what the slice gave back.
+    Waiting { token: u32, sent_ms: u64, body: Vec<u8>, back: Back },
     /// The service's answer (`None`: none in time, or not readable).
-    Answered(Option<Vec<u8>>),
+    Answered(Option<Vec<u8>>, Back),
 }
 
 /// What the admission does next.
@@ -84,7 +86,8 @@ fn inc(id: Option<u32>) {
 
 /// Sends `POST path` to the state service; its answer comes back as a call response.
 pub fn call(shared: &SharedState, path: &str, timeout_ms: u64) -> Result<u32, abi::Status> {
-    let headers = vec![(":method", "POST"), (":path", path), (":authority", "switchboard-state"), ("content-length", "0")];
+    let headers =
+        vec![(":method", "POST"), (":path", path), (":authority", "switchboard-state"), ("content-length", "0")];
     proxy_wasm::hostcalls::dispatch_http_call(&shared.cluster, headers, None, vec![], Duration::from_millis(timeout_ms))
         .map_err(|s| s as abi::Status)
 }
@@ -101,8 +104,27 @@ pub fn answer_body(num_headers: usize, body_size: usize) -> Option<Vec<u8>> {
     abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size).ok()
 }
 
-/// The admission of `tenant`'s request: asks the service (first pass), then
+/// Changes this proxy's slice of `tenant` atomically (every worker shares
+/// it); `None` when the store cannot be written.
+fn change<R>(tenant: &Tenant, mut f: impl FnMut(&mut Slice) -> R) -> Option<R> {
+    let key = format!("switchboard.fleet.{}", tenant.name);
+    for _ in 0..64 {
+        let (bytes, cas) = abi::shared_get(&key).ok()?;
+        let mut slice = Slice::decode(bytes.as_deref().unwrap_or_default());
+        let out = f(&mut slice);
+        match abi::shared_set(&key, &slice.encode(), cas) {
+            Ok(()) => return Some(out),
+            Err(abi::CAS_MISMATCH) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The admission of `tenant`'s request: from this proxy's slice when it
+/// has room; else it asks the service for a new slice (first pass), then
 /// reads its answer (the pass after it came), falling back as configured.
+/// `lease` (random) names this proxy in Redis the first time.
 #[allow(clippy::too_many_arguments)]
 pub fn admission(
     ask: &mut Ask,
@@ -114,27 +136,73 @@ pub fn admission(
     worst_micro_usd: u64,
 ) -> Step {
     let now_s = now_ms / 1000;
-    match std::mem::take(ask) {
+    let ttl_ms = shared.lease_ttl_s.saturating_mul(1000);
+    let back = match std::mem::take(ask) {
         Ask::Idle => {
-            let ttl_ms = shared.lease_ttl_s.saturating_mul(1000);
-            let path = crate::tenant::fleet::admit_path(tenant, lease, ttl_ms, tokens, worst_micro_usd, now_s);
+            let (mut back, mut holder) = (Back::default(), lease);
+            let taken = change(tenant, |s| {
+                if s.holder == 0 {
+                    s.holder = lease;
+                }
+                holder = s.holder;
+                let taken = s.take(tenant, now_ms, tokens, worst_micro_usd);
+                back = if taken.is_none() { s.give_back() } else { Back::default() };
+                taken
+            });
+            match taken {
+                Some(Some(window)) => {
+                    inc(stats().shared);
+                    return Step::Shared(Ok(window));
+                }
+                Some(None) => {}
+                None => back = Back::default(),
+            }
+            let path = slice_path(true, tenant, holder, ttl_ms, tokens, worst_micro_usd, now_s, &back);
             match call(shared, &path, shared.timeout_ms) {
                 Ok(token) => {
-                    *ask = Ask::Waiting { token, sent_ms: now_ms, body: Vec::new() };
+                    *ask = Ask::Waiting { token, sent_ms: now_ms, body: Vec::new(), back };
                     return Step::Wait;
                 }
                 Err(status) => log::warn!("switchboard: calling the state service failed (status {status})"),
             }
+            back
         }
-        Ask::Answered(Some(body)) => {
-            if let Some(verdict) = admit_answer(&body, tenant, now_s, worst_micro_usd) {
+        Ask::Answered(Some(body), back) => match slice_answer(&body, tenant, now_s, worst_micro_usd) {
+            Some(verdict) => {
                 inc(stats().shared);
-                return Step::Shared(verdict);
+                let granted = |g| {
+                    let window = change(tenant, |s| s.granted(&g, tenant, now_ms, ttl_ms, tokens, worst_micro_usd));
+                    window.unwrap_or_default()
+                };
+                return Step::Shared(verdict.map(granted));
             }
-        }
-        Ask::Answered(None) | Ask::Waiting { .. } => {}
-    }
+            None => back,
+        },
+        Ask::Answered(None, back) | Ask::Waiting { back, .. } => back,
+    };
+    // Whether the service applied what was given back is unknown: the spend is
+    // kept to be told again (counted twice at worst), the unused parts are
+    // dropped, and this proxy takes a new name so what it held expires.
+    let _ = change(tenant, |s| {
+        s.unsettled_micro_usd += back.spent_micro_usd;
+        s.holder = lease;
+    });
     unavailable(shared, now_ms)
+}
+
+/// A request admitted from this proxy's slice ended: its slot, unused
+/// tokens and unspent worst case return to the slice; what the fleet
+/// should have now (idle slots, a tight budget's spend) is told.
+pub fn release(shared: &SharedState, tenant: &Tenant, end: &Settlement, now_ms: u64, context_id: u32) {
+    let mut holder = 0;
+    let Some(Some(back)) = change(tenant, |s| {
+        holder = s.holder;
+        s.release(tenant, end)
+    }) else {
+        return;
+    };
+    let ttl_ms = shared.lease_ttl_s.saturating_mul(1000);
+    tell(shared, &slice_path(false, tenant, holder, ttl_ms, 0, 0, now_ms / 1000, &back), context_id);
 }
 
 /// No answer from the service: `on_unavailable` decides, counted, logged at most once a second.
@@ -167,17 +235,17 @@ fn unavailable(shared: &SharedState, now_ms: u64) -> Step {
 
 /// The service answered (or failed to, in time): the latency is recorded and the answer kept.
 pub fn answered(ask: &mut Ask, now_ms: u64, num_headers: usize, body_size: usize) -> Vec<u8> {
-    let Ask::Waiting { sent_ms, body, .. } = std::mem::take(ask) else { return Vec::new() };
+    let Ask::Waiting { sent_ms, body, back, .. } = std::mem::take(ask) else { return Vec::new() };
     if let Some(id) = stats().latency_ms {
         let _ = abi::record_metric(id, now_ms.saturating_sub(sent_ms));
     }
-    *ask = Ask::Answered(answer_body(num_headers, body_size));
+    *ask = Ask::Answered(answer_body(num_headers, body_size), back);
     body
 }
 
-/// Tells the service a request ended (its lease released, its usage counted),
-/// on behalf of the root context: the request's own calls end with it.
-pub fn tell(shared: &SharedState, path: &str, context_id: u32) {
+/// Tells the service what a slice gives back, on behalf of the root
+/// context: the request's own calls end with it.
+fn tell(shared: &SharedState, path: &str, context_id: u32) {
     let root = ROOT_ID.with(Cell::get);
     let switched = root != 0 && abi::set_effective_context(root).is_ok();
     // The lease expires by itself if this is lost; a slow service gets a second or so.

@@ -42,8 +42,7 @@ struct Service {
     conn: Mutex<Option<MultiplexedConnection>>,
     redis_timeout: Duration,
     delay_ms: AtomicU64,
-    admit: redis::Script,
-    settle: redis::Script,
+    slice: redis::Script,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -91,27 +90,18 @@ impl Service {
         *self.conn.lock().await = None;
     }
 
-    async fn admit(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
+    /// One step of a tenant's allowance (`scripts::SLICE`): take a slice
+    /// (`grant`) or only give back what a proxy did not use and what it spent.
+    async fn slice(&self, q: &HashMap<&str, &str>, grant: bool) -> Result<String, Failure> {
         let tenant = hex_name(q, "t")?;
-        let lease = q.get("l").copied().unwrap_or("");
-        if lease.is_empty() || lease.len() > 64 {
-            return Err(Failure::Bad("`l` must name the request's lease".into()));
-        }
-        let mut inv = self.admit.key(format!("sb:{{{tenant}}}"));
-        inv.arg(lease);
-        for field in ["ttl", "rpm", "tpm", "par", "tok", "bl", "bp", "bw"] {
+        let holder = hex_name(q, "h")?;
+        let mut inv = self.slice.key(format!("sb:{{{tenant}}}"));
+        inv.arg(holder);
+        for field in ["ttl", "rpm", "tpm", "par", "bl", "bp", "tok", "bw"] {
             inv.arg(number(q, field)?);
         }
-        let mut conn = self.connection().await?;
-        Ok(inv.invoke_async(&mut conn).await?)
-    }
-
-    async fn settle(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
-        let tenant = hex_name(q, "t")?;
-        let lease = q.get("l").copied().unwrap_or("");
-        let mut inv = self.settle.key(format!("sb:{{{tenant}}}"));
-        inv.arg(lease);
-        for field in ["ws", "res", "act", "bp", "cost"] {
+        inv.arg(u64::from(grant));
+        for field in ["ws", "br", "bk", "ko", "bpar", "bb", "cost"] {
             inv.arg(number(q, field)?);
         }
         let mut conn = self.connection().await?;
@@ -234,8 +224,8 @@ async fn handle(svc: Arc<Service>, req: Request<Incoming>) -> Result<Reply, Infa
     let q = query(&req);
     let step = async {
         match (req.method(), req.uri().path()) {
-            (&Method::POST, "/v1/admit") => svc.admit(&q).await,
-            (&Method::POST, "/v1/settle") => svc.settle(&q).await,
+            (&Method::POST, "/v1/admit") => svc.slice(&q, true).await,
+            (&Method::POST, "/v1/settle") => svc.slice(&q, false).await,
             (&Method::POST, "/v1/learned") => svc.learned(&q).await,
             (&Method::POST, "/v1/canary") => svc.canary(&q).await,
             (&Method::GET, "/v1/sync") => svc.sync(&q).await,
@@ -325,8 +315,7 @@ async fn main() {
         conn: Mutex::new(None),
         redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
         delay_ms: AtomicU64::new(args.delay_ms),
-        admit: redis::Script::new(scripts::ADMIT),
-        settle: redis::Script::new(scripts::SETTLE),
+        slice: redis::Script::new(scripts::SLICE),
     });
     loop {
         let (stream, _) = tokio::select! {
