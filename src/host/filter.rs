@@ -286,8 +286,12 @@ impl Filter {
                 }) {
                     if let Some(learned) = &router.learned {
                         let key = learned_store::learning_key(&router.name, model, learned);
-                        learned_store::learn(&key, &label.inputs, label.logit, score as f32);
-                        rt.learned_learning.forget(label.router);
+                        if let Some(shared) = &rt.config.shared_state {
+                            fleet::tell_learned(shared, &key, &label.inputs, label.logit, score as f32, self.context_id);
+                        } else {
+                            learned_store::learn(&key, &label.inputs, label.logit, score as f32);
+                            rt.learned_learning.forget(label.router);
+                        }
                     }
                 }
                 let request_id = self.ex.request_id.clone();

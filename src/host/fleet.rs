@@ -7,16 +7,19 @@
 //! request. Without an answer in `timeout_ms`, `on_unavailable` decides:
 //! this proxy's own counts, or a 503.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use crate::api::{ApiError, ErrorCode};
 use crate::config::SharedState;
+use crate::encoding::{hex, unhex};
+use crate::learned::Inputs;
 use crate::tenant::fleet::{slice_answer, slice_path, Back, Slice};
 use crate::tenant::limits::{Refusal, Settlement, Window};
 use crate::tenant::Tenant;
 
-use super::abi;
+use super::runtime::Runtime;
+use super::{abi, learned_store};
 
 /// Where a request's fleet admission stands.
 #[derive(Default)]
@@ -55,7 +58,14 @@ thread_local! {
     static ROOT_ID: Cell<u32> = const { Cell::new(0) };
     static STATS: Cell<Option<Stats>> = const { Cell::new(None) };
     static LAST_FALLBACK_LOG_MS: Cell<u64> = const { Cell::new(0) };
+    /// The fleet poll: its call token, the learned cursor's compare-and-swap value, when it was sent.
+    static POLL: Cell<(u32, u32, u64)> = const { Cell::new((0, 0, 0)) };
+    /// Canary rollbacks this VM told the fleet or heard from it.
+    static TOLD: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The id of the last fleet feedback entry this proxy learned (shared data).
+const CURSOR: &str = "switchboard.fleet.learned";
 
 /// The root context of this VM: end-of-request calls are made on its behalf.
 pub fn set_root(id: u32) {
@@ -255,4 +265,85 @@ fn tell(shared: &SharedState, path: &str, context_id: u32) {
     if switched {
         let _ = abi::set_effective_context(context_id);
     }
+}
+
+/// A user's score of a learned router's answer, told to the fleet: every
+/// proxy, this one included, learns it from its next poll.
+pub fn tell_learned(shared: &SharedState, key: &str, inputs: &Inputs, logit: f32, score: f32, context_id: u32) {
+    let (k, i, g, s) =
+        (hex(key.as_bytes()), hex(&inputs.encode()), hex(&logit.to_be_bytes()), hex(&score.to_be_bytes()));
+    let path = format!("/v1/learned?k={k}&i={i}&g={g}&s={s}");
+    tell(shared, &path, context_id);
+}
+
+/// Root tick, every `sync_ms` in fleet mode: tells the fleet the canaries
+/// this VM saw rolled back, and polls the fleet's rollbacks and scores.
+pub fn sync(rt: &Runtime, now_ms: u64) {
+    let Some(shared) = &rt.config.shared_state else { return };
+    if now_ms.saturating_sub(POLL.with(Cell::get).2) < shared.sync_ms {
+        return;
+    }
+    let generation = rt.canary_generation;
+    for member in rt.rolled_back() {
+        if TOLD.with(|t| !t.borrow().contains(&member)) {
+            let path = format!("/v1/canary?g={generation:x}&m={}", hex(member.as_bytes()));
+            if call(shared, &path, shared.timeout_ms.max(1000)).is_ok() {
+                TOLD.with(|t| t.borrow_mut().push(member));
+            }
+        }
+    }
+    let Ok((cursor, cas)) = abi::shared_get(CURSOR) else { return };
+    let Some(cursor) = cursor else {
+        let _ = abi::shared_set(CURSOR, b"0", 0);
+        return;
+    };
+    let path = format!("/v1/sync?g={generation:x}&after={}", String::from_utf8_lossy(&cursor));
+    let token = call(shared, &path, shared.sync_ms).unwrap_or(0);
+    POLL.with(|p| p.set((token, cas, now_ms)));
+}
+
+/// The fleet poll's answer, if `token` is it (`false`: another call's).
+/// Rollbacks apply on every VM; scores are learned by the VM whose poll
+/// moves the proxy's cursor, so each once per proxy.
+pub fn sync_answered(rt: &Runtime, token: u32, num_headers: usize, body_size: usize) -> bool {
+    let (out, cas, sent_ms) = POLL.with(Cell::get);
+    if token == 0 || token != out {
+        return false;
+    }
+    POLL.with(|p| p.set((0, 0, sent_ms)));
+    let Some(body) = answer_body(num_headers, body_size) else { return true };
+    let text = std::str::from_utf8(&body).unwrap_or_default();
+    let (mut last, mut scores) = (None, Vec::new());
+    for line in text.lines() {
+        let mut words = line.split(' ');
+        let (kind, first) = (words.next(), words.next().unwrap_or_default());
+        if kind == Some("c") {
+            let Some(id) = unhex(first).and_then(|b| String::from_utf8(b).ok()) else { continue };
+            if rt.roll_back(&id) {
+                log::warn!("switchboard: canary {id} rolled back by another proxy of the fleet");
+            }
+            TOLD.with(|t| t.borrow_mut().push(id));
+        } else if kind == Some("l") {
+            last = Some(first);
+            let mut next = || words.next().and_then(unhex);
+            let (key, inputs, logit, score) = (next(), next().and_then(|b| Inputs::decode(&b)), next(), next());
+            let real = |b: Option<Vec<u8>>| Some(f32::from_be_bytes(b?.try_into().ok()?));
+            if let (Some(key), Some(inputs), Some(logit), Some(score)) = (key, inputs, real(logit), real(score)) {
+                scores.push((key, inputs, logit, score));
+            }
+        }
+    }
+    let Some(last) = last else { return true };
+    if abi::shared_set(CURSOR, last.as_bytes(), cas).is_err() {
+        return true; // the other worker's poll learns them
+    }
+    for (index, router) in rt.config.routers.iter().enumerate() {
+        let (Some(learned), Some(Some(model))) = (&router.learned, rt.learned_models.get(index)) else { continue };
+        let key = learned_store::learning_key(&router.name, model, learned);
+        for (_, inputs, logit, score) in scores.iter().filter(|s| s.0 == key.as_bytes()) {
+            learned_store::learn(&key, inputs, *logit, *score);
+        }
+        rt.learned_learning.forget(index);
+    }
+    true
 }

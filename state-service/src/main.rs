@@ -1,9 +1,9 @@
 //! switchboard-state: the state service of fleet mode. Every switchboard
-//! proxy asks it (through an Envoy cluster, `dispatch_http_call`) before a
-//! tenant's request goes upstream and tells it when the request ended; it
+//! proxy takes slices of its tenants' allowances from it (through an Envoy
+//! cluster, `dispatch_http_call`) and gives back what it did not use, tells
+//! it learned-router scores and canary rollbacks, and polls the fleet's. It
 //! keeps nothing itself: every count is in Redis, changed by one Lua script
-//! per decision (`scripts.rs`), so several copies can serve the same fleet.
-//! See docs/fleet.md.
+//! (`scripts.rs`), so several copies can serve the same fleet. See docs/fleet.md.
 
 mod scripts;
 
@@ -32,10 +32,10 @@ usage: switchboard-state [--listen ADDR] [--redis URL] [--redis-timeout-ms MS] [
   --delay-ms MS          answer every request MS late (fault tests; also POST /_state/delay?ms=N)
 Once listening, prints one line: {\"listening\": \"HOST:PORT\"}";
 
-/// Entries of learned feedback kept in Redis (a stream, trimmed to about this many).
-const LEARNED_KEPT: usize = 100_000;
+/// Entries of learned feedback kept in Redis (a stream, trimmed to about this many; 4 KB each).
+const LEARNED_KEPT: usize = 20_000;
 /// Sync answers carry at most this many feedback entries (the next poll takes the rest).
-const SYNC_BATCH: usize = 1_000;
+const SYNC_BATCH: usize = 100;
 
 struct Service {
     client: redis::Client,
@@ -108,11 +108,23 @@ impl Service {
         Ok(inv.invoke_async(&mut conn).await?)
     }
 
-    /// A user's score of a learned router's weak-pool answer, for every proxy to apply.
+    /// A user's score of a learned router's weak-pool answer, for every proxy to
+    /// learn: the learning's key (`k`), the prompt's inputs (`i`), both in hex,
+    /// the shipped model's logit (`g`) and the score (`s`), f32 bits in hex.
     async fn learned(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
-        let router = hex_name(q, "r")?;
-        let bucket = number(q, "b")?;
-        let score: f32 = q.get("s").and_then(|s| s.parse().ok()).ok_or(Failure::Bad("`s` must be a score".into()))?;
+        let key = hex_name(q, "k")?;
+        let inputs = q.get("i").copied().unwrap_or("");
+        if inputs.is_empty() || inputs.len() > 16_384 || !inputs.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Failure::Bad("`i` must be the prompt's inputs in hex".into()));
+        }
+        // Both f32 bit patterns in hex, passed on as they are.
+        let real = |f: &str| {
+            let v = q.get(f).copied().unwrap_or("");
+            let bits = u32::from_str_radix(v, 16).ok().filter(|b| v.len() == 8 && f32::from_bits(*b).is_finite());
+            bits.map(|_| v.to_ascii_lowercase())
+                .ok_or_else(|| Failure::Bad(format!("`{f}` must be a number's f32 bits in hex")))
+        };
+        let (logit, score) = (real("g")?, real("s")?);
         let mut conn = self.connection().await?;
         let _: String = redis::cmd("XADD")
             .arg("sb:learned")
@@ -121,7 +133,7 @@ impl Service {
             .arg(LEARNED_KEPT)
             .arg("*")
             .arg("e")
-            .arg(format!("{router} {bucket} {score}"))
+            .arg(format!("{key} {inputs} {logit} {score}"))
             .query_async(&mut conn)
             .await?;
         Ok("ok".into())
@@ -148,7 +160,7 @@ impl Service {
     }
 
     /// What a proxy's tick polls: the canaries rolled back (`c MEMBER`) and the
-    /// feedback after entry `after` (`l ID ROUTER BUCKET SCORE`), one a line.
+    /// feedback after entry `after` (`l ID KEY INPUTS LOGIT SCORE`), one a line.
     async fn sync(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
         let generation = hex_name(q, "g")?;
         let after = q.get("after").copied().filter(|a| !a.is_empty()).unwrap_or("0");
@@ -228,7 +240,7 @@ async fn handle(svc: Arc<Service>, req: Request<Incoming>) -> Result<Reply, Infa
             (&Method::POST, "/v1/settle") => svc.slice(&q, false).await,
             (&Method::POST, "/v1/learned") => svc.learned(&q).await,
             (&Method::POST, "/v1/canary") => svc.canary(&q).await,
-            (&Method::GET, "/v1/sync") => svc.sync(&q).await,
+            (&Method::GET | &Method::POST, "/v1/sync") => svc.sync(&q).await,
             (&Method::GET, "/healthz") => {
                 let mut conn = svc.connection().await?;
                 redis::cmd("PING").query_async::<String>(&mut conn).await?;

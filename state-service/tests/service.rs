@@ -195,20 +195,23 @@ fn tokens_are_reserved_then_corrected_to_usage() {
 fn learned_feedback_and_canary_rollbacks_reach_every_poller() {
     let redis = Redis::start();
     let state = State::start(redis.port);
-    state.post("/v1/learned?r=6c72&b=3&s=0.25");
-    state.post("/v1/learned?r=6c72&b=4&s=1");
+    state.post("/v1/learned?k=6c72&i=00ff&g=bfc00000&s=3E800000");
+    state.post("/v1/learned?k=6c72&i=0100&g=40000000&s=3f800000");
     state.post("/v1/canary?g=ab&m=6d31");
     let (status, all) = state.call("GET", "/v1/sync?g=ab&after=0");
     assert_eq!(status, 200);
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(lines[0], "c 6d31");
-    assert!(lines[1].starts_with("l ") && lines[1].ends_with(" 6c72 3 0.25"), "{all}");
-    assert!(lines[2].ends_with(" 6c72 4 1"), "{all}");
+    assert!(lines[1].starts_with("l ") && lines[1].ends_with(" 6c72 00ff bfc00000 3e800000"), "{all}");
+    assert!(lines[2].ends_with(" 6c72 0100 40000000 3f800000"), "{all}");
     let id = lines[1].split(' ').nth(1).unwrap();
-    let (_, rest) = state.call("GET", &format!("/v1/sync?g=ab&after={id}"));
+    let (_, rest) = state.call("POST", &format!("/v1/sync?g=ab&after={id}"));
     assert_eq!(rest.lines().filter(|l| l.starts_with("l ")).count(), 1, "{rest}");
     // Another configuration's canaries are its own.
     assert_eq!(state.call("GET", "/v1/sync?g=cd&after=99999999999999-0").1, "");
+    assert_eq!(state.call("POST", "/v1/learned?k=6c72&i=zz&g=0&s=0").1, "`i` must be the prompt's inputs in hex");
+    // NaN is no score.
+    assert_eq!(state.call("POST", "/v1/learned?k=6c72&i=00&g=00000000&s=7fc00000").0, 400);
 }
 
 #[test]
