@@ -416,7 +416,7 @@ mod tests {
         let mut s = Slice::default();
         s.granted(&grant(1, 1, 64, 0), &wide, NOON_MS, 600_000, 0, 0);
         assert_eq!(s.release(&wide, &Settlement { parallel_held: true, ..Settlement::default() }), None);
-        assert_eq!(s.take(&wide, NOON_MS + 1, 0, 0).is_some(), false, "rpm 60: its one request was the asker's");
+        assert!(s.take(&wide, NOON_MS + 1, 0, 0).is_none(), "rpm 60: its one request was the asker's");
     }
 
     #[test]

@@ -172,7 +172,7 @@ fn budget_slices_hold_worst_cases_and_spend_moves_from_held_to_spent() {
     let other = state.post(&format!("/v1/admit?t={T}&h=e&ttl=60000&bl=50000&bp=8&bw=5000"));
     assert_eq!(ok_fields(&other)[7], 5_000);
     // A large budget grants 64 worst cases at most.
-    let big = state.post(&format!("/v1/admit?t=75&h=a&ttl=60000&bl=1000000000&bp=7&bw=100"));
+    let big = state.post("/v1/admit?t=75&h=a&ttl=60000&bl=1000000000&bp=7&bw=100");
     assert_eq!(ok_fields(&big)[7], 6_400);
 }
 
