@@ -277,8 +277,12 @@ impl Filter {
                 }) {
                     if let Some(learned) = &router.learned {
                         let key = learned_store::learning_key(&router.name, model, learned);
-                        learned_store::learn(&key, &label.inputs, label.logit, score as f32);
-                        rt.learned_learning.forget(label.router);
+                        if let Some(shared) = &rt.config.shared_state {
+                            fleet::tell_learned(shared, &key, &label.inputs, label.logit, score as f32, self.context_id);
+                        } else {
+                            learned_store::learn(&key, &label.inputs, label.logit, score as f32);
+                            rt.learned_learning.forget(label.router);
+                        }
                     }
                 }
                 let request_id = self.ex.request_id.clone();
@@ -985,10 +989,7 @@ impl Filter {
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(index)) else { return };
         let now_s = ended_ms / 1000;
         match (lease, &rt.config.shared_state) {
-            (Some(lease), Some(shared)) => {
-                let path = crate::tenant::fleet::settle_path(tenant, lease, &end, now_s);
-                fleet::tell(shared, &path, self.context_id);
-            }
+            (Some(_), Some(shared)) => fleet::release(shared, tenant, &end, ended_ms, self.context_id),
             _ if end != Settlement::default() => tenant_store::settle(tenant, now_s, &end),
             _ => {}
         }
