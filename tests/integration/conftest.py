@@ -6,6 +6,21 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import MockProvider, Gateway  # noqa: E402
 
+
+def pytest_addoption(parser):
+    parser.addoption("--host", choices=("wasm", "native"), default=None,
+                     help="the build the Envoys load: the .wasm (default) or the dynamic module (docs/native.md)")
+
+
+def pytest_configure(config):
+    host = config.getoption("--host")
+    if host:
+        # Read by harness.Gateway (and by the pytest-xdist workers this process starts).
+        os.environ["SWITCHBOARD_HOST"] = host
+        import harness
+        harness.HOST = host
+
+
 KEYS = {"ALPHA_KEY": "sk-alpha-secret", "BETA_KEY": "sk-beta-secret", "GAMMA_KEY": "sk-gamma-secret"}
 
 
