@@ -168,6 +168,14 @@ extern "C" {
         id: *mut usize,
     ) -> u32;
 
+    fn envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+        config: EnvoyFilterConfig,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
 }
 
@@ -196,6 +204,7 @@ mod test_stubs {
         envoy_dynamic_module_callback_http_filter_config_define_counter,
         envoy_dynamic_module_callback_http_filter_config_increment_counter,
         envoy_dynamic_module_callback_http_filter_config_define_histogram,
+        envoy_dynamic_module_callback_http_filter_config_record_histogram_value,
     );
 }
 
@@ -218,6 +227,7 @@ pub const CALLBACKS: &[&std::ffi::CStr] = &[
     c"envoy_dynamic_module_callback_http_filter_config_define_counter",
     c"envoy_dynamic_module_callback_http_filter_config_increment_counter",
     c"envoy_dynamic_module_callback_http_filter_config_define_histogram",
+    c"envoy_dynamic_module_callback_http_filter_config_record_histogram_value",
 ];
 
 /// The callbacks of [`CALLBACKS`] the process does not export (`RTLD_DEFAULT` is the null handle on Linux).
@@ -434,5 +444,19 @@ pub fn config_increment_counter(config: EnvoyFilterConfig, id: usize, value: u64
     // SAFETY: the configuration outlives its filters; no labels.
     unsafe {
         envoy_dynamic_module_callback_http_filter_config_increment_counter(config, id, std::ptr::null_mut(), 0, value);
+    }
+}
+
+/// Records `value` in a histogram defined on the configuration, from any worker.
+pub fn config_record_histogram(config: EnvoyFilterConfig, id: usize, value: u64) {
+    // SAFETY: the configuration outlives its filters; no labels.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+            config,
+            id,
+            std::ptr::null_mut(),
+            0,
+            value,
+        );
     }
 }

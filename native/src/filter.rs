@@ -21,15 +21,17 @@ use switchboard::exchange::{
     build_upstream, expected_tokens, refusal_error, translates_stream, Admission, AnswerShape, Attempt, Exchange,
     Relayed, Shared, State, Step, Whole,
 };
-use switchboard::observe::CallRecord;
+use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::{stream_include_usage, UpstreamRequest};
 use switchboard::routing::router::HeaderLookup;
 use switchboard::routing::{NativeOnly, Plan, RouteInput};
+use switchboard::tenant::limits::cost_micro_usd;
 use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use switchboard::tenant::reserve::{Prices, Reservation};
 use switchboard::tenant::{authenticate, presented_key};
 
 use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP};
+use crate::metrics::{Family, Labels};
 use crate::state::{self, Runtime};
 
 /// Names the authenticated tenant on the request, for Envoy filters after this one.
@@ -44,6 +46,8 @@ pub struct Filter {
     client_headers: Vec<(String, String)>,
     /// The failover call in flight (its callout id).
     call: Option<u64>,
+    /// The request body ended with trailers: all of it is in Envoy's buffer (nothing "received").
+    in_trailers: bool,
 }
 
 /// What a hook tells Envoy (the status enums of the ABI).
@@ -63,7 +67,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 impl Filter {
     pub fn new(rt: Arc<Runtime>) -> Filter {
-        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), call: None }
+        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), call: None, in_trailers: false }
     }
 
     /// Does what the exchange asks: a reply is sent as Envoy's local reply.
@@ -198,6 +202,7 @@ impl Filter {
         }
         let mut body = Vec::new();
         s.read_body(abi::BUFFERED_REQUEST_BODY, &mut body);
+        self.in_trailers = true;
         if body.len() > self.rt.config.max_body_bytes {
             self.answer_error(s, &ApiError::body_too_large(self.rt.config.max_body_bytes));
             return abi::HEADERS_STOP_ITERATION;
@@ -325,6 +330,7 @@ impl Filter {
                 Ok(())
             }
             Err(r) => {
+                rt.metrics.tenant_refused(admission.index, matches!(r, Refusal::Budget { .. }));
                 if let Refusal::Requests { retry_after_s } | Refusal::Tokens { retry_after_s } = r {
                     let full = Window {
                         start_s: (now_s + retry_after_s).saturating_sub(WINDOW_S),
@@ -351,7 +357,9 @@ impl Filter {
         let rt = &self.rt;
         let extra = self.ex.native_headers(&**rt, member);
         let own_body = !(upstream.body.is_empty() && original_len == 0);
-        if own_body {
+        if own_body && self.in_trailers {
+            s.replace_body(abi::BUFFERED_REQUEST_BODY, &upstream.body);
+        } else if own_body {
             s.drain_body(abi::BUFFERED_REQUEST_BODY);
             s.replace_body(abi::RECEIVED_REQUEST_BODY, &upstream.body);
         }
@@ -655,20 +663,52 @@ impl Filter {
         self.ex.end_unfinished(&*rt, || s.attribute_string(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS).unwrap_or_default());
         let ended_ms = if self.ex.obs.ended_ms > 0 { self.ex.obs.ended_ms } else { state::now_ms() };
         self.ex.count_relayed();
-        if rt.config.call_log {
-            self.call_log(s, ended_ms);
-        }
+        self.report(s, ended_ms);
         self.release_tenant(ended_ms);
     }
 
-    fn call_log(&self, s: Stream, ended_ms: u64) {
+    /// The call-log line (as filter state, when an access log prints it) and the request-end stats
+    /// (as `host::observe::report`).
+    fn report(&self, s: Stream, ended_ms: u64) {
         let obs = &self.ex.obs;
         let config = &self.rt.config;
         let served = obs.attempts.last().filter(|(_, status, _)| (200..300).contains(status)).map(|(m, _, _)| *m);
         let shown = served.or(obs.attempts.last().map(|(m, _, _)| *m));
         let usage = self.ex.answer.usage();
         let tokens = served.map(|_| usage.unwrap_or(obs.estimate));
+        let cost = served.zip(tokens).and_then(|(m, t)| {
+            let m = config.member(m)?;
+            if m.input_cost_per_mtok.is_none() && m.output_cost_per_mtok.is_none() {
+                return None;
+            }
+            let price = |p: Option<f64>| p.unwrap_or(0.0);
+            Some(cost_micro_usd(t.prompt, t.completion, price(m.input_cost_per_mtok), price(m.output_cost_per_mtok)))
+        });
         let plan = self.ex.plan.as_ref();
+        let tenant = self.ex.tenant.as_ref().map(|t| t.index);
+        let labels = Labels {
+            pool: shown.map(|m| m.pool).or(plan.map(Plan::primary_pool)).unwrap_or(Labels::NONE),
+            member: shown.map_or(Labels::NONE, |m| m.member),
+            tenant: tenant.unwrap_or(Labels::NONE),
+        };
+        let metrics = &self.rt.metrics;
+        let outcome = Outcome::of(obs.status, obs.error, obs.exhausted);
+        metrics.count(Family::Requests(outcome), labels, 1);
+        if let Some(t) = tokens {
+            metrics.count(Family::InputTokens, labels, t.prompt);
+            metrics.count(Family::OutputTokens, labels, t.completion);
+            metrics.count(Family::UsageEstimated, labels, u64::from(usage.is_none()));
+            metrics.count(Family::CostMicroUsd, labels, cost.unwrap_or(0));
+        }
+        if !obs.attempts.is_empty() {
+            metrics.record(Family::Duration(outcome), labels, ended_ms.saturating_sub(obs.start_ms));
+        }
+        if served.is_some() && self.ex.shape.stream && obs.first_event_ms > 0 {
+            metrics.record(Family::FirstToken, labels, obs.first_event_ms.saturating_sub(obs.start_ms));
+        }
+        if !config.call_log {
+            return;
+        }
         let pool = shown.map(|m| m.pool).or(plan.map(Plan::primary_pool));
         let (router, rule) = plan.and_then(|p| p.router_headers(config)).unzip();
         let first_byte =
@@ -698,7 +738,7 @@ impl Filter {
             attempts,
             tokens,
             usage_estimated: usage.is_none(),
-            cost_micro_usd: None,
+            cost_micro_usd: cost,
             first_byte_ms: (first_byte > 0).then(|| first_byte.saturating_sub(obs.start_ms)),
             duration_ms: ended_ms.saturating_sub(obs.start_ms),
             limits: obs.limits,

@@ -197,6 +197,8 @@ class Gateway:
                 continue
             series, _, value = line.rpartition(" ")
             name, _, labels = series.partition("{")
+            # The dynamic module's stats reach Prometheus under Envoy's prefix for them (docs/native.md).
+            name = name.removeprefix("envoy_dynamicmodulescustom_")
             pairs = frozenset(tuple(kv.split("=", 1)) for kv in split_labels(labels.rstrip("}")))
             out[(name, frozenset((k, v.strip('"')) for k, v in pairs))] = float(value)
         return out
