@@ -21,6 +21,23 @@ def pytest_configure(config):
         harness.HOST = host
 
 
+# What the dynamic module does not serve yet (docs/native.md, "not served natively yet"):
+# these tests are skipped on `--host native`, by file and name (a parametrized test by its base name).
+NATIVE_NOT_SERVED = {
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import harness
+    if harness.HOST != "native":
+        return
+    for item in items:
+        name = item.originalname if hasattr(item, "originalname") else item.name
+        reason = NATIVE_NOT_SERVED.get((os.path.basename(str(item.fspath)), name))
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"not served by the native build yet: {reason} (docs/native.md)"))
+
+
 KEYS = {"ALPHA_KEY": "sk-alpha-secret", "BETA_KEY": "sk-beta-secret", "GAMMA_KEY": "sk-gamma-secret"}
 
 
