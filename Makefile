@@ -29,7 +29,7 @@ help:
 	@echo "              HOST=native loads the dynamic module instead of the .wasm (docs/native.md)"
 	@echo "make fleet  - the demo on 3 Envoys sharing tenants' limits through Redis (docs/fleet.md)"
 	@echo "make test   - unit, wasm (Node/V8), lint, Envoy integration and fuzz smoke tests"
-	@echo "make bench  - plain Envoy vs Envoy+switchboard vs LiteLLM, results in bench/results/"
+	@echo "make bench  - mock direct, plain Envoy, Envoy+switchboard, LiteLLM, Portkey; results in bench/results/"
 	@echo "make train-router DATA=dir-or.csv [MODEL_OUT=file.sblr] - train the learned router"
 	@echo "make eval-router DATA=dir-or.csv [REPORT=file.md]        - print its quality table"
 

@@ -53,6 +53,8 @@ ENVOY_VENV = ROOT / ".venv"
 LITELLM_VENV = WORK / "litellm-venv"
 ENVOY_VERSION = "1.40.0"
 LITELLM_SPEC = os.environ.get("BENCH_LITELLM_SPEC", "litellm[proxy]==1.106.2")
+PORTKEY_DIR = WORK / "portkey"
+PORTKEY_SPEC = os.environ.get("BENCH_PORTKEY_SPEC", "@portkey-ai/gateway@1.15.2")
 BUILT_WASM = ROOT / "target" / "switchboard.wasm"  # `make wasm`: cargo's module after wasm-opt
 BUILT_MOCK = ROOT / "target" / "release" / "mock-provider"
 # The run uses private copies, so a concurrent `cargo build` in the shared
@@ -63,10 +65,12 @@ DEMO_CONFIG = ROOT / "examples" / "demo" / "switchboard.json"
 
 KEYS = {"ALPHA_KEY": "bench-alpha-key", "BETA_KEY": "bench-beta-key"}
 POOL = "gpt4o_16k"
-GATEWAYS = ["plain", "switchboard", "litellm"]
+GATEWAYS = ["direct", "plain", "switchboard", "litellm", "portkey"]
 FOREIGN_FLAG = 15  # % of a core used by other jobs above which a point is flagged
-LABEL = {"plain": "(a) Envoy", "switchboard": "(b) Envoy+switchboard", "litellm": "(c) LiteLLM"}
-COLOR = {"plain": "#7f8c8d", "switchboard": "#2a7ab0", "litellm": "#d35400"}
+LABEL = {"direct": "(0) mock direct", "plain": "(a) Envoy", "switchboard": "(b) Envoy+switchboard",
+         "litellm": "(c) LiteLLM", "portkey": "(d) Portkey"}
+COLOR = {"direct": "#bdc3c7", "plain": "#7f8c8d", "switchboard": "#2a7ab0", "litellm": "#d35400",
+         "portkey": "#8e44ad"}
 
 
 def log(msg):
@@ -182,6 +186,20 @@ def ensure_litellm():
         run([sys.executable, "-m", "venv", LITELLM_VENV])
     run([LITELLM_VENV / "bin" / "pip", "install", "-q", "--disable-pip-version-check", LITELLM_SPEC])
     return exe
+
+
+def ensure_portkey():
+    """The Portkey gateway's Node server from npm, in bench/work/portkey (first run only)."""
+    entry = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if entry.exists():
+        return entry
+    if not shutil.which("npm"):
+        raise RuntimeError("the portkey gateway needs node and npm (apt-get install -y nodejs npm), or leave it out:"
+                           " --gateways direct,plain,switchboard,litellm")
+    log(f"installing {PORTKEY_SPEC} into {PORTKEY_DIR.relative_to(ROOT)} (first run only)")
+    PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+    run(["npm", "install", "--prefix", PORTKEY_DIR, "--no-audit", "--no-fund", "--loglevel", "error", PORTKEY_SPEC])
+    return entry
 
 
 def _valid_filter(path):
@@ -388,7 +406,7 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(key)s"
-
+%(extra)s
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -401,11 +419,12 @@ end
 """
 
 
-def wrk_script(model):
+def wrk_script(model, headers=None, tag=""):
     body = WORK / f"body-{model}.json"
     body.write_bytes(chat_body(model))
-    lua = WORK / f"wrk-{model}.lua"
-    lua.write_text(WRK_LUA % {"body": body, "key": KEYS["ALPHA_KEY"]})
+    lua = WORK / f"wrk-{model}{tag}.lua"
+    extra = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items())
+    lua.write_text(WRK_LUA % {"body": body, "key": KEYS["ALPHA_KEY"], "extra": extra})
     return lua
 
 
@@ -509,7 +528,7 @@ class Envoy:
 
 
 class LiteLLM:
-    def __init__(self, exe, mock, cpus):
+    def __init__(self, exe, mock, cpus, workers):
         port = free_port()
         deployments = [("alpha", "gpt-4o", 3, "ALPHA_KEY"), ("beta", "gpt-4o-2024-08-06", 1, "BETA_KEY")]
         config = {
@@ -537,7 +556,7 @@ class LiteLLM:
         for k in ("DATABASE_URL", "LITELLM_MASTER_KEY", "REDIS_HOST", "REDIS_URL", "OPENAI_API_KEY"):
             env.pop(k, None)
         self.proc = spawn("litellm", [exe, "--config", path, "--host", "127.0.0.1", "--port", port,
-                                      "--num_workers", "1"], cpus=cpus, env=env)
+                                      "--num_workers", str(workers)], cpus=cpus, env=env)
         self.base = f"http://127.0.0.1:{port}"
         wait_until("litellm /health/liveliness",
                    lambda: http("GET", self.base + "/health/liveliness", timeout=2)[0] == 200, self.proc, 180)
@@ -548,9 +567,41 @@ class LiteLLM:
         return self.proc.pid
 
 
-def smoke(name, base, model):
+class Direct:
+    """(0): the mock provider called with no gateway, the floor every gateway's overhead is measured from.
+    No gateway process: CPU and RSS are not reported."""
+    def __init__(self, mock):
+        self.base = mock.url("alpha", "")
+        self.pid = None
+
+
+class Portkey:
+    """(d) the Portkey gateway (Node, one process as its server starts), its `loadbalance` strategy over the
+    same two deployments weighted 3:1, configured per request by the `x-portkey-config` header (the self-hosted
+    gateway's way; no config store)."""
+    def __init__(self, entry, mock, cpus):
+        port = free_port()
+        targets = [{"provider": "openai", "api_key": KEYS[key], "custom_host": mock.url(listener, "/v1"),
+                    "weight": weight, "override_params": {"model": model}}
+                   for listener, model, weight, key in (("alpha", "gpt-4o", 0.75, "ALPHA_KEY"),
+                                                        ("beta", "gpt-4o-2024-08-06", 0.25, "BETA_KEY"))]
+        self.headers = {"x-portkey-config": json.dumps({"strategy": {"mode": "loadbalance"}, "targets": targets},
+                                                       separators=(",", ":"))}
+        env = {**os.environ, "NODE_ENV": "production", "ENVIRONMENT": "production"}
+        self.proc = spawn("portkey", ["node", entry, f"--port={port}", "--headless"], cpus=cpus, env=env)
+        self.base = f"http://127.0.0.1:{port}"
+        wait_until("portkey /", lambda: http("GET", self.base + "/", timeout=2)[0] == 200, self.proc, 60)
+        log(f"portkey: {self.base}")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+def smoke(name, base, model, headers=None):
     status, body = http("POST", base + "/v1/chat/completions", chat_body(model),
-                        {"content-type": "application/json", "authorization": f"Bearer {KEYS['ALPHA_KEY']}"}, timeout=30)
+                        {"content-type": "application/json", "authorization": f"Bearer {KEYS['ALPHA_KEY']}",
+                         **(headers or {})}, timeout=30)
     if status != 200 or b'"choices"' not in body:
         raise RuntimeError(f"{name}: smoke request got {status}: {body[:300]!r}")
 
@@ -566,11 +617,12 @@ def measure(gw_name, gw, url, lua, conc, args, cpus_load):
     envoy = gw if isinstance(gw, Envoy) else None
     bad0 = envoy.non2xx() if envoy else 0
     load = Load()
-    cpu0, busy0, wall0 = cpu_seconds(gw.pid), machine_busy(), time.monotonic()
+    has_process = gw.pid is not None
+    cpu0, busy0, wall0 = cpu_seconds(gw.pid) if has_process else 0, machine_busy(), time.monotonic()
     r = wrk(url, lua, conc, args.duration, args.wrk_threads, cpus_load)
-    cpu1, busy1, wall1 = cpu_seconds(gw.pid), machine_busy(), time.monotonic()
+    cpu1, busy1, wall1 = cpu_seconds(gw.pid) if has_process else 0, machine_busy(), time.monotonic()
     foreign = load.foreign_pct()
-    rss, rss_peak = rss_mib(gw.pid)
+    rss, rss_peak = rss_mib(gw.pid) if has_process else (0, 0)
     wall = wall1 - wall0
     reqs = r["requests"]
     sock_errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
@@ -584,13 +636,14 @@ def measure(gw_name, gw, url, lua, conc, args, cpus_load):
         "p50_us": r["p50"], "p90_us": r["p90"], "p99_us": r["p99"], "p999_us": r["p999"], "mean_us": r["mean"],
         "max_us": r["max"],
         "non2xx": int(non2xx), "socket_errors": int(sock_errors),
-        "cpu_pct": 100 * cpu / wall, "cpu_us_per_req": 1e6 * cpu / reqs if reqs else None,
+        "cpu_pct": 100 * cpu / wall if has_process else None,
+        "cpu_us_per_req": 1e6 * cpu / reqs if reqs and has_process else None,
         "rss_mib": rss, "rss_peak_mib": rss_peak,
         "machine_busy_pct": 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
         "foreign_pct": foreign,
     }
     log(f"  {gw_name:<11} c={conc:<3} {point['rps']:9.0f} rps  p50 {r['p50']/1000:8.3f} ms  p99 {r['p99']/1000:8.3f} ms"
-        f"  cpu {point['cpu_pct']:5.1f}% ({point['cpu_us_per_req'] or 0:6.1f} us/req)  rss {rss:6.1f} MiB"
+        f"  cpu {point['cpu_pct'] or 0:5.1f}% ({point['cpu_us_per_req'] or 0:6.1f} us/req)  rss {rss:6.1f} MiB"
         f"  non2xx {point['non2xx']} sockerr {point['socket_errors']}  other jobs {foreign:.0f}%")
     return point
 
@@ -643,6 +696,10 @@ def fmt_delta_us(us):
     return f"{us:+.0f} µs" if abs(us) < 10_000 else f"{us / 1000:+.1f} ms"
 
 
+def fmt_num(x):
+    return "–" if x is None else f"{x:.0f}"
+
+
 def fmt_ratio(x):
     if x is None:
         return "–"
@@ -661,7 +718,7 @@ def verdicts(res):
     if not modes or not concs:
         return out
     m0, cmax, cmin = modes[0], concs[-1], concs[0]
-    a, b, c = (pts.get((m0, cmax, g)) for g in GATEWAYS)
+    a, b, c = (pts.get((m0, cmax, g)) for g in ("plain", "switchboard", "litellm"))
     if a and b:
         r = b["rps"] / a["rps"]
         out.append(("(b) throughput >= 0.90x (a)", f"{r:.2f}x at {m0} ms, c={cmax} ({b['rps']:.0f} vs {a['rps']:.0f} rps)",
@@ -724,14 +781,17 @@ def write_markdown(res, path):
         "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['mem_gib']} GiB RAM; kernel {m['kernel']}",
         f"- Envoy {m['envoy']}, `--concurrency 1` (one worker thread); LiteLLM {res.get('litellm_version') or 'n/a'}"
-        f" (`--num_workers 1`, no DB, logging off); load: {m['wrk']}",
+        f" (`--num_workers {a.get('litellm_workers', 1)}`, no DB, logging off); Portkey gateway"
+        f" {res.get('portkey_version') or 'n/a'} (Node, one process); load: {m['wrk']}",
         f"- switchboard.wasm: {m['wasm_bytes']:,} bytes ({m['wasm_bytes'] / 1024:.0f} KiB), V8 runtime",
         f"- Pinning: {res['pinning']}",
         f"- {a['duration']} s per point after {a['warmup']} s warm-up; HTTP/1.1 keep-alive; 1,024-byte POST /v1/chat/completions body",
         f"- Mock provider (Rust, `--threads {a['mock_threads']}`) answers each chat completion after the mode's latency.",
         "- (a) plain Envoy, static route to one mock listener; (b) Envoy + switchboard, pool `gpt4o_16k` with two"
         " members weighted 3:1 on two listeners; (c) LiteLLM proxy, model group of the same two deployments,"
-        " `simple-shuffle` with weights 3:1.",
+        " `simple-shuffle` with weights 3:1; (d) the Portkey gateway, `loadbalance` over the same two deployments"
+        " weighted 0.75/0.25 (config in the `x-portkey-config` header); (0) the mock called directly, no gateway:"
+        " *+p50 vs (0)* and *RPS / (0)* are each gateway's whole overhead.",
         "- CPU is utime+stime of the gateway process tree over the measured run (100% = one core);"
         " RSS is the resident set at the end of the point. *Other jobs* is CPU used on the machine by"
         f" anything but the benchmark during the point (100% = one core); ⚠ marks points above {FOREIGN_FLAG}%,"
@@ -747,22 +807,28 @@ def write_markdown(res, path):
     lines += [
         "## Results",
         "",
-        "| mock latency | conc | gateway | RPS | p50 ms | p99 ms | +p50 vs (a) | +p99 vs (a) | RPS / (a) | (b) / (c) RPS |"
-        " CPU % | CPU µs/req | RSS MiB | non-2xx | sock err | other jobs % |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mock latency | conc | gateway | RPS | p50 ms | p99 ms | +p50 vs (0) | RPS / (0) | +p50 vs (a) | +p99 vs (a) |"
+        " RPS / (a) | (b) / (c) RPS | CPU % | CPU µs/req | RSS MiB | non-2xx | sock err | other jobs % |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in res["points"]:
         base = pts.get((p["mode_ms"], p["concurrency"], "plain"))
         lite = pts.get((p["mode_ms"], p["concurrency"], "litellm"))
-        is_base = p["gateway"] == "plain"
+        floor = pts.get((p["mode_ms"], p["concurrency"], "direct"))
+        is_floor = p["gateway"] == "direct"
+        dfloor = None if is_floor or not floor else p["p50_us"] - floor["p50_us"]
+        rfloor = None if is_floor or not floor else p["rps"] / floor["rps"]
+        is_base = p["gateway"] in ("plain", "direct")
         dp50 = None if is_base or not base else p["p50_us"] - base["p50_us"]
         dp99 = None if is_base or not base else p["p99_us"] - base["p99_us"]
         ratio = None if is_base or not base else p["rps"] / base["rps"]
         bc = p["rps"] / lite["rps"] if p["gateway"] == "switchboard" and lite and lite["rps"] else None
         lines.append(
             f"| {p['mode_ms']} ms | {p['concurrency']} | {LABEL[p['gateway']]} | {p['rps']:,.0f} | {fmt_ms(p['p50_us'])} |"
-            f" {fmt_ms(p['p99_us'])} | {fmt_delta_us(dp50)} | {fmt_delta_us(dp99)} | {fmt_ratio(ratio)} | {fmt_ratio(bc)} |"
-            f" {p['cpu_pct']:.0f} | {p['cpu_us_per_req']:.0f} | {p['rss_mib']:.0f} | {p['non2xx']} | {p['socket_errors']} |"
+            f" {fmt_ms(p['p99_us'])} | {fmt_delta_us(dfloor)} | {fmt_ratio(rfloor)} | {fmt_delta_us(dp50)} |"
+            f" {fmt_delta_us(dp99)} | {fmt_ratio(ratio)} | {fmt_ratio(bc)} |"
+            f" {fmt_num(p['cpu_pct'])} | {fmt_num(p['cpu_us_per_req'])} |"
+            f" {fmt_num(None if is_floor else p['rss_mib'])} | {p['non2xx']} | {p['socket_errors']} |"
             f" {p.get('foreign_pct', 0):.0f}{' ⚠' if p.get('foreign_pct', 0) > FOREIGN_FLAG else ''} |")
     lines.append("")
     if res.get("split"):
@@ -859,7 +925,8 @@ def svg_chart(res, path):
         x += 190
 
     def panel(y0, title, key, unit, scale):
-        vals = [pts[(m, c, g)][key] * scale for (m, c) in groups for g in gws if (m, c, g) in pts]
+        vals = [pts[(m, c, g)][key] * scale for (m, c) in groups for g in gws
+                if (m, c, g) in pts and pts[(m, c, g)][key] is not None]
         vals = [v for v in vals if v and v > 0]
         if not vals:
             return
@@ -880,7 +947,7 @@ def svg_chart(res, path):
             gx = left + gi * group_w + (group_w - bar_w * len(gws)) / 2
             for bi, g in enumerate(gws):
                 p = pts.get((m, c, g))
-                if not p:
+                if not p or p[key] is None:
                     continue
                 v = p[key] * scale
                 y = ys(v)
@@ -924,7 +991,10 @@ def parse_args(argv):
     ap.add_argument("--latencies", default=env_default("BENCH_LATENCIES", "0,50"),
                     help="mock latency modes in ms, comma-separated [BENCH_LATENCIES]")
     ap.add_argument("--gateways", default=env_default("BENCH_GATEWAYS", ",".join(GATEWAYS)),
-                    help="subset of plain,switchboard,litellm [BENCH_GATEWAYS]")
+                    help="subset of " + ",".join(GATEWAYS) + " [BENCH_GATEWAYS]")
+    ap.add_argument("--litellm-workers", type=int, default=int(env_default("BENCH_LITELLM_WORKERS", os.cpu_count() or 1)),
+                    help="LiteLLM proxy worker processes (default: one per core, its recommended setup)"
+                         " [BENCH_LITELLM_WORKERS]")
     ap.add_argument("--failover-concurrency", default=env_default("BENCH_FAILOVER_CONCURRENCY", "1,16"),
                     help="concurrencies of the failover scenario, empty to skip [BENCH_FAILOVER_CONCURRENCY]")
     ap.add_argument("--scenario-concurrency", default=env_default("BENCH_SCENARIO_CONCURRENCY", "16,64"),
@@ -1067,6 +1137,7 @@ def main(argv=None):
     ensure_wrk()
     envoy_bin = ensure_envoy()
     litellm_bin = ensure_litellm() if "litellm" in args.gateways else None
+    portkey_entry = ensure_portkey() if "portkey" in args.gateways else None
     build(args.no_build)
 
     ncpu = os.cpu_count() or 1
@@ -1084,16 +1155,20 @@ def main(argv=None):
     clusters = {"alpha": mock.addr["alpha"], "beta": mock.addr["beta"]}
     demo = json.loads(DEMO_CONFIG.read_text())
     gws = {}
+    if "direct" in args.gateways:
+        gws["direct"] = Direct(mock)
     if "plain" in args.gateways:
         gws["plain"] = Envoy("plain", envoy_bin, demo, clusters, False, cpus_gw)
     if "switchboard" in args.gateways:
         gws["switchboard"] = Envoy("switchboard", envoy_bin, demo, clusters, True, cpus_gw)
     litellm_version = None
     if litellm_bin:
-        gws["litellm"] = LiteLLM(litellm_bin, mock, cpus_gw)
+        gws["litellm"] = LiteLLM(litellm_bin, mock, cpus_gw, args.litellm_workers)
         litellm_version = subprocess.run([LITELLM_VENV / "bin" / "python", "-c",
                                           "import importlib.metadata as m; print(m.version('litellm'))"],
                                          capture_output=True, text=True).stdout.strip()
+    if portkey_entry:
+        gws["portkey"] = Portkey(portkey_entry, mock, cpus_gw)
     fo_envoy = None
     if args.failover_concurrency:
         fo_envoy = Envoy("failover", envoy_bin, failover_config(),
@@ -1105,8 +1180,10 @@ def main(argv=None):
             scen[name] = Envoy(f"scenario-{name}", envoy_bin, scenario_config(name), with_state, True, cpus_gw)
             smoke(name, scen[name].base, SCENARIOS[name][1])
     for name, gw in gws.items():
-        smoke(name, gw.base, POOL)
+        smoke(name, gw.base, POOL, getattr(gw, "headers", None))
     lua = wrk_script(POOL)
+    lua_of = {name: wrk_script(POOL, gw.headers, "-" + name) if getattr(gw, "headers", None) else lua
+              for name, gw in gws.items()}
     url_of = {name: gw.base + "/v1/chat/completions" for name, gw in gws.items()}
 
     points = []
@@ -1120,7 +1197,7 @@ def main(argv=None):
         for conc in args.concurrency:
             for name in [g for g in GATEWAYS if g in gws]:
                 before = {k: mock.stats(k)["requests"] for k in split} if name == "switchboard" else None
-                p = measure(name, gws[name], url_of[name], lua, conc, args, cpus_load)
+                p = measure(name, gws[name], url_of[name], lua_of[name], conc, args, cpus_load)
                 p["mode_ms"] = mode
                 points.append(p)
                 if before:
@@ -1183,6 +1260,7 @@ def main(argv=None):
     res = {
         "previous_weighted": previous,
         "machine": machine_info(), "args": vars(args), "pinning": pinning, "litellm_version": litellm_version,
+        "portkey_version": PORTKEY_SPEC.rsplit("@", 1)[-1] if portkey_entry else None,
         "points": points, "split": split if "switchboard" in gws else None, "failover": failover,
         "scenarios": scenarios, "weighted_rounds": weighted_rounds,
         "elapsed_s": round(time.monotonic() - t_start, 1),

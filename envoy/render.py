@@ -13,6 +13,14 @@ run the same Envoy configuration. Output is JSON (valid YAML for Envoy).
 With --call-log, Envoy's access log writes the filter's call log (one JSON line
 per request) to that file.
 
+With --plugin-config-dir DIR, the filter's configuration is not inline: Envoy
+reads it from DIR/switchboard.ecds.json (extension config discovery) and
+watches DIR, so a new plugin configuration takes effect without a restart and
+without dropping a request:
+
+    render.py --plugin-config new.json --wasm target/switchboard.wasm \
+              --plugin-config-dir DIR --update-plugin-config
+
 --host native loads the dynamic module (target/native/libswitchboard_native.so,
 `make native`) instead of the .wasm: Envoy must run with
 ENVOY_DYNAMIC_MODULES_SEARCH_PATH set to the module's directory
@@ -23,6 +31,7 @@ import json
 import os
 import re
 import sys
+import time
 
 
 def built_wasm(root):
@@ -102,11 +111,15 @@ def vm_config(wasm_path, env_keys):
     }
 
 
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+ECDS_FILE = "switchboard.ecds.json"
+
+
 def wasm_filter(plugin_config, wasm_path, env_keys):
     return {
         "name": "switchboard",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "@type": WASM_TYPE,
             "config": {
                 "name": "switchboard",
                 "root_id": "switchboard",
@@ -158,6 +171,52 @@ function envoy_on_response(h)
   h:headers():replace("location", url)
 end
 """
+
+
+def discovered_filter(config_dir):
+    """The filter as an extension config Envoy reads from config_dir/ECDS_FILE and
+    reloads whenever a file is moved into config_dir. A new configuration applies
+    to requests that start after it; requests in flight finish on the one they
+    started with; the VM (and the shared data that holds health, tenants' windows
+    and budgets, and learning) stays."""
+    return {
+        "name": "switchboard",
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {"path": os.path.join(config_dir, ECDS_FILE),
+                                       "watched_directory": {"path": config_dir}},
+                "resource_api_version": "V3",
+            },
+            "type_urls": [WASM_TYPE],
+        },
+    }
+
+
+def effective_plugin_config(plugin_config, with_wasm=True, stream_failover=True, call_log_path=None):
+    """The plugin configuration with what the rest of the bootstrap tells the filter."""
+    if with_wasm and stream_failover:
+        # Tells the filter the upstream half is there.
+        plugin_config = {**plugin_config, "stream_failover": True}
+    if call_log_path:
+        # Tells the filter an access log prints its call-log line.
+        plugin_config = {**plugin_config, "call_log": True}
+    return plugin_config
+
+
+def write_plugin_config(config_dir, plugin_config, wasm_path, version, stream_failover=True, call_log_path=None):
+    """Write (atomically: a rename into the watched directory) the filter's
+    configuration for discovery; `version` must change for Envoy to apply it.
+    The arguments that shape the bootstrap must be the ones it was rendered with."""
+    plugin_config = effective_plugin_config(plugin_config, True, stream_failover, call_log_path)
+    resource = wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config))
+    doc = {"version_info": str(version), "resources": [{
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": resource["name"], "typed_config": resource["typed_config"]}]}
+    os.makedirs(config_dir, exist_ok=True)
+    tmp = os.path.join(config_dir, f".{ECDS_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, os.path.join(config_dir, ECDS_FILE))
 
 
 def upstream_filters():
@@ -372,16 +431,21 @@ def overload_manager(max_connections):
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
               cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10,
               request_timeout_s=REQUEST_TIMEOUT_S, request_headers_timeout_s=REQUEST_HEADERS_TIMEOUT_S,
-              max_connections=MAX_DOWNSTREAM_CONNECTIONS, host="wasm"):
+              max_connections=MAX_DOWNSTREAM_CONNECTIONS, plugin_config_dir=None, host="wasm"):
     """`stream_failover`: the upstream filter and internal redirect policy
     that let a failed-over stream reach the client as it is produced, and
     `"stream_failover": true` in the plugin configuration (off: failed-over
     streams arrive as one body, through the filter's HTTP calls).
+    `plugin_config_dir`: the filter's configuration is discovered from a file
+    there (written now, version 1; `write_plugin_config` replaces it).
     `host`: "wasm" (proxy-wasm, `wasm_path`) or "native" (the dynamic module,
-    which fails streams over through its HTTP callouts: no upstream filter)."""
+    which fails streams over through its HTTP callouts: no upstream filter;
+    its configuration is inline only)."""
     if host not in ("wasm", "native"):
         raise ValueError(f"host must be wasm or native, not {host!r}")
     if host == "native":
+        if plugin_config_dir:
+            raise ValueError("plugin_config_dir (configuration discovery) is served by the wasm build only")
         stream_failover = False
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
@@ -389,14 +453,12 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     if cors_origins:
         filters.insert(1, origin_to_metadata())
     redirects = with_wasm and stream_failover
-    if redirects:
-        # Tells the filter the upstream half is there.
-        plugin_config = {**plugin_config, "stream_failover": True}
-    if call_log_path:
-        # Tells the filter an access log prints its call-log line.
-        plugin_config = {**plugin_config, "call_log": True}
+    plugin_config = effective_plugin_config(plugin_config, with_wasm, stream_failover, call_log_path)
     if with_wasm and host == "native":
         filters.append(native_filter(plugin_config))
+    elif with_wasm and plugin_config_dir:
+        write_plugin_config(plugin_config_dir, plugin_config, wasm_path, 1, stream_failover, call_log_path)
+        filters.append(discovered_filter(plugin_config_dir))
     elif with_wasm:
         filters.append(wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config)))
     router = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -441,7 +503,7 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         hcm["local_reply_config"] = cors_local_replies(cors_origins)
     if call_log_path and with_wasm:
         hcm["access_log"] = [call_log(call_log_path, host)]
-    return {
+    doc = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "stats_config": {"stats_tags": STATS_TAGS, "histogram_bucket_settings": HISTOGRAM_BUCKETS},
         "overload_manager": overload_manager(max_connections),
@@ -460,6 +522,10 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
             "clusters": [cluster(n, s) for n, s in clusters.items()],
         },
     }
+    if with_wasm and plugin_config_dir:
+        # Configuration discovery needs the node named, even from a file.
+        doc["node"] = {"id": "switchboard", "cluster": "switchboard"}
+    return doc
 
 
 def main(argv=None):
@@ -478,14 +544,26 @@ def main(argv=None):
                     help="no upstream filter / internal redirects: failed-over streams arrive as one body")
     ap.add_argument("--host", choices=("wasm", "native"), default="wasm",
                     help="load the .wasm (default) or the dynamic module (set ENVOY_DYNAMIC_MODULES_SEARCH_PATH)")
+    ap.add_argument("--plugin-config-dir", metavar="DIR",
+                    help="serve the plugin configuration from DIR/" + ECDS_FILE + ", watched by Envoy")
+    ap.add_argument("--update-plugin-config", action="store_true",
+                    help="only rewrite DIR/" + ECDS_FILE + " from --plugin-config (a running Envoy applies it);"
+                         " pass the same --call-log / --no-stream-failover as when rendering")
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     with open(args.plugin_config) as f:
         plugin_config = json.load(f)
+    if args.update_plugin_config:
+        if not args.plugin_config_dir:
+            ap.error("--update-plugin-config needs --plugin-config-dir")
+        write_plugin_config(args.plugin_config_dir, plugin_config, args.wasm, time.time_ns(),
+                            not args.no_stream_failover, args.call_log)
+        return
     clusters = dict(c.split("=", 1) for c in args.cluster)
     origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")
     doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address,
-                    origins, args.call_log, stream_failover=not args.no_stream_failover, host=args.host)
+                    origins, args.call_log, stream_failover=not args.no_stream_failover,
+                    plugin_config_dir=args.plugin_config_dir, host=args.host)
     text = json.dumps(doc, indent=2)
     if args.output == "-":
         sys.stdout.write(text + "\n")

@@ -111,15 +111,20 @@ class Gateway:
     """A real Envoy with switchboard loaded from the built .wasm."""
 
     def __init__(self, plugin_config, clusters, env, concurrency=2, expect_failure=False, call_log=False,
-                 **render_options):
-        """`render_options`: keyword arguments of render.bootstrap (stream_failover, max_internal_redirects)."""
+                 reloadable=False, **render_options):
+        """`render_options`: keyword arguments of render.bootstrap (stream_failover, max_internal_redirects).
+        `reloadable`: the plugin configuration is discovered from a watched file (`reconfigure`)."""
         self.port = free_port()
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="switchboard-it-")
         self.call_log_path = os.path.join(self.dir, "calls.log") if call_log else None
         self.host = render_options.pop("host", HOST)
+        self.plugin_config_dir = os.path.join(self.dir, "plugin") if reloadable else None
+        self.stream_failover = render_options.get("stream_failover", True)
+        self.config_version = 1
         doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters,
-                               call_log_path=self.call_log_path, host=self.host, **render_options)
+                               call_log_path=self.call_log_path, plugin_config_dir=self.plugin_config_dir,
+                               host=self.host, **render_options)
         self.config_path = os.path.join(self.dir, "envoy.json")
         with open(self.config_path, "w") as f:
             json.dump(doc, f)
@@ -154,6 +159,23 @@ class Gateway:
                 pass
             time.sleep(0.1)
         raise RuntimeError("envoy not ready:\n" + self.logs())
+
+    def reconfigure(self, plugin_config, timeout=10, wait=True):
+        """Hand the running Envoy a new plugin configuration (a gateway made with
+        `reloadable=True`) and wait until it has applied it."""
+        stat = "extension_config_discovery.http_filter.switchboard.config_reload"
+        before = self.stats(settle=False).get(stat, 0)
+        self.config_version += 1
+        render.write_plugin_config(self.plugin_config_dir, plugin_config, WASM, self.config_version,
+                                   self.stream_failover, self.call_log_path)
+        if not wait:
+            return
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.stats(settle=False).get(stat, 0) > before:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"envoy did not apply configuration version {self.config_version}:\n" + self.logs()[-3000:])
 
     def logs(self):
         self.log.flush()
