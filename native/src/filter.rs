@@ -24,7 +24,7 @@ use switchboard::exchange::{
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::{stream_include_usage, UpstreamRequest};
 use switchboard::routing::router::HeaderLookup;
-use switchboard::routing::{NativeOnly, Plan, RouteInput};
+use switchboard::routing::{redirect, NativeOnly, Plan, RouteInput};
 use switchboard::tenant::limits::cost_micro_usd;
 use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use switchboard::tenant::reserve::{Prices, Reservation};
@@ -120,6 +120,15 @@ impl Filter {
             _ => format!("{:016x}", state::random()),
         };
         let path = header(&raw, ":path").unwrap_or_default().to_string();
+        if redirect::token_in_path(&path).is_some() {
+            // The wasm build's replay parameter: never a client's (this build replays nothing).
+            let e = ApiError::invalid_request(
+                ErrorCode::InvalidValue,
+                format!("`{}` is the gateway's own failover parameter.", redirect::TOKEN_PARAM),
+            )
+            .with_param(redirect::TOKEN_PARAM);
+            return self.answer_error(s, &e);
+        }
         self.ex.door = Door::error_shape_of(&path);
         if let Some(tenants) = &rt.config.tenants {
             let key = presented_key(|name| header(&raw, name));

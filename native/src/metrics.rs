@@ -19,6 +19,7 @@ pub struct MemberMetrics {
     pub ejections: Option<usize>,
     pub restorations: Option<usize>,
     pub cut_answers: Option<usize>,
+    pub canary_rollbacks: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -188,6 +189,7 @@ impl Metrics {
                                 ejections: counter("ejections"),
                                 restorations: counter("restorations"),
                                 cut_answers: counter("cut_answers"),
+                                canary_rollbacks: m.canary.as_ref().and_then(|_| counter("canary_rollbacks")),
                             }
                         })
                         .collect(),

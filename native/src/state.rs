@@ -60,9 +60,15 @@ pub fn health(member_id: &str) -> MemberHealth {
 }
 
 fn update_health(member_id: &str, change: impl FnOnce(&mut MemberHealth) -> Transition) -> Transition {
-    let mut map = lock(&stores().health);
-    let entry = map.entry(member_id.to_string()).or_default();
-    change(entry)
+    with_entry(&mut lock(&stores().health), member_id, change)
+}
+
+/// Changes the entry of `key`, created at its default the first time (the key is copied only then).
+fn with_entry<T: Default, R>(map: &mut HashMap<String, T>, key: &str, change: impl FnOnce(&mut T) -> R) -> R {
+    if let Some(entry) = map.get_mut(key) {
+        return change(entry);
+    }
+    change(map.entry(key.to_string()).or_default())
 }
 
 /// Admits one request of `tenant` against its windows, budget and parallel slots, at once.
@@ -158,7 +164,8 @@ impl Runtime {
     }
 
     /// Counts an attempt in its pool's canary windows; a canary this rolls back gets weight 0.
-    fn count_canaries(&self, pool: &Pool, attempted: usize, failed: bool, now_s: u64, request_id: &str) {
+    fn count_canaries(&self, at: MemberRef, pool: &Pool, failed: bool, now_s: u64, request_id: &str) {
+        let attempted = at.member;
         for (index, member) in pool.members.iter().enumerate() {
             let Some(policy) = &member.canary else { continue };
             let mut windows = lock(&stores().canaries);
@@ -176,6 +183,7 @@ impl Runtime {
                 canary.requests,
                 others.error_rate()
             );
+            self.metrics.member(MemberRef::new(at.pool, index), |m| m.canary_rollbacks);
             lock(&self.rolled_back).push(member.id.clone());
         }
     }
@@ -208,7 +216,7 @@ impl Shared for Runtime {
         let health = stats.health.get(&m.id).copied().unwrap_or_default();
         if health.availability(now) == Availability::Trial {
             let hold = pool.retry.trial_hold_ms();
-            stats.health.entry(m.id.clone()).or_default().begin_trial(now, hold);
+            with_entry(&mut stats.health, &m.id, |h| h.begin_trial(now, hold));
         }
         Some(Picked { member, health })
     }
@@ -219,7 +227,7 @@ impl Shared for Runtime {
         let Some(member) = pool.members.get(member_index) else { return };
         if pool.members.iter().any(|m| m.canary.is_some()) {
             let now = if now == 0 { now_ms() } else { now };
-            self.count_canaries(pool, member_index, failed, now / 1000, request_id);
+            self.count_canaries(picked.member, pool, failed, now / 1000, request_id);
         }
         let metrics = &self.metrics;
         let transition = if failed {
@@ -259,10 +267,9 @@ impl Shared for Runtime {
     }
 
     fn note_answered(&self, member: MemberRef, now: u64, took_ms: u64) {
-        let id = self.member_id(member).to_string();
-        let mut answers = lock(&stores().answers);
-        let seen = answers.get(&id).copied().unwrap_or_default();
-        answers.insert(id, seen.newer(LastAnswer { at_ms: now, took_ms }));
+        with_entry(&mut lock(&stores().answers), self.member_id(member), |seen| {
+            *seen = seen.newer(LastAnswer { at_ms: now, took_ms });
+        });
     }
 
     fn abort_is_failure(&self, member: MemberRef, waited_ms: u64, now: u64) -> bool {
@@ -290,10 +297,7 @@ impl Shared for Runtime {
     }
 
     fn begin_in_flight(&self, member: MemberRef) {
-        let id = self.member_id(member).to_string();
-        let mut map = lock(&stores().in_flight);
-        let n = map.entry(id).or_default();
-        *n = n.saturating_add(1);
+        with_entry(&mut lock(&stores().in_flight), self.member_id(member), |n| *n = n.saturating_add(1));
     }
 
     fn end_in_flight(&self, member: MemberRef) {
@@ -304,8 +308,7 @@ impl Shared for Runtime {
     }
 
     fn observe_latency(&self, member: MemberRef, kind: LatencyKind, sample_ms: f64) {
-        let id = self.member_id(member).to_string();
-        lock(&stores().latency).entry(id).or_default().record(kind, sample_ms);
+        with_entry(&mut lock(&stores().latency), self.member_id(member), |s| s.record(kind, sample_ms));
     }
 
     fn count(&self, what: Count) {
