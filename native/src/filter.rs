@@ -13,18 +13,18 @@ use switchboard::api::forward::{forwarded, relayed_response_header};
 use switchboard::api::models::ModelListing;
 use switchboard::api::request::ParsedRequest;
 use switchboard::api::usage::{self, Tokens};
-use switchboard::api::{ApiError, Endpoint, ErrorCode};
+use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
 use switchboard::doors::{messages, Door, DoorAnswer};
 use switchboard::encoding::percent_decode;
 use switchboard::exchange::{
     build_upstream, expected_tokens, refusal_error, translates_stream, Admission, AnswerShape, Attempt, Exchange,
-    Relayed, Shared, State, Step, Whole,
+    Relayed, Route, Shared, State, Step, Whole,
 };
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::{stream_include_usage, UpstreamRequest};
 use switchboard::routing::router::HeaderLookup;
-use switchboard::routing::{redirect, NativeOnly, Plan, RouteInput};
+use switchboard::routing::{redirect, Plan};
 use switchboard::tenant::limits::cost_micro_usd;
 use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use switchboard::tenant::reserve::{Prices, Reservation};
@@ -140,31 +140,30 @@ impl Filter {
         let method = header(&raw, ":method").unwrap_or_default().to_string();
         let declared = header(&raw, "content-length").and_then(|v| v.parse::<usize>().ok());
         self.client_headers = raw;
-        if let Some(id) = path.split('?').next().and_then(|p| p.strip_prefix("/v1/models/")).filter(|id| !id.is_empty())
-        {
-            if method != "GET" && method != "HEAD" {
-                return self.answer_error(s, &ApiError::method_not_allowed(&method, "/v1/models/{id}", "GET"));
-            }
-            let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
-            let Some(body) = self.listing().entry(&id).map(<[u8]>::to_vec) else {
-                return self.answer_error(s, &rt.config.unknown_target(&id, "model"));
-            };
-            return self.answer_json(s, body);
-        }
-        let door = Door::from_path(&path);
-        let Some((endpoint, query)) = Endpoint::from_path(&path).or(door.map(|_| (Endpoint::ChatCompletions, "")))
-        else {
-            return self.answer_error(s, &ApiError::not_found(path.split('?').next().unwrap_or("")));
+        let route = match Route::parse(&method, &path) {
+            Ok(route) => route,
+            Err(e) => return self.answer_error(s, &e),
         };
-        self.ex.door = door.unwrap_or_default();
-        self.ex.endpoint = endpoint;
-        if method != endpoint.method() && !(endpoint == Endpoint::Models && method == "HEAD") {
-            let clean = path.split('?').next().unwrap_or("");
-            return self.answer_error(s, &ApiError::method_not_allowed(&method, clean, endpoint.method()));
-        }
-        if endpoint == Endpoint::Models {
-            let body = self.listing().body(query).to_vec();
-            return self.answer_json(s, body);
+        let body = match route {
+            Route::Models { query } => {
+                let body = self.listing().body(query).to_vec();
+                return self.answer_json(s, body);
+            }
+            Route::Model { id } => {
+                let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
+                let Some(body) = self.listing().entry(&id).map(<[u8]>::to_vec) else {
+                    return self.answer_error(s, &rt.config.unknown_target(&id, "model"));
+                };
+                return self.answer_json(s, body);
+            }
+            // Not served by this build yet (docs/native.md).
+            Route::Followup(_) | Route::Feedback => {
+                return self.answer_error(s, &ApiError::not_found(path.split('?').next().unwrap_or("")));
+            }
+            _ => route.body(),
+        };
+        if let Some((body_for, endpoint, door)) = body {
+            (self.ex.body_for, self.ex.endpoint, self.ex.door) = (body_for, endpoint, door);
         }
         if let Some(encoding) = header(&self.client_headers, "content-encoding").filter(|e| *e != "identity") {
             let e = ApiError::unsupported_content_encoding(encoding);
@@ -265,13 +264,7 @@ impl Filter {
         let (plan, picked, upstream) = {
             let parsed = ParsedRequest::parse(&body, self.ex.endpoint)?;
             let headers = Headers(&self.client_headers);
-            let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
-            self.ex.obs.model = Some(parsed.target.clone());
-            let mut plan = Plan::for_request(&rt.config, input, now)?;
-            if let (Some(refused), Some(api)) = (native_only, self.ex.door.native_api()) {
-                let native = NativeOnly::new(&rt.config, refused.message, api.kinds(), |k| api.served_by(k));
-                plan.require_native(&rt.config, native, &parsed.target)?;
-            }
+            let mut plan = self.ex.plan(&*rt, &parsed, &headers, None, native_only, now)?;
             self.admit_tenant(&parsed, &plan, client_len, now)?;
             rt.count(switchboard::exchange::Count::PoolRequest(plan.primary_pool()));
             let Some(picked) = rt.pick(&mut plan, now) else {

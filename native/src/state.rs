@@ -327,6 +327,7 @@ impl Shared for Runtime {
             Count::StreamIdleTimeout(p) => m.pool(p, |p| p.stream_idle_timeouts),
             Count::ResumedStream(p) => m.pool(p, |p| p.resumed_streams),
             Count::LocalError(code) => m.local_error(code),
+            Count::TenantRefused { tenant, budget } => m.tenant_refused(tenant, budget),
         }
     }
 }
