@@ -12,6 +12,7 @@ process utime+stime / requests), throughput at saturation and p50 at c=1:
                 (cluster header, :authority, content-length, authorization): Envoy routes by header
   wasm-calls    ... that also makes every other host call of switchboard's plain path, without its logic
   switchboard   the real filter, pool gpt4o_16k
+  native        the same core as an Envoy dynamic module (libswitchboard_native.so), same pool
 
 With --ablate, also wasm-calls with each group of its host calls made ten
 times instead of once (bench/noop-filter's GROUPS): what one call of each kind
@@ -39,7 +40,7 @@ import run as bench  # noqa: E402  (bench/run.py: process handling, servers, wrk
 NOOP_DIR = bench.BENCH / "noop-filter"
 NOOP_TARGET = bench.WORK / "target-noop"
 NOOP_WASM = NOOP_TARGET / "wasm32-wasip1" / "release" / "noop_filter.wasm"
-VARIANTS = ["plain", "wasm-noop", "wasm-buffer", "wasm-rewrite", "wasm-calls", "switchboard"]
+VARIANTS = ["plain", "wasm-noop", "wasm-buffer", "wasm-rewrite", "wasm-calls", "switchboard", "native"]
 # Host calls each variant makes per request (read off the filters' sources);
 # switchboard's are counted by --trace-hostcalls below when available.
 NOTES = {
@@ -49,6 +50,7 @@ NOTES = {
     "wasm-rewrite": "buffer + get body, set body, 4 set_header; route by header",
     "wasm-calls": "rewrite + switchboard's other host calls (20 in all), no logic",
     "switchboard": "the real filter",
+    "native": "the same core as a dynamic module (no VM)",
 }
 
 
@@ -310,6 +312,7 @@ def main(argv=None):
         "wasm-calls": lambda: bench.Envoy("wasm-calls", envoy_bin, {"mode": "calls"}, clusters, True, None,
                                           wasm=NOOP_WASM),
         "switchboard": lambda: bench.Envoy("switchboard", envoy_bin, demo, clusters, True, None),
+        "native": lambda: bench.Envoy("native", envoy_bin, demo, clusters, True, None, host="native"),
     }
     gws = {name: start[name]() for name in variants}
     for name, gw in gws.items():
@@ -339,7 +342,7 @@ def main(argv=None):
 
     perf = {}
     if not a.no_perf and shutil.which("perf"):
-        for name in [v for v in ("plain", "wasm-noop", "wasm-calls", "switchboard") if v in gws]:
+        for name in [v for v in ("plain", "wasm-noop", "wasm-calls", "switchboard", "native") if v in gws]:
             gw = gws[name]
             bench.log(f"perf record {name} at c={a.concurrency}")
             perf[name] = perf_split(gw, gw.base + "/v1/chat/completions", lua, a.concurrency, a.duration, name)

@@ -217,6 +217,7 @@ def build(skip):
             log("--no-build: using existing artifacts")
         else:
             run(["make", "-s", "wasm"], cwd=ROOT)
+            run(["make", "-s", "native"], cwd=ROOT)
             run(["cargo", "build", "--release", "-p", "mock-provider", "-p", "switchboard-state", "-q"], cwd=ROOT)
         if _valid_filter(BUILT_WASM) and BUILT_MOCK.exists():
             break
@@ -485,9 +486,11 @@ def _load_render():
 
 
 class Envoy:
-    def __init__(self, name, envoy_bin, plugin_config, clusters, with_wasm, cpus, wasm=WASM, static_route=None):
+    def __init__(self, name, envoy_bin, plugin_config, clusters, with_wasm, cpus, wasm=WASM, static_route=None,
+                 host="wasm"):
+        """`host="native"`: the dynamic module (target/native/libswitchboard_native.so) instead of the .wasm."""
         render = _load_render()
-        doc = render.bootstrap(plugin_config, str(wasm), 0, 0, clusters, with_wasm)
+        doc = render.bootstrap(plugin_config, str(wasm), 0, 0, clusters, with_wasm, host=host)
         if static_route:  # a wasm filter that does not route (breakdown.py's ablation)
             hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"] = {"cluster": static_route, "timeout": "300s"}
@@ -496,6 +499,8 @@ class Envoy:
         admin_path = WORK / f"envoy-{name}.admin"
         admin_path.unlink(missing_ok=True)
         env = {**os.environ, **KEYS}
+        if host == "native":
+            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = render.native_module_dir(str(ROOT))
         self.name = name
         self.proc = spawn(f"envoy-{name}", [
             envoy_bin, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",

@@ -237,7 +237,7 @@ mod native {
         g.bench_function("router20_filters_lowest_latency_100", |b| {
             b.iter(|| {
                 let parsed = ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap();
-                let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+                let input = RouteInput { request: &parsed, headers: &headers, scorer: None, native_kinds: 0 };
                 let mut plan = Plan::for_request(&cfg, input, 0).unwrap();
                 plan.next_member(&cfg, &Latencies, rng.next_u64()).unwrap()
             })
@@ -247,7 +247,7 @@ mod native {
             b.iter_batched(
                 || ParsedRequest::parse(&body, Endpoint::ChatCompletions).unwrap(),
                 |parsed| {
-                    let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+                    let input = RouteInput { request: &parsed, headers: &headers, scorer: None, native_kinds: 0 };
                     let mut plan = Plan::for_request(&cfg, input, 0).unwrap();
                     plan.next_member(&cfg, &Latencies, 11).unwrap()
                 },
@@ -267,7 +267,7 @@ mod native {
         g.bench_function("part_plan_2k", |b| {
             b.iter(|| {
                 let parsed = ParsedRequest::parse(black_box(&body), Endpoint::ChatCompletions).unwrap();
-                let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+                let input = RouteInput { request: &parsed, headers: &headers, scorer: None, native_kinds: 0 };
                 Plan::for_request(&cfg, input, 0).unwrap().deadline_ms
             })
         });
@@ -282,7 +282,7 @@ mod native {
             })
         });
         let parsed = ParsedRequest::parse(&body, Endpoint::ChatCompletions).unwrap();
-        let input = RouteInput { request: &parsed, headers: &headers, scorer: None };
+        let input = RouteInput { request: &parsed, headers: &headers, scorer: None, native_kinds: 0 };
         let plan = Plan::for_request(&cfg, input, 0).unwrap();
         g.bench_function("part_pick_100", |b| {
             b.iter(|| plan.clone().next_member(&cfg, &Latencies, rng.next_u64()).unwrap())

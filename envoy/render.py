@@ -5,7 +5,7 @@ Used by `make run`, the integration tests and the benchmarks, so all of them
 run the same Envoy configuration. Output is JSON (valid YAML for Envoy).
 
     render.py --plugin-config examples/demo/switchboard.json \
-              --wasm target/switchboard.wasm \
+              --wasm target/switchboard.wasm [--host native] \
               --listen 10000 --admin 9901 \
               --cluster alpha=127.0.0.1:18001 --cluster beta=api.beta.example:443,tls \
               [--call-log /var/log/envoy/calls.log]
@@ -20,6 +20,11 @@ without dropping a request:
 
     render.py --plugin-config new.json --wasm target/switchboard.wasm \
               --plugin-config-dir DIR --update-plugin-config
+
+--host native loads the dynamic module (target/native/libswitchboard_native.so,
+`make native`) instead of the .wasm: Envoy must run with
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH set to the module's directory
+(`native_module_dir()`); see docs/native.md.
 """
 import argparse
 import json
@@ -41,6 +46,31 @@ def built_wasm(root):
         if os.path.exists(opt):
             return opt
     return raw
+
+
+# The dynamic module: libswitchboard_native.so, found by Envoy in ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+NATIVE_MODULE = "switchboard_native"
+
+
+def native_module_dir(root):
+    """Where `make native` puts libswitchboard_native.so (cargo's `native` profile)."""
+    return os.path.join(root, "target", "native")
+
+
+def native_filter(plugin_config):
+    """The same plugin configuration JSON, handed to the dynamic module."""
+    return {
+        "name": "switchboard",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": NATIVE_MODULE},
+            "filter_name": "switchboard",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": json.dumps(plugin_config),
+            },
+        },
+    }
 
 
 def cluster(name, spec):
@@ -234,8 +264,13 @@ def label_tag(tag_name, label, value=r"[^;]*", stats=r"[^;]*"):
     is the tag's value, as a group) of the stats whose name matches `stats`."""
     if "(" not in value:
         value = f"({value})"
-    return {"tag_name": tag_name, "regex": rf"^wasmcustom\.(?:{stats})(?:;[^;]*)*?(;{re.escape(label)}={value})"}
+    return {"tag_name": tag_name,
+            "regex": rf"^{CUSTOM_STAT_PREFIX}(?:{stats})(?:;[^;]*)*?(;{re.escape(label)}={value})"}
 
+
+# Envoy's prefix of a filter's own stats: `wasmcustom.` (proxy-wasm) or `dynamicmodulescustom.` (the
+# dynamic module); the names after it are the same.
+CUSTOM_STAT_PREFIX = r"(?:wasmcustom|dynamicmodulescustom)\."
 
 # One extractor per tag name (Envoy skips, with a warning, a second one of the same name).
 STATS_TAGS = [label_tag(t, t) for t in LABEL_TAGS] + [
@@ -251,19 +286,22 @@ STATS_TAGS = [label_tag(t, t) for t in LABEL_TAGS] + [
 # buckets stop at 1 h in coarse steps and start at 0.5 ms).
 LATENCY_BUCKETS_MS = [10, 25, 50, 100, 250, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000,
                       15000, 20000, 30000, 45000, 60000, 90000, 120000, 180000, 300000, 600000]
-HISTOGRAM_BUCKETS = [{"match": {"safe_regex": {"regex": r"^wasmcustom\.(?:gen_ai\.server\.|switchboard\.pool\.shadow_latency_ms;).*"}},
+HISTOGRAM_BUCKETS = [{"match": {"safe_regex": {"regex": rf"^{CUSTOM_STAT_PREFIX}(?:gen_ai\.server\.|switchboard\.pool\.shadow_latency_ms;).*"}},
                       "buckets": LATENCY_BUCKETS_MS}]
 
 # The call log: one JSON line per client request, written by the filter as
 # filter state (src/observe.rs) and printed by Envoy's file access log.
 CALL_LOG_FORMAT = "%FILTER_STATE(wasm.switchboard.call:PLAIN)%\n"
+# The dynamic module sets the same line under its own name (no `wasm.` prefix).
+NATIVE_CALL_LOG_FORMAT = "%FILTER_STATE(switchboard.call:PLAIN)%\n"
 
 
-def call_log(path):
+def call_log(path, host="wasm"):
+    fmt = NATIVE_CALL_LOG_FORMAT if host == "native" else CALL_LOG_FORMAT
     return {"name": "envoy.access_loggers.file", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
         "path": path,
-        "log_format": {"text_format_source": {"inline_string": CALL_LOG_FORMAT}},
+        "log_format": {"text_format_source": {"inline_string": fmt}},
     },
         # A stream failed over by internal redirect is logged once more by Envoy
         # (the replaced stream), without the filter's line: not a client request.
@@ -393,13 +431,22 @@ def overload_manager(max_connections):
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
               cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10,
               request_timeout_s=REQUEST_TIMEOUT_S, request_headers_timeout_s=REQUEST_HEADERS_TIMEOUT_S,
-              max_connections=MAX_DOWNSTREAM_CONNECTIONS, plugin_config_dir=None):
+              max_connections=MAX_DOWNSTREAM_CONNECTIONS, plugin_config_dir=None, host="wasm"):
     """`stream_failover`: the upstream filter and internal redirect policy
     that let a failed-over stream reach the client as it is produced, and
     `"stream_failover": true` in the plugin configuration (off: failed-over
     streams arrive as one body, through the filter's HTTP calls).
     `plugin_config_dir`: the filter's configuration is discovered from a file
-    there (written now, version 1; `write_plugin_config` replaces it)."""
+    there (written now, version 1; `write_plugin_config` replaces it).
+    `host`: "wasm" (proxy-wasm, `wasm_path`) or "native" (the dynamic module,
+    which fails streams over through its HTTP callouts: no upstream filter;
+    its configuration is inline only)."""
+    if host not in ("wasm", "native"):
+        raise ValueError(f"host must be wasm or native, not {host!r}")
+    if host == "native":
+        if plugin_config_dir:
+            raise ValueError("plugin_config_dir (configuration discovery) is served by the wasm build only")
+        stream_failover = False
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
@@ -407,7 +454,9 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         filters.insert(1, origin_to_metadata())
     redirects = with_wasm and stream_failover
     plugin_config = effective_plugin_config(plugin_config, with_wasm, stream_failover, call_log_path)
-    if with_wasm and plugin_config_dir:
+    if with_wasm and host == "native":
+        filters.append(native_filter(plugin_config))
+    elif with_wasm and plugin_config_dir:
         write_plugin_config(plugin_config_dir, plugin_config, wasm_path, 1, stream_failover, call_log_path)
         filters.append(discovered_filter(plugin_config_dir))
     elif with_wasm:
@@ -453,7 +502,7 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     if cors_origins:
         hcm["local_reply_config"] = cors_local_replies(cors_origins)
     if call_log_path and with_wasm:
-        hcm["access_log"] = [call_log(call_log_path)]
+        hcm["access_log"] = [call_log(call_log_path, host)]
     doc = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "stats_config": {"stats_tags": STATS_TAGS, "histogram_bucket_settings": HISTOGRAM_BUCKETS},
@@ -493,6 +542,8 @@ def main(argv=None):
     ap.add_argument("--call-log", metavar="PATH", help="write the call log (one JSON line per request) to PATH")
     ap.add_argument("--no-stream-failover", action="store_true",
                     help="no upstream filter / internal redirects: failed-over streams arrive as one body")
+    ap.add_argument("--host", choices=("wasm", "native"), default="wasm",
+                    help="load the .wasm (default) or the dynamic module (set ENVOY_DYNAMIC_MODULES_SEARCH_PATH)")
     ap.add_argument("--plugin-config-dir", metavar="DIR",
                     help="serve the plugin configuration from DIR/" + ECDS_FILE + ", watched by Envoy")
     ap.add_argument("--update-plugin-config", action="store_true",
@@ -512,7 +563,7 @@ def main(argv=None):
     origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")
     doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address,
                     origins, args.call_log, stream_failover=not args.no_stream_failover,
-                    plugin_config_dir=args.plugin_config_dir)
+                    plugin_config_dir=args.plugin_config_dir, host=args.host)
     text = json.dumps(doc, indent=2)
     if args.output == "-":
         sys.stdout.write(text + "\n")

@@ -81,6 +81,13 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of `text` in hex (either case); `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: &u8| char::from(*c).to_digit(16);
+    let pair = |p: &[u8]| u8::try_from(digit(p.first()?)? * 16 + digit(p.get(1)?)?).ok();
+    text.as_bytes().chunks(2).map(pair).collect()
+}
+
 /// `N` random bytes from the host (WASI `random_get`); `None` when it has no randomness.
 pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
     let mut bytes = [0u8; N];

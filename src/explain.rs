@@ -68,7 +68,7 @@ pub fn explain(
         request.max_output_tokens.map_or(String::new(), |n| format!(", max output {n}"))
     );
     let mut misses = Vec::new();
-    let input = RouteInput { request: &request, headers: &headers.to_vec(), scorer: None };
+    let input = RouteInput { request: &request, headers: &headers.to_vec(), scorer: None, native_kinds: 0 };
     let result = Plan::build(config, input, 0, |router, rule, why| misses.push((router, rule, why)));
     if let Some(Target::Router(r)) = config.target(&request.target) {
         if let Some(router) = config.router_at(r) {

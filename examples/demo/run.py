@@ -6,7 +6,8 @@ the switchboard filter and examples/demo/switchboard.json, runs Envoy, and
 prints requests to try. The call log (one JSON line per request) goes to
 .run/calls.log. Ctrl-C stops everything.
 
-Environment: PORT (default 10000), ADMIN_PORT (default 9901), ENVOY_BIN.
+Environment: PORT (default 10000), ADMIN_PORT (default 9901), ENVOY_BIN,
+SWITCHBOARD_HOST (`wasm`, the default, or `native`: the dynamic module, `make run HOST=native`).
 """
 import json
 import os
@@ -48,11 +49,14 @@ def main():
     workdir = os.path.join(ROOT, ".run")
     os.makedirs(workdir, exist_ok=True)
     call_log = os.path.join(workdir, "calls.log")
-    doc = render.bootstrap(plugin_config, wasm, port, admin, addrs, call_log_path=call_log)
+    host = os.environ.get("SWITCHBOARD_HOST", "wasm")
+    doc = render.bootstrap(plugin_config, wasm, port, admin, addrs, call_log_path=call_log, host=host)
     config_path = os.path.join(workdir, "envoy-demo.json")
     with open(config_path, "w") as f:
         json.dump(doc, f, indent=2)
     env = dict(os.environ, **KEYS)
+    if host == "native":
+        env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = render.native_module_dir(ROOT)
     # The call log reaches its file each second (Envoy's default: every 10 s).
     envoy = subprocess.Popen([envoy_binary(), "-c", config_path, "--concurrency", "2",
                               "--disable-hot-restart", "-l", "warning", "--file-flush-interval-msec", "1000"], env=env)
@@ -76,7 +80,7 @@ def main():
             sys.exit("envoy exited; see its log above")
     base = f"http://127.0.0.1:{port}"
     print(f"""
-switchboard demo is up: Envoy on {base} (admin {f'http://127.0.0.1:{admin}'}), mock providers {addrs}
+switchboard demo is up ({host} build): Envoy on {base} (admin {f'http://127.0.0.1:{admin}'}), mock providers {addrs}
 Envoy config: {config_path}
 Call log (one JSON line per request): {call_log}    tail -f {call_log}
 Metrics for Prometheus: http://127.0.0.1:{admin}/stats/prometheus (dashboard: examples/observability/)

@@ -57,7 +57,8 @@ Tenant `demo` (key {TENANT_KEY}) may send 10 requests a minute and 2 at once, ac
 
 The shared counters, as Redis holds them (see docs/fleet.md):
   redis-cli -p {fleet.redis} --scan --pattern 'sb:*'
-  redis-cli -p {fleet.redis} hgetall "sb:{{{TENANT_HEX}}}:w:$(( $(date +%s) / 60 * 60 ))"
+  redis-cli -p {fleet.redis} hgetall "sb:{{{TENANT_HEX}}}:w:$(( $(date +%s) / 60 * 60 ))"   # the minute, slices included
+  redis-cli -p {fleet.redis} hgetall "sb:{{{TENANT_HEX}}}:slots"   # parallel slots each proxy holds
 Who decided (shared or local fallback), per proxy:
   curl -s http://127.0.0.1:{fleet.proxies[0]['admin']}/stats | grep switchboard.fleet
 

@@ -6,7 +6,7 @@
 use fuzz_common::{check_error, check_upstream, config, json_object, mix, ENDPOINTS, NOW_MS};
 use libfuzzer_sys::fuzz_target;
 use switchboard::api::request::ParsedRequest;
-use switchboard::api::Endpoint;
+use switchboard::exchange::Route;
 use switchboard::providers::{build_request, BuildContext};
 use switchboard::routing::{Availability, Plan};
 
@@ -16,7 +16,7 @@ const MODELS: [&str; 2] = ["gpt-4o", "we\"ird\\model\n\u{1}é"];
 fuzz_target!(|data: &[u8]| {
     let cfg = config();
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = Endpoint::from_path(text);
+        let _ = Route::parse("POST", text);
     }
     for endpoint in ENDPOINTS {
         let req = match ParsedRequest::parse(data, endpoint) {

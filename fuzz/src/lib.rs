@@ -13,8 +13,7 @@ use switchboard::api::{ApiError, Endpoint};
 use switchboard::config::Config;
 use switchboard::providers::UpstreamRequest;
 
-pub const ENDPOINTS: [Endpoint; 4] =
-    [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Models];
+pub const ENDPOINTS: [Endpoint; 3] = [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings];
 
 /// A fixed "now" (2023-11-14T22:13:20Z) so runs are reproducible.
 pub const NOW_MS: u64 = 1_700_000_000_000;

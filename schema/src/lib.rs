@@ -105,7 +105,7 @@ impl Strategy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawConfig {
     pub cluster_header: Option<String>,
     pub max_body_bytes: Option<usize>,
@@ -129,7 +129,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawProvider {
     #[serde(default)]
     pub kind: ProviderKind,
@@ -146,7 +146,7 @@ pub struct RawProvider {
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawHealth {
     pub consecutive_failures: Option<u32>,
     pub cooldown_ms: Option<u64>,
@@ -154,14 +154,14 @@ pub struct RawHealth {
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawProbe {
     pub interval_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawPoolPolicy {
     pub retry_on: Option<Vec<u16>>,
     pub max_attempts: Option<u32>,
@@ -185,6 +185,8 @@ pub struct RawPool {
     pub strategy: Strategy,
     pub explore: Option<f64>,
     pub shadow: Option<RawShadow>,
+    /// Parameters its members may drop rather than refuse: their names, or `all`.
+    pub drop_params: Vec<String>,
     /// The pool's own policy fields (written beside the others).
     pub policy: RawPoolPolicy,
 }
@@ -194,7 +196,7 @@ pub struct RawPool {
 /// (`pools.p.max_attempts`). `#[serde(flatten)]` would buffer the pool and
 /// report such errors at the pool's end, naming only `pools.p`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 struct PoolFields {
     #[serde(default)]
     description: String,
@@ -206,6 +208,8 @@ struct PoolFields {
     strategy: Strategy,
     explore: Option<f64>,
     shadow: Option<RawShadow>,
+    #[serde(default)]
+    drop_params: Vec<String>,
     retry_on: Option<Vec<u16>>,
     max_attempts: Option<u32>,
     per_try_timeout_ms: Option<u64>,
@@ -228,6 +232,7 @@ impl From<PoolFields> for RawPool {
             strategy: p.strategy,
             explore: p.explore,
             shadow: p.shadow,
+            drop_params: p.drop_params,
             policy: RawPoolPolicy {
                 retry_on: p.retry_on,
                 max_attempts: p.max_attempts,
@@ -245,7 +250,7 @@ impl From<PoolFields> for RawPool {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawShadow {
     pub provider: String,
     pub model: String,
@@ -253,7 +258,7 @@ pub struct RawShadow {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawMember {
     pub provider: String,
     pub model: String,
@@ -273,14 +278,14 @@ pub struct RawMember {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawCanary {
     pub max_error_rate: f64,
     pub min_requests: u32,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawRouter {
     #[serde(default)]
     pub description: String,
@@ -291,7 +296,7 @@ pub struct RawRouter {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawRule {
     pub name: String,
     #[serde(default)]
@@ -300,7 +305,7 @@ pub struct RawRule {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawConditions {
     pub header: Option<RawHeader>,
     pub has_images: Option<bool>,
@@ -313,7 +318,7 @@ pub struct RawConditions {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawHeader {
     pub name: String,
     pub equals: Option<String>,
@@ -321,7 +326,7 @@ pub struct RawHeader {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawLearned {
     pub strong: String,
     pub weak: String,
@@ -338,7 +343,7 @@ pub fn default_weight() -> u32 {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawTenant {
     pub keys_sha256: Vec<String>,
     pub allow: Option<Vec<String>>,
@@ -349,7 +354,7 @@ pub struct RawTenant {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RawBudget {
     pub per: RawPeriod,
     pub limit: f64,
@@ -361,6 +366,50 @@ pub enum RawPeriod {
     Day,
     Month,
 }
+
+/// The deserializer a configuration object is read through: a struct is read
+/// as a JSON object only. serde_json also reads a struct from an array of its
+/// fields in order, a second reader per struct (~20 KB of the module) for a
+/// form no configuration uses; an array is refused as any other non-object
+/// is ("invalid type: sequence, expected struct RawMember"). Each struct's
+/// derived reader (`remote = "Self"`) is called through it.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+macro_rules! read_as_object {
+    ($($name:ident),*) => {$(
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $name::deserialize(ObjectOnly(deserializer))
+            }
+        }
+    )*};
+}
+
+read_as_object!(
+    RawConfig, RawProvider, RawHealth, RawProbe, RawPoolPolicy, PoolFields, RawShadow, RawMember, RawCanary, RawRouter, RawRule, RawConditions, RawHeader, RawLearned, RawTenant, RawBudget
+);
 
 /// A JSON object of named entries (providers, pools, ...), in name order. A
 /// plain `Vec` rather than a `BTreeMap`: the configuration is only walked in
@@ -409,20 +458,27 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                // Kept in order as read (a binary search and an insert rather
+                // than a sort afterwards: a slice sort's code per entry type
+                // is several KB of the module). The error, for the first name
+                // in order given twice, is raised once the object is read.
                 let mut entries: Vec<(String, T)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                let mut twice: Option<String> = None;
                 while let Some(name) = map.next_key::<String>()? {
                     let value = map.next_value()?;
-                    entries.push((name, value));
-                }
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                for pair in entries.windows(2) {
-                    if let [(a, _), (b, _)] = pair {
-                        if a == b {
-                            return Err(de::Error::custom(format!("`{a}` is given twice")));
+                    match entries.binary_search_by(|(n, _)| n.as_str().cmp(&name)) {
+                        Ok(_) => {
+                            if twice.as_ref().is_none_or(|t| name < *t) {
+                                twice = Some(name);
+                            }
                         }
+                        Err(at) => entries.insert(at, (name, value)),
                     }
                 }
-                Ok(Named(entries))
+                match twice {
+                    Some(name) => Err(de::Error::custom(format!("`{name}` is given twice"))),
+                    None => Ok(Named(entries)),
+                }
             }
         }
         deserializer.deserialize_map(Entries(PhantomData))
@@ -567,6 +623,18 @@ mod tests {
         let pools = parsed.map(|c| c.pools.into_iter().collect::<Vec<_>>()).unwrap_or_default();
         let policy = pools.first().map(|(_, p)| (p.policy.max_attempts, p.policy.health.clone()));
         assert_eq!(policy.map(|(a, h)| (a, h.and_then(|h| h.consecutive_failures))), Some((Some(4), Some(2))));
+    }
+
+    #[test]
+    fn a_struct_is_read_from_an_object_only() {
+        let refused = |json: &str| parse(json.as_bytes()).err().map(|e| (e.field, e.message));
+        let (field, message) = refused(r#"{"providers": {"a": "x"}}"#).unwrap_or_default();
+        assert_eq!(field, "providers.a");
+        assert!(message.starts_with("invalid type: string \"x\", expected struct RawProvider"), "{message}");
+        // serde_json would read a struct from an array of its fields in order; not here.
+        let (field, message) = refused(r#"{"providers": {"a": ["openai", "c", "h"]}}"#).unwrap_or_default();
+        assert_eq!(field, "providers.a");
+        assert!(message.starts_with("invalid type: sequence, expected struct RawProvider"), "{message}");
     }
 
     #[test]

@@ -107,6 +107,10 @@ pub struct ParsedRequest<'a> {
     pub json_schema: bool,
     /// String entries of the `metadata` object (other values are ignored).
     pub metadata: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Bits of the parameters set to something other than their default (`api::params`).
+    pub params: u64,
+    /// The first parameter `api::params` does not list (its `OTHER` bit).
+    pub other_param: Option<Cow<'a, str>>,
     /// `messages` (chat), `prompt` (completions) or `input` (embeddings).
     payload: Option<&'a RawValue>,
     /// Tool definitions, counted in the prompt estimate.
@@ -243,12 +247,15 @@ impl<'a> ParsedRequest<'a> {
         let mut tools = None;
         let mut json_schema = false;
         let mut metadata = Vec::new();
+        let (mut params, mut other_param) = (0u64, None);
+        // The parameter table is the chat body's: other endpoints pass through or are refused whole.
+        let chat = endpoint == Some(Endpoint::ChatCompletions);
         let (mut model_keys, mut gateway_keys, mut model_span) = (0usize, 0usize, None);
         let payload_field = match endpoint {
             Some(Endpoint::ChatCompletions) => ("messages", b'['),
             Some(Endpoint::Completions) => ("prompt", 0),
             Some(Endpoint::Embeddings) => ("input", 0),
-            Some(Endpoint::Models) | None => ("", 0),
+            None => ("", 0),
         };
         for (key, value) in &fields {
             match key.as_ref() {
@@ -314,6 +321,9 @@ impl<'a> ParsedRequest<'a> {
                         let name = if key.as_ref() == "tools" { "tools" } else { "functions" };
                         return Err(field_error(name, "an array"));
                     }
+                    if key.as_ref() == "functions" {
+                        params |= super::params::named("functions");
+                    }
                     tools = Some(*value)
                 }
                 "response_format" => {
@@ -321,7 +331,14 @@ impl<'a> ParsedRequest<'a> {
                         .is_ok_and(|f| f.kind.as_deref() == Some("json_schema"))
                 }
                 "metadata" => metadata = string_entries(value),
-                _ => {}
+                _ if !chat => {}
+                name => {
+                    let bit = super::params::bit(name, value.get());
+                    if bit == super::params::OTHER && other_param.is_none() {
+                        other_param = Some(key.clone());
+                    }
+                    params |= bit;
+                }
             }
         }
         // `model` wins over a load-balancing group when both are given.
@@ -355,6 +372,8 @@ impl<'a> ParsedRequest<'a> {
             has_tools: tools.is_some(),
             json_schema,
             metadata,
+            params,
+            other_param,
             payload,
             tools,
             endpoint,
@@ -415,8 +434,15 @@ impl<'a> ParsedRequest<'a> {
     /// its usage (`stream_options.include_usage: true`, the client's other
     /// stream options kept), spliced into the bytes like the model name.
     pub fn openai_body_for(&self, model: &str, ask_usage: bool) -> Vec<u8> {
+        self.openai_body_without(model, ask_usage, 0, b"")
+    }
+
+    /// [`ParsedRequest::openai_body_for`] without the parameters in `drop`
+    /// (`api::params` bits), and with `add` (`,"key":value` pairs) at the end.
+    pub fn openai_body_without(&self, model: &str, ask_usage: bool, drop: u64, add: &[u8]) -> Vec<u8> {
         let options = if ask_usage && self.stream { usage_stream_options(self.field("stream_options")) } else { None };
-        if let Some(model_at) = self.splice.clone() {
+        let dropped = |key: &str| drop != 0 && drop & super::params::named(key) != 0;
+        if let Some(model_at) = self.splice.clone().filter(|_| drop == 0) {
             let mut model_json = Vec::with_capacity(model.len() + 2);
             push_json_string(&mut model_json, model);
             let options = options.map(|value| match self.field("stream_options").and_then(|v| span_in(self.body, v)) {
@@ -447,7 +473,7 @@ impl<'a> ParsedRequest<'a> {
         );
         out.extend_from_slice(b"{\"model\":");
         push_json_string(&mut out, model);
-        for (key, value) in self.model_fields() {
+        for (key, value) in self.model_fields().filter(|(k, _)| !dropped(k)) {
             out.push(b',');
             push_json_string(&mut out, key);
             out.push(b':');
@@ -460,6 +486,7 @@ impl<'a> ParsedRequest<'a> {
             out.extend_from_slice(b",\"stream_options\":");
             out.extend_from_slice(&options);
         }
+        out.extend_from_slice(add);
         out.push(b'}');
         out
     }
@@ -746,7 +773,7 @@ fn read_content<'a>(
                 reader.text(text, true);
             }
         }
-        Some(Endpoint::Models) | None => {}
+        None => {}
     }
     reader.content.prompt_tokens = reader.counter.tokens();
     reader.content

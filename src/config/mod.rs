@@ -144,6 +144,10 @@ pub struct Member {
     pub priority: i32,
     pub tags: Vec<String>,
     pub tag_mask: TagMask,
+    /// Bits of the chat parameters its provider's kind cannot take (`api::params`).
+    pub refuses: u64,
+    /// Its provider's kind as a bit (`api::params::kind_bit`).
+    pub kind_bit: u8,
     /// Rolled back (weight 0) when it fails much more than the pool's other members.
     pub canary: Option<CanaryPolicy>,
 }
@@ -267,6 +271,8 @@ pub struct Pool {
     pub explore: f64,
     /// A member that gets a copy of a share of the requests; its answers are only measured.
     pub shadow: Option<Shadow>,
+    /// Bits of the parameters its members drop rather than refuse (`drop_params`).
+    pub drop_params: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -352,6 +352,11 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
         return Err(errors);
     }
 
+    for m in pools.iter_mut().flat_map(|p| p.members.iter_mut()) {
+        if let Some(p) = providers.get(m.provider) {
+            (m.refuses, m.kind_bit) = (crate::api::params::refused_by(p.kind), crate::api::params::kind_bit(p.kind));
+        }
+    }
     let members = || pools.iter().flat_map(|p| p.members.iter());
     let facts = MemberFacts {
         vision_limited: members().any(|m| !m.capabilities.has(Capability::Vision)),
@@ -381,15 +386,19 @@ fn shared_state(raw: serde_json::Value) -> Result<super::SharedState, ConfigErro
     const FIELDS: [&str; 5] = ["cluster", "timeout_ms", "on_unavailable", "lease_ttl_s", "sync_ms"];
     let serde_json::Value::Object(map) = raw else { return Err(err("shared_state", "must be an object")) };
     if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(err(format!("shared_state.{unknown}"), format!("unknown field; expected one of {}", FIELDS.join(", "))));
+        return Err(err(
+            format!("shared_state.{unknown}"),
+            format!("unknown field; expected one of {}", FIELDS.join(", ")),
+        ));
     }
     let cluster = map.get("cluster").and_then(|c| c.as_str()).filter(|c| !c.trim().is_empty());
     let cluster = cluster.ok_or_else(|| err("shared_state.cluster", "name the Envoy cluster of the state service"))?;
     let within = |field: &str, default: u64, max: u64| match map.get(field) {
         None => Ok(default),
-        Some(v) => v.as_u64().filter(|v| (1..=max).contains(v)).ok_or_else(|| {
-            err(format!("shared_state.{field}"), format!("must be a whole number from 1 to {max}"))
-        }),
+        Some(v) => v
+            .as_u64()
+            .filter(|v| (1..=max).contains(v))
+            .ok_or_else(|| err(format!("shared_state.{field}"), format!("must be a whole number from 1 to {max}"))),
     };
     let fallback_local = match map.get("on_unavailable").map(|v| v.as_str()) {
         None | Some(Some("local")) => true,
@@ -477,7 +486,10 @@ fn validate_pool(
             Some(Shadow { member: Member::new(provider, &s.provider, &s.model), sample: s.sample })
         }
     };
+    let drop_params = crate::api::params::drop_mask(&mut p.drop_params.iter().map(String::as_str))
+        .map_err(|n| err(format!("{field}.drop_params"), format!("unknown parameter \"{n}\"")))?;
     Ok(Pool {
+        drop_params,
         name,
         description: p.description,
         max_response_tokens: p.max_response_tokens,
@@ -512,6 +524,7 @@ fn implicit_pool(
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
         shadow: None,
+        drop_params: 0,
     }
 }
 
@@ -558,6 +571,7 @@ fn placeholder_pool(name: String) -> Pool {
         strategy: Strategy::Weighted,
         explore: DEFAULT_EXPLORE,
         shadow: None,
+        drop_params: 0,
     }
 }
 
@@ -633,6 +647,8 @@ fn validate_member(
         priority: m.priority,
         tags: m.tags,
         tag_mask,
+        refuses: 0,
+        kind_bit: 0,
         canary,
     })
 }

@@ -552,3 +552,19 @@ fn shared_state_takes_defaults_and_refuses_bad_fields_by_name() {
         assert_eq!(error_for(&with(section)).field, field, "{section}");
     }
 }
+
+#[test]
+fn drop_params_parse_and_unknown_names_are_refused_naming_the_field() {
+    let cfg = parse(&with_pool_fields(r#""drop_params": ["seed", "top_k"]"#)).unwrap();
+    let pool = &cfg.pools[cfg.pool_by_name["gpt4o_16k"]];
+    let bit = crate::api::params::named;
+    assert_eq!(pool.drop_params, bit("seed") | bit("top_k"));
+    let all = parse(&with_pool_fields(r#""drop_params": ["all"]"#)).unwrap();
+    assert_eq!(all.pools[all.pool_by_name["gpt4o_16k"]].drop_params, u64::MAX);
+    let e = error_for(&with_pool_fields(r#""drop_params": ["sead"]"#));
+    assert_eq!(e.field, "pools.gpt4o_16k.drop_params");
+    assert!(e.message.contains("sead"), "{e}");
+    // Members know what their kind refuses.
+    let openai = &pool.members[0];
+    assert_eq!((openai.refuses & bit("top_k") != 0, openai.refuses & bit("seed")), (true, 0));
+}

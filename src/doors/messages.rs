@@ -51,6 +51,7 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
     if let Some(user) = req.get("metadata").and_then(|m| m.get("user_id")).and_then(Value::as_str) {
         out.insert("user".into(), Value::String(user.to_string()));
     }
+    super::carry(&req, super::MESSAGES_PARAMS, &mut out)?;
     Ok(to_bytes(&Value::Object(out)))
 }
 
@@ -221,6 +222,7 @@ fn tool_message(block: &Map<String, Value>, at: &str, images: &mut Vec<Value>) -
 fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thinking = Vec::new();
     for (j, block) in blocks.iter().enumerate() {
         let at = format!("{at}.content[{j}]");
         let (block, kind) = block_type(block, &at)?;
@@ -237,11 +239,15 @@ fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
                 calls
                     .push(obj! {"id": id, "type": "function", "function": obj! {"name": name, "arguments": arguments}});
             }
-            "thinking" | "redacted_thinking" => {}
+            // Carried with their signatures: an Anthropic member of a later turn needs them back.
+            "thinking" | "redacted_thinking" => thinking.push(Value::Object(block.clone())),
             other => return Err(unsupported_block(&at, other)),
         }
     }
     let mut message = Map::new();
+    if !thinking.is_empty() {
+        message.insert("thinking_blocks".into(), Value::Array(thinking));
+    }
     message.insert("role".into(), Value::String("assistant".into()));
     message
         .insert("content".into(), if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) });
@@ -359,7 +365,7 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
         return anthropic_error("api_error", "The upstream answer had no choices.");
     };
     let message = choice.get("message");
-    let mut content = Vec::new();
+    let mut content = super::thinking_of(message);
     let field = |name: &str| message.and_then(|m| m.get(name)).and_then(Value::as_str).filter(|t| !t.is_empty());
     if let Some(text) = field("content").or_else(|| field("refusal")) {
         content.push(obj! {"type": "text", "text": text});
@@ -637,7 +643,7 @@ mod tests {
             "model": "fast-pool", "max_tokens": 100, "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "Be kind."}],
             "messages": [{"role": "user", "content": "Hi"}],
             "temperature": 0.5, "top_p": 0.9, "top_k": 5, "stop_sequences": ["END"], "stream": true,
-            "metadata": {"user_id": "u-1"}, "unknown_field": 1,
+            "metadata": {"user_id": "u-1"},
         }));
         assert_eq!(
             out,
@@ -645,7 +651,7 @@ mod tests {
                 "model": "fast-pool", "max_tokens": 100,
                 "messages": [{"role": "system", "content": "Be brief.\nBe kind."}, {"role": "user", "content": "Hi"}],
                 "temperature": 0.5, "top_p": 0.9, "stop": ["END"], "stream": true,
-                "stream_options": {"include_usage": true}, "user": "u-1",
+                "stream_options": {"include_usage": true}, "user": "u-1", "top_k": 5,
             })
         );
     }
@@ -680,7 +686,7 @@ mod tests {
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
                     {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
                 ]},
-                {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                {"role": "assistant", "content": "Let me look.", "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "s"}], "tool_calls": [
                     {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
                 ]},
                 {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny\n20C"},
@@ -710,10 +716,10 @@ mod tests {
 
     #[test]
     fn claude_code_style_request_translates() {
-        // Claude Code's shape: cache_control on blocks, thinking config, beta-only fields, untyped tools.
+        // Claude Code's shape: cache_control on blocks, thinking config, untyped tools.
         let out = chat(json!({
             "model": "claude-sonnet-4-5", "max_tokens": 32000, "stream": true, "temperature": 1,
-            "thinking": {"type": "enabled", "budget_tokens": 4000}, "context_management": {"edits": []},
+            "thinking": {"type": "enabled", "budget_tokens": 4000},
             "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
@@ -728,7 +734,16 @@ mod tests {
         );
         assert_eq!(out["tools"][0]["function"]["name"], "Bash");
         assert_eq!(out["stream_options"], json!({"include_usage": true}));
-        assert!(out.get("thinking").is_none() && out.get("context_management").is_none());
+        assert_eq!(out["thinking"], json!({"type": "enabled", "budget_tokens": 4000}));
+    }
+
+    #[test]
+    fn parameters_only_anthropic_takes_are_refused_by_name() {
+        let body = json!({"model": "m", "max_tokens": 1, "messages": [], "context_management": {"edits": []}});
+        let e = to_chat(body.to_string().as_bytes()).unwrap_err();
+        assert_eq!((e.code.as_str(), e.param.as_deref()), ("unsupported_parameter", Some("context_management")));
+        let body = json!({"model": "m", "max_tokens": 1, "messages": [], "frobnicate": 1, "container": null});
+        assert_eq!(to_chat(body.to_string().as_bytes()).unwrap_err().param.as_deref(), Some("frobnicate"));
     }
 
     #[test]

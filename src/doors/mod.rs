@@ -17,6 +17,8 @@ pub mod responses;
 
 // Golden files read from disk: native only (see the file).
 #[cfg(test)]
+mod param_table;
+#[cfg(test)]
 mod sdk_fixtures;
 
 use crate::api::usage::Tokens;
@@ -42,25 +44,16 @@ pub enum Door {
 }
 
 impl Door {
-    /// The door a path opens (query string allowed); `None` for the chat-family endpoints.
-    pub fn from_path(path: &str) -> Option<Door> {
-        match path.split('?').next().unwrap_or("").trim_end_matches('/') {
-            "/v1/messages" => Some(Door::Messages),
-            "/v1/messages/count_tokens" => Some(Door::CountTokens),
-            "/v1/responses" => Some(Door::Responses),
-            _ => None,
-        }
-    }
-
     /// The door whose error shape answers at `path` before (or without) routing:
     /// every path of the Messages API (`/v1/messages...`) is Anthropic's, so an
     /// Anthropic client reads a refused key or an unknown path as it reads Anthropic's.
     pub fn error_shape_of(path: &str) -> Door {
         let clean = path.split('?').next().unwrap_or("");
-        match Door::from_path(clean) {
-            Some(door) => door,
-            None if clean.starts_with("/v1/messages/") => Door::Messages,
-            None => Door::Chat,
+        match clean.trim_end_matches('/') {
+            "/v1/messages/count_tokens" => Door::CountTokens,
+            "/v1/responses" => Door::Responses,
+            p if p == "/v1/messages" || clean.starts_with("/v1/messages/") => Door::Messages,
+            _ => Door::Chat,
         }
     }
 
@@ -84,7 +77,9 @@ impl Door {
         match translated {
             Ok(chat) => Ok(Some(Routed { chat, native_only: None })),
             // What the translation cannot express, the door's native kinds serve as it is.
-            Err(e) if e.code == UNSUPPORTED => Ok(Some(Routed { chat: routing_stand_in(body), native_only: Some(e) })),
+            Err(e) if e.kind == DoorErrorKind::NativeOnly => {
+                Ok(Some(Routed { chat: routing_stand_in(body), native_only: Some(e) }))
+            }
             Err(e) => Err(self.precise_token_limit_error(body, e)),
         }
     }
@@ -103,12 +98,13 @@ impl Door {
     /// field. Read from the raw body, on this error path only.
     fn precise_token_limit_error(self, body: &[u8], e: DoorError) -> DoorError {
         let Some(field) = self.token_limit_field() else { return e };
-        if e.param.as_deref() != Some(field) && e.code != "invalid_json" {
+        if e.param.as_deref() != Some(field) && e.code != ErrorCode::InvalidJson {
             return e;
         }
         match crate::api::request::bad_token_limit(body, &[field]) {
             Some((field, bad)) => {
-                DoorError { code: bad.code, message: format!("{field}: {}", bad.message), param: Some(field.into()) }
+                let message = format!("{field}: {}", bad.message);
+                DoorError { kind: DoorErrorKind::Invalid, code: bad.code, message, param: Some(field.into()) }
             }
             None => e,
         }
@@ -227,12 +223,118 @@ fn upstream_unreadable() -> Vec<u8> {
     out
 }
 
-/// The code of a refused feature that the door's native kinds may serve.
-const UNSUPPORTED: ErrorCode = ErrorCode::UnsupportedFeature;
+/// Why a door's translator refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoorErrorKind {
+    /// The request is wrong: refused in the door's shape.
+    Invalid,
+    /// A feature chat completions cannot express: the request stays on the
+    /// members whose kind serves the door's API as it is (refused when none can).
+    NativeOnly,
+}
+
+/// An answer message's thinking as Anthropic blocks: its `thinking_blocks`
+/// (with their signatures), else its `reasoning_content` unsigned.
+pub(crate) fn thinking_of(message: Option<&Value>) -> Vec<Value> {
+    let blocks = message.and_then(|m| m.get("thinking_blocks")).and_then(Value::as_array);
+    if let Some(blocks) = blocks.filter(|b| !b.is_empty()) {
+        return blocks.clone();
+    }
+    let text = message.and_then(|m| m.get("reasoning_content")).and_then(Value::as_str).filter(|t| !t.is_empty());
+    text.map(|t| vec![obj! {"type": "thinking", "thinking": t, "signature": ""}]).unwrap_or_default()
+}
+
+
+/// A door's top-level parameters and what the chat body carries for each:
+/// the chat parameter its translator writes, [`SAME`] (copied under its own
+/// name, `api::params` then rules), or [`NATIVE`] (only the door's native
+/// kinds take it). A parameter not listed counts as [`NATIVE`].
+pub type DoorParams = [(&'static str, &'static str)];
+pub const SAME: &str = "=";
+pub const NATIVE: &str = "";
+
+pub static MESSAGES_PARAMS: &DoorParams = &[
+    ("model", "model"),
+    ("messages", "messages"),
+    ("system", "messages"),
+    ("max_tokens", "max_tokens"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("stop_sequences", "stop"),
+    ("stream", "stream"),
+    ("tools", "tools"),
+    ("tool_choice", "tool_choice"),
+    ("metadata", "user"),
+    ("top_k", SAME),
+    ("thinking", SAME),
+    ("service_tier", SAME),
+    ("container", NATIVE),
+    ("mcp_servers", NATIVE),
+    ("context_management", NATIVE),
+];
+
+pub static RESPONSES_PARAMS: &DoorParams = &[
+    ("model", "model"),
+    ("input", "messages"),
+    ("instructions", "messages"),
+    ("max_output_tokens", "max_completion_tokens"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("stream", "stream"),
+    ("stream_options", "stream_options"),
+    ("tools", "tools"),
+    ("tool_choice", "tool_choice"),
+    ("parallel_tool_calls", "parallel_tool_calls"),
+    ("text", "response_format"),
+    ("reasoning", "reasoning_effort"),
+    ("user", "user"),
+    ("metadata", SAME),
+    ("service_tier", SAME),
+    ("top_logprobs", SAME),
+    ("prompt_cache_key", SAME),
+    ("safety_identifier", SAME),
+    ("store", NATIVE),
+    ("previous_response_id", NATIVE),
+    ("conversation", NATIVE),
+    ("background", NATIVE),
+    ("prompt", NATIVE),
+    ("include", NATIVE),
+    ("truncation", NATIVE),
+    ("max_tool_calls", NATIVE),
+];
+
+/// Carries the door parameters of `req` its translator does not write into
+/// `out`: [`SAME`] ones copied, a [`NATIVE`] or unknown one set to something
+/// other than its default refused (`unsupported_parameter`: the request then
+/// stays on the door's native kinds).
+pub(crate) fn carry(
+    req: &Map<String, Value>,
+    table: &DoorParams,
+    out: &mut Map<String, Value>,
+) -> Result<(), DoorError> {
+    for (key, value) in req.iter().filter(|(_, v)| !v.is_null()) {
+        match table.iter().find(|(door, _)| door == key).map_or(NATIVE, |(_, chat)| *chat) {
+            SAME if !out.contains_key(key) => {
+                out.insert(key.clone(), value.clone());
+            }
+            NATIVE if !crate::api::params::neutral(key, &value.to_string()) => {
+                return Err(DoorError {
+                    kind: DoorErrorKind::NativeOnly,
+                    code: ErrorCode::UnsupportedParameter,
+                    message: format!("{key}: this parameter is taken only by the API's own providers"),
+                    param: Some(key.clone()),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// A door request the translator refuses: always HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoorError {
+    pub kind: DoorErrorKind,
     /// Precise machine-readable reason, e.g. `invalid_request`, `unsupported_feature`.
     pub code: ErrorCode,
     pub message: String,
@@ -246,6 +348,7 @@ impl DoorError {
     pub(crate) fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         let param = param.into();
         DoorError {
+            kind: DoorErrorKind::Invalid,
             code: ErrorCode::InvalidRequest,
             message: format!("{param}: {}", message.into()),
             param: Some(param),
@@ -254,11 +357,13 @@ impl DoorError {
 
     pub(crate) fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
         let param = param.into();
-        DoorError { code: UNSUPPORTED, message: format!("{param}: {}", message.into()), param: Some(param) }
+        let message = format!("{param}: {}", message.into());
+        DoorError { kind: DoorErrorKind::NativeOnly, code: ErrorCode::UnsupportedFeature, message, param: Some(param) }
     }
 
     pub(crate) fn not_json(detail: impl std::fmt::Display) -> Self {
         DoorError {
+            kind: DoorErrorKind::Invalid,
             code: ErrorCode::InvalidJson,
             message: format!("Request body is not valid JSON: {detail}"),
             param: None,
@@ -299,6 +404,7 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DoorError>
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(DoorError {
+            kind: DoorErrorKind::Invalid,
             code: ErrorCode::InvalidRequest,
             message: "Request body must be a JSON object.".into(),
             param: None,
@@ -675,7 +781,7 @@ mod tests {
         let body = br#"{"model":"p","max_tokens":7,"stream":true,"messages":[{"role":"user","content":[{"type":"document"}]}],"tools":[{"type":"web_search_20250305","name":"w"}]}"#;
         let routed = Door::Messages.to_chat(body).unwrap().unwrap();
         let refused = routed.native_only.unwrap();
-        assert_eq!(refused.code, "unsupported_feature");
+        assert_eq!((refused.kind, refused.code), (DoorErrorKind::NativeOnly, ErrorCode::UnsupportedFeature));
         let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
         assert_eq!(
             (chat.target.as_str(), chat.stream, chat.max_output_tokens, chat.has_tools),
@@ -689,7 +795,8 @@ mod tests {
         assert_eq!((chat.target.as_str(), chat.stream, chat.has_tools), ("p", false, false));
         let plain = Door::Responses.to_chat(br#"{"model":"p","input":"x"}"#).unwrap().unwrap();
         assert!(plain.native_only.is_none());
-        assert_eq!(Door::Messages.to_chat(br#"{"model":"p","messages":[]}"#).unwrap_err().code, "invalid_request");
+        let invalid = Door::Messages.to_chat(br#"{"model":"p","messages":[]}"#).unwrap_err();
+        assert_eq!((invalid.kind, invalid.code), (DoorErrorKind::Invalid, ErrorCode::InvalidRequest));
         assert!(Door::Chat.to_chat(b"{}").unwrap().is_none());
     }
 

@@ -137,7 +137,18 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
     if let Some(user) = req.get("user").and_then(Value::as_str) {
         out.insert("user".into(), Value::String(user.to_string()));
     }
+    super::carry(&req, super::RESPONSES_PARAMS, &mut out)?;
     Ok(to_bytes(&Value::Object(out)))
+}
+
+/// A Responses `reasoning` item of an Anthropic thinking block: its text as
+/// the summary, the block itself (with its signature) as `encrypted_content`,
+/// which clients send back as it is.
+pub(crate) fn reasoning_item(id: &str, block: &Value) -> Value {
+    let text = block.get("thinking").and_then(Value::as_str).unwrap_or_default();
+    let summary: Vec<Value> =
+        [text].iter().filter(|t| !t.is_empty()).map(|t| obj! {"type": "summary_text", "text": *t}).collect();
+    obj! {"id": id, "type": "reasoning", "summary": summary, "encrypted_content": String::from_utf8(to_bytes(block)).unwrap_or_default()}
 }
 
 fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorError> {
@@ -205,7 +216,24 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                 };
                 messages.push(obj! {"role": "tool", "tool_call_id": call_id, "content": output});
             }
-            "reasoning" => {}
+            // The gateway's own reasoning items carry an Anthropic thinking block: back to the
+            // assistant turn it led (OpenAI's own encrypted reasoning means nothing elsewhere).
+            "reasoning" => {
+                let block = item.get("encrypted_content").and_then(Value::as_str);
+                let block = block.and_then(|b| serde_json::from_str::<Value>(b).ok()).filter(|b| {
+                    matches!(b.get("type").and_then(Value::as_str), Some("thinking" | "redacted_thinking"))
+                });
+                if let Some(block) = block {
+                    match messages.last_mut().and_then(Value::as_object_mut) {
+                        Some(last) if last.contains_key("thinking_blocks") && last.contains_key("from_text") => {
+                            if let Some(blocks) = last.get_mut("thinking_blocks").and_then(Value::as_array_mut) {
+                                blocks.push(block);
+                            }
+                        }
+                        _ => messages.push(obj! {"role": "assistant", "content": Value::Null, "thinking_blocks": vec![block], "from_text": true}),
+                    }
+                }
+            }
             other => {
                 return Err(DoorError::unsupported(
                     format!("{at}.type"),
@@ -488,7 +516,11 @@ pub fn from_chat_completion(body: &[u8], model: &str) -> Vec<u8> {
     let base = door_id("", answer.get("id").and_then(Value::as_str));
     let message = choice.get("message");
     let field = |name: &str| message.and_then(|m| m.get(name)).and_then(Value::as_str).filter(|t| !t.is_empty());
-    let mut output = Vec::new();
+    let mut output: Vec<Value> = super::thinking_of(message)
+        .iter()
+        .enumerate()
+        .map(|(i, b)| reasoning_item(&format!("rs_{base}_{i}"), b))
+        .collect();
     if let Some(text) = field("content") {
         output.push(message_output(&format!("msg_{base}"), "completed", text, false));
     } else if let Some(text) = field("refusal") {
@@ -745,7 +777,7 @@ mod tests {
         let out = chat(json!({
             "model": "pool", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 50,
             "temperature": 0.2, "top_p": 0.8, "stream": true, "user": "u", "store": false,
-            "reasoning": {"effort": "low"}, "include": ["reasoning.encrypted_content"], "metadata": {"k": "v"},
+            "reasoning": {"effort": "low"}, "include": [], "metadata": {"k": "v"}, "truncation": "disabled",
         }));
         assert_eq!(
             out,
@@ -754,6 +786,7 @@ mod tests {
                 "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
                 "max_completion_tokens": 50, "temperature": 0.2, "top_p": 0.8, "stream": true,
                 "stream_options": {"include_usage": true}, "reasoning_effort": "low", "user": "u",
+                "metadata": {"k": "v"},
             })
         );
     }

@@ -73,6 +73,20 @@ impl Default for AnswerChain {
     }
 }
 
+/// How an answer reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passage {
+    /// As it is: OpenAI's shape, or a door's answer from a member serving it natively.
+    AsIs,
+    /// Translated event by event (the provider's adapter, then the client's
+    /// door). `primed`: an adapter's stream is held until its first event, so
+    /// that one that cannot be read still fails over.
+    Stream { primed: bool },
+    /// Translated as a whole body: held until read, so that an unreadable
+    /// answer still fails over.
+    Whole,
+}
+
 impl AnswerChain {
     /// The answer's headers came with `status` from `attempt`: the readers it needs.
     pub fn start(&mut self, attempt: &Attempt, status: u16) {
@@ -101,6 +115,24 @@ impl AnswerChain {
         let shape = self.shape;
         let openai_stream = shape.stream && !shape.include_usage && self.endpoint != Endpoint::Embeddings;
         openai_stream && status < 300 && !attempt.native && attempt.adapter.is_none()
+    }
+
+    /// How a successful (not failed over) answer of `status` to `attempt`
+    /// reaches the client.
+    pub fn passage(&self, attempt: &Attempt, status: u16) -> Passage {
+        let adapter = attempt.adapter.as_ref();
+        let door = self.door_for(attempt);
+        if adapter.is_none() && door.is_none() {
+            return Passage::AsIs;
+        }
+        let streams = status < 400
+            && adapter.is_none_or(|a| super::translates_stream(a, status))
+            && door.is_none_or(DoorAnswer::is_stream);
+        if streams {
+            Passage::Stream { primed: adapter.is_some() }
+        } else {
+            Passage::Whole
+        }
     }
 
     /// The door converter, unless the member serves the door's API natively.

@@ -244,6 +244,13 @@ impl Exchange {
             }
         }
         out.push(("x-switchboard-request-id", self.request_id.clone()));
+        if let (Some(plan), Some((_, m, _))) = (&self.plan, config.resolve(serving)) {
+            let (dropped, needs) = (plan.needs().dropped(m), plan.needs());
+            if dropped != 0 {
+                let other = needs.other_param.as_deref().unwrap_or_default();
+                out.push(("x-switchboard-dropped-params", crate::api::params::names(dropped, other)));
+            }
+        }
         if let Some(t) = &self.tenant {
             out.extend(t.rate_headers.iter().cloned());
         }
@@ -305,7 +312,7 @@ impl Exchange {
             _ => return,
         };
         let details = details();
-        if details.contains("downstream") {
+        if Cutoff::of(&details) == Cutoff::ByClient {
             log::info!("switchboard[{}]: client left before the answer ended ({details})", self.request_id);
             return self.unjudged(sh, &attempt, status);
         }
@@ -368,4 +375,24 @@ pub fn build_upstream(
     }
     let ctx = BuildContext { now_unix_s: now_ms / 1000, max_response_tokens: p.max_response_tokens };
     build_request(provider, m, endpoint, parsed, &ctx)
+}
+
+/// Who cut an answer off while it was relayed, as Envoy's response code
+/// details say (`downstream_remote_disconnect`, `upstream_reset_after_response_started{...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// The client left: nobody's failure.
+    ByClient,
+    /// The upstream (or anything else): the member's failure.
+    ByUpstream,
+}
+
+impl Cutoff {
+    pub fn of(details: &str) -> Cutoff {
+        if details.contains("downstream") {
+            Cutoff::ByClient
+        } else {
+            Cutoff::ByUpstream
+        }
+    }
 }

@@ -9,16 +9,37 @@
 //! goes on with [`Exchange::next_attempt`] or ends in [`Exchange::exhausted`].
 //! An answer, whichever attempt gives it, passes through one [`AnswerChain`];
 //! the request's timers (hedge, stream idle) decide in `timers`.
+//!
+//! A host drives it in this order: [`Route::parse`] at the request headers;
+//! with the body, [`Exchange::to_chat`], [`Exchange::plan`], the tenant's
+//! admission ([`Exchange::tenant_ask`], asked of the host's store, then
+//! [`Exchange::tenant_verdict`]), [`Exchange::pick_first`], [`build_upstream`],
+//! [`Exchange::routed`] and [`Exchange::rewrite`], whose [`Rewrite`] it writes
+//! to the request; a failed attempt's next member is sent as the
+//! [`Exchange::dispatch`] it describes; at the end it settles what
+//! [`Exchange::settlement`] says. Headers come in as name/value byte pairs and
+//! bodies as bytes: nothing here knows proxy-wasm's header map or calls a
+//! host, so an Envoy dynamic module drives the same API with its own `Shared`.
 
 mod admission;
 mod answer;
 mod attempts;
+mod followup;
+mod resume;
+mod rewrite;
+mod route;
+mod routed;
 mod shared;
 mod timers;
 
-pub use admission::{expected_tokens, feedback_body, refusal_error};
-pub use answer::{AnswerChain, Relayed, Whole};
+pub use admission::{budget_reservation, expected_tokens, feedback_body, refusal_error, TenantAsk, Verdict};
+pub use answer::{AnswerChain, Passage, Relayed, Whole};
 pub use attempts::{adapter_for, build_upstream, translates_stream, Attempt};
+pub use followup::{native_member_of, unknown_response};
+pub use resume::continued;
+pub use rewrite::{Dispatch, Rewrite, Unnamed, TENANT_HEADER};
+pub use route::{BodyFor, Route};
+pub use routed::ChatBody;
 pub use shared::{Count, Picked, Shared};
 pub use timers::{hedge_at, Hedge, Idle, IdleWatch};
 
@@ -145,6 +166,8 @@ pub struct Exchange {
     /// Envoy's `x-request-id` (or one made up): in every log line and answer.
     pub request_id: String,
     pub endpoint: Endpoint,
+    /// What the request body is for (its `Route`).
+    pub body_for: BodyFor,
     /// The client's body, kept for failover calls (as chat completions for a door).
     pub body: Vec<u8>,
     /// A door request's own body, for members serving its API natively.
@@ -167,6 +190,7 @@ impl Default for Exchange {
             state: State::Reading,
             request_id: String::new(),
             endpoint: Endpoint::ChatCompletions,
+            body_for: BodyFor::Routing,
             body: Vec::new(),
             door_body: Vec::new(),
             shape: AnswerShape::default(),

@@ -9,8 +9,9 @@
 //! state and applies the same steps. A store that answers only after a round
 //! trip (a state service through Envoy, for a fleet) does not fit a method
 //! that answers at once: such a decision is a step the host carries out and
-//! answers later (the request paused meanwhile), not a method here. Tenant
-//! admission is still the filter's (`host/tenant_store.rs`).
+//! answers later (the request paused meanwhile), not a method here: a
+//! tenant's admission is asked ([`super::TenantAsk`]) of the store the host
+//! picks (shared data, or the fleet's service), and its verdict handed back.
 
 use crate::api::ErrorCode;
 use crate::config::{Config, MemberRef};
@@ -47,6 +48,11 @@ pub enum Count {
     ResumedStream(usize),
     /// The gateway answered or failed the request itself with this code.
     LocalError(ErrorCode),
+    /// This tenant's request was refused by its limits (`budget`: by its budget).
+    TenantRefused {
+        tenant: usize,
+        budget: bool,
+    },
 }
 
 /// What requests share. See the module documentation.

@@ -1,18 +1,19 @@
 //! The exchange against an in-memory [`Shared`]: health, load and counters
 //! kept in maps, the clock set by the test.
 
-
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use super::*;
 use crate::api::request::ParsedRequest;
+use crate::api::response_ids::Holder;
 use crate::config::tests::ENV;
 use crate::config::{Config, Member};
 use crate::doors::DoorAnswer;
 use crate::routing::exhausted::PassedOver;
 use crate::routing::health::retry_after_until_ms;
 use crate::routing::{Availability, LatencyKind, LiveStats, MemberHealth, Plan};
+use crate::tenant::limits::{Refusal, Window};
 
 const TRIAL_RECHECK_MS: u64 = 1_000;
 
@@ -658,4 +659,354 @@ fn an_answer_left_open_is_the_clients_doing_or_the_members_cut() {
     ex.state = State::Answered;
     ex.end_unfinished(&sh, || unreachable!("read"));
     assert!(ex.obs.attempts.is_empty());
+}
+
+fn upstream(path: &str, body: &[u8], headers: Vec<(&'static str, String)>) -> crate::providers::UpstreamRequest {
+    crate::providers::UpstreamRequest { path: path.into(), authority: "a.example".into(), headers, body: body.to_vec() }
+}
+
+fn pairs<'a>(headers: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+}
+
+#[test]
+fn a_rewrite_sets_the_members_headers_and_removes_the_clients_unlisted_ones() {
+    let sh = Mem::new(TWO);
+    let ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+    let member = MemberRef::new(0, 1);
+    let up = upstream("/v1/chat/completions", b"{\"model\":\"m2\"}", vec![("authorization", "Bearer k".into())]);
+    let client = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        (":authority", "gateway"),
+        ("content-type", "text/plain"),
+        ("authorization", "Bearer client"),
+        ("user-agent", "sdk"),
+        ("x-secret", "1"),
+    ];
+    let rewrite = ex.rewrite(&sh, member, &up, (30_000, Some(5_000)), 20, pairs(&client)).unwrap();
+    assert_eq!(rewrite.body, Some(&b"{\"model\":\"m2\"}"[..]));
+    let set =
+        |name: &str| rewrite.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_ref().map(|v| v.to_string()));
+    assert_eq!(set(":authority"), Some(Some("a.example".into())));
+    assert_eq!(set("content-length"), Some(Some("14".into())));
+    assert_eq!(set(&sh.config.cluster_header), Some(Some("b".into())));
+    assert_eq!(set("x-envoy-upstream-rq-timeout-ms"), Some(Some("30000".into())));
+    assert_eq!(set("x-envoy-upstream-rq-per-try-timeout-ms"), Some(Some("5000".into())));
+    assert_eq!(set("authorization"), Some(Some("Bearer k".into())), "the provider's credential, set once");
+    assert_eq!(set("content-type"), Some(Some("application/json".into())), "the body is the gateway's JSON");
+    assert_eq!(set("x-secret"), Some(None), "off the allow-list: removed");
+    // Allow-listed, unchanged or pseudo headers are left alone; the path is already right.
+    for kept in ["user-agent", ":method", ":path", ":authority-unused"] {
+        assert_eq!(set(kept), None, "{kept}");
+    }
+    assert_eq!(rewrite.headers.iter().filter(|(n, _)| *n == "authorization").count(), 1);
+}
+
+#[test]
+fn a_rewrite_sets_another_path_and_keeps_a_bodyless_followup_as_it_is() {
+    let sh = Mem::new(TWO);
+    let ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+    let client = [(":path", "/v1/responses/r1"), ("content-type", "application/json")];
+    let up = upstream("/openai/v1/responses/r1", b"", vec![]);
+    let rewrite = ex.rewrite(&sh, MemberRef::new(0, 0), &up, (1_000, None), 0, pairs(&client)).unwrap();
+    assert_eq!(rewrite.body, None, "no body of the gateway's: the client's stays");
+    let names: Vec<&str> = rewrite.headers.iter().map(|(n, _)| *n).collect();
+    assert!(names.contains(&":path") && !names.contains(&"content-length") && !names.contains(&"content-type"));
+    assert!(!names.contains(&"x-envoy-upstream-rq-per-try-timeout-ms"));
+    let bad = [(&b"\xffname"[..], &b"v"[..])];
+    assert_eq!(ex.rewrite(&sh, MemberRef::new(0, 0), &up, (1, None), 0, bad.into_iter()), Err(Unnamed));
+}
+
+#[test]
+fn a_rewrite_names_the_tenant_for_the_filters_after() {
+    let sh = with_tenant("");
+    let mut ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+    ex.tenant = Some(Admission::default());
+    let up = upstream("/v1/chat/completions", b"{}", vec![]);
+    let rewrite = ex.rewrite(&sh, MemberRef::new(0, 0), &up, (1, None), 2, std::iter::empty()).unwrap();
+    assert!(rewrite.headers.contains(&(TENANT_HEADER, Some("team-a".into()))));
+}
+
+#[test]
+fn a_dispatched_call_carries_the_allow_listed_headers_and_the_pools_timeouts() {
+    let sh = Mem::new(
+        r#""main": {"timeout_ms": 9000, "first_byte_timeout_ms": 2000, "members": [{"provider": "a", "model": "m1"}]}"#,
+    );
+    let ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+    let up = upstream("/v1/chat/completions", b"{}", vec![("authorization", "Bearer k".into())]);
+    let client = [("user-agent", "sdk"), ("authorization", "Bearer client"), ("x-secret", "1")];
+    let now = sh.now.get();
+    let call = ex.dispatch(&sh, MemberRef::new(0, 0), now, &up, true, pairs(&client)).unwrap();
+    assert_eq!((call.cluster, call.body()), ("a", &b"{}"[..]));
+    let headers = call.headers();
+    assert!(headers.contains(&("user-agent", "sdk")) && headers.contains(&("authorization", "Bearer k")));
+    assert!(!headers.iter().any(|(k, v)| *k == "x-secret" || *v == "Bearer client"));
+    assert!(headers.contains(&(":path", "/v1/chat/completions")) && headers.contains(&(":method", "POST")));
+    assert_eq!(call.timeout_ms, 9000, "a stream's call may take the request's whole deadline");
+    assert!(headers.contains(&("x-envoy-upstream-rq-per-try-timeout-ms", "2000")));
+}
+
+/// `TWO`'s providers with pools `main` and `other`, and one tenant `team-a` with `limits`.
+fn with_tenant(limits: &str) -> Mem {
+    let json = format!(
+        r#"{{"providers": {{"a": {{"kind": "openai", "cluster": "a", "host": "a", "api_key_env": "ALPHA_KEY"}}}},
+            "pools": {{"main": {{"members": [{{"provider": "a", "model": "m1"}}]}},
+                       "other": {{"members": [{{"provider": "a", "model": "m2"}}]}}}},
+            "tenants": {{"team-a": {{"keys_sha256": ["{}"]{limits}}}}}}}"#,
+        "0".repeat(64)
+    );
+    let mut sh = Mem::new(TWO);
+    sh.config = Config::parse(json.as_bytes(), &ENV).unwrap();
+    sh
+}
+
+/// A tenant's request for `model`, parsed, with its plan: what `tenant_ask` takes.
+fn ask(sh: &Mem, ex: &mut Exchange, body: &str) -> Result<Option<TenantAsk>, ApiError> {
+    let parsed = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
+    let plan = Plan::new(&sh.config, &parsed, sh.now.get()).unwrap();
+    ex.tenant_ask(sh, &parsed, &plan, body.len())
+}
+
+#[test]
+fn a_tenant_is_refused_a_model_off_its_allow_list_and_asks_nothing_without_limits() {
+    let sh = with_tenant(r#", "allow": ["main"]"#);
+    let mut ex = Exchange { tenant: Some(Admission::default()), ..Exchange::default() };
+    let e = ask(&sh, &mut ex, r#"{"model":"other","messages":[]}"#).unwrap_err();
+    assert_eq!((e.status, e.code, e.param), (403, ErrorCode::ModelNotAllowed, Some("model")));
+    // A fallback is checked as the target is.
+    let e = ask(&sh, &mut ex, r#"{"model":"main","fallback":["other"],"messages":[]}"#).unwrap_err();
+    assert_eq!(e.status, 403);
+    assert_eq!(ask(&sh, &mut ex, r#"{"model":"main","messages":[]}"#), Ok(None), "no limits: nothing to ask");
+    let mut anonymous = Exchange::default();
+    assert_eq!(ask(&sh, &mut anonymous, r#"{"model":"other","messages":[]}"#), Ok(None));
+}
+
+#[test]
+fn an_admitted_tenant_holds_its_reservation_and_reads_its_rate_headers() {
+    let sh = with_tenant(r#", "rpm": 10, "tpm": 100000, "max_parallel": 2"#);
+    let mut ex = Exchange { tenant: Some(Admission::default()), ..Exchange::default() };
+    let body = r#"{"model":"main","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
+    let asked = ask(&sh, &mut ex, body).unwrap().unwrap();
+    assert_eq!(asked.reserve, body.len() as u64 / 4 + 50, "the prompt estimate and the output asked for");
+    let now = sh.now.get();
+    let window = Window { start_s: now / 1000 - 10, requests: 3, tokens: 500 };
+    let state = crate::tenant::limits::TenantState { window, ..Default::default() };
+    assert_eq!(ex.tenant_verdict(&sh, &asked, Ok(Some(state)), now), Ok(()));
+    let admission = ex.tenant.as_ref().unwrap();
+    assert_eq!(
+        (admission.reserved, admission.parallel_held, admission.window_start_s),
+        (asked.reserve, true, window.start_s)
+    );
+    assert!(admission.rate_headers.contains(&("x-ratelimit-remaining-requests", "7".into())));
+    assert!(ex.answer.tail.is_some(), "a token limit reads the answer's usage");
+    // It ends: its slot and tokens are settled once.
+    let (index, lease, end) = ex.settlement(&sh).unwrap();
+    assert_eq!((index, lease, end.parallel_held), (0, None, true));
+    assert_eq!(end.tokens, None, "no usage and no stream: the reservation stands");
+    assert!(ex.settlement(&sh).is_none());
+}
+
+#[test]
+fn a_refused_tenant_reads_what_ran_out_and_is_counted() {
+    let sh = with_tenant(r#", "rpm": 10"#);
+    let mut ex = Exchange { tenant: Some(Admission { lease: Some(7), ..Admission::default() }), ..Exchange::default() };
+    let asked = ask(&sh, &mut ex, r#"{"model":"main","messages":[]}"#).unwrap().unwrap();
+    let now = sh.now.get();
+    let e = ex.tenant_verdict(&sh, &asked, Err(Refusal::Requests { retry_after_s: 12 }), now).unwrap_err();
+    assert_eq!((e.status, e.code, e.retry_after_s), (429, ErrorCode::RateLimitExceeded, Some(12)));
+    let admission = ex.tenant.as_ref().unwrap();
+    assert!(admission.rate_headers.contains(&("x-ratelimit-remaining-requests", "0".into())));
+    assert!(admission.rate_headers.contains(&("x-ratelimit-reset-requests", "12s".into())));
+    assert_eq!(admission.lease, None, "a refused request holds no lease");
+    assert_eq!(sh.counted(Count::TenantRefused { tenant: 0, budget: false }), 1);
+    // Its error reply carries them too.
+    let step = ex.error_reply(&sh, &e);
+    assert_eq!(header(&step, "x-ratelimit-remaining-requests"), Some("0"));
+    assert!(ex.settlement(&sh).is_none(), "nothing held, nothing settled");
+}
+
+/// A streamed chat exchange over `pools`, its body kept as routing keeps it.
+fn streamed(sh: &Mem, body: &str) -> Exchange {
+    let mut ex = exchange(sh, body);
+    ex.body = body.as_bytes().to_vec();
+    ex.shape.stream = true;
+    ex
+}
+
+#[test]
+fn only_a_successful_single_choice_chat_stream_of_a_continuing_pool_is_watched() {
+    let resuming = r#""main": {"resume_streams": true, "members": [{"provider": "a", "model": "m1"}, {"provider": "c", "model": "m3"}]}"#;
+    let sh = Mem::new(resuming);
+    let mut ex = streamed(&sh, r#"{"model":"main","stream":true,"messages":[]}"#);
+    let attempt = first(&sh, &mut ex);
+    assert!(ex.watches_resume(&sh, &attempt, 200));
+    assert!(!ex.watches_resume(&sh, &attempt, 500), "a failed answer is failed over, not continued");
+    let mut two = streamed(&sh, r#"{"model":"main","stream":true,"n":2,"messages":[]}"#);
+    let attempt = first(&sh, &mut two);
+    assert!(!two.watches_resume(&sh, &attempt, 200), "two choices cannot be spliced");
+    let mut whole = streamed(&sh, r#"{"model":"main","messages":[]}"#);
+    whole.shape.stream = false;
+    let attempt = first(&sh, &mut whole);
+    assert!(!whole.watches_resume(&sh, &attempt, 200));
+    let plain = Mem::new(TWO);
+    let mut ex = streamed(&plain, r#"{"model":"main","stream":true,"messages":[]}"#);
+    let attempt = first(&plain, &mut ex);
+    assert!(!ex.watches_resume(&plain, &attempt, 200), "the pool does not continue streams");
+}
+
+#[test]
+fn a_continuation_asks_the_next_member_for_the_rest_and_reads_its_answer() {
+    let sh = Mem::new(r#""main": {"resume_streams": true, "members": [{"provider": "c", "model": "m3"}]}"#);
+    let mut ex = streamed(&sh, r#"{"model":"main","stream":true,"messages":[{"role":"user","content":"count"}]}"#);
+    let mut next = first(&sh, &mut ex);
+    let picked = next.picked;
+    let upstream = ex.continuation(&sh, picked, &mut next, "one, two,", sh.now.get()).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&upstream.body).unwrap();
+    assert_eq!(body["stream"], serde_json::Value::Null, "one call for the rest, not a stream");
+    let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "assistant", "an Anthropic member is prefilled with the text so far: {body}");
+    assert!(next.adapter.is_some(), "its answer is read through its provider's adapter");
+    // A failed call is not read at all; a good one is the rest of the answer.
+    let mut plain = first(&sh, &mut ex);
+    plain.adapter = None;
+    assert!(continued(&mut plain, 503, || unreachable!("a failure's body is not read")).is_none());
+    let answer = br#"{"choices":[{"message":{"role":"assistant","content":" three."},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
+    let rest = continued(&mut plain, 200, || answer.to_vec()).unwrap();
+    assert_eq!((rest.text.as_str(), rest.finish.as_str()), (" three.", "stop"));
+    assert!(continued(&mut plain, 200, || b"not json".to_vec()).is_none());
+}
+
+#[test]
+fn a_followup_goes_to_a_native_member_of_the_provider_holding_the_response() {
+    let sh = Mem::new(
+        r#""main": {"members": [{"provider": "c", "model": "m3"}]}, "other": {"members": [{"provider": "a", "model": "m1"}]}"#,
+    );
+    let (member, provider) = native_member_of(&sh.config, "a").unwrap();
+    assert_eq!((member, provider.name.as_str()), (MemberRef::new(1, 0), "a"));
+    assert!(native_member_of(&sh.config, "c").is_none(), "Anthropic does not hold Responses");
+    assert!(native_member_of(&sh.config, "nobody").is_none());
+    let f = crate::api::response_ids::followup("/v1/responses/resp_9/cancel").unwrap();
+    let e = unknown_response(&f);
+    assert_eq!((e.status, e.code), (404, ErrorCode::NotFound));
+    assert!(e.message.starts_with("No response `resp_9` is known") && e.message.contains("/v1/responses/{id}/cancel"));
+}
+
+#[test]
+fn a_previous_response_id_keeps_the_request_on_its_holder_for_its_tenant_only() {
+    let sh = with_tenant("");
+    let body = br#"{"model":"main","input":"hi","previous_response_id":"resp_1"}"#;
+    let mut ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+    ex.door = Door::Responses;
+    ex.door_body = body.to_vec();
+    ex.tenant = Some(Admission::default());
+    assert_eq!(ex.previous_response_id().as_deref(), Some("resp_1"));
+    let mut plan = ex.plan.take().unwrap();
+    let holder = |tenant: &str| Some(Holder { provider: "a".into(), tenant: tenant.into() });
+    let e = ex.hold_conversation(&sh, &mut plan, "main", "resp_1", holder("team-b")).unwrap_err();
+    assert_eq!((e.status, e.param), (404, Some("previous_response_id")), "another tenant's is unknown");
+    assert_eq!(ex.hold_conversation(&sh, &mut plan, "main", "resp_1", None), Ok(()), "unknown ids stay as they were");
+    assert_eq!(ex.hold_conversation(&sh, &mut plan, "main", "resp_1", holder("team-a")), Ok(()));
+    ex.door = Door::Chat;
+    assert_eq!(ex.previous_response_id(), None, "only the Responses door has one");
+}
+
+#[test]
+fn only_a_native_responses_answer_has_its_id_noted() {
+    let sh = Mem::new(TWO);
+    let mut ex = exchange(&sh, r#"{"model":"main","messages":[]}"#);
+    ex.door = Door::Responses;
+    let mut tail = crate::api::usage::Tail::default();
+    tail.push(br#"{"id":"resp_7","object":"response"}"#);
+    ex.answer.tail = Some(tail);
+    let member = MemberRef::new(0, 1);
+    let (id, holder) = ex.response_to_note(&sh, member, true, 200).unwrap();
+    assert_eq!((id, holder.provider.as_str(), holder.tenant.as_str()), ("resp_7", "b", ""));
+    assert!(ex.response_to_note(&sh, member, false, 200).is_none(), "a translated answer's id is the gateway's");
+    assert!(ex.response_to_note(&sh, member, true, 500).is_none());
+    ex.door = Door::Chat;
+    assert!(ex.response_to_note(&sh, member, true, 200).is_none());
+}
+
+#[test]
+fn a_door_request_is_routed_as_chat_completions_and_keeps_its_own_body() {
+    let sh = Mem::new(TWO);
+    let mut ex = Exchange { door: Door::Messages, ..Exchange::default() };
+    let messages = br#"{"model":"main","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let chat = ex.to_chat(messages.to_vec()).unwrap();
+    assert!(chat.native_only.is_none());
+    assert_eq!(ex.door_body, messages.to_vec(), "kept for members serving the Messages API natively");
+    let parsed = ParsedRequest::parse(&chat.body, Endpoint::ChatCompletions).unwrap();
+    let mut plan = ex.plan(&sh, &parsed, &crate::routing::router::NoHeaders, None, None, sh.now.get()).unwrap();
+    assert_eq!(ex.obs.model.as_deref(), Some("main"));
+    let picked = ex.pick_first(&sh, &mut plan, sh.now.get()).unwrap();
+    assert_eq!(sh.counted(Count::PoolRequest(0)), 1);
+    assert_eq!(picked.member.pool, 0);
+    ex.routed(&parsed, chat.body.len(), sh.now.get());
+    assert!(ex.shape.stream && ex.shape.include_usage, "the door asks for the usage chunk its end events need");
+    assert!(ex.answer.door.as_ref().is_some_and(DoorAnswer::is_stream) && ex.answer.tail.is_some());
+    assert_eq!(ex.obs.estimate.completion, 5);
+    // A chat request is its own body.
+    let mut chat_ex = Exchange::default();
+    let own = chat_ex.to_chat(b"{\"model\":\"main\",\"messages\":[]}".to_vec()).unwrap();
+    assert_eq!((own.body.len(), chat_ex.door_body.len()), (30, 0));
+    // A body the translator refuses never reaches routing.
+    let mut bad = Exchange { door: Door::Messages, ..Exchange::default() };
+    let refused = bad.to_chat(br#"{"model":"main","messages":[]}"#.to_vec()).unwrap_err();
+    assert_eq!(refused.kind, crate::doors::DoorErrorKind::Invalid);
+}
+
+#[test]
+fn a_feature_only_native_members_serve_keeps_the_request_on_them_or_refuses_it() {
+    let sh = Mem::new(
+        r#""main": {"members": [{"provider": "a", "model": "m1"}]}, "claude": {"members": [{"provider": "c", "model": "m3"}]}"#,
+    );
+    let body = br#"{"model":"main","max_tokens":5,"messages":[{"role":"user","content":[{"type":"document"}]}]}"#;
+    for (pool, served) in [("main", false), ("claude", true)] {
+        let mut ex = Exchange { door: Door::Messages, ..Exchange::default() };
+        let body = String::from_utf8_lossy(body).replace("\"main\"", &format!("\"{pool}\""));
+        let chat = ex.to_chat(body.into_bytes()).unwrap();
+        let refused = chat.native_only.clone();
+        assert!(refused.is_some(), "a document block is the Messages API's own");
+        let parsed = ParsedRequest::parse(&chat.body, Endpoint::ChatCompletions).unwrap();
+        let planned = ex.plan(&sh, &parsed, &crate::routing::router::NoHeaders, None, refused, sh.now.get());
+        match planned {
+            Ok(mut plan) => {
+                assert!(served, "{pool}");
+                let picked = ex.pick_first(&sh, &mut plan, sh.now.get()).unwrap();
+                assert_eq!(sh.member_id(picked.member), "c/m3", "the Anthropic member serves it as it is");
+            }
+            Err(e) => {
+                assert!(!served, "{pool}: {}", e.message);
+                assert_eq!((e.status, e.code), (400, ErrorCode::UnsupportedFeature));
+            }
+        }
+    }
+}
+
+#[test]
+fn an_answer_passes_as_it_is_event_by_event_or_whole() {
+    let openai = Mem::new(TWO);
+    let mut ex = streamed(&openai, r#"{"model":"main","stream":true,"messages":[]}"#);
+    let plain = first(&openai, &mut ex);
+    assert_eq!(ex.answer.passage(&plain, 200), Passage::AsIs);
+    // The Messages door over an OpenAI member: its converter, event by event, nothing to prime.
+    ex.answer.door = DoorAnswer::new(Door::Messages, "main", true, 0);
+    assert_eq!(ex.answer.passage(&plain, 200), Passage::Stream { primed: false });
+    assert_eq!(ex.answer.passage(&plain, 500), Passage::Whole, "an error is one body in the door's shape");
+    let mut native = first(&openai, &mut ex);
+    native.native = true;
+    assert_eq!(ex.answer.passage(&native, 200), Passage::AsIs, "a native member's answer is the door's already");
+    ex.answer.door = DoorAnswer::new(Door::Messages, "main", false, 0);
+    assert_eq!(ex.answer.passage(&plain, 200), Passage::Whole);
+
+    let anthropic = Mem::new(r#""main": {"members": [{"provider": "c", "model": "m3"}]}"#);
+    let mut ex = streamed(&anthropic, r#"{"model":"main","stream":true,"messages":[]}"#);
+    let translated = first(&anthropic, &mut ex);
+    assert!(translated.adapter.is_some());
+    assert_eq!(ex.answer.passage(&translated, 200), Passage::Stream { primed: true });
+    assert_eq!(ex.answer.passage(&translated, 529), Passage::Whole);
+    let mut whole = exchange(&anthropic, r#"{"model":"main","messages":[]}"#);
+    let translated = first(&anthropic, &mut whole);
+    assert_eq!(whole.answer.passage(&translated, 200), Passage::Whole);
 }

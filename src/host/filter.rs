@@ -24,23 +24,21 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::api::forward::{forwarded, relayed_response_header};
+use crate::api::forward::relayed_response_header;
 use crate::api::models::ModelListing;
 use crate::api::request::{model_of, ParsedRequest};
-use crate::api::usage::{self, Tokens};
-use crate::api::{ApiError, Endpoint, ErrorCode};
+use crate::api::{ApiError, ErrorCode};
 use crate::config::MemberRef;
-use crate::doors::{messages, Door, DoorAnswer, DoorError};
+use crate::doors::{messages, Door, DoorError};
 use crate::encoding::percent_decode;
 use crate::exchange::{
-    build_upstream, expected_tokens, feedback_body, refusal_error, translates_stream, Admission, AnswerShape, Attempt,
-    Exchange, Hedge, IdleWatch, Relayed, State, Step, Whole,
+    build_upstream, feedback_body, Admission, Attempt, BodyFor, ChatBody, Exchange, Hedge, IdleWatch, Passage, Relayed,
+    Route, State, Step, Whole,
 };
-use crate::providers::{stream_include_usage, UpstreamRequest};
+use crate::providers::UpstreamRequest;
 use crate::routing::router::HeaderLookup;
-use crate::routing::{redirect, NativeOnly, Plan, RouteInput};
-use crate::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
-use crate::tenant::reserve::Reservation;
+use crate::routing::{redirect, Plan};
+use crate::tenant::limits::Settlement;
 use crate::tenant::{authenticate, presented_key};
 
 use super::fleet::{self, Ask};
@@ -53,8 +51,6 @@ mod replay;
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
-/// Names the authenticated tenant on the request, for Envoy filters after this one.
-const TENANT_HEADER: &str = "x-switchboard-tenant";
 /// With the call log on, an unauthenticated request whose body declares at most
 /// this size is refused once its body is in, so that the line names the model it
 /// asked for; a larger or undeclared body is refused at its headers, unread.
@@ -76,8 +72,6 @@ pub struct Filter {
     learned: Option<Decided>,
     /// The gateway-made id its owner scores this answer with (`x-switchboard-feedback-id`).
     feedback_id: String,
-    /// `POST /v1/feedback`: a user's score of an earlier answer.
-    feedback: bool,
     /// The id of the natively served Responses answer was remembered (`followup`).
     response_noted: bool,
     /// The token of the routed attempt, when it can fail over by internal redirect.
@@ -102,7 +96,6 @@ impl Filter {
             response_noted: false,
             learned: None,
             feedback_id: String::new(),
-            feedback: false,
             try_token: None,
             refused: None,
             fleet: Ask::Idle,
@@ -236,15 +229,13 @@ impl Filter {
 
     /// A complete request body: answered here (token counting) or routed.
     fn serve(&mut self, rt: &Runtime, body: Vec<u8>) -> Action {
-        if self.feedback {
-            return self.take_feedback(rt, &body);
-        }
-        if self.ex.door != Door::CountTokens {
-            return self.route(rt, body);
-        }
-        match messages::count_tokens(&body) {
-            Ok(count) => self.answer_json(rt, count),
-            Err(e) => self.refuse_door_request(rt, &e),
+        match self.ex.body_for {
+            BodyFor::Routing => self.route(rt, body),
+            BodyFor::Feedback => self.take_feedback(rt, &body),
+            BodyFor::CountTokens => match messages::count_tokens(&body) {
+                Ok(count) => self.answer_json(rt, count),
+                Err(e) => self.refuse_door_request(rt, &e),
+            },
         }
     }
 
@@ -286,8 +277,12 @@ impl Filter {
                 }) {
                     if let Some(learned) = &router.learned {
                         let key = learned_store::learning_key(&router.name, model, learned);
-                        learned_store::learn(&key, &label.inputs, label.logit, score as f32);
-                        rt.learned_learning.forget(label.router);
+                        if let Some(shared) = &rt.config.shared_state {
+                            fleet::tell_learned(shared, &key, &label.inputs, label.logit, score as f32, self.context_id);
+                        } else {
+                            learned_store::learn(&key, &label.inputs, label.logit, score as f32);
+                            rt.learned_learning.forget(label.router);
+                        }
                     }
                 }
                 let request_id = self.ex.request_id.clone();
@@ -308,20 +303,20 @@ impl Filter {
         // Fleet mode: the body is routed again once the state service has answered.
         let asks = rt.config.shared_state.is_some() && self.ex.tenant.is_some() && matches!(self.fleet, Ask::Idle);
         let kept = asks.then(|| client_body.clone());
-        let (body, native_only) = match self.ex.door.to_chat(&client_body) {
-            Ok(Some(routed)) => {
-                self.ex.door_body = client_body;
-                (routed.chat, routed.native_only)
-            }
-            Ok(None) => (client_body, None),
+        let ChatBody { body, native_only } = match self.ex.to_chat(client_body) {
+            Ok(chat) => chat,
             Err(e) => return self.refuse_door_request(rt, &e),
         };
         let now = self.now_ms();
         let (plan, picked, upstream) = {
-            let parsed = match ParsedRequest::parse(&body, self.ex.endpoint) {
+            let mut parsed = match ParsedRequest::parse(&body, self.ex.endpoint) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
+            // A stand-in for a door body only native members take: its fields are not chat parameters.
+            if native_only.is_some() {
+                parsed.params = 0;
+            }
             let headers = RequestHeaders(&self.client_headers);
             let scorer = Scorer {
                 config: &rt.config,
@@ -330,18 +325,10 @@ impl Filter {
                 now_ms: now,
                 decided: Cell::new(None),
             };
-            let input = RouteInput { request: &parsed, headers: &headers, scorer: Some(&scorer) };
-            self.ex.obs.model = Some(parsed.target.clone());
-            let mut plan = match Plan::for_request(&rt.config, input, now) {
+            let mut plan = match self.ex.plan(rt, &parsed, &headers, Some(&scorer), native_only, now) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
             };
-            if let (Some(refused), Some(api)) = (native_only, self.ex.door.native_api()) {
-                let native = NativeOnly::new(&rt.config, refused.message, api.kinds(), |k| api.served_by(k));
-                if let Err(e) = plan.require_native(&rt.config, native, &parsed.target) {
-                    return self.answer_error(&e);
-                }
-            }
             if let Err(e) = self.hold_conversation(rt, &mut plan, &parsed.target) {
                 return self.answer_error(&e);
             }
@@ -356,11 +343,7 @@ impl Filter {
                 }
                 Ok(true) => {}
             }
-            if let Some(pm) = rt.metrics.pool(plan.primary_pool()) {
-                rt.metrics.inc(pm.requests);
-            }
-            let Some(picked) = rt.pick(&mut plan, now) else {
-                // Every member ejected or held: the answer says when the gateway tries again.
+            let Some(picked) = self.ex.pick_first(rt, &mut plan, now) else {
                 self.ex.plan = Some(plan);
                 return self.exhausted(rt);
             };
@@ -374,18 +357,7 @@ impl Filter {
                 self.feedback_id = format!("{:016x}", rt.random());
                 learned_store::remember(&self.feedback_owner(rt), &self.feedback_id, &decided, now);
             }
-            self.ex.shape = AnswerShape {
-                stream: parsed.stream,
-                include_usage: stream_include_usage(&parsed),
-                choices: parsed.field("n").and_then(|n| n.get().parse::<u32>().ok()).unwrap_or(1),
-            };
-            self.ex.answer.shape = self.ex.shape;
-            self.ex.answer.endpoint = self.ex.endpoint;
-            self.ex.answer.api = self.ex.door.native_api();
-            self.ex.answer.door = DoorAnswer::new(self.ex.door, &parsed.target, parsed.stream, now / 1000);
-            // Every answer's usage is read: for the stats, the call log and the tenant's limits.
-            self.ex.answer.tail.get_or_insert_with(usage::Tail::default);
-            self.ex.obs.estimate = expected_tokens(&parsed, body.len());
+            self.ex.routed(&parsed, body.len(), now);
             (plan, picked, upstream)
         };
         self.ex.plan = Some(plan);
@@ -403,11 +375,9 @@ impl Filter {
         Action::Continue
     }
 
-    /// The calling tenant may use what it asked for, within its limits:
-    /// budget, then requests in flight, then this minute's requests and
-    /// tokens (reserved now, corrected with the real usage at the end). The
-    /// budget holds the worst case on the dearest member `plan` may try.
-    /// In fleet mode the state service decides: `Ok(false)` while its answer is awaited.
+    /// The calling tenant's admission (`Exchange::tenant_ask`), decided by
+    /// its store: this proxy's shared data, or in fleet mode the state
+    /// service (`Ok(false)` while its answer is awaited).
     fn admit_tenant(
         &mut self,
         rt: &Runtime,
@@ -416,36 +386,14 @@ impl Filter {
         body_len: usize,
         now: u64,
     ) -> Result<bool, ApiError> {
-        let Some(admission) = self.ex.tenant.as_mut() else { return Ok(true) };
-        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return Ok(true) };
-        if let Some(name) = std::iter::once(&parsed.target).chain(&parsed.fallback).find(|n| !tenant.allows(n)) {
-            return Err(crate::tenant::not_allowed(tenant, name));
-        }
-        if !tenant.has_limits() {
-            return Ok(true);
-        }
+        let Some(ask) = self.ex.tenant_ask(rt, parsed, plan, body_len)? else { return Ok(true) };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(ask.index)) else { return Ok(true) };
         let now_s = now / 1000;
-        let index = admission.index;
-        let refused = |r: Refusal| {
-            rt.metrics.tenant_refused(index, matches!(r, Refusal::Budget { .. }));
-            refusal_error(tenant, r)
-        };
-        let Tokens { prompt: prompt_estimate, completion: expected_output, .. } = expected_tokens(parsed, body_len);
-        let reserve = prompt_estimate.saturating_add(expected_output);
-        let budget = match &tenant.budget {
-            Some(_) => {
-                let prompt = u64::from(parsed.content().prompt_tokens).max(prompt_estimate);
-                tenant_store::budget_reservation(&rt.config, plan, prompt, parsed.max_output_tokens)
-            }
-            None => Reservation::default(),
-        };
-        // Nothing held when the store could not be written (fails open).
-        admission.budget = Reservation { micro_usd: 0, ..budget };
-        let decided = match &rt.config.shared_state {
-            None => tenant_store::admit(tenant, now_s, reserve, budget.micro_usd),
-            Some(shared) => {
+        let (reserve, worst) = (ask.reserve, ask.budget.micro_usd);
+        let verdict = match (&rt.config.shared_state, self.ex.tenant.as_mut()) {
+            (Some(shared), Some(admission)) => {
                 let lease = *admission.lease.get_or_insert_with(|| rt.random());
-                match fleet::admission(&mut self.fleet, shared, tenant, lease, now, reserve, budget.micro_usd) {
+                match fleet::admission(&mut self.fleet, shared, tenant, lease, now, reserve, worst) {
                     fleet::Step::Wait => return Ok(false),
                     fleet::Step::Deny(e) => {
                         admission.lease = None;
@@ -454,7 +402,7 @@ impl Filter {
                     fleet::Step::Local => {
                         admission.lease = None;
                         self.ex.obs.limits = Some("local");
-                        tenant_store::admit(tenant, now_s, reserve, budget.micro_usd)
+                        tenant_store::admit(tenant, now_s, reserve, worst)
                     }
                     fleet::Step::Shared(verdict) => {
                         self.ex.obs.limits = Some("shared");
@@ -462,35 +410,9 @@ impl Filter {
                     }
                 }
             }
+            _ => tenant_store::admit(tenant, now_s, reserve, worst),
         };
-        match decided {
-            Ok(state) => {
-                if let Some(state) = state {
-                    admission.budget = budget;
-                    admission.parallel_held = tenant.max_parallel.is_some();
-                    admission.reserved = reserve;
-                    admission.window_start_s = state.window.start_s;
-                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &state.window, now_s);
-                }
-                if tenant.tpm.is_some() || tenant.budget.is_some() {
-                    self.ex.answer.tail = Some(usage::Tail::default());
-                }
-                Ok(true)
-            }
-            Err(r) => {
-                admission.lease = None;
-                if let Refusal::Requests { retry_after_s } | Refusal::Tokens { retry_after_s } = r {
-                    // What was exhausted reads 0 remaining, until the window turns.
-                    let full = Window {
-                        start_s: (now_s + retry_after_s).saturating_sub(WINDOW_S),
-                        requests: if matches!(r, Refusal::Requests { .. }) { tenant.rpm.unwrap_or(0) } else { 0 },
-                        tokens: if matches!(r, Refusal::Tokens { .. }) { tenant.tpm.unwrap_or(0) } else { 0 },
-                    };
-                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &full, now_s);
-                }
-                Err(refused(r))
-            }
-        }
+        self.ex.tenant_verdict(rt, &ask, verdict, now).map(|()| true)
     }
 
     /// Lets a successful answer through; it is recorded when its body ends.
@@ -532,90 +454,39 @@ impl Filter {
         upstream: &UpstreamRequest,
         stream: bool,
     ) -> Result<u32, ApiError> {
-        let cluster = cluster_of(rt, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
-        let extra = self.ex.native_headers(rt, member);
-        let forwarded: Vec<(String, String)> = abi::pairs(&self.client_headers)
-            .filter(|(k, _)| forwarded(k, false, extra))
-            .filter_map(|(k, v)| {
-                Some((std::str::from_utf8(k).ok()?.to_string(), std::str::from_utf8(v).ok()?.to_string()))
-            })
-            .collect();
-        let mut headers = upstream.call_headers(&forwarded);
-        let (attempt_ms, first_byte_ms) = self.ex.timeouts_ms(rt, member.pool, now, stream);
-        let first_byte = first_byte_ms.map(|ms| ms.to_string());
-        if let Some(ms) = first_byte.as_deref() {
-            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
-        }
-        let timeout = Duration::from_millis(attempt_ms);
-        proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(&upstream.body), vec![], timeout)
-            .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {cluster} failed: {s:?}")))
+        let present = abi::pairs(&self.client_headers);
+        let call = self
+            .ex
+            .dispatch(rt, member, now, upstream, stream, present)
+            .ok_or_else(|| ApiError::internal("member without cluster"))?;
+        let timeout = Duration::from_millis(call.timeout_ms);
+        proxy_wasm::hostcalls::dispatch_http_call(call.cluster, call.headers(), Some(call.body()), vec![], timeout)
+            .map_err(|s| ApiError::internal(format!("dispatch_http_call to cluster {} failed: {s:?}", call.cluster)))
     }
 
-    /// Points the paused request at `member`: body, then the header map
-    /// (`present`: as it is now): allow-listed client headers, path,
-    /// authority, cluster, content type and length, timeouts, the provider's headers.
+    /// Points the paused request at `member` (`present`: its header map as
+    /// it is now) as the exchange's `Rewrite` says.
     fn rewrite_request(
         &self,
         rt: &Runtime,
         member: MemberRef,
         upstream: &UpstreamRequest,
-        (timeout_ms, first_byte_ms): (u64, Option<u64>),
+        timeouts: (u64, Option<u64>),
         original_len: usize,
         present: &[u8],
     ) -> Result<(), (&'static str, abi::Status)> {
-        let extra = self.ex.native_headers(rt, member);
-        // A request without a body of the gateway's (a Responses follow-up) keeps the client's.
-        let own_body = !(upstream.body.is_empty() && original_len == 0);
-        if own_body {
-            abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, &upstream.body)
-                .map_err(|s| ("set request body", s))?;
+        let rewrite = self
+            .ex
+            .rewrite(rt, member, upstream, timeouts, original_len, abi::pairs(present))
+            .map_err(|_| ("remove request header", abi::NOT_FOUND))?;
+        if let Some(body) = rewrite.body {
+            abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, original_len, body).map_err(|s| ("set request body", s))?;
         }
-        let cluster = cluster_of(rt, member).unwrap_or_default();
-        let content_length = upstream.body.len().to_string();
-        let timeout = timeout_ms.to_string();
-        let first_byte = first_byte_ms.map(|ms| ms.to_string());
-        let tenant = self.ex.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
-        let mut ours: Vec<(&str, &str)> = Vec::with_capacity(12);
-        ours.push((":authority", &upstream.authority));
-        if own_body {
-            ours.push(("content-length", &content_length));
-        }
-        ours.push((&rt.config.cluster_header, cluster));
-        ours.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
-        if let Some(ms) = first_byte.as_deref() {
-            ours.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
-        }
-        ours.extend(upstream.headers.iter().map(|(k, v)| (*k, v.as_str())));
-        // For Envoy's global rate limit after this filter; removed before the request leaves Envoy.
-        if let Some(t) = tenant {
-            ours.push((TENANT_HEADER, &t.name));
-        }
-        // Only what changes is written: client headers off the allow-list are
-        // removed, the gateway's set; what the client already has right stays.
-        let sets = |name: &[u8]| ours.iter().any(|(n, _)| n.as_bytes() == name);
-        let mut client_path = "";
-        let mut json = false;
-        for (k, v) in abi::pairs(present) {
-            match k {
-                b":path" => client_path = std::str::from_utf8(v).unwrap_or(""),
-                b"content-type" => json = v == b"application/json",
-                b":method" | b":scheme" | b":authority" => {}
-                _ if forwarded(k, true, extra) || sets(k) => {}
-                _ => {
-                    let name = std::str::from_utf8(k).map_err(|_| ("remove request header", abi::NOT_FOUND))?;
-                    abi::remove_header(REQ, name).map_err(|s| ("remove request header", s))?;
-                }
+        for (name, value) in &rewrite.headers {
+            match value {
+                Some(v) => abi::set_header(REQ, name, v).map_err(|s| ("set request header", s))?,
+                None => abi::remove_header(REQ, name).map_err(|s| ("remove request header", s))?,
             }
-        }
-        if upstream.path != client_path {
-            ours.push((":path", &upstream.path));
-        }
-        // The body is the gateway's JSON, whatever the client labelled its own.
-        if !json && !ours.iter().any(|(n, _)| *n == "content-type") {
-            ours.push(("content-type", "application/json"));
-        }
-        for (k, v) in ours {
-            abi::set_header(REQ, k, v).map_err(|s| ("set request header", s))?;
         }
         Ok(())
     }
@@ -638,7 +509,11 @@ impl Filter {
                 self.host_error("set response header", s);
             }
         };
-        for (k, v) in self.ex.result_headers(rt, serving, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str()))).iter() {
+        for (k, v) in self
+            .ex
+            .result_headers(rt, serving, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())))
+            .iter()
+        {
             set(k, v);
         }
         for (k, v) in extra {
@@ -653,10 +528,6 @@ impl Filter {
             }
         }
     }
-}
-
-fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
-    rt.config.resolve(member).map(|(_, _, provider)| provider.cluster.as_str())
 }
 
 /// The client's request headers, for routing rules and the tags header.
@@ -740,7 +611,11 @@ impl Context for Filter {
         self.ex.answer.note(&body);
         self.note_response_id(&rt, attempt.picked.member, attempt.native, verdict);
         self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
-        let ours = self.ex.result_headers(&*rt, attempt.picked.member, self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())));
+        let ours = self.ex.result_headers(
+            &*rt,
+            attempt.picked.member,
+            self.learned.as_ref().map(|d| (d.score, self.feedback_id.as_str())),
+        );
         let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
         out.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
         out.extend(abi::pairs(&headers).filter_map(|(k, v)| {
@@ -799,44 +674,32 @@ impl HttpContext for Filter {
                 Err(e) => return self.answer_error(&e),
             }
         }
-        let method = header_value(&raw, ":method").unwrap_or_default().to_string();
         let declared = header_value(&raw, "content-length").and_then(|v| v.parse::<usize>().ok());
+        let route = match Route::parse(header_value(&raw, ":method").unwrap_or_default(), &path) {
+            Ok(route) => route,
+            Err(e) => return self.answer_error(&e),
+        };
         // The client's headers never reach the provider as they are: the
         // rewrite replaces the whole map (a client can never pick a cluster).
         self.client_headers = raw;
-        self.feedback = path.split('?').next().is_some_and(|p| p.trim_end_matches('/') == "/v1/feedback");
-        if self.feedback && method != "POST" {
-            return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/feedback", "POST"));
-        }
-        if let Some(action) = self.serve_followup(&rt, &path, &method) {
-            return action;
-        }
-        if let Some(id) = path.split('?').next().and_then(|p| p.strip_prefix("/v1/models/")).filter(|id| !id.is_empty())
-        {
-            if method != "GET" && method != "HEAD" {
-                return self.answer_error(&ApiError::method_not_allowed(&method, "/v1/models/{id}", "GET"));
+        let body = match route {
+            Route::Followup(f) => return self.serve_followup(&rt, f),
+            Route::Models { query } => {
+                let body = self.listing(&rt).body(query).to_vec();
+                return self.answer_json(&rt, body);
             }
-            // The SDKs percent-encode the id (`o1/gpt-4o` arrives as `o1%2Fgpt-4o`).
-            let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
-            let Some(body) = self.listing(&rt).entry(&id).map(<[u8]>::to_vec) else {
-                return self.answer_error(&rt.config.unknown_target(&id, "model"));
-            };
-            return self.answer_json(&rt, body);
-        }
-        let door = Door::from_path(&path).or(self.feedback.then_some(Door::Chat));
-        let Some((endpoint, query)) = Endpoint::from_path(&path).or(door.map(|_| (Endpoint::ChatCompletions, "")))
-        else {
-            return self.answer_error(&ApiError::not_found(path.split('?').next().unwrap_or("")));
+            Route::Model { id } => {
+                // The SDKs percent-encode the id (`o1/gpt-4o` arrives as `o1%2Fgpt-4o`).
+                let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
+                let Some(body) = self.listing(&rt).entry(&id).map(<[u8]>::to_vec) else {
+                    return self.answer_error(&rt.config.unknown_target(&id, "model"));
+                };
+                return self.answer_json(&rt, body);
+            }
+            _ => route.body(),
         };
-        self.ex.door = door.unwrap_or_default();
-        self.ex.endpoint = endpoint;
-        if method != endpoint.method() && !(endpoint == Endpoint::Models && method == "HEAD") {
-            let clean = path.split('?').next().unwrap_or("");
-            return self.answer_error(&ApiError::method_not_allowed(&method, clean, endpoint.method()));
-        }
-        if endpoint == Endpoint::Models {
-            let body = self.listing(&rt).body(query).to_vec();
-            return self.answer_json(&rt, body);
+        if let Some((body_for, endpoint, door)) = body {
+            (self.ex.body_for, self.ex.endpoint, self.ex.door) = (body_for, endpoint, door);
         }
         // Envoy's decompressor (before this filter) takes gzip off; anything left is unreadable.
         if let Some(encoding) = header_value(&self.client_headers, "content-encoding").filter(|e| *e != "identity") {
@@ -955,29 +818,24 @@ impl HttpContext for Filter {
         self.settle_hedge(&rt, false);
         self.watch_resume(&rt, &attempt, status);
         self.ex.answer.start(&attempt, status);
-        let adapter = attempt.adapter.as_ref();
-        let door = self.ex.answer.door_for(&attempt);
-        if adapter.is_none() && door.is_none() {
-            self.ex.obs.answered(status, now);
-            self.set_response_headers(&rt, attempt.picked.member, &headers, &[], &[]);
-            return self.relay(&rt, attempt, status, end_of_stream);
-        }
         let translated = ["content-type", "content-length"];
-        // A successful stream is translated event by event (by the provider's
-        // adapter, then the client's door); anything else as a whole body.
-        let streams = status < 400
-            && adapter.is_none_or(|a| translates_stream(a, status))
-            && door.is_none_or(DoorAnswer::is_stream);
-        if streams {
-            self.ex.obs.answered(status, now);
-            let content_type = [("content-type", "text/event-stream")];
-            self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
-            if attempt.adapter.is_some() && !end_of_stream {
-                // Held until the first event: an unreadable stream can still fail over.
-                self.ex.state = State::Priming { attempt, status, fed: 0 };
-                return Action::Pause;
+        match self.ex.answer.passage(&attempt, status) {
+            Passage::AsIs => {
+                self.ex.obs.answered(status, now);
+                self.set_response_headers(&rt, attempt.picked.member, &headers, &[], &[]);
+                return self.relay(&rt, attempt, status, end_of_stream);
             }
-            return self.relay(&rt, attempt, status, end_of_stream);
+            Passage::Stream { primed } => {
+                self.ex.obs.answered(status, now);
+                let content_type = [("content-type", "text/event-stream")];
+                self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
+                if primed && !end_of_stream {
+                    self.ex.state = State::Priming { attempt, status, fed: 0 };
+                    return Action::Pause;
+                }
+                return self.relay(&rt, attempt, status, end_of_stream);
+            }
+            Passage::Whole => {}
         }
         let content_type = [("content-type", "application/json")];
         self.set_response_headers(&rt, attempt.picked.member, &headers, &translated, &content_type);
@@ -1124,57 +982,14 @@ impl Filter {
         observe::report(rt, &self.ex.obs, &end);
     }
 
-    /// The tenant's request ended: its parallel slot is free again and its
-    /// token reservation becomes the real usage (kept as reserved when the
-    /// answer reported none).
+    /// The tenant's request ended: the exchange's settlement, told to the
+    /// store that admitted it.
     fn release_tenant(&mut self, rt: &Runtime, ended_ms: u64) {
-        let Some(admission) = self.ex.tenant.take() else { return };
-        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
-        let mut end = Settlement {
-            parallel_held: admission.parallel_held,
-            budget_reserved_micro_usd: admission.budget.micro_usd,
-            ..Settlement::default()
-        };
+        let Some((index, lease, end)) = self.ex.settlement(rt) else { return };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(index)) else { return };
         let now_s = ended_ms / 1000;
-        let usage = self.ex.answer.usage();
-        if tenant.tpm.is_some() || tenant.budget.is_some() {
-            match usage {
-                Some(Tokens { prompt, completion, .. }) => {
-                    end.tokens =
-                        Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
-                }
-                // A stream is charged what was relayed of it (`count_relayed`).
-                None if self.ex.answer.stream_end.is_some() => {
-                    let Tokens { prompt, completion, .. } = self.ex.obs.estimate;
-                    log::info!(
-                        "switchboard[{}]: no usage in the stream; tenant {} is charged {prompt} + {completion} tokens relayed",
-                        self.ex.request_id,
-                        tenant.name,
-                    );
-                    end.tokens =
-                        Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
-                }
-                None => log::info!(
-                    "switchboard[{}]: no usage in the answer; tenant {} keeps its estimate of {} tokens",
-                    self.ex.request_id,
-                    tenant.name,
-                    admission.reserved
-                ),
-            }
-        }
-        // Spend: the serving member's prices times the real usage, else its worst case there.
-        let served = self.ex.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
-        if let (Some(served), Some(_)) = (served, &tenant.budget) {
-            let member = rt.config.member(served.at());
-            // A stream without usage is charged what was relayed of it (`count_relayed`).
-            let usage = usage.or(self.ex.answer.stream_end.as_ref().map(|_| self.ex.obs.estimate));
-            end.spend_micro_usd = member.map_or(0, |m| tenant_store::spent_on(&admission.budget, m, usage));
-        }
-        match (admission.lease, &rt.config.shared_state) {
-            (Some(lease), Some(shared)) => {
-                let path = crate::tenant::fleet::settle_path(tenant, lease, &end, now_s);
-                fleet::tell(shared, &path, self.context_id);
-            }
+        match (lease, &rt.config.shared_state) {
+            (Some(_), Some(shared)) => fleet::release(shared, tenant, &end, ended_ms, self.context_id),
             _ if end != Settlement::default() => tenant_store::settle(tenant, now_s, &end),
             _ => {}
         }

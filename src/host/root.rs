@@ -48,13 +48,14 @@ fn fingerprint(raw: &[u8]) -> u64 {
 /// `hedge_after_ms` (at least 5 ms: a fine tick only wakes the requests due);
 /// a stream idle limit needs less precision (an eighth, at least 20 ms);
 /// shadow copies leave on the tick after their request, within 100 ms;
-/// otherwise once a second.
+/// fleet mode polls the fleet every `sync_ms`; otherwise once a second.
 fn tick_period_ms(config: &Config) -> u64 {
     let hedges = config.pools.iter().filter_map(|p| p.retry.hedge_after_ms).map(|ms| (ms / 32).clamp(5, SLOW_TICK_MS));
     let idles =
         config.pools.iter().filter_map(|p| p.retry.stream_idle_timeout_ms).map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS));
     let shadows = config.pools.iter().filter(|p| p.shadow.is_some()).map(|_| SHADOW_TICK_MS);
-    hedges.chain(idles).chain(shadows).min().unwrap_or(SLOW_TICK_MS)
+    let fleet = config.shared_state.iter().map(|s| s.sync_ms.min(SLOW_TICK_MS));
+    hedges.chain(idles).chain(shadows).chain(fleet).min().unwrap_or(SLOW_TICK_MS)
 }
 
 const SHADOW_TICK_MS: u64 = 100;
@@ -72,7 +73,8 @@ fn in_rotation(availability: Availability) -> bool {
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
         if let Some(rt) = &self.runtime {
-            if !self.prober.on_response(rt, token_id, num_headers)
+            if !super::fleet::sync_answered(rt, token_id, num_headers, body_size)
+                && !self.prober.on_response(rt, token_id, num_headers)
                 && !shadow::answered(rt, token_id, num_headers, body_size)
             {
                 wake::call_answered(self.context_id, token_id, num_headers, body_size, num_trailers);
@@ -129,6 +131,7 @@ impl RootContext for Root {
         let Ok(now) = abi::now_ms() else { return };
         wake::tick(self.context_id, now);
         shadow::send_queued(rt, now);
+        super::fleet::sync(rt, now);
         // Finer ticks run the once-a-second work on the tick that completes a second.
         if self.tick_ms < SLOW_TICK_MS && now.saturating_sub(self.last_slow_tick_ms) + self.tick_ms / 2 < SLOW_TICK_MS {
             return;

@@ -256,6 +256,21 @@ impl Runtime {
         }
     }
 
+    /// A canary another proxy of the fleet rolled back (fleet mode): `false` if already known.
+    pub fn roll_back(&self, member_id: &str) -> bool {
+        let mut rolled = self.rolled_back.borrow_mut();
+        let new = !rolled.iter().any(|m| m == member_id);
+        if new {
+            rolled.push(member_id.to_string());
+        }
+        new
+    }
+
+    /// The canaries rolled back, as this VM knows.
+    pub fn rolled_back(&self) -> Vec<String> {
+        self.rolled_back.borrow().clone()
+    }
+
     /// Tick: which canaries other workers rolled back.
     pub fn refresh_canaries(&self) {
         let canaries = self.config.pools.iter().flat_map(|p| &p.members).filter(|m| m.canary.is_some());
@@ -363,6 +378,7 @@ impl Shared for Runtime {
             Count::StreamIdleTimeout(p) => m.pool(p).and_then(|p| p.stream_idle_timeouts),
             Count::ResumedStream(p) => m.pool(p).and_then(|p| p.resumed_streams),
             Count::LocalError(code) => return m.local_error(code),
+            Count::TenantRefused { tenant, budget } => return m.tenant_refused(tenant, budget),
         };
         m.inc(id);
     }

@@ -2,11 +2,7 @@
 //! worker of the Envoy process counts against the same numbers. Per Envoy
 //! instance and in memory: a restart starts from zero.
 
-use crate::api::usage::Tokens;
-use crate::config::{Config, Member};
-use crate::routing::Plan;
 use crate::tenant::limits::{Refusal, Settlement, TenantState};
-use crate::tenant::reserve::{Prices, Reservation};
 use crate::tenant::Tenant;
 
 use super::abi;
@@ -75,23 +71,4 @@ pub fn settle(tenant: &Tenant, now_s: u64, end: &Settlement) {
         let next = state.settle(tenant, now_s, end);
         Ok((next, next.encode().to_vec()))
     });
-}
-
-fn prices(m: &Member) -> Prices {
-    Prices {
-        input_per_mtok: m.input_cost_per_mtok,
-        output_per_mtok: m.output_cost_per_mtok,
-        max_output_tokens: m.max_output_tokens,
-    }
-}
-
-/// What a request `plan` routes holds against its tenant's budget: the
-/// dearest worst case among the members it may try (see `tenant::reserve`).
-pub fn budget_reservation(config: &Config, plan: &Plan, prompt_tokens: u64, requested: Option<u32>) -> Reservation {
-    Reservation::dearest(plan.members_it_may_try(config).map(prices), prompt_tokens, requested)
-}
-
-/// What the request cost on `member`, the member that answered.
-pub fn spent_on(reservation: &Reservation, member: &Member, usage: Option<Tokens>) -> u64 {
-    reservation.spent_on(prices(member), usage)
 }

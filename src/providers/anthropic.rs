@@ -9,8 +9,9 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::{Credentials, Provider};
 
+use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
-use super::chat::{Block, Chat, Role, Source, ToolChoice};
+use super::chat::{max_with_thinking, Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::openai_out::{Answer, Choice, Meta, ToolCall};
 use super::structured::STRUCTURED_OUTPUT_TOOL;
@@ -45,6 +46,8 @@ fn block_json(block: &Block, at: &str) -> Result<Value, ApiError> {
             _ => json!({"type": "document", "source": source_json(source)}),
         },
         Block::ToolCall { id, name, input } => json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+        Block::Thinking { text, signature } => json!({"type": "thinking", "thinking": text, "signature": signature}),
+        Block::RedactedThinking(data) => json!({"type": "redacted_thinking", "data": data}),
         Block::ToolResult { id, content, .. } => {
             let content: Value = match content.as_slice() {
                 [] => json!(""),
@@ -114,7 +117,10 @@ impl Adapter for Anthropic {
         out.insert("model".into(), json!(model));
         out.insert("messages".into(), Value::Array(messages));
         let max_tokens = chat.max_tokens.or(ctx.max_response_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
-        out.insert("max_tokens".into(), json!(max_tokens));
+        out.insert("max_tokens".into(), json!(max_with_thinking(max_tokens, chat.thinking_budget)));
+        if let Some(budget) = chat.thinking_budget {
+            out.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+        }
         let system = chat.system_with_json_instruction();
         if !system.is_empty() {
             out.insert("system".into(), json!(system.join("\n\n")));
@@ -200,12 +206,14 @@ impl Adapter for Anthropic {
             match block.get("type").and_then(Value::as_str) {
                 Some("text") => choice.text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
                 Some("thinking") => {
-                    choice.reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default())
+                    choice.reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or_default());
+                    choice.thinking_blocks.push(block.clone());
                 }
+                Some("redacted_thinking") => choice.thinking_blocks.push(block.clone()),
                 Some("tool_use") => choice.tool_calls.push(ToolCall {
                     id: block.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
                     name: block.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    arguments: block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".to_string()),
+                    arguments: block.get("input").map(json_text).unwrap_or_else(|| "{}".to_string()),
                 }),
                 _ => {}
             }

@@ -10,8 +10,9 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::Credentials;
 
+use super::json_text;
 use super::adapter::{Adapter, StreamState, Target};
-use super::chat::{Block, Chat, Role, Source, ToolChoice};
+use super::chat::{max_with_thinking, Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::eventstream;
 use super::openai_out::{Answer, Choice, Meta, ToolCall};
@@ -103,6 +104,10 @@ fn block_json(block: &Block, at: &str, documents: &mut usize) -> Result<Value, A
             }
         },
         Block::ToolCall { id, name, input } => json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}),
+        Block::Thinking { text, signature } => {
+            json!({"reasoningContent": {"reasoningText": {"text": text, "signature": signature}}})
+        }
+        Block::RedactedThinking(data) => json!({"reasoningContent": {"redactedContent": data}}),
         Block::ToolResult { id, content, .. } => {
             let content = content.iter().map(|b| block_json(b, at, documents)).collect::<Result<Vec<_>, _>>()?;
             json!({"toolResult": {"toolUseId": id, "content": content, "status": "success"}})
@@ -201,7 +206,7 @@ impl Adapter for Bedrock {
         }
         let mut inference = Map::new();
         if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
-            inference.insert("maxTokens".into(), json!(n));
+            inference.insert("maxTokens".into(), json!(max_with_thinking(n, chat.thinking_budget)));
         }
         // Bedrock models take temperatures in 0..=1 (OpenAI's range is 0..=2).
         if let Some(t) = chat.temperature {
@@ -216,8 +221,16 @@ impl Adapter for Bedrock {
         if !inference.is_empty() {
             out.insert("inferenceConfig".into(), Value::Object(inference));
         }
+        // Model-specific fields: Claude's on Bedrock.
+        let mut extra = Map::new();
         if let Some(k) = chat.top_k {
-            out.insert("additionalModelRequestFields".into(), json!({ "top_k": k }));
+            extra.insert("top_k".into(), json!(k));
+        }
+        if let Some(budget) = chat.thinking_budget {
+            extra.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+        }
+        if !extra.is_empty() {
+            out.insert("additionalModelRequestFields".into(), Value::Object(extra));
         }
         let history_tools = chat.has_tool_blocks();
         // Converse has no tool choice `none`: such tools are not declared.
@@ -288,15 +301,20 @@ impl Adapter for Bedrock {
                 choice.tool_calls.push(ToolCall {
                     id: tool.get("toolUseId").and_then(Value::as_str).unwrap_or_default().to_string(),
                     name: tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    arguments: tool.get("input").map_or_else(|| "{}".to_string(), Value::to_string),
+                    arguments: tool.get("input").map_or_else(|| "{}".to_string(), json_text),
                 });
-            } else if let Some(text) = block
-                .get("reasoningContent")
-                .and_then(|r| r.get("reasoningText"))
-                .and_then(|r| r.get("text"))
-                .and_then(Value::as_str)
-            {
-                choice.reasoning.push_str(text);
+            } else if let Some(r) = block.get("reasoningContent") {
+                let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                if let Some(t) = r.get("reasoningText") {
+                    choice.reasoning.push_str(&field(t, "text"));
+                    choice.thinking_blocks.push(
+                        json!({"type": "thinking", "thinking": field(t, "text"), "signature": field(t, "signature")}),
+                    );
+                } else if r.get("redactedContent").is_some() {
+                    choice
+                        .thinking_blocks
+                        .push(json!({"type": "redacted_thinking", "data": field(r, "redactedContent")}));
+                }
             }
         }
         choice.finish_reason = v.get("stopReason").and_then(Value::as_str).map_or("stop", finish_reason);
@@ -608,7 +626,8 @@ mod tests {
         assert_eq!(v["model"], MODEL);
         assert_eq!(
             v["choices"],
-            json!([{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?", "reasoning_content": "The user wants a greeting.", "refusal": null}, "logprobs": null, "finish_reason": "stop"}])
+            json!([{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?", "reasoning_content": "The user wants a greeting.", "refusal": null,
+                "thinking_blocks": [{"type": "thinking", "thinking": "The user wants a greeting.", "signature": "EqoBCkgIARABGAIiQ"}]}, "logprobs": null, "finish_reason": "stop"}])
         );
         assert_eq!(
             v["usage"],

@@ -43,6 +43,13 @@ pub(super) enum Block {
         name: String,
         input: Value,
     },
+    /// An assistant's thinking, with the provider's signature of it.
+    Thinking {
+        text: String,
+        signature: String,
+    },
+    /// Thinking the provider keeps encrypted.
+    RedactedThinking(String),
     /// `name` is the function named by the matching earlier tool call.
     /// `content` holds only `Text` and `Image` blocks.
     ToolResult {
@@ -111,6 +118,28 @@ pub(super) struct Chat {
     pub user: Option<String>,
     pub response_format: Option<ResponseFormat>,
     pub stream: bool,
+    /// Thinking tokens asked for: `thinking.budget_tokens`, else `reasoning_effort` as a budget.
+    pub thinking_budget: Option<u32>,
+}
+
+/// Thinking budgets of the `reasoning_effort` levels (`none` asks for no thinking).
+pub(super) const EFFORT_BUDGETS: [(&str, u32); 4] =
+    [("minimal", 1024), ("low", 2048), ("medium", 8192), ("high", 24576)];
+
+/// The `reasoning_effort` a thinking budget stands for: the level with the
+/// nearest budget at or above it (`high` above all).
+pub(super) fn effort_of(budget: u32) -> &'static str {
+    EFFORT_BUDGETS.iter().find(|(_, b)| budget <= *b).map_or("high", |(e, _)| e)
+}
+
+/// `max_tokens` for a request thinking with `budget`: providers count the
+/// thinking in `max_tokens` and refuse one not above the budget, so the
+/// budget comes on top of an answer size that does not exceed it.
+pub(super) fn max_with_thinking(max_tokens: u32, budget: Option<u32>) -> u32 {
+    match budget {
+        Some(b) if max_tokens <= b => b.saturating_add(max_tokens),
+        _ => max_tokens,
+    }
 }
 
 impl Chat {
@@ -364,7 +393,10 @@ fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
             }
             "user" => push_turn(&mut turns, Role::User, content_blocks(content, &content_at, true)?),
             "assistant" => {
-                let mut blocks = content_blocks(content, &content_at, false)?;
+                // Thinking first: providers want it before the text and calls it led to.
+                let mut blocks = Vec::new();
+                thinking_blocks(message, &at, &mut blocks)?;
+                blocks.extend(content_blocks(content, &content_at, false)?);
                 match message.get("tool_calls") {
                     None | Some(Value::Null) => {}
                     Some(Value::Array(calls)) => {
@@ -502,6 +534,49 @@ pub fn stream_include_usage(req: &ParsedRequest<'_>) -> bool {
     options.and_then(|o| o.get("include_usage").and_then(Value::as_bool)).unwrap_or(false)
 }
 
+/// The thinking budget of `thinking` (`{"type":"enabled","budget_tokens":N}`;
+/// `disabled` for none), else of `reasoning_effort`.
+fn thinking_budget(req: &ParsedRequest<'_>) -> Result<Option<u32>, ApiError> {
+    let bad = |name: &'static str, what: &str| invalid(format!("`{name}` must be {what}.")).with_param(name);
+    if let Some(t) = field::<Value>(req, "thinking", "an object")? {
+        return match (str_of(&t, "type"), t.get("budget_tokens").and_then(Value::as_u64)) {
+            (Some("disabled"), _) => Ok(None),
+            (Some("enabled"), Some(b)) if b >= 1024 => Ok(Some(b.min(u64::from(u32::MAX)) as u32)),
+            _ => Err(bad(
+                "thinking",
+                "{\"type\": \"enabled\", \"budget_tokens\": N >= 1024} or {\"type\": \"disabled\"}",
+            )),
+        };
+    }
+    match field::<String>(req, "reasoning_effort", "a string")?.as_deref() {
+        None | Some("none") => Ok(None),
+        Some(e) => match EFFORT_BUDGETS.iter().find(|(name, _)| *name == e) {
+            Some((_, b)) => Ok(Some(*b)),
+            None => Err(bad("reasoning_effort", "one of none, minimal, low, medium, high")),
+        },
+    }
+}
+
+/// An assistant message's `thinking_blocks` (what the gateway's answers
+/// carry): `thinking` with its `signature`, `redacted_thinking` with `data`.
+fn thinking_blocks(message: &Value, at: &str, blocks: &mut Vec<Block>) -> Result<(), ApiError> {
+    let Some(list) = message.get("thinking_blocks").filter(|v| !v.is_null()) else { return Ok(()) };
+    for (k, b) in list.as_array().into_iter().flatten().enumerate() {
+        let text = |key| str_of(b, key).unwrap_or_default().to_string();
+        blocks.push(match str_of(b, "type") {
+            Some("thinking") => Block::Thinking { text: text("thinking"), signature: text("signature") },
+            Some("redacted_thinking") => Block::RedactedThinking(text("data")),
+            _ => {
+                return Err(invalid(format!("`{at}.thinking_blocks[{k}].type` must be thinking or redacted_thinking.")))
+            }
+        });
+    }
+    if !list.is_array() {
+        return Err(invalid(format!("`{at}.thinking_blocks` must be an array.")));
+    }
+    Ok(())
+}
+
 /// Decodes the chat-completions request.
 pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
     let (system, turns) = match req.field("messages") {
@@ -574,6 +649,7 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         user: field::<String>(req, "user", "a string")?.filter(|u| !u.is_empty()),
         response_format,
         stream: req.stream,
+        thinking_budget: thinking_budget(req)?,
     })
 }
 

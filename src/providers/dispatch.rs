@@ -43,6 +43,15 @@ impl NativeApi {
         }
     }
 
+    /// The kinds serving it, as `api::params::kind_bit`s.
+    pub fn kind_bits(self) -> u8 {
+        use crate::api::params::kind_bit;
+        match self {
+            NativeApi::Messages => kind_bit(ProviderKind::Anthropic),
+            NativeApi::Responses => kind_bit(ProviderKind::Openai) | kind_bit(ProviderKind::Azure),
+        }
+    }
+
     /// The kinds serving it, as a 400 names them.
     pub fn kinds(self) -> &'static str {
         match self {

@@ -10,8 +10,9 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::Credentials;
 
+use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
-use super::chat::{Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
+use super::chat::{max_with_thinking, Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
 use super::emit::Emitter;
 use super::openai_out::{new_call_id, Answer, Choice, Meta, ToolCall};
 use super::structured::inline_refs;
@@ -78,8 +79,12 @@ pub(super) fn schema(v: &Value) -> Value {
             "properties" => {
                 if let Value::Object(props) = val {
                     if !props.is_empty() {
-                        let props = props.iter().map(|(name, s)| (name.clone(), schema(s))).collect();
-                        out.insert("properties".into(), Value::Object(props));
+                        // Inserts, not `collect`: a map's collect sorts, a stable sort's code per call site.
+                        let mut converted = Map::new();
+                        for (name, s) in props {
+                            converted.insert(name.clone(), schema(s));
+                        }
+                        out.insert("properties".into(), Value::Object(converted));
                     }
                 }
             }
@@ -168,6 +173,8 @@ fn content(turn: &Turn, signatures: bool) -> Result<Value, ApiError> {
                 }
                 parts.push(call);
             }
+            // Gemini's thoughts are its own: another provider's thinking is not replayed.
+            Block::Thinking { .. } | Block::RedactedThinking(_) => {}
             Block::ToolResult { id, name, content } => {
                 let name = name.as_deref().ok_or_else(|| {
                     ApiError::invalid_request(
@@ -192,7 +199,10 @@ fn content(turn: &Turn, signatures: bool) -> Result<Value, ApiError> {
 fn generation_config(chat: &Chat, ctx: &BuildContext) -> Map<String, Value> {
     let stop = (!chat.stop.is_empty()).then(|| json!(chat.stop));
     let settings = [
-        ("maxOutputTokens", chat.max_tokens.or(ctx.max_response_tokens).map(Value::from)),
+        (
+            "maxOutputTokens",
+            chat.max_tokens.or(ctx.max_response_tokens).map(|m| max_with_thinking(m, chat.thinking_budget).into()),
+        ),
         ("temperature", chat.temperature.map(Value::from)),
         ("topP", chat.top_p.map(Value::from)),
         ("topK", chat.top_k.map(Value::from)),
@@ -201,9 +211,14 @@ fn generation_config(chat: &Chat, ctx: &BuildContext) -> Map<String, Value> {
         ("seed", chat.seed.map(Value::from)),
         ("presencePenalty", chat.presence_penalty.map(Value::from)),
         ("frequencyPenalty", chat.frequency_penalty.map(Value::from)),
+        ("thinkingConfig", chat.thinking_budget.map(|b| json!({"thinkingBudget": b, "includeThoughts": true}))),
     ];
-    let mut config: Map<String, Value> =
-        settings.into_iter().filter_map(|(key, value)| Some((key.to_string(), value?))).collect();
+    let mut config = Map::new();
+    for (key, value) in settings {
+        if let Some(value) = value {
+            config.insert(key.to_string(), value);
+        }
+    }
     let (mime, schema) = match &chat.response_format {
         Some(ResponseFormat::JsonObject) => (Some("application/json"), None),
         // Gemini's schema dialect has no references: pydantic's `$defs` are inlined.
@@ -299,7 +314,7 @@ fn parts(c: &Value) -> impl Iterator<Item = Part<'_>> {
             return Some(Part::Call(ToolCall {
                 id: call_id(call),
                 name: call.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: call.get("args").map_or_else(|| "{}".to_string(), Value::to_string),
+                arguments: call.get("args").map_or_else(|| "{}".to_string(), json_text),
             }));
         }
         let text = part.get("text").and_then(Value::as_str)?;

@@ -70,3 +70,10 @@ pub use openai::responses_followup;
 pub(crate) use openai_out::Meta;
 pub use response::ResponseAdapter;
 pub use upstream::{BuildContext, UpstreamRequest, CREDENTIAL_HEADERS};
+
+/// A tool call's arguments as JSON text: `to_string` by serde_json's writer
+/// (what `Value`'s `Display` prints, without a second serializer for
+/// `fmt::Write` in the module). Serializing a `Value` cannot fail.
+fn json_text(value: &serde_json::Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}

@@ -6,7 +6,9 @@ use crate::api::request::ParsedRequest;
 use crate::api::Endpoint;
 use crate::config::{Credentials, Member, Provider, ProviderKind};
 
+use super::chat::effort_of;
 use super::UpstreamRequest;
+use crate::api::params::named;
 
 pub(super) fn build(
     provider: &Provider,
@@ -28,11 +30,24 @@ pub(super) fn build(
     // Azure refuses `stream_options` before api-version 2024-08-01(-preview).
     let ask_usage = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
         && (provider.kind != ProviderKind::Azure || provider.api_version.as_str() >= "2024-08-01");
+    // What routing let this member drop (the parameters its kind cannot take).
+    let mut drop = request.params & member.refuses;
+    // Anthropic's `thinking` (a Messages door's) is OpenAI's `reasoning_effort`.
+    let mut add = Vec::new();
+    let thinking = named("thinking");
+    if request.params & thinking != 0 && provider.kind != ProviderKind::OpenaiCompatible {
+        drop |= thinking;
+        let budget = request.field("thinking").and_then(|t| serde_json::from_str::<serde_json::Value>(t.get()).ok());
+        let budget = budget.and_then(|t| t.get("budget_tokens")?.as_u64());
+        if let (Some(b), None) = (budget, request.field("reasoning_effort")) {
+            add = format!(",\"reasoning_effort\":\"{}\"", effort_of(b.min(u64::from(u32::MAX)) as u32)).into_bytes();
+        }
+    }
     UpstreamRequest {
         path,
         authority: provider.host.clone(),
         headers: auth(provider),
-        body: request.openai_body_for(&member.model, ask_usage),
+        body: request.openai_body_without(&member.model, ask_usage, drop, &add),
     }
 }
 

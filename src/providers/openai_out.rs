@@ -33,11 +33,13 @@ pub(super) struct ToolCall {
 }
 
 /// One choice of a complete answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(super) struct Choice {
     pub index: u32,
     pub text: String,
     pub reasoning: String,
+    /// Anthropic-shaped thinking blocks with their signatures (`thinking_blocks`).
+    pub thinking_blocks: Vec<Value>,
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: &'static str,
 }
@@ -64,7 +66,7 @@ impl Choice {
 }
 
 /// A complete answer read from a provider, before it is written in OpenAI's shape.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(super) struct Answer {
     /// The provider's id for the answer, when it gives one.
     pub id: Option<String>,
@@ -108,6 +110,9 @@ impl Meta {
                 message.insert("content".into(), content);
                 if !c.reasoning.is_empty() {
                     message.insert("reasoning_content".into(), json!(c.reasoning));
+                }
+                if !c.thinking_blocks.is_empty() {
+                    message.insert("thinking_blocks".into(), Value::Array(c.thinking_blocks.clone()));
                 }
                 if !c.tool_calls.is_empty() {
                     let calls: Vec<Value> = c

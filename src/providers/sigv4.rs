@@ -93,8 +93,14 @@ fn canonical_query(query: &str) -> String {
             (uri_encode(&decoded(k), false), uri_encode(&decoded(v), false))
         })
         .collect();
-    pairs.sort();
+    sort_pairs(&mut pairs, true);
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+}
+
+/// Sorts by name, then (`by_value`) by value; stable. One sort for both
+/// lists: a slice sort's code per comparator is several KB of the module.
+fn sort_pairs(pairs: &mut [(String, String)], by_value: bool) {
+    pairs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| if by_value { a.1.cmp(&b.1) } else { std::cmp::Ordering::Equal }));
 }
 
 /// Canonical headers block and the signed-headers list.
@@ -103,7 +109,7 @@ fn canonical_headers(headers: &[(&str, &str)]) -> (String, String) {
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.split_whitespace().collect::<Vec<_>>().join(" ")))
         .collect();
-    list.sort_by(|a, b| a.0.cmp(&b.0));
+    sort_pairs(&mut list, false);
     let mut merged: Vec<(String, String)> = Vec::with_capacity(list.len());
     for (k, v) in list {
         match merged.last_mut() {

@@ -42,7 +42,11 @@ fn inline(v: &Value, root: &Value, depth: usize) -> Value {
                 let target = resolve(root, reference).filter(|_| depth < MAX_REF_DEPTH);
                 let mut out = match target.map(|t| inline(t, root, depth + 1)) {
                     Some(Value::Object(resolved)) => resolved,
-                    _ => Map::from_iter([("type".to_string(), Value::from("object"))]),
+                    _ => {
+                        let mut object = Map::new();
+                        object.insert("type".to_string(), Value::from("object"));
+                        object
+                    }
                 };
                 // Siblings of `$ref` (a description, say) win over the target's.
                 for (k, val) in obj {
@@ -52,12 +56,14 @@ fn inline(v: &Value, root: &Value, depth: usize) -> Value {
                 }
                 return Value::Object(out);
             }
-            Value::Object(
-                obj.iter()
-                    .filter(|(k, _)| k.as_str() != "$defs" && k.as_str() != "definitions")
-                    .map(|(k, val)| (k.clone(), inline(val, root, depth)))
-                    .collect(),
-            )
+            // Inserts, not `collect`: a map's collect sorts, a stable sort's code per call site.
+            let mut out = Map::new();
+            for (k, val) in obj {
+                if k != "$defs" && k != "definitions" {
+                    out.insert(k.clone(), inline(val, root, depth));
+                }
+            }
+            Value::Object(out)
         }
         Value::Array(items) => Value::Array(items.iter().map(|i| inline(i, root, depth)).collect()),
         other => other.clone(),

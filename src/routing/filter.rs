@@ -5,6 +5,7 @@
 use crate::api::ErrorCode;
 use std::fmt;
 
+use crate::api::params;
 use crate::api::request::ParsedRequest;
 use crate::api::ApiError;
 use crate::config::{Capabilities, Capability, Config, Member, Pool, ProviderKind, TagMask};
@@ -24,6 +25,14 @@ pub struct Needs {
     pub unknown_tag: Option<String>,
     /// Set when the request uses a feature only some providers serve.
     pub native_only: Option<NativeOnly>,
+    /// Bits of the parameters the request sets (`api::params`).
+    pub params: u64,
+    /// The first parameter the table does not list, when the request sets one.
+    pub other_param: Option<String>,
+    /// Parameters the request lets members drop (`x-switchboard-drop-params`).
+    pub drop: u64,
+    /// Kinds that get the front door's own body and so take every parameter.
+    pub native_kinds: u8,
 }
 
 /// A feature of the request (in a front door's API) that only providers of
@@ -55,6 +64,10 @@ impl Needs {
             tags: 0,
             unknown_tag: None,
             native_only: None,
+            params: request.params,
+            other_param: request.other_param.as_deref().map(str::to_string),
+            drop: 0,
+            native_kinds: 0,
         };
         for tag in require_tags.unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
             match config.tag_mask([tag]) {
@@ -73,6 +86,14 @@ impl Needs {
             needs.prompt_tokens = Some(request.content().prompt_tokens);
         }
         needs
+    }
+
+    /// Parameters `member` of `pool` drops: those it cannot take (routing let it serve).
+    pub fn dropped(&self, member: &Member) -> u64 {
+        if member.kind_bit & self.native_kinds != 0 {
+            return 0;
+        }
+        self.params & member.refuses
     }
 
     /// Output tokens to plan for in `pool`.
@@ -97,6 +118,8 @@ pub enum Unfit {
     /// Lacks a tag the request requires.
     Tags,
     Capability(Capability),
+    /// Its kind cannot take these parameters (bits), and they may not be dropped.
+    Param(u64),
     /// Requested output above the member's `max_output_tokens`.
     Output {
         requested: u32,
@@ -115,7 +138,7 @@ impl Unfit {
         match self {
             Unfit::Native => ErrorCode::UnsupportedFeature,
             Unfit::Tags => ErrorCode::NoMemberWithTags,
-            Unfit::Capability(_) => ErrorCode::UnsupportedParameter,
+            Unfit::Capability(_) | Unfit::Param(_) => ErrorCode::UnsupportedParameter,
             Unfit::Output { .. } | Unfit::Context { .. } => ErrorCode::ContextLengthExceeded,
         }
     }
@@ -127,6 +150,9 @@ impl fmt::Display for Unfit {
             Unfit::Native => f.write_str("its provider kind cannot serve the request as it is"),
             Unfit::Tags => f.write_str("lacks a required tag"),
             Unfit::Capability(c) => write!(f, "no {} capability", c.as_str()),
+            Unfit::Param(bits) => {
+                write!(f, "its provider kind cannot take `{}`", params::names(*bits, "other parameters"))
+            }
             Unfit::Output { requested, max } => write!(f, "max_output_tokens {max} < {requested} requested"),
             Unfit::Context { needed, window } => write!(f, "context_window {window} < {needed} tokens needed"),
         }
@@ -143,6 +169,10 @@ pub fn check(member: &Member, pool: &Pool, needs: &Needs) -> Result<(), Unfit> {
     }
     if let Some(c) = member.capabilities.missing(needs.capabilities) {
         return Err(Unfit::Capability(c));
+    }
+    let refused = needs.dropped(member) & !(pool.drop_params | needs.drop);
+    if refused != 0 {
+        return Err(Unfit::Param(refused));
     }
     // Only an output the client asked for rules a member out; the pool's default
     // is capped at what the member can produce.
@@ -182,6 +212,13 @@ pub fn no_fit_error(target: &str, needs: &Needs, unfit: &[(&str, Unfit)]) -> Api
             None => "no member carries every tag required by x-switchboard-require-tags".to_string(),
         },
         Unfit::Capability(c) => format!("no member supports {}", describe(c)),
+        Unfit::Param(bits) => {
+            let name = params::first_name(bits, needs.other_param.as_deref().unwrap_or_default());
+            let why = format!("`{name}`: no member of `{target}` takes this parameter (a pool's `drop_params` or the header `x-switchboard-drop-params: {name}` lets it be dropped)");
+            let e =
+                ApiError::invalid_request(ErrorCode::UnsupportedParameter, format!("{why}. {}.", reasons.join("; ")));
+            return e.with_param(ApiError::PARAM_IN_MESSAGE);
+        }
         Unfit::Output { .. } | Unfit::Context { .. } => {
             let prompt = needs.prompt_tokens.map_or(String::new(), |p| format!(" (about {p} prompt tokens)"));
             format!("the request is too large for every member{prompt}")
@@ -324,6 +361,10 @@ mod tests {
             tags: 0,
             unknown_tag: None,
             native_only: None,
+            params: 0,
+            other_param: None,
+            drop: 0,
+            native_kinds: 0,
         };
         let e = no_fit_error("p", &n, &[("a/x", Unfit::Tags), ("a/y", Unfit::Context { needed: 5100, window: 4096 })]);
         assert_eq!((e.status, e.code.as_str()), (400, "context_length_exceeded"));

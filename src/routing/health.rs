@@ -237,16 +237,68 @@ pub fn retry_after_until_ms(value: &str, now_ms: u64) -> Option<u64> {
     let value = value.trim();
     let delay_ms = if let Ok(seconds) = value.parse::<u64>() {
         seconds.saturating_mul(1000)
-    } else if let Ok(seconds) = value.parse::<f64>() {
-        if !(seconds.is_finite() && seconds >= 0.0) {
-            return None;
-        }
+    } else if let Some(seconds) = decimal_seconds(value) {
         (seconds * 1000.0) as u64
     } else {
         let at_ms = http_date_ms(value)?;
         at_ms.saturating_sub(now_ms)
     };
     Some(now_ms.saturating_add(delay_ms.min(CAP_MS)))
+}
+
+/// A non-negative decimal number of seconds (`1.5`, `+2.`, `.25`, `3e-1`), as
+/// `str::parse::<f64>` reads it but without core's correctly-rounding float
+/// parser (its tables and code are ~16 KB of the .wasm): up to 15 significant
+/// digits and 22 decimal places, one exact division gives the same f64
+/// (Clinger's fast path); longer forms are within an ulp. Negative (other than
+/// zero), infinite and NaN values are `None`, as before.
+fn decimal_seconds(value: &str) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
+        1e19, 1e20, 1e21, 1e22,
+    ];
+    let (negative, rest) = match value.as_bytes().first() {
+        Some(b'-') => (true, value.get(1..)?),
+        Some(b'+') => (false, value.get(1..)?),
+        _ => (false, value),
+    };
+    let (number, exponent) = match rest.find(['e', 'E']) {
+        Some(at) => (rest.get(..at)?, rest.get(at + 1..)?.parse::<i32>().ok()?),
+        None => (rest, 0),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let mut mantissa = 0u64;
+    // Power of ten the mantissa's digits are scaled by; digits past u64 only scale.
+    let mut scale: i64 = i64::from(exponent);
+    for (i, b) in whole.bytes().chain(fraction.bytes()).enumerate() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        let in_fraction = i >= whole.len();
+        match mantissa.checked_mul(10).and_then(|m| m.checked_add(u64::from(b - b'0'))) {
+            Some(m) => {
+                mantissa = m;
+                scale -= i64::from(in_fraction);
+            }
+            None => scale += i64::from(!in_fraction),
+        }
+    }
+    if mantissa == 0 {
+        return Some(0.0);
+    }
+    if negative {
+        return None;
+    }
+    let m = mantissa as f64;
+    let seconds = match usize::try_from(scale.unsigned_abs()).ok().and_then(|e| POW10.get(e)) {
+        Some(&p) if mantissa < 1 << 53 && scale < 0 => m / p,
+        Some(&p) if mantissa < 1 << 53 => m * p,
+        _ => m * 10f64.powi(i32::try_from(scale).ok()?),
+    };
+    seconds.is_finite().then_some(seconds)
 }
 
 /// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to ms since the epoch.
@@ -443,12 +495,31 @@ mod tests {
     }
 
     #[test]
+    fn decimal_seconds_read_as_str_parse_reads_them() {
+        for text in [
+            "0", "-0", "-0.0", "1.5", ".25", "+2.", "0.29", "1.005", "3e-1", "2.5E+2", "0.001", "12.3456789", "1e2",
+            "3599.9999", "0.1234567890123", "00001.10000",
+        ] {
+            let parsed = text.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0);
+            assert_eq!(decimal_seconds(text), parsed, "{text}");
+        }
+        for text in ["", ".", "+", "-", "e5", "1e", "1e5.5", "1.2.3", "inf", "NaN", "-1", "1_0", "1e999"] {
+            assert_eq!(decimal_seconds(text), None, "{text}");
+        }
+    }
+
+    #[test]
     fn retry_after_formats() {
         assert_eq!(retry_after_until_ms("2", 1_000), Some(3_000));
         assert_eq!(retry_after_until_ms(" 1.5 ", 0), Some(1_500));
         assert_eq!(retry_after_until_ms("99999999", 0), Some(3_600_000));
         assert_eq!(retry_after_until_ms("soon", 0), None);
         assert_eq!(retry_after_until_ms("-1", 0), None);
+        assert_eq!(retry_after_until_ms("-1.5", 0), None);
+        assert_eq!(retry_after_until_ms("1.", 0), Some(1_000));
+        assert_eq!(retry_after_until_ms("1.2.3", 0), None);
+        assert_eq!(retry_after_until_ms("inf", 0), None);
+        assert_eq!(retry_after_until_ms("1e999", 0), None);
         // 1994-11-06T08:49:37Z = 784111777 s
         assert_eq!(retry_after_until_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_770_000), Some(784_111_777_000));
         assert_eq!(retry_after_until_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_780_000), Some(784_111_780_000));

@@ -18,6 +18,8 @@ use super::select::{self, Candidate, LatencyKind, LiveStats};
 
 /// Header carrying the tags a request's members must have.
 pub const REQUIRE_TAGS_HEADER: &str = "x-switchboard-require-tags";
+/// Header naming the parameters members may drop rather than refuse (`true` for all).
+pub const DROP_PARAMS_HEADER: &str = "x-switchboard-drop-params";
 /// Output tokens assumed for a cost estimate when neither the request nor the pool bounds them.
 pub const DEFAULT_EXPECTED_OUTPUT_TOKENS: u32 = 256;
 
@@ -45,11 +47,13 @@ pub struct RouteInput<'r, 'a> {
     pub headers: Headers<'r>,
     /// The host's learned scorer, for `learned` routers.
     pub scorer: Option<&'r dyn LearnedScorer>,
+    /// Kinds that get a front door's own body (`api::params::kind_bit`s).
+    pub native_kinds: u8,
 }
 
 impl<'r, 'a> RouteInput<'r, 'a> {
     pub fn new(request: &'r ParsedRequest<'a>) -> Self {
-        RouteInput { request, headers: &router::NoHeaders, scorer: None }
+        RouteInput { request, headers: &router::NoHeaders, scorer: None, native_kinds: 0 }
     }
 }
 
@@ -110,7 +114,7 @@ pub struct Plan {
 
 fn unknown_fallback(config: &Config, name: &str) -> ApiError {
     let mut e = config.unknown_target(name, "fallback");
-    if e.code == "model_not_found" {
+    if e.code == ErrorCode::ModelNotFound {
         e.message = format!(
             "The fallback model `{name}` does not exist: it is neither a pool nor a model served by this gateway."
         );
@@ -184,7 +188,16 @@ impl Plan {
             }
         }
         let tags = input.headers.header(REQUIRE_TAGS_HEADER);
-        let needs = Needs::of(config, request, tags);
+        let mut needs = Needs::of(config, request, tags);
+        needs.native_kinds = input.native_kinds;
+        if let Some(names) = input.headers.header(DROP_PARAMS_HEADER) {
+            needs.drop = crate::api::params::drop_mask(&mut names.split(',')).map_err(|name| {
+                ApiError::invalid_request(
+                    ErrorCode::InvalidValue,
+                    format!("{DROP_PARAMS_HEADER}: `{name}` is not a parameter the gateway knows; name chat parameters, or send `true`."),
+                )
+            })?;
+        }
         let plan = Plan {
             pools,
             stage: 0,
@@ -593,11 +606,11 @@ mod tests {
         let cfg = facts_config();
         let req = ParsedRequest::parse(br#"{"model":"small","messages":[]}"#, Endpoint::ChatCompletions).unwrap();
         let headers = [(REQUIRE_TAGS_HEADER, "eu")];
-        let input = RouteInput { request: &req, headers: &headers, scorer: None };
+        let input = RouteInput { request: &req, headers: &headers, scorer: None, native_kinds: 0 };
         let mut plan = Plan::for_request(&cfg, input, 0).unwrap();
         assert_eq!(ids(&cfg, &mut plan), vec!["a/s8k", "b/l128k"]);
         let headers = [(REQUIRE_TAGS_HEADER, "onprem")];
-        let input = RouteInput { request: &req, headers: &headers, scorer: None };
+        let input = RouteInput { request: &req, headers: &headers, scorer: None, native_kinds: 0 };
         assert_eq!(Plan::for_request(&cfg, input, 0).unwrap_err().code, "no_member_with_tags");
     }
 
@@ -614,7 +627,7 @@ mod tests {
         let req = ParsedRequest::parse(br#"{"model":"auto","messages":[]}"#, Endpoint::ChatCompletions).unwrap();
         let headers = [("X-Data-Class", "confidential")];
         let mut misses = Vec::new();
-        let input = RouteInput { request: &req, headers: &headers, scorer: None };
+        let input = RouteInput { request: &req, headers: &headers, scorer: None, native_kinds: 0 };
         let mut plan = Plan::build(&cfg, input, 0, |r, rule, why| misses.push((r, rule, why))).unwrap();
         assert_eq!(plan.router_headers(&cfg), Some(("auto", "confidential")));
         assert_eq!(misses, vec![(0, 0, Miss::HasImages { images: 0 })]);

@@ -28,7 +28,11 @@ pub struct LastAnswer {
 impl LastAnswer {
     /// The newer of two observations of the same member.
     pub fn newer(self, other: LastAnswer) -> LastAnswer {
-        if other.at_ms > self.at_ms { other } else { self }
+        if other.at_ms > self.at_ms {
+            other
+        } else {
+            self
+        }
     }
 
     pub fn encode(&self) -> [u8; 16] {

@@ -1,9 +1,9 @@
 //! switchboard-state: the state service of fleet mode. Every switchboard
-//! proxy asks it (through an Envoy cluster, `dispatch_http_call`) before a
-//! tenant's request goes upstream and tells it when the request ended; it
+//! proxy takes slices of its tenants' allowances from it (through an Envoy
+//! cluster, `dispatch_http_call`) and gives back what it did not use, tells
+//! it learned-router scores and canary rollbacks, and polls the fleet's. It
 //! keeps nothing itself: every count is in Redis, changed by one Lua script
-//! per decision (`scripts.rs`), so several copies can serve the same fleet.
-//! See docs/fleet.md.
+//! (`scripts.rs`), so several copies can serve the same fleet. See docs/fleet.md.
 
 mod scripts;
 
@@ -32,18 +32,17 @@ usage: switchboard-state [--listen ADDR] [--redis URL] [--redis-timeout-ms MS] [
   --delay-ms MS          answer every request MS late (fault tests; also POST /_state/delay?ms=N)
 Once listening, prints one line: {\"listening\": \"HOST:PORT\"}";
 
-/// Entries of learned feedback kept in Redis (a stream, trimmed to about this many).
-const LEARNED_KEPT: usize = 100_000;
+/// Entries of learned feedback kept in Redis (a stream, trimmed to about this many; 4 KB each).
+const LEARNED_KEPT: usize = 20_000;
 /// Sync answers carry at most this many feedback entries (the next poll takes the rest).
-const SYNC_BATCH: usize = 1_000;
+const SYNC_BATCH: usize = 100;
 
 struct Service {
     client: redis::Client,
     conn: Mutex<Option<MultiplexedConnection>>,
     redis_timeout: Duration,
     delay_ms: AtomicU64,
-    admit: redis::Script,
-    settle: redis::Script,
+    slice: redis::Script,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -91,38 +90,41 @@ impl Service {
         *self.conn.lock().await = None;
     }
 
-    async fn admit(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
+    /// One step of a tenant's allowance (`scripts::SLICE`): take a slice
+    /// (`grant`) or only give back what a proxy did not use and what it spent.
+    async fn slice(&self, q: &HashMap<&str, &str>, grant: bool) -> Result<String, Failure> {
         let tenant = hex_name(q, "t")?;
-        let lease = q.get("l").copied().unwrap_or("");
-        if lease.is_empty() || lease.len() > 64 {
-            return Err(Failure::Bad("`l` must name the request's lease".into()));
+        let holder = hex_name(q, "h")?;
+        let mut inv = self.slice.key(format!("sb:{{{tenant}}}"));
+        inv.arg(holder);
+        for field in ["ttl", "rpm", "tpm", "par", "bl", "bp", "tok", "bw"] {
+            inv.arg(number(q, field)?);
         }
-        let mut inv = self.admit.key(format!("sb:{{{tenant}}}"));
-        inv.arg(lease);
-        for field in ["ttl", "rpm", "tpm", "par", "tok", "bl", "bp", "bw"] {
+        inv.arg(u64::from(grant));
+        for field in ["ws", "br", "bk", "ko", "bpar", "bb", "cost"] {
             inv.arg(number(q, field)?);
         }
         let mut conn = self.connection().await?;
         Ok(inv.invoke_async(&mut conn).await?)
     }
 
-    async fn settle(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
-        let tenant = hex_name(q, "t")?;
-        let lease = q.get("l").copied().unwrap_or("");
-        let mut inv = self.settle.key(format!("sb:{{{tenant}}}"));
-        inv.arg(lease);
-        for field in ["ws", "res", "act", "bp", "cost"] {
-            inv.arg(number(q, field)?);
-        }
-        let mut conn = self.connection().await?;
-        Ok(inv.invoke_async(&mut conn).await?)
-    }
-
-    /// A user's score of a learned router's weak-pool answer, for every proxy to apply.
+    /// A user's score of a learned router's weak-pool answer, for every proxy to
+    /// learn: the learning's key (`k`), the prompt's inputs (`i`), both in hex,
+    /// the shipped model's logit (`g`) and the score (`s`), f32 bits in hex.
     async fn learned(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
-        let router = hex_name(q, "r")?;
-        let bucket = number(q, "b")?;
-        let score: f32 = q.get("s").and_then(|s| s.parse().ok()).ok_or(Failure::Bad("`s` must be a score".into()))?;
+        let key = hex_name(q, "k")?;
+        let inputs = q.get("i").copied().unwrap_or("");
+        if inputs.is_empty() || inputs.len() > 16_384 || !inputs.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Failure::Bad("`i` must be the prompt's inputs in hex".into()));
+        }
+        // Both f32 bit patterns in hex, passed on as they are.
+        let real = |f: &str| {
+            let v = q.get(f).copied().unwrap_or("");
+            let bits = u32::from_str_radix(v, 16).ok().filter(|b| v.len() == 8 && f32::from_bits(*b).is_finite());
+            bits.map(|_| v.to_ascii_lowercase())
+                .ok_or_else(|| Failure::Bad(format!("`{f}` must be a number's f32 bits in hex")))
+        };
+        let (logit, score) = (real("g")?, real("s")?);
         let mut conn = self.connection().await?;
         let _: String = redis::cmd("XADD")
             .arg("sb:learned")
@@ -131,7 +133,7 @@ impl Service {
             .arg(LEARNED_KEPT)
             .arg("*")
             .arg("e")
-            .arg(format!("{router} {bucket} {score}"))
+            .arg(format!("{key} {inputs} {logit} {score}"))
             .query_async(&mut conn)
             .await?;
         Ok("ok".into())
@@ -158,7 +160,7 @@ impl Service {
     }
 
     /// What a proxy's tick polls: the canaries rolled back (`c MEMBER`) and the
-    /// feedback after entry `after` (`l ID ROUTER BUCKET SCORE`), one a line.
+    /// feedback after entry `after` (`l ID KEY INPUTS LOGIT SCORE`), one a line.
     async fn sync(&self, q: &HashMap<&str, &str>) -> Result<String, Failure> {
         let generation = hex_name(q, "g")?;
         let after = q.get("after").copied().filter(|a| !a.is_empty()).unwrap_or("0");
@@ -234,11 +236,11 @@ async fn handle(svc: Arc<Service>, req: Request<Incoming>) -> Result<Reply, Infa
     let q = query(&req);
     let step = async {
         match (req.method(), req.uri().path()) {
-            (&Method::POST, "/v1/admit") => svc.admit(&q).await,
-            (&Method::POST, "/v1/settle") => svc.settle(&q).await,
+            (&Method::POST, "/v1/admit") => svc.slice(&q, true).await,
+            (&Method::POST, "/v1/settle") => svc.slice(&q, false).await,
             (&Method::POST, "/v1/learned") => svc.learned(&q).await,
             (&Method::POST, "/v1/canary") => svc.canary(&q).await,
-            (&Method::GET, "/v1/sync") => svc.sync(&q).await,
+            (&Method::GET | &Method::POST, "/v1/sync") => svc.sync(&q).await,
             (&Method::GET, "/healthz") => {
                 let mut conn = svc.connection().await?;
                 redis::cmd("PING").query_async::<String>(&mut conn).await?;
@@ -325,8 +327,7 @@ async fn main() {
         conn: Mutex::new(None),
         redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
         delay_ms: AtomicU64::new(args.delay_ms),
-        admit: redis::Script::new(scripts::ADMIT),
-        settle: redis::Script::new(scripts::SETTLE),
+        slice: redis::Script::new(scripts::SLICE),
     });
     loop {
         let (stream, _) = tokio::select! {

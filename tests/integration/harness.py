@@ -17,6 +17,10 @@ sys.path.insert(0, os.path.join(ROOT, "envoy"))
 import render  # noqa: E402
 
 WASM = render.built_wasm(ROOT)
+# Which build the Envoys of this test run load: "wasm" (the default) or "native", the
+# dynamic module (`pytest --host native`, or SWITCHBOARD_HOST=native; see docs/native.md).
+HOST = os.environ.get("SWITCHBOARD_HOST", "wasm")
+NATIVE_DIR = render.native_module_dir(ROOT)
 MOCK = os.path.join(ROOT, "target", "release", "mock-provider")
 
 
@@ -114,12 +118,13 @@ class Gateway:
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="switchboard-it-")
         self.call_log_path = os.path.join(self.dir, "calls.log") if call_log else None
+        self.host = render_options.pop("host", HOST)
         self.plugin_config_dir = os.path.join(self.dir, "plugin") if reloadable else None
         self.stream_failover = render_options.get("stream_failover", True)
         self.config_version = 1
         doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters,
                                call_log_path=self.call_log_path, plugin_config_dir=self.plugin_config_dir,
-                               **render_options)
+                               host=self.host, **render_options)
         self.config_path = os.path.join(self.dir, "envoy.json")
         with open(self.config_path, "w") as f:
             json.dump(doc, f)
@@ -127,6 +132,8 @@ class Gateway:
         self.log = open(self.log_path, "w")
         full_env = dict(os.environ)
         full_env.update(env)
+        if self.host == "native":
+            full_env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = NATIVE_DIR
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", self.config_path, "--concurrency", str(concurrency),
              "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--log-format", "%L %v",
@@ -183,6 +190,9 @@ class Gateway:
         out = {}
         for line in text.splitlines():
             name, _, value = line.partition(": ")
+            # The dynamic module's stats carry Envoy's prefix for them; the names after it are the wasm build's.
+            if name.startswith("dynamicmodulescustom."):
+                name = "wasmcustom." + name.removeprefix("dynamicmodulescustom.")
             try:
                 out[name] = int(value)
             except ValueError:
@@ -209,6 +219,8 @@ class Gateway:
                 continue
             series, _, value = line.rpartition(" ")
             name, _, labels = series.partition("{")
+            # The dynamic module's stats reach Prometheus under Envoy's prefix for them (docs/native.md).
+            name = name.removeprefix("envoy_dynamicmodulescustom_")
             pairs = frozenset(tuple(kv.split("=", 1)) for kv in split_labels(labels.rstrip("}")))
             out[(name, frozenset((k, v.strip('"')) for k, v in pairs))] = float(value)
         return out

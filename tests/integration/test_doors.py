@@ -224,7 +224,7 @@ def test_messages_pass_through_to_anthropic_untouched(doors_gw, doors_mock, stre
     else:
         msg = client.messages.create(**params)
     assert msg.id.startswith("msg_mock"), "the member's own message id: the answer was not translated"
-    assert msg.content[0].text.startswith("mock reply from anthropic") and msg.usage.output_tokens > 0
+    assert msg.content[0].type == "thinking" and msg.content[-1].text.startswith("mock reply from anthropic") and msg.usage.output_tokens > 0
     got = upstream(doors_mock, "anthropic")
     assert got["body"] == cap.sent_with_model("claude-3-5-haiku")
     assert got["headers"]["anthropic-beta"] == "files-api-2025-04-14"

@@ -33,8 +33,50 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
 struct Valid<'a> {
     model: &'a str,
     stream: bool,
+    /// With `thinking` enabled: the thinking block's text.
+    thinking: Option<String>,
     /// The tool call to answer: name and JSON arguments.
     tool: Option<(String, String)>,
+}
+
+/// The mock's signature of a thinking text (Anthropic's is opaque and verified the same way).
+pub fn signature(thinking: &str) -> String {
+    let h = thinking.bytes().fold(5381u64, |h, b| h.wrapping_mul(33) ^ u64::from(b));
+    format!("mocksig{h:016x}")
+}
+
+/// Anthropic's rules for `thinking`: a budget of at least 1024 below
+/// `max_tokens`, and (the tool loop) a final assistant turn with tool calls
+/// that starts with a thinking block whose signature is intact.
+fn check_thinking(obj: &Map<String, Value>, msgs: &[Value]) -> Result<bool, String> {
+    let Some(t) = obj.get("thinking").filter(|t| t.get("type").and_then(Value::as_str) == Some("enabled")) else {
+        return Ok(false);
+    };
+    let budget = t.get("budget_tokens").and_then(Value::as_u64).unwrap_or(0);
+    if budget < 1024 {
+        return Err("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024".into());
+    }
+    if obj.get("max_tokens").and_then(Value::as_u64).unwrap_or(0) <= budget {
+        return Err("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size".into());
+    }
+    let last = msgs.iter().enumerate().rev().find(|(_, m)| m.get("role").and_then(Value::as_str) == Some("assistant"));
+    if let Some((i, m)) = last {
+        let blocks = m.get("content").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let ty = |b: &Value| b.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        if blocks.iter().any(|b| ty(b) == "tool_use") {
+            let first = blocks.first().map(ty).unwrap_or_default();
+            if first != "thinking" && first != "redacted_thinking" {
+                return Err(format!("messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns."));
+            }
+        }
+        for (j, b) in blocks.iter().enumerate().filter(|(_, b)| ty(b) == "thinking") {
+            let text = b.get("thinking").and_then(Value::as_str).unwrap_or("");
+            if b.get("signature").and_then(Value::as_str) != Some(signature(text).as_str()) {
+                return Err(format!("messages.{i}.content.{j}: Invalid `signature` in `thinking` block"));
+            }
+        }
+    }
+    Ok(true)
 }
 
 fn check_blocks(blocks: &[Value], at: &str) -> Result<(), String> {
@@ -173,7 +215,9 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
         },
     };
     let tool = tool_call(&tools, &choice, &last_user)?;
-    Ok(Valid { model, stream, tool })
+    let thinking =
+        check_thinking(obj, msgs)?.then(|| format!("The user wrote {} words.", last_user.split_whitespace().count()));
+    Ok(Valid { model, stream, thinking, tool })
 }
 
 fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
@@ -194,6 +238,13 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
             ),
             None => (format!(r#"[{{"type":"text","text":{}}}]"#, js(&reply)), "end_turn", word_tokens(&reply)),
         };
+        let (content, out) = match &v.thinking {
+            Some(t) => {
+                let block = json!({"type": "thinking", "thinking": t, "signature": signature(t)});
+                (format!("[{block},{}", &content[1..]), out + word_tokens(t))
+            }
+            None => (content, out),
+        };
         let body = format!(
             r#"{{"id":"{id}","type":"message","role":"assistant","model":{model_js},"content":{content},"stop_reason":"{stop}","stop_sequence":null,"usage":{{"input_tokens":{input_tokens},"output_tokens":{out}}}}}"#
         );
@@ -209,17 +260,28 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
             "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
     ));
+    // A thinking block first, at index 0: the answer's own block follows at `at`.
+    let at = usize::from(v.thinking.is_some());
+    if let Some(t) = &v.thinking {
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})));
+        events.push(ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": t}}),
+        ));
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": signature(t)}})));
+        events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    }
     let (stop, out) = match &v.tool {
         Some((name, input)) => {
             events.push(ev(
                 "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block":
+                json!({"type": "content_block_start", "index": at, "content_block":
                     {"type": "tool_use", "id": format!("toolu_mock{}", ctx.l.next_id()), "name": name, "input": {}}}),
             ));
             for piece in split_even(input, ctx.opts.chunks) {
                 events.push(ev(
                     "content_block_delta",
-                    json!({"type": "content_block_delta", "index": 0,
+                    json!({"type": "content_block_delta", "index": at,
                            "delta": {"type": "input_json_delta", "partial_json": piece}}),
                 ));
             }
@@ -228,20 +290,20 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
         None => {
             events.push(ev(
                 "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_start", "index": at, "content_block": {"type": "text", "text": ""}}),
             ));
             events.push(ev("ping", json!({"type": "ping"})));
             let (pieces, full) = stream_pieces(&reply, ctx.opts.chunks);
             for p in pieces {
                 events.push(ev(
                     "content_block_delta",
-                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+                    json!({"type": "content_block_delta", "index": at, "delta": {"type": "text_delta", "text": p}}),
                 ));
             }
             ("end_turn", word_tokens(&full))
         }
     };
-    events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": at})));
     events.push(ev(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},

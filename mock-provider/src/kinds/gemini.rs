@@ -90,7 +90,9 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
         Err(e) => return bad_request(ctx, &e),
     };
     let sse = ctx.query_param("alt") == Some("sse");
-    respond(ctx, model, tool, json_mode(&obj).as_ref(), stream, sse)
+    let thoughts =
+        obj.get("generationConfig").and_then(|g| g.get("thinkingConfig")).and_then(|t| t.get("includeThoughts"));
+    respond(ctx, model, tool, json_mode(&obj).as_ref(), stream, sse, thoughts == Some(&Value::Bool(true)))
 }
 
 /// With `responseMimeType: application/json`, the `responseSchema` (or
@@ -240,6 +242,7 @@ fn respond(
     json: Option<&Value>,
     stream: bool,
     sse: bool,
+    thoughts: bool,
 ) -> Response<MockBody> {
     let prompt = ctx.prompt_tokens();
     let reply = match json {
@@ -265,6 +268,15 @@ fn respond(
         let completion = if tool.is_some() { 8 } else { word_tokens(&reply) };
         let v = match &tool {
             Some(name) => chunk(fn_part(name), Some("STOP"), Some(8)),
+            None if thoughts => {
+                let mut v = chunk(
+                    json!([{"text": "Thinking it over.", "thought": true}, {"text": reply}]),
+                    Some("STOP"),
+                    Some(completion),
+                );
+                v["usageMetadata"]["thoughtsTokenCount"] = json!(3);
+                v
+            }
             None => chunk(json!([{"text": reply}]), Some("STOP"), Some(completion)),
         };
         return with_usage(json_value(StatusCode::OK, &v), prompt, completion);

@@ -13,13 +13,12 @@
 
 use proxy_wasm::types::Action;
 
-use crate::api::request::ParsedRequest;
 use crate::api::usage::Tokens;
-use crate::api::Endpoint;
+use crate::exchange::continued;
 use crate::providers::ResponseAdapter;
-use crate::routing::resume::{continuation_body, prefills, read_answer, Continued, StreamWatch};
+use crate::routing::resume::{Continued, StreamWatch};
 
-use super::{build_upstream, header_value, Attempt, Filter, State};
+use super::{header_value, Attempt, Filter, State};
 use crate::host::abi;
 use crate::host::runtime::Runtime;
 
@@ -43,18 +42,10 @@ impl Filter {
     /// The answer's headers came: a stream of a continuing pool, in OpenAI's
     /// shape (not a door's native one), with one choice, is watched.
     pub(super) fn watch_resume(&mut self, rt: &Runtime, attempt: &Attempt, status: u16) {
-        let pool = rt.config.pool_at(attempt.picked.member.pool);
-        let one_choice = || {
-            ParsedRequest::parse(&self.ex.body, self.ex.endpoint)
-                .is_ok_and(|p| p.field("n").is_none_or(|n| n.get() == "1"))
-        };
-        let continues = pool.is_some_and(|p| p.retry.resume_streams)
-            && self.ex.shape.stream
-            && self.ex.endpoint == Endpoint::ChatCompletions
-            && (200..300).contains(&status)
-            && !attempt.native;
-        self.resume =
-            (continues && one_choice()).then(|| Box::new(Resume { watch: StreamWatch::default(), held: None }));
+        self.resume = self
+            .ex
+            .watches_resume(rt, attempt, status)
+            .then(|| Box::new(Resume { watch: StreamWatch::default(), held: None }));
     }
 
     /// The next OpenAI-shaped piece of a watched stream: `Some` replaces it
@@ -88,15 +79,10 @@ impl Filter {
         let Some(text) = self.resume.as_ref().map(|r| r.watch.text().to_string()) else { return Action::Continue };
         while let Some(picked) = self.ex.pick_next(rt, now) {
             let mut next = self.ex.begin(rt, picked, now);
-            let kind = rt.config.resolve(picked.member).map(|(_, m, p)| (p.kind, m.model.as_str()));
-            let started = kind.and_then(|(kind, model)| {
-                next.adapter = ResponseAdapter::new(kind, self.ex.endpoint, false, model);
-                let chat = ParsedRequest::parse(&self.ex.body, self.ex.endpoint).ok()?;
-                let body = continuation_body(&chat, &text, prefills(kind))?;
-                let parsed = ParsedRequest::parse(&body, self.ex.endpoint).ok()?;
-                let upstream = build_upstream(rt, self.ex.endpoint, &parsed, picked.member, now, None).ok()?;
-                self.dispatch_upstream(rt, picked.member, now, &upstream, false).ok()
-            });
+            let started = self
+                .ex
+                .continuation(rt, picked, &mut next, &text, now)
+                .and_then(|upstream| self.dispatch_upstream(rt, picked.member, now, &upstream, false).ok());
             match started {
                 Some(call) => {
                     if let Some(r) = self.resume.as_mut() {
@@ -138,16 +124,9 @@ impl Filter {
                 .and_then(|h| header_value(&h, ":status").and_then(|s| s.parse::<u16>().ok()))
                 .unwrap_or(0)
         };
-        let answer = if (200..300).contains(&status) {
-            let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size).unwrap_or_default();
-            let body = match attempt.adapter.as_mut() {
-                Some(adapter) => Some(adapter.translate_body(status, &body)).filter(|_| !adapter.translation_failed()),
-                None => Some(body),
-            };
-            body.as_deref().and_then(read_answer)
-        } else {
-            None
-        };
+        let answer = continued(&mut attempt, status, || {
+            abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size).unwrap_or_default()
+        });
         let Some(answer) = answer else {
             log::warn!(
                 "switchboard[{}]: continuation from {} failed ({status})",

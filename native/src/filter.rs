@@ -1,0 +1,790 @@
+//! One client request in the dynamic module: reads what Envoy hands the
+//! hooks, asks the host-free `switchboard::exchange` what to do, and applies
+//! it with the ABI's callbacks. The same decisions as the proxy-wasm host
+//! (`src/host/filter.rs`) for what this host serves (see docs/native.md):
+//! the request held until its body is in, routed by rewriting it (cluster
+//! header, path, authority, credentials, body) for Envoy's router; a
+//! retriable answer fails over through HTTP callouts, the first good answer
+//! replacing it; answers translated back through the exchange's answer chain.
+
+use std::sync::Arc;
+
+use switchboard::api::forward::{forwarded, relayed_response_header};
+use switchboard::api::models::ModelListing;
+use switchboard::api::request::ParsedRequest;
+use switchboard::api::usage::{self, Tokens};
+use switchboard::api::{ApiError, ErrorCode};
+use switchboard::config::MemberRef;
+use switchboard::doors::{messages, Door, DoorAnswer};
+use switchboard::encoding::percent_decode;
+use switchboard::exchange::{
+    build_upstream, expected_tokens, refusal_error, translates_stream, Admission, AnswerShape, Attempt, Exchange,
+    Relayed, Route, Shared, State, Step, Whole,
+};
+use switchboard::observe::{CallRecord, Outcome};
+use switchboard::providers::{stream_include_usage, UpstreamRequest};
+use switchboard::routing::router::HeaderLookup;
+use switchboard::routing::{redirect, Plan};
+use switchboard::tenant::limits::cost_micro_usd;
+use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
+use switchboard::tenant::reserve::{Prices, Reservation};
+use switchboard::tenant::{authenticate, presented_key};
+
+use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP};
+use crate::metrics::{Family, Labels};
+use crate::state::{self, Runtime};
+
+/// Names the authenticated tenant on the request, for Envoy filters after this one.
+const TENANT_HEADER: &str = "x-switchboard-tenant";
+/// The call-log line's filter-state key (`%FILTER_STATE(switchboard.call:PLAIN)%`).
+const CALL_LOG_KEY: &str = "switchboard.call";
+
+pub struct Filter {
+    rt: Arc<Runtime>,
+    ex: Exchange,
+    /// The client's request headers as they came.
+    client_headers: Vec<(String, String)>,
+    /// The failover call in flight (its callout id).
+    call: Option<u64>,
+    /// The request body ended with trailers: all of it is in Envoy's buffer (nothing "received").
+    in_trailers: bool,
+}
+
+/// What a hook tells Envoy (the status enums of the ABI).
+pub type Status = u32;
+
+struct Headers<'a>(&'a [(String, String)]);
+
+impl HeaderLookup for Headers<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(self.0, name)
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+impl Filter {
+    pub fn new(rt: Arc<Runtime>) -> Filter {
+        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), call: None, in_trailers: false }
+    }
+
+    /// Does what the exchange asks: a reply is sent as Envoy's local reply.
+    fn apply(&mut self, s: Stream, step: Step) -> Status {
+        match step {
+            Step::Continue => abi::HEADERS_CONTINUE,
+            Step::Pause => abi::HEADERS_STOP_ITERATION,
+            Step::Reply { status, headers, body } => {
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                s.send_response(status, &headers, &body, "switchboard");
+                abi::HEADERS_STOP_ITERATION
+            }
+        }
+    }
+
+    fn answer_error(&mut self, s: Stream, error: &ApiError) -> Status {
+        let rt = self.rt.clone();
+        let step = self.ex.error_reply(&*rt, error);
+        self.apply(s, step)
+    }
+
+    fn answer_json(&mut self, s: Stream, body: Vec<u8>) -> Status {
+        let rt = self.rt.clone();
+        let step = self.ex.json_reply(&*rt, body);
+        self.apply(s, step)
+    }
+
+    fn listing(&self) -> &ModelListing {
+        match &self.ex.tenant {
+            Some(t) => self.rt.tenant_listings.get(t.index).unwrap_or(&self.rt.listing),
+            None => &self.rt.listing,
+        }
+    }
+
+    /// Fails the request after a panic caught at the boundary (as the wasm build's trap would).
+    pub fn fail_internal(&mut self, s: Stream) {
+        if !matches!(self.ex.state, State::Answered) {
+            self.ex.state = State::Answered;
+            let body = ApiError::internal("The gateway failed on this request.").to_json();
+            s.send_response(500, &[("content-type", "application/json")], &body, "switchboard_panic");
+        }
+    }
+
+    pub fn on_request_headers(&mut self, s: Stream, end_of_stream: bool) -> Status {
+        let rt = self.rt.clone();
+        self.ex.obs.start_ms = state::now_ms();
+        let raw = s.headers(REQ);
+        self.ex.request_id = match header(&raw, "x-request-id") {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => format!("{:016x}", state::random()),
+        };
+        let path = header(&raw, ":path").unwrap_or_default().to_string();
+        if redirect::token_in_path(&path).is_some() {
+            // The wasm build's replay parameter: never a client's (this build replays nothing).
+            let e = ApiError::invalid_request(
+                ErrorCode::InvalidValue,
+                format!("`{}` is the gateway's own failover parameter.", redirect::TOKEN_PARAM),
+            )
+            .with_param(redirect::TOKEN_PARAM);
+            return self.answer_error(s, &e);
+        }
+        self.ex.door = Door::error_shape_of(&path);
+        if let Some(tenants) = &rt.config.tenants {
+            let key = presented_key(|name| header(&raw, name));
+            match authenticate(tenants, key) {
+                Ok(index) => self.ex.tenant = Some(Admission { index, ..Admission::default() }),
+                Err(e) => return self.answer_error(s, &e),
+            }
+        }
+        let method = header(&raw, ":method").unwrap_or_default().to_string();
+        let declared = header(&raw, "content-length").and_then(|v| v.parse::<usize>().ok());
+        self.client_headers = raw;
+        let route = match Route::parse(&method, &path) {
+            Ok(route) => route,
+            Err(e) => return self.answer_error(s, &e),
+        };
+        let body = match route {
+            Route::Models { query } => {
+                let body = self.listing().body(query).to_vec();
+                return self.answer_json(s, body);
+            }
+            Route::Model { id } => {
+                let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
+                let Some(body) = self.listing().entry(&id).map(<[u8]>::to_vec) else {
+                    return self.answer_error(s, &rt.config.unknown_target(&id, "model"));
+                };
+                return self.answer_json(s, body);
+            }
+            // Not served by this build yet (docs/native.md).
+            Route::Followup(_) | Route::Feedback => {
+                return self.answer_error(s, &ApiError::not_found(path.split('?').next().unwrap_or("")));
+            }
+            _ => route.body(),
+        };
+        if let Some((body_for, endpoint, door)) = body {
+            (self.ex.body_for, self.ex.endpoint, self.ex.door) = (body_for, endpoint, door);
+        }
+        if let Some(encoding) = header(&self.client_headers, "content-encoding").filter(|e| *e != "identity") {
+            let e = ApiError::unsupported_content_encoding(encoding);
+            return self.answer_error(s, &e);
+        }
+        if declared.is_some_and(|n| n > rt.config.max_body_bytes) {
+            return self.answer_error(s, &ApiError::body_too_large(rt.config.max_body_bytes));
+        }
+        if end_of_stream || declared == Some(0) {
+            return self.answer_error(
+                s,
+                &ApiError::invalid_request(ErrorCode::InvalidJson, "Request body is empty; expected a JSON object."),
+            );
+        }
+        // Held until the body says where the request goes.
+        abi::HEADERS_STOP_ITERATION
+    }
+
+    pub fn on_request_body(&mut self, s: Stream, end_of_stream: bool) -> Status {
+        match self.ex.state {
+            State::Reading => {}
+            State::Answered => return abi::BODY_STOP_NO_BUFFER,
+            _ => return abi::BODY_CONTINUE,
+        }
+        let max = self.rt.config.max_body_bytes;
+        let size = s.body_size(abi::BUFFERED_REQUEST_BODY) + s.body_size(abi::RECEIVED_REQUEST_BODY);
+        if size > max {
+            self.answer_error(s, &ApiError::body_too_large(max));
+            return abi::BODY_STOP_NO_BUFFER;
+        }
+        if !end_of_stream {
+            return abi::BODY_STOP_AND_BUFFER;
+        }
+        let mut body = Vec::with_capacity(size);
+        s.read_body(abi::BUFFERED_REQUEST_BODY, &mut body);
+        s.read_body(abi::RECEIVED_REQUEST_BODY, &mut body);
+        self.serve(s, body)
+    }
+
+    /// A body followed by trailers ends here.
+    pub fn on_request_trailers(&mut self, s: Stream) -> Status {
+        if !matches!(self.ex.state, State::Reading) {
+            return abi::HEADERS_CONTINUE;
+        }
+        let mut body = Vec::new();
+        s.read_body(abi::BUFFERED_REQUEST_BODY, &mut body);
+        self.in_trailers = true;
+        if body.len() > self.rt.config.max_body_bytes {
+            self.answer_error(s, &ApiError::body_too_large(self.rt.config.max_body_bytes));
+            return abi::HEADERS_STOP_ITERATION;
+        }
+        match self.serve(s, body) {
+            abi::BODY_CONTINUE => abi::HEADERS_CONTINUE,
+            _ => abi::HEADERS_STOP_ITERATION,
+        }
+    }
+
+    /// A complete request body: token counting answered here, the rest routed.
+    fn serve(&mut self, s: Stream, body: Vec<u8>) -> Status {
+        if self.ex.door == Door::CountTokens {
+            let rt = self.rt.clone();
+            let step = match messages::count_tokens(&body) {
+                Ok(count) => self.ex.json_reply(&*rt, count),
+                Err(e) => self.ex.refuse_door_request(&*rt, &e),
+            };
+            self.apply(s, step);
+            return abi::BODY_STOP_NO_BUFFER;
+        }
+        match self.route(s, body) {
+            Ok(()) => abi::BODY_CONTINUE,
+            Err(e) => {
+                if let Some(e) = e {
+                    self.answer_error(s, &e);
+                }
+                abi::BODY_STOP_NO_BUFFER
+            }
+        }
+    }
+
+    /// Plans the request, admits its tenant, picks a member and points the request at it.
+    /// `Err(None)`: answered already (every member out).
+    fn route(&mut self, s: Stream, client_body: Vec<u8>) -> Result<(), Option<ApiError>> {
+        let rt = self.rt.clone();
+        let client_len = client_body.len();
+        let (body, native_only) = match self.ex.door.to_chat(&client_body) {
+            Ok(Some(routed)) => {
+                self.ex.door_body = client_body;
+                (routed.chat, routed.native_only)
+            }
+            Ok(None) => (client_body, None),
+            Err(e) => {
+                let step = self.ex.refuse_door_request(&*rt, &e);
+                self.apply(s, step);
+                return Err(None);
+            }
+        };
+        let now = state::now_ms();
+        let (plan, picked, upstream) = {
+            let parsed = ParsedRequest::parse(&body, self.ex.endpoint)?;
+            let headers = Headers(&self.client_headers);
+            let mut plan = self.ex.plan(&*rt, &parsed, &headers, None, native_only, now)?;
+            self.admit_tenant(&parsed, &plan, client_len, now)?;
+            rt.count(switchboard::exchange::Count::PoolRequest(plan.primary_pool()));
+            let Some(picked) = rt.pick(&mut plan, now) else {
+                self.ex.plan = Some(plan);
+                let step = self.ex.exhausted(&*rt);
+                self.apply(s, step);
+                return Err(None);
+            };
+            let upstream = build_upstream(&*rt, self.ex.endpoint, &parsed, picked.member, now, self.ex.native_body())?;
+            self.ex.shape = AnswerShape {
+                stream: parsed.stream,
+                include_usage: stream_include_usage(&parsed),
+                choices: parsed.field("n").and_then(|n| n.get().parse::<u32>().ok()).unwrap_or(1),
+            };
+            self.ex.answer.shape = self.ex.shape;
+            self.ex.answer.endpoint = self.ex.endpoint;
+            self.ex.answer.api = self.ex.door.native_api();
+            self.ex.answer.door = DoorAnswer::new(self.ex.door, &parsed.target, parsed.stream, now / 1000);
+            self.ex.answer.tail.get_or_insert_with(usage::Tail::default);
+            self.ex.obs.estimate = expected_tokens(&parsed, body.len());
+            (plan, picked, upstream)
+        };
+        self.ex.plan = Some(plan);
+        let timeouts = self.ex.timeouts_ms(&*rt, picked.member.pool, now, self.ex.shape.stream);
+        self.rewrite_request(s, picked.member, &upstream, timeouts, client_len);
+        self.ex.body = body;
+        self.ex.state = State::Routed(self.ex.begin(&*rt, picked, now));
+        Ok(())
+    }
+
+    /// The calling tenant may use what it asked for, within its limits (see `host::filter::admit_tenant`).
+    fn admit_tenant(
+        &mut self,
+        parsed: &ParsedRequest<'_>,
+        plan: &Plan,
+        body_len: usize,
+        now: u64,
+    ) -> Result<(), ApiError> {
+        let rt = self.rt.clone();
+        let Some(admission) = self.ex.tenant.as_mut() else { return Ok(()) };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return Ok(()) };
+        if let Some(name) = std::iter::once(&parsed.target).chain(&parsed.fallback).find(|n| !tenant.allows(n)) {
+            return Err(switchboard::tenant::not_allowed(tenant, name));
+        }
+        if !tenant.has_limits() {
+            return Ok(());
+        }
+        let now_s = now / 1000;
+        let Tokens { prompt: prompt_estimate, completion: expected_output, .. } = expected_tokens(parsed, body_len);
+        let reserve = prompt_estimate.saturating_add(expected_output);
+        let budget = match &tenant.budget {
+            Some(_) => {
+                let prompt = u64::from(parsed.content().prompt_tokens).max(prompt_estimate);
+                Reservation::dearest(plan.members_it_may_try(&rt.config).map(prices), prompt, parsed.max_output_tokens)
+            }
+            None => Reservation::default(),
+        };
+        match state::admit_tenant(tenant, now_s, reserve, budget.micro_usd) {
+            Ok(state) => {
+                admission.budget = budget;
+                admission.parallel_held = tenant.max_parallel.is_some();
+                admission.reserved = reserve;
+                admission.window_start_s = state.window.start_s;
+                admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &state.window, now_s);
+                Ok(())
+            }
+            Err(r) => {
+                rt.metrics.tenant_refused(admission.index, matches!(r, Refusal::Budget { .. }));
+                if let Refusal::Requests { retry_after_s } | Refusal::Tokens { retry_after_s } = r {
+                    let full = Window {
+                        start_s: (now_s + retry_after_s).saturating_sub(WINDOW_S),
+                        requests: if matches!(r, Refusal::Requests { .. }) { tenant.rpm.unwrap_or(0) } else { 0 },
+                        tokens: if matches!(r, Refusal::Tokens { .. }) { tenant.tpm.unwrap_or(0) } else { 0 },
+                    };
+                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &full, now_s);
+                }
+                Err(refusal_error(tenant, r))
+            }
+        }
+    }
+
+    /// Points the held request at `member`: body, then the headers the gateway sets
+    /// (client headers off the allow-list removed), then the route is chosen again.
+    fn rewrite_request(
+        &self,
+        s: Stream,
+        member: MemberRef,
+        upstream: &UpstreamRequest,
+        (timeout_ms, first_byte_ms): (u64, Option<u64>),
+        original_len: usize,
+    ) {
+        let rt = &self.rt;
+        let extra = self.ex.native_headers(&**rt, member);
+        let own_body = !(upstream.body.is_empty() && original_len == 0);
+        if own_body && self.in_trailers {
+            s.replace_body(abi::BUFFERED_REQUEST_BODY, &upstream.body);
+        } else if own_body {
+            s.drain_body(abi::BUFFERED_REQUEST_BODY);
+            s.replace_body(abi::RECEIVED_REQUEST_BODY, &upstream.body);
+        }
+        let cluster = cluster_of(rt, member).unwrap_or_default();
+        let content_length = upstream.body.len().to_string();
+        let timeout = timeout_ms.to_string();
+        let first_byte = first_byte_ms.map(|ms| ms.to_string());
+        let tenant = self.ex.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
+        let mut ours: Vec<(&str, &str)> = Vec::with_capacity(12);
+        ours.push((":authority", &upstream.authority));
+        if own_body {
+            ours.push(("content-length", &content_length));
+        }
+        ours.push((&rt.config.cluster_header, cluster));
+        ours.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
+        if let Some(ms) = first_byte.as_deref() {
+            ours.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
+        }
+        ours.extend(upstream.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        if let Some(t) = tenant {
+            ours.push((TENANT_HEADER, &t.name));
+        }
+        let sets = |name: &str| ours.iter().any(|(n, _)| *n == name);
+        let mut client_path = "";
+        let mut json = false;
+        for (k, v) in &self.client_headers {
+            match k.as_str() {
+                ":path" => client_path = v,
+                "content-type" => json = v == "application/json",
+                ":method" | ":scheme" | ":authority" => {}
+                _ if forwarded(k.as_bytes(), true, extra) || sets(k) => {}
+                _ => {
+                    s.remove_header(REQ, k);
+                }
+            }
+        }
+        if upstream.path != client_path {
+            ours.push((":path", &upstream.path));
+        }
+        if !json && !ours.iter().any(|(n, _)| *n == "content-type") {
+            ours.push(("content-type", "application/json"));
+        }
+        for (k, v) in ours {
+            s.set_header(REQ, k, v);
+        }
+        s.clear_route_cache();
+    }
+
+    pub fn on_response_headers(&mut self, s: Stream, end_of_stream: bool) -> Status {
+        let attempt = match std::mem::replace(&mut self.ex.state, State::Passing) {
+            State::Routed(attempt) => attempt,
+            other @ State::Failover { .. } => {
+                self.ex.state = other;
+                return abi::HEADERS_STOP_ITERATION;
+            }
+            other => {
+                self.ex.state = other;
+                return abi::HEADERS_CONTINUE;
+            }
+        };
+        let rt = self.rt.clone();
+        let headers = s.headers(RESP);
+        let status = header(&headers, ":status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
+        let failed = rt.is_failure(attempt.picked.member, status);
+        let mut attempt = attempt;
+        let now = state::now_ms();
+        if attempt.started_ms > 0 {
+            attempt.first_byte_ms = now;
+        }
+        if failed {
+            self.ex.finish(&*rt, &attempt, status, header(&headers, "retry-after"), now);
+            return self.fail_over(s, now);
+        }
+        self.ex.answer.start(&attempt, status);
+        let adapter = attempt.adapter.as_ref();
+        let door = self.ex.answer.door_for(&attempt);
+        if adapter.is_none() && door.is_none() {
+            self.ex.obs.answered(status, now);
+            self.set_response_headers(s, attempt.picked.member, &headers, &[], &[]);
+            return self.relay(attempt, status, end_of_stream);
+        }
+        let translated = ["content-type", "content-length"];
+        let streams = status < 400
+            && adapter.is_none_or(|a| translates_stream(a, status))
+            && door.is_none_or(DoorAnswer::is_stream);
+        if streams {
+            self.ex.obs.answered(status, now);
+            self.set_response_headers(
+                s,
+                attempt.picked.member,
+                &headers,
+                &translated,
+                &[("content-type", "text/event-stream")],
+            );
+            return self.relay(attempt, status, end_of_stream);
+        }
+        self.set_response_headers(
+            s,
+            attempt.picked.member,
+            &headers,
+            &translated,
+            &[("content-type", "application/json")],
+        );
+        if end_of_stream {
+            self.ex.obs.answered(status, now);
+            self.ex.finish_success(&*rt, &attempt, status);
+            return abi::HEADERS_CONTINUE;
+        }
+        // A whole translated body is only known good once read: the headers wait for it.
+        self.ex.state = State::Holding { attempt, status };
+        abi::HEADERS_STOP_ITERATION
+    }
+
+    fn relay(&mut self, attempt: Attempt, status: u16, end_of_stream: bool) -> Status {
+        if end_of_stream {
+            let rt = self.rt.clone();
+            self.ex.finish_success(&*rt, &attempt, status);
+        } else {
+            self.ex.state = State::Relaying { attempt, status };
+        }
+        abi::HEADERS_CONTINUE
+    }
+
+    /// The gateway's headers on a relayed answer: the result headers, `extra`, the provider's request id, less `drop`.
+    fn set_response_headers(
+        &self,
+        s: Stream,
+        serving: MemberRef,
+        upstream: &[(String, String)],
+        drop: &[&str],
+        extra: &[(&str, &str)],
+    ) {
+        for (k, v) in self.ex.result_headers(&*self.rt, serving, None) {
+            s.set_header(RESP, k, &v);
+        }
+        for (k, v) in extra {
+            s.set_header(RESP, k, v);
+        }
+        if let Some(id) = header(upstream, "x-request-id") {
+            s.set_header(RESP, "x-upstream-request-id", id);
+        }
+        for name in drop.iter().filter(|d| !extra.iter().any(|(k, _)| k == *d)) {
+            s.remove_header(RESP, name);
+        }
+    }
+
+    /// After a failed attempt: the next member through an HTTP callout, or the exhausted answer.
+    fn fail_over(&mut self, s: Stream, now: u64) -> Status {
+        let rt = self.rt.clone();
+        loop {
+            let Some(attempt) = self.ex.next_attempt(&*rt, now) else {
+                let step = self.ex.exhausted(&*rt);
+                return self.apply(s, step);
+            };
+            match self.dispatch(s, attempt.picked.member, now) {
+                Ok(call) => {
+                    self.call = Some(call);
+                    self.ex.state = State::Failover { attempt, call: 0 };
+                    return abi::HEADERS_STOP_ITERATION;
+                }
+                Err(e) => self.ex.start_failed(&*rt, &attempt, "failover call", &e, now),
+            }
+        }
+    }
+
+    /// Sends the saved request to `member` as an HTTP callout.
+    fn dispatch(&self, s: Stream, member: MemberRef, now: u64) -> Result<u64, ApiError> {
+        let rt = &self.rt;
+        let parsed = ParsedRequest::parse(&self.ex.body, self.ex.endpoint)?;
+        let upstream = build_upstream(&**rt, self.ex.endpoint, &parsed, member, now, self.ex.native_body())?;
+        let cluster = cluster_of(rt, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
+        let extra = self.ex.native_headers(&**rt, member);
+        let forwarded: Vec<(String, String)> =
+            self.client_headers.iter().filter(|(k, _)| forwarded(k.as_bytes(), false, extra)).cloned().collect();
+        let mut headers = upstream.call_headers(&forwarded);
+        let (attempt_ms, first_byte_ms) = self.ex.timeouts_ms(&**rt, member.pool, now, self.ex.shape.stream);
+        let first_byte = first_byte_ms.map(|ms| ms.to_string());
+        if let Some(ms) = first_byte.as_deref() {
+            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
+        }
+        s.callout(cluster, &headers, &upstream.body, attempt_ms)
+            .map_err(|r| ApiError::internal(format!("HTTP callout to cluster {cluster} failed to start ({r})")))
+    }
+
+    /// A failover call answered (or failed: no headers): the answer replaces the failed one, or the next member is tried.
+    pub fn on_callout_done(&mut self, s: Stream, id: u64, headers: Vec<(String, String)>, body: Vec<u8>) {
+        if self.call != Some(id) {
+            return;
+        }
+        self.call = None;
+        let State::Failover { mut attempt, .. } = std::mem::replace(&mut self.ex.state, State::Answered) else {
+            return;
+        };
+        let rt = self.rt.clone();
+        let now = state::now_ms();
+        let status = header(&headers, ":status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
+        if rt.is_failure(attempt.picked.member, status) {
+            self.ex.finish(&*rt, &attempt, status, header(&headers, "retry-after"), now);
+            if self.fail_over(s, now) == abi::HEADERS_STOP_ITERATION && self.call.is_none() {
+                // Answered (exhausted) from the callout: nothing to continue.
+            }
+            return;
+        }
+        let fails_over = rt.is_failure(attempt.picked.member, 502);
+        let content_type = header(&headers, "content-type");
+        let Whole { verdict, content_type, body } =
+            self.ex.answer.whole(&mut attempt, status, content_type, body, fails_over);
+        if verdict != status {
+            rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
+        }
+        if self.ex.finish(&*rt, &attempt, verdict, None, now) {
+            self.fail_over(s, now);
+            return;
+        }
+        self.ex.answer.note(&body);
+        self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
+        let ours = self.ex.result_headers(&*rt, attempt.picked.member, None);
+        let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
+        out.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
+        out.extend(headers.iter().filter_map(|(k, v)| Some((relayed_response_header(k)?, v.as_str()))));
+        self.ex.obs.answered(verdict, now);
+        s.send_response(verdict, &out, &body, "switchboard_failover");
+        if self.ex.shape.stream {
+            self.ex.obs.first_event_ms = self.ex.obs.first_byte_ms;
+        }
+    }
+
+    pub fn on_response_body(&mut self, s: Stream, end_of_stream: bool) -> Status {
+        match &self.ex.state {
+            State::Failover { .. } => return abi::BODY_STOP_NO_BUFFER,
+            State::Holding { .. } if !end_of_stream => return abi::BODY_STOP_AND_BUFFER,
+            State::Holding { .. } => {}
+            State::Relaying { attempt, .. } if self.ex.answer.reads(attempt) => {}
+            State::Relaying { .. } if end_of_stream => {
+                if let State::Relaying { attempt, status } = std::mem::replace(&mut self.ex.state, State::Passing) {
+                    let rt = self.rt.clone();
+                    self.ex.finish_success(&*rt, &attempt, status);
+                }
+                return abi::BODY_CONTINUE;
+            }
+            _ => return abi::BODY_CONTINUE,
+        }
+        let rt = self.rt.clone();
+        match std::mem::replace(&mut self.ex.state, State::Passing) {
+            State::Relaying { mut attempt, status } => {
+                let mut chunk = Vec::new();
+                s.read_body(abi::RECEIVED_RESPONSE_BODY, &mut chunk);
+                if self.ex.shape.stream && self.ex.obs.first_event_ms == 0 && !chunk.is_empty() {
+                    self.ex.obs.first_event_ms = state::now_ms();
+                }
+                let translated = match self.ex.answer.relay(&mut attempt, &chunk, end_of_stream, None) {
+                    Relayed::Broken(out) => Some(out),
+                    Relayed::Out(out) => out,
+                };
+                if end_of_stream {
+                    self.ex.stream_ended(&*rt, &attempt, status);
+                } else {
+                    self.ex.state = State::Relaying { attempt, status };
+                }
+                if let Some(out) = translated {
+                    s.replace_body(abi::RECEIVED_RESPONSE_BODY, &out);
+                }
+                abi::BODY_CONTINUE
+            }
+            State::Holding { mut attempt, status } => {
+                let mut body = Vec::new();
+                s.read_body(abi::BUFFERED_RESPONSE_BODY, &mut body);
+                s.read_body(abi::RECEIVED_RESPONSE_BODY, &mut body);
+                let (out, door_status, unreadable) = self.ex.answer.hold(&mut attempt, status, body);
+                let now = state::now_ms();
+                if unreadable {
+                    rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
+                    if self.ex.finish(&*rt, &attempt, 502, None, now) {
+                        s.drain_body(abi::BUFFERED_RESPONSE_BODY);
+                        s.drain_body(abi::RECEIVED_RESPONSE_BODY);
+                        return self.fail_over(s, now);
+                    }
+                } else {
+                    self.ex.finish_success(&*rt, &attempt, status);
+                }
+                self.ex.obs.answered(door_status, now);
+                if door_status != status {
+                    s.set_header(RESP, ":status", &door_status.to_string());
+                }
+                s.drain_body(abi::BUFFERED_RESPONSE_BODY);
+                s.replace_body(abi::RECEIVED_RESPONSE_BODY, &out);
+                s.set_header(RESP, "content-length", &out.len().to_string());
+                abi::BODY_CONTINUE
+            }
+            other => {
+                self.ex.state = other;
+                abi::BODY_CONTINUE
+            }
+        }
+    }
+
+    /// The request is over, however it ended: the attempt still open is judged,
+    /// the call log written, the tenant's admission settled.
+    pub fn on_stream_complete(&mut self, s: Stream) {
+        let rt = self.rt.clone();
+        self.ex.end_unfinished(&*rt, || s.attribute_string(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS).unwrap_or_default());
+        let ended_ms = if self.ex.obs.ended_ms > 0 { self.ex.obs.ended_ms } else { state::now_ms() };
+        self.ex.count_relayed();
+        self.report(s, ended_ms);
+        self.release_tenant(ended_ms);
+    }
+
+    /// The call-log line (as filter state, when an access log prints it) and the request-end stats
+    /// (as `host::observe::report`).
+    fn report(&self, s: Stream, ended_ms: u64) {
+        let obs = &self.ex.obs;
+        let config = &self.rt.config;
+        let served = obs.attempts.last().filter(|(_, status, _)| (200..300).contains(status)).map(|(m, _, _)| *m);
+        let shown = served.or(obs.attempts.last().map(|(m, _, _)| *m));
+        let usage = self.ex.answer.usage();
+        let tokens = served.map(|_| usage.unwrap_or(obs.estimate));
+        let cost = served.zip(tokens).and_then(|(m, t)| {
+            let m = config.member(m)?;
+            if m.input_cost_per_mtok.is_none() && m.output_cost_per_mtok.is_none() {
+                return None;
+            }
+            let price = |p: Option<f64>| p.unwrap_or(0.0);
+            Some(cost_micro_usd(t.prompt, t.completion, price(m.input_cost_per_mtok), price(m.output_cost_per_mtok)))
+        });
+        let plan = self.ex.plan.as_ref();
+        let tenant = self.ex.tenant.as_ref().map(|t| t.index);
+        let labels = Labels {
+            pool: shown.map(|m| m.pool).or(plan.map(Plan::primary_pool)).unwrap_or(Labels::NONE),
+            member: shown.map_or(Labels::NONE, |m| m.member),
+            tenant: tenant.unwrap_or(Labels::NONE),
+        };
+        let metrics = &self.rt.metrics;
+        let outcome = Outcome::of(obs.status, obs.error, obs.exhausted);
+        metrics.count(Family::Requests(outcome), labels, 1);
+        if let Some(t) = tokens {
+            metrics.count(Family::InputTokens, labels, t.prompt);
+            metrics.count(Family::OutputTokens, labels, t.completion);
+            metrics.count(Family::UsageEstimated, labels, u64::from(usage.is_none()));
+            metrics.count(Family::CostMicroUsd, labels, cost.unwrap_or(0));
+        }
+        if !obs.attempts.is_empty() {
+            metrics.record(Family::Duration(outcome), labels, ended_ms.saturating_sub(obs.start_ms));
+        }
+        if served.is_some() && self.ex.shape.stream && obs.first_event_ms > 0 {
+            metrics.record(Family::FirstToken, labels, obs.first_event_ms.saturating_sub(obs.start_ms));
+        }
+        if !config.call_log {
+            return;
+        }
+        let pool = shown.map(|m| m.pool).or(plan.map(Plan::primary_pool));
+        let (router, rule) = plan.and_then(|p| p.router_headers(config)).unzip();
+        let first_byte =
+            if self.ex.shape.stream && obs.first_event_ms > 0 { obs.first_event_ms } else { obs.first_byte_ms };
+        let attempts: Vec<switchboard::observe::AttemptLog<'_>> = obs
+            .attempts
+            .iter()
+            .map(|(m, status, ms)| switchboard::observe::AttemptLog {
+                member: config.member(*m).map_or("?", |mm| mm.id.as_str()),
+                status: *status,
+                ms: *ms,
+            })
+            .collect();
+        let record = CallRecord {
+            start_ms: obs.start_ms,
+            end_ms: ended_ms,
+            request_id: &self.ex.request_id,
+            tenant: self.ex.tenant.as_ref().and_then(|t| Some(config.tenants.as_ref()?.get(t.index)?.name.as_str())),
+            model: obs.model.as_deref(),
+            pool: pool.and_then(|p| config.pool_at(p)).map(|p| p.name.as_str()),
+            router,
+            rule,
+            member: shown.and_then(|m| config.member(m)).map(|m| m.id.as_str()),
+            status: obs.status,
+            error: obs.error.map(ErrorCode::as_str),
+            stream: self.ex.shape.stream,
+            attempts,
+            tokens,
+            usage_estimated: usage.is_none(),
+            cost_micro_usd: cost,
+            first_byte_ms: (first_byte > 0).then(|| first_byte.saturating_sub(obs.start_ms)),
+            duration_ms: ended_ms.saturating_sub(obs.start_ms),
+            limits: obs.limits,
+            cut: obs.cut,
+        };
+        s.set_filter_state(CALL_LOG_KEY, &record.json());
+    }
+
+    fn release_tenant(&mut self, ended_ms: u64) {
+        let rt = self.rt.clone();
+        let Some(admission) = self.ex.tenant.take() else { return };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
+        let mut end = Settlement {
+            parallel_held: admission.parallel_held,
+            budget_reserved_micro_usd: admission.budget.micro_usd,
+            ..Settlement::default()
+        };
+        let usage = self.ex.answer.usage();
+        if tenant.tpm.is_some() || tenant.budget.is_some() {
+            let used = usage.or(self.ex.answer.stream_end.as_ref().map(|_| self.ex.obs.estimate));
+            if let Some(Tokens { prompt, completion, .. }) = used {
+                end.tokens = Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
+            }
+        }
+        let served = self.ex.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
+        if let (Some(served), Some(_)) = (served, &tenant.budget) {
+            let usage = usage.or(self.ex.answer.stream_end.as_ref().map(|_| self.ex.obs.estimate));
+            end.spend_micro_usd =
+                rt.config.member(served.at()).map_or(0, |m| admission.budget.spent_on(prices(m), usage));
+        }
+        if end != Settlement::default() {
+            state::settle_tenant(tenant, ended_ms / 1000, &end);
+        }
+    }
+}
+
+fn prices(m: &switchboard::config::Member) -> Prices {
+    Prices {
+        input_per_mtok: m.input_cost_per_mtok,
+        output_per_mtok: m.output_cost_per_mtok,
+        max_output_tokens: m.max_output_tokens,
+    }
+}
+
+fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
+    rt.config.resolve(member).map(|(_, _, provider)| provider.cluster.as_str())
+}

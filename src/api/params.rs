@@ -1,0 +1,175 @@
+//! Every top-level parameter of a chat completions body and its fate per
+//! provider kind: sent as it is (the OpenAI-wire kinds), translated into the
+//! member's own field (anthropic, gemini, bedrock), read by the gateway, or
+//! refused. A request whose parameter a member refuses makes that member
+//! unfit (`routing::filter`), unless the pool's `drop_params` or the request's
+//! `x-switchboard-drop-params` header lets it be dropped; the answer then
+//! names it in `x-switchboard-dropped-params`. The doors' own parameters map
+//! onto these (`doors::MESSAGES_PARAMS`, `doors::RESPONSES_PARAMS`); the table
+//! in docs/parameters.md is rendered from both and checked by a test.
+
+use switchboard_schema::ProviderKind;
+
+/// A provider kind as one bit of a kind mask.
+pub const fn kind_bit(kind: ProviderKind) -> u8 {
+    1 << kind as u8
+}
+
+const OPENAI: u8 = kind_bit(ProviderKind::Openai);
+const COMPATIBLE: u8 = kind_bit(ProviderKind::OpenaiCompatible);
+const AZURE: u8 = kind_bit(ProviderKind::Azure);
+const ANTHROPIC: u8 = kind_bit(ProviderKind::Anthropic);
+const GEMINI: u8 = kind_bit(ProviderKind::Gemini);
+const BEDROCK: u8 = kind_bit(ProviderKind::Bedrock);
+const WIRE: u8 = OPENAI | COMPATIBLE | AZURE;
+const ALL: u8 = WIRE | ANTHROPIC | GEMINI | BEDROCK;
+/// Read by the gateway itself (routing, usage): no kind refuses it.
+const GATEWAY: u8 = 0x80 | ALL;
+
+/// Chat parameters by bit, each with the kinds that take it: the OpenAI-wire
+/// kinds as it is, the others translated (docs/parameters.md says into what).
+/// Bit 63 ([`OTHER`]) stands for any parameter not listed.
+pub static PARAMS: [(&str, u8); 40] = [
+    ("model", GATEWAY),
+    ("messages", ALL),
+    ("stream", ALL),
+    ("stream_options", GATEWAY),
+    ("provider", GATEWAY),
+    ("fallback", GATEWAY),
+    ("fallback_models", GATEWAY),
+    ("load_balance_group", GATEWAY),
+    ("metadata", GATEWAY),
+    ("max_tokens", ALL),
+    ("max_completion_tokens", ALL),
+    ("temperature", ALL),
+    ("top_p", ALL),
+    ("stop", ALL),
+    ("tools", ALL),
+    ("tool_choice", ALL),
+    ("response_format", ALL),
+    ("top_k", COMPATIBLE | ANTHROPIC | GEMINI | BEDROCK),
+    ("n", WIRE | GEMINI),
+    ("seed", WIRE | GEMINI),
+    ("presence_penalty", WIRE | GEMINI),
+    ("frequency_penalty", WIRE | GEMINI),
+    ("parallel_tool_calls", WIRE | ANTHROPIC),
+    ("user", WIRE | ANTHROPIC),
+    ("thinking", ALL),
+    ("reasoning_effort", ALL),
+    ("logprobs", WIRE),
+    ("top_logprobs", WIRE),
+    ("logit_bias", WIRE),
+    ("service_tier", WIRE),
+    ("store", WIRE),
+    ("modalities", WIRE),
+    ("audio", WIRE),
+    ("prediction", WIRE),
+    ("web_search_options", WIRE),
+    ("verbosity", WIRE),
+    ("prompt_cache_key", WIRE),
+    ("safety_identifier", WIRE),
+    ("functions", WIRE),
+    ("function_call", WIRE),
+];
+
+/// The bit of a parameter the table does not list: the OpenAI-wire kinds get
+/// it as it is, the translated kinds cannot take it.
+pub const OTHER: u64 = 1 << 63;
+
+/// Values that ask for nothing: the parameter's default (or `null`).
+const NEUTRAL: [(&str, &str); 10] = [
+    ("truncation", "\"disabled\""),
+    ("n", "1"),
+    ("logprobs", "false"),
+    ("store", "false"),
+    ("parallel_tool_calls", "true"),
+    ("presence_penalty", "0"),
+    ("frequency_penalty", "0"),
+    ("modalities", "[\"text\"]"),
+    ("background", "false"),
+    ("include", "[]"),
+];
+
+/// Whether `raw` (a JSON value) asks nothing of `name`.
+pub fn neutral(name: &str, raw: &str) -> bool {
+    raw == "null" || NEUTRAL.iter().any(|(n, v)| *n == name && *v == raw)
+}
+
+/// The bit of parameter `name` set to `raw`: 0 when neutral, [`OTHER`] when unlisted.
+pub fn bit(name: &str, raw: &str) -> u64 {
+    if neutral(name, raw) {
+        return 0;
+    }
+    named(name)
+}
+
+/// The bit of parameter `name` ([`OTHER`] when unlisted).
+pub fn named(name: &str) -> u64 {
+    PARAMS.iter().position(|p| p.0 == name).map_or(OTHER, |i| 1 << i)
+}
+
+/// The bits of the parameters a member of `kind` cannot take (and [`OTHER`]
+/// for the translated kinds).
+pub fn refused_by(kind: ProviderKind) -> u64 {
+    let bit = kind_bit(kind);
+    let other = if bit & WIRE == 0 { OTHER } else { 0 };
+    PARAMS.iter().enumerate().filter(|(_, p)| p.1 & bit == 0).fold(other, |m, (i, _)| m | 1 << i)
+}
+
+/// The name of the lowest parameter bit in `bits` (`other` for [`OTHER`]).
+pub fn first_name(bits: u64, other: &str) -> &str {
+    let i = bits.trailing_zeros() as usize;
+    PARAMS.get(i).map_or(other, |p| p.0)
+}
+
+/// The names of the parameters in `bits`, comma-separated (`other` for [`OTHER`]).
+pub fn names(bits: u64, other: &str) -> String {
+    let listed = PARAMS.iter().enumerate().filter(|(i, _)| bits & 1 << i != 0).map(|(_, p)| p.0);
+    let mut all: Vec<&str> = listed.collect();
+    if bits & OTHER != 0 {
+        all.push(other);
+    }
+    all.join(", ")
+}
+
+/// A `drop_params` list (config, or the request header): names of listed
+/// parameters, `all` (or `true`) for every one; `Err` names an unknown one.
+pub fn drop_mask<'n>(names: &mut dyn Iterator<Item = &'n str>) -> Result<u64, &'n str> {
+    let mut mask = 0;
+    for name in names.map(str::trim).filter(|n| !n.is_empty()) {
+        mask |= match named(name) {
+            OTHER if matches!(name, "all" | "true") => u64::MAX,
+            OTHER => return Err(name),
+            bit => bit,
+        };
+    }
+    Ok(mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_follow_the_table() {
+        assert_eq!(bit("n", "1"), 0);
+        assert_eq!(bit("n", "2"), 1 << 18);
+        assert_eq!(bit("top_logprobs", "null"), 0);
+        assert_eq!((bit("frobnicate", "1"), named("n")), (OTHER, 1 << 18));
+        assert_eq!(first_name(1 << 18 | OTHER, "frobnicate"), "n");
+        assert_eq!(names(1 << 17 | OTHER, "x"), "top_k, x");
+        assert_eq!(drop_mask(&mut "top_k, n ".split(',')), Ok(1 << 17 | 1 << 18));
+        assert_eq!(drop_mask(&mut ["nope"].into_iter()), Err("nope"));
+        assert_eq!(drop_mask(&mut ["true"].into_iter()), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn kinds_refuse_what_they_cannot_take() {
+        let refuses = |kind, name| refused_by(kind) & bit(name, "2") != 0;
+        assert!(refuses(ProviderKind::Anthropic, "n") && !refuses(ProviderKind::Gemini, "n"));
+        assert!(refuses(ProviderKind::Openai, "top_k") && !refuses(ProviderKind::OpenaiCompatible, "top_k"));
+        assert!(!refuses(ProviderKind::Openai, "logprobs") && refuses(ProviderKind::Bedrock, "logprobs"));
+        assert!(!refuses(ProviderKind::Openai, "fallback") && !refuses(ProviderKind::Anthropic, "metadata"));
+        assert!(refused_by(ProviderKind::Gemini) & OTHER != 0 && refused_by(ProviderKind::Azure) & OTHER == 0);
+    }
+}
