@@ -129,7 +129,8 @@ pub struct AttemptLog<'a> {
 }
 
 /// One client request as the call log shows it: names, numbers and
-/// statuses only, never a key, a prompt or an answer.
+/// statuses, never a key or an answer; a prompt only when the configuration
+/// asks (`call_log_prompts`, for a learned router's training data).
 #[derive(Debug, Default)]
 pub struct CallRecord<'a> {
     /// When the request arrived (ms since the epoch).
@@ -164,6 +165,11 @@ pub struct CallRecord<'a> {
     /// From the request's arrival to the answer's first byte (a stream's first event) leaving.
     pub first_byte_ms: Option<u64>,
     pub duration_ms: u64,
+    /// A learned router's answer: the id its feedback names, and (`call_log_prompts`) the text it scored.
+    pub feedback_id: Option<&'a str>,
+    pub prompt: Option<&'a str>,
+    /// A score taken by `POST /v1/feedback`: the id scored and the score (JSON number text).
+    pub feedback: Option<(&'a str, &'a str)>,
 }
 
 fn push_str_or_null(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
@@ -262,6 +268,18 @@ impl CallRecord<'_> {
         push_num_or_null(&mut out, ",\"cost_micro_usd\":", self.cost_micro_usd);
         push_num_or_null(&mut out, ",\"first_byte_ms\":", self.first_byte_ms);
         push_num_or_null(&mut out, ",\"duration_ms\":", Some(self.duration_ms));
+        if self.feedback_id.is_some() {
+            push_str_or_null(&mut out, ",\"feedback_id\":", self.feedback_id);
+        }
+        if self.prompt.is_some() {
+            push_str_or_null(&mut out, ",\"prompt\":", self.prompt);
+        }
+        if let Some((id, score)) = self.feedback {
+            push_str_or_null(&mut out, ",\"feedback\":{\"feedback_id\":", Some(id));
+            out.extend_from_slice(b",\"score\":");
+            out.extend_from_slice(score.as_bytes());
+            out.push(b'}');
+        }
         out.push(b'}');
         out
     }
@@ -299,6 +317,7 @@ mod tests {
             cost_micro_usd: Some(91),
             first_byte_ms: Some(9),
             duration_ms: 17,
+            ..CallRecord::default()
         };
         let line = record.json();
         assert!(!line.contains(&b'\n'), "one line");
@@ -313,6 +332,14 @@ mod tests {
                 "cost_micro_usd": 91, "first_byte_ms": 9, "duration_ms": 17
             })
         );
+        // Optional fields are absent unless set: a learned router's answer and a score.
+        assert!(v.get("feedback_id").is_none() && v.get("prompt").is_none() && v.get("feedback").is_none());
+        let routed = CallRecord { request_id: "r", feedback_id: Some("00ab"), prompt: Some("a \"b\""), ..CallRecord::default() };
+        let v: Value = serde_json::from_slice(&routed.json()).unwrap();
+        assert_eq!((v["feedback_id"].clone(), v["prompt"].clone()), (json!("00ab"), json!("a \"b\"")));
+        let scored = CallRecord { request_id: "r", feedback: Some(("00ab", "0.25")), ..CallRecord::default() };
+        let v: Value = serde_json::from_slice(&scored.json()).unwrap();
+        assert_eq!(v["feedback"], json!({"feedback_id": "00ab", "score": 0.25}));
         // A request refused before routing: nulls, no attempts.
         let refused =
             CallRecord { request_id: "r", status: 401, error: Some("invalid_api_key"), ..CallRecord::default() };

@@ -120,6 +120,25 @@ mod tests {
     }
 
     #[test]
+    fn the_call_logs_own_lines_join() {
+        use crate::observe::CallRecord;
+        let routed = CallRecord {
+            request_id: "r1",
+            router: Some("smart"),
+            rule: Some("learned"),
+            pool: Some("weak"),
+            status: 200,
+            feedback_id: Some("00ab"),
+            prompt: Some("Why \"is\" the sky blue?\n"),
+            ..CallRecord::default()
+        };
+        let scored = CallRecord { request_id: "r2", status: 204, feedback: Some(("00ab", "0.25")), ..CallRecord::default() };
+        let lines = [String::from_utf8(routed.json()).unwrap(), String::from_utf8(scored.json()).unwrap()];
+        let joined = join(lines.iter().map(String::as_str), "smart", "weak", DEFAULT_LABEL_BELOW);
+        assert_eq!(joined.csv, "prompt,label\n\"Why \"\"is\"\" the sky blue?\n\",1\n");
+    }
+
+    #[test]
     fn other_routers_rules_and_failed_answers_are_left_out() {
         let mut other_router = routed("a", "weak", Some("p"));
         other_router = other_router.replace("\"smart\"", "\"other\"");

@@ -745,6 +745,9 @@ impl Filter {
             duration_ms: ended_ms.saturating_sub(obs.start_ms),
             limits: obs.limits,
             cut: obs.cut,
+            feedback_id: obs.feedback_id.as_deref(),
+            prompt: obs.prompt.as_deref(),
+            feedback: None,
         };
         s.set_filter_state(CALL_LOG_KEY, &record.json());
     }

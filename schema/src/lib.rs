@@ -113,6 +113,9 @@ pub struct RawConfig {
     pub stream_failover: Option<bool>,
     /// An access log prints the call log (`%FILTER_STATE(wasm.switchboard.call:PLAIN)%`).
     pub call_log: Option<bool>,
+    /// The call log also carries the text a learned router scored (`prompt`), for
+    /// `switchboard training-data`: off unless asked (docs/learned-router.md, privacy).
+    pub call_log_prompts: Option<bool>,
     pub providers: Named<RawProvider>,
     #[serde(default)]
     pub pools: Named<RawPool>,

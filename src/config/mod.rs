@@ -384,6 +384,8 @@ pub struct Config {
     pub stream_failover: bool,
     /// Each request's call-log line is written as filter state for Envoy's access log.
     pub call_log: bool,
+    /// Call-log lines of learned-routed requests carry the text the router scored.
+    pub call_log_prompts: bool,
     pub providers: Vec<Provider>,
     pub pools: Vec<Pool>,
     pub routers: Vec<Router>,

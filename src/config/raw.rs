@@ -368,6 +368,7 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
         max_body_bytes,
         stream_failover: raw.stream_failover.unwrap_or(false),
         call_log: raw.call_log.unwrap_or(false),
+        call_log_prompts: raw.call_log_prompts.unwrap_or(false),
         providers,
         pools,
         routers,

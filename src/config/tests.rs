@@ -100,6 +100,11 @@ fn call_log_is_written_only_when_the_configuration_asks() {
     assert!(parse(&sample_config().replacen('{', r#"{"call_log": true,"#, 1)).unwrap().call_log);
     let wrong = sample_config().replacen('{', r#"{"call_log": 1,"#, 1);
     assert!(parse(&wrong).unwrap_err().to_string().contains("call_log"));
+    // Prompts only when asked.
+    assert!(!parse(&sample_config()).unwrap().call_log_prompts);
+    assert!(parse(&sample_config().replacen('{', r#"{"call_log_prompts": true,"#, 1)).unwrap().call_log_prompts);
+    let wrong = sample_config().replacen('{', r#"{"call_log_prompts": "yes","#, 1);
+    assert!(parse(&wrong).unwrap_err().to_string().contains("call_log_prompts"));
 }
 
 #[test]

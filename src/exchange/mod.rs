@@ -143,6 +143,12 @@ pub struct Observed {
     pub exhausted: bool,
     /// Fleet mode: `shared` or `local`, who decided the tenant's limits (call log).
     pub limits: Option<&'static str>,
+    /// A learned-routed request: its feedback id (`x-switchboard-feedback-id`),
+    /// and the text the router scored when `call_log_prompts` is on.
+    pub feedback_id: Option<String>,
+    pub prompt: Option<String>,
+    /// A feedback request the router took: the id it scored and the score as sent.
+    pub feedback: Option<(String, String)>,
 }
 
 impl Observed {

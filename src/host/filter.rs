@@ -17,7 +17,7 @@ mod hedge;
 mod resume;
 mod stream_idle;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -271,6 +271,10 @@ impl Filter {
                 .with_retry_after(retry_after_s),
             ),
             Feedback::Accepted(label) => {
+                if rt.config.call_log {
+                    let score_text = serde_json::to_string(&score).unwrap_or_default();
+                    self.ex.obs.feedback = Some((request_id.clone(), score_text));
+                }
                 // Only a weak-pool answer's score is a label.
                 if let Some((label, router, model)) = label.and_then(|l| {
                     Some((l, rt.config.routers.get(l.router)?, rt.learned_models.get(l.router)?.as_ref()?))
@@ -324,6 +328,7 @@ impl Filter {
                 learning: &rt.learned_learning,
                 now_ms: now,
                 decided: Cell::new(None),
+                prompt: RefCell::new(None),
             };
             let mut plan = match self.ex.plan(rt, &parsed, &headers, Some(&scorer), native_only, now) {
                 Ok(p) => p,
@@ -356,6 +361,8 @@ impl Filter {
             if let Some(decided) = self.learned {
                 self.feedback_id = format!("{:016x}", rt.random());
                 learned_store::remember(&self.feedback_owner(rt), &self.feedback_id, &decided, now);
+                self.ex.obs.feedback_id = Some(self.feedback_id.clone());
+                self.ex.obs.prompt = scorer.prompt.take();
             }
             self.ex.routed(&parsed, body.len(), now);
             (plan, picked, upstream)

@@ -127,6 +127,8 @@ pub struct Scorer<'a> {
     pub learning: &'a Learning,
     pub now_ms: u64,
     pub decided: Cell<Option<Decided>>,
+    /// The text scored, kept for the call log when `call_log_prompts` is on.
+    pub prompt: RefCell<Option<String>>,
 }
 
 impl Scorer<'_> {
@@ -145,7 +147,11 @@ impl LearnedScorer for Scorer<'_> {
         };
         let name = &self.config.routers.get(router)?.name;
         let online = self.learning.get(router, || learning_key(name, model, learned), self.now_ms);
-        let d = model.decide(&prompt_text(request), threshold, &online);
+        let text = prompt_text(request);
+        let d = model.decide(&text, threshold, &online);
+        if self.config.call_log && self.config.call_log_prompts {
+            *self.prompt.borrow_mut() = Some(text);
+        }
         // Exploration: a share of would-be-strong prompts goes to weak, so that weak
         // answers to hard prompts get scored too (chosen by the prompt: deterministic).
         let explored = d.strong && f64::from(d.inputs.draw()) < learned.explore;

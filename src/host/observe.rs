@@ -78,6 +78,9 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
         cost_micro_usd: cost,
         first_byte_ms: (first_byte > 0).then(|| since_start(first_byte)),
         duration_ms,
+        feedback_id: obs.feedback_id.as_deref(),
+        prompt: obs.prompt.as_deref(),
+        feedback: obs.feedback.as_ref().map(|(id, score)| (id.as_str(), score.as_str())),
     });
     if let Err(status) = record.map_or(Ok(()), |r| abi::set_property(CALL_LOG_PROPERTY, &r.json())) {
         log::debug!("switchboard[{}]: set_property failed (status {status})", end.request_id);
