@@ -20,7 +20,7 @@ MODEL_OUT   ?= router/models/default.sblr
 ROUTER_VENV := .venv-router
 ROUTER_PY   := $(ROUTER_VENV)/bin/python
 
-.PHONY: help setup toolchain wasm native build run fleet test unit redis wasm-test lint integration fuzz-smoke bench clean \
+.PHONY: help setup toolchain wasm native build run fleet test unit redis wasm-test lint integration integration-native fuzz-smoke bench clean \
 	prometheus test-observability \
 	train-router eval-router router-fixture router-parity
 
@@ -110,6 +110,14 @@ lint:
 integration: setup build redis prometheus
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/integration tests/unit_doors
 
+# The same tests against the dynamic module (docs/native.md): the files of what both
+# builds serve alike, to keep make test's time in bounds (`pytest --host native` runs them all).
+NATIVE_TESTS := $(addprefix tests/integration/,test_routing.py test_failover.py test_doors.py \
+	test_providers.py test_params.py test_reasoning.py test_structured_outputs.py test_openai_sdk.py \
+	test_clients.py test_tenants.py test_stream_ends.py)
+integration-native: setup build
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --host native $(NATIVE_TESTS)
+
 # Debian's Prometheus, for the test that evaluates the dashboard and alert rules against a real Envoy.
 prometheus:
 	@command -v prometheus >/dev/null || (apt-get update && apt-get install -y prometheus)
@@ -121,7 +129,7 @@ test-observability: setup build prometheus
 fuzz-smoke:
 	@if [ -x fuzz/smoke.sh ]; then fuzz/smoke.sh; else echo "fuzz: no targets yet"; fi
 
-test: setup build unit router-parity wasm-test lint integration fuzz-smoke
+test: setup build unit router-parity wasm-test lint integration integration-native fuzz-smoke
 
 # Training and evaluation (numpy, scikit-learn) get their own venv; the scorer and
 # the parity test need only the standard library.

@@ -262,7 +262,11 @@ impl Filter {
         };
         let now = state::now_ms();
         let (plan, picked, upstream) = {
-            let parsed = ParsedRequest::parse(&body, self.ex.endpoint)?;
+            let mut parsed = ParsedRequest::parse(&body, self.ex.endpoint)?;
+            // A stand-in for a door body only native members take: its fields are not chat parameters.
+            if native_only.is_some() {
+                parsed.params = 0;
+            }
             let headers = Headers(&self.client_headers);
             let mut plan = self.ex.plan(&*rt, &parsed, &headers, None, native_only, now)?;
             self.admit_tenant(&parsed, &plan, client_len, now)?;

@@ -26,6 +26,12 @@ def pytest_configure(config):
 NATIVE_NOT_SERVED = {
     ("test_failover.py", "test_probes_restore_ejected_member"): "active health probes (timers)",
     ("test_fleet.py", "test_budget_of_5_cents_at_6_tenths_of_a_cent_answers_8_over_the_fleet"): "fleet mode (the state service)",
+    ("test_fleet.py", "test_scores_sent_to_one_proxy_change_the_learned_router_on_another"): "fleet mode (the state service)",
+    ("test_fleet.py", "test_a_canary_rolled_back_by_one_proxy_gets_no_traffic_from_any_within_1s"): "fleet mode (the state service)",
+    ("test_fleet.py", "test_a_proxy_crashed_and_started_again_keeps_the_tenants_minute_and_budget"): "fleet mode (the state service)",
+    ("test_training_data.py", "test_scored_answers_become_training_rows_of_the_router"): "learned routing and feedback",
+    ("test_training_data.py", "test_without_call_log_prompts_no_prompt_is_written"): "learned routing and feedback",
+    ("test_training_data.py", "test_a_retrained_model_in_the_configuration_loads_into_a_running_envoy"): "configuration discovery (the wasm filter's ECDS)",
     ("test_fleet.py", "test_max_parallel_4_never_has_more_than_4_in_flight_upstream"): "fleet mode (the state service)",
     ("test_fleet.py", "test_redis_stopped_then_back_deny_answers_503_at_once_and_shared_mode_resumes"): "fleet mode (the state service)",
     ("test_fleet.py", "test_rpm_60_over_three_proxies_admits_exactly_60_with_fleet_wide_headers"): "fleet mode (the state service)",
