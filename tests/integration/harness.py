@@ -2,6 +2,7 @@
 loading the built switchboard.wasm. Everything binds free loopback ports."""
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,7 +42,8 @@ def envoy_binary():
 # range of their own per pytest-xdist worker, so two test processes never collide.
 PORTS_PER_PROCESS = 1500
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-_next_port = [0]
+# A random start: test runs of other checkouts on the same machine rarely race for one port.
+_next_port = [random.randrange(PORTS_PER_PROCESS)]
 
 
 def free_port():
