@@ -17,6 +17,7 @@ pub mod observe;
 pub mod providers;
 pub mod routing;
 pub mod sse;
+pub mod stats;
 pub mod tenant;
 pub mod text;
 pub mod training;

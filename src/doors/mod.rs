@@ -15,7 +15,7 @@
 pub mod messages;
 pub mod responses;
 
-// Golden files read from disk: native only (see the file).
+// Both read files from disk: native only (see the files).
 #[cfg(test)]
 mod param_table;
 #[cfg(test)]

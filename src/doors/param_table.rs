@@ -1,6 +1,8 @@
 //! docs/parameters.md's tables, rendered from `api::params::PARAMS` and the
 //! doors' parameter lists: the test fails when the docs drift from the code
 //! (`UPDATE_DOCS=1 cargo test -p switchboard --lib param_table` rewrites them).
+//! Native only: the wasm test runner has no filesystem.
+#![cfg(not(target_arch = "wasm32"))]
 
 use switchboard_schema::ProviderKind;
 

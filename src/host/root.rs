@@ -148,9 +148,9 @@ impl RootContext for Root {
             }
         }
         let tenants = rt.config.tenants.iter().flatten();
-        for (tenant, gauges) in tenants.zip(&rt.metrics.tenant_budgets) {
-            if let Some(g) = gauges {
-                set_gauge(g.spent, tenant_store::spent_micro_usd(tenant, now / 1000).unwrap_or(0));
+        for (tenant, stats) in tenants.zip(&rt.metrics.tenants) {
+            if stats.budget_spent.is_some() {
+                set_gauge(stats.budget_spent, tenant_store::spent_micro_usd(tenant, now / 1000).unwrap_or(0));
             }
         }
         self.prober.tick(rt, now);
