@@ -4,11 +4,22 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+/// A port for a test's redis-server: each test of this process its own (tests run in
+/// parallel and one restarts its server on the same port), below the ephemeral range.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 28_000 + (std::process::id() % 80) as u16 * 50;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 50, "no port left for a test redis-server");
+        if TcpListener::bind(("127.0.0.1", base + n)).is_ok() {
+            return base + n;
+        }
+    }
 }
 
 struct Redis {
@@ -18,7 +29,7 @@ struct Redis {
 
 impl Redis {
     fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
@@ -28,6 +39,8 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             sleep(Duration::from_millis(20));
         }
+        // Ours answers, not another process's on the same port (ours would have exited).
+        assert!(matches!(child.try_wait(), Ok(None)), "redis-server could not take port {port}");
         Redis { child, port }
     }
 
