@@ -14,6 +14,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
+use super::with_cache_control as cached;
 use super::{DoorStream, StreamPart, StreamProgress};
 use crate::api::usage::Tokens;
 
@@ -214,7 +215,7 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                     }
                     _ => return Err(DoorError::invalid(format!("{at}.output"), "must be a string")),
                 };
-                messages.push(obj! {"role": "tool", "tool_call_id": call_id, "content": output});
+                messages.push(cached(item, obj! {"role": "tool", "tool_call_id": call_id, "content": output}));
             }
             // The gateway's own reasoning items carry an Anthropic thinking block: back to the
             // assistant turn it led (OpenAI's own encrypted reasoning means nothing elsewhere).
@@ -270,6 +271,8 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
                 let at = format!("{at}.content[{j}]");
                 let kind = part.get("type").and_then(Value::as_str);
                 let text = part.get("text").and_then(Value::as_str);
+                // A part's `cache_control` (the chat door's field) carries to the chat part.
+                let mut out = Marked(&mut out, part.as_object());
                 match (kind, text) {
                     (Some("input_text" | "output_text" | "text"), Some(t)) => {
                         out.push(obj! {"type": "text", "text": t})
@@ -302,7 +305,8 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
                 }
             }
             // Text-only assistant and system turns as a plain string: not every provider takes parts there.
-            let all_text = out.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("text"));
+            let all_text = out.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                && out.iter().all(|p| p.get("cache_control").is_none());
             if all_text && role != "user" {
                 let joined: String = out.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
                 Value::String(joined)
@@ -319,7 +323,19 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
         // Marks a text turn that function_call items right after it join (removed before return).
         message.insert("from_text".into(), Value::Bool(true));
     }
-    Ok(Value::Object(message))
+    Ok(cached(item, Value::Object(message)))
+}
+
+/// Parts pushed with the `cache_control` of the part they come from.
+struct Marked<'a>(&'a mut Vec<Value>, Option<&'a Map<String, Value>>);
+
+impl Marked<'_> {
+    fn push(&mut self, part: Value) {
+        self.0.push(match self.1 {
+            Some(from) => cached(from, part),
+            None => part,
+        });
+    }
 }
 
 fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<bool, DoorError> {
@@ -351,7 +367,7 @@ fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Re
         if let Some(strict @ Value::Bool(_)) = tool.get("strict") {
             function.insert("strict".into(), strict.clone());
         }
-        functions.push(obj! {"type": "function", "function": function});
+        functions.push(cached(tool, obj! {"type": "function", "function": function}));
     }
     let any = !functions.is_empty();
     if any {
@@ -428,7 +444,7 @@ fn translate_text_format(req: &Map<String, Value>, out: &mut Map<String, Value>)
 fn usage_json(usage: Tokens) -> Value {
     obj! {"input_tokens": usage.prompt, "input_tokens_details": obj! {
         "cached_tokens": usage.cached.unwrap_or(0),
-        "cache_write_tokens": 0,
+        "cache_write_tokens": usage.cache_write.unwrap_or(0),
     }, "output_tokens": usage.completion, "output_tokens_details": obj! {
         "reasoning_tokens": usage.reasoning.unwrap_or(0),
     }, "total_tokens": usage.prompt + usage.completion}

@@ -175,7 +175,7 @@ mod tests {
             200,
             br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"}]}},"stopReason":"end_turn","usage":{"inputTokens":2,"outputTokens":1,"totalTokens":3}}"#,
         );
-        assert_eq!(a.usage(), Some(Tokens { prompt: 2, completion: 1, total: Some(3), cached: None, reasoning: None }));
+        assert_eq!(a.usage(), Some(Tokens { prompt: 2, completion: 1, total: Some(3), cached: None, cache_write: None, reasoning: None }));
         let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
         a.translate_body(429, br#"{"message":"slow down"}"#);
         assert_eq!(a.usage(), None);
