@@ -852,7 +852,7 @@ mod tests {
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Checking.",
                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
                                {"id": "call_2", "type": "function", "function": {"name": "noop", "arguments": ""}}]}}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 2}},
+            "usage": {"prompt_tokens": 12, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 3}},
         });
         let out: Value = serde_json::from_slice(&from_chat_completion(&to_bytes(&answer), "claude-pool")).unwrap();
         assert_eq!(
@@ -865,7 +865,7 @@ mod tests {
                     {"type": "tool_use", "id": "call_2", "name": "noop", "input": {}},
                 ],
                 "stop_reason": "tool_use", "stop_sequence": null,
-                "usage": {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0},
+                "usage": {"input_tokens": 7, "output_tokens": 7, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 3},
             })
         );
     }

@@ -945,7 +945,7 @@ mod tests {
             "id": "chatcmpl-9", "created": 1700000000,
             "choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Sure.",
                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 3},
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 5},
                 "completion_tokens_details": {"reasoning_tokens": 1}},
         });
         let out: Value = serde_json::from_slice(&from_chat_completion(&to_bytes(&answer), "pool")).unwrap();
@@ -964,7 +964,7 @@ mod tests {
         );
         assert_eq!(
             out["usage"],
-            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 0}, "output_tokens": 4,
+            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 5}, "output_tokens": 4,
                 "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 14})
         );
         let cut = json!({"choices": [{"finish_reason": "length", "message": {"content": "par"}}]});
