@@ -256,9 +256,11 @@ impl CallRecord<'_> {
         push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
         push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
         // Prompt-cache counts (within `prompt_tokens`), when the answer has any.
-        let cache = self.tokens.map(|t| [(",\"cached_tokens\":", t.cached), (",\"cache_write_tokens\":", t.cache_write)]);
-        for (key, n) in cache.into_iter().flatten().filter(|(_, n)| n.is_some()) {
-            push_num_or_null(&mut out, key, n);
+        if let Some(n @ Some(_)) = self.tokens.map(|t| t.cached) {
+            push_num_or_null(&mut out, ",\"cached_tokens\":", n);
+        }
+        if let Some(n @ Some(_)) = self.tokens.map(|t| t.cache_write) {
+            push_num_or_null(&mut out, ",\"cache_write_tokens\":", n);
         }
         out.extend_from_slice(match self.tokens {
             Some(_) if self.usage_estimated => b",\"usage_estimated\":true",

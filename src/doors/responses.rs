@@ -190,6 +190,10 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                         "tool_calls": vec![call],
                     }),
                 }
+                // A call's breakpoint marks the end of the assistant message that carries it.
+                if let (Some(c), Some(last)) = (item.get("cache_control"), messages.last_mut().and_then(Value::as_object_mut)) {
+                    last.insert("cache_control".into(), c.clone());
+                }
             }
             "function_call_output" => {
                 let call_id = item
@@ -840,6 +844,19 @@ mod tests {
                     {"id": "call_3", "type": "function", "function": {"name": "h", "arguments": "{}"}}]},
             ])
         );
+    }
+
+    #[test]
+    fn cache_control_carries_to_chat_parts_messages_and_tools() {
+        let eph = json!({"type": "ephemeral"});
+        let out = chat(json!({"model": "m", "input": [
+            {"role": "system", "content": [{"type": "input_text", "text": "rules", "cache_control": eph}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}", "cache_control": eph},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok", "cache_control": eph}],
+            "tools": [{"type": "function", "name": "f", "cache_control": eph}]}));
+        assert_eq!(out["messages"][0]["content"], json!([{"type": "text", "text": "rules", "cache_control": eph}]));
+        assert_eq!((&out["messages"][1]["cache_control"], &out["messages"][2]["cache_control"]), (&eph, &eph));
+        assert_eq!(out["tools"][0]["cache_control"], eph);
     }
 
     #[test]

@@ -685,12 +685,12 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         Some(v) => parse_response_format(&v)?,
         None => None,
     };
-    let cache = match field::<Value>(req, "cache_control", "an object")? {
-        Some(c) => cache_control(&serde_json::json!({ "cache_control": c }), "request")?,
-        None => None,
-    };
     Ok(Chat {
-        cache_control: cache,
+        cache_control: match field::<Value>(req, "cache_control", "an object")? {
+            Some(Value::Object(c)) => Some(Value::Object(c)),
+            None => None,
+            Some(_) => return Err(invalid("`cache_control` must be an object.").with_param("cache_control")),
+        },
         max_tokens,
         temperature: field(req, "temperature", "a number")?,
         top_p: field(req, "top_p", "a number")?,

@@ -77,8 +77,9 @@ fn without_cache_marks(request: &ParsedRequest<'_>, drop: &mut u64, add: &mut Ve
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(raw.get()) else { continue };
         strip(&mut value);
         *drop |= named(name);
-        add.extend_from_slice(format!(",\"{name}\":").as_bytes());
-        add.extend_from_slice(&serde_json::to_vec(&value).unwrap_or_default());
+        for piece in [",\"", name, "\":", &super::json_text(&value)] {
+            add.extend_from_slice(piece.as_bytes());
+        }
     }
 }
 
