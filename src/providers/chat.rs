@@ -460,14 +460,16 @@ fn parse_messages(raw: &str, chat: &mut Chat) -> Result<(), ApiError> {
             }
             "tool" => {
                 let id = str_of(message, "tool_call_id").filter(|s| !s.is_empty()).ok_or_else(|| invalid(format!("`{at}.tool_call_id` must be a non-empty string.")))?;
-                let content = content_blocks(content, &content_at, true)?;
                 // Anthropic takes a breakpoint on the result, not inside it.
-                let marks = content.iter().filter_map(|b| match b {
-                    Block::CachePoint(c) => Some(c.clone()),
-                    _ => None,
-                });
-                let cache = cache.or(marks.last());
-                let content = content.into_iter().filter(|b| matches!(b, Block::Text(_) | Block::Image(_))).collect();
+                let (mut inner, mut kept) = (None, Vec::new());
+                for block in content_blocks(content, &content_at, true)? {
+                    match block {
+                        Block::CachePoint(c) => inner = Some(c),
+                        Block::Text(_) | Block::Image(_) => kept.push(block),
+                        _ => {}
+                    }
+                }
+                let (cache, content) = (cache.or(inner), kept);
                 let name = call_names.get(id).cloned();
                 // Pushed directly: an empty result still answers its call.
                 let block = Block::ToolResult { id: id.to_string(), name, content };
