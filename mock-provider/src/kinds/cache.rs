@@ -98,7 +98,9 @@ pub fn anthropic_prefix(obj: &Map<String, Value>) -> Result<Option<String>, Stri
         last = blocks.len().checked_sub(1);
     }
     if count > MAX_BREAKPOINTS {
-        return Err(format!("A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {count}."));
+        return Err(format!(
+            "A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {count}."
+        ));
     }
     Ok(last.map(|k| blocks.iter().take(k + 1).map(|(_, b)| b.to_string()).collect()))
 }
