@@ -135,11 +135,15 @@ impl Adapter for Anthropic {
         let system = chat.system_with_json_instruction();
         if !chat.system_cache.is_empty() {
             // Text blocks, to carry the client's cache breakpoints.
-            let mut blocks: Vec<Value> = system.iter().map(|s| json!({"type": "text", "text": s})).collect();
-            for (i, c) in &chat.system_cache {
-                if let Some(Value::Object(b)) = blocks.get_mut(*i) {
-                    b.insert("cache_control".into(), c.clone());
+            let mut blocks = Vec::with_capacity(system.len());
+            for (i, text) in system.iter().enumerate() {
+                let mut block = Map::new();
+                block.insert("type".into(), json!("text"));
+                block.insert("text".into(), json!(text));
+                if let Some((_, c)) = chat.system_cache.iter().find(|(at, _)| *at == i) {
+                    block.insert("cache_control".into(), c.clone());
                 }
+                blocks.push(Value::Object(block));
             }
             out.insert("system".into(), Value::Array(blocks));
         } else if !system.is_empty() {

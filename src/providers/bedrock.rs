@@ -211,7 +211,9 @@ impl Adapter for Bedrock {
             let mut blocks = Vec::with_capacity(system.len() + chat.system_cache.len());
             for (i, s) in system.iter().enumerate() {
                 blocks.push(json!({ "text": s }));
-                blocks.extend(chat.system_cache.iter().filter(|(at, _)| *at == i).map(|_| cache_point()));
+                if chat.system_cache.iter().any(|(at, _)| *at == i) {
+                    blocks.push(cache_point());
+                }
             }
             out.insert("system".into(), Value::Array(blocks));
         }
@@ -253,7 +255,9 @@ impl Adapter for Bedrock {
             let mut tools = Vec::with_capacity(declared_tools.len());
             for t in declared_tools {
                 tools.push(tool_spec(&t.name, t.description.as_deref(), &t.parameters));
-                tools.extend(t.cache.as_ref().map(|_| cache_point()));
+                if t.cache.is_some() {
+                    tools.push(cache_point());
+                }
             }
             // Bedrock refuses toolUse/toolResult blocks unless their tools are
             // declared: declare the ones the history uses but `tools` lacks.

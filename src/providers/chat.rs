@@ -373,7 +373,9 @@ pub(super) fn mime_from_name(name: &str) -> &'static str {
 /// (each marked text ends one entry; `cache` applies to the whole message).
 fn system_texts(content: &Value, at: &str, cache: Option<Value>, chat: &mut Chat) -> Result<(), ApiError> {
     let mut text = String::new();
-    for block in content_blocks(content, at, false)?.into_iter().chain(cache.map(Block::CachePoint)) {
+    let mut blocks = content_blocks(content, at, false)?;
+    blocks.extend(cache.map(Block::CachePoint));
+    for block in blocks {
         match block {
             Block::Text(t) if t.is_empty() => {}
             Block::Text(t) => {
@@ -432,8 +434,9 @@ fn parse_messages(raw: &str, chat: &mut Chat) -> Result<(), ApiError> {
         match role {
             "system" | "developer" => system_texts(content, &content_at, cache, chat)?,
             "user" => {
-                let blocks = content_blocks(content, &content_at, true)?;
-                push_turn(&mut turns, Role::User, blocks.into_iter().chain(cache.map(Block::CachePoint)).collect())
+                let mut blocks = content_blocks(content, &content_at, true)?;
+                blocks.extend(cache.map(Block::CachePoint));
+                push_turn(&mut turns, Role::User, blocks)
             }
             "assistant" => {
                 // Thinking first: providers want it before the text and calls it led to.
@@ -472,11 +475,11 @@ fn parse_messages(raw: &str, chat: &mut Chat) -> Result<(), ApiError> {
                 let (cache, content) = (cache.or(inner), kept);
                 let name = call_names.get(id).cloned();
                 // Pushed directly: an empty result still answers its call.
-                let block = Block::ToolResult { id: id.to_string(), name, content };
-                let blocks = std::iter::once(block).chain(cache.map(Block::CachePoint));
+                let mut blocks = vec![Block::ToolResult { id: id.to_string(), name, content }];
+                blocks.extend(cache.map(Block::CachePoint));
                 match turns.last_mut() {
-                    Some(last) if last.role == Role::User => last.blocks.extend(blocks),
-                    _ => turns.push(Turn { role: Role::User, blocks: blocks.collect() }),
+                    Some(last) if last.role == Role::User => last.blocks.append(&mut blocks),
+                    _ => turns.push(Turn { role: Role::User, blocks }),
                 }
             }
             "function" => {
