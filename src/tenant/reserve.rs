@@ -153,6 +153,8 @@ mod tests {
         assert!(p.priced() && !Prices::default().priced());
         // The worst case prices every prompt token as a cache write, the dearer.
         assert_eq!(p.worst_cost(1_000, Some(0)), 3_750);
+        // A budget settles at the same prices.
+        assert_eq!(Reservation::dearest([p], 10_000, Some(100)).spent_on(p, Some(used)), 17_550);
     }
 
     #[test]

@@ -42,9 +42,16 @@ def cache_gw(cache_mock):
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache(cache_mock):
+def fresh_cache(cache_mock, cache_gw):
+    """Each test starts with an empty cache; every answer it got is priced at the cache prices."""
+    time.sleep(0.3)  # the previous test's lines flushed
+    before = len(cache_gw.calls(0, timeout=0))
     cache_mock.reset()  # the mock's cache too
     yield
+    sent = sum(cache_mock.count(name) for name in LISTENERS)
+    for line in call_lines(cache_gw, before + sent)[before:]:
+        if line["status"] == 200:
+            assert line["cost_micro_usd"] == cost(line), line
 
 
 def gpt(gw):
@@ -95,7 +102,6 @@ def test_chat_cache_control_reaches_the_member_and_reads_come_back_priced(cache_
     first answer reports the prefix written (`prompt_tokens_details.cache_write_tokens`), the
     same request streamed then reads it (`cached_tokens` in the usage chunk); the call log
     prices reads and writes at the member's cache prices."""
-    time.sleep(0.5)  # earlier lines flushed
     before = len(cache_gw.calls(0, timeout=0))
     text = rules()
     messages = [{"role": "system", "content": [{"type": "text", "text": text, "cache_control": EPHEMERAL}]},
