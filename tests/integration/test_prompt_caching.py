@@ -20,7 +20,7 @@ EPHEMERAL = {"type": "ephemeral"}
 # USD per million tokens: input, output, cache reads, cache writes.
 PRICES = {"input_cost_per_mtok": 3, "output_cost_per_mtok": 15,
           "cached_input_cost_per_mtok": 0.3, "cache_write_cost_per_mtok": 3.75}
-LISTENERS = {n: KIND_LISTENERS[n] for n in ("openai", "anthropic", "bedrock")}
+LISTENERS = {n: KIND_LISTENERS[n] for n in ("openai", "anthropic", "bedrock", "gemini")}
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +209,22 @@ def test_openai_members_get_no_cache_control_and_report_their_own_cache(cache_gw
     for i in range(2):
         r = client.responses.create(model="only_openai", instructions=text, input="Go.")
     assert r.usage.input_tokens_details.cached_tokens >= 1024
+
+
+def test_gemini_gets_no_cache_control_and_its_implicit_cache_reads_come_back(cache_gw, cache_mock):
+    """Gemini caches a repeated long prefix by itself: the marks are not sent, and its
+    `cachedContentTokenCount` comes back as the chat door's `cached_tokens`, streamed too."""
+    text = rules() * 12
+    messages = [{"role": "system", "content": [{"type": "text", "text": text, "cache_control": EPHEMERAL}]},
+                {"role": "user", "content": "Go.", "cache_control": EPHEMERAL}]
+    client = gpt(cache_gw)
+    first = client.chat.completions.create(model="only_gemini", messages=messages)
+    assert "cache_control" not in str(last_body(cache_mock, "gemini"))
+    assert first.usage.prompt_tokens_details is None
+    stream = client.chat.completions.create(model="only_gemini", messages=messages, stream=True,
+                                            stream_options={"include_usage": True})
+    usage = [c.usage for c in stream if c.usage][-1]
+    assert usage.prompt_tokens_details.cached_tokens >= 1024
 
 
 def test_anthropics_breakpoint_limit_is_the_members_answer(cache_gw, cache_mock):

@@ -1,8 +1,8 @@
 //! The mock's prompt cache. A request's cacheable prefix is what it marks
 //! (Anthropic's `cache_control` on tools, system and message blocks, or on
 //! the request for its last block; Bedrock's `cachePoint` blocks) or, for the
-//! kinds that cache by themselves (OpenAI chat and Responses), everything
-//! before the last message once that is at least 1024 tokens. The first
+//! kinds that cache by themselves (OpenAI chat and Responses, Gemini),
+//! everything before the last message once that is at least 1024 tokens. The first
 //! request with a prefix writes it, later ones read it (per listener, until
 //! `POST /_mock/reset`). A prefix costs its JSON bytes / 4 tokens.
 
@@ -116,6 +116,23 @@ pub fn bedrock_prefix(obj: &Map<String, Value>) -> Result<Option<String>, String
     }
     let Some(last) = all.iter().rposition(|b| b.get("cachePoint").is_some()) else { return Ok(None) };
     Ok(Some(all.iter().take(last).filter(|b| b.get("cachePoint").is_none()).map(|b| b.to_string()).collect()))
+}
+
+/// What Gemini may cache of a request: its system instruction, tools and
+/// every content but the last.
+pub fn gemini_prefix(obj: &Map<String, Value>) -> String {
+    let mut prefix = String::new();
+    for key in ["systemInstruction", "tools"] {
+        if let Some(v) = obj.get(key) {
+            prefix.push_str(&v.to_string());
+        }
+    }
+    if let Some(Value::Array(list)) = obj.get("contents") {
+        for item in list.iter().take(list.len().saturating_sub(1)) {
+            prefix.push_str(&item.to_string());
+        }
+    }
+    prefix
 }
 
 /// What OpenAI may cache of a chat or Responses request: its tools and
