@@ -6,6 +6,7 @@ themselves; the cache reads and writes the member reports come back in each
 door's shape, streamed too; and the call log prices them at the member's cache
 prices. The mock caches what a request marks (or, on openai, a repeated long
 prefix): the first request writes it, the same request again reads it."""
+import hashlib
 import time
 import uuid
 
@@ -42,8 +43,13 @@ def cache_gw(cache_mock):
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache(cache_mock, cache_gw):
+def fresh_cache(cache_mock, request):
     """Each test starts with an empty cache; every answer it got is priced at the cache prices."""
+    if "cache_gw" not in request.fixturenames:
+        cache_mock.reset()
+        yield
+        return
+    cache_gw = request.getfixturevalue("cache_gw")
     time.sleep(0.3)  # the previous test's lines flushed
     before = len(cache_gw.calls(0, timeout=0))
     cache_mock.reset()  # the mock's cache too
@@ -92,7 +98,7 @@ def cost(line):
     cached, written = line.get("cached_tokens", 0), line.get("cache_write_tokens", 0)
     uncached = line["prompt_tokens"] - cached - written
     micro = uncached * 3 + cached * 0.3 + written * 3.75 + line["completion_tokens"] * 15
-    return round(micro)
+    return int(micro + 0.5)  # halves away from zero, as the gateway rounds
 
 
 @pytest.mark.parametrize("kind", ["anthropic", "bedrock"])
@@ -238,3 +244,29 @@ def test_anthropics_breakpoint_limit_is_the_members_answer(cache_gw, cache_mock)
         gpt(cache_gw).chat.completions.create(
             model="only_anthropic", messages=[{"role": "user", "content": "x", "cache_control": "yes"}])
     assert "messages[0].cache_control" in e.value.message
+
+
+def test_a_tenants_budget_is_charged_at_the_cache_prices(cache_mock):
+    """A tenant's budget settles each answer at what the call log says it cost, cache writes
+    and reads at the member's cache prices: the spent gauge is the sum of the two lines."""
+    key = "sk-cache-team-secret"
+    providers = {n: p for n, p in providers_config().items() if n in LISTENERS}
+    config = {"providers": providers, "defaults": {"health": {"consecutive_failures": 1000}},
+              "pools": {"only_anthropic": {"members": [{"provider": "anthropic", "model": KINDS["anthropic"][1], **PRICES}]}},
+              "tenants": {"team-cache": {"keys_sha256": [hashlib.sha256(key.encode()).hexdigest()],
+                                         "budget_usd": {"per": "day", "limit": 100}}}}
+    g = Gateway(config, dict(cache_mock.addrs), KEYS, call_log=True)
+    try:
+        client = openai.OpenAI(base_url=g.base + "/v1", api_key=key, max_retries=0)
+        messages = [{"role": "system", "content": [{"type": "text", "text": rules(), "cache_control": EPHEMERAL}]},
+                    {"role": "user", "content": "Go."}]
+        for _ in range(2):
+            client.chat.completions.create(model="only_anthropic", messages=messages, max_tokens=50)
+        write, read = call_lines(g, 2)
+        assert write["cache_write_tokens"] == read["cached_tokens"] > 0
+        assert [line["cost_micro_usd"] for line in (write, read)] == [cost(write), cost(read)]
+        time.sleep(1.5)  # gauges reach Envoy on the filter's next tick
+        spent = g.prometheus()[("switchboard_tenant_budget_spent_micro_usd", frozenset({("tenant", "team-cache")}))]
+        assert spent == write["cost_micro_usd"] + read["cost_micro_usd"]
+    finally:
+        g.stop()
