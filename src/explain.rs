@@ -159,6 +159,11 @@ fn facts(m: &Member, strategy: Strategy) -> String {
     if let (Some(i), Some(o)) = (m.input_cost_per_mtok, m.output_cost_per_mtok) {
         parts.push(format!("${i}/${o} per Mtok"));
     }
+    for (what, price) in [("cache reads", m.cached_input_cost_per_mtok), ("cache writes", m.cache_write_cost_per_mtok)] {
+        if let Some(p) = price {
+            parts.push(format!("{what} ${p} per Mtok"));
+        }
+    }
     if !m.tags.is_empty() {
         parts.push(format!("tags {}", m.tags.join(",")));
     }

@@ -261,6 +261,13 @@ impl CallRecord<'_> {
         out.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
         push_num_or_null(&mut out, ",\"prompt_tokens\":", self.tokens.map(|t| t.prompt));
         push_num_or_null(&mut out, ",\"completion_tokens\":", self.tokens.map(|t| t.completion));
+        // Prompt-cache counts (within `prompt_tokens`), when the answer has any.
+        if let Some(n @ Some(_)) = self.tokens.map(|t| t.cached) {
+            push_num_or_null(&mut out, ",\"cached_tokens\":", n);
+        }
+        if let Some(n @ Some(_)) = self.tokens.map(|t| t.cache_write) {
+            push_num_or_null(&mut out, ",\"cache_write_tokens\":", n);
+        }
         out.extend_from_slice(match self.tokens {
             Some(_) if self.usage_estimated => b",\"usage_estimated\":true",
             _ => b",\"usage_estimated\":false",
@@ -312,7 +319,7 @@ mod tests {
             error: None,
             limits: Some("shared"),
             stream: true,
-            tokens: Some(Tokens::new(30, 7)),
+            tokens: Some(Tokens { cached: Some(20), ..Tokens::new(30, 7) }),
             usage_estimated: false,
             cost_micro_usd: Some(91),
             first_byte_ms: Some(9),
@@ -328,7 +335,7 @@ mod tests {
                 "time": "2025-12-01T13:24:20.123Z", "end": "2025-12-01T13:24:20.140Z", "request_id": "req-\"1\"\n", "tenant": "team-a",
                 "model": "auto", "router": "auto", "rule": "code", "pool": "gpt4o_16k", "member": "beta/gpt-4o",
                 "attempts": [{"member": "alpha/gpt-4o", "status": 503, "ms": 4}, {"member": "beta/gpt-4o", "status": 200, "ms": 12}],
-                "status": 200, "cut": false, "error": null, "limits": "shared", "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "usage_estimated": false,
+                "status": 200, "cut": false, "error": null, "limits": "shared", "stream": true, "prompt_tokens": 30, "completion_tokens": 7, "cached_tokens": 20, "usage_estimated": false,
                 "cost_micro_usd": 91, "first_byte_ms": 9, "duration_ms": 17
             })
         );

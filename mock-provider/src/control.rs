@@ -51,6 +51,7 @@ pub async fn handle(l: &Listener, req: Request<Incoming>) -> Response<MockBody> 
             l.set_faults(None);
             l.stats.clear();
             l.clear_recorded();
+            l.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
             json_value(StatusCode::OK, &json!({"ok": true}))
         }
         (&Method::GET, "/_mock/stats") => {

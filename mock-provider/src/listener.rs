@@ -108,6 +108,8 @@ pub struct Listener {
     pub defaults: Defaults,
     ids: AtomicU64,
     pub name_header: HeaderValue,
+    /// Hashes of the prompt prefixes cached so far (`kinds::cache`).
+    pub cache: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Listener {
@@ -125,6 +127,7 @@ impl Listener {
             defaults,
             ids: AtomicU64::new(1),
             name_header,
+            cache: Mutex::default(),
         }
     }
 

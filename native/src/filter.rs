@@ -25,7 +25,6 @@ use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::{stream_include_usage, UpstreamRequest};
 use switchboard::routing::router::HeaderLookup;
 use switchboard::routing::{redirect, Plan};
-use switchboard::tenant::limits::cost_micro_usd;
 use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use switchboard::tenant::reserve::{Prices, Reservation};
 use switchboard::tenant::{authenticate, presented_key};
@@ -683,12 +682,8 @@ impl Filter {
         let usage = self.ex.answer.usage();
         let tokens = served.map(|_| usage.unwrap_or(obs.estimate));
         let cost = served.zip(tokens).and_then(|(m, t)| {
-            let m = config.member(m)?;
-            if m.input_cost_per_mtok.is_none() && m.output_cost_per_mtok.is_none() {
-                return None;
-            }
-            let price = |p: Option<f64>| p.unwrap_or(0.0);
-            Some(cost_micro_usd(t.prompt, t.completion, price(m.input_cost_per_mtok), price(m.output_cost_per_mtok)))
+            let prices = config.member(m)?.prices();
+            prices.priced().then(|| prices.cost(t))
         });
         let plan = self.ex.plan.as_ref();
         let tenant = self.ex.tenant.as_ref().map(|t| t.index);
@@ -785,11 +780,7 @@ impl Filter {
 }
 
 fn prices(m: &switchboard::config::Member) -> Prices {
-    Prices {
-        input_per_mtok: m.input_cost_per_mtok,
-        output_per_mtok: m.output_cost_per_mtok,
-        max_output_tokens: m.max_output_tokens,
-    }
+    m.prices()
 }
 
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {

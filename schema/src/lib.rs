@@ -273,6 +273,10 @@ pub struct RawMember {
     pub capabilities: Option<Vec<Capability>>,
     pub input_cost_per_mtok: Option<f64>,
     pub output_cost_per_mtok: Option<f64>,
+    /// Input read from the provider's prompt cache (the input price when unset).
+    pub cached_input_cost_per_mtok: Option<f64>,
+    /// Input written to the provider's prompt cache (the input price when unset).
+    pub cache_write_cost_per_mtok: Option<f64>,
     #[serde(default)]
     pub priority: i32,
     #[serde(default)]

@@ -29,7 +29,7 @@ const GATEWAY: u8 = 0x80 | ALL;
 /// Chat parameters by bit, each with the kinds that take it: the OpenAI-wire
 /// kinds as it is, the others translated (docs/parameters.md says into what).
 /// Bit 63 ([`OTHER`]) stands for any parameter not listed.
-pub static PARAMS: [(&str, u8); 40] = [
+pub static PARAMS: [(&str, u8); 41] = [
     ("model", GATEWAY),
     ("messages", ALL),
     ("stream", ALL),
@@ -70,6 +70,8 @@ pub static PARAMS: [(&str, u8); 40] = [
     ("safety_identifier", WIRE),
     ("functions", WIRE),
     ("function_call", WIRE),
+    // Anthropic's automatic prompt caching; a no-op where caching is automatic.
+    ("cache_control", ALL),
 ];
 
 /// The bit of a parameter the table does not list: the OpenAI-wire kinds get

@@ -22,20 +22,34 @@ pub struct Tokens {
     pub completion: u64,
     /// The provider's total, when it gives one.
     pub total: Option<u64>,
-    /// Input tokens read from the provider's cache (`cached_tokens`).
+    /// Input tokens read from the provider's cache (`cached_tokens`,
+    /// Anthropic's `cache_read_input_tokens`), part of `prompt`.
     pub cached: Option<u64>,
+    /// Input tokens written to the provider's cache (Anthropic's
+    /// `cache_creation_input_tokens`, `cache_write_tokens`), part of `prompt`.
+    pub cache_write: Option<u64>,
     /// Reasoning tokens (`reasoning_tokens`).
     pub reasoning: Option<u64>,
 }
 
 impl Tokens {
     pub const fn new(prompt: u64, completion: u64) -> Tokens {
-        Tokens { prompt, completion, total: None, cached: None, reasoning: None }
+        Tokens { prompt, completion, total: None, cached: None, cache_write: None, reasoning: None }
     }
 
     /// `total_tokens`: the provider's total, else prompt + completion.
     pub fn total_tokens(&self) -> u64 {
         self.total.unwrap_or(self.prompt + self.completion)
+    }
+
+    /// Cache counts of 0 as none: the answer's shape is the same either way.
+    pub fn without_zero_cache(self) -> Tokens {
+        Tokens { cached: self.cached.filter(|c| *c > 0), cache_write: self.cache_write.filter(|c| *c > 0), ..self }
+    }
+
+    /// Input tokens neither read from nor written to a cache.
+    pub fn uncached_prompt(&self) -> u64 {
+        self.prompt.saturating_sub(self.cached.unwrap_or(0)).saturating_sub(self.cache_write.unwrap_or(0))
     }
 
     /// An OpenAI `usage` object's counts (details only when given; no total).
@@ -47,6 +61,7 @@ impl Tokens {
             completion: n(usage.get("completion_tokens")).unwrap_or(0),
             total: None,
             cached: n(usage.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens"))),
+            cache_write: n(usage.get("prompt_tokens_details").and_then(|d| d.get("cache_write_tokens"))),
             reasoning: n(usage.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens"))),
         })
     }
@@ -81,17 +96,18 @@ impl Tail {
     pub fn usage(&self) -> Option<Tokens> {
         scan(&self.tail).or_else(|| {
             let output = last_number_after(&self.tail, b"\"output_tokens\"")?;
+            // Anthropic counts cache reads and writes apart from `input_tokens`
+            // (in its first event, for a stream), the Responses API within it.
             let input = |body: &[u8]| {
                 let n = |key: &[u8]| last_number_after(body, key);
-                // Anthropic counts cache reads and writes apart from `input_tokens`.
                 let plain = n(b"\"input_tokens\"")?;
-                Some(
-                    plain
-                        + n(b"\"cache_read_input_tokens\"").unwrap_or(0)
-                        + n(b"\"cache_creation_input_tokens\"").unwrap_or(0),
-                )
+                let read = n(b"\"cache_read_input_tokens\"");
+                let write = n(b"\"cache_creation_input_tokens\"");
+                let prompt = plain + read.unwrap_or(0) + write.unwrap_or(0);
+                let cached = read.or_else(|| n(b"\"cached_tokens\""));
+                Some(Tokens { cached, cache_write: write, ..Tokens::new(prompt, output) }.without_zero_cache())
             };
-            Some(Tokens::new(input(&self.tail).or_else(|| input(&self.head))?, output))
+            input(&self.tail).or_else(|| input(&self.head))
         })
     }
 }
@@ -109,8 +125,10 @@ pub(crate) fn last_number_after(body: &[u8], key: &[u8]) -> Option<u64> {
 /// The tokens of an OpenAI answer, when `prompt_tokens` is there (embeddings
 /// report no completion: 0).
 pub fn scan(body: &[u8]) -> Option<Tokens> {
-    let prompt = last_number_after(body, b"\"prompt_tokens\"")?;
-    Some(Tokens::new(prompt, last_number_after(body, b"\"completion_tokens\"").unwrap_or(0)))
+    let n = |key: &[u8]| last_number_after(body, key);
+    let prompt = n(b"\"prompt_tokens\"")?;
+    let tokens = Tokens::new(prompt, n(b"\"completion_tokens\"").unwrap_or(0));
+    Some(Tokens { cached: n(b"\"cached_tokens\""), cache_write: n(b"\"cache_write_tokens\""), ..tokens }.without_zero_cache())
 }
 
 /// Takes the usage-only chunk (`"choices":[]` with a `usage` object) out of
@@ -267,7 +285,8 @@ mod tests {
     fn native_answers_count_input_and_output_tokens() {
         let mut tail = Tail::default();
         tail.push(br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}"#);
-        assert_eq!(tail.usage(), Some(Tokens::new(15, 3)), "Anthropic: cache reads are input too");
+        let read = Tokens { cached: Some(5), ..Tokens::new(15, 3) };
+        assert_eq!(tail.usage(), Some(read), "Anthropic: cache reads are input too");
         let mut stream = Tail::default();
         stream.push(
             b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":42,\"output_tokens\":1}}}\n\n",
@@ -281,6 +300,6 @@ mod tests {
         );
         let mut responses = Tail::default();
         responses.push(br#"{"object":"response","usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":2},"output_tokens":4,"total_tokens":11}}"#);
-        assert_eq!(responses.usage(), Some(Tokens::new(7, 4)));
+        assert_eq!(responses.usage(), Some(Tokens { cached: Some(2), ..Tokens::new(7, 4) }));
     }
 }

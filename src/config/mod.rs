@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::api::error::ApiError;
+use crate::tenant::reserve::Prices;
 
 pub use switchboard_schema::{Capability, ProviderKind, Strategy};
 
@@ -140,6 +141,9 @@ pub struct Member {
     /// USD per million tokens.
     pub input_cost_per_mtok: Option<f64>,
     pub output_cost_per_mtok: Option<f64>,
+    /// USD per million input tokens read from / written to the provider's cache.
+    pub cached_input_cost_per_mtok: Option<f64>,
+    pub cache_write_cost_per_mtok: Option<f64>,
     /// Lower is preferred by the `priority` strategy.
     pub priority: i32,
     pub tags: Vec<String>,
@@ -162,6 +166,17 @@ impl Member {
             weight: 1,
             id: format!("{provider_name}/{model}"),
             ..Member::default()
+        }
+    }
+
+    /// What it charges (USD per million tokens) and how much it can write.
+    pub fn prices(&self) -> Prices {
+        Prices {
+            input_per_mtok: self.input_cost_per_mtok,
+            output_per_mtok: self.output_cost_per_mtok,
+            cached_input_per_mtok: self.cached_input_cost_per_mtok,
+            cache_write_per_mtok: self.cache_write_cost_per_mtok,
+            max_output_tokens: self.max_output_tokens,
         }
     }
 }

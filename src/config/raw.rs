@@ -597,10 +597,15 @@ fn validate_member(
         }
     }
     for (name, cost) in
-        [("input_cost_per_mtok", m.input_cost_per_mtok), ("output_cost_per_mtok", m.output_cost_per_mtok)]
-    {
+    [
+        ("input_cost_per_mtok", m.input_cost_per_mtok),
+        ("output_cost_per_mtok", m.output_cost_per_mtok),
+        ("cached_input_cost_per_mtok", m.cached_input_cost_per_mtok),
+        ("cache_write_cost_per_mtok", m.cache_write_cost_per_mtok),
+    ] {
         match cost {
             Some(c) if !(c.is_finite() && c >= 0.0) => return Err(err(f(name), "must be a price >= 0 (USD)")),
+            _ if name.starts_with("cache") => {}
             None if strategy == Strategy::LowestCost => {
                 return Err(err(f(name), "required: the pool's strategy is lowest_cost"))
             }
@@ -645,6 +650,8 @@ fn validate_member(
         capabilities,
         input_cost_per_mtok: m.input_cost_per_mtok,
         output_cost_per_mtok: m.output_cost_per_mtok,
+        cached_input_cost_per_mtok: m.cached_input_cost_per_mtok,
+        cache_write_cost_per_mtok: m.cache_write_cost_per_mtok,
         priority: m.priority,
         tags: m.tags,
         tag_mask,

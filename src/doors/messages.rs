@@ -5,8 +5,9 @@
 //! - `tool_result` blocks become `role: "tool"` messages placed before the rest
 //!   of their user turn; `is_error: true` prefixes the content with `Error: `
 //!   (OpenAI has no flag); images inside a tool result follow in a user message.
-//! - `thinking`/`redacted_thinking` blocks in history are dropped, `thinking`,
-//!   `top_k`, `cache_control` and `service_tier` are ignored.
+//! - `cache_control` becomes the chat field the Anthropic-compatible ecosystem
+//!   uses: on content parts (system ones too), on a tool, and on the `tool`
+//!   message of a `tool_result`; an assistant block's moves to its message.
 //! - Server tools (`web_search_*`, `bash_*`, `text_editor_*`, ...), `document`
 //!   blocks and other block types are refused here (`unsupported_feature`):
 //!   `Door::to_chat` then keeps the request on Anthropic members, which get it as it is.
@@ -16,6 +17,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
+use super::with_cache_control as cached;
 use super::{DoorStream, StreamPart, StreamProgress};
 use crate::api::usage::Tokens;
 
@@ -63,20 +65,28 @@ fn model_of(req: &Map<String, Value>) -> Result<&str, DoorError> {
     }
 }
 
-/// Text of `system` (a string or text blocks, joined by newlines).
-fn system_text(req: &Map<String, Value>) -> Result<Option<String>, DoorError> {
+/// Content of the system message: `system` as a string (text blocks joined
+/// by newlines), or text parts when a block carries `cache_control`.
+fn system_text(req: &Map<String, Value>) -> Result<Option<Value>, DoorError> {
     match req.get("system") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
+        Some(Value::String(s)) => Ok(Some(s.clone()).filter(|s| !s.is_empty()).map(Value::String)),
         Some(Value::Array(blocks)) => {
             let mut texts = Vec::with_capacity(blocks.len());
+            let mut parts = Vec::with_capacity(blocks.len());
             for (i, block) in blocks.iter().enumerate() {
-                match (block.get("type").and_then(Value::as_str), block.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => texts.push(t),
+                match (block.as_object(), block.get("type").and_then(Value::as_str), block.get("text")) {
+                    (Some(b), Some("text"), Some(Value::String(t))) => {
+                        texts.push(t.as_str());
+                        parts.push(cached(b, obj! {"type": "text", "text": t.as_str()}));
+                    }
                     _ => return Err(DoorError::invalid(format!("system[{i}]"), "must be a text block")),
                 }
             }
-            Ok(Some(texts.join("\n")).filter(|s| !s.is_empty()))
+            if blocks.iter().any(|b| b.get("cache_control").is_some_and(|c| !c.is_null())) {
+                return Ok(Some(Value::Array(parts)));
+            }
+            Ok(Some(texts.join("\n")).filter(|s| !s.is_empty()).map(Value::String))
         }
         Some(_) => Err(DoorError::invalid("system", "must be a string or an array of text blocks")),
     }
@@ -165,9 +175,9 @@ fn user_blocks(blocks: &[Value], at: &str, out: &mut Vec<Value>) -> Result<(), D
         let at = format!("{at}.content[{j}]");
         let (block, kind) = block_type(block, &at)?;
         match kind {
-            "text" => parts.push(obj! {"type": "text", "text": text_of(block, &at)?}),
-            "image" => parts.push(obj! {"type": "image_url", "image_url": obj! {"url": image_url(block, &at)?}}),
-            "tool_result" => out.push(tool_message(block, &at, &mut tool_images)?),
+            "text" => parts.push(cached(block, obj! {"type": "text", "text": text_of(block, &at)?})),
+            "image" => parts.push(cached(block, obj! {"type": "image_url", "image_url": obj! {"url": image_url(block, &at)?}})),
+            "tool_result" => out.push(cached(block, tool_message(block, &at, &mut tool_images)?)),
             // Extended thinking history has no OpenAI equivalent.
             "thinking" | "redacted_thinking" => {}
             other => return Err(unsupported_block(&at, other)),
@@ -176,7 +186,7 @@ fn user_blocks(blocks: &[Value], at: &str, out: &mut Vec<Value>) -> Result<(), D
     tool_images.extend(parts);
     match tool_images.as_slice() {
         [] => {}
-        [only] if only.get("type").and_then(Value::as_str) == Some("text") => {
+        [only] if only.get("type").and_then(Value::as_str) == Some("text") && only.get("cache_control").is_none() => {
             out.push(obj! {"role": "user", "content": only.get("text").cloned().unwrap_or_default()});
         }
         _ => out.push(obj! {"role": "user", "content": tool_images}),
@@ -223,9 +233,14 @@ fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
     let mut text = String::new();
     let mut calls = Vec::new();
     let mut thinking = Vec::new();
+    // The message's content is one string: a block's breakpoint marks the message's end.
+    let mut cache = Map::new();
     for (j, block) in blocks.iter().enumerate() {
         let at = format!("{at}.content[{j}]");
         let (block, kind) = block_type(block, &at)?;
+        if let Some(c) = block.get("cache_control").filter(|c| !c.is_null()) {
+            cache.insert("cache_control".into(), c.clone());
+        }
         match kind {
             "text" => text.push_str(text_of(block, &at)?),
             "tool_use" => {
@@ -254,7 +269,7 @@ fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
     if !calls.is_empty() {
         message.insert("tool_calls".into(), Value::Array(calls));
     }
-    Ok(Value::Object(message))
+    Ok(cached(&cache, Value::Object(message)))
 }
 
 fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<bool, DoorError> {
@@ -288,7 +303,7 @@ fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Re
             function.insert("description".into(), Value::String(d.to_string()));
         }
         function.insert("parameters".into(), schema);
-        functions.push(obj! {"type": "function", "function": function});
+        functions.push(cached(tool, obj! {"type": "function", "function": function}));
     }
     let any = !functions.is_empty();
     if any {
@@ -336,13 +351,13 @@ fn stop_reason(finish: &str, stop_string: Option<&str>) -> &'static str {
     }
 }
 
-/// Anthropic usage from OpenAI usage: Anthropic's `input_tokens` exclude cache reads.
+/// Anthropic usage from OpenAI usage: Anthropic's `input_tokens` exclude cache reads and writes.
 fn usage_json(usage: Tokens) -> Value {
     obj! {
-        "input_tokens": usage.prompt.saturating_sub(usage.cached.unwrap_or(0)),
+        "input_tokens": usage.uncached_prompt(),
         "output_tokens": usage.completion,
         "cache_read_input_tokens": usage.cached.unwrap_or(0),
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": usage.cache_write.unwrap_or(0),
     }
 }
 
@@ -649,7 +664,9 @@ mod tests {
             out,
             json!({
                 "model": "fast-pool", "max_tokens": 100,
-                "messages": [{"role": "system", "content": "Be brief.\nBe kind."}, {"role": "user", "content": "Hi"}],
+                "messages": [{"role": "system", "content": [
+                    {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "Be kind."}]},
+                    {"role": "user", "content": "Hi"}],
                 "temperature": 0.5, "top_p": 0.9, "stop": ["END"], "stream": true,
                 "stream_options": {"include_usage": true}, "user": "u-1", "top_k": 5,
             })
@@ -730,7 +747,8 @@ mod tests {
         assert_eq!(
             out["messages"][1]["content"],
             json!([
-            {"type": "text", "text": "<system-reminder>ctx</system-reminder>"}, {"type": "text", "text": "fix the bug"}])
+            {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+            {"type": "text", "text": "fix the bug", "cache_control": {"type": "ephemeral"}}])
         );
         assert_eq!(out["tools"][0]["function"]["name"], "Bash");
         assert_eq!(out["stream_options"], json!({"include_usage": true}));
@@ -749,7 +767,7 @@ mod tests {
     #[test]
     fn tools_and_every_tool_choice() {
         let tools = json!([{"name": "f", "description": "does f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}]);
-        let expected_tools = json!([{"type": "function", "function": {"name": "f", "description": "does f", "parameters": {"type": "object"}}}]);
+        let expected_tools = json!([{"type": "function", "function": {"name": "f", "description": "does f", "parameters": {"type": "object"}}, "cache_control": {"type": "ephemeral"}}]);
         for (choice, expected) in [
             (json!({"type": "auto"}), json!("auto")),
             (json!({"type": "any"}), json!("required")),
@@ -834,7 +852,7 @@ mod tests {
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Checking.",
                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
                                {"id": "call_2", "type": "function", "function": {"name": "noop", "arguments": ""}}]}}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 2}},
+            "usage": {"prompt_tokens": 12, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 3}},
         });
         let out: Value = serde_json::from_slice(&from_chat_completion(&to_bytes(&answer), "claude-pool")).unwrap();
         assert_eq!(
@@ -847,7 +865,7 @@ mod tests {
                     {"type": "tool_use", "id": "call_2", "name": "noop", "input": {}},
                 ],
                 "stop_reason": "tool_use", "stop_sequence": null,
-                "usage": {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0},
+                "usage": {"input_tokens": 7, "output_tokens": 7, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 3},
             })
         );
     }

@@ -268,6 +268,7 @@ pub static MESSAGES_PARAMS: &DoorParams = &[
     ("top_k", SAME),
     ("thinking", SAME),
     ("service_tier", SAME),
+    ("cache_control", SAME),
     ("container", NATIVE),
     ("mcp_servers", NATIVE),
     ("context_management", NATIVE),
@@ -423,6 +424,15 @@ macro_rules! obj {
     };
 }
 pub(crate) use obj;
+
+/// `part` with the `cache_control` of `from`, when it has one: the chat
+/// field of the Anthropic-compatible ecosystem (content parts, messages, tools).
+pub(crate) fn with_cache_control(from: &Map<String, Value>, mut part: Value) -> Value {
+    if let (Some(c), Some(obj)) = (from.get("cache_control").filter(|c| !c.is_null()), part.as_object_mut()) {
+        obj.insert("cache_control".into(), c.clone());
+    }
+    part
+}
 
 /// A JSON object of these fields, in one small loop.
 pub(crate) fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {

@@ -19,7 +19,7 @@ const KINDS: [ProviderKind; 6] = [
 ];
 
 /// What anthropic, gemini and bedrock members get for a chat parameter they take.
-const TARGETS: [(&str, [&str; 3]); 19] = [
+const TARGETS: [(&str, [&str; 3]); 20] = [
     ("messages", ["`messages`, `system`", "`contents`, `systemInstruction`", "`messages`, `system`"]),
     ("stream", ["`stream`", "`:streamGenerateContent`", "`/converse-stream`"]),
     ("max_tokens", ["`max_tokens`", "`generationConfig.maxOutputTokens`", "`inferenceConfig.maxTokens`"]),
@@ -45,7 +45,11 @@ const TARGETS: [(&str, [&str; 3]); 19] = [
         "reasoning_effort",
         ["`thinking`", "`generationConfig.thinkingConfig`", "`additionalModelRequestFields.thinking`"],
     ),
+    ("cache_control", ["`cache_control`", NO_OP, "a `cachePoint` after the last block"]),
 ];
+
+/// What kinds that cache prompts by themselves make of a cache breakpoint.
+const NO_OP: &str = "not sent (caches by itself)";
 
 const REFUSED: &str = "refused";
 
@@ -64,6 +68,7 @@ fn fate(name: &str, kind: ProviderKind) -> String {
             return "gateway".into()
         }
         ProviderKind::Openai | ProviderKind::Azure if name == "thinking" => return "`reasoning_effort`".into(),
+        ProviderKind::Openai | ProviderKind::Azure if name == "cache_control" => return NO_OP.into(),
         _ => return if takes { "as is".into() } else { REFUSED.into() },
     };
     let target = TARGETS.iter().find(|(n, _)| *n == name).map_or("", |(_, t)| t[slot]);

@@ -14,6 +14,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
+use super::with_cache_control as cached;
 use super::{DoorStream, StreamPart, StreamProgress};
 use crate::api::usage::Tokens;
 
@@ -189,6 +190,10 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                         "tool_calls": vec![call],
                     }),
                 }
+                // A call's breakpoint marks the end of the assistant message that carries it.
+                if let (Some(c), Some(last)) = (item.get("cache_control"), messages.last_mut().and_then(Value::as_object_mut)) {
+                    last.insert("cache_control".into(), c.clone());
+                }
             }
             "function_call_output" => {
                 let call_id = item
@@ -214,7 +219,7 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                     }
                     _ => return Err(DoorError::invalid(format!("{at}.output"), "must be a string")),
                 };
-                messages.push(obj! {"role": "tool", "tool_call_id": call_id, "content": output});
+                messages.push(cached(item, obj! {"role": "tool", "tool_call_id": call_id, "content": output}));
             }
             // The gateway's own reasoning items carry an Anthropic thinking block: back to the
             // assistant turn it led (OpenAI's own encrypted reasoning means nothing elsewhere).
@@ -270,6 +275,8 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
                 let at = format!("{at}.content[{j}]");
                 let kind = part.get("type").and_then(Value::as_str);
                 let text = part.get("text").and_then(Value::as_str);
+                // A part's `cache_control` (the chat door's field) carries to the chat part.
+                let mut out = Marked(&mut out, part.as_object());
                 match (kind, text) {
                     (Some("input_text" | "output_text" | "text"), Some(t)) => {
                         out.push(obj! {"type": "text", "text": t})
@@ -302,7 +309,8 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
                 }
             }
             // Text-only assistant and system turns as a plain string: not every provider takes parts there.
-            let all_text = out.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("text"));
+            let all_text = out.iter().all(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                && out.iter().all(|p| p.get("cache_control").is_none());
             if all_text && role != "user" {
                 let joined: String = out.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
                 Value::String(joined)
@@ -319,7 +327,19 @@ fn message_item(item: &Map<String, Value>, at: &str) -> Result<Value, DoorError>
         // Marks a text turn that function_call items right after it join (removed before return).
         message.insert("from_text".into(), Value::Bool(true));
     }
-    Ok(Value::Object(message))
+    Ok(cached(item, Value::Object(message)))
+}
+
+/// Parts pushed with the `cache_control` of the part they come from.
+struct Marked<'a>(&'a mut Vec<Value>, Option<&'a Map<String, Value>>);
+
+impl Marked<'_> {
+    fn push(&mut self, part: Value) {
+        self.0.push(match self.1 {
+            Some(from) => cached(from, part),
+            None => part,
+        });
+    }
 }
 
 fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<bool, DoorError> {
@@ -351,7 +371,7 @@ fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Re
         if let Some(strict @ Value::Bool(_)) = tool.get("strict") {
             function.insert("strict".into(), strict.clone());
         }
-        functions.push(obj! {"type": "function", "function": function});
+        functions.push(cached(tool, obj! {"type": "function", "function": function}));
     }
     let any = !functions.is_empty();
     if any {
@@ -428,7 +448,7 @@ fn translate_text_format(req: &Map<String, Value>, out: &mut Map<String, Value>)
 fn usage_json(usage: Tokens) -> Value {
     obj! {"input_tokens": usage.prompt, "input_tokens_details": obj! {
         "cached_tokens": usage.cached.unwrap_or(0),
-        "cache_write_tokens": 0,
+        "cache_write_tokens": usage.cache_write.unwrap_or(0),
     }, "output_tokens": usage.completion, "output_tokens_details": obj! {
         "reasoning_tokens": usage.reasoning.unwrap_or(0),
     }, "total_tokens": usage.prompt + usage.completion}
@@ -827,6 +847,19 @@ mod tests {
     }
 
     #[test]
+    fn cache_control_carries_to_chat_parts_messages_and_tools() {
+        let eph = json!({"type": "ephemeral"});
+        let out = chat(json!({"model": "m", "input": [
+            {"role": "system", "content": [{"type": "input_text", "text": "rules", "cache_control": eph}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}", "cache_control": eph},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok", "cache_control": eph}],
+            "tools": [{"type": "function", "name": "f", "cache_control": eph}]}));
+        assert_eq!(out["messages"][0]["content"], json!([{"type": "text", "text": "rules", "cache_control": eph}]));
+        assert_eq!((&out["messages"][1]["cache_control"], &out["messages"][2]["cache_control"]), (&eph, &eph));
+        assert_eq!(out["tools"][0]["cache_control"], eph);
+    }
+
+    #[test]
     fn function_tools_tool_choice_and_json_schema_format() {
         let out = chat(json!({
             "model": "m", "input": "x",
@@ -929,7 +962,7 @@ mod tests {
             "id": "chatcmpl-9", "created": 1700000000,
             "choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Sure.",
                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 3},
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 5},
                 "completion_tokens_details": {"reasoning_tokens": 1}},
         });
         let out: Value = serde_json::from_slice(&from_chat_completion(&to_bytes(&answer), "pool")).unwrap();
@@ -948,7 +981,7 @@ mod tests {
         );
         assert_eq!(
             out["usage"],
-            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 0}, "output_tokens": 4,
+            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 5}, "output_tokens": 4,
                 "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 14})
         );
         let cut = json!({"choices": [{"finish_reason": "length", "message": {"content": "par"}}]});

@@ -27,11 +27,7 @@ pub struct TenantAsk {
 pub type Verdict = Result<Option<TenantState>, Refusal>;
 
 fn prices(m: &Member) -> Prices {
-    Prices {
-        input_per_mtok: m.input_cost_per_mtok,
-        output_per_mtok: m.output_cost_per_mtok,
-        max_output_tokens: m.max_output_tokens,
-    }
+    m.prices()
 }
 
 /// What a request `plan` routes holds against its tenant's budget: the

@@ -7,7 +7,6 @@ use crate::api::ErrorCode;
 use crate::config::MemberRef;
 use crate::observe::{AttemptLog, CallRecord, Outcome};
 use crate::routing::Plan;
-use crate::tenant::limits::cost_micro_usd;
 
 use super::abi;
 use super::metrics::{Family, Labels};
@@ -31,12 +30,8 @@ pub struct End<'a> {
 
 /// The cost of `tokens` at `member`'s prices; `None` when it has none.
 pub fn member_cost(rt: &Runtime, member: MemberRef, tokens: Tokens) -> Option<u64> {
-    let m = rt.config.member(member)?;
-    if m.input_cost_per_mtok.is_none() && m.output_cost_per_mtok.is_none() {
-        return None;
-    }
-    let price = |p: Option<f64>| p.unwrap_or(0.0);
-    Some(cost_micro_usd(tokens.prompt, tokens.completion, price(m.input_cost_per_mtok), price(m.output_cost_per_mtok)))
+    let prices = rt.config.member(member)?.prices();
+    prices.priced().then(|| prices.cost(tokens))
 }
 
 /// Writes the call-log line and records the request-end stats.

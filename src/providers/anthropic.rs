@@ -48,6 +48,8 @@ fn block_json(block: &Block, at: &str) -> Result<Value, ApiError> {
         Block::ToolCall { id, name, input } => json!({"type": "tool_use", "id": id, "name": name, "input": input}),
         Block::Thinking { text, signature } => json!({"type": "thinking", "thinking": text, "signature": signature}),
         Block::RedactedThinking(data) => json!({"type": "redacted_thinking", "data": data}),
+        // Set on the block before it by `blocks_json`.
+        Block::CachePoint(_) => Value::Null,
         Block::ToolResult { id, content, .. } => {
             let content: Value = match content.as_slice() {
                 [] => json!(""),
@@ -57,6 +59,21 @@ fn block_json(block: &Block, at: &str) -> Result<Value, ApiError> {
             json!({"type": "tool_result", "tool_use_id": id, "content": content})
         }
     })
+}
+
+/// A turn's blocks, each cache breakpoint as the `cache_control` of the block before it.
+fn blocks_json(blocks: &[Block], at: &str) -> Result<Vec<Value>, ApiError> {
+    let mut out: Vec<Value> = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        match (block, out.last_mut()) {
+            (Block::CachePoint(c), Some(Value::Object(last))) => {
+                last.insert("cache_control".into(), c.clone());
+            }
+            (Block::CachePoint(_), _) => {}
+            _ => out.push(block_json(block, at)?),
+        }
+    }
+    Ok(out)
 }
 
 fn finish_reason(stop_reason: &str) -> &'static str {
@@ -70,15 +87,9 @@ fn finish_reason(stop_reason: &str) -> &'static str {
 
 fn usage_of(u: &Value) -> Tokens {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cache_read = n("cache_read_input_tokens");
-    let input = n("input_tokens") + n("cache_creation_input_tokens") + cache_read;
-    Tokens {
-        prompt: input,
-        completion: n("output_tokens"),
-        total: None,
-        cached: (cache_read > 0).then_some(cache_read),
-        reasoning: None,
-    }
+    let (read, write) = (n("cache_read_input_tokens"), n("cache_creation_input_tokens"));
+    let tokens = Tokens::new(n("input_tokens") + read + write, n("output_tokens"));
+    Tokens { cached: Some(read), cache_write: Some(write), ..tokens }.without_zero_cache()
 }
 
 /// `POST {base_path}/messages` with the gateway's key and `anthropic-version`;
@@ -106,7 +117,7 @@ impl Adapter for Anthropic {
         let mut messages = Vec::with_capacity(chat.turns.len());
         for (i, turn) in chat.turns.iter().enumerate() {
             let at = format!("messages (turn {i})");
-            let content = turn.blocks.iter().map(|b| block_json(b, &at)).collect::<Result<Vec<_>, _>>()?;
+            let content = blocks_json(&turn.blocks, &at)?;
             let role = match turn.role {
                 Role::User => "user",
                 Role::Assistant => "assistant",
@@ -122,8 +133,24 @@ impl Adapter for Anthropic {
             out.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
         }
         let system = chat.system_with_json_instruction();
-        if !system.is_empty() {
+        if !chat.system_cache.is_empty() {
+            // Text blocks, to carry the client's cache breakpoints.
+            let mut blocks = Vec::with_capacity(system.len());
+            for (i, text) in system.iter().enumerate() {
+                let mut block = Map::new();
+                block.insert("type".into(), json!("text"));
+                block.insert("text".into(), json!(text));
+                if let Some((_, c)) = chat.system_cache.iter().find(|(at, _)| *at == i) {
+                    block.insert("cache_control".into(), c.clone());
+                }
+                blocks.push(Value::Object(block));
+            }
+            out.insert("system".into(), Value::Array(blocks));
+        } else if !system.is_empty() {
             out.insert("system".into(), json!(system.join("\n\n")));
+        }
+        if let Some(c) = &chat.cache_control {
+            out.insert("cache_control".into(), c.clone());
         }
         // Anthropic's range is 0..=1 (OpenAI's 0..=2).
         if let Some(t) = chat.temperature {
@@ -159,8 +186,13 @@ impl Adapter for Anthropic {
                 .chain(extra_tool.as_ref())
                 .map(|t| {
                     let mut tool = json!({"name": t.name, "input_schema": t.parameters});
-                    if let (Some(d), Some(obj)) = (&t.description, tool.as_object_mut()) {
-                        obj.insert("description".into(), json!(d));
+                    if let Some(obj) = tool.as_object_mut() {
+                        if let Some(d) = &t.description {
+                            obj.insert("description".into(), json!(d));
+                        }
+                        if let Some(c) = &t.cache {
+                            obj.insert("cache_control".into(), c.clone());
+                        }
                     }
                     tool
                 })
@@ -311,6 +343,7 @@ impl SseEvents for Events {
                     if later.prompt > 0 {
                         self.usage.prompt = later.prompt;
                         self.usage.cached = later.cached.or(self.usage.cached);
+                        self.usage.cache_write = later.cache_write.or(self.usage.cache_write);
                     }
                     em.usage = Some(self.usage);
                 }

@@ -108,11 +108,18 @@ fn block_json(block: &Block, at: &str, documents: &mut usize) -> Result<Value, A
             json!({"reasoningContent": {"reasoningText": {"text": text, "signature": signature}}})
         }
         Block::RedactedThinking(data) => json!({"reasoningContent": {"redactedContent": data}}),
+        Block::CachePoint(_) => cache_point(),
         Block::ToolResult { id, content, .. } => {
             let content = content.iter().map(|b| block_json(b, at, documents)).collect::<Result<Vec<_>, _>>()?;
             json!({"toolResult": {"toolUseId": id, "content": content, "status": "success"}})
         }
     })
+}
+
+/// Converse's cache breakpoint (it has one kind: Anthropic's `cache_control` type and ttl do not carry).
+fn cache_point() -> Value {
+    // Parsed: smaller in the .wasm than the object built in place.
+    serde_json::from_str(r#"{"cachePoint":{"type":"default"}}"#).unwrap_or_default()
 }
 
 fn tool_spec(name: &str, description: Option<&str>, schema: &Value) -> Value {
@@ -172,14 +179,9 @@ fn finish_reason(stop_reason: &str) -> &'static str {
 
 fn usage_of(u: &Value) -> Tokens {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cache_read = n("cacheReadInputTokens");
-    Tokens {
-        prompt: n("inputTokens") + cache_read + n("cacheWriteInputTokens"),
-        completion: n("outputTokens"),
-        total: u.get("totalTokens").and_then(Value::as_u64),
-        cached: (cache_read > 0).then_some(cache_read),
-        reasoning: None,
-    }
+    let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
+    let tokens = Tokens { total: u.get("totalTokens").and_then(Value::as_u64), ..Tokens::new(n("inputTokens") + read + write, n("outputTokens")) };
+    Tokens { cached: Some(read), cache_write: Some(write), ..tokens }.without_zero_cache()
 }
 
 impl Adapter for Bedrock {
@@ -197,12 +199,23 @@ impl Adapter for Bedrock {
             };
             messages.push(json!({"role": role, "content": content}));
         }
+        // The request's own `cache_control` (Anthropic's automatic caching): a breakpoint after the last block.
+        let last = messages.last_mut().and_then(|m| m.get_mut("content")).and_then(Value::as_array_mut);
+        if let (Some(_), Some(content)) = (&chat.cache_control, last) {
+            content.push(cache_point());
+        }
         let mut out = Map::new();
         out.insert("messages".into(), Value::Array(messages));
         let system = chat.system_with_json_instruction();
         if !system.is_empty() {
-            let system: Vec<Value> = system.iter().map(|s| json!({ "text": s })).collect();
-            out.insert("system".into(), Value::Array(system));
+            let mut blocks = Vec::with_capacity(system.len() + chat.system_cache.len());
+            for (i, s) in system.iter().enumerate() {
+                blocks.push(json!({ "text": s }));
+                if chat.system_cache.iter().any(|(at, _)| *at == i) {
+                    blocks.push(cache_point());
+                }
+            }
+            out.insert("system".into(), Value::Array(blocks));
         }
         let mut inference = Map::new();
         if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
@@ -239,8 +252,13 @@ impl Adapter for Bedrock {
         let structured = chat.structured_output_tool();
         if wants_tools || history_tools || structured.is_some() {
             let declared_tools = if wants_tools { chat.tools.as_slice() } else { &[] };
-            let mut tools: Vec<Value> =
-                declared_tools.iter().map(|t| tool_spec(&t.name, t.description.as_deref(), &t.parameters)).collect();
+            let mut tools = Vec::with_capacity(declared_tools.len());
+            for t in declared_tools {
+                tools.push(tool_spec(&t.name, t.description.as_deref(), &t.parameters));
+                if t.cache.is_some() {
+                    tools.push(cache_point());
+                }
+            }
             // Bedrock refuses toolUse/toolResult blocks unless their tools are
             // declared: declare the ones the history uses but `tools` lacks.
             let mut declared: Vec<&str> = declared_tools.iter().map(|t| t.name.as_str()).collect();

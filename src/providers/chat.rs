@@ -50,6 +50,10 @@ pub(super) enum Block {
     },
     /// Thinking the provider keeps encrypted.
     RedactedThinking(String),
+    /// A prompt-cache breakpoint after the block before it: the client's
+    /// `cache_control` (Anthropic's, as the Anthropic-compatible chat
+    /// ecosystem carries it on a content part, a message or a tool).
+    CachePoint(Value),
     /// `name` is the function named by the matching earlier tool call.
     /// `content` holds only `Text` and `Image` blocks.
     ToolResult {
@@ -71,6 +75,8 @@ pub(super) struct Tool {
     pub description: Option<String>,
     /// JSON schema of the arguments (an object schema; `{}` when absent).
     pub parameters: Value,
+    /// A prompt-cache breakpoint after this tool (its `cache_control`).
+    pub cache: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +106,10 @@ pub(super) enum ResponseFormat {
 pub(super) struct Chat {
     /// Texts of system and developer messages, in order.
     pub system: Vec<String>,
+    /// Prompt-cache breakpoints after system texts: (index in `system`, `cache_control`).
+    pub system_cache: Vec<(usize, Value)>,
+    /// The request's own `cache_control` (Anthropic's automatic caching).
+    pub cache_control: Option<Value>,
     /// User and assistant turns; consecutive same-role messages merged, tool
     /// results as user turns, empty text dropped.
     pub turns: Vec<Turn>,
@@ -171,6 +181,7 @@ impl Chat {
             name: STRUCTURED_OUTPUT_TOOL.to_string(),
             description: Some(description),
             parameters: format.schema.clone(),
+            cache: None,
         };
         Some((tool, choice))
     }
@@ -234,6 +245,15 @@ pub(super) fn source_from_url(url: &str) -> Result<Source, ApiError> {
     Ok(Source::Base64 { mime, data })
 }
 
+/// The `cache_control` of a part, message or tool: an object (Anthropic checks the rest).
+fn cache_control(v: &Value, at: &str) -> Result<Option<Value>, ApiError> {
+    match v.get("cache_control") {
+        None | Some(Value::Null) => Ok(None),
+        Some(c @ Value::Object(_)) => Ok(Some(c.clone())),
+        Some(_) => Err(invalid(format!("`{at}.cache_control` must be an object, e.g. {{\"type\": \"ephemeral\"}}."))),
+    }
+}
+
 fn str_of<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
@@ -265,6 +285,7 @@ fn content_blocks(content: &Value, at: &str, allow_media: bool) -> Result<Vec<Bl
             for (i, part) in parts.iter().enumerate() {
                 let at = format!("{at}[{i}]");
                 let kind = str_of(part, "type").ok_or_else(|| invalid(format!("`{at}.type` must be a string.")))?;
+                let cache = cache_control(part, &at)?;
                 match kind {
                     "text" | "input_text" | "refusal" => {
                         let key = if kind == "refusal" { "refusal" } else { "text" };
@@ -314,6 +335,7 @@ fn content_blocks(content: &Value, at: &str, allow_media: bool) -> Result<Vec<Bl
                         )))
                     }
                 }
+                out.extend(cache.map(Block::CachePoint));
             }
             Ok(out)
         }
@@ -347,21 +369,44 @@ pub(super) fn mime_from_name(name: &str) -> &'static str {
     }
 }
 
-fn text_only(content: &Value, at: &str) -> Result<String, ApiError> {
-    let blocks = content_blocks(content, at, false)?;
-    Ok(blocks
-        .into_iter()
-        .filter_map(|b| match b {
-            Block::Text(t) => Some(t),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n"))
+/// A system message's text into `system`, cut at its cache breakpoints
+/// (each marked text ends one entry; `cache` applies to the whole message).
+fn system_texts(content: &Value, at: &str, cache: Option<Value>, chat: &mut Chat) -> Result<(), ApiError> {
+    let mut text = String::new();
+    let mut blocks = content_blocks(content, at, false)?;
+    blocks.extend(cache.map(Block::CachePoint));
+    for block in blocks {
+        match block {
+            Block::Text(t) if t.is_empty() => {}
+            Block::Text(t) => {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&t);
+            }
+            Block::CachePoint(c) if !text.is_empty() => {
+                chat.system.push(std::mem::take(&mut text));
+                chat.system_cache.push((chat.system.len() - 1, c));
+            }
+            Block::CachePoint(c) => {
+                if let Some(last) = chat.system.len().checked_sub(1) {
+                    chat.system_cache.push((last, c));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !text.is_empty() {
+        chat.system.push(text);
+    }
+    Ok(())
 }
 
 fn push_turn(turns: &mut Vec<Turn>, role: Role, blocks: Vec<Block>) {
     let blocks: Vec<Block> = blocks.into_iter().filter(|b| !matches!(b, Block::Text(t) if t.is_empty())).collect();
-    if blocks.is_empty() {
+    // A breakpoint needs a block before it in its turn.
+    let marks_only = blocks.iter().all(|b| matches!(b, Block::CachePoint(_)));
+    if marks_only && turns.last().is_none_or(|t| t.role != role) {
         return;
     }
     match turns.last_mut() {
@@ -370,10 +415,10 @@ fn push_turn(turns: &mut Vec<Turn>, role: Role, blocks: Vec<Block>) {
     }
 }
 
-fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
+/// The messages into `chat`'s system texts and turns.
+fn parse_messages(raw: &str, chat: &mut Chat) -> Result<(), ApiError> {
     let messages: Vec<Value> = serde_json::from_str(raw)
         .map_err(|_| ApiError::invalid_request(ErrorCode::InvalidType, "`messages` must be an array of objects."))?;
-    let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::with_capacity(messages.len());
     let mut call_names: HashMap<String, String> = HashMap::new();
     for (i, message) in messages.iter().enumerate() {
@@ -384,14 +429,15 @@ fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
         let role = str_of(message, "role").ok_or_else(|| invalid(format!("`{at}.role` must be a string.")))?;
         let content = message.get("content").unwrap_or(&Value::Null);
         let content_at = format!("{at}.content");
+        // A message's own `cache_control` marks its end (LiteLLM's form).
+        let cache = cache_control(message, &at)?;
         match role {
-            "system" | "developer" => {
-                let text = text_only(content, &content_at)?;
-                if !text.is_empty() {
-                    system.push(text);
-                }
+            "system" | "developer" => system_texts(content, &content_at, cache, chat)?,
+            "user" => {
+                let mut blocks = content_blocks(content, &content_at, true)?;
+                blocks.extend(cache.map(Block::CachePoint));
+                push_turn(&mut turns, Role::User, blocks)
             }
-            "user" => push_turn(&mut turns, Role::User, content_blocks(content, &content_at, true)?),
             "assistant" => {
                 // Thinking first: providers want it before the text and calls it led to.
                 let mut blocks = Vec::new();
@@ -412,18 +458,28 @@ fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
                     }
                     Some(_) => return Err(invalid(format!("`{at}.tool_calls` must be an array."))),
                 }
+                blocks.extend(cache.map(Block::CachePoint));
                 push_turn(&mut turns, Role::Assistant, blocks);
             }
             "tool" => {
                 let id = str_of(message, "tool_call_id").filter(|s| !s.is_empty()).ok_or_else(|| invalid(format!("`{at}.tool_call_id` must be a non-empty string.")))?;
-                let content = content_blocks(content, &content_at, true)?;
-                let content = content.into_iter().filter(|b| matches!(b, Block::Text(_) | Block::Image(_))).collect();
+                // Anthropic takes a breakpoint on the result, not inside it.
+                let (mut inner, mut kept) = (None, Vec::new());
+                for block in content_blocks(content, &content_at, true)? {
+                    match block {
+                        Block::CachePoint(c) => inner = Some(c),
+                        Block::Text(_) | Block::Image(_) => kept.push(block),
+                        _ => {}
+                    }
+                }
+                let (cache, content) = (cache.or(inner), kept);
                 let name = call_names.get(id).cloned();
                 // Pushed directly: an empty result still answers its call.
-                let block = Block::ToolResult { id: id.to_string(), name, content };
+                let mut blocks = vec![Block::ToolResult { id: id.to_string(), name, content }];
+                blocks.extend(cache.map(Block::CachePoint));
                 match turns.last_mut() {
-                    Some(last) if last.role == Role::User => last.blocks.push(block),
-                    _ => turns.push(Turn { role: Role::User, blocks: vec![block] }),
+                    Some(last) if last.role == Role::User => last.blocks.append(&mut blocks),
+                    _ => turns.push(Turn { role: Role::User, blocks }),
                 }
             }
             "function" => {
@@ -434,7 +490,8 @@ fn parse_messages(raw: &str) -> Result<(Vec<String>, Vec<Turn>), ApiError> {
             other => return Err(invalid(format!("`{at}.role` `{other}` is not one of system, developer, user, assistant, tool."))),
         }
     }
-    Ok((system, turns))
+    chat.turns = turns;
+    Ok(())
 }
 
 fn parse_tools(raw: &str) -> Result<Vec<Tool>, ApiError> {
@@ -470,6 +527,7 @@ fn parse_tools(raw: &str) -> Result<Vec<Tool>, ApiError> {
             name: name.to_string(),
             description: str_of(function, "description").filter(|d| !d.is_empty()).map(str::to_string),
             parameters,
+            cache: cache_control(tool, &at)?,
         });
     }
     Ok(out)
@@ -579,8 +637,9 @@ fn thinking_blocks(message: &Value, at: &str, blocks: &mut Vec<Block>) -> Result
 
 /// Decodes the chat-completions request.
 pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
-    let (system, turns) = match req.field("messages") {
-        Some(raw) => parse_messages(raw.get())?,
+    let mut chat = Chat::default();
+    match req.field("messages") {
+        Some(raw) => parse_messages(raw.get(), &mut chat)?,
         None => {
             return Err(ApiError::invalid_request(
                 ErrorCode::MissingRequiredParameter,
@@ -632,8 +691,11 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         None => None,
     };
     Ok(Chat {
-        system,
-        turns,
+        cache_control: match field::<Value>(req, "cache_control", "an object")? {
+            Some(Value::Object(c)) => Some(Value::Object(c)),
+            None => None,
+            Some(_) => return Err(invalid("`cache_control` must be an object.").with_param("cache_control")),
+        },
         max_tokens,
         temperature: field(req, "temperature", "a number")?,
         top_p: field(req, "top_p", "a number")?,
@@ -650,6 +712,7 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         response_format,
         stream: req.stream,
         thinking_budget: thinking_budget(req)?,
+        ..chat
     })
 }
 

@@ -239,4 +239,67 @@ mod tests {
             assert_eq!(e.status, 400);
         }
     }
+
+    /// A chat request with cache breakpoints on a system part, a user part, a
+    /// tool message, a tool, and the request itself (automatic caching).
+    const CACHED: &str = r#"{"model": "m", "cache_control": {"type": "ephemeral"}, "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}, {"type": "text", "text": "More."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Read this.", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "Now answer."}]},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "done", "cache_control": {"type": "ephemeral"}}]}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": {"type": "ephemeral"}}]}"#;
+
+    fn body(kind: ProviderKind) -> serde_json::Value {
+        serde_json::from_slice(&build(kind, Endpoint::ChatCompletions, CACHED).body).unwrap()
+    }
+
+    #[test]
+    fn cache_breakpoints_reach_anthropic_as_cache_control_on_the_same_blocks() {
+        let b = body(ProviderKind::Anthropic);
+        let eph = serde_json::json!({"type": "ephemeral"});
+        assert_eq!(b["cache_control"], eph);
+        assert_eq!(
+            b["system"],
+            serde_json::json!([{"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}, {"type": "text", "text": "More."}])
+        );
+        assert_eq!(b["messages"][0]["content"][0]["cache_control"], eph);
+        assert!(b["messages"][0]["content"][1].get("cache_control").is_none());
+        // On the tool result itself: Anthropic refuses one inside its content.
+        assert_eq!(b["messages"][2]["content"][0]["type"], "tool_result");
+        assert_eq!(b["messages"][2]["content"][0]["cache_control"], eph);
+        assert_eq!(b["tools"][0]["cache_control"], eph);
+    }
+
+    #[test]
+    fn cache_breakpoints_reach_bedrock_as_cache_points_after_the_same_blocks() {
+        let b = body(ProviderKind::Bedrock);
+        let point = serde_json::json!({"cachePoint": {"type": "default"}});
+        assert_eq!(b["system"], serde_json::json!([{"text": "Long rules."}, point, {"text": "More."}]));
+        assert_eq!(b["messages"][0]["content"], serde_json::json!([{"text": "Read this."}, point, {"text": "Now answer."}]));
+        // The tool result's, then the request's own after the last block.
+        let last = &b["messages"][2]["content"];
+        assert_eq!((last[1].clone(), last[2].clone(), last.as_array().unwrap().len()), (point.clone(), point.clone(), 3));
+        assert_eq!(b["toolConfig"]["tools"][1], point);
+        assert!(!b.to_string().contains("cache_control"));
+    }
+
+    #[test]
+    fn cache_breakpoints_are_not_sent_where_caching_is_automatic() {
+        for kind in [ProviderKind::Openai, ProviderKind::Azure, ProviderKind::Gemini] {
+            let b = body(kind);
+            assert!(!b.to_string().contains("cache_control"), "{kind:?}: {b}");
+            assert!(b.to_string().contains("Read this."), "{kind:?}: the content stays");
+        }
+        let openai = body(ProviderKind::Openai);
+        assert_eq!(openai["messages"][1]["content"][0], serde_json::json!({"type": "text", "text": "Read this."}));
+        assert_eq!(openai["tools"][0]["function"]["name"], "f");
+        // Compatible servers get them (some pass them on to Anthropic models).
+        let compatible = body(ProviderKind::OpenaiCompatible);
+        assert_eq!(compatible["messages"][1]["content"][0]["cache_control"], serde_json::json!({"type": "ephemeral"}));
+        let bad = r#"{"model": "m", "messages": [{"role": "user", "content": "x", "cache_control": "yes"}]}"#;
+        let req = ParsedRequest::parse(bad.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+        let e = build_request(&provider(ProviderKind::Anthropic), &member("m"), Endpoint::ChatCompletions, &req, &ctx);
+        assert!(e.unwrap_err().message.contains("messages[0].cache_control"));
+    }
 }

@@ -174,7 +174,8 @@ fn content(turn: &Turn, signatures: bool) -> Result<Value, ApiError> {
                 parts.push(call);
             }
             // Gemini's thoughts are its own: another provider's thinking is not replayed.
-            Block::Thinking { .. } | Block::RedactedThinking(_) => {}
+            // Gemini caches repeated prefixes by itself: a breakpoint asks nothing of it.
+            Block::Thinking { .. } | Block::RedactedThinking(_) | Block::CachePoint(_) => {}
             Block::ToolResult { id, name, content } => {
                 let name = name.as_deref().ok_or_else(|| {
                     ApiError::invalid_request(
@@ -279,6 +280,7 @@ fn usage_of(u: &Value) -> Tokens {
         completion: n("candidatesTokenCount").unwrap_or(0) + thoughts.unwrap_or(0),
         total: n("totalTokenCount"),
         cached: n("cachedContentTokenCount").filter(|c| *c > 0),
+        cache_write: None,
         reasoning: thoughts.filter(|t| *t > 0),
     }
 }

@@ -43,11 +43,43 @@ pub(super) fn build(
             add = format!(",\"reasoning_effort\":\"{}\"", effort_of(b.min(u64::from(u32::MAX)) as u32)).into_bytes();
         }
     }
+    if provider.kind != ProviderKind::OpenaiCompatible && request.params & named("cache_control") != 0 {
+        drop |= named("cache_control");
+    }
+    if provider.kind != ProviderKind::OpenaiCompatible {
+        without_cache_marks(request, &mut drop, &mut add);
+    }
     UpstreamRequest {
         path,
         authority: provider.host.clone(),
         headers: auth(provider),
         body: request.openai_body_without(&member.model, ask_usage, drop, &add),
+    }
+}
+
+/// OpenAI and Azure cache prompts by themselves and know no `cache_control`:
+/// the marks on content parts, messages and tools are taken out (a no-op for
+/// the answer). `openai_compatible` servers get them: some pass them on to
+/// Anthropic models.
+fn without_cache_marks(request: &ParsedRequest<'_>, drop: &mut u64, add: &mut Vec<u8>) {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            serde_json::Value::Object(map) => {
+                map.remove("cache_control");
+                map.values_mut().filter(|v| v.is_array()).for_each(strip);
+            }
+            _ => {}
+        }
+    }
+    for name in ["messages", "tools"] {
+        let Some(raw) = request.field(name).filter(|raw| raw.get().contains("\"cache_control\"")) else { continue };
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(raw.get()) else { continue };
+        strip(&mut value);
+        *drop |= named(name);
+        for piece in [",\"", name, "\":", &super::json_text(&value)] {
+            add.extend_from_slice(piece.as_bytes());
+        }
     }
 }
 

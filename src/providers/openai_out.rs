@@ -14,8 +14,13 @@ pub(super) fn usage_json(usage: Tokens) -> Value {
         "completion_tokens": usage.completion,
         "total_tokens": usage.total_tokens(),
     });
-    if let (Some(cached), Some(obj)) = (usage.cached, u.as_object_mut()) {
-        obj.insert("prompt_tokens_details".into(), json!({ "cached_tokens": cached }));
+    if let (true, Some(obj)) = (usage.cached.or(usage.cache_write).is_some(), u.as_object_mut()) {
+        // `cache_write_tokens`: OpenRouter's name for Anthropic's cache creation.
+        let mut details = json!({ "cached_tokens": usage.cached.unwrap_or(0) });
+        if let (Some(write), Some(d)) = (usage.cache_write, details.as_object_mut()) {
+            d.insert("cache_write_tokens".into(), json!(write));
+        }
+        obj.insert("prompt_tokens_details".into(), details);
     }
     if let (Some(reasoning), Some(obj)) = (usage.reasoning, u.as_object_mut()) {
         obj.insert("completion_tokens_details".into(), json!({ "reasoning_tokens": reasoning }));

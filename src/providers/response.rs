@@ -175,10 +175,28 @@ mod tests {
             200,
             br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"}]}},"stopReason":"end_turn","usage":{"inputTokens":2,"outputTokens":1,"totalTokens":3}}"#,
         );
-        assert_eq!(a.usage(), Some(Tokens { prompt: 2, completion: 1, total: Some(3), cached: None, reasoning: None }));
+        assert_eq!(a.usage(), Some(Tokens { prompt: 2, completion: 1, total: Some(3), cached: None, cache_write: None, reasoning: None }));
         let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
         a.translate_body(429, br#"{"message":"slow down"}"#);
         assert_eq!(a.usage(), None);
+    }
+
+    #[test]
+    fn cache_reads_and_writes_come_back_as_chat_usage() {
+        let cases: [(ProviderKind, &[u8]); 3] = [
+            (ProviderKind::Anthropic, br#"{"id":"m","content":[{"type":"text","text":"x"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"cache_read_input_tokens":300,"cache_creation_input_tokens":200,"output_tokens":2}}"#),
+            (ProviderKind::Bedrock, br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"}]}},"stopReason":"end_turn","usage":{"inputTokens":5,"cacheReadInputTokens":300,"cacheWriteInputTokens":200,"outputTokens":2}}"#),
+            (ProviderKind::Gemini, br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"x"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":505,"cachedContentTokenCount":300,"candidatesTokenCount":2}}"#),
+        ];
+        for (kind, body) in cases {
+            let mut a = ResponseAdapter::new(kind, Endpoint::ChatCompletions, false, "m").unwrap();
+            let v: Value = serde_json::from_slice(&a.translate_body(200, body)).unwrap();
+            let write = (kind != ProviderKind::Gemini).then_some(200);
+            assert_eq!(v["usage"]["prompt_tokens"], 505, "{kind:?}: every input token, cached ones included");
+            assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 300, "{kind:?}");
+            assert_eq!(v["usage"]["prompt_tokens_details"].get("cache_write_tokens").and_then(Value::as_u64), write);
+            assert_eq!(a.usage().map(|u| (u.cached, u.cache_write, u.uncached_prompt())), Some((Some(300), write, 505 - 300 - write.unwrap_or(0))));
+        }
     }
 
     #[test]

@@ -326,7 +326,11 @@ pub fn period_end_s(now_s: u64, per: BudgetPeriod) -> u64 {
 
 /// What `prompt` and `completion` tokens cost at per-million-token prices, in micro-USD.
 pub fn cost_micro_usd(prompt: u64, completion: u64, input_per_mtok: f64, output_per_mtok: f64) -> u64 {
-    let micro = prompt as f64 * input_per_mtok + completion as f64 * output_per_mtok;
+    micro_usd(prompt as f64 * input_per_mtok + completion as f64 * output_per_mtok)
+}
+
+/// Tokens x USD per million tokens as whole micro-USD (0 when not a positive number).
+pub fn micro_usd(micro: f64) -> u64 {
     if micro.is_finite() && micro > 0.0 {
         micro.round() as u64
     } else {

@@ -15,7 +15,7 @@
 //! was already told nothing about; the dearest candidate keeps admission one
 //! decision, and the settlement gives back the difference when it ends.
 
-use super::limits::cost_micro_usd;
+use super::limits::{cost_micro_usd, micro_usd};
 use crate::api::usage::Tokens;
 
 /// Output tokens reserved when neither the request nor the member bounds them.
@@ -24,11 +24,16 @@ use crate::api::usage::Tokens;
 pub const DEFAULT_RESERVED_OUTPUT_TOKENS: u32 = 4_096;
 
 /// What a member charges and how much it can write: its `input_cost_per_mtok`,
-/// `output_cost_per_mtok` (USD per million tokens) and `max_output_tokens`.
+/// `output_cost_per_mtok`, `cached_input_cost_per_mtok`,
+/// `cache_write_cost_per_mtok` (USD per million tokens) and `max_output_tokens`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Prices {
     pub input_per_mtok: Option<f64>,
     pub output_per_mtok: Option<f64>,
+    /// Input read from the provider's cache; the input price when unset.
+    pub cached_input_per_mtok: Option<f64>,
+    /// Input written to the provider's cache; the input price when unset.
+    pub cache_write_per_mtok: Option<f64>,
     pub max_output_tokens: Option<u32>,
 }
 
@@ -38,15 +43,32 @@ impl Prices {
         requested.or(self.max_output_tokens).unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS)
     }
 
-    /// `prompt` and `completion` tokens at these prices, in micro-USD (0 when unpriced).
-    pub fn cost(&self, prompt: u64, completion: u64) -> u64 {
-        let price = |p: Option<f64>| p.unwrap_or(0.0);
-        cost_micro_usd(prompt, completion, price(self.input_per_mtok), price(self.output_per_mtok))
+    /// Whether the member has a price at all (else its answers have no cost).
+    pub fn priced(&self) -> bool {
+        [self.input_per_mtok, self.output_per_mtok, self.cached_input_per_mtok, self.cache_write_per_mtok]
+            .iter()
+            .any(Option::is_some)
     }
 
-    /// The most a request can cost on this member, in micro-USD.
+    /// `used` tokens at these prices, in micro-USD (0 when unpriced): cache
+    /// reads and writes at their own prices, the rest of the input at the input price.
+    pub fn cost(&self, used: Tokens) -> u64 {
+        let input = self.input_per_mtok.unwrap_or(0.0);
+        let at = |tokens: Option<u64>, price: Option<f64>| tokens.unwrap_or(0) as f64 * price.unwrap_or(input);
+        micro_usd(
+            used.uncached_prompt() as f64 * input
+                + at(used.cached, self.cached_input_per_mtok)
+                + at(used.cache_write, self.cache_write_per_mtok)
+                + used.completion as f64 * self.output_per_mtok.unwrap_or(0.0),
+        )
+    }
+
+    /// The most a request can cost on this member, in micro-USD: every
+    /// prompt token at the dearer of the input and cache-write prices.
     pub fn worst_cost(&self, prompt_tokens: u64, requested: Option<u32>) -> u64 {
-        self.cost(prompt_tokens, u64::from(self.worst_output(requested)))
+        let input = self.input_per_mtok.unwrap_or(0.0).max(self.cache_write_per_mtok.unwrap_or(0.0));
+        let output = self.output_per_mtok.unwrap_or(0.0);
+        cost_micro_usd(prompt_tokens, u64::from(self.worst_output(requested)), input, output)
     }
 }
 
@@ -73,7 +95,7 @@ impl Reservation {
     /// member's prices, else (no usage reported) its worst case there.
     pub fn spent_on(&self, member: Prices, usage: Option<Tokens>) -> u64 {
         match usage {
-            Some(used) => member.cost(used.prompt, used.completion),
+            Some(used) => member.cost(used),
             None => member.worst_cost(self.prompt_tokens, self.requested_output),
         }
     }
@@ -107,19 +129,32 @@ mod tests {
         }
     }"#;
 
-    /// As the host reads a member (`host::tenant_store`).
     fn prices(m: &Member) -> Prices {
-        Prices {
-            input_per_mtok: m.input_cost_per_mtok,
-            output_per_mtok: m.output_cost_per_mtok,
-            max_output_tokens: m.max_output_tokens,
-        }
+        m.prices()
     }
 
     fn reserve(cfg: &Config, body: &str, prompt: u64) -> Reservation {
         let parsed = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
         let plan = Plan::new(cfg, &parsed, 0).unwrap();
         Reservation::dearest(plan.members_it_may_try(cfg).map(prices), prompt, parsed.max_output_tokens)
+    }
+
+    #[test]
+    fn cache_reads_and_writes_have_their_own_prices_else_the_input_price() {
+        // 10,000 prompt tokens: 6,000 read from the cache, 3,000 written to it, 1,000 neither; 100 out.
+        let used = Tokens { cached: Some(6_000), cache_write: Some(3_000), ..Tokens::new(10_000, 100) };
+        let mut p = Prices { input_per_mtok: Some(3.0), output_per_mtok: Some(15.0), ..Prices::default() };
+        // Unpriced cache: all 10,000 at $3/M (30,000) + 100 at $15/M (1,500).
+        assert_eq!(p.cost(used), 31_500);
+        p.cached_input_per_mtok = Some(0.3);
+        p.cache_write_per_mtok = Some(3.75);
+        // 1,000 x 3 + 6,000 x 0.3 + 3,000 x 3.75 + 100 x 15 = 3,000 + 1,800 + 11,250 + 1,500.
+        assert_eq!(p.cost(used), 17_550);
+        assert!(p.priced() && !Prices::default().priced());
+        // The worst case prices every prompt token as a cache write, the dearer.
+        assert_eq!(p.worst_cost(1_000, Some(0)), 3_750);
+        // A budget settles at the same prices.
+        assert_eq!(Reservation::dearest([p], 10_000, Some(100)).spent_on(p, Some(used)), 17_550);
     }
 
     #[test]
@@ -159,7 +194,7 @@ mod tests {
 
     #[test]
     fn spend_is_the_usage_else_the_worst_case_on_the_member_that_answered() {
-        let big = Prices { input_per_mtok: Some(5.0), output_per_mtok: Some(20.0), max_output_tokens: Some(500) };
+        let big = Prices { input_per_mtok: Some(5.0), output_per_mtok: Some(20.0), max_output_tokens: Some(500), ..Prices::default() };
         let r = Reservation { micro_usd: 7_000, prompt_tokens: 1_000, requested_output: Some(100) };
         // 400 prompt and 50 completion tokens: $0.002 + $0.001.
         assert_eq!(r.spent_on(big, Some(Tokens::new(400, 50))), 3_000);

@@ -52,6 +52,7 @@ NATIVE_NOT_SERVED = {
     ("test_observability.py", "test_every_series_exists_at_zero_from_start_so_the_first_error_is_counted"): "the healthy-members and budget gauges (timers)",
     ("test_observability.py", "test_healthy_members_gauge_recovers_when_the_cooldown_ends_without_a_request"): "the healthy-members gauge (timers)",
     ("test_prometheus.py", "test_every_dashboard_query_and_alert_rule_returns_what_the_script_caused"): "the healthy-members and budget gauges (timers)",
+    ("test_prompt_caching.py", "test_a_tenants_budget_is_charged_at_the_cache_prices"): "the budget gauges (timers)",
     ("test_reconfigure.py", "test_a_new_configuration_applies_without_dropping_a_request"): "configuration discovery (the wasm filter's ECDS)",
     ("test_reconfigure.py", "test_an_invalid_configuration_is_refused_and_the_previous_one_keeps_serving"): "configuration discovery (the wasm filter's ECDS)",
     ("test_reconfigure.py", "test_tenant_windows_and_learning_carry_over_and_a_new_epoch_starts_learning_again"): "configuration discovery (the wasm filter's ECDS)",

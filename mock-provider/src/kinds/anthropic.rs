@@ -37,6 +37,8 @@ struct Valid<'a> {
     thinking: Option<String>,
     /// The tool call to answer: name and JSON arguments.
     tool: Option<(String, String)>,
+    /// The prompt prefix its cache breakpoints mark.
+    cache: Option<String>,
 }
 
 /// The mock's signature of a thinking text (Anthropic's is opaque and verified the same way).
@@ -217,12 +219,17 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
     let tool = tool_call(&tools, &choice, &last_user)?;
     let thinking =
         check_thinking(obj, msgs)?.then(|| format!("The user wrote {} words.", last_user.split_whitespace().count()));
-    Ok(Valid { model, stream, thinking, tool })
+    let cache = super::cache::anthropic_prefix(obj)?;
+    Ok(Valid { model, stream, thinking, tool, cache })
 }
 
 fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
     let id = format!("msg_mock{}", ctx.l.next_id());
-    let input_tokens = ctx.prompt_tokens();
+    let prompt_tokens = ctx.prompt_tokens();
+    // Anthropic's `input_tokens` leave out what was read from or written to the cache.
+    let cache = ctx.l.prompt_cache(v.cache.clone());
+    let input_tokens = prompt_tokens.saturating_sub(cache.read + cache.write).max(1);
+    let (read, write) = (cache.read, cache.write);
     let reply = ctx.reply_text(v.model);
     let model_js = js(v.model);
     if !v.stream {
@@ -246,9 +253,9 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
             None => (content, out),
         };
         let body = format!(
-            r#"{{"id":"{id}","type":"message","role":"assistant","model":{model_js},"content":{content},"stop_reason":"{stop}","stop_sequence":null,"usage":{{"input_tokens":{input_tokens},"output_tokens":{out}}}}}"#
+            r#"{{"id":"{id}","type":"message","role":"assistant","model":{model_js},"content":{content},"stop_reason":"{stop}","stop_sequence":null,"usage":{{"input_tokens":{input_tokens},"cache_creation_input_tokens":{write},"cache_read_input_tokens":{read},"output_tokens":{out}}}}}"#
         );
-        return with_usage(json_response(StatusCode::OK, body), input_tokens, out);
+        return with_usage(json_response(StatusCode::OK, body), prompt_tokens, out);
     }
 
     let ev = |name: &str, data: Value| -> Bytes { Bytes::from(format!("event: {name}\ndata: {data}\n\n")) };
@@ -258,7 +265,8 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
         json!({"type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": v.model, "content": [],
             "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+            "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": write,
+                      "cache_read_input_tokens": read, "output_tokens": 1}}}),
     ));
     // A thinking block first, at index 0: the answer's own block follows at `at`.
     let at = usize::from(v.thinking.is_some());
@@ -310,5 +318,5 @@ fn respond(ctx: &Ctx, v: Valid) -> Response<MockBody> {
                "usage": {"output_tokens": out}}),
     ));
     events.push(ev("message_stop", json!({"type": "message_stop"})));
-    with_usage(stream_response("text/event-stream", events, &ctx.opts), input_tokens, out)
+    with_usage(stream_response("text/event-stream", events, &ctx.opts), prompt_tokens, out)
 }

@@ -61,8 +61,8 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
         Ok(o) => o,
         Err(e) => return bad_request(ctx, &e),
     };
-    match validate(&obj) {
-        Ok(tool) => respond(ctx, tool, stream),
+    match validate(&obj).and_then(|tool| Ok((tool, super::cache::bedrock_prefix(&obj)?))) {
+        Ok((tool, cache)) => respond(ctx, tool, stream, cache),
         Err(e) => bad_request(ctx, &e),
     }
 }
@@ -181,10 +181,24 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<(String, String)>, String
     tool_call(&declared, &choice, &last_user)
 }
 
-fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool) -> Response<MockBody> {
+fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool, cache: Option<String>) -> Response<MockBody> {
     let model = ctx.path().trim_start_matches("/model/").rsplit_once('/').map(|(m, _)| m).unwrap_or("");
     let model = model.replace("%3A", ":").replace("%3a", ":");
-    let input = ctx.prompt_tokens();
+    let prompt = ctx.prompt_tokens();
+    // Bedrock's `inputTokens` leave out what was read from or written to the cache.
+    let cached = ctx.l.prompt_cache(cache);
+    let input = prompt.saturating_sub(cached.read + cached.write).max(1);
+    let mut usage = json!({"inputTokens": input, "outputTokens": 0, "totalTokens": 0});
+    if cached.read + cached.write > 0 {
+        usage["cacheReadInputTokens"] = json!(cached.read);
+        usage["cacheWriteInputTokens"] = json!(cached.write);
+    }
+    let usage = |out: u64| {
+        let mut u = usage.clone();
+        u["outputTokens"] = json!(out);
+        u["totalTokens"] = json!(prompt.max(input) + out);
+        u
+    };
     let reply = ctx.reply_text(&model);
     let tool_id = format!("tooluse_mock{}", ctx.l.next_id());
     let request_id = format!("00000000-0000-4000-8000-{:012}", ctx.l.next_id());
@@ -203,14 +217,14 @@ fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool) -> Response<
             &json!({
                 "output": {"message": {"role": "assistant", "content": content}},
                 "stopReason": stop,
-                "usage": {"inputTokens": input, "outputTokens": out, "totalTokens": input + out},
+                "usage": usage(out),
                 "metrics": {"latencyMs": 1}
             }),
         );
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             r.headers_mut().insert("x-amzn-requestid", v);
         }
-        return with_usage(r, input, out);
+        return with_usage(r, prompt, out);
     }
     let ev = |ty: &str, v: Value| Bytes::from(eventstream::event(ty, v.to_string().as_bytes()));
     let mut events = vec![ev("messageStart", json!({"role": "assistant"}))];
@@ -240,12 +254,11 @@ fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool) -> Response<
     events.push(ev("messageStop", json!({"stopReason": stop})));
     events.push(ev(
         "metadata",
-        json!({"usage": {"inputTokens": input, "outputTokens": out, "totalTokens": input + out},
-               "metrics": {"latencyMs": 1}}),
+        json!({"usage": usage(out), "metrics": {"latencyMs": 1}}),
     ));
     let mut r = stream_response("application/vnd.amazon.eventstream", events, &ctx.opts);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         r.headers_mut().insert("x-amzn-requestid", v);
     }
-    with_usage(r, input, out)
+    with_usage(r, prompt, out)
 }

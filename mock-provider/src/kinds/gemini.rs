@@ -92,7 +92,9 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
     let sse = ctx.query_param("alt") == Some("sse");
     let thoughts =
         obj.get("generationConfig").and_then(|g| g.get("thinkingConfig")).and_then(|t| t.get("includeThoughts"));
-    respond(ctx, model, tool, json_mode(&obj).as_ref(), stream, sse, thoughts == Some(&Value::Bool(true)))
+    // Gemini's implicit caching: a repeated long prefix is read from its cache.
+    let cached = ctx.l.automatic_cache(super::cache::gemini_prefix(&obj));
+    respond(ctx, model, tool, json_mode(&obj).as_ref(), (stream, sse), thoughts == Some(&Value::Bool(true)), cached)
 }
 
 /// With `responseMimeType: application/json`, the `responseSchema` (or
@@ -240,11 +242,12 @@ fn respond(
     model: &str,
     tool: Option<String>,
     json: Option<&Value>,
-    stream: bool,
-    sse: bool,
+    (stream, sse): (bool, bool),
     thoughts: bool,
+    cached: u64,
 ) -> Response<MockBody> {
     let prompt = ctx.prompt_tokens();
+    let cached = cached.min(prompt);
     let reply = match json {
         Some(schema) => reply_json(Some(schema), &ctx.reply_text(model)),
         None => ctx.reply_text(model),
@@ -260,6 +263,9 @@ fn respond(
             Some(c) => json!({"promptTokenCount": prompt, "candidatesTokenCount": c, "totalTokenCount": prompt + c}),
             None => json!({"promptTokenCount": prompt, "totalTokenCount": prompt}),
         };
+        if cached > 0 {
+            v["usageMetadata"]["cachedContentTokenCount"] = json!(cached);
+        }
         v
     };
     let fn_part = |name: &str| json!([{"functionCall": {"name": name, "args": {"location": "Paris"}}}]);

@@ -164,6 +164,8 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
     let id = format!("chatcmpl-mock{}", ctx.l.next_id());
     let created = now_secs();
     let prompt = ctx.prompt_tokens();
+    // OpenAI caches a repeated prefix by itself and says how much it read.
+    let cached = ctx.l.automatic_cache(super::cache::automatic_prefix(&obj, "messages")).min(prompt);
     let model_js = js(model);
     // JSON mode: a value of the response format's schema, or `{"reply": ...}`.
     let json = match obj.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str) {
@@ -197,7 +199,7 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
             ),
         };
         let body = format!(
-            r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":{model_js},"choices":[{{"index":0,"message":{message},"logprobs":null,"finish_reason":"{finish}"}}],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total}}},"system_fingerprint":"fp_mock"}}"#,
+            r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":{model_js},"choices":[{{"index":0,"message":{message},"logprobs":null,"finish_reason":"{finish}"}}],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total},"prompt_tokens_details":{{"cached_tokens":{cached}}}}},"system_fingerprint":"fp_mock"}}"#,
             total = prompt + completion
         );
         return with_usage(json_response(StatusCode::OK, body), prompt, completion);
@@ -243,7 +245,7 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
     events.push(chunk("{}", &format!("\"{finish}\"")));
     if include_usage {
         events.push(sse_data(&format!(
-            r#"{{"id":"{id}","object":"chat.completion.chunk","created":{created},"model":{model_js},"system_fingerprint":"fp_mock","choices":[],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total}}}}}"#,
+            r#"{{"id":"{id}","object":"chat.completion.chunk","created":{created},"model":{model_js},"system_fingerprint":"fp_mock","choices":[],"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion},"total_tokens":{total},"prompt_tokens_details":{{"cached_tokens":{cached}}}}}}}"#,
             total = prompt + completion
         )));
     }

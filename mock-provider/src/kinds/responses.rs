@@ -116,7 +116,8 @@ pub fn handle(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
         json!({"id": id, "object": "response", "created_at": now_secs(), "status": status, "model": model,
                "output": output, "parallel_tool_calls": true, "tool_choice": "auto", "tools": [], "usage": usage})
     };
-    let usage = json!({"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+    let cached = ctx.l.automatic_cache(super::cache::automatic_prefix(&obj, "input")).min(prompt);
+    let usage = json!({"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
                        "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
                        "total_tokens": prompt + completion});
     let done = response("completed", json!([item]), usage);
