@@ -40,7 +40,7 @@ import features as F  # noqa: E402
 import model_file  # noqa: E402
 
 SEED = 20261201
-TABLE_BITS = 14
+TABLE_BITS = 15
 C = 0.3  # inverse L2 strength of the n-gram residual
 SHRINK = 0.1  # the residual's share in the shipped score
 C_PRIOR = 1.0
