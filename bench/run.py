@@ -65,12 +65,12 @@ DEMO_CONFIG = ROOT / "examples" / "demo" / "switchboard.json"
 
 KEYS = {"ALPHA_KEY": "bench-alpha-key", "BETA_KEY": "bench-beta-key"}
 POOL = "gpt4o_16k"
-GATEWAYS = ["direct", "plain", "switchboard", "litellm", "portkey"]
+GATEWAYS = ["direct", "plain", "switchboard", "native", "litellm", "portkey"]
 FOREIGN_FLAG = 15  # % of a core used by other jobs above which a point is flagged
 LABEL = {"direct": "(0) mock direct", "plain": "(a) Envoy", "switchboard": "(b) Envoy+switchboard",
-         "litellm": "(c) LiteLLM", "portkey": "(d) Portkey"}
-COLOR = {"direct": "#bdc3c7", "plain": "#7f8c8d", "switchboard": "#2a7ab0", "litellm": "#d35400",
-         "portkey": "#8e44ad"}
+         "native": "(b') Envoy+switchboard native", "litellm": "(c) LiteLLM", "portkey": "(d) Portkey"}
+COLOR = {"direct": "#bdc3c7", "plain": "#7f8c8d", "switchboard": "#2a7ab0", "native": "#16a085",
+         "litellm": "#d35400", "portkey": "#8e44ad"}
 
 
 def log(msg):
@@ -728,6 +728,21 @@ def verdicts(res):
         d = b1["p50_us"] - a1["p50_us"]
         out.append(("added p50 <= 50 µs", f"{d:+.0f} µs at {m0} ms, c={cmin} ({b1['p50_us']} vs {a1['p50_us']} µs)",
                     d <= 50))
+    # The native build (b'): its own targets, against plain Envoy.
+    n, n1 = pts.get((m0, cmax, "native")), pts.get((m0, cmin, "native"))
+    if a and n:
+        r = n["rps"] / a["rps"]
+        out.append(("(b') native throughput >= 0.85x (a)",
+                    f"{r:.2f}x at {m0} ms, c={cmax} ({n['rps']:.0f} vs {a['rps']:.0f} rps)", r >= 0.85))
+        if a.get("cpu_us_per_req") and n.get("cpu_us_per_req"):
+            r = n["cpu_us_per_req"] / a["cpu_us_per_req"]
+            out.append(("(b') native CPU per request <= 1.25x (a)",
+                        f"{r:.2f}x ({n['cpu_us_per_req']:.0f} vs {a['cpu_us_per_req']:.0f} µs) at {m0} ms, c={cmax}",
+                        r <= 1.25))
+    if a1 and n1:
+        d = n1["p50_us"] - a1["p50_us"]
+        out.append(("(b') native added p50 <= 40 µs",
+                    f"{d:+.0f} µs at {m0} ms, c={cmin} ({n1['p50_us']} vs {a1['p50_us']} µs)", d <= 40))
     if b and c:
         r = b["rps"] / c["rps"]
         out.append(("(b) >= 20x (c) throughput", f"{r:.1f}x at {m0} ms, c={cmax} ({b['rps']:.0f} vs {c['rps']:.0f} rps)",
@@ -1161,6 +1176,8 @@ def main(argv=None):
         gws["plain"] = Envoy("plain", envoy_bin, demo, clusters, False, cpus_gw)
     if "switchboard" in args.gateways:
         gws["switchboard"] = Envoy("switchboard", envoy_bin, demo, clusters, True, cpus_gw)
+    if "native" in args.gateways:
+        gws["native"] = Envoy("native", envoy_bin, demo, clusters, True, cpus_gw, host="native")
     litellm_version = None
     if litellm_bin:
         gws["litellm"] = LiteLLM(litellm_bin, mock, cpus_gw, args.litellm_workers)
