@@ -9,20 +9,20 @@
 
 use std::sync::Arc;
 
-use switchboard::api::forward::{forwarded, relayed_response_header};
+use switchboard::api::forward::forwarded;
 use switchboard::api::models::ModelListing;
 use switchboard::api::request::ParsedRequest;
-use switchboard::api::usage::{self, Tokens};
+use switchboard::api::usage::Tokens;
 use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
-use switchboard::doors::{messages, Door, DoorAnswer};
+use switchboard::doors::{messages, Door};
 use switchboard::encoding::percent_decode;
 use switchboard::exchange::{
-    build_upstream, expected_tokens, refusal_error, translates_stream, Admission, AnswerShape, Attempt, Exchange,
-    Relayed, Route, Shared, State, Step, Whole,
+    build_upstream, expected_tokens, refusal_error, Admission, BodyRead, BodyStep, CallStep, Calls, Exchange,
+    HeadersStep, Relays, Route, State, Step,
 };
 use switchboard::observe::{CallRecord, Outcome};
-use switchboard::providers::{stream_include_usage, UpstreamRequest};
+use switchboard::providers::UpstreamRequest;
 use switchboard::routing::router::HeaderLookup;
 use switchboard::routing::{redirect, Plan};
 use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
@@ -43,10 +43,36 @@ pub struct Filter {
     ex: Exchange,
     /// The client's request headers as they came.
     client_headers: Vec<(String, String)>,
-    /// The failover call in flight (its callout id).
-    call: Option<u64>,
     /// The request body ended with trailers: all of it is in Envoy's buffer (nothing "received").
     in_trailers: bool,
+}
+
+/// The calls a request sends on its own (failovers), as HTTP callouts with
+/// the client's allow-listed headers.
+struct Caller<'a> {
+    s: Stream,
+    rt: &'a Runtime,
+    client_headers: &'a [(String, String)],
+}
+
+impl Calls for Caller<'_> {
+    fn send(
+        &mut self,
+        ex: &Exchange,
+        member: MemberRef,
+        upstream: &UpstreamRequest,
+        stream: bool,
+        now: u64,
+    ) -> Result<u64, ApiError> {
+        let present = self.client_headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+        let call = ex
+            .dispatch(self.rt, member, now, upstream, stream, present)
+            .ok_or_else(|| ApiError::internal("member without cluster"))?;
+        let cluster = call.cluster;
+        self.s
+            .callout(cluster, &call.headers(), call.body(), call.timeout_ms)
+            .map_err(|r| ApiError::internal(format!("HTTP callout to cluster {cluster} failed to start ({r})")))
+    }
 }
 
 /// What a hook tells Envoy (the status enums of the ABI).
@@ -66,7 +92,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 impl Filter {
     pub fn new(rt: Arc<Runtime>) -> Filter {
-        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), call: None, in_trailers: false }
+        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), in_trailers: false }
     }
 
     /// Does what the exchange asks: a reply is sent as Envoy's local reply.
@@ -75,7 +101,7 @@ impl Filter {
             Step::Continue => abi::HEADERS_CONTINUE,
             Step::Pause => abi::HEADERS_STOP_ITERATION,
             Step::Reply { status, headers, body } => {
-                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
                 s.send_response(status, &headers, &body, "switchboard");
                 abi::HEADERS_STOP_ITERATION
             }
@@ -269,25 +295,14 @@ impl Filter {
             let headers = Headers(&self.client_headers);
             let mut plan = self.ex.plan(&*rt, &parsed, &headers, None, native_only, now)?;
             self.admit_tenant(&parsed, &plan, client_len, now)?;
-            rt.count(switchboard::exchange::Count::PoolRequest(plan.primary_pool()));
-            let Some(picked) = rt.pick(&mut plan, now) else {
+            let Some(picked) = self.ex.pick_first(&*rt, &mut plan, now) else {
                 self.ex.plan = Some(plan);
                 let step = self.ex.exhausted(&*rt);
                 self.apply(s, step);
                 return Err(None);
             };
             let upstream = build_upstream(&*rt, self.ex.endpoint, &parsed, picked.member, now, self.ex.native_body())?;
-            self.ex.shape = AnswerShape {
-                stream: parsed.stream,
-                include_usage: stream_include_usage(&parsed),
-                choices: parsed.field("n").and_then(|n| n.get().parse::<u32>().ok()).unwrap_or(1),
-            };
-            self.ex.answer.shape = self.ex.shape;
-            self.ex.answer.endpoint = self.ex.endpoint;
-            self.ex.answer.api = self.ex.door.native_api();
-            self.ex.answer.door = DoorAnswer::new(self.ex.door, &parsed.target, parsed.stream, now / 1000);
-            self.ex.answer.tail.get_or_insert_with(usage::Tail::default);
-            self.ex.obs.estimate = expected_tokens(&parsed, body.len());
+            self.ex.routed(&parsed, body.len(), now);
             (plan, picked, upstream)
         };
         self.ex.plan = Some(plan);
@@ -414,250 +429,88 @@ impl Filter {
     }
 
     pub fn on_response_headers(&mut self, s: Stream, end_of_stream: bool) -> Status {
-        let attempt = match std::mem::replace(&mut self.ex.state, State::Passing) {
-            State::Routed(attempt) => attempt,
-            other @ State::Failover { .. } => {
-                self.ex.state = other;
-                return abi::HEADERS_STOP_ITERATION;
-            }
-            other => {
-                self.ex.state = other;
-                return abi::HEADERS_CONTINUE;
-            }
-        };
-        let rt = self.rt.clone();
-        let headers = s.headers(RESP);
-        let status = header(&headers, ":status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
-        let failed = rt.is_failure(attempt.picked.member, status);
-        let mut attempt = attempt;
-        let now = state::now_ms();
-        if attempt.started_ms > 0 {
-            attempt.first_byte_ms = now;
-        }
-        if failed {
-            self.ex.finish(&*rt, &attempt, status, header(&headers, "retry-after"), now);
-            return self.fail_over(s, now);
-        }
-        self.ex.answer.start(&attempt, status);
-        let adapter = attempt.adapter.as_ref();
-        let door = self.ex.answer.door_for(&attempt);
-        if adapter.is_none() && door.is_none() {
-            self.ex.obs.answered(status, now);
-            self.set_response_headers(s, attempt.picked.member, &headers, &[], &[]);
-            return self.relay(attempt, status, end_of_stream);
-        }
-        let translated = ["content-type", "content-length"];
-        let streams = status < 400
-            && adapter.is_none_or(|a| translates_stream(a, status))
-            && door.is_none_or(DoorAnswer::is_stream);
-        if streams {
-            self.ex.obs.answered(status, now);
-            self.set_response_headers(
-                s,
-                attempt.picked.member,
-                &headers,
-                &translated,
-                &[("content-type", "text/event-stream")],
-            );
-            return self.relay(attempt, status, end_of_stream);
-        }
-        self.set_response_headers(
-            s,
-            attempt.picked.member,
-            &headers,
-            &translated,
-            &[("content-type", "application/json")],
-        );
-        if end_of_stream {
-            self.ex.obs.answered(status, now);
-            self.ex.finish_success(&*rt, &attempt, status);
+        if !matches!(self.ex.state, State::Routed(_) | State::Failover { .. }) {
             return abi::HEADERS_CONTINUE;
         }
-        // A whole translated body is only known good once read: the headers wait for it.
-        self.ex.state = State::Holding { attempt, status };
-        abi::HEADERS_STOP_ITERATION
-    }
-
-    fn relay(&mut self, attempt: Attempt, status: u16, end_of_stream: bool) -> Status {
-        if end_of_stream {
-            let rt = self.rt.clone();
-            self.ex.finish_success(&*rt, &attempt, status);
-        } else {
-            self.ex.state = State::Relaying { attempt, status };
-        }
-        abi::HEADERS_CONTINUE
-    }
-
-    /// The gateway's headers on a relayed answer: the result headers, `extra`, the provider's request id, less `drop`.
-    fn set_response_headers(
-        &self,
-        s: Stream,
-        serving: MemberRef,
-        upstream: &[(String, String)],
-        drop: &[&str],
-        extra: &[(&str, &str)],
-    ) {
-        for (k, v) in self.ex.result_headers(&*self.rt, serving, None) {
-            s.set_header(RESP, k, &v);
-        }
-        for (k, v) in extra {
-            s.set_header(RESP, k, v);
-        }
-        if let Some(id) = header(upstream, "x-request-id") {
-            s.set_header(RESP, "x-upstream-request-id", id);
-        }
-        for name in drop.iter().filter(|d| !extra.iter().any(|(k, _)| k == *d)) {
-            s.remove_header(RESP, name);
-        }
-    }
-
-    /// After a failed attempt: the next member through an HTTP callout, or the exhausted answer.
-    fn fail_over(&mut self, s: Stream, now: u64) -> Status {
         let rt = self.rt.clone();
-        loop {
-            let Some(attempt) = self.ex.next_attempt(&*rt, now) else {
-                let step = self.ex.exhausted(&*rt);
-                return self.apply(s, step);
-            };
-            match self.dispatch(s, attempt.picked.member, now) {
-                Ok(call) => {
-                    self.call = Some(call);
-                    self.ex.state = State::Failover { attempt, call: 0 };
-                    return abi::HEADERS_STOP_ITERATION;
+        let headers = s.headers(RESP);
+        // This host neither holds a stream's headers for its first event nor continues a broken stream.
+        let can = Relays { prime: false, resume: false };
+        let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
+        match self.ex.response_headers(&*rt, &headers.as_slice(), end_of_stream, can, &mut caller) {
+            HeadersStep::Step(step) => self.apply(s, step),
+            HeadersStep::Answer { set, drop, hold, .. } => {
+                for (k, v) in &set {
+                    s.set_header(RESP, k, v);
                 }
-                Err(e) => self.ex.start_failed(&*rt, &attempt, "failover call", &e, now),
+                for name in drop {
+                    s.remove_header(RESP, name);
+                }
+                if hold {
+                    abi::HEADERS_STOP_ITERATION
+                } else {
+                    abi::HEADERS_CONTINUE
+                }
             }
         }
     }
 
-    /// Sends the saved request to `member` as an HTTP callout.
-    fn dispatch(&self, s: Stream, member: MemberRef, now: u64) -> Result<u64, ApiError> {
-        let rt = &self.rt;
-        let parsed = ParsedRequest::parse(&self.ex.body, self.ex.endpoint)?;
-        let upstream = build_upstream(&**rt, self.ex.endpoint, &parsed, member, now, self.ex.native_body())?;
-        let cluster = cluster_of(rt, member).ok_or_else(|| ApiError::internal("member without cluster"))?;
-        let extra = self.ex.native_headers(&**rt, member);
-        let forwarded: Vec<(String, String)> =
-            self.client_headers.iter().filter(|(k, _)| forwarded(k.as_bytes(), false, extra)).cloned().collect();
-        let mut headers = upstream.call_headers(&forwarded);
-        let (attempt_ms, first_byte_ms) = self.ex.timeouts_ms(&**rt, member.pool, now, self.ex.shape.stream);
-        let first_byte = first_byte_ms.map(|ms| ms.to_string());
-        if let Some(ms) = first_byte.as_deref() {
-            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
-        }
-        s.callout(cluster, &headers, &upstream.body, attempt_ms)
-            .map_err(|r| ApiError::internal(format!("HTTP callout to cluster {cluster} failed to start ({r})")))
-    }
-
-    /// A failover call answered (or failed: no headers): the answer replaces the failed one, or the next member is tried.
+    /// A call of this request answered (or failed: no headers): the exchange
+    /// says what becomes of it (the failover's answer replaces the failed one,
+    /// or the next member is tried).
     pub fn on_callout_done(&mut self, s: Stream, id: u64, headers: Vec<(String, String)>, body: Vec<u8>) {
-        if self.call != Some(id) {
-            return;
-        }
-        self.call = None;
-        let State::Failover { mut attempt, .. } = std::mem::replace(&mut self.ex.state, State::Answered) else {
-            return;
-        };
         let rt = self.rt.clone();
-        let now = state::now_ms();
-        let status = header(&headers, ":status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
-        if rt.is_failure(attempt.picked.member, status) {
-            self.ex.finish(&*rt, &attempt, status, header(&headers, "retry-after"), now);
-            if self.fail_over(s, now) == abi::HEADERS_STOP_ITERATION && self.call.is_none() {
-                // Answered (exhausted) from the callout: nothing to continue.
-            }
-            return;
-        }
-        let fails_over = rt.is_failure(attempt.picked.member, 502);
-        let content_type = header(&headers, "content-type");
-        let Whole { verdict, content_type, body } =
-            self.ex.answer.whole(&mut attempt, status, content_type, body, fails_over);
-        if verdict != status {
-            rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
-        }
-        if self.ex.finish(&*rt, &attempt, verdict, None, now) {
-            self.fail_over(s, now);
-            return;
-        }
-        self.ex.answer.note(&body);
-        self.ex.answer.note_adapter_usage(attempt.adapter.as_ref());
-        let ours = self.ex.result_headers(&*rt, attempt.picked.member, None);
-        let mut out: Vec<(&str, &str)> = vec![("content-type", &content_type)];
-        out.extend(ours.iter().map(|(k, v)| (*k, v.as_str())));
-        out.extend(headers.iter().filter_map(|(k, v)| Some((relayed_response_header(k)?, v.as_str()))));
-        self.ex.obs.answered(verdict, now);
-        s.send_response(verdict, &out, &body, "switchboard_failover");
-        if self.ex.shape.stream {
-            self.ex.obs.first_event_ms = self.ex.obs.first_byte_ms;
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
+        if let CallStep::Step(Step::Reply { status, headers, body }) =
+            self.ex.call_answered(&*rt, id, &headers, || body, &mut caller)
+        {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
+            s.send_response(status, &headers, &body, "switchboard_failover");
         }
     }
 
     pub fn on_response_body(&mut self, s: Stream, end_of_stream: bool) -> Status {
-        match &self.ex.state {
-            State::Failover { .. } => return abi::BODY_STOP_NO_BUFFER,
-            State::Holding { .. } if !end_of_stream => return abi::BODY_STOP_AND_BUFFER,
-            State::Holding { .. } => {}
-            State::Relaying { attempt, .. } if self.ex.answer.reads(attempt) => {}
-            State::Relaying { .. } if end_of_stream => {
-                if let State::Relaying { attempt, status } = std::mem::replace(&mut self.ex.state, State::Passing) {
-                    let rt = self.rt.clone();
-                    self.ex.finish_success(&*rt, &attempt, status);
-                }
-                return abi::BODY_CONTINUE;
-            }
-            _ => return abi::BODY_CONTINUE,
-        }
         let rt = self.rt.clone();
-        match std::mem::replace(&mut self.ex.state, State::Passing) {
-            State::Relaying { mut attempt, status } => {
-                let mut chunk = Vec::new();
-                s.read_body(abi::RECEIVED_RESPONSE_BODY, &mut chunk);
-                if self.ex.shape.stream && self.ex.obs.first_event_ms == 0 && !chunk.is_empty() {
-                    self.ex.obs.first_event_ms = state::now_ms();
-                }
-                let translated = match self.ex.answer.relay(&mut attempt, &chunk, end_of_stream, None) {
-                    Relayed::Broken(out) => Some(out),
-                    Relayed::Out(out) => out,
-                };
-                if end_of_stream {
-                    self.ex.stream_ended(&*rt, &attempt, status);
-                } else {
-                    self.ex.state = State::Relaying { attempt, status };
-                }
-                if let Some(out) = translated {
-                    s.replace_body(abi::RECEIVED_RESPONSE_BODY, &out);
-                }
-                abi::BODY_CONTINUE
-            }
-            State::Holding { mut attempt, status } => {
-                let mut body = Vec::new();
-                s.read_body(abi::BUFFERED_RESPONSE_BODY, &mut body);
-                s.read_body(abi::RECEIVED_RESPONSE_BODY, &mut body);
-                let (out, door_status, unreadable) = self.ex.answer.hold(&mut attempt, status, body);
-                let now = state::now_ms();
-                if unreadable {
-                    rt.metrics.local_error(ErrorCode::InvalidUpstreamResponse);
-                    if self.ex.finish(&*rt, &attempt, 502, None, now) {
-                        s.drain_body(abi::BUFFERED_RESPONSE_BODY);
-                        s.drain_body(abi::RECEIVED_RESPONSE_BODY);
-                        return self.fail_over(s, now);
-                    }
-                } else {
-                    self.ex.finish_success(&*rt, &attempt, status);
-                }
-                self.ex.obs.answered(door_status, now);
-                if door_status != status {
-                    s.set_header(RESP, ":status", &door_status.to_string());
-                }
+        let holding = matches!(self.ex.state, State::Holding { .. });
+        match self.ex.body_read(&*rt, 0, end_of_stream) {
+            BodyRead::Skip(Step::Pause) if holding => return abi::BODY_STOP_AND_BUFFER,
+            BodyRead::Skip(Step::Pause) => return abi::BODY_STOP_NO_BUFFER,
+            BodyRead::Skip(_) => return abi::BODY_CONTINUE,
+            BodyRead::From(_) => {}
+        }
+        // A held whole body is in Envoy's buffer and this last piece; a relayed one is this piece.
+        let mut chunk = Vec::new();
+        if holding {
+            s.read_body(abi::BUFFERED_RESPONSE_BODY, &mut chunk);
+        }
+        s.read_body(abi::RECEIVED_RESPONSE_BODY, &mut chunk);
+        let size = chunk.len();
+        let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
+        let BodyStep { body, status, step } = self.ex.response_body(&*rt, chunk, size, end_of_stream, &mut caller);
+        if let Some(status) = status {
+            s.set_header(RESP, ":status", &status.to_string());
+        }
+        match (body, holding) {
+            (Some(out), true) => {
                 s.drain_body(abi::BUFFERED_RESPONSE_BODY);
                 s.replace_body(abi::RECEIVED_RESPONSE_BODY, &out);
                 s.set_header(RESP, "content-length", &out.len().to_string());
-                abi::BODY_CONTINUE
             }
-            other => {
-                self.ex.state = other;
-                abi::BODY_CONTINUE
+            (Some(out), false) => {
+                s.replace_body(abi::RECEIVED_RESPONSE_BODY, &out);
             }
+            // A held answer failed over: its body is replaced by the failover's answer.
+            (None, true) => {
+                s.drain_body(abi::BUFFERED_RESPONSE_BODY);
+                s.drain_body(abi::RECEIVED_RESPONSE_BODY);
+            }
+            (None, false) => {}
+        }
+        match step {
+            Step::Continue => abi::BODY_CONTINUE,
+            Step::Pause => abi::HEADERS_STOP_ITERATION,
+            reply => self.apply(s, reply),
         }
     }
 

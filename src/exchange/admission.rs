@@ -11,7 +11,7 @@ use crate::routing::Plan;
 use crate::tenant::limits::{rate_headers, Refusal, Settlement, TenantState, Window, WINDOW_S};
 use crate::tenant::reserve::{Prices, Reservation};
 
-use super::{Exchange, Shared};
+use super::{Exchange, Shared, Step};
 
 /// What a tenant's admission asks of its store: `reserve` tokens in this
 /// minute's window, and the budget's worst case (`budget.micro_usd`).
@@ -235,4 +235,50 @@ pub fn feedback_body(body: &[u8]) -> Result<(String, f64), ApiError> {
         );
     }
     Ok((request_id, score))
+}
+
+/// How a score was taken by the store of remembered answers (`L`: the
+/// label a weak-pool answer's score becomes, the store's own).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Feedback<L> {
+    /// Accepted; a label when it scored a weak-pool answer.
+    Accepted(Option<L>),
+    Unknown,
+    AlreadyScored,
+    /// The owner gave this router `limit` scores this minute already.
+    TooMany { limit: u32, retry_after_s: u64 },
+}
+
+impl Exchange {
+    /// The answer to `POST /v1/feedback` for `request_id` once the store
+    /// took its score as `taken`: 204, or 404/409/429 in OpenAI's error shape
+    /// (`ttl_ms`: how long an answer can be scored).
+    pub fn feedback_reply<L>(&mut self, sh: &dyn Shared, request_id: &str, taken: &Feedback<L>, ttl_ms: u64) -> Step {
+        let error = match taken {
+            Feedback::Accepted(_) => {
+                let headers = vec![("x-switchboard-request-id", self.request_id.clone())];
+                return self.reply(sh, 204, headers, Vec::new());
+            }
+            Feedback::Unknown => ApiError::new(
+                404,
+                ErrorCode::RequestNotFound,
+                format!(
+                    "No recent answer of yours has the feedback id `{request_id}` (x-switchboard-feedback-id; kept for {} minutes).",
+                    ttl_ms / 60_000
+                ),
+            )
+            .with_param("request_id"),
+            Feedback::AlreadyScored => {
+                ApiError::new(409, ErrorCode::FeedbackAlreadyRecorded, format!("Request `{request_id}` was already scored."))
+                    .with_param("request_id")
+            }
+            Feedback::TooMany { limit, retry_after_s } => ApiError::new(
+                429,
+                ErrorCode::RateLimitExceeded,
+                format!("Feedback limit reached: {limit} scores per minute for this router."),
+            )
+            .with_retry_after(*retry_after_s),
+        };
+        self.error_reply(sh, &error)
+    }
 }

@@ -5,7 +5,7 @@
 //! 1. the provider's adapter (its format to OpenAI's; on the attempt),
 //! 2. the stream's end watch (`api::stream_end`: how it ended, what it carried),
 //! 3. the usage chunk the gateway asked for and the client did not (taken out),
-//! 4. the continuation watch of a resuming pool (`routing::resume`, held back at a break),
+//! 4. the continuation watch of a resuming pool (`routing::resume`, a break held back),
 //! 5. the tail kept for the answer's usage (`api::usage::Tail`),
 //! 6. the front door's converter (OpenAI's shape to the client's API).
 
@@ -36,6 +36,8 @@ pub struct AnswerChain {
     pub tail: Option<Tail>,
     /// Usage a translating adapter saw (streams report it even when the client did not ask).
     pub adapter_usage: Option<Tokens>,
+    /// A continuing pool's stream: watched for a break, which is held back (`routing::resume`).
+    pub resume: Option<StreamWatch>,
 }
 
 /// A whole answer, read: what the client gets, and the verdict on its member
@@ -69,6 +71,7 @@ impl Default for AnswerChain {
             usage_chunks: None,
             tail: None,
             adapter_usage: None,
+            resume: None,
         }
     }
 }
@@ -225,17 +228,10 @@ impl AnswerChain {
         Whole { verdict, content_type: content_type.to_string(), body }
     }
 
-    /// The next chunk of a relayed answer (`watch`: a resuming pool's
-    /// continuation watch). At the end of the stream, a stream passed through
-    /// that ended short of its API's end gets that end (a door translating
-    /// it ends it itself), after what the watch held back.
-    pub fn relay(
-        &mut self,
-        attempt: &mut Attempt,
-        chunk: &[u8],
-        end_of_stream: bool,
-        mut watch: Option<&mut StreamWatch>,
-    ) -> Relayed {
+    /// The next chunk of a relayed answer. At the end of the stream, a stream
+    /// passed through that ended short of its API's end gets that end (a door
+    /// translating it ends it itself), after what the continuation watch held back.
+    pub fn relay(&mut self, attempt: &mut Attempt, chunk: &[u8], end_of_stream: bool) -> Relayed {
         let mut out = attempt.adapter.as_mut().map(|a| a.translate_stream(chunk, end_of_stream));
         if let Some(watch) = self.stream_end.as_mut() {
             watch.feed(out.as_deref().unwrap_or(chunk));
@@ -244,12 +240,12 @@ impl AnswerChain {
             out = chunks.feed(chunk, end_of_stream);
         }
         // A continuing pool's stream: its break is held back.
-        if let Some(watched) = watch.as_deref_mut().and_then(|w| w.feed(out.as_deref().unwrap_or(chunk), end_of_stream))
+        if let Some(watched) = self.resume.as_mut().and_then(|w| w.feed(out.as_deref().unwrap_or(chunk), end_of_stream))
         {
             out = Some(watched);
         }
         self.note(out.as_deref().unwrap_or(chunk));
-        let broken = end_of_stream && watch.as_deref().is_some_and(StreamWatch::broken);
+        let broken = end_of_stream && self.resume_due();
         let native = attempt.native;
         if let Some(door) = self.door.as_mut().filter(|_| !native) {
             out = Some(door.feed(out.as_deref().unwrap_or(chunk), end_of_stream && !broken));
@@ -258,7 +254,7 @@ impl AnswerChain {
             return Relayed::Broken(out.unwrap_or_else(|| chunk.to_vec()));
         }
         if end_of_stream {
-            let held = watch.map(StreamWatch::take_cut).unwrap_or_default();
+            let held = self.resume.as_mut().map(StreamWatch::take_cut).unwrap_or_default();
             // (A translated stream's adapter always ends it.)
             let door_translates = self.door.is_some() && !native;
             let tail = self.stream_end.as_mut().and_then(StreamEnd::end);
@@ -272,6 +268,36 @@ impl AnswerChain {
             self.note_adapter_usage(attempt.adapter.as_ref());
         }
         Relayed::Out(out)
+    }
+
+    /// The first OpenAI-shaped pieces of a primed stream (already through
+    /// its adapter): the end watch, the continuation watch, the tail and the
+    /// door, as [`AnswerChain::relay`] reads them. `Broken`: the stream ended
+    /// broken and is continued.
+    pub fn primed(&mut self, attempt: &Attempt, out: Vec<u8>, end_of_stream: bool) -> Relayed {
+        if let Some(watch) = self.stream_end.as_mut() {
+            watch.feed(&out);
+        }
+        let out = self.resume.as_mut().and_then(|w| w.feed(&out, end_of_stream)).unwrap_or(out);
+        self.note(&out);
+        let broken = end_of_stream && self.resume_due();
+        if end_of_stream && !broken {
+            self.note_adapter_usage(attempt.adapter.as_ref());
+        }
+        let out = match self.door.as_mut() {
+            Some(door) => door.feed(&out, end_of_stream && !broken),
+            None => out,
+        };
+        if broken {
+            Relayed::Broken(out)
+        } else {
+            Relayed::Out(Some(out))
+        }
+    }
+
+    /// Whether the watched stream broke (and is to be continued).
+    pub fn resume_due(&self) -> bool {
+        self.resume.as_ref().is_some_and(StreamWatch::broken)
     }
 
     /// A translated whole body relayed by the router (its headers held):

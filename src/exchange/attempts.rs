@@ -213,12 +213,7 @@ impl Exchange {
     /// The headers every routed answer carries: which pool and member served
     /// it, after how many attempts (counting `serving`, recorded or not), the
     /// learned router's score and the id to score its answer by, and the request id.
-    pub fn result_headers(
-        &self,
-        sh: &dyn Shared,
-        serving: MemberRef,
-        learned: Option<(f64, &str)>,
-    ) -> Vec<(&'static str, String)> {
+    pub fn result_headers(&self, sh: &dyn Shared, serving: MemberRef) -> Vec<(&'static str, String)> {
         let recorded = self.plan.as_ref().map_or(0, |p| p.attempts.len());
         let serving_recorded = self
             .plan
@@ -237,7 +232,7 @@ impl Exchange {
             out.push(("x-switchboard-router", router.to_string()));
             out.push(("x-switchboard-rule", rule.to_string()));
         }
-        if let Some((score, feedback_id)) = learned {
+        if let Some((score, feedback_id)) = &self.score {
             out.push(("x-switchboard-route-score", format!("{score:.3}")));
             if !feedback_id.is_empty() {
                 out.push(("x-switchboard-feedback-id", feedback_id.to_string()));

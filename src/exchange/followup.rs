@@ -8,7 +8,7 @@ use crate::api::response_ids::{response_id_in, Followup, Holder};
 use crate::api::{ApiError, ErrorCode};
 use crate::config::{Config, MemberRef, Provider};
 use crate::doors::Door;
-use crate::providers::NativeApi;
+use crate::providers::{responses_followup, NativeApi, UpstreamRequest};
 use crate::routing::{NativeOnly, Plan};
 
 use super::{Exchange, Shared};
@@ -92,21 +92,46 @@ impl Exchange {
         plan.require_native(config, native, target)
     }
 
-    /// The id of a natively served Responses answer of `status` from
-    /// `member` to remember, with who holds it, once it is in the answer's
-    /// first bytes (`None`: not such an answer, or not yet).
-    pub fn response_to_note<'s>(
-        &'s self,
-        sh: &dyn Shared,
-        member: MemberRef,
-        native: bool,
-        status: u16,
-    ) -> Option<(&'s str, Holder)> {
-        if self.door != Door::Responses || !native || !(200..300).contains(&status) {
-            return None;
+    /// Remembers (through `Shared`) which provider holds the response of a
+    /// natively served Responses answer of `status` from `member`, once its
+    /// id is in the answer's first bytes.
+    pub fn note_response_id(&mut self, sh: &dyn Shared, member: MemberRef, native: bool, status: u16) {
+        if self.response_noted || self.door != Door::Responses || !native || !(200..300).contains(&status) {
+            return;
         }
-        let id = self.answer.tail.as_ref().and_then(|t| response_id_in(t.head()))?;
-        let (_, _, provider) = sh.config().resolve(member)?;
-        Some((id, Holder { provider: provider.name.clone(), tenant: self.tenant_name(sh).to_string() }))
+        let Some(id) = self.answer.tail.as_ref().and_then(|t| response_id_in(t.head())) else { return };
+        let Some((_, _, provider)) = sh.config().resolve(member) else { return };
+        sh.remember_response(id, &Holder { provider: provider.name.clone(), tenant: self.tenant_name(sh).to_string() });
+        self.response_noted = true;
+    }
+
+    /// A follow-up on a stored response: the member of the provider that
+    /// holds it (of the caller's tenant) it is passed to as it is, with that
+    /// request; else the 404.
+    pub fn followup(
+        &self,
+        sh: &dyn Shared,
+        method: &str,
+        f: &Followup<'_>,
+    ) -> Result<(MemberRef, UpstreamRequest), ApiError> {
+        let holder = sh.response_holder(f.id).filter(|h| h.tenant == self.tenant_name(sh));
+        let Some((member, provider)) = holder.and_then(|h| native_member_of(sh.config(), &h.provider)) else {
+            return Err(unknown_response(f));
+        };
+        let upstream = responses_followup(provider, &format!("{}{}", f.id, f.rest));
+        log::info!(
+            "switchboard[{}]: {method} /v1/responses/{{id}}{} to provider {}",
+            self.request_id,
+            f.rest.split('?').next().unwrap_or(""),
+            provider.name
+        );
+        Ok((member, upstream))
+    }
+
+    /// A Responses request's `previous_response_id` the gateway remembers
+    /// keeps the request on a member of the provider that holds the conversation.
+    pub fn hold_remembered(&self, sh: &dyn Shared, plan: &mut Plan, target: &str) -> Result<(), ApiError> {
+        let Some(id) = self.previous_response_id() else { return Ok(()) };
+        self.hold_conversation(sh, plan, target, &id, sh.response_holder(&id))
     }
 }

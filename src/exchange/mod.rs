@@ -15,16 +15,24 @@
 //! admission ([`Exchange::tenant_ask`], asked of the host's store, then
 //! [`Exchange::tenant_verdict`]), [`Exchange::pick_first`], [`build_upstream`],
 //! [`Exchange::routed`] and [`Exchange::rewrite`], whose [`Rewrite`] it writes
-//! to the request; a failed attempt's next member is sent as the
-//! [`Exchange::dispatch`] it describes; at the end it settles what
-//! [`Exchange::settlement`] says. Headers come in as name/value byte pairs and
+//! to the request. The answer's headers go to [`Exchange::response_headers`]
+//! ([`HeadersStep`]), its body to [`Exchange::body_read`] and
+//! [`Exchange::response_body`] ([`BodyStep`]), the answers of the calls it
+//! sent to [`Exchange::call_answered`] ([`CallStep`]), its wake-ups to
+//! [`Exchange::on_timer`] ([`Timer`]); a call the exchange sends on its own
+//! (failover, hedge, continuation) goes through the host's [`Calls`] as the
+//! [`Exchange::dispatch`] it describes. At the end the host settles what
+//! [`Exchange::settlement`] says. Headers come in as name/value pairs and
 //! bodies as bytes: nothing here knows proxy-wasm's header map or calls a
 //! host, so an Envoy dynamic module drives the same API with its own `Shared`.
 
 mod admission;
 mod answer;
 mod attempts;
+mod failover;
 mod followup;
+mod replay;
+mod response;
 mod resume;
 mod rewrite;
 mod route;
@@ -32,16 +40,21 @@ mod routed;
 mod shared;
 mod timers;
 
-pub use admission::{budget_reservation, expected_tokens, feedback_body, refusal_error, TenantAsk, Verdict};
+pub use admission::{budget_reservation, expected_tokens, feedback_body, refusal_error, Feedback, TenantAsk, Verdict};
 pub use answer::{AnswerChain, Passage, Relayed, Whole};
 pub use attempts::{adapter_for, build_upstream, translates_stream, Attempt};
+pub use failover::{CallStep, Calls};
 pub use followup::{native_member_of, unknown_response};
-pub use resume::continued;
+pub use replay::forged_token;
+pub use response::{BodyRead, BodyStep, HeadersStep, Relays};
+pub use resume::{continued, Held};
 pub use rewrite::{Dispatch, Rewrite, Unnamed, TENANT_HEADER};
 pub use route::{BodyFor, Route};
 pub use routed::ChatBody;
 pub use shared::{Count, Picked, Shared};
-pub use timers::{hedge_at, Hedge, Idle, IdleWatch};
+pub use timers::{hedge_at, Hedge, Idle, IdleWatch, Timer};
+
+use std::borrow::Cow;
 
 use crate::api::usage::Tokens;
 use crate::api::{ApiError, Endpoint, ErrorCode};
@@ -58,7 +71,7 @@ pub enum Step {
     /// Hold it (a body still coming, a call in flight).
     Pause,
     /// Answer the client from the gateway.
-    Reply { status: u16, headers: Vec<(&'static str, String)>, body: Vec<u8> },
+    Reply { status: u16, headers: Vec<(Cow<'static, str>, String)>, body: Vec<u8> },
 }
 
 /// Where the request is.
@@ -85,9 +98,9 @@ pub enum State {
     /// once the body proves readable, or fails over as the member's 502.
     Holding { attempt: Attempt, status: u16 },
     /// The response is paused while a failover call is in flight.
-    Failover { attempt: Attempt, call: u32 },
+    Failover { attempt: Attempt, call: u64 },
     /// A broken stream's end is paused while its continuation call is in flight (`resume`).
-    Resuming { attempt: Attempt, call: u32 },
+    Resuming { attempt: Attempt, call: u64, held: Held },
     /// The filter answered itself (error, model list, or failover result).
     Answered,
 }
@@ -188,6 +201,16 @@ pub struct Exchange {
     pub answer: AnswerChain,
     /// What the call log and the request-end stats report.
     pub obs: Observed,
+    /// A hedging pool's second attempt, armed or sent.
+    pub hedge: Option<Hedge>,
+    /// A relayed stream's idle watch.
+    pub idle: Option<IdleWatch>,
+    /// The token of the routed attempt, when it can fail over by internal redirect (`replay`).
+    pub try_token: Option<String>,
+    /// A learned router's score of the pick, and the id its owner scores the answer with.
+    pub score: Option<(f64, String)>,
+    /// The id of a natively served Responses answer was handed to the host to remember.
+    pub response_noted: bool,
 }
 
 impl Default for Exchange {
@@ -205,6 +228,11 @@ impl Default for Exchange {
             tenant: None,
             answer: AnswerChain::default(),
             obs: Observed::default(),
+            hedge: None,
+            idle: None,
+            try_token: None,
+            score: None,
+            response_noted: false,
         }
     }
 }
@@ -212,6 +240,18 @@ impl Default for Exchange {
 impl Exchange {
     /// The gateway answers the request itself.
     pub fn reply(&mut self, sh: &dyn Shared, status: u16, headers: Vec<(&'static str, String)>, body: Vec<u8>) -> Step {
+        let headers = headers.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect();
+        self.reply_with(sh, status, headers, body)
+    }
+
+    /// [`Exchange::reply`] with header names not known before (a provider's, relayed).
+    pub fn reply_with(
+        &mut self,
+        sh: &dyn Shared,
+        status: u16,
+        headers: Vec<(Cow<'static, str>, String)>,
+        body: Vec<u8>,
+    ) -> Step {
         self.state = State::Answered;
         self.obs.answered(status, sh.now_ms());
         Step::Reply { status, headers, body }

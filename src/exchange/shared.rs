@@ -13,6 +13,7 @@
 //! tenant's admission is asked ([`super::TenantAsk`]) of the store the host
 //! picks (shared data, or the fleet's service), and its verdict handed back.
 
+use crate::api::response_ids::Holder;
 use crate::api::ErrorCode;
 use crate::config::{Config, MemberRef};
 use crate::routing::exhausted::PassedOver;
@@ -105,6 +106,16 @@ pub trait Shared {
     /// The member's identity `provider/model`, for logs and headers.
     fn member_id(&self, member: MemberRef) -> &str {
         self.config().member(member).map_or("?", |m| m.id.as_str())
+    }
+
+    /// Remembers who holds the stored response `id` (a Responses answer
+    /// served natively), for its follow-ups. A host that serves no
+    /// follow-ups keeps nothing.
+    fn remember_response(&self, _id: &str, _holder: &Holder) {}
+
+    /// Who holds the stored response `id`, if it was remembered.
+    fn response_holder(&self, _id: &str) -> Option<Holder> {
+        None
     }
 
     /// Whether `status` (0: no response) from `member` is a failure its pool fails over on.

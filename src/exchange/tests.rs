@@ -27,6 +27,8 @@ struct Mem {
     counts: RefCell<Vec<Count>>,
     /// (member, waited) the pool's evidence says is a hung member's failure.
     hung: Cell<bool>,
+    /// Stored responses' holders.
+    responses: RefCell<HashMap<String, Holder>>,
 }
 
 impl Mem {
@@ -46,6 +48,7 @@ impl Mem {
             latency: RefCell::default(),
             counts: RefCell::default(),
             hung: Cell::new(false),
+            responses: RefCell::default(),
         }
     }
 
@@ -128,6 +131,14 @@ impl Shared for Mem {
     fn count(&self, what: Count) {
         self.counts.borrow_mut().push(what);
     }
+
+    fn remember_response(&self, id: &str, holder: &Holder) {
+        self.responses.borrow_mut().insert(id.to_string(), holder.clone());
+    }
+
+    fn response_holder(&self, id: &str) -> Option<Holder> {
+        self.responses.borrow().get(id).cloned()
+    }
 }
 
 const TWO: &str = r#""main": {"members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}"#;
@@ -141,7 +152,7 @@ fn exchange(sh: &Mem, body: &str) -> Exchange {
 
 fn header<'a>(step: &'a Step, name: &str) -> Option<&'a str> {
     match step {
-        Step::Reply { headers, .. } => headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()),
+        Step::Reply { headers, .. } => headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
         _ => None,
     }
 }
@@ -175,7 +186,8 @@ fn an_attempt_is_counted_released_and_logged_once_it_ends() {
     assert_eq!(sh.in_flight.borrow().get(&id), Some(&0));
     assert_eq!(ex.obs.attempts, vec![(attempt.picked.member, 200, 250)]);
     assert_eq!(ex.plan.as_ref().unwrap().attempts.len(), 1);
-    let headers = ex.result_headers(&sh, attempt.picked.member, Some((0.25, "")));
+    ex.score = Some((0.25, String::new()));
+    let headers = ex.result_headers(&sh, attempt.picked.member);
     assert!(headers.contains(&("x-switchboard-attempts", "1".into())));
     assert!(headers.contains(&("x-switchboard-route-score", "0.250".into())));
     assert!(headers.contains(&("x-switchboard-request-id", "req-1".into())));
@@ -204,7 +216,7 @@ fn a_failover_status_moves_on_to_the_next_member() {
     assert_ne!(next.picked.member, failed.picked.member);
     assert_eq!(sh.counted(Count::Failover(failed.picked.member)), 1);
     assert!(!ex.finish(&sh, &next, 200, None, now));
-    let headers = ex.result_headers(&sh, next.picked.member, None);
+    let headers = ex.result_headers(&sh, next.picked.member);
     assert!(headers.contains(&("x-switchboard-attempts", "2".into())));
     assert_eq!(sh.health_of(sh.member_id(failed.picked.member)).failures, 1);
 }
@@ -489,7 +501,7 @@ fn a_usage_chunk_the_client_did_not_ask_for_is_read_and_taken_out() {
     let (first, rest) = stream.split_at(40);
     let mut out = Vec::new();
     for (piece, end) in [(first, false), (rest, true)] {
-        match ex.answer.relay(&mut a, piece.as_bytes(), end, None) {
+        match ex.answer.relay(&mut a, piece.as_bytes(), end) {
             Relayed::Out(Some(bytes)) => out.extend_from_slice(&bytes),
             Relayed::Out(None) => out.extend_from_slice(piece.as_bytes()),
             Relayed::Broken(_) => panic!("not watched"),
@@ -507,7 +519,7 @@ fn a_relayed_stream_cut_short_gets_its_end_and_reads_failed() {
     let mut a = attempt_on(&sh, &mut ex, OPENAI);
     ex.answer.start(&a, 200);
     let cut = chunk(r#"{"content":"hi"}"#, "null");
-    let Relayed::Out(Some(out)) = ex.answer.relay(&mut a, cut.as_bytes(), true, None) else { panic!("no end added") };
+    let Relayed::Out(Some(out)) = ex.answer.relay(&mut a, cut.as_bytes(), true) else { panic!("no end added") };
     assert!(text(&out).starts_with(&cut) && text(&out).ends_with("data: [DONE]\n\n"));
     assert!(ex.answer.stream_end.as_ref().is_some_and(crate::api::stream_end::StreamEnd::failed));
 }
@@ -521,7 +533,7 @@ fn a_relayed_stream_on_the_messages_door_becomes_anthropic_events() {
     assert!(ex.answer.reads(&a));
     let stream =
         format!("{}{}{USAGE_CHUNK}data: [DONE]\n\n", chunk(r#"{"content":"hi"}"#, "null"), chunk("{}", "\"stop\""));
-    let Relayed::Out(Some(out)) = ex.answer.relay(&mut a, stream.as_bytes(), true, None) else {
+    let Relayed::Out(Some(out)) = ex.answer.relay(&mut a, stream.as_bytes(), true) else {
         panic!("untranslated")
     };
     let out = text(&out);
@@ -559,12 +571,12 @@ fn a_watched_stream_that_breaks_is_handed_to_the_continuation() {
     let mut ex = routed(&sh, Door::Chat, true, true);
     let mut a = attempt_on(&sh, &mut ex, OPENAI);
     ex.answer.start(&a, 200);
-    let mut watch = crate::routing::resume::StreamWatch::default();
+    ex.answer.resume = Some(crate::routing::resume::StreamWatch::default());
     // Text, then the stream ends without a finish: broken after its first byte.
     let cut = chunk(r#"{"content":"hello"}"#, "null");
-    let relayed = ex.answer.relay(&mut a, cut.as_bytes(), true, Some(&mut watch));
+    let relayed = ex.answer.relay(&mut a, cut.as_bytes(), true);
     assert!(matches!(relayed, Relayed::Broken(_)), "{relayed:?}");
-    assert_eq!(watch.text(), "hello");
+    assert_eq!(ex.answer.resume.as_ref().unwrap().text(), "hello");
 }
 
 // Timers: hedge and stream idle.
@@ -584,7 +596,7 @@ fn a_hedge_goes_to_another_member_and_its_loser_is_nobodys_failure() {
     let hedge = ex.begin(&sh, picked, sh.now.get());
     ex.abandon_hedged(&sh, &routed);
     assert!(!ex.finish(&sh, &hedge, 200, None, sh.now.get()));
-    let headers = ex.result_headers(&sh, hedge.picked.member, None);
+    let headers = ex.result_headers(&sh, hedge.picked.member);
     assert!(headers.contains(&("x-switchboard-attempts", "2".into())));
     assert_eq!(sh.health_of(sh.member_id(routed.picked.member)), MemberHealth::default());
     // Past the deadline there is no hedge.
@@ -920,12 +932,20 @@ fn only_a_native_responses_answer_has_its_id_noted() {
     tail.push(br#"{"id":"resp_7","object":"response"}"#);
     ex.answer.tail = Some(tail);
     let member = MemberRef::new(0, 1);
-    let (id, holder) = ex.response_to_note(&sh, member, true, 200).unwrap();
-    assert_eq!((id, holder.provider.as_str(), holder.tenant.as_str()), ("resp_7", "b", ""));
-    assert!(ex.response_to_note(&sh, member, false, 200).is_none(), "a translated answer's id is the gateway's");
-    assert!(ex.response_to_note(&sh, member, true, 500).is_none());
+    ex.note_response_id(&sh, member, false, 200);
+    assert!(sh.responses.borrow().is_empty(), "a translated answer's id is the gateway's");
+    ex.note_response_id(&sh, member, true, 500);
     ex.door = Door::Chat;
-    assert!(ex.response_to_note(&sh, member, true, 200).is_none());
+    ex.note_response_id(&sh, member, true, 200);
+    assert!(sh.responses.borrow().is_empty());
+    ex.door = Door::Responses;
+    ex.note_response_id(&sh, member, true, 200);
+    let holder = sh.response_holder("resp_7").unwrap();
+    assert_eq!((holder.provider.as_str(), holder.tenant.as_str()), ("b", ""));
+    // Noted once: a later chunk does not write it again.
+    sh.responses.borrow_mut().clear();
+    ex.note_response_id(&sh, member, true, 200);
+    assert!(sh.responses.borrow().is_empty());
 }
 
 #[test]
@@ -1009,4 +1029,385 @@ fn an_answer_passes_as_it_is_event_by_event_or_whole() {
     let mut whole = exchange(&anthropic, r#"{"model":"main","messages":[]}"#);
     let translated = first(&anthropic, &mut whole);
     assert_eq!(whole.answer.passage(&translated, 200), Passage::Whole);
+}
+
+// What the host applies: failover calls, answer headers and bodies, timers, replays.
+
+/// The host's calls, in memory: each sent call listed, its id the next
+/// number; calls to `refuse` fail to start.
+#[derive(Default)]
+struct Sent {
+    calls: Vec<(MemberRef, bool, Vec<u8>)>,
+    refuse: Option<MemberRef>,
+}
+
+impl Calls for Sent {
+    fn send(&mut self, _: &Exchange, member: MemberRef, up: &UpstreamRequest, stream: bool, _: u64) -> Result<u64, ApiError> {
+        if self.refuse == Some(member) {
+            return Err(ApiError::internal("refused"));
+        }
+        self.calls.push((member, stream, up.body.clone()));
+        Ok(self.calls.len() as u64)
+    }
+}
+
+use crate::providers::UpstreamRequest;
+
+/// An exchange whose first attempt to its first member is routed, with its body kept for failovers.
+fn routed_to_first(sh: &Mem, body: &str) -> Exchange {
+    let mut ex = exchange(sh, body);
+    ex.body = body.as_bytes().to_vec();
+    let parsed = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
+    ex.routed(&parsed, body.len(), sh.now.get());
+    let attempt = first(sh, &mut ex);
+    ex.state = State::Routed(attempt);
+    ex
+}
+
+const CHAT: &str = r#"{"model":"main","messages":[{"role":"user","content":"hi"}]}"#;
+
+fn answered(ex: &mut Exchange, sh: &Mem, headers: &[(&str, &str)], calls: &mut Sent) -> HeadersStep {
+    ex.response_headers(sh, &headers, false, Relays { prime: true, resume: true }, calls)
+}
+
+#[test]
+fn a_failed_routed_answer_is_sent_to_the_next_member_as_a_call() {
+    let sh = Mem::new(TWO);
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent::default();
+    assert_eq!(answered(&mut ex, &sh, &[(":status", "503")], &mut calls), HeadersStep::Step(Step::Pause));
+    assert!(matches!(ex.state, State::Failover { call: 1, .. }));
+    assert_eq!(calls.calls.len(), 1);
+    assert_eq!(calls.calls[0].0, MemberRef::new(0, 1), "the other member");
+    assert!(!calls.calls[0].1, "not a stream");
+    assert_eq!(sh.counted(Count::Failover(MemberRef::new(0, 0))), 1);
+    // While the call is out, a late routed answer waits too.
+    assert_eq!(answered(&mut ex, &sh, &[(":status", "200")], &mut calls), HeadersStep::Step(Step::Pause));
+}
+
+#[test]
+fn a_member_whose_call_cannot_start_is_a_failed_attempt_and_none_left_is_the_exhausted_answer() {
+    let sh = Mem::new(TWO);
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent { refuse: Some(MemberRef::new(0, 1)), ..Sent::default() };
+    let HeadersStep::Step(step) = answered(&mut ex, &sh, &[(":status", "500")], &mut calls) else { panic!() };
+    assert_eq!(status(&step), 503);
+    assert_eq!(header(&step, "x-switchboard-attempts"), Some("2"));
+    assert!(matches!(ex.state, State::Answered));
+    assert_eq!(ex.obs.attempts.iter().map(|a| a.1).collect::<Vec<_>>(), vec![500, 0]);
+}
+
+#[test]
+fn a_failover_answer_is_the_clients_with_the_gateways_and_the_providers_headers() {
+    let sh = Mem::new(TWO);
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent::default();
+    answered(&mut ex, &sh, &[(":status", "429")], &mut calls);
+    assert_eq!(ex.call_answered(&sh, 7, &[], || unreachable!(), &mut calls), CallStep::Nothing, "not its call");
+    let headers = [
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("x-request-id", "up-1"),
+        ("x-ratelimit-remaining-requests", "9"),
+        ("set-cookie", "no"),
+    ];
+    let CallStep::Step(step) = ex.call_answered(&sh, 1, &headers, || CHAT_BODY.as_bytes().to_vec(), &mut calls) else {
+        panic!("no answer")
+    };
+    assert_eq!(status(&step), 200);
+    assert_eq!(header(&step, "x-switchboard-attempts"), Some("2"));
+    assert_eq!(header(&step, "x-switchboard-member"), Some("b/m2"));
+    assert_eq!(header(&step, "x-upstream-request-id"), Some("up-1"));
+    assert_eq!(header(&step, "x-ratelimit-remaining-requests"), Some("9"));
+    assert_eq!(header(&step, "set-cookie"), None, "only the provider's rate and id headers are relayed");
+    assert_eq!(ex.answer.usage().map(|u| (u.prompt, u.completion)), Some((3, 2)));
+}
+
+#[test]
+fn a_failed_failover_answer_fails_over_again_until_none_is_left() {
+    let sh = Mem::new(
+        r#""main": {"members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}, {"provider": "a", "model": "m3"}]}"#,
+    );
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent::default();
+    answered(&mut ex, &sh, &[(":status", "502")], &mut calls);
+    // A call that failed (reset, timed out) arrives without headers: its member's failure.
+    assert_eq!(ex.call_answered(&sh, 1, &[], || unreachable!(), &mut calls), CallStep::Step(Step::Pause));
+    assert!(matches!(ex.state, State::Failover { call: 2, .. }));
+    let CallStep::Step(step) = ex.call_answered(&sh, 2, &[(":status", "503")], Vec::new, &mut calls) else { panic!() };
+    assert_eq!(status(&step), 503);
+    assert!(ex.obs.exhausted);
+}
+
+#[test]
+fn a_good_routed_answer_gets_the_gateways_headers_and_is_relayed() {
+    let sh = Mem::new(TWO);
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent::default();
+    let HeadersStep::Answer { set, drop, hold, wake_at } =
+        answered(&mut ex, &sh, &[(":status", "200"), ("x-request-id", "up-1")], &mut calls)
+    else {
+        panic!("not an answer")
+    };
+    assert!(set.contains(&("x-switchboard-member", "a/m1".into())));
+    assert!(set.contains(&("x-upstream-request-id", "up-1".into())));
+    assert!(drop.is_empty() && !hold && wake_at.is_none());
+    assert!(matches!(ex.state, State::Relaying { status: 200, .. }));
+    assert!(calls.calls.is_empty());
+    // A plain answer is read only for its usage, then recorded at its end.
+    assert_eq!(ex.body_read(&sh, 10, false), BodyRead::From(0));
+    let step = ex.response_body(&sh, CHAT_BODY.as_bytes().to_vec(), CHAT_BODY.len(), true, &mut calls);
+    assert_eq!(step, BodyStep { body: None, status: None, step: Step::Continue });
+    assert_eq!(ex.obs.attempts.len(), 1);
+    assert_eq!(ex.answer.usage().map(|u| u.completion), Some(2));
+}
+
+#[test]
+fn a_redirect_the_upstream_filter_made_and_envoy_did_not_follow_is_the_failure_it_carries() {
+    let sh = Mem::new(TWO);
+    let mut ex = routed_to_first(&sh, CHAT);
+    ex.try_token = Some("t".into());
+    let location = "http://gw/v1/chat/completions?sb_try=t&sb_status=503&sb_retry_after=7";
+    let (failed, _) = crate::routing::redirect::failure_in(location);
+    let mut calls = Sent::default();
+    answered(&mut ex, &sh, &[(":status", "307"), ("location", location)], &mut calls);
+    assert_eq!(ex.obs.attempts[0].1, failed);
+    assert_eq!(calls.calls.len(), u8::from(sh.is_failure(MemberRef::new(0, 0), failed)) as usize);
+}
+
+#[test]
+fn a_translated_whole_answer_is_held_until_its_body_is_read() {
+    let sh = Mem::new(r#""main": {"members": [{"provider": "c", "model": "claude"}, {"provider": "a", "model": "m1"}]}"#);
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent::default();
+    let HeadersStep::Answer { set, drop, hold: true, .. } = answered(&mut ex, &sh, &[(":status", "200")], &mut calls)
+    else {
+        panic!("not held")
+    };
+    assert!(set.contains(&("content-type", "application/json".into())));
+    assert_eq!(drop, &["content-length"]);
+    assert_eq!(ex.body_read(&sh, 5, false), BodyRead::Skip(Step::Pause), "the whole body first");
+    assert_eq!(ex.body_read(&sh, 5, true), BodyRead::From(0));
+    let step = ex.response_body(&sh, CLAUDE_BODY.as_bytes().to_vec(), CLAUDE_BODY.len(), true, &mut calls);
+    assert!(text(step.body.as_deref().unwrap()).contains("chat.completion"), "in OpenAI's shape");
+    assert_eq!((step.status, step.step), (None, Step::Continue));
+
+    // An unreadable one is the member's 502, failed over while the headers are still held.
+    let mut ex = routed_to_first(&sh, CHAT);
+    answered(&mut ex, &sh, &[(":status", "200")], &mut calls);
+    let step = ex.response_body(&sh, b"<html>".to_vec(), 6, true, &mut calls);
+    assert_eq!(step, BodyStep { body: None, status: None, step: Step::Pause });
+    assert!(matches!(ex.state, State::Failover { .. }));
+    assert_eq!(ex.obs.attempts[0].1, 502);
+    assert_eq!(sh.counted(Count::LocalError(ErrorCode::InvalidUpstreamResponse)), 1);
+}
+
+#[test]
+fn a_translated_stream_is_primed_until_its_first_event_and_fails_over_before_it() {
+    let sh = Mem::new(r#""main": {"members": [{"provider": "c", "model": "claude"}, {"provider": "a", "model": "m1"}]}"#);
+    let body = r#"{"model":"main","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut ex = routed_to_first(&sh, body);
+    let mut calls = Sent::default();
+    let HeadersStep::Answer { set, hold: true, .. } = answered(&mut ex, &sh, &[(":status", "200")], &mut calls) else {
+        panic!("not primed")
+    };
+    assert!(set.contains(&("content-type", "text/event-stream".into())));
+    assert!(matches!(ex.state, State::Priming { fed: 0, .. }));
+    // Nothing readable yet (half an event): held, its bytes counted as read.
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude\",\"usage\":{\"input_tokens\":3}}}\n\n";
+    let (half, rest) = start.split_at(20);
+    let step = ex.response_body(&sh, half.as_bytes().to_vec(), half.len(), false, &mut calls);
+    assert_eq!(step, BodyStep { body: None, status: None, step: Step::Pause });
+    assert!(matches!(ex.state, State::Priming { fed: 20, .. }));
+    assert_eq!(ex.body_read(&sh, start.len(), false), BodyRead::From(20), "only the new bytes");
+    let step = ex.response_body(&sh, rest.as_bytes().to_vec(), start.len(), false, &mut calls);
+    assert!(text(step.body.as_deref().unwrap()).contains("chat.completion.chunk"), "the first event leaves");
+    assert!(matches!(ex.state, State::Relaying { .. }));
+    assert!(ex.obs.first_event_ms > 0);
+    // A host that cannot hold a stream's headers relays it at once.
+    let mut ex = routed_to_first(&sh, body);
+    let step = ex.response_headers(&sh, &[(":status", "200")].as_slice(), false, Relays { prime: false, resume: false }, &mut calls);
+    assert!(matches!(step, HeadersStep::Answer { hold: false, .. }));
+    assert!(matches!(ex.state, State::Relaying { .. }));
+    // An error event before any output is the member's 502: failed over.
+    let mut ex = routed_to_first(&sh, body);
+    answered(&mut ex, &sh, &[(":status", "200")], &mut calls);
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
+    let step = ex.response_body(&sh, error.as_bytes().to_vec(), error.len(), true, &mut calls);
+    assert_eq!(step.step, Step::Pause);
+    assert!(matches!(ex.state, State::Failover { .. }));
+    assert_eq!(ex.obs.attempts[0].1, 502);
+}
+
+#[test]
+fn a_hedge_is_sent_at_its_deadline_and_the_first_good_answer_wins() {
+    let sh = Mem::new(
+        r#""main": {"hedge_after_ms": 500, "members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}"#,
+    );
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent::default();
+    let now = sh.now.get();
+    assert_eq!(ex.arm_hedge(&sh, 0, now), Some(now + 500));
+    assert_eq!(ex.on_timer(&sh, now + 500, &mut calls), Timer::HedgeSent(1));
+    assert_eq!(sh.counted(Count::Hedged(0)), 1);
+    assert_eq!(ex.on_timer(&sh, now + 600, &mut calls), Timer::Nothing, "sent once");
+    // The hedge answers first: it wins, the routed attempt is nobody's failure.
+    let CallStep::Step(step) = ex.call_answered(&sh, 1, &[(":status", "200")], || CHAT_BODY.into(), &mut calls) else {
+        panic!()
+    };
+    assert_eq!((status(&step), header(&step, "x-switchboard-member")), (200, Some("b/m2")));
+    assert_eq!(header(&step, "x-switchboard-attempts"), Some("2"));
+    assert_eq!(sh.counted(Count::HedgeWin(0)), 1);
+    assert_eq!(sh.health_of("a/m1"), MemberHealth::default());
+
+    // The routed answer comes first: the hedge in flight is abandoned.
+    let mut ex = routed_to_first(&sh, CHAT);
+    ex.arm_hedge(&sh, 0, now);
+    ex.on_timer(&sh, now + 500, &mut calls);
+    assert!(matches!(answered(&mut ex, &sh, &[(":status", "200")], &mut calls), HeadersStep::Answer { .. }));
+    assert!(ex.hedge.is_none());
+    assert_eq!(ex.call_answered(&sh, 2, &[(":status", "200")], || unreachable!(), &mut calls), CallStep::Nothing);
+
+    // A failed hedge is its member's failure; the routed attempt goes on.
+    let mut ex = routed_to_first(&sh, CHAT);
+    ex.arm_hedge(&sh, 0, now);
+    ex.on_timer(&sh, now + 500, &mut calls);
+    assert_eq!(ex.call_answered(&sh, 3, &[(":status", "503")], || unreachable!(), &mut calls), CallStep::Nothing);
+    assert!(matches!(ex.state, State::Routed(_)));
+    assert_eq!(ex.obs.attempts, vec![(MemberRef::new(0, 1), 503, 0)]);
+}
+
+#[test]
+fn a_routed_failure_with_a_hedge_in_flight_waits_for_the_hedge() {
+    let sh = Mem::new(
+        r#""main": {"hedge_after_ms": 500, "members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}"#,
+    );
+    let mut ex = routed_to_first(&sh, CHAT);
+    let mut calls = Sent::default();
+    ex.arm_hedge(&sh, 0, sh.now.get());
+    ex.on_timer(&sh, sh.now.get() + 500, &mut calls);
+    assert_eq!(answered(&mut ex, &sh, &[(":status", "503")], &mut calls), HeadersStep::Step(Step::Pause));
+    assert!(matches!(ex.state, State::Failover { call: 1, .. }), "the hedge is the next attempt");
+    assert_eq!(calls.calls.len(), 1, "no other call");
+}
+
+#[test]
+fn a_relayed_stream_silent_past_its_limit_is_reset_as_its_members_failure() {
+    let sh = Mem::new(
+        r#""main": {"stream_idle_timeout_ms": 2000, "members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}"#,
+    );
+    let body = r#"{"model":"main","stream":true,"messages":[]}"#;
+    let mut ex = routed_to_first(&sh, body);
+    let mut calls = Sent::default();
+    let now = sh.now.get();
+    let HeadersStep::Answer { wake_at, .. } = answered(&mut ex, &sh, &[(":status", "200")], &mut calls) else { panic!() };
+    assert_eq!(wake_at, Some(now + 2000));
+    sh.now.set(now + 1500);
+    ex.body_read(&sh, 0, false);
+    assert_eq!(ex.on_timer(&sh, now + 2000, &mut calls), Timer::WakeAt(now + 3500), "alive 500 ms ago");
+    assert_eq!(ex.on_timer(&sh, now + 3600, &mut calls), Timer::Reset);
+    assert_eq!(sh.counted(Count::StreamIdleTimeout(0)), 1);
+    assert!(ex.obs.cut);
+    assert_eq!(ex.obs.attempts[0].1, 0);
+    assert_eq!(ex.on_timer(&sh, now + 9000, &mut calls), Timer::Nothing);
+}
+
+#[test]
+fn a_stream_is_tagged_for_its_replay_and_the_replay_records_the_failure() {
+    let mut sh = Mem::new(TWO);
+    let body = r#"{"model":"main","stream":true,"messages":[]}"#;
+    let mut ex = routed_to_first(&sh, body);
+    assert_eq!(ex.try_tag(&sh, MemberRef::new(0, 0), None, Some("gw"), Some("/v1/chat/completions")), None);
+    sh.config.stream_failover = true;
+    let tag = ex.try_tag(&sh, MemberRef::new(0, 0), None, Some("gw"), Some("/v1/chat/completions")).unwrap();
+    let token = ex.try_token.clone().unwrap();
+    assert!(tag.contains(&format!("http://gw/v1/chat/completions?{}={token}", crate::routing::redirect::TOKEN_PARAM)));
+    // A request that simply ended is not parked; Envoy's replay is.
+    assert_eq!(ex.replaying(|| Some(b"via_upstream".to_vec())), None);
+    assert_eq!(ex.replaying(|| Some(b"internal_redirect".to_vec())), Some(token));
+    let path = "/v1/chat/completions?sb_status=503";
+    let (failed, _) = crate::routing::redirect::failure_in(path);
+    assert_eq!(ex.replayed(&sh, Vec::new(), path, false), Step::Pause);
+    assert!(matches!(ex.state, State::Replayed { .. }));
+    assert_eq!(ex.obs.attempts[0].1, failed);
+    // Then the replayed body goes to the next member.
+    let (next, ()) = ex.start_next(&sh, sh.now.get(), "replay", |_, _, _| Ok(())).ok().unwrap();
+    assert_eq!(next.picked.member, MemberRef::new(0, 1));
+}
+
+#[test]
+fn a_broken_stream_is_continued_by_one_call_and_its_answer_ends_the_stream() {
+    let sh = Mem::new(
+        r#""main": {"resume_streams": true, "members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}"#,
+    );
+    let body = r#"{"model":"main","stream":true,"messages":[{"role":"user","content":"count"}]}"#;
+    let mut ex = routed_to_first(&sh, body);
+    let mut calls = Sent::default();
+    answered(&mut ex, &sh, &[(":status", "200")], &mut calls);
+    assert!(ex.answer.resume.is_some(), "watched");
+    let cut = chunk(r#"{"content":"one, two,"}"#, "null");
+    let step = ex.response_body(&sh, cut.clone().into_bytes(), cut.len(), true, &mut calls);
+    assert_eq!(step.step, Step::Pause, "the end held while the call is out");
+    assert_eq!(calls.calls.len(), 1);
+    assert!(!calls.calls[0].1, "one call, not a stream");
+    assert!(matches!(ex.state, State::Resuming { call: 1, .. }));
+    let answer = br#"{"choices":[{"message":{"role":"assistant","content":" three."},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
+    let CallStep::EndStream { size, body } = ex.call_answered(&sh, 1, &[(":status", "200")], || answer.to_vec(), &mut calls)
+    else {
+        panic!("not ended")
+    };
+    assert_eq!(size, cut.len());
+    let body = text(&body);
+    assert!(body.contains("one, two,") && body.contains(" three.") && body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert_eq!(sh.counted(Count::ResumedStream(0)), 1);
+    assert_eq!(ex.obs.attempts.iter().map(|a| a.1).collect::<Vec<_>>(), vec![0, 200]);
+}
+
+#[test]
+fn a_continuation_that_fails_ends_the_stream_as_it_would_have() {
+    let sh = Mem::new(
+        r#""main": {"resume_streams": true, "members": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}"#,
+    );
+    let body = r#"{"model":"main","stream":true,"messages":[]}"#;
+    let mut ex = routed_to_first(&sh, body);
+    let mut calls = Sent::default();
+    answered(&mut ex, &sh, &[(":status", "200")], &mut calls);
+    let cut = chunk(r#"{"content":"one"}"#, "null");
+    ex.response_body(&sh, cut.into_bytes(), 10, true, &mut calls);
+    let CallStep::EndStream { body, .. } = ex.call_answered(&sh, 1, &[(":status", "500")], || unreachable!(), &mut calls)
+    else {
+        panic!()
+    };
+    assert!(text(&body).contains("one"));
+    assert_eq!(ex.obs.attempts.iter().map(|a| a.1).collect::<Vec<_>>(), vec![0, 500]);
+    assert_eq!(sh.counted(Count::ResumedStream(0)), 0);
+}
+
+#[test]
+fn feedback_is_a_204_or_says_why_not() {
+    let sh = Mem::new(TWO);
+    let mut ex = Exchange { request_id: "r9".into(), ..Exchange::default() };
+    let step = ex.feedback_reply::<()>(&sh, "x", &Feedback::Accepted(None), 3_600_000);
+    assert_eq!((status(&step), header(&step, "x-switchboard-request-id")), (204, Some("r9")));
+    let step = ex.feedback_reply::<()>(&sh, "x", &Feedback::Unknown, 3_600_000);
+    assert_eq!(status(&step), 404);
+    let Step::Reply { body, .. } = &step else { panic!() };
+    assert!(text(body).contains("kept for 60 minutes"));
+    assert_eq!(status(&ex.feedback_reply::<()>(&sh, "x", &Feedback::AlreadyScored, 1)), 409);
+    let step = ex.feedback_reply::<()>(&sh, "x", &Feedback::TooMany { limit: 5, retry_after_s: 12 }, 1);
+    assert_eq!((status(&step), header(&step, "retry-after")), (429, Some("12")));
+}
+
+#[test]
+fn a_remembered_response_is_followed_up_on_its_holder_for_its_tenant_only() {
+    let sh = Mem::new(TWO);
+    let ex = Exchange::default();
+    let f = crate::api::response_ids::followup("/v1/responses/resp_1/input_items?limit=2").unwrap();
+    assert_eq!(ex.followup(&sh, "GET", &f).err().map(|e| e.status), Some(404));
+    sh.remember_response("resp_1", &Holder { provider: "b".into(), tenant: String::new() });
+    let (member, upstream) = ex.followup(&sh, "GET", &f).unwrap();
+    assert_eq!(member, MemberRef::new(0, 1));
+    assert!(upstream.path.ends_with("resp_1/input_items?limit=2"), "{}", upstream.path);
+    sh.remember_response("resp_1", &Holder { provider: "b".into(), tenant: "other".into() });
+    assert!(ex.followup(&sh, "GET", &f).is_err(), "another tenant's response is not found");
 }

@@ -281,19 +281,8 @@ pub struct Label {
     pub inputs: Inputs,
 }
 
-/// How scoring a request id went.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Feedback {
-    /// Accepted; a label when it scored a weak-pool answer.
-    Accepted(Option<Label>),
-    Unknown,
-    AlreadyScored,
-    /// The owner gave this router `limit` scores this minute already.
-    TooMany {
-        limit: u32,
-        retry_after_s: u64,
-    },
-}
+/// How a score was taken (the label is this store's).
+pub type Feedback = crate::exchange::Feedback<Label>;
 
 /// Counts one score of `owner` for `router` in the current minute; false when over `limit`.
 fn within_rate(owner: &str, router: u16, limit: u32, now_ms: u64) -> bool {

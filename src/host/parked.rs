@@ -1,23 +1,25 @@
 //! Requests parked while Envoy replays them (streaming failover by internal
-//! redirect, see `filter/replay.rs`): the old filter instance leaves the
+//! redirect, see `exchange/replay.rs`): the old filter instance leaves the
 //! request's state here under its token, the replay's instance takes it back.
 //! Envoy does both on the worker thread of the client's connection, one right
 //! after the other, so this is the VM's own memory: no shared data, nothing a
 //! client can write, and a token opens nothing outside that moment.
 
+use std::any::Any;
 use std::cell::RefCell;
 
-use super::filter::Filter;
+/// A request's filter, as the filter parks it (this module, below the filter, knows nothing of it).
+pub type Parked = Box<dyn Any>;
 
 /// Parked requests at most (a replay finds its own at once; this only bounds a leak).
 const MAX_PARKED: usize = 1_024;
 
 thread_local! {
-    static PARKED: RefCell<Vec<(String, Box<Filter>)>> = const { RefCell::new(Vec::new()) };
+    static PARKED: RefCell<Vec<(String, Parked)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Parks a request being replayed, for its next filter instance; false when full.
-pub fn park(token: String, filter: Box<Filter>) -> bool {
+pub fn park(token: String, filter: Parked) -> bool {
     PARKED.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() >= MAX_PARKED {
@@ -29,7 +31,7 @@ pub fn park(token: String, filter: Box<Filter>) -> bool {
 }
 
 /// The request parked under `token`, once.
-pub fn unpark(token: &str) -> Option<Box<Filter>> {
+pub fn unpark(token: &str) -> Option<Parked> {
     PARKED.with(|p| {
         let mut p = p.borrow_mut();
         let at = p.iter().position(|(k, _)| k == token)?;

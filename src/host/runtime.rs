@@ -7,6 +7,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 
 use crate::api::models::ModelListing;
+use crate::api::response_ids::Holder;
 use crate::config::Config;
 use crate::config::{Member, MemberRef};
 use crate::encoding;
@@ -176,11 +177,6 @@ impl Runtime {
             });
         }
         Some(Picked { member, health })
-    }
-
-    /// Whether `status` (0: no response) from `member` is a failure its pool fails over on.
-    pub fn is_failure(&self, member: MemberRef, status: u16) -> bool {
-        Shared::is_failure(self, member, status)
     }
 
     /// Records how an attempt ended (the plan has it already), once: in
@@ -360,6 +356,14 @@ impl Shared for Runtime {
 
     fn observe_latency(&self, member: MemberRef, kind: LatencyKind, sample_ms: f64) {
         live_store::observe(self.member_id(member), kind, sample_ms);
+    }
+
+    fn remember_response(&self, id: &str, holder: &Holder) {
+        super::response_store::remember(id, holder);
+    }
+
+    fn response_holder(&self, id: &str) -> Option<Holder> {
+        super::response_store::holder(id)
     }
 
     fn count(&self, what: Count) {
