@@ -10,24 +10,21 @@
 use std::sync::Arc;
 
 use switchboard::api::forward::forwarded;
-use switchboard::api::models::ModelListing;
 use switchboard::api::request::ParsedRequest;
 use switchboard::api::usage::Tokens;
 use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
 use switchboard::doors::{messages, Door};
-use switchboard::encoding::percent_decode;
 use switchboard::exchange::{
-    build_upstream, expected_tokens, refusal_error, Admission, BodyRead, BodyStep, CallStep, Calls, Exchange,
-    HeadersStep, Relays, Route, State, Step,
+    build_upstream, expected_tokens, refusal_error, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange,
+    HeadersStep, Opening, Relays, State, Step,
 };
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::UpstreamRequest;
 use switchboard::routing::router::HeaderLookup;
-use switchboard::routing::{redirect, Plan};
+use switchboard::routing::Plan;
 use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
 use switchboard::tenant::reserve::{Prices, Reservation};
-use switchboard::tenant::{authenticate, presented_key};
 
 use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP};
 use crate::metrics::{Family, Labels};
@@ -114,19 +111,6 @@ impl Filter {
         self.apply(s, step)
     }
 
-    fn answer_json(&mut self, s: Stream, body: Vec<u8>) -> Status {
-        let rt = self.rt.clone();
-        let step = self.ex.json_reply(&*rt, body);
-        self.apply(s, step)
-    }
-
-    fn listing(&self) -> &ModelListing {
-        match &self.ex.tenant {
-            Some(t) => self.rt.tenant_listings.get(t.index).unwrap_or(&self.rt.listing),
-            None => &self.rt.listing,
-        }
-    }
-
     /// Fails the request after a panic caught at the boundary (as the wasm build's trap would).
     pub fn fail_internal(&mut self, s: Stream) {
         if !matches!(self.ex.state, State::Answered) {
@@ -140,71 +124,20 @@ impl Filter {
         let rt = self.rt.clone();
         self.ex.obs.start_ms = state::now_ms();
         let raw = s.headers(REQ);
-        self.ex.request_id = match header(&raw, "x-request-id") {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => format!("{:016x}", state::random()),
-        };
-        let path = header(&raw, ":path").unwrap_or_default().to_string();
-        if redirect::token_in_path(&path).is_some() {
-            // The wasm build's replay parameter: never a client's (this build replays nothing).
-            let e = ApiError::invalid_request(
-                ErrorCode::InvalidValue,
-                format!("`{}` is the gateway's own failover parameter.", redirect::TOKEN_PARAM),
-            )
-            .with_param(redirect::TOKEN_PARAM);
-            return self.answer_error(s, &e);
-        }
-        self.ex.door = Door::error_shape_of(&path);
-        if let Some(tenants) = &rt.config.tenants {
-            let key = presented_key(|name| header(&raw, name));
-            match authenticate(tenants, key) {
-                Ok(index) => self.ex.tenant = Some(Admission { index, ..Admission::default() }),
-                Err(e) => return self.answer_error(s, &e),
-            }
-        }
-        let method = header(&raw, ":method").unwrap_or_default().to_string();
-        let declared = header(&raw, "content-length").and_then(|v| v.parse::<usize>().ok());
+        // This build replays nothing: a failover token is never a client's.
+        let opening = self.ex.request_headers(&*rt, &raw.as_slice(), end_of_stream, false, state::random);
         self.client_headers = raw;
-        let route = match Route::parse(&method, &path) {
-            Ok(route) => route,
-            Err(e) => return self.answer_error(s, &e),
-        };
-        let body = match route {
-            Route::Models { query } => {
-                let body = self.listing().body(query).to_vec();
-                return self.answer_json(s, body);
-            }
-            Route::Model { id } => {
-                let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
-                let Some(body) = self.listing().entry(&id).map(<[u8]>::to_vec) else {
-                    return self.answer_error(s, &rt.config.unknown_target(&id, "model"));
-                };
-                return self.answer_json(s, body);
-            }
-            // Not served by this build yet (docs/native.md).
-            Route::Followup(_) | Route::Feedback => {
-                return self.answer_error(s, &ApiError::not_found(path.split('?').next().unwrap_or("")));
-            }
-            _ => route.body(),
-        };
-        if let Some((body_for, endpoint, door)) = body {
-            (self.ex.body_for, self.ex.endpoint, self.ex.door) = (body_for, endpoint, door);
+        match opening {
+            Opening::Step(Step::Pause) if self.ex.body_for == BodyFor::Feedback => {}
+            Opening::Step(step) => return self.apply(s, step),
+            // Answered at once here: the call log of a refused key does not wait for its model.
+            Opening::RefuseAfterBody(e) => return self.answer_error(s, &e),
+            Opening::Replay(_) | Opening::Followup => {}
         }
-        if let Some(encoding) = header(&self.client_headers, "content-encoding").filter(|e| *e != "identity") {
-            let e = ApiError::unsupported_content_encoding(encoding);
-            return self.answer_error(s, &e);
-        }
-        if declared.is_some_and(|n| n > rt.config.max_body_bytes) {
-            return self.answer_error(s, &ApiError::body_too_large(rt.config.max_body_bytes));
-        }
-        if end_of_stream || declared == Some(0) {
-            return self.answer_error(
-                s,
-                &ApiError::invalid_request(ErrorCode::InvalidJson, "Request body is empty; expected a JSON object."),
-            );
-        }
-        // Held until the body says where the request goes.
-        abi::HEADERS_STOP_ITERATION
+        // Not served by this build yet (docs/native.md).
+        let path = header(&self.client_headers, ":path").unwrap_or_default();
+        let e = ApiError::not_found(path.split('?').next().unwrap_or(""));
+        self.answer_error(s, &e)
     }
 
     pub fn on_request_body(&mut self, s: Stream, end_of_stream: bool) -> Status {

@@ -202,6 +202,10 @@ impl Shared for Runtime {
         &self.config
     }
 
+    fn listing(&self, tenant: Option<usize>) -> Option<&ModelListing> {
+        Some(tenant.and_then(|t| self.tenant_listings.get(t)).unwrap_or(&self.listing))
+    }
+
     fn now_ms(&self) -> u64 {
         now_ms()
     }

@@ -246,7 +246,10 @@ pub enum Feedback<L> {
     Unknown,
     AlreadyScored,
     /// The owner gave this router `limit` scores this minute already.
-    TooMany { limit: u32, retry_after_s: u64 },
+    TooMany {
+        limit: u32,
+        retry_after_s: u64,
+    },
 }
 
 impl Exchange {

@@ -111,7 +111,9 @@ impl Exchange {
                 let (size, body) = self.resume_answered(sh, attempt, held, status, body);
                 CallStep::EndStream { size, body }
             }
-            State::Failover { attempt, .. } => CallStep::Step(self.failover_answered(sh, attempt, status, headers, body, calls)),
+            State::Failover { attempt, .. } => {
+                CallStep::Step(self.failover_answered(sh, attempt, status, headers, body, calls))
+            }
             other => {
                 self.state = other;
                 CallStep::Nothing
@@ -159,7 +161,8 @@ impl Exchange {
         self.note_response_id(sh, member, attempt.native, verdict);
         let mut out = vec![(Cow::Borrowed("content-type"), content_type)];
         out.extend(self.result_headers(sh, member).into_iter().map(|(k, v)| (Cow::Borrowed(k), v)));
-        let relayed = headers.iter().filter_map(|(k, v)| Some((relayed_response_header(k)?.to_string(), v.to_string())));
+        let relayed =
+            headers.iter().filter_map(|(k, v)| Some((relayed_response_header(k)?.to_string(), v.to_string())));
         out.extend(relayed.map(|(k, v)| (Cow::Owned(k), v)));
         let step = self.reply_with(sh, verdict, out, body);
         if self.shape.stream {

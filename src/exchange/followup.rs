@@ -4,7 +4,7 @@
 //! and hands in what it holds.
 
 use crate::api::request::ParsedRequest;
-use crate::api::response_ids::{response_id_in, Followup, Holder};
+use crate::api::response_ids::{followup, response_id_in, Followup, Holder};
 use crate::api::{ApiError, ErrorCode};
 use crate::config::{Config, MemberRef, Provider};
 use crate::doors::Door;
@@ -112,11 +112,12 @@ impl Exchange {
         &self,
         sh: &dyn Shared,
         method: &str,
-        f: &Followup<'_>,
+        path: &str,
     ) -> Result<(MemberRef, UpstreamRequest), ApiError> {
+        let f = followup(path).ok_or_else(|| ApiError::not_found(path.split('?').next().unwrap_or("")))?;
         let holder = sh.response_holder(f.id).filter(|h| h.tenant == self.tenant_name(sh));
         let Some((member, provider)) = holder.and_then(|h| native_member_of(sh.config(), &h.provider)) else {
-            return Err(unknown_response(f));
+            return Err(unknown_response(&f));
         };
         let upstream = responses_followup(provider, &format!("{}{}", f.id, f.rest));
         log::info!(

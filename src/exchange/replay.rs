@@ -36,12 +36,8 @@ impl Exchange {
         }
         let retry_on = config.pool_at(member.pool)?.retry.retry_on.as_slice();
         let token = redirect::new_token()?;
-        let url = redirect::location(
-            scheme.unwrap_or("http"),
-            authority.unwrap_or_default(),
-            path.unwrap_or("/"),
-            &token,
-        );
+        let url =
+            redirect::location(scheme.unwrap_or("http"), authority.unwrap_or_default(), path.unwrap_or("/"), &token);
         self.try_token = Some(token);
         Some(redirect::try_header(retry_on, &url))
     }

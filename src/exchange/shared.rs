@@ -13,6 +13,7 @@
 //! tenant's admission is asked ([`super::TenantAsk`]) of the store the host
 //! picks (shared data, or the fleet's service), and its verdict handed back.
 
+use crate::api::models::ModelListing;
 use crate::api::response_ids::Holder;
 use crate::api::ErrorCode;
 use crate::config::{Config, MemberRef};
@@ -115,6 +116,11 @@ pub trait Shared {
 
     /// Who holds the stored response `id`, if it was remembered.
     fn response_holder(&self, _id: &str) -> Option<Holder> {
+        None
+    }
+
+    /// The model listing `tenant` may see (`None`: every model), when the host keeps one.
+    fn listing(&self, _tenant: Option<usize>) -> Option<&ModelListing> {
         None
     }
 

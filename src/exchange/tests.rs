@@ -533,9 +533,7 @@ fn a_relayed_stream_on_the_messages_door_becomes_anthropic_events() {
     assert!(ex.answer.reads(&a));
     let stream =
         format!("{}{}{USAGE_CHUNK}data: [DONE]\n\n", chunk(r#"{"content":"hi"}"#, "null"), chunk("{}", "\"stop\""));
-    let Relayed::Out(Some(out)) = ex.answer.relay(&mut a, stream.as_bytes(), true) else {
-        panic!("untranslated")
-    };
+    let Relayed::Out(Some(out)) = ex.answer.relay(&mut a, stream.as_bytes(), true) else { panic!("untranslated") };
     let out = text(&out);
     assert!(out.contains("event: message_start") && out.contains("event: message_stop"), "{out}");
 }
@@ -1042,7 +1040,14 @@ struct Sent {
 }
 
 impl Calls for Sent {
-    fn send(&mut self, _: &Exchange, member: MemberRef, up: &UpstreamRequest, stream: bool, _: u64) -> Result<u64, ApiError> {
+    fn send(
+        &mut self,
+        _: &Exchange,
+        member: MemberRef,
+        up: &UpstreamRequest,
+        stream: bool,
+        _: u64,
+    ) -> Result<u64, ApiError> {
         if self.refuse == Some(member) {
             return Err(ApiError::internal("refused"));
         }
@@ -1167,17 +1172,21 @@ fn a_redirect_the_upstream_filter_made_and_envoy_did_not_follow_is_the_failure_i
     let sh = Mem::new(TWO);
     let mut ex = routed_to_first(&sh, CHAT);
     ex.try_token = Some("t".into());
-    let location = "http://gw/v1/chat/completions?sb_try=t&sb_status=503&sb_retry_after=7";
-    let (failed, _) = crate::routing::redirect::failure_in(location);
+    let location = format!(
+        "http://gw/v1/chat/completions?{}=t&{}=503",
+        crate::routing::redirect::TOKEN_PARAM,
+        crate::routing::redirect::STATUS_PARAM
+    );
     let mut calls = Sent::default();
-    answered(&mut ex, &sh, &[(":status", "307"), ("location", location)], &mut calls);
-    assert_eq!(ex.obs.attempts[0].1, failed);
-    assert_eq!(calls.calls.len(), u8::from(sh.is_failure(MemberRef::new(0, 0), failed)) as usize);
+    answered(&mut ex, &sh, &[(":status", "307"), ("location", &location)], &mut calls);
+    assert_eq!(ex.obs.attempts[0].1, 503, "the failure the redirect carries");
+    assert_eq!(calls.calls.len(), 1, "failed over");
 }
 
 #[test]
 fn a_translated_whole_answer_is_held_until_its_body_is_read() {
-    let sh = Mem::new(r#""main": {"members": [{"provider": "c", "model": "claude"}, {"provider": "a", "model": "m1"}]}"#);
+    let sh =
+        Mem::new(r#""main": {"members": [{"provider": "c", "model": "claude"}, {"provider": "a", "model": "m1"}]}"#);
     let mut ex = routed_to_first(&sh, CHAT);
     let mut calls = Sent::default();
     let HeadersStep::Answer { set, drop, hold: true, .. } = answered(&mut ex, &sh, &[(":status", "200")], &mut calls)
@@ -1204,7 +1213,8 @@ fn a_translated_whole_answer_is_held_until_its_body_is_read() {
 
 #[test]
 fn a_translated_stream_is_primed_until_its_first_event_and_fails_over_before_it() {
-    let sh = Mem::new(r#""main": {"members": [{"provider": "c", "model": "claude"}, {"provider": "a", "model": "m1"}]}"#);
+    let sh =
+        Mem::new(r#""main": {"members": [{"provider": "c", "model": "claude"}, {"provider": "a", "model": "m1"}]}"#);
     let body = r#"{"model":"main","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut ex = routed_to_first(&sh, body);
     let mut calls = Sent::default();
@@ -1226,13 +1236,20 @@ fn a_translated_stream_is_primed_until_its_first_event_and_fails_over_before_it(
     assert!(ex.obs.first_event_ms > 0);
     // A host that cannot hold a stream's headers relays it at once.
     let mut ex = routed_to_first(&sh, body);
-    let step = ex.response_headers(&sh, &[(":status", "200")].as_slice(), false, Relays { prime: false, resume: false }, &mut calls);
+    let step = ex.response_headers(
+        &sh,
+        &[(":status", "200")].as_slice(),
+        false,
+        Relays { prime: false, resume: false },
+        &mut calls,
+    );
     assert!(matches!(step, HeadersStep::Answer { hold: false, .. }));
     assert!(matches!(ex.state, State::Relaying { .. }));
     // An error event before any output is the member's 502: failed over.
     let mut ex = routed_to_first(&sh, body);
     answered(&mut ex, &sh, &[(":status", "200")], &mut calls);
-    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
+    let error =
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
     let step = ex.response_body(&sh, error.as_bytes().to_vec(), error.len(), true, &mut calls);
     assert_eq!(step.step, Step::Pause);
     assert!(matches!(ex.state, State::Failover { .. }));
@@ -1300,7 +1317,9 @@ fn a_relayed_stream_silent_past_its_limit_is_reset_as_its_members_failure() {
     let mut ex = routed_to_first(&sh, body);
     let mut calls = Sent::default();
     let now = sh.now.get();
-    let HeadersStep::Answer { wake_at, .. } = answered(&mut ex, &sh, &[(":status", "200")], &mut calls) else { panic!() };
+    let HeadersStep::Answer { wake_at, .. } = answered(&mut ex, &sh, &[(":status", "200")], &mut calls) else {
+        panic!()
+    };
     assert_eq!(wake_at, Some(now + 2000));
     sh.now.set(now + 1500);
     ex.body_read(&sh, 0, false);
@@ -1325,11 +1344,10 @@ fn a_stream_is_tagged_for_its_replay_and_the_replay_records_the_failure() {
     // A request that simply ended is not parked; Envoy's replay is.
     assert_eq!(ex.replaying(|| Some(b"via_upstream".to_vec())), None);
     assert_eq!(ex.replaying(|| Some(b"internal_redirect".to_vec())), Some(token));
-    let path = "/v1/chat/completions?sb_status=503";
-    let (failed, _) = crate::routing::redirect::failure_in(path);
-    assert_eq!(ex.replayed(&sh, Vec::new(), path, false), Step::Pause);
+    let path = format!("/v1/chat/completions?{}=503", crate::routing::redirect::STATUS_PARAM);
+    assert_eq!(ex.replayed(&sh, Vec::new(), &path, false), Step::Pause);
     assert!(matches!(ex.state, State::Replayed { .. }));
-    assert_eq!(ex.obs.attempts[0].1, failed);
+    assert_eq!(ex.obs.attempts[0].1, 503);
     // Then the replayed body goes to the next member.
     let (next, ()) = ex.start_next(&sh, sh.now.get(), "replay", |_, _, _| Ok(())).ok().unwrap();
     assert_eq!(next.picked.member, MemberRef::new(0, 1));
@@ -1352,7 +1370,8 @@ fn a_broken_stream_is_continued_by_one_call_and_its_answer_ends_the_stream() {
     assert!(!calls.calls[0].1, "one call, not a stream");
     assert!(matches!(ex.state, State::Resuming { call: 1, .. }));
     let answer = br#"{"choices":[{"message":{"role":"assistant","content":" three."},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
-    let CallStep::EndStream { size, body } = ex.call_answered(&sh, 1, &[(":status", "200")], || answer.to_vec(), &mut calls)
+    let CallStep::EndStream { size, body } =
+        ex.call_answered(&sh, 1, &[(":status", "200")], || answer.to_vec(), &mut calls)
     else {
         panic!("not ended")
     };
@@ -1374,7 +1393,8 @@ fn a_continuation_that_fails_ends_the_stream_as_it_would_have() {
     answered(&mut ex, &sh, &[(":status", "200")], &mut calls);
     let cut = chunk(r#"{"content":"one"}"#, "null");
     ex.response_body(&sh, cut.into_bytes(), 10, true, &mut calls);
-    let CallStep::EndStream { body, .. } = ex.call_answered(&sh, 1, &[(":status", "500")], || unreachable!(), &mut calls)
+    let CallStep::EndStream { body, .. } =
+        ex.call_answered(&sh, 1, &[(":status", "500")], || unreachable!(), &mut calls)
     else {
         panic!()
     };
@@ -1402,12 +1422,111 @@ fn feedback_is_a_204_or_says_why_not() {
 fn a_remembered_response_is_followed_up_on_its_holder_for_its_tenant_only() {
     let sh = Mem::new(TWO);
     let ex = Exchange::default();
-    let f = crate::api::response_ids::followup("/v1/responses/resp_1/input_items?limit=2").unwrap();
-    assert_eq!(ex.followup(&sh, "GET", &f).err().map(|e| e.status), Some(404));
+    let f = "/v1/responses/resp_1/input_items?limit=2";
+    assert_eq!(ex.followup(&sh, "GET", f).err().map(|e| e.status), Some(404));
     sh.remember_response("resp_1", &Holder { provider: "b".into(), tenant: String::new() });
-    let (member, upstream) = ex.followup(&sh, "GET", &f).unwrap();
+    let (member, upstream) = ex.followup(&sh, "GET", f).unwrap();
     assert_eq!(member, MemberRef::new(0, 1));
     assert!(upstream.path.ends_with("resp_1/input_items?limit=2"), "{}", upstream.path);
     sh.remember_response("resp_1", &Holder { provider: "b".into(), tenant: "other".into() });
-    assert!(ex.followup(&sh, "GET", &f).is_err(), "another tenant's response is not found");
+    assert!(ex.followup(&sh, "GET", f).is_err(), "another tenant's response is not found");
+}
+
+// The request's headers.
+
+/// `Mem` with the model listing a host keeps.
+struct Listed(Mem, crate::api::models::ModelListing);
+
+impl Shared for Listed {
+    fn config(&self) -> &Config {
+        &self.0.config
+    }
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
+    fn pick(&self, plan: &mut Plan, now_ms: u64) -> Option<Picked> {
+        self.0.pick(plan, now_ms)
+    }
+    fn record(&self, p: Picked, status: u16, failed: bool, retry_after: Option<&str>, now_ms: u64, id: &str) {
+        self.0.record(p, status, failed, retry_after, now_ms, id)
+    }
+    fn note_answered(&self, _: MemberRef, _: u64, _: u64) {}
+    fn abort_is_failure(&self, _: MemberRef, _: u64, _: u64) -> bool {
+        false
+    }
+    fn next_try_ms(&self, member_id: &str, now_ms: u64) -> Option<u64> {
+        self.0.next_try_ms(member_id, now_ms)
+    }
+    fn passed_over(&self, member_id: &str, now_ms: u64) -> PassedOver {
+        self.0.passed_over(member_id, now_ms)
+    }
+    fn begin_in_flight(&self, _: MemberRef) {}
+    fn end_in_flight(&self, _: MemberRef) {}
+    fn observe_latency(&self, _: MemberRef, _: LatencyKind, _: f64) {}
+    fn count(&self, what: Count) {
+        self.0.count(what)
+    }
+    fn listing(&self, _: Option<usize>) -> Option<&crate::api::models::ModelListing> {
+        Some(&self.1)
+    }
+}
+
+fn opening<K: AsRef<str>, V: AsRef<str>>(sh: &dyn Shared, headers: &[(K, V)], end: bool) -> (Exchange, Opening) {
+    let mut ex = Exchange::default();
+    let opening = ex.request_headers(sh, &headers, end, true, || 0xab);
+    (ex, opening)
+}
+
+#[test]
+fn a_pipeline_requests_headers_hold_it_for_its_body_with_its_door_and_id() {
+    let sh = Mem::new(TWO);
+    let post = |path: &str| {
+        vec![(":method", "POST".to_string()), (":path", path.to_string()), ("content-length", "20".to_string())]
+    };
+    let (ex, o) = opening(&sh, &post("/v1/messages"), false);
+    assert_eq!(o, Opening::Step(Step::Pause));
+    assert_eq!((ex.door, ex.body_for, ex.request_id.as_str()), (Door::Messages, BodyFor::Routing, "00000000000000ab"));
+    let mut headers = post("/v1/feedback");
+    headers.push(("x-request-id", "r-7".to_string()));
+    let (ex, _) = opening(&sh, &headers, false);
+    assert_eq!((ex.body_for, ex.request_id.as_str()), (BodyFor::Feedback, "r-7"));
+    let (_, o) = opening(&sh, &[(":method", "GET"), (":path", "/v1/responses/resp_1")], true);
+    assert_eq!(o, Opening::Followup);
+    let replayed = format!("/v1/chat/completions?{}=abc", crate::routing::redirect::TOKEN_PARAM);
+    let (_, o) = opening(&sh, &post(&replayed), false);
+    assert_eq!(o, Opening::Replay("abc".into()), "the failover token of a replay");
+    let mut ex = Exchange::default();
+    let o = ex.request_headers(&sh, &post(&replayed).as_slice(), false, false, || 1);
+    assert!(matches!(o, Opening::Step(ref s) if status(s) == 400), "a host that replays nothing refuses it");
+}
+
+#[test]
+fn headers_that_say_the_body_cannot_be_read_are_refused_at_once() {
+    let sh = Mem::new(TWO);
+    let refused = |headers: &[(&str, &str)], end: bool| match opening(&sh, headers, end).1 {
+        Opening::Step(step) => (status(&step), header(&step, "content-type").map(str::to_string)),
+        other => panic!("{other:?}"),
+    };
+    let chat = [(":method", "POST"), (":path", "/v1/chat/completions")];
+    assert_eq!(refused(&chat, true).0, 400, "no body");
+    assert_eq!(refused(&[chat[0], chat[1], ("content-length", "0")], false).0, 400);
+    assert_eq!(refused(&[chat[0], chat[1], ("content-encoding", "br")], false).0, 415);
+    assert_eq!(refused(&[chat[0], chat[1], ("content-length", "999999999999")], false).0, 413);
+    assert_eq!(refused(&[(":method", "GET"), chat[1]], false).0, 405);
+    assert_eq!(refused(&[chat[0], (":path", "/v2/nothing")], false).0, 404);
+}
+
+#[test]
+fn the_model_listing_is_answered_at_the_headers() {
+    let mem = Mem::new(TWO);
+    let listing = crate::api::models::ModelListing::build(&mem.config);
+    let sh = Listed(mem, listing);
+    let (_, o) = opening(&sh, &[(":method", "GET"), (":path", "/v1/models")], true);
+    let Opening::Step(Step::Reply { status: 200, body, .. }) = o else { panic!("{o:?}") };
+    assert!(text(&body).contains("\"main\""), "{}", text(&body));
+    let (_, o) = opening(&sh, &[(":method", "GET"), (":path", "/v1/models/main")], true);
+    assert!(matches!(o, Opening::Step(Step::Reply { status: 200, .. })));
+    let (_, o) = opening(&sh, &[(":method", "GET"), (":path", "/v1/models/nope%2Fx")], true);
+    let Opening::Step(Step::Reply { status: 404, body, .. }) = o else { panic!("{o:?}") };
+    assert!(text(&body).contains("nope/x"), "the id decoded: {}", text(&body));
 }

@@ -15,22 +15,18 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::api::models::ModelListing;
 use crate::api::request::{model_of, ParsedRequest};
-use crate::api::response_ids::Followup;
-use crate::api::{ApiError, ErrorCode};
+use crate::api::ApiError;
 use crate::config::MemberRef;
-use crate::doors::{messages, Door};
-use crate::encoding::percent_decode;
+use crate::doors::messages;
 use crate::exchange::{
-    build_upstream, feedback_body, Admission, BodyFor, BodyRead, BodyStep, CallStep, Calls, ChatBody, Exchange,
-    HeadersStep, Relays, Route, State, Step, Timer,
+    build_upstream, feedback_body, BodyFor, BodyRead, BodyStep, CallStep, Calls, ChatBody, Exchange, HeadersStep,
+    Opening, Relays, State, Step, Timer, REFUSED_BODY_PEEK_BYTES,
 };
 use crate::providers::UpstreamRequest;
 use crate::routing::router::HeaderLookup;
 use crate::routing::{redirect, Plan};
 use crate::tenant::limits::Settlement;
-use crate::tenant::{authenticate, presented_key};
 
 use super::fleet::{self, Ask};
 use super::learned_store::{self, Feedback, Scorer};
@@ -40,10 +36,6 @@ use super::{abi, parked, shadow, tenant_store, wake};
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
-/// With the call log on, an unauthenticated request whose body declares at most
-/// this size is refused once its body is in, so that the line names the model it
-/// asked for; a larger or undeclared body is refused at its headers, unread.
-const REFUSED_BODY_PEEK_BYTES: usize = 64 * 1024;
 
 pub struct Filter {
     rt: Option<Rc<Runtime>>,
@@ -179,14 +171,6 @@ impl Filter {
             self.ex.obs.model = abi::buffer(abi::BUFFER_REQUEST_BODY, 0, body_size).ok().and_then(|b| model_of(&b));
         }
         self.answer_error(&refusal)
-    }
-
-    /// What the caller may see of the models: its tenant's listing, else all.
-    fn listing<'r>(&self, rt: &'r Runtime) -> &'r ModelListing {
-        match &self.ex.tenant {
-            Some(t) => rt.tenant_listings.get(t.index).unwrap_or(&rt.listing),
-            None => &rt.listing,
-        }
     }
 
     /// A complete request body: answered here (token counting, feedback) or routed.
@@ -360,7 +344,8 @@ impl Filter {
     /// its failure into a redirect (when the configuration says that filter runs).
     fn tag_try(&mut self, rt: &Runtime, member: MemberRef) {
         let h = &self.client_headers;
-        let (scheme, authority, path) = (header_value(h, ":scheme"), header_value(h, ":authority"), header_value(h, ":path"));
+        let (scheme, authority, path) =
+            (header_value(h, ":scheme"), header_value(h, ":authority"), header_value(h, ":path"));
         let Some(tag) = self.ex.try_tag(rt, member, scheme, authority, path) else { return };
         if let Err(s) = abi::set_header(REQ, redirect::TRY_HEADER, &tag) {
             self.ex.try_token = None;
@@ -421,9 +406,11 @@ impl Filter {
 
     /// A follow-up on a stored response: passed through as it is to the
     /// provider that holds the response, or refused.
-    fn serve_followup(&mut self, rt: &Runtime, f: Followup<'_>) -> Action {
-        let method = header_value(&self.client_headers, ":method").unwrap_or_default();
-        let (member, upstream) = match self.ex.followup(rt, method, &f) {
+    fn serve_followup(&mut self, rt: &Runtime) -> Action {
+        let h = &self.client_headers;
+        let (method, path) =
+            (header_value(h, ":method").unwrap_or_default(), header_value(h, ":path").unwrap_or_default());
+        let (member, upstream) = match self.ex.followup(rt, method, path) {
             Ok(to) => to,
             Err(e) => return self.answer_error(&e),
         };
@@ -593,13 +580,6 @@ fn header_value<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
     abi::pairs(raw).find(|(k, _)| *k == name.as_bytes()).and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
-/// The request declares a body of at most `REFUSED_BODY_PEEK_BYTES`.
-fn small_body(headers: &[u8]) -> bool {
-    header_value(headers, "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > 0 && n <= REFUSED_BODY_PEEK_BYTES)
-}
-
 impl Context for Filter {
     /// Envoy destroys a replayed request's old instance after logging it,
     /// except where logging is deferred (HTTP/3): then the hand-over happens here.
@@ -662,80 +642,24 @@ impl HttpContext for Filter {
                 return self.answer_error(&ApiError::internal("The gateway could not read the request headers."));
             }
         };
-        self.ex.request_id = match header_value(&raw, "x-request-id") {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => format!("{:016x}", rt.random()),
-        };
-        if let Some(token) = header_value(&raw, ":path").and_then(redirect::token_in_path) {
-            let token = token.to_string();
-            return self.replay(&token, raw, end_of_stream);
-        }
-        if rt.config.stream_failover && header_value(&raw, "x-envoy-original-url").is_some() {
-            // Envoy followed a redirect switchboard did not ask for (a provider's own): never re-routed.
-            return self.answer_error(&ApiError::new(
-                502,
-                ErrorCode::InvalidUpstreamResponse,
-                "The provider answered with a redirect, which the gateway does not follow.",
-            ));
-        }
-        let path = header_value(&raw, ":path").unwrap_or_default().to_string();
-        // Every answer of a door in its error shape, a refused key's included.
-        self.ex.door = Door::error_shape_of(&path);
-        if let Some(tenants) = &rt.config.tenants {
-            let key = presented_key(|name| header_value(&raw, name));
-            match authenticate(tenants, key) {
-                Ok(index) => self.ex.tenant = Some(Admission { index, ..Admission::default() }),
-                Err(e) if rt.config.call_log && !end_of_stream && small_body(&raw) => {
-                    self.refused = Some(e);
-                    return Action::Pause;
-                }
-                Err(e) => return self.answer_error(&e),
-            }
-        }
-        let declared = header_value(&raw, "content-length").and_then(|v| v.parse::<usize>().ok());
-        let route = match Route::parse(header_value(&raw, ":method").unwrap_or_default(), &path) {
-            Ok(route) => route,
-            Err(e) => return self.answer_error(&e),
-        };
+        let opening = self.ex.request_headers(&*rt, &RequestHeaders(&raw), end_of_stream, true, || rt.random());
         // The client's headers never reach the provider as they are: the
         // rewrite replaces the whole map (a client can never pick a cluster).
-        self.client_headers = raw;
-        let body = match route {
-            Route::Followup(f) => return self.serve_followup(&rt, f),
-            Route::Models { query } => {
-                let step = self.ex.json_reply(&*rt, self.listing(&rt).body(query).to_vec());
-                return self.apply(step);
+        match opening {
+            Opening::Replay(token) => self.replay(&token, raw, end_of_stream),
+            Opening::RefuseAfterBody(e) => {
+                self.refused = Some(e);
+                Action::Pause
             }
-            Route::Model { id } => {
-                // The SDKs percent-encode the id (`o1/gpt-4o` arrives as `o1%2Fgpt-4o`).
-                let id = String::from_utf8_lossy(&percent_decode(id)).into_owned();
-                let step = match self.listing(&rt).entry(&id).map(<[u8]>::to_vec) {
-                    Some(body) => self.ex.json_reply(&*rt, body),
-                    None => self.ex.error_reply(&*rt, &rt.config.unknown_target(&id, "model")),
-                };
-                return self.apply(step);
+            Opening::Followup => {
+                self.client_headers = raw;
+                self.serve_followup(&rt)
             }
-            _ => route.body(),
-        };
-        if let Some((body_for, endpoint, door)) = body {
-            (self.ex.body_for, self.ex.endpoint, self.ex.door) = (body_for, endpoint, door);
+            Opening::Step(step) => {
+                self.client_headers = raw;
+                self.apply(step)
+            }
         }
-        // Envoy's decompressor (before this filter) takes gzip off; anything left is unreadable.
-        if let Some(encoding) = header_value(&self.client_headers, "content-encoding").filter(|e| *e != "identity") {
-            return self.answer_error(&ApiError::unsupported_content_encoding(encoding));
-        }
-        if declared.is_some_and(|n| n > rt.config.max_body_bytes) {
-            return self.answer_error(&ApiError::body_too_large(rt.config.max_body_bytes));
-        }
-        if end_of_stream || declared == Some(0) {
-            return self.answer_error(&ApiError::invalid_request(
-                ErrorCode::InvalidJson,
-                "Request body is empty; expected a JSON object.",
-            ));
-        }
-        // Hold the headers until the body says where the request goes
-        // (needs allow_on_headers_stop_iteration in the plugin config).
-        Action::Pause
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

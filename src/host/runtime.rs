@@ -358,6 +358,10 @@ impl Shared for Runtime {
         live_store::observe(self.member_id(member), kind, sample_ms);
     }
 
+    fn listing(&self, tenant: Option<usize>) -> Option<&ModelListing> {
+        Some(tenant.and_then(|t| self.tenant_listings.get(t)).unwrap_or(&self.listing))
+    }
+
     fn remember_response(&self, id: &str, holder: &Holder) {
         super::response_store::remember(id, holder);
     }
