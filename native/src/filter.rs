@@ -11,20 +11,16 @@ use std::sync::Arc;
 
 use switchboard::api::forward::forwarded;
 use switchboard::api::request::ParsedRequest;
-use switchboard::api::usage::Tokens;
 use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
 use switchboard::doors::{messages, Door};
 use switchboard::exchange::{
-    build_upstream, expected_tokens, refusal_error, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange,
-    HeadersStep, Opening, Relays, State, Step,
+    build_upstream, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange, HeadersStep, Opening, Relays, State, Step,
 };
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::UpstreamRequest;
 use switchboard::routing::router::HeaderLookup;
 use switchboard::routing::Plan;
-use switchboard::tenant::limits::{rate_headers, Refusal, Settlement, Window, WINDOW_S};
-use switchboard::tenant::reserve::{Prices, Reservation};
 
 use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP};
 use crate::metrics::{Family, Labels};
@@ -246,7 +242,7 @@ impl Filter {
         Ok(())
     }
 
-    /// The calling tenant may use what it asked for, within its limits (see `host::filter::admit_tenant`).
+    /// The calling tenant's admission (`Exchange::tenant_ask`), decided by this module's store.
     fn admit_tenant(
         &mut self,
         parsed: &ParsedRequest<'_>,
@@ -255,46 +251,10 @@ impl Filter {
         now: u64,
     ) -> Result<(), ApiError> {
         let rt = self.rt.clone();
-        let Some(admission) = self.ex.tenant.as_mut() else { return Ok(()) };
-        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return Ok(()) };
-        if let Some(name) = std::iter::once(&parsed.target).chain(&parsed.fallback).find(|n| !tenant.allows(n)) {
-            return Err(switchboard::tenant::not_allowed(tenant, name));
-        }
-        if !tenant.has_limits() {
-            return Ok(());
-        }
-        let now_s = now / 1000;
-        let Tokens { prompt: prompt_estimate, completion: expected_output, .. } = expected_tokens(parsed, body_len);
-        let reserve = prompt_estimate.saturating_add(expected_output);
-        let budget = match &tenant.budget {
-            Some(_) => {
-                let prompt = u64::from(parsed.content().prompt_tokens).max(prompt_estimate);
-                Reservation::dearest(plan.members_it_may_try(&rt.config).map(prices), prompt, parsed.max_output_tokens)
-            }
-            None => Reservation::default(),
-        };
-        match state::admit_tenant(tenant, now_s, reserve, budget.micro_usd) {
-            Ok(state) => {
-                admission.budget = budget;
-                admission.parallel_held = tenant.max_parallel.is_some();
-                admission.reserved = reserve;
-                admission.window_start_s = state.window.start_s;
-                admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &state.window, now_s);
-                Ok(())
-            }
-            Err(r) => {
-                rt.metrics.tenant_refused(admission.index, matches!(r, Refusal::Budget { .. }));
-                if let Refusal::Requests { retry_after_s } | Refusal::Tokens { retry_after_s } = r {
-                    let full = Window {
-                        start_s: (now_s + retry_after_s).saturating_sub(WINDOW_S),
-                        requests: if matches!(r, Refusal::Requests { .. }) { tenant.rpm.unwrap_or(0) } else { 0 },
-                        tokens: if matches!(r, Refusal::Tokens { .. }) { tenant.tpm.unwrap_or(0) } else { 0 },
-                    };
-                    admission.rate_headers = rate_headers(tenant.rpm, tenant.tpm, &full, now_s);
-                }
-                Err(refusal_error(tenant, r))
-            }
-        }
+        let Some(ask) = self.ex.tenant_ask(&*rt, parsed, plan, body_len)? else { return Ok(()) };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(ask.index)) else { return Ok(()) };
+        let verdict = state::admit_tenant(tenant, now / 1000, ask.reserve, ask.budget.micro_usd).map(Some);
+        self.ex.tenant_verdict(&*rt, &ask, verdict, now)
     }
 
     /// Points the held request at `member`: body, then the headers the gateway sets
@@ -537,36 +497,14 @@ impl Filter {
         s.set_filter_state(CALL_LOG_KEY, &record.json());
     }
 
+    /// The tenant's request ended: the exchange's settlement, told to this module's store.
     fn release_tenant(&mut self, ended_ms: u64) {
         let rt = self.rt.clone();
-        let Some(admission) = self.ex.tenant.take() else { return };
-        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(admission.index)) else { return };
-        let mut end = Settlement {
-            parallel_held: admission.parallel_held,
-            budget_reserved_micro_usd: admission.budget.micro_usd,
-            ..Settlement::default()
-        };
-        let usage = self.ex.answer.usage();
-        if tenant.tpm.is_some() || tenant.budget.is_some() {
-            let used = usage.or(self.ex.answer.stream_end.as_ref().map(|_| self.ex.obs.estimate));
-            if let Some(Tokens { prompt, completion, .. }) = used {
-                end.tokens = Some((admission.window_start_s, admission.reserved, prompt.saturating_add(completion)));
-            }
-        }
-        let served = self.ex.plan.as_ref().and_then(|p| p.attempts.last()).filter(|a| (200..300).contains(&a.status));
-        if let (Some(served), Some(_)) = (served, &tenant.budget) {
-            let usage = usage.or(self.ex.answer.stream_end.as_ref().map(|_| self.ex.obs.estimate));
-            end.spend_micro_usd =
-                rt.config.member(served.at()).map_or(0, |m| admission.budget.spent_on(prices(m), usage));
-        }
-        if end != Settlement::default() {
+        let Some((index, _, end)) = self.ex.settlement(&*rt) else { return };
+        if let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(index)) {
             state::settle_tenant(tenant, ended_ms / 1000, &end);
         }
     }
-}
-
-fn prices(m: &switchboard::config::Member) -> Prices {
-    m.prices()
 }
 
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {

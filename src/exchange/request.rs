@@ -38,7 +38,7 @@ impl Exchange {
     pub fn request_headers(
         &mut self,
         sh: &dyn Shared,
-        headers: &dyn HeaderLookup,
+        headers: &impl HeaderLookup,
         end_of_stream: bool,
         replays: bool,
         new_id: impl FnOnce() -> u64,

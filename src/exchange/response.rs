@@ -69,7 +69,7 @@ impl Exchange {
     pub fn response_headers(
         &mut self,
         sh: &dyn Shared,
-        headers: &dyn HeaderLookup,
+        headers: &impl HeaderLookup,
         end_of_stream: bool,
         can: Relays,
         calls: &mut dyn Calls,

@@ -1511,7 +1511,7 @@ fn headers_that_say_the_body_cannot_be_read_are_refused_at_once() {
     assert_eq!(refused(&chat, true).0, 400, "no body");
     assert_eq!(refused(&[chat[0], chat[1], ("content-length", "0")], false).0, 400);
     assert_eq!(refused(&[chat[0], chat[1], ("content-encoding", "br")], false).0, 415);
-    assert_eq!(refused(&[chat[0], chat[1], ("content-length", "999999999999")], false).0, 413);
+    assert_eq!(refused(&[chat[0], chat[1], ("content-length", "999999999")], false).0, 413);
     assert_eq!(refused(&[(":method", "GET"), chat[1]], false).0, 405);
     assert_eq!(refused(&[chat[0], (":path", "/v2/nothing")], false).0, 404);
 }

@@ -604,9 +604,10 @@ impl Context for Filter {
         let headers: Vec<(&str, &str)> = abi::pairs(&raw)
             .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?)))
             .collect();
+        let request_id = self.ex.request_id.clone();
         let body = || {
             abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size).unwrap_or_else(|s| {
-                host_error(&rt, "", "get call response body", s);
+                host_error(&rt, &request_id, "get call response body", s);
                 Vec::new()
             })
         };
