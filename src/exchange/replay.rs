@@ -15,29 +15,28 @@
 use crate::api::{ApiError, ErrorCode};
 use crate::config::MemberRef;
 use crate::routing::redirect;
+use crate::routing::router::HeaderLookup;
 
 use super::{Exchange, Shared, State, Step};
 
 impl Exchange {
     /// The try header of the routed attempt of a stream to `member`, when
     /// the configuration says the upstream filter runs, for a request whose
-    /// URL was `scheme://authority/path`; its token is kept for the replay.
-    pub fn try_tag(
-        &mut self,
-        sh: &dyn Shared,
-        member: MemberRef,
-        scheme: Option<&str>,
-        authority: Option<&str>,
-        path: Option<&str>,
-    ) -> Option<String> {
+    /// URL its `headers` give (`:scheme`, `:authority`, `:path`); its token
+    /// is kept for the replay.
+    pub fn try_tag(&mut self, sh: &dyn Shared, member: MemberRef, headers: &impl HeaderLookup) -> Option<String> {
         let config = sh.config();
         if !config.stream_failover || !self.shape.stream {
             return None;
         }
         let retry_on = config.pool_at(member.pool)?.retry.retry_on.as_slice();
         let token = redirect::new_token()?;
-        let url =
-            redirect::location(scheme.unwrap_or("http"), authority.unwrap_or_default(), path.unwrap_or("/"), &token);
+        let url = redirect::location(
+            headers.header(":scheme").unwrap_or("http"),
+            headers.header(":authority").unwrap_or_default(),
+            headers.header(":path").unwrap_or("/"),
+            &token,
+        );
         self.try_token = Some(token);
         Some(redirect::try_header(retry_on, &url))
     }

@@ -1336,9 +1336,10 @@ fn a_stream_is_tagged_for_its_replay_and_the_replay_records_the_failure() {
     let mut sh = Mem::new(TWO);
     let body = r#"{"model":"main","stream":true,"messages":[]}"#;
     let mut ex = routed_to_first(&sh, body);
-    assert_eq!(ex.try_tag(&sh, MemberRef::new(0, 0), None, Some("gw"), Some("/v1/chat/completions")), None);
+    let url = [(":authority", "gw"), (":path", "/v1/chat/completions")];
+    assert_eq!(ex.try_tag(&sh, MemberRef::new(0, 0), &url.as_slice()), None);
     sh.config.stream_failover = true;
-    let tag = ex.try_tag(&sh, MemberRef::new(0, 0), None, Some("gw"), Some("/v1/chat/completions")).unwrap();
+    let tag = ex.try_tag(&sh, MemberRef::new(0, 0), &url.as_slice()).unwrap();
     let token = ex.try_token.clone().unwrap();
     assert!(tag.contains(&format!("http://gw/v1/chat/completions?{}={token}", crate::routing::redirect::TOKEN_PARAM)));
     // A request that simply ended is not parked; Envoy's replay is.

@@ -343,10 +343,7 @@ impl Filter {
     /// Tags the routed attempt of a stream so the upstream filter can turn
     /// its failure into a redirect (when the configuration says that filter runs).
     fn tag_try(&mut self, rt: &Runtime, member: MemberRef) {
-        let h = &self.client_headers;
-        let (scheme, authority, path) =
-            (header_value(h, ":scheme"), header_value(h, ":authority"), header_value(h, ":path"));
-        let Some(tag) = self.ex.try_tag(rt, member, scheme, authority, path) else { return };
+        let Some(tag) = self.ex.try_tag(rt, member, &RequestHeaders(&self.client_headers)) else { return };
         if let Err(s) = abi::set_header(REQ, redirect::TRY_HEADER, &tag) {
             self.ex.try_token = None;
             self.host_error("set try header", s);
