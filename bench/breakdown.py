@@ -51,6 +51,7 @@ NOTES = {
     "wasm-calls": "rewrite + switchboard's other host calls (20 in all), no logic",
     "switchboard": "the real filter",
     "native": "the same core as a dynamic module (no VM)",
+    "baseline": "the real filter as built from another tree (--baseline-wasm)",
 }
 
 
@@ -283,10 +284,14 @@ def main(argv=None):
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--out", default=str(bench.RESULTS / "breakdown.md"))
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (plain is always run)")
+    ap.add_argument("--baseline-wasm", help="also measure this switchboard.wasm (e.g. the tree before a change), "
+                    "interleaved with the others in the same rounds")
     a = ap.parse_args(argv)
     a.wrk_threads = 1
     wanted = a.variants.split(",")
     variants = [v for v in VARIANTS if v == "plain" or v in wanted]
+    if a.baseline_wasm:
+        variants.append("baseline")
     import atexit
     import signal
     atexit.register(bench.cleanup)
@@ -313,6 +318,7 @@ def main(argv=None):
                                           wasm=NOOP_WASM),
         "switchboard": lambda: bench.Envoy("switchboard", envoy_bin, demo, clusters, True, None),
         "native": lambda: bench.Envoy("native", envoy_bin, demo, clusters, True, None, host="native"),
+        "baseline": lambda: bench.Envoy("baseline", envoy_bin, demo, clusters, True, None, wasm=a.baseline_wasm),
     }
     gws = {name: start[name]() for name in variants}
     for name, gw in gws.items():
