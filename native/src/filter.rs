@@ -412,7 +412,7 @@ impl Filter {
     pub fn on_stream_complete(&mut self, s: Stream) {
         let rt = self.rt.clone();
         self.ex.end_unfinished(&*rt, || s.attribute_string(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS).unwrap_or_default());
-        let ended_ms = if self.ex.obs.ended_ms > 0 { self.ex.obs.ended_ms } else { state::now_ms() };
+        let ended_ms = self.ex.obs.end_ms(state::now_ms);
         self.ex.count_relayed();
         self.report(s, ended_ms);
         self.release_tenant(ended_ms);

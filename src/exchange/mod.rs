@@ -173,6 +173,14 @@ impl Observed {
         self.error = Some(code);
     }
 
+    /// When the request ended: the answer's last byte read (`ended_ms`,
+    /// else `now_ms`), but never before its first byte left (a translated
+    /// answer's headers leave after its whole body was read).
+    pub fn end_ms(&self, now_ms: impl FnOnce() -> u64) -> u64 {
+        let read = if self.ended_ms > 0 { self.ended_ms } else { now_ms() };
+        read.max(self.first_byte_ms).max(self.first_event_ms)
+    }
+
     pub fn answered(&mut self, status: u16, now_ms: u64) {
         self.status = status;
         if self.first_byte_ms == 0 {

@@ -1531,3 +1531,14 @@ fn the_model_listing_is_answered_at_the_headers() {
     let Opening::Step(Step::Reply { status: 404, body, .. }) = o else { panic!("{o:?}") };
     assert!(text(&body).contains("nope/x"), "the id decoded: {}", text(&body));
 }
+
+#[test]
+fn a_request_never_ends_before_its_answer_s_first_byte_left() {
+    let mut obs = Observed { start_ms: 100, ended_ms: 105, ..Observed::default() };
+    assert_eq!(obs.end_ms(|| 999), 105, "the last byte read, no clock needed");
+    // A translated answer's headers leave once its whole body was read.
+    obs.first_byte_ms = 107;
+    assert_eq!(obs.end_ms(|| 999), 107);
+    let unanswered = Observed { start_ms: 100, ..Observed::default() };
+    assert_eq!(unanswered.end_ms(|| 120), 120);
+}

@@ -747,7 +747,7 @@ impl HttpContext for Filter {
             String::from_utf8_lossy(&details).into_owned()
         });
         // A relayed answer ended when its last byte was read: no clock needed.
-        let ended_ms = if self.ex.obs.ended_ms > 0 { self.ex.obs.ended_ms } else { self.now_ms() };
+        let ended_ms = self.ex.obs.end_ms(|| self.now_ms());
         self.ex.count_relayed();
         self.report(&rt, ended_ms);
         self.release_tenant(&rt, ended_ms);
