@@ -128,7 +128,11 @@ pub fn scan(body: &[u8]) -> Option<Tokens> {
     let n = |key: &[u8]| last_number_after(body, key);
     let prompt = n(b"\"prompt_tokens\"")?;
     let tokens = Tokens::new(prompt, n(b"\"completion_tokens\"").unwrap_or(0));
-    Some(Tokens { cached: n(b"\"cached_tokens\""), cache_write: n(b"\"cache_write_tokens\""), ..tokens }.without_zero_cache())
+    // The cache counts are in the usage object: looked for from it on, not
+    // through the whole answer (where they are mostly absent, a full scan each).
+    let usage = text::last_value_after(body, b"\"usage\"").unwrap_or(body);
+    let m = |key: &[u8]| last_number_after(usage, key);
+    Some(Tokens { cached: m(b"\"cached_tokens\""), cache_write: m(b"\"cache_write_tokens\""), ..tokens }.without_zero_cache())
 }
 
 /// Takes the usage-only chunk (`"choices":[]` with a `usage` object) out of
@@ -212,6 +216,11 @@ mod tests {
         assert_eq!(scan(b"{\"choices\":[]}"), None);
         let embeddings = br#"{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
         assert_eq!(scan(embeddings), Some(Tokens::new(8, 0)));
+        // Cache counts come from the usage object (a stream's last usage), not from text before it.
+        let cached = br#"{"choices":[{"message":{"content":""cached_tokens":99"}}],"usage":{"prompt_tokens":50,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":40,"cache_write_tokens":6}}}"#;
+        assert_eq!(scan(cached), Some(Tokens { cached: Some(40), cache_write: Some(6), ..Tokens::new(50, 2) }));
+        let uncached = br#"{"choices":[{"message":{"content":""cached_tokens":99"}}],"usage":{"prompt_tokens":50,"completion_tokens":2}}"#;
+        assert_eq!(scan(uncached), Some(Tokens::new(50, 2)));
     }
 
     const CHUNK: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
