@@ -162,10 +162,12 @@ class Gateway:
             time.sleep(0.1)
         raise RuntimeError("envoy not ready:\n" + self.logs())
 
-    def reconfigure(self, plugin_config, timeout=10, wait=True):
+    REJECTED = "extension_config_discovery.http_filter.switchboard.update_rejected"
+
+    def reconfigure(self, plugin_config, timeout=10, wait=True, rejected=False):
         """Hand the running Envoy a new plugin configuration (a gateway made with
-        `reloadable=True`) and wait until it has applied it."""
-        stat = "extension_config_discovery.http_filter.switchboard.config_reload"
+        `reloadable=True`) and wait until it has applied it (`rejected`: refused it)."""
+        stat = self.REJECTED if rejected else "extension_config_discovery.http_filter.switchboard.config_reload"
         before = self.stats(settle=False).get(stat, 0)
         self.config_version += 1
         render.write_plugin_config(self.plugin_config_dir, plugin_config, WASM, self.config_version,
@@ -177,7 +179,8 @@ class Gateway:
             if self.stats(settle=False).get(stat, 0) > before:
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"envoy did not apply configuration version {self.config_version}:\n" + self.logs()[-3000:])
+        what = "refuse" if rejected else "apply"
+        raise RuntimeError(f"envoy did not {what} configuration version {self.config_version}:\n" + self.logs()[-3000:])
 
     def logs(self):
         self.log.flush()
