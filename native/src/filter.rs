@@ -7,15 +7,18 @@
 //! retriable answer fails over through HTTP callouts, the first good answer
 //! replacing it; answers translated back through the exchange's answer chain.
 
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use switchboard::api::forward::forwarded;
 use switchboard::api::request::ParsedRequest;
 use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
-use switchboard::doors::{messages, Door};
+use switchboard::doors::messages;
+use switchboard::exchange::learning::{self, Feedback, Scorer};
 use switchboard::exchange::{
-    build_upstream, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange, HeadersStep, Opening, Relays, State, Step,
+    build_upstream, feedback_body, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange, HeadersStep, Opening,
+    Relays, State, Step,
 };
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::UpstreamRequest;
@@ -124,16 +127,31 @@ impl Filter {
         let opening = self.ex.request_headers(&*rt, &raw.as_slice(), end_of_stream, false, state::random);
         self.client_headers = raw;
         match opening {
-            Opening::Step(Step::Pause) if self.ex.body_for == BodyFor::Feedback => {}
-            Opening::Step(step) => return self.apply(s, step),
+            Opening::Step(step) => self.apply(s, step),
             // Answered at once here: the call log of a refused key does not wait for its model.
-            Opening::RefuseAfterBody(e) => return self.answer_error(s, &e),
-            Opening::Replay(_) | Opening::Followup => {}
+            Opening::RefuseAfterBody(e) => self.answer_error(s, &e),
+            Opening::Followup => self.serve_followup(s),
+            // This build replays nothing (no stream failover by redirect): a token is a forgery.
+            Opening::Replay(_) => self.answer_error(s, &switchboard::exchange::forged_token()),
         }
-        // Not served by this build yet (docs/native.md).
-        let path = header(&self.client_headers, ":path").unwrap_or_default();
-        let e = ApiError::not_found(path.split('?').next().unwrap_or(""));
-        self.answer_error(s, &e)
+    }
+
+    /// A follow-up on a stored response: passed through as it is to the
+    /// provider that holds the response, or refused.
+    fn serve_followup(&mut self, s: Stream) -> Status {
+        let rt = self.rt.clone();
+        let h = &self.client_headers;
+        let (method, path) = (header(h, ":method").unwrap_or_default(), header(h, ":path").unwrap_or_default());
+        let (member, upstream) = match self.ex.followup(&*rt, method, path) {
+            Ok(to) => to,
+            Err(e) => return self.answer_error(s, &e),
+        };
+        let now = state::now_ms();
+        let timeouts = self.ex.timeouts_ms(&*rt, member.pool, now, self.ex.shape.stream);
+        self.rewrite_request(s, member, &upstream, timeouts, 0);
+        // The answer, whatever it is, passes as it is.
+        self.ex.state = State::Passing;
+        abi::HEADERS_CONTINUE
     }
 
     pub fn on_request_body(&mut self, s: Stream, end_of_stream: bool) -> Status {
@@ -175,14 +193,21 @@ impl Filter {
         }
     }
 
-    /// A complete request body: token counting answered here, the rest routed.
+    /// A complete request body: token counting and feedback answered here, the rest routed.
     fn serve(&mut self, s: Stream, body: Vec<u8>) -> Status {
-        if self.ex.door == Door::CountTokens {
-            let rt = self.rt.clone();
-            let step = match messages::count_tokens(&body) {
+        let rt = self.rt.clone();
+        let step = match self.ex.body_for {
+            BodyFor::Routing => None,
+            BodyFor::Feedback => Some(match feedback_body(&body) {
+                Ok((request_id, score)) => self.take_feedback(&request_id, score),
+                Err(e) => self.ex.error_reply(&*rt, &e),
+            }),
+            BodyFor::CountTokens => Some(match messages::count_tokens(&body) {
                 Ok(count) => self.ex.json_reply(&*rt, count),
                 Err(e) => self.ex.refuse_door_request(&*rt, &e),
-            };
+            }),
+        };
+        if let Some(step) = step {
             self.apply(s, step);
             return abi::BODY_STOP_NO_BUFFER;
         }
@@ -195,6 +220,26 @@ impl Filter {
                 abi::BODY_STOP_NO_BUFFER
             }
         }
+    }
+
+    /// `POST /v1/feedback`: the score taken by the store of remembered
+    /// answers, learned from when it labels a weak-pool answer.
+    fn take_feedback(&mut self, request_id: &str, score: f64) -> Step {
+        let rt = self.rt.clone();
+        let owner = self.ex.tenant_name(&*rt).to_string();
+        let taken = learning::take_feedback(&state::Data, &rt.config, &owner, request_id, state::now_ms());
+        if rt.config.call_log && matches!(taken, Feedback::Accepted(_)) {
+            let score_text = serde_json::to_string(&score).unwrap_or_default();
+            self.ex.obs.feedback = Some((request_id.to_string(), score_text));
+        }
+        // Only a weak-pool answer's score is a label.
+        if let Feedback::Accepted(Some(label)) = taken {
+            if let Some(key) = learning::learning_key_of(&rt.config, &rt.learned_models, label.router) {
+                learning::learn(&state::Data, &key, &label.inputs, label.logit, score as f32);
+                rt.learning.forget(label.router);
+            }
+        }
+        self.ex.feedback_reply(&*rt, request_id, &taken, learning::FEEDBACK_TTL_MS)
     }
 
     /// Plans the request, admits its tenant, picks a member and points the request at it.
@@ -222,7 +267,19 @@ impl Filter {
                 parsed.params = 0;
             }
             let headers = Headers(&self.client_headers);
-            let mut plan = self.ex.plan(&*rt, &parsed, &headers, None, native_only, now)?;
+            // Consulted only when the request's router is a learned one.
+            let scorer = Scorer {
+                config: &rt.config,
+                data: &state::Data,
+                models: &rt.learned_models,
+                learning: &rt.learning,
+                now_ms: now,
+                decided: Cell::new(None),
+                prompt: RefCell::new(None),
+            };
+            let mut plan = self.ex.plan(&*rt, &parsed, &headers, Some(&scorer), native_only, now)?;
+            self.ex.hold_remembered(&*rt, &mut plan, &parsed.target)?;
+            let learned = scorer.decided.get();
             self.admit_tenant(&parsed, &plan, client_len, now)?;
             let Some(picked) = self.ex.pick_first(&*rt, &mut plan, now) else {
                 self.ex.plan = Some(plan);
@@ -231,6 +288,14 @@ impl Filter {
                 return Err(None);
             };
             let upstream = build_upstream(&*rt, self.ex.endpoint, &parsed, picked.member, now, self.ex.native_body())?;
+            // Scorable only once actually routed (not refused by limits), by its owner.
+            if let Some(decided) = learned {
+                let feedback_id = format!("{:016x}", state::random());
+                learning::remember(&state::Data, self.ex.tenant_name(&*rt), &feedback_id, &decided, now);
+                self.ex.obs.feedback_id = Some(feedback_id.clone());
+                self.ex.obs.prompt = scorer.prompt.take();
+                self.ex.score = Some((decided.score, feedback_id));
+            }
             self.ex.routed(&parsed, body.len(), now);
             (plan, picked, upstream)
         };
@@ -492,7 +557,7 @@ impl Filter {
             cut: obs.cut,
             feedback_id: obs.feedback_id.as_deref(),
             prompt: obs.prompt.as_deref(),
-            feedback: None,
+            feedback: obs.feedback.as_ref().map(|(id, score)| (id.as_str(), score.as_str())),
         };
         s.set_filter_state(CALL_LOG_KEY, &record.json());
     }

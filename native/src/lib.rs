@@ -105,8 +105,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                     config.providers.len()
                 );
                 let metrics = metrics::Metrics::define(envoy_config, &config);
-                let rt = Arc::new(Runtime::new(config, metrics, raw));
-                Box::into_raw(Box::new(rt)) as *const c_void
+                match Runtime::new(config, metrics, raw) {
+                    Ok(rt) => Box::into_raw(Box::new(Arc::new(rt))) as *const c_void,
+                    Err(e) => {
+                        log::error!("switchboard: {e}");
+                        std::ptr::null()
+                    }
+                }
             }
             Err(e) => {
                 log::error!("switchboard: {e}");

@@ -3,7 +3,10 @@
 //! proxy-wasm build keeps them in Envoy's shared data under compare-and-swap.
 //! The semantics are the same: member health (ejection, cooldown, trial),
 //! requests in flight and latency averages, the last answer per member, canary
-//! windows and tenants' windows, budgets and parallel slots. Like shared
+//! windows and tenants' windows, budgets and parallel slots; and the bytes
+//! per key with compare-and-swap ([`Data`], the exchange's `SharedData`) that
+//! the core's own stores use: learned routers' learning and feedback memory,
+//! the Responses table. Like shared
 //! data, the stores outlive a configuration reload (canary windows are keyed
 //! by the configuration's fingerprint) and end with the process.
 //!
@@ -17,7 +20,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use switchboard::api::models::ModelListing;
 use switchboard::config::{Config, Member, MemberRef, Pool};
-use switchboard::exchange::{Count, Picked, Shared};
+use switchboard::api::response_ids::Holder;
+use switchboard::exchange::learning::{self, Learning};
+use switchboard::exchange::{Count, DataError, Picked, Shared, SharedData};
+use switchboard::learned::Model;
 use switchboard::routing::canary::CanaryWindow;
 use switchboard::routing::exhausted::PassedOver;
 use switchboard::routing::health::retry_after_until_ms;
@@ -41,6 +47,36 @@ struct Stores {
     answers: Mutex<HashMap<String, LastAnswer>>,
     canaries: Mutex<HashMap<(u64, String), CanaryWindow>>,
     tenants: Mutex<HashMap<String, TenantState>>,
+    /// Shared data: each key's bytes and version.
+    data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+}
+
+/// Process memory with the semantics of proxy-wasm's shared data (Envoy's
+/// implementation: a version per key, bumped by every write; a write naming
+/// another version is refused), for the core's stores written against it.
+pub struct Data;
+
+impl SharedData for Data {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), u32> {
+        Ok(lock(&stores().data).get(key).map_or((None, 0), |(v, cas)| (Some(v.clone()), *cas)))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), DataError> {
+        let mut data = lock(&stores().data);
+        match data.get_mut(key) {
+            Some((_, version)) if cas != 0 && cas != *version => Err(DataError::CasMismatch),
+            Some((bytes, version)) => {
+                bytes.clear();
+                bytes.extend_from_slice(value);
+                *version = version.wrapping_add(1).max(1);
+                Ok(())
+            }
+            None => {
+                data.insert(key.to_string(), (value.to_vec(), 1));
+                Ok(())
+            }
+        }
+    }
 }
 
 fn stores() -> &'static Stores {
@@ -132,6 +168,10 @@ pub struct Runtime {
     /// Per tenant (configuration order): what it may use.
     pub tenant_listings: Vec<ModelListing>,
     pub metrics: Metrics,
+    /// Per router (same order as `config.routers`): its learned model, if it has a `learned` part.
+    pub learned_models: Vec<Option<Model>>,
+    /// Per router: its learning from feedback as last read from [`Data`].
+    pub learning: Learning,
     /// Fingerprint of the configuration: canary windows are kept per configuration.
     canary_generation: u64,
     /// Canaries rolled back (member ids).
@@ -139,7 +179,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: Config, metrics: Metrics, raw: &[u8]) -> Runtime {
+    /// Refuses a learned model that cannot be read, naming its field.
+    pub fn new(config: Config, metrics: Metrics, raw: &[u8]) -> Result<Runtime, String> {
+        let learned_models = learning::load_models(&config)?;
         let tenant_listings =
             config.tenants.iter().flatten().map(|t| ModelListing::build_for(&config, &|name| t.allows(name))).collect();
         let canary_generation = fingerprint(raw);
@@ -153,14 +195,16 @@ impl Runtime {
                 .map(|m| m.id.clone())
                 .collect()
         };
-        Runtime {
+        Ok(Runtime {
             listing: ModelListing::build(&config),
             tenant_listings,
             metrics,
+            learning: Learning::new(learned_models.len()),
+            learned_models,
             config,
             canary_generation,
             rolled_back: Mutex::new(rolled_back),
-        }
+        })
     }
 
     /// Counts an attempt in its pool's canary windows; a canary this rolls back gets weight 0.
@@ -315,6 +359,14 @@ impl Shared for Runtime {
         with_entry(&mut lock(&stores().latency), self.member_id(member), |s| s.record(kind, sample_ms));
     }
 
+    fn remember_response(&self, id: &str, holder: &Holder) {
+        switchboard::exchange::remember_holder(&Data, id, holder);
+    }
+
+    fn response_holder(&self, id: &str) -> Option<Holder> {
+        switchboard::exchange::response_holder(&Data, id)
+    }
+
     fn count(&self, what: Count) {
         let m = &self.metrics;
         match what {
@@ -354,7 +406,10 @@ mod tests {
     /// A failure recorded by one worker thread takes the member out for every other thread.
     #[test]
     fn health_is_shared_across_threads() {
-        let rt = std::sync::Arc::new(Runtime::new(config(), Metrics::default(), b"t1"));
+        let rt = match Runtime::new(config(), Metrics::default(), b"t1") {
+            Ok(rt) => std::sync::Arc::new(rt),
+            Err(e) => unreachable!("test runtime: {e}"),
+        };
         let now = now_ms();
         let picked = Picked { member: MemberRef::new(0, 0), health: MemberHealth::default() };
         let failures = rt.config.pool_at(0).map_or(1, |p| p.health.consecutive_failures.max(1));
@@ -370,5 +425,18 @@ mod tests {
         let id = rt.member_id(MemberRef::new(0, 0)).to_string();
         let reader = std::thread::spawn(move || health(&id).availability(now));
         assert!(matches!(reader.join(), Ok(Availability::Unavailable { .. })));
+    }
+
+    /// Shared data keeps one version per key: a write naming an older version is refused.
+    #[test]
+    fn data_refuses_a_stale_compare_and_swap() {
+        let key = "test.data.cas";
+        assert_eq!(Data.get(key), Ok((None, 0)));
+        assert_eq!(Data.set(key, b"a", 0), Ok(()));
+        let Ok((Some(v), cas)) = Data.get(key) else { unreachable!("just written") };
+        assert_eq!(v, b"a");
+        assert_eq!(Data.set(key, b"b", cas), Ok(()));
+        assert_eq!(Data.set(key, b"c", cas), Err(DataError::CasMismatch));
+        assert!(matches!(Data.get(key), Ok((Some(v), _)) if v == b"b"));
     }
 }

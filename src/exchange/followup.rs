@@ -4,14 +4,46 @@
 //! and hands in what it holds.
 
 use crate::api::request::ParsedRequest;
-use crate::api::response_ids::{followup, response_id_in, Followup, Holder};
+use crate::api::response_ids::{bucket_key, find, followup, insert, response_id_in, Followup, Holder};
 use crate::api::{ApiError, ErrorCode};
 use crate::config::{Config, MemberRef, Provider};
 use crate::doors::Door;
 use crate::providers::{responses_followup, NativeApi, UpstreamRequest};
 use crate::routing::{NativeOnly, Plan};
 
-use super::{Exchange, Shared};
+use super::{DataError, Exchange, Shared, SharedData};
+
+const CAS_RETRIES: usize = 16;
+
+/// Remembers in the host's shared data that `holder` holds response `id`
+/// (a bounded table, so every worker finds what another remembered).
+pub fn remember_holder(data: &dyn SharedData, id: &str, holder: &Holder) {
+    let key = bucket_key(id);
+    for _ in 0..CAS_RETRIES {
+        let (value, cas) = match data.get(&key) {
+            Ok(v) => v,
+            Err(status) => {
+                log::warn!("switchboard: reading {key} failed (status {status})");
+                return;
+            }
+        };
+        let Some(next) = insert(value.as_deref().unwrap_or_default(), id, holder) else { return };
+        match data.set(&key, &next, cas) {
+            Ok(()) => return,
+            Err(DataError::CasMismatch) => continue,
+            Err(DataError::Failed(status)) => {
+                log::warn!("switchboard: writing {key} failed (status {status})");
+                return;
+            }
+        }
+    }
+}
+
+/// Who holds response `id`, if this gateway relayed it (and still remembers).
+pub fn response_holder(data: &dyn SharedData, id: &str) -> Option<Holder> {
+    let (value, _) = data.get(&bucket_key(id)).ok()?;
+    find(&value?, id)
+}
 
 /// A member of the provider named `name` (for its cluster and credentials),
 /// if that provider serves the Responses API natively.

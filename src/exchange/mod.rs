@@ -31,6 +31,7 @@ mod answer;
 mod attempts;
 mod failover;
 mod followup;
+pub mod learning;
 mod replay;
 mod request;
 mod response;
@@ -45,7 +46,7 @@ pub use admission::{budget_reservation, expected_tokens, feedback_body, refusal_
 pub use answer::{AnswerChain, Passage, Relayed, Whole};
 pub use attempts::{adapter_for, build_upstream, translates_stream, Attempt};
 pub use failover::{CallStep, Calls};
-pub use followup::{native_member_of, unknown_response};
+pub use followup::{native_member_of, remember_holder, response_holder, unknown_response};
 pub use replay::forged_token;
 pub use request::{Opening, REFUSED_BODY_PEEK_BYTES};
 pub use response::{BodyRead, BodyStep, HeadersStep, Relays};
@@ -53,7 +54,7 @@ pub use resume::{continued, Held};
 pub use rewrite::{Dispatch, Rewrite, Unnamed, TENANT_HEADER};
 pub use route::{BodyFor, Route};
 pub use routed::ChatBody;
-pub use shared::{Count, Picked, Shared};
+pub use shared::{Count, DataError, Picked, Shared, SharedData};
 pub use timers::{hedge_at, Hedge, Idle, IdleWatch, Timer};
 
 use std::borrow::Cow;

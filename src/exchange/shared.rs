@@ -129,3 +129,25 @@ pub trait Shared {
         status == 0 || self.config().pool_at(member.pool).is_some_and(|p| p.retry.should_retry(status))
     }
 }
+
+/// Why [`SharedData::set`] wrote nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataError {
+    /// Another writer changed the key since it was read: read it again and retry.
+    CasMismatch,
+    /// The host refused (its status).
+    Failed(u32),
+}
+
+/// Bytes per key with a version, seen by every worker of the proxy: the
+/// semantics of proxy-wasm's shared data, which the stores written against it
+/// (learned routers' learning and feedback memory, the Responses table) need.
+/// The proxy-wasm host implements it over Envoy's shared data, the dynamic
+/// module over its process memory.
+pub trait SharedData {
+    /// The value of `key` (`None`: never set) and its version for [`SharedData::set`]; `Err`: the host's status.
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), u32>;
+
+    /// Writes `key` if its version is still `cas` (0: whatever it is).
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), DataError>;
+}

@@ -193,6 +193,22 @@ pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
     status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
 }
 
+/// Envoy's shared data as the host-free stores read and write it.
+pub struct Data;
+
+impl crate::exchange::SharedData for Data {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
+        shared_get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::exchange::DataError> {
+        shared_set(key, value, cas).map_err(|s| match s {
+            CAS_MISMATCH => crate::exchange::DataError::CasMismatch,
+            other => crate::exchange::DataError::Failed(other),
+        })
+    }
+}
+
 pub fn define_metric(kind: u32, name: &str) -> Result<u32, Status> {
     let mut id = 0u32;
     // SAFETY: valid pointers.

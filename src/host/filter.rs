@@ -29,7 +29,7 @@ use crate::routing::{redirect, Plan};
 use crate::tenant::limits::Settlement;
 
 use super::fleet::{self, Ask};
-use super::learned_store::{self, Feedback, Scorer};
+use crate::exchange::learning::{self, Feedback, Scorer};
 use super::observe;
 use super::runtime::Runtime;
 use super::{abi, parked, shadow, tenant_store, wake};
@@ -193,7 +193,7 @@ impl Filter {
     /// answers, learned from when it labels a weak-pool answer.
     fn take_feedback(&mut self, rt: &Runtime, request_id: &str, score: f64) -> Step {
         let owner = self.ex.tenant_name(rt).to_string();
-        let taken = learned_store::take_feedback(&rt.config, &owner, request_id, self.now_ms());
+        let taken = learning::take_feedback(&abi::Data, &rt.config, &owner, request_id, self.now_ms());
         if rt.config.call_log && matches!(taken, Feedback::Accepted(_)) {
             let score_text = serde_json::to_string(&score).unwrap_or_default();
             self.ex.obs.feedback = Some((request_id.to_string(), score_text));
@@ -204,16 +204,16 @@ impl Filter {
                 Some((router, rt.learned_models.get(label.router)?.as_ref()?, router.learned.as_ref()?))
             });
             if let Some((router, model, learned)) = learned {
-                let key = learned_store::learning_key(&router.name, model, learned);
+                let key = learning::learning_key(&router.name, model, learned);
                 if let Some(shared) = &rt.config.shared_state {
                     fleet::tell_learned(shared, &key, &label.inputs, label.logit, score as f32, self.context_id);
                 } else {
-                    learned_store::learn(&key, &label.inputs, label.logit, score as f32);
+                    learning::learn(&abi::Data, &key, &label.inputs, label.logit, score as f32);
                     rt.learned_learning.forget(label.router);
                 }
             }
         }
-        self.ex.feedback_reply(rt, request_id, &taken, learned_store::FEEDBACK_TTL_MS)
+        self.ex.feedback_reply(rt, request_id, &taken, learning::FEEDBACK_TTL_MS)
     }
 
     fn route(&mut self, rt: &Runtime, client_body: Vec<u8>) -> Action {
@@ -241,6 +241,7 @@ impl Filter {
             let headers = RequestHeaders(&self.client_headers);
             let scorer = Scorer {
                 config: &rt.config,
+                data: &abi::Data,
                 models: &rt.learned_models,
                 learning: &rt.learned_learning,
                 now_ms: now,
@@ -278,7 +279,7 @@ impl Filter {
             // Scorable only once actually routed (not refused by limits), by its owner.
             if let Some(decided) = learned {
                 let feedback_id = format!("{:016x}", rt.random());
-                learned_store::remember(self.ex.tenant_name(rt), &feedback_id, &decided, now);
+                learning::remember(&abi::Data, self.ex.tenant_name(rt), &feedback_id, &decided, now);
                 self.ex.obs.feedback_id = Some(feedback_id.clone());
                 self.ex.obs.prompt = scorer.prompt.take();
                 self.ex.score = Some((decided.score, feedback_id));

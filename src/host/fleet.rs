@@ -19,7 +19,8 @@ use crate::tenant::limits::{Refusal, Settlement, Window};
 use crate::tenant::Tenant;
 
 use super::runtime::Runtime;
-use super::{abi, learned_store};
+use super::abi;
+use crate::exchange::learning;
 
 /// Where a request's fleet admission stands.
 #[derive(Default)]
@@ -339,9 +340,9 @@ pub fn sync_answered(rt: &Runtime, token: u32, num_headers: usize, body_size: us
     }
     for (index, router) in rt.config.routers.iter().enumerate() {
         let (Some(learned), Some(Some(model))) = (&router.learned, rt.learned_models.get(index)) else { continue };
-        let key = learned_store::learning_key(&router.name, model, learned);
+        let key = learning::learning_key(&router.name, model, learned);
         for (_, inputs, logit, score) in scores.iter().filter(|s| s.0 == key.as_bytes()) {
-            learned_store::learn(&key, inputs, *logit, *score);
+            learning::learn(&abi::Data, &key, inputs, *logit, *score);
         }
         rt.learned_learning.forget(index);
     }

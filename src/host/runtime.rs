@@ -10,16 +10,16 @@ use crate::api::models::ModelListing;
 use crate::api::response_ids::Holder;
 use crate::config::Config;
 use crate::config::{Member, MemberRef};
-use crate::encoding;
 use crate::exchange::{Count, Picked, Shared};
-use crate::learned::{Model, ModelError};
+use crate::exchange::learning;
+use crate::learned::Model;
 use crate::routing::exhausted::PassedOver;
 use crate::routing::health::retry_after_until_ms;
 use crate::routing::silence::{self, LastAnswer};
 use crate::routing::{Availability, LatencyKind, LiveStats, Plan, Rng, Transition};
 
 use super::metrics::Metrics;
-use super::{canary_store, health_store, learned_store, live_store};
+use super::{abi, canary_store, health_store, live_store};
 
 /// What strategies see of members: health from the VM's cache, load and
 /// latency from shared data (read only for the strategies that use them).
@@ -55,7 +55,7 @@ pub struct Runtime {
     /// Per router (same order as `config.routers`): its learned model, if it has a `learned` part.
     pub learned_models: Vec<Option<Model>>,
     /// Per router: its learning from feedback as this VM last read it from shared data.
-    pub learned_learning: learned_store::Learning,
+    pub learned_learning: learning::Learning,
     pub metrics: Metrics,
     rng: RefCell<Rng>,
     /// Successes of healthy members not yet added to shared data (flushed on tick).
@@ -74,20 +74,7 @@ pub struct Runtime {
 impl Runtime {
     /// Everything requests share; refuses a learned model that cannot be read, naming its field.
     pub fn new(config: Config) -> Result<Runtime, String> {
-        let learned_models = config
-            .routers
-            .iter()
-            .map(|r| {
-                let Some(learned) = &r.learned else { return Ok(None) };
-                let model = match &learned.model {
-                    None => Model::embedded_default(),
-                    Some(b64) => encoding::base64_decode(b64)
-                        .ok_or_else(|| ModelError("not base64".to_string()))
-                        .and_then(|bytes| Model::from_bytes(&bytes)),
-                };
-                model.map(Some).map_err(|e| format!("invalid configuration: routers.{}.learned.model: {e}", r.name))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let learned_models = learning::load_models(&config)?;
         Ok(Runtime::with_models(config, learned_models))
     }
 
@@ -98,7 +85,7 @@ impl Runtime {
         Runtime {
             listing: ModelListing::build(&config),
             tenant_listings,
-            learned_learning: learned_store::Learning::new(learned_models.len()),
+            learned_learning: learning::Learning::new(learned_models.len()),
             learned_models,
             metrics: Metrics::define(&config),
             config,
@@ -363,11 +350,11 @@ impl Shared for Runtime {
     }
 
     fn remember_response(&self, id: &str, holder: &Holder) {
-        super::response_store::remember(id, holder);
+        crate::exchange::remember_holder(&abi::Data, id, holder);
     }
 
     fn response_holder(&self, id: &str) -> Option<Holder> {
-        super::response_store::holder(id)
+        crate::exchange::response_holder(&abi::Data, id)
     }
 
     fn count(&self, what: Count) {

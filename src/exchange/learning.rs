@@ -1,6 +1,8 @@
-//! Learned routers in the host: the scorer the routing stage calls (with each
-//! router's learning from shared data), and the memory of recent learned
-//! decisions that `POST /v1/feedback` scores.
+//! Learned routers' shared state, for any host: the scorer the routing stage
+//! calls (with each router's learning from shared data), and the memory of
+//! recent learned decisions that `POST /v1/feedback` scores. Both live in the
+//! host's [`SharedData`] (proxy-wasm's shared data, or the dynamic module's
+//! process memory), so every worker routes with the same learning.
 //!
 //! Memory is bounded: `FEEDBACK_SLOTS` slots in shared data, a request's slot
 //! one of 4 chosen by a hash of its owner (tenant) and id (a newer request takes
@@ -8,15 +10,16 @@
 //! a request, at most `feedback_per_minute` times a minute per router.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use crate::api::request::ParsedRequest;
 use crate::config::{Config, Learned};
-use crate::learned::{Inputs, Model, Online};
+use crate::encoding;
+use crate::learned::{Inputs, Model, ModelError, Online};
 use crate::routing::router::LearnedScorer;
 use crate::text::push_json_string;
 
-use super::abi;
+use super::shared::{DataError, SharedData};
 
 pub const FEEDBACK_SLOTS: u64 = 4096;
 /// How long a VM routes with the learning it last read before reading it
@@ -25,6 +28,25 @@ pub const FEEDBACK_SLOTS: u64 = 4096;
 pub const LEARNING_REFRESH_MS: u64 = 100;
 pub const FEEDBACK_TTL_MS: u64 = 3_600_000;
 const CAS_RETRIES: usize = 32;
+
+/// Per router (the order of `config.routers`): its learned model, when it has a
+/// `learned` part; a model that cannot be read is refused, naming its field.
+pub fn load_models(config: &Config) -> Result<Vec<Option<Model>>, String> {
+    config
+        .routers
+        .iter()
+        .map(|r| {
+            let Some(learned) = &r.learned else { return Ok(None) };
+            let model = match &learned.model {
+                None => Model::embedded_default(),
+                Some(b64) => encoding::base64_decode(b64)
+                    .ok_or_else(|| ModelError("not base64".to_string()))
+                    .and_then(|bytes| Model::from_bytes(&bytes)),
+            };
+            model.map(Some).map_err(|e| format!("invalid configuration: routers.{}.learned.model: {e}", r.name))
+        })
+        .collect()
+}
 
 /// What a learned router decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,32 +83,39 @@ pub fn learning_key(router: &str, model: &Model, learned: &Learned) -> String {
     format!("switchboard.learned.{router}.{:08x}.{}", model.checksum(), learned.learning_epoch)
 }
 
-fn read_learning(key: &str) -> Online {
-    match abi::shared_get(key) {
+/// Where the learning of router `index` lives, if it is a learned router with a model.
+pub fn learning_key_of(config: &Config, models: &[Option<Model>], index: usize) -> Option<String> {
+    let router = config.routers.get(index)?;
+    Some(learning_key(&router.name, models.get(index)?.as_ref()?, router.learned.as_ref()?))
+}
+
+fn read_learning(data: &dyn SharedData, key: &str) -> Online {
+    match data.get(key) {
         Ok((Some(bytes), _)) => Online::decode(&bytes).unwrap_or_default(),
         _ => Online::new(),
     }
 }
 
 /// A router's learning and when this VM read it (ms).
-type Read = Option<(u64, Rc<Online>)>;
+type Read = Option<(u64, Arc<Online>)>;
 
-/// Each learned router's learning as this VM last read it, and when.
-pub struct Learning(RefCell<Vec<Read>>);
+/// Each learned router's learning as this VM (or module) last read it, and when
+/// (behind a lock: the dynamic module's workers share one).
+pub struct Learning(Mutex<Vec<Read>>);
 
 impl Learning {
     pub fn new(routers: usize) -> Self {
-        Learning(RefCell::new(vec![None; routers]))
+        Learning(Mutex::new(vec![None; routers]))
     }
 
     /// Router `index`'s learning, read from shared data when older than [`LEARNING_REFRESH_MS`].
-    pub fn get(&self, index: usize, key: impl FnOnce() -> String, now_ms: u64) -> Rc<Online> {
-        let mut cache = self.0.borrow_mut();
-        let Some(slot) = cache.get_mut(index) else { return Rc::new(read_learning(&key())) };
+    pub fn get(&self, data: &dyn SharedData, index: usize, key: impl FnOnce() -> String, now_ms: u64) -> Arc<Online> {
+        let mut cache = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(slot) = cache.get_mut(index) else { return Arc::new(read_learning(data, &key())) };
         match slot {
             Some((read_ms, o)) if now_ms.saturating_sub(*read_ms) < LEARNING_REFRESH_MS => o.clone(),
             _ => {
-                let o = Rc::new(read_learning(&key()));
+                let o = Arc::new(read_learning(data, &key()));
                 *slot = Some((now_ms, o.clone()));
                 o
             }
@@ -95,22 +124,22 @@ impl Learning {
 
     /// This VM changed router `index`'s learning: read it again next time.
     pub fn forget(&self, index: usize) {
-        if let Some(slot) = self.0.borrow_mut().get_mut(index) {
+        if let Some(slot) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(index) {
             *slot = None;
         }
     }
 }
 
 /// Learns from a user's score of a weak-pool answer (compare-and-swap in shared data).
-pub fn learn(key: &str, inputs: &Inputs, logit: f32, score: f32) {
+pub fn learn(data: &dyn SharedData, key: &str, inputs: &Inputs, logit: f32, score: f32) {
     for _ in 0..CAS_RETRIES {
-        let Ok((bytes, cas)) = abi::shared_get(key) else { return };
+        let Ok((bytes, cas)) = data.get(key) else { return };
         let mut o = bytes.as_deref().and_then(Online::decode).unwrap_or_default();
         o.learn(inputs, logit, score);
-        match abi::shared_set(key, &o.encode(), cas) {
+        match data.set(key, &o.encode(), cas) {
             Ok(()) => return,
-            Err(abi::CAS_MISMATCH) => continue,
-            Err(status) => {
+            Err(DataError::CasMismatch) => continue,
+            Err(DataError::Failed(status)) => {
                 log::warn!("switchboard: writing {key} failed (status {status})");
                 return;
             }
@@ -122,6 +151,7 @@ pub fn learn(key: &str, inputs: &Inputs, logit: f32, score: f32) {
 /// learning, explores, and keeps the decision.
 pub struct Scorer<'a> {
     pub config: &'a Config,
+    pub data: &'a dyn SharedData,
     /// Per router (same order as `config.routers`): its model, when it is learned.
     pub models: &'a [Option<Model>],
     pub learning: &'a Learning,
@@ -146,7 +176,7 @@ impl LearnedScorer for Scorer<'_> {
             crate::config::Cutoff::StrongShare(share) => model.threshold_for_share(share as f32),
         };
         let name = &self.config.routers.get(router)?.name;
-        let online = self.learning.get(router, || learning_key(name, model, learned), self.now_ms);
+        let online = self.learning.get(self.data, router, || learning_key(name, model, learned), self.now_ms);
         let text = prompt_text(request);
         let d = model.decide(&text, threshold, &online);
         if self.config.call_log && self.config.call_log_prompts {
@@ -235,11 +265,11 @@ fn slot_key(hash: u64, probe: u64) -> String {
 
 /// The slot of the first of a request's probe slots that is free (empty, expired
 /// or already scored), else of the one that expires first.
-fn free_slot(hash: u64, now_ms: u64) -> String {
+fn free_slot(data: &dyn SharedData, hash: u64, now_ms: u64) -> String {
     let mut oldest = (u64::MAX, 0);
     for probe in 0..PROBES {
         let key = slot_key(hash, probe);
-        let entry = match abi::shared_get(&key) {
+        let entry = match data.get(&key) {
             Ok((bytes, _)) => bytes.as_deref().and_then(Remembered::decode),
             Err(_) => None,
         };
@@ -257,7 +287,7 @@ fn free_slot(hash: u64, now_ms: u64) -> String {
 
 /// Remembers a routed request for its owner's feedback (`owner`: the tenant's
 /// name, or "" without tenants).
-pub fn remember(owner: &str, request_id: &str, decided: &Decided, now_ms: u64) {
+pub fn remember(data: &dyn SharedData, owner: &str, request_id: &str, decided: &Decided, now_ms: u64) {
     let hash = id_hash(owner, request_id);
     let entry = Remembered {
         id_hash: hash,
@@ -268,8 +298,8 @@ pub fn remember(owner: &str, request_id: &str, decided: &Decided, now_ms: u64) {
         logit: decided.logit,
         inputs: decided.inputs,
     };
-    if let Err(status) = abi::shared_set(&free_slot(hash, now_ms), &entry.encode(), 0) {
-        log::warn!("switchboard[{request_id}]: remembering the learned decision failed (status {status})");
+    if let Err(e) = data.set(&free_slot(data, hash, now_ms), &entry.encode(), 0) {
+        log::warn!("switchboard[{request_id}]: remembering the learned decision failed ({e:?})");
     }
 }
 
@@ -282,14 +312,14 @@ pub struct Label {
 }
 
 /// How a score was taken (the label is this store's).
-pub type Feedback = crate::exchange::Feedback<Label>;
+pub type Feedback = super::Feedback<Label>;
 
 /// Counts one score of `owner` for `router` in the current minute; false when over `limit`.
-fn within_rate(owner: &str, router: u16, limit: u32, now_ms: u64) -> bool {
+fn within_rate(data: &dyn SharedData, owner: &str, router: u16, limit: u32, now_ms: u64) -> bool {
     let key = format!("switchboard.feedback.rate.{router}.{:016x}", id_hash(owner, ""));
     let minute = now_ms / 60_000;
     for _ in 0..CAS_RETRIES {
-        let Ok((bytes, cas)) = abi::shared_get(&key) else { return true };
+        let Ok((bytes, cas)) = data.get(&key) else { return true };
         let (at, n) = match bytes.as_deref().map(|b| (b.get(0..8), b.get(8..12))) {
             Some((Some(a), Some(n))) => (
                 u64::from_le_bytes(a.try_into().unwrap_or_default()),
@@ -302,26 +332,26 @@ fn within_rate(owner: &str, router: u16, limit: u32, now_ms: u64) -> bool {
             return false;
         }
         let value: Vec<u8> = minute.to_le_bytes().into_iter().chain((n + 1).to_le_bytes()).collect();
-        match abi::shared_set(&key, &value, cas) {
+        match data.set(&key, &value, cas) {
             Ok(()) => return true,
-            Err(abi::CAS_MISMATCH) => continue,
-            Err(_) => return true,
+            Err(DataError::CasMismatch) => continue,
+            Err(DataError::Failed(_)) => return true,
         }
     }
     true
 }
 
 /// Marks `owner`'s request `request_id` scored, once, within the router's rate.
-pub fn take_feedback(config: &Config, owner: &str, request_id: &str, now_ms: u64) -> Feedback {
+pub fn take_feedback(data: &dyn SharedData, config: &Config, owner: &str, request_id: &str, now_ms: u64) -> Feedback {
     let hash = id_hash(owner, request_id);
-    let held = |key: &String| match abi::shared_get(key) {
+    let held = |key: &String| match data.get(key) {
         Ok((bytes, _)) => bytes.as_deref().and_then(Remembered::decode).is_some_and(|e| e.id_hash == hash),
         Err(_) => false,
     };
     let Some(key) = (0..PROBES).map(|p| slot_key(hash, p)).find(held) else { return Feedback::Unknown };
     let mut counted = false;
     for _ in 0..CAS_RETRIES {
-        let Ok((bytes, cas)) = abi::shared_get(&key) else { return Feedback::Unknown };
+        let Ok((bytes, cas)) = data.get(&key) else { return Feedback::Unknown };
         let Some(mut entry) = bytes.as_deref().and_then(Remembered::decode) else { return Feedback::Unknown };
         if entry.id_hash != hash || entry.expires_ms <= now_ms {
             return Feedback::Unknown;
@@ -335,13 +365,13 @@ pub fn take_feedback(config: &Config, owner: &str, request_id: &str, now_ms: u64
             .and_then(|r| r.learned.as_ref())
             .map_or(0, |l| l.feedback_per_minute);
         if !counted {
-            if !within_rate(owner, entry.router, limit, now_ms) {
+            if !within_rate(data, owner, entry.router, limit, now_ms) {
                 return Feedback::TooMany { limit, retry_after_s: 60 - (now_ms / 1000) % 60 };
             }
             counted = true;
         }
         entry.scored = true;
-        match abi::shared_set(&key, &entry.encode(), cas) {
+        match data.set(&key, &entry.encode(), cas) {
             Ok(()) => {
                 let label = (!entry.strong).then_some(Label {
                     router: usize::from(entry.router),
@@ -350,8 +380,8 @@ pub fn take_feedback(config: &Config, owner: &str, request_id: &str, now_ms: u64
                 });
                 return Feedback::Accepted(label);
             }
-            Err(abi::CAS_MISMATCH) => continue,
-            Err(_) => return Feedback::Unknown,
+            Err(DataError::CasMismatch) => continue,
+            Err(DataError::Failed(_)) => return Feedback::Unknown,
         }
     }
     Feedback::Unknown
