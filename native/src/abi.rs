@@ -176,6 +176,19 @@ extern "C" {
         value: u64,
     ) -> u32;
 
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: EnvoyFilterConfig) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: EnvoyFilterConfig,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
 }
 
@@ -205,6 +218,10 @@ mod test_stubs {
         envoy_dynamic_module_callback_http_filter_config_increment_counter,
         envoy_dynamic_module_callback_http_filter_config_define_histogram,
         envoy_dynamic_module_callback_http_filter_config_record_histogram_value,
+        envoy_dynamic_module_callback_http_filter_config_scheduler_new,
+        envoy_dynamic_module_callback_http_filter_config_scheduler_commit,
+        envoy_dynamic_module_callback_http_filter_config_scheduler_delete,
+        envoy_dynamic_module_callback_http_filter_config_http_callout,
     );
 }
 
@@ -228,6 +245,10 @@ pub const CALLBACKS: &[&std::ffi::CStr] = &[
     c"envoy_dynamic_module_callback_http_filter_config_increment_counter",
     c"envoy_dynamic_module_callback_http_filter_config_define_histogram",
     c"envoy_dynamic_module_callback_http_filter_config_record_histogram_value",
+    c"envoy_dynamic_module_callback_http_filter_config_scheduler_new",
+    c"envoy_dynamic_module_callback_http_filter_config_scheduler_commit",
+    c"envoy_dynamic_module_callback_http_filter_config_scheduler_delete",
+    c"envoy_dynamic_module_callback_http_filter_config_http_callout",
 ];
 
 /// The callbacks of [`CALLBACKS`] the process does not export (`RTLD_DEFAULT` is the null handle on Linux).
@@ -458,5 +479,66 @@ pub fn config_record_histogram(config: EnvoyFilterConfig, id: usize, value: u64)
             0,
             value,
         );
+    }
+}
+
+/// Envoy's scheduler of a filter configuration: an event committed from any
+/// thread runs `on_http_filter_config_scheduled` on Envoy's main thread
+/// (dropped if the configuration is gone by then).
+pub struct ConfigScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler posts to the main thread's dispatcher, which takes events from any thread.
+unsafe impl Send for ConfigScheduler {}
+// SAFETY: as above; the scheduler holds no state the module changes.
+unsafe impl Sync for ConfigScheduler {}
+
+impl ConfigScheduler {
+    /// Made in `on_http_filter_config_new` (Envoy's configuration pointer is valid there).
+    pub fn new(config: EnvoyFilterConfig) -> Option<ConfigScheduler> {
+        // SAFETY: the configuration pointer is Envoy's, valid during the hook.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+        (!ptr.is_null()).then_some(ConfigScheduler(ptr))
+    }
+
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: the scheduler lives until this value is dropped.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// An HTTP call of the filter configuration itself (from Envoy's main thread), answered in
+/// `on_http_filter_config_http_callout_done` however long the request that asked for it lives.
+pub fn config_callout(
+    config: EnvoyFilterConfig,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u64, u32> {
+    let mut raw: Vec<ModuleHeader> = headers.iter().map(|(k, v)| ModuleHeader::of(k, v)).collect();
+    let mut id = 0u64;
+    // SAFETY: every buffer outlives the call; Envoy copies them.
+    let result = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_http_callout(
+            config,
+            &mut id,
+            ModuleBuffer::of(cluster.as_bytes()),
+            raw.as_mut_ptr(),
+            raw.len(),
+            ModuleBuffer::of(body),
+            timeout_ms,
+        )
+    };
+    if result == CALLOUT_INIT_SUCCESS {
+        Ok(id)
+    } else {
+        Err(result)
     }
 }

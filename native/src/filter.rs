@@ -16,6 +16,7 @@ use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
 use switchboard::doors::messages;
 use switchboard::exchange::learning::{self, Feedback, Scorer};
+use switchboard::exchange::shadow;
 use switchboard::exchange::{
     build_upstream, feedback_body, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange, HeadersStep, Opening,
     Relays, State, Step,
@@ -27,6 +28,7 @@ use switchboard::routing::Plan;
 
 use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP};
 use crate::metrics::{Family, Labels};
+use crate::shadow::Shadows;
 use crate::state::{self, Runtime};
 
 /// Names the authenticated tenant on the request, for Envoy filters after this one.
@@ -302,6 +304,11 @@ impl Filter {
         self.ex.plan = Some(plan);
         let timeouts = self.ex.timeouts_ms(&*rt, picked.member.pool, now, self.ex.shape.stream);
         self.rewrite_request(s, picked.member, &upstream, timeouts, client_len);
+        let present = self.client_headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+        let pool = picked.member.pool;
+        if let Some(copy) = shadow::sample(&rt.config, pool, self.ex.endpoint, &body, present, state::random) {
+            Shadows::queue(&rt, copy);
+        }
         self.ex.body = body;
         self.ex.state = State::Routed(self.ex.begin(&*rt, picked, now));
         Ok(())

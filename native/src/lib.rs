@@ -13,6 +13,7 @@
 mod abi;
 mod filter;
 mod metrics;
+mod shadow;
 mod state;
 
 use std::ffi::{c_char, c_void};
@@ -106,7 +107,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 );
                 let metrics = metrics::Metrics::define(envoy_config, &config);
                 match Runtime::new(config, metrics, raw) {
-                    Ok(rt) => Box::into_raw(Box::new(Arc::new(rt))) as *const c_void,
+                    Ok(mut rt) => {
+                        if rt.config.pools.iter().any(|p| p.shadow.is_some()) {
+                            rt.scheduler = abi::ConfigScheduler::new(envoy_config);
+                        }
+                        Box::into_raw(Box::new(Arc::new(rt))) as *const c_void
+                    }
                     Err(e) => {
                         log::error!("switchboard: {e}");
                         std::ptr::null()
@@ -298,12 +304,30 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_e: EnvoyFilter, _f: *const c_void, _event: u64) {}
 
+/// Runs on Envoy's main thread for the configuration (`config`: made by `config_new`).
+fn with_config(config: *const c_void, hook: impl FnOnce(&Runtime)) {
+    if config.is_null() {
+        return;
+    }
+    // SAFETY: Envoy calls configuration hooks only while the configuration lives.
+    let rt = unsafe { &*(config as *const Arc<Runtime>) };
+    if catch_unwind(AssertUnwindSafe(|| hook(rt))).is_err() {
+        log::error!("switchboard: a panic was caught at the module boundary (configuration event)");
+    }
+}
+
+/// The main thread woken by a worker: shadow copies to send.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-    _e: *mut c_void,
-    _c: *const c_void,
-    _event: u64,
+    envoy_config: EnvoyFilterConfig,
+    config: *const c_void,
+    event: u64,
 ) {
+    with_config(config, |rt| {
+        if event == shadow::SEND_EVENT {
+            shadow::Shadows::send_queued(rt, envoy_config);
+        }
+    });
 }
 
 #[no_mangle]
@@ -355,17 +379,26 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
+/// A shadow copy's answer (the configuration's own calls are only those).
+///
+/// # Safety
+/// Envoy passes `headers_size` headers and `chunks_size` body chunks (or null), valid during the hook.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
-    _e: *mut c_void,
-    _c: *const c_void,
-    _id: u64,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _envoy_config: EnvoyFilterConfig,
+    config: *const c_void,
+    callout_id: u64,
     _result: u32,
-    _headers: *const EnvoyHeader,
-    _headers_size: usize,
-    _chunks: *const EnvoyBuffer,
-    _chunks_size: usize,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
 ) {
+    with_config(config, |rt| {
+        // SAFETY: Envoy's arrays, valid during the hook; copied.
+        let (headers, body) = unsafe { callout_answer(headers, headers_size, chunks, chunks_size) };
+        shadow::Shadows::answered(rt, callout_id, &headers, &body);
+    });
 }
 
 #[no_mangle]

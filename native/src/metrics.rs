@@ -32,8 +32,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn define(envoy_config: EnvoyFilterConfig, config: &Config) -> Metrics {
-        // No timers yet and no shadow copies in this build: their stats would never move.
-        let serves = HostServes { gauges: false, shadow: false };
+        // No timers yet in this build: the gauges would never move.
+        let serves = HostServes { gauges: false, shadow: true };
         let Catalog { pools, local_errors, tenants } = Catalog::define(config, serves, |name, kind| {
             abi::define_metric(envoy_config, name, kind == StatKind::Histogram)
         });
@@ -55,6 +55,20 @@ impl Metrics {
 
     pub fn pool(&self, pool: usize, which: impl Fn(&PoolMetrics) -> Option<usize>) {
         self.inc(self.pools.get(pool).and_then(which));
+    }
+
+    /// Adds `n` to a pool's counter.
+    pub fn pool_add(&self, pool: usize, which: impl Fn(&PoolMetrics) -> Option<usize>, n: u64) {
+        if let Some(id) = self.pools.get(pool).and_then(which) {
+            abi::config_increment_counter(self.config as EnvoyFilterConfig, id, n);
+        }
+    }
+
+    /// Records a value in a pool's histogram.
+    pub fn pool_record(&self, pool: usize, which: impl Fn(&PoolMetrics) -> Option<usize>, value: u64) {
+        if let Some(id) = self.pools.get(pool).and_then(which) {
+            abi::config_record_histogram(self.config as EnvoyFilterConfig, id, value);
+        }
     }
 
     pub fn member(&self, at: MemberRef, which: impl Fn(&MemberMetrics) -> Option<usize>) {

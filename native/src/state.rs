@@ -32,7 +32,9 @@ use switchboard::routing::{Availability, LatencyKind, LatencyStats, LiveStats, M
 use switchboard::tenant::limits::{Refusal, Settlement, TenantState};
 use switchboard::tenant::Tenant;
 
+use crate::abi::ConfigScheduler;
 use crate::metrics::Metrics;
+use crate::shadow::Shadows;
 
 /// How long a client is told to wait while a member's half-open trial is in
 /// flight (the trial's success puts the member back at once); as `host::health_store`.
@@ -86,7 +88,7 @@ fn stores() -> &'static Stores {
 
 /// A lock that a panicking holder did not leave unusable: the stores hold
 /// plain values, each change written whole, so the data stays consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -176,6 +178,10 @@ pub struct Runtime {
     canary_generation: u64,
     /// Canaries rolled back (member ids).
     rolled_back: Mutex<Vec<String>>,
+    /// Wakes Envoy's main thread for this configuration (when something runs there: shadow copies).
+    pub scheduler: Option<ConfigScheduler>,
+    /// Shadow copies queued for the main thread, and those sent.
+    pub shadows: Shadows,
 }
 
 impl Runtime {
@@ -204,6 +210,8 @@ impl Runtime {
             config,
             canary_generation,
             rolled_back: Mutex::new(rolled_back),
+            scheduler: None,
+            shadows: Shadows::default(),
         })
     }
 

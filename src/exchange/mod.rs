@@ -40,6 +40,7 @@ mod rewrite;
 mod route;
 mod routed;
 mod shared;
+pub mod shadow;
 mod timers;
 
 pub use admission::{budget_reservation, expected_tokens, feedback_body, refusal_error, Feedback, TenantAsk, Verdict};

@@ -9,31 +9,13 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use crate::api::forward::forwarded;
-use crate::api::request::ParsedRequest;
-use crate::api::usage::{self, Tokens};
-use crate::api::Endpoint;
-use crate::providers::{build_request, BuildContext, ResponseAdapter};
+use crate::exchange::shadow::{self, Copy, Sent};
 
 use super::abi;
 use super::runtime::Runtime;
 
 /// Copies waiting for the tick beyond this are dropped (a tick that cannot keep up).
 const MAX_QUEUED: usize = 256;
-
-struct Copy {
-    pool: usize,
-    endpoint: Endpoint,
-    body: Vec<u8>,
-    headers: Vec<(String, String)>,
-}
-
-struct Sent {
-    pool: usize,
-    started_ms: u64,
-    endpoint: Endpoint,
-    stream: bool,
-}
 
 #[derive(Default)]
 struct Shadows {
@@ -46,20 +28,15 @@ thread_local! {
 }
 
 /// A routed request of `pool`: copied for its shadow with the pool's `sample` probability.
-pub fn sample(rt: &Runtime, pool: usize, endpoint: Endpoint, body: &[u8], client_headers: &[u8]) {
-    let Some(shadow) = rt.config.pool_at(pool).and_then(|p| p.shadow.as_ref()) else { return };
-    // 53 random bits as a share in [0, 1).
-    if (rt.random() >> 11) as f64 / (1u64 << 53) as f64 >= shadow.sample {
+pub fn sample(rt: &Runtime, pool: usize, endpoint: crate::api::Endpoint, body: &[u8], client_headers: &[u8]) {
+    let Some(copy) = shadow::sample(&rt.config, pool, endpoint, body, abi::pairs(client_headers), || rt.random())
+    else {
         return;
-    }
-    let headers = abi::pairs(client_headers)
-        .filter(|(k, _)| forwarded(k, false, &[]))
-        .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?.to_string(), std::str::from_utf8(v).ok()?.to_string())))
-        .collect();
+    };
     SHADOWS.with(|s| {
         let mut s = s.borrow_mut();
         if s.queued.len() < MAX_QUEUED {
-            s.queued.push(Copy { pool, endpoint, body: body.to_vec(), headers });
+            s.queued.push(copy);
         }
     });
 }
@@ -69,27 +46,19 @@ pub fn send_queued(rt: &Runtime, now: u64) {
     let queued = SHADOWS.with(|s| std::mem::take(&mut s.borrow_mut().queued));
     for copy in queued {
         match send(rt, &copy, now) {
-            Ok((token, stream)) => SHADOWS.with(|s| {
-                let sent = Sent { pool: copy.pool, started_ms: now, endpoint: copy.endpoint, stream };
-                s.borrow_mut().sent.push((token, sent));
-            }),
+            Ok((token, stream)) => SHADOWS.with(|s| s.borrow_mut().sent.push((token, copy.sent(now, stream)))),
             Err(e) => log::warn!("switchboard: shadow copy not sent: {e}"),
         }
     }
 }
 
 fn send(rt: &Runtime, copy: &Copy, now: u64) -> Result<(u32, bool), String> {
-    let pool = rt.config.pool_at(copy.pool).ok_or("no pool")?;
-    let shadow = pool.shadow.as_ref().ok_or("no shadow")?;
-    let provider = rt.config.providers.get(shadow.member.provider).ok_or("no provider")?;
-    let parsed = ParsedRequest::parse(&copy.body, copy.endpoint).map_err(|e| e.message)?;
-    let ctx = BuildContext { now_unix_s: now / 1000, max_response_tokens: pool.max_response_tokens };
-    let upstream = build_request(provider, &shadow.member, copy.endpoint, &parsed, &ctx).map_err(|e| e.message)?;
-    let headers = upstream.call_headers(&copy.headers);
-    let timeout = Duration::from_millis(pool.retry.timeout_ms);
-    proxy_wasm::hostcalls::dispatch_http_call(&provider.cluster, headers, Some(&upstream.body), vec![], timeout)
-        .map(|token| (token, parsed.stream))
-        .map_err(|s| format!("dispatch_http_call to {} failed: {s:?}", provider.cluster))
+    let call = copy.call(&rt.config, now)?;
+    let headers = call.upstream.call_headers(&copy.headers);
+    let timeout = Duration::from_millis(call.timeout_ms);
+    proxy_wasm::hostcalls::dispatch_http_call(call.cluster, headers, Some(&call.upstream.body), vec![], timeout)
+        .map(|token| (token, call.stream))
+        .map_err(|s| format!("dispatch_http_call to {} failed: {s:?}", call.cluster))
 }
 
 /// Root: the answer of a shadow copy, measured and dropped. Returns whether `token` was one.
@@ -122,27 +91,10 @@ pub fn answered(rt: &Runtime, token: u32, num_headers: usize, body_size: usize) 
     }
     if (200..300).contains(&status) {
         let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size).unwrap_or_default();
-        if let Some(used) = answer_usage(rt, &sent, &body) {
+        if let Some(used) = shadow::answer_usage(&rt.config, &sent, &body) {
             rt.metrics.add(metrics.shadow_prompt_tokens, used.prompt);
             rt.metrics.add(metrics.shadow_completion_tokens, used.completion);
         }
     }
     true
-}
-
-/// The tokens of the shadow's answer, read in its provider's own format.
-fn answer_usage(rt: &Runtime, sent: &Sent, body: &[u8]) -> Option<Tokens> {
-    let shadow = rt.config.pool_at(sent.pool)?.shadow.as_ref()?;
-    let kind = rt.config.providers.get(shadow.member.provider)?.kind;
-    match ResponseAdapter::new(kind, sent.endpoint, sent.stream, &shadow.member.model) {
-        Some(mut adapter) => {
-            if sent.stream {
-                adapter.translate_stream(body, true);
-            } else {
-                adapter.translate_body(200, body);
-            }
-            adapter.usage()
-        }
-        None => usage::scan(body),
-    }
 }
