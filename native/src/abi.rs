@@ -96,6 +96,21 @@ pub const LOG_INFO: u32 = 2;
 pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
 
+/// `envoy_dynamic_module_type_http_filter_stream_reset_reason_LocalReset`.
+pub const RESET_LOCAL: u32 = 0;
+
+/// `Dl_info` of `<dlfcn.h>` (glibc).
+#[repr(C)]
+pub struct DlInfo {
+    fname: *const c_char,
+    fbase: *mut c_void,
+    sname: *const c_char,
+    saddr: *mut c_void,
+}
+
+/// `RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE` (glibc).
+const RTLD_PIN: i32 = 0x2 | 0x4 | 0x1000;
+
 /// `envoy_dynamic_module_type_attribute_id_ResponseCodeDetails`.
 pub const ATTRIBUTE_RESPONSE_CODE_DETAILS: u32 = 16;
 
@@ -189,7 +204,28 @@ extern "C" {
         timeout_ms: u64,
     ) -> u32;
 
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: EnvoyFilter) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: EnvoyFilter, reason: u32, details: ModuleBuffer);
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: EnvoyFilterConfig,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: EnvoyFilterConfig,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    fn dladdr(addr: *const c_void, info: *mut DlInfo) -> i32;
+    fn dlopen(file: *const c_char, mode: i32) -> *mut c_void;
 }
 
 /// The unit tests' executable has no Envoy to bind the callbacks to: these
@@ -222,6 +258,12 @@ mod test_stubs {
         envoy_dynamic_module_callback_http_filter_config_scheduler_commit,
         envoy_dynamic_module_callback_http_filter_config_scheduler_delete,
         envoy_dynamic_module_callback_http_filter_config_http_callout,
+        envoy_dynamic_module_callback_http_filter_scheduler_new,
+        envoy_dynamic_module_callback_http_filter_scheduler_commit,
+        envoy_dynamic_module_callback_http_filter_scheduler_delete,
+        envoy_dynamic_module_callback_http_filter_reset_stream,
+        envoy_dynamic_module_callback_http_filter_config_define_gauge,
+        envoy_dynamic_module_callback_http_filter_config_set_gauge,
     );
 }
 
@@ -249,6 +291,12 @@ pub const CALLBACKS: &[&std::ffi::CStr] = &[
     c"envoy_dynamic_module_callback_http_filter_config_scheduler_commit",
     c"envoy_dynamic_module_callback_http_filter_config_scheduler_delete",
     c"envoy_dynamic_module_callback_http_filter_config_http_callout",
+    c"envoy_dynamic_module_callback_http_filter_scheduler_new",
+    c"envoy_dynamic_module_callback_http_filter_scheduler_commit",
+    c"envoy_dynamic_module_callback_http_filter_scheduler_delete",
+    c"envoy_dynamic_module_callback_http_filter_reset_stream",
+    c"envoy_dynamic_module_callback_http_filter_config_define_gauge",
+    c"envoy_dynamic_module_callback_http_filter_config_set_gauge",
 ];
 
 /// The callbacks of [`CALLBACKS`] the process does not export (`RTLD_DEFAULT` is the null handle on Linux).
@@ -433,13 +481,29 @@ impl Stream {
     }
 }
 
-/// Defines a counter (or a histogram) named `name` on the filter configuration; its id.
-pub fn define_metric(config: EnvoyFilterConfig, name: &str, histogram: bool) -> Option<usize> {
+/// What a stat is to Envoy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Defines a counter, gauge or histogram named `name` on the filter configuration; its id.
+pub fn define_metric(config: EnvoyFilterConfig, name: &str, kind: MetricKind) -> Option<usize> {
     let mut id = 0usize;
     let name = ModuleBuffer::of(name.as_bytes());
     // SAFETY: the configuration pointer is Envoy's, valid in `on_http_filter_config_new`.
     let result = unsafe {
-        if histogram {
+        if kind == MetricKind::Gauge {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                config,
+                name,
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        } else if kind == MetricKind::Histogram {
             envoy_dynamic_module_callback_http_filter_config_define_histogram(
                 config,
                 name,
@@ -541,4 +605,69 @@ pub fn config_callout(
     } else {
         Err(result)
     }
+}
+
+/// Sets a gauge defined on the configuration, from any thread.
+pub fn config_set_gauge(config: EnvoyFilterConfig, id: usize, value: u64) {
+    // SAFETY: the configuration outlives its filters and ticks; no labels.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_config_set_gauge(config, id, std::ptr::null_mut(), 0, value);
+    }
+}
+
+/// Resets the client's stream (a relayed stream that fell silent).
+pub fn reset_stream(filter: EnvoyFilter, details: &str) {
+    // SAFETY: the filter pointer is Envoy's, alive during the hook.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_reset_stream(
+            filter,
+            RESET_LOCAL,
+            ModuleBuffer::of(details.as_bytes()),
+        )
+    }
+}
+
+/// Envoy's scheduler of one HTTP stream: an event committed from any thread runs
+/// `on_http_filter_scheduled` on the stream's worker (dropped if the stream is gone by then).
+pub struct FilterScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler posts to the worker's dispatcher, which takes events from any thread,
+// and holds the stream only weakly; deleting it from another thread drops that weak reference.
+unsafe impl Send for FilterScheduler {}
+// SAFETY: as above; the scheduler holds no state the module changes.
+unsafe impl Sync for FilterScheduler {}
+
+impl FilterScheduler {
+    /// Made during one of the stream's hooks, on its worker.
+    pub fn new(filter: EnvoyFilter) -> Option<FilterScheduler> {
+        // SAFETY: the filter pointer is Envoy's, alive during the hook.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(filter) };
+        (!ptr.is_null()).then_some(FilterScheduler(ptr))
+    }
+
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: the scheduler lives until this value is dropped.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for FilterScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
+}
+
+/// Keeps this module loaded for the life of the process: its timer thread
+/// runs module code, so an unload (Envoy dropping the last configuration) must not unmap it.
+pub fn pin_module() -> bool {
+    let mut info = DlInfo {
+        fname: std::ptr::null(),
+        fbase: std::ptr::null_mut(),
+        sname: std::ptr::null(),
+        saddr: std::ptr::null_mut(),
+    };
+    let here = pin_module as *const c_void;
+    // SAFETY: `info` is written by dladdr; the file name it gives is NUL-terminated and owned by the loader.
+    unsafe { dladdr(here, &mut info) != 0 && !info.fname.is_null() && !dlopen(info.fname, RTLD_PIN).is_null() }
 }

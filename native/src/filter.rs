@@ -19,7 +19,7 @@ use switchboard::exchange::learning::{self, Feedback, Scorer};
 use switchboard::exchange::shadow;
 use switchboard::exchange::{
     build_upstream, feedback_body, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange, HeadersStep, Opening,
-    Relays, State, Step,
+    Relays, State, Step, Timer,
 };
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::UpstreamRequest;
@@ -30,6 +30,7 @@ use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP}
 use crate::metrics::{Family, Labels};
 use crate::shadow::Shadows;
 use crate::state::{self, Runtime};
+use crate::timers::{self, Waker};
 
 /// Names the authenticated tenant on the request, for Envoy filters after this one.
 const TENANT_HEADER: &str = "x-switchboard-tenant";
@@ -43,6 +44,16 @@ pub struct Filter {
     client_headers: Vec<(String, String)>,
     /// The request body ended with trailers: all of it is in Envoy's buffer (nothing "received").
     in_trailers: bool,
+    /// The request's way back from the timer thread, made when it first needs waking.
+    waker: Option<Arc<Waker>>,
+}
+
+impl Drop for Filter {
+    fn drop(&mut self) {
+        if let Some(waker) = &self.waker {
+            waker.forget();
+        }
+    }
 }
 
 /// The calls a request sends on its own (failovers), as HTTP callouts with
@@ -90,7 +101,34 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 impl Filter {
     pub fn new(rt: Arc<Runtime>) -> Filter {
-        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), in_trailers: false }
+        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), in_trailers: false, waker: None }
+    }
+
+    /// Wakes this request on its worker at `at` (`on_scheduled`).
+    fn wake_at(&mut self, s: Stream, at: u64) {
+        if self.waker.is_none() {
+            self.waker = abi::FilterScheduler::new(s.0).map(Waker::new);
+        }
+        match &self.waker {
+            Some(waker) => timers::wake_request(at, waker),
+            None => log::warn!("switchboard[{}]: no scheduler for this request: its timer is off", self.ex.request_id),
+        }
+    }
+
+    /// Woken by the timer thread: a hedge or an idle stream may be due.
+    pub fn on_scheduled(&mut self, s: Stream, event: u64) {
+        if event != timers::WAKE_EVENT {
+            return;
+        }
+        let rt = self.rt.clone();
+        let now = state::now_ms();
+        let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
+        match self.ex.on_timer(&*rt, now, &mut caller) {
+            // A hedge's answer comes to `on_callout_done`, as a failover's does.
+            Timer::Nothing | Timer::HedgeSent(_) => {}
+            Timer::WakeAt(at) => self.wake_at(s, at),
+            Timer::Reset => abi::reset_stream(s.0, "switchboard_stream_idle_timeout"),
+        }
     }
 
     /// Does what the exchange asks: a reply is sent as Envoy's local reply.
@@ -311,6 +349,9 @@ impl Filter {
         }
         self.ex.body = body;
         self.ex.state = State::Routed(self.ex.begin(&*rt, picked, now));
+        if let Some(at) = self.ex.arm_hedge(&*rt, pool, now) {
+            self.wake_at(s, at);
+        }
         Ok(())
     }
 
@@ -404,7 +445,10 @@ impl Filter {
         let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
         match self.ex.response_headers(&*rt, &headers.as_slice(), end_of_stream, can, &mut caller) {
             HeadersStep::Step(step) => self.apply(s, step),
-            HeadersStep::Answer { set, drop, hold, .. } => {
+            HeadersStep::Answer { set, drop, hold, wake_at } => {
+                if let Some(at) = wake_at {
+                    self.wake_at(s, at);
+                }
                 for (k, v) in &set {
                     s.set_header(RESP, k, v);
                 }
@@ -483,6 +527,7 @@ impl Filter {
     /// the call log written, the tenant's admission settled.
     pub fn on_stream_complete(&mut self, s: Stream) {
         let rt = self.rt.clone();
+        self.ex.settle_hedge(&*rt, false);
         self.ex.end_unfinished(&*rt, || s.attribute_string(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS).unwrap_or_default());
         let ended_ms = self.ex.obs.end_ms(state::now_ms);
         self.ex.count_relayed();

@@ -13,8 +13,10 @@
 mod abi;
 mod filter;
 mod metrics;
+mod probes;
 mod shadow;
 mod state;
+mod timers;
 
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -108,10 +110,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 let metrics = metrics::Metrics::define(envoy_config, &config);
                 match Runtime::new(config, metrics, raw) {
                     Ok(mut rt) => {
-                        if rt.config.pools.iter().any(|p| p.shadow.is_some()) {
-                            rt.scheduler = abi::ConfigScheduler::new(envoy_config);
-                        }
-                        Box::into_raw(Box::new(Arc::new(rt))) as *const c_void
+                        // The main thread's work: shadow copies, and the tick (gauges, probes).
+                        rt.scheduler = abi::ConfigScheduler::new(envoy_config);
+                        let rt = Arc::new(rt);
+                        timers::tick(&rt);
+                        Box::into_raw(Box::new(rt)) as *const c_void
                     }
                     Err(e) => {
                         log::error!("switchboard: {e}");
@@ -301,8 +304,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: *const c_void) {}
 
+/// A request woken by the timer thread (its hedge, its stream's idle limit).
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_e: EnvoyFilter, _f: *const c_void, _event: u64) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(envoy: EnvoyFilter, filter: *const c_void, event: u64) {
+    with_filter(envoy, filter, 0, |f, s| {
+        f.on_scheduled(s, event);
+        0
+    });
+}
 
 /// Runs on Envoy's main thread for the configuration (`config`: made by `config_new`).
 fn with_config(config: *const c_void, hook: impl FnOnce(&Runtime)) {
@@ -323,10 +332,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     config: *const c_void,
     event: u64,
 ) {
-    with_config(config, |rt| {
-        if event == shadow::SEND_EVENT {
-            shadow::Shadows::send_queued(rt, envoy_config);
-        }
+    with_config(config, |rt| match event {
+        shadow::SEND_EVENT => shadow::Shadows::send_queued(rt, envoy_config),
+        timers::TICK_EVENT => rt.tick(envoy_config),
+        _ => {}
     });
 }
 
@@ -379,7 +388,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
-/// A shadow copy's answer (the configuration's own calls are only those).
+/// The answer of one of the configuration's own calls: a probe's or a shadow copy's.
 ///
 /// # Safety
 /// Envoy passes `headers_size` headers and `chunks_size` body chunks (or null), valid during the hook.
@@ -397,7 +406,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     with_config(config, |rt| {
         // SAFETY: Envoy's arrays, valid during the hook; copied.
         let (headers, body) = unsafe { callout_answer(headers, headers_size, chunks, chunks_size) };
-        shadow::Shadows::answered(rt, callout_id, &headers, &body);
+        if !probes::Prober::answered(rt, callout_id, &headers) {
+            shadow::Shadows::answered(rt, callout_id, &headers, &body);
+        }
     });
 }
 

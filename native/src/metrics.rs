@@ -6,12 +6,22 @@ use std::collections::HashMap;
 
 use switchboard::api::ErrorCode;
 use switchboard::config::{Config, MemberRef};
-pub use switchboard::stats::{Family, Labels};
 use switchboard::stats::{
     request_series, request_stat_name, stat_key, Catalog, HostServes, MemberStats, PoolStats, StatKind, TenantStats,
 };
+pub use switchboard::stats::{Family, Labels};
 
-use crate::abi::{self, EnvoyFilterConfig};
+use switchboard::tenant::limits::cost_micro_usd;
+
+use crate::abi::{self, EnvoyFilterConfig, MetricKind};
+
+fn kind_of(kind: StatKind) -> MetricKind {
+    match kind {
+        StatKind::Counter => MetricKind::Counter,
+        StatKind::Gauge => MetricKind::Gauge,
+        StatKind::Histogram => MetricKind::Histogram,
+    }
+}
 
 pub type PoolMetrics = PoolStats<usize>;
 pub type MemberMetrics = MemberStats<usize>;
@@ -21,30 +31,41 @@ pub type MemberMetrics = MemberStats<usize>;
 pub struct Metrics {
     /// Envoy's configuration object, as an address: it outlives every filter of the configuration.
     config: usize,
-    pools: Vec<PoolMetrics>,
+    pub pools: Vec<PoolMetrics>,
     /// By `ErrorCode as usize`.
     local_errors: Vec<Option<usize>>,
     /// Per tenant (configuration order).
-    tenants: Vec<TenantStats<usize>>,
+    pub tenants: Vec<TenantStats<usize>>,
     /// Request-end stats by `stat_key`, every series a request can reach, defined at load.
     request_stats: HashMap<u64, usize>,
 }
 
 impl Metrics {
     pub fn define(envoy_config: EnvoyFilterConfig, config: &Config) -> Metrics {
-        // No timers yet in this build: the gauges would never move.
-        let serves = HostServes { gauges: false, shadow: true };
-        let Catalog { pools, local_errors, tenants } = Catalog::define(config, serves, |name, kind| {
-            abi::define_metric(envoy_config, name, kind == StatKind::Histogram)
-        });
+        let serves = HostServes { gauges: true, shadow: true };
+        let Catalog { pools, local_errors, tenants } =
+            Catalog::define(config, serves, |name, kind| abi::define_metric(envoy_config, name, kind_of(kind)));
+        for (tenant, stats) in config.tenants.iter().flatten().zip(&tenants) {
+            if let (Some(budget), Some(id)) = (&tenant.budget, stats.budget_limit) {
+                // A million tokens at limit_usd per million: the limit in micro-USD.
+                abi::config_set_gauge(envoy_config, id, cost_micro_usd(1_000_000, 0, budget.limit_usd, 0.0));
+            }
+        }
         let request_stats = request_series(config)
             .into_iter()
             .filter_map(|(family, labels)| {
                 let (name, kind) = request_stat_name(config, family, labels);
-                Some((stat_key(family, labels), abi::define_metric(envoy_config, &name, kind == StatKind::Histogram)?))
+                Some((stat_key(family, labels), abi::define_metric(envoy_config, &name, kind_of(kind))?))
             })
             .collect();
         Metrics { config: envoy_config as usize, pools, local_errors, tenants, request_stats }
+    }
+
+    /// Sets a gauge (the configuration's tick).
+    pub fn set_gauge(&self, id: Option<usize>, value: u64) {
+        if let Some(id) = id {
+            abi::config_set_gauge(self.config as EnvoyFilterConfig, id, value);
+        }
     }
 
     fn inc(&self, id: Option<usize>) {

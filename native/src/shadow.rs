@@ -63,8 +63,7 @@ impl Shadows {
     /// Main thread: a copy's answer (no headers: it failed), measured and dropped.
     pub fn answered(rt: &Runtime, id: u64, headers: &[(String, String)], body: &[u8]) {
         let Some(sent) = lock(&rt.shadows.sent).remove(&id) else { return };
-        let status: u16 =
-            headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let status: u16 = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         let metrics = &rt.metrics;
         metrics.pool(sent.pool, |p| p.shadow_requests);
         if !(200..300).contains(&status) {

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use switchboard::api::models::ModelListing;
-use switchboard::config::{Config, Member, MemberRef, Pool};
 use switchboard::api::response_ids::Holder;
+use switchboard::config::{Config, Member, MemberRef, Pool};
 use switchboard::exchange::learning::{self, Learning};
 use switchboard::exchange::{Count, DataError, Picked, Shared, SharedData};
 use switchboard::learned::Model;
@@ -34,6 +34,7 @@ use switchboard::tenant::Tenant;
 
 use crate::abi::ConfigScheduler;
 use crate::metrics::Metrics;
+use crate::probes::Prober;
 use crate::shadow::Shadows;
 
 /// How long a client is told to wait while a member's half-open trial is in
@@ -97,7 +98,7 @@ pub fn health(member_id: &str) -> MemberHealth {
     lock(&stores().health).get(member_id).copied().unwrap_or_default()
 }
 
-fn update_health(member_id: &str, change: impl FnOnce(&mut MemberHealth) -> Transition) -> Transition {
+pub fn update_health(member_id: &str, change: impl FnOnce(&mut MemberHealth) -> Transition) -> Transition {
     with_entry(&mut lock(&stores().health), member_id, change)
 }
 
@@ -182,6 +183,8 @@ pub struct Runtime {
     pub scheduler: Option<ConfigScheduler>,
     /// Shadow copies queued for the main thread, and those sent.
     pub shadows: Shadows,
+    /// Active probes: when each pool was last probed, the probes in flight.
+    pub prober: Prober,
 }
 
 impl Runtime {
@@ -212,10 +215,33 @@ impl Runtime {
             rolled_back: Mutex::new(rolled_back),
             scheduler: None,
             shadows: Shadows::default(),
+            prober: Prober::default(),
         })
     }
 
     /// Counts an attempt in its pool's canary windows; a canary this rolls back gets weight 0.
+    /// The configuration's tick, on Envoy's main thread: the gauges and the probes.
+    pub fn tick(&self, envoy_config: crate::abi::EnvoyFilterConfig) {
+        let now = now_ms();
+        Prober::tick(self, envoy_config, now);
+        let health = lock(&stores().health);
+        for (pool, stats) in self.config.pools.iter().zip(&self.metrics.pools) {
+            let healthy = pool
+                .members
+                .iter()
+                .filter(|m| in_rotation(health.get(&m.id).copied().unwrap_or_default().availability(now)))
+                .count();
+            self.metrics.set_gauge(stats.healthy_members, healthy as u64);
+        }
+        drop(health);
+        let tenants = lock(&stores().tenants);
+        for (tenant, stats) in self.config.tenants.iter().flatten().zip(&self.metrics.tenants) {
+            let Some(budget) = &tenant.budget else { continue };
+            let spent = tenants.get(&tenant.name).map_or(0, |t| t.spend.in_period(now / 1000, budget.per));
+            self.metrics.set_gauge(stats.budget_spent, spent);
+        }
+    }
+
     fn count_canaries(&self, at: MemberRef, pool: &Pool, failed: bool, now_s: u64, request_id: &str) {
         let attempted = at.member;
         for (index, member) in pool.members.iter().enumerate() {
@@ -239,6 +265,12 @@ impl Runtime {
             lock(&self.rolled_back).push(member.id.clone());
         }
     }
+}
+
+/// Whether the healthy-members gauge counts a member (as the wasm build's
+/// root tick): in rotation, or past its cooldown and offered the next request.
+fn in_rotation(availability: Availability) -> bool {
+    matches!(availability, Availability::Healthy | Availability::Trial)
 }
 
 /// Identifies a configuration's text (canary windows start afresh when it changes).

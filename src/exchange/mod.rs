@@ -32,6 +32,7 @@ mod attempts;
 mod failover;
 mod followup;
 pub mod learning;
+pub mod probe;
 mod replay;
 mod request;
 mod response;

@@ -68,7 +68,12 @@ impl Copy {
         let parsed = ParsedRequest::parse(&self.body, self.endpoint).map_err(|e| e.message)?;
         let ctx = BuildContext { now_unix_s: now_ms / 1000, max_response_tokens: pool.max_response_tokens };
         let upstream = build_request(provider, &shadow.member, self.endpoint, &parsed, &ctx).map_err(|e| e.message)?;
-        Ok(ShadowCall { cluster: &provider.cluster, upstream, timeout_ms: pool.retry.timeout_ms, stream: parsed.stream })
+        Ok(ShadowCall {
+            cluster: &provider.cluster,
+            upstream,
+            timeout_ms: pool.retry.timeout_ms,
+            stream: parsed.stream,
+        })
     }
 
     pub fn sent(&self, started_ms: u64, stream: bool) -> Sent {

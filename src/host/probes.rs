@@ -5,17 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::api::request::ParsedRequest;
-use crate::api::Endpoint;
-use crate::providers::{build_request, BuildContext};
+use crate::exchange::probe::{due_pools, probe_call};
 use crate::routing::{Availability, Rng, Transition};
 
 use super::runtime::Runtime;
 use super::{abi, health_store};
 use crate::config::MemberRef;
-
-/// The cheap request sent to an ejected member to see if it is back.
-const PROBE_BODY: &[u8] = br#"{"model":"probe","messages":[{"role":"user","content":"ping"}],"max_tokens":1}"#;
 
 pub struct Prober {
     /// Identifies this VM in the probe leader lease.
@@ -37,24 +32,13 @@ impl Prober {
 
     /// Probes the ejected members of every pool whose probe interval has passed.
     pub fn tick(&mut self, rt: &Runtime, now: u64) {
-        let due: Vec<usize> = rt
-            .config
-            .pools
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let every = p.probe.as_ref()?.interval_ms;
-                let due = self.last_probe_ms.get(&i).is_none_or(|last| now.saturating_sub(*last) >= every);
-                due.then_some(i)
-            })
-            .collect();
+        let due = due_pools(&rt.config, &self.last_probe_ms, now);
         if due.is_empty() || !health_store::lease("probe", self.vm_token, now, 3_000) {
             return;
         }
         for pool_index in due {
             self.last_probe_ms.insert(pool_index, now);
             let Some(pool) = rt.config.pool_at(pool_index) else { continue };
-            let Some(policy) = &pool.probe else { continue };
             for (member_index, member) in pool.members.iter().enumerate() {
                 let target = MemberRef::new(pool_index, member_index);
                 if health_store::availability(&member.id, now) == Availability::Healthy
@@ -62,18 +46,13 @@ impl Prober {
                 {
                     continue;
                 }
-                let Some(provider) = rt.config.provider(member.provider) else { continue };
-                let Ok(parsed) = ParsedRequest::parse(PROBE_BODY, Endpoint::ChatCompletions) else { continue };
-                let ctx = BuildContext { now_unix_s: now / 1000, max_response_tokens: Some(1) };
-                let Ok(upstream) = build_request(provider, member, Endpoint::ChatCompletions, &parsed, &ctx) else {
-                    continue;
-                };
+                let Some(call) = probe_call(&rt.config, target, now) else { continue };
                 match proxy_wasm::hostcalls::dispatch_http_call(
-                    &provider.cluster,
-                    upstream.call_headers(&[]),
-                    Some(&upstream.body),
+                    call.cluster,
+                    call.upstream.call_headers(&[]),
+                    Some(&call.upstream.body),
                     vec![],
-                    Duration::from_millis(policy.timeout_ms),
+                    Duration::from_millis(call.timeout_ms),
                 ) {
                     Ok(token) => {
                         self.in_flight.insert(token, target);
