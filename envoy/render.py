@@ -62,7 +62,7 @@ def native_filter(plugin_config):
     return {
         "name": "switchboard",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "@type": NATIVE_TYPE,
             "dynamic_module_config": {"name": NATIVE_MODULE},
             "filter_name": "switchboard",
             "filter_config": {
@@ -112,6 +112,7 @@ def vm_config(wasm_path, env_keys):
 
 
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+NATIVE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 ECDS_FILE = "switchboard.ecds.json"
 
 
@@ -173,12 +174,12 @@ end
 """
 
 
-def discovered_filter(config_dir):
+def discovered_filter(config_dir, host="wasm"):
     """The filter as an extension config Envoy reads from config_dir/ECDS_FILE and
     reloads whenever a file is moved into config_dir. A new configuration applies
     to requests that start after it; requests in flight finish on the one they
     started with; the VM (and the shared data that holds health, tenants' windows
-    and budgets, and learning) stays."""
+    and budgets, and learning) stays, as the dynamic module's process memory does."""
     return {
         "name": "switchboard",
         "config_discovery": {
@@ -187,7 +188,7 @@ def discovered_filter(config_dir):
                                        "watched_directory": {"path": config_dir}},
                 "resource_api_version": "V3",
             },
-            "type_urls": [WASM_TYPE],
+            "type_urls": [NATIVE_TYPE if host == "native" else WASM_TYPE],
         },
     }
 
@@ -203,12 +204,18 @@ def effective_plugin_config(plugin_config, with_wasm=True, stream_failover=True,
     return plugin_config
 
 
-def write_plugin_config(config_dir, plugin_config, wasm_path, version, stream_failover=True, call_log_path=None):
+def write_plugin_config(config_dir, plugin_config, wasm_path, version, stream_failover=True, call_log_path=None,
+                        host="wasm"):
     """Write (atomically: a rename into the watched directory) the filter's
-    configuration for discovery; `version` must change for Envoy to apply it.
-    The arguments that shape the bootstrap must be the ones it was rendered with."""
-    plugin_config = effective_plugin_config(plugin_config, True, stream_failover, call_log_path)
-    resource = wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config))
+    configuration for discovery (`host`: the wasm filter's or the dynamic module's);
+    `version` must change for Envoy to apply it. The arguments that shape the
+    bootstrap must be the ones it was rendered with."""
+    # The dynamic module fails streams over through its HTTP callouts (no upstream filter).
+    plugin_config = effective_plugin_config(plugin_config, True, stream_failover and host != "native", call_log_path)
+    if host == "native":
+        resource = native_filter(plugin_config)
+    else:
+        resource = wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config))
     doc = {"version_info": str(version), "resources": [{
         "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         "name": resource["name"], "typed_config": resource["typed_config"]}]}
@@ -439,13 +446,10 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     `plugin_config_dir`: the filter's configuration is discovered from a file
     there (written now, version 1; `write_plugin_config` replaces it).
     `host`: "wasm" (proxy-wasm, `wasm_path`) or "native" (the dynamic module,
-    which fails streams over through its HTTP callouts: no upstream filter;
-    its configuration is inline only)."""
+    which fails streams over through its HTTP callouts: no upstream filter)."""
     if host not in ("wasm", "native"):
         raise ValueError(f"host must be wasm or native, not {host!r}")
     if host == "native":
-        if plugin_config_dir:
-            raise ValueError("plugin_config_dir (configuration discovery) is served by the wasm build only")
         stream_failover = False
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
@@ -454,11 +458,12 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
         filters.insert(1, origin_to_metadata())
     redirects = with_wasm and stream_failover
     plugin_config = effective_plugin_config(plugin_config, with_wasm, stream_failover, call_log_path)
-    if with_wasm and host == "native":
+    if with_wasm and plugin_config_dir:
+        # `plugin_config` is effective already; written as it is for either host.
+        write_plugin_config(plugin_config_dir, plugin_config, wasm_path, 1, stream_failover, call_log_path, host)
+        filters.append(discovered_filter(plugin_config_dir, host))
+    elif with_wasm and host == "native":
         filters.append(native_filter(plugin_config))
-    elif with_wasm and plugin_config_dir:
-        write_plugin_config(plugin_config_dir, plugin_config, wasm_path, 1, stream_failover, call_log_path)
-        filters.append(discovered_filter(plugin_config_dir))
     elif with_wasm:
         filters.append(wasm_filter(plugin_config, wasm_path, secret_env_keys(plugin_config)))
     router = {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -548,7 +553,7 @@ def main(argv=None):
                     help="serve the plugin configuration from DIR/" + ECDS_FILE + ", watched by Envoy")
     ap.add_argument("--update-plugin-config", action="store_true",
                     help="only rewrite DIR/" + ECDS_FILE + " from --plugin-config (a running Envoy applies it);"
-                         " pass the same --call-log / --no-stream-failover as when rendering")
+                         " pass the same --call-log / --no-stream-failover / --host as when rendering")
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     with open(args.plugin_config) as f:
@@ -557,7 +562,7 @@ def main(argv=None):
         if not args.plugin_config_dir:
             ap.error("--update-plugin-config needs --plugin-config-dir")
         write_plugin_config(args.plugin_config_dir, plugin_config, args.wasm, time.time_ns(),
-                            not args.no_stream_failover, args.call_log)
+                            not args.no_stream_failover, args.call_log, args.host)
         return
     clusters = dict(c.split("=", 1) for c in args.cluster)
     origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")

@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use switchboard::api::forward::forwarded;
-use switchboard::api::request::ParsedRequest;
+use switchboard::api::request::{model_of, ParsedRequest};
 use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
 use switchboard::doors::messages;
@@ -19,7 +19,7 @@ use switchboard::exchange::learning::{self, Feedback, Scorer};
 use switchboard::exchange::shadow;
 use switchboard::exchange::{
     build_upstream, feedback_body, BodyFor, BodyRead, BodyStep, CallStep, Calls, Exchange, HeadersStep, Opening,
-    Relays, State, Step, Timer,
+    Relays, State, Step, Timer, REFUSED_BODY_PEEK_BYTES,
 };
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::UpstreamRequest;
@@ -46,6 +46,8 @@ pub struct Filter {
     in_trailers: bool,
     /// The request's way back from the timer thread, made when it first needs waking.
     waker: Option<Arc<Waker>>,
+    /// A refusal at the headers that waits for a small body (see `REFUSED_BODY_PEEK_BYTES`).
+    refused: Option<ApiError>,
 }
 
 impl Drop for Filter {
@@ -101,7 +103,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 impl Filter {
     pub fn new(rt: Arc<Runtime>) -> Filter {
-        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), in_trailers: false, waker: None }
+        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), in_trailers: false, waker: None, refused: None }
     }
 
     /// Wakes this request on its worker at `at` (`on_scheduled`).
@@ -168,8 +170,11 @@ impl Filter {
         self.client_headers = raw;
         match opening {
             Opening::Step(step) => self.apply(s, step),
-            // Answered at once here: the call log of a refused key does not wait for its model.
-            Opening::RefuseAfterBody(e) => self.answer_error(s, &e),
+            // Answered once the small body is in: the call log names the model it asked for.
+            Opening::RefuseAfterBody(e) => {
+                self.refused = Some(e);
+                abi::HEADERS_STOP_ITERATION
+            }
             Opening::Followup => self.serve_followup(s),
             // This build replays nothing (no stream failover by redirect): a token is a forgery.
             Opening::Replay(_) => self.answer_error(s, &switchboard::exchange::forged_token()),
@@ -202,6 +207,9 @@ impl Filter {
         }
         let max = self.rt.config.max_body_bytes;
         let size = s.body_size(abi::BUFFERED_REQUEST_BODY) + s.body_size(abi::RECEIVED_REQUEST_BODY);
+        if let Some(refusal) = self.refused.take() {
+            return self.refuse_after_body(s, refusal, size, end_of_stream);
+        }
         if size > max {
             self.answer_error(s, &ApiError::body_too_large(max));
             return abi::BODY_STOP_NO_BUFFER;
@@ -215,10 +223,32 @@ impl Filter {
         self.serve(s, body)
     }
 
+    /// A request refused at its headers whose body was awaited: answered once the
+    /// body is in (the call log names its model), or at once if it grows too large.
+    fn refuse_after_body(&mut self, s: Stream, refusal: ApiError, size: usize, end_of_stream: bool) -> Status {
+        if size <= REFUSED_BODY_PEEK_BYTES {
+            if !end_of_stream {
+                self.refused = Some(refusal);
+                return abi::BODY_STOP_AND_BUFFER;
+            }
+            let mut body = Vec::with_capacity(size);
+            s.read_body(abi::BUFFERED_REQUEST_BODY, &mut body);
+            s.read_body(abi::RECEIVED_REQUEST_BODY, &mut body);
+            self.ex.obs.model = model_of(&body);
+        }
+        self.answer_error(s, &refusal);
+        abi::BODY_STOP_NO_BUFFER
+    }
+
     /// A body followed by trailers ends here.
     pub fn on_request_trailers(&mut self, s: Stream) -> Status {
         if !matches!(self.ex.state, State::Reading) {
             return abi::HEADERS_CONTINUE;
+        }
+        if let Some(refusal) = self.refused.take() {
+            let size = s.body_size(abi::BUFFERED_REQUEST_BODY);
+            self.refuse_after_body(s, refusal, size, true);
+            return abi::HEADERS_STOP_ITERATION;
         }
         let mut body = Vec::new();
         s.read_body(abi::BUFFERED_REQUEST_BODY, &mut body);

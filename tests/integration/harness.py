@@ -171,7 +171,7 @@ class Gateway:
         before = self.stats(settle=False).get(stat, 0)
         self.config_version += 1
         render.write_plugin_config(self.plugin_config_dir, plugin_config, WASM, self.config_version,
-                                   self.stream_failover, self.call_log_path)
+                                   self.stream_failover, self.call_log_path, self.host)
         if not wait:
             return
         deadline = time.time() + timeout
