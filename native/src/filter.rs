@@ -470,8 +470,8 @@ impl Filter {
         }
         let rt = self.rt.clone();
         let headers = s.headers(RESP);
-        // This host neither holds a stream's headers for its first event nor continues a broken stream.
-        let can = Relays { prime: false, resume: false };
+        // This host holds a translated stream's headers until its first event; it does not continue a broken stream.
+        let can = Relays { prime: true, resume: false };
         let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
         match self.ex.response_headers(&*rt, &headers.as_slice(), end_of_stream, can, &mut caller) {
             HeadersStep::Step(step) => self.apply(s, step),
@@ -512,6 +512,8 @@ impl Filter {
     pub fn on_response_body(&mut self, s: Stream, end_of_stream: bool) -> Status {
         let rt = self.rt.clone();
         let holding = matches!(self.ex.state, State::Holding { .. });
+        // A translated stream held until its first event: Envoy buffers what the exchange already read.
+        let priming = matches!(self.ex.state, State::Priming { .. });
         match self.ex.body_read(&*rt, 0, end_of_stream) {
             BodyRead::Skip(Step::Pause) if holding => return abi::BODY_STOP_AND_BUFFER,
             BodyRead::Skip(Step::Pause) => return abi::BODY_STOP_NO_BUFFER,
@@ -530,15 +532,19 @@ impl Filter {
         if let Some(status) = status {
             s.set_header(RESP, ":status", &status.to_string());
         }
-        match (body, holding) {
+        match (body, holding || priming) {
             (Some(out), true) => {
                 s.drain_body(abi::BUFFERED_RESPONSE_BODY);
                 s.replace_body(abi::RECEIVED_RESPONSE_BODY, &out);
-                s.set_header(RESP, "content-length", &out.len().to_string());
+                if holding {
+                    s.set_header(RESP, "content-length", &out.len().to_string());
+                }
             }
             (Some(out), false) => {
                 s.replace_body(abi::RECEIVED_RESPONSE_BODY, &out);
             }
+            // Still no event: held on (Envoy keeps buffering).
+            (None, true) if matches!(self.ex.state, State::Priming { .. }) => {}
             // A held answer failed over: its body is replaced by the failover's answer.
             (None, true) => {
                 s.drain_body(abi::BUFFERED_RESPONSE_BODY);
