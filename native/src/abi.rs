@@ -207,6 +207,7 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: EnvoyFilter) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, event_id: u64);
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: EnvoyFilter);
     fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: EnvoyFilter, reason: u32, details: ModuleBuffer);
     fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
         config: EnvoyFilterConfig,
@@ -262,6 +263,7 @@ mod test_stubs {
         envoy_dynamic_module_callback_http_filter_scheduler_commit,
         envoy_dynamic_module_callback_http_filter_scheduler_delete,
         envoy_dynamic_module_callback_http_filter_reset_stream,
+        envoy_dynamic_module_callback_http_filter_continue_encoding,
         envoy_dynamic_module_callback_http_filter_config_define_gauge,
         envoy_dynamic_module_callback_http_filter_config_set_gauge,
     );
@@ -295,6 +297,7 @@ pub const CALLBACKS: &[&std::ffi::CStr] = &[
     c"envoy_dynamic_module_callback_http_filter_scheduler_commit",
     c"envoy_dynamic_module_callback_http_filter_scheduler_delete",
     c"envoy_dynamic_module_callback_http_filter_reset_stream",
+    c"envoy_dynamic_module_callback_http_filter_continue_encoding",
     c"envoy_dynamic_module_callback_http_filter_config_define_gauge",
     c"envoy_dynamic_module_callback_http_filter_config_set_gauge",
 ];
@@ -429,6 +432,12 @@ impl Stream {
             let size = envoy_dynamic_module_callback_http_get_body_size(self.0, kind);
             size == 0 || envoy_dynamic_module_callback_http_drain_body(self.0, kind, size)
         }
+    }
+
+    /// Lets the response go on after a hook stopped it (from a callout's answer).
+    pub fn continue_encoding(self) {
+        // SAFETY: the filter pointer is Envoy's, alive during the hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_encoding(self.0) }
     }
 
     /// The route is chosen again from the rewritten headers (the cluster header).

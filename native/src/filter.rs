@@ -470,8 +470,8 @@ impl Filter {
         }
         let rt = self.rt.clone();
         let headers = s.headers(RESP);
-        // This host holds a translated stream's headers until its first event; it does not continue a broken stream.
-        let can = Relays { prime: true, resume: false };
+        // A translated stream's headers wait for its first event; a broken stream's end waits for its continuation.
+        let can = Relays { prime: true, resume: true };
         let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
         match self.ex.response_headers(&*rt, &headers.as_slice(), end_of_stream, can, &mut caller) {
             HeadersStep::Step(step) => self.apply(s, step),
@@ -501,11 +501,17 @@ impl Filter {
         let rt = self.rt.clone();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
-        if let CallStep::Step(Step::Reply { status, headers, body }) =
-            self.ex.call_answered(&*rt, id, &headers, || body, &mut caller)
-        {
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
-            s.send_response(status, &headers, &body, "switchboard_failover");
+        match self.ex.call_answered(&*rt, id, &headers, || body, &mut caller) {
+            CallStep::Step(Step::Reply { status, headers, body }) => {
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
+                s.send_response(status, &headers, &body, "switchboard_failover");
+            }
+            // A continuation's answer: it replaces the broken end Envoy holds, and the stream ends.
+            CallStep::EndStream { body, .. } => {
+                s.replace_body(abi::BUFFERED_RESPONSE_BODY, &body);
+                s.continue_encoding();
+            }
+            CallStep::Step(_) | CallStep::Nothing => {}
         }
     }
 

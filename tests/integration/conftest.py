@@ -37,17 +37,6 @@ NATIVE_NOT_SERVED = {
     ("test_stream_failover.py", "test_cross_kind_stream_failover_streams_openai_chunks"): "failover that keeps streaming",
     ("test_stream_failover.py", "test_failed_over_stream_first_event_arrives_while_the_second_member_is_still_streaming"): "failover that keeps streaming",
     ("test_stream_failover.py", "test_messages_door_stream_fails_over_across_kinds_as_it_streams"): "failover that keeps streaming",
-    ("test_stream_resume.py", "test_a_continuation_on_bedrock_is_a_prefill_and_on_gemini_an_instruction"): "stream continuation",
-    ("test_stream_resume.py", "test_a_continuation_that_fails_too_ends_the_stream_as_without_it"): "stream continuation",
-    ("test_stream_resume.py", "test_a_messages_door_client_gets_its_continued_stream_in_messages_events"): "stream continuation",
-    ("test_stream_resume.py", "test_a_responses_door_client_on_anthropic_members_gets_its_continued_stream_in_responses_events"): "stream continuation",
-    ("test_stream_resume.py", "test_an_anthropic_overloaded_error_event_is_continued_by_prefill_on_the_next_anthropic_member"): "stream continuation",
-    ("test_stream_resume.py", "test_an_anthropic_stream_cut_is_continued_on_an_openai_member"): "stream continuation",
-    ("test_stream_resume.py", "test_an_openai_error_event_is_continued_on_an_anthropic_member_without_the_words_it_repeats"): "stream continuation",
-    ("test_stream_resume.py", "test_an_openai_stream_cut_cleanly_is_continued_on_the_next_openai_member_by_instruction"): "stream continuation",
-    ("test_stream_resume.py", "test_each_kind_s_broken_stream_is_continued"): "stream continuation",
-    ("test_stream_resume.py", "test_the_call_log_lists_the_broken_attempt_and_the_continuation_with_the_summed_usage"): "stream continuation",
-    ("test_stream_resume.py", "test_the_openai_sdk_reads_a_continued_stream_as_one_answer"): "stream continuation",
 }
 
 
