@@ -115,7 +115,7 @@ integration: setup build redis prometheus
 NATIVE_TESTS := $(addprefix tests/integration/,test_routing.py test_failover.py test_doors.py \
 	test_providers.py test_params.py test_reasoning.py test_structured_outputs.py test_openai_sdk.py \
 	test_clients.py test_tenants.py test_stream_ends.py test_learned_feedback.py \
-	test_responses_followups.py test_shadow.py test_hedging.py test_stream_idle.py \
+	test_responses_followups.py test_shadow.py test_stream_idle.py \
 	test_reconfigure.py test_training_data.py test_stream_resume.py)
 integration-native: setup build
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile --host native $(NATIVE_TESTS)

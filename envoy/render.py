@@ -204,14 +204,22 @@ def effective_plugin_config(plugin_config, with_wasm=True, stream_failover=True,
     return plugin_config
 
 
-def write_plugin_config(config_dir, plugin_config, wasm_path, version, stream_failover=True, call_log_path=None,
+def stream_failover_default(stream_failover, host):
+    """Failover that keeps streaming (the Lua upstream filter and internal redirects) unless
+    told otherwise: on for the wasm build, off for the native one (its speed is the point,
+    and the Lua filter runs on every upstream request; a failed-over stream then reaches
+    the client as one body)."""
+    return host != "native" if stream_failover is None else stream_failover
+
+
+def write_plugin_config(config_dir, plugin_config, wasm_path, version, stream_failover=None, call_log_path=None,
                         host="wasm"):
     """Write (atomically: a rename into the watched directory) the filter's
     configuration for discovery (`host`: the wasm filter's or the dynamic module's);
     `version` must change for Envoy to apply it. The arguments that shape the
     bootstrap must be the ones it was rendered with."""
-    # The dynamic module fails streams over through its HTTP callouts (no upstream filter).
-    plugin_config = effective_plugin_config(plugin_config, True, stream_failover and host != "native", call_log_path)
+    stream_failover = stream_failover_default(stream_failover, host)
+    plugin_config = effective_plugin_config(plugin_config, True, stream_failover, call_log_path)
     if host == "native":
         resource = native_filter(plugin_config)
     else:
@@ -436,7 +444,7 @@ def overload_manager(max_connections):
 
 
 def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True, address="127.0.0.1",
-              cors_origins=("*",), call_log_path=None, stream_failover=True, max_internal_redirects=10,
+              cors_origins=("*",), call_log_path=None, stream_failover=None, max_internal_redirects=10,
               request_timeout_s=REQUEST_TIMEOUT_S, request_headers_timeout_s=REQUEST_HEADERS_TIMEOUT_S,
               max_connections=MAX_DOWNSTREAM_CONNECTIONS, plugin_config_dir=None, host="wasm"):
     """`stream_failover`: the upstream filter and internal redirect policy
@@ -445,12 +453,11 @@ def bootstrap(plugin_config, wasm_path, listen, admin, clusters, with_wasm=True,
     streams arrive as one body, through the filter's HTTP calls).
     `plugin_config_dir`: the filter's configuration is discovered from a file
     there (written now, version 1; `write_plugin_config` replaces it).
-    `host`: "wasm" (proxy-wasm, `wasm_path`) or "native" (the dynamic module,
-    which fails streams over through its HTTP callouts: no upstream filter)."""
+    `host`: "wasm" (proxy-wasm, `wasm_path`) or "native" (the dynamic module);
+    `stream_failover` None: on for wasm, off for native (`stream_failover_default`)."""
     if host not in ("wasm", "native"):
         raise ValueError(f"host must be wasm or native, not {host!r}")
-    if host == "native":
-        stream_failover = False
+    stream_failover = stream_failover_default(stream_failover, host)
     header = plugin_config.get("cluster_header", "x-switchboard-cluster")
     # The same front filters with or without switchboard, so benchmarks compare like with like.
     filters = [cors_filter(), request_decompressor()]
@@ -545,8 +552,11 @@ def main(argv=None):
     ap.add_argument("--cors-origin", action="append", default=None,
                     help="origin allowed for browser clients (repeat; default any: *; 'none' disables CORS)")
     ap.add_argument("--call-log", metavar="PATH", help="write the call log (one JSON line per request) to PATH")
-    ap.add_argument("--no-stream-failover", action="store_true",
-                    help="no upstream filter / internal redirects: failed-over streams arrive as one body")
+    ap.add_argument("--no-stream-failover", dest="stream_failover", action="store_false", default=None,
+                    help="no upstream filter / internal redirects: failed-over streams arrive as one body"
+                         " (the default with --host native)")
+    ap.add_argument("--stream-failover", dest="stream_failover", action="store_true",
+                    help="failed-over streams reach the client as they are produced (the default with the .wasm)")
     ap.add_argument("--host", choices=("wasm", "native"), default="wasm",
                     help="load the .wasm (default) or the dynamic module (set ENVOY_DYNAMIC_MODULES_SEARCH_PATH)")
     ap.add_argument("--plugin-config-dir", metavar="DIR",
@@ -562,12 +572,12 @@ def main(argv=None):
         if not args.plugin_config_dir:
             ap.error("--update-plugin-config needs --plugin-config-dir")
         write_plugin_config(args.plugin_config_dir, plugin_config, args.wasm, time.time_ns(),
-                            not args.no_stream_failover, args.call_log, args.host)
+                            args.stream_failover, args.call_log, args.host)
         return
     clusters = dict(c.split("=", 1) for c in args.cluster)
     origins = tuple(o for o in (args.cors_origin or ["*"]) if o != "none")
     doc = bootstrap(plugin_config, args.wasm, args.listen, args.admin, clusters, not args.no_wasm, args.address,
-                    origins, args.call_log, stream_failover=not args.no_stream_failover,
+                    origins, args.call_log, stream_failover=args.stream_failover,
                     plugin_config_dir=args.plugin_config_dir, host=args.host)
     text = json.dumps(doc, indent=2)
     if args.output == "-":

@@ -23,11 +23,13 @@ use switchboard::exchange::{
 };
 use switchboard::observe::{CallRecord, Outcome};
 use switchboard::providers::UpstreamRequest;
+use switchboard::routing::redirect;
 use switchboard::routing::router::HeaderLookup;
 use switchboard::routing::Plan;
 
 use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP};
 use crate::metrics::{Family, Labels};
+use crate::parked;
 use crate::shadow::Shadows;
 use crate::state::{self, Runtime};
 use crate::timers::{self, Waker};
@@ -48,6 +50,9 @@ pub struct Filter {
     waker: Option<Arc<Waker>>,
     /// A refusal at the headers that waits for a small body (see `REFUSED_BODY_PEEK_BYTES`).
     refused: Option<ApiError>,
+    /// A replay's own header map (the previous attempt's rewrite, at the redirect's URL), rewritten
+    /// for the next member; `client_headers` are then the client's, as the parked request kept them.
+    replay_headers: Vec<(String, String)>,
 }
 
 impl Drop for Filter {
@@ -103,7 +108,15 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 impl Filter {
     pub fn new(rt: Arc<Runtime>) -> Filter {
-        Filter { rt, ex: Exchange::default(), client_headers: Vec::new(), in_trailers: false, waker: None, refused: None }
+        Filter {
+            rt,
+            ex: Exchange::default(),
+            client_headers: Vec::new(),
+            in_trailers: false,
+            waker: None,
+            refused: None,
+            replay_headers: Vec::new(),
+        }
     }
 
     /// Wakes this request on its worker at `at` (`on_scheduled`).
@@ -165,8 +178,7 @@ impl Filter {
         let rt = self.rt.clone();
         self.ex.obs.start_ms = state::now_ms();
         let raw = s.headers(REQ);
-        // This build replays nothing: a failover token is never a client's.
-        let opening = self.ex.request_headers(&*rt, &raw.as_slice(), end_of_stream, false, state::random);
+        let opening = self.ex.request_headers(&*rt, &raw.as_slice(), end_of_stream, true, state::random);
         self.client_headers = raw;
         match opening {
             Opening::Step(step) => self.apply(s, step),
@@ -176,8 +188,60 @@ impl Filter {
                 abi::HEADERS_STOP_ITERATION
             }
             Opening::Followup => self.serve_followup(s),
-            // This build replays nothing (no stream failover by redirect): a token is a forgery.
-            Opening::Replay(_) => self.answer_error(s, &switchboard::exchange::forged_token()),
+            Opening::Replay(token) => self.replay(s, &token, end_of_stream),
+        }
+    }
+
+    /// A request whose path carries a failover token: the replay of a parked
+    /// request, or a client's forgery, which gets nothing but a 400.
+    fn replay(&mut self, s: Stream, token: &str, end_of_stream: bool) -> Status {
+        let Some((ex, client_headers)) = parked::unpark(token) else {
+            return self.answer_error(s, &switchboard::exchange::forged_token());
+        };
+        self.ex = ex;
+        self.replay_headers = std::mem::replace(&mut self.client_headers, client_headers);
+        let rt = self.rt.clone();
+        let path = header(&self.replay_headers, ":path").unwrap_or_default().to_string();
+        // This host keeps the replay's headers itself (`client_headers`).
+        let step = self.ex.replayed(&*rt, Vec::new(), &path, end_of_stream);
+        self.apply(s, step)
+    }
+
+    /// The replayed body is in (`size` bytes): the request goes to the next
+    /// member (or answers that every attempt failed).
+    fn replay_body(&mut self, s: Stream, size: usize) -> Status {
+        if !matches!(std::mem::replace(&mut self.ex.state, State::Passing), State::Replayed { .. }) {
+            return abi::BODY_CONTINUE;
+        }
+        let rt = self.rt.clone();
+        let now = state::now_ms();
+        let (client_headers, in_trailers) = (&self.replay_headers, self.in_trailers);
+        let rewrite = |ex: &Exchange, member: MemberRef, upstream: &UpstreamRequest| {
+            let timeouts = ex.timeouts_ms(&*rt, member.pool, now, ex.shape.stream);
+            Target { s, rt: &rt, ex, client_headers, in_trailers }.rewrite(member, upstream, timeouts, size);
+            Ok(())
+        };
+        match self.ex.start_next(&*rt, now, "replay", rewrite) {
+            Ok((attempt, ())) => {
+                let member = attempt.picked.member;
+                self.ex.state = State::Routed(attempt);
+                self.tag_try(s, member);
+                abi::BODY_CONTINUE
+            }
+            Err(exhausted) => {
+                self.apply(s, exhausted);
+                abi::BODY_STOP_NO_BUFFER
+            }
+        }
+    }
+
+    /// Tags the routed attempt of a stream so the upstream filter can turn
+    /// its failure into a redirect (when the configuration says that filter runs).
+    fn tag_try(&mut self, s: Stream, member: MemberRef) {
+        let rt = self.rt.clone();
+        let Some(tag) = self.ex.try_tag(&*rt, member, &Headers(&self.client_headers)) else { return };
+        if !s.set_header(REQ, redirect::TRY_HEADER, &tag) {
+            self.ex.try_token = None;
         }
     }
 
@@ -202,6 +266,11 @@ impl Filter {
     pub fn on_request_body(&mut self, s: Stream, end_of_stream: bool) -> Status {
         match self.ex.state {
             State::Reading => {}
+            State::Replayed { .. } if !end_of_stream => return abi::BODY_STOP_AND_BUFFER,
+            State::Replayed { .. } => {
+                let size = s.body_size(abi::BUFFERED_REQUEST_BODY) + s.body_size(abi::RECEIVED_REQUEST_BODY);
+                return self.replay_body(s, size);
+            }
             State::Answered => return abi::BODY_STOP_NO_BUFFER,
             _ => return abi::BODY_CONTINUE,
         }
@@ -242,6 +311,13 @@ impl Filter {
 
     /// A body followed by trailers ends here.
     pub fn on_request_trailers(&mut self, s: Stream) -> Status {
+        if matches!(self.ex.state, State::Replayed { .. }) {
+            self.in_trailers = true;
+            return match self.replay_body(s, s.body_size(abi::BUFFERED_REQUEST_BODY)) {
+                abi::BODY_CONTINUE => abi::HEADERS_CONTINUE,
+                _ => abi::HEADERS_STOP_ITERATION,
+            };
+        }
         if !matches!(self.ex.state, State::Reading) {
             return abi::HEADERS_CONTINUE;
         }
@@ -382,6 +458,7 @@ impl Filter {
         if let Some(at) = self.ex.arm_hedge(&*rt, pool, now) {
             self.wake_at(s, at);
         }
+        self.tag_try(s, picked.member);
         Ok(())
     }
 
@@ -407,61 +484,17 @@ impl Filter {
         s: Stream,
         member: MemberRef,
         upstream: &UpstreamRequest,
-        (timeout_ms, first_byte_ms): (u64, Option<u64>),
+        timeouts: (u64, Option<u64>),
         original_len: usize,
     ) {
-        let rt = &self.rt;
-        let extra = self.ex.native_headers(&**rt, member);
-        let own_body = !(upstream.body.is_empty() && original_len == 0);
-        if own_body && self.in_trailers {
-            s.replace_body(abi::BUFFERED_REQUEST_BODY, &upstream.body);
-        } else if own_body {
-            s.drain_body(abi::BUFFERED_REQUEST_BODY);
-            s.replace_body(abi::RECEIVED_REQUEST_BODY, &upstream.body);
-        }
-        let cluster = cluster_of(rt, member).unwrap_or_default();
-        let content_length = upstream.body.len().to_string();
-        let timeout = timeout_ms.to_string();
-        let first_byte = first_byte_ms.map(|ms| ms.to_string());
-        let tenant = self.ex.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
-        let mut ours: Vec<(&str, &str)> = Vec::with_capacity(12);
-        ours.push((":authority", &upstream.authority));
-        if own_body {
-            ours.push(("content-length", &content_length));
-        }
-        ours.push((&rt.config.cluster_header, cluster));
-        ours.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
-        if let Some(ms) = first_byte.as_deref() {
-            ours.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
-        }
-        ours.extend(upstream.headers.iter().map(|(k, v)| (*k, v.as_str())));
-        if let Some(t) = tenant {
-            ours.push((TENANT_HEADER, &t.name));
-        }
-        let sets = |name: &str| ours.iter().any(|(n, _)| *n == name);
-        let mut client_path = "";
-        let mut json = false;
-        for (k, v) in &self.client_headers {
-            match k.as_str() {
-                ":path" => client_path = v,
-                "content-type" => json = v == "application/json",
-                ":method" | ":scheme" | ":authority" => {}
-                _ if forwarded(k.as_bytes(), true, extra) || sets(k) => {}
-                _ => {
-                    s.remove_header(REQ, k);
-                }
-            }
-        }
-        if upstream.path != client_path {
-            ours.push((":path", &upstream.path));
-        }
-        if !json && !ours.iter().any(|(n, _)| *n == "content-type") {
-            ours.push(("content-type", "application/json"));
-        }
-        for (k, v) in ours {
-            s.set_header(REQ, k, v);
-        }
-        s.clear_route_cache();
+        let to = Target {
+            s,
+            rt: &self.rt,
+            ex: &self.ex,
+            client_headers: &self.client_headers,
+            in_trailers: self.in_trailers,
+        };
+        to.rewrite(member, upstream, timeouts, original_len);
     }
 
     pub fn on_response_headers(&mut self, s: Stream, end_of_stream: bool) -> Status {
@@ -568,6 +601,15 @@ impl Filter {
     /// The request is over, however it ended: the attempt still open is judged,
     /// the call log written, the tenant's admission settled.
     pub fn on_stream_complete(&mut self, s: Stream) {
+        // Envoy is replaying the request after its routed attempt failed (the upstream filter's
+        // redirect was followed): its exchange waits for the replay, which records the failure.
+        let details = || s.attribute_string(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS).map(String::into_bytes);
+        if let Some(token) = self.ex.replaying(details) {
+            let ex = std::mem::take(&mut self.ex);
+            if parked::park(token, ex, std::mem::take(&mut self.client_headers)) {
+                return;
+            }
+        }
         let rt = self.rt.clone();
         self.ex.settle_hedge(&*rt, false);
         self.ex.end_unfinished(&*rt, || s.attribute_string(abi::ATTRIBUTE_RESPONSE_CODE_DETAILS).unwrap_or_default());
@@ -668,4 +710,79 @@ impl Filter {
 
 fn cluster_of(rt: &Runtime, member: MemberRef) -> Option<&str> {
     rt.config.resolve(member).map(|(_, _, provider)| provider.cluster.as_str())
+}
+
+/// What a rewrite of the paused request needs of its filter (borrowed apart
+/// from the exchange, which a replay's `start_next` holds).
+struct Target<'a> {
+    s: Stream,
+    rt: &'a Runtime,
+    ex: &'a Exchange,
+    client_headers: &'a [(String, String)],
+    in_trailers: bool,
+}
+
+impl Target<'_> {
+    /// Points the held request at `member`: body, then the headers the gateway sets
+    /// (client headers off the allow-list removed), then the route is chosen again.
+    fn rewrite(
+        &self,
+        member: MemberRef,
+        upstream: &UpstreamRequest,
+        (timeout_ms, first_byte_ms): (u64, Option<u64>),
+        original_len: usize,
+    ) {
+        let (s, rt) = (self.s, self.rt);
+        let extra = self.ex.native_headers(rt, member);
+        let own_body = !(upstream.body.is_empty() && original_len == 0);
+        if own_body && self.in_trailers {
+            s.replace_body(abi::BUFFERED_REQUEST_BODY, &upstream.body);
+        } else if own_body {
+            s.drain_body(abi::BUFFERED_REQUEST_BODY);
+            s.replace_body(abi::RECEIVED_REQUEST_BODY, &upstream.body);
+        }
+        let cluster = cluster_of(rt, member).unwrap_or_default();
+        let content_length = upstream.body.len().to_string();
+        let timeout = timeout_ms.to_string();
+        let first_byte = first_byte_ms.map(|ms| ms.to_string());
+        let tenant = self.ex.tenant.as_ref().and_then(|t| rt.config.tenants.as_ref()?.get(t.index));
+        let mut ours: Vec<(&str, &str)> = Vec::with_capacity(12);
+        ours.push((":authority", &upstream.authority));
+        if own_body {
+            ours.push(("content-length", &content_length));
+        }
+        ours.push((&rt.config.cluster_header, cluster));
+        ours.push(("x-envoy-upstream-rq-timeout-ms", &timeout));
+        if let Some(ms) = first_byte.as_deref() {
+            ours.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms));
+        }
+        ours.extend(upstream.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        if let Some(t) = tenant {
+            ours.push((TENANT_HEADER, &t.name));
+        }
+        let sets = |name: &str| ours.iter().any(|(n, _)| *n == name);
+        let mut client_path = "";
+        let mut json = false;
+        for (k, v) in self.client_headers {
+            match k.as_str() {
+                ":path" => client_path = v,
+                "content-type" => json = v == "application/json",
+                ":method" | ":scheme" | ":authority" => {}
+                _ if forwarded(k.as_bytes(), true, extra) || sets(k) => {}
+                _ => {
+                    s.remove_header(REQ, k);
+                }
+            }
+        }
+        if upstream.path != client_path {
+            ours.push((":path", &upstream.path));
+        }
+        if !json && !ours.iter().any(|(n, _)| *n == "content-type") {
+            ours.push(("content-type", "application/json"));
+        }
+        for (k, v) in ours {
+            s.set_header(REQ, k, v);
+        }
+        s.clear_route_cache();
+    }
 }

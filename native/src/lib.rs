@@ -13,6 +13,7 @@
 mod abi;
 mod filter;
 mod metrics;
+mod parked;
 mod probes;
 mod shadow;
 mod state;

@@ -33,10 +33,6 @@ NATIVE_NOT_SERVED = {
     ("test_fleet.py", "test_rpm_60_over_three_proxies_admits_exactly_60_with_fleet_wide_headers"): "fleet mode (the state service)",
     ("test_fleet.py", "test_slow_or_killed_service_decides_within_timeout_and_nothing_hangs"): "fleet mode (the state service)",
     ("test_prometheus.py", "test_every_dashboard_query_and_alert_rule_returns_what_the_script_caused"): "the dashboards name the wasm build's series (native ones carry Envoy's `envoy_dynamicmodulescustom_` prefix)",
-    ("test_stream_failover.py", "test_attempts_health_and_metrics_count_each_attempt_once"): "failover that keeps streaming",
-    ("test_stream_failover.py", "test_cross_kind_stream_failover_streams_openai_chunks"): "failover that keeps streaming",
-    ("test_stream_failover.py", "test_failed_over_stream_first_event_arrives_while_the_second_member_is_still_streaming"): "failover that keeps streaming",
-    ("test_stream_failover.py", "test_messages_door_stream_fails_over_across_kinds_as_it_streams"): "failover that keeps streaming",
 }
 
 

@@ -122,7 +122,8 @@ class Gateway:
         self.call_log_path = os.path.join(self.dir, "calls.log") if call_log else None
         self.host = render_options.pop("host", HOST)
         self.plugin_config_dir = os.path.join(self.dir, "plugin") if reloadable else None
-        self.stream_failover = render_options.get("stream_failover", True)
+        # The tests expect failover that keeps streaming on either host (render's native default is off).
+        self.stream_failover = render_options.setdefault("stream_failover", True)
         self.config_version = 1
         doc = render.bootstrap(plugin_config, WASM, self.port, self.admin_port, clusters,
                                call_log_path=self.call_log_path, plugin_config_dir=self.plugin_config_dir,
