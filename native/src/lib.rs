@@ -137,7 +137,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     if !config.is_null() {
         // SAFETY: made by `Box::into_raw` in `config_new`, destroyed once by Envoy.
         let rt = unsafe { Box::from_raw(config as *mut Arc<Runtime>) };
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(rt)));
+        let _ = catch_unwind(AssertUnwindSafe(move || {
+            timers::stop_ticks(&rt);
+            drop(rt);
+        }));
     }
 }
 

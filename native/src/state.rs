@@ -185,6 +185,8 @@ pub struct Runtime {
     pub shadows: Shadows,
     /// Active probes: when each pool was last probed, the probes in flight.
     pub prober: Prober,
+    /// Until Envoy destroys the configuration: its tick runs.
+    pub ticking: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -216,6 +218,7 @@ impl Runtime {
             scheduler: None,
             shadows: Shadows::default(),
             prober: Prober::default(),
+            ticking: std::sync::atomic::AtomicBool::new(true),
         })
     }
 

@@ -36,8 +36,12 @@ impl Waker {
         Arc::new(Waker { scheduler, alive: AtomicBool::new(true) })
     }
 
-    /// The request is gone: its deadlines commit nothing more.
+    /// The request is gone: its deadlines commit nothing more. Taken under the
+    /// deadlines' lock, which a commit holds: once this returns no commit is under
+    /// way (Envoy's scheduler briefly holds the stream while it commits, and the
+    /// stream must never end on this module's thread).
     pub fn forget(&self) {
+        let _commits = lock(&timers().0);
         self.alive.store(false, Ordering::Release);
     }
 }
@@ -87,6 +91,13 @@ pub fn tick(rt: &Arc<Runtime>) {
     add(now_ms().saturating_add(TICK_MS), Due::Tick(Arc::downgrade(rt)));
 }
 
+/// Envoy destroys the configuration: its ticks end, and no commit is under way
+/// once this returns (as [`Waker::forget`] for a request).
+pub fn stop_ticks(rt: &Runtime) {
+    let _commits = lock(&timers().0);
+    rt.ticking.store(false, Ordering::Release);
+}
+
 /// Starts the thread that commits the due events; false if it could not.
 fn start() -> bool {
     if !abi::pin_module() {
@@ -124,7 +135,7 @@ fn run() {
                     }
                     Some(Due::Tick(rt)) => {
                         // The configuration is gone once nothing holds it: its ticks end.
-                        if let Some(alive) = rt.upgrade() {
+                        if let Some(alive) = rt.upgrade().filter(|rt| rt.ticking.load(Ordering::Acquire)) {
                             if let Some(scheduler) = &alive.scheduler {
                                 scheduler.commit(TICK_EVENT);
                             }
