@@ -29,7 +29,7 @@ const GATEWAY: u8 = 0x80 | ALL;
 /// Chat parameters by bit, each with the kinds that take it: the OpenAI-wire
 /// kinds as it is, the others translated (docs/parameters.md says into what).
 /// Bit 63 ([`OTHER`]) stands for any parameter not listed.
-pub static PARAMS: [(&str, u8); 41] = [
+pub const PARAMS: [(&str, u8); 41] = [
     ("model", GATEWAY),
     ("messages", ALL),
     ("stream", ALL),
@@ -102,12 +102,27 @@ pub fn bit(name: &str, raw: &str) -> u64 {
     if neutral(name, raw) {
         return 0;
     }
-    named(name)
+    PARAMS.iter().position(|p| p.0 == name).map_or(OTHER, |i| 1 << i)
 }
 
-/// The bit of parameter `name` ([`OTHER`] when unlisted).
-pub fn named(name: &str) -> u64 {
-    PARAMS.iter().position(|p| p.0 == name).map_or(OTHER, |i| 1 << i)
+/// The bit of parameter `name` ([`OTHER`] when unlisted); a `const` so that
+/// a name the code asks for is looked up once, at build time.
+pub const fn named(name: &str) -> u64 {
+    const fn same(a: &[u8], b: &[u8]) -> bool {
+        match (a.split_first(), b.split_first()) {
+            (Some((x, a)), Some((y, b))) => *x == *y && same(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    let (mut rest, mut bit): (&[(&str, u8)], u64) = (&PARAMS, 1);
+    while let Some(((param, _), after)) = rest.split_first() {
+        if same(param.as_bytes(), name.as_bytes()) {
+            return bit;
+        }
+        (rest, bit) = (after, bit << 1);
+    }
+    OTHER
 }
 
 /// The bits of the parameters a member of `kind` cannot take (and [`OTHER`]

@@ -34,7 +34,7 @@ pub(super) fn build(
     let mut drop = request.params & member.refuses;
     // Anthropic's `thinking` (a Messages door's) is OpenAI's `reasoning_effort`.
     let mut add = Vec::new();
-    let thinking = named("thinking");
+    let thinking = const { named("thinking") };
     if request.params & thinking != 0 && provider.kind != ProviderKind::OpenaiCompatible {
         drop |= thinking;
         let budget = request.field("thinking").and_then(|t| serde_json::from_str::<serde_json::Value>(t.get()).ok());
@@ -43,10 +43,11 @@ pub(super) fn build(
             add = format!(",\"reasoning_effort\":\"{}\"", effort_of(b.min(u64::from(u32::MAX)) as u32)).into_bytes();
         }
     }
-    if provider.kind != ProviderKind::OpenaiCompatible && request.params & named("cache_control") != 0 {
-        drop |= named("cache_control");
+    const CACHE_CONTROL: u64 = named("cache_control");
+    if provider.kind != ProviderKind::OpenaiCompatible && request.params & CACHE_CONTROL != 0 {
+        drop |= CACHE_CONTROL;
     }
-    if provider.kind != ProviderKind::OpenaiCompatible {
+    if provider.kind != ProviderKind::OpenaiCompatible && request.cache_marks {
         without_cache_marks(request, &mut drop, &mut add);
     }
     UpstreamRequest {
