@@ -127,6 +127,9 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
     if msgs.is_empty() {
         return Err("messages: at least one message is required".into());
     }
+    if super::refuses_prefill(model) && super::ends_with_assistant(msgs) {
+        return Err(super::PREFILL_REFUSED.into());
+    }
     let mut last_user = String::new();
     for (i, m) in msgs.iter().enumerate() {
         let Some(m) = m.as_object() else {
