@@ -220,7 +220,11 @@ impl Adapter for Anthropic {
     }
 
     fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
-        Ok(messages_request(to.provider, body))
+        let mut request = messages_request(to.provider, body);
+        if !to.chat.anthropic_beta.is_empty() {
+            request.headers.push(("anthropic-beta", to.chat.anthropic_beta.join(",")));
+        }
+        Ok(request)
     }
 
     /// A complete Messages API answer; `Err` holds an OpenAI error body when

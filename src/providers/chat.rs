@@ -130,6 +130,8 @@ pub(super) struct Chat {
     pub stream: bool,
     /// Thinking tokens asked for: `thinking.budget_tokens`, else `reasoning_effort` as a budget.
     pub thinking_budget: Option<u32>,
+    /// Anthropic betas the request needs (`anthropic-beta`: the Messages door's header, or the chat body's).
+    pub anthropic_beta: Vec<String>,
 }
 
 /// Thinking budgets of the `reasoning_effort` levels (`none` asks for no thinking).
@@ -533,28 +535,46 @@ fn parse_tools(raw: &str) -> Result<Vec<Tool>, ApiError> {
     Ok(out)
 }
 
-fn parse_tool_choice(value: &Value) -> Result<Option<ToolChoice>, ApiError> {
+/// The function name of a tool reference (`{"type":"function","function":{"name"}}` or `{"name"}`).
+fn function_name(v: &Value) -> Option<&str> {
+    v.get("function").and_then(|f| str_of(f, "name")).or_else(|| str_of(v, "name")).filter(|n| !n.is_empty())
+}
+
+/// A tool choice, and for `allowed_tools` the names of the tools the model may call.
+fn parse_tool_choice(value: &Value) -> Result<(Option<ToolChoice>, Option<Vec<String>>), ApiError> {
     let bad = || {
-        invalid("`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}.")
+        invalid("`tool_choice` must be \"none\", \"auto\", \"required\", {\"type\":\"function\",\"function\":{\"name\":...}} or {\"type\":\"allowed_tools\",...}.")
+            .with_param("tool_choice")
     };
     match value {
-        Value::Null => Ok(None),
+        Value::Null => Ok((None, None)),
         Value::String(s) => match s.as_str() {
-            "auto" => Ok(Some(ToolChoice::Auto)),
-            "none" => Ok(Some(ToolChoice::None)),
-            "required" | "any" => Ok(Some(ToolChoice::Required)),
+            "auto" => Ok((Some(ToolChoice::Auto), None)),
+            "none" => Ok((Some(ToolChoice::None), None)),
+            "required" | "any" => Ok((Some(ToolChoice::Required), None)),
             _ => Err(bad()),
         },
-        Value::Object(o) => {
-            let name =
-                o.get("function").and_then(|f| str_of(f, "name")).or_else(|| o.get("name").and_then(Value::as_str));
-            match (o.get("type").and_then(Value::as_str), name) {
-                (Some("function"), Some(n)) if !n.is_empty() => Ok(Some(ToolChoice::Function(n.to_string()))),
-                // `allowed_tools` and other newer forms: let the model choose.
-                (Some(t), _) if t != "function" => Ok(Some(ToolChoice::Auto)),
-                _ => Err(bad()),
+        Value::Object(o) => match (o.get("type").and_then(Value::as_str), function_name(value)) {
+            (Some("function"), Some(n)) => Ok((Some(ToolChoice::Function(n.to_string())), None)),
+            // The model may call only these: the other tools are not declared to it.
+            (Some("allowed_tools"), _) => {
+                let allowed = o.get("allowed_tools").unwrap_or(value);
+                let choice = match str_of(allowed, "mode") {
+                    None | Some("auto") => ToolChoice::Auto,
+                    Some("required") => ToolChoice::Required,
+                    Some(_) => return Err(bad()),
+                };
+                let tools = allowed.get("tools").and_then(Value::as_array).ok_or_else(bad)?;
+                let names = tools.iter().map(|t| function_name(t).map(str::to_string).ok_or_else(bad));
+                Ok((Some(choice), Some(names.collect::<Result<_, _>>()?)))
             }
-        }
+            // A custom or built-in tool's choice: no translated kind has it.
+            (Some(t), _) if t != "function" => Err(unsupported(format!(
+                "`tool_choice` of type `{t}` cannot be expressed for this model: use none, auto, required, a function or allowed_tools."
+            ))
+            .with_param("tool_choice")),
+            _ => Err(bad()),
+        },
         _ => Err(bad()),
     }
 }
@@ -615,11 +635,29 @@ fn thinking_budget(req: &ParsedRequest<'_>) -> Result<Option<u32>, ApiError> {
     }
 }
 
+/// `anthropic-beta`: an array of beta names, or a header's comma-separated string.
+fn anthropic_beta(req: &ParsedRequest<'_>) -> Result<Vec<String>, ApiError> {
+    let split = |s: &str| s.split(',').map(str::trim).filter(|b| !b.is_empty()).map(str::to_string).collect();
+    Ok(match field::<Value>(req, "anthropic-beta", "an array of strings")? {
+        None => Vec::new(),
+        Some(Value::String(s)) => split(&s),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).map(str::to_string).collect()
+        }
+        Some(_) => return Err(invalid("`anthropic-beta` must be an array of strings.").with_param("anthropic-beta")),
+    })
+}
+
 /// An assistant message's `thinking_blocks` (what the gateway's answers
 /// carry): `thinking` with its `signature`, `redacted_thinking` with `data`.
 fn thinking_blocks(message: &Value, at: &str, blocks: &mut Vec<Block>) -> Result<(), ApiError> {
     let Some(list) = message.get("thinking_blocks").filter(|v| !v.is_null()) else { return Ok(()) };
     for (k, b) in list.as_array().into_iter().flatten().enumerate() {
+        if b.get("cache_control").is_some_and(|c| !c.is_null()) {
+            // Anthropic refuses it (thinking is cached with the turn around it).
+            let message = format!("`{at}.thinking_blocks[{k}].cache_control`: a thinking block cannot carry `cache_control`; put the breakpoint on another part of the turn.");
+            return Err(invalid(message).with_param(ApiError::PARAM_IN_MESSAGE));
+        }
         let text = |key| str_of(b, key).unwrap_or_default().to_string();
         blocks.push(match str_of(b, "type") {
             Some("thinking") => Block::Thinking { text: text("thinking"), signature: text("signature") },
@@ -673,18 +711,27 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
             ))
         }
     };
-    let tools = match req.field("tools") {
+    let mut tools = match req.field("tools") {
         Some(raw) if raw.get() != "null" => parse_tools(raw.get())?,
         _ => Vec::new(),
     };
-    let tool_choice = match field::<Value>(req, "tool_choice", "a string or an object")? {
+    let (tool_choice, allowed) = match field::<Value>(req, "tool_choice", "a string or an object")? {
         Some(v) => parse_tool_choice(&v)?,
-        None => None,
+        None => (None, None),
+    };
+    let unknown = |name: &str| {
+        invalid(format!("`tool_choice` names function `{name}`, which is not in `tools`.")).with_param("tool_choice")
     };
     if let Some(ToolChoice::Function(name)) = &tool_choice {
         if !tools.iter().any(|t| &t.name == name) {
-            return Err(invalid(format!("`tool_choice` names function `{name}`, which is not in `tools`.")));
+            return Err(unknown(name));
         }
+    }
+    if let Some(allowed) = allowed {
+        if let Some(name) = allowed.iter().find(|n| !tools.iter().any(|t| &t.name == *n)) {
+            return Err(unknown(name));
+        }
+        tools.retain(|t| allowed.contains(&t.name));
     }
     let response_format = match field::<Value>(req, "response_format", "an object")? {
         Some(v) => parse_response_format(&v)?,
@@ -712,6 +759,7 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         response_format,
         stream: req.stream,
         thinking_budget: thinking_budget(req)?,
+        anthropic_beta: anthropic_beta(req)?,
         ..chat
     })
 }
