@@ -214,6 +214,7 @@ mod tests {
         let five = bit("stop", r#"["a","b","c","d","e"]"#);
         assert_eq!(five & !named("stop"), 0, "only stop rows");
         assert_eq!(bit("stop", r#"["a","b","c","d"]"#), bit("stop", "\"a\""));
+        assert_eq!(bit("stop", r#"["a,b,c,d,e,f", "\",\""]"#), bit("stop", "\"a,b,c,d,e,f\""));
         let refuses = |kind, bits| refused_by(kind) & bits != 0;
         assert!(refuses(ProviderKind::Openai, five) && refuses(ProviderKind::Azure, five));
         assert!(!refuses(ProviderKind::Gemini, five) && !refuses(ProviderKind::Bedrock, five));
