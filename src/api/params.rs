@@ -115,12 +115,16 @@ pub fn bit(name: &str, raw: &str) -> u64 {
     if neutral(name, raw) {
         return 0;
     }
-    match PARAMS.iter().position(|p| p.0 == name) {
-        Some(i) if name == "stop" => 1 << i | beyond_stop_limits(raw),
-        Some(i) => 1 << i,
-        None => OTHER,
+    match named(name) {
+        bits if bits == STOP_ROWS => 1 << STOP | beyond_stop_limits(raw),
+        bits => bits,
     }
 }
+
+/// The rows of `stop`: its own, then one per limit (`stop>4`, ...).
+const STOP: usize = 13;
+const STOP_BEYOND: usize = 41;
+const STOP_ROWS: u64 = 1 << STOP | 0b111 << STOP_BEYOND;
 
 /// The `stop>N` bits of a `stop` value: one per limit its sequence count passes.
 fn beyond_stop_limits(raw: &str) -> u64 {
@@ -129,23 +133,25 @@ fn beyond_stop_limits(raw: &str) -> u64 {
         return 0;
     }
     let count = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(raw).map_or(0, |v| v.len());
-    let first = PARAMS.iter().position(|p| p.0 == "stop>4").unwrap_or(0);
-    STOP_LIMITS.iter().enumerate().filter(|(_, limit)| count > **limit).fold(0, |m, (k, _)| m | 1 << (first + k))
+    STOP_LIMITS.iter().enumerate().filter(|(_, limit)| count > **limit).fold(0, |m, (k, _)| m | 1 << (STOP_BEYOND + k))
 }
 
 /// A parameter's name as the client wrote it (`stop` for `stop>4`).
 fn base(name: &str) -> &str {
-    name.split_once('>').map_or(name, |(b, _)| b)
+    if name.starts_with("stop>") {
+        "stop"
+    } else {
+        name
+    }
 }
 
 /// The bits of parameter `name` ([`OTHER`] when unlisted): each of its rows
 /// (`stop` has its limits' too).
 pub fn named(name: &str) -> u64 {
-    let bits = PARAMS.iter().enumerate().filter(|(_, p)| base(p.0) == name).fold(0, |m, (i, _)| m | 1 << i);
-    if bits == 0 {
-        OTHER
-    } else {
-        bits
+    match PARAMS.iter().position(|p| p.0 == name) {
+        Some(STOP) => STOP_ROWS,
+        Some(i) => 1 << i,
+        None => OTHER,
     }
 }
 
@@ -211,6 +217,7 @@ mod tests {
 
     #[test]
     fn stop_beyond_a_kinds_limit_is_refused_by_that_kind_and_named_stop() {
+        assert_eq!((PARAMS[STOP].0, PARAMS[STOP_BEYOND].0, PARAMS[STOP_BEYOND + 2].0), ("stop", "stop>4", "stop>2500"));
         let five = bit("stop", r#"["a","b","c","d","e"]"#);
         assert_eq!(five & !named("stop"), 0, "only stop rows");
         assert_eq!(bit("stop", r#"["a","b","c","d"]"#), bit("stop", "\"a\""));

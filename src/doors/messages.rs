@@ -45,9 +45,13 @@ pub const HARMLESS_BETAS: [&str; 12] = [
 
 /// The betas of an `anthropic-beta` header a translated member must honour.
 fn meaningful_betas(header: &str) -> Vec<Value> {
-    let harmless = |b: &str| HARMLESS_BETAS.iter().any(|h| b.starts_with(h));
-    let betas = header.split(',').map(str::trim).filter(|b| !b.is_empty() && !harmless(b));
-    betas.map(|b| Value::String(b.to_string())).collect()
+    let mut betas = Vec::new();
+    for beta in header.split(',').map(str::trim) {
+        if !beta.is_empty() && !HARMLESS_BETAS.iter().any(|h| beta.starts_with(h)) {
+            betas.push(Value::String(beta.to_string()));
+        }
+    }
+    betas
 }
 
 /// Anthropic request -> OpenAI Chat Completions body (the `model` is kept

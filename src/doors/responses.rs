@@ -406,14 +406,13 @@ fn translate_tool_choice(
                     t.iter().all(|t| t.get("type").and_then(Value::as_str) == Some("function"))
                 }) =>
         {
+            // A tool without a name: chat's parse names `tool_choice`.
+            let name = |t: &Value| t.get("name").cloned().unwrap_or(Value::Null);
             let mut tools = Vec::new();
-            for (i, t) in c.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                match t.get("name").and_then(Value::as_str) {
-                    Some(name) => tools.push(obj! {"type": "function", "function": obj! {"name": name}}),
-                    None => return Err(DoorError::invalid(format!("tool_choice.tools[{i}].name"), "Missing required parameter")),
-                }
+            for t in c.get("tools").and_then(Value::as_array).into_iter().flatten() {
+                tools.push(obj! {"type": "function", "function": obj! {"name": name(t)}});
             }
-            let mode = c.get("mode").cloned().unwrap_or_else(|| json!("auto"));
+            let mode = c.get("mode").cloned().unwrap_or_else(|| Value::from("auto"));
             obj! {"type": "allowed_tools", "allowed_tools": obj! {"mode": mode, "tools": tools}}
         }
         Some(Value::Object(c)) => {

@@ -221,8 +221,15 @@ impl Adapter for Anthropic {
 
     fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
         let mut request = messages_request(to.provider, body);
-        if !to.chat.anthropic_beta.is_empty() {
-            request.headers.push(("anthropic-beta", to.chat.anthropic_beta.join(",")));
+        if let Some(Value::Array(betas)) = &to.chat.anthropic_beta {
+            let mut header = String::new();
+            for beta in betas.iter().filter_map(Value::as_str) {
+                if !header.is_empty() {
+                    header.push(',');
+                }
+                header.push_str(beta);
+            }
+            request.headers.push(("anthropic-beta", header));
         }
         Ok(request)
     }

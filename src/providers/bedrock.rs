@@ -188,10 +188,10 @@ impl Adapter for Bedrock {
     /// The Converse body for `chat`.
     fn body(&self, chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
         // Anthropic's betas reach Claude models only (`anthropic_beta`); another model has none.
-        if !chat.anthropic_beta.is_empty() && !model.contains("anthropic.") && !model.contains("claude") {
+        if chat.anthropic_beta.is_some() && !model.contains("anthropic.") && !model.contains("claude") {
             return Err(ApiError::invalid_request(
                 ErrorCode::UnsupportedParameter,
-                format!("`anthropic-beta`: model `{model}` on Bedrock is not a Claude model and takes no Anthropic beta ({}).", chat.anthropic_beta.join(", ")),
+                "`anthropic-beta`: only Claude models on Bedrock take Anthropic betas.",
             )
             .with_param("anthropic-beta"));
         }
@@ -250,8 +250,8 @@ impl Adapter for Bedrock {
         if let Some(budget) = chat.thinking_budget {
             extra.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
         }
-        if !chat.anthropic_beta.is_empty() {
-            extra.insert("anthropic_beta".into(), json!(chat.anthropic_beta));
+        if let Some(betas) = &chat.anthropic_beta {
+            extra.insert("anthropic_beta".into(), betas.clone());
         }
         if !extra.is_empty() {
             out.insert("additionalModelRequestFields".into(), Value::Object(extra));

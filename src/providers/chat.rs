@@ -130,8 +130,9 @@ pub(super) struct Chat {
     pub stream: bool,
     /// Thinking tokens asked for: `thinking.budget_tokens`, else `reasoning_effort` as a budget.
     pub thinking_budget: Option<u32>,
-    /// Anthropic betas the request needs (`anthropic-beta`: the Messages door's header, or the chat body's).
-    pub anthropic_beta: Vec<String>,
+    /// Anthropic betas the request needs (`anthropic-beta`, an array of strings:
+    /// the Messages door's header, or the chat body's).
+    pub anthropic_beta: Option<Value>,
 }
 
 /// Thinking budgets of the `reasoning_effort` levels (`none` asks for no thinking).
@@ -543,7 +544,7 @@ fn function_name(v: &Value) -> Option<&str> {
 /// A tool choice, and for `allowed_tools` the names of the tools the model may call.
 fn parse_tool_choice(value: &Value) -> Result<(Option<ToolChoice>, Option<Vec<String>>), ApiError> {
     let bad = || {
-        invalid("`tool_choice` must be \"none\", \"auto\", \"required\", {\"type\":\"function\",\"function\":{\"name\":...}} or {\"type\":\"allowed_tools\",...}.")
+        unsupported("`tool_choice` must be \"none\", \"auto\", \"required\", {\"type\":\"function\",\"function\":{\"name\":...}} or {\"type\":\"allowed_tools\",...} (a custom or built-in tool's choice has no form for this model).")
             .with_param("tool_choice")
     };
     match value {
@@ -564,15 +565,13 @@ fn parse_tool_choice(value: &Value) -> Result<(Option<ToolChoice>, Option<Vec<St
                     Some("required") => ToolChoice::Required,
                     Some(_) => return Err(bad()),
                 };
-                let tools = allowed.get("tools").and_then(Value::as_array).ok_or_else(bad)?;
-                let names = tools.iter().map(|t| function_name(t).map(str::to_string).ok_or_else(bad));
-                Ok((Some(choice), Some(names.collect::<Result<_, _>>()?)))
+                let mut names = Vec::new();
+                for tool in allowed.get("tools").and_then(Value::as_array).ok_or_else(bad)? {
+                    names.push(function_name(tool).ok_or_else(bad)?.to_string());
+                }
+                Ok((Some(choice), Some(names)))
             }
             // A custom or built-in tool's choice: no translated kind has it.
-            (Some(t), _) if t != "function" => Err(unsupported(format!(
-                "`tool_choice` of type `{t}` cannot be expressed for this model: use none, auto, required, a function or allowed_tools."
-            ))
-            .with_param("tool_choice")),
             _ => Err(bad()),
         },
         _ => Err(bad()),
@@ -635,17 +634,13 @@ fn thinking_budget(req: &ParsedRequest<'_>) -> Result<Option<u32>, ApiError> {
     }
 }
 
-/// `anthropic-beta`: an array of beta names, or a header's comma-separated string.
-fn anthropic_beta(req: &ParsedRequest<'_>) -> Result<Vec<String>, ApiError> {
-    let split = |s: &str| s.split(',').map(str::trim).filter(|b| !b.is_empty()).map(str::to_string).collect();
-    Ok(match field::<Value>(req, "anthropic-beta", "an array of strings")? {
-        None => Vec::new(),
-        Some(Value::String(s)) => split(&s),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            items.iter().filter_map(Value::as_str).map(str::to_string).collect()
-        }
-        Some(_) => return Err(invalid("`anthropic-beta` must be an array of strings.").with_param("anthropic-beta")),
-    })
+/// `anthropic-beta`: the names of Anthropic betas (an array of strings; `None` when empty).
+fn anthropic_beta(req: &ParsedRequest<'_>) -> Result<Option<Value>, ApiError> {
+    let Some(raw) = req.field("anthropic-beta") else { return Ok(None) };
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(Some(Value::Array(items))),
+        _ => Err(invalid("`anthropic-beta` must be an array of strings.").with_param("anthropic-beta")),
+    }
 }
 
 /// An assistant message's `thinking_blocks` (what the gateway's answers
@@ -719,18 +714,17 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         Some(v) => parse_tool_choice(&v)?,
         None => (None, None),
     };
-    let unknown = |name: &str| {
-        invalid(format!("`tool_choice` names function `{name}`, which is not in `tools`.")).with_param("tool_choice")
+    // The names the choice allows: each must be declared.
+    let named = match (&tool_choice, &allowed) {
+        (Some(ToolChoice::Function(name)), _) => std::slice::from_ref(name),
+        (_, Some(allowed)) => allowed.as_slice(),
+        _ => &[],
     };
-    if let Some(ToolChoice::Function(name)) = &tool_choice {
-        if !tools.iter().any(|t| &t.name == name) {
-            return Err(unknown(name));
-        }
+    if let Some(name) = named.iter().find(|n| !tools.iter().any(|t| &t.name == *n)) {
+        return Err(invalid(format!("`tool_choice` names function `{name}`, which is not in `tools`."))
+            .with_param("tool_choice"));
     }
     if let Some(allowed) = allowed {
-        if let Some(name) = allowed.iter().find(|n| !tools.iter().any(|t| &t.name == *n)) {
-            return Err(unknown(name));
-        }
         tools.retain(|t| allowed.contains(&t.name));
     }
     let response_format = match field::<Value>(req, "response_format", "an object")? {

@@ -63,7 +63,7 @@ pub(super) fn build(
 /// Anthropic models.
 fn without_cache_marks(request: &ParsedRequest<'_>, drop: &mut u64, add: &mut Vec<u8>) {
     for name in ["messages", "tools"] {
-        let Some(raw) = marked(request, name) else { continue };
+        let Some(raw) = request.field(name).filter(|raw| raw.get().contains("\"cache_control\"")) else { continue };
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(raw.get()) else { continue };
         strip(&mut value);
         *drop |= named(name);
@@ -86,11 +86,6 @@ fn strip(v: &mut serde_json::Value) {
     }
 }
 
-/// Field `name` of `request`, when it holds a `cache_control` mark.
-fn marked<'r>(request: &'r ParsedRequest<'_>, name: &str) -> Option<&'r serde_json::value::RawValue> {
-    request.field(name).filter(|raw| raw.get().contains("\"cache_control\""))
-}
-
 /// `POST /responses` as the client sent it, `model` replaced: OpenAI's
 /// `{base_path}/responses`, or Azure's v1 API (`/openai/v1/responses`, the
 /// deployment as the model, no `api-version`).
@@ -103,8 +98,7 @@ pub(super) fn responses(provider: &Provider, member: &Member, request: &ParsedRe
     let mut body = request.openai_body(model);
     // Cache marks (the Responses door's, for Anthropic members) mean nothing to
     // OpenAI, which caches prefixes by itself and refuses the unknown field.
-    let marks = request.field("cache_control").is_some() || marked(request, "input").or(marked(request, "tools")).is_some();
-    if marks {
+    if crate::text::values_after(&body, b"\"cache_control\"").next().is_some() {
         if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(&body) {
             map.remove("cache_control");
             for name in ["input", "tools"] {
