@@ -714,7 +714,8 @@ mod tests {
 
     #[test]
     fn a_cache_breakpoint_on_a_thinking_block_is_refused_with_its_path() {
-        let thinking = json!({"type": "thinking", "thinking": "t", "signature": "s", "cache_control": {"type": "ephemeral"}});
+        let thinking =
+            json!({"type": "thinking", "thinking": "t", "signature": "s", "cache_control": {"type": "ephemeral"}});
         let e = refused(json!({"model": "m", "max_tokens": 5, "messages": [
             {"role": "user", "content": "hi"}, {"role": "assistant", "content": [thinking, {"type": "text", "text": "a"}]},
             {"role": "user", "content": "go on"}]}));

@@ -49,7 +49,10 @@ const TARGETS: [(&str, [&str; 3]); 24] = [
     ("stop>4", ["`stop_sequences`", "`generationConfig.stopSequences`", "`inferenceConfig.stopSequences`"]),
     ("stop>5", ["`stop_sequences`", "", "`inferenceConfig.stopSequences`"]),
     ("stop>2500", ["`stop_sequences`", "", ""]),
-    ("anthropic-beta", ["the `anthropic-beta` header", "", "`additionalModelRequestFields.anthropic_beta` (Claude models)"]),
+    (
+        "anthropic-beta",
+        ["the `anthropic-beta` header", "", "`additionalModelRequestFields.anthropic_beta` (Claude models)"],
+    ),
 ];
 
 /// A table row's parameter: `stop>4` is `stop` beyond 4 sequences.
@@ -114,8 +117,10 @@ fn chat_table() -> String {
 fn door_table(params: &DoorParams, headers: &[&'static str], native: u8) -> String {
     let mut out = header().replacen("| parameter |", "| parameter | chat body |", 1).replacen("|---|", "|---|---|", 1);
     for header in headers {
-        let cells: Vec<String> =
-            KINDS.iter().map(|k| if kind_bit(*k) & native != 0 { "as is (native)".into() } else { fate(header, *k) }).collect();
+        let cells: Vec<String> = KINDS
+            .iter()
+            .map(|k| if kind_bit(*k) & native != 0 { "as is (native)".into() } else { fate(header, *k) })
+            .collect();
         out.push_str(&format!("| the `{header}` header | `{header}` | {} |\n", cells.join(" | ")));
     }
     for (door, chat) in params.iter().chain([("any other", NATIVE)].iter()) {

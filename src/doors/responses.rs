@@ -402,9 +402,9 @@ fn translate_tool_choice(
         // Function tools only (a built-in tool is the native kinds'): chat's own form.
         Some(Value::Object(c))
             if c.get("type").and_then(Value::as_str) == Some("allowed_tools")
-                && c.get("tools").and_then(Value::as_array).is_some_and(|t| {
-                    t.iter().all(|t| t.get("type").and_then(Value::as_str) == Some("function"))
-                }) =>
+                && c.get("tools")
+                    .and_then(Value::as_array)
+                    .is_some_and(|t| t.iter().all(|t| t.get("type").and_then(Value::as_str) == Some("function"))) =>
         {
             // A tool without a name: chat's parse names `tool_choice`.
             let name = |t: &Value| t.get("name").cloned().unwrap_or(Value::Null);

@@ -144,9 +144,8 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<(String, String)>, String
             (
                 "stopSequences",
                 // Converse takes at most 2500.
-                ic.get("stopSequences").is_none_or(|v| {
-                    v.as_array().is_some_and(|a| a.len() <= 2500 && a.iter().all(Value::is_string))
-                }),
+                ic.get("stopSequences")
+                    .is_none_or(|v| v.as_array().is_some_and(|a| a.len() <= 2500 && a.iter().all(Value::is_string))),
             ),
         ] {
             if !ok {
