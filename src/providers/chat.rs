@@ -936,5 +936,19 @@ mod tests {
         let c = chat(&base(Value::Null)).unwrap();
         assert_eq!(c.tool_choice, None);
         assert_eq!(c.tools[0].parameters, json!({"type": "object", "properties": {}}));
+        // allowed_tools: only those tools are declared (chat's form, and the Responses door's).
+        let tools = json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]);
+        let allowed = |tc: Value| chat(&json!({"model": "m", "messages": [], "tools": tools, "tool_choice": tc}));
+        let c = allowed(json!({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "g"}}]}})).unwrap();
+        assert_eq!((c.tool_choice, c.tools.len(), c.tools[0].name.as_str()), (Some(ToolChoice::Required), 1, "g"));
+        let c = allowed(json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "f"}]})).unwrap();
+        assert_eq!((c.tool_choice, c.tools.len()), (Some(ToolChoice::Auto), 1));
+        for refused in [
+            json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "h"}]}),
+            json!({"type": "custom", "custom": {"name": "f"}}),
+            json!({"type": "allowed_tools", "mode": "sometimes", "tools": []}),
+        ] {
+            assert_eq!(allowed(refused.clone()).unwrap_err().param(), Some("tool_choice"), "{refused}");
+        }
     }
 }
