@@ -92,6 +92,9 @@ fn check_blocks(blocks: &[Value], at: &str) -> Result<(), String> {
                     return Err(format!("{at}.{j}.text: Field required (string)"));
                 }
             }
+            "thinking" | "redacted_thinking" if b.get("cache_control").is_some_and(|c| !c.is_null()) => {
+                return Err(format!("{at}.{j}.{ty}.cache_control: Extra inputs are not permitted"));
+            }
             "image"
             | "document"
             | "tool_use"

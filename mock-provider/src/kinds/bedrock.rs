@@ -147,7 +147,9 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<(String, String)>, String
             ("topP", ic.get("topP").is_none_or(Value::is_number)),
             (
                 "stopSequences",
-                ic.get("stopSequences").is_none_or(|v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string))),
+                // Converse takes at most 2500.
+                ic.get("stopSequences")
+                    .is_none_or(|v| v.as_array().is_some_and(|a| a.len() <= 2500 && a.iter().all(Value::is_string))),
             ),
         ] {
             if !ok {
