@@ -113,8 +113,8 @@ integration: setup build redis prometheus
 # The same tests against the dynamic module (docs/native.md): the files of what both
 # builds serve alike, to keep make test's time in bounds (`pytest --host native` runs them all).
 NATIVE_TESTS := $(addprefix tests/integration/,test_routing.py test_failover.py test_doors.py \
-	test_providers.py test_params.py test_reasoning.py test_structured_outputs.py test_openai_sdk.py \
-	test_clients.py test_tenants.py test_stream_ends.py test_learned_feedback.py \
+	test_providers.py test_params.py test_params_fidelity.py test_reasoning.py test_structured_outputs.py \
+	test_openai_sdk.py test_clients.py test_tenants.py test_stream_ends.py test_learned_feedback.py \
 	test_responses_followups.py test_shadow.py test_stream_idle.py \
 	test_reconfigure.py test_training_data.py test_stream_resume.py)
 integration-native: setup build

@@ -156,7 +156,8 @@ const env = {
     count("proxy_get_buffer_bytes");
     const b = buffers[type];
     if (!b) return NOT_FOUND;
-    give(b.subarray(start, Math.min(b.length, start + max)), outPtr, outLen);
+    // `max` is a u32 (the SDK asks for usize::MAX, which arrives as -1).
+    give(b.subarray(start, Math.min(b.length, start + (max >>> 0))), outPtr, outLen);
     return OK;
   },
   proxy_set_buffer_bytes(type, start, size, ptr, len) {

@@ -160,8 +160,14 @@ impl<T> Catalog<T> {
 /// A request-end stat family (see `crate::observe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// Every input token, cache reads and writes included (OpenTelemetry's `input`).
     InputTokens,
     OutputTokens,
+    /// Input tokens read from and written to the provider's prompt cache: parts
+    /// of `InputTokens`, never added to it (`gen_ai.token.type` `cache_read`,
+    /// `cache_write`, after the GenAI conventions' cache token counters).
+    CacheReadTokens,
+    CacheWriteTokens,
     /// Client requests by what they came to.
     Requests(Outcome),
     CostMicroUsd,
@@ -192,6 +198,8 @@ pub fn stat_key(family: Family, labels: Labels) -> u64 {
         Family::CostMicroUsd => 3,
         Family::UsageEstimated => 4,
         Family::FirstToken => 6,
+        Family::CacheReadTokens => 7,
+        Family::CacheWriteTokens => 8,
         Family::Requests(outcome) => 16 + outcome as u64,
         Family::Duration(outcome) => 32 + outcome as u64,
     };
@@ -236,6 +244,8 @@ pub fn request_series(config: &Config) -> Vec<(Family, Labels)> {
                     [
                         Family::InputTokens,
                         Family::OutputTokens,
+                        Family::CacheReadTokens,
+                        Family::CacheWriteTokens,
                         Family::CostMicroUsd,
                         Family::UsageEstimated,
                         Family::FirstToken,
@@ -263,6 +273,8 @@ pub fn request_stat_name(config: &Config, family: Family, labels: Labels) -> (St
     let (kind, base, last) = match family {
         Family::InputTokens => (counter, observe::TOKEN_USAGE, Some(("gen_ai.token.type", "input"))),
         Family::OutputTokens => (counter, observe::TOKEN_USAGE, Some(("gen_ai.token.type", "output"))),
+        Family::CacheReadTokens => (counter, observe::TOKEN_USAGE, Some(("gen_ai.token.type", "cache_read"))),
+        Family::CacheWriteTokens => (counter, observe::TOKEN_USAGE, Some(("gen_ai.token.type", "cache_write"))),
         Family::Requests(outcome) => (counter, observe::REQUESTS, Some(("outcome", outcome.as_str()))),
         Family::CostMicroUsd => (counter, observe::COST, None),
         Family::UsageEstimated => (counter, observe::USAGE_ESTIMATED, None),
@@ -311,7 +323,14 @@ mod tests {
                     assert!(has(&series, Family::Requests(o), none, none, t));
                 }
                 for m in 0..pool.members.len() {
-                    for f in [Family::InputTokens, Family::OutputTokens, Family::CostMicroUsd, Family::FirstToken] {
+                    for f in [
+                        Family::InputTokens,
+                        Family::OutputTokens,
+                        Family::CacheReadTokens,
+                        Family::CacheWriteTokens,
+                        Family::CostMicroUsd,
+                        Family::FirstToken,
+                    ] {
                         assert!(has(&series, f, p, m, t), "{f:?}");
                     }
                     for f in DURATION_OUTCOMES.map(Family::Duration) {

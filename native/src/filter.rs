@@ -393,7 +393,7 @@ impl Filter {
     fn route(&mut self, s: Stream, client_body: Vec<u8>) -> Result<(), Option<ApiError>> {
         let rt = self.rt.clone();
         let client_len = client_body.len();
-        let (body, native_only) = match self.ex.door.to_chat(&client_body) {
+        let (body, native_only) = match self.ex.door.to_chat(&client_body, self.ex.anthropic_beta.as_deref()) {
             Ok(Some(routed)) => {
                 self.ex.door_body = client_body;
                 (routed.chat, routed.native_only)
@@ -645,6 +645,12 @@ impl Filter {
         if let Some(t) = tokens {
             metrics.count(Family::InputTokens, labels, t.prompt);
             metrics.count(Family::OutputTokens, labels, t.completion);
+            // Parts of the input above (not added to it); most answers have none.
+            for (family, n) in [(Family::CacheReadTokens, t.cached), (Family::CacheWriteTokens, t.cache_write)] {
+                if let Some(n) = n.filter(|n| *n > 0) {
+                    metrics.count(family, labels, n);
+                }
+            }
             metrics.count(Family::UsageEstimated, labels, u64::from(usage.is_none()));
             metrics.count(Family::CostMicroUsd, labels, cost.unwrap_or(0));
         }

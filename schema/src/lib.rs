@@ -277,6 +277,10 @@ pub struct RawMember {
     pub cached_input_cost_per_mtok: Option<f64>,
     /// Input written to the provider's prompt cache (the input price when unset).
     pub cache_write_cost_per_mtok: Option<f64>,
+    /// A broken stream is continued on this member by an assistant prefill
+    /// (true) or by an instruction after the partial answer (false); unset:
+    /// prefill only for Claude before 4.6 on anthropic and bedrock members.
+    pub prefill: Option<bool>,
     #[serde(default)]
     pub priority: i32,
     #[serde(default)]

@@ -28,8 +28,10 @@ const GATEWAY: u8 = 0x80 | ALL;
 
 /// Chat parameters by bit, each with the kinds that take it: the OpenAI-wire
 /// kinds as it is, the others translated (docs/parameters.md says into what).
-/// Bit 63 ([`OTHER`]) stands for any parameter not listed.
-pub static PARAMS: [(&str, u8); 41] = [
+/// Bit 63 ([`OTHER`]) stands for any parameter not listed. A name with a
+/// `>N` suffix is the parameter set beyond a kind's limit (`stop>4`: more than
+/// 4 sequences): such a request sets that bit too, and is named without it.
+pub const PARAMS: [(&str, u8); 45] = [
     ("model", GATEWAY),
     ("messages", ALL),
     ("stream", ALL),
@@ -72,7 +74,18 @@ pub static PARAMS: [(&str, u8); 41] = [
     ("function_call", WIRE),
     // Anthropic's automatic prompt caching; a no-op where caching is automatic.
     ("cache_control", ALL),
+    // OpenAI takes at most 4 stop sequences, Gemini 5, Bedrock's Converse 2500.
+    ("stop>4", COMPATIBLE | ANTHROPIC | GEMINI | BEDROCK),
+    ("stop>5", COMPATIBLE | ANTHROPIC | BEDROCK),
+    ("stop>2500", COMPATIBLE | ANTHROPIC),
+    // The Messages door's `anthropic-beta` header (those betas that change what the
+    // request means, `doors::messages::HARMLESS_BETAS` aside): Bedrock's Claude models
+    // take it as `anthropic_beta`.
+    ("anthropic-beta", ANTHROPIC | BEDROCK),
 ];
+
+/// The stop-sequence counts beyond which a kind refuses (the `stop>N` bits).
+const STOP_LIMITS: [usize; 3] = [4, 5, 2500];
 
 /// The bit of a parameter the table does not list: the OpenAI-wire kinds get
 /// it as it is, the translated kinds cannot take it.
@@ -102,12 +115,56 @@ pub fn bit(name: &str, raw: &str) -> u64 {
     if neutral(name, raw) {
         return 0;
     }
-    named(name)
+    match PARAMS.iter().position(|p| p.0 == name) {
+        Some(STOP) => 1 << STOP | beyond_stop_limits(raw),
+        Some(i) => 1 << i,
+        None => OTHER,
+    }
 }
 
-/// The bit of parameter `name` ([`OTHER`] when unlisted).
-pub fn named(name: &str) -> u64 {
-    PARAMS.iter().position(|p| p.0 == name).map_or(OTHER, |i| 1 << i)
+/// The rows of `stop`: its own, then one per limit (`stop>4`, ...).
+const STOP: usize = 13;
+const STOP_BEYOND: usize = 41;
+const STOP_ROWS: u64 = 1 << STOP | 0b111 << STOP_BEYOND;
+
+/// The `stop>N` bits of a `stop` value: one per limit its sequence count passes.
+fn beyond_stop_limits(raw: &str) -> u64 {
+    // A string is one sequence.
+    if !raw.starts_with('[') {
+        return 0;
+    }
+    let count = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(raw).map_or(0, |v| v.len());
+    STOP_LIMITS.iter().enumerate().filter(|(_, limit)| count > **limit).fold(0, |m, (k, _)| m | 1 << (STOP_BEYOND + k))
+}
+
+/// A parameter's name as the client wrote it (`stop` for `stop>4`).
+fn base(name: &str) -> &str {
+    if name.starts_with("stop>") {
+        "stop"
+    } else {
+        name
+    }
+}
+
+/// The bits of parameter `name` ([`OTHER`] when unlisted): each of its rows
+/// (`stop` has its limits' too). A `const` so that a name the code asks for
+/// is looked up once, at build time.
+pub const fn named(name: &str) -> u64 {
+    const fn same(a: &[u8], b: &[u8]) -> bool {
+        match (a.split_first(), b.split_first()) {
+            (Some((x, a)), Some((y, b))) => *x == *y && same(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    let (mut rest, mut row): (&[(&str, u8)], usize) = (&PARAMS, 0);
+    while let Some(((param, _), after)) = rest.split_first() {
+        if same(param.as_bytes(), name.as_bytes()) {
+            return if row == STOP { STOP_ROWS } else { 1 << row };
+        }
+        (rest, row) = (after, row + 1);
+    }
+    OTHER
 }
 
 /// The bits of the parameters a member of `kind` cannot take (and [`OTHER`]
@@ -121,13 +178,18 @@ pub fn refused_by(kind: ProviderKind) -> u64 {
 /// The name of the lowest parameter bit in `bits` (`other` for [`OTHER`]).
 pub fn first_name(bits: u64, other: &str) -> &str {
     let i = bits.trailing_zeros() as usize;
-    PARAMS.get(i).map_or(other, |p| p.0)
+    PARAMS.get(i).map_or(other, |p| base(p.0))
 }
 
 /// The names of the parameters in `bits`, comma-separated (`other` for [`OTHER`]).
 pub fn names(bits: u64, other: &str) -> String {
-    let listed = PARAMS.iter().enumerate().filter(|(i, _)| bits & 1 << i != 0).map(|(_, p)| p.0);
-    let mut all: Vec<&str> = listed.collect();
+    let listed = PARAMS.iter().enumerate().filter(|(i, _)| bits & 1 << i != 0).map(|(_, p)| base(p.0));
+    let mut all: Vec<&str> = Vec::new();
+    for name in listed {
+        if !all.contains(&name) {
+            all.push(name);
+        }
+    }
     if bits & OTHER != 0 {
         all.push(other);
     }
@@ -163,6 +225,22 @@ mod tests {
         assert_eq!(drop_mask(&mut "top_k, n ".split(',')), Ok(1 << 17 | 1 << 18));
         assert_eq!(drop_mask(&mut ["nope"].into_iter()), Err("nope"));
         assert_eq!(drop_mask(&mut ["true"].into_iter()), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn stop_beyond_a_kinds_limit_is_refused_by_that_kind_and_named_stop() {
+        assert_eq!((PARAMS[STOP].0, PARAMS[STOP_BEYOND].0, PARAMS[STOP_BEYOND + 2].0), ("stop", "stop>4", "stop>2500"));
+        let five = bit("stop", r#"["a","b","c","d","e"]"#);
+        assert_eq!(five & !named("stop"), 0, "only stop rows");
+        assert_eq!(bit("stop", r#"["a","b","c","d"]"#), bit("stop", "\"a\""));
+        assert_eq!(bit("stop", r#"["a,b,c,d,e,f", "\",\""]"#), bit("stop", "\"a,b,c,d,e,f\""));
+        let refuses = |kind, bits| refused_by(kind) & bits != 0;
+        assert!(refuses(ProviderKind::Openai, five) && refuses(ProviderKind::Azure, five));
+        assert!(!refuses(ProviderKind::Gemini, five) && !refuses(ProviderKind::Bedrock, five));
+        let six = bit("stop", r#"["a","b","c","d","e","f"]"#);
+        assert!(refuses(ProviderKind::Gemini, six) && !refuses(ProviderKind::Anthropic, six));
+        assert_eq!((first_name(six & refused_by(ProviderKind::Gemini), "x"), names(six, "x")), ("stop", "stop".into()));
+        assert_eq!(drop_mask(&mut ["stop"].into_iter()), Ok(named("stop")));
     }
 
     #[test]

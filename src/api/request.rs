@@ -120,6 +120,8 @@ pub struct ParsedRequest<'a> {
     content: OnceCell<Content<'a>>,
     /// The user's text read alone (no estimate), when only that was asked for.
     user_text: OnceCell<Vec<&'a str>>,
+    /// A `"cache_control"` key is somewhere in the body (a prompt-caching mark).
+    pub cache_marks: bool,
 }
 
 /// What the request's messages hold, for routing: read once, on first use.
@@ -216,7 +218,8 @@ impl<'a> ParsedRequest<'a> {
         }
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::invalid_request(ErrorCode::InvalidJson, "Request body is not valid UTF-8."))?;
-        if let Some(at) = lone_surrogate(text) {
+        let escapes = Escapes::of(text);
+        if let Some(at) = escapes.lone_surrogate {
             return Err(ApiError::invalid_request(
                 ErrorCode::InvalidJson,
                 format!(
@@ -322,7 +325,7 @@ impl<'a> ParsedRequest<'a> {
                         return Err(field_error(name, "an array"));
                     }
                     if key.as_ref() == "functions" {
-                        params |= super::params::named("functions");
+                        params |= const { super::params::named("functions") };
                     }
                     tools = Some(*value)
                 }
@@ -379,6 +382,7 @@ impl<'a> ParsedRequest<'a> {
             endpoint,
             content: OnceCell::new(),
             user_text: OnceCell::new(),
+            cache_marks: escapes.cache_marks,
         })
     }
 
@@ -582,32 +586,52 @@ fn check_messages(messages: &RawValue) -> Result<(), ApiError> {
     }
 }
 
-/// Byte offset of the first `\uD800`-`\uDFFF` escape that is not half of a
-/// surrogate pair: JSON no provider can decode (serde_json reads past it when
-/// it only skips a value). Candidates are the `\u` pairs (memchr's substring
-/// search: prompts are full of other escapes, `\n` above all); one after an
-/// odd run of backslashes is an escaped `\` followed by a plain `u`.
-fn lone_surrogate(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let unit = |at: usize| -> Option<u16> {
-        (bytes.get(at + 1) == Some(&b'u')).then_some(())?;
-        u16::from_str_radix(std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?, 16).ok()
-    };
-    // Linear: the runs before two candidates never overlap (each ends at its candidate).
-    let escaped =
-        |at: usize| bytes.get(..at).map_or(0, |b| b.iter().rev().take_while(|&&c| c == b'\\').count()) % 2 == 1;
-    let mut skip_to = 0;
-    for at in memchr::memmem::find_iter(bytes, b"\\u") {
-        if at < skip_to || escaped(at) {
-            continue;
+/// What one pass over a body's backslashes and underscores finds.
+struct Escapes {
+    /// Byte offset of the first `\uD800`-`\uDFFF` escape that is not half of
+    /// a surrogate pair: JSON no provider can decode (serde_json reads past it
+    /// when it only skips a value).
+    lone_surrogate: Option<usize>,
+    /// A `"cache_control"` key is in the body (found from its `_`).
+    cache_marks: bool,
+}
+
+impl Escapes {
+    /// Candidates are the backslashes followed by `u` (memchr's byte search:
+    /// its substring search costs more to set up than a prompt's other escapes
+    /// cost to skip); one after an odd run of backslashes is an escaped `\`
+    /// followed by a plain `u`.
+    fn of(text: &str) -> Escapes {
+        const CACHE_CONTROL: &[u8] = b"\"cache_control\"";
+        let bytes = text.as_bytes();
+        let unit = |at: usize| -> Option<u16> {
+            (bytes.get(at + 1) == Some(&b'u')).then_some(())?;
+            u16::from_str_radix(std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?, 16).ok()
+        };
+        // Linear: the runs before two candidates never overlap (each ends at its candidate).
+        let escaped =
+            |at: usize| bytes.get(..at).map_or(0, |b| b.iter().rev().take_while(|&&c| c == b'\\').count()) % 2 == 1;
+        let mut found = Escapes { lone_surrogate: None, cache_marks: false };
+        let mut skip_to = 0;
+        for at in memchr::memchr2_iter(b'\\', b'_', bytes) {
+            if bytes.get(at) == Some(&b'_') {
+                found.cache_marks |= at >= 6 && bytes.get(at - 6..at - 6 + CACHE_CONTROL.len()) == Some(CACHE_CONTROL);
+                continue;
+            }
+            if bytes.get(at + 1) != Some(&b'u') || at < skip_to || escaped(at) {
+                continue;
+            }
+            match unit(at) {
+                Some(0xD800..=0xDBFF) if matches!(unit(at + 6), Some(0xDC00..=0xDFFF)) => skip_to = at + 12,
+                Some(0xD800..=0xDFFF) => {
+                    found.lone_surrogate = Some(at);
+                    return found;
+                }
+                _ => {}
+            }
         }
-        match unit(at) {
-            Some(0xD800..=0xDBFF) if matches!(unit(at + 6), Some(0xDC00..=0xDFFF)) => skip_to = at + 12,
-            Some(0xD800..=0xDFFF) => return Some(at),
-            _ => {}
-        }
+        found
     }
-    None
 }
 
 /// A token limit from its raw JSON text: `Ok(None)` for `null`, else an
@@ -928,6 +952,15 @@ mod tests {
         }
         let e = ParsedRequest::parse(b"{\"model\":\"\xff\"}", Endpoint::ChatCompletions).unwrap_err();
         assert_eq!(e.code, "invalid_json");
+    }
+
+    #[test]
+    fn cache_marks_are_noticed_anywhere_in_the_body() {
+        let marked = r#"{"model":"x","messages":[{"role":"user","content":[{"type":"text","text":"a_b","cache_control":{"type":"ephemeral"}}]}]}"#;
+        assert!(parse(marked).unwrap().cache_marks);
+        for plain in [r#"{"model":"x","messages":[{"role":"user","content":"cache_control _cache_control\u00e9"}]}"#, r#"{"model":"x","messages":[]}"#] {
+            assert!(!parse(plain).unwrap().cache_marks, "{plain}");
+        }
     }
 
     #[test]

@@ -75,10 +75,13 @@ pub const TAIL_BYTES: usize = 1024;
 pub struct Tail {
     head: Vec<u8>,
     tail: Vec<u8>,
+    /// The usage read since the last push: an answer's end asks for it several times.
+    read: std::cell::Cell<Option<Option<Tokens>>>,
 }
 
 impl Tail {
     pub fn push(&mut self, chunk: &[u8]) {
+        self.read.set(None);
         let room = TAIL_BYTES.saturating_sub(self.head.len());
         self.head.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
         self.tail.extend_from_slice(chunk);
@@ -94,6 +97,15 @@ impl Tail {
     }
 
     pub fn usage(&self) -> Option<Tokens> {
+        if let Some(read) = self.read.get() {
+            return read;
+        }
+        let usage = self.read_usage();
+        self.read.set(Some(usage));
+        usage
+    }
+
+    fn read_usage(&self) -> Option<Tokens> {
         scan(&self.tail).or_else(|| {
             let output = last_number_after(&self.tail, b"\"output_tokens\"")?;
             // Anthropic counts cache reads and writes apart from `input_tokens`
@@ -114,25 +126,55 @@ impl Tail {
 
 /// The number after the last `key` in `text` (`"key": 12`).
 pub(crate) fn last_number_after(body: &[u8], key: &[u8]) -> Option<u64> {
-    let digits = text::last_value_after(body, key)?.iter();
-    let mut value: Option<u64> = None;
-    for b in digits.take_while(|b| b.is_ascii_digit()) {
-        value = Some(value.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
-    }
-    value
+    number_at(text::last_value_after(body, key)?)
 }
 
 /// The tokens of an OpenAI answer, when `prompt_tokens` is there (embeddings
 /// report no completion: 0).
 pub fn scan(body: &[u8]) -> Option<Tokens> {
-    let n = |key: &[u8]| last_number_after(body, key);
-    let prompt = n(b"\"prompt_tokens\"")?;
-    let tokens = Tokens::new(prompt, n(b"\"completion_tokens\"").unwrap_or(0));
-    // The cache counts are in the usage object: looked for from it on, not
-    // through the whole answer (where they are mostly absent, a full scan each).
-    let usage = text::last_value_after(body, b"\"usage\"").unwrap_or(body);
-    let m = |key: &[u8]| last_number_after(usage, key);
-    Some(Tokens { cached: m(b"\"cached_tokens\""), cache_write: m(b"\"cache_write_tokens\""), ..tokens }.without_zero_cache())
+    // The counts are in the last `usage` object: its keys are read in one pass
+    // from it on. An answer without one is searched key by key.
+    let from_usage = text::last_value_after(body, b"\"usage\"").and_then(usage_object);
+    from_usage.or_else(|| {
+        let n = |key: &[u8]| last_number_after(body, key);
+        let prompt = n(b"\"prompt_tokens\"")?;
+        let tokens = Tokens::new(prompt, n(b"\"completion_tokens\"").unwrap_or(0));
+        Some(Tokens { cached: n(b"\"cached_tokens\""), cache_write: n(b"\"cache_write_tokens\""), ..tokens }.without_zero_cache())
+    })
+}
+
+/// The counts of an OpenAI `usage` object (`text`: from its value to the
+/// answer's end), read in one pass over its keys; the last of each counts.
+fn usage_object(text: &[u8]) -> Option<Tokens> {
+    let (mut prompt, mut completion, mut cached, mut cache_write) = (None, None, None, None);
+    // Quotes pair up as strings' ends; an escaped one is inside a string.
+    let escaped = |at: usize| text.get(..at).unwrap_or_default().iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1;
+    let mut quotes = memchr::memchr_iter(b'"', text).filter(|at| !escaped(*at));
+    while let Some(open) = quotes.next() {
+        let Some(close) = quotes.next() else { break };
+        let slot = match text.get(open + 1..close) {
+            Some(b"prompt_tokens") => &mut prompt,
+            Some(b"completion_tokens") => &mut completion,
+            Some(b"cached_tokens") => &mut cached,
+            Some(b"cache_write_tokens") => &mut cache_write,
+            _ => continue,
+        };
+        if let Some(n) = number_at(text.get(close + 1..).unwrap_or_default()) {
+            *slot = Some(n);
+        }
+    }
+    let tokens = Tokens::new(prompt?, completion.unwrap_or(0));
+    Some(Tokens { cached, cache_write, ..tokens }.without_zero_cache())
+}
+
+/// The number a key's value starts with (`: 12`), past the colon and white space.
+fn number_at(after_key: &[u8]) -> Option<u64> {
+    let skip = after_key.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
+    let mut value: Option<u64> = None;
+    for b in after_key.get(skip..).unwrap_or_default().iter().take_while(|b| b.is_ascii_digit()) {
+        value = Some(value.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
+    }
+    value
 }
 
 /// Takes the usage-only chunk (`"choices":[]` with a `usage` object) out of
@@ -221,6 +263,9 @@ mod tests {
         assert_eq!(scan(cached), Some(Tokens { cached: Some(40), cache_write: Some(6), ..Tokens::new(50, 2) }));
         let uncached = br#"{"choices":[{"message":{"content":""cached_tokens":99"}}],"usage":{"prompt_tokens":50,"completion_tokens":2}}"#;
         assert_eq!(scan(uncached), Some(Tokens::new(50, 2)));
+        // Strings after the usage object, escaped quotes within, are not read as its keys.
+        let after = br#"{"usage":{"prompt_tokens":5,"completion_tokens":1},"note":"a \"prompt_tokens\": 9, \\"}"#;
+        assert_eq!(scan(after), Some(Tokens::new(5, 1)));
     }
 
     const CHUNK: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
@@ -285,6 +330,7 @@ mod tests {
         let mut tail = Tail::default();
         tail.push(&vec![b'x'; 5000]);
         tail.push(br#"{"usage":{"prompt_tokens":1,"completion_tokens":"#);
+        assert_eq!(tail.usage(), Some(Tokens::new(1, 0)));
         tail.push(b"2}}");
         assert_eq!(tail.usage(), Some(Tokens::new(1, 2)));
         assert!(tail.tail.len() <= TAIL_BYTES && tail.head.len() <= TAIL_BYTES);

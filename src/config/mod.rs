@@ -144,6 +144,8 @@ pub struct Member {
     /// USD per million input tokens read from / written to the provider's cache.
     pub cached_input_cost_per_mtok: Option<f64>,
     pub cache_write_cost_per_mtok: Option<f64>,
+    /// How a broken stream is continued on it (`routing::resume::prefills`).
+    pub prefill: Option<bool>,
     /// Lower is preferred by the `priority` strategy.
     pub priority: i32,
     pub tags: Vec<String>,

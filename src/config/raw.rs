@@ -652,6 +652,7 @@ fn validate_member(
         output_cost_per_mtok: m.output_cost_per_mtok,
         cached_input_cost_per_mtok: m.cached_input_cost_per_mtok,
         cache_write_cost_per_mtok: m.cache_write_cost_per_mtok,
+        prefill: m.prefill,
         priority: m.priority,
         tags: m.tags,
         tag_mask,

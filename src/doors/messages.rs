@@ -21,8 +21,42 @@ use super::with_cache_control as cached;
 use super::{DoorStream, StreamPart, StreamProgress};
 use crate::api::usage::Tokens;
 
-/// Anthropic request -> OpenAI Chat Completions body (the `model` is kept as is).
-pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
+/// Betas (`anthropic-beta`, matched by their name before the date) whose
+/// absence changes nothing a translated member is asked: they name the client
+/// or its credentials, enable what is generally available or what the
+/// gateway translates anyway, or only enable a request field the translator
+/// keeps on Anthropic members. Every other beta is the chat parameter
+/// `anthropic-beta`: Anthropic and Bedrock's Claude models take it, other
+/// members refuse it (docs/parameters.md).
+pub const HARMLESS_BETAS: [&str; 12] = [
+    "claude-code-",
+    "oauth-",
+    "prompt-caching-",
+    "extended-cache-ttl-",
+    "token-counting-",
+    "interleaved-thinking-",
+    "fine-grained-tool-streaming-",
+    "files-api-",
+    "pdfs-",
+    "mcp-client-",
+    "code-execution-",
+    "context-management-",
+];
+
+/// The betas of an `anthropic-beta` header a translated member must honour.
+fn meaningful_betas(header: &str) -> Vec<Value> {
+    let mut betas = Vec::new();
+    for beta in header.split(',').map(str::trim) {
+        if !beta.is_empty() && !HARMLESS_BETAS.iter().any(|h| beta.starts_with(h)) {
+            betas.push(Value::String(beta.to_string()));
+        }
+    }
+    betas
+}
+
+/// Anthropic request -> OpenAI Chat Completions body (the `model` is kept
+/// as is); `beta` is the request's `anthropic-beta` header.
+pub fn to_chat(body: &[u8], beta: Option<&str>) -> Result<Vec<u8>, DoorError> {
     let req = parse_object(body)?;
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model_of(&req)?.to_string()));
@@ -54,6 +88,10 @@ pub fn to_chat(body: &[u8]) -> Result<Vec<u8>, DoorError> {
         out.insert("user".into(), Value::String(user.to_string()));
     }
     super::carry(&req, super::MESSAGES_PARAMS, &mut out)?;
+    let betas = beta.map(meaningful_betas).unwrap_or_default();
+    if !betas.is_empty() {
+        out.insert("anthropic-beta".into(), Value::Array(betas));
+    }
     Ok(to_bytes(&Value::Object(out)))
 }
 
@@ -239,6 +277,9 @@ fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
         let at = format!("{at}.content[{j}]");
         let (block, kind) = block_type(block, &at)?;
         if let Some(c) = block.get("cache_control").filter(|c| !c.is_null()) {
+            if matches!(kind, "thinking" | "redacted_thinking") {
+                return Err(thinking_cache_control(&at));
+            }
             cache.insert("cache_control".into(), c.clone());
         }
         match kind {
@@ -270,6 +311,15 @@ fn assistant_blocks(blocks: &[Value], at: &str) -> Result<Value, DoorError> {
         message.insert("tool_calls".into(), Value::Array(calls));
     }
     Ok(cached(&cache, Value::Object(message)))
+}
+
+/// Anthropic refuses a cache breakpoint on a thinking block (thinking is
+/// cached with the turn around it): refused here, before any member, whatever serves it.
+pub(crate) fn thinking_cache_control(at: &str) -> DoorError {
+    DoorError::invalid(
+        format!("{at}.cache_control"),
+        "a thinking block cannot carry `cache_control`; put the breakpoint on another block of the turn",
+    )
 }
 
 fn translate_tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<bool, DoorError> {
@@ -645,11 +695,32 @@ mod tests {
     use super::*;
 
     fn chat(body: Value) -> Value {
-        serde_json::from_slice(&to_chat(&to_bytes(&body)).unwrap()).unwrap()
+        serde_json::from_slice(&to_chat(&to_bytes(&body), None).unwrap()).unwrap()
     }
 
     fn refused(body: Value) -> DoorError {
-        to_chat(&to_bytes(&body)).unwrap_err()
+        to_chat(&to_bytes(&body), None).unwrap_err()
+    }
+
+    #[test]
+    fn betas_that_change_the_request_become_the_anthropic_beta_parameter() {
+        let body = to_bytes(&json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}));
+        let with = |beta| serde_json::from_slice::<Value>(&to_chat(&body, Some(beta)).unwrap()).unwrap();
+        let harmless = with("claude-code-20250219, interleaved-thinking-2025-05-14,prompt-caching-2024-07-31");
+        assert!(harmless.get("anthropic-beta").is_none(), "{harmless}");
+        let out = with("oauth-2025-04-20,context-1m-2025-08-07, computer-use-2025-01-24");
+        assert_eq!(out["anthropic-beta"], json!(["context-1m-2025-08-07", "computer-use-2025-01-24"]));
+    }
+
+    #[test]
+    fn a_cache_breakpoint_on_a_thinking_block_is_refused_with_its_path() {
+        let thinking =
+            json!({"type": "thinking", "thinking": "t", "signature": "s", "cache_control": {"type": "ephemeral"}});
+        let e = refused(json!({"model": "m", "max_tokens": 5, "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": [thinking, {"type": "text", "text": "a"}]},
+            {"role": "user", "content": "go on"}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[1].content[0].cache_control"));
+        assert_eq!(e.kind, crate::doors::DoorErrorKind::Invalid);
     }
 
     #[test]
@@ -758,10 +829,10 @@ mod tests {
     #[test]
     fn parameters_only_anthropic_takes_are_refused_by_name() {
         let body = json!({"model": "m", "max_tokens": 1, "messages": [], "context_management": {"edits": []}});
-        let e = to_chat(body.to_string().as_bytes()).unwrap_err();
+        let e = to_chat(body.to_string().as_bytes(), None).unwrap_err();
         assert_eq!((e.code.as_str(), e.param.as_deref()), ("unsupported_parameter", Some("context_management")));
         let body = json!({"model": "m", "max_tokens": 1, "messages": [], "frobnicate": 1, "container": null});
-        assert_eq!(to_chat(body.to_string().as_bytes()).unwrap_err().param.as_deref(), Some("frobnicate"));
+        assert_eq!(to_chat(body.to_string().as_bytes(), None).unwrap_err().param.as_deref(), Some("frobnicate"));
     }
 
     #[test]
@@ -831,8 +902,8 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {e:?}");
             assert!(e.message.starts_with(param), "{e:?}");
         }
-        assert_eq!(to_chat(b"{not json").unwrap_err().code, "invalid_json");
-        assert_eq!(to_chat(b"[]").unwrap_err().code, "invalid_request");
+        assert_eq!(to_chat(b"{not json", None).unwrap_err().code, "invalid_json");
+        assert_eq!(to_chat(b"[]", None).unwrap_err().code, "invalid_request");
     }
 
     #[test]

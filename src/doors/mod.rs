@@ -67,11 +67,12 @@ impl Door {
         }
     }
 
-    /// The client's request as the pipeline routes it (`None` for the chat door).
-    pub fn to_chat(self, body: &[u8]) -> Result<Option<Routed>, DoorError> {
+    /// The client's request as the pipeline routes it (`None` for the chat
+    /// door). `beta`: the Messages door's `anthropic-beta` header, if any.
+    pub fn to_chat(self, body: &[u8], beta: Option<&str>) -> Result<Option<Routed>, DoorError> {
         let translated = match self {
             Door::Chat | Door::CountTokens => return Ok(None),
-            Door::Messages => messages::to_chat(body),
+            Door::Messages => messages::to_chat(body, beta),
             Door::Responses => responses::to_chat(body),
         };
         match translated {
@@ -707,7 +708,7 @@ mod tests {
         ] {
             for (raw, code) in cases {
                 let body = format!(r#"{{"model":"m",{rest},"{field}":{raw}}}"#);
-                let e = door.to_chat(body.as_bytes()).unwrap_err();
+                let e = door.to_chat(body.as_bytes(), None).unwrap_err();
                 assert_eq!((e.code.as_str(), e.param.as_deref()), (code, Some(field)), "{body}: {}", e.message);
                 assert!(e.message.starts_with(field), "{}", e.message);
                 let shape: Value = serde_json::from_slice(&door.refusal_body(&e)).unwrap();
@@ -722,10 +723,10 @@ mod tests {
                 }
             }
             let fine = format!(r#"{{"model":"m",{rest},"{field}":4294967295}}"#);
-            assert!(door.to_chat(fine.as_bytes()).is_ok(), "{fine}");
+            assert!(door.to_chat(fine.as_bytes(), None).is_ok(), "{fine}");
         }
         // Other unreadable bodies stay what they were.
-        let e = Door::Responses.to_chat(br#"{"model":"m","input":"hi","temperature":1e400}"#).unwrap_err();
+        let e = Door::Responses.to_chat(br#"{"model":"m","input":"hi","temperature":1e400}"#, None).unwrap_err();
         assert_eq!(e.code, "invalid_json");
     }
 
@@ -789,7 +790,7 @@ mod tests {
     fn refused_features_route_on_a_stand_in_and_name_the_feature() {
         use crate::api::{request::ParsedRequest, Endpoint};
         let body = br#"{"model":"p","max_tokens":7,"stream":true,"messages":[{"role":"user","content":[{"type":"document"}]}],"tools":[{"type":"web_search_20250305","name":"w"}]}"#;
-        let routed = Door::Messages.to_chat(body).unwrap().unwrap();
+        let routed = Door::Messages.to_chat(body, None).unwrap().unwrap();
         let refused = routed.native_only.unwrap();
         assert_eq!((refused.kind, refused.code), (DoorErrorKind::NativeOnly, ErrorCode::UnsupportedFeature));
         let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
@@ -799,15 +800,15 @@ mod tests {
         );
         assert!(chat.content().prompt_tokens > 0, "the Messages body's own messages are estimated");
         let routed =
-            Door::Responses.to_chat(br#" {"model":"p","input":"x","previous_response_id":"r"}"#).unwrap().unwrap();
+            Door::Responses.to_chat(br#" {"model":"p","input":"x","previous_response_id":"r"}"#, None).unwrap().unwrap();
         assert!(routed.native_only.unwrap().message.contains("previous_response_id"));
         let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
         assert_eq!((chat.target.as_str(), chat.stream, chat.has_tools), ("p", false, false));
-        let plain = Door::Responses.to_chat(br#"{"model":"p","input":"x"}"#).unwrap().unwrap();
+        let plain = Door::Responses.to_chat(br#"{"model":"p","input":"x"}"#, None).unwrap().unwrap();
         assert!(plain.native_only.is_none());
-        let invalid = Door::Messages.to_chat(br#"{"model":"p","messages":[]}"#).unwrap_err();
+        let invalid = Door::Messages.to_chat(br#"{"model":"p","messages":[]}"#, None).unwrap_err();
         assert_eq!((invalid.kind, invalid.code), (DoorErrorKind::Invalid, ErrorCode::InvalidRequest));
-        assert!(Door::Chat.to_chat(b"{}").unwrap().is_none());
+        assert!(Door::Chat.to_chat(b"{}", None).unwrap().is_none());
     }
 
     #[test]

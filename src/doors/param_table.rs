@@ -19,7 +19,7 @@ const KINDS: [ProviderKind; 6] = [
 ];
 
 /// What anthropic, gemini and bedrock members get for a chat parameter they take.
-const TARGETS: [(&str, [&str; 3]); 20] = [
+const TARGETS: [(&str, [&str; 3]); 24] = [
     ("messages", ["`messages`, `system`", "`contents`, `systemInstruction`", "`messages`, `system`"]),
     ("stream", ["`stream`", "`:streamGenerateContent`", "`/converse-stream`"]),
     ("max_tokens", ["`max_tokens`", "`generationConfig.maxOutputTokens`", "`inferenceConfig.maxTokens`"]),
@@ -46,10 +46,26 @@ const TARGETS: [(&str, [&str; 3]); 20] = [
         ["`thinking`", "`generationConfig.thinkingConfig`", "`additionalModelRequestFields.thinking`"],
     ),
     ("cache_control", ["`cache_control`", NO_OP, "a `cachePoint` after the last block"]),
+    ("stop>4", ["`stop_sequences`", "`generationConfig.stopSequences`", "`inferenceConfig.stopSequences`"]),
+    ("stop>5", ["`stop_sequences`", "", "`inferenceConfig.stopSequences`"]),
+    ("stop>2500", ["`stop_sequences`", "", ""]),
+    (
+        "anthropic-beta",
+        ["the `anthropic-beta` header", "", "`additionalModelRequestFields.anthropic_beta` (Claude models)"],
+    ),
 ];
 
-/// What kinds that cache prompts by themselves make of a cache breakpoint.
-const NO_OP: &str = "not sent (caches by itself)";
+/// A table row's parameter: `stop>4` is `stop` beyond 4 sequences.
+fn shown(name: &str) -> String {
+    match name.split_once('>') {
+        Some((base, limit)) => format!("`{base}`, more than {limit} sequences"),
+        None => format!("`{name}`"),
+    }
+}
+
+/// What kinds that cache prompts by themselves make of a cache breakpoint:
+/// its meaning (cache this prefix) is kept without it.
+const NO_OP: &str = "translated: marks taken out (caches prefixes by itself)";
 
 const REFUSED: &str = "refused";
 
@@ -90,15 +106,23 @@ fn chat_table() -> String {
     let mut out = header();
     for (name, _) in PARAMS.iter() {
         let cells: Vec<String> = KINDS.iter().map(|k| fate(name, *k)).collect();
-        out.push_str(&format!("| `{name}` | {} |\n", cells.join(" | ")));
+        out.push_str(&format!("| {} | {} |\n", shown(name), cells.join(" | ")));
     }
     let cells: Vec<String> = KINDS.iter().map(|k| fate("(any other)", *k)).collect();
     out.push_str(&format!("| any other | {} |\n", cells.join(" | ")));
     out
 }
 
-fn door_table(params: &DoorParams, native: u8) -> String {
+/// `headers`: request headers the door reads as a chat parameter of the same name.
+fn door_table(params: &DoorParams, headers: &[&'static str], native: u8) -> String {
     let mut out = header().replacen("| parameter |", "| parameter | chat body |", 1).replacen("|---|", "|---|---|", 1);
+    for header in headers {
+        let cells: Vec<String> = KINDS
+            .iter()
+            .map(|k| if kind_bit(*k) & native != 0 { "as is (native)".into() } else { fate(header, *k) })
+            .collect();
+        out.push_str(&format!("| the `{header}` header | `{header}` | {} |\n", cells.join(" | ")));
+    }
     for (door, chat) in params.iter().chain([("any other", NATIVE)].iter()) {
         let chat_name = if *chat == SAME { door } else { chat };
         let cells: Vec<String> = KINDS
@@ -122,8 +146,8 @@ fn tables() -> String {
     format!(
         "### Chat completions (`POST /v1/chat/completions`)\n\n{}\n### Messages (`POST /v1/messages`)\n\n{}\n### Responses (`POST /v1/responses`)\n\n{}",
         chat_table(),
-        door_table(MESSAGES_PARAMS, messages),
-        door_table(RESPONSES_PARAMS, responses)
+        door_table(MESSAGES_PARAMS, &["anthropic-beta"], messages),
+        door_table(RESPONSES_PARAMS, &[], responses)
     )
 }
 

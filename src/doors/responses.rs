@@ -224,6 +224,9 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
             // The gateway's own reasoning items carry an Anthropic thinking block: back to the
             // assistant turn it led (OpenAI's own encrypted reasoning means nothing elsewhere).
             "reasoning" => {
+                if item.get("cache_control").is_some_and(|c| !c.is_null()) {
+                    return Err(super::messages::thinking_cache_control(&at));
+                }
                 let block = item.get("encrypted_content").and_then(Value::as_str);
                 let block = block.and_then(|b| serde_json::from_str::<Value>(b).ok()).filter(|b| {
                     matches!(b.get("type").and_then(Value::as_str), Some("thinking" | "redacted_thinking"))
@@ -395,6 +398,22 @@ fn translate_tool_choice(
                 }
                 None => return Err(DoorError::invalid("tool_choice.name", "Missing required parameter")),
             }
+        }
+        // Function tools only (a built-in tool is the native kinds'): chat's own form.
+        Some(Value::Object(c))
+            if c.get("type").and_then(Value::as_str) == Some("allowed_tools")
+                && c.get("tools")
+                    .and_then(Value::as_array)
+                    .is_some_and(|t| t.iter().all(|t| t.get("type").and_then(Value::as_str) == Some("function"))) =>
+        {
+            // A tool without a name: chat's parse names `tool_choice`.
+            let name = |t: &Value| t.get("name").cloned().unwrap_or(Value::Null);
+            let mut tools = Vec::new();
+            for t in c.get("tools").and_then(Value::as_array).into_iter().flatten() {
+                tools.push(obj! {"type": "function", "function": obj! {"name": name(t)}});
+            }
+            let mode = c.get("mode").cloned().unwrap_or_else(|| Value::from("auto"));
+            obj! {"type": "allowed_tools", "allowed_tools": obj! {"mode": mode, "tools": tools}}
         }
         Some(Value::Object(c)) => {
             let kind = c.get("type").and_then(Value::as_str).unwrap_or_default();

@@ -46,7 +46,7 @@ fn feed_split(mut feed: impl FnMut(&[u8], bool) -> Vec<u8>, stream: &[u8]) -> Ve
 
 #[test]
 fn messages_door_output_matches_the_sdk_checked_golden_files() {
-    check("messages_request.expected.json", pretty(&messages::to_chat(&read("messages_request.json")).unwrap()));
+    check("messages_request.expected.json", pretty(&messages::to_chat(&read("messages_request.json"), None).unwrap()));
     check(
         "messages_message.expected.json",
         pretty(&messages::from_chat_completion(&read("chat_completion.json"), "claude-pool")),

@@ -204,6 +204,8 @@ pub struct Exchange {
     pub body: Vec<u8>,
     /// A door request's own body, for members serving its API natively.
     pub door_body: Vec<u8>,
+    /// The Messages door's `anthropic-beta` header: what translated members must honour.
+    pub anthropic_beta: Option<String>,
     pub shape: AnswerShape,
     /// The API the client speaks, and how its answers are put back in that shape.
     pub door: Door,
@@ -235,6 +237,7 @@ impl Default for Exchange {
             body_for: BodyFor::Routing,
             body: Vec::new(),
             door_body: Vec::new(),
+            anthropic_beta: None,
             shape: AnswerShape::default(),
             door: Door::Chat,
             plan: None,

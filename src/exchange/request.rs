@@ -106,6 +106,9 @@ impl Exchange {
         }
         if let Some((body_for, endpoint, door)) = route.body() {
             (self.body_for, self.endpoint, self.door) = (body_for, endpoint, door);
+            if door == Door::Messages {
+                self.anthropic_beta = headers.header("anthropic-beta").map(str::to_string);
+            }
         }
         // Envoy's decompressor (before this filter) takes gzip off; anything left is unreadable.
         let refusal = if let Some(encoding) = headers.header("content-encoding").filter(|e| *e != "identity") {

@@ -48,7 +48,7 @@ impl Exchange {
 
     /// The call that asks `picked` for the rest of an answer whose text so
     /// far is `text` (one non-streaming request, prefilled where the
-    /// member's kind takes it), with the adapter that reads its answer set on
+    /// member takes it), with the adapter that reads its answer set on
     /// `next`. `None`: the member cannot be asked.
     pub fn continuation(
         &self,
@@ -58,10 +58,10 @@ impl Exchange {
         text: &str,
         now: u64,
     ) -> Option<UpstreamRequest> {
-        let (kind, model) = sh.config().resolve(picked.member).map(|(_, m, p)| (p.kind, m.model.as_str()))?;
-        next.adapter = ResponseAdapter::new(kind, self.endpoint, false, model);
+        let (kind, member) = sh.config().resolve(picked.member).map(|(_, m, p)| (p.kind, m))?;
+        next.adapter = ResponseAdapter::new(kind, self.endpoint, false, &member.model);
         let chat = ParsedRequest::parse(&self.body, self.endpoint).ok()?;
-        let body = continuation_body(&chat, text, prefills(kind))?;
+        let body = continuation_body(&chat, text, prefills(kind, &member.model, member.prefill))?;
         let parsed = ParsedRequest::parse(&body, self.endpoint).ok()?;
         build_upstream(sh, self.endpoint, &parsed, picked.member, now, None).ok()
     }

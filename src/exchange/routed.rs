@@ -28,7 +28,7 @@ impl Exchange {
     /// kept for members that serve its API natively. `Err`: the door's
     /// translator refuses it (answer [`Exchange::refuse_door_request`]).
     pub fn to_chat(&mut self, client_body: Vec<u8>) -> Result<ChatBody, DoorError> {
-        match self.door.to_chat(&client_body)? {
+        match self.door.to_chat(&client_body, self.anthropic_beta.as_deref())? {
             Some(routed) => {
                 self.door_body = client_body;
                 Ok(ChatBody { body: routed.chat, native_only: routed.native_only })

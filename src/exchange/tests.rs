@@ -867,15 +867,21 @@ fn only_a_successful_single_choice_chat_stream_of_a_continuing_pool_is_watched()
 
 #[test]
 fn a_continuation_asks_the_next_member_for_the_rest_and_reads_its_answer() {
-    let sh = Mem::new(r#""main": {"resume_streams": true, "members": [{"provider": "c", "model": "m3"}]}"#);
+    let members = r#"[{"provider": "c", "model": "claude-3-5-haiku"}, {"provider": "c", "model": "m3", "prefill": true}, {"provider": "c", "model": "claude-opus-4-6"}]"#;
+    let sh = Mem::new(&format!(r#""main": {{"resume_streams": true, "strategy": "priority", "members": {members}}}"#));
     let mut ex = streamed(&sh, r#"{"model":"main","stream":true,"messages":[{"role":"user","content":"count"}]}"#);
     let mut next = first(&sh, &mut ex);
     let picked = next.picked;
-    let upstream = ex.continuation(&sh, picked, &mut next, "one, two,", sh.now.get()).unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&upstream.body).unwrap();
-    assert_eq!(body["stream"], serde_json::Value::Null, "one call for the rest, not a stream");
-    let last = body["messages"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["role"], "assistant", "an Anthropic member is prefilled with the text so far: {body}");
+    let last_role = |ex: &Exchange, member: usize, next: &mut Attempt| {
+        let picked = Picked { member: MemberRef { pool: picked.member.pool, member }, ..picked };
+        let upstream = ex.continuation(&sh, picked, next, "one, two,", sh.now.get()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&upstream.body).unwrap();
+        assert_eq!(body["stream"], serde_json::Value::Null, "one call for the rest, not a stream");
+        body["messages"].as_array().unwrap().last().unwrap()["role"].as_str().unwrap().to_string()
+    };
+    assert_eq!(last_role(&ex, 0, &mut next), "assistant", "a Claude before 4.6 is prefilled with the text so far");
+    assert_eq!(last_role(&ex, 1, &mut next), "assistant", "so is a member configured with `prefill: true`");
+    assert_eq!(last_role(&ex, 2, &mut next), "user", "Claude 4.6 refuses a prefill: it is asked to continue");
     assert!(next.adapter.is_some(), "its answer is read through its provider's adapter");
     // A failed call is not read at all; a good one is the rest of the answer.
     let mut plain = first(&sh, &mut ex);

@@ -92,6 +92,12 @@ pub fn report(rt: &Runtime, obs: &Observed, end: &End<'_>) {
     if let Some(t) = tokens {
         metrics.count(config, Family::InputTokens, labels, t.prompt);
         metrics.count(config, Family::OutputTokens, labels, t.completion);
+        // Parts of the input above (not added to it); most answers have none.
+        for (family, n) in [(Family::CacheReadTokens, t.cached), (Family::CacheWriteTokens, t.cache_write)] {
+            if let Some(n) = n.filter(|n| *n > 0) {
+                metrics.count(config, family, labels, n);
+            }
+        }
         metrics.count(config, Family::UsageEstimated, labels, u64::from(usage_estimated));
         metrics.count(config, Family::CostMicroUsd, labels, cost.unwrap_or(0));
     }

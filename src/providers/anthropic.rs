@@ -220,7 +220,18 @@ impl Adapter for Anthropic {
     }
 
     fn request(&self, to: &Target<'_>, body: Vec<u8>) -> Result<UpstreamRequest, ApiError> {
-        Ok(messages_request(to.provider, body))
+        let mut request = messages_request(to.provider, body);
+        if let Some(Value::Array(betas)) = &to.chat.anthropic_beta {
+            let mut header = String::new();
+            for beta in betas.iter().filter_map(Value::as_str) {
+                if !header.is_empty() {
+                    header.push(',');
+                }
+                header.push_str(beta);
+            }
+            request.headers.push(("anthropic-beta", header));
+        }
+        Ok(request)
     }
 
     /// A complete Messages API answer; `Err` holds an OpenAI error body when

@@ -186,7 +186,15 @@ fn usage_of(u: &Value) -> Tokens {
 
 impl Adapter for Bedrock {
     /// The Converse body for `chat`.
-    fn body(&self, chat: &Chat, _model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
+    fn body(&self, chat: &Chat, model: &str, ctx: &BuildContext) -> Result<Value, ApiError> {
+        // Anthropic's betas reach Claude models only (`anthropic_beta`); another model has none.
+        if chat.anthropic_beta.is_some() && !model.contains("anthropic.") && !model.contains("claude") {
+            return Err(ApiError::invalid_request(
+                ErrorCode::UnsupportedParameter,
+                "`anthropic-beta`: only Claude models on Bedrock take Anthropic betas.",
+            )
+            .with_param("anthropic-beta"));
+        }
         let mut documents = 0;
         let mut messages = Vec::with_capacity(chat.turns.len());
         for (i, turn) in chat.turns.iter().enumerate() {
@@ -241,6 +249,9 @@ impl Adapter for Bedrock {
         }
         if let Some(budget) = chat.thinking_budget {
             extra.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+        }
+        if let Some(betas) = &chat.anthropic_beta {
+            extra.insert("anthropic_beta".into(), betas.clone());
         }
         if !extra.is_empty() {
             out.insert("additionalModelRequestFields".into(), Value::Object(extra));

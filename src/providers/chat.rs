@@ -130,6 +130,9 @@ pub(super) struct Chat {
     pub stream: bool,
     /// Thinking tokens asked for: `thinking.budget_tokens`, else `reasoning_effort` as a budget.
     pub thinking_budget: Option<u32>,
+    /// Anthropic betas the request needs (`anthropic-beta`, an array of strings:
+    /// the Messages door's header, or the chat body's).
+    pub anthropic_beta: Option<Value>,
 }
 
 /// Thinking budgets of the `reasoning_effort` levels (`none` asks for no thinking).
@@ -533,28 +536,44 @@ fn parse_tools(raw: &str) -> Result<Vec<Tool>, ApiError> {
     Ok(out)
 }
 
-fn parse_tool_choice(value: &Value) -> Result<Option<ToolChoice>, ApiError> {
+/// The function name of a tool reference (`{"type":"function","function":{"name"}}` or `{"name"}`).
+fn function_name(v: &Value) -> Option<&str> {
+    v.get("function").and_then(|f| str_of(f, "name")).or_else(|| str_of(v, "name")).filter(|n| !n.is_empty())
+}
+
+/// A tool choice, and for `allowed_tools` the names of the tools the model may call.
+fn parse_tool_choice(value: &Value) -> Result<(Option<ToolChoice>, Option<Vec<String>>), ApiError> {
     let bad = || {
-        invalid("`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}.")
+        unsupported("`tool_choice` must be \"none\", \"auto\", \"required\", {\"type\":\"function\",\"function\":{\"name\":...}} or {\"type\":\"allowed_tools\",...} (a custom or built-in tool's choice has no form for this model).")
+            .with_param("tool_choice")
     };
     match value {
-        Value::Null => Ok(None),
+        Value::Null => Ok((None, None)),
         Value::String(s) => match s.as_str() {
-            "auto" => Ok(Some(ToolChoice::Auto)),
-            "none" => Ok(Some(ToolChoice::None)),
-            "required" | "any" => Ok(Some(ToolChoice::Required)),
+            "auto" => Ok((Some(ToolChoice::Auto), None)),
+            "none" => Ok((Some(ToolChoice::None), None)),
+            "required" | "any" => Ok((Some(ToolChoice::Required), None)),
             _ => Err(bad()),
         },
-        Value::Object(o) => {
-            let name =
-                o.get("function").and_then(|f| str_of(f, "name")).or_else(|| o.get("name").and_then(Value::as_str));
-            match (o.get("type").and_then(Value::as_str), name) {
-                (Some("function"), Some(n)) if !n.is_empty() => Ok(Some(ToolChoice::Function(n.to_string()))),
-                // `allowed_tools` and other newer forms: let the model choose.
-                (Some(t), _) if t != "function" => Ok(Some(ToolChoice::Auto)),
-                _ => Err(bad()),
+        Value::Object(o) => match (o.get("type").and_then(Value::as_str), function_name(value)) {
+            (Some("function"), Some(n)) => Ok((Some(ToolChoice::Function(n.to_string())), None)),
+            // The model may call only these: the other tools are not declared to it.
+            (Some("allowed_tools"), _) => {
+                let allowed = o.get("allowed_tools").unwrap_or(value);
+                let choice = match str_of(allowed, "mode") {
+                    None | Some("auto") => ToolChoice::Auto,
+                    Some("required") => ToolChoice::Required,
+                    Some(_) => return Err(bad()),
+                };
+                let mut names = Vec::new();
+                for tool in allowed.get("tools").and_then(Value::as_array).ok_or_else(bad)? {
+                    names.push(function_name(tool).ok_or_else(bad)?.to_string());
+                }
+                Ok((Some(choice), Some(names)))
             }
-        }
+            // A custom or built-in tool's choice: no translated kind has it.
+            _ => Err(bad()),
+        },
         _ => Err(bad()),
     }
 }
@@ -615,11 +634,25 @@ fn thinking_budget(req: &ParsedRequest<'_>) -> Result<Option<u32>, ApiError> {
     }
 }
 
+/// `anthropic-beta`: the names of Anthropic betas (an array of strings; `None` when empty).
+fn anthropic_beta(req: &ParsedRequest<'_>) -> Result<Option<Value>, ApiError> {
+    let Some(raw) = req.field("anthropic-beta") else { return Ok(None) };
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(Some(Value::Array(items))),
+        _ => Err(invalid("`anthropic-beta` must be an array of strings.").with_param("anthropic-beta")),
+    }
+}
+
 /// An assistant message's `thinking_blocks` (what the gateway's answers
 /// carry): `thinking` with its `signature`, `redacted_thinking` with `data`.
 fn thinking_blocks(message: &Value, at: &str, blocks: &mut Vec<Block>) -> Result<(), ApiError> {
     let Some(list) = message.get("thinking_blocks").filter(|v| !v.is_null()) else { return Ok(()) };
     for (k, b) in list.as_array().into_iter().flatten().enumerate() {
+        if b.get("cache_control").is_some_and(|c| !c.is_null()) {
+            // Anthropic refuses it (thinking is cached with the turn around it).
+            let message = format!("`{at}.thinking_blocks[{k}].cache_control`: a thinking block cannot carry `cache_control`; put the breakpoint on another part of the turn.");
+            return Err(invalid(message).with_param(ApiError::PARAM_IN_MESSAGE));
+        }
         let text = |key| str_of(b, key).unwrap_or_default().to_string();
         blocks.push(match str_of(b, "type") {
             Some("thinking") => Block::Thinking { text: text("thinking"), signature: text("signature") },
@@ -673,18 +706,26 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
             ))
         }
     };
-    let tools = match req.field("tools") {
+    let mut tools = match req.field("tools") {
         Some(raw) if raw.get() != "null" => parse_tools(raw.get())?,
         _ => Vec::new(),
     };
-    let tool_choice = match field::<Value>(req, "tool_choice", "a string or an object")? {
+    let (tool_choice, allowed) = match field::<Value>(req, "tool_choice", "a string or an object")? {
         Some(v) => parse_tool_choice(&v)?,
-        None => None,
+        None => (None, None),
     };
-    if let Some(ToolChoice::Function(name)) = &tool_choice {
-        if !tools.iter().any(|t| &t.name == name) {
-            return Err(invalid(format!("`tool_choice` names function `{name}`, which is not in `tools`.")));
-        }
+    // The names the choice allows: each must be declared.
+    let named = match (&tool_choice, &allowed) {
+        (Some(ToolChoice::Function(name)), _) => std::slice::from_ref(name),
+        (_, Some(allowed)) => allowed.as_slice(),
+        _ => &[],
+    };
+    if let Some(name) = named.iter().find(|n| !tools.iter().any(|t| &t.name == *n)) {
+        return Err(invalid(format!("`tool_choice` names function `{name}`, which is not in `tools`."))
+            .with_param("tool_choice"));
+    }
+    if let Some(allowed) = allowed {
+        tools.retain(|t| allowed.contains(&t.name));
     }
     let response_format = match field::<Value>(req, "response_format", "an object")? {
         Some(v) => parse_response_format(&v)?,
@@ -712,6 +753,7 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         response_format,
         stream: req.stream,
         thinking_budget: thinking_budget(req)?,
+        anthropic_beta: anthropic_beta(req)?,
         ..chat
     })
 }
@@ -894,5 +936,19 @@ mod tests {
         let c = chat(&base(Value::Null)).unwrap();
         assert_eq!(c.tool_choice, None);
         assert_eq!(c.tools[0].parameters, json!({"type": "object", "properties": {}}));
+        // allowed_tools: only those tools are declared (chat's form, and the Responses door's).
+        let tools = json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]);
+        let allowed = |tc: Value| chat(&json!({"model": "m", "messages": [], "tools": tools, "tool_choice": tc}));
+        let c = allowed(json!({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "g"}}]}})).unwrap();
+        assert_eq!((c.tool_choice, c.tools.len(), c.tools[0].name.as_str()), (Some(ToolChoice::Required), 1, "g"));
+        let c = allowed(json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "f"}]})).unwrap();
+        assert_eq!((c.tool_choice, c.tools.len()), (Some(ToolChoice::Auto), 1));
+        for refused in [
+            json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "h"}]}),
+            json!({"type": "custom", "custom": {"name": "f"}}),
+            json!({"type": "allowed_tools", "mode": "sometimes", "tools": []}),
+        ] {
+            assert_eq!(allowed(refused.clone()).unwrap_err().param(), Some("tool_choice"), "{refused}");
+        }
     }
 }

@@ -240,6 +240,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn anthropic_betas_reach_anthropic_as_the_header_and_bedrock_claude_as_anthropic_beta() {
+        let body = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "anthropic-beta": ["context-1m-2025-08-07", "b2"]}"#;
+        let req = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+        let to = |kind, model| build_request(&provider(kind), &member(model), Endpoint::ChatCompletions, &req, &ctx);
+        let up = to(ProviderKind::Anthropic, "claude-sonnet-4").unwrap();
+        assert!(up.headers.contains(&("anthropic-beta", "context-1m-2025-08-07,b2".to_string())));
+        assert!(!String::from_utf8_lossy(&up.body).contains("anthropic-beta"));
+        let up = to(ProviderKind::Bedrock, "us.anthropic.claude-sonnet-4-v1:0").unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(sent["additionalModelRequestFields"]["anthropic_beta"], serde_json::json!(["context-1m-2025-08-07", "b2"]));
+        let e = to(ProviderKind::Bedrock, "amazon.nova-pro-v1:0").unwrap_err();
+        assert_eq!((e.code.as_str(), e.param()), ("unsupported_parameter", Some("anthropic-beta")));
+    }
+
+    #[test]
+    fn a_native_responses_body_reaches_openai_without_cache_marks() {
+        let body = br#"{"model": "p", "input": [{"role": "user", "content": [{"type": "input_text", "text": "rules", "cache_control": {"type": "ephemeral"}}]}], "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {"cache_control": {"type": "string"}}}, "cache_control": {"type": "ephemeral"}}]}"#;
+        for kind in [ProviderKind::Openai, ProviderKind::Azure] {
+            let up = build_native(&provider(kind), &member("gpt-4o"), NativeApi::Responses, body).unwrap();
+            let sent: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+            assert_eq!(sent["input"][0]["content"][0], serde_json::json!({"type": "input_text", "text": "rules"}));
+            assert!(sent["tools"][0].get("cache_control").is_none());
+            assert!(sent["tools"][0]["parameters"]["properties"].get("cache_control").is_some(), "a schema's own property stays");
+        }
+        let plain = br#"{"model": "p", "input": "hi"}"#;
+        let up = build_native(&provider(ProviderKind::Openai), &member("gpt-4o"), NativeApi::Responses, plain).unwrap();
+        assert_eq!(up.body, br#"{"model": "gpt-4o", "input": "hi"}"#.to_vec(), "untouched without marks");
+    }
+
     /// A chat request with cache breakpoints on a system part, a user part, a
     /// tool message, a tool, and the request itself (automatic caching).
     const CACHED: &str = r#"{"model": "m", "cache_control": {"type": "ephemeral"}, "messages": [

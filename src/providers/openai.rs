@@ -34,7 +34,7 @@ pub(super) fn build(
     let mut drop = request.params & member.refuses;
     // Anthropic's `thinking` (a Messages door's) is OpenAI's `reasoning_effort`.
     let mut add = Vec::new();
-    let thinking = named("thinking");
+    let thinking = const { named("thinking") };
     if request.params & thinking != 0 && provider.kind != ProviderKind::OpenaiCompatible {
         drop |= thinking;
         let budget = request.field("thinking").and_then(|t| serde_json::from_str::<serde_json::Value>(t.get()).ok());
@@ -43,10 +43,11 @@ pub(super) fn build(
             add = format!(",\"reasoning_effort\":\"{}\"", effort_of(b.min(u64::from(u32::MAX)) as u32)).into_bytes();
         }
     }
-    if provider.kind != ProviderKind::OpenaiCompatible && request.params & named("cache_control") != 0 {
-        drop |= named("cache_control");
+    const CACHE_CONTROL: u64 = named("cache_control");
+    if provider.kind != ProviderKind::OpenaiCompatible && request.params & CACHE_CONTROL != 0 {
+        drop |= CACHE_CONTROL;
     }
-    if provider.kind != ProviderKind::OpenaiCompatible {
+    if provider.kind != ProviderKind::OpenaiCompatible && request.cache_marks {
         without_cache_marks(request, &mut drop, &mut add);
     }
     UpstreamRequest {
@@ -62,16 +63,6 @@ pub(super) fn build(
 /// the answer). `openai_compatible` servers get them: some pass them on to
 /// Anthropic models.
 fn without_cache_marks(request: &ParsedRequest<'_>, drop: &mut u64, add: &mut Vec<u8>) {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
-            serde_json::Value::Object(map) => {
-                map.remove("cache_control");
-                map.values_mut().filter(|v| v.is_array()).for_each(strip);
-            }
-            _ => {}
-        }
-    }
     for name in ["messages", "tools"] {
         let Some(raw) = request.field(name).filter(|raw| raw.get().contains("\"cache_control\"")) else { continue };
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(raw.get()) else { continue };
@@ -80,6 +71,19 @@ fn without_cache_marks(request: &ParsedRequest<'_>, drop: &mut u64, add: &mut Ve
         for piece in [",\"", name, "\":", &super::json_text(&value)] {
             add.extend_from_slice(piece.as_bytes());
         }
+    }
+}
+
+/// The `cache_control` marks of a list of items, parts and tools taken out
+/// (the lists they hold included, not the objects: a tool's schema keeps its own).
+fn strip(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+        serde_json::Value::Object(map) => {
+            map.remove("cache_control");
+            map.values_mut().filter(|v| v.is_array()).for_each(strip);
+        }
+        _ => {}
     }
 }
 
@@ -92,12 +96,19 @@ pub(super) fn responses(provider: &Provider, member: &Member, request: &ParsedRe
     } else {
         (format!("{}/responses", provider.base_path), &member.model)
     };
-    UpstreamRequest {
-        path,
-        authority: provider.host.clone(),
-        headers: auth(provider),
-        body: request.openai_body(model),
+    let mut body = request.openai_body(model);
+    // Cache marks (the Responses door's, for Anthropic members) mean nothing to
+    // OpenAI, which caches prefixes by itself and refuses the unknown field.
+    if request.cache_marks {
+        if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(&body) {
+            map.remove("cache_control");
+            for name in ["input", "tools"] {
+                map.get_mut(name).into_iter().for_each(strip);
+            }
+            body = super::json_text(&serde_json::Value::Object(map)).into_bytes();
+        }
     }
+    UpstreamRequest { path, authority: provider.host.clone(), headers: auth(provider), body }
 }
 
 /// A follow-up on a stored response (`rest`: the response id and what follows

@@ -19,10 +19,36 @@ use crate::sse;
 pub const CONTINUE_INSTRUCTION: &str = "Your previous answer was cut off. Continue it exactly where it stopped: \
      do not repeat anything already written and add no preamble.";
 
-/// Kinds whose API continues a trailing assistant message (a prefill):
-/// Anthropic's Messages and Bedrock's Converse (Claude).
-pub fn prefills(kind: ProviderKind) -> bool {
-    matches!(kind, ProviderKind::Anthropic | ProviderKind::Bedrock)
+/// Whether a continuation on `model` of a `kind` member is a prefill (the
+/// partial answer as the last, assistant, message) rather than the partial
+/// answer followed by [`CONTINUE_INSTRUCTION`]: the member's `prefill` when
+/// configured, else only Claude models before 4.6 on Anthropic's Messages and
+/// Bedrock's Converse (Claude 4.6 and later refuse a prefill with a 400: "This
+/// model does not support assistant message prefill"; a name read as neither
+/// gets the instruction, which every model takes).
+pub fn prefills(kind: ProviderKind, model: &str, configured: Option<bool>) -> bool {
+    configured.unwrap_or_else(|| {
+        matches!(kind, ProviderKind::Anthropic | ProviderKind::Bedrock) && claude_before_4_6(model)
+    })
+}
+
+/// A Claude model name (`claude-3-5-sonnet-20241022`, `claude-opus-4-1`,
+/// `anthropic.claude-3-haiku-20240307-v1:0`, `us.anthropic.claude-opus-4-6-v1`)
+/// of a version before 4.6: its first one- or two-digit numbers after
+/// `claude-` are the major and minor version (dates and `v1` are not).
+pub fn claude_before_4_6(model: &str) -> bool {
+    let lower = model.to_ascii_lowercase();
+    let Some(rest) = lower.find("claude-").and_then(|at| lower.get(at + "claude-".len()..)) else {
+        return false;
+    };
+    let mut numbers = rest
+        .split(['-', '.', '@', ':'])
+        .filter(|t| (1..=2).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|t| t.parse::<u32>().ok());
+    match (numbers.next(), numbers.next()) {
+        (Some(major), minor) => (major, minor.unwrap_or(0)) < (4, 6),
+        (None, _) => false,
+    }
 }
 
 /// What the client's OpenAI stream said so far, and the break held back from it.
@@ -367,6 +393,37 @@ mod tests {
     }
 
     #[test]
+    fn claude_versions_before_4_6_are_read_from_the_model_name() {
+        for before in [
+            "claude-3-5-sonnet-20241022",
+            "claude-3-opus-20240229",
+            "claude-3-7-sonnet-latest",
+            "claude-opus-4-20250514",
+            "claude-opus-4-1-20250805",
+            "claude-sonnet-4-5",
+            "claude-haiku-4-5@20251001",
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "Claude-3-5-Haiku",
+        ] {
+            assert!(claude_before_4_6(before), "{before}");
+        }
+        for not_before in [
+            "claude-opus-4-6",
+            "claude-sonnet-4-6-20260101",
+            "us.anthropic.claude-opus-4-6-v1",
+            "claude-opus-4-7",
+            "claude-sonnet-5",
+            "claude-sonnet-5-20260301",
+            "claude-fable-5-1",
+            "claude-latest",
+            "amazon.nova-pro-v1:0",
+            "gpt-4o",
+        ] {
+            assert!(!claude_before_4_6(not_before), "{not_before}");
+        }
+    }
+
+    #[test]
     fn the_continuation_request_is_a_prefill_or_an_instruction() {
         let chat = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"n":1,"temperature":0.5,"messages":[{"role":"user","content":"hi"}]}"#;
         let parsed = ParsedRequest::parse(chat, crate::api::Endpoint::ChatCompletions).unwrap();
@@ -385,8 +442,13 @@ mod tests {
             crate::api::Endpoint::ChatCompletions
         )
         .is_ok());
-        assert!(prefills(ProviderKind::Anthropic) && prefills(ProviderKind::Bedrock));
-        assert!(!prefills(ProviderKind::Openai) && !prefills(ProviderKind::Gemini));
+        assert!(prefills(ProviderKind::Anthropic, "claude-3-5-haiku", None));
+        assert!(prefills(ProviderKind::Bedrock, "anthropic.claude-3-haiku-20240307-v1:0", None));
+        assert!(!prefills(ProviderKind::Openai, "gpt-4o", None) && !prefills(ProviderKind::Gemini, "gemini-2.5-pro", None));
+        // Claude 4.6 and later refuse a prefill; a member can say either way.
+        assert!(!prefills(ProviderKind::Anthropic, "claude-opus-4-6", None));
+        assert!(!prefills(ProviderKind::Anthropic, "claude-3-5-haiku", Some(false)));
+        assert!(prefills(ProviderKind::OpenaiCompatible, "my-model", Some(true)));
     }
 
     #[test]

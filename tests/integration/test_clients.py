@@ -209,7 +209,7 @@ def test_cors_preflight_allows_every_header_the_official_sdks_send(gw, mock):
                              organization="org-x", project="proj-y")
 
     def claude_stream(c):
-        with c.messages.stream(model="gpt4o_16k", max_tokens=10, messages=msg, extra_headers={"anthropic-beta": "x"}) as s:
+        with c.messages.stream(model="gpt4o_16k", max_tokens=10, messages=msg, extra_headers={"anthropic-beta": "interleaved-thinking-2025-05-14"}) as s:
             list(s.text_stream)
 
     def gpt_stream(c):

@@ -32,6 +32,10 @@ def params_gw(params_mock):
             "mixed": {"max_response_tokens": 256,
                       "members": [{**member("anthropic"), "weight": 1000}, {**member("gemini"), "weight": 10}, member("openai")]},
             "anthropic_drops_seed": {"max_response_tokens": 256, "drop_params": ["seed"], "members": [member("anthropic")]},
+            # The OpenAI member would win every pick by weight: only what the request needs sends it elsewhere.
+            "openai_first": {"max_response_tokens": 256, "members": [
+                {**member("openai"), "weight": 1000}, {**member("gemini"), "weight": 10}, member("bedrock")]},
+            "bedrock_nova": {"max_response_tokens": 256, "members": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}]},
         },
     }
     g = Gateway(config, dict(params_mock.addrs), KEYS)

@@ -188,6 +188,30 @@ def test_responses_door_cache_control_reaches_anthropic(cache_gw, cache_mock):
     assert 0 <= done.response.usage.input_tokens - first.usage.input_tokens <= 5
 
 
+def test_token_usage_counts_cache_reads_and_writes_as_parts_of_the_input(cache_gw, cache_mock):
+    """Envoy's /stats: `gen_ai.client.token.usage` with `gen_ai.token.type` `cache_write` and
+    `cache_read` counts the prefix written then read; `input` counts every input token once
+    (Anthropic's `input_tokens` plus its cache reads and writes, never the cache again)."""
+    def usage(stats, token_type):
+        member = f"anthropic/{KINDS['anthropic'][1]}"
+        name = (f"wasmcustom.gen_ai.client.token.usage;gen_ai.operation.name=chat;pool=only_anthropic;"
+                f"member={member};tenant=-;gen_ai.token.type={token_type}")
+        return stats[name]
+    before = cache_gw.stats()
+    system = [{"type": "text", "text": rules(), "cache_control": EPHEMERAL}]
+    answers = [claude(cache_gw).messages.create(model="only_anthropic", max_tokens=50, system=system,
+                                                messages=[{"role": "user", "content": "Go."}]) for _ in range(2)]
+    after = cache_gw.stats()
+    d = lambda t: usage(after, t) - usage(before, t)
+    written = answers[0].usage.cache_creation_input_tokens
+    assert written > 0 and answers[1].usage.cache_read_input_tokens == written
+    assert (d("cache_write"), d("cache_read")) == (written, written)
+    inputs = sum(a.usage.input_tokens + a.usage.cache_read_input_tokens + a.usage.cache_creation_input_tokens
+                 for a in answers)
+    assert d("input") == inputs
+    assert d("output") == sum(a.usage.output_tokens for a in answers)
+
+
 def test_openai_members_get_no_cache_control_and_report_their_own_cache(cache_gw, cache_mock):
     """OpenAI caches a repeated long prefix by itself: the chat door's marks are taken out (the
     content stays), and its `cached_tokens` come back on the chat door, on the Messages door

@@ -45,10 +45,18 @@ def gw(mock):
                    {"provider": standby, "model": model[standby], "weight": 0}]
         return {"max_response_tokens": 512, "members": members, "resume_streams": resume}
 
+    def standby(member, **facts):
+        # A pool whose standby is `member` of listener an2 (the same mock, another model or facts).
+        return {"max_response_tokens": 512, "resume_streams": True,
+                "members": [{"provider": "an1", "model": model["an1"], "weight": 1},
+                            {"provider": "an2", "model": member, "weight": 0, **facts}]}
+
     config = {
         "providers": {n: provider(n) for n in model},
         "defaults": {"health": {"consecutive_failures": 1000}},
         "pools": {
+            "an_claude46": standby("claude-opus-4-6"),
+            "an_no_prefill": standby(model["an2"], prefill=False),
             "oa_oa": pool("oa1", "oa2"),
             "oa_an": pool("oa1", "an2"),
             "an_an": pool("an1", "an2"),
@@ -156,6 +164,24 @@ def test_an_anthropic_overloaded_error_event_is_continued_by_prefill_on_the_next
     assert body["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": " ".join(REPLY.split()[:6])}]} \
         or body["messages"][-1] == {"role": "assistant", "content": " ".join(REPLY.split()[:6])}
     assert events[-2]["usage"]["completion_tokens"] == 1 + words(REPLY) - 6
+
+
+@pytest.mark.parametrize("pool", ["an_claude46", "an_no_prefill"])
+def test_a_claude_that_refuses_prefills_is_asked_to_continue_in_a_user_message(gw, mock, pool):
+    """Claude 4.6 and later answer a conversation that ends with an assistant
+    message with a 400 (the mock too): on such a member, or one configured with
+    `prefill: false`, the partial answer is followed by the instruction to continue."""
+    mock.faults("an1", **STREAM, stream_error_after=3)
+    mock.faults("an2", reply=REPLY)
+    r, events = stream(gw, pool)
+    [first] = mock.requests("an1")
+    [cont] = mock.requests("an2")
+    assert_spliced(events, first_usage=(prompt_tokens(first), 1), continuation=cont)
+    messages = cont["body"]["messages"]
+    partial = " ".join(REPLY.split()[:6])
+    assert [m["role"] for m in messages[-2:]] == ["assistant", "user"]
+    assert json.dumps(messages[-2]["content"]).count(partial) == 1
+    assert "Continue it exactly where it stopped" in json.dumps(messages[-1]["content"])
 
 
 def test_an_openai_error_event_is_continued_on_an_anthropic_member_without_the_words_it_repeats(gw, mock):

@@ -92,6 +92,9 @@ fn check_blocks(blocks: &[Value], at: &str) -> Result<(), String> {
                     return Err(format!("{at}.{j}.text: Field required (string)"));
                 }
             }
+            "thinking" | "redacted_thinking" if b.get("cache_control").is_some_and(|c| !c.is_null()) => {
+                return Err(format!("{at}.{j}.{ty}.cache_control: Extra inputs are not permitted"));
+            }
             "image"
             | "document"
             | "tool_use"
@@ -126,6 +129,9 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
     };
     if msgs.is_empty() {
         return Err("messages: at least one message is required".into());
+    }
+    if super::refuses_prefill(model) && super::ends_with_assistant(msgs) {
+        return Err(super::PREFILL_REFUSED.into());
     }
     let mut last_user = String::new();
     for (i, m) in msgs.iter().enumerate() {

@@ -61,6 +61,10 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
         Ok(o) => o,
         Err(e) => return bad_request(ctx, &e),
     };
+    let msgs = obj.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if super::refuses_prefill(&model.replace("%3A", ":")) && super::ends_with_assistant(msgs) {
+        return bad_request(ctx, super::PREFILL_REFUSED);
+    }
     match validate(&obj).and_then(|tool| Ok((tool, super::cache::bedrock_prefix(&obj)?))) {
         Ok((tool, cache)) => respond(ctx, tool, stream, cache),
         Err(e) => bad_request(ctx, &e),
@@ -143,7 +147,9 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<(String, String)>, String
             ("topP", ic.get("topP").is_none_or(Value::is_number)),
             (
                 "stopSequences",
-                ic.get("stopSequences").is_none_or(|v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string))),
+                // Converse takes at most 2500.
+                ic.get("stopSequences")
+                    .is_none_or(|v| v.as_array().is_some_and(|a| a.len() <= 2500 && a.iter().all(Value::is_string))),
             ),
         ] {
             if !ok {

@@ -206,7 +206,8 @@ fn validate(obj: &Map<String, Value>) -> Result<Option<String>, String> {
                 ("maxOutputTokens", gc.get("maxOutputTokens").is_none_or(Value::is_u64)),
                 ("temperature", gc.get("temperature").is_none_or(Value::is_number)),
                 ("topP", gc.get("topP").is_none_or(Value::is_number)),
-                ("stopSequences", gc.get("stopSequences").is_none_or(Value::is_array)),
+                // Gemini takes at most 5 stop sequences.
+                ("stopSequences", gc.get("stopSequences").is_none_or(|s| s.as_array().is_some_and(|a| a.len() <= 5))),
             ] {
                 if !ok {
                     return Err(format!("Invalid value at 'generation_config.{k}'"));

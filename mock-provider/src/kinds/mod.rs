@@ -165,6 +165,30 @@ fn broken_stream(mut events: Vec<Bytes>, sse: bool, opts: &StreamOpts) -> Vec<By
     events
 }
 
+/// Anthropic's Claude 4.6 and later (on the Messages API and Bedrock) refuse
+/// a conversation that ends with an assistant message (a prefill).
+pub const PREFILL_REFUSED: &str =
+    "This model does not support assistant message prefill. The conversation must end with a user message.";
+
+/// Whether `model` names a Claude of version 4.6 or later (its first one- or
+/// two-digit numbers after `claude-`: major, minor).
+pub fn refuses_prefill(model: &str) -> bool {
+    let lower = model.to_ascii_lowercase();
+    let Some(at) = lower.find("claude-") else { return false };
+    let versions: Vec<u32> = lower.get(at + 7..).unwrap_or_default()
+        .split(['-', '.', '@', ':'])
+        .filter(|t| (1..=2).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|t| t.parse().ok())
+        .take(2)
+        .collect();
+    matches!(versions.as_slice(), [major, minor] if (*major, *minor) >= (4, 6)) || matches!(versions.as_slice(), [major] if *major >= 5)
+}
+
+/// Whether the last of `msgs` is an assistant message.
+pub fn ends_with_assistant(msgs: &[Value]) -> bool {
+    msgs.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant")
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

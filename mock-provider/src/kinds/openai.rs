@@ -128,6 +128,41 @@ fn first_tool(obj: &Map<String, Value>) -> Result<Option<String>, String> {
     }
 }
 
+/// Where `key` is an object's key, at any depth: its path (`messages[0].content[1]`).
+fn path_of_key(v: &Value, key: &str, at: &str) -> Option<String> {
+    match v {
+        Value::Object(map) if map.contains_key(key) => Some(at.to_string()),
+        Value::Object(map) => map.iter().find_map(|(k, v)| path_of_key(v, key, &format!("{at}.{k}"))),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| path_of_key(v, key, &format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// OpenAI's own rules the gateway must respect (chat `payload` is `messages`,
+/// Responses `input`): no Anthropic `cache_control` anywhere (an unknown
+/// parameter), at most 4 stop sequences. On OpenAI's and Azure's paths
+/// (`/v1/...`, `/openai/...`) only: a compatible server under another prefix
+/// (`/serving/v1/...`) takes what it is given.
+pub(super) fn check_openai_only(ctx: &Ctx, obj: &Map<String, Value>, payload: &str) -> Result<(), String> {
+    if !(ctx.path().starts_with("/v1/") || ctx.path().starts_with("/openai/")) {
+        return Ok(());
+    }
+    if obj.contains_key("cache_control") {
+        return Err("Unrecognized request argument supplied: cache_control".into());
+    }
+    for field in [payload, "tools"] {
+        if let Some(at) = obj.get(field).and_then(|v| path_of_key(v, "cache_control", field)) {
+            return Err(format!("Invalid '{at}': unknown parameter 'cache_control'."));
+        }
+    }
+    if let Some(n) = obj.get("stop").and_then(Value::as_array).map(Vec::len).filter(|n| *n > 4) {
+        return Err(format!(
+            "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array with length {n} instead."
+        ));
+    }
+    Ok(())
+}
+
 fn is_stream(obj: &Map<String, Value>) -> Result<bool, String> {
     match obj.get("stream") {
         None | Some(Value::Null) => Ok(false),
@@ -152,6 +187,9 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
         Ok(t) => t,
         Err(e) => return bad_request(ctx, &e),
     };
+    if let Err(e) = check_openai_only(ctx, &obj, "messages") {
+        return bad_request(ctx, &e);
+    }
     let tool = match first_tool(&obj) {
         Ok(t) => t.filter(|_| mentions_weather(&last_user)),
         Err(e) => return bad_request(ctx, &e),

@@ -72,6 +72,9 @@ pub fn handle(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
         (None, Some(Value::String(m))) if !m.is_empty() => m.clone(),
         _ => return bad_request(ctx, "you must provide a model parameter ('model' is required)"),
     };
+    if let Err(e) = super::openai::check_openai_only(ctx, &obj, "input") {
+        return bad_request(ctx, &e);
+    }
     let input = obj.get("input").cloned().unwrap_or(Value::Null);
     if !(input.is_string() || input.is_array() || obj.contains_key("previous_response_id")) {
         return bad_request(ctx, "'input' is required (a string or an array of items)");
