@@ -8,35 +8,21 @@
 
 use std::cell::RefCell;
 
-use switchboard::exchange::Exchange;
-
-/// Parked requests at most per worker (a replay finds its own at once; this only bounds a leak).
-const MAX_PARKED: usize = 1_024;
+use switchboard::exchange::{Exchange, Parking};
 
 /// A request's exchange and its client's headers.
 type Parked = (Exchange, Vec<(String, String)>);
 
 thread_local! {
-    static PARKED: RefCell<Vec<(String, Parked)>> = const { RefCell::new(Vec::new()) };
+    static PARKED: RefCell<Parking<Parked>> = const { RefCell::new(Parking::new()) };
 }
 
 /// Parks a request being replayed, for the replay's filter; false when full.
 pub fn park(token: String, ex: Exchange, client_headers: Vec<(String, String)>) -> bool {
-    PARKED.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() >= MAX_PARKED {
-            return false;
-        }
-        p.push((token, (ex, client_headers)));
-        true
-    })
+    PARKED.with(|p| p.borrow_mut().park(token, (ex, client_headers)))
 }
 
 /// The request parked under `token`, once.
 pub fn unpark(token: &str) -> Option<Parked> {
-    PARKED.with(|p| {
-        let mut p = p.borrow_mut();
-        let at = p.iter().position(|(k, _)| k == token)?;
-        Some(p.swap_remove(at).1)
-    })
+    PARKED.with(|p| p.borrow_mut().unpark(token))
 }

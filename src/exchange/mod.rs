@@ -49,7 +49,7 @@ pub use answer::{AnswerChain, Passage, Relayed, Whole};
 pub use attempts::{adapter_for, build_upstream, translates_stream, Attempt};
 pub use failover::{CallStep, Calls};
 pub use followup::{native_member_of, remember_holder, response_holder, unknown_response};
-pub use replay::forged_token;
+pub use replay::{Parking, forged_token};
 pub use request::{Opening, REFUSED_BODY_PEEK_BYTES};
 pub use response::{BodyRead, BodyStep, HeadersStep, Relays};
 pub use resume::{continued, Held};

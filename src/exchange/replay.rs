@@ -87,3 +87,58 @@ pub fn forged_token() -> ApiError {
     )
     .with_param(redirect::TOKEN_PARAM)
 }
+
+/// Requests parked while Envoy replays them (step 2 above), by token: each
+/// host keeps one per worker thread, where Envoy parks and replays a request
+/// one right after the other. Bounded, so a replay that never comes cannot
+/// grow it without end.
+#[derive(Debug)]
+pub struct Parking<T> {
+    parked: Vec<(String, T)>,
+}
+
+impl<T> Parking<T> {
+    /// Parked requests at most (a replay finds its own at once; this only bounds a leak).
+    const MAX: usize = 1_024;
+
+    pub const fn new() -> Parking<T> {
+        Parking { parked: Vec::new() }
+    }
+
+    /// Parks `request` under `token`; false when full.
+    pub fn park(&mut self, token: String, request: T) -> bool {
+        if self.parked.len() >= Self::MAX {
+            return false;
+        }
+        self.parked.push((token, request));
+        true
+    }
+
+    /// The request parked under `token`, once.
+    pub fn unpark(&mut self, token: &str) -> Option<T> {
+        let at = self.parked.iter().position(|(k, _)| k == token)?;
+        Some(self.parked.swap_remove(at).1)
+    }
+}
+
+impl<T> Default for Parking<T> {
+    fn default() -> Self {
+        Parking::new()
+    }
+}
+
+#[cfg(test)]
+mod parking_tests {
+    use super::Parking;
+
+    #[test]
+    fn a_parked_request_is_taken_back_once_and_parking_is_bounded() {
+        let mut lot = Parking::new();
+        assert!(lot.park("a".into(), 1) && lot.park("b".into(), 2));
+        assert_eq!((lot.unpark("b"), lot.unpark("b"), lot.unpark("a")), (Some(2), None, Some(1)));
+        for i in 0..Parking::<u32>::MAX {
+            assert!(lot.park(i.to_string(), 0));
+        }
+        assert!(!lot.park("one more".into(), 0), "full: the request is not parked");
+    }
+}

@@ -8,33 +8,21 @@
 use std::any::Any;
 use std::cell::RefCell;
 
+use crate::exchange::Parking;
+
 /// A request's filter, as the filter parks it (this module, below the filter, knows nothing of it).
 pub type Parked = Box<dyn Any>;
 
-/// Parked requests at most (a replay finds its own at once; this only bounds a leak).
-const MAX_PARKED: usize = 1_024;
-
 thread_local! {
-    static PARKED: RefCell<Vec<(String, Parked)>> = const { RefCell::new(Vec::new()) };
+    static PARKED: RefCell<Parking<Parked>> = const { RefCell::new(Parking::new()) };
 }
 
 /// Parks a request being replayed, for its next filter instance; false when full.
 pub fn park(token: String, filter: Parked) -> bool {
-    PARKED.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() >= MAX_PARKED {
-            return false;
-        }
-        p.push((token, filter));
-        true
-    })
+    PARKED.with(|p| p.borrow_mut().park(token, filter))
 }
 
 /// The request parked under `token`, once.
 pub fn unpark(token: &str) -> Option<Parked> {
-    PARKED.with(|p| {
-        let mut p = p.borrow_mut();
-        let at = p.iter().position(|(k, _)| k == token)?;
-        Some(p.swap_remove(at).1)
-    })
+    PARKED.with(|p| p.borrow_mut().unpark(token))
 }
