@@ -48,10 +48,16 @@ pub fn last_value_after<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     Some(value_start(json, at + key.len()))
 }
 
-fn value_start(json: &[u8], from: usize) -> &[u8] {
+/// `json` from `from` on, past a key's colon and white space: where its value starts.
+pub fn value_start(json: &[u8], from: usize) -> &[u8] {
     let rest = json.get(from..).unwrap_or_default();
     let skip = rest.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
     rest.get(skip..).unwrap_or_default()
+}
+
+/// Whether the byte at `at` is escaped: an odd run of backslashes before it.
+pub fn escaped_at(bytes: &[u8], at: usize) -> bool {
+    bytes.get(..at).map_or(0, |b| b.iter().rev().take_while(|&&c| c == b'\\').count()) % 2 == 1
 }
 
 /// The character an escape stands for, read from just after its backslash.

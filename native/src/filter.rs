@@ -7,7 +7,6 @@
 //! retriable answer fails over through HTTP callouts, the first good answer
 //! replacing it; answers translated back through the exchange's answer chain.
 
-use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use switchboard::api::forward::forwarded;
@@ -414,15 +413,7 @@ impl Filter {
             }
             let headers = Headers(&self.client_headers);
             // Consulted only when the request's router is a learned one.
-            let scorer = Scorer {
-                config: &rt.config,
-                data: &state::Data,
-                models: &rt.learned_models,
-                learning: &rt.learning,
-                now_ms: now,
-                decided: Cell::new(None),
-                prompt: RefCell::new(None),
-            };
+            let scorer = Scorer::new(&rt.config, &state::Data, &rt.learned_models, &rt.learning, now);
             let mut plan = self.ex.plan(&*rt, &parsed, &headers, Some(&scorer), native_only, now)?;
             self.ex.hold_remembered(&*rt, &mut plan, &parsed.target)?;
             let learned = scorer.decided.get();

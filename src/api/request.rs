@@ -608,9 +608,6 @@ impl Escapes {
             (bytes.get(at + 1) == Some(&b'u')).then_some(())?;
             u16::from_str_radix(std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?, 16).ok()
         };
-        // Linear: the runs before two candidates never overlap (each ends at its candidate).
-        let escaped =
-            |at: usize| bytes.get(..at).map_or(0, |b| b.iter().rev().take_while(|&&c| c == b'\\').count()) % 2 == 1;
         let mut found = Escapes { lone_surrogate: None, cache_marks: false };
         let mut skip_to = 0;
         for at in memchr::memchr2_iter(b'\\', b'_', bytes) {
@@ -618,7 +615,8 @@ impl Escapes {
                 found.cache_marks |= at >= 6 && bytes.get(at - 6..at - 6 + CACHE_CONTROL.len()) == Some(CACHE_CONTROL);
                 continue;
             }
-            if bytes.get(at + 1) != Some(&b'u') || at < skip_to || escaped(at) {
+            // Linear: the runs before two candidates never overlap (each ends at its candidate).
+            if bytes.get(at + 1) != Some(&b'u') || at < skip_to || crate::text::escaped_at(bytes, at) {
                 continue;
             }
             match unit(at) {

@@ -148,8 +148,7 @@ pub fn scan(body: &[u8]) -> Option<Tokens> {
 fn usage_object(text: &[u8]) -> Option<Tokens> {
     let (mut prompt, mut completion, mut cached, mut cache_write) = (None, None, None, None);
     // Quotes pair up as strings' ends; an escaped one is inside a string.
-    let escaped = |at: usize| text.get(..at).unwrap_or_default().iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1;
-    let mut quotes = memchr::memchr_iter(b'"', text).filter(|at| !escaped(*at));
+    let mut quotes = memchr::memchr_iter(b'"', text).filter(|at| !text::escaped_at(text, *at));
     while let Some(open) = quotes.next() {
         let Some(close) = quotes.next() else { break };
         let slot = match text.get(open + 1..close) {
@@ -159,7 +158,7 @@ fn usage_object(text: &[u8]) -> Option<Tokens> {
             Some(b"cache_write_tokens") => &mut cache_write,
             _ => continue,
         };
-        if let Some(n) = number_at(text.get(close + 1..).unwrap_or_default()) {
+        if let Some(n) = number_at(text::value_start(text, close + 1)) {
             *slot = Some(n);
         }
     }
@@ -167,14 +166,13 @@ fn usage_object(text: &[u8]) -> Option<Tokens> {
     Some(Tokens { cached, cache_write, ..tokens }.without_zero_cache())
 }
 
-/// The number a key's value starts with (`: 12`), past the colon and white space.
-fn number_at(after_key: &[u8]) -> Option<u64> {
-    let skip = after_key.iter().take_while(|b| b.is_ascii_whitespace() || **b == b':').count();
-    let mut value: Option<u64> = None;
-    for b in after_key.get(skip..).unwrap_or_default().iter().take_while(|b| b.is_ascii_digit()) {
-        value = Some(value.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
+/// The number `value` starts with (`12,...`), if it starts with digits.
+fn number_at(value: &[u8]) -> Option<u64> {
+    let mut number: Option<u64> = None;
+    for b in value.iter().take_while(|b| b.is_ascii_digit()) {
+        number = Some(number.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(b - b'0'))?);
     }
-    value
+    number
 }
 
 /// Takes the usage-only chunk (`"choices":[]` with a `usage` object) out of

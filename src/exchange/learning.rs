@@ -161,7 +161,18 @@ pub struct Scorer<'a> {
     pub prompt: RefCell<Option<String>>,
 }
 
-impl Scorer<'_> {
+impl<'a> Scorer<'a> {
+    /// A scorer for one request routed at `now_ms`, nothing decided yet.
+    pub fn new(
+        config: &'a Config,
+        data: &'a dyn SharedData,
+        models: &'a [Option<Model>],
+        learning: &'a Learning,
+        now_ms: u64,
+    ) -> Scorer<'a> {
+        Scorer { config, data, models, learning, now_ms, decided: Cell::new(None), prompt: RefCell::new(None) }
+    }
+
     fn router_of(&self, learned: &Learned) -> Option<usize> {
         self.config.routers.iter().position(|r| r.learned.as_ref().is_some_and(|l| std::ptr::eq(l, learned)))
     }

@@ -8,7 +8,6 @@
 //! `exchange/replay.rs`): the request's filter is parked for the replay
 //! (`parked.rs`), which takes it back.
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -239,15 +238,7 @@ impl Filter {
                 parsed.params = 0;
             }
             let headers = RequestHeaders(&self.client_headers);
-            let scorer = Scorer {
-                config: &rt.config,
-                data: &abi::Data,
-                models: &rt.learned_models,
-                learning: &rt.learned_learning,
-                now_ms: now,
-                decided: Cell::new(None),
-                prompt: RefCell::new(None),
-            };
+            let scorer = Scorer::new(&rt.config, &abi::Data, &rt.learned_models, &rt.learned_learning, now);
             let mut plan = match self.ex.plan(rt, &parsed, &headers, Some(&scorer), native_only, now) {
                 Ok(p) => p,
                 Err(e) => return self.answer_error(&e),
