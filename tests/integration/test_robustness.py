@@ -469,8 +469,9 @@ def test_failover_answer_from_compressing_provider_is_readable(make_gateway, moc
     try:
         cfg = base_config(health={"consecutive_failures": 1000})
         cfg["pools"][POOL]["members"] = [
-            {"provider": "alpha", "model": "gpt-4o", "weight": 1000},
-            {"provider": "gamma", "model": "gpt-4o-mini", "weight": 1},
+            {"provider": "alpha", "model": "gpt-4o", "weight": 1},
+            # A standby (weight 0): every request starts on alpha and fails over to it.
+            {"provider": "gamma", "model": "gpt-4o-mini", "weight": 0},
         ]
         gw = make_gateway(cfg, clusters_for(mock, gamma=gz.addr))
         mock.faults("alpha", status=503)
