@@ -110,18 +110,9 @@ lint:
 integration: setup build redis prometheus
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/integration tests/unit_doors
 
-# The same tests against the dynamic module (docs/native.md): every file but the slowest
-# (test_routing_policies.py, test_waits_and_hung_members.py: they pass natively too), test_fleet.py
-# (not served natively) and test_prometheus.py (the wasm build's series names); `pytest --host native`
-# runs them all.
-NATIVE_TESTS := $(addprefix tests/integration/,test_routing.py test_failover.py test_doors.py \
-	test_providers.py test_params.py test_params_fidelity.py test_reasoning.py test_structured_outputs.py \
-	test_openai_sdk.py test_clients.py test_tenants.py test_stream_ends.py test_learned_feedback.py \
-	test_responses_followups.py test_shadow.py test_stream_idle.py \
-	test_reconfigure.py test_training_data.py test_stream_resume.py test_stream_failover.py \
-	test_hedging.py test_observability.py test_prompt_caching.py test_canary.py test_robustness.py)
-integration-native: setup build
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile --host native $(NATIVE_TESTS)
+# The same tests against the dynamic module (docs/native.md).
+integration-native: setup build redis prometheus
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --host native tests/integration
 
 # Debian's Prometheus, for the test that evaluates the dashboard and alert rules against a real Envoy.
 prometheus:

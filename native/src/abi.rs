@@ -208,6 +208,7 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, event_id: u64);
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: EnvoyFilter);
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: EnvoyFilter);
     fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: EnvoyFilter, reason: u32, details: ModuleBuffer);
     fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
         config: EnvoyFilterConfig,
@@ -264,6 +265,7 @@ mod test_stubs {
         envoy_dynamic_module_callback_http_filter_scheduler_delete,
         envoy_dynamic_module_callback_http_filter_reset_stream,
         envoy_dynamic_module_callback_http_filter_continue_encoding,
+        envoy_dynamic_module_callback_http_filter_continue_decoding,
         envoy_dynamic_module_callback_http_filter_config_define_gauge,
         envoy_dynamic_module_callback_http_filter_config_set_gauge,
     );
@@ -298,6 +300,7 @@ pub const CALLBACKS: &[&std::ffi::CStr] = &[
     c"envoy_dynamic_module_callback_http_filter_scheduler_delete",
     c"envoy_dynamic_module_callback_http_filter_reset_stream",
     c"envoy_dynamic_module_callback_http_filter_continue_encoding",
+    c"envoy_dynamic_module_callback_http_filter_continue_decoding",
     c"envoy_dynamic_module_callback_http_filter_config_define_gauge",
     c"envoy_dynamic_module_callback_http_filter_config_set_gauge",
 ];
@@ -438,6 +441,12 @@ impl Stream {
     pub fn continue_encoding(self) {
         // SAFETY: the filter pointer is Envoy's, alive during the hook.
         unsafe { envoy_dynamic_module_callback_http_filter_continue_encoding(self.0) }
+    }
+
+    /// Lets the request go on after a hook stopped it (from a callout's answer).
+    pub fn continue_decoding(self) {
+        // SAFETY: the filter pointer is Envoy's, alive during the hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
     }
 
     /// The route is chosen again from the rewritten headers (the cluster header).

@@ -14,6 +14,7 @@ use switchboard::api::request::{model_of, ParsedRequest};
 use switchboard::api::{ApiError, ErrorCode};
 use switchboard::config::MemberRef;
 use switchboard::doors::messages;
+use switchboard::exchange::fleet::{self as fleet_mode, Ask};
 use switchboard::exchange::learning::{self, Feedback, Scorer};
 use switchboard::exchange::shadow;
 use switchboard::exchange::{
@@ -27,6 +28,7 @@ use switchboard::routing::router::HeaderLookup;
 use switchboard::routing::Plan;
 
 use crate::abi::{self, Stream, REQUEST_HEADERS as REQ, RESPONSE_HEADERS as RESP};
+use crate::fleet::{self, Fleet, StreamCalls};
 use crate::metrics::{Family, Labels};
 use crate::parked;
 use crate::shadow::Shadows;
@@ -43,8 +45,11 @@ pub struct Filter {
     ex: Exchange,
     /// The client's request headers as they came.
     client_headers: Vec<(String, String)>,
-    /// The request body ended with trailers: all of it is in Envoy's buffer (nothing "received").
-    in_trailers: bool,
+    /// All of the request body is in Envoy's buffer, nothing "received" (it ended with
+    /// trailers, or waited for the fleet's answer).
+    body_buffered: bool,
+    /// Fleet mode: where the tenant's admission by the state service stands.
+    fleet: Ask,
     /// The request's way back from the timer thread, made when it first needs waking.
     waker: Option<Arc<Waker>>,
     /// A refusal at the headers that waits for a small body (see `REFUSED_BODY_PEEK_BYTES`).
@@ -111,7 +116,8 @@ impl Filter {
             rt,
             ex: Exchange::default(),
             client_headers: Vec::new(),
-            in_trailers: false,
+            body_buffered: false,
+            fleet: Ask::Idle,
             waker: None,
             refused: None,
             replay_headers: Vec::new(),
@@ -214,10 +220,10 @@ impl Filter {
         }
         let rt = self.rt.clone();
         let now = state::now_ms();
-        let (client_headers, in_trailers) = (&self.replay_headers, self.in_trailers);
+        let (client_headers, body_buffered) = (&self.replay_headers, self.body_buffered);
         let rewrite = |ex: &Exchange, member: MemberRef, upstream: &UpstreamRequest| {
             let timeouts = ex.timeouts_ms(&*rt, member.pool, now, ex.shape.stream);
-            Target { s, rt: &rt, ex, client_headers, in_trailers }.rewrite(member, upstream, timeouts, size);
+            Target { s, rt: &rt, ex, client_headers, body_buffered }.rewrite(member, upstream, timeouts, size);
             Ok(())
         };
         match self.ex.start_next(&*rt, now, "replay", rewrite) {
@@ -311,7 +317,7 @@ impl Filter {
     /// A body followed by trailers ends here.
     pub fn on_request_trailers(&mut self, s: Stream) -> Status {
         if matches!(self.ex.state, State::Replayed { .. }) {
-            self.in_trailers = true;
+            self.body_buffered = true;
             return match self.replay_body(s, s.body_size(abi::BUFFERED_REQUEST_BODY)) {
                 abi::BODY_CONTINUE => abi::HEADERS_CONTINUE,
                 _ => abi::HEADERS_STOP_ITERATION,
@@ -327,7 +333,7 @@ impl Filter {
         }
         let mut body = Vec::new();
         s.read_body(abi::BUFFERED_REQUEST_BODY, &mut body);
-        self.in_trailers = true;
+        self.body_buffered = true;
         if body.len() > self.rt.config.max_body_bytes {
             self.answer_error(s, &ApiError::body_too_large(self.rt.config.max_body_bytes));
             return abi::HEADERS_STOP_ITERATION;
@@ -357,7 +363,12 @@ impl Filter {
             return abi::BODY_STOP_NO_BUFFER;
         }
         match self.route(s, body) {
-            Ok(()) => abi::BODY_CONTINUE,
+            Ok(true) => abi::BODY_CONTINUE,
+            // Waits for the state service with the whole body in Envoy's buffer.
+            Ok(false) => {
+                self.body_buffered = true;
+                abi::BODY_STOP_AND_BUFFER
+            }
             Err(e) => {
                 if let Some(e) = e {
                     self.answer_error(s, &e);
@@ -380,18 +391,26 @@ impl Filter {
         // Only a weak-pool answer's score is a label.
         if let Feedback::Accepted(Some(label)) = taken {
             if let Some(key) = learning::learning_key_of(&rt.config, &rt.learned_models, label.router) {
-                learning::learn(&state::Data, &key, &label.inputs, label.logit, score as f32);
-                rt.learning.forget(label.router);
+                if rt.config.shared_state.is_some() {
+                    Fleet::tell(&rt, fleet_mode::learned_path(&key, &label.inputs, label.logit, score as f32));
+                } else {
+                    learning::learn(&state::Data, &key, &label.inputs, label.logit, score as f32);
+                    rt.learning.forget(label.router);
+                }
             }
         }
         self.ex.feedback_reply(&*rt, request_id, &taken, learning::FEEDBACK_TTL_MS)
     }
 
     /// Plans the request, admits its tenant, picks a member and points the request at it.
+    /// `Ok(false)`: the tenant's admission waits for the state service (fleet mode);
     /// `Err(None)`: answered already (every member out).
-    fn route(&mut self, s: Stream, client_body: Vec<u8>) -> Result<(), Option<ApiError>> {
+    fn route(&mut self, s: Stream, client_body: Vec<u8>) -> Result<bool, Option<ApiError>> {
         let rt = self.rt.clone();
         let client_len = client_body.len();
+        // Fleet mode: the body is routed again once the state service has answered.
+        let asks = rt.config.shared_state.is_some() && self.ex.tenant.is_some() && matches!(self.fleet, Ask::Idle);
+        let mut kept = asks.then(|| client_body.clone());
         let (body, native_only) = match self.ex.door.to_chat(&client_body, self.ex.anthropic_beta.as_deref()) {
             Ok(Some(routed)) => {
                 self.ex.door_body = client_body;
@@ -417,7 +436,12 @@ impl Filter {
             let mut plan = self.ex.plan(&*rt, &parsed, &headers, Some(&scorer), native_only, now)?;
             self.ex.hold_remembered(&*rt, &mut plan, &parsed.target)?;
             let learned = scorer.decided.get();
-            self.admit_tenant(&parsed, &plan, client_len, now)?;
+            if !self.admit_tenant(s, &parsed, &plan, client_len, now)? {
+                if let (Ask::Waiting { body, .. }, Some(kept)) = (&mut self.fleet, kept.take()) {
+                    *body = kept;
+                }
+                return Ok(false);
+            }
             let Some(picked) = self.ex.pick_first(&*rt, &mut plan, now) else {
                 self.ex.plan = Some(plan);
                 let step = self.ex.exhausted(&*rt);
@@ -450,22 +474,78 @@ impl Filter {
             self.wake_at(s, at);
         }
         self.tag_try(s, picked.member);
-        Ok(())
+        Ok(true)
     }
 
-    /// The calling tenant's admission (`Exchange::tenant_ask`), decided by this module's store.
+    /// The calling tenant's admission (`Exchange::tenant_ask`), decided by its
+    /// store: this module's, or in fleet mode the state service (`Ok(false)`
+    /// while its answer is awaited).
     fn admit_tenant(
         &mut self,
+        s: Stream,
         parsed: &ParsedRequest<'_>,
         plan: &Plan,
         body_len: usize,
         now: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         let rt = self.rt.clone();
-        let Some(ask) = self.ex.tenant_ask(&*rt, parsed, plan, body_len)? else { return Ok(()) };
-        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(ask.index)) else { return Ok(()) };
-        let verdict = state::admit_tenant(tenant, now / 1000, ask.reserve, ask.budget.micro_usd).map(Some);
-        self.ex.tenant_verdict(&*rt, &ask, verdict, now)
+        let Some(ask) = self.ex.tenant_ask(&*rt, parsed, plan, body_len)? else { return Ok(true) };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(ask.index)) else { return Ok(true) };
+        let (now_s, reserve, worst) = (now / 1000, ask.reserve, ask.budget.micro_usd);
+        let verdict = match (&rt.config.shared_state, self.ex.tenant.as_mut()) {
+            (Some(shared), Some(admission)) => {
+                let lease = *admission.lease.get_or_insert_with(state::random);
+                let mut calls = StreamCalls { s, metrics: &rt.metrics };
+                match fleet_mode::admission(
+                    &mut self.fleet,
+                    &state::Data,
+                    &mut calls,
+                    shared,
+                    tenant,
+                    lease,
+                    now,
+                    reserve,
+                    worst,
+                ) {
+                    fleet_mode::Step::Wait => return Ok(false),
+                    fleet_mode::Step::Deny(e) => {
+                        admission.lease = None;
+                        return Err(e);
+                    }
+                    fleet_mode::Step::Local => {
+                        admission.lease = None;
+                        self.ex.obs.limits = Some("local");
+                        state::admit_tenant(tenant, now_s, reserve, worst).map(Some)
+                    }
+                    fleet_mode::Step::Shared(verdict) => {
+                        self.ex.obs.limits = Some("shared");
+                        verdict.map(|window| {
+                            Some(switchboard::tenant::limits::TenantState { window, ..Default::default() })
+                        })
+                    }
+                }
+            }
+            _ => state::admit_tenant(tenant, now_s, reserve, worst).map(Some),
+        };
+        self.ex.tenant_verdict(&*rt, &ask, verdict, now).map(|()| true)
+    }
+
+    /// The state service answered the tenant's admission (or did not, in
+    /// time): the request is routed again with its verdict, and continued.
+    fn admission_answered(&mut self, s: Stream, headers: &[(String, String)], body: Vec<u8>) {
+        let rt = self.rt.clone();
+        let calls = StreamCalls { s, metrics: &rt.metrics };
+        let client_body =
+            fleet_mode::answered(&mut self.fleet, &calls, state::now_ms(), fleet::answer_body(headers, body));
+        match self.route(s, client_body) {
+            Ok(true) => s.continue_decoding(),
+            // Decided from the answer: it never waits twice.
+            Ok(false) => {}
+            Err(Some(e)) => {
+                self.answer_error(s, &e);
+            }
+            Err(None) => {}
+        }
     }
 
     /// Points the held request at `member`: body, then the headers the gateway sets
@@ -483,7 +563,7 @@ impl Filter {
             rt: &self.rt,
             ex: &self.ex,
             client_headers: &self.client_headers,
-            in_trailers: self.in_trailers,
+            body_buffered: self.body_buffered,
         };
         to.rewrite(member, upstream, timeouts, original_len);
     }
@@ -522,6 +602,9 @@ impl Filter {
     /// says what becomes of it (the failover's answer replaces the failed one,
     /// or the next member is tried).
     pub fn on_callout_done(&mut self, s: Stream, id: u64, headers: Vec<(String, String)>, body: Vec<u8>) {
+        if self.fleet.waits_for(id) {
+            return self.admission_answered(s, &headers, body);
+        }
         let rt = self.rt.clone();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut caller = Caller { s, rt: &rt, client_headers: &self.client_headers };
@@ -695,12 +778,19 @@ impl Filter {
         s.set_filter_state(CALL_LOG_KEY, &record.json());
     }
 
-    /// The tenant's request ended: the exchange's settlement, told to this module's store.
+    /// The tenant's request ended: the exchange's settlement, told to the
+    /// store that admitted it.
     fn release_tenant(&mut self, ended_ms: u64) {
         let rt = self.rt.clone();
-        let Some((index, _, end)) = self.ex.settlement(&*rt) else { return };
-        if let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(index)) {
-            state::settle_tenant(tenant, ended_ms / 1000, &end);
+        let Some((index, lease, end)) = self.ex.settlement(&*rt) else { return };
+        let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(index)) else { return };
+        match (lease, &rt.config.shared_state) {
+            (Some(_), Some(shared)) => {
+                if let Some(path) = fleet_mode::release(&state::Data, shared, tenant, &end, ended_ms) {
+                    Fleet::tell(&rt, path);
+                }
+            }
+            _ => state::settle_tenant(tenant, ended_ms / 1000, &end),
         }
     }
 }
@@ -716,7 +806,7 @@ struct Target<'a> {
     rt: &'a Runtime,
     ex: &'a Exchange,
     client_headers: &'a [(String, String)],
-    in_trailers: bool,
+    body_buffered: bool,
 }
 
 impl Target<'_> {
@@ -732,7 +822,7 @@ impl Target<'_> {
         let (s, rt) = (self.s, self.rt);
         let extra = self.ex.native_headers(rt, member);
         let own_body = !(upstream.body.is_empty() && original_len == 0);
-        if own_body && self.in_trailers {
+        if own_body && self.body_buffered {
             s.replace_body(abi::BUFFERED_REQUEST_BODY, &upstream.body);
         } else if own_body {
             s.drain_body(abi::BUFFERED_REQUEST_BODY);

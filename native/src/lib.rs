@@ -12,6 +12,7 @@
 
 mod abi;
 mod filter;
+mod fleet;
 mod metrics;
 mod parked;
 mod probes;
@@ -111,7 +112,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 let metrics = metrics::Metrics::define(envoy_config, &config);
                 match Runtime::new(config, metrics, raw) {
                     Ok(mut rt) => {
-                        // The main thread's work: shadow copies, and the tick (gauges, probes).
+                        // The main thread's work: shadow copies, fleet mode's calls, and the tick (gauges, probes).
                         rt.scheduler = abi::ConfigScheduler::new(envoy_config);
                         let rt = Arc::new(rt);
                         timers::tick(&rt);
@@ -329,7 +330,7 @@ fn with_config(config: *const c_void, hook: impl FnOnce(&Runtime)) {
     }
 }
 
-/// The main thread woken by a worker: shadow copies to send.
+/// The main thread woken by a worker (shadow copies, fleet tells to send) or by the timer thread (the tick).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     envoy_config: EnvoyFilterConfig,
@@ -338,6 +339,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
 ) {
     with_config(config, |rt| match event {
         shadow::SEND_EVENT => shadow::Shadows::send_queued(rt, envoy_config),
+        fleet::TELL_EVENT => fleet::Fleet::send_tells(rt, envoy_config),
         timers::TICK_EVENT => rt.tick(envoy_config),
         _ => {}
     });
@@ -392,7 +394,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
-/// The answer of one of the configuration's own calls: a probe's or a shadow copy's.
+/// The answer of one of the configuration's own calls: the fleet's poll, a probe's or a shadow copy's.
 ///
 /// # Safety
 /// Envoy passes `headers_size` headers and `chunks_size` body chunks (or null), valid during the hook.
@@ -410,7 +412,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     with_config(config, |rt| {
         // SAFETY: Envoy's arrays, valid during the hook; copied.
         let (headers, body) = unsafe { callout_answer(headers, headers_size, chunks, chunks_size) };
-        if !probes::Prober::answered(rt, callout_id, &headers) {
+        // A tell's answer is nobody's (the lease expires if it was lost).
+        if !fleet::Fleet::answered(rt, callout_id, &headers, &body)
+            && !probes::Prober::answered(rt, callout_id, &headers)
+        {
             shadow::Shadows::answered(rt, callout_id, &headers, &body);
         }
     });

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use switchboard::api::ErrorCode;
 use switchboard::config::{Config, MemberRef};
+use switchboard::exchange::fleet::{self, FleetEvent};
 use switchboard::stats::{
     request_series, request_stat_name, stat_key, Catalog, HostServes, MemberStats, PoolStats, StatKind, TenantStats,
 };
@@ -38,6 +39,16 @@ pub struct Metrics {
     pub tenants: Vec<TenantStats<usize>>,
     /// Request-end stats by `stat_key`, every series a request can reach, defined at load.
     request_stats: HashMap<u64, usize>,
+    /// Fleet mode's decisions and the state service's latency (fleet mode only).
+    fleet: Option<FleetStats>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FleetStats {
+    shared: Option<usize>,
+    local: Option<usize>,
+    denied: Option<usize>,
+    latency_ms: Option<usize>,
 }
 
 impl Metrics {
@@ -58,7 +69,16 @@ impl Metrics {
                 Some((stat_key(family, labels), abi::define_metric(envoy_config, &name, kind_of(kind))?))
             })
             .collect();
-        Metrics { config: envoy_config as usize, pools, local_errors, tenants, request_stats }
+        let fleet = config.shared_state.as_ref().map(|_| {
+            let define = |name, kind| abi::define_metric(envoy_config, name, kind);
+            FleetStats {
+                shared: define(fleet::STAT_SHARED, MetricKind::Counter),
+                local: define(fleet::STAT_LOCAL, MetricKind::Counter),
+                denied: define(fleet::STAT_DENIED, MetricKind::Counter),
+                latency_ms: define(fleet::STAT_LATENCY_MS, MetricKind::Histogram),
+            }
+        });
+        Metrics { config: envoy_config as usize, pools, local_errors, tenants, request_stats, fleet }
     }
 
     /// Sets a gauge (the configuration's tick).
@@ -114,6 +134,21 @@ impl Metrics {
     pub fn tenant_refused(&self, tenant: usize, budget: bool) {
         let stats = self.tenants.get(tenant);
         self.inc(stats.and_then(|t| if budget { t.budget_refused } else { t.rate_limited }));
+    }
+
+    /// What fleet mode counts.
+    pub fn fleet(&self, event: FleetEvent) {
+        let Some(stats) = self.fleet else { return };
+        match event {
+            FleetEvent::Shared => self.inc(stats.shared),
+            FleetEvent::LocalFallback => self.inc(stats.local),
+            FleetEvent::DeniedUnavailable => self.inc(stats.denied),
+            FleetEvent::Latency(ms) => {
+                if let Some(id) = stats.latency_ms {
+                    abi::config_record_histogram(self.config as EnvoyFilterConfig, id, ms);
+                }
+            }
+        }
     }
 
     pub fn local_error(&self, code: ErrorCode) {

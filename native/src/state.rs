@@ -33,6 +33,7 @@ use switchboard::tenant::limits::{Refusal, Settlement, TenantState};
 use switchboard::tenant::Tenant;
 
 use crate::abi::ConfigScheduler;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::probes::Prober;
 use crate::shadow::Shadows;
@@ -176,7 +177,7 @@ pub struct Runtime {
     /// Per router: its learning from feedback as last read from [`Data`].
     pub learning: Learning,
     /// Fingerprint of the configuration: canary windows are kept per configuration.
-    canary_generation: u64,
+    pub canary_generation: u64,
     /// Canaries rolled back (member ids).
     rolled_back: Mutex<Vec<String>>,
     /// Wakes Envoy's main thread for this configuration (when something runs there: shadow copies).
@@ -185,6 +186,10 @@ pub struct Runtime {
     pub shadows: Shadows,
     /// Active probes: when each pool was last probed, the probes in flight.
     pub prober: Prober,
+    /// Fleet mode: tells waiting for the main thread, the fleet's poll.
+    pub fleet: Fleet,
+    /// How often the configuration ticks: once a second, or every `shared_state.sync_ms` if sooner.
+    pub tick_ms: u64,
     /// Until Envoy destroys the configuration: its tick runs.
     pub ticking: std::sync::atomic::AtomicBool,
 }
@@ -196,6 +201,7 @@ impl Runtime {
         let tenant_listings =
             config.tenants.iter().flatten().map(|t| ModelListing::build_for(&config, &|name| t.allows(name))).collect();
         let canary_generation = fingerprint(raw);
+        let tick_ms = config_tick_ms(&config);
         let rolled_back = {
             let canaries = lock(&stores().canaries);
             config
@@ -218,14 +224,31 @@ impl Runtime {
             scheduler: None,
             shadows: Shadows::default(),
             prober: Prober::default(),
+            fleet: Fleet::default(),
+            tick_ms,
             ticking: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
-    /// Counts an attempt in its pool's canary windows; a canary this rolls back gets weight 0.
-    /// The configuration's tick, on Envoy's main thread: the gauges and the probes.
+    /// A canary another proxy of the fleet rolled back (fleet mode): `false` if already known.
+    pub fn roll_back(&self, member_id: &str) -> bool {
+        let mut rolled = lock(&self.rolled_back);
+        let new = !rolled.iter().any(|m| m == member_id);
+        if new {
+            rolled.push(member_id.to_string());
+        }
+        new
+    }
+
+    /// The canaries rolled back.
+    pub fn rolled_back(&self) -> Vec<String> {
+        lock(&self.rolled_back).clone()
+    }
+
+    /// The configuration's tick, on Envoy's main thread: the fleet's sync, the gauges and the probes.
     pub fn tick(&self, envoy_config: crate::abi::EnvoyFilterConfig) {
         let now = now_ms();
+        Fleet::sync(self, envoy_config);
         Prober::tick(self, envoy_config, now);
         let health = lock(&stores().health);
         for (pool, stats) in self.config.pools.iter().zip(&self.metrics.pools) {
@@ -245,6 +268,7 @@ impl Runtime {
         }
     }
 
+    /// Counts an attempt in its pool's canary windows; a canary this rolls back gets weight 0.
     fn count_canaries(&self, at: MemberRef, pool: &Pool, failed: bool, now_s: u64, request_id: &str) {
         let attempted = at.member;
         for (index, member) in pool.members.iter().enumerate() {
@@ -274,6 +298,11 @@ impl Runtime {
 /// root tick): in rotation, or past its cooldown and offered the next request.
 fn in_rotation(availability: Availability) -> bool {
     matches!(availability, Availability::Healthy | Availability::Trial)
+}
+
+/// How often a configuration ticks.
+fn config_tick_ms(config: &Config) -> u64 {
+    config.shared_state.as_ref().map_or(crate::timers::TICK_MS, |s| s.sync_ms.clamp(10, crate::timers::TICK_MS))
 }
 
 /// Identifies a configuration's text (canary windows start afresh when it changes).
@@ -481,5 +510,32 @@ mod tests {
         assert_eq!(Data.set(key, b"b", cas), Ok(()));
         assert_eq!(Data.set(key, b"c", cas), Err(DataError::CasMismatch));
         assert!(matches!(Data.get(key), Ok((Some(v), _)) if v == b"b"));
+    }
+
+    #[test]
+    fn compare_and_swap_loses_no_write_across_threads() {
+        // What the stores written against shared data (fleet slices, learning) rely on.
+        let key = "test.data.counter";
+        // Written first: a version of 0 writes whatever is there (shared data's semantics).
+        assert_eq!(Data.set(key, b"0", 0), Ok(()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..2_000 {
+                        loop {
+                            let (bytes, cas) = Data.get(key).unwrap_or_default();
+                            let n: u64 = bytes.and_then(|b| String::from_utf8(b).ok()?.parse().ok()).unwrap_or(0);
+                            if Data.set(key, (n + 1).to_string().as_bytes(), cas).is_ok() {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap_or_else(|_| unreachable!("a writer panicked"));
+        }
+        assert!(matches!(Data.get(key), Ok((Some(v), _)) if v == b"8000"));
     }
 }

@@ -22,7 +22,7 @@ use crate::state::{lock, now_ms, Runtime};
 /// The event of a request's wake-up and of a configuration's tick.
 pub const WAKE_EVENT: u64 = 1;
 pub const TICK_EVENT: u64 = 2;
-/// A configuration ticks once a second (gauges, probes).
+/// A configuration ticks once a second (gauges, probes), or as often as fleet mode syncs.
 pub const TICK_MS: u64 = 1_000;
 
 /// A request's way back to its worker; `alive` goes false when Envoy destroys the request.
@@ -86,9 +86,9 @@ pub fn wake_request(at_ms: u64, waker: &Arc<Waker>) {
     add(at_ms, Due::Request(waker.clone()));
 }
 
-/// Ticks the configuration on Envoy's main thread every [`TICK_MS`] while it lives.
+/// Ticks the configuration on Envoy's main thread every `tick_ms` while it lives.
 pub fn tick(rt: &Arc<Runtime>) {
-    add(now_ms().saturating_add(TICK_MS), Due::Tick(Arc::downgrade(rt)));
+    add(now_ms().saturating_add(rt.tick_ms), Due::Tick(Arc::downgrade(rt)));
 }
 
 /// Envoy destroys the configuration: its ticks end, and no commit is under way
@@ -141,7 +141,7 @@ fn run() {
                             }
                             let seq = d.next;
                             d.next = d.next.wrapping_add(1);
-                            d.heap.push(Reverse((now.saturating_add(TICK_MS), seq)));
+                            d.heap.push(Reverse((now.saturating_add(alive.tick_ms), seq)));
                             d.due.insert(seq, Due::Tick(rt));
                             // The last holder may drop the configuration here: not under the lock.
                             drop(d);

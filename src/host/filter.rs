@@ -27,11 +27,12 @@ use crate::routing::router::HeaderLookup;
 use crate::routing::{redirect, Plan};
 use crate::tenant::limits::Settlement;
 
-use super::fleet::{self, Ask};
-use crate::exchange::learning::{self, Feedback, Scorer};
+use super::fleet;
 use super::observe;
 use super::runtime::Runtime;
 use super::{abi, parked, shadow, tenant_store, wake};
+use crate::exchange::fleet::{self as fleet_mode, Ask};
+use crate::exchange::learning::{self, Feedback, Scorer};
 
 const REQ: u32 = abi::MAP_REQUEST_HEADERS;
 const RESP: u32 = abi::MAP_RESPONSE_HEADERS;
@@ -205,7 +206,8 @@ impl Filter {
             if let Some((router, model, learned)) = learned {
                 let key = learning::learning_key(&router.name, model, learned);
                 if let Some(shared) = &rt.config.shared_state {
-                    fleet::tell_learned(shared, &key, &label.inputs, label.logit, score as f32, self.context_id);
+                    let path = fleet_mode::learned_path(&key, &label.inputs, label.logit, score as f32);
+                    fleet::tell(shared, &path, self.context_id);
                 } else {
                     learning::learn(&abi::Data, &key, &label.inputs, label.logit, score as f32);
                     rt.learned_learning.forget(label.router);
@@ -310,18 +312,19 @@ impl Filter {
         let verdict = match (&rt.config.shared_state, self.ex.tenant.as_mut()) {
             (Some(shared), Some(admission)) => {
                 let lease = *admission.lease.get_or_insert_with(|| rt.random());
-                match fleet::admission(&mut self.fleet, shared, tenant, lease, now, reserve, worst) {
-                    fleet::Step::Wait => return Ok(false),
-                    fleet::Step::Deny(e) => {
+                let (data, calls) = (&abi::Data, &mut fleet::Calls);
+                match fleet_mode::admission(&mut self.fleet, data, calls, shared, tenant, lease, now, reserve, worst) {
+                    fleet_mode::Step::Wait => return Ok(false),
+                    fleet_mode::Step::Deny(e) => {
                         admission.lease = None;
                         return Err(e);
                     }
-                    fleet::Step::Local => {
+                    fleet_mode::Step::Local => {
                         admission.lease = None;
                         self.ex.obs.limits = Some("local");
                         tenant_store::admit(tenant, now_s, reserve, worst)
                     }
-                    fleet::Step::Shared(verdict) => {
+                    fleet_mode::Step::Shared(verdict) => {
                         self.ex.obs.limits = Some("shared");
                         verdict.map(|window| Some(crate::tenant::limits::TenantState { window, ..Default::default() }))
                     }
@@ -499,7 +502,11 @@ impl Filter {
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(index)) else { return };
         let now_s = ended_ms / 1000;
         match (lease, &rt.config.shared_state) {
-            (Some(_), Some(shared)) => fleet::release(shared, tenant, &end, ended_ms, self.context_id),
+            (Some(_), Some(shared)) => {
+                if let Some(path) = fleet_mode::release(&abi::Data, shared, tenant, &end, ended_ms) {
+                    fleet::tell(shared, &path, self.context_id);
+                }
+            }
             _ if end != Settlement::default() => tenant_store::settle(tenant, now_s, &end),
             _ => {}
         }
@@ -510,7 +517,8 @@ impl Filter {
     fn admission_answered(&mut self, num_headers: usize, body_size: usize) {
         let Some(rt) = self.rt.clone() else { return };
         let now = self.now_ms();
-        let body = fleet::answered(&mut self.fleet, now, num_headers, body_size);
+        let answer = fleet::answer_body(num_headers, body_size);
+        let body = fleet_mode::answered(&mut self.fleet, &fleet::Calls, now, answer);
         if self.route(&rt, body) == Action::Continue {
             if let Err(s) = abi::resume_request() {
                 self.host_error("resume request", s);
@@ -578,7 +586,7 @@ impl Context for Filter {
     }
 
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        if matches!(self.fleet, Ask::Waiting { token, .. } if token == token_id) {
+        if self.fleet.waits_for(u64::from(token_id)) {
             return self.admission_answered(num_headers, body_size);
         }
         let Some(rt) = self.rt.clone() else { return };

@@ -21,18 +21,9 @@ def pytest_configure(config):
         harness.HOST = host
 
 
-# What the dynamic module does not serve yet (docs/native.md, "not served natively yet"):
+# What one build would not serve (docs/native.md, "What differs"; empty today):
 # these tests are skipped on `--host native`, by file and name (a parametrized test by its base name).
 NATIVE_NOT_SERVED = {
-    ("test_fleet.py", "test_budget_of_5_cents_at_6_tenths_of_a_cent_answers_8_over_the_fleet"): "fleet mode (the state service)",
-    ("test_fleet.py", "test_scores_sent_to_one_proxy_change_the_learned_router_on_another"): "fleet mode (the state service)",
-    ("test_fleet.py", "test_a_canary_rolled_back_by_one_proxy_gets_no_traffic_from_any_within_1s"): "fleet mode (the state service)",
-    ("test_fleet.py", "test_a_proxy_crashed_and_started_again_keeps_the_tenants_minute_and_budget"): "fleet mode (the state service)",
-    ("test_fleet.py", "test_max_parallel_4_never_has_more_than_4_in_flight_upstream"): "fleet mode (the state service)",
-    ("test_fleet.py", "test_redis_stopped_then_back_deny_answers_503_at_once_and_shared_mode_resumes"): "fleet mode (the state service)",
-    ("test_fleet.py", "test_rpm_60_over_three_proxies_admits_exactly_60_with_fleet_wide_headers"): "fleet mode (the state service)",
-    ("test_fleet.py", "test_slow_or_killed_service_decides_within_timeout_and_nothing_hangs"): "fleet mode (the state service)",
-    ("test_prometheus.py", "test_every_dashboard_query_and_alert_rule_returns_what_the_script_caused"): "the dashboards name the wasm build's series (native ones carry Envoy's `envoy_dynamicmodulescustom_` prefix)",
 }
 
 

@@ -72,6 +72,18 @@ def prometheus_binary():
     return path
 
 
+# examples/observability/prometheus.yml's rule: the native build's series read as the wasm build's.
+NATIVE_PREFIX_DROPPED = {"source_labels": ["__name__"], "regex": "envoy_dynamicmodulescustom_(.*)",
+                         "target_label": "__name__", "replacement": "$1"}
+
+
+def test_the_example_scrape_config_drops_the_native_prefix():
+    with open(os.path.join(OBSERVABILITY, "prometheus.yml")) as f:
+        example = f.read()
+    assert f'regex: "{NATIVE_PREFIX_DROPPED["regex"]}"' in example
+    assert f'replacement: "{NATIVE_PREFIX_DROPPED["replacement"]}"' in example
+
+
 class Prometheus:
     """Prometheus scraping Envoy's /stats/prometheus every second, with alerts.yml loaded."""
 
@@ -83,7 +95,8 @@ class Prometheus:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [rules],
             "scrape_configs": [{"job_name": "switchboard", "metrics_path": "/stats/prometheus",
-                                "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}]}],
+                                "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}],
+                                "metric_relabel_configs": [NATIVE_PREFIX_DROPPED]}],
         }
         path = os.path.join(self.dir, "prometheus.yml")
         with open(path, "w") as f:
