@@ -492,40 +492,27 @@ impl Filter {
         let Some(ask) = self.ex.tenant_ask(&*rt, parsed, plan, body_len)? else { return Ok(true) };
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(ask.index)) else { return Ok(true) };
         let (now_s, reserve, worst) = (now / 1000, ask.reserve, ask.budget.micro_usd);
-        let verdict = match (&rt.config.shared_state, self.ex.tenant.as_mut()) {
-            (Some(shared), Some(admission)) => {
-                let lease = *admission.lease.get_or_insert_with(state::random);
+        let local = || state::admit_tenant(tenant, now_s, reserve, worst).map(Some);
+        let verdict = match &rt.config.shared_state {
+            Some(shared) => {
                 let mut calls = StreamCalls { s, metrics: &rt.metrics };
-                match fleet_mode::admission(
+                let fleet_verdict = self.ex.fleet_verdict(
                     &mut self.fleet,
                     &state::Data,
                     &mut calls,
                     shared,
                     tenant,
-                    lease,
                     now,
-                    reserve,
-                    worst,
-                ) {
-                    fleet_mode::Step::Wait => return Ok(false),
-                    fleet_mode::Step::Deny(e) => {
-                        admission.lease = None;
-                        return Err(e);
-                    }
-                    fleet_mode::Step::Local => {
-                        admission.lease = None;
-                        self.ex.obs.limits = Some("local");
-                        state::admit_tenant(tenant, now_s, reserve, worst).map(Some)
-                    }
-                    fleet_mode::Step::Shared(verdict) => {
-                        self.ex.obs.limits = Some("shared");
-                        verdict.map(|window| {
-                            Some(switchboard::tenant::limits::TenantState { window, ..Default::default() })
-                        })
-                    }
+                    (reserve, worst),
+                    state::random,
+                    local,
+                );
+                match fleet_verdict? {
+                    Some(verdict) => verdict,
+                    None => return Ok(false),
                 }
             }
-            _ => state::admit_tenant(tenant, now_s, reserve, worst).map(Some),
+            None => local(),
         };
         self.ex.tenant_verdict(&*rt, &ask, verdict, now).map(|()| true)
     }

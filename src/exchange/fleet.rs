@@ -20,9 +20,10 @@ use crate::config::{Config, SharedState};
 use crate::encoding::{hex, unhex};
 use crate::learned::{Inputs, Model};
 use crate::tenant::fleet::{slice_answer, slice_path, Back, Slice};
-use crate::tenant::limits::{Refusal, Settlement, Window};
+use crate::tenant::limits::{Refusal, Settlement, TenantState, Window};
 use crate::tenant::Tenant;
 
+use super::admission::Verdict;
 use super::learning;
 use super::shared::{DataError, SharedData};
 
@@ -92,6 +93,46 @@ pub fn call_headers(path: &str) -> [(&str, &str); 4] {
 /// The body of a call's answer when its status is 200.
 pub fn ok_body(status: Option<&[u8]>, body: impl FnOnce() -> Option<Vec<u8>>) -> Option<Vec<u8>> {
     (status == Some(b"200".as_slice())).then(body).flatten()
+}
+
+impl super::Exchange {
+    /// The calling tenant's admission in fleet mode, for `tenant_verdict`:
+    /// `Ok(None)` while the service's answer is awaited. `lease` draws this
+    /// request's name in Redis the first time; `local` is this proxy's own
+    /// store, which decides when the service is unavailable and
+    /// `on_unavailable` is `local` (or the caller has no tenant).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fleet_verdict(
+        &mut self,
+        ask: &mut Ask,
+        data: &dyn SharedData,
+        calls: &mut dyn FleetCalls,
+        shared: &SharedState,
+        tenant: &Tenant,
+        now_ms: u64,
+        (tokens, worst_micro_usd): (u64, u64),
+        lease: impl FnOnce() -> u64,
+        local: impl FnOnce() -> Verdict,
+    ) -> Result<Option<Verdict>, ApiError> {
+        let Some(admission) = self.tenant.as_mut() else { return Ok(Some(local())) };
+        let leased = *admission.lease.get_or_insert_with(lease);
+        Ok(Some(match self::admission(ask, data, calls, shared, tenant, leased, now_ms, tokens, worst_micro_usd) {
+            Step::Wait => return Ok(None),
+            Step::Deny(e) => {
+                admission.lease = None;
+                return Err(e);
+            }
+            Step::Local => {
+                admission.lease = None;
+                self.obs.limits = Some("local");
+                local()
+            }
+            Step::Shared(verdict) => {
+                self.obs.limits = Some("shared");
+                verdict.map(|window| Some(TenantState { window, ..TenantState::default() }))
+            }
+        }))
+    }
 }
 
 /// Changes this proxy's slice of `tenant` atomically (every worker shares

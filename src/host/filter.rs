@@ -309,28 +309,27 @@ impl Filter {
         let Some(tenant) = rt.config.tenants.as_ref().and_then(|t| t.get(ask.index)) else { return Ok(true) };
         let now_s = now / 1000;
         let (reserve, worst) = (ask.reserve, ask.budget.micro_usd);
-        let verdict = match (&rt.config.shared_state, self.ex.tenant.as_mut()) {
-            (Some(shared), Some(admission)) => {
-                let lease = *admission.lease.get_or_insert_with(|| rt.random());
-                let (data, calls) = (&abi::Data, &mut fleet::Calls);
-                match fleet_mode::admission(&mut self.fleet, data, calls, shared, tenant, lease, now, reserve, worst) {
-                    fleet_mode::Step::Wait => return Ok(false),
-                    fleet_mode::Step::Deny(e) => {
-                        admission.lease = None;
-                        return Err(e);
-                    }
-                    fleet_mode::Step::Local => {
-                        admission.lease = None;
-                        self.ex.obs.limits = Some("local");
-                        tenant_store::admit(tenant, now_s, reserve, worst)
-                    }
-                    fleet_mode::Step::Shared(verdict) => {
-                        self.ex.obs.limits = Some("shared");
-                        verdict.map(|window| Some(crate::tenant::limits::TenantState { window, ..Default::default() }))
-                    }
+        let local = || tenant_store::admit(tenant, now_s, reserve, worst);
+        let verdict = match &rt.config.shared_state {
+            Some(shared) => {
+                let (data, calls, lease) = (&abi::Data, &mut fleet::Calls, || rt.random());
+                let fleet_verdict = self.ex.fleet_verdict(
+                    &mut self.fleet,
+                    data,
+                    calls,
+                    shared,
+                    tenant,
+                    now,
+                    (reserve, worst),
+                    lease,
+                    local,
+                );
+                match fleet_verdict? {
+                    Some(verdict) => verdict,
+                    None => return Ok(false),
                 }
             }
-            _ => tenant_store::admit(tenant, now_s, reserve, worst),
+            None => local(),
         };
         self.ex.tenant_verdict(rt, &ask, verdict, now).map(|()| true)
     }
