@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod forward;
+pub mod model_rules;
 pub mod models;
 pub mod params;
 pub mod request;

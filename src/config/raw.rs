@@ -354,7 +354,9 @@ pub(super) fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, Vec
 
     for m in pools.iter_mut().flat_map(|p| p.members.iter_mut()) {
         if let Some(p) = providers.get(m.provider) {
-            (m.refuses, m.kind_bit) = (crate::api::params::refused_by(p.kind), crate::api::params::kind_bit(p.kind));
+            let refuses =
+                crate::api::params::refused_by(p.kind) | crate::api::model_rules::refused_by_model(p.kind, &m.model);
+            (m.refuses, m.kind_bit) = (refuses, crate::api::params::kind_bit(p.kind));
         }
     }
     let members = || pools.iter().flat_map(|p| p.members.iter());
@@ -596,8 +598,7 @@ fn validate_member(
             return Err(err(f("max_output_tokens"), format!("must not exceed context_window ({window})")));
         }
     }
-    for (name, cost) in
-    [
+    for (name, cost) in [
         ("input_cost_per_mtok", m.input_cost_per_mtok),
         ("output_cost_per_mtok", m.output_cost_per_mtok),
         ("cached_input_cost_per_mtok", m.cached_input_cost_per_mtok),

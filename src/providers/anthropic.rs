@@ -6,13 +6,14 @@ use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
 use crate::api::error::ErrorType;
+use crate::api::model_rules::{claude_adaptive_only, claude_version};
 use crate::api::ApiError;
-use crate::config::{Credentials, Provider};
+use crate::config::{Credentials, Provider, ProviderKind};
 
-use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
-use super::chat::{max_with_thinking, Block, Chat, Role, Source, ToolChoice};
+use super::chat::{effort_of, max_with_thinking, Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
+use super::json_text;
 use super::openai_out::{Answer, Choice, Meta, ToolCall};
 use super::structured::STRUCTURED_OUTPUT_TOOL;
 use super::upstream::{BuildContext, UpstreamRequest};
@@ -92,6 +93,25 @@ fn usage_of(u: &Value) -> Tokens {
     Tokens { cached: Some(read), cache_write: Some(write), ..tokens }.without_zero_cache()
 }
 
+/// Claude's `thinking` for what `chat` asks, and the `output_config` it
+/// needs: adaptive thinking as asked on Claude 4.6 and later; on a model
+/// that thinks adaptively only (Opus 4.7 and later), adaptive thinking at the
+/// budget's effort level, its text summarized (it is omitted there by
+/// default, which would leave `reasoning_content` empty); else a budget.
+pub(super) fn claude_thinking(kind: ProviderKind, model: &str, chat: &Chat, budget: u32) -> (Value, Option<Value>) {
+    if chat.thinking_adaptive && claude_version(model).is_some_and(|v| v >= (4, 6)) {
+        return (json!({"type": "adaptive"}), None);
+    }
+    if !claude_adaptive_only(kind, model) {
+        return (json!({"type": "enabled", "budget_tokens": budget}), None);
+    }
+    let effort = match effort_of(budget) {
+        "minimal" => "low",
+        level => level,
+    };
+    (json!({"type": "adaptive", "display": "summarized"}), Some(json!({ "effort": effort })))
+}
+
 /// `POST {base_path}/messages` with the gateway's key and `anthropic-version`;
 /// an uncompressed answer, since the gateway reads it (translation, usage).
 pub(super) fn messages_request(provider: &Provider, body: Vec<u8>) -> UpstreamRequest {
@@ -129,8 +149,13 @@ impl Adapter for Anthropic {
         out.insert("messages".into(), Value::Array(messages));
         let max_tokens = chat.max_tokens.or(ctx.max_response_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
         out.insert("max_tokens".into(), json!(max_with_thinking(max_tokens, chat.thinking_budget)));
+        let adaptive = claude_adaptive_only(ProviderKind::Anthropic, model);
         if let Some(budget) = chat.thinking_budget {
-            out.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+            let (thinking, output_config) = claude_thinking(ProviderKind::Anthropic, model, chat, budget);
+            out.insert("thinking".into(), thinking);
+            if let Some(c) = output_config {
+                out.insert("output_config".into(), c);
+            }
         }
         let system = chat.system_with_json_instruction();
         if !chat.system_cache.is_empty() {
@@ -152,18 +177,21 @@ impl Adapter for Anthropic {
         if let Some(c) = &chat.cache_control {
             out.insert("cache_control".into(), c.clone());
         }
+        // Models that refuse sampling get none (routing let it be dropped).
+        let (temperature, top_p, top_k) =
+            if adaptive { (None, None, None) } else { (chat.temperature, chat.top_p, chat.top_k) };
         // Anthropic's range is 0..=1 (OpenAI's 0..=2).
-        if let Some(t) = chat.temperature {
+        if let Some(t) = temperature {
             out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
         }
         // Recent Claude models refuse temperature and top_p together; a neutral
         // top_p of 1 is dropped when a temperature is set.
-        if let Some(p) = chat.top_p {
-            if !(chat.temperature.is_some() && p >= 1.0) {
+        if let Some(p) = top_p {
+            if !(temperature.is_some() && p >= 1.0) {
                 out.insert("top_p".into(), json!(p));
             }
         }
-        if let Some(k) = chat.top_k {
+        if let Some(k) = top_k {
             out.insert("top_k".into(), json!(k));
         }
         if !chat.stop.is_empty() {

@@ -7,14 +7,16 @@ use crate::api::ErrorCode;
 use serde_json::{json, Map, Value};
 
 use crate::api::error::ErrorType;
+use crate::api::model_rules::claude_adaptive_only;
 use crate::api::ApiError;
-use crate::config::Credentials;
+use crate::config::{Credentials, ProviderKind};
 
-use super::json_text;
 use super::adapter::{Adapter, StreamState, Target};
+use super::anthropic::claude_thinking;
 use super::chat::{max_with_thinking, Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::eventstream;
+use super::json_text;
 use super::openai_out::{Answer, Choice, Meta, ToolCall};
 use super::sigv4;
 use super::upstream::{BuildContext, UpstreamRequest};
@@ -180,7 +182,10 @@ fn finish_reason(stop_reason: &str) -> &'static str {
 fn usage_of(u: &Value) -> Tokens {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
-    let tokens = Tokens { total: u.get("totalTokens").and_then(Value::as_u64), ..Tokens::new(n("inputTokens") + read + write, n("outputTokens")) };
+    let tokens = Tokens {
+        total: u.get("totalTokens").and_then(Value::as_u64),
+        ..Tokens::new(n("inputTokens") + read + write, n("outputTokens"))
+    };
     Tokens { cached: Some(read), cache_write: Some(write), ..tokens }.without_zero_cache()
 }
 
@@ -229,11 +234,15 @@ impl Adapter for Bedrock {
         if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
             inference.insert("maxTokens".into(), json!(max_with_thinking(n, chat.thinking_budget)));
         }
+        // Claude Opus 4.7 and later take no sampling (routing let it be dropped).
+        let adaptive = claude_adaptive_only(ProviderKind::Bedrock, model);
+        let (temperature, top_p, top_k) =
+            if adaptive { (None, None, None) } else { (chat.temperature, chat.top_p, chat.top_k) };
         // Bedrock models take temperatures in 0..=1 (OpenAI's range is 0..=2).
-        if let Some(t) = chat.temperature {
+        if let Some(t) = temperature {
             inference.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
         }
-        if let Some(p) = chat.top_p {
+        if let Some(p) = top_p {
             inference.insert("topP".into(), json!(p));
         }
         if !chat.stop.is_empty() {
@@ -244,11 +253,15 @@ impl Adapter for Bedrock {
         }
         // Model-specific fields: Claude's on Bedrock.
         let mut extra = Map::new();
-        if let Some(k) = chat.top_k {
+        if let Some(k) = top_k {
             extra.insert("top_k".into(), json!(k));
         }
         if let Some(budget) = chat.thinking_budget {
-            extra.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": budget}));
+            let (thinking, output_config) = claude_thinking(ProviderKind::Bedrock, model, chat, budget);
+            extra.insert("thinking".into(), thinking);
+            if let Some(c) = output_config {
+                extra.insert("output_config".into(), c);
+            }
         }
         if let Some(betas) = &chat.anthropic_beta {
             extra.insert("anthropic_beta".into(), betas.clone());

@@ -128,8 +128,11 @@ pub(super) struct Chat {
     pub user: Option<String>,
     pub response_format: Option<ResponseFormat>,
     pub stream: bool,
-    /// Thinking tokens asked for: `thinking.budget_tokens`, else `reasoning_effort` as a budget.
+    /// Thinking tokens asked for: `thinking.budget_tokens`, else `reasoning_effort` as a budget
+    /// (adaptive thinking: the `medium` level's, for members that take budgets only).
     pub thinking_budget: Option<u32>,
+    /// `thinking: {"type": "adaptive"}` (Claude 4.6 and later): the model decides how much.
+    pub thinking_adaptive: bool,
     /// Anthropic betas the request needs (`anthropic-beta`, an array of strings:
     /// the Messages door's header, or the chat body's).
     pub anthropic_beta: Option<Value>,
@@ -138,6 +141,9 @@ pub(super) struct Chat {
 /// Thinking budgets of the `reasoning_effort` levels (`none` asks for no thinking).
 pub(super) const EFFORT_BUDGETS: [(&str, u32); 4] =
     [("minimal", 1024), ("low", 2048), ("medium", 8192), ("high", 24576)];
+
+/// Adaptive thinking toward a member that takes budgets only: the `medium` level's.
+const ADAPTIVE_BUDGET: u32 = 8192;
 
 /// The `reasoning_effort` a thinking budget stands for: the level with the
 /// nearest budget at or above it (`high` above all).
@@ -612,23 +618,25 @@ pub fn stream_include_usage(req: &ParsedRequest<'_>) -> bool {
 }
 
 /// The thinking budget of `thinking` (`{"type":"enabled","budget_tokens":N}`;
-/// `disabled` for none), else of `reasoning_effort`.
-fn thinking_budget(req: &ParsedRequest<'_>) -> Result<Option<u32>, ApiError> {
+/// `disabled` for none; `adaptive`, flagged, the `medium` level's budget),
+/// else of `reasoning_effort`.
+fn thinking_budget(req: &ParsedRequest<'_>) -> Result<(Option<u32>, bool), ApiError> {
     let bad = |name: &'static str, what: &str| invalid(format!("`{name}` must be {what}.")).with_param(name);
     if let Some(t) = field::<Value>(req, "thinking", "an object")? {
         return match (str_of(&t, "type"), t.get("budget_tokens").and_then(Value::as_u64)) {
-            (Some("disabled"), _) => Ok(None),
-            (Some("enabled"), Some(b)) if b >= 1024 => Ok(Some(b.min(u64::from(u32::MAX)) as u32)),
+            (Some("disabled"), _) => Ok((None, false)),
+            (Some("enabled"), Some(b)) if b >= 1024 => Ok((Some(b.min(u64::from(u32::MAX)) as u32), false)),
+            (Some("adaptive"), _) => Ok((Some(ADAPTIVE_BUDGET), true)),
             _ => Err(bad(
                 "thinking",
-                "{\"type\": \"enabled\", \"budget_tokens\": N >= 1024} or {\"type\": \"disabled\"}",
+                "{\"type\": \"enabled\", \"budget_tokens\": N >= 1024}, {\"type\": \"adaptive\"} or {\"type\": \"disabled\"}",
             )),
         };
     }
     match field::<String>(req, "reasoning_effort", "a string")?.as_deref() {
-        None | Some("none") => Ok(None),
+        None | Some("none") => Ok((None, false)),
         Some(e) => match EFFORT_BUDGETS.iter().find(|(name, _)| *name == e) {
-            Some((_, b)) => Ok(Some(*b)),
+            Some((_, b)) => Ok((Some(*b), false)),
             None => Err(bad("reasoning_effort", "one of none, minimal, low, medium, high")),
         },
     }
@@ -731,6 +739,7 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         Some(v) => parse_response_format(&v)?,
         None => None,
     };
+    let (thinking_budget, thinking_adaptive) = thinking_budget(req)?;
     Ok(Chat {
         cache_control: match field::<Value>(req, "cache_control", "an object")? {
             Some(Value::Object(c)) => Some(Value::Object(c)),
@@ -752,7 +761,8 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         user: field::<String>(req, "user", "a string")?.filter(|u| !u.is_empty()),
         response_format,
         stream: req.stream,
-        thinking_budget: thinking_budget(req)?,
+        thinking_budget,
+        thinking_adaptive,
         anthropic_beta: anthropic_beta(req)?,
         ..chat
     })
@@ -937,11 +947,13 @@ mod tests {
         assert_eq!(c.tool_choice, None);
         assert_eq!(c.tools[0].parameters, json!({"type": "object", "properties": {}}));
         // allowed_tools: only those tools are declared (chat's form, and the Responses door's).
-        let tools = json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]);
+        let tools =
+            json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]);
         let allowed = |tc: Value| chat(&json!({"model": "m", "messages": [], "tools": tools, "tool_choice": tc}));
         let c = allowed(json!({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "g"}}]}})).unwrap();
         assert_eq!((c.tool_choice, c.tools.len(), c.tools[0].name.as_str()), (Some(ToolChoice::Required), 1, "g"));
-        let c = allowed(json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "f"}]})).unwrap();
+        let c = allowed(json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "f"}]}))
+            .unwrap();
         assert_eq!((c.tool_choice, c.tools.len()), (Some(ToolChoice::Auto), 1));
         for refused in [
             json!({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "h"}]}),

@@ -251,7 +251,10 @@ mod tests {
         assert!(!String::from_utf8_lossy(&up.body).contains("anthropic-beta"));
         let up = to(ProviderKind::Bedrock, "us.anthropic.claude-sonnet-4-v1:0").unwrap();
         let sent: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
-        assert_eq!(sent["additionalModelRequestFields"]["anthropic_beta"], serde_json::json!(["context-1m-2025-08-07", "b2"]));
+        assert_eq!(
+            sent["additionalModelRequestFields"]["anthropic_beta"],
+            serde_json::json!(["context-1m-2025-08-07", "b2"])
+        );
         let e = to(ProviderKind::Bedrock, "amazon.nova-pro-v1:0").unwrap_err();
         assert_eq!((e.code.as_str(), e.param()), ("unsupported_parameter", Some("anthropic-beta")));
     }
@@ -264,7 +267,10 @@ mod tests {
             let sent: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
             assert_eq!(sent["input"][0]["content"][0], serde_json::json!({"type": "input_text", "text": "rules"}));
             assert!(sent["tools"][0].get("cache_control").is_none());
-            assert!(sent["tools"][0]["parameters"]["properties"].get("cache_control").is_some(), "a schema's own property stays");
+            assert!(
+                sent["tools"][0]["parameters"]["properties"].get("cache_control").is_some(),
+                "a schema's own property stays"
+            );
         }
         let plain = br#"{"model": "p", "input": "hi"}"#;
         let up = build_native(&provider(ProviderKind::Openai), &member("gpt-4o"), NativeApi::Responses, plain).unwrap();
@@ -279,6 +285,58 @@ mod tests {
         {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "done", "cache_control": {"type": "ephemeral"}}]}],
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": {"type": "ephemeral"}}]}"#;
+
+    fn built(kind: ProviderKind, model: &str, body: &str) -> serde_json::Value {
+        let req = ParsedRequest::parse(body.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        let ctx = BuildContext { now_unix_s: 0, max_response_tokens: None };
+        let mut m = member(model);
+        m.refuses = crate::api::model_rules::refused_by_model(kind, model);
+        serde_json::from_slice(&build_request(&provider(kind), &m, Endpoint::ChatCompletions, &req, &ctx).unwrap().body)
+            .unwrap()
+    }
+
+    #[test]
+    fn openai_reasoning_models_get_max_completion_tokens_for_max_tokens() {
+        let asked = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}"#;
+        let b = built(ProviderKind::Openai, "o3-mini", asked);
+        assert_eq!((b.get("max_tokens"), &b["max_completion_tokens"]), (None, &serde_json::json!(50)));
+        // Both given: the client's max_completion_tokens stands.
+        let both = r#"{"model": "m", "messages": [], "max_tokens": 50, "max_completion_tokens": 70}"#;
+        let b = built(ProviderKind::Azure, "gpt-5-mini", both);
+        assert_eq!((b.get("max_tokens"), &b["max_completion_tokens"]), (None, &serde_json::json!(70)));
+        assert_eq!(built(ProviderKind::Openai, "gpt-4o", asked)["max_tokens"], 50);
+        // Sampling a reasoning model refuses is dropped when routing let it be (its pool's drop_params).
+        let hot = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3}"#;
+        assert_eq!(built(ProviderKind::Openai, "o4-mini", hot).get("temperature"), None);
+    }
+
+    #[test]
+    fn claude_opus_4_7_thinks_adaptively_and_gets_no_sampling() {
+        let asked = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3,
+            "top_p": 0.9, "reasoning_effort": "high"}"#;
+        for kind in [ProviderKind::Anthropic, ProviderKind::Bedrock] {
+            let b = built(kind, "claude-opus-4-7", asked);
+            let fields = if kind == ProviderKind::Bedrock { &b["additionalModelRequestFields"] } else { &b };
+            assert_eq!(
+                fields["thinking"],
+                serde_json::json!({"type": "adaptive", "display": "summarized"}),
+                "{kind:?}"
+            );
+            assert_eq!(fields["output_config"], serde_json::json!({"effort": "high"}), "{kind:?}");
+            let text = b.to_string();
+            assert!(!text.contains("temperature") && !text.contains("top_p") && !text.contains("topP"), "{text}");
+        }
+        // An older Claude gets the budget and the sampling.
+        let b = built(ProviderKind::Anthropic, "claude-opus-4-6", asked);
+        assert_eq!(b["thinking"], serde_json::json!({"type": "enabled", "budget_tokens": 24576}));
+        assert_eq!((&b["temperature"], &b["top_p"]), (&serde_json::json!(0.3), &serde_json::json!(0.9)));
+        // Adaptive thinking asked (a Messages client's): as asked from 4.6 on, a budget before.
+        let adaptive = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100,
+            "thinking": {"type": "adaptive"}}"#;
+        assert_eq!(built(ProviderKind::Anthropic, "claude-sonnet-4-6", adaptive)["thinking"]["type"], "adaptive");
+        assert_eq!(built(ProviderKind::Anthropic, "claude-sonnet-4-5", adaptive)["thinking"]["budget_tokens"], 8192);
+        assert_eq!(built(ProviderKind::Openai, "o3", adaptive).get("thinking"), None);
+    }
 
     fn body(kind: ProviderKind) -> serde_json::Value {
         serde_json::from_slice(&build(kind, Endpoint::ChatCompletions, CACHED).body).unwrap()
@@ -306,10 +364,16 @@ mod tests {
         let b = body(ProviderKind::Bedrock);
         let point = serde_json::json!({"cachePoint": {"type": "default"}});
         assert_eq!(b["system"], serde_json::json!([{"text": "Long rules."}, point, {"text": "More."}]));
-        assert_eq!(b["messages"][0]["content"], serde_json::json!([{"text": "Read this."}, point, {"text": "Now answer."}]));
+        assert_eq!(
+            b["messages"][0]["content"],
+            serde_json::json!([{"text": "Read this."}, point, {"text": "Now answer."}])
+        );
         // The tool result's, then the request's own after the last block.
         let last = &b["messages"][2]["content"];
-        assert_eq!((last[1].clone(), last[2].clone(), last.as_array().unwrap().len()), (point.clone(), point.clone(), 3));
+        assert_eq!(
+            (last[1].clone(), last[2].clone(), last.as_array().unwrap().len()),
+            (point.clone(), point.clone(), 3)
+        );
         assert_eq!(b["toolConfig"]["tools"][1], point);
         assert!(!b.to_string().contains("cache_control"));
     }

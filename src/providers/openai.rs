@@ -8,6 +8,7 @@ use crate::config::{Credentials, Member, Provider, ProviderKind};
 
 use super::chat::effort_of;
 use super::UpstreamRequest;
+use crate::api::model_rules::completion_tokens_only;
 use crate::api::params::named;
 
 pub(super) fn build(
@@ -41,6 +42,15 @@ pub(super) fn build(
         let budget = budget.and_then(|t| t.get("budget_tokens")?.as_u64());
         if let (Some(b), None) = (budget, request.field("reasoning_effort")) {
             add = format!(",\"reasoning_effort\":\"{}\"", effort_of(b.min(u64::from(u32::MAX)) as u32)).into_bytes();
+        }
+    }
+    // OpenAI's reasoning models refuse `max_tokens` for `max_completion_tokens`.
+    const MAX_TOKENS: u64 = named("max_tokens");
+    if let Some(raw) = request.field("max_tokens").filter(|_| completion_tokens_only(provider.kind, &member.model)) {
+        drop |= MAX_TOKENS;
+        if request.field("max_completion_tokens").is_none() {
+            add.extend_from_slice(b",\"max_completion_tokens\":");
+            add.extend_from_slice(raw.get().as_bytes());
         }
     }
     const CACHE_CONTROL: u64 = named("cache_control");

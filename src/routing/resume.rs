@@ -8,6 +8,7 @@
 
 use serde_json::Value;
 
+use crate::api::model_rules::claude_version;
 use crate::api::request::{push_json_string, ParsedRequest};
 use crate::api::usage::Tokens;
 use crate::config::ProviderKind;
@@ -27,28 +28,15 @@ pub const CONTINUE_INSTRUCTION: &str = "Your previous answer was cut off. Contin
 /// model does not support assistant message prefill"; a name read as neither
 /// gets the instruction, which every model takes).
 pub fn prefills(kind: ProviderKind, model: &str, configured: Option<bool>) -> bool {
-    configured.unwrap_or_else(|| {
-        matches!(kind, ProviderKind::Anthropic | ProviderKind::Bedrock) && claude_before_4_6(model)
-    })
+    configured
+        .unwrap_or_else(|| matches!(kind, ProviderKind::Anthropic | ProviderKind::Bedrock) && claude_before_4_6(model))
 }
 
 /// A Claude model name (`claude-3-5-sonnet-20241022`, `claude-opus-4-1`,
 /// `anthropic.claude-3-haiku-20240307-v1:0`, `us.anthropic.claude-opus-4-6-v1`)
-/// of a version before 4.6: its first one- or two-digit numbers after
-/// `claude-` are the major and minor version (dates and `v1` are not).
+/// of a version before 4.6 (`api::model_rules::claude_version`).
 pub fn claude_before_4_6(model: &str) -> bool {
-    let lower = model.to_ascii_lowercase();
-    let Some(rest) = lower.find("claude-").and_then(|at| lower.get(at + "claude-".len()..)) else {
-        return false;
-    };
-    let mut numbers = rest
-        .split(['-', '.', '@', ':'])
-        .filter(|t| (1..=2).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|t| t.parse::<u32>().ok());
-    match (numbers.next(), numbers.next()) {
-        (Some(major), minor) => (major, minor.unwrap_or(0)) < (4, 6),
-        (None, _) => false,
-    }
+    claude_version(model).is_some_and(|v| v < (4, 6))
 }
 
 /// What the client's OpenAI stream said so far, and the break held back from it.
@@ -444,7 +432,9 @@ mod tests {
         .is_ok());
         assert!(prefills(ProviderKind::Anthropic, "claude-3-5-haiku", None));
         assert!(prefills(ProviderKind::Bedrock, "anthropic.claude-3-haiku-20240307-v1:0", None));
-        assert!(!prefills(ProviderKind::Openai, "gpt-4o", None) && !prefills(ProviderKind::Gemini, "gemini-2.5-pro", None));
+        assert!(
+            !prefills(ProviderKind::Openai, "gpt-4o", None) && !prefills(ProviderKind::Gemini, "gemini-2.5-pro", None)
+        );
         // Claude 4.6 and later refuse a prefill; a member can say either way.
         assert!(!prefills(ProviderKind::Anthropic, "claude-opus-4-6", None));
         assert!(!prefills(ProviderKind::Anthropic, "claude-3-5-haiku", Some(false)));

@@ -133,6 +133,8 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
     if super::refuses_prefill(model) && super::ends_with_assistant(msgs) {
         return Err(super::PREFILL_REFUSED.into());
     }
+    let sampling = ["temperature", "top_p", "top_k"].map(|k| (k, obj.contains_key(k)));
+    super::claude_refusal(model, &sampling, obj.get("thinking"))?;
     let mut last_user = String::new();
     for (i, m) in msgs.iter().enumerate() {
         let Some(m) = m.as_object() else {
@@ -223,8 +225,14 @@ fn validate(obj: &Map<String, Value>) -> Result<Valid<'_>, String> {
         },
     };
     let tool = tool_call(&tools, &choice, &last_user)?;
-    let thinking =
-        check_thinking(obj, msgs)?.then(|| format!("The user wrote {} words.", last_user.split_whitespace().count()));
+    let text = || format!("The user wrote {} words.", last_user.split_whitespace().count());
+    // Adaptive thinking (Claude 4.6+): its text only when `display` is `summarized` (omitted by default on 4.7+).
+    let adaptive = obj.get("thinking").filter(|t| t.get("type").and_then(Value::as_str) == Some("adaptive"));
+    let thinking = match adaptive {
+        Some(t) if t.get("display").and_then(Value::as_str) == Some("summarized") => Some(text()),
+        Some(_) => Some(String::new()),
+        None => check_thinking(obj, msgs)?.then(text),
+    };
     let cache = super::cache::anthropic_prefix(obj)?;
     Ok(Valid { model, stream, thinking, tool, cache })
 }

@@ -65,6 +65,17 @@ pub fn handle(ctx: &Ctx) -> Response<MockBody> {
     if super::refuses_prefill(&model.replace("%3A", ":")) && super::ends_with_assistant(msgs) {
         return bad_request(ctx, super::PREFILL_REFUSED);
     }
+    let (inference, extra) = (obj.get("inferenceConfig"), obj.get("additionalModelRequestFields"));
+    let has = |v: Option<&Value>, k: &str| v.is_some_and(|v| v.get(k).is_some());
+    let sampling = [
+        ("temperature", has(inference, "temperature")),
+        ("top_p", has(inference, "topP")),
+        ("top_k", has(extra, "top_k")),
+    ];
+    if let Err(e) = super::claude_refusal(&model.replace("%3A", ":"), &sampling, extra.and_then(|e| e.get("thinking")))
+    {
+        return bad_request(ctx, &e);
+    }
     match validate(&obj).and_then(|tool| Ok((tool, super::cache::bedrock_prefix(&obj)?))) {
         Ok((tool, cache)) => respond(ctx, tool, stream, cache),
         Err(e) => bad_request(ctx, &e),
@@ -258,10 +269,7 @@ fn respond(ctx: &Ctx, tool: Option<(String, String)>, stream: bool, cache: Optio
     };
     events.push(ev("contentBlockStop", json!({"contentBlockIndex": 0})));
     events.push(ev("messageStop", json!({"stopReason": stop})));
-    events.push(ev(
-        "metadata",
-        json!({"usage": usage(out), "metrics": {"latencyMs": 1}}),
-    ));
+    events.push(ev("metadata", json!({"usage": usage(out), "metrics": {"latencyMs": 1}})));
     let mut r = stream_response("application/vnd.amazon.eventstream", events, &ctx.opts);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         r.headers_mut().insert("x-amzn-requestid", v);

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Everything a kind handler needs.
@@ -175,13 +175,65 @@ pub const PREFILL_REFUSED: &str =
 pub fn refuses_prefill(model: &str) -> bool {
     let lower = model.to_ascii_lowercase();
     let Some(at) = lower.find("claude-") else { return false };
-    let versions: Vec<u32> = lower.get(at + 7..).unwrap_or_default()
+    let versions: Vec<u32> = lower
+        .get(at + 7..)
+        .unwrap_or_default()
         .split(['-', '.', '@', ':'])
         .filter(|t| (1..=2).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
         .filter_map(|t| t.parse().ok())
         .take(2)
         .collect();
-    matches!(versions.as_slice(), [major, minor] if (*major, *minor) >= (4, 6)) || matches!(versions.as_slice(), [major] if *major >= 5)
+    matches!(versions.as_slice(), [major, minor] if (*major, *minor) >= (4, 6))
+        || matches!(versions.as_slice(), [major] if *major >= 5)
+}
+
+/// Claude Opus 4.7 and later refuse sampling parameters and a thinking budget
+/// (Anthropic's Messages body, or the fields Bedrock's Converse passes on).
+pub fn claude_refusal(model: &str, sampling: &[(&str, bool)], thinking: Option<&Value>) -> Result<(), String> {
+    let lower = model.to_ascii_lowercase();
+    if !lower.contains("opus") || claude_version(&lower).is_none_or(|v| v < (4, 7)) {
+        return Ok(());
+    }
+    if let Some((name, _)) = sampling.iter().find(|(_, present)| *present) {
+        return Err(format!("`{name}` is deprecated for this model."));
+    }
+    if thinking.and_then(|t| t.get("type")).and_then(Value::as_str) == Some("enabled") {
+        return Err("\"thinking.type.enabled\" is not supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\" to control thinking behavior.".into());
+    }
+    Ok(())
+}
+
+/// OpenAI's reasoning models: no `max_tokens`; `o1`/`o3`/`o4` and `gpt-5` take sampling only at its default.
+pub fn openai_refusal(model: &str, obj: &Map<String, Value>) -> Result<(), String> {
+    let b = model.as_bytes();
+    let o_series =
+        b.first() == Some(&b'o') && b.get(1).is_some_and(u8::is_ascii_digit) && b.get(2).is_none_or(|c| *c == b'-');
+    if !(o_series || model.starts_with("gpt-5")) {
+        return Ok(());
+    }
+    if obj.contains_key("max_tokens") {
+        return Err("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.".into());
+    }
+    let fixed = o_series || model == "gpt-5" || (model.starts_with("gpt-5-") && !model.starts_with("gpt-5-chat"));
+    match obj.get("temperature").and_then(Value::as_f64) {
+        Some(t) if fixed && t != 1.0 => Err(format!(
+            "Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) value is supported."
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Major and minor of a Claude name (`claude-opus-4-7`): its first one- or two-digit numbers after `claude-`.
+fn claude_version(lower: &str) -> Option<(u32, u32)> {
+    let at = lower.find("claude-")?;
+    let mut numbers = lower
+        .get(at + 7..)
+        .unwrap_or_default()
+        .split(['-', '.', '@', ':'])
+        .filter(|t| (1..=2).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|t| t.parse().ok());
+    let major = numbers.next()?;
+    Some((major, numbers.next().unwrap_or(0)))
 }
 
 /// Whether the last of `msgs` is an assistant message.

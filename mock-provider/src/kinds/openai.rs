@@ -190,6 +190,11 @@ pub fn chat(ctx: &Ctx, over: Option<&str>) -> Response<MockBody> {
     if let Err(e) = check_openai_only(ctx, &obj, "messages") {
         return bad_request(ctx, &e);
     }
+    // A compatible server under another prefix takes what it is given.
+    let openai_path = ctx.path().starts_with("/v1/") || ctx.path().starts_with("/openai/");
+    if let Err(e) = super::openai_refusal(model, &obj).or_else(|e| if openai_path { Err(e) } else { Ok(()) }) {
+        return bad_request(ctx, &e);
+    }
     let tool = match first_tool(&obj) {
         Ok(t) => t.filter(|_| mentions_weather(&last_user)),
         Err(e) => return bad_request(ctx, &e),
