@@ -12,6 +12,7 @@
 //!   ("`temperature` is deprecated for this model") and a thinking budget:
 //!   thinking is adaptive only, its depth set by `output_config.effort`.
 //! - Claude 4.6 and later refuse an assistant prefill (`routing::resume`).
+//! - Bedrock's models other than Claude take no Anthropic betas and no `output_config`.
 //!
 //! A refused parameter makes such a member unfit like one its kind refuses
 //! (`api::params`, `routing::filter`): a pool routes around it, else the
@@ -85,11 +86,15 @@ pub fn claude_adaptive_only(kind: ProviderKind, model: &str) -> bool {
         && claude_version(model).is_some_and(|v| v >= (4, 7))
 }
 
+/// What only Claude models take on Bedrock: Anthropic's betas and `output_config`.
+const CLAUDE_ONLY: u64 = named("anthropic-beta") | named("output_config");
+
 /// The parameters `model` of a `kind` member refuses beyond what its kind refuses.
 pub fn refused_by_model(kind: ProviderKind, model: &str) -> u64 {
     match kind {
         ProviderKind::Openai | ProviderKind::Azure if fixed_sampling(base_name(model)) => OPENAI_SAMPLING,
         ProviderKind::Anthropic | ProviderKind::Bedrock if claude_adaptive_only(kind, model) => CLAUDE_SAMPLING,
+        ProviderKind::Bedrock if claude_version(model).is_none() => CLAUDE_ONLY,
         _ => 0,
     }
 }

@@ -31,7 +31,7 @@ const GATEWAY: u8 = 0x80 | ALL;
 /// Bit 63 ([`OTHER`]) stands for any parameter not listed. A name with a
 /// `>N` suffix is the parameter set beyond a kind's limit (`stop>4`: more than
 /// 4 sequences): such a request sets that bit too, and is named without it.
-pub const PARAMS: [(&str, u8); 45] = [
+pub const PARAMS: [(&str, u8); 46] = [
     ("model", GATEWAY),
     ("messages", ALL),
     ("stream", ALL),
@@ -82,6 +82,9 @@ pub const PARAMS: [(&str, u8); 45] = [
     // request means, `doors::messages::HARMLESS_BETAS` aside): Bedrock's Claude models
     // take it as `anthropic_beta`.
     ("anthropic-beta", ANTHROPIC | BEDROCK),
+    // Claude's output settings beyond what other fields carry (its `effort` when not
+    // thinking adaptively); Bedrock takes it for Claude models.
+    ("output_config", ANTHROPIC | BEDROCK),
 ];
 
 /// The stop-sequence counts beyond which a kind refuses (the `stop>N` bits).

@@ -16,8 +16,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
 use super::with_cache_control as cached;
+use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
 use super::{DoorStream, StreamPart, StreamProgress};
 use crate::api::usage::Tokens;
 
@@ -87,12 +87,67 @@ pub fn to_chat(body: &[u8], beta: Option<&str>) -> Result<Vec<u8>, DoorError> {
     if let Some(user) = req.get("metadata").and_then(|m| m.get("user_id")).and_then(Value::as_str) {
         out.insert("user".into(), Value::String(user.to_string()));
     }
+    translate_output_config(&req, &mut out)?;
     super::carry(&req, super::MESSAGES_PARAMS, &mut out)?;
     let betas = beta.map(meaningful_betas).unwrap_or_default();
     if !betas.is_empty() {
         out.insert("anthropic-beta".into(), Value::Array(betas));
     }
     Ok(to_bytes(&Value::Object(out)))
+}
+
+/// `output_config`: its `format` (structured outputs) is chat's `response_format`;
+/// its `effort` is the depth of adaptive thinking (chat `reasoning_effort`, which
+/// every kind takes) when the request thinks adaptively, else it stays Claude's
+/// `output_config.effort` (the effort of the whole answer), which only Claude
+/// members take: others are routed around or refuse it unless it is dropped.
+fn translate_output_config(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), DoorError> {
+    let config = match req.get("output_config") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(c)) => c,
+        Some(_) => return Err(DoorError::invalid("output_config", "must be an object")),
+    };
+    let adaptive = req.get("thinking").and_then(|t| t.get("type")).and_then(Value::as_str) == Some("adaptive");
+    let mut rest = Map::new();
+    for (key, value) in config.iter().filter(|(_, v)| !v.is_null()) {
+        match key.as_str() {
+            "format" => match (value.get("type").and_then(Value::as_str), value.get("schema")) {
+                (Some("json_schema"), Some(schema @ Value::Object(_))) => {
+                    let format = obj! {"type": "json_schema", "json_schema": obj! {"name": "output", "schema": schema.clone(), "strict": true}};
+                    out.insert("response_format".into(), format);
+                }
+                _ => {
+                    return Err(DoorError::invalid(
+                        "output_config.format",
+                        "must be {\"type\": \"json_schema\", \"schema\": {...}}",
+                    ))
+                }
+            },
+            "effort" => {
+                let effort = value.as_str().filter(|e| ["low", "medium", "high", "xhigh", "max"].contains(e));
+                let Some(effort) = effort else {
+                    return Err(DoorError::invalid(
+                        "output_config.effort",
+                        "must be one of low, medium, high, xhigh, max",
+                    ));
+                };
+                if adaptive {
+                    // The chat levels end at `high`.
+                    let level = if matches!(effort, "xhigh" | "max") { "high" } else { effort };
+                    out.insert("reasoning_effort".into(), Value::String(level.to_string()));
+                } else {
+                    rest.insert(key.clone(), value.clone());
+                }
+            }
+            _ => {
+                rest.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    if !rest.is_empty() {
+        out.insert("output_config".into(), Value::Object(rest));
+    }
+    Ok(())
 }
 
 fn model_of(req: &Map<String, Value>) -> Result<&str, DoorError> {
@@ -214,7 +269,9 @@ fn user_blocks(blocks: &[Value], at: &str, out: &mut Vec<Value>) -> Result<(), D
         let (block, kind) = block_type(block, &at)?;
         match kind {
             "text" => parts.push(cached(block, obj! {"type": "text", "text": text_of(block, &at)?})),
-            "image" => parts.push(cached(block, obj! {"type": "image_url", "image_url": obj! {"url": image_url(block, &at)?}})),
+            "image" => {
+                parts.push(cached(block, obj! {"type": "image_url", "image_url": obj! {"url": image_url(block, &at)?}}))
+            }
             "tool_result" => out.push(cached(block, tool_message(block, &at, &mut tool_images)?)),
             // Extended thinking history has no OpenAI equivalent.
             "thinking" | "redacted_thinking" => {}

@@ -270,6 +270,7 @@ pub static MESSAGES_PARAMS: &DoorParams = &[
     ("thinking", SAME),
     ("service_tier", SAME),
     ("cache_control", SAME),
+    ("output_config", "output_config"),
     ("container", NATIVE),
     ("mcp_servers", NATIVE),
     ("context_management", NATIVE),

@@ -19,7 +19,7 @@ const KINDS: [ProviderKind; 6] = [
 ];
 
 /// What anthropic, gemini and bedrock members get for a chat parameter they take.
-const TARGETS: [(&str, [&str; 3]); 24] = [
+const TARGETS: [(&str, [&str; 3]); 25] = [
     ("messages", ["`messages`, `system`", "`contents`, `systemInstruction`", "`messages`, `system`"]),
     ("stream", ["`stream`", "`:streamGenerateContent`", "`/converse-stream`"]),
     ("max_tokens", ["`max_tokens`", "`generationConfig.maxOutputTokens`", "`inferenceConfig.maxTokens`"]),
@@ -53,6 +53,7 @@ const TARGETS: [(&str, [&str; 3]); 24] = [
         "anthropic-beta",
         ["the `anthropic-beta` header", "", "`additionalModelRequestFields.anthropic_beta` (Claude models)"],
     ),
+    ("output_config", ["`output_config`", "", "`additionalModelRequestFields.output_config` (Claude models)"]),
 ];
 
 /// A table row's parameter: `stop>4` is `stop` beyond 4 sequences.

@@ -93,23 +93,35 @@ fn usage_of(u: &Value) -> Tokens {
     Tokens { cached: Some(read), cache_write: Some(write), ..tokens }.without_zero_cache()
 }
 
-/// Claude's `thinking` for what `chat` asks, and the `output_config` it
-/// needs: adaptive thinking as asked on Claude 4.6 and later; on a model
-/// that thinks adaptively only (Opus 4.7 and later), adaptive thinking at the
-/// budget's effort level, its text summarized (it is omitted there by
-/// default, which would leave `reasoning_content` empty); else a budget.
-pub(super) fn claude_thinking(kind: ProviderKind, model: &str, chat: &Chat, budget: u32) -> (Value, Option<Value>) {
+/// Claude's `thinking` for what `chat` asks, and the `output_config.effort`
+/// it needs: adaptive thinking as asked on Claude 4.6 and later (at the
+/// client's `reasoning_effort`, if any); on a model that thinks adaptively
+/// only (Opus 4.7 and later), adaptive thinking at the budget's effort level,
+/// its text summarized (it is omitted there by default, which would leave
+/// `reasoning_content` empty); else a budget.
+pub(super) fn claude_thinking(
+    kind: ProviderKind,
+    model: &str,
+    chat: &Chat,
+    budget: u32,
+) -> (Value, Option<&'static str>) {
+    let effort = |level: &'static str| if level == "minimal" { "low" } else { level };
     if chat.thinking_adaptive && claude_version(model).is_some_and(|v| v >= (4, 6)) {
-        return (json!({"type": "adaptive"}), None);
+        return (json!({"type": "adaptive"}), chat.reasoning_effort.map(effort));
     }
     if !claude_adaptive_only(kind, model) {
         return (json!({"type": "enabled", "budget_tokens": budget}), None);
     }
-    let effort = match effort_of(budget) {
-        "minimal" => "low",
-        level => level,
-    };
-    (json!({"type": "adaptive", "display": "summarized"}), Some(json!({ "effort": effort })))
+    (json!({"type": "adaptive", "display": "summarized"}), Some(effort(effort_of(budget))))
+}
+
+/// Claude's `output_config`: the client's, with the thinking's effort unless it set one.
+pub(super) fn claude_output_config(chat: &Chat, effort: Option<&str>) -> Option<Value> {
+    let mut config = chat.output_config.clone().unwrap_or_default();
+    if let Some(e) = effort {
+        config.entry("effort").or_insert_with(|| json!(e));
+    }
+    (!config.is_empty()).then_some(Value::Object(config))
 }
 
 /// `POST {base_path}/messages` with the gateway's key and `anthropic-version`;
@@ -150,12 +162,14 @@ impl Adapter for Anthropic {
         let max_tokens = chat.max_tokens.or(ctx.max_response_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
         out.insert("max_tokens".into(), json!(max_with_thinking(max_tokens, chat.thinking_budget)));
         let adaptive = claude_adaptive_only(ProviderKind::Anthropic, model);
+        let mut effort = None;
         if let Some(budget) = chat.thinking_budget {
-            let (thinking, output_config) = claude_thinking(ProviderKind::Anthropic, model, chat, budget);
+            let thinking;
+            (thinking, effort) = claude_thinking(ProviderKind::Anthropic, model, chat, budget);
             out.insert("thinking".into(), thinking);
-            if let Some(c) = output_config {
-                out.insert("output_config".into(), c);
-            }
+        }
+        if let Some(c) = claude_output_config(chat, effort) {
+            out.insert("output_config".into(), c);
         }
         let system = chat.system_with_json_instruction();
         if !chat.system_cache.is_empty() {

@@ -12,7 +12,7 @@ use crate::api::ApiError;
 use crate::config::{Credentials, ProviderKind};
 
 use super::adapter::{Adapter, StreamState, Target};
-use super::anthropic::claude_thinking;
+use super::anthropic::{claude_output_config, claude_thinking};
 use super::chat::{max_with_thinking, Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::eventstream;
@@ -256,12 +256,14 @@ impl Adapter for Bedrock {
         if let Some(k) = top_k {
             extra.insert("top_k".into(), json!(k));
         }
+        let mut effort = None;
         if let Some(budget) = chat.thinking_budget {
-            let (thinking, output_config) = claude_thinking(ProviderKind::Bedrock, model, chat, budget);
+            let thinking;
+            (thinking, effort) = claude_thinking(ProviderKind::Bedrock, model, chat, budget);
             extra.insert("thinking".into(), thinking);
-            if let Some(c) = output_config {
-                extra.insert("output_config".into(), c);
-            }
+        }
+        if let Some(c) = claude_output_config(chat, effort) {
+            extra.insert("output_config".into(), c);
         }
         if let Some(betas) = &chat.anthropic_beta {
             extra.insert("anthropic_beta".into(), betas.clone());

@@ -133,6 +133,10 @@ pub(super) struct Chat {
     pub thinking_budget: Option<u32>,
     /// `thinking: {"type": "adaptive"}` (Claude 4.6 and later): the model decides how much.
     pub thinking_adaptive: bool,
+    /// `reasoning_effort` as the client named it (`minimal` .. `high`).
+    pub reasoning_effort: Option<&'static str>,
+    /// Claude's `output_config` (its `effort`): Anthropic and Bedrock Claude members take it.
+    pub output_config: Option<Map<String, Value>>,
     /// Anthropic betas the request needs (`anthropic-beta`, an array of strings:
     /// the Messages door's header, or the chat body's).
     pub anthropic_beta: Option<Value>,
@@ -618,7 +622,8 @@ pub fn stream_include_usage(req: &ParsedRequest<'_>) -> bool {
 }
 
 /// The thinking budget of `thinking` (`{"type":"enabled","budget_tokens":N}`;
-/// `disabled` for none; `adaptive`, flagged, the `medium` level's budget),
+/// `disabled` for none; `adaptive`, flagged, the budget of `reasoning_effort`
+/// when given, else the `medium` level's),
 /// else of `reasoning_effort`.
 fn thinking_budget(req: &ParsedRequest<'_>) -> Result<(Option<u32>, bool), ApiError> {
     let bad = |name: &'static str, what: &str| invalid(format!("`{name}` must be {what}.")).with_param(name);
@@ -626,7 +631,11 @@ fn thinking_budget(req: &ParsedRequest<'_>) -> Result<(Option<u32>, bool), ApiEr
         return match (str_of(&t, "type"), t.get("budget_tokens").and_then(Value::as_u64)) {
             (Some("disabled"), _) => Ok((None, false)),
             (Some("enabled"), Some(b)) if b >= 1024 => Ok((Some(b.min(u64::from(u32::MAX)) as u32), false)),
-            (Some("adaptive"), _) => Ok((Some(ADAPTIVE_BUDGET), true)),
+            (Some("adaptive"), _) => {
+                let effort = field::<String>(req, "reasoning_effort", "a string")?;
+                let budget = EFFORT_BUDGETS.iter().find(|(name, _)| Some(*name) == effort.as_deref()).map(|(_, b)| *b);
+                Ok((Some(budget.unwrap_or(ADAPTIVE_BUDGET)), true))
+            }
             _ => Err(bad(
                 "thinking",
                 "{\"type\": \"enabled\", \"budget_tokens\": N >= 1024}, {\"type\": \"adaptive\"} or {\"type\": \"disabled\"}",
@@ -740,6 +749,13 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         None => None,
     };
     let (thinking_budget, thinking_adaptive) = thinking_budget(req)?;
+    let reasoning_effort = field::<String>(req, "reasoning_effort", "a string")?
+        .and_then(|e| EFFORT_BUDGETS.iter().find(|(name, _)| *name == e).map(|(name, _)| *name));
+    let output_config = match field::<Value>(req, "output_config", "an object")? {
+        Some(Value::Object(c)) => Some(c),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err(invalid("`output_config` must be an object.".to_string()).with_param("output_config")),
+    };
     Ok(Chat {
         cache_control: match field::<Value>(req, "cache_control", "an object")? {
             Some(Value::Object(c)) => Some(Value::Object(c)),
@@ -763,6 +779,8 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         stream: req.stream,
         thinking_budget,
         thinking_adaptive,
+        reasoning_effort,
+        output_config,
         anthropic_beta: anthropic_beta(req)?,
         ..chat
     })

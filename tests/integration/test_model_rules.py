@@ -1,9 +1,11 @@
 """What current models take differently from the rest of their provider kind, through the official
-OpenAI SDK: OpenAI's reasoning models get `max_completion_tokens` for `max_tokens` and refuse
-sampling, Claude Opus 4.7 refuses sampling and thinks adaptively only. The mock refuses what those
-models refuse (OpenAI's "Use 'max_completion_tokens' instead", Anthropic's "`temperature` is
-deprecated for this model", a thinking budget on Opus 4.7), so a request the gateway got wrong
-fails here."""
+SDKs: OpenAI's reasoning models get `max_completion_tokens` for `max_tokens` and refuse sampling,
+Claude Opus 4.7 refuses sampling and thinks adaptively only, and Claude's `output_config` (Claude
+Code sends it) is translated where it can be and refused or dropped where it cannot. The mock
+refuses what those models refuse (OpenAI's "Use 'max_completion_tokens' instead", Anthropic's
+"`temperature` is deprecated for this model", a thinking budget on Opus 4.7), so a request the
+gateway got wrong fails here."""
+import anthropic
 import openai
 import pytest
 
@@ -27,6 +29,12 @@ def rules_gw(params_mock):
                                      {"provider": "openai", "model": "gpt-4o", "weight": 1}]},
             **{f"opus_{kind}": {"max_response_tokens": 256, "members": [{"provider": kind, "model": model}]}
                for kind, model in OPUS.items()},
+            "gpt4o": {"members": [{"provider": "openai", "model": "gpt-4o"}]},
+            # The OpenAI member would win every pick by weight.
+            "openai_first": {"max_response_tokens": 256, "members": [
+                {"provider": "openai", "model": "gpt-4o", "weight": 1000},
+                {"provider": "bedrock", "model": "anthropic.claude-3-haiku-20240307-v1:0"}]},
+            "nova": {"members": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}]},
             "opus_drops_sampling": {"max_response_tokens": 256, "drop_params": ["temperature", "top_p"],
                                     "members": [{"provider": "anthropic", "model": OPUS["anthropic"]}]},
         },
@@ -38,6 +46,10 @@ def rules_gw(params_mock):
 
 def gpt(gw):
     return openai.OpenAI(base_url=gw.base + "/v1", api_key="client-key", max_retries=0)
+
+
+def claude(gw):
+    return anthropic.Anthropic(base_url=gw.base, api_key="client-key", max_retries=0)
 
 
 def last_body(mock, kind):
@@ -95,3 +107,41 @@ def test_reasoning_effort_reaches_opus_4_7_as_adaptive_thinking_with_its_text(ru
     assert fields["output_config"] == {"effort": "high"}
     if kind == "anthropic":
         assert r.choices[0].message.model_extra.get("reasoning_content"), r
+
+
+# --- Claude's output_config on the Messages door ---------------------------------------------------
+
+def test_claude_codes_adaptive_thinking_with_an_effort_reaches_a_reasoning_model_as_reasoning_effort(rules_gw, params_mock):
+    r = claude(rules_gw).messages.create(model="o3", max_tokens=200, messages=HI, thinking={"type": "adaptive"},
+                                         extra_body={"output_config": {"effort": "xhigh"}})
+    assert r.content[0].text
+    body = last_body(params_mock, "openai")
+    assert body["reasoning_effort"] == "high"
+    assert "thinking" not in body and "output_config" not in body and "max_tokens" not in body
+
+
+def test_an_output_format_reaches_any_kind_as_structured_output(rules_gw, params_mock):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    claude(rules_gw).messages.create(model="gpt4o", max_tokens=50, messages=HI,
+                                     extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    sent = last_body(params_mock, "openai")["response_format"]
+    assert (sent["type"], sent["json_schema"]["schema"]) == ("json_schema", schema)
+
+
+def test_an_effort_without_thinking_goes_to_claude_or_is_refused_unless_dropped(rules_gw, params_mock):
+    """`output_config.effort` alone (the effort of the whole answer) has no counterpart on other kinds:
+    a pool routes it to its Claude member, which gets it as is; a pool without one answers a 400 naming
+    it; dropping it (the header) lets OpenAI serve and the answer says so."""
+    client = claude(rules_gw)
+    effort = {"output_config": {"effort": "medium"}}
+    raw = client.messages.with_raw_response.create(model="openai_first", max_tokens=50, messages=HI, extra_body=effort)
+    assert raw.headers["x-switchboard-member"] == "bedrock/anthropic.claude-3-haiku-20240307-v1:0"
+    assert last_body(params_mock, "bedrock")["additionalModelRequestFields"]["output_config"] == {"effort": "medium"}
+    for pool in ["gpt4o", "nova"]:
+        with pytest.raises(anthropic.BadRequestError) as e:
+            client.messages.create(model=pool, max_tokens=50, messages=HI, extra_body=effort)
+        assert e.value.body["error"]["message"].startswith("`output_config`"), e.value.body
+    raw = client.messages.with_raw_response.create(model="gpt4o", max_tokens=50, messages=HI, extra_body=effort,
+                                                   extra_headers={"x-switchboard-drop-params": "output_config"})
+    assert raw.headers["x-switchboard-dropped-params"] == "output_config"
+    assert "output_config" not in last_body(params_mock, "openai")
