@@ -757,7 +757,7 @@ def verdicts(res):
     # Routing and tenant scenarios, each against (b) measured just before it.
     targets = {"learned": 0.90, "tenants": 0.90, "router_ll": None}
     for name, floor in targets.items():
-        rows = [sp for sp in res.get("scenarios") or [] if sp["scenario"] == name]
+        rows = [sp for sp in res.get("scenarios") or [] if sp["scenario"] == name and sp.get("build", "wasm") == "wasm"]
         if not rows:
             continue
         worst = min(rows, key=lambda sp: sp["rps"] / sp["weighted_rps"])
@@ -858,17 +858,20 @@ def write_markdown(res, path):
             "Separate Envoy + switchboard. Pool `failover`: member `flaky` (weight 1) always answers 503, member `beta`"
             " (weight 0 = standby) answers 200, so every request is routed to `flaky`, gets the 503 and fails over to"
             " `beta` through `dispatch_http_call`. `health.consecutive_failures` is 1,000,000, so `flaky` is never"
-            " ejected and every request pays the failover. Baseline: pool `direct` with `beta` only, same Envoy.",
+            " ejected and every request pays the failover. Baseline: pool `direct` with `beta` only, same Envoy."
+            " *build*: the `.wasm` (b), or the native module (b'), whose failover is an HTTP callout.",
             "",
-            "| conc | path | RPS | p50 ms | p99 ms | +p50 | +p99 | CPU µs/req | non-2xx | upstream 503s | other jobs % |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| conc | build | path | RPS | p50 ms | p99 ms | +p50 | +p99 | CPU µs/req | non-2xx | upstream 503s |"
+            " other jobs % |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in fo:
             for kind in ("direct", "failover"):
                 p = row[kind]
                 d = row["direct"]
                 lines.append(
-                    f"| {row['concurrency']} | {kind} | {p['rps']:,.0f} | {fmt_ms(p['p50_us'])} | {fmt_ms(p['p99_us'])} |"
+                    f"| {row['concurrency']} | {row.get('build', 'wasm')} | {kind} | {p['rps']:,.0f} |"
+                    f" {fmt_ms(p['p50_us'])} | {fmt_ms(p['p99_us'])} |"
                     f" {fmt_delta_us(None if kind == 'direct' else p['p50_us'] - d['p50_us'])} |"
                     f" {fmt_delta_us(None if kind == 'direct' else p['p99_us'] - d['p99_us'])} |"
                     f" {p['cpu_us_per_req']:.0f} | {p['non2xx']} | {p.get('upstream_503', '–')} |"
@@ -889,16 +892,18 @@ def write_markdown(res, path):
             " embedded model, threshold 0.5 (the prompt is scored, its decision remembered for feedback)."
             " *tenants*: a tenant keyed by `Authorization: Bearer`, with rpm, tpm, max_parallel and a daily budget"
             " (priced members), all far above what the run sends: every request is authenticated, counted,"
-            " reserved and settled in shared data, none refused.",
+            " reserved and settled in shared data, none refused."
+            " *build* native: the same scenarios on the native module, each against (b') measured just before it.",
             "",
-            "| conc | scenario | RPS | RPS / (b) | rounds | p50 ms | p99 ms | +p50 vs (b) | CPU µs/req |"
+            "| conc | build | scenario | RPS | RPS / (b) | rounds | p50 ms | p99 ms | +p50 vs (b) | CPU µs/req |"
             " +CPU µs/req vs (b) | non-2xx | sock err | other jobs % |",
-            "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for sp in sc:
-            b = pts.get((sp["mode_ms"], sp["concurrency"], "switchboard"))
+            build = sp.get("build", "wasm")
+            b = pts.get((sp["mode_ms"], sp["concurrency"], "native" if build == "native" else "switchboard"))
             lines.append(
-                f"| {sp['concurrency']} | {SCENARIOS[sp['scenario']][0]} | {sp['rps']:,.0f} |"
+                f"| {sp['concurrency']} | {build} | {SCENARIOS[sp['scenario']][0]} | {sp['rps']:,.0f} |"
                 f" {fmt_ratio(sp['rps'] / sp['weighted_rps'])} |"
                 f" {' / '.join(f'{r:.2f}' for r in sp.get('round_ratios', []))} |"
                 f" {fmt_ms(sp['p50_us'])} | {fmt_ms(sp['p99_us'])} |"
@@ -1186,16 +1191,31 @@ def main(argv=None):
                                          capture_output=True, text=True).stdout.strip()
     if portkey_entry:
         gws["portkey"] = Portkey(portkey_entry, mock, cpus_gw)
-    fo_envoy = None
+    # The failover and scenario Envoys of each build measured: (b)'s and, with (b'), the native one's.
+    builds = {"switchboard": "wasm", "native": "native"}
+    fo_envoys = {}
     if args.failover_concurrency:
-        fo_envoy = Envoy("failover", envoy_bin, failover_config(),
-                         {"flaky": mock.addr["flaky"], "beta": mock.addr["beta"]}, True, cpus_gw)
-    scen = {}
-    if "switchboard" in gws and 0 in args.latencies and args.scenario_concurrency:
-        for name in args.scenarios:
-            with_state = {**clusters, STATE_CLUSTER: start_shared_state()} if name == "tenants_shared" else clusters
-            scen[name] = Envoy(f"scenario-{name}", envoy_bin, scenario_config(name), with_state, True, cpus_gw)
-            smoke(name, scen[name].base, SCENARIOS[name][1])
+        for gw, host in builds.items():
+            if gw in gws:
+                suffix = "" if host == "wasm" else "-native"
+                fo_envoys[host] = Envoy(f"failover{suffix}", envoy_bin, failover_config(),
+                                        {"flaky": mock.addr["flaky"], "beta": mock.addr["beta"]}, True, cpus_gw,
+                                        host=host)
+    scen = {}  # by the gateway whose rounds they follow: {gateway: {scenario: Envoy}}
+    if 0 in args.latencies and args.scenario_concurrency:
+        state = None
+        for gw, host in builds.items():
+            if gw not in gws:
+                continue
+            scen[gw] = {}
+            for name in args.scenarios:
+                if name == "tenants_shared" and state is None:
+                    state = start_shared_state()
+                with_state = {**clusters, STATE_CLUSTER: state} if name == "tenants_shared" else clusters
+                suffix = "" if host == "wasm" else "-native"
+                scen[gw][name] = Envoy(f"scenario-{name}{suffix}", envoy_bin, scenario_config(name), with_state, True,
+                                       cpus_gw, host=host)
+                smoke(name, scen[gw][name].base, SCENARIOS[name][1])
     for name, gw in gws.items():
         smoke(name, gw.base, POOL, getattr(gw, "headers", None))
     lua = wrk_script(POOL)
@@ -1220,21 +1240,21 @@ def main(argv=None):
                 if before:
                     for k in split:
                         split[k] += mock.stats(k)["requests"] - before[k]
-                if name == "switchboard" and mode == 0 and conc in args.scenario_concurrency:
+                if name in scen and mode == 0 and conc in args.scenario_concurrency:
                     # Each right after a measurement of (b) on the same load, so a ratio compares like with
                     # like; in interleaved rounds, because one point's throughput moves by several percent
                     # from run to run on a shared machine. Reported: the round with the median ratio.
-                    rounds = {sname: [] for sname in scen}
+                    rounds = {sname: [] for sname in scen[name]}
                     for rnd in range(args.scenario_rounds):
-                        wp = p if rnd == 0 else measure("switchboard", gws[name], url_of[name], lua, conc, args,
+                        wp = p if rnd == 0 else measure(name, gws[name], url_of[name], lua_of[name], conc, args,
                                                         cpus_load)
                         if rnd > 0:
                             weighted_rounds.append(wp)
-                        for sname, env in scen.items():
+                        for sname, env in scen[name].items():
                             sp = measure(sname, env, env.base + "/v1/chat/completions",
                                          wrk_script(SCENARIOS[sname][1]), conc, args, cpus_load)
                             sp.update(mode_ms=mode, scenario=sname, weighted_rps=wp["rps"],
-                                      weighted_cpu_us_per_req=wp["cpu_us_per_req"])
+                                      weighted_cpu_us_per_req=wp["cpu_us_per_req"], build=builds[name])
                             rounds[sname].append(sp)
                     for sname, sps in rounds.items():
                         ratios = sorted(sp["rps"] / sp["weighted_rps"] for sp in sps)
@@ -1249,20 +1269,22 @@ def main(argv=None):
         mock.faults(listener, None)
 
     failover = []
-    if fo_envoy:
+    if fo_envoys:
         log("failover scenario: flaky answers 503, mock latency 0 ms")
         mock.faults("flaky", {"status": 503})
-        smoke("failover", fo_envoy.base, "failover")
-        smoke("direct", fo_envoy.base, "direct")
+        for fo_envoy in fo_envoys.values():
+            smoke("failover", fo_envoy.base, "failover")
+            smoke("direct", fo_envoy.base, "direct")
         lua_fo, lua_direct = wrk_script("failover"), wrk_script("direct")
-        url = fo_envoy.base + "/v1/chat/completions"
         for conc in args.failover_concurrency:
-            row = {"concurrency": conc}
-            for kind, script in (("direct", lua_direct), ("failover", lua_fo)):
-                s0 = mock.stats("flaky")["by_status"].get("503", 0)
-                row[kind] = measure(f"fo-{kind}", fo_envoy, url, script, conc, args, cpus_load)
-                row[kind]["upstream_503"] = mock.stats("flaky")["by_status"].get("503", 0) - s0
-            failover.append(row)
+            for host, fo_envoy in fo_envoys.items():
+                url = fo_envoy.base + "/v1/chat/completions"
+                row = {"concurrency": conc, "build": host}
+                for kind, script in (("direct", lua_direct), ("failover", lua_fo)):
+                    s0 = mock.stats("flaky")["by_status"].get("503", 0)
+                    row[kind] = measure(f"fo-{kind}-{host}", fo_envoy, url, script, conc, args, cpus_load)
+                    row[kind]["upstream_503"] = mock.stats("flaky")["by_status"].get("503", 0) - s0
+                failover.append(row)
         mock.faults("flaky", None)
 
     previous = None
