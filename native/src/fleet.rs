@@ -102,8 +102,8 @@ impl Fleet {
     pub fn sync(rt: &Runtime, envoy_config: EnvoyFilterConfig) {
         let Some(shared) = &rt.config.shared_state else { return };
         let mut calls = ConfigCalls { envoy_config, metrics: &rt.metrics };
-        let (generation, rolled_back) = (rt.canary_generation, rt.rolled_back());
-        lock(&rt.fleet.sync).tick(&Data, &mut calls, shared, generation, rolled_back, state::now_ms());
+        let rolled_back = || rt.rolled_back();
+        lock(&rt.fleet.sync).tick(&Data, &mut calls, shared, rt.canary_generation, rolled_back, state::now_ms());
     }
 
     /// Main thread: the poll's answer, if callout `id` is it (`false`: another call's).

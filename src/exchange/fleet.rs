@@ -317,7 +317,7 @@ pub struct Sync {
 }
 
 impl Sync {
-    /// Tells new rollbacks and polls, when `sync_ms` has passed since the last poll.
+    /// Tells new rollbacks (read only then) and polls, when `sync_ms` has passed since the last poll.
     #[allow(clippy::too_many_arguments)]
     pub fn tick(
         &mut self,
@@ -325,13 +325,13 @@ impl Sync {
         calls: &mut dyn FleetCalls,
         shared: &SharedState,
         generation: u64,
-        rolled_back: Vec<String>,
+        rolled_back: impl FnOnce() -> Vec<String>,
         now_ms: u64,
     ) {
         if now_ms.saturating_sub(self.sent_ms) < shared.sync_ms {
             return;
         }
-        for member in rolled_back {
+        for member in rolled_back() {
             if !self.told.contains(&member) {
                 let path = format!("/v1/canary?g={generation:x}&m={}", hex(member.as_bytes()));
                 if calls.call(shared, &path, shared.timeout_ms.max(1000)).is_ok() {
@@ -533,12 +533,12 @@ mod tests {
         let (mut one, mut two) = (Sync::default(), Sync::default());
         let (mut service_one, mut service_two) = (Service::default(), Service::default());
         // The first tick starts the cursor; each poller then polls from it.
-        one.tick(&data, &mut service_one, &s, 0xabc, vec!["m/x".into()], 1_000);
+        one.tick(&data, &mut service_one, &s, 0xabc, || vec!["m/x".into()], 1_000);
         assert_eq!(service_one.sent, [format!("/v1/canary?g=abc&m={}", hex(b"m/x"))]);
-        one.tick(&data, &mut service_one, &s, 0xabc, vec!["m/x".into()], 1_000);
+        one.tick(&data, &mut service_one, &s, 0xabc, || vec!["m/x".into()], 1_000);
         assert_eq!(service_one.sent.len(), 2, "a rollback is told once");
         assert_eq!(service_one.sent[1], "/v1/sync?g=abc&after=0");
-        two.tick(&data, &mut service_two, &s, 0xabc, Vec::new(), 1_000);
+        two.tick(&data, &mut service_two, &s, 0xabc, Vec::new, 1_000);
         assert_eq!(service_two.sent, ["/v1/sync?g=abc&after=0"]);
 
         let inputs = Inputs::default();
@@ -560,7 +560,7 @@ mod tests {
         let news = two.answered(&data, 1, || Some(body.into_bytes())).map(|n| (n.rolled_back, n.scores.len()));
         assert_eq!(news, Some((vec!["m/y".to_string()], 0)));
         // Not due again before sync_ms.
-        one.tick(&data, &mut service_one, &s, 0xabc, Vec::new(), 1_100);
+        one.tick(&data, &mut service_one, &s, 0xabc, Vec::new, 1_100);
         assert_eq!(service_one.sent.len(), 2);
     }
 }

@@ -106,7 +106,9 @@ pub fn tell(shared: &SharedState, path: &str, context_id: u32) {
 /// this VM saw rolled back, and polls the fleet's rollbacks and scores.
 pub fn sync(rt: &Runtime, now_ms: u64) {
     let Some(shared) = &rt.config.shared_state else { return };
-    SYNC.with(|s| s.borrow_mut().tick(&abi::Data, &mut Calls, shared, rt.canary_generation, rt.rolled_back(), now_ms));
+    SYNC.with(|s| {
+        s.borrow_mut().tick(&abi::Data, &mut Calls, shared, rt.canary_generation, || rt.rolled_back(), now_ms)
+    });
 }
 
 /// The fleet poll's answer, if `token` is it (`false`: another call's).

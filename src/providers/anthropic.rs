@@ -96,23 +96,34 @@ fn usage_of(u: &Value) -> Tokens {
 /// Claude's `thinking` for what `chat` asks, and the `output_config.effort`
 /// it needs: adaptive thinking as asked on Claude 4.6 and later (at the
 /// client's `reasoning_effort`, if any); on a model that thinks adaptively
-/// only (Opus 4.7 and later), adaptive thinking at the budget's effort level,
-/// its text summarized (it is omitted there by default, which would leave
-/// `reasoning_content` empty); else a budget.
+/// only (`adaptive_only`: Opus 4.7 and later), adaptive thinking at the
+/// budget's effort level, its text summarized (it is omitted there by
+/// default, which would leave `reasoning_content` empty); else a budget.
 pub(super) fn claude_thinking(
-    kind: ProviderKind,
+    adaptive_only: bool,
     model: &str,
     chat: &Chat,
     budget: u32,
 ) -> (Value, Option<&'static str>) {
     let effort = |level: &'static str| if level == "minimal" { "low" } else { level };
-    if chat.thinking_adaptive && claude_version(model).is_some_and(|v| v >= (4, 6)) {
+    if chat.thinking_adaptive && (adaptive_only || claude_version(model).is_some_and(|v| v >= (4, 6))) {
         return (json!({"type": "adaptive"}), chat.reasoning_effort.map(effort));
     }
-    if !claude_adaptive_only(kind, model) {
+    if !adaptive_only {
         return (json!({"type": "enabled", "budget_tokens": budget}), None);
     }
     (json!({"type": "adaptive", "display": "summarized"}), Some(effort(effort_of(budget))))
+}
+
+/// The sampling a Claude model takes: none on one that refuses it
+/// (`adaptive_only`: routing let it be dropped), else the client's
+/// temperature, top_p and top_k.
+pub(super) fn claude_sampling(adaptive_only: bool, chat: &Chat) -> (Option<f64>, Option<f64>, Option<u32>) {
+    if adaptive_only {
+        (None, None, None)
+    } else {
+        (chat.temperature, chat.top_p, chat.top_k)
+    }
 }
 
 /// Claude's `output_config`: the client's, with the thinking's effort unless it set one.
@@ -165,7 +176,7 @@ impl Adapter for Anthropic {
         let mut effort = None;
         if let Some(budget) = chat.thinking_budget {
             let thinking;
-            (thinking, effort) = claude_thinking(ProviderKind::Anthropic, model, chat, budget);
+            (thinking, effort) = claude_thinking(adaptive, model, chat, budget);
             out.insert("thinking".into(), thinking);
         }
         if let Some(c) = claude_output_config(chat, effort) {
@@ -191,9 +202,7 @@ impl Adapter for Anthropic {
         if let Some(c) = &chat.cache_control {
             out.insert("cache_control".into(), c.clone());
         }
-        // Models that refuse sampling get none (routing let it be dropped).
-        let (temperature, top_p, top_k) =
-            if adaptive { (None, None, None) } else { (chat.temperature, chat.top_p, chat.top_k) };
+        let (temperature, top_p, top_k) = claude_sampling(adaptive, chat);
         // Anthropic's range is 0..=1 (OpenAI's 0..=2).
         if let Some(t) = temperature {
             out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));

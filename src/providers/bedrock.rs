@@ -12,7 +12,7 @@ use crate::api::ApiError;
 use crate::config::{Credentials, ProviderKind};
 
 use super::adapter::{Adapter, StreamState, Target};
-use super::anthropic::{claude_output_config, claude_thinking};
+use super::anthropic::{claude_output_config, claude_sampling, claude_thinking};
 use super::chat::{max_with_thinking, Block, Chat, Role, Source, ToolChoice};
 use super::emit::Emitter;
 use super::eventstream;
@@ -234,10 +234,8 @@ impl Adapter for Bedrock {
         if let Some(n) = chat.max_tokens.or(ctx.max_response_tokens) {
             inference.insert("maxTokens".into(), json!(max_with_thinking(n, chat.thinking_budget)));
         }
-        // Claude Opus 4.7 and later take no sampling (routing let it be dropped).
         let adaptive = claude_adaptive_only(ProviderKind::Bedrock, model);
-        let (temperature, top_p, top_k) =
-            if adaptive { (None, None, None) } else { (chat.temperature, chat.top_p, chat.top_k) };
+        let (temperature, top_p, top_k) = claude_sampling(adaptive, chat);
         // Bedrock models take temperatures in 0..=1 (OpenAI's range is 0..=2).
         if let Some(t) = temperature {
             inference.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
@@ -259,7 +257,7 @@ impl Adapter for Bedrock {
         let mut effort = None;
         if let Some(budget) = chat.thinking_budget {
             let thinking;
-            (thinking, effort) = claude_thinking(ProviderKind::Bedrock, model, chat, budget);
+            (thinking, effort) = claude_thinking(adaptive, model, chat, budget);
             extra.insert("thinking".into(), thinking);
         }
         if let Some(c) = claude_output_config(chat, effort) {

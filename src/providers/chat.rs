@@ -622,32 +622,30 @@ pub fn stream_include_usage(req: &ParsedRequest<'_>) -> bool {
 }
 
 /// The thinking budget of `thinking` (`{"type":"enabled","budget_tokens":N}`;
-/// `disabled` for none; `adaptive`, flagged, the budget of `reasoning_effort`
-/// when given, else the `medium` level's),
-/// else of `reasoning_effort`.
-fn thinking_budget(req: &ParsedRequest<'_>) -> Result<(Option<u32>, bool), ApiError> {
+/// `disabled` for none; `adaptive`, flagged, the budget of the `reasoning_effort`
+/// `level` when given, else the `medium` level's), else of the `effort` the
+/// client named (a 400 when it is not a level).
+fn thinking_budget(
+    req: &ParsedRequest<'_>,
+    effort: Option<&str>,
+    level: Option<(&str, u32)>,
+) -> Result<(Option<u32>, bool), ApiError> {
     let bad = |name: &'static str, what: &str| invalid(format!("`{name}` must be {what}.")).with_param(name);
     if let Some(t) = field::<Value>(req, "thinking", "an object")? {
         return match (str_of(&t, "type"), t.get("budget_tokens").and_then(Value::as_u64)) {
             (Some("disabled"), _) => Ok((None, false)),
             (Some("enabled"), Some(b)) if b >= 1024 => Ok((Some(b.min(u64::from(u32::MAX)) as u32), false)),
-            (Some("adaptive"), _) => {
-                let effort = field::<String>(req, "reasoning_effort", "a string")?;
-                let budget = EFFORT_BUDGETS.iter().find(|(name, _)| Some(*name) == effort.as_deref()).map(|(_, b)| *b);
-                Ok((Some(budget.unwrap_or(ADAPTIVE_BUDGET)), true))
-            }
+            (Some("adaptive"), _) => Ok((Some(level.map_or(ADAPTIVE_BUDGET, |(_, b)| b)), true)),
             _ => Err(bad(
                 "thinking",
                 "{\"type\": \"enabled\", \"budget_tokens\": N >= 1024}, {\"type\": \"adaptive\"} or {\"type\": \"disabled\"}",
             )),
         };
     }
-    match field::<String>(req, "reasoning_effort", "a string")?.as_deref() {
-        None | Some("none") => Ok((None, false)),
-        Some(e) => match EFFORT_BUDGETS.iter().find(|(name, _)| *name == e) {
-            Some((_, b)) => Ok((Some(*b), false)),
-            None => Err(bad("reasoning_effort", "one of none, minimal, low, medium, high")),
-        },
+    match (effort, level) {
+        (None | Some("none"), _) => Ok((None, false)),
+        (Some(_), Some((_, b))) => Ok((Some(b), false)),
+        (Some(_), None) => Err(bad("reasoning_effort", "one of none, minimal, low, medium, high")),
     }
 }
 
@@ -748,9 +746,11 @@ pub(super) fn parse(req: &ParsedRequest<'_>) -> Result<Chat, ApiError> {
         Some(v) => parse_response_format(&v)?,
         None => None,
     };
-    let (thinking_budget, thinking_adaptive) = thinking_budget(req)?;
-    let reasoning_effort = field::<String>(req, "reasoning_effort", "a string")?
-        .and_then(|e| EFFORT_BUDGETS.iter().find(|(name, _)| *name == e).map(|(name, _)| *name));
+    // Read once: the thinking's budget and Claude's effort both come from it.
+    let effort = field::<String>(req, "reasoning_effort", "a string")?;
+    let level = effort.as_deref().and_then(|e| EFFORT_BUDGETS.iter().find(|(name, _)| *name == e).copied());
+    let (thinking_budget, thinking_adaptive) = thinking_budget(req, effort.as_deref(), level)?;
+    let reasoning_effort = level.map(|(name, _)| name);
     let output_config = match field::<Value>(req, "output_config", "an object")? {
         Some(Value::Object(c)) => Some(c),
         None | Some(Value::Null) => None,
