@@ -414,30 +414,10 @@ pub fn learn_scores(
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-    use std::collections::HashMap;
 
     use super::*;
+    use crate::exchange::shared::Memory;
     use crate::tenant::{Budget, BudgetPeriod};
-
-    /// Shared data in memory, with proxy-wasm's versions.
-    #[derive(Default)]
-    struct Memory(RefCell<HashMap<String, (Vec<u8>, u32)>>);
-
-    impl SharedData for Memory {
-        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), u32> {
-            Ok(self.0.borrow().get(key).map_or((None, 0), |(v, cas)| (Some(v.clone()), *cas)))
-        }
-
-        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), DataError> {
-            let mut map = self.0.borrow_mut();
-            let entry = map.entry(key.to_string()).or_insert((Vec::new(), 0));
-            if cas != 0 && cas != entry.1 {
-                return Err(DataError::CasMismatch);
-            }
-            *entry = (value.to_vec(), entry.1 + 1);
-            Ok(())
-        }
-    }
 
     /// The calls sent, answered with ids 1, 2, ...; `down`: none can be sent.
     #[derive(Default)]

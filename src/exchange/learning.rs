@@ -5,9 +5,12 @@
 //! process memory), so every worker routes with the same learning.
 //!
 //! Memory is bounded: `FEEDBACK_SLOTS` slots in shared data, a request's slot
-//! one of 4 chosen by a hash of its owner (tenant) and id (a newer request takes
-//! the oldest one's slot when all 4 are live), each valid for `FEEDBACK_TTL_MS`. Only its owner can score
-//! a request, at most `feedback_per_minute` times a minute per router.
+//! chosen by a hash of its owner (tenant) and id, each valid for
+//! `FEEDBACK_TTL_MS`. Remembering is one write and no read (it is on every
+//! learned request's path), so a newer request takes its slot from an older
+//! one that hashed there: of the last 1,000 learned requests about 94% are
+//! still scorable, of the last 5,000 about 74%. Only its owner can score a
+//! request, at most `feedback_per_minute` times a minute per router.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,7 @@ use crate::text::push_json_string;
 
 use super::shared::{DataError, SharedData};
 
-pub const FEEDBACK_SLOTS: u64 = 4096;
+pub const FEEDBACK_SLOTS: u64 = 16_384;
 /// How long a VM routes with the learning it last read before reading it
 /// again: scores reach every worker within this, and a request pays no
 /// shared-data read.
@@ -266,34 +269,8 @@ fn id_hash(owner: &str, request_id: &str) -> u64 {
     fnv64(fnv64(fnv64(0xcbf2_9ce4_8422_2325, owner.as_bytes()), &[0]), request_id.as_bytes())
 }
 
-/// A request may sit in any of PROBES consecutive slots from its hash's, so a
-/// newer request takes an older one's place only when all of them are live.
-const PROBES: u64 = 4;
-
-fn slot_key(hash: u64, probe: u64) -> String {
-    format!("switchboard.feedback.{}", hash.wrapping_add(probe) % FEEDBACK_SLOTS)
-}
-
-/// The slot of the first of a request's probe slots that is free (empty, expired
-/// or already scored), else of the one that expires first.
-fn free_slot(data: &dyn SharedData, hash: u64, now_ms: u64) -> String {
-    let mut oldest = (u64::MAX, 0);
-    for probe in 0..PROBES {
-        let key = slot_key(hash, probe);
-        let entry = match data.get(&key) {
-            Ok((bytes, _)) => bytes.as_deref().and_then(Remembered::decode),
-            Err(_) => None,
-        };
-        match entry {
-            Some(e) if e.expires_ms > now_ms && !e.scored && e.id_hash != hash => {
-                if e.expires_ms < oldest.0 {
-                    oldest = (e.expires_ms, probe);
-                }
-            }
-            _ => return key,
-        }
-    }
-    slot_key(hash, oldest.1)
+fn slot_key(hash: u64) -> String {
+    format!("switchboard.feedback.{}", hash % FEEDBACK_SLOTS)
 }
 
 /// Remembers a routed request for its owner's feedback (`owner`: the tenant's
@@ -309,7 +286,7 @@ pub fn remember(data: &dyn SharedData, owner: &str, request_id: &str, decided: &
         logit: decided.logit,
         inputs: decided.inputs,
     };
-    if let Err(e) = data.set(&free_slot(data, hash, now_ms), &entry.encode(), 0) {
+    if let Err(e) = data.set(&slot_key(hash), &entry.encode(), 0) {
         log::warn!("switchboard[{request_id}]: remembering the learned decision failed ({e:?})");
     }
 }
@@ -355,11 +332,7 @@ fn within_rate(data: &dyn SharedData, owner: &str, router: u16, limit: u32, now_
 /// Marks `owner`'s request `request_id` scored, once, within the router's rate.
 pub fn take_feedback(data: &dyn SharedData, config: &Config, owner: &str, request_id: &str, now_ms: u64) -> Feedback {
     let hash = id_hash(owner, request_id);
-    let held = |key: &String| match data.get(key) {
-        Ok((bytes, _)) => bytes.as_deref().and_then(Remembered::decode).is_some_and(|e| e.id_hash == hash),
-        Err(_) => false,
-    };
-    let Some(key) = (0..PROBES).map(|p| slot_key(hash, p)).find(held) else { return Feedback::Unknown };
+    let key = slot_key(hash);
     let mut counted = false;
     for _ in 0..CAS_RETRIES {
         let Ok((bytes, cas)) = data.get(&key) else { return Feedback::Unknown };
@@ -446,4 +419,77 @@ mod tests {
         assert_ne!(id_hash("a", "req-1"), id_hash("b", "req-1"));
         assert_ne!(id_hash("ab", "c"), id_hash("a", "bc"));
     }
+
+    /// A config with one learned router taking `per_minute` scores a minute.
+    fn learned_config(per_minute: u32) -> Config {
+        let json = crate::config::tests::sample_config().replacen(
+            "\"pools\": {",
+            &format!(
+                r#""routers": {{"smart": {{"learned": {{"strong": "gpt4o_16k", "weak": "gpt-4o", "threshold": 0.5,
+                   "feedback_per_minute": {per_minute}}}}}}}, "pools": {{"#
+            ),
+            1,
+        );
+        Config::parse(json.as_bytes(), &crate::config::tests::ENV).unwrap()
+    }
+
+    fn decided(strong: bool) -> Decided {
+        Decided { router: 0, strong, explored: false, score: 0.3, logit: -0.5, inputs: Inputs::default() }
+    }
+
+    /// Counts what remembering costs in shared data.
+    #[derive(Default)]
+    struct Counted(crate::exchange::shared::Memory, Cell<(usize, usize)>);
+
+    impl SharedData for Counted {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), u32> {
+            self.1.set((self.1.get().0 + 1, self.1.get().1));
+            self.0.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), DataError> {
+            self.1.set((self.1.get().0, self.1.get().1 + 1));
+            self.0.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn remembering_a_decision_is_one_write_and_no_read() {
+        let data = Counted::default();
+        for i in 0..100 {
+            remember(&data, "t", &format!("{i:016x}"), &decided(false), 1_000);
+        }
+        assert_eq!(data.1.get(), (0, 100));
+    }
+
+    #[test]
+    fn a_weak_answer_is_scored_once_by_its_owner_within_the_hour() {
+        let (data, config) = (Counted::default(), learned_config(600));
+        remember(&data, "t1", "id-1", &decided(false), 1_000);
+        assert_eq!(take_feedback(&data, &config, "t2", "id-1", 2_000), Feedback::Unknown, "another tenant's");
+        assert_eq!(take_feedback(&data, &config, "t1", "id-2", 2_000), Feedback::Unknown, "never routed");
+        let label = Label { router: 0, logit: -0.5, inputs: Inputs::default() };
+        assert_eq!(take_feedback(&data, &config, "t1", "id-1", 2_000), Feedback::Accepted(Some(label)));
+        assert_eq!(take_feedback(&data, &config, "t1", "id-1", 3_000), Feedback::AlreadyScored);
+        remember(&data, "t1", "id-3", &decided(true), 1_000);
+        let expired = 1_000 + FEEDBACK_TTL_MS;
+        assert_eq!(take_feedback(&data, &config, "t1", "id-3", expired), Feedback::Unknown);
+        assert_eq!(take_feedback(&data, &config, "t1", "id-3", expired - 1), Feedback::Accepted(None), "strong: no label");
+    }
+
+    #[test]
+    fn scores_are_limited_per_owner_and_minute() {
+        let (data, config) = (Counted::default(), learned_config(2));
+        for i in 0..3 {
+            remember(&data, "t1", &format!("a{i}"), &decided(false), 1_000);
+            remember(&data, "t2", &format!("b{i}"), &decided(false), 1_000);
+        }
+        let taken = |owner, id: &str, now| take_feedback(&data, &config, owner, id, now);
+        assert!(matches!(taken("t1", "a0", 1_000), Feedback::Accepted(Some(_))));
+        assert!(matches!(taken("t1", "a1", 2_000), Feedback::Accepted(Some(_))));
+        assert_eq!(taken("t1", "a2", 3_000), Feedback::TooMany { limit: 2, retry_after_s: 57 });
+        assert!(matches!(taken("t2", "b0", 3_000), Feedback::Accepted(Some(_))), "another owner's minute");
+        assert!(matches!(taken("t1", "a2", 60_000), Feedback::Accepted(Some(_))), "the next minute");
+    }
 }
+

@@ -151,3 +151,25 @@ pub trait SharedData {
     /// Writes `key` if its version is still `cas` (0: whatever it is).
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), DataError>;
 }
+
+/// Shared data in memory, with proxy-wasm's versions (for tests).
+#[cfg(test)]
+#[derive(Default)]
+pub struct Memory(std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>);
+
+#[cfg(test)]
+impl SharedData for Memory {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), u32> {
+        Ok(self.0.borrow().get(key).map_or((None, 0), |(v, cas)| (Some(v.clone()), *cas)))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), DataError> {
+        let mut map = self.0.borrow_mut();
+        let entry = map.entry(key.to_string()).or_insert((Vec::new(), 0));
+        if cas != 0 && cas != entry.1 {
+            return Err(DataError::CasMismatch);
+        }
+        *entry = (value.to_vec(), entry.1 + 1);
+        Ok(())
+    }
+}
