@@ -1,8 +1,11 @@
 // A minimal proxy-wasm (ABI 0.2.1) host in Node, for profiling a filter's
 // guest side under V8 (Envoy's wasm engine) without Envoy:
 //
-//   node bench/wasm_host.mjs FILTER.wasm PLUGIN_CONFIG.json [--iterations N] [--scenario ok|failover]
+//   node bench/wasm_host.mjs FILTER.wasm PLUGIN_CONFIG.json [--iterations N] [--scenario ok|failover|feedback]
 //                            [--env K=V ...] [--body FILE]
+//
+// `feedback`: each iteration routes the body (a learned router's model) and then
+// scores its answer with `POST /v1/feedback`; `feedback_us` is the score's share.
 //
 // Drives N requests through the HTTP context callbacks (headers, body, response
 // headers, body, log, done, delete) with realistic Envoy-like header maps and
@@ -313,6 +316,7 @@ const EMPTY = new Uint8Array(0);
 
 let ctxId = 100;
 let lastUpstream = null;
+let lastResponseHeaders = [];
 function oneRequest(check) {
   const ctx = ++ctxId;
   maps = { 0: requestHeaders() };
@@ -330,6 +334,7 @@ function oneRequest(check) {
   const status = scenario === "failover" ? 503 : 200;
   maps[2] = responseHeaders(status);
   const a3 = X.proxy_on_response_headers(ctx, maps[2].length, 0);
+  if (scenario === "feedback") lastResponseHeaders = pairsOf(2);
   // An answer passed on as it comes: its data, then an empty end of stream.
   buffers[1] = responseBody;
   const a5 = X.proxy_on_response_body(ctx, responseBody.length, 0);
@@ -352,14 +357,48 @@ function oneRequest(check) {
   }
 }
 
+// A score of the answer just routed (scenario `feedback`): its own context,
+// headers, then the JSON body in one end-of-stream callback.
+let feedbackMs = 0;
+let feedbackCalls = null;
+const FEEDBACK_HEADERS = REQUEST_HEADERS.map(([k, v]) => [k, k === ":path" ? "/v1/feedback" : v]).filter(([k]) => k !== "content-length");
+function oneScore(check) {
+  const id = (lastResponseHeaders.find(([k]) => k === "x-switchboard-feedback-id") || [])[1];
+  if (!id) throw new Error("feedback scenario: the answer has no x-switchboard-feedback-id (is the body's model a learned router?)");
+  const body = enc.encode(JSON.stringify({ request_id: id, score: 0.0 }));
+  const ctx = ++ctxId;
+  const before = check ? new Map(calls) : null;
+  const t = performance.now();
+  maps = { 0: [...FEEDBACK_HEADERS, ["content-length", String(body.length)]] };
+  buffers = { 6: buffers[6], 7: buffers[7] };
+  localResponse = null;
+  X.proxy_on_context_create(ctx, ROOT);
+  X.proxy_on_request_headers(ctx, maps[0].length, 0);
+  buffers[0] = body;
+  X.proxy_on_request_body(ctx, body.length, 1);
+  X.proxy_on_log(ctx);
+  X.proxy_on_done(ctx);
+  X.proxy_on_delete(ctx);
+  feedbackMs += performance.now() - t;
+  if (check) {
+    if (!localResponse || localResponse.status !== 204) throw new Error(`feedback answer: ${JSON.stringify(localResponse)}`);
+    feedbackCalls = Object.fromEntries([...calls.entries()].map(([k, n]) => [k, n - (before.get(k) || 0)]).filter(([, n]) => n > 0));
+  }
+}
+const once = (check) => {
+  oneRequest(check);
+  if (scenario === "feedback") oneScore(check);
+};
+
 // Warm up (lets V8 tier up), then count one request's host calls, then time.
-for (let i = 0; i < Math.min(5000, iterations); i++) oneRequest(i === 0);
+for (let i = 0; i < Math.min(5000, iterations); i++) once(i === 0);
 calls.clear();
-oneRequest(true);
+once(true);
 const perRequest = Object.fromEntries([...calls.entries()].sort((a, b) => b[1] - a[1]));
+feedbackMs = 0;
 const t0 = performance.now();
 const c0 = process.cpuUsage();
-for (let i = 0; i < iterations; i++) oneRequest(false);
+for (let i = 0; i < iterations; i++) once(false);
 const c1 = process.cpuUsage(c0);
 const wallUs = ((performance.now() - t0) * 1000) / iterations;
 // CPU time, not wall time: less disturbed by other jobs on a shared machine.
@@ -367,6 +406,7 @@ const us = (c1.user + c1.system) / iterations;
 console.log(JSON.stringify({
   wasm: wasmPath, scenario, iterations, us_per_request: Number(us.toFixed(2)), wall_us_per_request: Number(wallUs.toFixed(2)),
   host_calls_per_request: Object.values(perRequest).reduce((a, b) => a + b, 0), host_calls: perRequest,
+  ...(scenario === "feedback" ? { feedback_wall_us: Number(((feedbackMs * 1000) / iterations).toFixed(2)), feedback_host_calls: feedbackCalls } : {}),
   upstream: lastUpstream && { path: (lastUpstream.headers.find(([k]) => k === ":path") || [])[1], body_bytes: lastUpstream.body.length,
     headers: lastUpstream.headers.map(([k]) => k) },
   node: process.version,

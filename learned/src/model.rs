@@ -192,16 +192,17 @@ impl Model {
 
     /// Score and bucket of a prompt in one pass over its bytes (no allocation).
     pub fn analyze(&self, text: &str) -> (f32, u8) {
-        let (z, counts, _) = self.logit_of(text);
+        let (z, counts, _, _) = self.logit_of(text);
         (sigmoid(z), features::bucket_from(&counts))
     }
 
-    /// The model's logit, the scan's counts and the word bins seen.
-    fn logit_of(&self, text: &str) -> (f64, features::Counts, [u8; BINS / 8]) {
+    /// The model's logit, the scan's counts, its dense features and the word bins seen.
+    fn logit_of(&self, text: &str) -> (f64, features::Counts, [f64; N_DENSE], [u8; BINS / 8]) {
         let (counts, sums) = features::scan(text.as_bytes(), Sums::new(&self.table, self.mask));
         let (by_group, items) = (sums.by_group(), counts.items);
+        let dense = features::dense_features(&counts);
         let mut z = f64::from(self.bias);
-        for (w, x) in self.dense.iter().zip(features::dense_features(&counts)) {
+        for (w, x) in self.dense.iter().zip(dense) {
             z += f64::from(*w) * x;
         }
         for (s, n) in by_group.iter().zip(items) {
@@ -209,7 +210,7 @@ impl Model {
                 z += (f64::from(self.scale) * f64::from(*s)) / f64::from(n).sqrt();
             }
         }
-        (z.clamp(-40.0, 40.0), counts, sums.bins)
+        (z.clamp(-40.0, 40.0), counts, dense, sums.bins)
     }
 
     /// The estimated probability in [0, 1] that the weak pool's answer is worse than the strong's.
@@ -234,8 +235,8 @@ impl Model {
 
     /// Scores `text`, corrected by the router's learning, and decides strong or weak against `threshold`.
     pub fn decide(&self, text: &str, threshold: f32, learning: &Online) -> Decision {
-        let (z, counts, bins) = self.logit_of(text);
-        let inputs = online::inputs_of(&counts, &bins);
+        let (z, _, dense, bins) = self.logit_of(text);
+        let inputs = online::inputs_of(dense, &bins);
         let score = sigmoid(z + f64::from(learning.residual(&inputs)));
         Decision { score, logit: z as f32, inputs, strong: score >= threshold }
     }

@@ -103,10 +103,11 @@ impl Inputs {
 
     pub fn encode(&self) -> [u8; Inputs::ENCODED_LEN] {
         let mut out = [0u8; Inputs::ENCODED_LEN];
-        let bytes = self.dense.iter().flat_map(|d| d.to_le_bytes()).chain(self.bins.iter().copied());
-        for (slot, b) in out.iter_mut().zip(bytes) {
-            *slot = b;
+        let (dense, bins) = out.split_at_mut(4 * N_DENSE);
+        for (slot, d) in dense.chunks_exact_mut(4).zip(self.dense) {
+            slot.copy_from_slice(&d.to_le_bytes());
         }
+        bins.copy_from_slice(&self.bins);
         out
     }
 
@@ -128,9 +129,9 @@ impl Inputs {
 }
 
 /// Collects a prompt's [`Inputs`] during the model's scan.
-pub(crate) fn inputs_of(counts: &features::Counts, bins: &[u8; BINS / 8]) -> Inputs {
+pub(crate) fn inputs_of(dense: [f64; N_DENSE], bins: &[u8; BINS / 8]) -> Inputs {
     let mut inputs = Inputs { bins: *bins, ..Inputs::default() };
-    inputs.set_dense(features::dense_features(counts));
+    inputs.set_dense(dense);
     inputs
 }
 
@@ -196,11 +197,16 @@ impl Online {
 
     /// The state as bytes for a shared-data value.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Online::ENCODED_LEN);
-        out.push(ENCODING_VERSION);
-        out.extend_from_slice(&self.labels.to_le_bytes());
-        for w in &self.weights {
-            out.extend_from_slice(&w.to_le_bytes());
+        let mut out = vec![0u8; Online::ENCODED_LEN];
+        let (head, weights) = out.split_at_mut(5);
+        if let Some(version) = head.first_mut() {
+            *version = ENCODING_VERSION;
+        }
+        if let Some(labels) = head.get_mut(1..5) {
+            labels.copy_from_slice(&self.labels.to_le_bytes());
+        }
+        for (slot, w) in weights.chunks_exact_mut(4).zip(&self.weights) {
+            slot.copy_from_slice(&w.to_le_bytes());
         }
         out
     }

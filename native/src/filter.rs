@@ -383,7 +383,9 @@ impl Filter {
     fn take_feedback(&mut self, request_id: &str, score: f64) -> Step {
         let rt = self.rt.clone();
         let owner = self.ex.tenant_name(&*rt).to_string();
-        let taken = learning::take_feedback(&state::Data, &rt.config, &owner, request_id, state::now_ms());
+        // One journal for every thread: nothing to wait for.
+        let (journal, now) = (state::journal(), state::now_ms());
+        let taken = learning::take_feedback(&state::Data, &rt.config, journal, (&owner, request_id), true, now);
         if rt.config.call_log && matches!(taken, Feedback::Accepted(_)) {
             let score_text = serde_json::to_string(&score).unwrap_or_default();
             self.ex.obs.feedback = Some((request_id.to_string(), score_text));
@@ -450,9 +452,11 @@ impl Filter {
             };
             let upstream = build_upstream(&*rt, self.ex.endpoint, &parsed, picked.member, now, self.ex.native_body())?;
             // Scorable only once actually routed (not refused by limits), by its owner.
-            if let Some(decided) = learned {
-                let feedback_id = format!("{:016x}", state::random());
-                learning::remember(&state::Data, self.ex.tenant_name(&*rt), &feedback_id, &decided, now);
+            let remembered = learned.and_then(|decided| {
+                let owner = self.ex.tenant_name(&*rt);
+                Some((decided, state::journal().remember(&state::Data, owner, &decided, now, state::random())?))
+            });
+            if let Some((decided, feedback_id)) = remembered {
                 self.ex.obs.feedback_id = Some(feedback_id.clone());
                 self.ex.obs.prompt = scorer.prompt.take();
                 self.ex.score = Some((decided.score, feedback_id));

@@ -248,6 +248,7 @@ impl Runtime {
     /// The configuration's tick, on Envoy's main thread: the fleet's sync, the gauges and the probes.
     pub fn tick(&self, envoy_config: crate::abi::EnvoyFilterConfig) {
         let now = now_ms();
+        journal().tick(&Data, now);
         Fleet::sync(self, envoy_config);
         Prober::tick(self, envoy_config, now);
         let health = lock(&stores().health);
@@ -298,6 +299,13 @@ impl Runtime {
 /// root tick): in rotation, or past its cooldown and offered the next request.
 fn in_rotation(availability: Availability) -> bool {
     matches!(availability, Availability::Healthy | Availability::Trial)
+}
+
+/// The process's learned decisions remembered for feedback: one journal for
+/// every worker thread and configuration (feedback on any thread finds them).
+pub fn journal() -> &'static learning::Journal {
+    static JOURNAL: std::sync::OnceLock<learning::Journal> = std::sync::OnceLock::new();
+    JOURNAL.get_or_init(learning::Journal::new)
 }
 
 /// How often a configuration ticks.

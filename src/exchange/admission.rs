@@ -244,6 +244,8 @@ pub enum Feedback<L> {
     /// Accepted; a label when it scored a weak-pool answer.
     Accepted(Option<L>),
     Unknown,
+    /// Not found yet: the host may wait for other workers to publish, then ask again.
+    NotYet,
     AlreadyScored,
     /// The owner gave this router `limit` scores this minute already.
     TooMany {
@@ -262,7 +264,7 @@ impl Exchange {
                 let headers = vec![("x-switchboard-request-id", self.request_id.clone())];
                 return self.reply(sh, 204, headers, Vec::new());
             }
-            Feedback::Unknown => ApiError::new(
+            Feedback::Unknown | Feedback::NotYet => ApiError::new(
                 404,
                 ErrorCode::RequestNotFound,
                 format!(

@@ -4,13 +4,11 @@
 //! host's [`SharedData`] (proxy-wasm's shared data, or the dynamic module's
 //! process memory), so every worker routes with the same learning.
 //!
-//! Memory is bounded: `FEEDBACK_SLOTS` slots in shared data, a request's slot
-//! chosen by a hash of its owner (tenant) and id, each valid for
-//! `FEEDBACK_TTL_MS`. Remembering is one write and no read (it is on every
-//! learned request's path), so a newer request takes its slot from an older
-//! one that hashed there: of the last 1,000 learned requests about 94% are
-//! still scorable, of the last 5,000 about 74%. Only its owner can score a
-//! request, at most `feedback_per_minute` times a minute per router.
+//! Memory is bounded: each VM (worker) writes its decisions to its own lane of
+//! [`PAGES_PER_LANE`] pages of [`PAGE_LEN`] records in shared data (its last
+//! 4,080 to 4,096 decisions, 870 KB), each valid for `FEEDBACK_TTL_MS`. Remembering is
+//! no shared-data call on the request's path (see [`Journal`]). Only its owner
+//! can score a request, at most `feedback_per_minute` times a minute per router.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -24,7 +22,6 @@ use crate::text::push_json_string;
 
 use super::shared::{DataError, SharedData};
 
-pub const FEEDBACK_SLOTS: u64 = 16_384;
 /// How long a VM routes with the learning it last read before reading it
 /// again: scores reach every worker within this, and a request pays no
 /// shared-data read.
@@ -218,7 +215,6 @@ struct Remembered {
     expires_ms: u64,
     router: u16,
     strong: bool,
-    scored: bool,
     logit: f32,
     inputs: Inputs,
 }
@@ -228,18 +224,17 @@ const REMEMBERED_LEN: usize = 8 + 8 + 2 + 2 + 4 + Inputs::ENCODED_LEN;
 impl Remembered {
     fn encode(&self) -> [u8; REMEMBERED_LEN] {
         let mut out = [0u8; REMEMBERED_LEN];
-        let bytes = self
-            .id_hash
-            .to_le_bytes()
-            .into_iter()
-            .chain(self.expires_ms.to_le_bytes())
-            .chain(self.router.to_le_bytes())
-            .chain([u8::from(self.strong), u8::from(self.scored)])
-            .chain(self.logit.to_le_bytes())
-            .chain(self.inputs.encode());
-        for (dst, src) in out.iter_mut().zip(bytes) {
-            *dst = src;
-        }
+        let (head, inputs) = out.split_at_mut(24);
+        let (id_hash, rest) = head.split_at_mut(8);
+        let (expires, rest) = rest.split_at_mut(8);
+        let (router, rest) = rest.split_at_mut(2);
+        let (flags, logit) = rest.split_at_mut(2);
+        id_hash.copy_from_slice(&self.id_hash.to_le_bytes());
+        expires.copy_from_slice(&self.expires_ms.to_le_bytes());
+        router.copy_from_slice(&self.router.to_le_bytes());
+        flags.copy_from_slice(&[u8::from(self.strong), 0]);
+        logit.copy_from_slice(&self.logit.to_le_bytes());
+        inputs.copy_from_slice(&self.inputs.encode());
         out
     }
 
@@ -252,7 +247,6 @@ impl Remembered {
             expires_ms: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
             router: u16::from_le_bytes(b.get(16..18)?.try_into().ok()?),
             strong: *b.get(18)? != 0,
-            scored: *b.get(19)? != 0,
             logit: f32::from_le_bytes(b.get(20..24)?.try_into().ok()?),
             inputs: Inputs::decode(b.get(24..)?)?,
         })
@@ -269,25 +263,254 @@ fn id_hash(owner: &str, request_id: &str) -> u64 {
     fnv64(fnv64(fnv64(0xcbf2_9ce4_8422_2325, owner.as_bytes()), &[0]), request_id.as_bytes())
 }
 
-fn slot_key(hash: u64) -> String {
-    format!("switchboard.feedback.{}", hash % FEEDBACK_SLOTS)
+/// Records per page: a page is one shared-data value (up to 16 x 212 bytes).
+pub const PAGE_LEN: u64 = 16;
+/// Pages per lane: a lane keeps its last 4,080 to 4,096 decisions.
+pub const PAGES_PER_LANE: u64 = 256;
+/// Lanes: one per VM (worker) or dynamic module configuration at a time.
+pub const MAX_LANES: u32 = 256;
+/// A lane whose owner has not said it is alive for this long can be taken.
+const LANE_STALE_MS: u64 = 120_000;
+const LANE_HEARTBEAT_MS: u64 = 30_000;
+/// Decisions are published at least this soon after they were made (on the
+/// tick), so another worker finds them; a score that finds nothing waits
+/// [`FEEDBACK_WAIT_MS`] once before it is unknown.
+pub const PUBLISH_AFTER_MS: u64 = 20;
+pub const FEEDBACK_WAIT_MS: u64 = 150;
+
+fn lane_key(lane: u32) -> String {
+    format!("switchboard.feedback.lane.{lane}")
 }
 
-/// Remembers a routed request for its owner's feedback (`owner`: the tenant's
-/// name, or "" without tenants).
-pub fn remember(data: &dyn SharedData, owner: &str, request_id: &str, decided: &Decided, now_ms: u64) {
-    let hash = id_hash(owner, request_id);
-    let entry = Remembered {
-        id_hash: hash,
-        expires_ms: now_ms.saturating_add(FEEDBACK_TTL_MS),
-        router: u16::try_from(decided.router).unwrap_or(u16::MAX),
-        strong: decided.strong,
-        scored: false,
-        logit: decided.logit,
-        inputs: decided.inputs,
-    };
-    if let Err(e) = data.set(&slot_key(hash), &entry.encode(), 0) {
-        log::warn!("switchboard[{request_id}]: remembering the learned decision failed ({e:?})");
+fn page_key(lane: u32, seq: u64) -> String {
+    format!("switchboard.feedback.{lane}.{}", (seq / PAGE_LEN) % PAGES_PER_LANE)
+}
+
+/// Which of a page's records were scored: the page's generation (`seq /
+/// PAGE_LEN`, so marks of the page's previous use do not count) and a bit a record.
+fn marks_key(lane: u32, seq: u64) -> String {
+    format!("switchboard.feedback.{lane}.{}.scored", (seq / PAGE_LEN) % PAGES_PER_LANE)
+}
+
+/// A feedback id: lane, sequence number in the lane, and 64 random bits
+/// (so that ids cannot be guessed from one another).
+fn feedback_id(lane: u32, seq: u64, random: u64) -> String {
+    format!("{lane:04x}{seq:012x}{random:016x}")
+}
+
+fn parse_feedback_id(id: &str) -> Option<(u32, u64)> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let lane = u32::from_str_radix(id.get(..4)?, 16).ok()?;
+    let seq = u64::from_str_radix(id.get(4..16)?, 16).ok()?;
+    (lane < MAX_LANES).then_some((lane, seq))
+}
+
+#[derive(Default)]
+struct JournalState {
+    /// The lane this journal writes (index, owner token), once claimed.
+    lane: Option<(u32, u64)>,
+    heartbeat_ms: u64,
+    /// The next decision's sequence number in the lane.
+    seq: u64,
+    /// The current page's records so far (`seq % PAGE_LEN` of them).
+    page: Vec<Remembered>,
+    /// When the oldest record not yet in shared data was made.
+    unpublished_since: Option<u64>,
+    /// The current page's marks were reset for its generation.
+    marks_reset: bool,
+}
+
+/// The learned decisions of one VM (or of the dynamic module), remembered
+/// for feedback. Remembering costs no shared-data call on a request's path:
+/// decisions go to this VM's page of its own lane, and the page is written to
+/// shared data (only its owner writes it; scores mark a separate key) when it
+/// is full and on the tick [`PUBLISH_AFTER_MS`] after its oldest unpublished
+/// decision; a score taken on this VM reads its current page here.
+#[derive(Default)]
+pub struct Journal(Mutex<JournalState>);
+
+impl Journal {
+    pub fn new() -> Self {
+        Journal::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, JournalState> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers a routed request for its owner's feedback (`owner`: the
+    /// tenant's name, or "" without tenants) and returns its feedback id;
+    /// `None` when every lane is taken (the answer is then not scorable).
+    pub fn remember(&self, data: &dyn SharedData, owner: &str, decided: &Decided, now_ms: u64, random: u64) -> Option<String> {
+        let mut st = self.state();
+        let lane = match st.lane {
+            Some((lane, _)) => lane,
+            None => {
+                let (lane, token) = claim_lane(data, random, now_ms)?;
+                *st = JournalState { lane: Some((lane, token)), heartbeat_ms: now_ms, ..JournalState::default() };
+                lane
+            }
+        };
+        let seq = st.seq;
+        let id = feedback_id(lane, seq, random);
+        st.page.push(Remembered {
+            id_hash: id_hash(owner, &id),
+            expires_ms: now_ms.saturating_add(FEEDBACK_TTL_MS),
+            router: u16::try_from(decided.router).unwrap_or(u16::MAX),
+            strong: decided.strong,
+            logit: decided.logit,
+            inputs: decided.inputs,
+        });
+        st.seq = seq + 1;
+        st.unpublished_since.get_or_insert(now_ms);
+        if st.seq % PAGE_LEN == 0 {
+            publish(data, &mut st);
+        }
+        Some(id)
+    }
+
+    /// Publishes decisions older than [`PUBLISH_AFTER_MS`] and says this
+    /// journal's lane is still in use (the host's tick).
+    pub fn tick(&self, data: &dyn SharedData, now_ms: u64) {
+        let mut st = self.state();
+        if st.unpublished_since.is_some_and(|since| now_ms.saturating_sub(since) >= PUBLISH_AFTER_MS) {
+            publish(data, &mut st);
+        }
+        if let Some((lane, token)) = st.lane {
+            if now_ms.saturating_sub(st.heartbeat_ms) >= LANE_HEARTBEAT_MS {
+                st.heartbeat_ms = now_ms;
+                if !renew_lane(data, lane, token, now_ms) {
+                    // Taken by another VM after this one went quiet: start again in a new lane.
+                    *st = JournalState::default();
+                }
+            }
+        }
+    }
+
+    /// Publishes every decision now.
+    pub fn publish(&self, data: &dyn SharedData) {
+        let mut st = self.state();
+        if st.unpublished_since.is_some() {
+            publish(data, &mut st);
+        }
+    }
+
+    /// Record `seq` of `lane` when it is on this journal's current page (not
+    /// necessarily published yet), with the page's marks ready for a score.
+    fn current(&self, data: &dyn SharedData, lane: u32, seq: u64) -> Option<Remembered> {
+        let mut st = self.state();
+        let (mine, _) = st.lane?;
+        let first = st.seq.saturating_sub(st.page.len() as u64);
+        if mine != lane || seq < first {
+            return None;
+        }
+        let record = *st.page.get(usize::try_from(seq - first).ok()?)?;
+        if !st.marks_reset {
+            reset_marks(data, lane, first);
+            st.marks_reset = true;
+        }
+        Some(record)
+    }
+
+    /// Publishes and gives the lane back (the configuration that used it is replaced).
+    pub fn release(&self, data: &dyn SharedData) {
+        let mut st = self.state();
+        if st.unpublished_since.is_some() {
+            publish(data, &mut st);
+        }
+        if let Some((lane, token)) = st.lane.take() {
+            if let Ok((Some(bytes), cas)) = data.get(&lane_key(lane)) {
+                if bytes.get(..8) == Some(&token.to_le_bytes()[..]) {
+                    let _ = data.set(&lane_key(lane), &[], cas);
+                }
+            }
+        }
+    }
+}
+
+/// A lane's value: its owner's token and when it last said it is alive.
+fn lane_value(token: u64, now_ms: u64) -> Vec<u8> {
+    token.to_le_bytes().into_iter().chain(now_ms.to_le_bytes()).collect()
+}
+
+fn lane_owner(bytes: &[u8]) -> Option<(u64, u64)> {
+    let token = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let at = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((token, at))
+}
+
+/// The first lane nobody holds (never used, given back, or stale), taken with compare-and-swap.
+fn claim_lane(data: &dyn SharedData, random: u64, now_ms: u64) -> Option<(u32, u64)> {
+    let token = random | 1;
+    for lane in 0..MAX_LANES {
+        let key = lane_key(lane);
+        let Ok((bytes, cas)) = data.get(&key) else { continue };
+        let held = bytes
+            .as_deref()
+            .and_then(lane_owner)
+            .is_some_and(|(_, at)| now_ms.saturating_sub(at) < LANE_STALE_MS);
+        if !held && data.set(&key, &lane_value(token, now_ms), cas).is_ok() {
+            return Some((lane, token));
+        }
+    }
+    log::warn!("switchboard: all {MAX_LANES} feedback lanes are in use; learned answers are not scorable");
+    None
+}
+
+/// Says lane `lane` is still `token`'s; false when another took it.
+fn renew_lane(data: &dyn SharedData, lane: u32, token: u64, now_ms: u64) -> bool {
+    let key = lane_key(lane);
+    for _ in 0..CAS_RETRIES {
+        let Ok((bytes, cas)) = data.get(&key) else { return true };
+        if bytes.as_deref().and_then(lane_owner).map(|(t, _)| t) != Some(token) {
+            return false;
+        }
+        match data.set(&key, &lane_value(token, now_ms), cas) {
+            Err(DataError::CasMismatch) => continue,
+            _ => return true,
+        }
+    }
+    true
+}
+
+/// Clears the marks of the page of `seq` for its generation, before anyone can
+/// find its records: whoever scores one then marks an existing key with
+/// compare-and-swap (a first write could lose another's mark).
+fn reset_marks(data: &dyn SharedData, lane: u32, seq: u64) {
+    let fresh: Vec<u8> = (seq / PAGE_LEN).to_le_bytes().into_iter().chain(0u64.to_le_bytes()).collect();
+    if let Err(e) = data.set(&marks_key(lane, seq), &fresh, 0) {
+        log::warn!("switchboard: writing feedback lane {lane} failed ({e:?})");
+    }
+}
+
+/// Writes the journal's current page into shared data (the records so far:
+/// the page's previous use is dropped); a full page is then left behind.
+fn publish(data: &dyn SharedData, st: &mut JournalState) {
+    let Some((lane, token)) = st.lane else { return };
+    // Two VMs that took the same free lane at the same moment (a first write
+    // has no compare-and-swap) learn it here: the one that lost starts again
+    // in a new lane, and the decisions it had not published are not scorable.
+    let owner = data.get(&lane_key(lane)).ok().and_then(|(bytes, _)| bytes.as_deref().and_then(lane_owner));
+    if owner.is_some_and(|(t, _)| t != token) {
+        log::warn!("switchboard: feedback lane {lane} was taken by another worker; moving to another");
+        *st = JournalState::default();
+        return;
+    }
+    let first = st.seq.saturating_sub(st.page.len() as u64);
+    if !st.marks_reset {
+        reset_marks(data, lane, first);
+        st.marks_reset = true;
+    }
+    let page: Vec<u8> = st.page.iter().flat_map(|r| r.encode()).collect();
+    if let Err(e) = data.set(&page_key(lane, first), &page, 0) {
+        log::warn!("switchboard: writing feedback lane {lane} failed ({e:?})");
+    }
+    st.unpublished_since = None;
+    if st.seq % PAGE_LEN == 0 {
+        st.page.clear();
+        st.marks_reset = false;
     }
 }
 
@@ -330,32 +553,51 @@ fn within_rate(data: &dyn SharedData, owner: &str, router: u16, limit: u32, now_
 }
 
 /// Marks `owner`'s request `request_id` scored, once, within the router's rate.
-pub fn take_feedback(data: &dyn SharedData, config: &Config, owner: &str, request_id: &str, now_ms: u64) -> Feedback {
+/// `Feedback::NotYet` when nothing is found and the score has not waited yet:
+/// another worker may not have published the decision (see [`Journal`]).
+pub fn take_feedback(
+    data: &dyn SharedData,
+    config: &Config,
+    journal: &Journal,
+    (owner, request_id): (&str, &str),
+    waited: bool,
+    now_ms: u64,
+) -> Feedback {
+    let Some((lane, seq)) = parse_feedback_id(request_id) else { return Feedback::Unknown };
     let hash = id_hash(owner, request_id);
-    let key = slot_key(hash);
+    let at = (seq % PAGE_LEN) as usize * REMEMBERED_LEN;
+    let entry = journal.current(data, lane, seq).or_else(|| match data.get(&page_key(lane, seq)) {
+        Ok((Some(page), _)) => page.get(at..at + REMEMBERED_LEN).and_then(Remembered::decode),
+        _ => None,
+    });
+    let Some(entry) = entry.filter(|e| e.id_hash == hash) else {
+        return if waited { Feedback::Unknown } else { Feedback::NotYet };
+    };
+    if entry.expires_ms <= now_ms {
+        return Feedback::Unknown;
+    }
+    let (key, generation, bit) = (marks_key(lane, seq), seq / PAGE_LEN, 1u64 << (seq % PAGE_LEN));
+    let limit =
+        config.routers.get(usize::from(entry.router)).and_then(|r| r.learned.as_ref()).map_or(0, |l| l.feedback_per_minute);
     let mut counted = false;
     for _ in 0..CAS_RETRIES {
         let Ok((bytes, cas)) = data.get(&key) else { return Feedback::Unknown };
-        let Some(mut entry) = bytes.as_deref().and_then(Remembered::decode) else { return Feedback::Unknown };
-        if entry.id_hash != hash || entry.expires_ms <= now_ms {
-            return Feedback::Unknown;
-        }
-        if entry.scored {
+        let marks = bytes
+            .as_deref()
+            .and_then(|b| Some((u64::from_le_bytes(b.get(..8)?.try_into().ok()?), u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))))
+            .filter(|(g, _)| *g == generation)
+            .map_or(0, |(_, bits)| bits);
+        if marks & bit != 0 {
             return Feedback::AlreadyScored;
         }
-        let limit = config
-            .routers
-            .get(usize::from(entry.router))
-            .and_then(|r| r.learned.as_ref())
-            .map_or(0, |l| l.feedback_per_minute);
         if !counted {
             if !within_rate(data, owner, entry.router, limit, now_ms) {
                 return Feedback::TooMany { limit, retry_after_s: 60 - (now_ms / 1000) % 60 };
             }
             counted = true;
         }
-        entry.scored = true;
-        match data.set(&key, &entry.encode(), cas) {
+        let value: Vec<u8> = generation.to_le_bytes().into_iter().chain((marks | bit).to_le_bytes()).collect();
+        match data.set(&key, &value, cas) {
             Ok(()) => {
                 let label = (!entry.strong).then_some(Label {
                     router: usize::from(entry.router),
@@ -382,7 +624,6 @@ mod tests {
             expires_ms: 9,
             router: 2,
             strong: true,
-            scored: false,
             logit: -1.5,
             inputs: Inputs::default(),
         };
@@ -453,43 +694,103 @@ mod tests {
         }
     }
 
+    fn take(data: &dyn SharedData, config: &Config, journal: &Journal, owner: &str, id: &str, now: u64) -> Feedback {
+        take_feedback(data, config, journal, (owner, id), true, now)
+    }
+
     #[test]
-    fn remembering_a_decision_is_one_write_and_no_read() {
-        let data = Counted::default();
-        for i in 0..100 {
-            remember(&data, "t", &format!("{i:016x}"), &decided(false), 1_000);
+    fn remembering_makes_no_shared_data_call_until_a_page_is_full() {
+        let (data, journal) = (Counted::default(), Journal::new());
+        journal.remember(&data, "t", &decided(false), 1_000, 7).unwrap();
+        let claimed = data.1.get();
+        assert_eq!(claimed, (1, 1), "the first free lane, taken once");
+        for i in 1..PAGE_LEN - 1 {
+            journal.remember(&data, "t", &decided(false), 1_000, i).unwrap();
         }
-        assert_eq!(data.1.get(), (0, 100));
+        assert_eq!(data.1.get(), claimed);
+        journal.remember(&data, "t", &decided(false), 1_000, 99).unwrap();
+        assert_eq!(data.1.get(), (claimed.0 + 1, claimed.1 + 2), "the full page: lane check, its marks, its records");
     }
 
     #[test]
     fn a_weak_answer_is_scored_once_by_its_owner_within_the_hour() {
-        let (data, config) = (Counted::default(), learned_config(600));
-        remember(&data, "t1", "id-1", &decided(false), 1_000);
-        assert_eq!(take_feedback(&data, &config, "t2", "id-1", 2_000), Feedback::Unknown, "another tenant's");
-        assert_eq!(take_feedback(&data, &config, "t1", "id-2", 2_000), Feedback::Unknown, "never routed");
+        let (data, config, journal) = (Counted::default(), learned_config(600), Journal::new());
+        let id = journal.remember(&data, "t1", &decided(false), 1_000, 42).unwrap();
+        assert_eq!(id.len(), 32);
+        assert_eq!(take(&data, &config, &journal, "t2", &id, 2_000), Feedback::Unknown, "another tenant's");
+        let forged = format!("{}{}", &id[..16], "0123456789abcdef");
+        assert_eq!(take(&data, &config, &journal, "t1", &forged, 2_000), Feedback::Unknown, "never routed");
+        assert_eq!(take(&data, &config, &journal, "t1", "req-1", 2_000), Feedback::Unknown, "not an id of ours");
         let label = Label { router: 0, logit: -0.5, inputs: Inputs::default() };
-        assert_eq!(take_feedback(&data, &config, "t1", "id-1", 2_000), Feedback::Accepted(Some(label)));
-        assert_eq!(take_feedback(&data, &config, "t1", "id-1", 3_000), Feedback::AlreadyScored);
-        remember(&data, "t1", "id-3", &decided(true), 1_000);
+        assert_eq!(take(&data, &config, &journal, "t1", &id, 2_000), Feedback::Accepted(Some(label)));
+        assert_eq!(take(&data, &config, &journal, "t1", &id, 3_000), Feedback::AlreadyScored);
+        let strong = journal.remember(&data, "t1", &decided(true), 1_000, 43).unwrap();
         let expired = 1_000 + FEEDBACK_TTL_MS;
-        assert_eq!(take_feedback(&data, &config, "t1", "id-3", expired), Feedback::Unknown);
-        assert_eq!(take_feedback(&data, &config, "t1", "id-3", expired - 1), Feedback::Accepted(None), "strong: no label");
+        assert_eq!(take(&data, &config, &journal, "t1", &strong, expired), Feedback::Unknown);
+        assert_eq!(take(&data, &config, &journal, "t1", &strong, expired - 1), Feedback::Accepted(None), "no label");
+    }
+
+    #[test]
+    fn another_worker_finds_a_decision_once_it_is_published_and_marks_survive_republishing() {
+        let (data, config) = (crate::exchange::shared::Memory::default(), learned_config(600));
+        let (mine, theirs) = (Journal::new(), Journal::new());
+        let first = mine.remember(&data, "t", &decided(false), 1_000, 1).unwrap();
+        let asked = take_feedback(&data, &config, &theirs, ("t", &first), false, 1_001);
+        assert_eq!(asked, Feedback::NotYet, "not published yet: the score waits");
+        mine.tick(&data, 1_000 + PUBLISH_AFTER_MS - 1);
+        assert_eq!(take_feedback(&data, &config, &theirs, ("t", &first), false, 1_010), Feedback::NotYet);
+        mine.tick(&data, 1_000 + PUBLISH_AFTER_MS);
+        assert!(matches!(take(&data, &config, &theirs, "t", &first, 1_030), Feedback::Accepted(Some(_))));
+        // The same page written again (a newer decision) keeps the mark made by the other worker.
+        let second = mine.remember(&data, "t", &decided(false), 1_040, 2).unwrap();
+        mine.publish(&data);
+        assert_eq!(take(&data, &config, &theirs, "t", &first, 1_050), Feedback::AlreadyScored);
+        assert!(matches!(take(&data, &config, &theirs, "t", &second, 1_050), Feedback::Accepted(Some(_))));
+        // Each journal has its own lane.
+        let other = theirs.remember(&data, "t", &decided(false), 1_060, 3).unwrap();
+        assert_ne!(other[..4], first[..4]);
+    }
+
+    #[test]
+    fn a_lane_is_taken_once_and_given_back() {
+        let data = crate::exchange::shared::Memory::default();
+        let (a, b) = (Journal::new(), Journal::new());
+        let in_a = a.remember(&data, "", &decided(false), 1_000, 1).unwrap();
+        assert_eq!(&in_a[..4], "0000");
+        assert_eq!(&b.remember(&data, "", &decided(false), 1_000, 2).unwrap()[..4], "0001");
+        a.release(&data);
+        let config = learned_config(600);
+        assert!(matches!(take(&data, &config, &a, "", &in_a, 1_000), Feedback::Accepted(Some(_))));
+        let c = Journal::new();
+        let in_c = c.remember(&data, "", &decided(false), 1_000, 3).unwrap();
+        assert_eq!(&in_c[..4], "0000", "given back");
+        assert_eq!(take(&data, &config, &c, "", &in_a, 1_000), Feedback::Unknown, "the lane's old record is gone");
+        assert!(matches!(take(&data, &config, &c, "", &in_c, 1_000), Feedback::Accepted(Some(_))), "old marks do not count");
+        // A lane whose owner stopped saying it is alive is taken; the old owner moves on.
+        c.tick(&data, 1_000 + LANE_HEARTBEAT_MS);
+        let d = Journal::new();
+        let later = 1_000 + LANE_STALE_MS;
+        assert_eq!(&d.remember(&data, "", &decided(false), later, 4).unwrap()[..4], "0001");
+        b.publish(&data);
+        assert_eq!(&b.remember(&data, "", &decided(false), later, 5).unwrap()[..4], "0002");
     }
 
     #[test]
     fn scores_are_limited_per_owner_and_minute() {
-        let (data, config) = (Counted::default(), learned_config(2));
-        for i in 0..3 {
-            remember(&data, "t1", &format!("a{i}"), &decided(false), 1_000);
-            remember(&data, "t2", &format!("b{i}"), &decided(false), 1_000);
-        }
-        let taken = |owner, id: &str, now| take_feedback(&data, &config, owner, id, now);
-        assert!(matches!(taken("t1", "a0", 1_000), Feedback::Accepted(Some(_))));
-        assert!(matches!(taken("t1", "a1", 2_000), Feedback::Accepted(Some(_))));
-        assert_eq!(taken("t1", "a2", 3_000), Feedback::TooMany { limit: 2, retry_after_s: 57 });
-        assert!(matches!(taken("t2", "b0", 3_000), Feedback::Accepted(Some(_))), "another owner's minute");
-        assert!(matches!(taken("t1", "a2", 60_000), Feedback::Accepted(Some(_))), "the next minute");
+        let (data, config, journal) = (Counted::default(), learned_config(2), Journal::new());
+        let ids: Vec<(String, String)> = (0..3)
+            .map(|i| {
+                let a = journal.remember(&data, "t1", &decided(false), 1_000, 2 * i).unwrap();
+                (a, journal.remember(&data, "t2", &decided(false), 1_000, 2 * i + 1).unwrap())
+            })
+            .collect();
+        let taken = |owner, id: &str, now| take(&data, &config, &journal, owner, id, now);
+        assert!(matches!(taken("t1", &ids[0].0, 1_000), Feedback::Accepted(Some(_))));
+        assert!(matches!(taken("t1", &ids[1].0, 2_000), Feedback::Accepted(Some(_))));
+        assert_eq!(taken("t1", &ids[2].0, 3_000), Feedback::TooMany { limit: 2, retry_after_s: 57 });
+        assert!(matches!(taken("t2", &ids[0].1, 3_000), Feedback::Accepted(Some(_))), "another owner's minute");
+        assert!(matches!(taken("t1", &ids[2].0, 60_000), Feedback::Accepted(Some(_))), "the next minute");
     }
 }
+
 

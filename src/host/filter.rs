@@ -50,6 +50,9 @@ pub struct Filter {
     refused: Option<ApiError>,
     /// Fleet mode: the tenant's admission asked of the state service.
     fleet: Ask,
+    /// A score (feedback id, score) that found nothing and waits for other
+    /// workers to publish their decisions (`learning::FEEDBACK_WAIT_MS`).
+    waiting_score: Option<(String, f64)>,
 }
 
 /// The calls a request sends on its own, through Envoy's HTTP call API,
@@ -89,6 +92,7 @@ impl Filter {
             client_headers: Vec::new(),
             refused: None,
             fleet: Ask::Idle,
+            waiting_score: None,
         }
     }
 
@@ -104,6 +108,11 @@ impl Filter {
     /// Woken by the root's tick (see `wake`): a hedge or an idle stream may be due.
     pub fn on_timer(&mut self, now: u64) {
         let Some(rt) = self.rt.clone() else { return };
+        if let Some((request_id, score)) = self.waiting_score.take() {
+            let step = self.take_feedback(&rt, &request_id, score, true);
+            self.apply(step);
+            return;
+        }
         let mut caller = Caller { rt: &rt, client_headers: &self.client_headers };
         match self.ex.on_timer(&*rt, now, &mut caller) {
             Timer::Nothing => {}
@@ -178,7 +187,7 @@ impl Filter {
         let step = match self.ex.body_for {
             BodyFor::Routing => return self.route(rt, body),
             BodyFor::Feedback => match feedback_body(&body) {
-                Ok((request_id, score)) => self.take_feedback(rt, &request_id, score),
+                Ok((request_id, score)) => self.take_feedback(rt, &request_id, score, false),
                 Err(e) => self.ex.error_reply(rt, &e),
             },
             BodyFor::CountTokens => match messages::count_tokens(&body) {
@@ -191,9 +200,16 @@ impl Filter {
 
     /// `POST /v1/feedback`: the score taken by the store of remembered
     /// answers, learned from when it labels a weak-pool answer.
-    fn take_feedback(&mut self, rt: &Runtime, request_id: &str, score: f64) -> Step {
+    /// `waited`: after [`learning::FEEDBACK_WAIT_MS`] for other workers' decisions.
+    fn take_feedback(&mut self, rt: &Runtime, request_id: &str, score: f64, waited: bool) -> Step {
         let owner = self.ex.tenant_name(rt).to_string();
-        let taken = learning::take_feedback(&abi::Data, &rt.config, &owner, request_id, self.now_ms());
+        let now = self.now_ms();
+        let taken = learning::take_feedback(&abi::Data, &rt.config, &rt.journal, (&owner, request_id), waited, now);
+        if matches!(taken, Feedback::NotYet) {
+            self.waiting_score = Some((request_id.to_string(), score));
+            wake::at(now + learning::FEEDBACK_WAIT_MS, &self.me);
+            return Step::Pause;
+        }
         if rt.config.call_log && matches!(taken, Feedback::Accepted(_)) {
             let score_text = serde_json::to_string(&score).unwrap_or_default();
             self.ex.obs.feedback = Some((request_id.to_string(), score_text));
@@ -270,9 +286,11 @@ impl Filter {
                     Err(e) => return self.answer_error(&e),
                 };
             // Scorable only once actually routed (not refused by limits), by its owner.
-            if let Some(decided) = learned {
-                let feedback_id = format!("{:016x}", rt.random());
-                learning::remember(&abi::Data, self.ex.tenant_name(rt), &feedback_id, &decided, now);
+            let remembered = learned.and_then(|decided| {
+                let id = rt.journal.remember(&abi::Data, self.ex.tenant_name(rt), &decided, now, rt.random())?;
+                Some((decided, id))
+            });
+            if let Some((decided, feedback_id)) = remembered {
                 self.ex.obs.feedback_id = Some(feedback_id.clone());
                 self.ex.obs.prompt = scorer.prompt.take();
                 self.ex.score = Some((decided.score, feedback_id));

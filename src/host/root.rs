@@ -48,17 +48,23 @@ fn fingerprint(raw: &[u8]) -> u64 {
 /// `hedge_after_ms` (at least 5 ms: a fine tick only wakes the requests due);
 /// a stream idle limit needs less precision (an eighth, at least 20 ms);
 /// shadow copies leave on the tick after their request, within 100 ms;
-/// fleet mode polls the fleet every `sync_ms`; otherwise once a second.
+/// fleet mode polls the fleet every `sync_ms`; learned routers' decisions are
+/// published for other workers' feedback within `LEARNED_TICK_MS`; otherwise
+/// once a second.
 fn tick_period_ms(config: &Config) -> u64 {
     let hedges = config.pools.iter().filter_map(|p| p.retry.hedge_after_ms).map(|ms| (ms / 32).clamp(5, SLOW_TICK_MS));
     let idles =
         config.pools.iter().filter_map(|p| p.retry.stream_idle_timeout_ms).map(|ms| (ms / 8).clamp(20, SLOW_TICK_MS));
     let shadows = config.pools.iter().filter(|p| p.shadow.is_some()).map(|_| SHADOW_TICK_MS);
     let fleet = config.shared_state.iter().map(|s| s.sync_ms.min(SLOW_TICK_MS));
-    hedges.chain(idles).chain(shadows).chain(fleet).min().unwrap_or(SLOW_TICK_MS)
+    let learned = config.routers.iter().filter(|r| r.learned.is_some()).map(|_| LEARNED_TICK_MS);
+    hedges.chain(idles).chain(shadows).chain(fleet).chain(learned).min().unwrap_or(SLOW_TICK_MS)
 }
 
 const SHADOW_TICK_MS: u64 = 100;
+/// Below `learning::FEEDBACK_WAIT_MS` less `PUBLISH_AFTER_MS`: a score that
+/// reaches another worker first finds its decision after one wait.
+const LEARNED_TICK_MS: u64 = 50;
 
 /// Whether the healthy-members gauge counts a member: it is in rotation, or
 /// its cooldown has ended and the next request it is picked for goes to it
@@ -106,6 +112,10 @@ impl RootContext for Root {
                 match Runtime::new(config) {
                     Ok(mut rt) => {
                         rt.canary_generation = fingerprint(&raw);
+                        // The lane and the decisions not yet published stay with this VM.
+                        if let Some(old) = &self.runtime {
+                            rt.journal = old.journal.clone();
+                        }
                         rt.refresh_canaries();
                         self.runtime = Some(Rc::new(rt));
                     }
@@ -130,6 +140,7 @@ impl RootContext for Root {
         let Some(rt) = &self.runtime else { return };
         let Ok(now) = abi::now_ms() else { return };
         wake::tick(self.context_id, now);
+        rt.journal.tick(&abi::Data, now);
         shadow::send_queued(rt, now);
         super::fleet::sync(rt, now);
         // Finer ticks run the once-a-second work on the tick that completes a second.

@@ -56,6 +56,8 @@ pub struct Runtime {
     pub learned_models: Vec<Option<Model>>,
     /// Per router: its learning from feedback as this VM last read it from shared data.
     pub learned_learning: learning::Learning,
+    /// This VM's learned decisions remembered for feedback (kept across reloads).
+    pub journal: std::rc::Rc<learning::Journal>,
     pub metrics: Metrics,
     rng: RefCell<Rng>,
     /// Successes of healthy members not yet added to shared data (flushed on tick).
@@ -86,6 +88,7 @@ impl Runtime {
             listing: ModelListing::build(&config),
             tenant_listings,
             learned_learning: learning::Learning::new(learned_models.len()),
+            journal: std::rc::Rc::default(),
             learned_models,
             metrics: Metrics::define(&config),
             config,

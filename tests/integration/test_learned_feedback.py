@@ -155,10 +155,12 @@ def test_only_the_gateway_made_feedback_id_is_scorable_not_a_client_chosen_id(fb
         r = ask(client, fb_gw, "learn", "Prove that the river is long.", {"x-request-id": "my-own-id-1"})
         assert r.headers["x-switchboard-request-id"] == "my-own-id-1"
         made = r.headers["x-switchboard-feedback-id"]
-        assert made != "my-own-id-1" and len(made) == 16
-        wrong = score(client, fb_gw, "my-own-id-1", 0.0)
-        assert wrong.status_code == 404, wrong.text
-        assert wrong.json()["error"]["code"] == "request_not_found"
+        # Worker lane and sequence number, then 64 random bits: knowing one id does not give another.
+        assert made != "my-own-id-1" and len(made) == 32 and int(made, 16) >= 0
+        for wrong_id in ("my-own-id-1", made[:16] + ("0" * 16 if made[16:] != "0" * 16 else "1" * 16)):
+            wrong = score(client, fb_gw, wrong_id, 0.0)
+            assert wrong.status_code == 404, wrong.text
+            assert wrong.json()["error"]["code"] == "request_not_found"
         assert score(client, fb_gw, made, 0.0).status_code == 204
         assert score(client, fb_gw, made, 0.0).status_code == 409
 
