@@ -343,7 +343,14 @@ impl Journal {
     /// Remembers a routed request for its owner's feedback (`owner`: the
     /// tenant's name, or "" without tenants) and returns its feedback id;
     /// `None` when every lane is taken (the answer is then not scorable).
-    pub fn remember(&self, data: &dyn SharedData, owner: &str, decided: &Decided, now_ms: u64, random: u64) -> Option<String> {
+    pub fn remember(
+        &self,
+        data: &dyn SharedData,
+        owner: &str,
+        decided: &Decided,
+        now_ms: u64,
+        random: u64,
+    ) -> Option<String> {
         let mut st = self.state();
         let lane = match st.lane {
             Some((lane, _)) => lane,
@@ -365,7 +372,7 @@ impl Journal {
         });
         st.seq = seq + 1;
         st.unpublished_since.get_or_insert(now_ms);
-        if st.seq % PAGE_LEN == 0 {
+        if st.seq.is_multiple_of(PAGE_LEN) {
             publish(data, &mut st);
         }
         Some(id)
@@ -447,10 +454,8 @@ fn claim_lane(data: &dyn SharedData, random: u64, now_ms: u64) -> Option<(u32, u
     for lane in 0..MAX_LANES {
         let key = lane_key(lane);
         let Ok((bytes, cas)) = data.get(&key) else { continue };
-        let held = bytes
-            .as_deref()
-            .and_then(lane_owner)
-            .is_some_and(|(_, at)| now_ms.saturating_sub(at) < LANE_STALE_MS);
+        let held =
+            bytes.as_deref().and_then(lane_owner).is_some_and(|(_, at)| now_ms.saturating_sub(at) < LANE_STALE_MS);
         if !held && data.set(&key, &lane_value(token, now_ms), cas).is_ok() {
             return Some((lane, token));
         }
@@ -508,7 +513,7 @@ fn publish(data: &dyn SharedData, st: &mut JournalState) {
         log::warn!("switchboard: writing feedback lane {lane} failed ({e:?})");
     }
     st.unpublished_since = None;
-    if st.seq % PAGE_LEN == 0 {
+    if st.seq.is_multiple_of(PAGE_LEN) {
         st.page.clear();
         st.marks_reset = false;
     }
@@ -577,14 +582,22 @@ pub fn take_feedback(
         return Feedback::Unknown;
     }
     let (key, generation, bit) = (marks_key(lane, seq), seq / PAGE_LEN, 1u64 << (seq % PAGE_LEN));
-    let limit =
-        config.routers.get(usize::from(entry.router)).and_then(|r| r.learned.as_ref()).map_or(0, |l| l.feedback_per_minute);
+    let limit = config
+        .routers
+        .get(usize::from(entry.router))
+        .and_then(|r| r.learned.as_ref())
+        .map_or(0, |l| l.feedback_per_minute);
     let mut counted = false;
     for _ in 0..CAS_RETRIES {
         let Ok((bytes, cas)) = data.get(&key) else { return Feedback::Unknown };
         let marks = bytes
             .as_deref()
-            .and_then(|b| Some((u64::from_le_bytes(b.get(..8)?.try_into().ok()?), u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))))
+            .and_then(|b| {
+                Some((
+                    u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+                    u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
+                ))
+            })
             .filter(|(g, _)| *g == generation)
             .map_or(0, |(_, bits)| bits);
         if marks & bit != 0 {
@@ -619,14 +632,8 @@ mod tests {
 
     #[test]
     fn remembered_round_trips() {
-        let r = Remembered {
-            id_hash: 7,
-            expires_ms: 9,
-            router: 2,
-            strong: true,
-            logit: -1.5,
-            inputs: Inputs::default(),
-        };
+        let r =
+            Remembered { id_hash: 7, expires_ms: 9, router: 2, strong: true, logit: -1.5, inputs: Inputs::default() };
         assert_eq!(Remembered::decode(&r.encode()), Some(r));
         assert_eq!(Remembered::decode(b"short"), None);
     }
@@ -765,7 +772,10 @@ mod tests {
         let in_c = c.remember(&data, "", &decided(false), 1_000, 3).unwrap();
         assert_eq!(&in_c[..4], "0000", "given back");
         assert_eq!(take(&data, &config, &c, "", &in_a, 1_000), Feedback::Unknown, "the lane's old record is gone");
-        assert!(matches!(take(&data, &config, &c, "", &in_c, 1_000), Feedback::Accepted(Some(_))), "old marks do not count");
+        assert!(
+            matches!(take(&data, &config, &c, "", &in_c, 1_000), Feedback::Accepted(Some(_))),
+            "old marks do not count"
+        );
         // A lane whose owner stopped saying it is alive is taken; the old owner moves on.
         c.tick(&data, 1_000 + LANE_HEARTBEAT_MS);
         let d = Journal::new();
@@ -792,5 +802,3 @@ mod tests {
         assert!(matches!(taken("t1", &ids[2].0, 60_000), Feedback::Accepted(Some(_))), "the next minute");
     }
 }
-
-
