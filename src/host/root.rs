@@ -77,6 +77,14 @@ fn in_rotation(availability: Availability) -> bool {
 }
 
 impl Context for Root {
+    /// The plugin is going away (its VM with it): its feedback lane is free at once.
+    fn on_done(&mut self) -> bool {
+        if let Some(rt) = &self.runtime {
+            rt.journal.release(&abi::Data);
+        }
+        true
+    }
+
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
         if let Some(rt) = &self.runtime {
             if !super::fleet::sync_answered(rt, token_id, num_headers, body_size)
@@ -112,7 +120,7 @@ impl RootContext for Root {
                 match Runtime::new(config) {
                     Ok(mut rt) => {
                         rt.canary_generation = fingerprint(&raw);
-                        // The lane and the decisions not yet published stay with this VM.
+                        // Configured again in place: the lane and its decisions stay.
                         if let Some(old) = &self.runtime {
                             rt.journal = old.journal.clone();
                         }

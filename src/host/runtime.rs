@@ -56,7 +56,8 @@ pub struct Runtime {
     pub learned_models: Vec<Option<Model>>,
     /// Per router: its learning from feedback as this VM last read it from shared data.
     pub learned_learning: learning::Learning,
-    /// This VM's learned decisions remembered for feedback (kept across reloads).
+    /// This plugin's learned decisions remembered for feedback (its lane is
+    /// given back when Envoy removes the plugin, e.g. for a new configuration).
     pub journal: std::rc::Rc<learning::Journal>,
     pub metrics: Metrics,
     rng: RefCell<Rng>,
