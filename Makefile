@@ -101,6 +101,7 @@ wasm-test: toolchain
 # (the layers are listed in docs/architecture.md).
 lint:
 	python3 tools/layers.py
+	@if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; else echo "rustfmt not installed: formatting not checked"; fi
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p switchboard --features cli --bin switchboard -- -D warnings
 	cargo clippy -p switchboard -p switchboard-learned --release --target wasm32-wasip1 -- -D warnings

@@ -159,7 +159,8 @@ fn facts(m: &Member, strategy: Strategy) -> String {
     if let (Some(i), Some(o)) = (m.input_cost_per_mtok, m.output_cost_per_mtok) {
         parts.push(format!("${i}/${o} per Mtok"));
     }
-    for (what, price) in [("cache reads", m.cached_input_cost_per_mtok), ("cache writes", m.cache_write_cost_per_mtok)] {
+    for (what, price) in [("cache reads", m.cached_input_cost_per_mtok), ("cache writes", m.cache_write_cost_per_mtok)]
+    {
         if let Some(p) = price {
             parts.push(format!("{what} ${p} per Mtok"));
         }

@@ -341,7 +341,8 @@ mod tests {
         );
         // Optional fields are absent unless set: a learned router's answer and a score.
         assert!(v.get("feedback_id").is_none() && v.get("prompt").is_none() && v.get("feedback").is_none());
-        let routed = CallRecord { request_id: "r", feedback_id: Some("00ab"), prompt: Some("a \"b\""), ..CallRecord::default() };
+        let routed =
+            CallRecord { request_id: "r", feedback_id: Some("00ab"), prompt: Some("a \"b\""), ..CallRecord::default() };
         let v: Value = serde_json::from_slice(&routed.json()).unwrap();
         assert_eq!((v["feedback_id"].clone(), v["prompt"].clone()), (json!("00ab"), json!("a \"b\"")));
         let scored = CallRecord { request_id: "r", feedback: Some(("00ab", "0.25")), ..CallRecord::default() };

@@ -123,7 +123,8 @@ impl<T> Catalog<T> {
             };
             for m in &pool.members {
                 let labels = [("pool", pool.name.as_str()), ("member", m.id.as_str())];
-                let mut counter = |name: &str| define(&labelled(&format!("switchboard.member.{name}"), &labels), counter);
+                let mut counter =
+                    |name: &str| define(&labelled(&format!("switchboard.member.{name}"), &labels), counter);
                 stats.members.push(MemberStats {
                     requests: counter("requests"),
                     attempts: counter("attempts"),

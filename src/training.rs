@@ -116,7 +116,10 @@ mod tests {
         ];
         let joined = join(lines.iter().map(String::as_str), "smart", "weak", DEFAULT_LABEL_BELOW);
         assert_eq!(joined.csv, "prompt,label\n\"Prove that \"\"x\"\" holds,\nfor all x\",1\n\"Translate: hello\",0\n");
-        assert_eq!((joined.rows, joined.weak_worse, joined.unscored, joined.without_prompt, joined.unreadable), (2, 1, 1, 1, 1));
+        assert_eq!(
+            (joined.rows, joined.weak_worse, joined.unscored, joined.without_prompt, joined.unreadable),
+            (2, 1, 1, 1, 1)
+        );
     }
 
     #[test]
@@ -132,7 +135,8 @@ mod tests {
             prompt: Some("Why \"is\" the sky blue?\n"),
             ..CallRecord::default()
         };
-        let scored = CallRecord { request_id: "r2", status: 204, feedback: Some(("00ab", "0.25")), ..CallRecord::default() };
+        let scored =
+            CallRecord { request_id: "r2", status: 204, feedback: Some(("00ab", "0.25")), ..CallRecord::default() };
         let lines = [String::from_utf8(routed.json()).unwrap(), String::from_utf8(scored.json()).unwrap()];
         let joined = join(lines.iter().map(String::as_str), "smart", "weak", DEFAULT_LABEL_BELOW);
         assert_eq!(joined.csv, "prompt,label\n\"Why \"\"is\"\" the sky blue?\n\",1\n");

@@ -419,7 +419,22 @@ macro_rules! read_as_object {
 }
 
 read_as_object!(
-    RawConfig, RawProvider, RawHealth, RawProbe, RawPoolPolicy, PoolFields, RawShadow, RawMember, RawCanary, RawRouter, RawRule, RawConditions, RawHeader, RawLearned, RawTenant, RawBudget
+    RawConfig,
+    RawProvider,
+    RawHealth,
+    RawProbe,
+    RawPoolPolicy,
+    PoolFields,
+    RawShadow,
+    RawMember,
+    RawCanary,
+    RawRouter,
+    RawRule,
+    RawConditions,
+    RawHeader,
+    RawLearned,
+    RawTenant,
+    RawBudget
 );
 
 /// A JSON object of named entries (providers, pools, ...), in name order. A

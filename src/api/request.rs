@@ -956,7 +956,10 @@ mod tests {
     fn cache_marks_are_noticed_anywhere_in_the_body() {
         let marked = r#"{"model":"x","messages":[{"role":"user","content":[{"type":"text","text":"a_b","cache_control":{"type":"ephemeral"}}]}]}"#;
         assert!(parse(marked).unwrap().cache_marks);
-        for plain in [r#"{"model":"x","messages":[{"role":"user","content":"cache_control _cache_control\u00e9"}]}"#, r#"{"model":"x","messages":[]}"#] {
+        for plain in [
+            r#"{"model":"x","messages":[{"role":"user","content":"cache_control _cache_control\u00e9"}]}"#,
+            r#"{"model":"x","messages":[]}"#,
+        ] {
             assert!(!parse(plain).unwrap().cache_marks, "{plain}");
         }
     }

@@ -139,7 +139,10 @@ pub fn scan(body: &[u8]) -> Option<Tokens> {
         let n = |key: &[u8]| last_number_after(body, key);
         let prompt = n(b"\"prompt_tokens\"")?;
         let tokens = Tokens::new(prompt, n(b"\"completion_tokens\"").unwrap_or(0));
-        Some(Tokens { cached: n(b"\"cached_tokens\""), cache_write: n(b"\"cache_write_tokens\""), ..tokens }.without_zero_cache())
+        Some(
+            Tokens { cached: n(b"\"cached_tokens\""), cache_write: n(b"\"cache_write_tokens\""), ..tokens }
+                .without_zero_cache(),
+        )
     })
 }
 

@@ -374,7 +374,11 @@ fn routing_fields_are_validated_naming_the_field() {
         ),
         (with_member_fields(r#""capabilities": ["telepathy"]"#), format!("{m}.capabilities[0]"), "telepathy"),
         (with_member_fields(r#""input_cost_per_mtok": -1"#), format!("{m}.input_cost_per_mtok"), ">= 0"),
-        (with_member_fields(r#""cached_input_cost_per_mtok": -0.3"#), format!("{m}.cached_input_cost_per_mtok"), ">= 0"),
+        (
+            with_member_fields(r#""cached_input_cost_per_mtok": -0.3"#),
+            format!("{m}.cached_input_cost_per_mtok"),
+            ">= 0",
+        ),
         (with_member_fields(r#""cache_write_cost_per_mtok": -1"#), format!("{m}.cache_write_cost_per_mtok"), ">= 0"),
         (with_member_fields(r#""tags": ["a,b"]"#), format!("{m}.tags[0]"), "commas"),
         (with_member_fields(r#""colour": "red""#), format!("{m}.colour"), "unknown field"),

@@ -245,7 +245,6 @@ pub(crate) fn thinking_of(message: Option<&Value>) -> Vec<Value> {
     text.map(|t| vec![obj! {"type": "thinking", "thinking": t, "signature": ""}]).unwrap_or_default()
 }
 
-
 /// A door's top-level parameters and what the chat body carries for each:
 /// the chat parameter its translator writes, [`SAME`] (copied under its own
 /// name, `api::params` then rules), or [`NATIVE`] (only the door's native
@@ -800,8 +799,10 @@ mod tests {
             ("p", true, Some(7), true)
         );
         assert!(chat.content().prompt_tokens > 0, "the Messages body's own messages are estimated");
-        let routed =
-            Door::Responses.to_chat(br#" {"model":"p","input":"x","previous_response_id":"r"}"#, None).unwrap().unwrap();
+        let routed = Door::Responses
+            .to_chat(br#" {"model":"p","input":"x","previous_response_id":"r"}"#, None)
+            .unwrap()
+            .unwrap();
         assert!(routed.native_only.unwrap().message.contains("previous_response_id"));
         let chat = ParsedRequest::parse(&routed.chat, Endpoint::ChatCompletions).unwrap();
         assert_eq!((chat.target.as_str(), chat.stream, chat.has_tools), ("p", false, false));

@@ -13,8 +13,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
 use super::with_cache_control as cached;
+use super::{copy_number, copy_stream, door_id, first_choice, obj, parse_object, push_sse, to_bytes, DoorError};
 use super::{DoorStream, StreamPart, StreamProgress};
 use crate::api::usage::Tokens;
 
@@ -191,7 +191,9 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), DoorErr
                     }),
                 }
                 // A call's breakpoint marks the end of the assistant message that carries it.
-                if let (Some(c), Some(last)) = (item.get("cache_control"), messages.last_mut().and_then(Value::as_object_mut)) {
+                if let (Some(c), Some(last)) =
+                    (item.get("cache_control"), messages.last_mut().and_then(Value::as_object_mut))
+                {
                     last.insert("cache_control".into(), c.clone());
                 }
             }

@@ -7,8 +7,10 @@ use std::cell::RefCell;
 
 use crate::api::ErrorCode;
 use crate::config::Config;
+use crate::stats::{
+    request_series, request_stat_name, stat_key, Catalog, HostServes, MemberStats, PoolStats, StatKind, TenantStats,
+};
 pub use crate::stats::{Family, Labels};
-use crate::stats::{request_series, request_stat_name, stat_key, Catalog, HostServes, MemberStats, PoolStats, StatKind, TenantStats};
 use crate::tenant::limits::cost_micro_usd;
 
 use super::abi;
@@ -50,7 +52,8 @@ impl Metrics {
             StatKind::Gauge => abi::METRIC_GAUGE,
             StatKind::Histogram => abi::METRIC_HISTOGRAM,
         };
-        let Catalog { pools, local_errors, tenants } = Catalog::define(config, HostServes { gauges: true, shadow: true }, |name, k| define(kind(k), name));
+        let Catalog { pools, local_errors, tenants } =
+            Catalog::define(config, HostServes { gauges: true, shadow: true }, |name, k| define(kind(k), name));
         for (tenant, stats) in config.tenants.iter().flatten().zip(&tenants) {
             if let Some(budget) = &tenant.budget {
                 // A million tokens at limit_usd per million: the limit in micro-USD.

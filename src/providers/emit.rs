@@ -236,7 +236,8 @@ mod tests {
         Meta { id: "x".into(), created: 5, model: "m".into() }
     }
 
-    const USAGE: Tokens = Tokens { prompt: 3, completion: 4, total: None, cached: Some(1), cache_write: None, reasoning: None };
+    const USAGE: Tokens =
+        Tokens { prompt: 3, completion: 4, total: None, cached: Some(1), cache_write: None, reasoning: None };
 
     #[test]
     fn emitter_sequence_without_usage() {

@@ -10,10 +10,10 @@ use crate::api::error::ErrorType;
 use crate::api::ApiError;
 use crate::config::Credentials;
 
-use super::json_text;
 use super::adapter::{Adapter, SseEvents, SseStream, StreamState, Target};
 use super::chat::{max_with_thinking, Block, Chat, ResponseFormat, Role, Source, Tool, ToolChoice, Turn};
 use super::emit::Emitter;
+use super::json_text;
 use super::openai_out::{new_call_id, Answer, Choice, Meta, ToolCall};
 use super::structured::inline_refs;
 use super::upstream::{BuildContext, UpstreamRequest};

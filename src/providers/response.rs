@@ -175,7 +175,10 @@ mod tests {
             200,
             br#"{"output":{"message":{"role":"assistant","content":[{"text":"x"}]}},"stopReason":"end_turn","usage":{"inputTokens":2,"outputTokens":1,"totalTokens":3}}"#,
         );
-        assert_eq!(a.usage(), Some(Tokens { prompt: 2, completion: 1, total: Some(3), cached: None, cache_write: None, reasoning: None }));
+        assert_eq!(
+            a.usage(),
+            Some(Tokens { prompt: 2, completion: 1, total: Some(3), cached: None, cache_write: None, reasoning: None })
+        );
         let mut a = ResponseAdapter::new(ProviderKind::Bedrock, Endpoint::ChatCompletions, false, "m").unwrap();
         a.translate_body(429, br#"{"message":"slow down"}"#);
         assert_eq!(a.usage(), None);
@@ -195,7 +198,10 @@ mod tests {
             assert_eq!(v["usage"]["prompt_tokens"], 505, "{kind:?}: every input token, cached ones included");
             assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 300, "{kind:?}");
             assert_eq!(v["usage"]["prompt_tokens_details"].get("cache_write_tokens").and_then(Value::as_u64), write);
-            assert_eq!(a.usage().map(|u| (u.cached, u.cache_write, u.uncached_prompt())), Some((Some(300), write, 505 - 300 - write.unwrap_or(0))));
+            assert_eq!(
+                a.usage().map(|u| (u.cached, u.cache_write, u.uncached_prompt())),
+                Some((Some(300), write, 505 - 300 - write.unwrap_or(0)))
+            );
         }
     }
 

@@ -254,8 +254,8 @@ pub fn retry_after_until_ms(value: &str, now_ms: u64) -> Option<u64> {
 /// zero), infinite and NaN values are `None`, as before.
 fn decimal_seconds(value: &str) -> Option<f64> {
     const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
-        1e19, 1e20, 1e21, 1e22,
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+        1e20, 1e21, 1e22,
     ];
     let (negative, rest) = match value.as_bytes().first() {
         Some(b'-') => (true, value.get(1..)?),
@@ -497,8 +497,22 @@ mod tests {
     #[test]
     fn decimal_seconds_read_as_str_parse_reads_them() {
         for text in [
-            "0", "-0", "-0.0", "1.5", ".25", "+2.", "0.29", "1.005", "3e-1", "2.5E+2", "0.001", "12.3456789", "1e2",
-            "3599.9999", "0.1234567890123", "00001.10000",
+            "0",
+            "-0",
+            "-0.0",
+            "1.5",
+            ".25",
+            "+2.",
+            "0.29",
+            "1.005",
+            "3e-1",
+            "2.5E+2",
+            "0.001",
+            "12.3456789",
+            "1e2",
+            "3599.9999",
+            "0.1234567890123",
+            "00001.10000",
         ] {
             let parsed = text.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0);
             assert_eq!(decimal_seconds(text), parsed, "{text}");

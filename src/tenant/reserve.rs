@@ -194,7 +194,12 @@ mod tests {
 
     #[test]
     fn spend_is_the_usage_else_the_worst_case_on_the_member_that_answered() {
-        let big = Prices { input_per_mtok: Some(5.0), output_per_mtok: Some(20.0), max_output_tokens: Some(500), ..Prices::default() };
+        let big = Prices {
+            input_per_mtok: Some(5.0),
+            output_per_mtok: Some(20.0),
+            max_output_tokens: Some(500),
+            ..Prices::default()
+        };
         let r = Reservation { micro_usd: 7_000, prompt_tokens: 1_000, requested_output: Some(100) };
         // 400 prompt and 50 completion tokens: $0.002 + $0.001.
         assert_eq!(r.spent_on(big, Some(Tokens::new(400, 50))), 3_000);
