@@ -35,11 +35,12 @@ def doors_gw(doors_mock):
         "pools": {
             "only_anthropic": {"max_response_tokens": 512, "members": [member("anthropic")]},
             "only_openai": {"max_response_tokens": 512, "members": [member("openai")]},
-            # The Anthropic member first (weight), failing in the failover tests.
-            "mixed": {"max_response_tokens": 512, "members": [{**member("anthropic"), "weight": 1000}, member("openai")]},
+            # The Anthropic member first (priority), failing in the failover tests.
+            "mixed": {"max_response_tokens": 512, "strategy": "priority",
+                      "members": [member("anthropic"), {**member("openai"), "priority": 1}]},
             # The OpenAI member first, failing in the reverse failover tests.
-            "mixed_reverse": {"max_response_tokens": 512,
-                              "members": [{**member("openai"), "weight": 1000}, member("anthropic")]},
+            "mixed_reverse": {"max_response_tokens": 512, "strategy": "priority",
+                              "members": [member("openai"), {**member("anthropic"), "priority": 1}]},
             "only_azure": {"members": [{**member("azure"), "deployment": "prod-4o"}]},
         },
     }

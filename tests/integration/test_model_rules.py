@@ -24,16 +24,16 @@ def rules_gw(params_mock):
         "defaults": {"health": {"consecutive_failures": 1000}},
         "pools": {
             "o3": {"members": [{"provider": "openai", "model": "o3-mini"}]},
-            # The reasoning model would win every pick by weight: only what the request needs sends it elsewhere.
-            "o3_first": {"members": [{"provider": "openai", "model": "o3-mini", "weight": 1000},
-                                     {"provider": "openai", "model": "gpt-4o", "weight": 1}]},
+            # The reasoning model wins every pick (priority): only what the request needs sends it elsewhere.
+            "o3_first": {"strategy": "priority", "members": [{"provider": "openai", "model": "o3-mini"},
+                                                              {"provider": "openai", "model": "gpt-4o", "priority": 1}]},
             **{f"opus_{kind}": {"max_response_tokens": 256, "members": [{"provider": kind, "model": model}]}
                for kind, model in OPUS.items()},
             "gpt4o": {"members": [{"provider": "openai", "model": "gpt-4o"}]},
-            # The OpenAI member would win every pick by weight.
-            "openai_first": {"max_response_tokens": 256, "members": [
-                {"provider": "openai", "model": "gpt-4o", "weight": 1000},
-                {"provider": "bedrock", "model": "anthropic.claude-3-haiku-20240307-v1:0"}]},
+            # The OpenAI member wins every pick (priority).
+            "openai_first": {"max_response_tokens": 256, "strategy": "priority", "members": [
+                {"provider": "openai", "model": "gpt-4o"},
+                {"provider": "bedrock", "model": "anthropic.claude-3-haiku-20240307-v1:0", "priority": 1}]},
             "nova": {"members": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}]},
             "opus_drops_sampling": {"max_response_tokens": 256, "drop_params": ["temperature", "top_p"],
                                     "members": [{"provider": "anthropic", "model": OPUS["anthropic"]}]},

@@ -28,13 +28,13 @@ def params_gw(params_mock):
         "defaults": {"health": {"consecutive_failures": 1000}},
         "pools": {
             **{f"only_{n}": {"max_response_tokens": 256, "members": [member(n)]} for n in KINDS},
-            # The Anthropic member would win every pick by weight: only the filter sends a request elsewhere.
-            "mixed": {"max_response_tokens": 256,
-                      "members": [{**member("anthropic"), "weight": 1000}, {**member("gemini"), "weight": 10}, member("openai")]},
+            # The Anthropic member wins every pick (priority): only the filter sends a request elsewhere.
+            "mixed": {"max_response_tokens": 256, "strategy": "priority", "members": [
+                member("anthropic"), {**member("gemini"), "priority": 1}, {**member("openai"), "priority": 2}]},
             "anthropic_drops_seed": {"max_response_tokens": 256, "drop_params": ["seed"], "members": [member("anthropic")]},
-            # The OpenAI member would win every pick by weight: only what the request needs sends it elsewhere.
-            "openai_first": {"max_response_tokens": 256, "members": [
-                {**member("openai"), "weight": 1000}, {**member("gemini"), "weight": 10}, member("bedrock")]},
+            # The OpenAI member wins every pick (priority): only what the request needs sends it elsewhere.
+            "openai_first": {"max_response_tokens": 256, "strategy": "priority", "members": [
+                member("openai"), {**member("gemini"), "priority": 1}, {**member("bedrock"), "priority": 2}]},
             "bedrock_nova": {"max_response_tokens": 256, "members": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}]},
         },
     }

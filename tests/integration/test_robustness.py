@@ -501,8 +501,8 @@ def test_translated_providers_are_never_offered_compression(make_gateway, kinds_
                  "ge": {"kind": "gemini", "cluster": "ge", "host": "ge.example", "api_key_env": "GE_KEY"},
                  "br": {"kind": "bedrock", "cluster": "br", "host": "br.example", "region": "us-east-1",
                         "access_key_id_env": "AWS_AK", "secret_access_key_env": "AWS_SK"}}
-    pools = {f"via_{p}": {"health": {"consecutive_failures": 1000}, "members": [
-        {"provider": "bad", "model": "bad-model", "weight": 1000}, {"provider": p, "model": f"m-{p}", "weight": 1}]}
+    pools = {f"via_{p}": {"health": {"consecutive_failures": 1000}, "strategy": "priority", "members": [
+        {"provider": "bad", "model": "bad-model"}, {"provider": p, "model": f"m-{p}", "priority": 1}]}
         for p in kinds}
     cfg = {"providers": providers, "pools": pools}
     env = {"BAD_KEY": "k", "AN_KEY": "k", "GE_KEY": "k", "AWS_AK": "AKIDEXAMPLE", "AWS_SK": "secret"}
