@@ -452,14 +452,11 @@ impl Filter {
             };
             let upstream = build_upstream(&*rt, self.ex.endpoint, &parsed, picked.member, now, self.ex.native_body())?;
             // Scorable only once actually routed (not refused by limits), by its owner.
-            let remembered = learned.and_then(|decided| {
+            if let Some(decided) = learned {
                 let owner = self.ex.tenant_name(&*rt);
-                Some((decided, state::journal().remember(&state::Data, owner, &decided, now, state::random())?))
-            });
-            if let Some((decided, feedback_id)) = remembered {
-                self.ex.obs.feedback_id = Some(feedback_id.clone());
-                self.ex.obs.prompt = scorer.prompt.take();
-                self.ex.score = Some((decided.score, feedback_id));
+                if let Some(id) = state::journal().remember(&state::Data, owner, &decided, now, state::random()) {
+                    self.ex.remembered(decided.score, id, scorer.prompt.take());
+                }
             }
             self.ex.routed(&parsed, body.len(), now);
             (plan, picked, upstream)

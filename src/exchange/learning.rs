@@ -282,14 +282,34 @@ fn lane_key(lane: u32) -> String {
     format!("switchboard.feedback.lane.{lane}")
 }
 
+/// The page of the lane that holds record `seq`.
+fn page_of(seq: u64) -> u64 {
+    (seq / PAGE_LEN) % PAGES_PER_LANE
+}
+
 fn page_key(lane: u32, seq: u64) -> String {
-    format!("switchboard.feedback.{lane}.{}", (seq / PAGE_LEN) % PAGES_PER_LANE)
+    format!("switchboard.feedback.{lane}.{}", page_of(seq))
 }
 
 /// Which of a page's records were scored: the page's generation (`seq /
 /// PAGE_LEN`, so marks of the page's previous use do not count) and a bit a record.
 fn marks_key(lane: u32, seq: u64) -> String {
-    format!("switchboard.feedback.{lane}.{}.scored", (seq / PAGE_LEN) % PAGES_PER_LANE)
+    format!("switchboard.feedback.{lane}.{}.scored", page_of(seq))
+}
+
+/// Two numbers as a shared-data value (a lane's owner and heartbeat, a page's generation and marks).
+fn pair_value(a: u64, b: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let (first, second) = out.split_at_mut(8);
+    first.copy_from_slice(&a.to_le_bytes());
+    second.copy_from_slice(&b.to_le_bytes());
+    out
+}
+
+fn read_pair(bytes: &[u8]) -> Option<(u64, u64)> {
+    let a = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let b = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((a, b))
 }
 
 /// A feedback id: lane, sequence number in the lane, and 64 random bits
@@ -320,6 +340,27 @@ struct JournalState {
     unpublished_since: Option<u64>,
     /// The current page's marks were reset for its generation.
     marks_reset: bool,
+}
+
+impl JournalState {
+    /// The sequence number of the current page's first record.
+    fn first(&self) -> u64 {
+        self.seq.saturating_sub(self.page.len() as u64)
+    }
+
+    /// Clears the current page's marks for its generation, once, before anyone
+    /// can find its records: whoever scores one then marks an existing key with
+    /// compare-and-swap (a first write could lose another's mark).
+    fn ready_marks(&mut self, data: &dyn SharedData, lane: u32) {
+        if self.marks_reset {
+            return;
+        }
+        let first = self.first();
+        if let Err(e) = data.set(&marks_key(lane, first), &pair_value(first / PAGE_LEN, 0), 0) {
+            log::warn!("switchboard: writing feedback lane {lane} failed ({e:?})");
+        }
+        self.marks_reset = true;
+    }
 }
 
 /// The learned decisions of one VM (or of the dynamic module), remembered
@@ -396,28 +437,17 @@ impl Journal {
         }
     }
 
-    /// Publishes every decision now.
-    pub fn publish(&self, data: &dyn SharedData) {
-        let mut st = self.state();
-        if st.unpublished_since.is_some() {
-            publish(data, &mut st);
-        }
-    }
-
     /// Record `seq` of `lane` when it is on this journal's current page (not
     /// necessarily published yet), with the page's marks ready for a score.
     fn current(&self, data: &dyn SharedData, lane: u32, seq: u64) -> Option<Remembered> {
         let mut st = self.state();
         let (mine, _) = st.lane?;
-        let first = st.seq.saturating_sub(st.page.len() as u64);
+        let first = st.first();
         if mine != lane || seq < first {
             return None;
         }
         let record = *st.page.get(usize::try_from(seq - first).ok()?)?;
-        if !st.marks_reset {
-            reset_marks(data, lane, first);
-            st.marks_reset = true;
-        }
+        st.ready_marks(data, lane);
         Some(record)
     }
 
@@ -429,23 +459,12 @@ impl Journal {
         }
         if let Some((lane, token)) = st.lane.take() {
             if let Ok((Some(bytes), cas)) = data.get(&lane_key(lane)) {
-                if bytes.get(..8) == Some(&token.to_le_bytes()[..]) {
+                if read_pair(&bytes).is_some_and(|(owner, _)| owner == token) {
                     let _ = data.set(&lane_key(lane), &[], cas);
                 }
             }
         }
     }
-}
-
-/// A lane's value: its owner's token and when it last said it is alive.
-fn lane_value(token: u64, now_ms: u64) -> Vec<u8> {
-    token.to_le_bytes().into_iter().chain(now_ms.to_le_bytes()).collect()
-}
-
-fn lane_owner(bytes: &[u8]) -> Option<(u64, u64)> {
-    let token = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let at = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-    Some((token, at))
 }
 
 /// The first lane nobody holds (never used, given back, or stale), taken with compare-and-swap.
@@ -454,9 +473,10 @@ fn claim_lane(data: &dyn SharedData, random: u64, now_ms: u64) -> Option<(u32, u
     for lane in 0..MAX_LANES {
         let key = lane_key(lane);
         let Ok((bytes, cas)) = data.get(&key) else { continue };
+        // A lane's value: its owner's token and when it last said it is alive.
         let held =
-            bytes.as_deref().and_then(lane_owner).is_some_and(|(_, at)| now_ms.saturating_sub(at) < LANE_STALE_MS);
-        if !held && data.set(&key, &lane_value(token, now_ms), cas).is_ok() {
+            bytes.as_deref().and_then(read_pair).is_some_and(|(_, at)| now_ms.saturating_sub(at) < LANE_STALE_MS);
+        if !held && data.set(&key, &pair_value(token, now_ms), cas).is_ok() {
             return Some((lane, token));
         }
     }
@@ -469,25 +489,15 @@ fn renew_lane(data: &dyn SharedData, lane: u32, token: u64, now_ms: u64) -> bool
     let key = lane_key(lane);
     for _ in 0..CAS_RETRIES {
         let Ok((bytes, cas)) = data.get(&key) else { return true };
-        if bytes.as_deref().and_then(lane_owner).map(|(t, _)| t) != Some(token) {
+        if bytes.as_deref().and_then(read_pair).map(|(t, _)| t) != Some(token) {
             return false;
         }
-        match data.set(&key, &lane_value(token, now_ms), cas) {
+        match data.set(&key, &pair_value(token, now_ms), cas) {
             Err(DataError::CasMismatch) => continue,
             _ => return true,
         }
     }
     true
-}
-
-/// Clears the marks of the page of `seq` for its generation, before anyone can
-/// find its records: whoever scores one then marks an existing key with
-/// compare-and-swap (a first write could lose another's mark).
-fn reset_marks(data: &dyn SharedData, lane: u32, seq: u64) {
-    let fresh: Vec<u8> = (seq / PAGE_LEN).to_le_bytes().into_iter().chain(0u64.to_le_bytes()).collect();
-    if let Err(e) = data.set(&marks_key(lane, seq), &fresh, 0) {
-        log::warn!("switchboard: writing feedback lane {lane} failed ({e:?})");
-    }
 }
 
 /// Writes the journal's current page into shared data (the records so far:
@@ -497,19 +507,15 @@ fn publish(data: &dyn SharedData, st: &mut JournalState) {
     // Two VMs that took the same free lane at the same moment (a first write
     // has no compare-and-swap) learn it here: the one that lost starts again
     // in a new lane, and the decisions it had not published are not scorable.
-    let owner = data.get(&lane_key(lane)).ok().and_then(|(bytes, _)| bytes.as_deref().and_then(lane_owner));
+    let owner = data.get(&lane_key(lane)).ok().and_then(|(bytes, _)| bytes.as_deref().and_then(read_pair));
     if owner.is_some_and(|(t, _)| t != token) {
         log::warn!("switchboard: feedback lane {lane} was taken by another worker; moving to another");
         *st = JournalState::default();
         return;
     }
-    let first = st.seq.saturating_sub(st.page.len() as u64);
-    if !st.marks_reset {
-        reset_marks(data, lane, first);
-        st.marks_reset = true;
-    }
+    st.ready_marks(data, lane);
     let page: Vec<u8> = st.page.iter().flat_map(|r| r.encode()).collect();
-    if let Err(e) = data.set(&page_key(lane, first), &page, 0) {
+    if let Err(e) = data.set(&page_key(lane, st.first()), &page, 0) {
         log::warn!("switchboard: writing feedback lane {lane} failed ({e:?})");
     }
     st.unpublished_since = None;
@@ -590,16 +596,7 @@ pub fn take_feedback(
     let mut counted = false;
     for _ in 0..CAS_RETRIES {
         let Ok((bytes, cas)) = data.get(&key) else { return Feedback::Unknown };
-        let marks = bytes
-            .as_deref()
-            .and_then(|b| {
-                Some((
-                    u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
-                    u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
-                ))
-            })
-            .filter(|(g, _)| *g == generation)
-            .map_or(0, |(_, bits)| bits);
+        let marks = bytes.as_deref().and_then(read_pair).filter(|(g, _)| *g == generation).map_or(0, |(_, bits)| bits);
         if marks & bit != 0 {
             return Feedback::AlreadyScored;
         }
@@ -609,8 +606,7 @@ pub fn take_feedback(
             }
             counted = true;
         }
-        let value: Vec<u8> = generation.to_le_bytes().into_iter().chain((marks | bit).to_le_bytes()).collect();
-        match data.set(&key, &value, cas) {
+        match data.set(&key, &pair_value(generation, marks | bit), cas) {
             Ok(()) => {
                 let label = (!entry.strong).then_some(Label {
                     router: usize::from(entry.router),
@@ -750,7 +746,7 @@ mod tests {
         assert!(matches!(take(&data, &config, &theirs, "t", &first, 1_030), Feedback::Accepted(Some(_))));
         // The same page written again (a newer decision) keeps the mark made by the other worker.
         let second = mine.remember(&data, "t", &decided(false), 1_040, 2).unwrap();
-        mine.publish(&data);
+        mine.tick(&data, 1_040 + PUBLISH_AFTER_MS);
         assert_eq!(take(&data, &config, &theirs, "t", &first, 1_050), Feedback::AlreadyScored);
         assert!(matches!(take(&data, &config, &theirs, "t", &second, 1_050), Feedback::Accepted(Some(_))));
         // Each journal has its own lane.
@@ -781,7 +777,7 @@ mod tests {
         let d = Journal::new();
         let later = 1_000 + LANE_STALE_MS;
         assert_eq!(&d.remember(&data, "", &decided(false), later, 4).unwrap()[..4], "0001");
-        b.publish(&data);
+        b.tick(&data, later);
         assert_eq!(&b.remember(&data, "", &decided(false), later, 5).unwrap()[..4], "0002");
     }
 

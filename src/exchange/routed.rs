@@ -70,6 +70,15 @@ impl Exchange {
         sh.pick(plan, now)
     }
 
+    /// A learned router's pick, remembered for feedback as `feedback_id`: the
+    /// answer shows the score and the id; the call log keeps the id (and the
+    /// scored text, when `call_log_prompts` kept it).
+    pub fn remembered(&mut self, score: f64, feedback_id: String, prompt: Option<String>) {
+        self.obs.feedback_id = Some(feedback_id.clone());
+        self.obs.prompt = prompt;
+        self.score = Some((score, feedback_id));
+    }
+
     /// The request is routed: what its answer looks like, the readers it
     /// passes through, and the tokens it is expected to take.
     pub fn routed(&mut self, parsed: &ParsedRequest<'_>, body_len: usize, now: u64) {

@@ -286,14 +286,10 @@ impl Filter {
                     Err(e) => return self.answer_error(&e),
                 };
             // Scorable only once actually routed (not refused by limits), by its owner.
-            let remembered = learned.and_then(|decided| {
-                let id = rt.journal.remember(&abi::Data, self.ex.tenant_name(rt), &decided, now, rt.random())?;
-                Some((decided, id))
-            });
-            if let Some((decided, feedback_id)) = remembered {
-                self.ex.obs.feedback_id = Some(feedback_id.clone());
-                self.ex.obs.prompt = scorer.prompt.take();
-                self.ex.score = Some((decided.score, feedback_id));
+            if let Some(decided) = learned {
+                if let Some(id) = rt.journal.remember(&abi::Data, self.ex.tenant_name(rt), &decided, now, rt.random()) {
+                    self.ex.remembered(decided.score, id, scorer.prompt.take());
+                }
             }
             self.ex.routed(&parsed, body.len(), now);
             (plan, picked, upstream)
