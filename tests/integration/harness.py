@@ -212,7 +212,8 @@ class Gateway:
             lines = []
             if os.path.exists(self.call_log_path):
                 with open(self.call_log_path) as f:
-                    lines = [json.loads(line) for line in f if line.strip()]
+                    # A last line without its newline is still being flushed: read it on a later poll.
+                    lines = [json.loads(line) for line in f if line.endswith("\n") and line.strip()]
             if len(lines) >= count or time.time() > deadline:
                 return lines
             time.sleep(0.1)
